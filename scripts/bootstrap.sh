@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs whatever tally needs and this machine lacks; skips what is already present at the
+# right version, so a warm machine passes through in seconds. Safe to run any number of times.
+#
+#   Rust      the toolchain pinned in rust-toolchain.toml, with the wasm32 and thumbv7em targets
+#   cargo     wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (it brings
+#             wasm-bindgen-test-runner), worker-build (builds the edge worker)
+#   npm       package.json pins, installed with `npm ci` from package-lock.json: wrangler
+#             (workerd, offline), esbuild and binaryen's wasm-opt (worker-build uses these
+#             instead of downloading its own, which fails without internet)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+WORKER_BUILD_VERSION=0.8.7
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v rustup >/dev/null || die "rustup is required (https://rustup.rs); it installs the pinned toolchain"
+command -v node >/dev/null || die "Node.js >= 20 is required (wrangler 4.86 runs on Node 20)"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || die "Node.js >= 20 is required, found $(node --version)"
+
+# --- Rust: rust-toolchain.toml names the channel, components and targets; rustup installs
+# what is missing of them on first use. Ask explicitly so a failure shows here.
+toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain list | grep -q "^$toolchain" || { log "installing Rust $toolchain"; rustup toolchain install "$toolchain" --profile minimal -c rustfmt -c clippy; }
+for target in wasm32-unknown-unknown thumbv7em-none-eabihf; do
+  rustup target list --installed --toolchain "$toolchain" | grep -qx "$target" || {
+    log "adding Rust target $target"
+    rustup target add --toolchain "$toolchain" "$target"
+  }
+done
+
+# --- cargo-installed tools, each at a pinned version.
+# install_tool CRATE VERSION BINARY: skip when BINARY --version already reports VERSION.
+install_tool() {
+  local crate=$1 version=$2 binary=$3
+  if command -v "$binary" >/dev/null && "$binary" --version 2>/dev/null | grep -qw "$version"; then
+    return
+  fi
+  log "installing $crate $version (a few minutes, once)"
+  # --locked builds the tool with the dependency versions its authors tested. When one of
+  # them is no longer in the registry (seen: webpki-roots 1.0.11 for wasm-bindgen-cli
+  # 0.2.130), fall back to a fresh resolution within the same semver ranges.
+  cargo install "$crate" --version "$version" --locked ||
+    { log "locked install of $crate failed; retrying with a fresh dependency resolution"
+      cargo install "$crate" --version "$version"; }
+}
+
+wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+[ -n "$wasm_bindgen_version" ] || die "no wasm-bindgen in Cargo.lock"
+install_tool wasm-bindgen-cli "$wasm_bindgen_version" wasm-bindgen
+install_tool worker-build "$WORKER_BUILD_VERSION" worker-build
+
+# --- npm: reinstall only when package-lock.json changed since the last install.
+stamp=node_modules/.tally-lock.sha256
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing npm packages from package-lock.json"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+
+log "ready"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of tally, after installing whatever is missing (scripts/bootstrap.sh).
+# This is the README's test command and exactly what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/bootstrap.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() {
+  local name=$1; shift
+  printf '\n=== %s\n' "$name" >&2
+  local start=$SECONDS
+  "$@"
+  printf '=== %s: ok (%ss)\n' "$name" $((SECONDS - start)) >&2
+}
+
+step "format" cargo fmt --all --check
+step "clippy (native)" cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+step "clippy (wasm32)" cargo clippy -p tally-crdt --target wasm32-unknown-unknown --lib --tests --all-features --locked -- -D warnings
+step "tests (native: unit, proptest laws, sync bodies, doctests)" cargo test --workspace --all-features --locked
+step "benchmarks run once (test mode)" cargo test -p tally-crdt --bench merge --locked
+step "no_std build (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --locked
+step "no_std build with json (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --features json --locked
+step "wasm-bindgen-test (wasm32 in Node)" env CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p tally-crdt --target wasm32-unknown-unknown --features wasm --test wasm --locked
+
+printf '\nall tests passed\n' >&2

@@ -1,0 +1,119 @@
+//! [`Error`]: every way a counter operation or a sync body can be refused.
+
+use alloc::string::String;
+
+use crate::{CounterKind, ReplicaId};
+
+/// Every way a counter operation or a sync body can be refused.
+///
+/// Each violation is its own variant, with a stable machine-readable [`Error::code`] that the
+/// edge and the merger put in their JSON error bodies (`{"error":{"code","message"}}`), and a
+/// message (`Display`) that names the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Adding to a slot would take it past `u64::MAX`; the slot is unchanged.
+    #[error("slot of replica {replica} is at {current}; adding {by} would pass u64::MAX")]
+    SlotOverflow {
+        /// The replica whose slot would overflow.
+        replica: ReplicaId,
+        /// The slot's value, unchanged.
+        current: u64,
+        /// The amount that was refused.
+        by: u64,
+    },
+    /// A computed value does not fit in its type (never reached by sums of `u64` slots, which
+    /// are `u128`/`i128`; kept so arithmetic on them is checked rather than wrapping).
+    #[error("value does not fit in its type")]
+    ValueOutOfRange,
+    /// A replica id is not 32 hex digits.
+    #[error("replica id must be 32 hex digits")]
+    InvalidReplicaId,
+    /// The sync's replica id is the reserved nil id.
+    #[error("replica id is the reserved nil id (all zeros)")]
+    NilReplica,
+    /// A counter id is empty.
+    #[error("counter id is empty")]
+    EmptyId,
+    /// A counter id is longer than [`MAX_ID_LEN`](crate::MAX_ID_LEN) bytes.
+    #[error("counter id is {len} bytes long; the limit is {max}")]
+    IdTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A counter id has a byte outside the allowed set, or does not start with a letter or
+    /// digit.
+    #[error(
+        "counter id has a disallowed character at byte {at}: ids are ASCII letters, digits and \
+         `-_.:`, starting with a letter or digit"
+    )]
+    IdBadChar {
+        /// Byte offset of the first offending byte.
+        at: usize,
+    },
+    /// A region name is empty, too long, or has a byte outside `[A-Za-z0-9_-]`.
+    #[error(
+        "region must be 1 to {max} ASCII letters, digits, `-` or `_`",
+        max = crate::MAX_REGION_LEN
+    )]
+    InvalidRegion,
+    /// The sync speaks a protocol version this side does not.
+    #[error("protocol version {got} is not supported; this side speaks version {supported}")]
+    UnsupportedVersion {
+        /// The version in the request.
+        got: u64,
+        /// The version this side speaks.
+        supported: u32,
+    },
+    /// The sync carries more counters than [`MAX_COUNTERS_PER_SYNC`](crate::MAX_COUNTERS_PER_SYNC).
+    #[error("sync carries {got} counters; the limit is {max}")]
+    TooManyCounters {
+        /// The number in the request.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The same counter (id and kind) appears twice in one sync.
+    #[error("counter {id:?} of kind {kind} appears more than once in the sync")]
+    DuplicateCounter {
+        /// The counter id.
+        id: String,
+        /// Its kind.
+        kind: CounterKind,
+    },
+    /// An increment-only counter (kind `g`) carries a decrement total.
+    #[error("counter {id:?} is increment-only (kind g) but carries a decrement total n = {n}")]
+    DecrementOnCounter {
+        /// The counter id.
+        id: String,
+        /// The refused decrement total.
+        n: u64,
+    },
+    /// The body is not a well-formed sync request (bad JSON, wrong types, missing or unknown
+    /// fields). The message is the decoder's.
+    #[error("malformed sync body: {0}")]
+    Malformed(String),
+}
+
+impl Error {
+    /// A stable, machine-readable name for this error, for JSON error bodies and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::SlotOverflow { .. } => "slot_overflow",
+            Error::ValueOutOfRange => "value_out_of_range",
+            Error::InvalidReplicaId => "invalid_replica_id",
+            Error::NilReplica => "nil_replica",
+            Error::EmptyId => "empty_id",
+            Error::IdTooLong { .. } => "id_too_long",
+            Error::IdBadChar { .. } => "id_bad_char",
+            Error::InvalidRegion => "invalid_region",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::TooManyCounters { .. } => "too_many_counters",
+            Error::DuplicateCounter { .. } => "duplicate_counter",
+            Error::DecrementOnCounter { .. } => "decrement_on_counter",
+            Error::Malformed(_) => "malformed_body",
+        }
+    }
+}

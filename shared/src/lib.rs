@@ -1,0 +1,85 @@
+//! CRDT counters and the sync protocol of tally, for the edge (wasm32) and the merger alike.
+//!
+//! tally counts hits at the edge in many replicas and merges them centrally. Each replica
+//! owns one slot per counter; merging is "max per slot", which is commutative, associative
+//! and idempotent, so replicas converge whatever order, duplication or delay their states
+//! arrive with. This crate holds that algebra and the wire types, once, for both sides:
+//!
+//! - [`ReplicaId`] (`replica.rs`): one replica incarnation, unique per storage lifetime.
+//! - [`GCounter`] (`gcounter.rs`): grow-only, one `u64` slot per replica, value `u128`.
+//! - [`PNCounter`] (`pncounter.rs`): up and down, two G-Counters, value `i128`.
+//! - [`SyncRequest`], [`SyncResponse`] and their parts (`sync.rs`): what an edge replica sends
+//!   (its slot **totals**, so a retried sync changes nothing) and what the merger answers.
+//! - [`check_counter_id`], [`SyncRequest::validate`] and the limits (`validate.rs`): the input
+//!   rules both sides enforce, failing with one [`Error`] variant per violation (`error.rs`).
+//! - `wasm.rs` (feature `wasm`): JavaScript bindings of the counters.
+//!
+//! `#![no_std]` with `alloc`; it needs only `serde` (and `thiserror` without std).
+//!
+//! # Features
+//!
+//! - `json`: [`SyncRequest::from_json`], decoding and validation in one call (pulls in
+//!   `serde_json` without std).
+//! - `wasm`: wasm-bindgen bindings `GCounter` and `PNCounter` for JavaScript (implies `json`).
+//!
+//! # Examples
+//!
+//! Two edge replicas count hits on the same page; the merger merges their syncs, and a
+//! duplicated sync changes nothing:
+//!
+//! ```
+//! use tally_crdt::{CounterKind, GCounter, ReplicaId, SlotUpdate, SyncRequest, PROTOCOL_VERSION};
+//!
+//! let (paris, tokyo) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+//!
+//! // Each replica counts in its own slot...
+//! let mut at_paris = GCounter::new();
+//! at_paris.increment(paris, 3)?;
+//! let mut at_tokyo = GCounter::new();
+//! at_tokyo.increment(tokyo, 4)?;
+//!
+//! // ...and syncs its slot total (not the increments since last time).
+//! let sync = SyncRequest {
+//!     version: PROTOCOL_VERSION,
+//!     replica: paris,
+//!     region: "eu".into(),
+//!     counters: vec![SlotUpdate { id: "home".into(), kind: CounterKind::G, p: at_paris.get(paris), n: 0 }],
+//! };
+//! sync.validate()?;
+//!
+//! // The merger applies syncs by max per slot: a duplicate is harmless.
+//! let mut global = GCounter::new();
+//! for _ in 0..2 {
+//!     for c in &sync.counters {
+//!         global.merge_slot(sync.replica, c.p);
+//!     }
+//! }
+//! global.merge(&at_tokyo);
+//! assert_eq!(global.value(), 7);
+//! # Ok::<(), tally_crdt::Error>(())
+//! ```
+#![cfg_attr(not(test), no_std)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+mod error;
+mod gcounter;
+mod pncounter;
+mod replica;
+mod sync;
+mod validate;
+#[cfg(feature = "wasm")]
+pub mod wasm;
+
+pub use error::Error;
+pub use gcounter::GCounter;
+pub use pncounter::PNCounter;
+pub use replica::ReplicaId;
+pub use sync::{
+    CounterKind, GlobalTotals, MergedCounter, PROTOCOL_VERSION, SlotTotals, SlotUpdate,
+    SyncRequest, SyncResponse,
+};
+pub use validate::{
+    MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, MAX_REGION_LEN, check_counter_id, check_region,
+};

@@ -1,0 +1,276 @@
+//! Sync bodies as they arrive off the wire: well-formed ones decode and round-trip, every
+//! malformed or out-of-bounds one is refused with its own error variant.
+#![cfg(not(target_arch = "wasm32"))]
+
+use serde_json::{Value, json};
+use tally_crdt::{
+    CounterKind, Error, MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, PROTOCOL_VERSION, ReplicaId, SlotUpdate,
+    SyncRequest,
+};
+
+const REPLICA: &str = "0123456789abcdef0123456789abcdef";
+
+fn body(counters: Value) -> Value {
+    json!({"version": 1, "replica": REPLICA, "region": "eu-west", "counters": counters})
+}
+
+fn decode(v: &Value) -> Result<SyncRequest, Error> {
+    SyncRequest::from_json(v.to_string().as_bytes())
+}
+
+#[track_caller]
+fn assert_malformed(v: &Value) {
+    match decode(v) {
+        Err(Error::Malformed(msg)) => assert!(!msg.is_empty()),
+        other => panic!("{v} should be malformed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_well_formed_body_decodes_to_the_documented_shape() {
+    let v = body(json!([
+        {"id": "home", "kind": "g", "p": 715},
+        {"id": "viewers", "kind": "pn", "p": 10, "n": 3},
+    ]));
+    let sync = decode(&v).unwrap();
+    assert_eq!(
+        sync,
+        SyncRequest {
+            version: PROTOCOL_VERSION,
+            replica: REPLICA.parse().unwrap(),
+            region: "eu-west".into(),
+            counters: vec![
+                SlotUpdate {
+                    id: "home".into(),
+                    kind: CounterKind::G,
+                    p: 715,
+                    n: 0
+                },
+                SlotUpdate {
+                    id: "viewers".into(),
+                    kind: CounterKind::Pn,
+                    p: 10,
+                    n: 3
+                },
+            ],
+        }
+    );
+    assert_eq!(serde_json::to_value(&sync).unwrap(), v);
+}
+
+#[test]
+fn u64_max_totals_are_exact() {
+    let v = body(json!([{"id": "x", "kind": "pn", "p": u64::MAX, "n": u64::MAX}]));
+    let sync = decode(&v).unwrap();
+    assert_eq!(
+        (sync.counters[0].p, sync.counters[0].n),
+        (u64::MAX, u64::MAX)
+    );
+}
+
+#[test]
+fn an_empty_sync_is_valid() {
+    assert!(decode(&body(json!([]))).unwrap().counters.is_empty());
+}
+
+#[test]
+fn not_json_or_wrong_shapes_are_malformed() {
+    for raw in ["", "{", "null", "[]", "\"sync\"", "{\"version\":1}"] {
+        assert!(
+            matches!(
+                SyncRequest::from_json(raw.as_bytes()),
+                Err(Error::Malformed(_))
+            ),
+            "{raw:?}"
+        );
+    }
+    let mut deep = String::new();
+    for _ in 0..10_000 {
+        deep.push('[');
+    }
+    assert!(matches!(
+        SyncRequest::from_json(deep.as_bytes()),
+        Err(Error::Malformed(_))
+    ));
+}
+
+#[test]
+fn wrong_types_and_out_of_range_totals_are_malformed() {
+    for counter in [
+        json!({"id": "a", "kind": "g", "p": -1}),
+        json!({"id": "a", "kind": "g", "p": 1.5}),
+        json!({"id": "a", "kind": "g", "p": "1"}),
+        json!({"id": "a", "kind": "g"}),
+        json!({"id": 7, "kind": "g", "p": 1}),
+        json!({"id": "a", "kind": "gauge", "p": 1}),
+        json!({"id": "a", "kind": "g", "p": 1, "extra": true}),
+    ] {
+        assert_malformed(&body(json!([counter])));
+    }
+    let too_big = body(json!([]))
+        .to_string()
+        .replace("[]", r#"[{"id":"a","kind":"g","p":18446744073709551616}]"#);
+    assert!(matches!(
+        SyncRequest::from_json(too_big.as_bytes()),
+        Err(Error::Malformed(_))
+    ));
+    assert_malformed(&json!({"version": 1, "replica": "xyz", "region": "eu", "counters": []}));
+    assert_malformed(
+        &json!({"version": 1, "replica": REPLICA, "region": "eu", "counters": [], "more": 1}),
+    );
+}
+
+#[test]
+fn another_protocol_version_is_named_even_if_its_shape_differs() {
+    let mut v = body(json!([]));
+    v["version"] = json!(2);
+    assert_eq!(
+        decode(&v),
+        Err(Error::UnsupportedVersion {
+            got: 2,
+            supported: 1
+        })
+    );
+    let other_shape = json!({"version": 99, "batch": []});
+    assert_eq!(
+        decode(&other_shape),
+        Err(Error::UnsupportedVersion {
+            got: 99,
+            supported: 1
+        })
+    );
+    v["version"] = json!(0);
+    assert_eq!(
+        decode(&v),
+        Err(Error::UnsupportedVersion {
+            got: 0,
+            supported: 1
+        })
+    );
+}
+
+#[test]
+fn too_many_counters_is_refused() {
+    let counters: Vec<Value> = (0..=MAX_COUNTERS_PER_SYNC)
+        .map(|i| json!({"id": format!("c{i}"), "kind": "g", "p": 1}))
+        .collect();
+    assert_eq!(
+        decode(&body(Value::Array(counters.clone()))),
+        Err(Error::TooManyCounters {
+            got: MAX_COUNTERS_PER_SYNC + 1,
+            max: MAX_COUNTERS_PER_SYNC
+        })
+    );
+    assert!(
+        decode(&body(Value::Array(
+            counters[..MAX_COUNTERS_PER_SYNC].to_vec()
+        )))
+        .is_ok()
+    );
+}
+
+#[test]
+fn bad_counter_ids_are_refused_with_their_variant() {
+    let long = "a".repeat(MAX_ID_LEN + 1);
+    for (id, expected) in [
+        ("", Error::EmptyId),
+        (
+            long.as_str(),
+            Error::IdTooLong {
+                len: MAX_ID_LEN + 1,
+                max: MAX_ID_LEN,
+            },
+        ),
+        ("../etc", Error::IdBadChar { at: 0 }),
+        ("a b", Error::IdBadChar { at: 1 }),
+        ("ünï", Error::IdBadChar { at: 0 }),
+    ] {
+        assert_eq!(
+            decode(&body(json!([{"id": id, "kind": "g", "p": 1}]))),
+            Err(expected),
+            "{id:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_region_and_nil_replica_are_refused() {
+    let mut v = body(json!([]));
+    v["region"] = json!("eu west");
+    assert_eq!(decode(&v), Err(Error::InvalidRegion));
+    v["region"] = json!("");
+    assert_eq!(decode(&v), Err(Error::InvalidRegion));
+    let mut v = body(json!([]));
+    v["replica"] = json!(ReplicaId::NIL.to_string());
+    assert_eq!(decode(&v), Err(Error::NilReplica));
+}
+
+#[test]
+fn a_decrement_on_an_increment_only_counter_is_refused() {
+    assert_eq!(
+        decode(&body(json!([{"id": "likes", "kind": "g", "p": 5, "n": 1}]))),
+        Err(Error::DecrementOnCounter {
+            id: "likes".into(),
+            n: 1
+        })
+    );
+    // n = 0 spelled out is fine.
+    assert!(decode(&body(json!([{"id": "likes", "kind": "g", "p": 5, "n": 0}]))).is_ok());
+}
+
+#[test]
+fn the_same_counter_twice_is_refused_but_one_id_of_each_kind_is_fine() {
+    assert_eq!(
+        decode(&body(json!([
+            {"id": "a", "kind": "g", "p": 1},
+            {"id": "b", "kind": "g", "p": 1},
+            {"id": "a", "kind": "g", "p": 2},
+        ]))),
+        Err(Error::DuplicateCounter {
+            id: "a".into(),
+            kind: CounterKind::G
+        })
+    );
+    assert!(
+        decode(&body(
+            json!([{"id": "a", "kind": "g", "p": 1}, {"id": "a", "kind": "pn", "p": 1}])
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn every_error_has_a_distinct_stable_code() {
+    let errors = [
+        Error::SlotOverflow {
+            replica: ReplicaId::from_u128(1),
+            current: 0,
+            by: 0,
+        },
+        Error::ValueOutOfRange,
+        Error::InvalidReplicaId,
+        Error::NilReplica,
+        Error::EmptyId,
+        Error::IdTooLong { len: 0, max: 0 },
+        Error::IdBadChar { at: 0 },
+        Error::InvalidRegion,
+        Error::UnsupportedVersion {
+            got: 0,
+            supported: 1,
+        },
+        Error::TooManyCounters { got: 0, max: 0 },
+        Error::DuplicateCounter {
+            id: String::new(),
+            kind: CounterKind::G,
+        },
+        Error::DecrementOnCounter {
+            id: String::new(),
+            n: 0,
+        },
+        Error::Malformed(String::new()),
+    ];
+    let mut codes: Vec<_> = errors.iter().map(Error::code).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), errors.len());
+}

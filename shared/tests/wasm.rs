@@ -1,0 +1,100 @@
+//! The counters and their JavaScript bindings on wasm32, run in Node by
+//! `wasm-bindgen-test-runner` (see scripts/test.sh).
+#![cfg(all(target_arch = "wasm32", feature = "wasm"))]
+
+use tally_crdt::wasm::{JsGCounter, JsPNCounter};
+use tally_crdt::{Error, GCounter, ReplicaId, SyncRequest};
+use wasm_bindgen::JsValue;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+const A: &str = "000000000000000000000000000000aa";
+const B: &str = "000000000000000000000000000000bb";
+
+fn bigint_text(v: JsValue) -> String {
+    assert!(v.is_bigint(), "values cross to JavaScript as BigInt");
+    String::from(
+        js_sys::BigInt::from(v)
+            .to_string(10)
+            .expect("radix 10 is valid"),
+    )
+}
+
+fn error_message(e: JsValue) -> String {
+    String::from(js_sys::Error::from(e).message())
+}
+
+#[wasm_bindgen_test]
+fn gcounter_counts_and_merges_on_wasm32() {
+    let mut a = JsGCounter::new();
+    let mut b = JsGCounter::new();
+    assert_eq!(a.increment(A, 3).unwrap(), 3);
+    assert_eq!(b.increment(B, 4).unwrap(), 4);
+    a.merge(&b);
+    a.merge(&b);
+    assert_eq!(a.value_string(), "7");
+    assert_eq!(a.get(B).unwrap(), 4);
+}
+
+#[wasm_bindgen_test]
+fn values_above_2_pow_53_stay_exact_as_bigint_and_string() {
+    let mut c = JsGCounter::new();
+    c.increment(A, u64::MAX).unwrap();
+    c.increment(B, u64::MAX).unwrap();
+    let exact = (2 * u128::from(u64::MAX)).to_string();
+    assert_eq!(c.value_string(), exact);
+    assert_eq!(bigint_text(JsValue::from(c.value())), exact);
+}
+
+#[wasm_bindgen_test]
+fn overflow_and_bad_replica_ids_throw_and_change_nothing() {
+    let mut c = JsGCounter::new();
+    c.increment(A, u64::MAX).unwrap();
+    let before = c.to_json().unwrap();
+    let err = error_message(c.increment(A, 1).unwrap_err());
+    assert!(err.contains("u64::MAX"), "{err}");
+    let err = error_message(c.increment("nope", 1).unwrap_err());
+    assert!(err.contains("32 hex digits"), "{err}");
+    assert_eq!(c.to_json().unwrap(), before);
+}
+
+#[wasm_bindgen_test]
+fn pncounter_goes_negative_exactly() {
+    let mut c = JsPNCounter::new();
+    c.increment(A, 2).unwrap();
+    c.decrement(B, u64::MAX).unwrap();
+    let exact = (2 - i128::from(u64::MAX)).to_string();
+    assert_eq!(c.value_string(), exact);
+    assert_eq!(bigint_text(JsValue::from(c.value())), exact);
+}
+
+#[wasm_bindgen_test]
+fn json_round_trips_and_bad_json_throws() {
+    let mut c = JsPNCounter::new();
+    c.increment(A, u64::MAX).unwrap();
+    c.decrement(A, 1).unwrap();
+    let json = c.to_json().unwrap();
+    let back = JsPNCounter::from_json(&json).unwrap();
+    assert_eq!(back.value_string(), c.value_string());
+    assert!(JsGCounter::from_json("{\"x\":1}").is_err());
+    assert!(JsGCounter::from_json("[").is_err());
+}
+
+#[wasm_bindgen_test]
+fn the_rust_api_and_sync_decoding_work_on_wasm32() {
+    let r = ReplicaId::from_u128(7);
+    let mut g = GCounter::new();
+    g.increment(r, u64::MAX).unwrap();
+    assert!(matches!(g.increment(r, 1), Err(Error::SlotOverflow { .. })));
+    let body = br#"{"version":1,"replica":"00000000000000000000000000000007","region":"eu","counters":[{"id":"home","kind":"g","p":18446744073709551615}]}"#;
+    assert_eq!(
+        SyncRequest::from_json(body).unwrap().counters[0].p,
+        u64::MAX
+    );
+    assert_eq!(
+        SyncRequest::from_json(br#"{"version":3}"#),
+        Err(Error::UnsupportedVersion {
+            got: 3,
+            supported: 1
+        })
+    );
+}
