@@ -1,0 +1,274 @@
+//! Group commit: one task owns every write, so concurrent syncs share one transaction.
+//!
+//! Handlers send their validated sync on a channel with a reply slot. The commit task takes
+//! every sync waiting (up to a bound), merges them in memory into the rows that actually raise
+//! a slot, writes those rows in **one** transaction, and only after the commit applies them
+//! to the in-memory state and answers every caller. A failed commit answers every caller of
+//! the batch with an error and leaves memory untouched, so nothing unacknowledged is shown and
+//! nothing acknowledged is missing. The same task writes the periodic snapshots, so SQLite
+//! never sees two writers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tally_crdt::{CounterKind, PROTOCOL_VERSION, ReplicaId, SlotTotals, SyncRequest, SyncResponse};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::metrics::{Kind, Metrics};
+use crate::state::Merged;
+use crate::store::{ReplicaRow, SlotRow, Store};
+
+/// Syncs waiting at most, before senders wait for room.
+const QUEUE: usize = 4096;
+/// A batch stops taking syncs once it holds this many slot totals.
+const MAX_BATCH_SLOTS: usize = 50_000;
+
+/// Why a sync was not committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The merger is shutting down and takes no new syncs.
+    #[error("the merger is shutting down")]
+    ShuttingDown,
+    /// The database refused the commit (logged with its cause).
+    #[error("the database could not commit the sync")]
+    Database,
+}
+
+struct Job {
+    request: SyncRequest,
+    reply: oneshot::Sender<Result<SyncResponse, CommitError>>,
+}
+
+/// The handle handlers use to commit a sync.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("replica", &self.request.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    /// Commits a validated sync; answers once it is durable.
+    pub async fn commit(&self, request: SyncRequest) -> Result<SyncResponse, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| CommitError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(CommitError::ShuttingDown))
+    }
+}
+
+/// Starts the commit task. It runs until `stop` turns true, then commits every sync already
+/// queued, writes a last snapshot, and ends.
+pub fn spawn(
+    store: Store,
+    merged: Arc<RwLock<Merged>>,
+    metrics: Arc<Metrics>,
+    snapshot_interval: Duration,
+    stop: watch::Receiver<bool>,
+) -> (Committer, JoinHandle<()>) {
+    let (jobs, queue) = mpsc::channel(QUEUE);
+    let task = CommitTask {
+        store,
+        merged,
+        metrics,
+    };
+    let handle = tokio::spawn(task.run(queue, snapshot_interval, stop));
+    (Committer { jobs }, handle)
+}
+
+struct CommitTask {
+    store: Store,
+    merged: Arc<RwLock<Merged>>,
+    metrics: Arc<Metrics>,
+}
+
+impl CommitTask {
+    async fn run(
+        self,
+        mut queue: mpsc::Receiver<Job>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                job = queue.recv() => match job {
+                    Some(job) => self.commit_batch(job, &mut queue).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.snapshot().await,
+                // Sent once, at shutdown (an error means the sender is gone: stop as well).
+                _ = stop.changed() => {
+                    // Take no new syncs, but commit every one already queued.
+                    queue.close();
+                    while let Some(job) = queue.recv().await {
+                        self.commit_batch(job, &mut queue).await;
+                    }
+                    break;
+                }
+            }
+        }
+        self.snapshot().await;
+        info!("commit task stopped");
+    }
+
+    async fn commit_batch(&self, first: Job, queue: &mut mpsc::Receiver<Job>) {
+        let mut slots_in_batch = first.request.counters.len();
+        let mut batch = vec![first];
+        while slots_in_batch < MAX_BATCH_SLOTS {
+            let Ok(job) = queue.try_recv() else { break };
+            slots_in_batch += job.request.counters.len();
+            batch.push(job);
+        }
+
+        let at = now_ms();
+        let (replicas, slots) = self.rows_to_write(&batch, at);
+        let started = Instant::now();
+        let committed = self.store.commit(&replicas, &slots, &[]).await;
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = committed {
+            error!(error = %e, syncs = batch.len(), "commit failed; the syncs are refused and will be retried by the edge");
+            self.metrics.commit_failures.inc();
+            for job in batch {
+                let _ = job.reply.send(Err(CommitError::Database));
+            }
+            return;
+        }
+        self.metrics.batch_syncs.observe(count_f64(batch.len()));
+        self.metrics.batch_slots.observe(count_f64(slots.len()));
+        self.metrics
+            .slots_merged
+            .inc_by(u64::try_from(slots.len()).unwrap_or(u64::MAX));
+        self.metrics
+            .slots_received
+            .inc_by(u64::try_from(slots_in_batch).unwrap_or(u64::MAX));
+
+        // Durable: now memory may show it, and the callers may hear it.
+        let mut merged = self
+            .merged
+            .write()
+            .expect("no thread panics while holding the state lock");
+        for r in &replicas {
+            merged.touch_replica(r.replica, &r.region, r.at);
+        }
+        for s in &slots {
+            merged.apply_slot(s);
+        }
+        for job in batch {
+            let counters = job
+                .request
+                .counters
+                .iter()
+                .map(|c| merged.merged_counter(c.kind, &c.id, job.request.replica))
+                .collect();
+            let _ = job.reply.send(Ok(SyncResponse {
+                version: PROTOCOL_VERSION,
+                counters,
+            }));
+        }
+        self.metrics
+            .counters
+            .get_or_create(&Kind { kind: "g" })
+            .set(gauge(merged.len(CounterKind::G)));
+        self.metrics
+            .counters
+            .get_or_create(&Kind { kind: "pn" })
+            .set(gauge(merged.len(CounterKind::Pn)));
+        self.metrics.replicas.set(gauge(merged.replica_count()));
+    }
+
+    /// The rows a batch must write: every replica that synced, and each slot total that
+    /// raises what is held (the max over the batch, for a slot sent more than once).
+    fn rows_to_write(&self, batch: &[Job], at: i64) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
+        let merged = self
+            .merged
+            .read()
+            .expect("no thread panics while holding the state lock");
+        let mut replicas: HashMap<ReplicaId, ReplicaRow> = HashMap::new();
+        let mut best: HashMap<(CounterKind, &str, ReplicaId), SlotTotals> = HashMap::new();
+        for job in batch {
+            let r = &job.request;
+            replicas.entry(r.replica).or_insert_with(|| {
+                let region = merged.region_of(r.replica, &r.region);
+                if region != r.region {
+                    warn!(replica = %r.replica, registered = region, claimed = %r.region, "replica synced from another region; it keeps its first one");
+                }
+                ReplicaRow { replica: r.replica, region: region.to_owned(), at }
+            });
+            for c in &r.counters {
+                let slot = best.entry((c.kind, c.id.as_str(), r.replica)).or_default();
+                slot.p = slot.p.max(c.p);
+                slot.n = slot.n.max(c.n);
+            }
+        }
+        let slots = best
+            .into_iter()
+            .filter_map(|((kind, id, replica), totals)| {
+                let held = merged.slot(kind, id, replica);
+                let grows = totals.p > held.p || totals.n > held.n;
+                grows.then(|| SlotRow {
+                    kind,
+                    counter: id.to_owned(),
+                    replica,
+                    totals,
+                    at,
+                })
+            })
+            .collect();
+        (replicas.into_values().collect(), slots)
+    }
+
+    async fn snapshot(&self) {
+        let rows = self
+            .merged
+            .read()
+            .expect("no thread panics while holding the state lock")
+            .pending_snapshots(now_ms());
+        if rows.is_empty() {
+            return;
+        }
+        match self.store.commit(&[], &[], &rows).await {
+            Ok(()) => {
+                self.metrics
+                    .snapshots_written
+                    .inc_by(u64::try_from(rows.len()).unwrap_or(u64::MAX));
+                self.merged
+                    .write()
+                    .expect("no thread panics while holding the state lock")
+                    .snapshots_written(&rows);
+            }
+            Err(e) => warn!(error = %e, "snapshot failed; it is retried at the next interval"),
+        }
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn count_f64(n: usize) -> f64 {
+    u32::try_from(n).map_or(f64::from(u32::MAX), f64::from)
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

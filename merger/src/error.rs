@@ -1,0 +1,177 @@
+//! [`AppError`]: every error the HTTP API answers, and the one place that decides its status
+//! and JSON body, `{"error":{"code":"...","message":"..."}}`.
+//!
+//! Details of server-side failures are logged, never sent. Responses made by layers rather
+//! than handlers (timeouts, body limits) get the same JSON shape from [`json_errors`].
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tally_crdt::CounterKind;
+
+use crate::AppState;
+use crate::commit::CommitError;
+
+/// Every error the API answers.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// `POST /v1/sync` without `Authorization: Bearer ...`.
+    #[error("missing bearer token: send Authorization: Bearer <sync token>")]
+    MissingToken,
+    /// A bearer token that is not the sync token.
+    #[error("invalid bearer token")]
+    InvalidToken,
+    /// A body that is not declared as JSON.
+    #[error("unsupported content type: send Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// A sync body that is malformed (400) or breaks a protocol rule (422).
+    #[error("{0}")]
+    InvalidSync(tally_crdt::Error),
+    /// A counter id in the path that breaks the id rules.
+    #[error("invalid counter id: {0}")]
+    InvalidId(tally_crdt::Error),
+    /// A query string that cannot be used.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// A counter no replica ever counted in.
+    #[error("no {} named {id:?}", namespace(*kind))]
+    CounterNotFound {
+        /// Its kind.
+        kind: CounterKind,
+        /// Its id.
+        id: String,
+    },
+    /// No such route.
+    #[error("no such resource")]
+    NotFound,
+    /// The route exists, the method does not.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// The body is larger than the configured limit.
+    #[error("request body is larger than the limit")]
+    BodyTooLarge,
+    /// The body could not be read.
+    #[error("request body could not be read")]
+    UnreadableBody,
+    /// The request took longer than the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// The sync could not be committed; the edge retries it.
+    #[error("{0}; retry later")]
+    Commit(CommitError),
+    /// The database does not answer.
+    #[error("database unavailable; retry later")]
+    DatabaseUnavailable,
+}
+
+/// Marks a response as an error with this code, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+impl AppError {
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use tally_crdt::Error as E;
+        match self {
+            AppError::MissingToken | AppError::InvalidToken => StatusCode::UNAUTHORIZED,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::InvalidSync(E::Malformed(_)) => StatusCode::BAD_REQUEST,
+            AppError::InvalidSync(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::InvalidId(_) | AppError::InvalidQuery(_) | AppError::UnreadableBody => {
+                StatusCode::BAD_REQUEST
+            }
+            AppError::CounterNotFound { .. } | AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            AppError::Commit(_) | AppError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::MissingToken => "missing_token",
+            AppError::InvalidToken => "invalid_token",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::InvalidSync(e) | AppError::InvalidId(e) => e.code(),
+            AppError::InvalidQuery(_) => "invalid_query",
+            AppError::CounterNotFound { .. } => "counter_not_found",
+            AppError::NotFound => "not_found",
+            AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::BodyTooLarge => "body_too_large",
+            AppError::UnreadableBody => "unreadable_body",
+            AppError::Timeout => "request_timeout",
+            AppError::Commit(CommitError::ShuttingDown) => "shutting_down",
+            AppError::Commit(CommitError::Database) | AppError::DatabaseUnavailable => {
+                "database_unavailable"
+            }
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, AppError::MissingToken | AppError::InvalidToken) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+impl From<CommitError> for AppError {
+    fn from(e: CommitError) -> Self {
+        AppError::Commit(e)
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::BodyTooLarge
+        } else {
+            AppError::UnreadableBody
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        AppError::InvalidQuery(rejection.body_text())
+    }
+}
+
+/// The path segment of a kind: `counters` or `gauges`.
+pub fn namespace(kind: CounterKind) -> &'static str {
+    match kind {
+        CounterKind::G => "counter",
+        CounterKind::Pn => "gauge",
+    }
+}
+
+/// Outermost middleware: gives error responses made by layers (body limit, timeout) the
+/// JSON error shape, and counts every error response by code.
+pub async fn json_errors(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        app.metrics.error(code);
+        return response;
+    }
+    let replacement = match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::BodyTooLarge,
+        StatusCode::REQUEST_TIMEOUT => AppError::Timeout,
+        _ => return response,
+    };
+    app.metrics.error(replacement.code());
+    replacement.into_response()
+}

@@ -1,0 +1,44 @@
+//! `GET /healthz` (the process answers), `GET /readyz` (the database answers) and
+//! `GET /metrics` (Prometheus text).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// How long readiness waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Alive: the process serves requests.
+pub async fn alive() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready: the database answers a query within two seconds.
+pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, AppError> {
+    match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(AppError::DatabaseUnavailable)
+        }
+        Err(_) => Err(AppError::DatabaseUnavailable),
+    }
+}
+
+/// Every metric, in the Prometheus/OpenMetrics text format.
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+}

@@ -1,0 +1,75 @@
+//! The HTTP API: one module per resource, merged into one [`router`].
+//!
+//! | route | module |
+//! |---|---|
+//! | `POST /v1/sync` | [`sync`] |
+//! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
+//! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
+
+pub mod counters;
+pub mod health;
+pub mod sync;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::error::{AppError, json_errors};
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time for a whole request.
+    pub request_timeout: Duration,
+}
+
+/// The whole API over `state`.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    Router::new()
+        .route(
+            "/v1/sync",
+            post(sync::sync).route_layer(from_fn_with_state(state.clone(), sync::require_token)),
+        )
+        .route("/v1/{namespace}", get(counters::list))
+        .route("/v1/{namespace}/{id}", get(counters::read))
+        .route("/v1/{namespace}/{id}/history", get(counters::history))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        // Outermost last: errors from every layer below get the JSON shape and are counted.
+        .layer(from_fn(no_store))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(from_fn_with_state(state.clone(), json_errors))
+        .with_state(state)
+}
+
+/// API answers are live values: caches must not keep them.
+async fn no_store(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}

@@ -1,0 +1,226 @@
+//! Helpers shared by the merger's tests: an in-process merger on a temp SQLite file, request
+//! builders, and the real binary on a loopback port.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tally_merger::{Config, Merger};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tower::ServiceExt;
+
+pub const TOKEN: &str = "test-sync-token-0123456789";
+
+/// A merger on a fresh SQLite file in a temp dir, driven in-process.
+pub struct TestMerger {
+    pub dir: tempfile::TempDir,
+    pub merger: Merger,
+    pub app: Router,
+}
+
+impl TestMerger {
+    pub async fn new() -> TestMerger {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestMerger {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        Self::open_in(dir, adjust).await
+    }
+
+    /// Opens a merger on the database of `dir` (kept across [`TestMerger::reopen`]).
+    pub async fn open_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestMerger {
+        let mut config = Config::new(database_url(dir.path()), TOKEN);
+        adjust(&mut config);
+        let merger = Merger::open(config)
+            .await
+            .expect("the merger opens its temp database");
+        let app = merger.router();
+        TestMerger { dir, merger, app }
+    }
+
+    /// Closes the merger (committing what is queued) and opens a new one on the same file.
+    pub async fn reopen(self) -> TestMerger {
+        self.merger.close().await;
+        Self::open_in(self.dir, |_| {}).await
+    }
+
+    /// Sends a request; returns the status and the body as JSON (`Value::Null` if empty or
+    /// not JSON).
+    pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body is readable")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    /// POSTs a sync body with the right token and content type.
+    pub async fn sync(&self, body: &Value) -> (StatusCode, Value) {
+        self.send(sync_request(body.to_string())).await
+    }
+
+    /// Every counter and gauge with its full view: the observable state, for "unchanged"
+    /// checks.
+    pub async fn everything(&self) -> Value {
+        let mut all = serde_json::Map::new();
+        for ns in ["counters", "gauges"] {
+            let (status, page) = self.get(&format!("/v1/{ns}?limit=1000")).await;
+            assert_eq!(status, StatusCode::OK);
+            for item in page["items"].as_array().unwrap() {
+                let id = item["id"].as_str().unwrap();
+                all.insert(
+                    format!("{ns}/{id}"),
+                    self.get(&format!("/v1/{ns}/{id}")).await.1,
+                );
+            }
+        }
+        Value::Object(all)
+    }
+}
+
+pub fn database_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("tally.db").display())
+}
+
+pub fn sync_request(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/v1/sync")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+/// A replica id from a small number.
+pub fn replica(n: u64) -> String {
+    format!("{n:032x}")
+}
+
+/// A sync body: `counters` as `(id, kind, p, n)`.
+pub fn sync_body(replica_n: u64, region: &str, counters: &[(&str, &str, u64, u64)]) -> Value {
+    let counters: Vec<Value> = counters
+        .iter()
+        .map(|&(id, kind, p, n)| json!({"id": id, "kind": kind, "p": p, "n": n}))
+        .collect();
+    json!({"version": 1, "replica": replica(replica_n), "region": region, "counters": counters})
+}
+
+/// Asserts an error answer: status, and the JSON error body with this code and a message.
+#[track_caller]
+pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(answer.0, status, "body: {}", answer.1);
+    assert_eq!(answer.1["error"]["code"], code, "body: {}", answer.1);
+    assert!(
+        answer.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error has a message: {}",
+        answer.1
+    );
+}
+
+/// The real `tally-merger` binary on a loopback port chosen by the OS.
+pub struct MergerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl MergerProcess {
+    /// Starts the binary on `db_dir`'s database and waits until it listens and is ready.
+    pub async fn start(db_dir: &Path, extra: &[&str]) -> MergerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-merger"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &database_url(db_dir),
+            ])
+            .args(["--sync-token", TOKEN, "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the merger binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("stdout is readable") {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("the merger exited before listening");
+        })
+        .await
+        .expect("the merger listens within 30 s");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let process = MergerProcess { child, url };
+        process.wait_ready().await;
+        process
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            let answer = client.get(format!("{}/readyz", self.url)).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the merger at {} is not ready after 5 s", self.url);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill_9(mut self) {
+        self.child.kill().await.expect("the child can be killed");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("the child is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the merger exits within 30 s of SIGTERM")
+            .expect("the exit status is readable");
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    }
+}
+
+/// A temp dir path that lives as long as the returned guard.
+pub fn temp_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
