@@ -1,29 +1,43 @@
 #!/usr/bin/env bash
-# Starts tally locally, after installing whatever is missing (scripts/bootstrap.sh): the merger
-# on embedded SQLite (./data/tally.db) with a fresh dev sync token. Prints the URLs and curl
-# examples; Ctrl-C stops everything. The README's run command.
+# Starts the whole tally system locally, after installing whatever is missing
+# (scripts/bootstrap.sh): the merger on embedded SQLite and the edge worker under
+# `wrangler dev`, wired together with a fresh dev sync token. Prints the URLs and curl
+# examples; Ctrl-C stops both. The README's run command.
 #
 #   TALLY_MERGER_PORT   merger port (default 8790)
-#   TALLY_DATABASE_URL  database (default sqlite://./data/tally.db)
+#   TALLY_EDGE_PORT     edge port (default 8787)
+#   TALLY_DATABASE_URL  merger database (default sqlite://./data/tally.db)
+#   Durable Object storage persists in .wrangler/state between runs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/bootstrap.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-port=${TALLY_MERGER_PORT:-8790}
-export TALLY_LISTEN="127.0.0.1:$port"
+merger_port=${TALLY_MERGER_PORT:-8790}
+edge_port=${TALLY_EDGE_PORT:-8787}
+merger="http://127.0.0.1:$merger_port"
+edge="http://127.0.0.1:$edge_port"
+export TALLY_LISTEN="127.0.0.1:$merger_port"
 export TALLY_DATABASE_URL=${TALLY_DATABASE_URL:-sqlite://./data/tally.db}
-# A fresh secret per run, shared by the merger and (with the edge) the worker's .dev.vars.
+# A fresh secret per run, shared by the merger and the worker.
 TALLY_SYNC_TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export TALLY_SYNC_TOKEN
+# The worker reads its local secrets from .dev.vars (git-ignored).
+printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\n' "$TALLY_SYNC_TOKEN" "$merger" > .dev.vars
 
 echo "building the merger (release)..." >&2
 cargo build --release --locked -p tally-merger
 
 merger_pid=
+edge_pid=
 stop() {
   trap - INT TERM EXIT
+  if [ -n "$edge_pid" ]; then
+    echo "stopping the edge..." >&2
+    kill -TERM -- "-$edge_pid" 2>/dev/null || true
+    wait "$edge_pid" 2>/dev/null || true
+  fi
   if [ -n "$merger_pid" ] && kill -0 "$merger_pid" 2>/dev/null; then
     echo "stopping the merger..." >&2
     kill -TERM "$merger_pid" 2>/dev/null || true
@@ -32,33 +46,48 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# wait_for NAME URL PID CODE: until URL answers with HTTP status CODE, or the process dies.
+wait_for() {
+  for _ in $(seq 1800); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$2" 2>/dev/null)" = "$4" ] && return 0
+    kill -0 "$3" 2>/dev/null || { echo "the $1 exited; see the log above" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "the $1 is not answering after 3 minutes" >&2
+  exit 1
+}
+
 target/release/tally-merger &
 merger_pid=$!
+wait_for merger "$merger/readyz" "$merger_pid" 200
 
-merger="http://127.0.0.1:$port"
-for _ in $(seq 100); do
-  curl -fsS "$merger/readyz" >/dev/null 2>&1 && break
-  kill -0 "$merger_pid" 2>/dev/null || { echo "the merger exited; see the log above" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fsS "$merger/readyz" >/dev/null || { echo "the merger is not ready after 10 s" >&2; exit 1; }
+# Own process group, so Ctrl-C handling can stop wrangler and its workerd together.
+echo "building and starting the edge worker under wrangler dev..." >&2
+setsid node_modules/.bin/wrangler dev --ip 127.0.0.1 --port "$edge_port" \
+  --var ALLOW_REGION_OVERRIDE:true --show-interactive-dev-session=false &
+edge_pid=$!
+# A path that is no counter: the Worker answers 404 JSON once it serves.
+wait_for edge "$edge/_ready" "$edge_pid" 404
 
-replica=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 cat <<EOF_USAGE
 
 tally is running.
+  edge       $edge   (Durable Objects in .wrangler/state)
   merger     $merger   (database: $TALLY_DATABASE_URL)
-  sync token $TALLY_SYNC_TOKEN
+  sync token $TALLY_SYNC_TOKEN   (also in .dev.vars for the worker)
 
-Send a sync as an edge replica would (slot totals, not increments; repeat it: nothing changes):
-  curl -sS $merger/v1/sync -H 'Authorization: Bearer $TALLY_SYNC_TOKEN' -H 'Content-Type: application/json' \\
-    -d '{"version":1,"replica":"$replica","region":"local","counters":[{"id":"home","kind":"g","p":3}]}'
+Count a hit at the edge (the answer includes it), add 5, go down on a gauge:
+  curl -sS -X PUT $edge/home/counter
+  curl -sS -X PUT $edge/home/counter -H 'Content-Type: application/json' -d '{"delta": 5}'
+  curl -sS -X PUT $edge/viewers/gauge -H 'Content-Type: application/json' -d '{"delta": -1}'
+Try a region (allowed locally only): -H 'X-Tally-Region: eu'
 
-Read the global count, list counters, see metrics:
+Read at the edge, and the global count at the merger (synced every 2 s):
+  curl -sS $edge/home/counter
   curl -sS $merger/v1/counters/home
   curl -sS '$merger/v1/counters?limit=10'
   curl -sS $merger/metrics
 
-Ctrl-C stops it.
+Ctrl-C stops both.
 EOF_USAGE
-wait "$merger_pid"
+wait "$merger_pid" "$edge_pid"

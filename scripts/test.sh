@@ -17,8 +17,12 @@ step() {
 
 step "format" cargo fmt --all --check
 step "clippy (native)" cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-step "clippy (wasm32)" cargo clippy -p tally-crdt --target wasm32-unknown-unknown --lib --tests --all-features --locked -- -D warnings
-step "tests (native: unit, proptest laws, sync bodies, doctests)" cargo test --workspace --all-features --locked
+step "clippy (wasm32: tally-crdt)" cargo clippy -p tally-crdt --target wasm32-unknown-unknown --lib --tests --all-features --locked -- -D warnings
+step "clippy (wasm32: tally-edge)" cargo clippy -p tally-edge --target wasm32-unknown-unknown --lib --locked -- -D warnings
+step "edge worker build (worker-build, wasm32)" bash scripts/build-edge.sh
+# Unit tests, proptest laws, sync bodies, doctests, the merger in-process and as a binary
+# (kill -9 rounds), and end to end: the merger binary with the worker under wrangler dev.
+step "tests (native and end to end)" cargo test --workspace --all-features --locked
 step "benchmarks run once (test mode)" cargo test -p tally-crdt --bench merge --locked
 step "no_std build (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --locked
 step "no_std build with json (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --features json --locked

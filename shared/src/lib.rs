@@ -12,6 +12,8 @@
 //!   (its slot **totals**, so a retried sync changes nothing) and what the merger answers.
 //! - [`check_counter_id`], [`SyncRequest::validate`] and the limits (`validate.rs`): the input
 //!   rules both sides enforce, failing with one [`Error`] variant per violation (`error.rs`).
+//! - [`Count`] (`count.rs`): a value as the public HTTP APIs write it (a JSON number below
+//!   2^53, a decimal string beyond).
 //! - `wasm.rs` (feature `wasm`): JavaScript bindings of the counters.
 //!
 //! `#![no_std]` with `alloc`; it needs only `serde` (and `thiserror` without std).
@@ -63,6 +65,7 @@
 
 extern crate alloc;
 
+mod count;
 mod error;
 mod gcounter;
 mod pncounter;
@@ -72,6 +75,7 @@ mod validate;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
+pub use count::{Count, JSON_SAFE_MAX};
 pub use error::Error;
 pub use gcounter::GCounter;
 pub use pncounter::PNCounter;

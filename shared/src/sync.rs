@@ -193,16 +193,7 @@ impl MergedCounter {
     /// [`Error::ValueOutOfRange`] if a half passes `u128::MAX` (not reachable with fewer
     /// than 2^64 slots).
     pub fn estimate(&self, own: SlotTotals) -> Result<i128, Error> {
-        let ahead = |global: u128, recorded: u64, own: u64| {
-            global
-                .checked_add(u128::from(own.saturating_sub(recorded)))
-                .ok_or(Error::ValueOutOfRange)
-        };
-        GlobalTotals {
-            p: ahead(self.global.p, self.recorded.p, own.p)?,
-            n: ahead(self.global.n, self.recorded.n, own.n)?,
-        }
-        .value()
+        self.global.estimate(self.recorded, own)
     }
 }
 
@@ -217,6 +208,34 @@ pub struct GlobalTotals {
 }
 
 impl GlobalTotals {
+    /// The read formula of the edge, on totals the merger reported: these global totals
+    /// with one replica's slot brought from `recorded` (the merger's copy) up to `own` (its
+    /// current totals), per half: `global - recorded + max(own, recorded)`.
+    /// See [`MergedCounter::estimate`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ValueOutOfRange`] if a half passes `u128::MAX` or the result does not fit an
+    /// `i128` (neither is reachable with fewer than 2^63 slots).
+    pub fn estimate(self, recorded: SlotTotals, own: SlotTotals) -> Result<i128, Error> {
+        let ahead = |global: u128, recorded: u64, own: u64| {
+            global
+                .checked_add(u128::from(own.saturating_sub(recorded)))
+                .ok_or(Error::ValueOutOfRange)
+        };
+        GlobalTotals {
+            p: ahead(self.p, recorded.p, own.p)?,
+            n: ahead(self.n, recorded.n, own.n)?,
+        }
+        .value()
+    }
+
+    /// Whether `self` is at least `other` in both halves: the merger's totals only grow, so
+    /// of two answers about one counter, the one that dominates is the newer.
+    pub fn dominates(self, other: GlobalTotals) -> bool {
+        self.p >= other.p && self.n >= other.n
+    }
+
     /// `p - n`.
     ///
     /// # Errors

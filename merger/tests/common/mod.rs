@@ -1,10 +1,8 @@
 //! Helpers shared by the merger's tests: an in-process merger on a temp SQLite file, request
-//! builders, and the real binary on a loopback port.
+//! builders, and the real binary on a loopback port (through the end-to-end harness).
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -12,11 +10,9 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tally_merger::{Config, Merger};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tower::ServiceExt;
 
-pub const TOKEN: &str = "test-sync-token-0123456789";
+pub use tally_e2e::{MergerProcess, TOKEN};
 
 /// A merger on a fresh SQLite file in a temp dir, driven in-process.
 pub struct TestMerger {
@@ -143,79 +139,15 @@ pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str
     );
 }
 
-/// The real `tally-merger` binary on a loopback port chosen by the OS.
-pub struct MergerProcess {
-    pub child: Child,
-    pub url: String,
-}
-
-impl MergerProcess {
-    /// Starts the binary on `db_dir`'s database and waits until it listens and is ready.
-    pub async fn start(db_dir: &Path, extra: &[&str]) -> MergerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-merger"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &database_url(db_dir),
-            ])
-            .args(["--sync-token", TOKEN, "--log", "warn"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the merger binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("stdout is readable") {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    return url.to_owned();
-                }
-            }
-            panic!("the merger exited before listening");
-        })
-        .await
-        .expect("the merger listens within 30 s");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let process = MergerProcess { child, url };
-        process.wait_ready().await;
-        process
-    }
-
-    async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        for _ in 0..100 {
-            let answer = client.get(format!("{}/readyz", self.url)).send().await;
-            if answer.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the merger at {} is not ready after 5 s", self.url);
-    }
-
-    /// SIGKILL: no chance to flush or say goodbye.
-    pub async fn kill_9(mut self) {
-        self.child.kill().await.expect("the child can be killed");
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    pub async fn terminate(mut self) {
-        let pid = self.child.id().expect("the child is running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill(1) runs");
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the merger exits within 30 s of SIGTERM")
-            .expect("the exit status is readable");
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
-    }
+/// The real `tally-merger` binary of this build, on a loopback port chosen by the OS.
+pub async fn start_binary(db_dir: &Path) -> MergerProcess {
+    MergerProcess::start_binary(
+        Path::new(env!("CARGO_BIN_EXE_tally-merger")),
+        db_dir,
+        0,
+        &[],
+    )
+    .await
 }
 
 /// A temp dir path that lives as long as the returned guard.

@@ -1,0 +1,175 @@
+//! [`Config`]: the worker's vars and secrets (`wrangler.toml` `[vars]`, `.dev.vars`,
+//! `wrangler secret put`), parsed and checked once.
+
+/// Every setting of the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Base URL of the merger (`MERGER_URL`), without a trailing slash.
+    pub merger_url: String,
+    /// Bearer token for `POST /v1/sync` (`SYNC_TOKEN`, a secret).
+    pub sync_token: String,
+    /// How long dirty counters wait before a sync (`SYNC_INTERVAL_MS`, default 2000).
+    pub sync_interval_ms: u64,
+    /// How long a cached global value serves reads before it is fetched again
+    /// (`READ_TTL_MS`, default the sync interval).
+    pub read_ttl_ms: u64,
+    /// Replicas (Durable Objects) per region a hit is spread over (`SHARDS`, default 4).
+    pub shards: u32,
+    /// Whether the `X-Tally-Region` header may set the region (`ALLOW_REGION_OVERRIDE`;
+    /// for `wrangler dev` and tests only, never in production).
+    pub allow_region_override: bool,
+    /// Longest wait for the merger's answer (`SYNC_TIMEOUT_MS`, default 5000).
+    pub sync_timeout_ms: u64,
+    /// Longest backoff between failed syncs (`MAX_BACKOFF_MS`, default 60000).
+    pub max_backoff_ms: u64,
+}
+
+/// A missing or malformed setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A setting does not parse or is out of range.
+    #[error("{name} = {value:?}: {why}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is expected.
+        why: &'static str,
+    },
+}
+
+/// Shortest sync token accepted (the merger requires the same).
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// Reads every setting through `get` (the Worker's `Env`, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let merger_url = get("MERGER_URL").ok_or(ConfigError::Missing("MERGER_URL"))?;
+        if !(merger_url.starts_with("http://") || merger_url.starts_with("https://")) {
+            return Err(invalid(
+                "MERGER_URL",
+                merger_url,
+                "an http:// or https:// URL",
+            ));
+        }
+        let sync_token = get("SYNC_TOKEN").ok_or(ConfigError::Missing("SYNC_TOKEN"))?;
+        if sync_token.len() < MIN_TOKEN_LEN {
+            return Err(invalid(
+                "SYNC_TOKEN",
+                "<hidden>".into(),
+                "at least 16 characters",
+            ));
+        }
+        let number = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            match get(name) {
+                None => Ok(default),
+                Some(text) => match text.trim().parse::<u64>() {
+                    Ok(v) if range.contains(&v) => Ok(v),
+                    _ => Err(invalid(name, text, "a whole number in range")),
+                },
+            }
+        };
+        let sync_interval_ms = number("SYNC_INTERVAL_MS", 2000, 10..=3_600_000)?;
+        let read_ttl_ms = number("READ_TTL_MS", sync_interval_ms, 0..=3_600_000)?;
+        let shards = number("SHARDS", 4, 1..=1024)?;
+        let sync_timeout_ms = number("SYNC_TIMEOUT_MS", 5000, 100..=60_000)?;
+        let max_backoff_ms = number("MAX_BACKOFF_MS", 60_000, 1000..=3_600_000)?;
+        let allow_region_override = match get("ALLOW_REGION_OVERRIDE").as_deref().map(str::trim) {
+            None | Some("" | "false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "ALLOW_REGION_OVERRIDE",
+                    other.into(),
+                    "true or false",
+                ));
+            }
+        };
+        Ok(Config {
+            merger_url: merger_url.trim_end_matches('/').to_owned(),
+            sync_token,
+            sync_interval_ms,
+            read_ttl_ms,
+            shards: u32::try_from(shards).expect("SHARDS is at most 1024"),
+            allow_region_override,
+            sync_timeout_ms,
+            max_backoff_ms,
+        })
+    }
+}
+
+fn invalid(name: &'static str, value: String, why: &'static str) -> ConfigError {
+    ConfigError::Invalid { name, value, why }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("MERGER_URL", "http://127.0.0.1:8790/"),
+        ("SYNC_TOKEN", "0123456789abcdef"),
+    ];
+
+    #[test]
+    fn defaults() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.merger_url, "http://127.0.0.1:8790");
+        assert_eq!(
+            (c.sync_interval_ms, c.read_ttl_ms, c.shards),
+            (2000, 2000, 4)
+        );
+        assert!(!c.allow_region_override);
+    }
+
+    #[test]
+    fn read_ttl_defaults_to_the_sync_interval() {
+        let c = config(&[BASE[0], BASE[1], ("SYNC_INTERVAL_MS", "500")]).unwrap();
+        assert_eq!(c.read_ttl_ms, 500);
+    }
+
+    #[test]
+    fn missing_and_malformed_settings_are_named() {
+        assert_eq!(config(&[BASE[1]]), Err(ConfigError::Missing("MERGER_URL")));
+        assert_eq!(config(&[BASE[0]]), Err(ConfigError::Missing("SYNC_TOKEN")));
+        assert!(matches!(
+            config(&[("MERGER_URL", "ftp://x"), BASE[1]]),
+            Err(ConfigError::Invalid {
+                name: "MERGER_URL",
+                ..
+            })
+        ));
+        assert!(matches!(
+            config(&[BASE[0], ("SYNC_TOKEN", "short")]),
+            Err(ConfigError::Invalid {
+                name: "SYNC_TOKEN",
+                ..
+            })
+        ));
+        for (name, bad) in [
+            ("SHARDS", "0"),
+            ("SHARDS", "x"),
+            ("SYNC_INTERVAL_MS", "-1"),
+            ("ALLOW_REGION_OVERRIDE", "yes"),
+        ] {
+            let err = config(&[BASE[0], BASE[1], (name, bad)]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{name}={bad}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the edge worker (edge/build/worker/shim.mjs and its Wasm module) with worker-build.
+# worker-build would download wasm-bindgen, esbuild and wasm-opt from GitHub; it uses the
+# pinned ones that scripts/bootstrap.sh installs instead. wrangler.toml's [build] runs this.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PATH="$HOME/.cargo/bin:$PATH"
+WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" || { echo "wasm-bindgen is missing: run scripts/bootstrap.sh" >&2; exit 1; }
+export WASM_BINDGEN_BIN
+export ESBUILD_BIN="$root/node_modules/.bin/esbuild"
+export WASM_OPT_BIN="$root/node_modules/.bin/wasm-opt"
+# Size over speed for the Wasm module (docs/benchmarks.md, P7: 176 -> 157 KiB gzipped).
+# Set here, not in Cargo.toml, so the merger's release build keeps opt-level 3.
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+cd "$root/edge"
+exec worker-build --release "$@"

@@ -1,0 +1,343 @@
+//! Test harness for tally's end-to-end tests: starts the real `tally-merger` binary and the
+//! real edge worker under `wrangler dev` on free loopback ports, waits until they answer,
+//! and stops them (the whole process group) at the end.
+//!
+//! Everything listens on 127.0.0.1 only. Processes are killed when their handle drops, so a
+//! failing test leaves nothing running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The sync token every test uses (the merger requires at least 16 characters).
+pub const TOKEN: &str = "e2e-sync-token-0123456789";
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// A port free on 127.0.0.1 right now (for programs that must be told their port).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback has free ports");
+    listener
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// The merger binary, built once per test process.
+pub fn merger_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--locked", "-p", "tally-merger"])
+                .current_dir(root())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building tally-merger failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root().join("target"), PathBuf::from);
+            target.join("debug/tally-merger")
+        })
+        .clone()
+}
+
+/// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+/// Sends SIGTERM (or SIGKILL) to a whole process group.
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .status();
+}
+
+/// The real `tally-merger` binary on a loopback port.
+pub struct MergerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl MergerProcess {
+    /// Starts the merger on the SQLite database in `db_dir`, on the port chosen by the OS,
+    /// and waits until it is ready.
+    pub async fn start(db_dir: &Path, extra: &[&str]) -> MergerProcess {
+        Self::start_binary(&merger_binary(), db_dir, 0, extra).await
+    }
+
+    /// Like [`MergerProcess::start`], on a given port (to restart where the edge expects it).
+    pub async fn start_on(db_dir: &Path, port: u16) -> MergerProcess {
+        Self::start_binary(&merger_binary(), db_dir, port, &[]).await
+    }
+
+    /// Starts a given merger binary (the merger's own tests pass theirs); `port` 0 lets the OS
+    /// choose.
+    pub async fn start_binary(
+        binary: &Path,
+        db_dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> MergerProcess {
+        let database = format!("sqlite://{}", db_dir.join("tally.db").display());
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                &listen,
+                "--database-url",
+                &database,
+                "--sync-token",
+                TOKEN,
+            ])
+            .args(["--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the merger binary starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("stdout is readable") {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("the merger exited before listening");
+        })
+        .await
+        .expect("the merger listens within 30 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let ready = format!("{url}/readyz");
+        wait_until(Duration::from_secs(10), "merger ready", || async {
+            reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        MergerProcess { child, url }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill_9(mut self) {
+        self.child.kill().await.expect("the merger can be killed");
+    }
+
+    /// SIGTERM, and a clean exit within 30 s.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("the merger is running");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the merger exits within 30 s of SIGTERM")
+            .expect("the exit status is readable");
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    }
+}
+
+/// Settings of an edge under `wrangler dev`.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    /// Where the edge syncs to.
+    pub merger_url: String,
+    /// Durable Object storage directory (`--persist-to`).
+    pub persist_dir: PathBuf,
+    /// `SHARDS`.
+    pub shards: u32,
+    /// `SYNC_INTERVAL_MS`.
+    pub sync_interval_ms: u64,
+    /// `MAX_BACKOFF_MS`.
+    pub max_backoff_ms: u64,
+}
+
+impl EdgeOptions {
+    /// Defaults for tests: 4 shards, 300 ms syncs, backoff capped at 2 s.
+    pub fn new(merger_url: &str, persist_dir: &Path) -> EdgeOptions {
+        EdgeOptions {
+            merger_url: merger_url.to_owned(),
+            persist_dir: persist_dir.to_path_buf(),
+            shards: 4,
+            sync_interval_ms: 300,
+            max_backoff_ms: 2000,
+        }
+    }
+}
+
+/// The edge worker under `wrangler dev` (the real workerd runtime, offline).
+pub struct Edge {
+    child: Child,
+    pgid: u32,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Edge {
+    /// Builds the worker (wrangler runs `scripts/build-edge.sh`) and serves it, with the region
+    /// override allowed, until it answers.
+    pub async fn start(options: &EdgeOptions) -> Edge {
+        let port = free_port();
+        let inspector = free_port();
+        let var = |k: &str, v: &str| format!("{k}:{v}");
+        let wrangler = root().join("node_modules/.bin/wrangler");
+        let mut child = Command::new(&wrangler)
+            .current_dir(root())
+            .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--inspector-port",
+                &inspector.to_string(),
+                "--show-interactive-dev-session=false",
+            ])
+            .args(["--log-level", "warn", "--persist-to"])
+            .arg(&options.persist_dir)
+            .args(["--var", &var("MERGER_URL", &options.merger_url)])
+            .args(["--var", &var("SYNC_TOKEN", TOKEN)])
+            .args(["--var", &var("SHARDS", &options.shards.to_string())])
+            .args([
+                "--var",
+                &var("SYNC_INTERVAL_MS", &options.sync_interval_ms.to_string()),
+            ])
+            .args([
+                "--var",
+                &var("MAX_BACKOFF_MS", &options.max_backoff_ms.to_string()),
+            ])
+            .args([
+                "--var",
+                "SYNC_TIMEOUT_MS:2000",
+                "--var",
+                "ALLOW_REGION_OVERRIDE:true",
+            ])
+            .env("WRANGLER_SEND_METRICS", "false")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("wrangler starts (run scripts/bootstrap.sh first)");
+        let pgid = child.id().expect("wrangler is running");
+        let url = format!("http://127.0.0.1:{port}");
+        let probe = format!("{url}/_probe");
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            // The Worker answers 404 JSON for a path that is no counter: it is up.
+            if client
+                .get(&probe)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 404)
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("wrangler dev exited before serving: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "wrangler dev is not serving after 180 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Edge { child, pgid, url }
+    }
+
+    /// Stops wrangler and its workerd: SIGTERM to the group, SIGKILL if it lingers.
+    pub async fn stop(mut self) {
+        signal_group(self.pgid, "-TERM");
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            signal_group(self.pgid, "-KILL");
+            let _ = self.child.wait().await;
+        }
+        // workerd may outlive wrangler by a moment; make sure the group is gone.
+        signal_group(self.pgid, "-KILL");
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        signal_group(self.pgid, "-KILL");
+    }
+}
+
+/// One `PUT` to the edge. Returns the HTTP status (0 if there was no answer) and the body.
+pub async fn hit(
+    client: &reqwest::Client,
+    edge: &str,
+    path: &str,
+    region: &str,
+    delta: i64,
+) -> (u16, Value) {
+    let request = client
+        .put(format!("{edge}{path}"))
+        .header("X-Tally-Region", region)
+        .header("Content-Type", "application/json")
+        .body(format!("{{\"delta\":{delta}}}"))
+        .timeout(Duration::from_secs(20));
+    match request.send().await {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// `GET` a JSON document; `(0, Null)` if there was no answer.
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    match client
+        .get(url)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// A `count` field as an integer, in either of its JSON forms.
+pub fn count_of(v: &Value) -> Option<i128> {
+    match v {
+        Value::Number(n) => n.as_i64().map(i128::from),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Holds the lock that runs end-to-end tests one at a time: each starts a `wrangler dev`,
+/// whose build writes `edge/build/`, and two at once would also starve each other's CPU.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// A temp dir.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir can be created")
+}
