@@ -44,7 +44,7 @@ struct Loaded {
     /// Failed syncs in a row (for the backoff).
     failures: u32,
     /// Reads waiting on a fetch of the same counter already under way.
-    waiting: HashMap<Target, Vec<oneshot::Sender<bool>>>,
+    waiting: HashMap<Target, Vec<oneshot::Sender<()>>>,
 }
 
 /// One replica of every counter routed to it.
@@ -271,22 +271,34 @@ impl Replica {
 
     /// Fetches the global totals of one counter (a sync of this replica's own totals for it,
     /// which also acknowledges them), once for all the reads that need it at the same time.
+    /// A reader never waits longer than one sync may take; then it answers from what it has.
     async fn refresh(&self, target: &Target) {
-        let waiter = self.with(|l| match l.waiting.get_mut(target) {
-            Some(queue) => {
-                let (tx, rx) = oneshot::channel();
-                queue.push(tx);
-                Some(rx)
-            }
-            None => {
-                l.waiting.insert(target.clone(), Vec::new());
-                None
-            }
+        let (waiter, timeout_ms) = self.with(|l| {
+            let waiter = match l.waiting.get_mut(target) {
+                Some(queue) => {
+                    let (tx, rx) = oneshot::channel();
+                    queue.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    l.waiting.insert(target.clone(), Vec::new());
+                    None
+                }
+            };
+            (waiter, l.config.sync_timeout_ms)
         });
         if let Some(rx) = waiter {
-            let _ = rx.await;
+            let limit = Box::pin(Delay::from(Duration::from_millis(
+                timeout_ms.saturating_add(1000),
+            )));
+            let _ = select(rx, limit).await;
             return;
         }
+        // Whatever happens to this future, the readers waiting on it are released.
+        let _release = Release {
+            replica: self,
+            target,
+        };
         let update = self.with(|l| {
             l.records
                 .get(target)
@@ -294,9 +306,8 @@ impl Replica {
                 .unwrap_or_default()
                 .update(target)
         });
-        let ok = self.sync(vec![update]).await.is_ok();
-        for tx in self.with(|l| l.waiting.remove(target)).unwrap_or_default() {
-            let _ = tx.send(ok);
+        if let Err(why) = self.sync(vec![update]).await {
+            console_warn!("read fetch of {} failed: {why}", key(target));
         }
     }
 
@@ -357,6 +368,23 @@ impl Replica {
             .await?;
         self.with(|l| l.alarm_set = true);
         Ok(())
+    }
+}
+
+/// Releases the readers waiting on a fetch when the fetch ends, however it ends (dropping
+/// their senders wakes them).
+struct Release<'a> {
+    replica: &'a Replica,
+    target: &'a Target,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.replica.loaded.try_borrow_mut()
+            && let Some(loaded) = guard.as_mut()
+        {
+            loaded.waiting.remove(self.target);
+        }
     }
 }
 

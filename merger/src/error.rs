@@ -6,15 +6,13 @@
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tally_crdt::CounterKind;
 
-use crate::AppState;
 use crate::commit::CommitError;
+use crate::metrics::Metrics;
 
 /// Every error the API answers.
 #[derive(Debug, thiserror::Error)]
@@ -159,12 +157,11 @@ pub fn namespace(kind: CounterKind) -> &'static str {
     }
 }
 
-/// Outermost middleware: gives error responses made by layers (body limit, timeout) the
-/// JSON error shape, and counts every error response by code.
-pub async fn json_errors(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Outermost response mapping: gives error responses made by layers (body limit, timeout)
+/// the JSON error shape, and counts every error response by code.
+pub fn json_errors(metrics: &Metrics, response: Response) -> Response {
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
-        app.metrics.error(code);
+        metrics.error(code);
         return response;
     }
     let replacement = match response.status() {
@@ -172,6 +169,6 @@ pub async fn json_errors(State(app): State<AppState>, request: Request, next: Ne
         StatusCode::REQUEST_TIMEOUT => AppError::Timeout,
         _ => return response,
     };
-    app.metrics.error(replacement.code());
+    metrics.error(replacement.code());
     replacement.into_response()
 }

@@ -217,6 +217,31 @@ async fn health_readiness_and_metrics() {
     }
 }
 
+#[tokio::test]
+async fn the_dashboard_page_reads_the_json_api() {
+    let t = TestMerger::new().await;
+    let response = tower::ServiceExt::oneshot(
+        t.app.clone(),
+        Request::get("/").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    let html = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let html = String::from_utf8(html.to_vec()).unwrap();
+    assert!(
+        html.contains("/v1/${namespace}?limit=100"),
+        "the page lists through the API"
+    );
+}
+
 /// Each bad request: the answer, and the stored state before and after, identical.
 async fn refused(t: &TestMerger, request: Request<Body>, status: StatusCode, code: &str) {
     let before = t.everything().await;

@@ -2,8 +2,14 @@
 //! real edge worker under `wrangler dev` on free loopback ports, waits until they answer,
 //! and stops them (the whole process group) at the end.
 //!
+//! [`proxy`] puts faults between the edge and the merger; [`checker`] sends hits and checks
+//! the final counts against what was acknowledged.
+//!
 //! Everything listens on 127.0.0.1 only. Processes are killed when their handle drops, so a
 //! failing test leaves nothing running.
+
+pub mod checker;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -288,6 +294,38 @@ impl Drop for Edge {
     }
 }
 
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An HTTP answer: status and JSON body (`Null` if not JSON).
+    Answered(u16, Value),
+    /// The connection could not be made: the request was definitely not sent.
+    NotSent,
+    /// Sent, but no answer came (connection lost or timeout): it may or may not have landed.
+    NoAnswer,
+}
+
+/// One `PUT` of `{"delta": delta}` to the edge, with its region, and how it ended.
+pub async fn put_hit(
+    client: &reqwest::Client,
+    edge: &str,
+    path: &str,
+    region: &str,
+    delta: i64,
+) -> Outcome {
+    let request = client
+        .put(format!("{edge}{path}"))
+        .header("X-Tally-Region", region)
+        .header("Content-Type", "application/json")
+        .body(format!("{{\"delta\":{delta}}}"))
+        .timeout(Duration::from_secs(20));
+    match request.send().await {
+        Ok(r) => Outcome::Answered(r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+        Err(e) if e.is_connect() => Outcome::NotSent,
+        Err(_) => Outcome::NoAnswer,
+    }
+}
+
 /// One `PUT` to the edge. Returns the HTTP status (0 if there was no answer) and the body.
 pub async fn hit(
     client: &reqwest::Client,
@@ -296,15 +334,9 @@ pub async fn hit(
     region: &str,
     delta: i64,
 ) -> (u16, Value) {
-    let request = client
-        .put(format!("{edge}{path}"))
-        .header("X-Tally-Region", region)
-        .header("Content-Type", "application/json")
-        .body(format!("{{\"delta\":{delta}}}"))
-        .timeout(Duration::from_secs(20));
-    match request.send().await {
-        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
-        Err(_) => (0, Value::Null),
+    match put_hit(client, edge, path, region, delta).await {
+        Outcome::Answered(status, body) => (status, body),
+        Outcome::NotSent | Outcome::NoAnswer => (0, Value::Null),
     }
 }
 

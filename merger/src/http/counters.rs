@@ -5,10 +5,13 @@
 //! answered from the merged state in memory; only `history` queries the database.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tally_crdt::{Count, CounterKind, GlobalTotals, check_counter_id};
 use time::OffsetDateTime;
@@ -16,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::state::Counter;
+use crate::state::{Counter, RegionShare};
 
 /// Default and largest page of `list`.
 const DEFAULT_LIMIT: usize = 100;
@@ -24,14 +27,30 @@ const MAX_LIMIT: usize = 1000;
 /// Default and largest number of history points.
 const DEFAULT_HISTORY: u32 = 1000;
 const MAX_HISTORY: u32 = 10_000;
-/// One counter as read.
+/// One counter as read, borrowed from the merged state (serialized under the read lock).
 #[derive(Debug, Serialize)]
-pub struct CounterView {
-    id: String,
+pub struct CounterView<'a> {
+    id: &'a str,
     count: Count,
     updated_at: String,
-    regions: BTreeMap<String, RegionView>,
+    regions: RegionsView<'a>,
     replicas: usize,
+}
+
+/// The per-region shares, written as a JSON object `{"<region>": {"count", "last_sync"}}`.
+#[derive(Debug)]
+pub struct RegionsView<'a>(&'a BTreeMap<Arc<str>, RegionShare>);
+
+impl Serialize for RegionsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(region, share)| {
+            let view = RegionView {
+                count: count(share.totals),
+                last_sync: rfc3339(share.last_sync),
+            };
+            (&**region, view)
+        }))
+    }
 }
 
 /// One region's share.
@@ -93,41 +112,34 @@ pub struct Point {
     count: Count,
 }
 
-/// `GET /v1/{namespace}/{id}`.
+/// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and one serialization.
 pub async fn read(
     State(app): State<AppState>,
     Path((namespace, id)): Path<(String, String)>,
-) -> Result<Json<CounterView>, AppError> {
+) -> Result<Response, AppError> {
     let kind = kind_of(&namespace)?;
     check_counter_id(&id).map_err(AppError::InvalidId)?;
-    let merged = app
-        .merged
-        .read()
-        .expect("no thread panics while holding the state lock");
-    let counter = merged
-        .get(kind, &id)
-        .ok_or_else(|| AppError::CounterNotFound {
-            kind,
-            id: id.clone(),
-        })?;
-    let regions = counter
-        .regions()
-        .iter()
-        .map(|(region, share)| {
-            let view = RegionView {
-                count: count(share.totals),
-                last_sync: rfc3339(share.last_sync),
-            };
-            (region.to_string(), view)
+    let body = {
+        let merged = app
+            .merged
+            .read()
+            .expect("no thread panics while holding the state lock");
+        let counter = merged
+            .get(kind, &id)
+            .ok_or_else(|| AppError::CounterNotFound {
+                kind,
+                id: id.clone(),
+            })?;
+        serde_json::to_vec(&CounterView {
+            id: &id,
+            count: count(counter.totals()),
+            updated_at: rfc3339(counter.updated_at()),
+            regions: RegionsView(counter.regions()),
+            replicas: counter.replicas(),
         })
-        .collect();
-    Ok(Json(CounterView {
-        count: count(counter.totals()),
-        updated_at: rfc3339(counter.updated_at()),
-        regions,
-        replicas: counter.replicas(),
-        id,
-    }))
+        .expect("a view of strings and integers serializes")
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /v1/{namespace}?prefix=&limit=&cursor=`: counters in id order.

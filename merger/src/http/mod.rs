@@ -5,8 +5,10 @@
 //! | `POST /v1/sync` | [`sync`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
+//! | `GET /` (dashboard page) | [`dashboard`] |
 
 pub mod counters;
+pub mod dashboard;
 pub mod health;
 pub mod sync;
 
@@ -14,10 +16,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::middleware::{from_fn, from_fn_with_state};
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use tower::util::MapResponseLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -35,6 +41,7 @@ pub struct Limits {
 
 /// The whole API over `state`.
 pub fn router(state: AppState, limits: Limits) -> Router {
+    let metrics = Arc::clone(&state.metrics);
     Router::new()
         .route(
             "/v1/sync",
@@ -43,13 +50,17 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v1/{namespace}", get(counters::list))
         .route("/v1/{namespace}/{id}", get(counters::read))
         .route("/v1/{namespace}/{id}/history", get(counters::history))
+        .route("/", get(dashboard::page))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         // Outermost last: errors from every layer below get the JSON shape and are counted.
-        .layer(from_fn(no_store))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -57,19 +68,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             limits.request_timeout,
         ))
         .layer(TraceLayer::new_for_http())
-        .layer(from_fn_with_state(state.clone(), json_errors))
+        .layer(MapResponseLayer::new(move |response| {
+            json_errors(&metrics, response)
+        }))
         .with_state(state)
-}
-
-/// API answers are live values: caches must not keep them.
-async fn no_store(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    response
 }

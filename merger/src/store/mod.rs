@@ -10,13 +10,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use tally_crdt::{CounterKind, GlobalTotals, ReplicaId, SlotTotals};
 
 use crate::config::Durability;
-
-/// Rows per multi-row `INSERT`: 6 parameters each stays far below SQLite's 32,766.
-const ROWS_PER_STATEMENT: usize = 4000;
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +181,10 @@ impl Store {
     /// Writes one batch in one transaction: replica metadata, slots merged with max, and
     /// snapshots. Returns only once the transaction is committed (durable per the
     /// configured [`Durability`]).
+    ///
+    /// Each table gets one statement whatever the batch size: the rows travel as one JSON
+    /// array expanded by SQLite's `json_each`, so the statements are prepared once and
+    /// reused, and no per-row parameters cross the driver.
     pub async fn commit(
         &self,
         replicas: &[ReplicaRow],
@@ -191,52 +192,68 @@ impl Store {
         snapshots: &[SnapshotRow],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in replicas.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                QueryBuilder::new("INSERT INTO replicas (replica, region, first_sync, last_sync) ");
-            q.push_values(chunk, |mut row, r| {
-                row.push_bind(r.replica.to_string())
-                    .push_bind(r.region.as_str())
-                    .push_bind(r.at)
-                    .push_bind(r.at);
-            });
-            q.push(
-                " ON CONFLICT (replica) DO UPDATE SET \
+        if !replicas.is_empty() {
+            let rows: Vec<_> = replicas
+                .iter()
+                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at))
+                .collect();
+            sqlx::query(
+                "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 2 \
+                 FROM json_each(?1) AS j WHERE true \
+                 ON CONFLICT (replica) DO UPDATE SET \
                  last_sync = max(replicas.last_sync, excluded.last_sync)",
-            );
-            q.build().execute(&mut *tx).await?;
+            )
+            .bind(json_rows(&rows))
+            .execute(&mut *tx)
+            .await?;
         }
-        for chunk in slots.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                QueryBuilder::new("INSERT INTO slots (kind, counter, replica, p, n, updated_at) ");
-            q.push_values(chunk, |mut row, s| {
-                row.push_bind(s.kind.as_str())
-                    .push_bind(s.counter.as_str())
-                    .push_bind(s.replica.to_string())
-                    .push_bind(encode_u64(s.totals.p))
-                    .push_bind(encode_u64(s.totals.n))
-                    .push_bind(s.at);
-            });
+        if !slots.is_empty() {
+            let rows: Vec<_> = slots
+                .iter()
+                .map(|s| {
+                    let (p, n) = (encode_u64(s.totals.p), encode_u64(s.totals.n));
+                    (
+                        s.kind.as_str(),
+                        s.counter.as_str(),
+                        s.replica.to_string(),
+                        p,
+                        n,
+                        s.at,
+                    )
+                })
+                .collect();
             // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds.
-            q.push(
-                " ON CONFLICT (kind, counter, replica) DO UPDATE SET \
+            sqlx::query(
+                "INSERT INTO slots (kind, counter, replica, p, n, updated_at) \
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
+                 FROM json_each(?1) AS j WHERE true \
+                 ON CONFLICT (kind, counter, replica) DO UPDATE SET \
                  p = max(slots.p, excluded.p), \
                  n = max(slots.n, excluded.n), \
                  updated_at = max(slots.updated_at, excluded.updated_at)",
-            );
-            q.build().execute(&mut *tx).await?;
+            )
+            .bind(json_rows(&rows))
+            .execute(&mut *tx)
+            .await?;
         }
-        for chunk in snapshots.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::new("INSERT INTO snapshots (kind, counter, taken_at, p, n) ");
-            q.push_values(chunk, |mut row, s| {
-                row.push_bind(s.kind.as_str())
-                    .push_bind(s.counter.as_str())
-                    .push_bind(s.at)
-                    .push_bind(encode_u128(s.totals.p))
-                    .push_bind(encode_u128(s.totals.n));
-            });
-            q.push(" ON CONFLICT (kind, counter, taken_at) DO UPDATE SET p = excluded.p, n = excluded.n");
-            q.build().execute(&mut *tx).await?;
+        if !snapshots.is_empty() {
+            let rows: Vec<_> = snapshots
+                .iter()
+                .map(|s| {
+                    let (p, n) = (encode_u128(s.totals.p), encode_u128(s.totals.n));
+                    (s.kind.as_str(), s.counter.as_str(), s.at, p, n)
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO snapshots (kind, counter, taken_at, p, n) \
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4 \
+                 FROM json_each(?1) AS j WHERE true \
+                 ON CONFLICT (kind, counter, taken_at) DO UPDATE SET p = excluded.p, n = excluded.n",
+            )
+            .bind(json_rows(&rows))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -279,6 +296,11 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Rows as one JSON array of arrays, for `json_each`.
+fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).expect("rows of strings and integers serialize")
 }
 
 /// A `u64` as exactly 20 decimal digits.

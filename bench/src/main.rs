@@ -1,0 +1,89 @@
+//! `tally-bench`: load generators and baselines for the merger benchmarks.
+//!
+//! `scripts/bench-merger.sh` runs these side by side with the merger, `wrk` and
+//! `redis-benchmark` and prints the ratios (`docs/benchmarks.md`). Each subcommand prints one
+//! machine-readable summary line (`name key=value ...`, for the script) and one line for people.
+//!
+//! - `naive` (`naive.rs`): the anti-pattern the merger replaces. A SQLite table
+//!   `counters(id, value)` in WAL mode with `synchronous=FULL`, and one autocommitted
+//!   `UPDATE counters SET value = value + 1` per hit from concurrent clients. Measures durable
+//!   hits/s; every hit costs a commit, and the commits serialise on SQLite's write lock.
+//! - `sync-load` (`sync_load.rs`): simulated edge replicas `POST /v1/sync` their slot totals
+//!   to a running merger. Measures durable slot-updates/s (one counter entry of an
+//!   acknowledged sync), syncs/s and sync latency, then checks that the merger's counts equal
+//!   the sums of the totals it acknowledged, exactly.
+//! - `hello` (`hello.rs`): a hello-world axum server, served like the merger; the baseline
+//!   for the merger's read throughput under `wrk`.
+//!
+//! The exit code is non-zero when a run saw an error or a wrong count, so the script stops.
+
+mod hello;
+mod naive;
+mod sync_load;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Errors of a benchmark run: reported once, then the process exits non-zero. A binary's
+/// error, never matched on, so a boxed error is enough.
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Load generators and baselines for the tally merger benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One autocommitted SQLite `UPDATE ... SET value = value + 1` per hit (the anti-pattern).
+    Naive(naive::Args),
+    /// Simulated edge replicas syncing to a running merger; checks the counts at the end.
+    SyncLoad(sync_load::Args),
+    /// A hello-world HTTP server (the baseline of the merger's reads).
+    Hello(hello::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Naive(args) => naive::run(args).await,
+        Command::SyncLoad(args) => sync_load::run(args).await,
+        Command::Hello(args) => hello::run(args).await,
+    };
+    match outcome {
+        Ok(Verdict::Pass) => ExitCode::SUCCESS,
+        Ok(Verdict::Fail) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether a run that completed met its own checks (errors and wrong counts are failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Fail,
+}
+
+/// `n` per second over `seconds`, for the summary lines.
+fn per_second(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        to_f64(n) / seconds
+    } else {
+        0.0
+    }
+}
+
+/// `n` as a float without an `as` cast (exact below 2^53, far beyond any count a run reaches).
+fn to_f64(n: u64) -> f64 {
+    let (high, low) = (n >> 32, n & 0xffff_ffff);
+    let half = |v: u64| f64::from(u32::try_from(v).expect("a 32-bit half fits a u32"));
+    half(high) * 4_294_967_296.0 + half(low)
+}

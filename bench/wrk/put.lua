@@ -1,0 +1,2 @@
+-- wrk script: every request is a PUT with no body (one hit, +1).
+wrk.method = "PUT"

@@ -1,0 +1,293 @@
+//! A fault-injecting HTTP proxy for the edge → merger path.
+//!
+//! Every request from the edge passes through it to the merger, and on the way it may be
+//! dropped (the edge sees a broken connection, the merger never sees the sync), have its
+//! response dropped (the merger committed, the edge believes it failed and retries),
+//! be duplicated (the merger sees it twice), or be delayed (concurrent syncs reorder); and
+//! for a partition window all traffic is cut. The decisions come from one RNG seeded by the
+//! caller, so the sequence of faults of a failing run can be replayed from its seed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+
+/// Probabilities of each fault, per request (at most one of drop / drop-response / duplicate
+/// applies to a request; a delay can come on top).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// The request is not forwarded; the connection is closed.
+    pub drop_request: f64,
+    /// The request is forwarded and answered by the merger; the answer is thrown away and the
+    /// connection closed.
+    pub drop_response: f64,
+    /// The request is forwarded twice (the copy a little later); the first answer is returned.
+    pub duplicate: f64,
+    /// The request waits up to `max_delay` before it is forwarded.
+    pub delay: f64,
+    /// Longest delay.
+    pub max_delay: Duration,
+}
+
+impl Faults {
+    /// No faults: a plain proxy.
+    pub fn none() -> Faults {
+        Faults::default()
+    }
+
+    /// Every kind at once.
+    pub fn all() -> Faults {
+        Faults {
+            drop_request: 0.15,
+            drop_response: 0.15,
+            duplicate: 0.15,
+            delay: 0.3,
+            max_delay: Duration::from_millis(400),
+        }
+    }
+}
+
+/// What the proxy did, so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests received from the edge.
+    pub requests: u64,
+    /// Requests dropped before the merger.
+    pub dropped: u64,
+    /// Answers dropped after the merger handled the request.
+    pub responses_dropped: u64,
+    /// Requests sent twice.
+    pub duplicated: u64,
+    /// Requests delayed (and so possibly reordered).
+    pub delayed: u64,
+    /// Requests cut by a partition.
+    pub partitioned: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    dropped: AtomicU64,
+    responses_dropped: AtomicU64,
+    duplicated: AtomicU64,
+    delayed: AtomicU64,
+    partitioned: AtomicU64,
+}
+
+struct Shared {
+    upstream: String,
+    faults: Mutex<Faults>,
+    rng: Mutex<StdRng>,
+    partitioned: AtomicBool,
+    counters: Counters,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// What happens to one request.
+enum Fate {
+    Drop,
+    DropResponse,
+    Duplicate(Duration),
+    Pass,
+}
+
+/// A running proxy on 127.0.0.1.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`: give this to the edge as `MERGER_URL`.
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`http://127.0.0.1:PORT`) with `faults`, its decisions
+    /// drawn from an RNG seeded with `seed`.
+    pub async fn start(upstream: &str, faults: Faults, seed: u64) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback has free ports");
+        let addr: SocketAddr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            faults: Mutex::new(faults),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            partitioned: AtomicBool::new(false),
+            counters: Counters::default(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        });
+        let task = tokio::spawn(accept(listener, Arc::clone(&shared)));
+        Proxy {
+            url: format!("http://{addr}"),
+            shared,
+            task,
+        }
+    }
+
+    /// Changes the faults from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *self
+            .shared
+            .faults
+            .lock()
+            .expect("the proxy lock is never poisoned") = faults;
+    }
+
+    /// Cuts (true) or restores (false) all traffic.
+    pub fn partition(&self, cut: bool) {
+        self.shared.partitioned.store(cut, Ordering::SeqCst);
+    }
+
+    /// What the proxy did so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        Stats {
+            requests: get(&c.requests),
+            dropped: get(&c.dropped),
+            responses_dropped: get(&c.responses_dropped),
+            duplicated: get(&c.duplicated),
+            delayed: get(&c.delayed),
+            partitioned: get(&c.partitioned),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+            // An error from the service closes the connection without an answer: that is
+            // how a request or a response is "dropped".
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Why a request got no answer (closes the connection).
+#[derive(Debug)]
+struct Cut(&'static str);
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Cut {}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Cut> {
+    let c = &shared.counters;
+    c.requests.fetch_add(1, Ordering::SeqCst);
+    if shared.partitioned.load(Ordering::SeqCst) {
+        c.partitioned.fetch_add(1, Ordering::SeqCst);
+        return Err(Cut("partitioned"));
+    }
+    let (fate, delay) = {
+        let faults = *shared
+            .faults
+            .lock()
+            .expect("the proxy lock is never poisoned");
+        let mut rng = shared.rng.lock().expect("the proxy lock is never poisoned");
+        let roll: f64 = rng.random();
+        let delay = (rng.random::<f64>() < faults.delay)
+            .then(|| faults.max_delay.mul_f64(rng.random::<f64>()));
+        let fate = if roll < faults.drop_request {
+            Fate::Drop
+        } else if roll < faults.drop_request + faults.drop_response {
+            Fate::DropResponse
+        } else if roll < faults.drop_request + faults.drop_response + faults.duplicate {
+            Fate::Duplicate(
+                faults
+                    .max_delay
+                    .mul_f64(rng.random::<f64>())
+                    .max(Duration::from_millis(10)),
+            )
+        } else {
+            Fate::Pass
+        };
+        (fate, delay)
+    };
+    if let Fate::Drop = fate {
+        c.dropped.fetch_add(1, Ordering::SeqCst);
+        return Err(Cut("request dropped"));
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|_| Cut("request body unreadable"))?
+        .to_bytes();
+    if let Some(delay) = delay {
+        c.delayed.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(delay).await;
+    }
+    let forward = |body: Bytes| {
+        let mut builder = Request::builder().method(parts.method.clone()).uri(format!(
+            "{}{}",
+            shared.upstream,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        ));
+        for (name, value) in &parts.headers {
+            if name != hyper::header::HOST {
+                builder = builder.header(name, value);
+            }
+        }
+        let request = builder
+            .body(Full::new(body))
+            .expect("a copied request is valid");
+        let client = shared.client.clone();
+        async move {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|_| Cut("merger unreachable"))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|_| Cut("merger answer unreadable"))?
+                .to_bytes();
+            Ok::<_, Cut>(Response::from_parts(parts, Full::new(body)))
+        }
+    };
+    if let Fate::Duplicate(after) = fate {
+        c.duplicated.fetch_add(1, Ordering::SeqCst);
+        let copy = forward(body.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = copy.await;
+        });
+    }
+    let response = forward(body).await?;
+    if let Fate::DropResponse = fate {
+        c.responses_dropped.fetch_add(1, Ordering::SeqCst);
+        return Err(Cut("response dropped"));
+    }
+    Ok(response)
+}
