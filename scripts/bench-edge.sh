@@ -100,6 +100,8 @@ curl -fsS -X PUT "$edge1/bench/counter" >/dev/null
 edge1_hits=$(rps -s bench/wrk/put.lua "$edge1/bench/counter")
 log "P6: cached reads on the same edge"
 edge1_reads=$(rps "$edge1/bench/counter")
+log "ceiling: OPTIONS answered by the Worker alone (no Durable Object)"
+edge1_ceiling=$(rps -s bench/wrk/options.lua "$edge1/bench/counter")
 
 log "P5: tally edge, SHARDS=4 (as deployed)"
 edge4=$(start_edge 4)
@@ -119,6 +121,7 @@ edge benchmarks (wrk -t2 -c$connections -d${wrk_seconds}s, wrangler dev, loopbac
   tally edge SHARDS=4, PUT              $edge4_hits req/s
   tally edge SHARDS=1, GET (cached)     $edge1_reads req/s
   tally edge SHARDS=4, GET (cached)     $edge4_reads req/s
+  Worker alone (OPTIONS, no object)     $edge1_ceiling req/s   (wrangler dev's ceiling)
   merger count of all PUTs, 5 s later   $merger_count
 
   P5  tally (SHARDS=1) / JS counter     $(ratio "$edge1_hits" "$js_hits")   target >= 1.0

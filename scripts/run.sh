@@ -74,6 +74,7 @@ cat <<EOF_USAGE
 tally is running.
   edge       $edge   (Durable Objects in .wrangler/state)
   merger     $merger   (database: $TALLY_DATABASE_URL)
+  dashboard  $merger/
   sync token $TALLY_SYNC_TOKEN   (also in .dev.vars for the worker)
 
 Count a hit at the edge (the answer includes it), add 5, go down on a gauge:

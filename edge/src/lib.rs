@@ -50,10 +50,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Api
             .map_err(internal);
     }
     let target = parse_path(&req.path())?;
-    let config = config_from_env(env).map_err(|e| {
-        console_error!("configuration: {e}");
-        ApiError::Internal
-    })?;
+    let config = cached_config(env)?;
     let region = region_of(&req, &config)?;
     let body = match req.method() {
         Method::Get | Method::Head => None,
@@ -123,6 +120,23 @@ fn region_of(req: &Request, config: &Config) -> std::result::Result<String, ApiE
     } else {
         "unknown".to_owned()
     })
+}
+
+/// The Worker's configuration, parsed once per isolate: vars and secrets do not change while
+/// an isolate lives (a new deployment or secret starts new isolates).
+fn cached_config(env: &Env) -> std::result::Result<Config, ApiError> {
+    thread_local! {
+        static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+    }
+    if let Some(config) = CONFIG.with(|c| c.get().cloned()) {
+        return Ok(config);
+    }
+    let config = config_from_env(env).map_err(|e| {
+        console_error!("configuration: {e}");
+        ApiError::Internal
+    })?;
+    CONFIG.with(|c| c.get_or_init(|| config.clone()).clone());
+    Ok(config)
 }
 
 /// The configuration from the Worker's environment (vars and secrets).

@@ -216,7 +216,7 @@ impl CommitTask {
                 slot.n = slot.n.max(c.n);
             }
         }
-        let slots = best
+        let mut slots: Vec<SlotRow> = best
             .into_iter()
             .filter_map(|((kind, id, replica), totals)| {
                 let held = merged.slot(kind, id, replica);
@@ -230,6 +230,11 @@ impl CommitTask {
                 })
             })
             .collect();
+        // In primary-key order (a replica id's hex text sorts like its number), so SQLite
+        // walks its B-tree forward instead of jumping around it.
+        slots.sort_unstable_by(|a, b| {
+            (a.kind.as_str(), &a.counter, a.replica).cmp(&(b.kind.as_str(), &b.counter, b.replica))
+        });
         (replicas.into_values().collect(), slots)
     }
 

@@ -61,14 +61,25 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
-/// What every handler shares: cheap to clone.
+/// What every handler shares: one `Arc`, so a clone per request is one atomic increment.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The shared parts behind [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     merged: Arc<RwLock<Merged>>,
     committer: Committer,
     store: Store,
     metrics: Arc<Metrics>,
     token: Arc<str>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// A running merger: its state, store and commit task.
@@ -106,13 +117,13 @@ impl Merger {
             config.snapshot_interval,
             stopped,
         );
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             merged,
             committer,
             store,
             metrics,
             token,
-        };
+        }));
         Ok(Merger {
             state,
             config,

@@ -126,7 +126,12 @@ impl Store {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // The slots of every live replica should stay in memory: a 64 MiB page cache per
+            // connection and reads through mmap instead of a syscall per page.
+            .pragma("cache_size", "-65536")
+            .pragma("mmap_size", "268435456")
+            .pragma("temp_store", "memory");
         // One writer (the commit task) plus readers for history and readiness.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
