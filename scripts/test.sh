@@ -26,6 +26,7 @@ step "tests (native and end to end)" cargo test --workspace --all-features --loc
 step "benchmarks run once (test mode)" cargo test -p tally-crdt --bench merge --locked
 step "no_std build (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --locked
 step "no_std build with json (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --features json --locked
+step "fuzz (bounded, 20 s per target; skipped without a nightly toolchain)" env FUZZ_SECONDS=20 bash scripts/fuzz.sh
 step "wasm-bindgen-test (wasm32 in Node)" env CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p tally-crdt --target wasm32-unknown-unknown --features wasm --test wasm --locked
 

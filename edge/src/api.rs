@@ -150,6 +150,11 @@ pub fn parse_hit(
             return Err(ApiError::UnsupportedMediaType);
         }
     }
+    // serde's derive also reads the struct from a JSON array (`[5]`), a form the API does not
+    // have. (Not through a `Value`: that keeps the last of duplicate keys.)
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidBody("expected a JSON object".into()));
+    }
     let HitBody { delta } =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     let magnitude = delta.unsigned_abs();
@@ -302,6 +307,9 @@ mod tests {
             b"{\"delta\": 1, \"x\": 2}",
             b"{}",
             b"null",
+            b"[5]",
+            br#"{"delta": 1, "delta": 2}"#,
+            b"[-3]",
         ] {
             assert_eq!(
                 code(CounterKind::G, bad),

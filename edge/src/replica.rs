@@ -194,7 +194,15 @@ impl Replica {
                 _ => console_error!("skipping damaged record {k:?}"),
             }
         }
-        let alarm_set = storage.get_alarm().await?.is_some();
+        let mut alarm_set = storage.get_alarm().await?.is_some();
+        // Dirty counters with no alarm (a runtime that lost its alarm schedule across a
+        // restart): schedule the sync now rather than at the next hit, which may never come.
+        if !alarm_set && records.values().any(Record::is_dirty) {
+            storage
+                .set_alarm(Duration::from_millis(config.sync_interval_ms))
+                .await?;
+            alarm_set = true;
+        }
         // Another event may have loaded meanwhile; the first one wins.
         let mut slot = self.loaded.borrow_mut();
         if slot.is_none() {

@@ -5,7 +5,7 @@
 //! than handlers (timeouts, body limits) get the same JSON shape from [`json_errors`].
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -32,6 +32,9 @@ pub enum AppError {
     /// A counter id in the path that breaks the id rules.
     #[error("invalid counter id: {0}")]
     InvalidId(tally_crdt::Error),
+    /// A path that cannot be decoded (e.g. percent-escapes that are not UTF-8).
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
     /// A query string that cannot be used.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
@@ -79,9 +82,10 @@ impl AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::InvalidSync(E::Malformed(_)) => StatusCode::BAD_REQUEST,
             AppError::InvalidSync(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::InvalidId(_) | AppError::InvalidQuery(_) | AppError::UnreadableBody => {
-                StatusCode::BAD_REQUEST
-            }
+            AppError::InvalidId(_)
+            | AppError::InvalidPath(_)
+            | AppError::InvalidQuery(_)
+            | AppError::UnreadableBody => StatusCode::BAD_REQUEST,
             AppError::CounterNotFound { .. } | AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -97,6 +101,7 @@ impl AppError {
             AppError::InvalidToken => "invalid_token",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::InvalidSync(e) | AppError::InvalidId(e) => e.code(),
+            AppError::InvalidPath(_) => "invalid_path",
             AppError::InvalidQuery(_) => "invalid_query",
             AppError::CounterNotFound { .. } => "counter_not_found",
             AppError::NotFound => "not_found",
@@ -140,6 +145,12 @@ impl From<BytesRejection> for AppError {
         } else {
             AppError::UnreadableBody
         }
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        AppError::InvalidPath(rejection.body_text())
     }
 }
 

@@ -499,6 +499,16 @@ async fn the_error_table() {
     )
     .await;
 
+    // The scheme is case-insensitive.
+    let lower = format!("bearer {TOKEN}");
+    let answer = t
+        .send(post_sync(
+            &[json_ct, ("authorization", &lower)],
+            good.clone(),
+        ))
+        .await;
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+
     // And the good sync still goes through afterwards.
     assert_eq!(
         t.sync(&serde_json::from_str::<Value>(&good).unwrap())

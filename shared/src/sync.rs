@@ -10,8 +10,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use core::marker::PhantomData;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de};
 
 use crate::{Error, ReplicaId};
 
@@ -113,6 +114,7 @@ pub struct SyncRequest {
     pub region: String,
     /// This replica's totals for each counter that changed; at most
     /// [`MAX_COUNTERS_PER_SYNC`](crate::MAX_COUNTERS_PER_SYNC), each `(id, kind)` once.
+    #[serde(deserialize_with = "objects")]
     pub counters: Vec<SlotUpdate>,
 }
 
@@ -246,6 +248,36 @@ impl GlobalTotals {
         let n = i128::try_from(self.n).map_err(|_| Error::ValueOutOfRange)?;
         Ok(p - n)
     }
+}
+
+/// Deserializes `T` from a map (a JSON object) only. serde's derive also accepts a struct
+/// written as a sequence (`[1, "…", "eu", []]`), a second, undocumented wire form that the
+/// fuzzer found; the protocol has one form, so bodies in the other are malformed.
+pub(crate) struct MapOnly<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(MapOnly)
+    }
+}
+
+/// A sequence of objects (each element [`MapOnly`]).
+fn objects<'de, D: de::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<MapOnly<T>>::deserialize(deserializer).map(|v| v.into_iter().map(|m| m.0).collect())
 }
 
 fn is_zero_u64(v: &u64) -> bool {

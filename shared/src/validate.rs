@@ -145,8 +145,8 @@ impl SyncRequest {
     /// ```
     #[cfg(feature = "json")]
     pub fn from_json(body: &[u8]) -> Result<SyncRequest, Error> {
-        match serde_json::from_slice::<SyncRequest>(body) {
-            Ok(request) => {
+        match serde_json::from_slice::<crate::sync::MapOnly<SyncRequest>>(body) {
+            Ok(crate::sync::MapOnly(request)) => {
                 request.validate()?;
                 Ok(request)
             }

@@ -120,6 +120,30 @@ fn wrong_types_and_out_of_range_totals_are_malformed() {
     );
 }
 
+/// Found by fuzzing (fuzz/regressions/sync_request-array-form-*): serde's derive also reads a
+/// struct written as a JSON array; the protocol has one form, objects.
+#[test]
+fn structs_written_as_arrays_are_malformed() {
+    let whole = format!(r#"[1,"{REPLICA}","eu",[]]"#);
+    assert!(
+        matches!(
+            SyncRequest::from_json(whole.as_bytes()),
+            Err(Error::Malformed(_))
+        ),
+        "{whole}"
+    );
+    let counter = format!(
+        r#"{{"version":1,"replica":"{REPLICA}","region":"eu","counters":[["home","g",715]]}}"#
+    );
+    assert!(
+        matches!(
+            SyncRequest::from_json(counter.as_bytes()),
+            Err(Error::Malformed(_))
+        ),
+        "{counter}"
+    );
+}
+
 #[test]
 fn another_protocol_version_is_named_even_if_its_shape_differs() {
     let mut v = body(json!([]));

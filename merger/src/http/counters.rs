@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -115,8 +115,9 @@ pub struct Point {
 /// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and one serialization.
 pub async fn read(
     State(app): State<AppState>,
-    Path((namespace, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, AppError> {
+    let Path((namespace, id)) = path?;
     let kind = kind_of(&namespace)?;
     check_counter_id(&id).map_err(AppError::InvalidId)?;
     let body = {
@@ -145,9 +146,10 @@ pub async fn read(
 /// `GET /v1/{namespace}?prefix=&limit=&cursor=`: counters in id order.
 pub async fn list(
     State(app): State<AppState>,
-    Path(namespace): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, AppError> {
+    let Path(namespace) = path?;
     let kind = kind_of(&namespace)?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -184,9 +186,10 @@ pub async fn list(
 /// (RFC 3339 bounds, both inclusive; default: all), oldest first.
 pub async fn history(
     State(app): State<AppState>,
-    Path((namespace, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<History>, AppError> {
+    let Path((namespace, id)) = path?;
     let kind = kind_of(&namespace)?;
     check_counter_id(&id).map_err(AppError::InvalidId)?;
     let Query(q) = query?;

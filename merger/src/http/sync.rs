@@ -21,7 +21,9 @@ pub async fn require_token(State(app): State<AppState>, request: Request, next: 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110); the token is compared exactly.
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
     let verdict = match presented {
         None => Err(AppError::MissingToken),
         Some(token) if bool::from(token.as_bytes().ct_eq(app.token.as_bytes())) => Ok(()),
