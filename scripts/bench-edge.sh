@@ -72,7 +72,8 @@ setsid target/release/tally-merger --listen "127.0.0.1:$merger_port" \
 pids+=($!)
 wait_status "http://127.0.0.1:$merger_port/readyz" 200
 
-# start_edge SHARDS: the tally worker under wrangler dev; prints its URL.
+# start_edge SHARDS: the tally worker under wrangler dev, in its own process group (so the
+# cleanup stops workerd too); sets $edge_url. Not run in $(...): the pid must reach $pids.
 start_edge() {
   local port inspector
   port=$(free_port); inspector=$(free_port)
@@ -81,21 +82,22 @@ start_edge() {
     --var "MERGER_URL:http://127.0.0.1:$merger_port" --var "SYNC_TOKEN:$token" --var "SHARDS:$1" \
     >/dev/null 2>&1 &
   pids+=($!)
-  wait_status "http://127.0.0.1:$port/_ready" 404
-  echo "http://127.0.0.1:$port"
+  edge_url="http://127.0.0.1:$port"
+  wait_status "$edge_url/_ready" 404
 }
 
 log "P5 baseline: minimal JavaScript Durable Object counter"
 js_port=$(free_port); js_inspector=$(free_port)
-(cd bench/js-counter && setsid ../../node_modules/.bin/wrangler dev --ip 127.0.0.1 --port "$js_port" \
-  --inspector-port "$js_inspector" --persist-to "$work/js" --log-level error --show-interactive-dev-session=false \
-  >/dev/null 2>&1) &
+setsid bash -c 'cd bench/js-counter && exec ../../node_modules/.bin/wrangler dev --ip 127.0.0.1 \
+  --port "$1" --inspector-port "$2" --persist-to "$3" --log-level error --show-interactive-dev-session=false' \
+  js-counter "$js_port" "$js_inspector" "$work/js" >/dev/null 2>&1 &
 pids+=($!)
 wait_status "http://127.0.0.1:$js_port/bench" 200
 js_hits=$(rps -s bench/wrk/put.lua "http://127.0.0.1:$js_port/bench")
 
 log "P5: tally edge, SHARDS=1 (one object, like the baseline)"
-edge1=$(start_edge 1)
+start_edge 1
+edge1=$edge_url
 curl -fsS -X PUT "$edge1/bench/counter" >/dev/null
 edge1_hits=$(rps -s bench/wrk/put.lua "$edge1/bench/counter")
 log "P6: cached reads on the same edge"
@@ -104,7 +106,8 @@ log "ceiling: OPTIONS answered by the Worker alone (no Durable Object)"
 edge1_ceiling=$(rps -s bench/wrk/options.lua "$edge1/bench/counter")
 
 log "P5: tally edge, SHARDS=4 (as deployed)"
-edge4=$(start_edge 4)
+start_edge 4
+edge4=$edge_url
 curl -fsS -X PUT "$edge4/bench/counter" >/dev/null
 edge4_hits=$(rps -s bench/wrk/put.lua "$edge4/bench/counter")
 edge4_reads=$(rps "$edge4/bench/counter")
