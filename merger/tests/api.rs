@@ -125,14 +125,18 @@ async fn history_holds_the_totals_of_each_snapshot() {
         t.sync(&sync_body(1, "eu", &[("h", "g", total, 0)])).await;
         counts.push(total);
         // Wait for a snapshot that holds this total.
-        wait_until(|| async {
-            let (_, h) = t.get("/v1/counters/h/history").await;
-            h["points"]
-                .as_array()
-                .unwrap()
-                .last()
-                .is_some_and(|p| p["count"] == total)
-        })
+        tally_e2e::wait_until(
+            Duration::from_secs(4),
+            "a snapshot holds the total",
+            || async {
+                let (_, h) = t.get("/v1/counters/h/history").await;
+                h["points"]
+                    .as_array()
+                    .unwrap()
+                    .last()
+                    .is_some_and(|p| p["count"] == total)
+            },
+        )
         .await;
     }
     let (status, h) = t.get("/v1/counters/h/history").await;
@@ -156,20 +160,6 @@ async fn history_holds_the_totals_of_each_snapshot() {
         .get("/v1/counters/h/history?to=2000-01-01T00:00:00Z")
         .await;
     assert_eq!(none["points"], json!([]));
-}
-
-async fn wait_until<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not met within 4 s");
 }
 
 #[tokio::test]

@@ -32,9 +32,10 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_restarted_binary_serves_the_same_state() {
-    let (_guard, dir) = temp_dir();
+    let guard = tally_e2e::temp_dir();
+    let dir = guard.path();
     let client = reqwest::Client::new();
-    let m = start_binary(&dir).await;
+    let m = start_binary(dir).await;
     post_sync(
         &client,
         &m.url,
@@ -54,7 +55,7 @@ async fn a_restarted_binary_serves_the_same_state() {
     assert_eq!(home.1["count"], "18446744073709552330");
     m.terminate().await;
 
-    let m = start_binary(&dir).await;
+    let m = start_binary(dir).await;
     assert_eq!(
         get(&client, &format!("{}/v1/counters/home", m.url)).await,
         home
@@ -71,13 +72,14 @@ async fn a_restarted_binary_serves_the_same_state() {
 async fn every_acknowledged_sync_survives_kill_9() {
     const ROUNDS: usize = 10;
     const REPLICAS: u64 = 8;
-    let (_guard, dir) = temp_dir();
+    let guard = tally_e2e::temp_dir();
+    let dir = guard.path();
     let client = reqwest::Client::new();
     // Per replica: (newest total acknowledged, newest total sent).
     let totals: Arc<Mutex<HashMap<u64, (u64, u64)>>> = Arc::default();
     let mut acked_syncs = 0usize;
     for round in 0..ROUNDS {
-        let m = start_binary(&dir).await;
+        let m = start_binary(dir).await;
         let url = m.url.clone();
         let clients: Vec<_> = (1..=REPLICAS)
             .map(|r| {
@@ -124,7 +126,7 @@ async fn every_acknowledged_sync_survives_kill_9() {
 
     // Read every replica's recorded slot back through the protocol: a sync of zero totals
     // changes nothing and answers with what the merger holds.
-    let m = start_binary(&dir).await;
+    let m = start_binary(dir).await;
     let totals = totals.lock().unwrap().clone();
     let mut expected_sum = 0u64;
     for (r, (acked, sent)) in &totals {

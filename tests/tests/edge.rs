@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use tally_e2e::checker::merger_path;
 use tally_e2e::*;
 
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
@@ -61,16 +62,6 @@ async fn send_hits(edge: &str, hits: usize, seed: u64, ledger: &Arc<Mutex<Ledger
     for t in tasks {
         t.await.unwrap();
     }
-}
-
-fn merger_path(path: &str) -> String {
-    let (id, kind) = path.trim_start_matches('/').split_once('/').unwrap();
-    let ns = if kind == "counter" {
-        "counters"
-    } else {
-        "gauges"
-    };
-    format!("/v1/{ns}/{id}")
 }
 
 /// Waits until the merger holds exactly the acknowledged totals, per counter and region.

@@ -2,7 +2,7 @@
 //! builders, and the real binary on a loopback port (through the end-to-end harness).
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::Router;
 use axum::body::Body;
@@ -148,11 +148,4 @@ pub async fn start_binary(db_dir: &Path) -> MergerProcess {
         &[],
     )
     .await
-}
-
-/// A temp dir path that lives as long as the returned guard.
-pub fn temp_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let path = dir.path().to_path_buf();
-    (dir, path)
 }
