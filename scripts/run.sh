@@ -23,8 +23,10 @@ export TALLY_DATABASE_URL=${TALLY_DATABASE_URL:-sqlite://./data/tally.db}
 # A fresh secret per run, shared by the merger and the worker.
 TALLY_SYNC_TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export TALLY_SYNC_TOKEN
+# The application's write key (larger deltas, gauge writes), also fresh per run.
+write_key=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
 # The worker reads its local secrets from .dev.vars (git-ignored).
-printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\n' "$TALLY_SYNC_TOKEN" "$merger" > .dev.vars
+printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\nWRITE_KEY=%s\n' "$TALLY_SYNC_TOKEN" "$merger" "$write_key" > .dev.vars
 
 echo "building the merger (release)..." >&2
 cargo build --release --locked -p tally-merger
@@ -76,11 +78,17 @@ tally is running.
   merger     $merger   (database: $TALLY_DATABASE_URL)
   dashboard  $merger/
   sync token $TALLY_SYNC_TOKEN   (also in .dev.vars for the worker)
+  write key  $write_key   (your backend's key for larger deltas and gauges)
 
-Count a hit at the edge (the answer includes it), add 5, go down on a gauge:
-  curl -sS -X PUT $edge/home/counter
-  curl -sS -X PUT $edge/home/counter -H 'Content-Type: application/json' -d '{"delta": 5}'
-  curl -sS -X PUT $edge/viewers/gauge -H 'Content-Type: application/json' -d '{"delta": -1}'
+Count a hit at the edge (public: +1; the answer includes it), keeping the session token so
+your next reads never show less than you have seen:
+  curl -sS -D - -X PUT $edge/home/counter
+  curl -sS -H 'Tally-Session: g:home=1' $edge/home/counter
+Add 5, and go down on a gauge, with the write key:
+  curl -sS -X PUT $edge/home/counter -H 'Authorization: Bearer $write_key' -H 'Content-Type: application/json' -d '{"delta": 5}'
+  curl -sS -X PUT $edge/viewers/gauge -H 'Authorization: Bearer $write_key' -H 'Content-Type: application/json' -d '{"delta": -1}'
+Read many at once (a page of like buttons):
+  curl -sS '$edge/counter?ids=home,about,pricing'
 Try a region (allowed locally only): -H 'X-Tally-Region: eu'
 
 Read at the edge, and the global count at the merger (synced every 2 s):

@@ -10,7 +10,8 @@
 //! Measured over `seconds`: durable slot-updates/s (a slot-update is one counter entry of a
 //! sync the merger acknowledged with a 2xx, which it sends only after committing), syncs/s
 //! and sync latency (request sent to response body read). Every acknowledged response is
-//! checked: one entry per counter, in order, recording exactly the totals sent.
+//! checked: one answer per counter, naming it, merged (none rejected), recording exactly the
+//! totals sent.
 //!
 //! Then: a replica whose last sync was not acknowledged retries it (as the edge would), and a
 //! sample of counters is read back with `GET /v1/{counters,gauges}/{id}`; each count must equal
@@ -27,8 +28,8 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tally_crdt::{
-    Count, CounterKind, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReplicaId, SlotTotals, SlotUpdate,
-    SyncRequest, SyncResponse,
+    Count, CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReplicaId, SlotTotals,
+    SlotUpdate, SyncAnswer, SyncRequest, SyncResponse,
 };
 
 use crate::{Error, Verdict, per_second};
@@ -191,10 +192,10 @@ impl Target {
     }
 }
 
-/// The counters of this run, by key: `(id, kind)`. Ids carry a random run tag.
+/// The counters of this run. Ids carry a random run tag.
 #[derive(Debug)]
 struct Universe {
-    counters: Vec<(String, CounterKind)>,
+    counters: Vec<CounterKey>,
 }
 
 impl Universe {
@@ -207,7 +208,8 @@ impl Universe {
                 } else {
                     CounterKind::G
                 };
-                (format!("load-{tag:08x}-{key}"), kind)
+                CounterKey::new(kind, format!("load-{tag:08x}-{key}"))
+                    .expect("load-<8 hex digits>-<number> is a valid counter id")
             })
             .collect();
         Universe { counters }
@@ -253,7 +255,7 @@ impl Replica {
     fn grow(&mut self, rng: &mut SmallRng, universe: &Universe) {
         for (key, totals) in self.keys.iter().zip(&mut self.totals) {
             totals.p = add(totals.p, rng.random_range(1..=MAX_GROWTH));
-            if universe.counters[*key].1 == CounterKind::Pn {
+            if universe.counters[*key].kind() == CounterKind::Pn {
                 totals.n = add(totals.n, rng.random_range(0..=MAX_GROWTH));
             }
         }
@@ -270,14 +272,9 @@ impl Replica {
                 .keys
                 .iter()
                 .zip(&self.totals)
-                .map(|(key, totals)| {
-                    let (id, kind) = &universe.counters[*key];
-                    SlotUpdate {
-                        id: id.clone(),
-                        kind: *kind,
-                        p: totals.p,
-                        n: totals.n,
-                    }
+                .map(|(key, totals)| SlotUpdate {
+                    key: universe.counters[*key].clone(),
+                    totals: *totals,
                 })
                 .collect(),
         }
@@ -342,13 +339,17 @@ async fn sync(
     }
 }
 
-/// An acknowledged sync's answer: one entry per counter, in order, recording exactly the
-/// totals sent (only this replica writes its slot, and its totals only grow).
+/// An acknowledged sync's answer: the request's version, one answer per counter (in order,
+/// each naming its counter), none rejected, each recording exactly the totals sent (only this
+/// replica writes its slot, and its totals only grow).
 fn check_response(request: &SyncRequest, body: &[u8]) -> Result<(), String> {
     let response: SyncResponse =
         serde_json::from_slice(body).map_err(|e| format!("unreadable SyncResponse: {e}"))?;
-    if response.version != PROTOCOL_VERSION {
-        return Err(format!("response version {}", response.version));
+    if response.version != request.version {
+        return Err(format!(
+            "response version {} to a version {} sync",
+            response.version, request.version
+        ));
     }
     if response.counters.len() != request.counters.len() {
         return Err(format!(
@@ -357,30 +358,38 @@ fn check_response(request: &SyncRequest, body: &[u8]) -> Result<(), String> {
             request.counters.len()
         ));
     }
-    for (sent, merged) in request.counters.iter().zip(&response.counters) {
-        if merged.id != sent.id || merged.kind != sent.kind {
+    for (sent, answer) in request.counters.iter().zip(&response.counters) {
+        if answer.key() != &sent.key {
             return Err(format!(
-                "answer for {}/{} in the place of {}/{}",
-                merged.id, merged.kind, sent.id, sent.kind
+                "answer for {} in the place of {}",
+                answer.key(),
+                sent.key
             ));
         }
-        if merged.recorded != sent.totals() {
+        let merged = match answer {
+            SyncAnswer::Merged(merged) => merged,
+            SyncAnswer::Rejected(r) => {
+                return Err(format!(
+                    "{}: rejected, {}: {}",
+                    sent.key, r.error.code, r.error.message
+                ));
+            }
+        };
+        if merged.recorded != sent.totals {
             return Err(format!(
-                "{}/{}: recorded {:?} after sending {:?}",
-                sent.id,
-                sent.kind,
-                merged.recorded,
-                sent.totals()
+                "{}: recorded {:?} after sending {:?}",
+                sent.key, merged.recorded, sent.totals
             ));
         }
         let global = merged.global;
-        if global.p < u128::from(sent.p) || global.n < u128::from(sent.n) {
+        if global.p < u128::from(sent.totals.p) || global.n < u128::from(sent.totals.n) {
             return Err(format!(
-                "{}/{}: global {global:?} below own slot {:?}",
-                sent.id,
-                sent.kind,
-                sent.totals()
+                "{}: global {global:?} below own slot {:?}",
+                sent.key, sent.totals
             ));
+        }
+        if merged.updated_at.is_none() && sent.totals != SlotTotals::default() {
+            return Err(format!("{}: no updated_at for a counter hit", sent.key));
         }
     }
     Ok(())
@@ -551,38 +560,25 @@ async fn check_counts(
     };
     let mut check = Check::default();
     for key in keys {
-        let (id, kind) = &universe.counters[key];
-        let namespace = match kind {
-            CounterKind::G => "counters",
-            CounterKind::Pn => "gauges",
-        };
-        let url = format!("{}/v1/{namespace}/{id}", target.base);
+        let counter = &universe.counters[key];
+        let url = format!("{}{}", target.base, counter.merger_path());
         let response = http.get(&url).send().await?;
         let status = response.status();
         let body = response.bytes().await?;
         let want = expected[key];
         let want_count = i128::try_from(want.p)? - i128::try_from(want.n)?;
         check.checked += 1;
-        let found = match status {
-            StatusCode::NOT_FOUND => None,
-            StatusCode::OK => Some(read_counter(&body).map_err(|e| format!("GET {url}: {e}"))?),
-            _ => {
-                let text = String::from_utf8_lossy(&body);
-                check.mismatches.push(format!("GET {url}: {status} {text}"));
-                continue;
-            }
-        };
-        let matches = match found {
-            None => want.replicas == 0,
-            Some((count, replicas)) => count == want_count && replicas == want.replicas,
-        };
-        if !matches {
+        if status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&body);
+            check.mismatches.push(format!("GET {url}: {status} {text}"));
+            continue;
+        }
+        // A counter no acknowledged sync reached reads as count 0 from 0 replicas.
+        let (count, replicas) = read_counter(&body).map_err(|e| format!("GET {url}: {e}"))?;
+        if count != want_count || replicas != want.replicas {
             let mut line = format!(
-                "{namespace}/{id}: merger has {}, acknowledged totals sum to count {want_count} from {} replicas",
-                found.map_or_else(
-                    || "nothing (404)".to_owned(),
-                    |(c, r)| format!("count {c} from {r} replicas")
-                ),
+                "{counter}: merger has count {count} from {replicas} replicas, acknowledged \
+                 totals sum to count {want_count} from {} replicas",
                 want.replicas,
             );
             if want.uncertain {

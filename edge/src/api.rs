@@ -5,33 +5,39 @@
 //!   `GET /{id}/counter` reads. Increment-only (a G-Counter).
 //! - `PUT /{id}/gauge` adds `{"delta": n}` (n ≠ 0, |n| ≤ 1,000,000; empty body +1); `GET` reads.
 //!   Goes up and down (a PN-Counter); the count may be negative.
-//! - Both answer `{"count": 715, "updated_at": "2030-10-10T12:11:42Z"}`.
+//! - Both answer `{"count": 715, "updated_at": "2030-10-10T12:11:42.000Z"}`
+//!   (`updated_at` is `null` for a counter nobody has hit).
+//! - `GET /counter?ids=a,b,c` (and `/gauge?ids=`) reads up to [`MAX_BATCH_IDS`] at once.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tally_crdt::{Count, CounterKind, SlotTotals, check_counter_id};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, Timestamp};
+
+use crate::session::SessionError;
 
 /// Largest `PUT` body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
-/// Largest magnitude of one `PUT`'s delta.
+/// Largest magnitude of one `PUT`'s delta (with the write key).
 pub const MAX_DELTA: u64 = 1_000_000;
+/// Most ids one batch read may name.
+pub const MAX_BATCH_IDS: usize = 100;
 
-/// The counter a request is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    /// `g` for `/counter`, `pn` for `/gauge`.
-    pub kind: CounterKind,
-    /// The counter id.
-    pub id: String,
+/// What a public request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/{id}/counter` or `/{id}/gauge`.
+    One(CounterKey),
+    /// `/counter?ids=…` or `/gauge?ids=…`: a batch read.
+    Batch(CounterKind),
 }
 
 /// Every error the edge answers, as `{"error":{"code","message"}}` with its status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// No such route.
-    #[error("no such resource: use /{{id}}/counter or /{{id}}/gauge")]
+    #[error(
+        "no such resource: use /{{id}}/counter, /{{id}}/gauge, or /counter?ids=a,b for several"
+    )]
     NotFound,
     /// A method other than GET, PUT or OPTIONS.
     #[error("method not allowed: use GET or PUT")]
@@ -54,6 +60,21 @@ pub enum ApiError {
     /// A body declared as something other than JSON.
     #[error("unsupported content type: send Content-Type: application/json")]
     UnsupportedMediaType,
+    /// A batch read's query that is not `ids=<id>,<id>,…` within the bounds.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// A `Tally-Session` header the edge did not write.
+    #[error("invalid session token: {0}")]
+    InvalidSession(SessionError),
+    /// A write that needs the application's write key, sent without it.
+    #[error("{0}")]
+    WriteKeyRequired(String),
+    /// A write key that is not the application's.
+    #[error("invalid write key")]
+    InvalidWriteKey,
+    /// The client used up its budget of new counter ids; existing ones still count.
+    #[error("too many new counter ids from this client; retry in a minute or count an existing id")]
+    TooManyNewIds,
     /// The hit would take this replica's slot past `u64::MAX`; nothing was counted.
     #[error("{0}")]
     Overflow(tally_crdt::Error),
@@ -71,7 +92,13 @@ impl ApiError {
         match self {
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::InvalidId(_) | ApiError::InvalidRegion(_) | ApiError::InvalidBody(_) => 400,
+            ApiError::InvalidId(_)
+            | ApiError::InvalidRegion(_)
+            | ApiError::InvalidBody(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidSession(_) => 400,
+            ApiError::WriteKeyRequired(_) | ApiError::InvalidWriteKey => 401,
+            ApiError::TooManyNewIds => 429,
             ApiError::InvalidDelta(_) | ApiError::Overflow(_) => 422,
             ApiError::BodyTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
@@ -88,6 +115,11 @@ impl ApiError {
             ApiError::InvalidId(e) => e.code(),
             ApiError::InvalidRegion(_) => "invalid_region",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidSession(_) => "invalid_session",
+            ApiError::WriteKeyRequired(_) => "write_key_required",
+            ApiError::InvalidWriteKey => "invalid_write_key",
+            ApiError::TooManyNewIds => "too_many_new_ids",
             ApiError::InvalidDelta(_) => "invalid_delta",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -103,23 +135,48 @@ impl ApiError {
     }
 }
 
-/// Parses `/{id}/counter` or `/{id}/gauge`. Ids need no percent-decoding: the id charset
-/// has no character that is escaped in a URL, so any `%` is an invalid id.
-pub fn parse_path(path: &str) -> Result<Target, ApiError> {
-    let mut parts = path.strip_prefix('/').ok_or(ApiError::NotFound)?.split('/');
-    let (Some(id), Some(namespace), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(ApiError::NotFound);
-    };
-    let kind = match namespace {
-        "counter" => CounterKind::G,
-        "gauge" => CounterKind::Pn,
-        _ => return Err(ApiError::NotFound),
-    };
-    check_counter_id(id).map_err(ApiError::InvalidId)?;
-    Ok(Target {
-        kind,
-        id: id.to_owned(),
-    })
+/// Parses a public path: `/{id}/counter`, `/{id}/gauge`, or `/counter` and `/gauge` for a
+/// batch read.
+pub fn parse_path(path: &str) -> Result<Route, ApiError> {
+    if let Some(kind) = path.strip_prefix('/').and_then(CounterKind::from_resource) {
+        return Ok(Route::Batch(kind));
+    }
+    match CounterKey::from_edge_path(path) {
+        Some(Ok(key)) => Ok(Route::One(key)),
+        Some(Err(e)) => Err(ApiError::InvalidId(e)),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// Parses a batch read's query `ids=a,b,c`: 1 to [`MAX_BATCH_IDS`] valid ids, each once.
+pub fn parse_ids(kind: CounterKind, query: Option<&str>) -> Result<Vec<CounterKey>, ApiError> {
+    let usage = || ApiError::InvalidQuery("expected ids=<id>,<id>,…".into());
+    let mut ids = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("ids", list)) if ids.is_none() => ids = Some(list),
+            _ => return Err(usage()),
+        }
+    }
+    let list = ids.filter(|l| !l.is_empty()).ok_or_else(usage)?;
+    let mut keys = Vec::new();
+    for id in list.split(',') {
+        if keys.len() == MAX_BATCH_IDS {
+            return Err(ApiError::InvalidQuery(format!(
+                "at most {MAX_BATCH_IDS} ids per read"
+            )));
+        }
+        let key = CounterKey::new(kind, id).map_err(ApiError::InvalidId)?;
+        if keys.contains(&key) {
+            return Err(ApiError::InvalidQuery(format!("{id:?} is named twice")));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// The `PUT` body.
@@ -176,26 +233,46 @@ pub fn parse_hit(
 pub struct CountBody {
     /// The value: a JSON number below 2^53, a decimal string beyond.
     pub count: Count,
-    /// RFC 3339 UTC time of the newest change this replica knows of.
-    pub updated_at: String,
+    /// The newest change known; `null` for a counter nobody has hit.
+    pub updated_at: Option<Timestamp>,
 }
 
-impl CountBody {
-    /// The body for `count` at `updated_at_ms` (Unix ms).
-    pub fn new(count: i128, updated_at_ms: i64) -> CountBody {
-        CountBody {
-            count: Count(count),
-            updated_at: rfc3339(updated_at_ms),
+/// One counter of a batch read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum BatchItem {
+    /// Its count.
+    Count {
+        /// The id.
+        id: String,
+        /// As for a single read.
+        #[serde(flatten)]
+        body: CountBody,
+    },
+    /// Why it could not be read.
+    Error {
+        /// The id.
+        id: String,
+        /// As the API's errors.
+        error: serde_json::Value,
+    },
+}
+
+impl BatchItem {
+    /// The item for an error.
+    pub fn error(id: &str, e: &ApiError) -> BatchItem {
+        BatchItem::Error {
+            id: id.to_owned(),
+            error: json!({"code": e.code(), "message": e.to_string()}),
         }
     }
 }
 
-/// Unix milliseconds as RFC 3339 UTC, seconds precision: `2030-10-10T12:11:42Z`.
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+/// The answer to a batch read, in the order of the ids asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchBody {
+    /// One per id.
+    pub items: Vec<BatchItem>,
 }
 
 #[cfg(test)]
@@ -203,48 +280,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_name_a_counter_or_a_gauge() {
+    fn paths_name_a_counter_a_gauge_or_a_batch() {
         assert_eq!(
             parse_path("/home/counter"),
-            Ok(Target {
-                kind: CounterKind::G,
-                id: "home".into()
-            })
+            Ok(Route::One(CounterKey::new(CounterKind::G, "home").unwrap()))
         );
         assert_eq!(
             parse_path("/viewers:page-1/gauge"),
-            Ok(Target {
-                kind: CounterKind::Pn,
-                id: "viewers:page-1".into()
-            })
+            Ok(Route::One(
+                CounterKey::new(CounterKind::Pn, "viewers:page-1").unwrap()
+            ))
         );
+        assert_eq!(parse_path("/gauge"), Ok(Route::Batch(CounterKind::Pn)));
         for bad in [
             "",
             "/",
             "/home",
             "/home/counter/x",
             "/home/widget",
-            "//counter",
             "home/counter",
+            "/counters",
         ] {
-            let err = parse_path(bad).unwrap_err();
+            assert_eq!(parse_path(bad), Err(ApiError::NotFound), "{bad:?}");
+        }
+        for bad in ["//counter", "/a%20b/counter", "/../counter"] {
             assert!(
-                matches!(err, ApiError::NotFound | ApiError::InvalidId(_)),
-                "{bad:?}: {err:?}"
+                matches!(parse_path(bad), Err(ApiError::InvalidId(_))),
+                "{bad:?}"
             );
         }
-        assert!(matches!(
-            parse_path("/a%20b/counter"),
-            Err(ApiError::InvalidId(_))
-        ));
-        assert!(matches!(
-            parse_path("/../counter"),
-            Err(ApiError::InvalidId(_))
-        ));
-        assert!(matches!(
-            parse_path(&format!("/{}/counter", "a".repeat(129))),
-            Err(ApiError::InvalidId(tally_crdt::Error::IdTooLong { .. }))
-        ));
+    }
+
+    #[test]
+    fn batch_reads_name_each_id_once_within_the_bound() {
+        let ids = parse_ids(CounterKind::G, Some("ids=a,b:c,d")).unwrap();
+        assert_eq!(
+            ids.iter().map(CounterKey::id).collect::<Vec<_>>(),
+            ["a", "b:c", "d"]
+        );
+        let code = |q: Option<&str>| parse_ids(CounterKind::G, q).unwrap_err().code();
+        assert_eq!(code(None), "invalid_query");
+        assert_eq!(code(Some("ids=")), "invalid_query");
+        assert_eq!(code(Some("ids=a&ids=b")), "invalid_query");
+        assert_eq!(code(Some("x=1")), "invalid_query");
+        assert_eq!(code(Some("ids=a,a")), "invalid_query");
+        assert_eq!(code(Some("ids=a,,b")), "empty_id");
+        assert_eq!(code(Some("ids=a%20b")), "id_bad_char");
+        let many: Vec<String> = (0..=MAX_BATCH_IDS).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            code(Some(&format!("ids={}", many.join(",")))),
+            "invalid_query"
+        );
     }
 
     #[test]
@@ -330,13 +416,37 @@ mod tests {
 
     #[test]
     fn bodies_have_the_documented_shape() {
-        let body = serde_json::to_string(&CountBody::new(715, 1_917_864_702_000)).unwrap();
-        assert_eq!(body, r#"{"count":715,"updated_at":"2030-10-10T12:11:42Z"}"#);
-        let big = serde_json::to_string(&CountBody::new(1 << 60, 0)).unwrap();
+        let body = |count, at: Option<i64>| {
+            serde_json::to_string(&CountBody {
+                count: Count(count),
+                updated_at: at.map(Timestamp::from_unix_ms),
+            })
+            .unwrap()
+        };
         assert_eq!(
-            big,
-            r#"{"count":"1152921504606846976","updated_at":"1970-01-01T00:00:00Z"}"#
+            body(715, Some(1_917_864_702_000)),
+            r#"{"count":715,"updated_at":"2030-10-10T12:11:42.000Z"}"#
         );
+        assert_eq!(
+            body(1 << 60, Some(0)),
+            r#"{"count":"1152921504606846976","updated_at":"1970-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(body(0, None), r#"{"count":0,"updated_at":null}"#);
+        let batch = BatchBody {
+            items: vec![
+                BatchItem::Count {
+                    id: "a".into(),
+                    body: CountBody {
+                        count: Count(1),
+                        updated_at: None,
+                    },
+                },
+                BatchItem::error("b", &ApiError::Unavailable),
+            ],
+        };
+        let json: serde_json::Value = serde_json::to_value(&batch).unwrap();
+        assert_eq!(json["items"][0]["count"], 1);
+        assert_eq!(json["items"][1]["error"]["code"], "merger_unreachable");
         let err: serde_json::Value = serde_json::from_str(&ApiError::NotFound.body()).unwrap();
         assert_eq!(err["error"]["code"], "not_found");
     }

@@ -6,21 +6,37 @@
 pub struct Config {
     /// Base URL of the merger (`MERGER_URL`), without a trailing slash.
     pub merger_url: String,
-    /// Bearer token for `POST /v1/sync` (`SYNC_TOKEN`, a secret).
+    /// Bearer token for the merger's `/v1/sync` and `/v1/read` (`SYNC_TOKEN`, a secret).
     pub sync_token: String,
-    /// How long dirty counters wait before a sync (`SYNC_INTERVAL_MS`, default 2000).
+    /// How long dirty counters wait before a sync pass (`SYNC_INTERVAL_MS`, default 2000).
     pub sync_interval_ms: u64,
-    /// How long a cached global value serves reads before it is fetched again
+    /// How long a cached global value serves reads before a background refresh
     /// (`READ_TTL_MS`, default the sync interval).
     pub read_ttl_ms: u64,
-    /// Replicas (Durable Objects) per region a hit is spread over (`SHARDS`, default 4).
-    pub shards: u32,
+    /// Durable Objects per region; counters are hashed over them (`PARTITIONS`, default 16).
+    pub partitions: u32,
+    /// Objects of its region one counter's hits are spread over, for hot counters
+    /// (`SPREAD`, default 4).
+    pub spread: u32,
+    /// Counters an object keeps in its in-memory read cache (`CACHE_COUNTERS`, default 10000).
+    pub cache_counters: usize,
+    /// Period of the anti-entropy sweep that re-sends every counter's totals
+    /// (`ANTI_ENTROPY_MS`, default one hour; 0 turns it off).
+    pub anti_entropy_ms: u64,
+    /// Largest delta of a public `PUT` on a counter, without the write key
+    /// (`PUBLIC_MAX_DELTA`, default 1; 0: every counter write needs the key).
+    pub public_max_delta: u64,
+    /// Whether gauges may be written without the write key (`PUBLIC_GAUGES`, default false).
+    pub public_gauges: bool,
+    /// The application's write key (`WRITE_KEY`, a secret, at least 16 characters): its own
+    /// backend presents it for larger deltas and gauge writes. `None`: nobody can.
+    pub write_key: Option<String>,
     /// Whether the `X-Tally-Region` header may set the region (`ALLOW_REGION_OVERRIDE`;
     /// for `wrangler dev` and tests only, never in production).
     pub allow_region_override: bool,
     /// Longest wait for the merger's answer (`SYNC_TIMEOUT_MS`, default 5000).
     pub sync_timeout_ms: u64,
-    /// Longest backoff between failed syncs (`MAX_BACKOFF_MS`, default 60000).
+    /// Longest backoff between failed merger calls (`MAX_BACKOFF_MS`, default 60000).
     pub max_backoff_ms: u64,
 }
 
@@ -75,27 +91,49 @@ impl Config {
         };
         let sync_interval_ms = number("SYNC_INTERVAL_MS", 2000, 10..=3_600_000)?;
         let read_ttl_ms = number("READ_TTL_MS", sync_interval_ms, 0..=3_600_000)?;
-        let shards = number("SHARDS", 4, 1..=1024)?;
+        let partitions = number("PARTITIONS", 16, 1..=4096)?;
+        let spread = number("SPREAD", 4, 1..=64)?;
+        let cache_counters = number("CACHE_COUNTERS", 10_000, 16..=1_000_000)?;
+        let anti_entropy_ms = number("ANTI_ENTROPY_MS", 3_600_000, 0..=604_800_000)?;
+        if anti_entropy_ms != 0 && anti_entropy_ms < 1000 {
+            return Err(invalid(
+                "ANTI_ENTROPY_MS",
+                anti_entropy_ms.to_string(),
+                "0 (off) or at least 1000",
+            ));
+        }
+        let public_max_delta = number("PUBLIC_MAX_DELTA", 1, 0..=crate::api::MAX_DELTA)?;
         let sync_timeout_ms = number("SYNC_TIMEOUT_MS", 5000, 100..=60_000)?;
         let max_backoff_ms = number("MAX_BACKOFF_MS", 60_000, 1000..=3_600_000)?;
-        let allow_region_override = match get("ALLOW_REGION_OVERRIDE").as_deref().map(str::trim) {
-            None | Some("" | "false" | "0") => false,
-            Some("true" | "1") => true,
-            Some(other) => {
+        let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
+            None | Some("" | "false" | "0") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(other) => Err(invalid(name, other.into(), "true or false")),
+        };
+        let write_key = match get("WRITE_KEY").filter(|k| !k.is_empty()) {
+            Some(k) if k.len() < MIN_TOKEN_LEN => {
                 return Err(invalid(
-                    "ALLOW_REGION_OVERRIDE",
-                    other.into(),
-                    "true or false",
+                    "WRITE_KEY",
+                    "<hidden>".into(),
+                    "at least 16 characters",
                 ));
             }
+            other => other,
         };
+        let narrow = |v: u64| u32::try_from(v).expect("bounded by its range above");
         Ok(Config {
             merger_url: merger_url.trim_end_matches('/').to_owned(),
             sync_token,
             sync_interval_ms,
             read_ttl_ms,
-            shards: u32::try_from(shards).expect("SHARDS is at most 1024"),
-            allow_region_override,
+            partitions: narrow(partitions),
+            spread: narrow(spread),
+            cache_counters: usize::try_from(cache_counters).expect("bounded by its range above"),
+            anti_entropy_ms,
+            public_max_delta,
+            public_gauges: flag("PUBLIC_GAUGES")?,
+            write_key,
+            allow_region_override: flag("ALLOW_REGION_OVERRIDE")?,
             sync_timeout_ms,
             max_backoff_ms,
         })
@@ -129,9 +167,14 @@ mod tests {
         let c = config(&BASE).unwrap();
         assert_eq!(c.merger_url, "http://127.0.0.1:8790");
         assert_eq!(
-            (c.sync_interval_ms, c.read_ttl_ms, c.shards),
-            (2000, 2000, 4)
+            (c.sync_interval_ms, c.read_ttl_ms, c.partitions, c.spread),
+            (2000, 2000, 16, 4)
         );
+        assert_eq!(
+            (c.public_max_delta, c.public_gauges, c.write_key),
+            (1, false, None)
+        );
+        assert_eq!((c.cache_counters, c.anti_entropy_ms), (10_000, 3_600_000));
         assert!(!c.allow_region_override);
     }
 
@@ -160,8 +203,12 @@ mod tests {
             })
         ));
         for (name, bad) in [
-            ("SHARDS", "0"),
-            ("SHARDS", "x"),
+            ("PARTITIONS", "0"),
+            ("SPREAD", "x"),
+            ("ANTI_ENTROPY_MS", "10"),
+            ("PUBLIC_MAX_DELTA", "1000001"),
+            ("WRITE_KEY", "short"),
+            ("PUBLIC_GAUGES", "maybe"),
             ("SYNC_INTERVAL_MS", "-1"),
             ("ALLOW_REGION_OVERRIDE", "yes"),
         ] {

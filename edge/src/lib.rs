@@ -2,107 +2,369 @@
 //! them to the merger.
 //!
 //! - `lib.rs` (this file): the Worker entry point. It parses and checks the public request
-//!   ([`api`]), picks the replica (a Durable Object named `<region>:<shard>`, the shard drawn
-//!   at random in `0..SHARDS`, so a hot counter is spread over several slots) and forwards
-//!   the request to it; CORS for browsers.
-//! - [`replica`]: the Durable Object: storage, alarms, the sync and the read cache.
-//! - [`sync`]: the replica's logic as pure functions (hits, dirty state, batches, backoff,
-//!   the read formula), tested natively.
-//! - [`api`]: routes, bodies, responses and errors, tested natively.
+//!   ([`api`]), applies the write policy (public deltas, the write key), picks the object that
+//!   serves the counter ([`routing`]: consistent hashing over the region's partitions, spread
+//!   over several objects for hot counters) and forwards the request to it ([`internal`]);
+//!   then it holds the answer to what the client has already seen ([`session`]) and adds CORS.
+//! - [`replica`]: the Durable Object glue: storage ([`store`]), its one alarm
+//!   ([`scheduler`]), the merger client ([`client`]), the per-counter logic ([`counter`]).
 //! - [`config`]: vars and secrets, parsed once.
 
 pub mod api;
+pub mod client;
 pub mod config;
+pub mod counter;
+pub mod internal;
 #[allow(
     missing_docs,
     reason = "#[durable_object] generates undocumented wasm-bindgen exports"
 )]
 pub mod replica;
-pub mod sync;
+pub mod routing;
+pub mod scheduler;
+pub mod session;
+pub mod store;
 
-use tally_crdt::check_region;
+use futures_util::future::join_all;
+use subtle::ConstantTimeEq;
+use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, check_region};
 use worker::{
     Context, Env, Headers, Method, Request, RequestInit, Response, Result, console_error, event,
 };
 
-use crate::api::{ApiError, MAX_BODY_BYTES, Target, parse_hit, parse_path};
+use crate::api::{
+    ApiError, BatchBody, BatchItem, CountBody, MAX_BODY_BYTES, Route, parse_hit, parse_ids,
+    parse_path,
+};
 use crate::config::{Config, ConfigError};
+use crate::counter::View;
+use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
+use crate::session::Session;
 
 /// Durable Object binding, as in `wrangler.toml`.
 pub const REPLICA_BINDING: &str = "REPLICA";
-/// Header carrying the region to the replica, and (when allowed) the region override.
+/// Rate-limiting binding of the new-id budget, as in `wrangler.toml`.
+pub const NEW_IDS_BINDING: &str = "NEW_IDS";
+/// Header carrying the region override (when allowed).
 pub const REGION_HEADER: &str = "X-Tally-Region";
+
+/// How a request failed: an API error decided here, or an object's error passed through.
+enum Failure {
+    Api(ApiError),
+    Object { status: u16, body: String },
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Failure {
+        Failure::Api(e)
+    }
+}
 
 /// The Worker's entry point.
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let response = match route(req, &env).await {
         Ok(response) => response,
-        Err(e) => json_response(&e.body(), e.status())?,
+        Err(Failure::Api(e)) => {
+            let mut r = json_response(&e.body(), e.status())?;
+            if matches!(e, ApiError::TooManyNewIds) {
+                r.headers_mut().set("Retry-After", "60")?;
+            }
+            r
+        }
+        Err(Failure::Object { status, body }) => {
+            let mut r = json_response(&body, status)?;
+            if status == 429 {
+                r.headers_mut().set("Retry-After", "60")?;
+            }
+            r
+        }
     };
     with_cors(response)
 }
 
-async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Failure> {
     if req.method() == Method::Options {
-        return Response::empty()
+        return Ok(Response::empty()
             .map(|r| r.with_status(204))
-            .map_err(internal);
+            .map_err(internal)?);
     }
-    let target = parse_path(&req.path())?;
+    let route = parse_path(&req.path())?;
     let config = cached_config(env)?;
     let region = region_of(&req, &config)?;
-    let body = match req.method() {
-        Method::Get | Method::Head => None,
-        Method::Put => {
-            let declared = req
+    let token = req.headers().get(session::HEADER).ok().flatten();
+    let mut session = Session::parse(token.as_deref()).map_err(ApiError::InvalidSession)?;
+    let method = req.method();
+    match (method, route) {
+        (Method::Get | Method::Head, Route::One(key)) => {
+            let s = spread_index(&config);
+            let answers = call(
+                env,
+                &config,
+                &region,
+                &key,
+                s,
+                READ_PATH,
+                &Read {
+                    keys: vec![key.clone()],
+                    region: region.clone(),
+                },
+            )
+            .await?;
+            let view = answers
+                .into_iter()
+                .find(|a| a.key == key)
+                .and_then(|a| a.view)
+                .ok_or(ApiError::Unavailable)?;
+            Ok(count_response(&config, &mut session, &key, view)?)
+        }
+        (Method::Put, Route::One(key)) => {
+            let add = read_hit(&mut req, key.kind()).await?;
+            let trusted = authorize(&req, &config, key.kind(), add)?;
+            let client = req
                 .headers()
-                .get("Content-Length")
+                .get("CF-Connecting-IP")
                 .ok()
                 .flatten()
-                .and_then(|v| v.parse::<usize>().ok());
-            if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-                return Err(ApiError::BodyTooLarge);
-            }
-            let bytes = req
-                .bytes()
-                .await
-                .map_err(|_| ApiError::InvalidBody("unreadable body".into()))?;
-            let content_type = req.headers().get("Content-Type").ok().flatten();
-            let add = parse_hit(target.kind, content_type.as_deref(), &bytes)?;
-            Some(serde_json::to_string(&add).map_err(|_| ApiError::Internal)?)
+                .unwrap_or_else(|| "unknown".to_owned());
+            let hit = Hit {
+                key: key.clone(),
+                add,
+                region: region.clone(),
+                client,
+                trusted,
+            };
+            let s = spread_index(&config);
+            let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
+            let view = answers
+                .into_iter()
+                .find(|a| a.key == key)
+                .and_then(|a| a.view)
+                .ok_or(ApiError::Internal)?;
+            Ok(count_response(&config, &mut session, &key, view)?)
         }
-        _ => return Err(ApiError::MethodNotAllowed),
-    };
-    forward(env, &config, &target, &region, body)
-        .await
-        .map_err(internal)
+        (Method::Get | Method::Head, Route::Batch(kind)) => {
+            let keys = parse_ids(kind, req.url().map_err(internal)?.query())?;
+            batch_read(env, &config, &region, &mut session, keys).await
+        }
+        _ => Err(ApiError::MethodNotAllowed.into()),
+    }
 }
 
-/// Sends the request to a replica of its region: `<region>:<random shard>`.
-async fn forward(
+/// Reads many counters: one internal read per object that serves some of them, all at once.
+async fn batch_read(
     env: &Env,
     config: &Config,
-    target: &Target,
     region: &str,
-    body: Option<String>,
-) -> Result<Response> {
-    let shard = random_u64() % u64::from(config.shards);
-    let stub = env
-        .durable_object(REPLICA_BINDING)?
-        .id_from_name(&format!("{region}:{shard}"))?
-        .get_stub()?;
-    let headers = Headers::new();
-    headers.set(REGION_HEADER, region)?;
-    let mut init = RequestInit::new();
-    init.with_headers(headers);
-    match body {
-        Some(body) => init.with_method(Method::Put).with_body(Some(body.into())),
-        None => init.with_method(Method::Get),
-    };
-    let url = format!("https://replica/{}/{}", target.kind, target.id);
-    stub.fetch_with_request(Request::new_with_init(&url, &init)?)
+    session: &mut Session,
+    keys: Vec<CounterKey>,
+) -> std::result::Result<Response, Failure> {
+    let s = spread_index(config);
+    let mut groups: std::collections::BTreeMap<u32, Vec<CounterKey>> = Default::default();
+    for key in &keys {
+        groups
+            .entry(routing::partition(key, s, config.partitions))
+            .or_default()
+            .push(key.clone());
+    }
+    let calls = groups.into_values().map(|group| async move {
+        let read = Read {
+            keys: group.clone(),
+            region: region.to_owned(),
+        };
+        let first = group.first().expect("groups are not empty").clone();
+        (
+            group,
+            call(env, config, region, &first, s, READ_PATH, &read).await,
+        )
+    });
+    let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
+        Default::default();
+    for (group, result) in join_all(calls).await {
+        match result {
+            Ok(answers) => {
+                for a in answers {
+                    views.insert(a.key, a.view.ok_or(ApiError::Unavailable));
+                }
+            }
+            Err(_) => {
+                for key in group {
+                    views.insert(key, Err(ApiError::Unavailable));
+                }
+            }
+        }
+    }
+    let items = keys
+        .iter()
+        .map(|key| match views.remove(key) {
+            Some(Ok(view)) => match session.answer(key, view.totals).value().map(Count) {
+                Ok(count) => BatchItem::Count {
+                    id: key.id().to_owned(),
+                    body: CountBody {
+                        count,
+                        updated_at: view.updated_at,
+                    },
+                },
+                Err(e) => BatchItem::error(key.id(), &ApiError::Overflow(e)),
+            },
+            Some(Err(e)) => BatchItem::error(key.id(), &e),
+            None => BatchItem::error(key.id(), &ApiError::Unavailable),
+        })
+        .collect();
+    let body = serde_json::to_string(&BatchBody { items }).map_err(|_| ApiError::Internal)?;
+    let mut response = json_response(&body, 200).map_err(internal)?;
+    response
+        .headers_mut()
+        .set(session::HEADER, &session.token())
+        .map_err(internal)?;
+    Ok(response)
+}
+
+/// The answer to a single read or hit: the count held to what the client has seen, with
+/// `Age` when the global part is older than the read TTL, `Tally-Estimate: partial` when no
+/// global value was heard yet, and the new session token.
+fn count_response(
+    config: &Config,
+    session: &mut Session,
+    key: &CounterKey,
+    view: View,
+) -> std::result::Result<Response, ApiError> {
+    let shown = session.answer(key, view.totals);
+    let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
+    let body = serde_json::to_string(&CountBody {
+        count,
+        updated_at: view.updated_at,
+    })
+    .map_err(|_| ApiError::Internal)?;
+    let mut response = json_response(&body, 200).map_err(internal)?;
+    let headers = response.headers_mut();
+    match view.age_ms {
+        Some(age) if age >= config.read_ttl_ms => {
+            headers
+                .set("Age", &(age / 1000).to_string())
+                .map_err(internal)?;
+        }
+        Some(_) => {}
+        None => headers.set("Tally-Estimate", "partial").map_err(internal)?,
+    }
+    headers
+        .set(session::HEADER, &session.token())
+        .map_err(internal)?;
+    Ok(response)
+}
+
+/// Reads and parses a `PUT` body.
+async fn read_hit(
+    req: &mut Request,
+    kind: CounterKind,
+) -> std::result::Result<SlotTotals, ApiError> {
+    let declared = req
+        .headers()
+        .get("Content-Length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let bytes = req
+        .bytes()
         .await
+        .map_err(|_| ApiError::InvalidBody("unreadable body".into()))?;
+    let content_type = req.headers().get("Content-Type").ok().flatten();
+    parse_hit(kind, content_type.as_deref(), &bytes)
+}
+
+/// The write policy: public `PUT`s on counters add at most `PUBLIC_MAX_DELTA`; larger deltas
+/// and gauge writes need the write key (unless `PUBLIC_GAUGES`). Returns whether the
+/// request carries the write key. A key that is presented but wrong is refused, whatever
+/// the delta.
+fn authorize(
+    req: &Request,
+    config: &Config,
+    kind: CounterKind,
+    add: SlotTotals,
+) -> std::result::Result<bool, ApiError> {
+    let presented = req
+        .headers()
+        .get("Authorization")
+        .ok()
+        .flatten()
+        .map(|v| {
+            bearer(&v)
+                .map(str::to_owned)
+                .ok_or(ApiError::InvalidWriteKey)
+        })
+        .transpose()?;
+    let trusted = match (presented, &config.write_key) {
+        (None, _) => false,
+        (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => true,
+        (Some(_), _) => return Err(ApiError::InvalidWriteKey),
+    };
+    if trusted {
+        return Ok(true);
+    }
+    match kind {
+        CounterKind::G if add.p > config.public_max_delta => {
+            Err(ApiError::WriteKeyRequired(format!(
+                "a public hit adds at most {}; larger deltas need the write key (Authorization: Bearer <key>)",
+                config.public_max_delta
+            )))
+        }
+        CounterKind::Pn if !config.public_gauges => Err(ApiError::WriteKeyRequired(
+            "gauge writes need the write key (Authorization: Bearer <key>)".into(),
+        )),
+        _ => Ok(false),
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// A spread index for one request: hits and reads of a hot counter go to several objects.
+fn spread_index(config: &Config) -> u32 {
+    u32::try_from(random_u64() % u64::from(config.spread)).expect("spread is a u32")
+}
+
+/// Sends an internal request to the object that serves `key` (spread index `s`) in `region`.
+async fn call<M: serde::Serialize>(
+    env: &Env,
+    config: &Config,
+    region: &str,
+    key: &CounterKey,
+    s: u32,
+    path: &str,
+    message: &M,
+) -> std::result::Result<Vec<Answer>, Failure> {
+    let partition = routing::partition(key, s, config.partitions);
+    let name = routing::object_name(region, partition);
+    let namespace = env.durable_object(REPLICA_BINDING).map_err(internal)?;
+    let id = namespace.id_from_name(&name).map_err(internal)?;
+    let stub = match routing::location_hint(region) {
+        Some(hint) => id.get_stub_with_location_hint(hint),
+        None => id.get_stub(),
+    }
+    .map_err(internal)?;
+    let body = serde_json::to_string(message).map_err(|_| ApiError::Internal)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(body.into()));
+    let request =
+        Request::new_with_init(&format!("https://replica{path}"), &init).map_err(internal)?;
+    let mut response = stub.fetch_with_request(request).await.map_err(internal)?;
+    let status = response.status_code();
+    let text = response.text().await.map_err(internal)?;
+    if status != 200 {
+        return Err(Failure::Object { status, body: text });
+    }
+    serde_json::from_str(&text).map_err(|e| {
+        console_error!("unreadable object answer: {e}");
+        Failure::Api(ApiError::Internal)
+    })
 }
 
 /// The region of a request: the continent Cloudflare reports, or (only when
@@ -168,8 +430,14 @@ fn with_cors(response: Response) -> Result<Response> {
     }
     headers.set("Access-Control-Allow-Origin", "*")?;
     headers.set("Access-Control-Allow-Methods", "GET, PUT, OPTIONS")?;
-    headers.set("Access-Control-Allow-Headers", "Content-Type")?;
-    headers.set("Access-Control-Expose-Headers", "Age, Tally-Estimate")?;
+    headers.set(
+        "Access-Control-Allow-Headers",
+        "Content-Type, Authorization, Tally-Session",
+    )?;
+    headers.set(
+        "Access-Control-Expose-Headers",
+        "Age, Tally-Estimate, Tally-Session, Retry-After",
+    )?;
     headers.set("Access-Control-Max-Age", "86400")?;
     let status = response.status_code();
     let (_, body) = response.into_parts();

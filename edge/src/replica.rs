@@ -1,58 +1,93 @@
-//! The Durable Object: one CRDT replica. Glue between the runtime and the pure logic of
-//! [`crate::sync`] and [`crate::api`].
+//! The Durable Object: one CRDT replica of the counters routed to it. Glue between the
+//! runtime and the pure parts: [`crate::store`] (its SQL tables), [`crate::counter`] (rows,
+//! what was heard, the read formula), [`crate::scheduler`] (its one alarm) and
+//! [`crate::client`] (the merger).
 //!
-//! Storage (Durable Object key-value API): `replica` (its incarnation id, drawn on first use
-//! and never reused), `region`, and one record per counter under `c:<kind>:<id>` holding the
-//! own slot, what the merger acknowledged, and the last global totals heard. A hit is written
-//! to storage before it is answered; an alarm sends the dirty counters to the merger.
+//! - A hit is written to its row (one SQL statement) before it is answered, and answered at
+//!   once from the object's own state and cache: it never waits for the merger. A stale or
+//!   missing global value is refreshed on the alarm, in a batch.
+//! - A read writes nothing. Cached and fresh: answered. Cached but stale: answered, and
+//!   refreshed on the alarm. Never heard of: fetched through the merger's read endpoint, in
+//!   one batch shared by every read waiting for it, bounded by the sync timeout.
+//! - The alarm runs one pass of each due job: sync the dirty rows (a snapshot of the dirty
+//!   set, in batches), refresh stale cache entries, and a page of the anti-entropy sweep.
 //!
 //! A Durable Object runs one event at a time, but events interleave at `await`s (outgoing
-//! fetches); the in-memory state is therefore changed only between awaits, through a
-//! `RefCell` whose borrows never cross one.
+//! fetches, the alarm call); the in-memory state is changed only between awaits, through a
+//! `RefCell` whose borrows never cross one. SQL calls are synchronous.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use futures_util::future::{Either, select};
+use futures_util::future::select;
+use lru::LruCache;
 use tally_crdt::{
-    MAX_COUNTERS_PER_SYNC, MergedCounter, PROTOCOL_VERSION, ReplicaId, SlotTotals, SlotUpdate,
-    SyncRequest, SyncResponse,
+    CounterKey, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId, SlotUpdate,
+    SyncAnswer, SyncRequest, Timestamp,
 };
 use worker::{
-    AbortController, Date, Delay, DurableObject, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response, Result, State, console_error, console_warn, durable_object, wasm_bindgen,
+    Date, Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_warn,
+    durable_object, wasm_bindgen,
 };
 
-use crate::api::{ApiError, CountBody, Target};
+use crate::api::ApiError;
+use crate::client::{self, MergerError};
 use crate::config::Config;
-use crate::sync::{Record, backoff_ms, dirty_batches, key, target_of};
-use crate::{REGION_HEADER, config_from_env, json_response, random_u64};
+use crate::counter::{Entry, SyncState};
+use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
+use crate::scheduler::{Job, Scheduler};
+use crate::store::{Store, StoreError, meta};
+use crate::{NEW_IDS_BINDING, config_from_env, json_response, random_u64};
 
-/// Durable Object storage takes at most 128 keys per `put` of several.
-const KEYS_PER_PUT: usize = 128;
+/// How soon after a read asks for it a refresh runs: reads arriving meanwhile join the batch.
+const REFRESH_DELAY_MS: u64 = 10;
 
-/// Everything the object holds in memory, loaded from storage on first use.
-struct Loaded {
+/// Everything the object holds in memory: a bounded cache and some bookkeeping; the counters
+/// themselves stay in storage.
+struct Inner {
     config: Config,
+    store: Store,
     replica: ReplicaId,
     region: String,
-    records: HashMap<Target, Record>,
-    /// Whether an alarm is scheduled.
-    alarm_set: bool,
-    /// Failed syncs in a row (for the backoff).
-    failures: u32,
-    /// Reads waiting on a fetch of the same counter already under way.
-    waiting: HashMap<Target, Vec<oneshot::Sender<()>>>,
+    cache: LruCache<CounterKey, Entry>,
+    scheduler: Scheduler,
+    /// Counters whose cached global value a read found stale (at most the cache's size).
+    refresh: BTreeSet<CounterKey>,
+    /// Counters being fetched for reads that found nothing cached, with the reads waiting.
+    fetching: HashMap<CounterKey, Vec<oneshot::Sender<()>>>,
 }
 
-/// One replica of every counter routed to it.
+impl Inner {
+    /// The cache entry of `key`, read from storage on a miss (a counter never counted here
+    /// gets an empty entry; nothing is written).
+    fn entry(&mut self, key: &CounterKey) -> std::result::Result<&mut Entry, StoreError> {
+        if !self.cache.contains(key) {
+            let row = self.store.row(key)?;
+            let entry = Entry {
+                stored: row.is_some(),
+                row: row.unwrap_or_default(),
+                heard: None,
+            };
+            self.cache.put(key.clone(), entry);
+        }
+        Ok(self.cache.get_mut(key).expect("just inserted"))
+    }
+
+    /// Asks for `job` at `at`: the alarm time to set, if it must move.
+    fn want(&mut self, job: Job, at: Timestamp) -> Option<Timestamp> {
+        self.scheduler.want(job, at, now())
+    }
+}
+
+/// One replica of the counters routed to it.
 #[durable_object]
 pub struct Replica {
     state: State,
     env: Env,
-    loaded: RefCell<Option<Loaded>>,
+    inner: RefCell<Option<Inner>>,
 }
 
 impl DurableObject for Replica {
@@ -60,392 +95,510 @@ impl DurableObject for Replica {
         Replica {
             state,
             env,
-            loaded: RefCell::new(None),
+            inner: RefCell::new(None),
         }
     }
 
-    /// Internal requests from the Worker: `GET|PUT /<kind>/<id>` with the region in a header
-    /// and, for `PUT`, the slot totals to add as JSON.
+    /// Internal requests from the Worker: `POST /hit` ([`Hit`]) or `POST /read` ([`Read`]).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let region = req.headers().get(REGION_HEADER)?.unwrap_or_default();
-        if let Err(e) = self.load(&region).await {
-            console_error!("replica cannot load its state: {e}");
-            return json_response(&ApiError::Internal.body(), 500);
-        }
-        let Some(target) = internal_target(&req.path()) else {
-            return json_response(&ApiError::NotFound.body(), 404);
-        };
-        let answer = match req.method() {
-            Method::Put => {
-                let add: SlotTotals = req.json().await?;
-                self.hit(&target, add).await
-            }
-            _ => self.read(&target).await,
+        let path = req.path();
+        let answer = match path.as_str() {
+            HIT_PATH => match req.json::<Hit>().await {
+                Ok(hit) => self.hit(hit).await.map(|a| vec![a]),
+                Err(e) => Err(internal(format!("bad internal hit: {e}"))),
+            },
+            READ_PATH => match req.json::<Read>().await {
+                Ok(read) => self.read(read).await,
+                Err(e) => Err(internal(format!("bad internal read: {e}"))),
+            },
+            _ => Err(ApiError::NotFound),
         };
         match answer {
-            Ok(answer) => answer.into_response(),
+            Ok(answers) => {
+                let body = serde_json::to_string(&answers)
+                    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+                json_response(&body, 200)
+            }
             Err(e) => json_response(&e.body(), e.status()),
         }
     }
 
-    /// Sends every dirty counter to the merger; on failure, retries later with backoff.
+    /// Runs one pass of each due job, then sets the alarm for what is left.
     async fn alarm(&self) -> Result<Response> {
-        self.load("").await?;
-        self.with(|l| l.alarm_set = false);
-        loop {
-            // One batch at a time: records may change while a sync is in flight.
-            let batch = self.with(|l| {
-                dirty_batches(l.records.iter(), MAX_COUNTERS_PER_SYNC)
-                    .into_iter()
-                    .next()
-            });
-            let Some(batch) = batch else { break };
-            if let Err(why) = self.sync(batch).await {
-                let (failures, cap) = self.with(|l| {
-                    l.failures = l.failures.saturating_add(1);
-                    (l.failures, l.config.max_backoff_ms)
-                });
-                let wait = backoff_ms(failures, cap, random_u64());
-                console_warn!("sync failed ({why}); attempt {failures}, retrying in {wait} ms");
-                self.schedule(wait).await?;
-                return Response::ok("retry scheduled");
+        if let Err(e) = self.load("").await {
+            console_error!("replica cannot load its state: {e}");
+            return Response::ok("not loaded");
+        }
+        let now = now();
+        let jobs = self.with(|i| i.scheduler.take_due(now));
+        for job in jobs {
+            let done = match job {
+                Job::Sync => self.sync_pass(now).await,
+                Job::Refresh => self.refresh_pass(now).await,
+                Job::Sweep => self.sweep_pass(now).await,
+            };
+            if let Err(e) = done {
+                console_error!("{job:?} pass failed: {e}");
             }
-            self.with(|l| l.failures = 0);
         }
-        Response::ok("synced")
-    }
-}
-
-/// What a request is answered with.
-struct Answer {
-    body: CountBody,
-    /// Seconds since the global part was heard, when older than the read TTL.
-    stale_age_s: Option<i64>,
-    /// Whether the count is this replica's own hits only (no global value heard yet).
-    partial: bool,
-}
-
-impl Answer {
-    fn into_response(self) -> Result<Response> {
-        let body = serde_json::to_string(&self.body)
-            .map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let mut response = json_response(&body, 200)?;
-        if let Some(age) = self.stale_age_s {
-            response.headers_mut().set("Age", &age.to_string())?;
-        }
-        if self.partial {
-            response.headers_mut().set("Tally-Estimate", "partial")?;
-        }
-        Ok(response)
+        // Set the alarm anew for what is left: one set while this handler ran may not survive it.
+        let next = self.with(|i| {
+            i.scheduler.alarm_lost();
+            i.scheduler.rearm(self::now())
+        });
+        self.arm(next).await;
+        Response::ok("pass done")
     }
 }
 
 impl Replica {
     /// Runs `f` on the loaded state; never across an await.
-    fn with<T>(&self, f: impl FnOnce(&mut Loaded) -> T) -> T {
-        let mut guard = self.loaded.borrow_mut();
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut guard = self.inner.borrow_mut();
         f(guard
             .as_mut()
             .expect("load() runs before any use of the state"))
     }
 
-    /// Loads the state on first use: the incarnation id (drawn and stored before anything
-    /// is counted, if the storage is new), the region, every record, and the alarm.
-    async fn load(&self, region: &str) -> Result<()> {
-        if self.loaded.borrow().is_some() {
+    /// Loads the state on first use: the tables, the incarnation id (drawn and stored before
+    /// anything is counted, if the storage is new), the region, and the alarm. Reads no
+    /// counter: start-up does not grow with the counters held.
+    async fn load(&self, region: &str) -> std::result::Result<(), String> {
+        if self.inner.borrow().is_some() {
             return Ok(());
         }
-        let config =
-            config_from_env(&self.env).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let storage = self.state.storage();
-        let replica = match storage.get::<String>("replica").await? {
-            Some(text) => text.parse().map_err(|_| {
-                worker::Error::RustError(format!("stored replica id {text:?} is damaged"))
-            })?,
+        let config = config_from_env(&self.env).map_err(|e| e.to_string())?;
+        let store = Store::open(self.state.storage().sql()).map_err(|e| e.to_string())?;
+        let replica = match store.meta(meta::REPLICA).map_err(|e| e.to_string())? {
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("stored replica id {text:?} is damaged"))?,
             None => {
                 let id = new_replica_id();
-                storage.put("replica", id.to_string()).await?;
+                store
+                    .set_meta(meta::REPLICA, &id.to_string())
+                    .map_err(|e| e.to_string())?;
                 id
             }
         };
-        let region = match storage.get::<String>("region").await? {
+        let region = match store.meta(meta::REGION).map_err(|e| e.to_string())? {
             Some(stored) => stored,
             None if !region.is_empty() => {
-                storage.put("region", region).await?;
+                store
+                    .set_meta(meta::REGION, region)
+                    .map_err(|e| e.to_string())?;
                 region.to_owned()
             }
             None => "unknown".to_owned(),
         };
-        let mut records = HashMap::new();
-        let listed = storage
-            .list_with_options(worker::ListOptions::new().prefix("c:"))
-            .await?;
-        for entry in listed.entries() {
-            let Ok(pair) = entry.map(js_sys_array) else {
-                continue;
-            };
-            let (Some(k), Some(v)) = (pair.0.as_string(), pair.1.as_string()) else {
-                continue;
-            };
-            match (target_of(&k), Record::from_stored(&v)) {
-                (Some(target), Some(record)) => {
-                    records.insert(target, record);
-                }
-                _ => console_error!("skipping damaged record {k:?}"),
-            }
+        let armed = self
+            .state
+            .storage()
+            .get_alarm()
+            .await
+            .map_err(|e| e.to_string())?
+            .map(Timestamp::from_unix_ms);
+        if self.inner.borrow().is_some() {
+            return Ok(()); // another event loaded it during the await
         }
-        let mut alarm_set = storage.get_alarm().await?.is_some();
-        // Dirty counters with no alarm (a runtime that lost its alarm schedule across a
-        // restart): schedule the sync now rather than at the next hit, which may never come.
-        if !alarm_set && records.values().any(Record::is_dirty) {
-            storage
-                .set_alarm(Duration::from_millis(config.sync_interval_ms))
-                .await?;
-            alarm_set = true;
+        let now = now();
+        let mut scheduler = Scheduler::new(armed);
+        // Dirty rows from before a restart: sync them now, whatever the stored alarm says.
+        if store.any_dirty().map_err(|e| e.to_string())? {
+            let _ = scheduler.want(Job::Sync, now, now);
         }
-        // Another event may have loaded meanwhile; the first one wins.
-        let mut slot = self.loaded.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(Loaded {
-                config,
-                replica,
-                region,
-                records,
-                alarm_set,
-                failures: 0,
-                waiting: HashMap::new(),
-            });
+        if let Some(due) = store
+            .meta(meta::SWEEP_DUE)
+            .map_err(|e| e.to_string())?
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        {
+            let _ = scheduler.want(Job::Sweep, due, now);
         }
+        let capacity = NonZeroUsize::new(config.cache_counters).unwrap_or(NonZeroUsize::MIN);
+        *self.inner.borrow_mut() = Some(Inner {
+            config,
+            store,
+            replica,
+            region,
+            cache: LruCache::new(capacity),
+            scheduler,
+            refresh: BTreeSet::new(),
+            fetching: HashMap::new(),
+        });
+        let next = self.with(|i| i.scheduler.rearm(now));
+        self.arm(next).await;
         Ok(())
     }
 
-    /// Counts a hit: in memory, then in storage, before answering; schedules a sync.
-    async fn hit(&self, target: &Target, add: SlotTotals) -> std::result::Result<Answer, ApiError> {
-        let now = now_ms();
-        let stored = self.with(|l| {
-            let replica = l.replica;
-            let record = l.records.entry(target.clone()).or_default();
-            record.hit(add, replica, now).map(|()| record.to_stored())
-        });
-        let stored = stored.map_err(ApiError::Overflow)?;
-        let storage = self.state.storage();
-        storage.put(&key(target), stored).await.map_err(internal)?;
-        let (alarm_set, interval) = self.with(|l| (l.alarm_set, l.config.sync_interval_ms));
-        if !alarm_set {
-            self.schedule(interval).await.map_err(internal)?;
+    /// Sets the alarm, if the scheduler asked for it to move.
+    async fn arm(&self, at: Option<Timestamp>) {
+        let Some(at) = at else { return };
+        let offset = Duration::from_millis(at.millis_since(now()));
+        if let Err(e) = self.state.storage().set_alarm(offset).await {
+            console_error!("setting the alarm failed: {e}");
+            self.with(|i| i.scheduler.alarm_lost());
         }
-        self.answer(target, now, true).await
     }
 
-    /// Reads from the cache, fetching the global value if it is missing or expired.
-    async fn read(&self, target: &Target) -> std::result::Result<Answer, ApiError> {
-        self.answer(target, now_ms(), false).await
-    }
-
-    async fn answer(
-        &self,
-        target: &Target,
-        now: i64,
-        is_hit: bool,
-    ) -> std::result::Result<Answer, ApiError> {
-        let ttl = self.with(|l| l.config.read_ttl_ms);
-        let fresh = self.with(|l| l.records.get(target).is_some_and(|r| r.is_fresh(now, ttl)));
-        if !fresh {
-            self.refresh(target).await;
+    /// Counts a hit: stored before answered, answered without the merger.
+    async fn hit(&self, hit: Hit) -> std::result::Result<Answer, ApiError> {
+        self.load(&hit.region).await.map_err(internal)?;
+        let known = self.with(|i| i.entry(&hit.key).map(|e| e.stored));
+        if !known.map_err(store_failed)? && !hit.trusted {
+            self.admit(&hit.client).await?;
         }
-        let now = now_ms().max(now);
-        let record = self
-            .with(|l| l.records.get(target).cloned())
-            .unwrap_or_default();
-        match record.estimate(now) {
-            Some(Ok(estimate)) => {
-                let stale = !record.is_fresh(now, ttl);
-                Ok(Answer {
-                    body: CountBody::new(estimate.count, record.changed_at),
-                    stale_age_s: stale.then_some(estimate.age_ms / 1000),
-                    partial: false,
-                })
+        let now = now();
+        let (view, next) = self.with(|i| {
+            let (replica, ttl) = (i.replica, i.config.read_ttl_ms);
+            let entry = i.entry(&hit.key).map_err(store_failed)?;
+            let mut row = entry.row.clone();
+            row.hit(hit.add, replica, now).map_err(ApiError::Overflow)?;
+            i.store.put(&hit.key, &row).map_err(store_failed)?;
+            let entry = i.entry(&hit.key).map_err(store_failed)?;
+            entry.row = row;
+            entry.stored = true;
+            let stale = !entry.is_fresh(now, ttl);
+            let view = entry.view(now).map_err(ApiError::Overflow)?;
+            let interval = i.config.sync_interval_ms;
+            let mut next = i.want(Job::Sync, now.plus_ms(interval));
+            if stale && i.refresh.len() < i.config.cache_counters {
+                i.refresh.insert(hit.key.clone());
+                next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
             }
-            Some(Err(e)) => Err(ApiError::Overflow(e)),
-            // The hit is stored and will be synced: answer it, with what this replica knows.
-            None if is_hit => Ok(Answer {
-                body: CountBody::new(record.own_value(), record.changed_at),
-                stale_age_s: None,
-                partial: true,
-            }),
-            None => Err(ApiError::Unavailable),
+            if i.config.anti_entropy_ms > 0 && !i.scheduler.is_wanted(Job::Sweep) {
+                let due = now.plus_ms(i.config.anti_entropy_ms);
+                i.store
+                    .set_meta(meta::SWEEP_DUE, &due.to_string())
+                    .map_err(store_failed)?;
+                next = i.want(Job::Sweep, due).or(next);
+            }
+            Ok::<_, ApiError>((view, next))
+        })?;
+        self.arm(next).await;
+        Ok(Answer {
+            key: hit.key,
+            view: Some(view),
+        })
+    }
+
+    /// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by
+    /// client address). Without the binding every new id is admitted.
+    async fn admit(&self, client: &str) -> std::result::Result<(), ApiError> {
+        let Ok(limiter) = self.env.rate_limiter(NEW_IDS_BINDING) else {
+            return Ok(());
+        };
+        match limiter.limit(client.to_owned()).await {
+            Ok(outcome) if outcome.success => Ok(()),
+            Ok(_) => Err(ApiError::TooManyNewIds),
+            Err(e) => {
+                // The limiter is down: admit rather than refuse real hits.
+                console_warn!("new-id budget unavailable: {e}");
+                Ok(())
+            }
         }
     }
 
-    /// Fetches the global totals of one counter (a sync of this replica's own totals for it,
-    /// which also acknowledges them), once for all the reads that need it at the same time.
-    /// A reader never waits longer than one sync may take; then it answers from what it has.
-    async fn refresh(&self, target: &Target) {
-        let (waiter, timeout_ms) = self.with(|l| {
-            let waiter = match l.waiting.get_mut(target) {
-                Some(queue) => {
-                    let (tx, rx) = oneshot::channel();
-                    queue.push(tx);
-                    Some(rx)
+    /// Reads counters: writes nothing, waits for the merger only for counters it has never
+    /// heard of.
+    async fn read(&self, read: Read) -> std::result::Result<Vec<Answer>, ApiError> {
+        self.load(&read.region).await.map_err(internal)?;
+        let now = now();
+        let (missing, next) = self.with(|i| {
+            let ttl = i.config.read_ttl_ms;
+            let mut missing = Vec::new();
+            let mut next = None;
+            for key in &read.keys {
+                let entry = i.entry(key).map_err(store_failed)?;
+                if entry.heard.is_none() {
+                    missing.push(key.clone());
+                } else if !entry.is_fresh(now, ttl) && i.refresh.len() < i.config.cache_counters {
+                    i.refresh.insert(key.clone());
+                    next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
                 }
-                None => {
-                    l.waiting.insert(target.clone(), Vec::new());
-                    None
+            }
+            Ok::<_, ApiError>((missing, next))
+        })?;
+        self.arm(next).await;
+        if !missing.is_empty() {
+            self.fetch_now(missing).await;
+        }
+        let now = Timestamp::from_unix_ms(now_ms()).max(now);
+        self.with(|i| {
+            read.keys
+                .into_iter()
+                .map(|key| {
+                    let entry = i.entry(&key).map_err(store_failed)?;
+                    let known = entry.heard.is_some() || entry.stored;
+                    let view = if known {
+                        Some(entry.view(now).map_err(ApiError::Overflow)?)
+                    } else {
+                        None
+                    };
+                    Ok(Answer { key, view })
+                })
+                .collect()
+        })
+    }
+
+    /// Fetches counters nobody here has heard of, once for all the reads that need them at
+    /// the same time; a read waits at most one merger call for them.
+    async fn fetch_now(&self, keys: Vec<CounterKey>) {
+        let (mine, waits, timeout_ms) = self.with(|i| {
+            let mut mine = Vec::new();
+            let mut waits = Vec::new();
+            for key in keys {
+                match i.fetching.get_mut(&key) {
+                    Some(queue) => {
+                        let (tx, rx) = oneshot::channel();
+                        queue.push(tx);
+                        waits.push(rx);
+                    }
+                    None => {
+                        i.fetching.insert(key.clone(), Vec::new());
+                        mine.push(key);
+                    }
                 }
-            };
-            (waiter, l.config.sync_timeout_ms)
+            }
+            (mine, waits, i.config.sync_timeout_ms)
         });
-        if let Some(rx) = waiter {
+        if !mine.is_empty() {
+            // Whatever happens to this future, the reads waiting on these keys are released.
+            let _release = Release {
+                replica: self,
+                keys: &mine,
+            };
+            if let Err(e) = self.read_from_merger(mine.clone()).await {
+                console_warn!("read of {} counters failed: {e}", mine.len());
+            }
+        }
+        for rx in waits {
             let limit = Box::pin(Delay::from(Duration::from_millis(
                 timeout_ms.saturating_add(1000),
             )));
             let _ = select(rx, limit).await;
-            return;
-        }
-        // Whatever happens to this future, the readers waiting on it are released.
-        let _release = Release {
-            replica: self,
-            target,
-        };
-        let update = self.with(|l| {
-            l.records
-                .get(target)
-                .cloned()
-                .unwrap_or_default()
-                .update(target)
-        });
-        if let Err(why) = self.sync(vec![update]).await {
-            console_warn!("read fetch of {} failed: {why}", key(target));
         }
     }
 
-    /// Sends one sync; on a 2xx, applies the answer to the records and stores them.
-    async fn sync(&self, batch: Vec<SlotUpdate>) -> std::result::Result<(), String> {
-        let (config, request) = self.with(|l| {
+    /// One `POST /v1/read` for `keys`; the answers go into the cache (never backwards).
+    async fn read_from_merger(
+        &self,
+        keys: Vec<CounterKey>,
+    ) -> std::result::Result<(), MergerError> {
+        let (config, request) = self.with(|i| {
+            let request = ReadRequest {
+                version: PROTOCOL_VERSION,
+                replica: Some(i.replica),
+                counters: keys,
+            };
+            (i.config.clone(), request)
+        });
+        let response = client::read(&config, &request).await?;
+        let now = now();
+        self.with(|i| {
+            for merged in &response.counters {
+                if request.counters.contains(&merged.key)
+                    && let Ok(entry) = i.entry(&merged.key)
+                {
+                    entry.hear(merged, now);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A sync pass: a snapshot of the dirty set, sent in batches in key order; then the
+    /// next pass a full interval later (or after a backoff, on failure).
+    async fn sync_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
+        let mut after: Option<CounterKey> = None;
+        loop {
+            let batch =
+                self.with(|i| i.store.dirty_after(after.as_ref(), MAX_COUNTERS_PER_SYNC))?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(last.clone());
+            let full = batch.len() == MAX_COUNTERS_PER_SYNC;
+            let sent: Vec<SlotUpdate> = batch
+                .into_iter()
+                .map(|(key, row)| SlotUpdate {
+                    key,
+                    totals: row.own,
+                })
+                .collect();
+            if !self.send(sent, Job::Sync).await? {
+                return Ok(());
+            }
+            if !full {
+                break;
+            }
+        }
+        self.with(|i| {
+            if i.store.any_dirty()? {
+                let _ = i.want(Job::Sync, now.plus_ms(i.config.sync_interval_ms));
+            }
+            Ok(())
+        })
+    }
+
+    /// Sends one sync; applies the answers by counter. On failure, re-asks for `job` after a
+    /// backoff and returns false.
+    async fn send(&self, sent: Vec<SlotUpdate>, job: Job) -> std::result::Result<bool, StoreError> {
+        let (config, request) = self.with(|i| {
             let request = SyncRequest {
                 version: PROTOCOL_VERSION,
-                replica: l.replica,
-                region: l.region.clone(),
-                counters: batch,
+                replica: i.replica,
+                region: i.region.clone(),
+                counters: sent,
             };
-            (l.config.clone(), request)
+            (i.config.clone(), request)
         });
-        let response = post_sync(&config, &request).await?;
-        if response.counters.len() != request.counters.len() {
-            return Err(format!(
-                "answer has {} counters for {} sent",
-                response.counters.len(),
-                request.counters.len()
-            ));
-        }
-        let now = now_ms();
-        let changed: Vec<(String, String)> = self.with(|l| {
-            request
-                .counters
+        let response = match client::sync(&config, &request).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.with(|i| {
+                    let wait = i.scheduler.failed(i.config.max_backoff_ms, random_u64());
+                    console_warn!(
+                        "{job:?} failed ({e}); attempt {}, retrying in {wait} ms",
+                        i.scheduler.failures()
+                    );
+                    let _ = i.want(job, now().plus_ms(wait));
+                });
+                return Ok(false);
+            }
+        };
+        let now = now();
+        self.with(|i| {
+            i.scheduler.succeeded();
+            let answers: HashMap<&CounterKey, &SyncAnswer> =
+                response.counters.iter().map(|a| (a.key(), a)).collect();
+            for update in &request.counters {
+                let Some(answer) = answers.get(&update.key) else {
+                    console_warn!(
+                        "the merger did not answer for {}; it stays dirty",
+                        update.key
+                    );
+                    continue;
+                };
+                let entry = i.entry(&update.key)?;
+                let mut row = entry.row.clone();
+                match answer {
+                    SyncAnswer::Merged(merged) => {
+                        row.acknowledge(update.totals);
+                        entry.hear(merged, now);
+                    }
+                    SyncAnswer::Rejected(r) => {
+                        console_warn!(
+                            "the merger rejected {} ({}: {}); it is offered again by the sweep",
+                            update.key,
+                            r.error.code,
+                            r.error.message
+                        );
+                        if row.state == SyncState::Dirty {
+                            row.state = SyncState::Rejected;
+                        }
+                    }
+                }
+                if row != entry.row {
+                    entry.row = row.clone();
+                    i.store.put(&update.key, &row)?;
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// A refresh pass: one `POST /v1/read` for the stale counters reads asked about.
+    async fn refresh_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
+        let keys: Vec<CounterKey> = self.with(|i| {
+            let keys: Vec<CounterKey> = i
+                .refresh
                 .iter()
-                .zip(&response.counters)
-                .map(|(sent, merged): (&SlotUpdate, &MergedCounter)| {
-                    let target = Target {
-                        kind: sent.kind,
-                        id: sent.id.clone(),
-                    };
-                    let record = l.records.entry(target.clone()).or_default();
-                    record.acknowledge(sent.totals(), merged, now);
-                    (key(&target), record.to_stored())
-                })
-                .collect()
-        });
-        let storage = self.state.storage();
-        for chunk in changed.chunks(KEYS_PER_PUT) {
-            let map: HashMap<&str, &str> = chunk
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .take(MAX_COUNTERS_PER_SYNC)
+                .cloned()
                 .collect();
-            storage
-                .put_multiple(map)
-                .await
-                .map_err(|e| format!("storing the answer: {e}"))?;
+            for k in &keys {
+                i.refresh.remove(k);
+            }
+            keys
+        });
+        if keys.is_empty() {
+            return Ok(());
+        }
+        match self.read_from_merger(keys.clone()).await {
+            Ok(()) => self.with(|i| {
+                i.scheduler.succeeded();
+                if !i.refresh.is_empty() {
+                    let _ = i.want(Job::Refresh, now);
+                }
+            }),
+            Err(e) => self.with(|i| {
+                let wait = i.scheduler.failed(i.config.max_backoff_ms, random_u64());
+                console_warn!("refresh failed ({e}); retrying in {wait} ms");
+                i.refresh.extend(keys);
+                let _ = i.want(Job::Refresh, now.plus_ms(wait));
+            }),
         }
         Ok(())
     }
 
-    async fn schedule(&self, after_ms: u64) -> Result<()> {
-        self.state
-            .storage()
-            .set_alarm(Duration::from_millis(after_ms))
-            .await?;
-        self.with(|l| l.alarm_set = true);
-        Ok(())
+    /// One page of the anti-entropy sweep: the next batch of rows in key order, sent whatever
+    /// their state. The sweep goes on every sync interval until it has covered every row,
+    /// then waits `ANTI_ENTROPY_MS`.
+    async fn sweep_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
+        let (period, interval) =
+            self.with(|i| (i.config.anti_entropy_ms, i.config.sync_interval_ms));
+        if period == 0 {
+            return Ok(());
+        }
+        let after = self.with(|i| i.store.meta(meta::SWEEP_CURSOR))?;
+        let after = after.and_then(|k| CounterKey::from_storage_key(&k).ok());
+        let page = self.with(|i| i.store.rows_after(after.as_ref(), MAX_COUNTERS_PER_SYNC))?;
+        let Some((last, _)) = page.last().cloned() else {
+            // The sweep is complete: the next starts a period later.
+            return self.with(|i| {
+                i.store.clear_meta(meta::SWEEP_CURSOR)?;
+                let due = now.plus_ms(period);
+                i.store.set_meta(meta::SWEEP_DUE, &due.to_string())?;
+                let _ = i.want(Job::Sweep, due);
+                Ok(())
+            });
+        };
+        let sent = page
+            .into_iter()
+            .map(|(key, row)| SlotUpdate {
+                key,
+                totals: row.own,
+            })
+            .collect();
+        if self.send(sent, Job::Sweep).await? {
+            self.with(|i| {
+                i.store.set_meta(meta::SWEEP_CURSOR, &last.storage_key())?;
+                let due = now.plus_ms(interval);
+                i.store.set_meta(meta::SWEEP_DUE, &due.to_string())?;
+                let _ = i.want(Job::Sweep, due);
+                Ok(())
+            })
+        } else {
+            Ok(())
+        }
     }
 }
 
-/// Releases the readers waiting on a fetch when the fetch ends, however it ends (dropping
+/// Releases the reads waiting on a fetch when the fetch ends, however it ends (dropping
 /// their senders wakes them).
 struct Release<'a> {
     replica: &'a Replica,
-    target: &'a Target,
+    keys: &'a [CounterKey],
 }
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        if let Ok(mut guard) = self.replica.loaded.try_borrow_mut()
-            && let Some(loaded) = guard.as_mut()
+        if let Ok(mut guard) = self.replica.inner.try_borrow_mut()
+            && let Some(inner) = guard.as_mut()
         {
-            loaded.waiting.remove(self.target);
+            for key in self.keys {
+                inner.fetching.remove(key);
+            }
         }
     }
-}
-
-/// `POST {MERGER_URL}/v1/sync` with the token, bounded by the sync timeout.
-async fn post_sync(
-    config: &Config,
-    request: &SyncRequest,
-) -> std::result::Result<SyncResponse, String> {
-    let body = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    let headers = Headers::new();
-    let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| e.to_string());
-    set("Authorization", &format!("Bearer {}", config.sync_token))?;
-    set("Content-Type", "application/json")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers.clone())
-        .with_body(Some(body.into()));
-    let req = Request::new_with_init(&format!("{}/v1/sync", config.merger_url), &init)
-        .map_err(|e| e.to_string())?;
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let fetch = Fetch::Request(req);
-    let send = Box::pin(fetch.send_with_signal(&signal));
-    let timeout = Box::pin(Delay::from(Duration::from_millis(config.sync_timeout_ms)));
-    let mut response = match select(send, timeout).await {
-        Either::Left((result, _)) => result.map_err(|e| format!("merger unreachable: {e}"))?,
-        Either::Right(_) => {
-            controller.abort();
-            return Err(format!(
-                "no answer from the merger within {} ms",
-                config.sync_timeout_ms
-            ));
-        }
-    };
-    let status = response.status_code();
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    if !(200..300).contains(&status) {
-        return Err(format!("merger answered {status}: {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| format!("unreadable answer from the merger: {e}"))
-}
-
-/// `/<kind>/<id>` of an internal request.
-fn internal_target(path: &str) -> Option<Target> {
-    let (kind, id) = path.strip_prefix('/')?.split_once('/')?;
-    target_of(&format!("c:{kind}:{id}"))
-}
-
-fn js_sys_array(
-    value: worker::wasm_bindgen::JsValue,
-) -> (worker::wasm_bindgen::JsValue, worker::wasm_bindgen::JsValue) {
-    let pair = worker::js_sys::Array::from(&value);
-    (pair.get(0), pair.get(1))
 }
 
 fn new_replica_id() -> ReplicaId {
@@ -458,7 +611,16 @@ fn now_ms() -> i64 {
     i64::try_from(Date::now().as_millis()).unwrap_or(i64::MAX)
 }
 
-fn internal(e: worker::Error) -> ApiError {
-    console_error!("storage failed: {e}");
+fn now() -> Timestamp {
+    Timestamp::from_unix_ms(now_ms())
+}
+
+fn internal(why: String) -> ApiError {
+    console_error!("{why}");
+    ApiError::Internal
+}
+
+fn store_failed(e: StoreError) -> ApiError {
+    console_error!("{e}");
     ApiError::Internal
 }

@@ -2,11 +2,15 @@
 //! `SyncRequest::from_json`, the one decoder both the merger and the edge use.
 //!
 //! - Never a panic, whatever the bytes.
-//! - `from_json` is exactly "serde decode, then validate" on bodies of the documented shape: a
-//!   body serde accepts is refused only by a `validate` rule, and a body serde refuses is
-//!   `malformed_body` or (another version's shape) `unsupported_version`.
+//! - `from_json` agrees with serde's own decoding of `SyncRequest` (which validates too, via
+//!   `try_from`) on bodies of the documented shape: what serde accepts, `from_json` accepts,
+//!   equal; what serde refuses, `from_json` refuses, with the same rule when serde's refusal
+//!   is a rule (its message starts with the rule's), else as `malformed_body` or (another
+//!   version's shape) `unsupported_version`.
 //! - What decodes is valid, and round-trips: serializing it with serde_json and decoding again
 //!   gives an equal request, and serializing that gives the same bytes (one canonical form).
+//! - A version-1 request that decodes has no counter a version-2 merger would reject alone
+//!   (`SyncRequest::counter_error`): version 1 is all or nothing.
 //! - What decodes has the documented shape (`docs/protocol.md`): a JSON object of `version`,
 //!   `replica`, `region` and `counters`, each counter an object of `id`, `kind`, `p` and `n`.
 //!   (serde's derived structs also accept arrays, `[1,"…","eu",[]]`: that must be refused.)
@@ -39,10 +43,10 @@ fuzz_target!(|data: &[u8]| {
     let decoded = SyncRequest::from_json(data);
     match serde_json::from_slice::<SyncRequest>(data) {
         Ok(shape_ok) if has_documented_shape(data) => {
-            let expected = shape_ok.validate().map(|()| shape_ok);
             assert_eq!(
-                decoded, expected,
-                "from_json is decode-then-validate for a well-shaped body"
+                decoded,
+                Ok(shape_ok),
+                "from_json accepts what serde accepts, for a well-shaped body"
             );
         }
         Ok(_) => assert!(
@@ -50,17 +54,28 @@ fuzz_target!(|data: &[u8]| {
             "a body that serde decodes but is not the documented shape (an array for an \
              object) is malformed, got {decoded:?}"
         ),
-        Err(_) => assert!(
-            matches!(
-                decoded,
-                Err(Error::Malformed(_) | Error::UnsupportedVersion { .. })
+        Err(serde_error) => match &decoded {
+            Ok(request) => panic!("serde refused ({serde_error}) what from_json took: {request:?}"),
+            Err(Error::Malformed(_) | Error::UnsupportedVersion { .. }) => {}
+            // A rule: serde met it in `try_from`, and must have refused for the same one.
+            Err(rule) => assert!(
+                serde_error.to_string().starts_with(&rule.to_string()),
+                "from_json refused for {rule:?}, serde for {serde_error}"
             ),
-            "a body serde refuses is malformed or another version, got {decoded:?}"
-        ),
+        },
     }
     match decoded {
         Ok(request) => {
             assert_eq!(request.validate(), Ok(()), "what decodes is valid");
+            if request.version < 2 {
+                assert!(
+                    request
+                        .counters
+                        .iter()
+                        .all(|c| SyncRequest::counter_error(c).is_none()),
+                    "a version-1 sync is refused whole for a counter's rule"
+                );
+            }
             assert!(
                 has_documented_shape(data),
                 "decoded a body that is not the documented JSON shape: {}",

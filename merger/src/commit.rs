@@ -7,17 +7,28 @@
 //! the batch with an error and leaves memory untouched, so nothing unacknowledged is shown and
 //! nothing acknowledged is missing. The same task writes the periodic snapshots, so SQLite
 //! never sees two writers.
+//!
+//! A version-2 sync may carry counters that break a per-counter rule
+//! ([`SyncRequest::counter_error`]): those are left out of the rows and answered as
+//! [`SyncAnswer::Rejected`], and the sync's other counters are committed as usual. (A
+//! version-1 sync with such a counter never gets here: it is refused whole when decoded.)
+//!
+//! Reads (`POST /v1/read`, the `GET`s) never come through here: they take the state's read
+//! lock and write nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tally_crdt::{CounterKind, PROTOCOL_VERSION, ReplicaId, SlotTotals, SyncRequest, SyncResponse};
+use tally_crdt::{
+    CounterKey, CounterKind, ErrorBody, Rejection, ReplicaId, SlotTotals, SyncAnswer, SyncRequest,
+    SyncResponse, Timestamp,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::metrics::{Kind, Metrics};
+use crate::metrics::{Code, Kind, Metrics, Purpose};
 use crate::state::Merged;
 use crate::store::{ReplicaRow, SlotRow, Store};
 
@@ -39,7 +50,20 @@ pub enum CommitError {
 
 struct Job {
     request: SyncRequest,
+    /// Per counter of the request, in its order: why it is rejected alone, if it is.
+    refusals: Vec<Option<tally_crdt::Error>>,
     reply: oneshot::Sender<Result<SyncResponse, CommitError>>,
+}
+
+impl Job {
+    /// The counters to merge: those not rejected.
+    fn accepted(&self) -> impl Iterator<Item = &tally_crdt::SlotUpdate> {
+        self.request
+            .counters
+            .iter()
+            .zip(&self.refusals)
+            .filter_map(|(c, refusal)| refusal.is_none().then_some(c))
+    }
 }
 
 /// The handle handlers use to commit a sync.
@@ -57,11 +81,21 @@ impl std::fmt::Debug for Job {
 }
 
 impl Committer {
-    /// Commits a validated sync; answers once it is durable.
+    /// Commits a validated sync; answers once it is durable, with one answer per counter in
+    /// the request's order and the request's version.
     pub async fn commit(&self, request: SyncRequest) -> Result<SyncResponse, CommitError> {
+        let refusals = request
+            .counters
+            .iter()
+            .map(SyncRequest::counter_error)
+            .collect();
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { request, reply })
+            .send(Job {
+                request,
+                refusals,
+                reply,
+            })
             .await
             .map_err(|_| CommitError::ShuttingDown)?;
         answer.await.unwrap_or(Err(CommitError::ShuttingDown))
@@ -134,7 +168,7 @@ impl CommitTask {
             batch.push(job);
         }
 
-        let at = now_ms();
+        let at = now();
         let (replicas, slots) = self.rows_to_write(&batch, at);
         let started = Instant::now();
         let committed = self.store.commit(&replicas, &slots, &[]).await;
@@ -149,14 +183,24 @@ impl CommitTask {
             }
             return;
         }
+        self.metrics.committed(Purpose::SYNC);
         self.metrics.batch_syncs.observe(count_f64(batch.len()));
         self.metrics.batch_slots.observe(count_f64(slots.len()));
         self.metrics
             .slots_merged
             .inc_by(u64::try_from(slots.len()).unwrap_or(u64::MAX));
+        let received: usize = batch.iter().map(|job| job.accepted().count()).sum();
         self.metrics
             .slots_received
-            .inc_by(u64::try_from(slots_in_batch).unwrap_or(u64::MAX));
+            .inc_by(u64::try_from(received).unwrap_or(u64::MAX));
+        for refusal in batch.iter().flat_map(|job| job.refusals.iter().flatten()) {
+            self.metrics
+                .counters_rejected
+                .get_or_create(&Code {
+                    code: refusal.code(),
+                })
+                .inc();
+        }
 
         // Durable: now memory may show it, and the callers may hear it.
         let mut merged = self
@@ -170,14 +214,24 @@ impl CommitTask {
             merged.apply_slot(s);
         }
         for job in batch {
+            let replica = Some(job.request.replica);
             let counters = job
                 .request
                 .counters
                 .iter()
-                .map(|c| merged.merged_counter(c.kind, &c.id, job.request.replica))
+                .zip(&job.refusals)
+                .map(|(c, refusal)| match refusal {
+                    Some(e) => SyncAnswer::Rejected(Rejection {
+                        key: c.key.clone(),
+                        error: ErrorBody::from(e),
+                    }),
+                    None => SyncAnswer::Merged(merged.merged_counter(&c.key, replica)),
+                })
                 .collect();
+            // The request's version: an edge one version behind reads a shape it knows (a
+            // version-1 sync has no rejections, and old decoders ignore `updated_at`).
             let _ = job.reply.send(Ok(SyncResponse {
-                version: PROTOCOL_VERSION,
+                version: job.request.version,
                 counters,
             }));
         }
@@ -192,15 +246,15 @@ impl CommitTask {
         self.metrics.replicas.set(gauge(merged.replica_count()));
     }
 
-    /// The rows a batch must write: every replica that synced, and each slot total that
-    /// raises what is held (the max over the batch, for a slot sent more than once).
-    fn rows_to_write(&self, batch: &[Job], at: i64) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
+    /// The rows a batch must write: every replica that synced, and each accepted slot total
+    /// that raises what is held (the max over the batch, for a slot sent more than once).
+    fn rows_to_write(&self, batch: &[Job], at: Timestamp) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
         let merged = self
             .merged
             .read()
             .expect("no thread panics while holding the state lock");
         let mut replicas: HashMap<ReplicaId, ReplicaRow> = HashMap::new();
-        let mut best: HashMap<(CounterKind, &str, ReplicaId), SlotTotals> = HashMap::new();
+        let mut best: HashMap<(&CounterKey, ReplicaId), SlotTotals> = HashMap::new();
         for job in batch {
             let r = &job.request;
             replicas.entry(r.replica).or_insert_with(|| {
@@ -210,31 +264,27 @@ impl CommitTask {
                 }
                 ReplicaRow { replica: r.replica, region: region.to_owned(), at }
             });
-            for c in &r.counters {
-                let slot = best.entry((c.kind, c.id.as_str(), r.replica)).or_default();
-                slot.p = slot.p.max(c.p);
-                slot.n = slot.n.max(c.n);
+            for c in job.accepted() {
+                let slot = best.entry((&c.key, r.replica)).or_default();
+                *slot = slot.join(c.totals);
             }
         }
         let mut slots: Vec<SlotRow> = best
             .into_iter()
-            .filter_map(|((kind, id, replica), totals)| {
-                let held = merged.slot(kind, id, replica);
-                let grows = totals.p > held.p || totals.n > held.n;
-                grows.then(|| SlotRow {
-                    kind,
-                    counter: id.to_owned(),
+            .filter_map(|((key, replica), totals)| {
+                let held = merged.slot(key, replica);
+                (!held.dominates(totals)).then(|| SlotRow {
+                    key: key.clone(),
                     replica,
                     totals,
                     at,
                 })
             })
             .collect();
-        // In primary-key order (a replica id's hex text sorts like its number), so SQLite
-        // walks its B-tree forward instead of jumping around it.
-        slots.sort_unstable_by(|a, b| {
-            (a.kind.as_str(), &a.counter, a.replica).cmp(&(b.kind.as_str(), &b.counter, b.replica))
-        });
+        // In primary-key order, so SQLite walks its B-tree forward instead of jumping around
+        // it: keys order by kind (`g` before `pn`, as the text does) then id, and a replica
+        // id's hex text sorts like its number.
+        slots.sort_unstable_by(|a, b| (&a.key, a.replica).cmp(&(&b.key, b.replica)));
         (replicas.into_values().collect(), slots)
     }
 
@@ -243,12 +293,13 @@ impl CommitTask {
             .merged
             .read()
             .expect("no thread panics while holding the state lock")
-            .pending_snapshots(now_ms());
+            .pending_snapshots(now());
         if rows.is_empty() {
             return;
         }
         match self.store.commit(&[], &[], &rows).await {
             Ok(()) => {
+                self.metrics.committed(Purpose::SNAPSHOT);
                 self.metrics
                     .snapshots_written
                     .inc_by(u64::try_from(rows.len()).unwrap_or(u64::MAX));
@@ -262,12 +313,12 @@ impl CommitTask {
     }
 }
 
-/// Now, in Unix milliseconds.
-pub fn now_ms() -> i64 {
+/// Now (a clock before 1970 reads as the epoch).
+pub fn now() -> Timestamp {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    Timestamp::from_unix_ms(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn count_f64(n: usize) -> f64 {

@@ -23,7 +23,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Bearer token the edge must present on `POST /v1/sync` (at least 16 characters).
+    /// Bearer token the edge must present on `POST /v1/sync` and `POST /v1/read` (at least 16
+    /// characters).
     /// Required, unless `--dev` generates one.
     #[arg(long, env = "TALLY_SYNC_TOKEN", hide_env_values = true)]
     pub sync_token: Option<String>,

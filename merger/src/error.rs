@@ -9,7 +9,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tally_crdt::CounterKind;
 
 use crate::commit::CommitError;
 use crate::metrics::Metrics;
@@ -17,7 +16,7 @@ use crate::metrics::Metrics;
 /// Every error the API answers.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// `POST /v1/sync` without `Authorization: Bearer ...`.
+    /// `POST /v1/sync` or `POST /v1/read` without `Authorization: Bearer ...`.
     #[error("missing bearer token: send Authorization: Bearer <sync token>")]
     MissingToken,
     /// A bearer token that is not the sync token.
@@ -26,9 +25,9 @@ pub enum AppError {
     /// A body that is not declared as JSON.
     #[error("unsupported content type: send Content-Type: application/json")]
     UnsupportedMediaType,
-    /// A sync body that is malformed (400) or breaks a protocol rule (422).
+    /// A sync or read body that is malformed (400) or breaks a protocol rule (422).
     #[error("{0}")]
-    InvalidSync(tally_crdt::Error),
+    InvalidBody(tally_crdt::Error),
     /// A counter id in the path that breaks the id rules.
     #[error("invalid counter id: {0}")]
     InvalidId(tally_crdt::Error),
@@ -38,14 +37,6 @@ pub enum AppError {
     /// A query string that cannot be used.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
-    /// A counter no replica ever counted in.
-    #[error("no {} named {id:?}", namespace(*kind))]
-    CounterNotFound {
-        /// Its kind.
-        kind: CounterKind,
-        /// Its id.
-        id: String,
-    },
     /// No such route.
     #[error("no such resource")]
     NotFound,
@@ -80,13 +71,13 @@ impl AppError {
         match self {
             AppError::MissingToken | AppError::InvalidToken => StatusCode::UNAUTHORIZED,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::InvalidSync(E::Malformed(_)) => StatusCode::BAD_REQUEST,
-            AppError::InvalidSync(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::InvalidBody(E::Malformed(_)) => StatusCode::BAD_REQUEST,
+            AppError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::InvalidId(_)
             | AppError::InvalidPath(_)
             | AppError::InvalidQuery(_)
             | AppError::UnreadableBody => StatusCode::BAD_REQUEST,
-            AppError::CounterNotFound { .. } | AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
@@ -100,10 +91,9 @@ impl AppError {
             AppError::MissingToken => "missing_token",
             AppError::InvalidToken => "invalid_token",
             AppError::UnsupportedMediaType => "unsupported_media_type",
-            AppError::InvalidSync(e) | AppError::InvalidId(e) => e.code(),
+            AppError::InvalidBody(e) | AppError::InvalidId(e) => e.code(),
             AppError::InvalidPath(_) => "invalid_path",
             AppError::InvalidQuery(_) => "invalid_query",
-            AppError::CounterNotFound { .. } => "counter_not_found",
             AppError::NotFound => "not_found",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::BodyTooLarge => "body_too_large",
@@ -157,14 +147,6 @@ impl From<PathRejection> for AppError {
 impl From<QueryRejection> for AppError {
     fn from(rejection: QueryRejection) -> Self {
         AppError::InvalidQuery(rejection.body_text())
-    }
-}
-
-/// The path segment of a kind: `counters` or `gauges`.
-pub fn namespace(kind: CounterKind) -> &'static str {
-    match kind {
-        CounterKind::G => "counter",
-        CounterKind::Pn => "gauge",
     }
 }
 

@@ -1,8 +1,9 @@
 //! The tally merger: merges edge syncs durably into SQLite and serves the global count.
 //!
 //! Edge replicas `POST /v1/sync` their slot totals; the merger merges them with max per slot
-//! (so retries and duplicates change nothing), commits, and only then answers. Reads are
-//! served from the merged state in memory.
+//! (so retries and duplicates change nothing), commits, and only then answers. Reads, the
+//! edge's batch `POST /v1/read` and the public `GET`s, are served from the merged state in
+//! memory and write nothing.
 //!
 //! Layout:
 //! - [`config`]: every setting, from flags or the environment (`clap`).
@@ -10,7 +11,8 @@
 //!   their JSON shape in [`error`].
 //! - [`commit`]: group commit: one task writes every batch of concurrent syncs in one
 //!   transaction, then updates memory and answers; it also writes the snapshots.
-//! - [`state`]: the merged counters in memory.
+//! - [`state`]: the merged counters in memory, keyed by [`tally_crdt::CounterKey`], with
+//!   times as [`tally_crdt::Timestamp`].
 //! - [`store`]: every SQL statement (SQLite, WAL), schema in `migrations/`.
 //! - [`metrics`]: the Prometheus registry.
 //!

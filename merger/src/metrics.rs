@@ -24,6 +24,31 @@ pub struct Code {
     pub code: &'static str,
 }
 
+/// Label of a committed transaction: what it wrote.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Purpose {
+    /// `sync` (a group commit of syncs) or `snapshot` (history points).
+    pub purpose: &'static str,
+}
+
+impl Purpose {
+    /// A group commit of syncs.
+    pub const SYNC: Purpose = Purpose { purpose: "sync" };
+    /// A snapshot of the history.
+    pub const SNAPSHOT: Purpose = Purpose {
+        purpose: "snapshot",
+    };
+}
+
+/// The two endpoints the edge calls, each with its own outcome counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/sync`: `tally_syncs_total`.
+    Sync,
+    /// `POST /v1/read`: `tally_reads_total`.
+    Read,
+}
+
 /// Label of a counter kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
@@ -37,6 +62,14 @@ pub struct Metrics {
     registry: Registry,
     /// Syncs by outcome.
     pub syncs: Family<Outcome, Counter>,
+    /// Batch reads (`POST /v1/read`) by outcome.
+    pub reads: Family<Outcome, Counter>,
+    /// Counters answered by batch reads.
+    pub counters_read: Counter,
+    /// Counters of version-2 syncs rejected alone, by error code.
+    pub counters_rejected: Family<Code, Counter>,
+    /// Transactions committed, by purpose: a read never adds one.
+    pub commits: Family<Purpose, Counter>,
     /// Error responses by code (every endpoint).
     pub errors: Family<Code, Counter>,
     /// Slot totals received in acknowledged syncs.
@@ -64,6 +97,10 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tally");
         let m = Metrics {
             syncs: Family::default(),
+            reads: Family::default(),
+            counters_read: Counter::default(),
+            counters_rejected: Family::default(),
+            commits: Family::default(),
             errors: Family::default(),
             slots_received: Counter::default(),
             slots_merged: Counter::default(),
@@ -77,6 +114,32 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("syncs", "Sync requests by outcome", m.syncs.clone());
+        registry.register(
+            "reads",
+            "Batch read requests (POST /v1/read) by outcome",
+            m.reads.clone(),
+        );
+        registry.register(
+            "counters_read",
+            "Counters answered by batch reads",
+            m.counters_read.clone(),
+        );
+        registry.register(
+            "counters_rejected",
+            "Counters of version-2 syncs rejected alone (not committed), by error code",
+            m.counters_rejected.clone(),
+        );
+        registry.register(
+            "commits",
+            "Transactions committed, by purpose (sync or snapshot)",
+            m.commits.clone(),
+        );
+        // Present from the start, at 0, so "no commit happened" reads as a number, not as
+        // a missing line.
+        for purpose in [Purpose::SYNC, Purpose::SNAPSHOT] {
+            let _ = m.commits.get_or_create(&purpose);
+        }
+        let _ = m.reads.get_or_create(&Outcome { outcome: "ok" });
         registry.register("errors", "Error responses by code", m.errors.clone());
         registry.register(
             "slots_received",
@@ -122,6 +185,20 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+
+    /// Counts one committed transaction.
+    pub fn committed(&self, purpose: Purpose) {
+        self.commits.get_or_create(&purpose).inc();
+    }
+
+    /// Counts one request to an edge-facing endpoint by outcome (`ok` or the error code).
+    pub fn request(&self, endpoint: Endpoint, outcome: &'static str) {
+        let family = match endpoint {
+            Endpoint::Sync => &self.syncs,
+            Endpoint::Read => &self.reads,
+        };
+        family.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// Counts one error response.

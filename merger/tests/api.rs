@@ -21,9 +21,14 @@ async fn a_sync_is_answered_with_global_totals_and_the_recorded_slot() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let mut body = body;
+    for answer in body["counters"].as_array_mut().unwrap() {
+        let updated_at = answer.as_object_mut().unwrap().remove("updated_at");
+        assert_timestamp(&updated_at.unwrap_or_default());
+    }
     assert_eq!(
         body,
-        json!({"version": 1, "counters": [
+        json!({"version": 2, "counters": [
             {"id": "home", "kind": "g", "global": {"p": 715}, "recorded": {"p": 715}},
             {"id": "viewers", "kind": "pn", "global": {"p": 10, "n": 3}, "recorded": {"p": 10, "n": 3}},
         ]})
@@ -31,6 +36,17 @@ async fn a_sync_is_answered_with_global_totals_and_the_recorded_slot() {
     let (_, body) = t.sync(&sync_body(2, "us", &[("home", "g", 5, 0)])).await;
     assert_eq!(body["counters"][0]["global"], json!({"p": 720}));
     assert_eq!(body["counters"][0]["recorded"], json!({"p": 5}));
+}
+
+#[tokio::test]
+async fn a_sync_answers_a_counter_still_at_zero_with_no_updated_at() {
+    let t = TestMerger::new().await;
+    let (status, body) = t.sync(&sync_body(1, "eu", &[("zero", "g", 0, 0)])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["counters"][0],
+        json!({"id": "zero", "kind": "g", "global": {"p": 0}, "recorded": {"p": 0}})
+    );
 }
 
 #[tokio::test]
@@ -46,10 +62,47 @@ async fn reading_a_counter_gives_count_regions_and_replicas() {
     assert_eq!(body["replicas"], 3);
     assert_eq!(body["regions"]["eu"]["count"], 710);
     assert_eq!(body["regions"]["us"]["count"], 5);
-    for t in [&body["updated_at"], &body["regions"]["eu"]["last_sync"]] {
-        let t = t.as_str().unwrap();
-        assert!(t.ends_with('Z') && t.contains('T'), "RFC 3339 UTC: {t}");
+    assert_timestamp(&body["updated_at"]);
+    assert_timestamp(&body["regions"]["eu"]["last_sync"]);
+}
+
+#[tokio::test]
+async fn reading_a_counter_nobody_has_hit_answers_zero_and_no_time() {
+    let t = TestMerger::new().await;
+    for (ns, id) in [("counters", "never-hit"), ("gauges", "never-hit")] {
+        let (status, body) = t.get(&format!("/v1/{ns}/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"id": id, "count": 0, "updated_at": null, "regions": {}, "replicas": 0})
+        );
     }
+}
+
+#[tokio::test]
+async fn reading_a_counter_nobody_has_hit_creates_nothing() {
+    let t = TestMerger::new().await;
+    t.get("/v1/counters/never-hit").await;
+    t.get("/v1/counters/never-hit/history").await;
+    assert_eq!(
+        t.get("/v1/counters").await.1,
+        json!({"items": [], "next_cursor": null})
+    );
+    assert_eq!(
+        t.metric(r#"tally_commits_total{purpose="sync"}"#).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn the_history_of_a_counter_nobody_has_hit_is_empty() {
+    let t = TestMerger::new().await;
+    let (status, body) = t.get("/v1/gauges/never-hit/history").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"id": "never-hit", "points": [], "next_from": null})
+    );
 }
 
 #[tokio::test]
@@ -61,11 +114,10 @@ async fn counters_and_gauges_are_separate_namespaces_and_gauges_go_negative() {
     assert_eq!(t.get("/v1/gauges/x").await.1["count"], -5);
     t.sync(&sync_body(1, "eu", &[("only-gauge", "pn", 1, 0)]))
         .await;
-    assert_error(
-        &t.get("/v1/counters/only-gauge").await,
-        StatusCode::NOT_FOUND,
-        "counter_not_found",
-    );
+    let (status, as_counter) = t.get("/v1/counters/only-gauge").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(as_counter["count"], 0);
+    assert_eq!(as_counter["updated_at"], Value::Null);
 }
 
 #[tokio::test]
@@ -149,13 +201,24 @@ async fn history_holds_the_totals_of_each_snapshot() {
         .collect();
     assert_eq!(got, counts, "one snapshot per change, none while unchanged");
 
-    // A range and a limit.
+    for point in h["points"].as_array().unwrap() {
+        assert_timestamp(&point["at"]);
+    }
+
+    // A range and a limit; `next_from` is exactly the time of the next point.
     let first_at = h["points"][0]["at"].as_str().unwrap().to_owned();
     let (_, page) = t
         .get(&format!("/v1/counters/h/history?from={first_at}&limit=1"))
         .await;
     assert_eq!(page["points"].as_array().unwrap().len(), 1);
-    assert!(page["next_from"].is_string());
+    assert_eq!(page["next_from"], h["points"][1]["at"]);
+    let (_, rest) = t
+        .get(&format!(
+            "/v1/counters/h/history?from={}",
+            page["next_from"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(rest["points"][0], h["points"][1]);
     let (_, none) = t
         .get("/v1/counters/h/history?to=2000-01-01T00:00:00Z")
         .await;
@@ -176,21 +239,7 @@ async fn health_readiness_and_metrics() {
     t.sync(&sync_body(1, "eu", &[("m", "g", 1, 0), ("m", "pn", 0, 1)]))
         .await;
     t.sync(&json!({"version": 9})).await;
-    let response = tower::ServiceExt::oneshot(
-        t.app.clone(),
-        Request::get("/metrics").body(Body::empty()).unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = String::from_utf8(
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = t.metrics().await;
     for expected in [
         r#"tally_syncs_total{outcome="ok"} 1"#,
         r#"tally_syncs_total{outcome="unsupported_version"} 1"#,
@@ -199,6 +248,10 @@ async fn health_readiness_and_metrics() {
         "tally_slots_merged_total 2",
         "tally_commit_batch_syncs_count 1",
         "tally_commit_seconds_count 1",
+        r#"tally_commits_total{purpose="sync"} 1"#,
+        r#"tally_commits_total{purpose="snapshot"} 0"#,
+        r#"tally_reads_total{outcome="ok"} 0"#,
+        "tally_counters_read_total 0",
         r#"tally_counters{kind="g"} 1"#,
         r#"tally_counters{kind="pn"} 1"#,
         "tally_replicas 1",
@@ -322,13 +375,15 @@ async fn the_error_table() {
         ("".into(), StatusCode::BAD_REQUEST, "malformed_body"),
         (json!({"version": 1, "replica": replica(1), "region": "eu", "counters": [{"id": "seed", "kind": "g", "p": -1}]}).to_string(), StatusCode::BAD_REQUEST, "malformed_body"),
         (json!({"version": 1, "replica": replica(1), "region": "eu", "counters": [{"id": "seed", "kind": "g", "p": "9"}]}).to_string(), StatusCode::BAD_REQUEST, "malformed_body"),
-        (json!({"version": 2, "replica": replica(1), "region": "eu", "counters": []}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unsupported_version"),
+        (json!({"version": 3, "replica": replica(1), "region": "eu", "counters": []}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unsupported_version"),
+        (json!({"version": 0, "replica": replica(1), "region": "eu", "counters": []}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unsupported_version"),
         (sync_body(1, "eu", &[(&"a".repeat(129), "g", 1, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "id_too_long"),
         (sync_body(1, "eu", &[("a b", "g", 1, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "id_bad_char"),
         (sync_body(1, "eu", &[("", "g", 1, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "empty_id"),
         (sync_body(1, "e u", &[("seed", "g", 99, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_region"),
         (sync_body(0, "eu", &[("seed", "g", 99, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "nil_replica"),
-        (sync_body(1, "eu", &[("seed", "g", 99, 1)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "decrement_on_counter"),
+        // Version 1 has no per-counter answer: a counter that breaks a rule refuses the sync.
+        (sync_body_v1(1, "eu", &[("seed", "g", 99, 0), ("seed", "pn", 99, 2), ("x", "g", 99, 1)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "decrement_on_counter"),
         (sync_body(1, "eu", &[("seed", "g", 99, 0), ("seed", "g", 98, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "duplicate_counter"),
     ];
     for (body, status, code) in bad_bodies {
@@ -371,20 +426,6 @@ async fn the_error_table() {
 
     // Routes, methods, paths, queries.
     let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
-    refused(
-        &t,
-        get("/v1/counters/nothing-here"),
-        StatusCode::NOT_FOUND,
-        "counter_not_found",
-    )
-    .await;
-    refused(
-        &t,
-        get("/v1/gauges/nothing-here/history"),
-        StatusCode::NOT_FOUND,
-        "counter_not_found",
-    )
-    .await;
     refused(
         &t,
         get("/v1/widgets/seed"),

@@ -91,9 +91,15 @@ pub enum Error {
         /// The refused decrement total.
         n: u64,
     },
+    /// A time that is not RFC 3339 (`2030-10-10T12:11:42.000Z`) or outside years 0000-9999.
+    #[error("not an RFC 3339 time (e.g. 2030-10-10T12:11:42.000Z) within years 0000-9999")]
+    InvalidTime,
+    /// A counter key that is not `g:<id>` or `pn:<id>`.
+    #[error("not a counter key: expected g:<id> or pn:<id>")]
+    InvalidKey,
     /// The body is not a well-formed sync request (bad JSON, wrong types, missing or unknown
     /// fields). The message is the decoder's.
-    #[error("malformed sync body: {0}")]
+    #[error("malformed body: {0}")]
     Malformed(String),
 }
 
@@ -113,6 +119,8 @@ impl Error {
             Error::TooManyCounters { .. } => "too_many_counters",
             Error::DuplicateCounter { .. } => "duplicate_counter",
             Error::DecrementOnCounter { .. } => "decrement_on_counter",
+            Error::InvalidTime => "invalid_time",
+            Error::InvalidKey => "invalid_key",
             Error::Malformed(_) => "malformed_body",
         }
     }

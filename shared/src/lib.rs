@@ -12,6 +12,9 @@
 //!   (its slot **totals**, so a retried sync changes nothing) and what the merger answers.
 //! - [`check_counter_id`], [`SyncRequest::validate`] and the limits (`validate.rs`): the input
 //!   rules both sides enforce, failing with one [`Error`] variant per violation (`error.rs`).
+//! - [`CounterKey`] (`key.rs`): which counter (kind + id), with its wire, path and storage
+//!   forms; [`Timestamp`] (`time.rs`): the one time type, with its one RFC 3339 form.
+//! - [`ReadRequest`], [`ReadResponse`] (`sync.rs`): the merger's batch read for the edge.
 //! - [`Count`] (`count.rs`): a value as the public HTTP APIs write it (a JSON number below
 //!   2^53, a decimal string beyond).
 //! - `wasm.rs` (feature `wasm`): JavaScript bindings of the counters.
@@ -30,7 +33,10 @@
 //! duplicated sync changes nothing:
 //!
 //! ```
-//! use tally_crdt::{CounterKind, GCounter, ReplicaId, SlotUpdate, SyncRequest, PROTOCOL_VERSION};
+//! use tally_crdt::{
+//!     CounterKey, CounterKind, GCounter, ReplicaId, SlotTotals, SlotUpdate, SyncRequest,
+//!     PROTOCOL_VERSION,
+//! };
 //!
 //! let (paris, tokyo) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
 //!
@@ -45,7 +51,10 @@
 //!     version: PROTOCOL_VERSION,
 //!     replica: paris,
 //!     region: "eu".into(),
-//!     counters: vec![SlotUpdate { id: "home".into(), kind: CounterKind::G, p: at_paris.get(paris), n: 0 }],
+//!     counters: vec![SlotUpdate {
+//!         key: CounterKey::new(CounterKind::G, "home")?,
+//!         totals: SlotTotals { p: at_paris.get(paris), n: 0 },
+//!     }],
 //! };
 //! sync.validate()?;
 //!
@@ -53,7 +62,7 @@
 //! let mut global = GCounter::new();
 //! for _ in 0..2 {
 //!     for c in &sync.counters {
-//!         global.merge_slot(sync.replica, c.p);
+//!         global.merge_slot(sync.replica, c.totals.p);
 //!     }
 //! }
 //! global.merge(&at_tokyo);
@@ -68,9 +77,11 @@ extern crate alloc;
 mod count;
 mod error;
 mod gcounter;
+mod key;
 mod pncounter;
 mod replica;
 mod sync;
+mod time;
 mod validate;
 #[cfg(feature = "wasm")]
 pub mod wasm;
@@ -78,12 +89,15 @@ pub mod wasm;
 pub use count::{Count, JSON_SAFE_MAX};
 pub use error::Error;
 pub use gcounter::GCounter;
+pub use key::CounterKey;
 pub use pncounter::PNCounter;
 pub use replica::ReplicaId;
 pub use sync::{
-    CounterKind, GlobalTotals, MergedCounter, PROTOCOL_VERSION, SlotTotals, SlotUpdate,
-    SyncRequest, SyncResponse,
+    CounterKind, ErrorBody, GlobalTotals, MIN_PROTOCOL_VERSION, MergedCounter, PROTOCOL_VERSION,
+    ReadRequest, ReadResponse, Rejection, SlotTotals, SlotUpdate, SyncAnswer, SyncRequest,
+    SyncResponse,
 };
+pub use time::Timestamp;
 pub use validate::{
     MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, MAX_REGION_LEN, check_counter_id, check_region,
 };

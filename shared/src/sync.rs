@@ -1,24 +1,37 @@
-//! The edge <-> merger sync protocol: the wire types, defined once for both sides.
+//! The edge <-> merger protocol: the wire types, defined once for both sides.
 //!
-//! An edge replica sends a [`SyncRequest`] holding, for every counter that changed since its
-//! last successful sync, the **totals** of its own slot (never increments). The merger merges
-//! each total with max, commits, and answers a [`SyncResponse`] that holds, per counter, the
-//! global totals and the merger's recorded copy of this replica's slot. Because totals are
-//! merged with max, applying a sync twice, or an older sync after a newer one, changes
-//! nothing. `docs/protocol.md` has the JSON with examples and the full argument.
+//! **Sync** (`POST /v1/sync`). An edge replica sends a [`SyncRequest`] holding, for counters
+//! that changed since its last successful sync, the **totals** of its own slot (never
+//! increments). The merger merges each total with max, commits, and answers a
+//! [`SyncResponse`]: per counter, a [`SyncAnswer`] that is either the merged global totals
+//! with the merger's recorded copy of this replica's slot, or a per-counter rejection that
+//! leaves the other counters of the sync committed. Because totals are merged with max,
+//! applying a sync twice, or an older sync after a newer one, changes nothing.
+//!
+//! **Read** (`POST /v1/read`). An edge replica asks for the global totals of many counters at
+//! once ([`ReadRequest`]) and, for its own incarnation, the recorded copy of its slot; the
+//! merger answers from memory and writes nothing ([`ReadResponse`]). Unknown counters answer
+//! as known-absent: zero totals and no `updated_at`.
+//!
+//! Answers are matched to requests by [`CounterKey`], never by position.
+//! `docs/protocol.md` has the JSON with examples and the full argument.
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 
 use serde::{Deserialize, Serialize, de};
 
-use crate::{Error, ReplicaId};
+use crate::{CounterKey, Error, ReplicaId, Timestamp};
 
-/// The protocol version this crate speaks; a request with another version is refused with
-/// [`Error::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this crate speaks: version 2 answers per counter (a rejected
+/// counter blocks no other) and adds `POST /v1/read`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version a merger still accepts, so an edge one version behind keeps syncing
+/// during a rolling deploy (mergers are deployed first). A version-1 sync is all or nothing.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Which CRDT a counter is. A counter id names two independent counters, one of each kind.
 ///
@@ -84,61 +97,132 @@ impl SlotTotals {
     pub fn value(self) -> i128 {
         i128::from(self.p) - i128::from(self.n)
     }
+
+    /// Whether `self` is at least `other` in both halves.
+    pub fn dominates(self, other: SlotTotals) -> bool {
+        self.p >= other.p && self.n >= other.n
+    }
+
+    /// The larger of each half.
+    #[must_use]
+    pub fn join(self, other: SlotTotals) -> SlotTotals {
+        SlotTotals {
+            p: self.p.max(other.p),
+            n: self.n.max(other.n),
+        }
+    }
 }
 
 /// The sync an edge replica sends: its identity and, for every changed counter, its own
 /// slot totals.
 ///
+/// Decoding checks everything that concerns the request as a whole (version, size, replica,
+/// region, ids, no counter twice); a version-1 request is also refused whole for a counter
+/// that breaks a per-counter rule, where version 2 leaves that to a per-counter answer
+/// ([`SyncRequest::counter_error`]).
+///
 /// # Examples
 ///
 /// ```
-/// use tally_crdt::{CounterKind, ReplicaId, SlotUpdate, SyncRequest, PROTOCOL_VERSION};
+/// use tally_crdt::{CounterKey, CounterKind, ReplicaId, SlotTotals, SlotUpdate, SyncRequest, PROTOCOL_VERSION};
 ///
 /// let sync = SyncRequest {
 ///     version: PROTOCOL_VERSION,
 ///     replica: ReplicaId::from_u128(0x2a),
 ///     region: "eu-west".into(),
-///     counters: vec![SlotUpdate { id: "home".into(), kind: CounterKind::G, p: 715, n: 0 }],
+///     counters: vec![SlotUpdate {
+///         key: CounterKey::new(CounterKind::G, "home")?,
+///         totals: SlotTotals { p: 715, n: 0 },
+///     }],
 /// };
 /// sync.validate()?;
 /// # Ok::<(), tally_crdt::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSync")]
 pub struct SyncRequest {
-    /// Protocol version, [`PROTOCOL_VERSION`].
+    /// Protocol version, [`MIN_PROTOCOL_VERSION`] ..= [`PROTOCOL_VERSION`].
     pub version: u32,
     /// The sending replica incarnation.
     pub replica: ReplicaId,
     /// The region the replica serves (for the merger's per-region breakdown).
     pub region: String,
     /// This replica's totals for each counter that changed; at most
-    /// [`MAX_COUNTERS_PER_SYNC`](crate::MAX_COUNTERS_PER_SYNC), each `(id, kind)` once.
-    #[serde(deserialize_with = "objects")]
+    /// [`MAX_COUNTERS_PER_SYNC`](crate::MAX_COUNTERS_PER_SYNC), each counter once.
     pub counters: Vec<SlotUpdate>,
+}
+
+/// A sync as decoded, before any rule is checked (so each rule can name its own error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSync {
+    pub(crate) version: u32,
+    pub(crate) replica: ReplicaId,
+    pub(crate) region: String,
+    #[serde(deserialize_with = "objects")]
+    pub(crate) counters: Vec<SlotWire>,
+}
+
+impl TryFrom<RawSync> for SyncRequest {
+    type Error = Error;
+    fn try_from(raw: RawSync) -> Result<SyncRequest, Error> {
+        SyncRequest::check_version(u64::from(raw.version))?;
+        crate::validate::check_sync_size(raw.counters.len())?;
+        let counters = raw
+            .counters
+            .into_iter()
+            .map(SlotUpdate::try_from)
+            .collect::<Result<Vec<_>, Error>>()?;
+        let request = SyncRequest {
+            version: raw.version,
+            replica: raw.replica,
+            region: raw.region,
+            counters,
+        };
+        request.validate()?;
+        Ok(request)
+    }
 }
 
 /// One counter in a [`SyncRequest`]: the sender's slot totals for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SlotWire", into = "SlotWire")]
 pub struct SlotUpdate {
-    /// Counter id (see [`check_counter_id`](crate::check_counter_id)).
-    pub id: String,
-    /// Which CRDT it is.
-    pub kind: CounterKind,
-    /// The sender's total of increments.
-    pub p: u64,
-    /// The sender's total of decrements; must be 0 (or absent) for kind `g`.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
-    pub n: u64,
+    /// Which counter.
+    pub key: CounterKey,
+    /// The sender's totals; `n` must be 0 for kind `g` (a version-2 sync gets that counter
+    /// rejected alone).
+    pub totals: SlotTotals,
 }
 
-impl SlotUpdate {
-    /// The totals carried.
-    pub fn totals(&self) -> SlotTotals {
-        SlotTotals {
-            p: self.p,
-            n: self.n,
+/// The JSON of a [`SlotUpdate`]: `{"id", "kind", "p", "n"}` (`n` left out when 0).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SlotWire {
+    id: String,
+    kind: CounterKind,
+    p: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    n: u64,
+}
+
+impl TryFrom<SlotWire> for SlotUpdate {
+    type Error = Error;
+    fn try_from(w: SlotWire) -> Result<SlotUpdate, Error> {
+        Ok(SlotUpdate {
+            key: CounterKey::new(w.kind, w.id)?,
+            totals: SlotTotals { p: w.p, n: w.n },
+        })
+    }
+}
+
+impl From<SlotUpdate> for SlotWire {
+    fn from(u: SlotUpdate) -> SlotWire {
+        SlotWire {
+            kind: u.key.kind(),
+            id: u.key.id().into(),
+            p: u.totals.p,
+            n: u.totals.n,
         }
     }
 }
@@ -146,41 +230,185 @@ impl SlotUpdate {
 /// The merger's answer to a [`SyncRequest`], sent only after the merged state is committed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
-    /// Protocol version, [`PROTOCOL_VERSION`].
+    /// The version of the request answered.
     pub version: u32,
-    /// One entry per counter of the request, in the request's order.
-    pub counters: Vec<MergedCounter>,
+    /// One answer per counter of the request (match them by key).
+    pub counters: Vec<SyncAnswer>,
 }
 
-/// One counter in a [`SyncResponse`]: the merged global totals and what the merger holds of
-/// the sender's own slot.
+/// The answer for one counter of a sync: merged and committed, or rejected alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[serde(try_from = "AnswerWire")]
+pub enum SyncAnswer {
+    /// Committed: the merged totals.
+    Merged(MergedCounter),
+    /// Refused, with nothing of it committed; the sync's other counters are unaffected.
+    Rejected(Rejection),
+}
+
+/// The JSON of either answer, read in one pass: serde's untagged enums buffer the input in
+/// a form that has no `u128`, and global totals may pass `u64::MAX`.
+#[derive(Deserialize)]
+struct AnswerWire {
+    id: String,
+    kind: CounterKind,
+    global: Option<GlobalTotals>,
+    recorded: Option<SlotTotals>,
+    #[serde(default)]
+    updated_at: Option<Timestamp>,
+    error: Option<ErrorBody>,
+}
+
+impl TryFrom<AnswerWire> for SyncAnswer {
+    type Error = Error;
+    fn try_from(w: AnswerWire) -> Result<SyncAnswer, Error> {
+        let key = CounterKey::new(w.kind, w.id)?;
+        match (w.error, w.global, w.recorded) {
+            (Some(error), None, None) => Ok(SyncAnswer::Rejected(Rejection { key, error })),
+            (None, Some(global), Some(recorded)) => Ok(SyncAnswer::Merged(MergedCounter {
+                key,
+                global,
+                recorded,
+                updated_at: w.updated_at,
+            })),
+            _ => Err(Error::Malformed(
+                "an answer has either `error`, or `global` and `recorded`".into(),
+            )),
+        }
+    }
+}
+
+impl SyncAnswer {
+    /// The counter answered.
+    pub fn key(&self) -> &CounterKey {
+        match self {
+            SyncAnswer::Merged(m) => &m.key,
+            SyncAnswer::Rejected(r) => &r.key,
+        }
+    }
+}
+
+/// A counter the merger refused, with why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RejectionWire", into = "RejectionWire")]
+pub struct Rejection {
+    /// The counter.
+    pub key: CounterKey,
+    /// Why, in the API's error shape.
+    pub error: ErrorBody,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct RejectionWire {
+    id: String,
+    kind: CounterKind,
+    error: ErrorBody,
+}
+
+impl TryFrom<RejectionWire> for Rejection {
+    type Error = Error;
+    fn try_from(w: RejectionWire) -> Result<Rejection, Error> {
+        Ok(Rejection {
+            key: CounterKey::new(w.kind, w.id)?,
+            error: w.error,
+        })
+    }
+}
+
+impl From<Rejection> for RejectionWire {
+    fn from(r: Rejection) -> RejectionWire {
+        RejectionWire {
+            kind: r.key.kind(),
+            id: r.key.id().into(),
+            error: r.error,
+        }
+    }
+}
+
+/// An error as every tally API writes it: a stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(e: &Error) -> ErrorBody {
+        ErrorBody {
+            code: e.code().into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One counter as the merger knows it: the global totals, its recorded copy of the asking
+/// replica's slot, and when the counter last changed.
 ///
 /// # Examples
 ///
 /// ```
-/// use tally_crdt::{CounterKind, GlobalTotals, MergedCounter, SlotTotals};
+/// use tally_crdt::{CounterKey, CounterKind, GlobalTotals, MergedCounter, SlotTotals};
 ///
 /// // The merger knows 700 hits in all, 20 of them from this replica's slot;
 /// // the replica has counted 25 by now, so it reads 705.
 /// let merged = MergedCounter {
-///     id: "home".into(),
-///     kind: CounterKind::G,
+///     key: CounterKey::new(CounterKind::G, "home")?,
 ///     global: GlobalTotals { p: 700, n: 0 },
 ///     recorded: SlotTotals { p: 20, n: 0 },
+///     updated_at: None,
 /// };
 /// assert_eq!(merged.estimate(SlotTotals { p: 25, n: 0 })?, 705);
 /// # Ok::<(), tally_crdt::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MergedWire", into = "MergedWire")]
 pub struct MergedCounter {
-    /// Counter id.
-    pub id: String,
-    /// Which CRDT it is.
-    pub kind: CounterKind,
-    /// The global totals over all replicas' slots, after the merge.
+    /// The counter.
+    pub key: CounterKey,
+    /// The global totals over all replicas' slots.
     pub global: GlobalTotals,
-    /// The merger's recorded totals of the sender's own slot, after the merge.
+    /// The merger's recorded totals of the asking replica's slot (zero for a read that
+    /// names no replica).
     pub recorded: SlotTotals,
+    /// The last time a slot of it grew; `None` for a counter nobody has hit.
+    pub updated_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct MergedWire {
+    id: String,
+    kind: CounterKind,
+    global: GlobalTotals,
+    recorded: SlotTotals,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    updated_at: Option<Timestamp>,
+}
+
+impl TryFrom<MergedWire> for MergedCounter {
+    type Error = Error;
+    fn try_from(w: MergedWire) -> Result<MergedCounter, Error> {
+        Ok(MergedCounter {
+            key: CounterKey::new(w.kind, w.id)?,
+            global: w.global,
+            recorded: w.recorded,
+            updated_at: w.updated_at,
+        })
+    }
+}
+
+impl From<MergedCounter> for MergedWire {
+    fn from(m: MergedCounter) -> MergedWire {
+        MergedWire {
+            kind: m.key.kind(),
+            id: m.key.id().into(),
+            global: m.global,
+            recorded: m.recorded,
+            updated_at: m.updated_at,
+        }
+    }
 }
 
 impl MergedCounter {
@@ -199,6 +427,74 @@ impl MergedCounter {
     }
 }
 
+/// A batch read an edge replica sends to `POST /v1/read`: the merger answers from memory,
+/// writes nothing and registers nobody.
+///
+/// # Examples
+///
+/// ```
+/// use tally_crdt::{CounterKey, CounterKind, ReadRequest, ReplicaId, PROTOCOL_VERSION};
+///
+/// let read = ReadRequest {
+///     version: PROTOCOL_VERSION,
+///     replica: Some(ReplicaId::from_u128(7)),
+///     counters: vec![CounterKey::new(CounterKind::G, "home")?],
+/// };
+/// read.validate()?;
+/// assert_eq!(
+///     serde_json::to_string(&read).unwrap(),
+///     r#"{"version":2,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
+/// );
+/// # Ok::<(), tally_crdt::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawRead")]
+pub struct ReadRequest {
+    /// [`PROTOCOL_VERSION`] (reads exist since version 2).
+    pub version: u32,
+    /// The asking replica, whose recorded slot each answer carries; `None` for a plain read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaId>,
+    /// The counters, each once, at most [`MAX_COUNTERS_PER_SYNC`](crate::MAX_COUNTERS_PER_SYNC).
+    pub counters: Vec<CounterKey>,
+}
+
+/// A read as decoded, before any rule is checked (so each rule can name its own error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRead {
+    pub(crate) version: u32,
+    #[serde(default)]
+    pub(crate) replica: Option<ReplicaId>,
+    #[serde(deserialize_with = "objects")]
+    pub(crate) counters: Vec<crate::key::KeyWire>,
+}
+
+impl TryFrom<RawRead> for ReadRequest {
+    type Error = Error;
+    fn try_from(raw: RawRead) -> Result<ReadRequest, Error> {
+        let request = ReadRequest {
+            version: raw.version,
+            replica: raw.replica,
+            counters: raw
+                .counters
+                .into_iter()
+                .map(|k| CounterKey::new(k.kind, k.id))
+                .collect::<Result<_, _>>()?,
+        };
+        request.validate()?;
+        Ok(request)
+    }
+}
+
+/// The answer to a [`ReadRequest`]: one [`MergedCounter`] per counter asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// One per counter asked, unknown ones with zero totals and no `updated_at`.
+    pub counters: Vec<MergedCounter>,
+}
 /// Global totals of one counter: the sums over all slots of each half, as `u128`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GlobalTotals {
@@ -220,16 +516,25 @@ impl GlobalTotals {
     /// [`Error::ValueOutOfRange`] if a half passes `u128::MAX` or the result does not fit an
     /// `i128` (neither is reachable with fewer than 2^63 slots).
     pub fn estimate(self, recorded: SlotTotals, own: SlotTotals) -> Result<i128, Error> {
+        self.with_own(recorded, own)?.value()
+    }
+
+    /// The halves of [`estimate`](Self::estimate): these totals with one replica's slot
+    /// brought from `recorded` up to `own`, per half.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ValueOutOfRange`] if a half passes `u128::MAX`.
+    pub fn with_own(self, recorded: SlotTotals, own: SlotTotals) -> Result<GlobalTotals, Error> {
         let ahead = |global: u128, recorded: u64, own: u64| {
             global
                 .checked_add(u128::from(own.saturating_sub(recorded)))
                 .ok_or(Error::ValueOutOfRange)
         };
-        GlobalTotals {
+        Ok(GlobalTotals {
             p: ahead(self.p, recorded.p, own.p)?,
             n: ahead(self.n, recorded.n, own.n)?,
-        }
-        .value()
+        })
     }
 
     /// Whether `self` is at least `other` in both halves: the merger's totals only grow, so
@@ -291,12 +596,16 @@ fn is_zero_u128(v: &u128) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CounterKind;
     use alloc::vec;
+
+    fn key(id: &str) -> CounterKey {
+        CounterKey::new(CounterKind::Pn, id).unwrap()
+    }
 
     fn merged(global: (u128, u128), recorded: (u64, u64)) -> MergedCounter {
         MergedCounter {
-            id: "x".into(),
-            kind: CounterKind::Pn,
+            key: key("x"),
             global: GlobalTotals {
                 p: global.0,
                 n: global.1,
@@ -305,6 +614,7 @@ mod tests {
                 p: recorded.0,
                 n: recorded.1,
             },
+            updated_at: None,
         }
     }
 
@@ -336,26 +646,50 @@ mod tests {
     }
 
     #[test]
-    fn response_round_trips_u128_globals() {
+    fn response_round_trips_u128_globals_and_rejections() {
+        let mut with_time = merged((u128::MAX, 1), (u64::MAX, 0));
+        with_time.updated_at = Some(Timestamp::from_unix_ms(1_917_864_702_000));
         let resp = SyncResponse {
             version: PROTOCOL_VERSION,
-            counters: vec![merged((u128::MAX, 1), (u64::MAX, 0))],
+            counters: vec![
+                SyncAnswer::Merged(with_time),
+                SyncAnswer::Merged(merged((3, 0), (1, 0))),
+                SyncAnswer::Rejected(Rejection {
+                    key: key("bad"),
+                    error: ErrorBody::from(&Error::ValueOutOfRange),
+                }),
+            ],
         };
         let json = serde_json::to_string(&resp).unwrap();
         assert!(
             json.contains("340282366920938463463374607431768211455"),
             "{json}"
         );
+        assert!(
+            json.contains(r#""updated_at":"2030-10-10T12:11:42.000Z""#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""error":{"code":"value_out_of_range""#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<SyncResponse>(&json).unwrap(), resp);
+    }
+
+    #[test]
+    fn a_version_1_answer_still_reads() {
+        let v1 = r#"{"version":1,"counters":[{"id":"a","kind":"g","global":{"p":5},"recorded":{"p":2}}]}"#;
+        let resp: SyncResponse = serde_json::from_str(v1).unwrap();
+        assert!(
+            matches!(&resp.counters[0], SyncAnswer::Merged(m) if m.global.p == 5 && m.updated_at.is_none())
+        );
     }
 
     #[test]
     fn g_slots_leave_n_out_of_the_json() {
         let u = SlotUpdate {
-            id: "a".into(),
-            kind: CounterKind::G,
-            p: 3,
-            n: 0,
+            key: CounterKey::new(CounterKind::G, "a").unwrap(),
+            totals: SlotTotals { p: 3, n: 0 },
         };
         assert_eq!(
             serde_json::to_string(&u).unwrap(),

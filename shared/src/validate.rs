@@ -3,7 +3,10 @@
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use crate::{Error, PROTOCOL_VERSION, SyncRequest};
+use crate::{
+    CounterKey, CounterKind, Error, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ReadRequest, ReplicaId,
+    SlotUpdate, SyncRequest,
+};
 
 /// Longest counter id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -70,103 +73,151 @@ pub fn check_region(region: &str) -> Result<(), Error> {
     }
 }
 
+/// Refuses a sync or read of more than [`MAX_COUNTERS_PER_SYNC`] counters.
+pub(crate) fn check_sync_size(len: usize) -> Result<(), Error> {
+    if len > MAX_COUNTERS_PER_SYNC {
+        return Err(Error::TooManyCounters {
+            got: len,
+            max: MAX_COUNTERS_PER_SYNC,
+        });
+    }
+    Ok(())
+}
+
+/// The first key that appears twice, if any.
+fn duplicate<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Option<&'a CounterKey> {
+    let mut keys: Vec<&CounterKey> = keys.collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
 impl SyncRequest {
-    /// Checks every rule of the protocol: version, counter count, replica id, region, each
-    /// counter id, no decrements on kind `g`, and no counter twice.
+    /// Refuses a version outside [`MIN_PROTOCOL_VERSION`] ..= [`PROTOCOL_VERSION`].
+    pub(crate) fn check_version(version: u64) -> Result<(), Error> {
+        if (u64::from(MIN_PROTOCOL_VERSION)..=u64::from(PROTOCOL_VERSION)).contains(&version) {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedVersion {
+                got: version,
+                supported: PROTOCOL_VERSION,
+            })
+        }
+    }
+
+    /// Checks the rules of the request as a whole: a supported version, at most
+    /// [`MAX_COUNTERS_PER_SYNC`] counters, a non-nil replica, a valid region, no counter
+    /// twice, and for version 1 also every [`counter_error`](Self::counter_error) (version 1
+    /// has no per-counter answer).
     ///
     /// # Errors
     ///
-    /// The first violation found, as its own [`Error`] variant.
+    /// The first rule broken, as its [`Error`] variant.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.version != PROTOCOL_VERSION {
+        Self::check_version(u64::from(self.version))?;
+        check_sync_size(self.counters.len())?;
+        if self.replica.is_nil() {
+            return Err(Error::NilReplica);
+        }
+        check_region(&self.region)?;
+        if let Some(key) = duplicate(self.counters.iter().map(|c| &c.key)) {
+            return Err(Error::DuplicateCounter {
+                id: key.id().to_string(),
+                kind: key.kind(),
+            });
+        }
+        if self.version < 2
+            && let Some(e) = self.counters.iter().find_map(Self::counter_error)
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The rule one counter of a sync breaks, if any: a decrement total on an increment-only
+    /// counter. A version-2 merger rejects that counter alone.
+    pub fn counter_error(update: &SlotUpdate) -> Option<Error> {
+        (update.key.kind() == CounterKind::G && update.totals.n != 0).then(|| {
+            Error::DecrementOnCounter {
+                id: update.key.id().to_string(),
+                n: update.totals.n,
+            }
+        })
+    }
+
+    /// Decodes a sync body and checks it, with the [`Error`] of the first rule it breaks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Malformed`] for JSON of another shape, [`Error::UnsupportedVersion`] for a
+    /// body of another version, else the rule broken.
+    #[cfg(feature = "json")]
+    pub fn from_json(body: &[u8]) -> Result<SyncRequest, Error> {
+        match serde_json::from_slice::<crate::sync::MapOnly<crate::sync::RawSync>>(body) {
+            Ok(crate::sync::MapOnly(raw)) => SyncRequest::try_from(raw),
+            Err(parse_error) => Err(version_or_malformed(body, parse_error)),
+        }
+    }
+}
+
+impl ReadRequest {
+    /// Checks a read: version 2 or later, at most [`MAX_COUNTERS_PER_SYNC`] counters, each
+    /// once, and a non-nil replica if one is named.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken, as its [`Error`] variant.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(2..=PROTOCOL_VERSION).contains(&self.version) {
             return Err(Error::UnsupportedVersion {
                 got: u64::from(self.version),
                 supported: PROTOCOL_VERSION,
             });
         }
-        if self.counters.len() > MAX_COUNTERS_PER_SYNC {
-            return Err(Error::TooManyCounters {
-                got: self.counters.len(),
-                max: MAX_COUNTERS_PER_SYNC,
-            });
-        }
-        if self.replica.is_nil() {
+        check_sync_size(self.counters.len())?;
+        if self.replica.is_some_and(ReplicaId::is_nil) {
             return Err(Error::NilReplica);
         }
-        check_region(&self.region)?;
-        for c in &self.counters {
-            check_counter_id(&c.id)?;
-            if c.kind == crate::CounterKind::G && c.n != 0 {
-                return Err(Error::DecrementOnCounter {
-                    id: c.id.clone(),
-                    n: c.n,
-                });
-            }
-        }
-        let mut keys: Vec<_> = self
-            .counters
-            .iter()
-            .map(|c| (c.id.as_str(), c.kind))
-            .collect();
-        keys.sort_unstable();
-        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+        if let Some(key) = duplicate(self.counters.iter()) {
             return Err(Error::DuplicateCounter {
-                id: w[0].0.to_string(),
-                kind: w[0].1,
+                id: key.id().to_string(),
+                kind: key.kind(),
             });
         }
         Ok(())
     }
 
-    /// Decodes a JSON sync body and [validates](SyncRequest::validate) it: the one entry
-    /// point both the merger and the edge use for bodies they receive.
+    /// Decodes a read body and checks it.
     ///
     /// # Errors
     ///
-    /// [`Error::Malformed`] for a body that is not a sync request (with the decoder's message),
-    /// [`Error::UnsupportedVersion`] for a body of another protocol version even if its shape
-    /// differs, and otherwise the first rule it breaks.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use tally_crdt::{Error, SyncRequest};
-    ///
-    /// let body = br#"{"version":1,"replica":"0000000000000000000000000000002a",
-    ///     "region":"eu","counters":[{"id":"home","kind":"g","p":715}]}"#;
-    /// assert_eq!(SyncRequest::from_json(body)?.counters[0].p, 715);
-    ///
-    /// let future = br#"{"version":2,"replica":"0000000000000000000000000000002a","shape":"new"}"#;
-    /// assert_eq!(
-    ///     SyncRequest::from_json(future),
-    ///     Err(Error::UnsupportedVersion { got: 2, supported: 1 })
-    /// );
-    /// # Ok::<(), tally_crdt::Error>(())
-    /// ```
+    /// As for [`SyncRequest::from_json`].
     #[cfg(feature = "json")]
-    pub fn from_json(body: &[u8]) -> Result<SyncRequest, Error> {
-        match serde_json::from_slice::<crate::sync::MapOnly<SyncRequest>>(body) {
-            Ok(crate::sync::MapOnly(request)) => {
-                request.validate()?;
-                Ok(request)
-            }
-            Err(parse_error) => {
-                // Another version may have another shape: name the version, not the shape.
-                #[derive(serde::Deserialize)]
-                struct VersionOnly {
-                    version: u64,
-                }
-                match serde_json::from_slice::<VersionOnly>(body) {
-                    Ok(v) if v.version != u64::from(PROTOCOL_VERSION) => {
-                        Err(Error::UnsupportedVersion {
-                            got: v.version,
-                            supported: PROTOCOL_VERSION,
-                        })
-                    }
-                    _ => Err(Error::Malformed(parse_error.to_string())),
-                }
+    pub fn from_json(body: &[u8]) -> Result<ReadRequest, Error> {
+        match serde_json::from_slice::<crate::sync::MapOnly<crate::sync::RawRead>>(body) {
+            Ok(crate::sync::MapOnly(raw)) => ReadRequest::try_from(raw),
+            Err(parse_error) => Err(version_or_malformed(body, parse_error)),
+        }
+    }
+}
+
+/// Another version may have another shape: name the version, not the shape.
+#[cfg(feature = "json")]
+fn version_or_malformed(body: &[u8], parse_error: serde_json::Error) -> Error {
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        version: u64,
+    }
+    match serde_json::from_slice::<VersionOnly>(body) {
+        Ok(v)
+            if v.version > u64::from(PROTOCOL_VERSION)
+                || v.version < u64::from(MIN_PROTOCOL_VERSION) =>
+        {
+            Error::UnsupportedVersion {
+                got: v.version,
+                supported: PROTOCOL_VERSION,
             }
         }
+        _ => Error::Malformed(parse_error.to_string()),
     }
 }
 

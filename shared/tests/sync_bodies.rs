@@ -4,14 +4,14 @@
 
 use serde_json::{Value, json};
 use tally_crdt::{
-    CounterKind, Error, MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, PROTOCOL_VERSION, ReplicaId, SlotUpdate,
-    SyncRequest,
+    CounterKey, CounterKind, Error, MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, PROTOCOL_VERSION, ReplicaId,
+    SlotTotals, SlotUpdate, SyncRequest,
 };
 
 const REPLICA: &str = "0123456789abcdef0123456789abcdef";
 
 fn body(counters: Value) -> Value {
-    json!({"version": 1, "replica": REPLICA, "region": "eu-west", "counters": counters})
+    json!({"version": 2, "replica": REPLICA, "region": "eu-west", "counters": counters})
 }
 
 fn decode(v: &Value) -> Result<SyncRequest, Error> {
@@ -41,16 +41,12 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
             region: "eu-west".into(),
             counters: vec![
                 SlotUpdate {
-                    id: "home".into(),
-                    kind: CounterKind::G,
-                    p: 715,
-                    n: 0
+                    key: CounterKey::new(CounterKind::G, "home").unwrap(),
+                    totals: SlotTotals { p: 715, n: 0 },
                 },
                 SlotUpdate {
-                    id: "viewers".into(),
-                    kind: CounterKind::Pn,
-                    p: 10,
-                    n: 3
+                    key: CounterKey::new(CounterKind::Pn, "viewers").unwrap(),
+                    totals: SlotTotals { p: 10, n: 3 },
                 },
             ],
         }
@@ -63,7 +59,7 @@ fn u64_max_totals_are_exact() {
     let v = body(json!([{"id": "x", "kind": "pn", "p": u64::MAX, "n": u64::MAX}]));
     let sync = decode(&v).unwrap();
     assert_eq!(
-        (sync.counters[0].p, sync.counters[0].n),
+        (sync.counters[0].totals.p, sync.counters[0].totals.n),
         (u64::MAX, u64::MAX)
     );
 }
@@ -114,9 +110,9 @@ fn wrong_types_and_out_of_range_totals_are_malformed() {
         SyncRequest::from_json(too_big.as_bytes()),
         Err(Error::Malformed(_))
     ));
-    assert_malformed(&json!({"version": 1, "replica": "xyz", "region": "eu", "counters": []}));
+    assert_malformed(&json!({"version": 2, "replica": "xyz", "region": "eu", "counters": []}));
     assert_malformed(
-        &json!({"version": 1, "replica": REPLICA, "region": "eu", "counters": [], "more": 1}),
+        &json!({"version": 2, "replica": REPLICA, "region": "eu", "counters": [], "more": 1}),
     );
 }
 
@@ -146,29 +142,23 @@ fn structs_written_as_arrays_are_malformed() {
 
 #[test]
 fn another_protocol_version_is_named_even_if_its_shape_differs() {
-    let mut v = body(json!([]));
-    v["version"] = json!(2);
-    assert_eq!(
-        decode(&v),
-        Err(Error::UnsupportedVersion {
-            got: 2,
-            supported: 1
-        })
-    );
+    for unsupported in [0, 3] {
+        let mut v = body(json!([]));
+        v["version"] = json!(unsupported);
+        assert_eq!(
+            decode(&v),
+            Err(Error::UnsupportedVersion {
+                got: unsupported,
+                supported: 2
+            })
+        );
+    }
     let other_shape = json!({"version": 99, "batch": []});
     assert_eq!(
         decode(&other_shape),
         Err(Error::UnsupportedVersion {
             got: 99,
-            supported: 1
-        })
-    );
-    v["version"] = json!(0);
-    assert_eq!(
-        decode(&v),
-        Err(Error::UnsupportedVersion {
-            got: 0,
-            supported: 1
+            supported: 2
         })
     );
 }
@@ -230,16 +220,46 @@ fn bad_region_and_nil_replica_are_refused() {
 }
 
 #[test]
-fn a_decrement_on_an_increment_only_counter_is_refused() {
+fn a_decrement_on_an_increment_only_counter_is_refused_whole_in_v1_alone_in_v2() {
+    let mut v1 = body(json!([
+        {"id": "views", "kind": "g", "p": 2},
+        {"id": "likes", "kind": "g", "p": 5, "n": 1},
+    ]));
+    v1["version"] = json!(1);
     assert_eq!(
-        decode(&body(json!([{"id": "likes", "kind": "g", "p": 5, "n": 1}]))),
+        decode(&v1),
         Err(Error::DecrementOnCounter {
             id: "likes".into(),
             n: 1
         })
     );
+    // Version 2 decodes the sync; the merger rejects that one counter and commits the rest.
+    let v2 = body(v1["counters"].clone());
+    let sync = decode(&v2).unwrap();
+    let errors: Vec<Option<Error>> = sync
+        .counters
+        .iter()
+        .map(SyncRequest::counter_error)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            None,
+            Some(Error::DecrementOnCounter {
+                id: "likes".into(),
+                n: 1
+            })
+        ]
+    );
     // n = 0 spelled out is fine.
     assert!(decode(&body(json!([{"id": "likes", "kind": "g", "p": 5, "n": 0}]))).is_ok());
+}
+
+#[test]
+fn a_version_1_sync_still_decodes() {
+    let mut v = body(json!([{"id": "home", "kind": "g", "p": 1}]));
+    v["version"] = json!(1);
+    assert_eq!(decode(&v).unwrap().version, 1);
 }
 
 #[test]
@@ -297,4 +317,24 @@ fn every_error_has_a_distinct_stable_code() {
     codes.sort_unstable();
     codes.dedup();
     assert_eq!(codes.len(), errors.len());
+}
+
+#[test]
+fn read_bodies_have_one_form_and_name_the_rule_they_break() {
+    use tally_crdt::ReadRequest;
+    let ok =
+        ReadRequest::from_json(br#"{"version":2,"counters":[{"id":"home","kind":"g"}]}"#).unwrap();
+    assert_eq!(ok.counters.len(), 1);
+    assert!(matches!(
+        ReadRequest::from_json(br#"{"version":2,"counters":[["home","g"]]}"#),
+        Err(Error::Malformed(_))
+    ));
+    assert_eq!(
+        ReadRequest::from_json(br#"{"version":2,"counters":[{"id":"a b","kind":"g"}]}"#),
+        Err(Error::IdBadChar { at: 1 })
+    );
+    assert!(matches!(
+        ReadRequest::from_json(br#"{"version":1,"counters":[]}"#),
+        Err(Error::UnsupportedVersion { got: 1, .. })
+    ));
 }

@@ -87,14 +87,14 @@ fn the_rust_api_and_sync_decoding_work_on_wasm32() {
     assert!(matches!(g.increment(r, 1), Err(Error::SlotOverflow { .. })));
     let body = br#"{"version":1,"replica":"00000000000000000000000000000007","region":"eu","counters":[{"id":"home","kind":"g","p":18446744073709551615}]}"#;
     assert_eq!(
-        SyncRequest::from_json(body).unwrap().counters[0].p,
+        SyncRequest::from_json(body).unwrap().counters[0].totals.p,
         u64::MAX
     );
     assert_eq!(
         SyncRequest::from_json(br#"{"version":3}"#),
         Err(Error::UnsupportedVersion {
             got: 3,
-            supported: 1
+            supported: 2
         })
     );
 }

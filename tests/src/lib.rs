@@ -22,6 +22,9 @@ use tokio::process::{Child, Command};
 
 /// The sync token every test uses (the merger requires at least 16 characters).
 pub const TOKEN: &str = "e2e-sync-token-0123456789";
+/// The application write key every test edge has; [`put_hit`] presents it, so tests that
+/// are not about the public write policy may send any delta and write gauges.
+pub const WRITE_KEY: &str = "e2e-write-key-0123456789";
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -148,6 +151,17 @@ impl MergerProcess {
         MergerProcess { child, url }
     }
 
+    /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the merger process: a stopped merger
+    /// accepts connections but answers nothing, like a hung one.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the merger is running");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub async fn kill_9(mut self) {
         self.child.kill().await.expect("the merger can be killed");
@@ -174,23 +188,44 @@ pub struct EdgeOptions {
     pub merger_url: String,
     /// Durable Object storage directory (`--persist-to`).
     pub persist_dir: PathBuf,
-    /// `SHARDS`.
-    pub shards: u32,
+    /// `PARTITIONS`: objects per region.
+    pub partitions: u32,
+    /// `SPREAD`: objects one counter's hits go to.
+    pub spread: u32,
     /// `SYNC_INTERVAL_MS`.
     pub sync_interval_ms: u64,
     /// `MAX_BACKOFF_MS`.
     pub max_backoff_ms: u64,
+    /// `ANTI_ENTROPY_MS` (0: off).
+    pub anti_entropy_ms: u64,
+    /// Further `NAME:value` vars; they come last, so they override the ones above.
+    pub vars: Vec<String>,
+    /// The `wrangler.toml` to serve instead of the repository's (whose `[build]` rewrites
+    /// `edge/build/` on every start); wrangler then runs in that file's folder.
+    pub config: Option<PathBuf>,
+    /// The status `GET /_probe` answers once the worker serves (tally's Worker: 404).
+    pub probe_status: u16,
+    /// Where wrangler's output goes (appended), instead of the test's own output.
+    pub log: Option<PathBuf>,
 }
 
 impl EdgeOptions {
-    /// Defaults for tests: 4 shards, 300 ms syncs, backoff capped at 2 s.
+    /// Defaults for tests: 4 partitions per region, each counter spread over 2 of them
+    /// (so every counter has at least two objects that answer it), 300 ms syncs, backoff
+    /// capped at 2 s, anti-entropy off.
     pub fn new(merger_url: &str, persist_dir: &Path) -> EdgeOptions {
         EdgeOptions {
             merger_url: merger_url.to_owned(),
             persist_dir: persist_dir.to_path_buf(),
-            shards: 4,
+            partitions: 4,
+            spread: 2,
             sync_interval_ms: 300,
             max_backoff_ms: 2000,
+            anti_entropy_ms: 0,
+            vars: Vec::new(),
+            config: None,
+            probe_status: 404,
+            log: None,
         }
     }
 }
@@ -204,15 +239,35 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Builds the worker (wrangler runs `scripts/build-edge.sh`) and serves it, with the region
-    /// override allowed, until it answers.
+    /// Builds the worker (wrangler runs `scripts/build-edge.sh`; not with `options.config`,
+    /// whose `wrangler.toml` names a built worker) and serves it, with the region override
+    /// allowed, until `GET /_probe` answers `options.probe_status`.
     pub async fn start(options: &EdgeOptions) -> Edge {
         let port = free_port();
         let inspector = free_port();
         let var = |k: &str, v: &str| format!("{k}:{v}");
         let wrangler = root().join("node_modules/.bin/wrangler");
-        let mut child = Command::new(&wrangler)
-            .current_dir(root())
+        let mut command = Command::new(&wrangler);
+        match &options.config {
+            Some(config) => command
+                .current_dir(config.parent().unwrap_or(Path::new("/")))
+                .arg("--config")
+                .arg(config),
+            None => command.current_dir(root()),
+        };
+        let (stdout, stderr) = match &options.log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("the wrangler log file can be opened");
+                let copy = file.try_clone().expect("a file handle can be cloned");
+                (Stdio::from(file), Stdio::from(copy))
+            }
+            None => (Stdio::inherit(), Stdio::inherit()),
+        };
+        let mut child = command
             .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
             .args([
                 "--inspector-port",
@@ -223,7 +278,13 @@ impl Edge {
             .arg(&options.persist_dir)
             .args(["--var", &var("MERGER_URL", &options.merger_url)])
             .args(["--var", &var("SYNC_TOKEN", TOKEN)])
-            .args(["--var", &var("SHARDS", &options.shards.to_string())])
+            .args(["--var", &var("PARTITIONS", &options.partitions.to_string())])
+            .args(["--var", &var("SPREAD", &options.spread.to_string())])
+            .args(["--var", &var("WRITE_KEY", WRITE_KEY)])
+            .args([
+                "--var",
+                &var("ANTI_ENTROPY_MS", &options.anti_entropy_ms.to_string()),
+            ])
             .args([
                 "--var",
                 &var("SYNC_INTERVAL_MS", &options.sync_interval_ms.to_string()),
@@ -238,10 +299,11 @@ impl Edge {
                 "--var",
                 "ALLOW_REGION_OVERRIDE:true",
             ])
+            .args(options.vars.iter().flat_map(|v| ["--var", v.as_str()]))
             .env("WRANGLER_SEND_METRICS", "false")
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -257,7 +319,7 @@ impl Edge {
                 .get(&probe)
                 .send()
                 .await
-                .is_ok_and(|r| r.status() == 404)
+                .is_ok_and(|r| r.status() == options.probe_status)
             {
                 break;
             }
@@ -271,6 +333,18 @@ impl Edge {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Edge { child, pgid, url }
+    }
+
+    /// The process group of wrangler and its workerd (to measure them, e.g. their memory).
+    pub fn process_group(&self) -> u32 {
+        self.pgid
+    }
+
+    /// SIGKILL to wrangler and workerd at once: what a crash of the runtime looks like. Durable
+    /// Object storage in the persist directory stays, as after a machine failure.
+    pub async fn kill_9(mut self) {
+        signal_group(self.pgid, "-KILL");
+        let _ = self.child.wait().await;
     }
 
     /// Stops wrangler and its workerd: SIGTERM to the group, SIGKILL if it lingers.
@@ -305,7 +379,8 @@ pub enum Outcome {
     NoAnswer,
 }
 
-/// One `PUT` of `{"delta": delta}` to the edge, with its region, and how it ended.
+/// One `PUT` of `{"delta": delta}` to the edge, with its region and the write key, and how it
+/// ended.
 pub async fn put_hit(
     client: &reqwest::Client,
     edge: &str,
@@ -316,6 +391,7 @@ pub async fn put_hit(
     let request = client
         .put(format!("{edge}{path}"))
         .header("X-Tally-Region", region)
+        .header("Authorization", format!("Bearer {WRITE_KEY}"))
         .header("Content-Type", "application/json")
         .body(format!("{{\"delta\":{delta}}}"))
         .timeout(Duration::from_secs(20));
@@ -351,6 +427,25 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
         Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
         Err(_) => (0, Value::Null),
     }
+}
+
+/// The value of one series of the merger's `/metrics`, e.g.
+/// `tally_commits_total{purpose="sync"}` (0 when absent).
+pub async fn metric(client: &reqwest::Client, merger: &str, series: &str) -> f64 {
+    let text = client
+        .get(format!("{merger}/metrics"))
+        .send()
+        .await
+        .expect("the merger answers /metrics")
+        .text()
+        .await
+        .expect("metrics are text");
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }
 
 /// A `count` field as an integer, in either of its JSON forms.

@@ -380,9 +380,11 @@ fn edge_cases() -> Vec<Case> {
         at_edge("id starting with .", "GET", "/.a/counter").expect(400, "id_bad_char"),
         at_edge("id with a quote", "GET", "/a%22b/counter").expect(400, "id_bad_char"),
         // Path tricks.
-        at_edge("dot-dot id", "GET", "/../counter").expect(404, "not_found"),
+        // `/../counter` and `/%2e%2e/counter` normalize to `/counter`: the batch read, which
+        // wants `?ids=`.
+        at_edge("dot-dot id", "GET", "/../counter").expect(400, "invalid_query"),
         at_edge("dot-dot before a counter", "PUT", "/../x/widget").expect(404, "not_found"),
-        at_edge("encoded dot-dot id", "GET", "/%2e%2e/counter").expect(404, "not_found"),
+        at_edge("encoded dot-dot id", "GET", "/%2e%2e/counter").expect(400, "invalid_query"),
         at_edge("extra segment", "GET", "/x/counter/extra").expect(404, "not_found"),
         at_edge("trailing slash", "PUT", "/x/counter/").expect(404, "not_found"),
         at_edge("empty middle segment", "GET", "/x//counter").expect(404, "not_found"),
@@ -475,6 +477,65 @@ fn edge_cases() -> Vec<Case> {
         case("region of 65 bytes", "GET", gauge)
             .header("X-Tally-Region", &"r".repeat(65))
             .expect(400, "invalid_region"),
+        // Batch reads.
+        at_edge("batch without ids", "GET", "/counter").expect(400, "invalid_query"),
+        at_edge("batch with empty ids", "GET", "/gauge?ids=").expect(400, "invalid_query"),
+        at_edge("batch naming an id twice", "GET", "/counter?ids=a,b,a")
+            .expect(400, "invalid_query"),
+        at_edge(
+            "batch with an unknown parameter",
+            "GET",
+            "/counter?ids=a&x=1",
+        )
+        .expect(400, "invalid_query"),
+        at_edge("batch with a bad id", "GET", "/counter?ids=a,b%20c").expect(400, "id_bad_char"),
+        at_edge("batch with an empty id", "GET", "/counter?ids=a,,b").expect(400, "empty_id"),
+        at_edge(
+            "batch of 101 ids",
+            "GET",
+            format!(
+                "/counter?ids={}",
+                (0..101)
+                    .map(|i| format!("c{i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )
+        .expect(400, "invalid_query"),
+        at_edge("PUT on a batch", "PUT", "/counter?ids=a").expect(405, "method_not_allowed"),
+        // Session tokens.
+        at_edge("session token that is no token", "GET", counter)
+            .header("Tally-Session", "hello")
+            .expect(400, "invalid_session"),
+        at_edge("session token with a bad count", "GET", counter)
+            .header("Tally-Session", "g:hostile=-5")
+            .expect(400, "invalid_session"),
+        at_edge("session token naming a counter twice", "PUT", counter)
+            .header("Tally-Session", "g:a=1,g:a=2")
+            .json(hit)
+            .expect(400, "invalid_session"),
+        at_edge("session token of 33 counters", "GET", counter)
+            .header(
+                "Tally-Session",
+                &(0..33)
+                    .map(|i| format!("g:c{i}=1"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .expect(400, "invalid_session"),
+        // The write policy: public hits add 1; more, and gauge writes, need the write key.
+        put_json("public delta of 2", counter, r#"{"delta":2}"#).expect(401, "write_key_required"),
+        put_json("public gauge write", gauge, hit).expect(401, "write_key_required"),
+        at_edge("public gauge write without body", "PUT", gauge).expect(401, "write_key_required"),
+        put_json("wrong write key", counter, hit)
+            .header("Authorization", "Bearer e2e-write-key-0123456780")
+            .expect(401, "invalid_write_key"),
+        put_json("write key without scheme", gauge, hit)
+            .header("Authorization", "e2e-write-key-0123456789")
+            .expect(401, "invalid_write_key"),
+        put_json("write key as basic auth", counter, hit)
+            .header("Authorization", "Basic ZTJlOmtleQ==")
+            .expect(401, "invalid_write_key"),
         // Methods.
         at_edge("DELETE a counter", "DELETE", counter).expect(405, "method_not_allowed"),
         at_edge("POST a hit", "POST", counter)
@@ -511,6 +572,13 @@ fn sync(name: &str, body: impl Into<Vec<u8>>) -> Case {
         .json(body)
 }
 
+/// A batch read (`POST /v1/read`) with the token.
+fn read(name: &str, body: impl Into<Vec<u8>>) -> Case {
+    case(name, "POST", "/v1/read")
+        .header("Authorization", &bearer())
+        .json(body)
+}
+
 fn merger_cases() -> Vec<Case> {
     let long = "a".repeat(129);
     let good = sync_body(json!([{"id": "seed-m", "kind": "g", "p": 1_000_000}]));
@@ -534,6 +602,16 @@ fn merger_cases() -> Vec<Case> {
             "[".repeat(depth)
         )
     };
+    // Version 2 refuses a sync whole only for a rule of the whole request (a counter's own
+    // rule gets a per-counter rejection in a 200, with the rest committed).
+    let v2 = |body: String| body.replacen(r#""version":1"#, r#""version":2"#, 1);
+    let good_read =
+        json!({"version": 2, "replica": SEED_REPLICA, "counters": [{"id": "seed-m", "kind": "g"}]})
+            .to_string();
+    let read_of = |counters: Value| json!({"version": 2, "counters": counters}).to_string();
+    let many_keys: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": format!("c{i}"), "kind": "g"}))
+        .collect();
     vec![
         // The token, checked before anything else of a sync.
         case("sync without a token", "POST", "/v1/sync")
@@ -679,15 +757,21 @@ fn merger_cases() -> Vec<Case> {
         sync("counters nested 10000 deep", deep(10_000)).expect(400, "malformed_body"),
         // Protocol rules.
         sync(
-            "version 2",
-            good.replacen(r#""version":1"#, r#""version":2"#, 1),
+            "version 3",
+            good.replacen(r#""version":1"#, r#""version":3"#, 1),
         )
         .expect(422, "unsupported_version"),
+        sync(
+            "version 3 of another shape",
+            r#"{"version":3,"shape":"new"}"#,
+        )
+        .expect(422, "unsupported_version"),
+        // Version 2 is spoken: a body of another shape is malformed, not another version.
         sync(
             "version 2 of another shape",
             r#"{"version":2,"shape":"new"}"#,
         )
-        .expect(422, "unsupported_version"),
+        .expect(400, "malformed_body"),
         sync(
             "version 0",
             good.replacen(r#""version":1"#, r#""version":0"#, 1),
@@ -698,7 +782,8 @@ fn merger_cases() -> Vec<Case> {
             good.replacen(r#""version":1"#, r#""version":4294967297"#, 1),
         )
         .expect(422, "unsupported_version"),
-        sync("1001 counters", sync_body(Value::Array(many))).expect(422, "too_many_counters"),
+        sync("1001 counters", sync_body(Value::Array(many.clone())))
+            .expect(422, "too_many_counters"),
         sync("nil replica", replica("00000000000000000000000000000000")).expect(422, "nil_replica"),
         sync("empty region", region("")).expect(422, "invalid_region"),
         sync("region with a space", region("eu west")).expect(422, "invalid_region"),
@@ -722,6 +807,120 @@ fn merger_cases() -> Vec<Case> {
             after_a_valid_one(json!({"id": "seed-m", "kind": "g", "p": 2})),
         )
         .expect(422, "duplicate_counter"),
+        sync(
+            "v2: the same counter twice",
+            v2(after_a_valid_one(
+                json!({"id": "seed-m", "kind": "g", "p": 2}),
+            )),
+        )
+        .expect(422, "duplicate_counter"),
+        sync("v2: counter id with a space", v2(id("a b"))).expect(422, "id_bad_char"),
+        sync("v2: counter id of 129 bytes", v2(id(&long))).expect(422, "id_too_long"),
+        sync("v2: 1001 counters", v2(sync_body(Value::Array(many))))
+            .expect(422, "too_many_counters"),
+        sync(
+            "v2: nil replica",
+            v2(replica("00000000000000000000000000000000")),
+        )
+        .expect(422, "nil_replica"),
+        sync("v2: region with a space", v2(region("eu west"))).expect(422, "invalid_region"),
+        sync(
+            "v2: unknown counter field",
+            v2(after_a_valid_one(
+                json!({"id": "x", "kind": "g", "p": 1, "q": 1}),
+            )),
+        )
+        .expect(400, "malformed_body"),
+        sync("v2: total 2^64", v2(total("18446744073709551616"))).expect(400, "malformed_body"),
+        // The batch read: the sync token, JSON, and its own rules; it writes nothing anyway.
+        case("read without a token", "POST", "/v1/read")
+            .json(good_read.clone())
+            .expect(401, "missing_token")
+            .answer_header("www-authenticate", "Bearer"),
+        case("read with a wrong token", "POST", "/v1/read")
+            .header("Authorization", "Bearer wrong-token-0123456789")
+            .json(good_read.clone())
+            .expect(401, "invalid_token")
+            .answer_header("www-authenticate", "Bearer"),
+        case("read as text/plain", "POST", "/v1/read")
+            .header("Authorization", &bearer())
+            .header("Content-Type", "text/plain")
+            .body(good_read.clone())
+            .expect(415, "unsupported_media_type"),
+        case("read without a content type", "POST", "/v1/read")
+            .header("Authorization", &bearer())
+            .body(good_read.clone())
+            .expect(415, "unsupported_media_type"),
+        read("read body empty", "").expect(400, "malformed_body"),
+        read("read body not JSON", "version=2").expect(400, "malformed_body"),
+        read("read body an array", "[]").expect(400, "malformed_body"),
+        read(
+            "read body an array of the fields",
+            format!(r#"[2,"{SEED_REPLICA}",[]]"#),
+        )
+        .expect(400, "malformed_body"),
+        read(
+            "read with an unknown field",
+            good_read.replacen('{', r#"{"extra":true,"#, 1),
+        )
+        .expect(400, "malformed_body"),
+        read(
+            "read of a counter without kind",
+            read_of(json!([{"id": "seed-m"}])),
+        )
+        .expect(400, "malformed_body"),
+        read(
+            "read of an unknown kind",
+            read_of(json!([{"id": "seed-m", "kind": "counter"}])),
+        )
+        .expect(400, "malformed_body"),
+        read(
+            "read of a replica not hex",
+            good_read.replacen(SEED_REPLICA, "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", 1),
+        )
+        .expect(400, "malformed_body"),
+        read("read nesting 10000 deep", "[".repeat(10_000)).expect(400, "malformed_body"),
+        read(
+            "read of version 1",
+            good_read.replacen(r#""version":2"#, r#""version":1"#, 1),
+        )
+        .expect(422, "unsupported_version"),
+        read(
+            "read of version 3",
+            good_read.replacen(r#""version":2"#, r#""version":3"#, 1),
+        )
+        .expect(422, "unsupported_version"),
+        read(
+            "read of version 3 of another shape",
+            r#"{"version":3,"shape":"new"}"#,
+        )
+        .expect(422, "unsupported_version"),
+        read("read of 1001 counters", read_of(Value::Array(many_keys)))
+            .expect(422, "too_many_counters"),
+        read(
+            "read of the same counter twice",
+            read_of(json!([{"id": "seed-m", "kind": "g"}, {"kind": "g", "id": "seed-m"}])),
+        )
+        .expect(422, "duplicate_counter"),
+        read(
+            "read for the nil replica",
+            good_read.replacen(SEED_REPLICA, "00000000000000000000000000000000", 1),
+        )
+        .expect(422, "nil_replica"),
+        read(
+            "read body over --max-body-bytes",
+            format!("{good_read}{}", " ".repeat(MAX_BODY_BYTES)),
+        )
+        .expect(413, "body_too_large"),
+        case("read with a trailing slash", "POST", "/v1/read/")
+            .header("Authorization", &bearer())
+            .json(good_read.clone())
+            .expect(404, "not_found"),
+        case("GET the read route", "GET", "/v1/read").expect(405, "method_not_allowed"),
+        case("PUT a read", "PUT", "/v1/read")
+            .header("Authorization", &bearer())
+            .json(good_read.clone())
+            .expect(405, "method_not_allowed"),
         // Size.
         sync(
             "sync body over --max-body-bytes",
@@ -759,14 +958,7 @@ fn merger_cases() -> Vec<Case> {
         .expect(400, "invalid_path"),
         case("history of id ..", "GET", "/v1/counters/../history").expect(400, "id_bad_char"),
         case("history of an empty id", "GET", "/v1/gauges//history").expect(400, "empty_id"),
-        case(
-            "read a counter never counted",
-            "GET",
-            "/v1/counters/never-counted",
-        )
-        .expect(404, "counter_not_found"),
-        case("read a gauge never counted", "GET", "/v1/gauges/seed-a")
-            .expect(404, "counter_not_found"),
+        // (A counter never counted is no error: it reads as count 0, `updated_at` null.)
         // Routes.
         case("unknown namespace", "GET", "/v1/widgets/x").expect(404, "not_found"),
         case("unknown namespace list", "GET", "/v1/widgets").expect(404, "not_found"),
@@ -847,11 +1039,14 @@ struct Snapshot {
     edge: Vec<(String, Option<i128>)>,
 }
 
-const MERGER_VIEWS: [&str; 6] = [
+const MERGER_VIEWS: [&str; 8] = [
     "/v1/counters/seed-a",
     "/v1/counters/seed-m",
     "/v1/gauges/seed-m",
     "/v1/gauges/seed-g",
+    // Never counted: reads as zero before and after, whatever the table tried.
+    "/v1/counters/never-counted",
+    "/v1/gauges/seed-a",
     "/v1/counters?limit=1000",
     "/v1/gauges?limit=1000",
 ];

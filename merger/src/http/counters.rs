@@ -2,9 +2,16 @@
 //!
 //! `/v1/counters` are the increment-only counters (G-Counters), `/v1/gauges` the ones that go
 //! up and down (PN-Counters); the same id in each is a different counter. Every read is
-//! answered from the merged state in memory; only `history` queries the database.
+//! answered from the merged state in memory; only `history` queries the database, and only
+//! for a counter that exists.
+//!
+//! A counter nobody has hit reads as zero (`"count": 0, "updated_at": null`, no regions, no
+//! replicas) and has an empty history, as the edge answers it: to a reader, a counter not
+//! hit yet and a counter at zero are the same thing, and a 404 would make every client of
+//! a fresh page handle an error.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -13,9 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tally_crdt::{Count, CounterKind, GlobalTotals, check_counter_id};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use tally_crdt::{Count, CounterKey, CounterKind, GlobalTotals, Timestamp, check_counter_id};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -32,7 +37,8 @@ const MAX_HISTORY: u32 = 10_000;
 pub struct CounterView<'a> {
     id: &'a str,
     count: Count,
-    updated_at: String,
+    /// `null` for a counter nobody has hit.
+    updated_at: Option<Timestamp>,
     regions: RegionsView<'a>,
     replicas: usize,
 }
@@ -46,7 +52,7 @@ impl Serialize for RegionsView<'_> {
         s.collect_map(self.0.iter().map(|(region, share)| {
             let view = RegionView {
                 count: count(share.totals),
-                last_sync: rfc3339(share.last_sync),
+                last_sync: share.last_sync,
             };
             (&**region, view)
         }))
@@ -57,7 +63,7 @@ impl Serialize for RegionsView<'_> {
 #[derive(Debug, Serialize)]
 pub struct RegionView {
     count: Count,
-    last_sync: String,
+    last_sync: Timestamp,
 }
 
 /// A page of counters.
@@ -73,7 +79,7 @@ pub struct Page {
 pub struct CounterSummary {
     id: String,
     count: Count,
-    updated_at: String,
+    updated_at: Timestamp,
     replicas: usize,
 }
 
@@ -102,13 +108,13 @@ pub struct History {
     id: String,
     points: Vec<Point>,
     /// Pass as `from` for the points after these; `null` when there are no more.
-    next_from: Option<String>,
+    next_from: Option<Timestamp>,
 }
 
 /// The count at one snapshot.
 #[derive(Debug, Serialize)]
 pub struct Point {
-    at: String,
+    at: Timestamp,
     count: Count,
 }
 
@@ -118,27 +124,30 @@ pub async fn read(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, AppError> {
     let Path((namespace, id)) = path?;
-    let kind = kind_of(&namespace)?;
-    check_counter_id(&id).map_err(AppError::InvalidId)?;
+    let key = key_of(&namespace, id)?;
+    let no_regions = BTreeMap::new();
     let body = {
         let merged = app
             .merged
             .read()
             .expect("no thread panics while holding the state lock");
-        let counter = merged
-            .get(kind, &id)
-            .ok_or_else(|| AppError::CounterNotFound {
-                kind,
-                id: id.clone(),
-            })?;
-        serde_json::to_vec(&CounterView {
-            id: &id,
-            count: count(counter.totals()),
-            updated_at: rfc3339(counter.updated_at()),
-            regions: RegionsView(counter.regions()),
-            replicas: counter.replicas(),
-        })
-        .expect("a view of strings and integers serializes")
+        let view = match merged.get(&key) {
+            Some(counter) => CounterView {
+                id: key.id(),
+                count: count(counter.totals()),
+                updated_at: Some(counter.updated_at()),
+                regions: RegionsView(counter.regions()),
+                replicas: counter.replicas(),
+            },
+            None => CounterView {
+                id: key.id(),
+                count: Count(0),
+                updated_at: None,
+                regions: RegionsView(&no_regions),
+                replicas: 0,
+            },
+        };
+        serde_json::to_vec(&view).expect("a view of strings and integers serializes")
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -150,7 +159,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, AppError> {
     let Path(namespace) = path?;
-    let kind = kind_of(&namespace)?;
+    let kind = CounterKind::from_namespace(&namespace).ok_or(AppError::NotFound)?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -161,17 +170,19 @@ pub async fn list(
     if !q.prefix.is_empty() {
         check_counter_id(&q.prefix).map_err(AppError::InvalidId)?;
     }
-    if let Some(cursor) = &q.cursor {
-        check_counter_id(cursor).map_err(AppError::InvalidId)?;
-    }
+    let cursor = q
+        .cursor
+        .map(|cursor| CounterKey::new(kind, cursor))
+        .transpose()
+        .map_err(AppError::InvalidId)?;
     let merged = app
         .merged
         .read()
         .expect("no thread panics while holding the state lock");
     // One more than asked tells whether there is a next page.
     let mut items: Vec<CounterSummary> = merged
-        .list(kind, &q.prefix, q.cursor.as_deref(), limit + 1)
-        .map(|(id, c)| summary(id, c))
+        .list(kind, &q.prefix, cursor.as_ref(), limit + 1)
+        .map(|(key, c)| summary(key, c))
         .collect();
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
@@ -190,20 +201,19 @@ pub async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<History>, AppError> {
     let Path((namespace, id)) = path?;
-    let kind = kind_of(&namespace)?;
-    check_counter_id(&id).map_err(AppError::InvalidId)?;
+    let key = key_of(&namespace, id)?;
     let Query(q) = query?;
     let from = q
         .from
         .as_deref()
         .map(parse_time)
         .transpose()?
-        .unwrap_or(i64::MIN);
+        .unwrap_or(Timestamp::MIN);
     let to =
         q.to.as_deref()
             .map(parse_time)
             .transpose()?
-            .unwrap_or(i64::MAX);
+            .unwrap_or(Timestamp::MAX);
     let limit = q.limit.unwrap_or(DEFAULT_HISTORY);
     if !(1..=MAX_HISTORY).contains(&limit) {
         return Err(AppError::InvalidQuery(format!(
@@ -217,51 +227,51 @@ pub async fn history(
         .merged
         .read()
         .expect("no thread panics while holding the state lock")
-        .get(kind, &id)
+        .get(&key)
         .is_some();
-    if !known {
-        return Err(AppError::CounterNotFound { kind, id });
-    }
-    let mut rows = app
-        .store
-        .history(kind, &id, from, to, limit + 1)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "history query failed");
-            AppError::DatabaseUnavailable
-        })?;
+    // A counter nobody has hit has no snapshot: answer without asking the database, so
+    // reads of random ids cost no query.
+    let mut rows = if known {
+        app.store
+            .history(&key, from, to, limit + 1)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "history query failed");
+                AppError::DatabaseUnavailable
+            })?
+    } else {
+        Vec::new()
+    };
     let next_from = if rows.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-        rows.pop().map(|r| rfc3339(r.at))
+        rows.pop().map(|r| r.at)
     } else {
         None
     };
     let points = rows
         .into_iter()
         .map(|r| Point {
-            at: rfc3339(r.at),
+            at: r.at,
             count: count(r.totals),
         })
         .collect();
     Ok(Json(History {
-        id,
+        id: key.id().to_owned(),
         points,
         next_from,
     }))
 }
 
-fn kind_of(namespace: &str) -> Result<CounterKind, AppError> {
-    match namespace {
-        "counters" => Ok(CounterKind::G),
-        "gauges" => Ok(CounterKind::Pn),
-        _ => Err(AppError::NotFound),
-    }
+/// The counter a read path names: `counters` or `gauges`, and a valid id.
+fn key_of(namespace: &str, id: String) -> Result<CounterKey, AppError> {
+    let kind = CounterKind::from_namespace(namespace).ok_or(AppError::NotFound)?;
+    CounterKey::new(kind, id).map_err(AppError::InvalidId)
 }
 
-fn summary(id: &str, c: &Counter) -> CounterSummary {
+fn summary(key: &CounterKey, c: &Counter) -> CounterSummary {
     CounterSummary {
-        id: id.to_owned(),
+        id: key.id().to_owned(),
         count: count(c.totals()),
-        updated_at: rfc3339(c.updated_at()),
+        updated_at: c.updated_at(),
         replicas: c.replicas(),
     }
 }
@@ -271,22 +281,9 @@ fn count(totals: GlobalTotals) -> Count {
     Count(totals.value().expect("sums of u64 slots fit in an i128"))
 }
 
-/// Unix milliseconds as RFC 3339 UTC, e.g. `2030-10-10T12:11:42.5Z`.
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-fn parse_time(text: &str) -> Result<i64, AppError> {
-    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-        AppError::InvalidQuery(format!(
-            "{text:?} is not an RFC 3339 time (e.g. 2030-10-10T12:11:42Z): {e}"
-        ))
-    })?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| AppError::InvalidQuery(format!("{text:?} is out of range")))
+/// A history bound: any RFC 3339 time (`Timestamp`'s one parser).
+fn parse_time(text: &str) -> Result<Timestamp, AppError> {
+    Timestamp::from_str(text).map_err(|e| AppError::InvalidQuery(format!("{text:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -294,12 +291,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_are_rfc3339_utc_and_parse_back() {
-        assert_eq!(rfc3339(1_917_864_702_000), "2030-10-10T12:11:42Z");
-        assert_eq!(
-            parse_time("2030-10-10T12:11:42Z").unwrap(),
-            1_917_864_702_000
-        );
-        assert!(parse_time("yesterday").is_err());
+    fn history_bounds_take_any_rfc3339_time() {
+        let at = Timestamp::from_unix_ms(1_917_864_702_000);
+        assert_eq!(parse_time("2030-10-10T12:11:42Z").unwrap(), at);
+        assert_eq!(parse_time("2030-10-10T14:11:42.000+02:00").unwrap(), at);
+        assert!(matches!(
+            parse_time("yesterday"),
+            Err(AppError::InvalidQuery(_))
+        ));
     }
 }

@@ -3,13 +3,18 @@
 //! | route | module |
 //! |---|---|
 //! | `POST /v1/sync` | [`sync`] |
+//! | `POST /v1/read` | [`read`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
+//!
+//! The two edge-facing routes share their token check and body extractor ([`protocol`]).
 
 pub mod counters;
 pub mod dashboard;
 pub mod health;
+pub mod protocol;
+pub mod read;
 pub mod sync;
 
 use std::time::Duration;
@@ -29,6 +34,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::error::{AppError, json_errors};
+use crate::metrics::Endpoint;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +51,17 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let router = Router::new()
         .route(
             "/v1/sync",
-            post(sync::sync).route_layer(from_fn_with_state(state.clone(), sync::require_token)),
+            post(sync::sync).route_layer(from_fn_with_state(
+                (state.clone(), Endpoint::Sync),
+                protocol::require_token,
+            )),
+        )
+        .route(
+            "/v1/read",
+            post(read::read).route_layer(from_fn_with_state(
+                (state.clone(), Endpoint::Read),
+                protocol::require_token,
+            )),
         )
         .route("/v1/{namespace}", get(counters::list))
         .route("/v1/{namespace}/{id}", get(counters::read))

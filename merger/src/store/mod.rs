@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tally_crdt::{CounterKind, GlobalTotals, ReplicaId, SlotTotals};
+use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
 
 use crate::config::Durability;
 
@@ -52,34 +52,43 @@ pub struct ReplicaRow {
     pub replica: ReplicaId,
     /// Region of the sync.
     pub region: String,
-    /// Time of the sync, Unix ms.
-    pub at: i64,
+    /// Time of the sync.
+    pub at: Timestamp,
+}
+
+/// One replica as stored: its region and its first and latest sync.
+#[derive(Debug, Clone)]
+pub struct StoredReplica {
+    /// The replica incarnation.
+    pub replica: ReplicaId,
+    /// Region of its first sync.
+    pub region: String,
+    /// First sync.
+    pub first_sync: Timestamp,
+    /// Latest sync.
+    pub last_sync: Timestamp,
 }
 
 /// One slot total to merge (max) into the store.
 #[derive(Debug, Clone)]
 pub struct SlotRow {
-    /// Counter kind.
-    pub kind: CounterKind,
-    /// Counter id.
-    pub counter: String,
+    /// The counter.
+    pub key: CounterKey,
     /// Owner of the slot.
     pub replica: ReplicaId,
     /// Its totals.
     pub totals: SlotTotals,
-    /// Time of the sync, Unix ms.
-    pub at: i64,
+    /// Time of the sync.
+    pub at: Timestamp,
 }
 
 /// One counter's global totals at one time, for the history.
 #[derive(Debug, Clone)]
 pub struct SnapshotRow {
-    /// Counter kind.
-    pub kind: CounterKind,
-    /// Counter id.
-    pub counter: String,
-    /// Time taken, Unix ms.
-    pub at: i64,
+    /// The counter.
+    pub key: CounterKey,
+    /// Time taken.
+    pub at: Timestamp,
     /// Totals then.
     pub totals: GlobalTotals,
 }
@@ -87,8 +96,8 @@ pub struct SnapshotRow {
 /// Everything the store holds, as read at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every replica: id, region, first and last sync.
-    pub replicas: Vec<(ReplicaId, String, i64, i64)>,
+    /// Every replica.
+    pub replicas: Vec<StoredReplica>,
     /// Every slot.
     pub slots: Vec<SlotRow>,
     /// The latest snapshot of every counter that has one.
@@ -148,26 +157,25 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
         {
-            loaded.replicas.push((
-                replica_of(row.get("replica"))?,
-                row.get("region"),
-                row.get("first_sync"),
-                row.get("last_sync"),
-            ));
+            loaded.replicas.push(StoredReplica {
+                replica: replica_of(row.get("replica"))?,
+                region: row.get("region"),
+                first_sync: Timestamp::from_unix_ms(row.get("first_sync")),
+                last_sync: Timestamp::from_unix_ms(row.get("last_sync")),
+            });
         }
         for row in sqlx::query("SELECT kind, counter, replica, p, n, updated_at FROM slots")
             .fetch_all(&self.pool)
             .await?
         {
             loaded.slots.push(SlotRow {
-                kind: kind_of(row.get("kind"))?,
-                counter: row.get("counter"),
+                key: key_of("slots", row.get("kind"), row.get("counter"))?,
                 replica: replica_of(row.get("replica"))?,
                 totals: SlotTotals {
                     p: decode("slots", row.get("p"))?,
                     n: decode("slots", row.get("n"))?,
                 },
-                at: row.get("updated_at"),
+                at: Timestamp::from_unix_ms(row.get("updated_at")),
             });
         }
         let latest = "SELECT s.kind, s.counter, s.taken_at, s.p, s.n FROM snapshots s \
@@ -175,8 +183,7 @@ impl Store {
              ON s.kind = l.kind AND s.counter = l.counter AND s.taken_at = l.taken_at";
         for row in sqlx::query(latest).fetch_all(&self.pool).await? {
             loaded.latest_snapshots.push(snapshot_of(
-                kind_of(row.get("kind"))?,
-                row.get("counter"),
+                key_of("snapshots", row.get("kind"), row.get("counter"))?,
                 &row,
             )?);
         }
@@ -200,7 +207,7 @@ impl Store {
         if !replicas.is_empty() {
             let rows: Vec<_> = replicas
                 .iter()
-                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at))
+                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at.unix_ms()))
                 .collect();
             sqlx::query(
                 "INSERT INTO replicas (replica, region, first_sync, last_sync) \
@@ -219,12 +226,12 @@ impl Store {
                 .map(|s| {
                     let (p, n) = (encode_u64(s.totals.p), encode_u64(s.totals.n));
                     (
-                        s.kind.as_str(),
-                        s.counter.as_str(),
+                        s.key.kind().as_str(),
+                        s.key.id(),
                         s.replica.to_string(),
                         p,
                         n,
-                        s.at,
+                        s.at.unix_ms(),
                     )
                 })
                 .collect();
@@ -247,7 +254,7 @@ impl Store {
                 .iter()
                 .map(|s| {
                     let (p, n) = (encode_u128(s.totals.p), encode_u128(s.totals.n));
-                    (s.kind.as_str(), s.counter.as_str(), s.at, p, n)
+                    (s.key.kind().as_str(), s.key.id(), s.at.unix_ms(), p, n)
                 })
                 .collect();
             sqlx::query(
@@ -264,14 +271,12 @@ impl Store {
         Ok(())
     }
 
-    /// The snapshots of one counter taken in `from..=to` (Unix ms), oldest first, at most
-    /// `limit`.
+    /// The snapshots of one counter taken in `from..=to`, oldest first, at most `limit`.
     pub async fn history(
         &self,
-        kind: CounterKind,
-        counter: &str,
-        from: i64,
-        to: i64,
+        key: &CounterKey,
+        from: Timestamp,
+        to: Timestamp,
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError> {
         let rows = sqlx::query(
@@ -279,15 +284,15 @@ impl Store {
              WHERE kind = ? AND counter = ? AND taken_at >= ? AND taken_at <= ? \
              ORDER BY taken_at LIMIT ?",
         )
-        .bind(kind.as_str())
-        .bind(counter)
-        .bind(from)
-        .bind(to)
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .bind(from.unix_ms())
+        .bind(to.unix_ms())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| snapshot_of(kind, counter.to_owned(), row))
+            .map(|row| snapshot_of(key.clone(), row))
             .collect()
     }
 
@@ -329,12 +334,16 @@ fn decode<T: FromStr>(table: &'static str, text: &str) -> Result<T, StoreError> 
         .map_err(|_| corrupt(table, format!("total {text:?} is out of range")))
 }
 
-fn kind_of(text: &str) -> Result<CounterKind, StoreError> {
-    match text {
-        "g" => Ok(CounterKind::G),
-        "pn" => Ok(CounterKind::Pn),
-        other => Err(corrupt("slots", format!("unknown kind {other:?}"))),
-    }
+/// The counter of a row's `kind` and `counter` columns. Every id stored came through a
+/// validated sync, so an invalid one means the file was changed by hand or damaged.
+fn key_of(table: &'static str, kind: &str, counter: &str) -> Result<CounterKey, StoreError> {
+    let kind = match kind {
+        "g" => CounterKind::G,
+        "pn" => CounterKind::Pn,
+        other => return Err(corrupt(table, format!("unknown kind {other:?}"))),
+    };
+    CounterKey::new(kind, counter)
+        .map_err(|e| corrupt(table, format!("counter id {counter:?}: {e}")))
 }
 
 fn replica_of(text: &str) -> Result<ReplicaId, StoreError> {
@@ -342,15 +351,10 @@ fn replica_of(text: &str) -> Result<ReplicaId, StoreError> {
         .map_err(|_| corrupt("slots", format!("replica id {text:?} is not 32 hex digits")))
 }
 
-fn snapshot_of(
-    kind: CounterKind,
-    counter: String,
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<SnapshotRow, StoreError> {
+fn snapshot_of(key: CounterKey, row: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRow, StoreError> {
     Ok(SnapshotRow {
-        kind,
-        counter,
-        at: row.get("taken_at"),
+        key,
+        at: Timestamp::from_unix_ms(row.get("taken_at")),
         totals: GlobalTotals {
             p: decode("snapshots", row.get("p"))?,
             n: decode("snapshots", row.get("n"))?,
@@ -398,11 +402,10 @@ mod tests {
 
     fn slot(p: u64, n: u64) -> SlotRow {
         SlotRow {
-            kind: CounterKind::Pn,
-            counter: "x".into(),
+            key: CounterKey::new(CounterKind::Pn, "x").unwrap(),
             replica: ReplicaId::from_u128(7),
             totals: SlotTotals { p, n },
-            at: 1,
+            at: Timestamp::from_unix_ms(1),
         }
     }
 
@@ -433,10 +436,10 @@ mod tests {
     #[tokio::test]
     async fn snapshots_keep_u128_totals_and_load_returns_the_latest() {
         let (_dir, store) = temp_store().await;
+        let key = CounterKey::new(CounterKind::G, "x").unwrap();
         let snap = |at, p| SnapshotRow {
-            kind: CounterKind::G,
-            counter: "x".into(),
-            at,
+            key: key.clone(),
+            at: Timestamp::from_unix_ms(at),
             totals: GlobalTotals { p, n: 0 },
         };
         store
@@ -446,7 +449,8 @@ mod tests {
         let loaded = store.load().await.unwrap();
         assert_eq!(loaded.latest_snapshots.len(), 1);
         assert_eq!(loaded.latest_snapshots[0].totals.p, u128::MAX);
-        let history = store.history(CounterKind::G, "x", 0, 15, 10).await.unwrap();
+        let (from, to) = (Timestamp::from_unix_ms(0), Timestamp::from_unix_ms(15));
+        let history = store.history(&key, from, to, 10).await.unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].totals.p, 1);
     }

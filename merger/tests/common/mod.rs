@@ -80,6 +80,35 @@ impl TestMerger {
         self.send(sync_request(body.to_string())).await
     }
 
+    /// POSTs a read body with the right token and content type.
+    pub async fn read(&self, body: &Value) -> (StatusCode, Value) {
+        self.send(read_request(body.to_string())).await
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .app
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .expect("the router is infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body is readable")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("metrics are UTF-8")
+    }
+
+    /// The value of one sample of `/metrics`, named with its labels as written
+    /// (`tally_commits_total{purpose="sync"}`); 0 when the line is absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+
     /// Every counter and gauge with its full view: the observable state, for "unchanged"
     /// checks.
     pub async fn everything(&self) -> Value {
@@ -111,18 +140,75 @@ pub fn sync_request(body: impl Into<Body>) -> Request<Body> {
         .unwrap()
 }
 
+pub fn read_request(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/v1/read")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+/// The value of `sample` (name and labels, as written) in a metrics text; 0 when absent.
+#[track_caller]
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a metric value is a number"))
+        .next()
+        .unwrap_or(0.0)
+}
+
 /// A replica id from a small number.
 pub fn replica(n: u64) -> String {
     format!("{n:032x}")
 }
 
-/// A sync body: `counters` as `(id, kind, p, n)`.
+/// A sync body of the current protocol version: `counters` as `(id, kind, p, n)`.
 pub fn sync_body(replica_n: u64, region: &str, counters: &[(&str, &str, u64, u64)]) -> Value {
+    versioned_sync_body(2, replica_n, region, counters)
+}
+
+/// A sync body of version 1, as an edge one version behind sends it.
+pub fn sync_body_v1(replica_n: u64, region: &str, counters: &[(&str, &str, u64, u64)]) -> Value {
+    versioned_sync_body(1, replica_n, region, counters)
+}
+
+fn versioned_sync_body(
+    version: u32,
+    replica_n: u64,
+    region: &str,
+    counters: &[(&str, &str, u64, u64)],
+) -> Value {
     let counters: Vec<Value> = counters
         .iter()
         .map(|&(id, kind, p, n)| json!({"id": id, "kind": kind, "p": p, "n": n}))
         .collect();
-    json!({"version": 1, "replica": replica(replica_n), "region": region, "counters": counters})
+    json!({"version": version, "replica": replica(replica_n), "region": region, "counters": counters})
+}
+
+/// A read body: `counters` as `(id, kind)`, for `replica_n` if given.
+pub fn read_body(replica_n: Option<u64>, counters: &[(&str, &str)]) -> Value {
+    let counters: Vec<Value> = counters
+        .iter()
+        .map(|&(id, kind)| json!({"id": id, "kind": kind}))
+        .collect();
+    let mut body = json!({"version": 2, "counters": counters});
+    if let Some(r) = replica_n {
+        body["replica"] = replica(r).into();
+    }
+    body
+}
+
+/// Asserts a time as tally writes it: RFC 3339 UTC with exactly three fractional digits.
+#[track_caller]
+pub fn assert_timestamp(value: &Value) {
+    let text = value.as_str().unwrap_or_default();
+    let form = text.len() == 24
+        && text.ends_with('Z')
+        && text.as_bytes()[10] == b'T'
+        && text.as_bytes()[19] == b'.';
+    assert!(form, "a time like 2030-10-10T12:11:42.000Z: {value}");
+    assert!(text.parse::<tally_crdt::Timestamp>().is_ok(), "{value}");
 }
 
 /// Asserts an error answer: status, and the JSON error body with this code and a message.

@@ -1,0 +1,98 @@
+//! The merger client: `POST /v1/sync` and `POST /v1/read`, with the sync token, bounded by
+//! the sync timeout, with typed errors.
+
+use std::time::Duration;
+
+use futures_util::future::{Either, select};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tally_crdt::{ReadRequest, ReadResponse, SyncRequest, SyncResponse};
+use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+
+use crate::config::Config;
+
+/// Why a call to the merger failed. Every variant means "try again later": nothing the
+/// object holds is changed by a failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum MergerError {
+    /// The request could not be built or sent (DNS, connection refused, reset).
+    #[error("merger unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within the sync timeout; the request was aborted.
+    #[error("no answer from the merger within {0} ms")]
+    Timeout(u64),
+    /// A non-2xx answer.
+    #[error("merger answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// A 2xx answer that is not the protocol's JSON.
+    #[error("unreadable answer from the merger: {0}")]
+    BadAnswer(String),
+}
+
+/// `POST {MERGER_URL}/v1/sync`.
+///
+/// # Errors
+///
+/// [`MergerError`]; the state at the merger is then unknown (the sync may have been
+/// committed), which is harmless: syncs carry totals.
+pub async fn sync(config: &Config, request: &SyncRequest) -> Result<SyncResponse, MergerError> {
+    post(config, "/v1/sync", request).await
+}
+
+/// `POST {MERGER_URL}/v1/read`: global totals of many counters, written nowhere.
+///
+/// # Errors
+///
+/// [`MergerError`].
+pub async fn read(config: &Config, request: &ReadRequest) -> Result<ReadResponse, MergerError> {
+    post(config, "/v1/read", request).await
+}
+
+async fn post<Q: Serialize, A: DeserializeOwned>(
+    config: &Config,
+    path: &str,
+    request: &Q,
+) -> Result<A, MergerError> {
+    let unreachable = |e: worker::Error| MergerError::Unreachable(e.to_string());
+    let body = serde_json::to_string(request)
+        .map_err(|e| MergerError::Unreachable(format!("encoding the request: {e}")))?;
+    let headers = Headers::new();
+    headers
+        .set("Authorization", &format!("Bearer {}", config.sync_token))
+        .map_err(unreachable)?;
+    headers
+        .set("Content-Type", "application/json")
+        .map_err(unreachable)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(body.into()));
+    let req = Request::new_with_init(&format!("{}{path}", config.merger_url), &init)
+        .map_err(unreachable)?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(req);
+    let send = Box::pin(fetch.send_with_signal(&signal));
+    let timeout = Box::pin(Delay::from(Duration::from_millis(config.sync_timeout_ms)));
+    let mut response = match select(send, timeout).await {
+        Either::Left((result, _)) => result.map_err(unreachable)?,
+        Either::Right(_) => {
+            controller.abort();
+            return Err(MergerError::Timeout(config.sync_timeout_ms));
+        }
+    };
+    let status = response.status_code();
+    let text = response.text().await.map_err(unreachable)?;
+    if !(200..300).contains(&status) {
+        return Err(MergerError::Status {
+            status,
+            body: text.chars().take(300).collect(),
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| MergerError::BadAnswer(e.to_string()))
+}

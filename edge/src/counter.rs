@@ -1,0 +1,308 @@
+//! One counter at one replica, as pure functions: its stored row, what it heard from the
+//! merger, and the read formula.
+//!
+//! A [`Row`] is what the object stores per counter: its own slot totals (`own`), the totals
+//! of its slot the merger has acknowledged (`acked`), and whether it still has to sync. A
+//! counter is dirty while `own` is ahead of `acked`; a sync sends `own` (totals, never
+//! increments), and an answer raises `acked` only to what *that* sync sent, so hits that
+//! arrived meanwhile stay dirty. Nothing is dropped on failure: the totals simply go again.
+//!
+//! An [`Entry`] is a row plus what the object last [`Heard`] from the merger about the
+//! counter; it lives in the read cache only (reads never write). Reads answer
+//! `global - recorded_own + current_own` per half ([`Entry::view`]).
+
+use serde::{Deserialize, Serialize};
+use tally_crdt::{Error, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp};
+
+/// Where a row stands with the merger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncState {
+    /// The merger has acknowledged the own totals.
+    #[default]
+    Clean,
+    /// Own totals ahead of what the merger acknowledged: the next sync sends them.
+    Dirty,
+    /// The merger refused this counter; it stays out of the regular syncs (so it blocks
+    /// nothing) and the anti-entropy sweep offers it again.
+    Rejected,
+}
+
+impl SyncState {
+    /// The stored form.
+    pub fn code(self) -> i64 {
+        match self {
+            SyncState::Clean => 0,
+            SyncState::Dirty => 1,
+            SyncState::Rejected => 2,
+        }
+    }
+
+    /// Reads the stored form.
+    pub fn from_code(code: i64) -> Option<SyncState> {
+        match code {
+            0 => Some(SyncState::Clean),
+            1 => Some(SyncState::Dirty),
+            2 => Some(SyncState::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// What an object stores for one counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    /// This replica's own slot.
+    pub own: SlotTotals,
+    /// The totals of its slot the merger has acknowledged (committed).
+    pub acked: SlotTotals,
+    /// The last hit here.
+    pub changed_at: Timestamp,
+    /// Whether it must sync.
+    pub state: SyncState,
+}
+
+impl Row {
+    /// Counts a hit in the own slot and marks the row dirty.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SlotOverflow`] if either half would pass `u64::MAX`; the row is unchanged.
+    pub fn hit(
+        &mut self,
+        add: SlotTotals,
+        replica: ReplicaId,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let overflow = |current: u64, by: u64| Error::SlotOverflow {
+            replica,
+            current,
+            by,
+        };
+        let p = self
+            .own
+            .p
+            .checked_add(add.p)
+            .ok_or_else(|| overflow(self.own.p, add.p))?;
+        let n = self
+            .own
+            .n
+            .checked_add(add.n)
+            .ok_or_else(|| overflow(self.own.n, add.n))?;
+        self.own = SlotTotals { p, n };
+        self.changed_at = self.changed_at.max(now);
+        self.state = SyncState::Dirty;
+        Ok(())
+    }
+
+    /// Applies the merger's acknowledgement of a sync that sent `sent`: `acked` rises to it
+    /// (not to `own`, which may have moved since), and the row is clean once nothing is left.
+    pub fn acknowledge(&mut self, sent: SlotTotals) {
+        self.acked = self.acked.join(sent);
+        self.state = if self.acked.dominates(self.own) {
+            SyncState::Clean
+        } else {
+            SyncState::Dirty
+        };
+    }
+}
+
+/// The merger's last word on a counter, as this object heard it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// Global totals then.
+    pub global: GlobalTotals,
+    /// The merger's copy of this replica's slot then.
+    pub recorded: SlotTotals,
+    /// When the counter last changed at the merger (`None`: nobody had hit it).
+    pub updated_at: Option<Timestamp>,
+    /// When it was heard.
+    pub fetched_at: Timestamp,
+}
+
+/// A counter in the read cache: its row (as stored) and what was heard of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The row; all zero for a counter this object never counted.
+    pub row: Row,
+    /// Whether the row exists in storage (a read of an unknown counter creates none).
+    pub stored: bool,
+    /// The merger's last word, if any.
+    pub heard: Option<Heard>,
+}
+
+/// What an object answers about a counter: the halves of its count and how fresh they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// `global - recorded_own + current_own`, per half.
+    pub totals: GlobalTotals,
+    /// The newest change known (a hit here or at the merger); `None` if nobody hit it.
+    pub updated_at: Option<Timestamp>,
+    /// Milliseconds since the global part was heard; `None` if nothing was heard.
+    pub age_ms: Option<u64>,
+}
+
+impl Entry {
+    /// Takes the merger's answer unless it is older than what was heard (several mergers
+    /// may lag each other; the merger's totals only grow, so the answer that dominates is
+    /// the newer). Returns whether it was taken.
+    pub fn hear(&mut self, merged: &MergedCounter, now: Timestamp) -> bool {
+        let newer = self.heard.is_none_or(|h| merged.global.dominates(h.global));
+        if newer {
+            self.heard = Some(Heard {
+                global: merged.global,
+                recorded: merged.recorded,
+                updated_at: merged.updated_at,
+                fetched_at: now,
+            });
+        }
+        newer
+    }
+
+    /// Whether what was heard is younger than `ttl_ms`.
+    pub fn is_fresh(&self, now: Timestamp, ttl_ms: u64) -> bool {
+        self.heard
+            .is_some_and(|h| now.millis_since(h.fetched_at) < ttl_ms)
+    }
+
+    /// The answer: the read formula on what was heard, or the own slot alone when nothing
+    /// was heard yet (`age_ms` is then `None`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ValueOutOfRange`] if a half passes `u128::MAX` (not reachable with fewer
+    /// than 2^64 slots).
+    pub fn view(&self, now: Timestamp) -> Result<View, Error> {
+        let own_change = (self.row.own != SlotTotals::default()).then_some(self.row.changed_at);
+        Ok(match self.heard {
+            Some(h) => View {
+                totals: h.global.with_own(h.recorded, self.row.own)?,
+                updated_at: own_change.max(h.updated_at),
+                age_ms: Some(now.millis_since(h.fetched_at)),
+            },
+            None => View {
+                totals: GlobalTotals {
+                    p: u128::from(self.row.own.p),
+                    n: u128::from(self.row.own.n),
+                },
+                updated_at: own_change,
+                age_ms: None,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_crdt::{CounterKey, CounterKind};
+
+    const ME: ReplicaId = ReplicaId::from_u128(7);
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms)
+    }
+
+    fn merged(global: (u128, u128), recorded: (u64, u64)) -> MergedCounter {
+        MergedCounter {
+            key: CounterKey::new(CounterKind::Pn, "x").unwrap(),
+            global: GlobalTotals {
+                p: global.0,
+                n: global.1,
+            },
+            recorded: SlotTotals {
+                p: recorded.0,
+                n: recorded.1,
+            },
+            updated_at: Some(at(5)),
+        }
+    }
+
+    #[test]
+    fn hits_arriving_during_a_sync_stay_dirty() {
+        let mut r = Row::default();
+        r.hit(SlotTotals { p: 3, n: 0 }, ME, at(1)).unwrap();
+        let sent = r.own;
+        r.hit(SlotTotals { p: 2, n: 1 }, ME, at(2)).unwrap(); // during the sync
+        r.acknowledge(sent);
+        assert_eq!(r.acked, SlotTotals { p: 3, n: 0 });
+        assert_eq!(r.state, SyncState::Dirty);
+        r.acknowledge(r.own);
+        assert_eq!(r.state, SyncState::Clean);
+    }
+
+    #[test]
+    fn an_old_acknowledgement_never_lowers_acked() {
+        let mut r = Row::default();
+        r.hit(SlotTotals { p: 5, n: 0 }, ME, at(1)).unwrap();
+        r.acknowledge(SlotTotals { p: 5, n: 0 });
+        r.acknowledge(SlotTotals { p: 2, n: 0 });
+        assert_eq!((r.acked.p, r.state), (5, SyncState::Clean));
+    }
+
+    #[test]
+    fn the_read_formula_counts_own_hits_the_merger_has_not_seen() {
+        let mut e = Entry::default();
+        e.row.hit(SlotTotals { p: 10, n: 0 }, ME, at(1)).unwrap();
+        let alone = e.view(at(2)).unwrap();
+        assert_eq!(
+            (alone.totals.p, alone.age_ms),
+            (10, None),
+            "nothing heard: own slot only"
+        );
+        e.hear(&merged((700, 0), (10, 0)), at(1000));
+        e.row.hit(SlotTotals { p: 5, n: 2 }, ME, at(1500)).unwrap();
+        let v = e.view(at(1600)).unwrap();
+        assert_eq!(v.totals, GlobalTotals { p: 705, n: 2 });
+        assert_eq!(v.age_ms, Some(600));
+        assert_eq!(v.updated_at, Some(at(1500)));
+    }
+
+    #[test]
+    fn an_older_answer_never_replaces_a_newer_one() {
+        let mut e = Entry::default();
+        assert!(e.hear(&merged((500, 10), (0, 0)), at(10)));
+        let before = e.view(at(20)).unwrap().totals;
+        assert!(!e.hear(&merged((400, 10), (0, 0)), at(20)));
+        assert_eq!(e.view(at(20)).unwrap().totals, before);
+        assert!(
+            e.hear(&merged((500, 10), (0, 0)), at(30)),
+            "the same totals refresh the age"
+        );
+        assert_eq!(e.view(at(30)).unwrap().age_ms, Some(0));
+    }
+
+    #[test]
+    fn reads_never_go_backwards_as_answers_arrive() {
+        let mut e = Entry::default();
+        e.row.own = SlotTotals { p: 50, n: 0 };
+        let mut last = 0;
+        for (g, rec) in [(100, 0), (120, 20), (150, 50), (160, 50)] {
+            e.hear(&merged((g, 0), (rec, 0)), at(1));
+            let now = e.view(at(1)).unwrap().totals.p;
+            assert!(now >= last, "{now} after {last}");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn an_unknown_counter_has_no_update_time() {
+        let mut e = Entry::default();
+        let mut absent = merged((0, 0), (0, 0));
+        absent.updated_at = None;
+        e.hear(&absent, at(3));
+        let v = e.view(at(3)).unwrap();
+        assert_eq!((v.totals, v.updated_at), (GlobalTotals::default(), None));
+    }
+
+    #[test]
+    fn overflow_is_refused_and_changes_nothing() {
+        let mut r = Row::default();
+        r.hit(SlotTotals { p: u64::MAX, n: 0 }, ME, at(1)).unwrap();
+        let before = r.clone();
+        assert!(matches!(
+            r.hit(SlotTotals { p: 1, n: 0 }, ME, at(2)),
+            Err(Error::SlotOverflow { .. })
+        ));
+        assert_eq!(r, before);
+    }
+}

@@ -1,0 +1,93 @@
+//! What the two edge-facing endpoints (`POST /v1/sync`, `POST /v1/read`) share: the bearer
+//! sync token, checked before the body is read, and a JSON body decoded and validated by
+//! `tally-crdt`'s one decoder, so the edge and the merger refuse the same bodies the same way.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tally_crdt::{ReadRequest, SyncRequest};
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::metrics::Endpoint;
+
+/// Refuses a request without the sync token, before its body is read, and counts the refusal
+/// as an outcome of `endpoint`. The comparison takes the same time wherever the first
+/// differing byte is.
+pub async fn require_token(
+    State((app, endpoint)): State<(AppState, Endpoint)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110); the token is compared exactly.
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+    let verdict = match presented {
+        None => Err(AppError::MissingToken),
+        Some(token) if bool::from(token.as_bytes().ct_eq(app.token.as_bytes())) => Ok(()),
+        Some(_) => Err(AppError::InvalidToken),
+    };
+    match verdict {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            app.metrics.request(endpoint, e.code());
+            e.into_response()
+        }
+    }
+}
+
+/// A protocol body the merger accepts.
+pub trait Decode: Sized {
+    /// Decodes and validates `body`.
+    ///
+    /// # Errors
+    ///
+    /// The first rule the body breaks.
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error>;
+}
+
+impl Decode for SyncRequest {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        SyncRequest::from_json(body)
+    }
+}
+
+impl Decode for ReadRequest {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        ReadRequest::from_json(body)
+    }
+}
+
+/// Extracts a valid protocol body: declared `application/json` (else 415), within the body
+/// limit (else 413), and decoded and validated (else 400 `malformed_body` or 422 with the
+/// rule broken). Handlers take `Result<Protocol<T>, AppError>` so that they can count the
+/// refusals among their outcomes.
+#[derive(Debug)]
+pub struct Protocol<T>(pub T);
+
+impl<S: Send + Sync, T: Decode> FromRequest<S> for Protocol<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(AppError::UnsupportedMediaType);
+        }
+        let body = Bytes::from_request(request, state).await?;
+        T::decode(&body)
+            .map(Protocol)
+            .map_err(AppError::InvalidBody)
+    }
+}
