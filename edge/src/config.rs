@@ -20,6 +20,11 @@ pub struct Config {
     pub spread: u32,
     /// Counters an object keeps in its in-memory read cache (`CACHE_COUNTERS`, default 10000).
     pub cache_counters: usize,
+    /// How long the Worker answers reads from its own isolate's memory before asking the
+    /// object again (`EDGE_CACHE_MS`, default 1000; 0 turns the isolate cache off).
+    pub edge_cache_ms: u64,
+    /// Counters the Worker keeps per isolate (`EDGE_CACHE_COUNTERS`, default 10000).
+    pub edge_cache_counters: usize,
     /// Period of the anti-entropy sweep that re-sends every counter's totals
     /// (`ANTI_ENTROPY_MS`, default one hour; 0 turns it off).
     pub anti_entropy_ms: u64,
@@ -94,6 +99,8 @@ impl Config {
         let partitions = number("PARTITIONS", 16, 1..=4096)?;
         let spread = number("SPREAD", 4, 1..=64)?;
         let cache_counters = number("CACHE_COUNTERS", 10_000, 16..=1_000_000)?;
+        let edge_cache_ms = number("EDGE_CACHE_MS", 1000, 0..=60_000)?;
+        let edge_cache_counters = number("EDGE_CACHE_COUNTERS", 10_000, 16..=1_000_000)?;
         let anti_entropy_ms = number("ANTI_ENTROPY_MS", 3_600_000, 0..=604_800_000)?;
         if anti_entropy_ms != 0 && anti_entropy_ms < 1000 {
             return Err(invalid(
@@ -129,6 +136,9 @@ impl Config {
             partitions: narrow(partitions),
             spread: narrow(spread),
             cache_counters: usize::try_from(cache_counters).expect("bounded by its range above"),
+            edge_cache_ms,
+            edge_cache_counters: usize::try_from(edge_cache_counters)
+                .expect("bounded by its range above"),
             anti_entropy_ms,
             public_max_delta,
             public_gauges: flag("PUBLIC_GAUGES")?,
@@ -175,6 +185,7 @@ mod tests {
             (1, false, None)
         );
         assert_eq!((c.cache_counters, c.anti_entropy_ms), (10_000, 3_600_000));
+        assert_eq!((c.edge_cache_ms, c.edge_cache_counters), (1000, 10_000));
         assert!(!c.allow_region_override);
     }
 

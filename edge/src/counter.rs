@@ -12,7 +12,12 @@
 //! `global - recorded_own + current_own` per half ([`Entry::view`]).
 
 use serde::{Deserialize, Serialize};
-use tally_crdt::{Error, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp};
+use std::collections::HashMap;
+
+use tally_crdt::{
+    CounterKey, Error, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, SlotUpdate, SyncAnswer,
+    Timestamp,
+};
 
 /// Where a row stands with the merger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -191,6 +196,52 @@ impl Entry {
     }
 }
 
+/// What a sync answer means for one counter that was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Committed: raise `acked` to what was sent, take the merger's word.
+    Merged(&'a MergedCounter),
+    /// Refused alone (code, message): set the row aside, nothing else is held back.
+    Rejected(&'a str, &'a str),
+    /// Not in the answer: the row stays dirty and goes again.
+    Missing,
+}
+
+/// Matches a sync's answers to what was sent, **by counter**, never by position: each
+/// counter sent gets its own outcome, whatever order (or subset) the merger answered in.
+pub fn outcomes<'a>(
+    sent: &'a [SlotUpdate],
+    answers: &'a [SyncAnswer],
+) -> Vec<(&'a SlotUpdate, Outcome<'a>)> {
+    let by_key: HashMap<&CounterKey, &SyncAnswer> = answers.iter().map(|a| (a.key(), a)).collect();
+    sent.iter()
+        .map(|update| {
+            let outcome = match by_key.get(&update.key) {
+                Some(SyncAnswer::Merged(m)) => Outcome::Merged(m),
+                Some(SyncAnswer::Rejected(r)) => Outcome::Rejected(&r.error.code, &r.error.message),
+                None => Outcome::Missing,
+            };
+            (update, outcome)
+        })
+        .collect()
+}
+
+impl Entry {
+    /// Applies the outcome of a sync that sent `sent` for this counter.
+    pub fn settle(&mut self, sent: SlotTotals, outcome: &Outcome<'_>, now: Timestamp) {
+        match outcome {
+            Outcome::Merged(merged) => {
+                self.row.acknowledge(sent);
+                self.hear(merged, now);
+            }
+            Outcome::Rejected(..) if self.row.state == SyncState::Dirty => {
+                self.row.state = SyncState::Rejected;
+            }
+            Outcome::Rejected(..) | Outcome::Missing => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +343,88 @@ mod tests {
         e.hear(&absent, at(3));
         let v = e.view(at(3)).unwrap();
         assert_eq!((v.totals, v.updated_at), (GlobalTotals::default(), None));
+    }
+
+    fn update(id: &str, p: u64) -> SlotUpdate {
+        SlotUpdate {
+            key: CounterKey::new(CounterKind::G, id).unwrap(),
+            totals: SlotTotals { p, n: 0 },
+        }
+    }
+
+    fn answer(id: &str, global: u128, recorded: u64) -> SyncAnswer {
+        SyncAnswer::Merged(MergedCounter {
+            key: CounterKey::new(CounterKind::G, id).unwrap(),
+            global: GlobalTotals { p: global, n: 0 },
+            recorded: SlotTotals { p: recorded, n: 0 },
+            updated_at: None,
+        })
+    }
+
+    #[test]
+    fn answers_are_matched_by_counter_not_by_position() {
+        let sent = [update("a", 1), update("b", 1), update("c", 1)];
+        let answers = [answer("c", 30, 1), answer("a", 10, 1)];
+        let got: Vec<(&str, Option<u128>)> = outcomes(&sent, &answers)
+            .iter()
+            .map(|(u, o)| {
+                let global = match o {
+                    Outcome::Merged(m) => Some(m.global.p),
+                    _ => None,
+                };
+                (u.key.id(), global)
+            })
+            .collect();
+        assert_eq!(got, [("a", Some(10)), ("b", None), ("c", Some(30))]);
+    }
+
+    #[test]
+    fn a_rejected_counter_is_set_aside_and_the_others_are_acknowledged() {
+        let sent = [update("bad", 5), update("good", 7)];
+        let answers = [
+            SyncAnswer::Rejected(tally_crdt::Rejection {
+                key: CounterKey::new(CounterKind::G, "bad").unwrap(),
+                error: tally_crdt::ErrorBody {
+                    code: "decrement_on_counter".into(),
+                    message: "no".into(),
+                },
+            }),
+            answer("good", 70, 7),
+        ];
+        let mut entries: Vec<Entry> = sent
+            .iter()
+            .map(|u| {
+                let mut e = Entry::default();
+                e.row.hit(u.totals, ME, at(1)).unwrap();
+                e
+            })
+            .collect();
+        for ((update, outcome), entry) in outcomes(&sent, &answers).iter().zip(&mut entries) {
+            entry.settle(update.totals, outcome, at(2));
+        }
+        assert_eq!(
+            entries[0].row.state,
+            SyncState::Rejected,
+            "out of the regular syncs"
+        );
+        assert_eq!(
+            entries[0].row.acked,
+            SlotTotals::default(),
+            "nothing acknowledged"
+        );
+        assert_eq!(entries[1].row.state, SyncState::Clean);
+        assert_eq!(entries[1].view(at(2)).unwrap().totals.p, 70);
+    }
+
+    #[test]
+    fn a_counter_missing_from_the_answer_stays_dirty() {
+        let sent = [update("a", 1)];
+        let mut e = Entry::default();
+        e.row.hit(SlotTotals { p: 1, n: 0 }, ME, at(1)).unwrap();
+        for (u, o) in outcomes(&sent, &[]) {
+            e.settle(u.totals, &o, at(2));
+        }
+        assert_eq!(e.row.state, SyncState::Dirty);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   then it holds the answer to what the client has already seen ([`session`]) and adds CORS.
 //! - [`replica`]: the Durable Object glue: storage ([`store`]), its one alarm
 //!   ([`scheduler`]), the merger client ([`client`]), the per-counter logic ([`counter`]).
+//! - [`isolate_cache`]: recent answers in the isolate's memory, so popular counters are read
+//!   without a round trip to their object.
 //! - [`config`]: vars and secrets, parsed once.
 
 pub mod api;
@@ -15,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod counter;
 pub mod internal;
+pub mod isolate_cache;
 #[allow(
     missing_docs,
     reason = "#[durable_object] generates undocumented wasm-bindgen exports"
@@ -39,7 +42,9 @@ use crate::api::{
 use crate::config::{Config, ConfigError};
 use crate::counter::View;
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
+use crate::isolate_cache::IsolateCache;
 use crate::session::Session;
+use tally_crdt::Timestamp;
 
 /// Durable Object binding, as in `wrangler.toml`.
 pub const REPLICA_BINDING: &str = "REPLICA";
@@ -97,26 +102,34 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
     let method = req.method();
     match (method, route) {
         (Method::Get | Method::Head, Route::One(key)) => {
+            if let Some(view) = cached(&config, &region, &key) {
+                return Ok(count_response(
+                    &config,
+                    &mut session,
+                    &key,
+                    view,
+                    Some(true),
+                )?);
+            }
             let s = spread_index(&config);
-            let answers = call(
-                env,
-                &config,
-                &region,
-                &key,
-                s,
-                READ_PATH,
-                &Read {
-                    keys: vec![key.clone()],
-                    region: region.clone(),
-                },
-            )
-            .await?;
+            let read = Read {
+                keys: vec![key.clone()],
+                region: region.clone(),
+            };
+            let answers = call(env, &config, &region, &key, s, READ_PATH, &read).await?;
             let view = answers
                 .into_iter()
                 .find(|a| a.key == key)
                 .and_then(|a| a.view)
                 .ok_or(ApiError::Unavailable)?;
-            Ok(count_response(&config, &mut session, &key, view)?)
+            remember(&config, &region, &key, view);
+            Ok(count_response(
+                &config,
+                &mut session,
+                &key,
+                view,
+                Some(false),
+            )?)
         }
         (Method::Put, Route::One(key)) => {
             let add = read_hit(&mut req, key.kind()).await?;
@@ -141,7 +154,8 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 .find(|a| a.key == key)
                 .and_then(|a| a.view)
                 .ok_or(ApiError::Internal)?;
-            Ok(count_response(&config, &mut session, &key, view)?)
+            remember(&config, &region, &key, view);
+            Ok(count_response(&config, &mut session, &key, view, None)?)
         }
         (Method::Get | Method::Head, Route::Batch(kind)) => {
             let keys = parse_ids(kind, req.url().map_err(internal)?.query())?;
@@ -160,12 +174,19 @@ async fn batch_read(
     keys: Vec<CounterKey>,
 ) -> std::result::Result<Response, Failure> {
     let s = spread_index(config);
+    let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
+        Default::default();
     let mut groups: std::collections::BTreeMap<u32, Vec<CounterKey>> = Default::default();
     for key in &keys {
-        groups
-            .entry(routing::partition(key, s, config.partitions))
-            .or_default()
-            .push(key.clone());
+        match cached(config, region, key) {
+            Some(view) => {
+                views.insert(key.clone(), Ok(view));
+            }
+            None => groups
+                .entry(routing::partition(key, s, config.partitions))
+                .or_default()
+                .push(key.clone()),
+        }
     }
     let calls = groups.into_values().map(|group| async move {
         let read = Read {
@@ -178,12 +199,13 @@ async fn batch_read(
             call(env, config, region, &first, s, READ_PATH, &read).await,
         )
     });
-    let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
-        Default::default();
     for (group, result) in join_all(calls).await {
         match result {
             Ok(answers) => {
                 for a in answers {
+                    if let Some(view) = a.view {
+                        remember(config, region, &a.key, view);
+                    }
                     views.insert(a.key, a.view.ok_or(ApiError::Unavailable));
                 }
             }
@@ -220,14 +242,47 @@ async fn batch_read(
     Ok(response)
 }
 
+thread_local! {
+    /// This isolate's read cache, made with the configuration on first use.
+    static CACHE: std::cell::RefCell<Option<IsolateCache>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A fresh view of `key` from this isolate's cache.
+fn cached(config: &Config, region: &str, key: &CounterKey) -> Option<View> {
+    CACHE.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| {
+                IsolateCache::new(config.edge_cache_counters, config.edge_cache_ms)
+            })
+            .get(region, key, now())
+    })
+}
+
+/// Keeps an object's answer in this isolate's cache.
+fn remember(config: &Config, region: &str, key: &CounterKey, view: View) {
+    CACHE.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| {
+                IsolateCache::new(config.edge_cache_counters, config.edge_cache_ms)
+            })
+            .put(region, key, view, now());
+    });
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_unix_ms(i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The answer to a single read or hit: the count held to what the client has seen, with
 /// `Age` when the global part is older than the read TTL, `Tally-Estimate: partial` when no
-/// global value was heard yet, and the new session token.
+/// global value was heard yet, `Tally-Cache: hit` or `miss` for a read (whether this
+/// isolate's cache answered it), and the new session token.
 fn count_response(
     config: &Config,
     session: &mut Session,
     key: &CounterKey,
     view: View,
+    cache_hit: Option<bool>,
 ) -> std::result::Result<Response, ApiError> {
     let shown = session.answer(key, view.totals);
     let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
@@ -246,6 +301,11 @@ fn count_response(
         }
         Some(_) => {}
         None => headers.set("Tally-Estimate", "partial").map_err(internal)?,
+    }
+    if let Some(hit) = cache_hit {
+        headers
+            .set("Tally-Cache", if hit { "hit" } else { "miss" })
+            .map_err(internal)?;
     }
     headers
         .set(session::HEADER, &session.token())
@@ -436,7 +496,7 @@ fn with_cors(response: Response) -> Result<Response> {
     )?;
     headers.set(
         "Access-Control-Expose-Headers",
-        "Age, Tally-Estimate, Tally-Session, Retry-After",
+        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Retry-After",
     )?;
     headers.set("Access-Control-Max-Age", "86400")?;
     let status = response.status_code();

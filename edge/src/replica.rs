@@ -26,7 +26,7 @@ use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
     CounterKey, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId, SlotUpdate,
-    SyncAnswer, SyncRequest, Timestamp,
+    SyncRequest, Timestamp,
 };
 use worker::{
     Date, Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_warn,
@@ -36,7 +36,7 @@ use worker::{
 use crate::api::ApiError;
 use crate::client::{self, MergerError};
 use crate::config::Config;
-use crate::counter::{Entry, SyncState};
+use crate::counter::{Entry, Outcome, outcomes};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
@@ -467,37 +467,23 @@ impl Replica {
         let now = now();
         self.with(|i| {
             i.scheduler.succeeded();
-            let answers: HashMap<&CounterKey, &SyncAnswer> =
-                response.counters.iter().map(|a| (a.key(), a)).collect();
-            for update in &request.counters {
-                let Some(answer) = answers.get(&update.key) else {
-                    console_warn!(
+            for (update, outcome) in outcomes(&request.counters, &response.counters) {
+                match &outcome {
+                    Outcome::Rejected(code, message) => console_warn!(
+                        "the merger rejected {} ({code}: {message}); the sweep offers it again",
+                        update.key
+                    ),
+                    Outcome::Missing => console_warn!(
                         "the merger did not answer for {}; it stays dirty",
                         update.key
-                    );
-                    continue;
-                };
-                let entry = i.entry(&update.key)?;
-                let mut row = entry.row.clone();
-                match answer {
-                    SyncAnswer::Merged(merged) => {
-                        row.acknowledge(update.totals);
-                        entry.hear(merged, now);
-                    }
-                    SyncAnswer::Rejected(r) => {
-                        console_warn!(
-                            "the merger rejected {} ({}: {}); it is offered again by the sweep",
-                            update.key,
-                            r.error.code,
-                            r.error.message
-                        );
-                        if row.state == SyncState::Dirty {
-                            row.state = SyncState::Rejected;
-                        }
-                    }
+                    ),
+                    Outcome::Merged(_) => {}
                 }
-                if row != entry.row {
-                    entry.row = row.clone();
+                let entry = i.entry(&update.key)?;
+                let before = entry.row.clone();
+                entry.settle(update.totals, &outcome, now);
+                if entry.row != before {
+                    let row = entry.row.clone();
                     i.store.put(&update.key, &row)?;
                 }
             }

@@ -430,7 +430,8 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
 }
 
 /// The value of one series of the merger's `/metrics`, e.g.
-/// `tally_commits_total{purpose="sync"}` (0 when absent).
+/// `tally_commits_total{purpose="sync"}`. Panics when the series is missing, so a check on
+/// it cannot pass by reading nothing.
 pub async fn metric(client: &reqwest::Client, merger: &str, series: &str) -> f64 {
     let text = client
         .get(format!("{merger}/metrics"))
@@ -445,7 +446,7 @@ pub async fn metric(client: &reqwest::Client, merger: &str, series: &str) -> f64
             let (name, value) = line.rsplit_once(' ')?;
             (name == series).then(|| value.parse().ok()).flatten()
         })
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("the merger's /metrics has no series {series}"))
 }
 
 /// A `count` field as an integer, in either of its JSON forms.

@@ -60,6 +60,7 @@ async fn hits_never_wait_for_the_merger_and_reads_never_write_to_it() {
     let edge = Edge::start(&options).await;
     let c = client();
     let commits = r#"tally_commits_total{purpose="sync"}"#;
+    let syncs = r#"tally_syncs_total{outcome="ok"} "#;
 
     // Reads of 300 ids nobody has hit: each answers 0 with no update time, the merger agrees,
     // and none of them costs the merger a commit or registers a replica.
@@ -101,6 +102,20 @@ async fn hits_never_wait_for_the_merger_and_reads_never_write_to_it() {
         0.0,
         "reads registered a replica"
     );
+    // The sync series appears with the first sync; an edge that reads through syncs makes it.
+    let text = c
+        .get(format!("{}/metrics", merger.url))
+        .send()
+        .await
+        .expect("the merger answers /metrics")
+        .text()
+        .await
+        .expect("metrics are text");
+    let synced = text
+        .lines()
+        .find_map(|l| l.strip_prefix(syncs))
+        .map_or(0.0, |v| v.parse::<f64>().expect("a number"));
+    assert_eq!(synced, 0.0, "reads caused syncs");
 
     // A batch read of counters with hits answers each with its own count.
     for (id, hits) in [("b-one", 1), ("b-two", 2)] {
@@ -507,6 +522,72 @@ async fn public_writes_are_limited_and_a_flood_of_new_ids_is_refused() {
             let (_, view) = get(&c, &format!("{}/v1/counters/policy", merger.url)).await;
             let (_, gauge) = get(&c, &format!("{}/v1/gauges/policy", merger.url)).await;
             count_of(&view["count"]) == Some(want) && count_of(&gauge["count"]) == Some(-1)
+        },
+    )
+    .await;
+    edge.stop().await;
+    merger.terminate().await;
+}
+
+#[tokio::test]
+async fn an_object_with_many_counters_killed_after_acknowledging_them_loses_none() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    // One object holds every counter; syncs are slow, so most hits are unsynced at the kill.
+    options.partitions = 1;
+    options.spread = 1;
+    options.sync_interval_ms = 5000;
+    let edge = Edge::start(&options).await;
+    let c = client();
+    let ids = 1200;
+    let tasks: Vec<_> = (0..16)
+        .map(|worker| {
+            let (c, url) = (c.clone(), edge.url.clone());
+            tokio::spawn(async move {
+                for i in (worker..ids).step_by(16) {
+                    let (status, body) =
+                        hit(&c, &url, &format!("/many-{i}/counter"), "eu", 1).await;
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a client does not panic");
+    }
+    edge.kill_9().await;
+
+    // The object starts without reading its counters: its first answer comes at once, and
+    // every acknowledged hit reaches the merger.
+    let edge = Edge::start(&options).await;
+    let (status, body) = get(&c, &format!("{}/many-7/counter", edge.url)).await;
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(60),
+        "every counter reaches the merger",
+        || async {
+            let mut counted = 0;
+            let mut cursor = String::new();
+            loop {
+                let (_, page) = get(
+                    &c,
+                    &format!("{}/v1/counters?prefix=many-&limit=1000{cursor}", merger.url),
+                )
+                .await;
+                let Some(items) = page["items"].as_array() else {
+                    return false;
+                };
+                counted += items
+                    .iter()
+                    .filter(|i| count_of(&i["count"]) == Some(1))
+                    .count();
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = format!("&cursor={next}"),
+                    None => return counted == ids,
+                }
+            }
         },
     )
     .await;
