@@ -30,7 +30,7 @@ pub mod store;
 
 use futures_util::future::join_all;
 use subtle::ConstantTimeEq;
-use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, check_region};
+use tally_crdt::{Count, CounterKey, CounterKind, GlobalTotals, SlotTotals, check_region};
 use worker::{
     Context, Env, Headers, Method, Request, RequestInit, Response, Result, console_error, event,
 };
@@ -147,13 +147,30 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 client,
                 trusted,
             };
+            // What was known before this hit (this isolate's cache, the client's token), plus
+            // the hit itself, is a lower bound of the count after it: the answer is at least
+            // that, even from an object that has not heard of the counter yet.
+            let cached_before = cached(&config, &region, &key);
+            let before = cached_before
+                .map(|v| v.totals)
+                .unwrap_or_default()
+                .join(session.floor(&key));
             let s = spread_index(&config);
             let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
-            let view = answers
+            let mut view = answers
                 .into_iter()
                 .find(|a| a.key == key)
                 .and_then(|a| a.view)
                 .ok_or(ApiError::Internal)?;
+            if let (Some(p), Some(n)) = (
+                before.p.checked_add(u128::from(add.p)),
+                before.n.checked_add(u128::from(add.n)),
+            ) {
+                view.totals = view.totals.join(GlobalTotals { p, n });
+            }
+            if view.age_ms.is_none() {
+                view.age_ms = cached_before.and_then(|v| v.age_ms);
+            }
             remember(&config, &region, &key, view);
             Ok(count_response(&config, &mut session, &key, view, None)?)
         }

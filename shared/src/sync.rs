@@ -543,6 +543,15 @@ impl GlobalTotals {
         self.p >= other.p && self.n >= other.n
     }
 
+    /// The larger of each half: of two lower bounds of one counter's totals, the tighter.
+    #[must_use]
+    pub fn join(self, other: GlobalTotals) -> GlobalTotals {
+        GlobalTotals {
+            p: self.p.max(other.p),
+            n: self.n.max(other.n),
+        }
+    }
+
     /// `p - n`.
     ///
     /// # Errors

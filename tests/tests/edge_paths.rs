@@ -220,6 +220,8 @@ async fn every_client_reads_its_own_writes_and_its_reads_never_go_back() {
     // Slow syncs and a long read TTL: objects' views of a counter differ for a long time.
     options.sync_interval_ms = 3000;
     options.vars.push("READ_TTL_MS:3000".into());
+    // No isolate cache: every read goes to one of the counter's two objects.
+    options.vars.push("EDGE_CACHE_MS:0".into());
     let edge = Edge::start(&options).await;
     let mut paths: Vec<(String, String)> = served_by_two_objects("ryw", CounterKind::G, 2)
         .into_iter()
@@ -239,6 +241,7 @@ async fn every_client_reads_its_own_writes_and_its_reads_never_go_back() {
                 let mut token = String::new();
                 let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
                 let mut violations = Vec::new();
+                let mut tokenless_lower = 0;
                 for step in 0..30u64 {
                     let (path, key) = &paths[usize::try_from((client_no + step) % 3).unwrap()];
                     let write = step % 3 == 0;
@@ -288,14 +291,33 @@ async fn every_client_reads_its_own_writes_and_its_reads_never_go_back() {
                         ));
                     }
                     seen.insert(key.clone(), Seen { count, p, n });
+                    // The same read without the token, right after a counter's own write:
+                    // does an object that is behind answer it?
+                    if write && key.starts_with("g:") {
+                        let body: Value = c
+                            .get(format!("{edge}{path}"))
+                            .header("X-Tally-Region", "eu")
+                            .send()
+                            .await
+                            .expect("the edge answers")
+                            .json()
+                            .await
+                            .expect("JSON");
+                        if count_of(&body["count"]).expect("a count") < count {
+                            tokenless_lower += 1;
+                        }
+                    }
                 }
-                violations
+                (violations, tokenless_lower)
             })
         })
         .collect();
     let mut violations = Vec::new();
+    let mut tokenless_lower = 0;
     for t in tasks {
-        violations.extend(t.await.expect("a client does not panic"));
+        let (v, lower) = t.await.expect("a client does not panic");
+        violations.extend(v);
+        tokenless_lower += lower;
     }
     assert!(
         violations.is_empty(),
@@ -304,28 +326,10 @@ async fn every_client_reads_its_own_writes_and_its_reads_never_go_back() {
         violations.join("\n")
     );
 
-    // Without the token, the same reads land on objects that are behind: the guarantee
-    // comes from the token, not from luck.
-    let (path, _) = &paths[0];
-    let c = client();
-    let (_, mine) = hit(&c, &edge.url, path, "eu", 1).await;
-    let mine = count_of(&mine["count"]).unwrap();
-    let mut lower = 0;
-    for _ in 0..40 {
-        let body: Value = c
-            .get(format!("{}{path}", edge.url))
-            .header("X-Tally-Region", "eu")
-            .send()
-            .await
-            .expect("the edge answers")
-            .json()
-            .await
-            .expect("JSON");
-        if count_of(&body["count"]).unwrap() < mine {
-            lower += 1;
-        }
-    }
-    eprintln!("tokenless reads below the client's own write: {lower} of 40");
+    // Without the token the same reads land on objects that are behind: the guarantee comes
+    // from the token, not from luck (this also shows the test can catch a broken token).
+    eprintln!("tokenless reads right after a write, below it: {tokenless_lower}");
+    assert!(tokenless_lower > 0, "the objects never diverged");
     edge.stop().await;
     merger.terminate().await;
 }
@@ -494,6 +498,7 @@ async fn public_writes_are_limited_and_a_flood_of_new_ids_is_refused() {
     }
     let mut refused = 0;
     let mut known_acked = 0;
+    let flood_started = Instant::now();
     for i in 0..450 {
         let (status, body) = public_put(&url(&format!("/flood-{i}/counter")), None, None).await;
         match status {
@@ -508,8 +513,18 @@ async fn public_writes_are_limited_and_a_flood_of_new_ids_is_refused() {
             known_acked += 1;
         }
     }
-    eprintln!("flood: {refused} of 450 new ids refused; the known id counted {known_acked} of 45");
-    assert!(refused >= 150, "only {refused} of 450 new ids refused");
+    let admitted = 450 - refused;
+    let windows = flood_started.elapsed().as_secs() / 60 + 1;
+    eprintln!(
+        "flood: {refused} of 450 new ids refused in {:?}; the known id counted {known_acked} of 45",
+        flood_started.elapsed()
+    );
+    // The budget (wrangler.toml: 200 per minute per client) is spent at the one object a
+    // new id reaches; the limiter's window may roll over once per minute of flood.
+    assert!(
+        refused > 0 && admitted <= 200 * windows + 1,
+        "{admitted} new ids admitted in {windows} budget windows"
+    );
     assert_eq!(known_acked, 45, "a known id was refused during the flood");
 
     // Nothing refused was counted: the merger holds exactly the accepted writes.
