@@ -61,6 +61,81 @@ pub fn merger_binary() -> PathBuf {
         .clone()
 }
 
+/// The edge worker's `wrangler.toml` for tests: the worker is built once per test process
+/// (`scripts/build-edge.sh`), copied under `target/tally-e2e/`, and served from a generated
+/// config without the `[build]` step, so each `wrangler dev` starts in seconds instead of
+/// rebuilding, and a test never serves a worker that changes under it.
+pub fn worker_config() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new("bash")
+                .arg(root().join("scripts/build-edge.sh"))
+                .current_dir(root())
+                .stdout(Stdio::null())
+                .status()
+                .expect("bash runs");
+            assert!(status.success(), "building the edge worker failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root().join("target"), PathBuf::from);
+            let dir = target
+                .join("tally-e2e")
+                .join(format!("worker-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            copy_dir(&root().join("edge/build"), &dir.join("build"))
+                .expect("the built worker can be copied");
+            let repo = std::fs::read_to_string(root().join("wrangler.toml"))
+                .expect("wrangler.toml is readable");
+            let config = dir.join("wrangler.toml");
+            std::fs::write(&config, without_build(&repo, "build/worker/shim.mjs"))
+                .expect("the test config can be written");
+            config
+        })
+        .clone()
+}
+
+/// `config` (a `wrangler.toml`) with its `[build]` section dropped and `main` set to `main`;
+/// bindings, migrations, rate limits and vars stay as deployed.
+pub fn without_build(config: &str, main: &str) -> String {
+    let mut out = String::with_capacity(config.len());
+    let mut in_build = false;
+    for line in config.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_build = trimmed == "[build]";
+        }
+        if in_build {
+            continue;
+        }
+        if trimmed.starts_with("main ") || trimmed.starts_with("main=") {
+            out.push_str(&format!("main = \"{main}\""));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Copies the files of `from` into `to` (created), recursively, skipping dot entries
+/// (`.wrangler` state, worker-build's `.tmp`).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
@@ -200,8 +275,9 @@ pub struct EdgeOptions {
     pub anti_entropy_ms: u64,
     /// Further `NAME:value` vars; they come last, so they override the ones above.
     pub vars: Vec<String>,
-    /// The `wrangler.toml` to serve instead of the repository's (whose `[build]` rewrites
-    /// `edge/build/` on every start); wrangler then runs in that file's folder.
+    /// The `wrangler.toml` to serve; by default [`worker_config`] (the repository's, without
+    /// its `[build]` step, serving the worker built once per process). Wrangler runs in that
+    /// file's folder.
     pub config: Option<PathBuf>,
     /// The status `GET /_probe` answers once the worker serves (tally's Worker: 404).
     pub probe_status: u16,
@@ -239,22 +315,25 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Builds the worker (wrangler runs `scripts/build-edge.sh`; not with `options.config`,
-    /// whose `wrangler.toml` names a built worker) and serves it, with the region override
-    /// allowed, until `GET /_probe` answers `options.probe_status`.
+    /// Serves a built worker (`options.config`, or by default the one built once for this
+    /// test process, [`worker_config`]), with the region override allowed, until
+    /// `GET /_probe` answers `options.probe_status`.
     pub async fn start(options: &EdgeOptions) -> Edge {
+        let config = match &options.config {
+            Some(config) => config.clone(),
+            None => tokio::task::spawn_blocking(worker_config)
+                .await
+                .expect("building the worker does not panic"),
+        };
         let port = free_port();
         let inspector = free_port();
         let var = |k: &str, v: &str| format!("{k}:{v}");
         let wrangler = root().join("node_modules/.bin/wrangler");
         let mut command = Command::new(&wrangler);
-        match &options.config {
-            Some(config) => command
-                .current_dir(config.parent().unwrap_or(Path::new("/")))
-                .arg("--config")
-                .arg(config),
-            None => command.current_dir(root()),
-        };
+        command
+            .current_dir(config.parent().unwrap_or(Path::new("/")))
+            .arg("--config")
+            .arg(&config);
         let (stdout, stderr) = match &options.log {
             Some(path) => {
                 let file = std::fs::OpenOptions::new()
@@ -468,4 +547,27 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 /// A temp dir.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir can be created")
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    const REPO_CONFIG: &str = include_str!("../../wrangler.toml");
+
+    #[test]
+    fn the_test_config_has_no_build_step_and_keeps_every_binding() {
+        let config = without_build(REPO_CONFIG, "build/worker/shim.mjs");
+        assert!(!config.contains("[build]"), "{config}");
+        assert!(!config.contains("build-edge.sh"), "{config}");
+        assert!(config.contains("main = \"build/worker/shim.mjs\"\n"));
+        for kept in [
+            "[durable_objects]",
+            "[[migrations]]",
+            "[[ratelimits]]",
+            "[vars]",
+        ] {
+            assert!(config.contains(kept), "{kept} is dropped");
+        }
+    }
 }
