@@ -69,21 +69,28 @@ pub fn worker_config() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = std::process::Command::new("bash")
-                .arg(root().join("scripts/build-edge.sh"))
-                .current_dir(root())
-                .stdout(Stdio::null())
-                .status()
-                .expect("bash runs");
-            assert!(status.success(), "building the edge worker failed");
+            // TALLY_E2E_WORKER_BUILD serves another build (e.g. an older commit's, to see which
+            // tests fail on it) instead of building this checkout's.
+            let build = match std::env::var_os("TALLY_E2E_WORKER_BUILD") {
+                Some(dir) => PathBuf::from(dir),
+                None => {
+                    let status = std::process::Command::new("bash")
+                        .arg(root().join("scripts/build-edge.sh"))
+                        .current_dir(root())
+                        .stdout(Stdio::null())
+                        .status()
+                        .expect("bash runs");
+                    assert!(status.success(), "building the edge worker failed");
+                    root().join("edge/build")
+                }
+            };
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| root().join("target"), PathBuf::from);
             let dir = target
                 .join("tally-e2e")
                 .join(format!("worker-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            copy_dir(&root().join("edge/build"), &dir.join("build"))
-                .expect("the built worker can be copied");
+            copy_dir(&build, &dir.join("build")).expect("the built worker can be copied");
             let repo = std::fs::read_to_string(root().join("wrangler.toml"))
                 .expect("wrangler.toml is readable");
             let config = dir.join("wrangler.toml");
