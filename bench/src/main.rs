@@ -1,8 +1,8 @@
-//! `tally-bench`: load generators and baselines for the merger benchmarks.
+//! `tally-bench`: load generators and baselines for the benchmarks.
 //!
-//! `scripts/bench-merger.sh` runs these side by side with the merger, `wrk` and
+//! `scripts/bench-merger.sh` runs the merger's side by side with the merger, `wrk` and
 //! `redis-benchmark` and prints the ratios (`docs/benchmarks.md`). Each subcommand prints one
-//! machine-readable summary line (`name key=value ...`, for the script) and one line for people.
+//! machine-readable summary line (`name key=value ...`, for the script) and one for people.
 //!
 //! - `naive` (`naive.rs`): the anti-pattern the merger replaces. A SQLite table
 //!   `counters(id, value)` in WAL mode with `synchronous=FULL`, and one autocommitted
@@ -14,9 +14,14 @@
 //!   the sums of the totals it acknowledged, exactly.
 //! - `hello` (`hello.rs`): a hello-world axum server, served like the merger; the baseline
 //!   for the merger's read throughput under `wrk`.
+//! - `edge` (`edge/`): every edge benchmark in one run (`scripts/bench-edge.sh`): it starts
+//!   the merger, the JavaScript Durable Object baseline and the tally worker under
+//!   `wrangler dev` through the end-to-end harness, drives them with `wrk` and its own
+//!   checking client, and prints the figures and ratios.
 //!
 //! The exit code is non-zero when a run saw an error or a wrong count, so the script stops.
 
+mod edge;
 mod hello;
 mod naive;
 mod sync_load;
@@ -29,7 +34,7 @@ use clap::{Parser, Subcommand};
 /// error, never matched on, so a boxed error is enough.
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// Load generators and baselines for the tally merger benchmarks.
+/// Load generators and baselines for the tally benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "tally-bench", version, about)]
 struct Cli {
@@ -45,6 +50,8 @@ enum Command {
     SyncLoad(sync_load::Args),
     /// A hello-world HTTP server (the baseline of the merger's reads).
     Hello(hello::Args),
+    /// The edge benchmarks (P5, P6, P11, P12, the big object, crossings) in one run.
+    Edge(edge::Args),
 }
 
 #[tokio::main]
@@ -54,6 +61,7 @@ async fn main() -> ExitCode {
         Command::Naive(args) => naive::run(args).await,
         Command::SyncLoad(args) => sync_load::run(args).await,
         Command::Hello(args) => hello::run(args).await,
+        Command::Edge(args) => edge::run(args).await,
     };
     match outcome {
         Ok(Verdict::Pass) => ExitCode::SUCCESS,
