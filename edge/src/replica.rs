@@ -454,7 +454,9 @@ impl Replica {
             Ok(response) => response,
             Err(e) => {
                 self.with(|i| {
-                    let wait = i.scheduler.failed(i.config.max_backoff_ms, random_u64());
+                    let wait =
+                        i.scheduler
+                            .failed(self::now(), i.config.max_backoff_ms, random_u64());
                     console_warn!(
                         "{job:?} failed ({e}); attempt {}, retrying in {wait} ms",
                         i.scheduler.failures()
@@ -516,7 +518,9 @@ impl Replica {
                 }
             }),
             Err(e) => self.with(|i| {
-                let wait = i.scheduler.failed(i.config.max_backoff_ms, random_u64());
+                let wait = i
+                    .scheduler
+                    .failed(self::now(), i.config.max_backoff_ms, random_u64());
                 console_warn!("refresh failed ({e}); retrying in {wait} ms");
                 i.refresh.extend(keys);
                 let _ = i.want(Job::Refresh, now.plus_ms(wait));

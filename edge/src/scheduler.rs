@@ -47,6 +47,8 @@ pub struct Scheduler {
     armed: Option<Timestamp>,
     /// Failed merger calls in a row, for the backoff.
     failures: u32,
+    /// After a failed merger call: no merger job runs before this time, whoever asks.
+    retry_at: Option<Timestamp>,
 }
 
 impl Scheduler {
@@ -63,6 +65,11 @@ impl Scheduler {
     /// already fires in time.
     #[must_use]
     pub fn want(&mut self, job: Job, at: Timestamp, now: Timestamp) -> Option<Timestamp> {
+        // A backoff holds every merger job, however often reads and hits ask for one.
+        let at = match self.retry_at {
+            Some(retry) if retry > now => at.max(retry),
+            _ => at,
+        };
         let slot = &mut self.due[job.index()];
         *slot = Some(slot.map_or(at, |d| d.min(at)));
         self.rearm(now)
@@ -115,12 +122,16 @@ impl Scheduler {
     /// A merger call succeeded.
     pub fn succeeded(&mut self) {
         self.failures = 0;
+        self.retry_at = None;
     }
 
-    /// A merger call failed: the wait before the next attempt (see [`backoff_ms`]).
-    pub fn failed(&mut self, cap_ms: u64, random: u64) -> u64 {
+    /// A merger call failed at `now`: the wait before the next attempt (see [`backoff_ms`]);
+    /// until then no job is due, whoever asks for one.
+    pub fn failed(&mut self, now: Timestamp, cap_ms: u64, random: u64) -> u64 {
         self.failures = self.failures.saturating_add(1);
-        backoff_ms(self.failures, cap_ms, random)
+        let wait = backoff_ms(self.failures, cap_ms, random);
+        self.retry_at = Some(now.plus_ms(wait));
+        wait
     }
 
     /// Failed merger calls in a row.
@@ -229,9 +240,27 @@ mod tests {
             }
         }
         let mut s = Scheduler::new(None);
-        assert_eq!(s.failed(60_000, 0), 500);
-        assert_eq!(s.failed(60_000, 0), 1000);
+        assert_eq!(s.failed(at(0), 60_000, 0), 500);
+        assert_eq!(s.failed(at(0), 60_000, 0), 1000);
         s.succeeded();
         assert_eq!(s.failures(), 0);
+    }
+
+    /// Found by the edge benchmark: every stale read pulled the refresh back to +10 ms, so a
+    /// hung merger was called back to back and the backoff never applied.
+    #[test]
+    fn after_a_failure_no_one_pulls_a_job_before_the_backoff() {
+        let mut s = Scheduler::new(None);
+        let wait = s.failed(at(0), 60_000, 0);
+        assert_eq!(wait, 500);
+        let _ = s.want(Job::Refresh, at(10), at(0));
+        assert!(
+            s.take_due(at(100)).is_empty(),
+            "a read asked before the backoff ended"
+        );
+        assert_eq!(s.take_due(at(500)), [Job::Refresh]);
+        s.succeeded();
+        let _ = s.want(Job::Refresh, at(510), at(500));
+        assert_eq!(s.take_due(at(510)), [Job::Refresh]);
     }
 }
