@@ -266,28 +266,25 @@ thread_local! {
 
 /// A fresh view of `key` from this isolate's cache.
 fn cached(config: &Config, region: &str, key: &CounterKey) -> Option<View> {
-    CACHE.with(|c| {
-        c.borrow_mut()
-            .get_or_insert_with(|| {
-                IsolateCache::new(config.edge_cache_counters, config.edge_cache_ms)
-            })
-            .get(region, key, now())
-    })
+    with_cache(config, |cache| cache.get(region, key, now()))
 }
 
 /// Keeps an object's answer in this isolate's cache.
 fn remember(config: &Config, region: &str, key: &CounterKey, view: View) {
-    CACHE.with(|c| {
-        c.borrow_mut()
-            .get_or_insert_with(|| {
-                IsolateCache::new(config.edge_cache_counters, config.edge_cache_ms)
-            })
-            .put(region, key, view, now());
-    });
+    with_cache(config, |cache| cache.put(region, key, view, now()));
 }
 
-fn now() -> Timestamp {
-    // One call (`Date.now()`), not a Date object and its `getTime`.
+/// Runs `f` on this isolate's cache, made with the configuration on first use.
+fn with_cache<T>(config: &Config, f: impl FnOnce(&mut IsolateCache) -> T) -> T {
+    CACHE.with(|c| {
+        f(c.borrow_mut().get_or_insert_with(|| {
+            IsolateCache::new(config.edge_cache_counters, config.edge_cache_ms)
+        }))
+    })
+}
+
+/// Now, from the runtime's clock: one `Date.now()` call, not a Date object and its `getTime`.
+pub fn now() -> Timestamp {
     #[allow(
         clippy::cast_possible_truncation,
         reason = "Date.now() is an integral count of ms below 2^53"

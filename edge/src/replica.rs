@@ -40,7 +40,7 @@ use crate::counter::{Entry, Outcome, outcomes};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
-use crate::{NEW_IDS_BINDING, config_from_env, json_response, random_u64};
+use crate::{NEW_IDS_BINDING, config_from_env, json_response, now, random_u64};
 
 /// How soon after a read asks for it a refresh runs: reads arriving meanwhile join the batch.
 const REFRESH_DELAY_MS: u64 = 10;
@@ -325,7 +325,7 @@ impl Replica {
         if !missing.is_empty() {
             self.fetch_now(missing).await;
         }
-        let now = Timestamp::from_unix_ms(now_ms()).max(now);
+        let now = crate::now().max(now);
         self.with(|i| {
             read.keys
                 .into_iter()
@@ -598,21 +598,6 @@ fn new_replica_id() -> ReplicaId {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("crypto.getRandomValues is available in Workers");
     ReplicaId::from_bytes(bytes)
-}
-
-fn now_ms() -> i64 {
-    // One call (`Date.now()`), not a Date object and its `getTime`.
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "Date.now() is an integral count of ms below 2^53"
-    )]
-    {
-        worker::js_sys::Date::now() as i64
-    }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_unix_ms(now_ms())
 }
 
 fn internal(why: String) -> ApiError {
