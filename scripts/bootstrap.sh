@@ -8,6 +8,9 @@
 #   npm       package.json pins, installed with `npm ci` from package-lock.json: wrangler
 #             (workerd, offline), esbuild and binaryen's wasm-opt (worker-build uses these
 #             instead of downloading its own, which fails without internet)
+#   apt       postgresql (Debian's package: initdb, pg_ctl, psql), for the merger's Postgres
+#             store; the tests start throwaway clusters of their own (tests/src/postgres.rs),
+#             never the system one. Needs root; TALLY_NO_POSTGRES=1 skips it (and those tests)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -53,6 +56,25 @@ wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version =
 [ -n "$wasm_bindgen_version" ] || die "no wasm-bindgen in Cargo.lock"
 install_tool wasm-bindgen-cli "$wasm_bindgen_version" wasm-bindgen
 install_tool worker-build "$WORKER_BUILD_VERSION" worker-build
+
+# --- Postgres: Debian keeps the server binaries in /usr/lib/postgresql/<version>/bin, off
+# PATH. The package may create and start a system cluster on port 5432; nothing of tally's
+# uses it (the tests run their own on free loopback ports).
+have_postgres() {
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null
+}
+if ! have_postgres; then
+  if [ "${TALLY_NO_POSTGRES:-}" = 1 ]; then
+    log "Postgres is missing; skipping it (TALLY_NO_POSTGRES=1: the Postgres tests skip too)"
+  elif [ "$(id -u)" -eq 0 ]; then
+    log "installing postgresql (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+    have_postgres || die "postgresql is installed, yet no initdb under /usr/lib/postgresql/*/bin"
+  else
+    die "Postgres is missing (no initdb under /usr/lib/postgresql/*/bin or on PATH) and installing it needs root: run this script as root, or install it yourself (sudo apt-get install postgresql), or set TALLY_NO_POSTGRES=1 to skip the Postgres tests"
+  fi
+fi
 
 # --- npm: reinstall only when package-lock.json changed since the last install.
 stamp=node_modules/.tally-lock.sha256

@@ -5,8 +5,15 @@
 //! a slot, writes those rows in **one** transaction, and only after the commit applies them
 //! to the in-memory state and answers every caller. A failed commit answers every caller of
 //! the batch with an error and leaves memory untouched, so nothing unacknowledged is shown and
-//! nothing acknowledged is missing. The same task writes the periodic snapshots, so SQLite
-//! never sees two writers.
+//! nothing acknowledged is missing.
+//!
+//! Memory is a bounded cache ([`Db`]): before merging, the task pins the batch's counters and
+//! loads those not held from the store (one query), so every answer is computed from complete
+//! counters. History points are written by their own task ([`crate::history`]), never here.
+//!
+//! The queue is bounded: when it is full a sync is refused at once with 503 and
+//! `Retry-After` ([`CommitError::Overloaded`]) instead of waiting, so memory stays bounded
+//! however many edges sync, and the edge backs off.
 //!
 //! A version-2 sync may carry counters that break a per-counter rule
 //! ([`SyncRequest::counter_error`]): those are left out of the rows and answered as
@@ -17,23 +24,21 @@
 //! lock and write nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tally_crdt::{
-    CounterKey, CounterKind, ErrorBody, Rejection, ReplicaId, SlotTotals, SyncAnswer, SyncRequest,
-    SyncResponse, Timestamp,
+    CounterKey, ErrorBody, Rejection, ReplicaId, SlotTotals, SyncAnswer, SyncRequest, SyncResponse,
+    Timestamp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::metrics::{Code, Kind, Metrics, Purpose};
-use crate::state::Merged;
+use crate::metrics::{Code, Metrics, Purpose};
+use crate::state::Db;
 use crate::store::{ReplicaRow, SlotRow, Store};
 
-/// Syncs waiting at most, before senders wait for room.
-const QUEUE: usize = 4096;
 /// A batch stops taking syncs once it holds this many slot totals.
 const MAX_BATCH_SLOTS: usize = 50_000;
 
@@ -46,6 +51,9 @@ pub enum CommitError {
     /// The database refused the commit (logged with its cause).
     #[error("the database could not commit the sync")]
     Database,
+    /// The commit queue is full: the merger takes syncs more slowly than they arrive.
+    #[error("the merger is overloaded")]
+    Overloaded,
 }
 
 struct Job {
@@ -70,6 +78,7 @@ impl Job {
 #[derive(Debug, Clone)]
 pub struct Committer {
     jobs: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Job {
@@ -90,52 +99,56 @@ impl Committer {
             .map(SyncRequest::counter_error)
             .collect();
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                request,
-                refusals,
-                reply,
-            })
-            .await
-            .map_err(|_| CommitError::ShuttingDown)?;
+        let job = Job {
+            request,
+            refusals,
+            reply,
+        };
+        // Never wait for room: a full queue is an answer (503, retry later), not a backlog.
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
+        })?;
+        self.metrics.queue_depth.set(self.depth());
         answer.await.unwrap_or(Err(CommitError::ShuttingDown))
     }
 }
 
-/// Starts the commit task. It runs until `stop` turns true, then commits every sync already
-/// queued, writes a last snapshot, and ends.
+impl Committer {
+    /// Syncs waiting in the queue now.
+    fn depth(&self) -> i64 {
+        let waiting = self.jobs.max_capacity() - self.jobs.capacity();
+        i64::try_from(waiting).unwrap_or(i64::MAX)
+    }
+}
+
+/// Starts the commit task with a queue of at most `queue` syncs. It runs until `stop` turns
+/// true, then commits every sync already queued and ends.
 pub fn spawn(
-    store: Store,
-    merged: Arc<RwLock<Merged>>,
+    store: Arc<dyn Store>,
+    db: Arc<Db>,
     metrics: Arc<Metrics>,
-    snapshot_interval: Duration,
+    queue: usize,
     stop: watch::Receiver<bool>,
 ) -> (Committer, JoinHandle<()>) {
-    let (jobs, queue) = mpsc::channel(QUEUE);
+    let (jobs, queue) = mpsc::channel(queue.max(1));
     let task = CommitTask {
         store,
-        merged,
-        metrics,
+        db,
+        metrics: Arc::clone(&metrics),
     };
-    let handle = tokio::spawn(task.run(queue, snapshot_interval, stop));
-    (Committer { jobs }, handle)
+    let handle = tokio::spawn(task.run(queue, stop));
+    (Committer { jobs, metrics }, handle)
 }
 
 struct CommitTask {
-    store: Store,
-    merged: Arc<RwLock<Merged>>,
+    store: Arc<dyn Store>,
+    db: Arc<Db>,
     metrics: Arc<Metrics>,
 }
 
 impl CommitTask {
-    async fn run(
-        self,
-        mut queue: mpsc::Receiver<Job>,
-        every: Duration,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn run(self, mut queue: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 biased;
@@ -143,7 +156,6 @@ impl CommitTask {
                     Some(job) => self.commit_batch(job, &mut queue).await,
                     None => break,
                 },
-                _ = tick.tick() => self.snapshot().await,
                 // Sent once, at shutdown (an error means the sender is gone: stop as well).
                 _ = stop.changed() => {
                     // Take no new syncs, but commit every one already queued.
@@ -155,7 +167,6 @@ impl CommitTask {
                 }
             }
         }
-        self.snapshot().await;
         info!("commit task stopped");
     }
 
@@ -167,22 +178,27 @@ impl CommitTask {
             slots_in_batch += job.request.counters.len();
             batch.push(job);
         }
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
 
-        let at = now();
-        let (replicas, slots) = self.rows_to_write(&batch, at);
         let started = Instant::now();
-        let committed = self.store.commit(&replicas, &slots, &[]).await;
+        let written = self.write(&batch).await;
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = committed {
-            error!(error = %e, syncs = batch.len(), "commit failed; the syncs are refused and will be retried by the edge");
-            self.metrics.commit_failures.inc();
-            for job in batch {
-                let _ = job.reply.send(Err(CommitError::Database));
+        let (slots, committed) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                error!(error = %e, syncs = batch.len(), "commit failed; the syncs are refused and will be retried by the edge");
+                self.metrics.commit_failures.inc();
+                self.db.unpin();
+                for job in batch {
+                    let _ = job.reply.send(Err(CommitError::Database));
+                }
+                return;
             }
-            return;
-        }
+        };
         self.metrics.committed(Purpose::SYNC);
         self.metrics.batch_syncs.observe(count_f64(batch.len()));
         self.metrics.batch_slots.observe(count_f64(slots.len()));
@@ -203,31 +219,49 @@ impl CommitTask {
         }
 
         // Durable: now memory may show it, and the callers may hear it.
-        let mut merged = self
-            .merged
-            .write()
-            .expect("no thread panics while holding the state lock");
-        for r in &replicas {
-            merged.touch_replica(r.replica, &r.region, r.at);
+        let regions: HashMap<ReplicaId, Arc<str>> = committed
+            .regions
+            .into_iter()
+            .map(|(replica, region)| (replica, Arc::from(region)))
+            .collect();
+        for job in &batch {
+            let r = &job.request;
+            if let Some(region) = regions
+                .get(&r.replica)
+                .filter(|region| ***region != *r.region)
+            {
+                warn!(replica = %r.replica, registered = %region, claimed = %r.region, "replica synced from another region; it keeps its first one");
+            }
         }
-        for s in &slots {
-            merged.apply_slot(s);
-        }
-        for job in batch {
-            let replica = Some(job.request.replica);
-            let counters = job
-                .request
-                .counters
+        let region_of = |replica| {
+            regions
+                .get(&replica)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""))
+        };
+        let answers: Vec<_> = self.db.apply_commit(&slots, region_of, |held| {
+            batch
                 .iter()
-                .zip(&job.refusals)
-                .map(|(c, refusal)| match refusal {
-                    Some(e) => SyncAnswer::Rejected(Rejection {
-                        key: c.key.clone(),
-                        error: ErrorBody::from(e),
-                    }),
-                    None => SyncAnswer::Merged(merged.merged_counter(&c.key, replica)),
+                .map(|job| {
+                    let replica = Some(job.request.replica);
+                    job.request
+                        .counters
+                        .iter()
+                        .zip(&job.refusals)
+                        .map(|(c, refusal)| match refusal {
+                            Some(e) => SyncAnswer::Rejected(Rejection {
+                                key: c.key.clone(),
+                                error: ErrorBody::from(e),
+                            }),
+                            None => {
+                                SyncAnswer::Merged(held.counter(&c.key).merged(&c.key, replica))
+                            }
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect();
+                .collect()
+        });
+        for (job, counters) in batch.into_iter().zip(answers) {
             // The request's version: an edge one version behind reads a shape it knows (a
             // version-1 sync has no rejections, and old decoders ignore `updated_at`).
             let _ = job.reply.send(Ok(SyncResponse {
@@ -235,81 +269,80 @@ impl CommitTask {
                 counters,
             }));
         }
-        self.metrics
-            .counters
-            .get_or_create(&Kind { kind: "g" })
-            .set(gauge(merged.len(CounterKind::G)));
-        self.metrics
-            .counters
-            .get_or_create(&Kind { kind: "pn" })
-            .set(gauge(merged.len(CounterKind::Pn)));
-        self.metrics.replicas.set(gauge(merged.replica_count()));
+        self.metrics.cached_counters.set(gauge(self.db.len()));
+        if committed.new_replicas {
+            match self.store.replica_count().await {
+                Ok(n) => {
+                    self.metrics
+                        .replicas
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Err(e) => warn!(error = %e, "cannot count replicas"),
+            }
+        }
+    }
+
+    /// Pins the batch's counters, loads those not held, and commits the rows that raise a
+    /// slot. Returns those rows and what the store answered.
+    async fn write(
+        &self,
+        batch: &[Job],
+    ) -> Result<(Vec<SlotRow>, crate::store::Committed), crate::store::StoreError> {
+        let mut keys: Vec<CounterKey> = batch
+            .iter()
+            .flat_map(|job| job.accepted().map(|c| c.key.clone()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let missing = self.db.pin(&keys);
+        if !missing.is_empty() {
+            let loaded = self.store.load(&missing).await?;
+            self.db.insert_pinned(&missing, loaded);
+        }
+        let at = now();
+        let (replicas, slots) = self.rows_to_write(batch, at);
+        let committed = self.store.commit(&replicas, &slots).await?;
+        Ok((slots, committed))
     }
 
     /// The rows a batch must write: every replica that synced, and each accepted slot total
     /// that raises what is held (the max over the batch, for a slot sent more than once).
+    /// Every counter of the batch is held and complete (pinned), and what is held is never
+    /// above what the store has, so a total the cache already dominates is safe to skip.
     fn rows_to_write(&self, batch: &[Job], at: Timestamp) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
-        let merged = self
-            .merged
-            .read()
-            .expect("no thread panics while holding the state lock");
         let mut replicas: HashMap<ReplicaId, ReplicaRow> = HashMap::new();
         let mut best: HashMap<(&CounterKey, ReplicaId), SlotTotals> = HashMap::new();
         for job in batch {
             let r = &job.request;
-            replicas.entry(r.replica).or_insert_with(|| {
-                let region = merged.region_of(r.replica, &r.region);
-                if region != r.region {
-                    warn!(replica = %r.replica, registered = region, claimed = %r.region, "replica synced from another region; it keeps its first one");
-                }
-                ReplicaRow { replica: r.replica, region: region.to_owned(), at }
+            replicas.entry(r.replica).or_insert_with(|| ReplicaRow {
+                replica: r.replica,
+                region: r.region.to_string(),
+                at,
             });
             for c in job.accepted() {
                 let slot = best.entry((&c.key, r.replica)).or_default();
                 *slot = slot.join(c.totals);
             }
         }
-        let mut slots: Vec<SlotRow> = best
-            .into_iter()
-            .filter_map(|((key, replica), totals)| {
-                let held = merged.slot(key, replica);
-                (!held.dominates(totals)).then(|| SlotRow {
-                    key: key.clone(),
-                    replica,
-                    totals,
-                    at,
+        let mut slots: Vec<SlotRow> = self.db.with_held(|held| {
+            best.into_iter()
+                .filter_map(|((key, replica), totals)| {
+                    let have = held.counter(key).slot(replica);
+                    (!have.dominates(totals)).then(|| SlotRow {
+                        key: key.clone(),
+                        replica,
+                        totals,
+                        at,
+                    })
                 })
-            })
-            .collect();
-        // In primary-key order, so SQLite walks its B-tree forward instead of jumping around
-        // it: keys order by kind (`g` before `pn`, as the text does) then id, and a replica
-        // id's hex text sorts like its number.
+                .collect()
+        });
+        // In key order: SQLite walks its B-tree forward instead of jumping around it, and
+        // Postgres mergers lock rows in one order (no deadlocks between them).
         slots.sort_unstable_by(|a, b| (&a.key, a.replica).cmp(&(&b.key, b.replica)));
-        (replicas.into_values().collect(), slots)
-    }
-
-    async fn snapshot(&self) {
-        let rows = self
-            .merged
-            .read()
-            .expect("no thread panics while holding the state lock")
-            .pending_snapshots(now());
-        if rows.is_empty() {
-            return;
-        }
-        match self.store.commit(&[], &[], &rows).await {
-            Ok(()) => {
-                self.metrics.committed(Purpose::SNAPSHOT);
-                self.metrics
-                    .snapshots_written
-                    .inc_by(u64::try_from(rows.len()).unwrap_or(u64::MAX));
-                self.merged
-                    .write()
-                    .expect("no thread panics while holding the state lock")
-                    .snapshots_written(&rows);
-            }
-            Err(e) => warn!(error = %e, "snapshot failed; it is retried at the next interval"),
-        }
+        let mut replicas: Vec<ReplicaRow> = replicas.into_values().collect();
+        replicas.sort_unstable_by_key(|r| r.replica);
+        (replicas, slots)
     }
 }
 

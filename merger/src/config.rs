@@ -15,7 +15,8 @@ pub struct Config {
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8790")]
     pub listen: SocketAddr,
 
-    /// Database URL. A `sqlite://` file is created (with its directory) on first start.
+    /// Database URL: `sqlite://PATH` (one merger; the file and its directory are created on
+    /// first start) or `postgres://USER@HOST:PORT/DB` (several mergers may share it).
     #[arg(
         long,
         env = "TALLY_DATABASE_URL",
@@ -29,6 +30,17 @@ pub struct Config {
     #[arg(long, env = "TALLY_SYNC_TOKEN", hide_env_values = true)]
     pub sync_token: Option<String>,
 
+    /// Bearer token that guards what enumerates counters: the lists, the history, `/metrics`
+    /// and the dashboard's data (at least 16 characters). Without it they are open to anyone
+    /// who can reach the merger.
+    #[arg(long, env = "TALLY_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+
+    /// With `--read-token`: single-counter reads (`GET /v1/{counters,gauges}/{id}`) need it
+    /// too. By default they stay public, like the edge's reads.
+    #[arg(long, env = "TALLY_PRIVATE_READS", requires = "read_token")]
+    pub private_reads: bool,
+
     /// Development mode: without a sync token, generate a random one and print it.
     #[arg(long, env = "TALLY_DEV")]
     pub dev: bool,
@@ -37,8 +49,20 @@ pub struct Config {
     #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Duration,
 
-    /// SQLite durability: `full` (an acknowledged sync survives power loss) or `normal`
-    /// (survives a crash of the process, may lose the last commits on power loss; faster).
+    /// Counters the merger keeps in memory at most (a cache over the store: a counter not
+    /// held is loaded on its first read or sync). About 300 bytes plus 40 per replica slot each.
+    #[arg(long, env = "TALLY_CACHE_COUNTERS", default_value_t = 100_000)]
+    pub cache_counters: usize,
+
+    /// Syncs that may wait for the commit task; when the queue is full a sync is refused with
+    /// 503 and `Retry-After` (the edge backs off and retries).
+    #[arg(long, env = "TALLY_COMMIT_QUEUE", default_value_t = 4096)]
+    pub commit_queue: usize,
+
+    /// Durability of a commit. SQLite: `full` is `synchronous=FULL`, `normal` is
+    /// `synchronous=NORMAL`. Postgres: `full` is `synchronous_commit=on`, `normal` is `off`.
+    /// `full`: an acknowledged sync survives power loss; `normal`: it survives a crash of the
+    /// process and may be lost on power loss (faster).
     #[arg(long, env = "TALLY_DURABILITY", value_enum, default_value_t = Durability::Full)]
     pub durability: Durability,
 
@@ -63,13 +87,14 @@ pub struct Config {
     pub log: String,
 }
 
-/// SQLite's `synchronous` setting for the merger's commits (always in WAL mode).
+/// How durable a commit is before the sync is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Durability {
-    /// `synchronous=FULL`: every commit is fsynced before the sync is acknowledged.
+    /// Every commit is flushed to disk before the sync is acknowledged (SQLite
+    /// `synchronous=FULL`, Postgres `synchronous_commit=on`).
     Full,
-    /// `synchronous=NORMAL`: commits survive a process crash; the last ones may be lost on
-    /// power loss or an OS crash.
+    /// Commits survive a process crash; the last ones may be lost on power loss or an OS
+    /// crash (SQLite `synchronous=NORMAL`, Postgres `synchronous_commit=off`).
     Normal,
 }
 

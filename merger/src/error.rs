@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::commit::CommitError;
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 
 /// Every error the API answers.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +20,10 @@ pub enum AppError {
     /// `POST /v1/sync` or `POST /v1/read` without `Authorization: Bearer ...`.
     #[error("missing bearer token: send Authorization: Bearer <sync token>")]
     MissingToken,
-    /// A bearer token that is not the sync token.
+    /// A guarded read (list, history, metrics) without `Authorization: Bearer ...`.
+    #[error("missing bearer token: send Authorization: Bearer <read token>")]
+    MissingReadToken,
+    /// A bearer token that is not the one the route needs.
     #[error("invalid bearer token")]
     InvalidToken,
     /// A body that is not declared as JSON.
@@ -69,7 +73,9 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         use tally_crdt::Error as E;
         match self {
-            AppError::MissingToken | AppError::InvalidToken => StatusCode::UNAUTHORIZED,
+            AppError::MissingToken | AppError::MissingReadToken | AppError::InvalidToken => {
+                StatusCode::UNAUTHORIZED
+            }
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::InvalidBody(E::Malformed(_)) => StatusCode::BAD_REQUEST,
             AppError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -88,7 +94,7 @@ impl AppError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            AppError::MissingToken => "missing_token",
+            AppError::MissingToken | AppError::MissingReadToken => "missing_token",
             AppError::InvalidToken => "invalid_token",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::InvalidBody(e) | AppError::InvalidId(e) => e.code(),
@@ -100,6 +106,7 @@ impl AppError {
             AppError::UnreadableBody => "unreadable_body",
             AppError::Timeout => "request_timeout",
             AppError::Commit(CommitError::ShuttingDown) => "shutting_down",
+            AppError::Commit(CommitError::Overloaded) => "overloaded",
             AppError::Commit(CommitError::Database) | AppError::DatabaseUnavailable => {
                 "database_unavailable"
             }
@@ -112,10 +119,19 @@ impl IntoResponse for AppError {
         let code = self.code();
         let body = json!({"error": {"code": code, "message": self.to_string()}});
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, AppError::MissingToken | AppError::InvalidToken) {
+        if matches!(
+            self,
+            AppError::MissingToken | AppError::MissingReadToken | AppError::InvalidToken
+        ) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // The edge honours it; one second is about a commit queue's worth of work.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response.extensions_mut().insert(ErrorCode(code));
         response
@@ -125,6 +141,14 @@ impl IntoResponse for AppError {
 impl From<CommitError> for AppError {
     fn from(e: CommitError) -> Self {
         AppError::Commit(e)
+    }
+}
+
+impl From<StoreError> for AppError {
+    /// The cause is logged here, once; the client hears only that the database is away.
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store query failed");
+        AppError::DatabaseUnavailable
     }
 }
 

@@ -1,19 +1,24 @@
-//! The tally merger: merges edge syncs durably into SQLite and serves the global count.
+//! The tally merger: merges edge syncs durably into SQLite or Postgres and serves the global
+//! count.
 //!
 //! Edge replicas `POST /v1/sync` their slot totals; the merger merges them with max per slot
 //! (so retries and duplicates change nothing), commits, and only then answers. Reads, the
-//! edge's batch `POST /v1/read` and the public `GET`s, are served from the merged state in
-//! memory and write nothing.
+//! edge's batch `POST /v1/read` and the public `GET`s, are served from a bounded cache of
+//! merged counters in memory, filled from the store on a miss, and write nothing. Several
+//! mergers may share one Postgres database: each hears the others' commits ([`peers`]).
 //!
 //! Layout:
 //! - [`config`]: every setting, from flags or the environment (`clap`).
 //! - [`http`]: the API, one module per resource, assembled by [`http::router`]; errors and
 //!   their JSON shape in [`error`].
 //! - [`commit`]: group commit: one task writes every batch of concurrent syncs in one
-//!   transaction, then updates memory and answers; it also writes the snapshots.
-//! - [`state`]: the merged counters in memory, keyed by [`tally_crdt::CounterKey`], with
-//!   times as [`tally_crdt::Timestamp`].
-//! - [`store`]: every SQL statement (SQLite, WAL), schema in `migrations/`.
+//!   transaction, then updates memory and answers.
+//! - [`history`]: the history points, written by their own task, off the commit path.
+//! - [`peers`]: what other mergers on the same database commit, merged into the cache.
+//! - [`state`]: [`state::Db`], the bounded cache of merged counters, keyed by
+//!   [`tally_crdt::CounterKey`], with times as [`tally_crdt::Timestamp`].
+//! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
+//!   `migrations/sqlite` and `migrations/postgres`.
 //! - [`metrics`]: the Prometheus registry.
 //!
 //! The binary (`main.rs`) only parses the configuration, binds, and calls [`Merger::serve`];
@@ -22,13 +27,15 @@
 pub mod commit;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod peers;
 pub mod state;
 pub mod store;
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -43,7 +50,7 @@ pub use config::{Config, Durability};
 
 use crate::commit::Committer;
 use crate::metrics::Metrics;
-use crate::state::Merged;
+use crate::state::Db;
 use crate::store::{Store, StoreError};
 
 /// Shortest sync token accepted.
@@ -58,6 +65,9 @@ pub enum StartError {
     /// The sync token is too short to be a secret.
     #[error("the sync token must be at least {MIN_TOKEN_LEN} characters")]
     ShortToken,
+    /// The read token is too short to be a secret.
+    #[error("the read token must be at least {MIN_TOKEN_LEN} characters")]
+    ShortReadToken,
     /// The store could not be opened or loaded.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -70,11 +80,13 @@ pub struct AppState(Arc<Shared>);
 /// The shared parts behind [`AppState`].
 #[derive(Debug)]
 pub struct Shared {
-    merged: Arc<RwLock<Merged>>,
+    db: Arc<Db>,
     committer: Committer,
-    store: Store,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     token: Arc<str>,
+    /// Guards lists, history, metrics (and single reads with `--private-reads`).
+    read_token: Option<Arc<str>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -84,53 +96,107 @@ impl std::ops::Deref for AppState {
     }
 }
 
+impl Shared {
+    /// Runs `f` over the counters `keys` name, loading from the store those the cache does
+    /// not hold (one query). `f` may run twice if a concurrent fill evicted one of `keys` in
+    /// between; the second attempt loads them all and cannot miss.
+    pub async fn read_through<R>(
+        &self,
+        keys: &[tally_crdt::CounterKey],
+        f: impl Fn(state::Held<'_>) -> R,
+    ) -> Result<R, StoreError> {
+        let missing = match self.db.read(keys, &f) {
+            Ok(answer) => return Ok(answer),
+            Err(missing) => missing,
+        };
+        let loaded = self.store.load(&missing).await?;
+        if let Ok(answer) = self.db.fill(keys, &missing, loaded, &f) {
+            return Ok(answer);
+        }
+        let loaded = self.store.load(keys).await?;
+        Ok(self
+            .db
+            .fill(keys, keys, loaded, &f)
+            .expect("a fill of every key asked holds every key asked"))
+    }
+}
+
 /// A running merger: its state, store and commit task.
 #[derive(Debug)]
 pub struct Merger {
     state: AppState,
     config: Config,
     stop: watch::Sender<bool>,
+    /// Stops the history task, after the commit task has drained the queue.
+    stop_history: watch::Sender<bool>,
     commit_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Merger {
-    /// Opens the store, loads the merged state from it, and starts the commit task.
+    /// Opens (and migrates) the store and starts the commit, history and peer tasks. Nothing
+    /// is loaded: the cache fills on demand.
     pub async fn open(config: Config) -> Result<Merger, StartError> {
         let token: Arc<str> = match config.sync_token.as_deref() {
             None | Some("") => return Err(StartError::NoToken),
             Some(t) if t.len() < MIN_TOKEN_LEN => return Err(StartError::ShortToken),
             Some(t) => t.into(),
         };
-        let store = Store::open(&config.database_url, config.durability).await?;
-        let merged = Merged::from_loaded(store.load().await?);
-        info!(
-            counters = merged.len(tally_crdt::CounterKind::G),
-            gauges = merged.len(tally_crdt::CounterKind::Pn),
-            replicas = merged.replica_count(),
-            "state loaded"
-        );
-        let merged = Arc::new(RwLock::new(merged));
+        let read_token: Option<Arc<str>> = match config.read_token.as_deref() {
+            None | Some("") => None,
+            Some(t) if t.len() < MIN_TOKEN_LEN => return Err(StartError::ShortReadToken),
+            Some(t) => Some(t.into()),
+        };
+        let store = store::open(&config.database_url, config.durability).await?;
         let metrics = Arc::new(Metrics::default());
+        metrics
+            .replicas
+            .set(i64::try_from(store.replica_count().await?).unwrap_or(i64::MAX));
+        let db = Arc::new(Db::new(config.cache_counters, metrics.cache.clone()));
+        info!(
+            backend = store.backend(),
+            cache_counters = config.cache_counters,
+            "store open"
+        );
         let (stop, stopped) = watch::channel(false);
         let (committer, commit_task) = commit::spawn(
-            store.clone(),
-            Arc::clone(&merged),
+            Arc::clone(&store),
+            Arc::clone(&db),
+            Arc::clone(&metrics),
+            config.commit_queue,
+            stopped.clone(),
+        );
+        let (stop_history, history_stopped) = watch::channel(false);
+        let mut tasks = vec![history::spawn(
+            Arc::clone(&store),
+            Arc::clone(&db),
             Arc::clone(&metrics),
             config.snapshot_interval,
-            stopped,
-        );
+            history_stopped,
+        )];
+        if let Some(changes) = store.watch(stopped) {
+            tasks.push(peers::spawn(
+                Arc::clone(&store),
+                Arc::clone(&db),
+                Arc::clone(&metrics),
+                changes,
+            ));
+        }
         let state = AppState(Arc::new(Shared {
-            merged,
+            db,
             committer,
             store,
             metrics,
             token,
+            read_token,
         }));
         Ok(Merger {
             state,
             config,
             stop,
+            stop_history,
             commit_task,
+            tasks,
         })
     }
 
@@ -141,6 +207,7 @@ impl Merger {
             http::Limits {
                 max_body_bytes: self.config.max_body_bytes,
                 request_timeout: self.config.request_timeout,
+                private_reads: self.config.private_reads,
             },
         )
     }
@@ -188,12 +255,19 @@ impl Merger {
         self.close().await;
     }
 
-    /// Stops the commit task after it has committed every queued sync and written a last
-    /// snapshot, then closes the store.
+    /// Stops the commit task after it has committed every queued sync, the history task
+    /// after a last pass, and the peer task; then closes the store.
     pub async fn close(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.commit_task.await {
             warn!(error = %e, "commit task ended abnormally");
+        }
+        // The last history pass sees the last commits.
+        let _ = self.stop_history.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                warn!(error = %e, "a merger task ended abnormally");
+            }
         }
         self.state.store.close().await;
         info!("merger stopped");

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::state::CacheStats;
+
 /// Label of a sync's or request's outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -86,10 +88,18 @@ pub struct Metrics {
     pub commit_failures: Counter,
     /// Snapshot rows written.
     pub snapshots_written: Counter,
-    /// Counters held, by kind.
+    /// Counters stored, by kind (counted at scrape time).
     pub counters: Family<Kind, Gauge>,
     /// Replica incarnations known.
     pub replicas: Gauge,
+    /// Syncs waiting in the commit queue.
+    pub queue_depth: Gauge,
+    /// Counters held in the cache.
+    pub cached_counters: Gauge,
+    /// What the cache did.
+    pub cache: CacheStats,
+    /// Counters reloaded because another merger changed them.
+    pub peer_refreshes: Counter,
 }
 
 impl Default for Metrics {
@@ -111,6 +121,10 @@ impl Default for Metrics {
             snapshots_written: Counter::default(),
             counters: Family::default(),
             replicas: Gauge::default(),
+            queue_depth: Gauge::default(),
+            cached_counters: Gauge::default(),
+            cache: CacheStats::default(),
+            peer_refreshes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("syncs", "Sync requests by outcome", m.syncs.clone());
@@ -172,8 +186,38 @@ impl Default for Metrics {
             "Snapshot rows written",
             m.snapshots_written.clone(),
         );
-        registry.register("counters", "Counters held, by kind", m.counters.clone());
+        registry.register("counters", "Counters stored, by kind", m.counters.clone());
         registry.register("replicas", "Replica incarnations known", m.replicas.clone());
+        registry.register(
+            "commit_queue_depth",
+            "Syncs waiting in the commit queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "cache_counters",
+            "Counters held in the merger's cache",
+            m.cached_counters.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Reads that found every counter they asked for in the cache",
+            m.cache.hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Counters loaded from the store into the cache",
+            m.cache.misses.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Counters evicted from the cache",
+            m.cache.evictions.clone(),
+        );
+        registry.register(
+            "peer_refreshes",
+            "Counters reloaded because another merger changed them",
+            m.peer_refreshes.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

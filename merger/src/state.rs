@@ -1,30 +1,32 @@
-//! [`Merged`]: the merged counters held in memory, the source of every read.
+//! [`Db`]: the merged counters in memory, a bounded cache over the store and the source of
+//! every read.
 //!
-//! Only the commit task changes it, and only with what the store has already committed, so
-//! a read never shows a value that a crash could take back. Readers take a short read lock
-//! (a std `RwLock`: nothing is awaited while it is held).
+//! It holds at most `--cache-counters` counters (a merger with millions of counters starts
+//! empty and fills on demand), each complete: every slot the store held when it was loaded,
+//! merged since with every commit of this merger and every change other mergers announced.
+//! It only ever holds committed values, so a read never shows one a crash could take back,
+//! and a slot it holds is never above the store's, so "the cache already has this total" is
+//! a safe reason to skip a write.
+//!
+//! Eviction is CLOCK (second chance): a read sets a counter's reference bit under the read
+//! lock (an atomic, no write lock on the hot path); the hand clears bits and evicts the
+//! first counter found without one. The commit task pins its batch's counters so nothing
+//! evicts them between loading them and answering from them.
+//!
+//! The lock is a std `RwLock` owned here, as mini-redis's `Db` owns its mutex: callers pass
+//! closures and never hold the guard, and nothing is awaited while it is held.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use indexmap::IndexMap;
+use prometheus_client::metrics::counter::Counter as Tally;
 use tally_crdt::{
-    CounterKey, CounterKind, GlobalTotals, MergedCounter, PNCounter, ReadRequest, ReadResponse,
-    ReplicaId, SlotTotals, Timestamp,
+    CounterKey, GlobalTotals, MergedCounter, PNCounter, ReplicaId, SlotTotals, Timestamp,
 };
 
-use crate::store::{Loaded, SlotRow, SnapshotRow};
-
-/// What the merger knows of one replica incarnation.
-#[derive(Debug, Clone)]
-pub struct Replica {
-    /// Region of its first sync; its slots count towards this region.
-    pub region: Arc<str>,
-    /// First sync.
-    pub first_sync: Timestamp,
-    /// Latest sync.
-    pub last_sync: Timestamp,
-}
+use crate::store::{SlotRow, StoredCounter};
 
 /// One region's share of a counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,8 +37,8 @@ pub struct RegionShare {
     pub last_sync: Timestamp,
 }
 
-/// One merged counter.
-#[derive(Debug, Clone, Default)]
+/// One merged counter (possibly one nobody has hit: no slots, no `updated_at`).
+#[derive(Debug, Default)]
 pub struct Counter {
     /// Every replica's slot, merged with max (for kind `g` the decrement half stays empty).
     slots: PNCounter,
@@ -46,10 +48,10 @@ pub struct Counter {
     regions: BTreeMap<Arc<str>, RegionShare>,
     /// Replicas with a non-zero slot.
     replicas: usize,
-    /// Last time a slot grew.
-    updated_at: Timestamp,
-    /// Totals at the last snapshot written.
-    snapshotted: Option<GlobalTotals>,
+    /// Last time a slot grew; `None` while no slot has.
+    updated_at: Option<Timestamp>,
+    /// Read since the clock hand last passed.
+    referenced: AtomicBool,
 }
 
 impl Counter {
@@ -65,13 +67,26 @@ impl Counter {
     pub fn replicas(&self) -> usize {
         self.replicas
     }
-    /// Last time a slot grew.
-    pub fn updated_at(&self) -> Timestamp {
+    /// Last time a slot grew; `None` for a counter nobody has hit.
+    pub fn updated_at(&self) -> Option<Timestamp> {
         self.updated_at
     }
     /// `replica`'s slot.
     pub fn slot(&self, replica: ReplicaId) -> SlotTotals {
         self.slots.get(replica)
+    }
+
+    /// The counter as the store holds it.
+    fn from_stored(stored: StoredCounter) -> Counter {
+        let mut counter = Counter::default();
+        counter.merge_stored(stored);
+        counter
+    }
+
+    fn merge_stored(&mut self, stored: StoredCounter) {
+        for slot in stored.slots {
+            self.merge_slot(slot.replica, &Arc::from(slot.region), slot.totals, slot.at);
+        }
     }
 
     /// Merges one slot (max). Returns whether it grew.
@@ -82,8 +97,6 @@ impl Counter {
         totals: SlotTotals,
         at: Timestamp,
     ) -> bool {
-        let share = self.regions.entry(Arc::clone(region)).or_default();
-        share.last_sync = share.last_sync.max(at);
         let before = self.slots.get(replica);
         if !self.slots.merge_slot(replica, totals) {
             return false;
@@ -96,210 +109,324 @@ impl Counter {
         );
         self.totals.p += dp;
         self.totals.n += dn;
+        let share = self.regions.entry(Arc::clone(region)).or_default();
         share.totals.p += dp;
         share.totals.n += dn;
+        share.last_sync = share.last_sync.max(at);
         if before == SlotTotals::default() {
             self.replicas += 1;
         }
-        self.updated_at = self.updated_at.max(at);
+        self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
         true
     }
-}
 
-/// All merged counters and replicas.
-///
-/// One map per kind rather than one map over every [`CounterKey`]: listing a kind by id
-/// prefix is then one range scan that starts at the prefix, whatever the other kind holds.
-#[derive(Debug, Default)]
-pub struct Merged {
-    counters: BTreeMap<CounterKey, Counter>,
-    gauges: BTreeMap<CounterKey, Counter>,
-    replicas: HashMap<ReplicaId, Replica>,
-}
-
-impl Merged {
-    /// Rebuilds the state from what the store holds.
-    pub fn from_loaded(loaded: Loaded) -> Merged {
-        let mut merged = Merged::default();
-        for r in loaded.replicas {
-            merged.replicas.insert(
-                r.replica,
-                Replica {
-                    region: r.region.into(),
-                    first_sync: r.first_sync,
-                    last_sync: r.last_sync,
-                },
-            );
-        }
-        for slot in loaded.slots {
-            merged.apply_slot(&slot);
-        }
-        for snap in loaded.latest_snapshots {
-            if let Some(c) = merged.namespace_mut(snap.key.kind()).get_mut(&snap.key) {
-                c.snapshotted = Some(snap.totals);
-            }
-        }
-        merged
-    }
-
-    /// The counter `key`, if any replica ever counted in it.
-    pub fn get(&self, key: &CounterKey) -> Option<&Counter> {
-        self.namespace(key.kind()).get(key)
-    }
-
-    /// Counters of `kind` whose id starts with `prefix`, after `cursor` (exclusive), in id
-    /// order, at most `limit`.
-    pub fn list<'a>(
-        &'a self,
-        kind: CounterKind,
-        prefix: &'a str,
-        cursor: Option<&CounterKey>,
-        limit: usize,
-    ) -> impl Iterator<Item = (&'a CounterKey, &'a Counter)> + 'a {
-        // A non-empty prefix of a valid id is itself a valid id, so a prefix that is no valid
-        // id matches nothing (`None`: an empty range).
-        let from_prefix = if prefix.is_empty() {
-            Some(Bound::Unbounded)
-        } else {
-            CounterKey::new(kind, prefix).ok().map(Bound::Included)
-        };
-        let start = match (cursor, from_prefix) {
-            (_, None) => None,
-            (Some(c), Some(_)) if c.kind() == kind && c.id() >= prefix => {
-                Some(Bound::Excluded(c.clone()))
-            }
-            (_, Some(bound)) => Some(bound),
-        };
-        start
-            .into_iter()
-            .flat_map(move |start| self.namespace(kind).range((start, Bound::Unbounded)))
-            .take_while(move |(key, _)| key.id().starts_with(prefix))
-            .take(limit)
-    }
-
-    /// Number of counters of `kind`.
-    pub fn len(&self, kind: CounterKind) -> usize {
-        self.namespace(kind).len()
-    }
-
-    /// Number of replicas known.
-    pub fn replica_count(&self) -> usize {
-        self.replicas.len()
-    }
-
-    /// The region a sync from `replica` counts towards: the region of its first sync.
-    pub fn region_of<'a>(&'a self, replica: ReplicaId, claimed: &'a str) -> &'a str {
-        self.replicas.get(&replica).map_or(claimed, |r| &r.region)
-    }
-
-    /// `replica`'s slot of a counter as held now (zero if none).
-    pub fn slot(&self, key: &CounterKey, replica: ReplicaId) -> SlotTotals {
-        self.get(key)
-            .map_or_else(SlotTotals::default, |c| c.slot(replica))
-    }
-
-    /// Records a sync from `replica` at `at`; its region is set by its first sync.
-    pub fn touch_replica(&mut self, replica: ReplicaId, region: &str, at: Timestamp) {
-        self.replicas
-            .entry(replica)
-            .and_modify(|r| r.last_sync = r.last_sync.max(at))
-            .or_insert_with(|| Replica {
-                region: region.into(),
-                first_sync: at,
-                last_sync: at,
-            });
-    }
-
-    /// Merges one committed slot. Returns whether it grew. The replica must be known
-    /// ([`touch_replica`](Merged::touch_replica) first); an unknown one counts as region "".
-    pub fn apply_slot(&mut self, slot: &SlotRow) -> bool {
-        let region: Arc<str> = self
-            .replicas
-            .get(&slot.replica)
-            .map_or_else(|| Arc::from(""), |r| Arc::clone(&r.region));
-        let ns = self.namespace_mut(slot.key.kind());
-        match ns.get_mut(&slot.key) {
-            Some(c) => c.merge_slot(slot.replica, &region, slot.totals, slot.at),
-            None if slot.totals == SlotTotals::default() => false,
-            None => {
-                let mut c = Counter::default();
-                let grew = c.merge_slot(slot.replica, &region, slot.totals, slot.at);
-                ns.insert(slot.key.clone(), c);
-                grew
-            }
-        }
-    }
-
-    /// One counter as the protocol answers it: global totals, `replica`'s recorded slot (zero
-    /// without one) and when it last grew. A counter nobody has hit is known-absent: zero
-    /// totals and no `updated_at`.
-    pub fn merged_counter(&self, key: &CounterKey, replica: Option<ReplicaId>) -> MergedCounter {
-        let counter = self.get(key);
+    /// As the protocol answers it, with `replica`'s recorded slot (zero without one).
+    pub fn merged(&self, key: &CounterKey, replica: Option<ReplicaId>) -> MergedCounter {
         MergedCounter {
             key: key.clone(),
-            global: counter.map(Counter::totals).unwrap_or_default(),
-            recorded: counter
-                .zip(replica)
-                .map(|(c, r)| c.slot(r))
-                .unwrap_or_default(),
-            updated_at: counter.map(Counter::updated_at),
+            global: self.totals,
+            recorded: replica.map(|r| self.slot(r)).unwrap_or_default(),
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// The counters held, as a closure sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct Held<'a>(&'a Merged);
+
+impl<'a> Held<'a> {
+    /// The counter `key`. Every key the call was made for is held; any other reads as a
+    /// counter nobody has hit.
+    pub fn counter(&self, key: &CounterKey) -> &'a Counter {
+        static NOBODY: Counter = Counter {
+            slots: PNCounter::new(),
+            totals: GlobalTotals { p: 0, n: 0 },
+            regions: BTreeMap::new(),
+            replicas: 0,
+            updated_at: None,
+            referenced: AtomicBool::new(false),
+        };
+        self.0.counters.get(key).unwrap_or(&NOBODY)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Merged {
+    counters: IndexMap<CounterKey, Counter>,
+    /// The clock hand: an index into `counters`.
+    hand: usize,
+    /// Counters the commit task is working on: never evicted.
+    pinned: HashSet<CounterKey>,
+    /// Counters this merger changed since their last history point.
+    snapshot_due: HashSet<CounterKey>,
+}
+
+/// Counts of what the cache did (shared with the metrics registry).
+#[derive(Debug, Default, Clone)]
+pub struct CacheStats {
+    /// Reads that found every counter they asked for held.
+    pub hits: Tally,
+    /// Counters loaded from the store into the cache.
+    pub misses: Tally,
+    /// Counters evicted.
+    pub evictions: Tally,
+}
+
+/// The bounded cache of merged counters.
+#[derive(Debug)]
+pub struct Db {
+    state: RwLock<Merged>,
+    capacity: usize,
+    /// What the cache did.
+    pub stats: CacheStats,
+}
+
+impl Db {
+    /// An empty cache of at most `capacity` counters (at least 1), counting into `stats`.
+    pub fn new(capacity: usize, stats: CacheStats) -> Db {
+        Db {
+            state: RwLock::default(),
+            capacity: capacity.max(1),
+            stats,
         }
     }
 
-    /// The answer to a batch read, in the request's order. Reads only: it registers nobody
-    /// and creates no counter.
-    pub fn answer_read(&self, request: &ReadRequest) -> ReadResponse {
-        ReadResponse {
-            version: request.version,
-            counters: request
-                .counters
-                .iter()
-                .map(|key| self.merged_counter(key, request.replica))
-                .collect(),
+    /// Counters held now.
+    pub fn len(&self) -> usize {
+        self.read_lock().counters.len()
+    }
+
+    /// Whether no counter is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` over the held counters when every key is held (marking them read), under the
+    /// read lock. Otherwise answers the keys that are not held.
+    pub fn read<R>(
+        &self,
+        keys: &[CounterKey],
+        f: impl FnOnce(Held<'_>) -> R,
+    ) -> Result<R, Vec<CounterKey>> {
+        let merged = self.read_lock();
+        let mut missing = Vec::new();
+        for key in keys {
+            match merged.counters.get(key) {
+                Some(c) => {
+                    // A plain load first: the store (and its cache-line write) only when
+                    // the bit is not set yet.
+                    if !c.referenced.load(Ordering::Relaxed) {
+                        c.referenced.store(true, Ordering::Relaxed);
+                    }
+                }
+                None => missing.push(key.clone()),
+            }
+        }
+        if missing.is_empty() {
+            self.stats.hits.inc();
+            Ok(f(Held(&merged)))
+        } else {
+            Err(missing)
         }
     }
 
-    /// The counters whose totals changed since their last snapshot, as snapshot rows at `at`.
-    pub fn pending_snapshots(&self, at: Timestamp) -> Vec<SnapshotRow> {
-        self.counters
+    /// Adds what the store holds of `loaded_for` (counters with no slot are absent from
+    /// `loaded`) to the cache, merging with what is held; then, when every one of `keys` is
+    /// held, runs `f` over them before evicting beyond capacity. Answers the keys still
+    /// missing otherwise (evicted by someone else in between: load them again).
+    pub fn fill<R>(
+        &self,
+        keys: &[CounterKey],
+        loaded_for: &[CounterKey],
+        loaded: Vec<StoredCounter>,
+        f: impl FnOnce(Held<'_>) -> R,
+    ) -> Result<R, Vec<CounterKey>> {
+        let mut merged = self.write_lock();
+        self.insert(&mut merged, loaded_for, loaded);
+        let missing: Vec<CounterKey> = keys
             .iter()
-            .chain(&self.gauges)
-            .filter(|(_, c)| c.snapshotted != Some(c.totals))
-            .map(|(key, c)| SnapshotRow {
-                key: key.clone(),
-                at,
-                totals: c.totals,
+            .filter(|k| !merged.counters.contains_key(*k))
+            .cloned()
+            .collect();
+        let answer = missing.is_empty().then(|| f(Held(&merged)));
+        self.evict(&mut merged, keys);
+        answer.ok_or(missing)
+    }
+
+    /// Pins `keys` for the commit task, and answers those not held.
+    pub fn pin(&self, keys: &[CounterKey]) -> Vec<CounterKey> {
+        let mut merged = self.write_lock();
+        merged.pinned.extend(keys.iter().cloned());
+        keys.iter()
+            .filter(|k| !merged.counters.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// Adds loaded counters for the commit task (whose keys are pinned).
+    pub fn insert_pinned(&self, loaded_for: &[CounterKey], loaded: Vec<StoredCounter>) {
+        let mut merged = self.write_lock();
+        self.insert(&mut merged, loaded_for, loaded);
+    }
+
+    /// Runs `f` over the held counters under the read lock, whatever is held (the commit
+    /// task, over its pinned counters).
+    pub fn with_held<R>(&self, f: impl FnOnce(Held<'_>) -> R) -> R {
+        f(Held(&self.read_lock()))
+    }
+
+    /// Applies a committed batch: each slot with its replica's region of record; then runs
+    /// `f` (the answers), unpins everything and evicts beyond capacity. Returns how many
+    /// slots grew.
+    pub fn apply_commit<R>(
+        &self,
+        slots: &[SlotRow],
+        region_of: impl Fn(ReplicaId) -> Arc<str>,
+        f: impl FnOnce(Held<'_>) -> R,
+    ) -> R {
+        let mut merged = self.write_lock();
+        for s in slots {
+            let Some(counter) = merged.counters.get_mut(&s.key) else {
+                // Pinned counters are held; a counter that is not is no longer complete in
+                // memory, so it must not be patched: its next read loads it whole.
+                continue;
+            };
+            if counter.merge_slot(s.replica, &region_of(s.replica), s.totals, s.at) {
+                merged.snapshot_due.insert(s.key.clone());
+            }
+        }
+        let answer = f(Held(&merged));
+        merged.pinned.clear();
+        self.evict(&mut merged, &[]);
+        answer
+    }
+
+    /// Unpins after a failed commit.
+    pub fn unpin(&self) {
+        let mut merged = self.write_lock();
+        merged.pinned.clear();
+        self.evict(&mut merged, &[]);
+    }
+
+    /// The held counters among `keys` (to refresh after other mergers changed them).
+    pub fn held_among(&self, keys: Vec<CounterKey>) -> Vec<CounterKey> {
+        let merged = self.read_lock();
+        keys.into_iter()
+            .filter(|k| merged.counters.contains_key(k))
+            .collect()
+    }
+
+    /// Merges what another merger committed into the counters still held; counters not
+    /// held are left out (their next read loads them whole).
+    pub fn refresh(&self, loaded: Vec<StoredCounter>) {
+        let mut merged = self.write_lock();
+        for stored in loaded {
+            if let Some(counter) = merged.counters.get_mut(&stored.key) {
+                counter.merge_stored(stored);
+            }
+        }
+    }
+
+    /// Up to `max` counters due for a history point, with their totals when held (`None`:
+    /// load them). Taken out of the due set: give them back with
+    /// [`snapshot_failed`](Db::snapshot_failed) if writing fails.
+    pub fn take_snapshot_due(&self, max: usize) -> Vec<(CounterKey, Option<GlobalTotals>)> {
+        let mut merged = self.write_lock();
+        let keys: Vec<CounterKey> = merged.snapshot_due.iter().take(max).cloned().collect();
+        keys.into_iter()
+            .map(|k| {
+                merged.snapshot_due.remove(&k);
+                let totals = merged.counters.get(&k).map(Counter::totals);
+                (k, totals)
             })
             .collect()
     }
 
-    /// Marks snapshots as written.
-    pub fn snapshots_written(&mut self, rows: &[SnapshotRow]) {
-        for row in rows {
-            if let Some(c) = self.namespace_mut(row.key.kind()).get_mut(&row.key) {
-                c.snapshotted = Some(row.totals);
+    /// Drops counters from the cache (unless pinned): their next read loads them whole.
+    pub fn forget(&self, keys: &[CounterKey]) {
+        let mut merged = self.write_lock();
+        for key in keys {
+            if !merged.pinned.contains(key) {
+                merged.counters.swap_remove(key);
             }
         }
     }
 
-    fn namespace(&self, kind: CounterKind) -> &BTreeMap<CounterKey, Counter> {
-        match kind {
-            CounterKind::G => &self.counters,
-            CounterKind::Pn => &self.gauges,
+    /// Puts counters back in the due set after a failed history write.
+    pub fn snapshot_failed(&self, keys: impl IntoIterator<Item = CounterKey>) {
+        self.write_lock().snapshot_due.extend(keys);
+    }
+
+    fn insert(&self, merged: &mut Merged, loaded_for: &[CounterKey], loaded: Vec<StoredCounter>) {
+        let mut by_key: HashMap<CounterKey, StoredCounter> =
+            loaded.into_iter().map(|c| (c.key.clone(), c)).collect();
+        for key in loaded_for {
+            let stored = by_key.remove(key);
+            match merged.counters.get_mut(key) {
+                Some(counter) => {
+                    if let Some(stored) = stored {
+                        counter.merge_stored(stored);
+                    }
+                }
+                None => {
+                    let counter = stored.map(Counter::from_stored).unwrap_or_default();
+                    merged.counters.insert(key.clone(), counter);
+                    self.stats.misses.inc();
+                }
+            }
         }
     }
 
-    fn namespace_mut(&mut self, kind: CounterKind) -> &mut BTreeMap<CounterKey, Counter> {
-        match kind {
-            CounterKind::G => &mut self.counters,
-            CounterKind::Pn => &mut self.gauges,
+    /// CLOCK: evicts until within capacity, sparing pinned counters and `spare`.
+    fn evict(&self, merged: &mut Merged, spare: &[CounterKey]) {
+        let mut passes = 0;
+        while merged.counters.len() > self.capacity {
+            let len = merged.counters.len();
+            if merged.hand >= len {
+                merged.hand = 0;
+                passes += 1;
+                // Two full turns without a victim: everything left is pinned or spared.
+                if passes > 2 {
+                    return;
+                }
+            }
+            let (key, counter) = merged
+                .counters
+                .get_index(merged.hand)
+                .expect("the hand is below the length");
+            // Spared, or read since the hand last passed (the bit is cleared: a second chance).
+            let keep = merged.pinned.contains(key)
+                || spare.contains(key)
+                || counter.referenced.swap(false, Ordering::Relaxed);
+            if keep {
+                merged.hand += 1;
+            } else {
+                // The last counter moves into the hole: the hand stays to look at it next.
+                merged.counters.swap_remove_index(merged.hand);
+                self.stats.evictions.inc();
+            }
         }
+    }
+
+    fn read_lock(&self) -> RwLockReadGuard<'_, Merged> {
+        self.state
+            .read()
+            .expect("no thread panics while holding the state lock")
+    }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Merged> {
+        self.state
+            .write()
+            .expect("no thread panics while holding the state lock")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoredSlot;
+    use tally_crdt::CounterKind;
 
     fn key(id: &str) -> CounterKey {
         CounterKey::new(CounterKind::Pn, id).unwrap()
@@ -307,6 +434,21 @@ mod tests {
 
     fn ms(at: i64) -> Timestamp {
         Timestamp::from_unix_ms(at)
+    }
+
+    fn stored(id: &str, slots: &[(u128, &str, u64, u64)]) -> StoredCounter {
+        StoredCounter {
+            key: key(id),
+            slots: slots
+                .iter()
+                .map(|&(r, region, p, n)| StoredSlot {
+                    replica: ReplicaId::from_u128(r),
+                    region: region.into(),
+                    totals: SlotTotals { p, n },
+                    at: ms(10),
+                })
+                .collect(),
+        }
     }
 
     fn slot(id: &str, replica: u128, p: u64, n: u64, at: i64) -> SlotRow {
@@ -318,108 +460,143 @@ mod tests {
         }
     }
 
+    fn count(db: &Db, id: &str) -> Option<GlobalTotals> {
+        db.read(&[key(id)], |h| h.counter(&key(id)).totals()).ok()
+    }
+
     #[test]
     fn totals_and_region_shares_follow_the_max_of_each_slot() {
-        let mut m = Merged::default();
-        m.touch_replica(ReplicaId::from_u128(1), "eu", ms(1));
-        m.touch_replica(ReplicaId::from_u128(2), "us", ms(1));
-        assert!(m.apply_slot(&slot("x", 1, 5, 1, 10)));
-        assert!(m.apply_slot(&slot("x", 2, 7, 0, 11)));
-        assert!(
-            !m.apply_slot(&slot("x", 1, 3, 1, 12)),
-            "stale totals change nothing"
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.pin(&x);
+        db.insert_pinned(&x, vec![stored("x", &[(1, "eu", 5, 1)])]);
+        let region = |r: ReplicaId| {
+            Arc::from(if r == ReplicaId::from_u128(1) {
+                "eu"
+            } else {
+                "us"
+            })
+        };
+        db.apply_commit(
+            &[
+                slot("x", 2, 7, 0, 11),
+                slot("x", 1, 3, 1, 12),
+                slot("x", 1, 6, 1, 13),
+            ],
+            region,
+            |_| (),
         );
-        assert!(m.apply_slot(&slot("x", 1, 6, 1, 13)));
-        let c = m.get(&key("x")).unwrap();
-        assert_eq!(c.totals(), GlobalTotals { p: 13, n: 1 });
-        assert_eq!(c.regions()["eu"].totals, GlobalTotals { p: 6, n: 1 });
-        assert_eq!(c.regions()["eu"].last_sync, ms(13));
-        assert_eq!(c.regions()["us"].totals, GlobalTotals { p: 7, n: 0 });
-        assert_eq!((c.replicas(), c.updated_at()), (2, ms(13)));
+        db.read(&x, |h| {
+            let c = h.counter(&key("x"));
+            assert_eq!(c.totals(), GlobalTotals { p: 13, n: 1 });
+            assert_eq!(c.regions()["eu"].totals, GlobalTotals { p: 6, n: 1 });
+            assert_eq!(c.regions()["eu"].last_sync, ms(13));
+            assert_eq!(c.regions()["us"].totals, GlobalTotals { p: 7, n: 0 });
+            assert_eq!((c.replicas(), c.updated_at()), (2, Some(ms(13))));
+        })
+        .unwrap();
     }
 
     #[test]
-    fn a_replica_keeps_the_region_of_its_first_sync() {
-        let mut m = Merged::default();
-        m.touch_replica(ReplicaId::from_u128(1), "eu", ms(1));
-        m.touch_replica(ReplicaId::from_u128(1), "us", ms(2));
-        assert_eq!(m.region_of(ReplicaId::from_u128(1), "us"), "eu");
-        assert_eq!(m.region_of(ReplicaId::from_u128(9), "us"), "us");
+    fn a_counter_nobody_has_hit_is_held_as_known_absent() {
+        let db = Db::new(10, CacheStats::default());
+        assert_eq!(db.read(&[key("x")], |_| ()), Err(vec![key("x")]));
+        let at = db
+            .fill(&[key("x")], &[key("x")], vec![], |h| {
+                h.counter(&key("x")).updated_at()
+            })
+            .unwrap();
+        assert_eq!(at, None);
+        assert_eq!(count(&db, "x"), Some(GlobalTotals::default()));
     }
 
     #[test]
-    fn zero_totals_create_no_counter() {
-        let mut m = Merged::default();
-        assert!(!m.apply_slot(&slot("x", 1, 0, 0, 1)));
-        assert!(m.get(&key("x")).is_none());
-    }
-
-    #[test]
-    fn list_pages_by_prefix_and_cursor() {
-        let mut m = Merged::default();
-        for id in ["a", "b1", "b2", "b3", "c"] {
-            m.apply_slot(&slot(id, 1, 1, 0, 1));
+    fn the_cache_holds_at_most_its_capacity_and_keeps_what_is_read() {
+        let db = Db::new(3, CacheStats::default());
+        for id in ["a", "b", "c"] {
+            db.fill(
+                &[key(id)],
+                &[key(id)],
+                vec![stored(id, &[(1, "eu", 1, 0)])],
+                |_| (),
+            )
+            .unwrap();
         }
-        let page = |prefix, cursor: Option<&str>, limit| {
-            let cursor = cursor.map(key);
-            m.list(CounterKind::Pn, prefix, cursor.as_ref(), limit)
-                .map(|(key, _)| key.id())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(page("b", None, 2), ["b1", "b2"]);
-        assert_eq!(page("b", Some("b2"), 2), ["b3"]);
-        assert_eq!(page("", Some("b3"), 10), ["c"]);
-        assert_eq!(page("b", Some("a"), 10), ["b1", "b2", "b3"]);
-        assert!(page("z", None, 10).is_empty());
+        // "a" is read again: the hand spares it once and evicts the next unread one.
+        count(&db, "a");
+        db.fill(&[key("d")], &[key("d")], vec![], |_| ()).unwrap();
+        assert_eq!(db.len(), 3);
         assert!(
-            page("-", None, 10).is_empty(),
-            "no id starts with an invalid prefix"
+            count(&db, "a").is_some(),
+            "a read counter has a second chance"
         );
-        assert!(
-            m.list(CounterKind::G, "", None, 10).next().is_none(),
-            "kinds are listed apart"
-        );
+        assert!(count(&db, "d").is_some(), "the counter just filled is kept");
+        assert_eq!(db.stats.evictions.get(), 1);
     }
 
     #[test]
-    fn a_read_answers_unknown_counters_as_absent_and_registers_nobody() {
-        let mut m = Merged::default();
-        m.touch_replica(ReplicaId::from_u128(1), "eu", ms(1));
-        m.apply_slot(&slot("x", 1, 5, 2, 10));
-        let read = ReadRequest {
-            version: 2,
-            replica: Some(ReplicaId::from_u128(1)),
-            counters: vec![key("unknown"), key("x")],
-        };
-        let answer = m.answer_read(&read);
-        assert_eq!(answer.counters[0].global, GlobalTotals::default());
-        assert_eq!(answer.counters[0].updated_at, None);
-        assert_eq!(answer.counters[1].global, GlobalTotals { p: 5, n: 2 });
-        assert_eq!(answer.counters[1].recorded, SlotTotals { p: 5, n: 2 });
-        assert_eq!(answer.counters[1].updated_at, Some(ms(10)));
-        let stranger = ReadRequest {
-            replica: Some(ReplicaId::from_u128(9)),
-            ..read
-        };
-        assert_eq!(
-            m.answer_read(&stranger).counters[1].recorded,
-            SlotTotals::default()
+    fn pinned_counters_survive_eviction_until_the_commit_is_applied() {
+        let db = Db::new(1, CacheStats::default());
+        let batch = [key("a"), key("b")];
+        assert_eq!(db.pin(&batch), batch.to_vec());
+        db.insert_pinned(&batch, vec![stored("a", &[(1, "eu", 1, 0)])]);
+        db.fill(&[key("c")], &[key("c")], vec![], |_| ()).unwrap();
+        assert_eq!(db.len(), 3, "the pinned batch and the counter being read");
+        let answered = db.apply_commit(
+            &[slot("b", 1, 2, 0, 5)],
+            |_| Arc::from("eu"),
+            |h| {
+                (
+                    h.counter(&key("a")).totals().p,
+                    h.counter(&key("b")).totals().p,
+                )
+            },
         );
-        assert_eq!(m.replica_count(), 1);
-        assert!(m.get(&key("unknown")).is_none());
+        assert_eq!(answered, (1, 2));
+        assert_eq!(db.len(), 1, "unpinned and evicted down to capacity");
     }
 
     #[test]
-    fn snapshots_are_pending_only_for_changed_counters() {
-        let mut m = Merged::default();
-        m.apply_slot(&slot("x", 1, 1, 0, 1));
-        m.apply_slot(&slot("y", 1, 1, 0, 1));
-        let rows = m.pending_snapshots(ms(5));
-        assert_eq!(rows.len(), 2);
-        m.snapshots_written(&rows);
-        assert!(m.pending_snapshots(ms(6)).is_empty());
-        m.apply_slot(&slot("y", 1, 2, 0, 7));
-        let rows = m.pending_snapshots(ms(8));
-        assert_eq!(rows.iter().map(|r| r.key.id()).collect::<Vec<_>>(), ["y"]);
+    fn a_fill_merges_with_what_a_commit_added_meanwhile() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.pin(&x);
+        db.insert_pinned(&x, vec![stored("x", &[(1, "eu", 5, 0)])]);
+        db.apply_commit(&[slot("x", 1, 9, 0, 20)], |_| Arc::from("eu"), |_| ());
+        // A read that loaded before that commit landed fills an older total: max keeps 9.
+        db.fill(&x, &x, vec![stored("x", &[(1, "eu", 5, 0)])], |_| ())
+            .unwrap();
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 9, n: 0 }));
+    }
+
+    #[test]
+    fn refresh_merges_into_held_counters_only() {
+        let db = Db::new(10, CacheStats::default());
+        db.fill(&[key("x")], &[key("x")], vec![], |_| ()).unwrap();
+        db.refresh(vec![
+            stored("x", &[(2, "us", 4, 0)]),
+            stored("y", &[(2, "us", 1, 0)]),
+        ]);
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 4, n: 0 }));
+        assert_eq!(count(&db, "y"), None, "not loaded by a refresh");
+        assert_eq!(db.held_among(vec![key("x"), key("y")]), vec![key("x")]);
+    }
+
+    #[test]
+    fn only_changed_counters_are_due_for_a_history_point() {
+        let db = Db::new(10, CacheStats::default());
+        let batch = [key("x"), key("y")];
+        db.pin(&batch);
+        db.insert_pinned(&batch, vec![stored("y", &[(1, "eu", 3, 0)])]);
+        db.apply_commit(
+            &[slot("x", 1, 1, 0, 1), slot("y", 1, 2, 0, 1)],
+            |_| Arc::from("eu"),
+            |_| (),
+        );
+        let due = db.take_snapshot_due(10);
+        assert_eq!(due, vec![(key("x"), Some(GlobalTotals { p: 1, n: 0 }))]);
+        assert!(db.take_snapshot_due(10).is_empty());
+        db.snapshot_failed([key("x")]);
+        assert_eq!(db.take_snapshot_due(10).len(), 1);
     }
 }

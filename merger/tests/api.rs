@@ -582,3 +582,90 @@ async fn a_restarted_merger_reads_the_same_state_u64_extremes_included() {
         json!({"p": u64::MAX - 1, "n": u64::MAX})
     );
 }
+
+mod read_token {
+    //! `--read-token`: what enumerates counters needs it; single reads stay public unless
+    //! `--private-reads`.
+    use super::*;
+
+    const READ_TOKEN: &str = "read-token-0123456789";
+
+    async fn guarded(private: bool) -> TestMerger {
+        let t = TestMerger::with(|c| {
+            c.read_token = Some(READ_TOKEN.into());
+            c.private_reads = private;
+        })
+        .await;
+        let (status, _) = t.sync(&sync_body(1, "eu", &[("seen", "g", 3, 0)])).await;
+        assert_eq!(status, StatusCode::OK);
+        t
+    }
+
+    fn get_with(uri: &str, token: Option<&str>) -> Request<Body> {
+        let mut r = Request::get(uri);
+        if let Some(token) = token {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        r.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lists_history_and_metrics_need_the_read_token() {
+        let t = guarded(false).await;
+        for uri in [
+            "/v1/counters",
+            "/v1/gauges?prefix=s",
+            "/v1/counters/seen/history",
+            "/metrics",
+        ] {
+            let answer = t.send(get_with(uri, None)).await;
+            assert_error(&answer, StatusCode::UNAUTHORIZED, "missing_token");
+            assert!(
+                answer.1["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("read token"),
+                "{uri}: {}",
+                answer.1
+            );
+            let answer = t.send(get_with(uri, Some(TOKEN))).await;
+            assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_token");
+            let (status, _) = t.send(get_with(uri, Some(READ_TOKEN))).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+        let (_, page) = t.send(get_with("/v1/counters", Some(READ_TOKEN))).await;
+        assert_eq!(page["items"][0]["id"], "seen");
+    }
+
+    #[tokio::test]
+    async fn single_counter_reads_and_the_page_shell_stay_public() {
+        let t = guarded(false).await;
+        let (status, view) = t.get("/v1/counters/seen").await;
+        assert_eq!((status, &view["count"]), (StatusCode::OK, &json!(3)));
+        let response = tower::ServiceExt::oneshot(t.app.clone(), get_with("/", None))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(t.get("/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn private_reads_guard_single_counters_too() {
+        let t = guarded(true).await;
+        let answer = t.get("/v1/counters/seen").await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "missing_token");
+        let (status, view) = t
+            .send(get_with("/v1/counters/seen", Some(READ_TOKEN)))
+            .await;
+        assert_eq!((status, &view["count"]), (StatusCode::OK, &json!(3)));
+    }
+
+    #[tokio::test]
+    async fn a_short_read_token_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = tally_merger::Config::new(database_url(dir.path()), TOKEN);
+        config.read_token = Some("short".into());
+        let err = tally_merger::Merger::open(config).await.unwrap_err();
+        assert!(err.to_string().contains("read token"), "{err}");
+    }
+}

@@ -3,12 +3,14 @@
 //! and stops them (the whole process group) at the end.
 //!
 //! [`proxy`] puts faults between the edge and the merger; [`checker`] sends hits and checks
-//! the final counts against what was acknowledged.
+//! the final counts against what was acknowledged; [`postgres`] runs a throwaway Postgres
+//! cluster for the merger's Postgres store.
 //!
 //! Everything listens on 127.0.0.1 only. Processes are killed when their handle drops, so a
 //! failing test leaves nothing running.
 
 pub mod checker;
+pub mod postgres;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -194,13 +196,23 @@ impl MergerProcess {
         extra: &[&str],
     ) -> MergerProcess {
         let database = format!("sqlite://{}", db_dir.join("tally.db").display());
+        Self::start_url(binary, &database, port, extra).await
+    }
+
+    /// Starts the merger on any database URL (e.g. a Postgres database several mergers
+    /// share); `port` 0 lets the OS choose.
+    pub async fn start_database(database: &str, port: u16, extra: &[&str]) -> MergerProcess {
+        Self::start_url(&merger_binary(), database, port, extra).await
+    }
+
+    async fn start_url(binary: &Path, database: &str, port: u16, extra: &[&str]) -> MergerProcess {
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(binary)
             .args([
                 "--listen",
                 &listen,
                 "--database-url",
-                &database,
+                database,
                 "--sync-token",
                 TOKEN,
             ])

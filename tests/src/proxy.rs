@@ -6,9 +6,13 @@
 //! be duplicated (the merger sees it twice), or be delayed (concurrent syncs reorder); and
 //! for a partition window all traffic is cut. The decisions come from one RNG seeded by the
 //! caller, so the sequence of faults of a failing run can be replayed from its seed.
+//!
+//! With several upstreams ([`Proxy::balance`]) it is also the load balancer in front of
+//! several mergers: requests go round-robin, and one whose merger refuses the connection
+//! (killed) is sent to the next, as a load balancer's retry on connect errors does.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +91,8 @@ struct Counters {
 }
 
 struct Shared {
-    upstream: String,
+    upstreams: Vec<String>,
+    next: AtomicUsize,
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
     partitioned: AtomicBool,
@@ -115,6 +120,13 @@ impl Proxy {
     /// Starts a proxy to `upstream` (`http://127.0.0.1:PORT`) with `faults`, its decisions
     /// drawn from an RNG seeded with `seed`.
     pub async fn start(upstream: &str, faults: Faults, seed: u64) -> Proxy {
+        Self::balance(&[upstream], faults, seed).await
+    }
+
+    /// Starts a proxy that balances over `upstreams` round-robin, skipping one that refuses
+    /// connections.
+    pub async fn balance(upstreams: &[&str], faults: Faults, seed: u64) -> Proxy {
+        assert!(!upstreams.is_empty(), "a proxy needs an upstream");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("loopback has free ports");
@@ -122,7 +134,11 @@ impl Proxy {
             .local_addr()
             .expect("a bound socket has an address");
         let shared = Arc::new(Shared {
-            upstream: upstream.trim_end_matches('/').to_owned(),
+            upstreams: upstreams
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
+            next: AtomicUsize::new(0),
             faults: Mutex::new(faults),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             partitioned: AtomicBool::new(false),
@@ -248,32 +264,40 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         tokio::time::sleep(delay).await;
     }
     let forward = |body: Bytes| {
-        let mut builder = Request::builder().method(parts.method.clone()).uri(format!(
-            "{}{}",
-            shared.upstream,
-            parts.uri.path_and_query().map_or("/", |p| p.as_str())
-        ));
-        for (name, value) in &parts.headers {
-            if name != hyper::header::HOST {
-                builder = builder.header(name, value);
-            }
-        }
-        let request = builder
-            .body(Full::new(body))
-            .expect("a copied request is valid");
-        let client = shared.client.clone();
+        let shared = Arc::clone(&shared);
+        let parts = parts.clone();
         async move {
-            let response = client
-                .request(request)
-                .await
-                .map_err(|_| Cut("merger unreachable"))?;
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|_| Cut("merger answer unreadable"))?
-                .to_bytes();
-            Ok::<_, Cut>(Response::from_parts(parts, Full::new(body)))
+            let first = shared.next.fetch_add(1, Ordering::Relaxed);
+            let count = shared.upstreams.len();
+            for attempt in 0..count {
+                let upstream = &shared.upstreams[(first + attempt) % count];
+                let mut builder = Request::builder().method(parts.method.clone()).uri(format!(
+                    "{upstream}{}",
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                ));
+                for (name, value) in &parts.headers {
+                    if name != hyper::header::HOST {
+                        builder = builder.header(name, value);
+                    }
+                }
+                let request = builder
+                    .body(Full::new(body.clone()))
+                    .expect("a copied request is valid");
+                let response = match shared.client.request(request).await {
+                    Ok(response) => response,
+                    // Refused: nothing reached that merger; the next one gets the request.
+                    Err(e) if e.is_connect() && attempt + 1 < count => continue,
+                    Err(_) => return Err(Cut("merger unreachable")),
+                };
+                let (parts, body) = response.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|_| Cut("merger answer unreadable"))?
+                    .to_bytes();
+                return Ok::<_, Cut>(Response::from_parts(parts, Full::new(body)));
+            }
+            Err(Cut("merger unreachable"))
         }
     };
     if let Fate::Duplicate(after) = fate {

@@ -1,9 +1,9 @@
 //! `GET /v1/counters/...` and `GET /v1/gauges/...`: the global read API, from memory.
 //!
 //! `/v1/counters` are the increment-only counters (G-Counters), `/v1/gauges` the ones that go
-//! up and down (PN-Counters); the same id in each is a different counter. Every read is
-//! answered from the merged state in memory; only `history` queries the database, and only
-//! for a counter that exists.
+//! up and down (PN-Counters); the same id in each is a different counter. A counter read is
+//! answered from the merger's cache (loaded from the store on a miss); the list and the
+//! history are queries of the store.
 //!
 //! A counter nobody has hit reads as zero (`"count": 0, "updated_at": null`, no regions, no
 //! replicas) and has an empty history, as the edge answers it: to a reader, a counter not
@@ -24,7 +24,8 @@ use tally_crdt::{Count, CounterKey, CounterKind, GlobalTotals, Timestamp, check_
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::state::{Counter, RegionShare};
+use crate::state::RegionShare;
+use crate::store::StoredCounter;
 
 /// Default and largest page of `list`.
 const DEFAULT_LIMIT: usize = 100;
@@ -125,34 +126,23 @@ pub async fn read(
 ) -> Result<Response, AppError> {
     let Path((namespace, id)) = path?;
     let key = key_of(&namespace, id)?;
-    let no_regions = BTreeMap::new();
-    let body = {
-        let merged = app
-            .merged
-            .read()
-            .expect("no thread panics while holding the state lock");
-        let view = match merged.get(&key) {
-            Some(counter) => CounterView {
+    let body = app
+        .read_through(std::slice::from_ref(&key), |held| {
+            let counter = held.counter(&key);
+            let view = CounterView {
                 id: key.id(),
                 count: count(counter.totals()),
-                updated_at: Some(counter.updated_at()),
+                updated_at: counter.updated_at(),
                 regions: RegionsView(counter.regions()),
                 replicas: counter.replicas(),
-            },
-            None => CounterView {
-                id: key.id(),
-                count: Count(0),
-                updated_at: None,
-                regions: RegionsView(&no_regions),
-                replicas: 0,
-            },
-        };
-        serde_json::to_vec(&view).expect("a view of strings and integers serializes")
-    };
+            };
+            serde_json::to_vec(&view).expect("a view of strings and integers serializes")
+        })
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// `GET /v1/{namespace}?prefix=&limit=&cursor=`: counters in id order.
+/// `GET /v1/{namespace}?prefix=&limit=&cursor=`: counters in id order, from the store.
 pub async fn list(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -175,14 +165,14 @@ pub async fn list(
         .map(|cursor| CounterKey::new(kind, cursor))
         .transpose()
         .map_err(AppError::InvalidId)?;
-    let merged = app
-        .merged
-        .read()
-        .expect("no thread panics while holding the state lock");
     // One more than asked tells whether there is a next page.
-    let mut items: Vec<CounterSummary> = merged
-        .list(kind, &q.prefix, cursor.as_ref(), limit + 1)
-        .map(|(key, c)| summary(key, c))
+    let asked = u32::try_from(limit + 1).expect("limit is at most MAX_LIMIT");
+    let mut items: Vec<CounterSummary> = app
+        .store
+        .list(kind, &q.prefix, cursor.as_ref(), asked)
+        .await?
+        .iter()
+        .map(summary)
         .collect();
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
@@ -223,25 +213,7 @@ pub async fn history(
     if from > to {
         return Err(AppError::InvalidQuery("from is after to".into()));
     }
-    let known = app
-        .merged
-        .read()
-        .expect("no thread panics while holding the state lock")
-        .get(&key)
-        .is_some();
-    // A counter nobody has hit has no snapshot: answer without asking the database, so
-    // reads of random ids cost no query.
-    let mut rows = if known {
-        app.store
-            .history(&key, from, to, limit + 1)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "history query failed");
-                AppError::DatabaseUnavailable
-            })?
-    } else {
-        Vec::new()
-    };
+    let mut rows = app.store.history(&key, from, to, limit + 1).await?;
     let next_from = if rows.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
         rows.pop().map(|r| r.at)
     } else {
@@ -267,12 +239,18 @@ fn key_of(namespace: &str, id: String) -> Result<CounterKey, AppError> {
     CounterKey::new(kind, id).map_err(AppError::InvalidId)
 }
 
-fn summary(key: &CounterKey, c: &Counter) -> CounterSummary {
+/// A stored counter as a list item. The store lists only counters with a slot, so there is
+/// always an `updated_at`.
+fn summary(c: &StoredCounter) -> CounterSummary {
     CounterSummary {
-        id: key.id().to_owned(),
+        id: c.key.id().to_owned(),
         count: count(c.totals()),
-        updated_at: c.updated_at(),
-        replicas: c.replicas(),
+        updated_at: c.slots.iter().map(|s| s.at).max().unwrap_or(Timestamp::MIN),
+        replicas: c
+            .slots
+            .iter()
+            .filter(|s| s.totals != tally_crdt::SlotTotals::default())
+            .count(),
     }
 }
 

@@ -8,8 +8,10 @@
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
 //!
-//! The two edge-facing routes share their token check and body extractor ([`protocol`]).
+//! The two edge-facing routes share their token check and body extractor ([`protocol`]);
+//! the read token guards the lists, history and metrics ([`access`]).
 
+pub mod access;
 pub mod counters;
 pub mod dashboard;
 pub mod health;
@@ -43,11 +45,26 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest time for a whole request.
     pub request_timeout: Duration,
+    /// Single-counter reads need the read token too.
+    pub private_reads: bool,
 }
 
 /// The whole API over `state`.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let metrics = Arc::clone(&state.metrics);
+    let read_guard = || from_fn_with_state(state.clone(), access::require_read_token);
+    let single = get(counters::read);
+    let single = if limits.private_reads {
+        single.route_layer(read_guard())
+    } else {
+        single
+    };
+    let guarded = Router::new()
+        .route("/v1/{namespace}", get(counters::list))
+        .route("/v1/{namespace}/{id}/history", get(counters::history))
+        .route("/metrics", get(health::metrics))
+        .route_layer(read_guard())
+        .route("/v1/{namespace}/{id}", single);
     let router = Router::new()
         .route(
             "/v1/sync",
@@ -63,13 +80,10 @@ pub fn router(state: AppState, limits: Limits) -> Router {
                 protocol::require_token,
             )),
         )
-        .route("/v1/{namespace}", get(counters::list))
-        .route("/v1/{namespace}/{id}", get(counters::read))
-        .route("/v1/{namespace}/{id}/history", get(counters::history))
+        .merge(guarded)
         .route("/", get(dashboard::page))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         // Outermost last: errors from every layer below get the JSON shape and are counted.

@@ -22,16 +22,9 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        // The scheme is case-insensitive (RFC 9110); the token is compared exactly.
-        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
-    let verdict = match presented {
+    let verdict = match bearer(&request) {
         None => Err(AppError::MissingToken),
-        Some(token) if bool::from(token.as_bytes().ct_eq(app.token.as_bytes())) => Ok(()),
+        Some(token) if same(token, &app.token) => Ok(()),
         Some(_) => Err(AppError::InvalidToken),
     };
     match verdict {
@@ -41,6 +34,22 @@ pub async fn require_token(
             e.into_response()
         }
     }
+}
+
+/// The bearer token of `Authorization: Bearer <token>`. The scheme is case-insensitive
+/// (RFC 9110); the token is taken as sent.
+pub fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
+}
+
+/// Whether `presented` is `expected`, in a time that does not depend on where they differ.
+pub fn same(presented: &str, expected: &str) -> bool {
+    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// A protocol body the merger accepts.

@@ -1,17 +1,28 @@
-//! The durable store: every SQL statement of the merger, and nothing else.
+//! The durable store: the [`Store`] trait every backend implements, and the rows it moves.
 //!
-//! Slots are upserted with "max per slot" in SQL, so several merger processes could share one
-//! database without coordinating: whatever order their commits land in, each slot ends at the
-//! largest total any of them saw. `u64` totals are stored as fixed-width decimal text (see
-//! `migrations/0001_slots.sql`), whose text order is numeric order.
+//! Two backends, one module each, chosen by the `--database-url` scheme ([`open`]):
+//! - [`sqlite`] (`sqlite://`, the default): one merger process on an embedded file.
+//! - [`postgres`] (`postgres://`): several merger processes on one database, as stateless
+//!   peers. Each one hears what the others commit through [`Store::watch`].
+//!
+//! Both merge slots with "max per slot" in SQL, so mergers never coordinate: whatever order
+//! their commits land in, each slot ends at the largest total any of them saw. Counters and
+//! replicas get integer surrogate keys, so the slots table, which every commit walks, holds
+//! two integers per key instead of an id and 32 hex digits.
+//!
+//! Nothing is loaded whole at start: the merger's memory is a bounded cache over the store
+//! ([`crate::state`]), filled by [`Store::load`] on a miss.
 
-use std::path::Path;
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use async_trait::async_trait;
 use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Durability;
 
@@ -19,7 +30,7 @@ use crate::config::Durability;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database URL is not one this merger can open.
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     /// Creating the database's directory failed.
     #[error("cannot create the database directory {path}: {source}")]
@@ -50,23 +61,10 @@ pub enum StoreError {
 pub struct ReplicaRow {
     /// The replica incarnation.
     pub replica: ReplicaId,
-    /// Region of the sync.
+    /// Region the sync claims.
     pub region: String,
     /// Time of the sync.
     pub at: Timestamp,
-}
-
-/// One replica as stored: its region and its first and latest sync.
-#[derive(Debug, Clone)]
-pub struct StoredReplica {
-    /// The replica incarnation.
-    pub replica: ReplicaId,
-    /// Region of its first sync.
-    pub region: String,
-    /// First sync.
-    pub first_sync: Timestamp,
-    /// Latest sync.
-    pub last_sync: Timestamp,
 }
 
 /// One slot total to merge (max) into the store.
@@ -83,7 +81,7 @@ pub struct SlotRow {
 }
 
 /// One counter's global totals at one time, for the history.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRow {
     /// The counter.
     pub key: CounterKey,
@@ -93,227 +91,125 @@ pub struct SnapshotRow {
     pub totals: GlobalTotals,
 }
 
-/// Everything the store holds, as read at start.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// Every replica.
-    pub replicas: Vec<StoredReplica>,
-    /// Every slot.
-    pub slots: Vec<SlotRow>,
-    /// The latest snapshot of every counter that has one.
-    pub latest_snapshots: Vec<SnapshotRow>,
+/// One slot as stored, with the region of its replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSlot {
+    /// Owner of the slot.
+    pub replica: ReplicaId,
+    /// Region of the replica's first sync.
+    pub region: String,
+    /// Its totals.
+    pub totals: SlotTotals,
+    /// Last time it grew.
+    pub at: Timestamp,
 }
 
-/// The SQLite store.
-#[derive(Debug, Clone)]
-pub struct Store {
-    pool: SqlitePool,
+/// One counter as stored: every slot of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCounter {
+    /// The counter.
+    pub key: CounterKey,
+    /// Its slots, in any order.
+    pub slots: Vec<StoredSlot>,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database at `url` in WAL mode with the given durability,
-    /// and applies the migrations.
-    pub async fn open(url: &str, durability: Durability) -> Result<Store, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
-        let file = path.split('?').next().unwrap_or_default();
-        if let Some(dir) = Path::new(file)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
+impl StoredCounter {
+    /// The sums of its slots.
+    pub fn totals(&self) -> GlobalTotals {
+        let mut totals = GlobalTotals::default();
+        for slot in &self.slots {
+            totals.p += u128::from(slot.totals.p);
+            totals.n += u128::from(slot.totals.n);
         }
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(5))
-            // The slots of every live replica should stay in memory: a 64 MiB page cache per
-            // connection and reads through mmap instead of a syscall per page.
-            .pragma("cache_size", "-65536")
-            .pragma("mmap_size", "268435456")
-            .pragma("temp_store", "memory");
-        // One writer (the commit task) plus readers for history and readiness.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        totals
     }
+}
 
-    /// Reads everything needed to rebuild the in-memory state.
-    pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let mut loaded = Loaded::default();
-        for row in sqlx::query("SELECT replica, region, first_sync, last_sync FROM replicas")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            loaded.replicas.push(StoredReplica {
-                replica: replica_of(row.get("replica"))?,
-                region: row.get("region"),
-                first_sync: Timestamp::from_unix_ms(row.get("first_sync")),
-                last_sync: Timestamp::from_unix_ms(row.get("last_sync")),
-            });
-        }
-        for row in sqlx::query("SELECT kind, counter, replica, p, n, updated_at FROM slots")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            loaded.slots.push(SlotRow {
-                key: key_of("slots", row.get("kind"), row.get("counter"))?,
-                replica: replica_of(row.get("replica"))?,
-                totals: SlotTotals {
-                    p: decode("slots", row.get("p"))?,
-                    n: decode("slots", row.get("n"))?,
-                },
-                at: Timestamp::from_unix_ms(row.get("updated_at")),
-            });
-        }
-        let latest = "SELECT s.kind, s.counter, s.taken_at, s.p, s.n FROM snapshots s \
-             JOIN (SELECT kind, counter, max(taken_at) AS taken_at FROM snapshots GROUP BY kind, counter) l \
-             ON s.kind = l.kind AND s.counter = l.counter AND s.taken_at = l.taken_at";
-        for row in sqlx::query(latest).fetch_all(&self.pool).await? {
-            loaded.latest_snapshots.push(snapshot_of(
-                key_of("snapshots", row.get("kind"), row.get("counter"))?,
-                &row,
-            )?);
-        }
-        Ok(loaded)
-    }
+/// What a commit tells the merger back.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// The region of record (that of its first sync) of every replica of the batch.
+    pub regions: Vec<(ReplicaId, String)>,
+    /// Whether the batch registered a replica the store did not know.
+    pub new_replicas: bool,
+}
 
-    /// Writes one batch in one transaction: replica metadata, slots merged with max, and
-    /// snapshots. Returns only once the transaction is committed (durable per the
-    /// configured [`Durability`]).
-    ///
-    /// Each table gets one statement whatever the batch size: the rows travel as one JSON
-    /// array expanded by SQLite's `json_each`, so the statements are prepared once and
-    /// reused, and no per-row parameters cross the driver.
-    pub async fn commit(
+/// A durable store of slots, replicas and history.
+///
+/// Every method is one short transaction or query; [`commit`](Store::commit) returns only
+/// once the batch is durable (per the configured [`Durability`]).
+#[async_trait]
+pub trait Store: fmt::Debug + Send + Sync + 'static {
+    /// `sqlite` or `postgres`, for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// Writes one batch in one transaction: replica metadata (the region of a replica's
+    /// first sync is kept; `last_sync` takes the max) and slots merged with max. Slots may
+    /// arrive in any order and name counters the store has not seen yet.
+    async fn commit(
         &self,
         replicas: &[ReplicaRow],
         slots: &[SlotRow],
-        snapshots: &[SnapshotRow],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if !replicas.is_empty() {
-            let rows: Vec<_> = replicas
-                .iter()
-                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at.unix_ms()))
-                .collect();
-            sqlx::query(
-                "INSERT INTO replicas (replica, region, first_sync, last_sync) \
-                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 2 \
-                 FROM json_each(?1) AS j WHERE true \
-                 ON CONFLICT (replica) DO UPDATE SET \
-                 last_sync = max(replicas.last_sync, excluded.last_sync)",
-            )
-            .bind(json_rows(&rows))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !slots.is_empty() {
-            let rows: Vec<_> = slots
-                .iter()
-                .map(|s| {
-                    let (p, n) = (encode_u64(s.totals.p), encode_u64(s.totals.n));
-                    (
-                        s.key.kind().as_str(),
-                        s.key.id(),
-                        s.replica.to_string(),
-                        p,
-                        n,
-                        s.at.unix_ms(),
-                    )
-                })
-                .collect();
-            // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds.
-            sqlx::query(
-                "INSERT INTO slots (kind, counter, replica, p, n, updated_at) \
-                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
-                 FROM json_each(?1) AS j WHERE true \
-                 ON CONFLICT (kind, counter, replica) DO UPDATE SET \
-                 p = max(slots.p, excluded.p), \
-                 n = max(slots.n, excluded.n), \
-                 updated_at = max(slots.updated_at, excluded.updated_at)",
-            )
-            .bind(json_rows(&rows))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !snapshots.is_empty() {
-            let rows: Vec<_> = snapshots
-                .iter()
-                .map(|s| {
-                    let (p, n) = (encode_u128(s.totals.p), encode_u128(s.totals.n));
-                    (s.key.kind().as_str(), s.key.id(), s.at.unix_ms(), p, n)
-                })
-                .collect();
-            sqlx::query(
-                "INSERT INTO snapshots (kind, counter, taken_at, p, n) \
-                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4 \
-                 FROM json_each(?1) AS j WHERE true \
-                 ON CONFLICT (kind, counter, taken_at) DO UPDATE SET p = excluded.p, n = excluded.n",
-            )
-            .bind(json_rows(&rows))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
+    ) -> Result<Committed, StoreError>;
 
-    /// The snapshots of one counter taken in `from..=to`, oldest first, at most `limit`.
-    pub async fn history(
+    /// Every slot of the counters asked for that have at least one; counters with none are
+    /// left out of the answer.
+    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
+
+    /// Counters of `kind` whose id starts with `prefix`, after `after` (exclusive), in id
+    /// order, at most `limit`, each with its slots.
+    async fn list(
+        &self,
+        kind: CounterKind,
+        prefix: &str,
+        after: Option<&CounterKey>,
+        limit: u32,
+    ) -> Result<Vec<StoredCounter>, StoreError>;
+
+    /// Replica incarnations known.
+    async fn replica_count(&self) -> Result<u64, StoreError>;
+
+    /// Counters stored of `kind` (for metrics).
+    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError>;
+
+    /// Writes history points; a point already written for the same counter and time keeps
+    /// the larger totals (several mergers may snapshot the same counter).
+    async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError>;
+
+    /// The history points of one counter taken in `from..=to`, oldest first, at most `limit`.
+    async fn history(
         &self,
         key: &CounterKey,
         from: Timestamp,
         to: Timestamp,
         limit: u32,
-    ) -> Result<Vec<SnapshotRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT taken_at, p, n FROM snapshots \
-             WHERE kind = ? AND counter = ? AND taken_at >= ? AND taken_at <= ? \
-             ORDER BY taken_at LIMIT ?",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .bind(from.unix_ms())
-        .bind(to.unix_ms())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| snapshot_of(key.clone(), row))
-            .collect()
-    }
+    ) -> Result<Vec<SnapshotRow>, StoreError>;
 
     /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
+    async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Closes every connection, checkpointing the WAL.
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// Closes every connection.
+    async fn close(&self);
+
+    /// The counters other processes change, for a backend that several mergers share:
+    /// batches of keys, until `stop` turns true. `None` for a backend only one process uses.
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>>;
+}
+
+/// Opens the backend the URL's scheme names, creating and migrating its schema.
+pub async fn open(url: &str, durability: Durability) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url, durability).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PostgresStore::open(url, durability).await?,
+        ))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
     }
 }
 
-/// Rows as one JSON array of arrays, for `json_each`.
-fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
-    serde_json::to_string(rows).expect("rows of strings and integers serialize")
-}
-
-/// A `u64` as exactly 20 decimal digits.
+/// A `u64` as exactly 20 decimal digits: text order is then numeric order.
 pub fn encode_u64(v: u64) -> String {
     format!("{v:020}")
 }
@@ -323,8 +219,9 @@ pub fn encode_u128(v: u128) -> String {
     format!("{v:039}")
 }
 
-fn decode<T: FromStr>(table: &'static str, text: &str) -> Result<T, StoreError> {
-    if !text.bytes().all(|b| b.is_ascii_digit()) {
+/// Decimal digits back to a number; anything else is a corrupt row of `table`.
+pub fn decode<T: FromStr>(table: &'static str, text: &str) -> Result<T, StoreError> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(corrupt(
             table,
             format!("total {text:?} is not decimal digits"),
@@ -334,36 +231,41 @@ fn decode<T: FromStr>(table: &'static str, text: &str) -> Result<T, StoreError> 
         .map_err(|_| corrupt(table, format!("total {text:?} is out of range")))
 }
 
-/// The counter of a row's `kind` and `counter` columns. Every id stored came through a
-/// validated sync, so an invalid one means the file was changed by hand or damaged.
-fn key_of(table: &'static str, kind: &str, counter: &str) -> Result<CounterKey, StoreError> {
+/// The counter of a row's `kind` and `name` columns. Every id stored came through a
+/// validated sync, so an invalid one means the database was changed by hand or damaged.
+pub fn key_of(table: &'static str, kind: &str, name: &str) -> Result<CounterKey, StoreError> {
     let kind = match kind {
         "g" => CounterKind::G,
         "pn" => CounterKind::Pn,
         other => return Err(corrupt(table, format!("unknown kind {other:?}"))),
     };
-    CounterKey::new(kind, counter)
-        .map_err(|e| corrupt(table, format!("counter id {counter:?}: {e}")))
+    CounterKey::new(kind, name).map_err(|e| corrupt(table, format!("counter id {name:?}: {e}")))
 }
 
-fn replica_of(text: &str) -> Result<ReplicaId, StoreError> {
+/// A replica id from its 32 hex digits.
+pub fn replica_of(table: &'static str, text: &str) -> Result<ReplicaId, StoreError> {
     text.parse()
-        .map_err(|_| corrupt("slots", format!("replica id {text:?} is not 32 hex digits")))
+        .map_err(|_| corrupt(table, format!("replica id {text:?} is not 32 hex digits")))
 }
 
-fn snapshot_of(key: CounterKey, row: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRow, StoreError> {
-    Ok(SnapshotRow {
-        key,
-        at: Timestamp::from_unix_ms(row.get("taken_at")),
-        totals: GlobalTotals {
-            p: decode("snapshots", row.get("p"))?,
-            n: decode("snapshots", row.get("n"))?,
-        },
-    })
-}
-
-fn corrupt(table: &'static str, detail: String) -> StoreError {
+/// A corrupt-row error.
+pub fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
+}
+
+/// Groups `(key, slot)` rows, sorted by key, into counters.
+pub fn group_slots(rows: Vec<(CounterKey, StoredSlot)>) -> Vec<StoredCounter> {
+    let mut counters: Vec<StoredCounter> = Vec::new();
+    for (key, slot) in rows {
+        match counters.last_mut() {
+            Some(last) if last.key == key => last.slots.push(slot),
+            _ => counters.push(StoredCounter {
+                key,
+                slots: vec![slot],
+            }),
+        }
+    }
+    counters
 }
 
 #[cfg(test)]
@@ -391,67 +293,6 @@ mod tests {
         assert_eq!(decode::<u64>("t", &encode_u64(u64::MAX)).unwrap(), u64::MAX);
         assert!(decode::<u64>("t", "18446744073709551616").is_err());
         assert!(decode::<u64>("t", "-1").is_err());
-    }
-
-    async fn temp_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("db/tally.db").display());
-        let store = Store::open(&url, Durability::Full).await.unwrap();
-        (dir, store)
-    }
-
-    fn slot(p: u64, n: u64) -> SlotRow {
-        SlotRow {
-            key: CounterKey::new(CounterKind::Pn, "x").unwrap(),
-            replica: ReplicaId::from_u128(7),
-            totals: SlotTotals { p, n },
-            at: Timestamp::from_unix_ms(1),
-        }
-    }
-
-    #[tokio::test]
-    async fn u64_extremes_round_trip_exactly_and_merge_by_max_in_sql() {
-        let (_dir, store) = temp_store().await;
-        store
-            .commit(&[], &[slot(u64::MAX - 1, 1 << 53)], &[])
-            .await
-            .unwrap();
-        // Smaller p, larger n: each half keeps its max.
-        store
-            .commit(&[], &[slot(5, (1 << 53) + 1)], &[])
-            .await
-            .unwrap();
-        store.commit(&[], &[slot(u64::MAX, 0)], &[]).await.unwrap();
-        let loaded = store.load().await.unwrap();
-        assert_eq!(loaded.slots.len(), 1);
-        assert_eq!(
-            loaded.slots[0].totals,
-            SlotTotals {
-                p: u64::MAX,
-                n: (1 << 53) + 1
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn snapshots_keep_u128_totals_and_load_returns_the_latest() {
-        let (_dir, store) = temp_store().await;
-        let key = CounterKey::new(CounterKind::G, "x").unwrap();
-        let snap = |at, p| SnapshotRow {
-            key: key.clone(),
-            at: Timestamp::from_unix_ms(at),
-            totals: GlobalTotals { p, n: 0 },
-        };
-        store
-            .commit(&[], &[], &[snap(10, 1), snap(20, u128::MAX)])
-            .await
-            .unwrap();
-        let loaded = store.load().await.unwrap();
-        assert_eq!(loaded.latest_snapshots.len(), 1);
-        assert_eq!(loaded.latest_snapshots[0].totals.p, u128::MAX);
-        let (from, to) = (Timestamp::from_unix_ms(0), Timestamp::from_unix_ms(15));
-        let history = store.history(&key, from, to, 10).await.unwrap();
-        assert_eq!(history.len(), 1);
-        assert_eq!(history[0].totals.p, 1);
+        assert!(decode::<u64>("t", "").is_err());
     }
 }

@@ -1,0 +1,786 @@
+//! The Postgres store (`postgres://`): several merger processes share one database as
+//! stateless peers, with no coordination between them. Schema and its reasons in
+//! `migrations/postgres/0001_schema.sql`.
+//!
+//! Why it is safe for any number of mergers to write at once:
+//! - **Merge in SQL.** Every write is an upsert whose conflict branch keeps
+//!   `GREATEST(stored, new)` per half of a slot (and for `replicas.last_sync` and history
+//!   points). Max is commutative, associative and idempotent, so whatever order the commits of
+//!   several mergers land in, each slot ends at the largest total any of them saw, and a
+//!   stale or repeated batch changes nothing (the slot upsert's `WHERE` then skips the row).
+//! - **Sorted batches.** Rows are deduplicated in Rust (an `ON CONFLICT` statement may not
+//!   touch one row twice) and every statement inserts in one global order: replicas by id,
+//!   counters by (kind, name), slots by (counter, replica) surrogate ids, history by
+//!   (counter, time). A transaction takes its row locks in that order, phase after phase, so
+//!   two mergers never wait on each other in a cycle: no deadlocks, whatever their batches.
+//! - **Surrogate keys.** Counters and replicas get BIGINT ids; slots, which every commit
+//!   walks, are two integers per key. Each statement is one round trip whatever the batch
+//!   size: rows travel as arrays expanded by `UNNEST`, and `u64`/`u128` totals as decimal text
+//!   cast to NUMERIC, so no value goes through an `i64` or a float.
+//!
+//! How a merger hears what the others commit ([`Store::watch`]):
+//! - **NOTIFY as a hint.** A commit that changed slots sends `pg_notify('tally_changed', …)`
+//!   with the changed counters (one `kind:id` per line; ids never hold a newline, and the
+//!   kind never holds the `:` that ids may), delivered when the transaction commits. A
+//!   payload over [`MAX_PAYLOAD`] bytes is not sent. Notifications are also lost while the
+//!   listening connection is down.
+//! - **An exact catch-up.** Every slot row records the id of the transaction that last
+//!   changed it (`changed`, xid8). Every [`CATCH_UP_EVERY`] the watcher asks, in one
+//!   statement, for the slots whose `changed` is in `[since, xmin)`, where `xmin` is its
+//!   snapshot's oldest running transaction id, then sets `since = xmin`. Transactions below
+//!   `xmin` have all ended, so their committed rows are visible to that very snapshot;
+//!   transactions at or above it may still run and are left to a later round. No clock is
+//!   involved and nothing is skipped (see [`CATCH_UP`]).
+//!
+//! The bound: a change committed by any merger reaches every watcher's stream within about
+//! [`CATCH_UP_EVERY`] plus the duration of the longest transaction open on the database at
+//! the time (an open transaction holds `xmin` back), usually far sooner through NOTIFY. The
+//! stream starts from the moment the store was opened, and it includes this process's own
+//! commits: a key in it means "may have changed, reload it".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::{
+    Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot,
+    corrupt, decode, encode_u64, encode_u128, group_slots, key_of, replica_of,
+};
+use crate::config::Durability;
+
+/// The NOTIFY channel of slot changes.
+pub const CHANNEL: &str = "tally_changed";
+
+/// Largest NOTIFY payload sent, in bytes (Postgres refuses 8000 and more); a commit that
+/// changed more counters than fit sends none and is found by the catch-up.
+pub const MAX_PAYLOAD: usize = 7900;
+
+/// How often a watcher runs its catch-up.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+
+/// Batches a watcher's stream holds before the listener drops notifications (the catch-up
+/// waits for room instead: it is the one that must not lose anything).
+const WATCH_QUEUE: usize = 64;
+
+/// Most keys in one batch of the watch stream.
+const WATCH_BATCH: usize = tally_crdt::MAX_COUNTERS_PER_SYNC;
+
+/// Connections per merger: the commit task, cache misses, reads of history and the catch-up.
+const POOL_SIZE: u32 = 8;
+
+/// How long to wait for a connection (to connect, or for one of the pool's to be free).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First and longest waits before reconnecting the listener.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// The Postgres store.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+    /// For the watcher's own listening connection.
+    options: PgConnectOptions,
+    /// The snapshot xmin (xid8, as text) when the store was opened: where a watcher's
+    /// catch-up starts, so it reports every change committed since.
+    opened_xmin: String,
+    /// Turns true on [`close`](Store::close): watchers stop.
+    closing: watch::Sender<bool>,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and applies the migrations. `Durability::Full`
+    /// commits with `synchronous_commit=on` (a commit returns once its WAL is flushed),
+    /// `Normal` with `off` (a crash of the database server may lose the last commits, never
+    /// corrupt them).
+    pub async fn open(url: &str, durability: Durability) -> Result<PostgresStore, StoreError> {
+        let synchronous_commit = match durability {
+            Durability::Full => "on",
+            Durability::Normal => "off",
+        };
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("tally-merger")
+            .options([("synchronous_commit", synchronous_commit)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        // sqlx holds an advisory lock while it migrates: mergers starting together take turns.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let opened_xmin =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                .fetch_one(&pool)
+                .await?;
+        Ok(PostgresStore {
+            pool,
+            options,
+            opened_xmin,
+            closing: watch::Sender::new(false),
+        })
+    }
+}
+
+/// Replica metadata: `ORDER BY` is the lock order. The conflict branch always writes (it
+/// must, for `RETURNING` to give the stored row), so the region returned is the stored one,
+/// that of the first sync; `xmax = 0` only on a row this statement inserted.
+const UPSERT_REPLICAS: &str = "\
+    INSERT INTO replicas (replica, region, first_sync, last_sync) \
+    SELECT u.replica, u.region, u.first_sync, u.last_sync \
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) \
+        AS u(replica, region, first_sync, last_sync) \
+    ORDER BY u.replica COLLATE \"C\" \
+    ON CONFLICT (replica) DO UPDATE SET \
+        last_sync = GREATEST(replicas.last_sync, excluded.last_sync) \
+    RETURNING replica, region, (xmax = 0) AS inserted";
+
+/// The counters of a batch, in lock order; a counter already there is left alone.
+const INSERT_COUNTERS: &str = "\
+    INSERT INTO counters (kind, name) \
+    SELECT u.kind, u.name FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
+    ORDER BY u.kind COLLATE \"C\", u.name COLLATE \"C\" \
+    ON CONFLICT DO NOTHING";
+
+/// The CRDT merge: max per half, in (counter, replica) lock order. A row that grows in
+/// neither half is not written (so `changed` keeps naming the last transaction that grew
+/// it). The joins are LEFT joins so that a slot naming a replica that was never registered
+/// fails on `NOT NULL` and rolls the batch back, instead of vanishing from an inner join.
+/// Answers the counters whose slots changed, for the notification.
+const MERGE_SLOTS: &str = "\
+    WITH changed AS ( \
+        INSERT INTO slots AS s (counter, replica, p, n, updated_at) \
+        SELECT c.id, r.id, u.p::numeric, u.n::numeric, u.at \
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+            AS u(kind, name, replica, p, n, at) \
+        LEFT JOIN counters c ON c.kind = u.kind AND c.name = u.name \
+        LEFT JOIN replicas r ON r.replica = u.replica \
+        ORDER BY c.id, r.id \
+        ON CONFLICT (counter, replica) DO UPDATE SET \
+            p = GREATEST(s.p, excluded.p), \
+            n = GREATEST(s.n, excluded.n), \
+            updated_at = GREATEST(s.updated_at, excluded.updated_at), \
+            changed = pg_current_xact_id() \
+        WHERE excluded.p > s.p OR excluded.n > s.n \
+        RETURNING s.counter \
+    ) \
+    SELECT DISTINCT c.kind, c.name FROM changed JOIN counters c ON c.id = changed.counter";
+
+/// History points, in (counter, time) lock order; counters unknown to the store are dropped
+/// by the inner join (they have no slot, so nothing to show a history of).
+const UPSERT_HISTORY: &str = "\
+    INSERT INTO history AS h (counter, taken_at, p, n) \
+    SELECT c.id, u.taken_at, u.p::numeric, u.n::numeric \
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[]) \
+        AS u(kind, name, taken_at, p, n) \
+    JOIN counters c ON c.kind = u.kind AND c.name = u.name \
+    ORDER BY c.id, u.taken_at \
+    ON CONFLICT (counter, taken_at) DO UPDATE SET \
+        p = GREATEST(h.p, excluded.p), \
+        n = GREATEST(h.n, excluded.n)";
+
+/// The columns every slot query answers, for [`stored_slot`].
+const SLOT_COLUMNS: &str =
+    "c.kind, c.name, r.replica, r.region, s.p::text AS p, s.n::text AS n, s.updated_at";
+
+/// One round of the watcher's catch-up: the counters of slots changed by transactions in
+/// `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
+///
+/// Why nothing is missed: `xmin` is the oldest transaction still running when the snapshot
+/// was taken, so every transaction below it has ended and, if it committed, its rows are
+/// visible to this snapshot. Transaction ids are handed out in increasing order and a
+/// transaction gets its id at its first write, so one that had not written yet gets an id at
+/// or above `xmin`, left to a later round like those still running. A row changed by a
+/// transaction below `since` cannot have been changed after the previous round's snapshot:
+/// a later writer of the row would have waited for that transaction's row lock and so have
+/// an id that was still running (at or above the old `xmin`, which is `since`) then.
+/// The one left-joined row carries `xmin` when nothing changed.
+pub const CATCH_UP: &str = "\
+    WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
+    SELECT snap.xmin::text AS xmin, k.kind, k.name \
+    FROM snap LEFT JOIN LATERAL ( \
+        SELECT DISTINCT c.kind, c.name FROM slots s JOIN counters c ON c.id = s.counter \
+        WHERE s.changed >= $1::text::xid8 AND s.changed < snap.xmin \
+    ) k ON true \
+    ORDER BY k.kind, k.name";
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn commit(
+        &self,
+        replicas: &[ReplicaRow],
+        slots: &[SlotRow],
+    ) -> Result<Committed, StoreError> {
+        if replicas.is_empty() && slots.is_empty() {
+            return Ok(Committed::default());
+        }
+        let mut tx = self.pool.begin().await?;
+        let committed = upsert_replicas(&mut tx, replicas).await?;
+        let changed = merge_slots(&mut tx, slots).await?;
+        if let Some(payload) = notification(&changed) {
+            // Queued by the server and delivered when (and only if) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(committed)
+    }
+
+    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
+        let keys: BTreeSet<&CounterKey> = keys.iter().collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (kinds, names): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
+        let rows = sqlx::query(&format!(
+            "SELECT {SLOT_COLUMNS} \
+             FROM UNNEST($1::text[], $2::text[]) AS k(kind, name) \
+             JOIN counters c ON c.kind = k.kind AND c.name = k.name \
+             JOIN slots s ON s.counter = c.id \
+             JOIN replicas r ON r.id = s.replica \
+             ORDER BY c.kind, c.name, r.replica"
+        ))
+        .bind(kinds)
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await?;
+        grouped(&rows)
+    }
+
+    async fn list(
+        &self,
+        kind: CounterKind,
+        prefix: &str,
+        after: Option<&CounterKey>,
+        limit: u32,
+    ) -> Result<Vec<StoredCounter>, StoreError> {
+        // No id holds a character outside the id charset (nor can Postgres text hold NUL):
+        // such a prefix matches nothing.
+        let id_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+        if limit == 0 || !prefix.bytes().all(id_char) {
+            return Ok(Vec::new());
+        }
+        // Keys order by kind, then id: a cursor of another kind bounds nothing or everything.
+        let after = match after {
+            Some(a) if a.kind() == kind => Some(a.id()),
+            Some(a) if a.kind() > kind => return Ok(Vec::new()),
+            _ => None,
+        };
+        // The prefix as a range of the (kind, name) index: every id char sorts below DEL
+        // (0x7f), so the ids starting with `prefix` are exactly [prefix, prefix || DEL) in
+        // the "C" collation; `starts_with` only restates it.
+        let rows = sqlx::query(&format!(
+            "WITH page AS ( \
+                 SELECT c.id, c.kind, c.name FROM counters c \
+                 WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
+                   AND starts_with(c.name, $2) \
+                   AND ($3::text IS NULL OR c.name > $3) \
+                   AND EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+                 ORDER BY c.name LIMIT $4 \
+             ) \
+             SELECT {SLOT_COLUMNS} \
+             FROM page c \
+             JOIN slots s ON s.counter = c.id \
+             JOIN replicas r ON r.id = s.replica \
+             ORDER BY c.name, r.replica"
+        ))
+        .bind(kind.as_str())
+        .bind(prefix)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        grouped(&rows)
+    }
+
+    async fn replica_count(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(count).map_err(|_| corrupt("replicas", format!("count {count}")))
+    }
+
+    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = $1")
+            .bind(kind.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
+    }
+
+    async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
+        // One row per (counter, time), the larger of each half, in lock order.
+        let mut points: BTreeMap<(&CounterKey, Timestamp), GlobalTotals> = BTreeMap::new();
+        for row in rows {
+            let point = points.entry((&row.key, row.at)).or_default();
+            point.p = point.p.max(row.totals.p);
+            point.n = point.n.max(row.totals.n);
+        }
+        if points.is_empty() {
+            return Ok(());
+        }
+        let mut columns = HistoryColumns::default();
+        for ((key, at), totals) in points {
+            columns.kinds.push(key.kind().as_str());
+            columns.names.push(key.id());
+            columns.taken_at.push(at.unix_ms());
+            columns.p.push(encode_u128(totals.p));
+            columns.n.push(encode_u128(totals.n));
+        }
+        sqlx::query(UPSERT_HISTORY)
+            .bind(columns.kinds)
+            .bind(columns.names)
+            .bind(columns.taken_at)
+            .bind(columns.p)
+            .bind(columns.n)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        key: &CounterKey,
+        from: Timestamp,
+        to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SnapshotRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT h.taken_at, h.p::text AS p, h.n::text AS n \
+             FROM history h JOIN counters c ON c.id = h.counter \
+             WHERE c.kind = $1 AND c.name = $2 AND h.taken_at BETWEEN $3 AND $4 \
+             ORDER BY h.taken_at LIMIT $5",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .bind(from.unix_ms())
+        .bind(to.unix_ms())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SnapshotRow {
+                    key: key.clone(),
+                    at: Timestamp::from_unix_ms(row.try_get("taken_at")?),
+                    totals: GlobalTotals {
+                        p: decode("history", row.try_get("p")?)?,
+                        n: decode("history", row.try_get("n")?)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        // Watchers first: their catch-up holds pool connections that close() waits for.
+        self.closing.send_replace(true);
+        self.pool.close().await;
+    }
+
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let watcher = Watcher {
+            pool: self.pool.clone(),
+            options: self.options.clone(),
+            since: self.opened_xmin.clone(),
+            tx,
+        };
+        let closing = self.closing.subscribe();
+        tokio::spawn(watcher.run(stop, closing));
+        Some(rx)
+    }
+}
+
+/// Statement 1 of a commit: records the batch's replicas (one row each: the region of its
+/// earliest sync in the batch, the span of its times) and answers their regions of record.
+async fn upsert_replicas(
+    tx: &mut Transaction<'static, Postgres>,
+    replicas: &[ReplicaRow],
+) -> Result<Committed, StoreError> {
+    let mut distinct: BTreeMap<ReplicaId, (&str, Timestamp, Timestamp)> = BTreeMap::new();
+    for row in replicas {
+        let entry = distinct
+            .entry(row.replica)
+            .or_insert((row.region.as_str(), row.at, row.at));
+        if row.at < entry.1 {
+            *entry = (row.region.as_str(), row.at, entry.2);
+        }
+        entry.2 = entry.2.max(row.at);
+    }
+    let mut committed = Committed::default();
+    if distinct.is_empty() {
+        return Ok(committed);
+    }
+    let mut ids = Vec::with_capacity(distinct.len());
+    let mut regions = Vec::with_capacity(distinct.len());
+    let mut first = Vec::with_capacity(distinct.len());
+    let mut last = Vec::with_capacity(distinct.len());
+    for (replica, (region, first_at, last_at)) in distinct {
+        ids.push(replica.to_string());
+        regions.push(region);
+        first.push(first_at.unix_ms());
+        last.push(last_at.unix_ms());
+    }
+    let rows = sqlx::query(UPSERT_REPLICAS)
+        .bind(ids)
+        .bind(regions)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let replica = replica_of("replicas", row.try_get("replica")?)?;
+        committed.regions.push((replica, row.try_get("region")?));
+        committed.new_replicas |= row.try_get::<bool, _>("inserted")?;
+    }
+    Ok(committed)
+}
+
+/// Statements 2 and 3 of a commit: registers the batch's counters, merges its slots, and
+/// answers the counters whose stored slots grew.
+async fn merge_slots(
+    tx: &mut Transaction<'static, Postgres>,
+    slots: &[SlotRow],
+) -> Result<Vec<(String, String)>, StoreError> {
+    // One row per (counter, replica), the larger of each half: `ON CONFLICT` may not touch
+    // one row twice in a statement.
+    let mut distinct: BTreeMap<(&CounterKey, ReplicaId), (SlotTotals, Timestamp)> = BTreeMap::new();
+    for row in slots {
+        let entry = distinct
+            .entry((&row.key, row.replica))
+            .or_insert((row.totals, row.at));
+        *entry = (entry.0.join(row.totals), entry.1.max(row.at));
+    }
+    if distinct.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counters: BTreeSet<&CounterKey> = distinct.keys().map(|(key, _)| *key).collect();
+    let (kinds, names): (Vec<&str>, Vec<&str>) =
+        counters.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
+    sqlx::query(INSERT_COUNTERS)
+        .bind(kinds)
+        .bind(names)
+        .execute(&mut **tx)
+        .await?;
+    let mut columns = SlotColumns::default();
+    for ((key, replica), (totals, at)) in distinct {
+        columns.kinds.push(key.kind().as_str());
+        columns.names.push(key.id());
+        columns.replicas.push(replica.to_string());
+        columns.p.push(encode_u64(totals.p));
+        columns.n.push(encode_u64(totals.n));
+        columns.at.push(at.unix_ms());
+    }
+    let rows = sqlx::query(MERGE_SLOTS)
+        .bind(columns.kinds)
+        .bind(columns.names)
+        .bind(columns.replicas)
+        .bind(columns.p)
+        .bind(columns.n)
+        .bind(columns.at)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
+        .collect()
+}
+
+/// The slot rows of a commit, column by column, for `UNNEST`.
+#[derive(Default)]
+struct SlotColumns<'a> {
+    kinds: Vec<&'a str>,
+    names: Vec<&'a str>,
+    replicas: Vec<String>,
+    p: Vec<String>,
+    n: Vec<String>,
+    at: Vec<i64>,
+}
+
+/// History points, column by column, for `UNNEST`.
+#[derive(Default)]
+struct HistoryColumns<'a> {
+    kinds: Vec<&'a str>,
+    names: Vec<&'a str>,
+    taken_at: Vec<i64>,
+    p: Vec<String>,
+    n: Vec<String>,
+}
+
+/// The NOTIFY payload for these changed counters (`kind:id` lines), if any changed and it
+/// fits under [`MAX_PAYLOAD`].
+fn notification(changed: &[(String, String)]) -> Option<String> {
+    if changed.is_empty() {
+        return None;
+    }
+    let mut payload = String::new();
+    for (kind, name) in changed {
+        if !payload.is_empty() {
+            payload.push('\n');
+        }
+        payload.push_str(kind);
+        payload.push(':');
+        payload.push_str(name);
+        if payload.len() > MAX_PAYLOAD {
+            return None;
+        }
+    }
+    Some(payload)
+}
+
+/// The keys of a NOTIFY payload. A line that is not a key (a hand-sent notification) is
+/// skipped: notifications are only hints.
+fn parse_notification(payload: &str) -> Vec<CounterKey> {
+    payload
+        .lines()
+        .filter_map(|line| {
+            let parsed = line
+                .split_once(':')
+                .ok_or_else(|| corrupt("notification", format!("line {line:?} is not kind:id")))
+                .and_then(|(kind, name)| key_of("notification", kind, name));
+            parsed
+                .inspect_err(|e| warn!(error = %e, "ignoring a line of a change notification"))
+                .ok()
+        })
+        .collect()
+}
+
+/// A slot row of [`SLOT_COLUMNS`] with its counter.
+fn stored_slot(row: &PgRow) -> Result<(CounterKey, StoredSlot), StoreError> {
+    let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
+    let slot = StoredSlot {
+        replica: replica_of("replicas", row.try_get("replica")?)?,
+        region: row.try_get("region")?,
+        totals: SlotTotals {
+            p: decode("slots", row.try_get("p")?)?,
+            n: decode("slots", row.try_get("n")?)?,
+        },
+        at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+    };
+    Ok((key, slot))
+}
+
+/// Slot rows sorted by counter, as counters.
+fn grouped(rows: &[PgRow]) -> Result<Vec<StoredCounter>, StoreError> {
+    let slots = rows.iter().map(stored_slot).collect::<Result<_, _>>()?;
+    Ok(group_slots(slots))
+}
+
+/// The task behind [`Store::watch`].
+struct Watcher {
+    pool: PgPool,
+    options: PgConnectOptions,
+    /// xid8 as text: the catch-up's lower bound.
+    since: String,
+    tx: mpsc::Sender<Vec<CounterKey>>,
+}
+
+impl Watcher {
+    /// Listens and catches up, both in this one task, until `stop` or `closing` turns true
+    /// or the stream's receiver is dropped.
+    async fn run(self, stop: watch::Receiver<bool>, closing: watch::Receiver<bool>) {
+        let Watcher {
+            pool,
+            options,
+            since,
+            tx,
+        } = self;
+        let receiver_gone = tx.clone();
+        tokio::select! {
+            () = turns_true(stop) => {}
+            () = turns_true(closing) => {}
+            () = receiver_gone.closed() => {}
+            () = listen(options, tx.clone()) => {}
+            () = catch_up(pool, since, tx) => {}
+        }
+        debug!("change watcher stopped");
+    }
+}
+
+/// Waits until the flag is true; forever if its sender is gone without saying so.
+async fn turns_true(mut flag: watch::Receiver<bool>) {
+    if flag.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Forwards each notification's keys, on a connection of its own, reconnecting with backoff.
+/// Returns only when the stream's receiver is gone.
+async fn listen(options: PgConnectOptions, tx: mpsc::Sender<Vec<CounterKey>>) {
+    // A pool of one connection that never expires: PgListener reconnects through it and
+    // listens again on the new connection.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options);
+    let mut backoff = Backoff::default();
+    let mut listener = loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match connected.await {
+            Ok(listener) => break listener,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for changes; retrying");
+                backoff.wait().await;
+            }
+        }
+    };
+    backoff = Backoff::default();
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                backoff = Backoff::default();
+                let keys = parse_notification(notification.payload());
+                if keys.is_empty() {
+                    continue;
+                }
+                match tx.try_send(keys) {
+                    Ok(()) => {}
+                    // The catch-up reports these keys within a round.
+                    Err(TrySendError::Full(_)) => {
+                        debug!("change stream full: dropping a notification");
+                    }
+                    Err(TrySendError::Closed(_)) => return,
+                }
+            }
+            Ok(None) => warn!(
+                "the connection listening for changes was lost and reopened; \
+                 the catch-up covers what it missed"
+            ),
+            Err(e) => {
+                warn!(error = %e, "listening for changes failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Every [`CATCH_UP_EVERY`], sends the counters changed since the last round (see
+/// [`CATCH_UP`]), waiting for room in the stream. Returns when the stream's receiver or the
+/// pool is gone.
+async fn catch_up(pool: PgPool, mut since: String, tx: mpsc::Sender<Vec<CounterKey>>) {
+    let mut tick = tokio::time::interval(CATCH_UP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: u32 = 0;
+    loop {
+        tick.tick().await;
+        let rows = match sqlx::query(CATCH_UP).bind(&since).fetch_all(&pool).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                // `since` stays: the next round covers this one's range too.
+                failures = failures.saturating_add(1);
+                if failures.is_power_of_two() {
+                    warn!(error = %e, failures, "the change catch-up failed; retrying");
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let mut keys = Vec::new();
+        for row in &rows {
+            match caught_up(row) {
+                Ok((xmin, key)) => {
+                    since = xmin;
+                    keys.extend(key);
+                }
+                // A damaged row must not stall the catch-up for every other counter.
+                Err(e) => warn!(error = %e, "the change catch-up skips a row"),
+            }
+        }
+        while !keys.is_empty() {
+            let rest = keys.split_off(keys.len().min(WATCH_BATCH));
+            if tx.send(keys).await.is_err() {
+                return;
+            }
+            keys = rest;
+        }
+    }
+}
+
+/// A row of [`CATCH_UP`]: the snapshot's xmin and the changed counter, if any.
+fn caught_up(row: &PgRow) -> Result<(String, Option<CounterKey>), StoreError> {
+    let xmin = row.try_get("xmin")?;
+    let kind: Option<&str> = row.try_get("kind")?;
+    let name: Option<&str> = row.try_get("name")?;
+    let key = match (kind, name) {
+        (Some(kind), Some(name)) => Some(key_of("counters", kind, name)?),
+        _ => None,
+    };
+    Ok((xmin, key))
+}
+
+/// Capped exponential backoff.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(BACKOFF.0)
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(BACKOFF.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_round_trip_ids_with_colons() {
+        let changed = vec![
+            ("g".to_owned(), "a:b:c".to_owned()),
+            ("pn".to_owned(), "x_1.y-z".to_owned()),
+        ];
+        let payload = notification(&changed).expect("small payload");
+        assert_eq!(payload, "g:a:b:c\npn:x_1.y-z");
+        let keys = parse_notification(&payload);
+        assert_eq!(
+            keys,
+            vec![
+                CounterKey::new(CounterKind::G, "a:b:c").expect("valid id"),
+                CounterKey::new(CounterKind::Pn, "x_1.y-z").expect("valid id"),
+            ]
+        );
+        assert!(parse_notification("nonsense\n\nq:x").is_empty());
+    }
+
+    #[test]
+    fn a_payload_too_large_to_notify_is_not_sent() {
+        assert_eq!(notification(&[]), None);
+        let name = "x".repeat(120);
+        let changed: Vec<_> = (0..100)
+            .map(|i| ("g".to_owned(), format!("{name}{i}")))
+            .collect();
+        assert_eq!(notification(&changed), None);
+        assert!(notification(&changed[..10]).is_some());
+    }
+}

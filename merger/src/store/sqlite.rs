@@ -1,0 +1,550 @@
+//! The SQLite backend: one merger process on an embedded file, in WAL mode.
+//!
+//! The single writer is the merger's commit task (history snapshots write in small chunks
+//! from their own task and wait on SQLite's lock for a moment at most). Rows travel as JSON
+//! arrays expanded by `json_each`, one statement per table per commit.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot,
+    corrupt, decode, encode_u64, encode_u128, group_slots, key_of, replica_of,
+};
+use crate::config::Durability;
+
+/// The SQLite store: one merger process on one file, in WAL mode.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` in WAL mode with the given durability,
+    /// and applies the migrations.
+    pub async fn open(url: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
+        let file = path.split('?').next().unwrap_or_default();
+        if let Some(dir) = Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(5))
+            // The slots of every live replica should stay in memory: a 64 MiB page cache per
+            // connection and reads through mmap instead of a syscall per page.
+            .pragma("cache_size", "-65536")
+            .pragma("mmap_size", "268435456")
+            .pragma("temp_store", "memory");
+        // One writer (the commit task), one for history, readers for cache misses and lists.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+/// Every slot of the counters a query names, with its replica's region, sorted by key.
+const SLOTS_OF: &str = "SELECT c.kind, c.name, r.replica, r.region, s.p, s.n, s.updated_at \
+     FROM slots s JOIN replicas r ON r.id = s.replica JOIN counters c ON c.id = s.counter";
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    /// Each table gets one statement whatever the batch size: the rows travel as one JSON
+    /// array expanded by SQLite's `json_each`, so the statements are prepared once and
+    /// reused, and no per-row parameters cross the driver.
+    async fn commit(
+        &self,
+        replicas: &[ReplicaRow],
+        slots: &[SlotRow],
+    ) -> Result<Committed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut committed = Committed::default();
+        let mut replica_ids: HashMap<ReplicaId, i64> = HashMap::with_capacity(replicas.len());
+        if !replicas.is_empty() {
+            let rows: Vec<_> = replicas
+                .iter()
+                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at.unix_ms()))
+                .collect();
+            let rows = json_rows(&rows);
+            let inserted = sqlx::query(
+                "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 2 \
+                 FROM json_each(?1) AS j WHERE true ON CONFLICT (replica) DO NOTHING",
+            )
+            .bind(&rows)
+            .execute(&mut *tx)
+            .await?;
+            committed.new_replicas = inserted.rows_affected() > 0;
+            let recorded = sqlx::query(
+                "UPDATE replicas SET last_sync = max(last_sync, j.value ->> 2) \
+                 FROM json_each(?1) AS j WHERE replicas.replica = j.value ->> 0 \
+                 RETURNING id, replica, region",
+            )
+            .bind(&rows)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in recorded {
+                let replica = replica_of("replicas", row.get("replica"))?;
+                replica_ids.insert(replica, row.get("id"));
+                committed.regions.push((replica, row.get("region")));
+            }
+        }
+        if !slots.is_empty() {
+            let mut keys: Vec<(&str, &str)> = slots
+                .iter()
+                .map(|s| (s.key.kind().as_str(), s.key.id()))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            sqlx::query(
+                "INSERT INTO counters (kind, name) \
+                 SELECT j.value ->> 0, j.value ->> 1 \
+                 FROM json_each(?1) AS j WHERE true ON CONFLICT (kind, name) DO NOTHING",
+            )
+            .bind(json_rows(&keys))
+            .execute(&mut *tx)
+            .await?;
+            let mut rows = Vec::with_capacity(slots.len());
+            for s in slots {
+                let replica = replica_ids.get(&s.replica).ok_or_else(|| {
+                    corrupt(
+                        "replicas",
+                        format!("slot of replica {} committed without it", s.replica),
+                    )
+                })?;
+                rows.push((
+                    s.key.kind().as_str(),
+                    s.key.id(),
+                    replica,
+                    encode_u64(s.totals.p),
+                    encode_u64(s.totals.n),
+                    s.at.unix_ms(),
+                ));
+            }
+            // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds.
+            sqlx::query(
+                "INSERT INTO slots (counter, replica, p, n, updated_at) \
+                 SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
+                 FROM json_each(?1) AS j \
+                 JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+                 WHERE true \
+                 ON CONFLICT (counter, replica) DO UPDATE SET \
+                 p = max(slots.p, excluded.p), \
+                 n = max(slots.n, excluded.n), \
+                 updated_at = max(slots.updated_at, excluded.updated_at)",
+            )
+            .bind(json_rows(&rows))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(committed)
+    }
+
+    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<(&str, &str)> = keys.iter().map(|k| (k.kind().as_str(), k.id())).collect();
+        let rows = sqlx::query(&format!(
+            "{SLOTS_OF} JOIN json_each(?1) AS j ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+             ORDER BY c.kind, c.name"
+        ))
+        .bind(json_rows(&asked))
+        .fetch_all(&self.pool)
+        .await?;
+        slots_of(&rows)
+    }
+
+    async fn list(
+        &self,
+        kind: CounterKind,
+        prefix: &str,
+        after: Option<&CounterKey>,
+        limit: u32,
+    ) -> Result<Vec<StoredCounter>, StoreError> {
+        // Ids are ASCII letters, digits and `-_.:`, all below `~`: every id that starts with
+        // `prefix` sorts in [prefix, prefix + "~"), an index range.
+        let rows = sqlx::query(&format!(
+            "{SLOTS_OF} WHERE c.id IN (SELECT id FROM counters \
+             WHERE kind = ?1 AND name >= ?2 AND name > ?3 AND name < ?4 ORDER BY name LIMIT ?5) \
+             ORDER BY c.kind, c.name"
+        ))
+        .bind(kind.as_str())
+        .bind(prefix)
+        .bind(
+            after
+                .filter(|a| a.kind() == kind)
+                .map_or("", CounterKey::id),
+        )
+        .bind(format!("{prefix}~"))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        slots_of(&rows)
+    }
+
+    async fn replica_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = ?")
+            .bind(kind.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|s| {
+                (
+                    s.key.kind().as_str(),
+                    s.key.id(),
+                    s.at.unix_ms(),
+                    encode_u128(s.totals.p),
+                    encode_u128(s.totals.n),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO history (counter, taken_at, p, n) \
+             SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4 \
+             FROM json_each(?1) AS j \
+             JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+             WHERE true \
+             ON CONFLICT (counter, taken_at) DO UPDATE SET \
+             p = max(history.p, excluded.p), n = max(history.n, excluded.n)",
+        )
+        .bind(json_rows(&rows))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        key: &CounterKey,
+        from: Timestamp,
+        to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SnapshotRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT h.taken_at, h.p, h.n FROM history h JOIN counters c ON c.id = h.counter \
+             WHERE c.kind = ? AND c.name = ? AND h.taken_at >= ? AND h.taken_at <= ? \
+             ORDER BY h.taken_at LIMIT ?",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .bind(from.unix_ms())
+        .bind(to.unix_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SnapshotRow {
+                    key: key.clone(),
+                    at: Timestamp::from_unix_ms(row.get("taken_at")),
+                    totals: GlobalTotals {
+                        p: decode("history", row.get("p"))?,
+                        n: decode("history", row.get("n"))?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// One process owns a SQLite file: nobody else changes it.
+    fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>> {
+        None
+    }
+}
+
+/// Rows of [`SLOTS_OF`], grouped into counters.
+fn slots_of(rows: &[SqliteRow]) -> Result<Vec<StoredCounter>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = key_of("counters", row.get("kind"), row.get("name"))?;
+        out.push((
+            key,
+            StoredSlot {
+                replica: replica_of("replicas", row.get("replica"))?,
+                region: row.get("region"),
+                totals: SlotTotals {
+                    p: decode("slots", row.get("p"))?,
+                    n: decode("slots", row.get("n"))?,
+                },
+                at: Timestamp::from_unix_ms(row.get("updated_at")),
+            },
+        ));
+    }
+    Ok(group_slots(out))
+}
+
+/// Rows as one JSON array of arrays, for `json_each`.
+fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).expect("rows of strings and integers serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db/tally.db").display());
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        (dir, store)
+    }
+
+    fn key(kind: CounterKind, id: &str) -> CounterKey {
+        CounterKey::new(kind, id).unwrap()
+    }
+
+    fn replica(r: u128, region: &str) -> ReplicaRow {
+        ReplicaRow {
+            replica: ReplicaId::from_u128(r),
+            region: region.into(),
+            at: Timestamp::from_unix_ms(1),
+        }
+    }
+
+    fn slot(id: &str, r: u128, p: u64, n: u64) -> SlotRow {
+        SlotRow {
+            key: key(CounterKind::Pn, id),
+            replica: ReplicaId::from_u128(r),
+            totals: SlotTotals { p, n },
+            at: Timestamp::from_unix_ms(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn u64_extremes_round_trip_exactly_and_merge_by_max_in_sql() {
+        let (_dir, store) = temp_store().await;
+        let r = [replica(7, "eu")];
+        store
+            .commit(&r, &[slot("x", 7, u64::MAX - 1, 1 << 53)])
+            .await
+            .unwrap();
+        // Smaller p, larger n: each half keeps its max.
+        store
+            .commit(&r, &[slot("x", 7, 5, (1 << 53) + 1)])
+            .await
+            .unwrap();
+        store
+            .commit(&r, &[slot("x", 7, u64::MAX, 0)])
+            .await
+            .unwrap();
+        let loaded = store.load(&[key(CounterKind::Pn, "x")]).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            loaded[0].slots[0].totals,
+            SlotTotals {
+                p: u64::MAX,
+                n: (1 << 53) + 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_keeps_the_region_of_its_first_sync() {
+        let (_dir, store) = temp_store().await;
+        let first = store.commit(&[replica(1, "eu")], &[]).await.unwrap();
+        assert!(first.new_replicas);
+        let again = store
+            .commit(&[replica(1, "us")], &[slot("x", 1, 1, 0)])
+            .await
+            .unwrap();
+        assert!(!again.new_replicas);
+        assert_eq!(again.regions, [(ReplicaId::from_u128(1), "eu".to_owned())]);
+        let loaded = store.load(&[key(CounterKind::Pn, "x")]).await.unwrap();
+        assert_eq!(loaded[0].slots[0].region, "eu");
+        assert_eq!(store.replica_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn load_answers_only_counters_with_slots_and_list_pages_by_prefix() {
+        let (_dir, store) = temp_store().await;
+        let r = [replica(1, "eu"), replica(2, "us")];
+        let slots: Vec<_> = ["a", "b1", "b2", "b3", "c"]
+            .iter()
+            .flat_map(|id| [slot(id, 1, 1, 0), slot(id, 2, 2, 0)])
+            .collect();
+        store.commit(&r, &slots).await.unwrap();
+        let loaded = store
+            .load(&[key(CounterKind::Pn, "b2"), key(CounterKind::Pn, "nope")])
+            .await
+            .unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].slots.len(), 2);
+        let page = |prefix: &'static str, after: Option<&'static str>, limit| {
+            let store = store.clone();
+            async move {
+                let after = after.map(|a| key(CounterKind::Pn, a));
+                store
+                    .list(CounterKind::Pn, prefix, after.as_ref(), limit)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.key.id().to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(page("b", None, 2).await, ["b1", "b2"]);
+        assert_eq!(page("b", Some("b2"), 2).await, ["b3"]);
+        assert_eq!(page("", Some("b3"), 10).await, ["c"]);
+        assert_eq!(page("b", Some("a"), 10).await, ["b1", "b2", "b3"]);
+        assert!(page("z", None, 10).await.is_empty());
+        assert!(
+            store
+                .list(CounterKind::G, "", None, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "kinds are listed apart"
+        );
+    }
+
+    #[tokio::test]
+    async fn history_keeps_u128_totals_and_the_larger_point_at_one_time() {
+        let (_dir, store) = temp_store().await;
+        store
+            .commit(&[replica(1, "eu")], &[slot("x", 1, 1, 0)])
+            .await
+            .unwrap();
+        let k = key(CounterKind::Pn, "x");
+        let snap = |at, p| SnapshotRow {
+            key: k.clone(),
+            at: Timestamp::from_unix_ms(at),
+            totals: GlobalTotals { p, n: 0 },
+        };
+        store
+            .write_history(&[snap(10, 5), snap(20, u128::MAX)])
+            .await
+            .unwrap();
+        store.write_history(&[snap(10, 3)]).await.unwrap();
+        let all = store
+            .history(&k, Timestamp::MIN, Timestamp::MAX, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.totals.p).collect::<Vec<_>>(),
+            [5, u128::MAX]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_carried_over_to_surrogate_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tally.db").display());
+        // The schema and rows a merger before 0002 wrote.
+        {
+            let pool = SqlitePoolOptions::new()
+                .connect_with(
+                    SqliteConnectOptions::from_str(&url)
+                        .unwrap()
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            // Only the first migration, as a runtime migrator over a folder holding just it.
+            let first = dir.path().join("v1");
+            std::fs::create_dir(&first).unwrap();
+            std::fs::copy(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/migrations/sqlite/0001_slots.sql"
+                ),
+                first.join("0001_slots.sql"),
+            )
+            .unwrap();
+            sqlx::migrate::Migrator::new(first.as_path())
+                .await
+                .unwrap()
+                .run(&pool)
+                .await
+                .unwrap();
+            let mut conn = pool.acquire().await.unwrap();
+            let r = ReplicaId::from_u128(9).to_string();
+            sqlx::query("INSERT INTO replicas VALUES (?, 'eu', 1, 2)")
+                .bind(&r)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO slots VALUES ('g', 'home', ?, ?, ?, 2)")
+                .bind(&r)
+                .bind(encode_u64(u64::MAX))
+                .bind(encode_u64(0))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO snapshots VALUES ('g', 'home', 2, ?, ?)")
+                .bind(encode_u128(u128::from(u64::MAX)))
+                .bind(encode_u128(0))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let k = key(CounterKind::G, "home");
+        let loaded = store.load(std::slice::from_ref(&k)).await.unwrap();
+        assert_eq!(loaded[0].slots[0].totals.p, u64::MAX);
+        assert_eq!(loaded[0].slots[0].region, "eu");
+        let history = store
+            .history(&k, Timestamp::MIN, Timestamp::MAX, 10)
+            .await
+            .unwrap();
+        assert_eq!(history[0].totals.p, u128::from(u64::MAX));
+    }
+}

@@ -1,0 +1,590 @@
+//! The Postgres store against a real, throwaway Postgres cluster (one per test, from
+//! `tally_e2e::postgres`). `TALLY_NO_POSTGRES=1` skips these tests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_e2e::postgres::PostgresCluster;
+use tally_merger::config::Durability;
+use tally_merger::store::postgres::PostgresStore;
+use tally_merger::store::{ReplicaRow, SlotRow, SnapshotRow, Store, StoredCounter};
+use tokio::sync::{mpsc, watch};
+
+/// How long a watcher may take to report a change: a few catch-up rounds.
+const WATCH_LIMIT: Duration = Duration::from_secs(8);
+
+async fn cluster(test: &str) -> Option<PostgresCluster> {
+    PostgresCluster::start_unless_skipped(test).await
+}
+
+async fn open(url: &str) -> PostgresStore {
+    PostgresStore::open(url, Durability::Full)
+        .await
+        .expect("the store opens and migrates")
+}
+
+fn key(kind: CounterKind, id: &str) -> CounterKey {
+    CounterKey::new(kind, id).expect("valid counter id")
+}
+
+fn g(id: &str) -> CounterKey {
+    key(CounterKind::G, id)
+}
+
+fn replica(n: u128) -> ReplicaId {
+    ReplicaId::from_u128(n)
+}
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
+}
+
+fn registered(replica: ReplicaId, region: &str, ms: i64) -> ReplicaRow {
+    ReplicaRow {
+        replica,
+        region: region.to_owned(),
+        at: at(ms),
+    }
+}
+
+fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> SlotRow {
+    SlotRow {
+        key: key.clone(),
+        replica,
+        totals: SlotTotals { p, n },
+        at: at(ms),
+    }
+}
+
+/// The totals of one slot as loaded.
+async fn loaded_totals(store: &PostgresStore, key: &CounterKey, r: ReplicaId) -> SlotTotals {
+    let counters = store.load(std::slice::from_ref(key)).await.expect("load");
+    let counter = counters.first().expect("the counter is stored");
+    counter
+        .slots
+        .iter()
+        .find(|s| s.replica == r)
+        .expect("the slot is stored")
+        .totals
+}
+
+/// Receives batches until every key of `wanted` was seen; false on timeout or end of stream.
+async fn receive_all(
+    rx: &mut mpsc::Receiver<Vec<CounterKey>>,
+    wanted: &[CounterKey],
+    limit: Duration,
+) -> bool {
+    let mut missing: BTreeSet<&CounterKey> = wanted.iter().collect();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(batch)) => {
+                for key in &batch {
+                    missing.remove(key);
+                }
+            }
+            Ok(None) | Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn u64_extremes_round_trip_exactly_and_merge_by_max() {
+    let Some(pg) = cluster("u64_extremes_round_trip_exactly_and_merge_by_max").await else {
+        return;
+    };
+    let store = open(&pg.create_database("extremes").await).await;
+    let x = key(CounterKind::Pn, "x");
+    let r = replica(7);
+    let two53 = 1u64 << 53;
+    store
+        .commit(
+            &[registered(r, "eu", 1)],
+            &[slot(&x, r, u64::MAX - 1, two53, 1)],
+        )
+        .await
+        .expect("commit");
+    // Smaller p, larger n (2^53 + 1: not a float): each half keeps its max.
+    store
+        .commit(&[], &[slot(&x, r, 5, two53 + 1, 2)])
+        .await
+        .expect("commit");
+    store
+        .commit(&[], &[slot(&x, r, u64::MAX, 0, 3)])
+        .await
+        .expect("commit");
+    assert_eq!(
+        loaded_totals(&store, &x, r).await,
+        SlotTotals {
+            p: u64::MAX,
+            n: two53 + 1
+        }
+    );
+    // Two rows for one slot in one batch: the larger of each half, no "row affected twice".
+    let y = g("y");
+    store
+        .commit(
+            &[registered(r, "eu", 4)],
+            &[slot(&y, r, two53 + 1, 0, 4), slot(&y, r, 3, 9, 4)],
+        )
+        .await
+        .expect("commit with a repeated slot");
+    assert_eq!(
+        loaded_totals(&store, &y, r).await,
+        SlotTotals { p: two53 + 1, n: 9 }
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_stale_slot_changes_nothing() {
+    let Some(pg) = cluster("a_stale_slot_changes_nothing").await else {
+        return;
+    };
+    let url = pg.create_database("stale").await;
+    let store = open(&url).await;
+    let x = key(CounterKind::Pn, "x");
+    let r = replica(1);
+    store
+        .commit(&[registered(r, "eu", 100)], &[slot(&x, r, 10, 5, 100)])
+        .await
+        .expect("commit");
+    let row = "SELECT p, n, updated_at, changed FROM slots";
+    let before = pg.psql(&url, row).await;
+    // Smaller, equal, and a later time: nothing grows, so nothing is written.
+    for (p, n) in [(9, 5), (10, 5), (0, 0), (10, 4)] {
+        store
+            .commit(&[], &[slot(&x, r, p, n, 500)])
+            .await
+            .expect("commit");
+    }
+    assert_eq!(pg.psql(&url, row).await, before);
+    let loaded = store.load(std::slice::from_ref(&x)).await.expect("load");
+    assert_eq!(loaded[0].slots[0].totals, SlotTotals { p: 10, n: 5 });
+    assert_eq!(loaded[0].slots[0].at, at(100));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn two_stores_committing_in_opposite_key_orders_never_deadlock_and_end_at_the_max() {
+    let Some(pg) = cluster("two_stores_never_deadlock").await else {
+        return;
+    };
+    let url = pg.create_database("contended").await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    // 50 counters x 4 replicas = 200 slots, every one written by both stores every round;
+    // new counters and replicas registered by both at once in the first round.
+    let keys: Vec<CounterKey> = (0..50).map(|i| g(&format!("k{i:02}"))).collect();
+    let replicas: Vec<ReplicaId> = (1..=4).map(replica).collect();
+    const ROUNDS: u64 = 50;
+    let batch = |round: u64, forward: bool| {
+        let (p, n) = if forward {
+            (2 * round, 3 * round)
+        } else {
+            (2 * round + 1, round)
+        };
+        let mut rows: Vec<SlotRow> = keys
+            .iter()
+            .flat_map(|k| replicas.iter().map(move |r| (k, *r)))
+            .map(|(k, r)| slot(k, r, p, n, 1000 + i64::try_from(round).expect("small")))
+            .collect();
+        // Replicas only in the first round: a replica's row, upserted by both, would
+        // otherwise serialise the two stores' transactions and hide the slots' lock order.
+        let mut regs: Vec<ReplicaRow> = replicas
+            .iter()
+            .filter(|_| round == 0)
+            .map(|r| registered(*r, if forward { "eu" } else { "us" }, 1))
+            .collect();
+        if !forward {
+            rows.reverse();
+            regs.reverse();
+        }
+        (regs, rows)
+    };
+    let run = |store: PostgresStore, forward: bool| {
+        let batches: Vec<_> = (0..ROUNDS).map(|round| batch(round, forward)).collect();
+        tokio::spawn(async move {
+            for (regs, rows) in batches {
+                store.commit(&regs, &rows).await?;
+            }
+            Ok::<_, tally_merger::store::StoreError>(store)
+        })
+    };
+    let (ta, tb) = (run(a, true), run(b, false));
+    let both = async { (ta.await, tb.await) };
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(240), both)
+        .await
+        .expect("both stores finish");
+    let a = ra
+        .expect("task a")
+        .expect("store a never fails (no deadlock)");
+    let b = rb
+        .expect("task b")
+        .expect("store b never fails (no deadlock)");
+    let loaded = a.load(&keys).await.expect("load");
+    assert_eq!(loaded.len(), keys.len());
+    let want = SlotTotals {
+        p: 2 * (ROUNDS - 1) + 1,
+        n: 3 * (ROUNDS - 1),
+    };
+    for counter in &loaded {
+        assert_eq!(counter.slots.len(), replicas.len());
+        for s in &counter.slots {
+            assert_eq!(s.totals, want, "{:?} {:?}", counter.key, s.replica);
+        }
+    }
+    assert_eq!(a.replica_count().await.expect("count"), 4);
+    assert_eq!(a.counter_count(CounterKind::G).await.expect("count"), 50);
+    assert_eq!(b.counter_count(CounterKind::Pn).await.expect("count"), 0);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_region_of_a_replicas_first_sync_is_kept() {
+    let Some(pg) = cluster("the_region_of_a_replicas_first_sync_is_kept").await else {
+        return;
+    };
+    let url = pg.create_database("regions").await;
+    let store = open(&url).await;
+    let (r1, r2) = (replica(1), replica(2));
+    let x = g("x");
+    // In one batch, the earliest sync's region is the first one.
+    let first = store
+        .commit(
+            &[registered(r1, "us", 20), registered(r1, "eu", 10)],
+            &[slot(&x, r1, 1, 0, 20)],
+        )
+        .await
+        .expect("commit");
+    assert!(first.new_replicas);
+    assert_eq!(first.regions, vec![(r1, "eu".to_owned())]);
+    let second = store
+        .commit(
+            &[registered(r2, "ap", 30), registered(r1, "us", 40)],
+            &[slot(&x, r1, 2, 0, 40), slot(&x, r2, 1, 0, 30)],
+        )
+        .await
+        .expect("commit");
+    assert!(second.new_replicas);
+    let mut regions = second.regions.clone();
+    regions.sort();
+    assert_eq!(regions, vec![(r1, "eu".to_owned()), (r2, "ap".to_owned())]);
+    let third = store
+        .commit(&[registered(r1, "sa", 35)], &[])
+        .await
+        .expect("commit");
+    assert!(!third.new_replicas);
+    assert_eq!(third.regions, vec![(r1, "eu".to_owned())]);
+    // last_sync takes the max; first_sync stays.
+    assert_eq!(
+        pg.psql(
+            &url,
+            "SELECT region, first_sync, last_sync FROM replicas ORDER BY replica"
+        )
+        .await,
+        "eu|10|40\nap|30|30"
+    );
+    let loaded = store.load(std::slice::from_ref(&x)).await.expect("load");
+    let mut slots: Vec<_> = loaded[0]
+        .slots
+        .iter()
+        .map(|s| (s.replica, s.region.as_str()))
+        .collect();
+    slots.sort();
+    assert_eq!(slots, vec![(r1, "eu"), (r2, "ap")]);
+    assert_eq!(store.replica_count().await.expect("count"), 2);
+    // A slot of a replica never registered is refused, not dropped.
+    let unknown = store.commit(&[], &[slot(&x, replica(99), 1, 0, 50)]).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    store.close().await;
+}
+
+/// The ids of the counters of a page.
+fn ids(counters: &[StoredCounter]) -> Vec<&str> {
+    counters.iter().map(|c| c.key.id()).collect()
+}
+
+#[tokio::test]
+async fn load_list_and_history_behave_as_the_trait_says() {
+    let Some(pg) = cluster("load_list_and_history_behave_as_the_trait_says").await else {
+        return;
+    };
+    let url = pg.create_database("reads").await;
+    let store = open(&url).await;
+    let (r1, r2) = (replica(1), replica(2));
+    let names = ["a_1", "ab", "a_2", "a-3", "a.4", "b", "a:5", "Z", "a_0"];
+    let mut rows: Vec<SlotRow> = names.iter().map(|n| slot(&g(n), r1, 1, 0, 1)).collect();
+    rows.push(slot(&g("ab"), r2, 4, 0, 2));
+    let gauge = key(CounterKind::Pn, "ab");
+    rows.push(slot(&gauge, r2, 7, 3, 2));
+    store
+        .commit(&[registered(r1, "eu", 1), registered(r2, "us", 2)], &rows)
+        .await
+        .expect("commit");
+    // A counter with no slot at all (by hand): never answered.
+    pg.psql(
+        &url,
+        "INSERT INTO counters (kind, name) VALUES ('g', 'a_9')",
+    )
+    .await;
+
+    // load: the counters asked for that have slots, each once, kinds apart.
+    let loaded = store
+        .load(&[g("ab"), g("nope"), g("ab"), gauge.clone(), g("a_9")])
+        .await
+        .expect("load");
+    let mut got: Vec<_> = loaded
+        .iter()
+        .map(|c| {
+            let mut slots: Vec<_> = c.slots.iter().map(|s| (s.replica, s.totals)).collect();
+            slots.sort_by_key(|(r, _)| *r);
+            (c.key.clone(), slots)
+        })
+        .collect();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        got,
+        vec![
+            (
+                g("ab"),
+                vec![
+                    (r1, SlotTotals { p: 1, n: 0 }),
+                    (r2, SlotTotals { p: 4, n: 0 })
+                ]
+            ),
+            (gauge.clone(), vec![(r2, SlotTotals { p: 7, n: 3 })]),
+        ]
+    );
+    assert!(store.load(&[]).await.expect("load").is_empty());
+
+    // list: byte order of ids (as CounterKey orders), prefix taken literally ('_' is no
+    // wildcard), pages through `after`, one kind.
+    let all = store
+        .list(CounterKind::G, "", None, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&all),
+        vec!["Z", "a-3", "a.4", "a:5", "a_0", "a_1", "a_2", "ab", "b"]
+    );
+    let mut sorted = all.iter().map(|c| c.key.clone()).collect::<Vec<_>>();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        all.iter().map(|c| c.key.clone()).collect::<Vec<_>>()
+    );
+    let page1 = store
+        .list(CounterKind::G, "a_", None, 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&page1), vec!["a_0", "a_1"]);
+    let page2 = store
+        .list(CounterKind::G, "a_", Some(&page1[1].key), 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&page2), vec!["a_2"]);
+    assert_eq!(page2[0].slots.len(), 1);
+    let ab = store
+        .list(CounterKind::G, "ab", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(&ab), vec!["ab"]);
+    assert_eq!(ab[0].slots.len(), 2);
+    let gauges = store
+        .list(CounterKind::Pn, "", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(gauges.len(), 1);
+    assert_eq!(gauges[0].key, gauge);
+    // A cursor of the other kind: a G cursor is before every gauge, a gauge after every G.
+    assert_eq!(
+        store
+            .list(CounterKind::Pn, "", Some(&g("zzz")), 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .list(CounterKind::G, "", Some(&gauge), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    for prefix in ["a%", "a\0", "é", "a b"] {
+        assert!(
+            store
+                .list(CounterKind::G, prefix, None, 10)
+                .await
+                .expect("list")
+                .is_empty(),
+            "{prefix:?}"
+        );
+    }
+    assert!(
+        store
+            .list(CounterKind::G, "", None, 0)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // history: u128 totals, the larger per half for one point, unknown counters ignored,
+    // `from..=to` oldest first, at most `limit`.
+    let x = g("ab");
+    let point = |ms, p, n| SnapshotRow {
+        key: x.clone(),
+        at: at(ms),
+        totals: GlobalTotals { p, n },
+    };
+    store
+        .write_history(&[
+            point(30, u128::MAX, 0),
+            point(10, 1, 2),
+            point(20, 5, 0),
+            SnapshotRow {
+                key: g("never-synced"),
+                at: at(10),
+                totals: GlobalTotals { p: 1, n: 0 },
+            },
+        ])
+        .await
+        .expect("history");
+    // Another merger's snapshot of the same point: each half keeps its max.
+    store
+        .write_history(&[point(20, 4, 1 << 70), point(10, 1, 2)])
+        .await
+        .expect("history");
+    let history = store.history(&x, at(0), at(30), 10).await.expect("history");
+    assert_eq!(
+        history,
+        vec![
+            point(10, 1, 2),
+            point(20, 5, 1 << 70),
+            point(30, u128::MAX, 0)
+        ]
+    );
+    assert_eq!(
+        store.history(&x, at(11), at(30), 1).await.expect("history"),
+        vec![point(20, 5, 1 << 70)]
+    );
+    assert!(
+        store
+            .history(&g("never-synced"), at(0), at(30), 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(pg.psql(&url, "SELECT count(*) FROM history").await, "3");
+    store.ping().await.expect("ping");
+    store.close().await;
+    assert!(store.ping().await.is_err(), "closed");
+}
+
+#[tokio::test]
+async fn watch_delivers_a_key_committed_by_another_store_within_seconds() {
+    let Some(pg) = cluster("watch_delivers_a_key_committed_by_another_store").await else {
+        return;
+    };
+    let url = pg.create_database("watched").await;
+    let (watcher, writer) = (open(&url).await, open(&url).await);
+    let (stop_tx, stop) = watch::channel(false);
+    let mut rx = watcher.watch(stop).expect("postgres watches");
+    // Let the listener connect: this test is about the notification path being fast.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let x = g("hot:page");
+    let started = std::time::Instant::now();
+    writer
+        .commit(
+            &[registered(replica(5), "eu", 1)],
+            &[slot(&x, replica(5), 3, 0, 1)],
+        )
+        .await
+        .expect("commit");
+    assert!(receive_all(&mut rx, std::slice::from_ref(&x), WATCH_LIMIT).await);
+    eprintln!("reported after {:?}", started.elapsed());
+    // Stop ends the stream.
+    stop_tx.send_replace(true);
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while rx.recv().await.is_some() {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ends after stop");
+    watcher.close().await;
+    writer.close().await;
+}
+
+#[tokio::test]
+async fn the_catch_up_finds_changes_no_notification_announced() {
+    let Some(pg) = cluster("the_catch_up_finds_changes_no_notification_announced").await else {
+        return;
+    };
+    let url = pg.create_database("caught").await;
+    let (watcher, writer) = (open(&url).await, open(&url).await);
+    let (_stop_tx, stop) = watch::channel(false);
+    let mut rx = watcher.watch(stop).expect("postgres watches");
+    let r = replica(3);
+
+    // 1. A commit whose payload is too large to notify: 100 ids of 120 bytes.
+    let many: Vec<CounterKey> = (0..100)
+        .map(|i| g(&format!("{}{i:03}", "x".repeat(117))))
+        .collect();
+    let rows: Vec<SlotRow> = many.iter().map(|k| slot(k, r, 1, 0, 1)).collect();
+    writer
+        .commit(&[registered(r, "eu", 1)], &rows)
+        .await
+        .expect("commit");
+    assert!(receive_all(&mut rx, &many, WATCH_LIMIT).await);
+
+    // 2. A change written by hand, which sends no notification at all.
+    pg.psql(
+        &url,
+        "INSERT INTO counters (kind, name) VALUES ('pn', 'by-hand'); \
+         INSERT INTO slots (counter, replica, p, n, updated_at) \
+         SELECT c.id, r.id, 1, 0, 0 FROM counters c, replicas r \
+         WHERE c.name = 'by-hand' AND r.replica = '00000000000000000000000000000003'",
+    )
+    .await;
+    let by_hand = key(CounterKind::Pn, "by-hand");
+    assert!(receive_all(&mut rx, std::slice::from_ref(&by_hand), WATCH_LIMIT).await);
+
+    // 3. A slow transaction: it writes (taking an xid) before a later commit, stays open
+    //    over several catch-up rounds that see the later commit, then commits silently. Its
+    //    xid is below what those rounds saw committed; it is still reported.
+    let mut slow = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut tx = slow.begin().await.expect("begin");
+    sqlx::query(
+        "UPDATE slots SET p = p + 1, changed = pg_current_xact_id() \
+         WHERE counter = (SELECT id FROM counters WHERE name = 'by-hand')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("update");
+    let later = g("later");
+    writer
+        .commit(&[], &[slot(&later, r, 1, 0, 2)])
+        .await
+        .expect("commit");
+    assert!(receive_all(&mut rx, std::slice::from_ref(&later), WATCH_LIMIT).await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    while rx.try_recv().is_ok() {}
+    tx.commit().await.expect("commit the slow transaction");
+    assert!(receive_all(&mut rx, std::slice::from_ref(&by_hand), WATCH_LIMIT).await);
+    assert_eq!(
+        loaded_totals(&watcher, &by_hand, r).await,
+        SlotTotals { p: 2, n: 0 }
+    );
+    // close() ends the watchers too.
+    watcher.close().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while rx.recv().await.is_some() {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ends after close");
+    writer.close().await;
+}
