@@ -49,6 +49,18 @@ pub struct Config {
     #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Duration,
 
+    /// How long history points are kept and at what resolution: comma-separated tiers
+    /// `RESOLUTION:AGE`, finest first, where RESOLUTION is `raw` (every point) or a duration
+    /// (one point, the last, per bucket of that length). The default keeps every point for a
+    /// day, one per hour for 90 days, and nothing older.
+    #[arg(long, env = "TALLY_HISTORY_RETENTION", default_value = "raw:1d,1h:90d")]
+    pub history_retention: Retention,
+
+    /// How often the history is pruned to the retention policy (in small transactions, off
+    /// the commit path).
+    #[arg(long, env = "TALLY_HISTORY_PRUNE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub history_prune_interval: Duration,
+
     /// Counters the merger keeps in memory at most (a cache over the store: a counter not
     /// held is loaded on its first read or sync). About 300 bytes plus 40 per replica slot each.
     #[arg(long, env = "TALLY_CACHE_COUNTERS", default_value_t = 100_000)]
@@ -85,6 +97,70 @@ pub struct Config {
     /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax (e.g. `info`, `tally_merger=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// One tier of the history's retention policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tier {
+    /// One point per bucket of this length; `None`: every point.
+    pub resolution: Option<Duration>,
+    /// Points younger than this belong to this tier (or a finer one).
+    pub age: Duration,
+}
+
+/// The history's retention policy: tiers ordered finest and youngest first; points older
+/// than the last tier's age are deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention(pub Vec<Tier>);
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Retention, String> {
+        let mut tiers: Vec<Tier> = Vec::new();
+        for part in text.split(',') {
+            let (resolution, age) = part
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| format!("{part:?}: expected RESOLUTION:AGE, e.g. 1h:90d"))?;
+            let duration = |t: &str| {
+                humantime::parse_duration(t.trim())
+                    .map_err(|e| format!("{t:?}: {e}"))
+                    .and_then(|d| {
+                        if d.is_zero() {
+                            Err(format!("{t:?}: must be longer than zero"))
+                        } else {
+                            Ok(d)
+                        }
+                    })
+            };
+            let resolution = match resolution.trim() {
+                "raw" => None,
+                r => Some(duration(r)?),
+            };
+            let tier = Tier {
+                resolution,
+                age: duration(age)?,
+            };
+            if let Some(previous) = tiers.last() {
+                if tier.age <= previous.age {
+                    return Err(format!("{part:?}: ages must grow from tier to tier"));
+                }
+                if tier.resolution.is_none()
+                    || previous
+                        .resolution
+                        .zip(tier.resolution)
+                        .is_some_and(|(a, b)| b <= a)
+                {
+                    return Err(format!(
+                        "{part:?}: resolutions must coarsen from tier to tier (only the first may be raw)"
+                    ));
+                }
+            }
+            tiers.push(tier);
+        }
+        Ok(Retention(tiers))
+    }
 }
 
 /// How durable a commit is before the sync is acknowledged.

@@ -172,6 +172,8 @@ impl Merger {
             Arc::clone(&db),
             Arc::clone(&metrics),
             config.snapshot_interval,
+            history::Pruner::new(config.history_retention.clone()),
+            config.history_prune_interval,
             history_stopped,
         )];
         if let Some(changes) = store.watch(stopped) {

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub cache: CacheStats,
     /// Counters reloaded because another merger changed them.
     pub peer_refreshes: Counter,
+    /// History points deleted by retention and downsampling.
+    pub history_pruned: Counter,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,7 @@ impl Default for Metrics {
             cached_counters: Gauge::default(),
             cache: CacheStats::default(),
             peer_refreshes: Counter::default(),
+            history_pruned: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("syncs", "Sync requests by outcome", m.syncs.clone());
@@ -212,6 +215,11 @@ impl Default for Metrics {
             "cache_evictions",
             "Counters evicted from the cache",
             m.cache.evictions.clone(),
+        );
+        registry.register(
+            "history_pruned",
+            "History points deleted by retention and downsampling",
+            m.history_pruned.clone(),
         );
         registry.register(
             "peer_refreshes",

@@ -588,3 +588,51 @@ async fn the_catch_up_finds_changes_no_notification_announced() {
     assert!(end.is_ok(), "the stream ends after close");
     writer.close().await;
 }
+
+#[tokio::test]
+async fn retention_downsamples_and_deletes_history_in_postgres_too() {
+    use tally_merger::history::Pruner;
+    let Some(pg) = cluster("retention in postgres").await else {
+        return;
+    };
+    let store = open(&pg.create_database("retention").await).await;
+    let k = g("h");
+    store
+        .commit(
+            &[registered(replica(1), "eu", 0)],
+            &[slot(&k, replica(1), 1, 0, 0)],
+        )
+        .await
+        .expect("commit");
+    let points = |times: std::iter::StepBy<std::ops::RangeInclusive<i64>>| -> Vec<SnapshotRow> {
+        times
+            .map(|t| SnapshotRow {
+                key: k.clone(),
+                at: at(t),
+                totals: GlobalTotals {
+                    p: u128::try_from(t).unwrap(),
+                    n: 0,
+                },
+            })
+            .collect()
+    };
+    store
+        .write_history(&points((0..=20_000).step_by(50)))
+        .await
+        .expect("history");
+    let mut pruner = Pruner::new("raw:1s,200ms:5s,1s:10s".parse().unwrap());
+    pruner.prune(&store, at(20_000)).await.expect("prune");
+    // Every point of the last second, the last of each 200 ms bucket of the 4 s before, the
+    // last of each second of the 5 s before that, nothing older.
+    let mut want: Vec<i64> = (10_000..15_000).step_by(1000).map(|b| b + 950).collect();
+    want.extend((15_000..19_000).step_by(200).map(|b| b + 150));
+    want.extend((19_000..=20_000).step_by(50));
+    let kept: Vec<i64> = store
+        .history(&k, Timestamp::MIN, Timestamp::MAX, 10_000)
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| r.at.unix_ms())
+        .collect();
+    assert_eq!(kept, want);
+}

@@ -94,8 +94,8 @@ pub use pncounter::PNCounter;
 pub use replica::ReplicaId;
 pub use sync::{
     CounterKind, ErrorBody, GlobalTotals, MIN_PROTOCOL_VERSION, MergedCounter, PROTOCOL_VERSION,
-    ReadRequest, ReadResponse, Rejection, SlotTotals, SlotUpdate, SyncAnswer, SyncRequest,
-    SyncResponse,
+    ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse, SlotTotals, SlotUpdate,
+    SyncAnswer, SyncRequest, SyncResponse,
 };
 pub use time::Timestamp;
 pub use validate::{

@@ -495,6 +495,44 @@ pub struct ReadResponse {
     /// One per counter asked, unknown ones with zero totals and no `updated_at`.
     pub counters: Vec<MergedCounter>,
 }
+/// A replica incarnation's retirement (`POST /v1/retire`, since version 2).
+///
+/// An edge object rotates to a new incarnation only when every slot of the old one is
+/// acknowledged (nothing dirty, no sync in flight), then sends this: every slot the merger
+/// holds for `replica` is final. The merger folds them into each counter's base and from then
+/// on ignores any sync of `replica` (a late duplicate or a replay changes nothing), so the
+/// slots per counter stay bounded by the incarnations alive now. Retiring twice is harmless.
+///
+/// ```
+/// # #[cfg(feature = "json")] {
+/// use tally_crdt::{ReplicaId, RetireRequest};
+///
+/// let body = br#"{"version": 2, "replica": "0000000000000000000000000000002a"}"#;
+/// let retire = RetireRequest::from_json(body)?;
+/// assert_eq!(retire.replica, ReplicaId::from_u128(42));
+/// # }
+/// # Ok::<(), tally_crdt::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetireRequest {
+    /// [`PROTOCOL_VERSION`] (retirement exists since version 2).
+    pub version: u32,
+    /// The incarnation whose slots are final.
+    pub replica: ReplicaId,
+}
+
+/// The answer to a [`RetireRequest`], once the retirement is durable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireResponse {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The incarnation retired.
+    pub replica: ReplicaId,
+    /// Slots folded into counters' bases by this request (0 when already retired).
+    pub folded: u64,
+}
+
 /// Global totals of one counter: the sums over all slots of each half, as `u128`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GlobalTotals {

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use crate::{
     CounterKey, CounterKind, Error, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ReadRequest, ReplicaId,
-    SlotUpdate, SyncRequest,
+    RetireRequest, SlotUpdate, SyncRequest,
 };
 
 /// Longest counter id, in bytes.
@@ -154,6 +154,42 @@ impl SyncRequest {
     pub fn from_json(body: &[u8]) -> Result<SyncRequest, Error> {
         match serde_json::from_slice::<crate::sync::MapOnly<crate::sync::RawSync>>(body) {
             Ok(crate::sync::MapOnly(raw)) => SyncRequest::try_from(raw),
+            Err(parse_error) => Err(version_or_malformed(body, parse_error)),
+        }
+    }
+}
+
+impl RetireRequest {
+    /// Checks a retirement: version 2 or later and a non-nil replica.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken, as its [`Error`] variant.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(2..=PROTOCOL_VERSION).contains(&self.version) {
+            return Err(Error::UnsupportedVersion {
+                got: u64::from(self.version),
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        if self.replica.is_nil() {
+            return Err(Error::NilReplica);
+        }
+        Ok(())
+    }
+
+    /// Decodes a retirement body and checks it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`SyncRequest::from_json`].
+    #[cfg(feature = "json")]
+    pub fn from_json(body: &[u8]) -> Result<RetireRequest, Error> {
+        match serde_json::from_slice::<crate::sync::MapOnly<RetireRequest>>(body) {
+            Ok(crate::sync::MapOnly(retire)) => {
+                retire.validate()?;
+                Ok(retire)
+            }
             Err(parse_error) => Err(version_or_malformed(body, parse_error)),
         }
     }

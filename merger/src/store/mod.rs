@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -176,6 +177,18 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// the larger totals (several mergers may snapshot the same counter).
     async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError>;
 
+    /// Deletes at most `limit` history points taken in `from..to`: every one when `bucket` is
+    /// `None`, else those with a later point of the same counter in the same bucket (a
+    /// multiple of `bucket` milliseconds), so one point, the last, is left per bucket.
+    /// Returns how many it deleted: call again until it deletes fewer than `limit`.
+    async fn prune_history(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        bucket: Option<NonZeroU64>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
     /// The history points of one counter taken in `from..=to`, oldest first, at most `limit`.
     async fn history(
         &self,
@@ -251,6 +264,35 @@ pub fn replica_of(table: &'static str, text: &str) -> Result<ReplicaId, StoreErr
 /// A corrupt-row error.
 pub fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
+}
+
+/// The SQL of [`Store::prune_history`], for both backends (`?` placeholders in order: from,
+/// to, limit; with a bucket: from, to, bucket, bucket, limit). `(counter, taken_at)` is the
+/// primary key, so the `IN` finds each row by it; the range uses the `taken_at` index.
+pub fn prune_sql(bucketed: bool, numbered: bool) -> String {
+    let later_in_bucket = if bucketed {
+        " AND EXISTS (SELECT 1 FROM history l WHERE l.counter = h.counter          AND l.taken_at > h.taken_at AND l.taken_at < (h.taken_at / ? + 1) * ?)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "DELETE FROM history WHERE (counter, taken_at) IN (         SELECT h.counter, h.taken_at FROM history h          WHERE h.taken_at >= ? AND h.taken_at < ?{later_in_bucket} LIMIT ?)"
+    );
+    if !numbered {
+        return sql;
+    }
+    // Postgres numbers its parameters.
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Groups `(key, slot)` rows, sorted by key, into counters.

@@ -39,7 +39,9 @@
 //! commits: a key in it means "may have changed, reload it".
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +57,12 @@ use super::{
     corrupt, decode, encode_u64, encode_u128, group_slots, key_of, replica_of,
 };
 use crate::config::Durability;
+
+/// [`Store::prune_history`]'s two statements, built once.
+static PRUNE_ALL: LazyLock<String> = LazyLock::new(|| super::prune_sql(false, NUMBERED));
+static PRUNE_BUCKETED: LazyLock<String> = LazyLock::new(|| super::prune_sql(true, NUMBERED));
+/// Whether this backend numbers its parameters (`$1`) rather than using `?`.
+const NUMBERED: bool = true;
 
 /// The NOTIFY channel of slot changes.
 pub const CHANNEL: &str = "tally_changed";
@@ -350,6 +358,28 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn prune_history(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        bucket: Option<NonZeroU64>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut query = sqlx::query(if bucket.is_some() {
+            PRUNE_BUCKETED.as_str()
+        } else {
+            PRUNE_ALL.as_str()
+        })
+        .bind(from.unix_ms())
+        .bind(to.unix_ms());
+        if let Some(bucket) = bucket {
+            let ms = i64::try_from(bucket.get()).unwrap_or(i64::MAX);
+            query = query.bind(ms).bind(ms);
+        }
+        let done = query.bind(i64::from(limit)).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     async fn history(
