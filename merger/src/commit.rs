@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tally_crdt::{
-    CounterKey, ErrorBody, Rejection, ReplicaId, SlotTotals, SyncAnswer, SyncRequest, SyncResponse,
-    Timestamp,
+    CounterKey, ErrorBody, Rejection, ReplicaId, RetireRequest, RetireResponse, SlotTotals,
+    SyncAnswer, SyncRequest, SyncResponse, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,6 +56,22 @@ pub enum CommitError {
     Overloaded,
 }
 
+/// What the commit task is asked to do.
+#[derive(Debug)]
+enum Work {
+    /// Commit a sync (batched with the syncs waiting behind it).
+    Sync(Job),
+    /// Retire a replica incarnation (alone, between batches).
+    Retire(RetireJob),
+}
+
+/// A retirement waiting for the commit task.
+#[derive(Debug)]
+struct RetireJob {
+    request: RetireRequest,
+    reply: oneshot::Sender<Result<RetireResponse, CommitError>>,
+}
+
 struct Job {
     request: SyncRequest,
     /// Per counter of the request, in its order: why it is rejected alone, if it is.
@@ -77,7 +93,7 @@ impl Job {
 /// The handle handlers use to commit a sync.
 #[derive(Debug, Clone)]
 pub struct Committer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     metrics: Arc<Metrics>,
 }
 
@@ -105,7 +121,7 @@ impl Committer {
             reply,
         };
         // Never wait for room: a full queue is an answer (503, retry later), not a backlog.
-        self.jobs.try_send(job).map_err(|e| match e {
+        self.jobs.try_send(Work::Sync(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => CommitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
         })?;
@@ -115,6 +131,18 @@ impl Committer {
 }
 
 impl Committer {
+    /// Retires a replica incarnation; answers once the folds are durable.
+    pub async fn retire(&self, request: RetireRequest) -> Result<RetireResponse, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Work::Retire(RetireJob { request, reply }))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CommitError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
+            })?;
+        answer.await.unwrap_or(Err(CommitError::ShuttingDown))
+    }
+
     /// Syncs waiting in the queue now.
     fn depth(&self) -> i64 {
         let waiting = self.jobs.max_capacity() - self.jobs.capacity();
@@ -148,20 +176,20 @@ struct CommitTask {
 }
 
 impl CommitTask {
-    async fn run(self, mut queue: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
+    async fn run(self, mut queue: mpsc::Receiver<Work>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 biased;
-                job = queue.recv() => match job {
-                    Some(job) => self.commit_batch(job, &mut queue).await,
+                work = queue.recv() => match work {
+                    Some(work) => self.work(work, &mut queue).await,
                     None => break,
                 },
                 // Sent once, at shutdown (an error means the sender is gone: stop as well).
                 _ = stop.changed() => {
                     // Take no new syncs, but commit every one already queued.
                     queue.close();
-                    while let Some(job) = queue.recv().await {
-                        self.commit_batch(job, &mut queue).await;
+                    while let Some(work) = queue.recv().await {
+                        self.work(work, &mut queue).await;
                     }
                     break;
                 }
@@ -170,13 +198,61 @@ impl CommitTask {
         info!("commit task stopped");
     }
 
-    async fn commit_batch(&self, first: Job, queue: &mut mpsc::Receiver<Job>) {
+    /// Does `work`; a sync takes the syncs queued behind it into its batch, up to a
+    /// retirement, which runs right after the batch.
+    async fn work(&self, work: Work, queue: &mut mpsc::Receiver<Work>) {
+        let mut next = Some(work);
+        while let Some(work) = next.take() {
+            match work {
+                Work::Sync(job) => next = self.commit_batch(job, queue).await,
+                Work::Retire(job) => self.retire(job).await,
+            }
+        }
+    }
+
+    async fn retire(&self, job: RetireJob) {
+        let replica = job.request.replica;
+        let answer = match self.store.retire(replica, now()).await {
+            Ok(retired) => {
+                self.db.apply_retire(replica, &retired);
+                let folded = u64::try_from(retired.folded.len()).unwrap_or(u64::MAX);
+                self.metrics.retirements.inc();
+                self.metrics.slots_folded.inc_by(folded);
+                self.count_replicas().await;
+                info!(%replica, folded, "replica retired");
+                Ok(RetireResponse {
+                    version: job.request.version,
+                    replica,
+                    folded,
+                })
+            }
+            Err(e) => {
+                error!(error = %e, %replica, "retirement failed; the edge retries it");
+                self.metrics.commit_failures.inc();
+                Err(CommitError::Database)
+            }
+        };
+        let _ = job.reply.send(answer);
+    }
+
+    /// Commits `first` with the syncs queued behind it; answers the retirement that ended
+    /// the batch, if one did.
+    async fn commit_batch(&self, first: Job, queue: &mut mpsc::Receiver<Work>) -> Option<Work> {
         let mut slots_in_batch = first.request.counters.len();
         let mut batch = vec![first];
+        let mut after = None;
         while slots_in_batch < MAX_BATCH_SLOTS {
-            let Ok(job) = queue.try_recv() else { break };
-            slots_in_batch += job.request.counters.len();
-            batch.push(job);
+            match queue.try_recv() {
+                Ok(Work::Sync(job)) => {
+                    slots_in_batch += job.request.counters.len();
+                    batch.push(job);
+                }
+                Ok(retire) => {
+                    after = Some(retire);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         self.metrics
             .queue_depth
@@ -196,7 +272,7 @@ impl CommitTask {
                 for job in batch {
                     let _ = job.reply.send(Err(CommitError::Database));
                 }
-                return;
+                return after;
             }
         };
         self.metrics.committed(Purpose::SYNC);
@@ -239,6 +315,15 @@ impl CommitTask {
                 .cloned()
                 .unwrap_or_else(|| Arc::from(""))
         };
+        // A retired replica's slots were not written: memory must not show them either.
+        let slots: Vec<SlotRow> = if committed.retired.is_empty() {
+            slots
+        } else {
+            slots
+                .into_iter()
+                .filter(|s| !committed.retired.contains(&s.replica))
+                .collect()
+        };
         let answers: Vec<_> = self.db.apply_commit(&slots, region_of, |held| {
             batch
                 .iter()
@@ -271,14 +356,18 @@ impl CommitTask {
         }
         self.metrics.cached_counters.set(gauge(self.db.len()));
         if committed.new_replicas {
-            match self.store.replica_count().await {
-                Ok(n) => {
-                    self.metrics
-                        .replicas
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
-                }
-                Err(e) => warn!(error = %e, "cannot count replicas"),
+            self.count_replicas().await;
+        }
+        after
+    }
+
+    /// Sets the live-replica gauge from the store.
+    async fn count_replicas(&self) {
+        match self.store.replica_count().await {
+            Ok(n) => {
+                self.metrics.replicas.set(gauge_u64(n));
             }
+            Err(e) => warn!(error = %e, "cannot count replicas"),
         }
     }
 
@@ -356,6 +445,10 @@ pub fn now() -> Timestamp {
 
 fn count_f64(n: usize) -> f64 {
     u32::try_from(n).map_or(f64::from(u32::MAX), f64::from)
+}
+
+fn gauge_u64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn gauge(n: usize) -> i64 {

@@ -49,6 +49,8 @@ pub enum Endpoint {
     Sync,
     /// `POST /v1/read`: `tally_reads_total`.
     Read,
+    /// `POST /v1/retire`: `tally_retires_total`.
+    Retire,
 }
 
 /// Label of a counter kind.
@@ -66,6 +68,8 @@ pub struct Metrics {
     pub syncs: Family<Outcome, Counter>,
     /// Batch reads (`POST /v1/read`) by outcome.
     pub reads: Family<Outcome, Counter>,
+    /// Retirements (`POST /v1/retire`) by outcome.
+    pub retires: Family<Outcome, Counter>,
     /// Counters answered by batch reads.
     pub counters_read: Counter,
     /// Counters of version-2 syncs rejected alone, by error code.
@@ -102,6 +106,10 @@ pub struct Metrics {
     pub peer_refreshes: Counter,
     /// History points deleted by retention and downsampling.
     pub history_pruned: Counter,
+    /// Replica incarnations retired.
+    pub retirements: Counter,
+    /// Slots folded into bases by retirements.
+    pub slots_folded: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +118,7 @@ impl Default for Metrics {
         let m = Metrics {
             syncs: Family::default(),
             reads: Family::default(),
+            retires: Family::default(),
             counters_read: Counter::default(),
             counters_rejected: Family::default(),
             commits: Family::default(),
@@ -128,6 +137,8 @@ impl Default for Metrics {
             cache: CacheStats::default(),
             peer_refreshes: Counter::default(),
             history_pruned: Counter::default(),
+            retirements: Counter::default(),
+            slots_folded: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("syncs", "Sync requests by outcome", m.syncs.clone());
@@ -135,6 +146,11 @@ impl Default for Metrics {
             "reads",
             "Batch read requests (POST /v1/read) by outcome",
             m.reads.clone(),
+        );
+        registry.register(
+            "retires",
+            "Retirement requests (POST /v1/retire) by outcome",
+            m.retires.clone(),
         );
         registry.register(
             "counters_read",
@@ -190,7 +206,11 @@ impl Default for Metrics {
             m.snapshots_written.clone(),
         );
         registry.register("counters", "Counters stored, by kind", m.counters.clone());
-        registry.register("replicas", "Replica incarnations known", m.replicas.clone());
+        registry.register(
+            "replicas",
+            "Replica incarnations alive (not retired)",
+            m.replicas.clone(),
+        );
         registry.register(
             "commit_queue_depth",
             "Syncs waiting in the commit queue",
@@ -215,6 +235,16 @@ impl Default for Metrics {
             "cache_evictions",
             "Counters evicted from the cache",
             m.cache.evictions.clone(),
+        );
+        registry.register(
+            "retirements",
+            "Replica incarnations retired (POST /v1/retire that folded)",
+            m.retirements.clone(),
+        );
+        registry.register(
+            "slots_folded",
+            "Slots folded into counters' bases by retirements",
+            m.slots_folded.clone(),
         );
         registry.register(
             "history_pruned",
@@ -249,6 +279,7 @@ impl Metrics {
         let family = match endpoint {
             Endpoint::Sync => &self.syncs,
             Endpoint::Read => &self.reads,
+            Endpoint::Retire => &self.retires,
         };
         family.get_or_create(&Outcome { outcome }).inc();
     }

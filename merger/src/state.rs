@@ -22,9 +22,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
-use tally_crdt::{
-    CounterKey, GlobalTotals, MergedCounter, PNCounter, ReplicaId, SlotTotals, Timestamp,
-};
+use tally_crdt::{CounterKey, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp};
 
 use crate::store::{SlotRow, StoredCounter};
 
@@ -37,16 +35,28 @@ pub struct RegionShare {
     pub last_sync: Timestamp,
 }
 
+/// One live slot as held.
+#[derive(Debug, Clone)]
+struct Slot {
+    totals: SlotTotals,
+    /// Its replica's region of record.
+    region: Arc<str>,
+}
+
 /// One merged counter (possibly one nobody has hit: no slots, no `updated_at`).
 #[derive(Debug, Default)]
 pub struct Counter {
-    /// Every replica's slot, merged with max (for kind `g` the decrement half stays empty).
-    slots: PNCounter,
-    /// Sums of the slots, kept up to date on every merge.
+    /// Every live replica's slot, merged with max (for kind `g` the decrement half stays 0).
+    slots: BTreeMap<ReplicaId, Slot>,
+    /// Per region, the sums of retired replicas' slots.
+    bases: BTreeMap<Arc<str>, GlobalTotals>,
+    /// Retirements that folded slots of this counter, as of what is held.
+    folds: u64,
+    /// Sums of the slots and bases, kept up to date on every merge.
     totals: GlobalTotals,
     /// Per-region sums and last syncs.
     regions: BTreeMap<Arc<str>, RegionShare>,
-    /// Replicas with a non-zero slot.
+    /// Replicas with a non-zero live slot.
     replicas: usize,
     /// Last time a slot grew; `None` while no slot has.
     updated_at: Option<Timestamp>,
@@ -63,7 +73,7 @@ impl Counter {
     pub fn regions(&self) -> &BTreeMap<Arc<str>, RegionShare> {
         &self.regions
     }
-    /// Number of replicas with a non-zero slot.
+    /// Number of live replicas with a non-zero slot.
     pub fn replicas(&self) -> usize {
         self.replicas
     }
@@ -71,9 +81,11 @@ impl Counter {
     pub fn updated_at(&self) -> Option<Timestamp> {
         self.updated_at
     }
-    /// `replica`'s slot.
+    /// `replica`'s live slot (zero for none, or a retired one).
     pub fn slot(&self, replica: ReplicaId) -> SlotTotals {
-        self.slots.get(replica)
+        self.slots
+            .get(&replica)
+            .map_or_else(SlotTotals::default, |s| s.totals)
     }
 
     /// The counter as the store holds it.
@@ -83,10 +95,82 @@ impl Counter {
         counter
     }
 
+    /// Merges a load of the store into what is held.
+    ///
+    /// Two views that went through the same retirements (`folds`) merge slot by slot with
+    /// max, and bases by region with max. Across a retirement, a slot one view holds and
+    /// the other lacks may have been folded into a base: the view that went through more
+    /// retirements decides which replicas are live, and its bases stand (a live slot it
+    /// lacks, committed after it was read, comes back with that replica's next sync).
     fn merge_stored(&mut self, stored: StoredCounter) {
-        for slot in stored.slots {
-            self.merge_slot(slot.replica, &Arc::from(slot.region), slot.totals, slot.at);
+        for slot in &stored.slots {
+            self.touched(Some(&Arc::from(slot.region.as_str())), slot.at);
         }
+        for (region, _, at) in &stored.bases {
+            self.touched(Some(&Arc::from(region.as_str())), *at);
+        }
+        let live: BTreeMap<ReplicaId, Slot> = stored
+            .slots
+            .into_iter()
+            .map(|s| {
+                (
+                    s.replica,
+                    Slot {
+                        totals: s.totals,
+                        region: Arc::from(s.region),
+                    },
+                )
+            })
+            .collect();
+        let bases: BTreeMap<Arc<str>, GlobalTotals> = stored
+            .bases
+            .into_iter()
+            .map(|(region, totals, _)| (Arc::from(region), totals))
+            .collect();
+        match stored.folds.cmp(&self.folds) {
+            std::cmp::Ordering::Equal => {
+                for (replica, slot) in live {
+                    let held = self.slots.entry(replica).or_insert_with(|| Slot {
+                        totals: SlotTotals::default(),
+                        region: Arc::clone(&slot.region),
+                    });
+                    held.totals = held.totals.join(slot.totals);
+                }
+                for (region, base) in bases {
+                    let held = self.bases.entry(region).or_default();
+                    *held = held.join(base);
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                let mut merged = live;
+                for (replica, slot) in merged.iter_mut() {
+                    if let Some(held) = self.slots.get(replica) {
+                        slot.totals = slot.totals.join(held.totals);
+                    }
+                }
+                self.slots = merged;
+                self.bases = bases;
+                self.folds = stored.folds;
+            }
+            std::cmp::Ordering::Less => {
+                for (replica, slot) in live {
+                    if let Some(held) = self.slots.get_mut(&replica) {
+                        held.totals = held.totals.join(slot.totals);
+                    }
+                }
+            }
+        }
+        self.recompute();
+    }
+
+    /// Folds `replica`'s final slot (as the store folded it) into its region's base.
+    fn fold(&mut self, replica: ReplicaId, region: &Arc<str>, totals: SlotTotals) {
+        self.slots.remove(&replica);
+        let base = self.bases.entry(Arc::clone(region)).or_default();
+        base.p += u128::from(totals.p);
+        base.n += u128::from(totals.n);
+        self.folds += 1;
+        self.recompute();
     }
 
     /// Merges one slot (max). Returns whether it grew.
@@ -97,11 +181,16 @@ impl Counter {
         totals: SlotTotals,
         at: Timestamp,
     ) -> bool {
-        let before = self.slots.get(replica);
-        if !self.slots.merge_slot(replica, totals) {
+        let slot = self.slots.entry(replica).or_insert_with(|| Slot {
+            totals: SlotTotals::default(),
+            region: Arc::clone(region),
+        });
+        let before = slot.totals;
+        if before.dominates(totals) {
             return false;
         }
-        let after = self.slots.get(replica);
+        slot.totals = before.join(totals);
+        let after = slot.totals;
         // Slots only grow, so these differences are non-negative; sums of u64 slots fit u128.
         let (dp, dn) = (
             u128::from(after.p - before.p),
@@ -109,15 +198,53 @@ impl Counter {
         );
         self.totals.p += dp;
         self.totals.n += dn;
-        let share = self.regions.entry(Arc::clone(region)).or_default();
+        let share = self.regions.entry(Arc::clone(&slot.region)).or_default();
         share.totals.p += dp;
         share.totals.n += dn;
-        share.last_sync = share.last_sync.max(at);
         if before == SlotTotals::default() {
             self.replicas += 1;
         }
-        self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
+        let region = Arc::clone(&slot.region);
+        self.touched(Some(&region), at);
         true
+    }
+
+    /// Records a sync at `at` (of `region`, when known).
+    fn touched(&mut self, region: Option<&Arc<str>>, at: Timestamp) {
+        if let Some(region) = region {
+            let share = self.regions.entry(Arc::clone(region)).or_default();
+            share.last_sync = share.last_sync.max(at);
+        }
+        self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
+    }
+
+    /// Sums, region shares and replica count from the slots and bases (last syncs are kept).
+    fn recompute(&mut self) {
+        let mut totals = GlobalTotals::default();
+        let mut shares: BTreeMap<Arc<str>, GlobalTotals> = BTreeMap::new();
+        for slot in self.slots.values() {
+            let share = shares.entry(Arc::clone(&slot.region)).or_default();
+            share.p += u128::from(slot.totals.p);
+            share.n += u128::from(slot.totals.n);
+        }
+        for (region, base) in &self.bases {
+            let share = shares.entry(Arc::clone(region)).or_default();
+            share.p += base.p;
+            share.n += base.n;
+        }
+        for share in shares.values() {
+            totals.p += share.p;
+            totals.n += share.n;
+        }
+        self.totals = totals;
+        for (region, share) in shares {
+            self.regions.entry(region).or_default().totals = share;
+        }
+        self.replicas = self
+            .slots
+            .values()
+            .filter(|s| s.totals != SlotTotals::default())
+            .count();
     }
 
     /// As the protocol answers it, with `replica`'s recorded slot (zero without one).
@@ -140,7 +267,9 @@ impl<'a> Held<'a> {
     /// counter nobody has hit.
     pub fn counter(&self, key: &CounterKey) -> &'a Counter {
         static NOBODY: Counter = Counter {
-            slots: PNCounter::new(),
+            slots: BTreeMap::new(),
+            bases: BTreeMap::new(),
+            folds: 0,
             totals: GlobalTotals { p: 0, n: 0 },
             regions: BTreeMap::new(),
             replicas: 0,
@@ -302,6 +431,18 @@ impl Db {
         answer
     }
 
+    /// Applies a retirement the store committed: each folded slot leaves its held counter
+    /// for the base of `region`. Counters not held need nothing (their next load has it).
+    pub fn apply_retire(&self, replica: ReplicaId, retired: &crate::store::Retired) {
+        let region: Arc<str> = Arc::from(retired.region.as_str());
+        let mut merged = self.write_lock();
+        for folded in &retired.folded {
+            if let Some(counter) = merged.counters.get_mut(&folded.key) {
+                counter.fold(replica, &region, folded.totals);
+            }
+        }
+    }
+
     /// Unpins after a failed commit.
     pub fn unpin(&self) {
         let mut merged = self.write_lock();
@@ -448,6 +589,8 @@ mod tests {
                     at: ms(10),
                 })
                 .collect(),
+            bases: Vec::new(),
+            folds: 0,
         }
     }
 
@@ -598,5 +741,74 @@ mod tests {
         assert!(db.take_snapshot_due(10).is_empty());
         db.snapshot_failed([key("x")]);
         assert_eq!(db.take_snapshot_due(10).len(), 1);
+    }
+
+    fn retired(region: &str, id: &str, p: u64) -> crate::store::Retired {
+        crate::store::Retired {
+            region: region.into(),
+            folded: vec![crate::store::FoldedSlot {
+                key: key(id),
+                totals: SlotTotals { p, n: 0 },
+                at: ms(10),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_fold_moves_a_slot_into_its_regions_base_and_keeps_the_count() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.fill(
+            &x,
+            &x,
+            vec![stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)])],
+            |_| (),
+        )
+        .unwrap();
+        db.apply_retire(ReplicaId::from_u128(1), &retired("eu", "x", 5));
+        db.read(&x, |h| {
+            let c = h.counter(&key("x"));
+            assert_eq!(c.totals(), GlobalTotals { p: 12, n: 0 });
+            assert_eq!(c.regions()["eu"].totals, GlobalTotals { p: 5, n: 0 });
+            assert_eq!(c.replicas(), 1, "only the live slot is a replica");
+            assert_eq!(c.slot(ReplicaId::from_u128(1)), SlotTotals::default());
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_load_from_before_a_fold_does_not_bring_the_folded_slot_back() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        let before = stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)]);
+        db.fill(&x, &x, vec![before.clone()], |_| ()).unwrap();
+        db.apply_retire(ReplicaId::from_u128(1), &retired("eu", "x", 5));
+        // A read that loaded before the fold lands after it.
+        db.refresh(vec![before]);
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 12, n: 0 }));
+    }
+
+    #[test]
+    fn a_load_after_a_fold_this_cache_missed_replaces_the_folded_slot_by_its_base() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.fill(
+            &x,
+            &x,
+            vec![stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)])],
+            |_| (),
+        )
+        .unwrap();
+        // Another merger retired replica 1 (its slot had reached 6) and replica 2 grew.
+        let mut after = stored("x", &[(2, "us", 9, 0)]);
+        after.bases = vec![("eu".into(), GlobalTotals { p: 6, n: 0 }, ms(10))];
+        after.folds = 1;
+        db.refresh(vec![after]);
+        db.read(&x, |h| {
+            let c = h.counter(&key("x"));
+            assert_eq!(c.totals(), GlobalTotals { p: 15, n: 0 });
+            assert_eq!(c.replicas(), 1);
+        })
+        .unwrap();
     }
 }

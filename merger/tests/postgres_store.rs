@@ -636,3 +636,58 @@ async fn retention_downsamples_and_deletes_history_in_postgres_too() {
         .collect();
     assert_eq!(kept, want);
 }
+
+#[tokio::test]
+async fn a_retired_replica_is_folded_into_the_base_and_its_late_syncs_are_ignored() {
+    let Some(pg) = cluster("retirement in postgres").await else {
+        return;
+    };
+    let url = pg.create_database("retire").await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let k = g("r");
+    a.commit(
+        &[
+            registered(replica(1), "eu", 1),
+            registered(replica(2), "us", 1),
+        ],
+        &[
+            slot(&k, replica(1), 5, 0, 10),
+            slot(&k, replica(2), 7, 0, 11),
+        ],
+    )
+    .await
+    .expect("commit");
+    let retired = b.retire(replica(1), at(20)).await.expect("retire");
+    assert_eq!(retired.region, "eu");
+    assert_eq!(retired.folded.len(), 1);
+    assert_eq!(retired.folded[0].totals, SlotTotals { p: 5, n: 0 });
+    // A late sync of the retired replica through the other merger: ignored.
+    let late = a
+        .commit(
+            &[registered(replica(1), "eu", 30)],
+            &[slot(&k, replica(1), 50, 0, 30)],
+        )
+        .await
+        .expect("commit");
+    assert_eq!(late.retired, [replica(1)]);
+    let loaded = a.load(std::slice::from_ref(&k)).await.expect("load");
+    let counter = &loaded[0];
+    assert_eq!(counter.totals(), GlobalTotals { p: 12, n: 0 });
+    assert_eq!(counter.folds, 1);
+    assert_eq!(counter.slots.len(), 1, "only replica 2 is live");
+    assert_eq!(counter.bases[0].0, "eu");
+    assert_eq!(a.replica_count().await.expect("count"), 1);
+    assert!(
+        b.retire(replica(1), at(40))
+            .await
+            .expect("again")
+            .folded
+            .is_empty()
+    );
+    // Listed with its base even once every slot of it is folded.
+    b.retire(replica(2), at(50)).await.expect("retire");
+    let page = a.list(CounterKind::G, "", None, 10).await.expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].totals(), GlobalTotals { p: 12, n: 0 });
+    assert!(page[0].slots.is_empty());
+}

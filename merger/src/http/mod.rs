@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/sync` | [`sync`] |
 //! | `POST /v1/read` | [`read`] |
+//! | `POST /v1/retire` | [`retire`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
@@ -17,6 +18,7 @@ pub mod dashboard;
 pub mod health;
 pub mod protocol;
 pub mod read;
+pub mod retire;
 pub mod sync;
 
 use std::time::Duration;
@@ -70,6 +72,13 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             "/v1/sync",
             post(sync::sync).route_layer(from_fn_with_state(
                 (state.clone(), Endpoint::Sync),
+                protocol::require_token,
+            )),
+        )
+        .route(
+            "/v1/retire",
+            post(retire::retire).route_layer(from_fn_with_state(
+                (state.clone(), Endpoint::Retire),
                 protocol::require_token,
             )),
         )

@@ -1,4 +1,4 @@
-//! What the two edge-facing endpoints (`POST /v1/sync`, `POST /v1/read`) share: the bearer
+//! What the edge-facing endpoints (`POST /v1/sync`, `/v1/read`, `/v1/retire`) share: the bearer
 //! sync token, checked before the body is read, and a JSON body decoded and validated by
 //! `tally-crdt`'s one decoder, so the edge and the merger refuse the same bodies the same way.
 
@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
-use tally_crdt::{ReadRequest, SyncRequest};
+use tally_crdt::{ReadRequest, RetireRequest, SyncRequest};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -65,6 +65,12 @@ pub trait Decode: Sized {
 impl Decode for SyncRequest {
     fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
         SyncRequest::from_json(body)
+    }
+}
+
+impl Decode for RetireRequest {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        RetireRequest::from_json(body)
     }
 }
 

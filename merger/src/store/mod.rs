@@ -105,25 +105,65 @@ pub struct StoredSlot {
     pub at: Timestamp,
 }
 
-/// One counter as stored: every slot of it.
+/// One counter as stored: every live slot of it, and the bases its retired slots were
+/// folded into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCounter {
     /// The counter.
     pub key: CounterKey,
-    /// Its slots, in any order.
+    /// Its live slots, in any order.
     pub slots: Vec<StoredSlot>,
+    /// Per region, the sums of the slots of its retired replicas, and when the last of
+    /// them grew.
+    pub bases: Vec<(String, GlobalTotals, Timestamp)>,
+    /// How many retirements folded slots of it.
+    pub folds: u64,
 }
 
 impl StoredCounter {
-    /// The sums of its slots.
+    /// The sums of its slots and bases.
     pub fn totals(&self) -> GlobalTotals {
         let mut totals = GlobalTotals::default();
         for slot in &self.slots {
             totals.p += u128::from(slot.totals.p);
             totals.n += u128::from(slot.totals.n);
         }
+        // Sums of u64 slots: u128 overflows only past 2^64 slots.
+        for (_, base, _) in &self.bases {
+            totals.p += base.p;
+            totals.n += base.n;
+        }
         totals
     }
+}
+
+/// One part of a stored counter, as a load query answers it row by row.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// A live slot.
+    Slot(StoredSlot),
+    /// A region's base, and when it last grew.
+    Base(String, GlobalTotals, Timestamp),
+}
+
+/// One slot folded by a retirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoldedSlot {
+    /// The counter.
+    pub key: CounterKey,
+    /// Its final totals, now in the base of the replica's region.
+    pub totals: SlotTotals,
+    /// When it last grew.
+    pub at: Timestamp,
+}
+
+/// What a retirement did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// The replica's region of record (empty for a replica that never synced).
+    pub region: String,
+    /// The slots folded; empty when the replica was already retired.
+    pub folded: Vec<FoldedSlot>,
 }
 
 /// What a commit tells the merger back.
@@ -133,6 +173,8 @@ pub struct Committed {
     pub regions: Vec<(ReplicaId, String)>,
     /// Whether the batch registered a replica the store did not know.
     pub new_replicas: bool,
+    /// Replicas of the batch that are retired: their slots were not written.
+    pub retired: Vec<ReplicaId>,
 }
 
 /// A durable store of slots, replicas and history.
@@ -146,15 +188,21 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Writes one batch in one transaction: replica metadata (the region of a replica's
     /// first sync is kept; `last_sync` takes the max) and slots merged with max. Slots may
-    /// arrive in any order and name counters the store has not seen yet.
+    /// arrive in any order and name counters the store has not seen yet. Slots of a retired
+    /// replica are not written ([`Committed::retired`]).
     async fn commit(
         &self,
         replicas: &[ReplicaRow],
         slots: &[SlotRow],
     ) -> Result<Committed, StoreError>;
 
-    /// Every slot of the counters asked for that have at least one; counters with none are
-    /// left out of the answer.
+    /// Retires `replica` at `at`, in one transaction: its slots are folded into the bases of
+    /// its region and deleted, and its later syncs are ignored. Retiring a replica twice, or
+    /// one the store never saw, folds nothing.
+    async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError>;
+
+    /// The counters asked for that have a slot or a base, each whole; the others are left out
+    /// of the answer.
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
 
     /// Counters of `kind` whose id starts with `prefix`, after `after` (exclusive), in id
@@ -167,7 +215,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredCounter>, StoreError>;
 
-    /// Replica incarnations known.
+    /// Replica incarnations alive (not retired).
     async fn replica_count(&self) -> Result<u64, StoreError>;
 
     /// Counters stored of `kind` (for metrics).
@@ -295,16 +343,25 @@ pub fn prune_sql(bucketed: bool, numbered: bool) -> String {
     out
 }
 
-/// Groups `(key, slot)` rows, sorted by key, into counters.
-pub fn group_slots(rows: Vec<(CounterKey, StoredSlot)>) -> Vec<StoredCounter> {
+/// Groups `(key, folds, part)` rows, sorted by key, into counters.
+pub fn group_parts(rows: Vec<(CounterKey, u64, Part)>) -> Vec<StoredCounter> {
     let mut counters: Vec<StoredCounter> = Vec::new();
-    for (key, slot) in rows {
-        match counters.last_mut() {
-            Some(last) if last.key == key => last.slots.push(slot),
-            _ => counters.push(StoredCounter {
-                key,
-                slots: vec![slot],
-            }),
+    for (key, folds, part) in rows {
+        let counter = match counters.last_mut() {
+            Some(last) if last.key == key => last,
+            _ => {
+                counters.push(StoredCounter {
+                    key,
+                    slots: Vec::new(),
+                    bases: Vec::new(),
+                    folds,
+                });
+                counters.last_mut().expect("just pushed")
+            }
+        };
+        match part {
+            Part::Slot(slot) => counter.slots.push(slot),
+            Part::Base(region, totals, at) => counter.bases.push((region, totals, at)),
         }
     }
     counters

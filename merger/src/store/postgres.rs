@@ -53,8 +53,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::{
-    Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot,
-    corrupt, decode, encode_u64, encode_u128, group_slots, key_of, replica_of,
+    Committed, FoldedSlot, Part, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, StoredSlot, corrupt, decode, encode_u64, encode_u128, group_parts, key_of,
+    replica_of,
 };
 use crate::config::Durability;
 
@@ -147,7 +148,7 @@ const UPSERT_REPLICAS: &str = "\
     ORDER BY u.replica COLLATE \"C\" \
     ON CONFLICT (replica) DO UPDATE SET \
         last_sync = GREATEST(replicas.last_sync, excluded.last_sync) \
-    RETURNING replica, region, (xmax = 0) AS inserted";
+    RETURNING replica, region, (xmax = 0) AS inserted, retired_at IS NOT NULL AS retired";
 
 /// The counters of a batch, in lock order; a counter already there is left alone.
 const INSERT_COUNTERS: &str = "\
@@ -193,9 +194,16 @@ const UPSERT_HISTORY: &str = "\
         p = GREATEST(h.p, excluded.p), \
         n = GREATEST(h.n, excluded.n)";
 
-/// The columns every slot query answers, for [`stored_slot`].
-const SLOT_COLUMNS: &str =
-    "c.kind, c.name, r.replica, r.region, s.p::text AS p, s.n::text AS n, s.updated_at";
+/// Every part of the counters in a CTE `k (id, kind, name, folds)`: live slots with their
+/// replica's region, and bases; sorted by key (and, within a counter, slots by replica).
+const PARTS_OF_K: &str = "\
+    SELECT k.kind, k.name, k.folds, 's' AS part, r.replica, r.region, \
+        s.p::text AS p, s.n::text AS n, s.updated_at \
+    FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
+    UNION ALL \
+    SELECT k.kind, k.name, k.folds, 'b', NULL, b.region, b.p::text, b.n::text, b.updated_at \
+    FROM k JOIN bases b ON b.counter = k.id \
+    ORDER BY 1, 2, 4 DESC, 5";
 
 /// One round of the watcher's catch-up: the counters of slots changed by transactions in
 /// `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
@@ -234,7 +242,15 @@ impl Store for PostgresStore {
         }
         let mut tx = self.pool.begin().await?;
         let committed = upsert_replicas(&mut tx, replicas).await?;
-        let changed = merge_slots(&mut tx, slots).await?;
+        // A retired replica's slots are final and folded: a late sync of it changes nothing.
+        // The upsert above holds its replica row's lock until this transaction ends, so a
+        // retirement cannot slip in between.
+        let live: Vec<SlotRow> = slots
+            .iter()
+            .filter(|s| !committed.retired.contains(&s.replica))
+            .cloned()
+            .collect();
+        let changed = merge_slots(&mut tx, &live).await?;
         if let Some(payload) = notification(&changed) {
             // Queued by the server and delivered when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -247,6 +263,103 @@ impl Store for PostgresStore {
         Ok(committed)
     }
 
+    /// Lock order: the replica row first (a commit of this replica holds it for its whole
+    /// transaction, so the two serialize), then its counters by id, then the bases by
+    /// counter: two retirements never wait on each other in a cycle.
+    async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let name = replica.to_string();
+        let row = sqlx::query(
+            "UPDATE replicas SET retired_at = $2 WHERE replica = $1 AND retired_at IS NULL \
+             RETURNING id, region",
+        )
+        .bind(&name)
+        .bind(at.unix_ms())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Already retired, or never seen: remember it as retired so that a sync of it
+            // arriving late is ignored too.
+            sqlx::query(
+                "INSERT INTO replicas (replica, region, first_sync, last_sync, retired_at) \
+                 VALUES ($1, '', $2, $2, $2) ON CONFLICT (replica) DO NOTHING",
+            )
+            .bind(&name)
+            .bind(at.unix_ms())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Retired::default());
+        };
+        let id: i64 = row.try_get("id")?;
+        let region: String = row.try_get("region")?;
+        sqlx::query(
+            "SELECT id FROM counters WHERE id IN (SELECT counter FROM slots WHERE replica = $1) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT c.kind, c.name, s.p::text AS p, s.n::text AS n, s.updated_at \
+             FROM slots s JOIN counters c ON c.id = s.counter WHERE s.replica = $1 \
+             ORDER BY c.kind, c.name",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut folded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            folded.push(FoldedSlot {
+                key: key_of("counters", row.try_get("kind")?, row.try_get("name")?)?,
+                totals: SlotTotals {
+                    p: decode("slots", row.try_get("p")?)?,
+                    n: decode("slots", row.try_get("n")?)?,
+                },
+                at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+            });
+        }
+        if !folded.is_empty() {
+            sqlx::query(
+                "INSERT INTO bases AS b (counter, region, p, n, updated_at) \
+                 SELECT s.counter, $2, s.p, s.n, s.updated_at FROM slots s WHERE s.replica = $1 \
+                 ORDER BY s.counter \
+                 ON CONFLICT (counter, region) DO UPDATE SET p = b.p + excluded.p, \
+                 n = b.n + excluded.n, updated_at = GREATEST(b.updated_at, excluded.updated_at)",
+            )
+            .bind(id)
+            .bind(&region)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE counters SET folds = folds + 1 \
+                 WHERE id IN (SELECT counter FROM slots WHERE replica = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM slots WHERE replica = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            // Other mergers reload these counters (a missed notice costs nothing: the sum a
+            // stale cache shows is the same before and after a fold).
+            let changed: Vec<(String, String)> = folded
+                .iter()
+                .map(|f| (f.key.kind().as_str().to_owned(), f.key.id().to_owned()))
+                .collect();
+            if let Some(payload) = notification(&changed) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Retired { region, folded })
+    }
+
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
         let keys: BTreeSet<&CounterKey> = keys.iter().collect();
         if keys.is_empty() {
@@ -255,12 +368,10 @@ impl Store for PostgresStore {
         let (kinds, names): (Vec<&str>, Vec<&str>) =
             keys.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
         let rows = sqlx::query(&format!(
-            "SELECT {SLOT_COLUMNS} \
-             FROM UNNEST($1::text[], $2::text[]) AS k(kind, name) \
-             JOIN counters c ON c.kind = k.kind AND c.name = k.name \
-             JOIN slots s ON s.counter = c.id \
-             JOIN replicas r ON r.id = s.replica \
-             ORDER BY c.kind, c.name, r.replica"
+            "WITH k AS (SELECT c.id, c.kind, c.name, c.folds \
+                 FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
+                 JOIN counters c ON c.kind = u.kind AND c.name = u.name) \
+             {PARTS_OF_K}"
         ))
         .bind(kinds)
         .bind(names)
@@ -292,19 +403,16 @@ impl Store for PostgresStore {
         // (0x7f), so the ids starting with `prefix` are exactly [prefix, prefix || DEL) in
         // the "C" collation; `starts_with` only restates it.
         let rows = sqlx::query(&format!(
-            "WITH page AS ( \
-                 SELECT c.id, c.kind, c.name FROM counters c \
+            "WITH k AS ( \
+                 SELECT c.id, c.kind, c.name, c.folds FROM counters c \
                  WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
                    AND starts_with(c.name, $2) \
                    AND ($3::text IS NULL OR c.name > $3) \
-                   AND EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+                   AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+                        OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id)) \
                  ORDER BY c.name LIMIT $4 \
              ) \
-             SELECT {SLOT_COLUMNS} \
-             FROM page c \
-             JOIN slots s ON s.counter = c.id \
-             JOIN replicas r ON r.id = s.replica \
-             ORDER BY c.name, r.replica"
+             {PARTS_OF_K}"
         ))
         .bind(kind.as_str())
         .bind(prefix)
@@ -316,9 +424,10 @@ impl Store for PostgresStore {
     }
 
     async fn replica_count(&self) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas")
-            .fetch_one(&self.pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         u64::try_from(count).map_err(|_| corrupt("replicas", format!("count {count}")))
     }
 
@@ -482,6 +591,9 @@ async fn upsert_replicas(
         let replica = replica_of("replicas", row.try_get("replica")?)?;
         committed.regions.push((replica, row.try_get("region")?));
         committed.new_replicas |= row.try_get::<bool, _>("inserted")?;
+        if row.try_get::<bool, _>("retired")? {
+            committed.retired.push(replica);
+        }
     }
     Ok(committed)
 }
@@ -594,25 +706,38 @@ fn parse_notification(payload: &str) -> Vec<CounterKey> {
         .collect()
 }
 
-/// A slot row of [`SLOT_COLUMNS`] with its counter.
-fn stored_slot(row: &PgRow) -> Result<(CounterKey, StoredSlot), StoreError> {
+/// A row of [`PARTS_OF_K`].
+fn stored_part(row: &PgRow) -> Result<(CounterKey, u64, Part), StoreError> {
     let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
-    let slot = StoredSlot {
-        replica: replica_of("replicas", row.try_get("replica")?)?,
-        region: row.try_get("region")?,
-        totals: SlotTotals {
-            p: decode("slots", row.try_get("p")?)?,
-            n: decode("slots", row.try_get("n")?)?,
-        },
-        at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+    let folds: i64 = row.try_get("folds")?;
+    let folds = u64::try_from(folds).map_err(|_| corrupt("counters", format!("folds {folds}")))?;
+    let part = if row.try_get::<&str, _>("part")? == "s" {
+        Part::Slot(StoredSlot {
+            replica: replica_of("replicas", row.try_get("replica")?)?,
+            region: row.try_get("region")?,
+            totals: SlotTotals {
+                p: decode("slots", row.try_get("p")?)?,
+                n: decode("slots", row.try_get("n")?)?,
+            },
+            at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+        })
+    } else {
+        Part::Base(
+            row.try_get("region")?,
+            GlobalTotals {
+                p: decode("bases", row.try_get("p")?)?,
+                n: decode("bases", row.try_get("n")?)?,
+            },
+            Timestamp::from_unix_ms(row.try_get("updated_at")?),
+        )
     };
-    Ok((key, slot))
+    Ok((key, folds, part))
 }
 
-/// Slot rows sorted by counter, as counters.
+/// Rows of [`PARTS_OF_K`], grouped into counters.
 fn grouped(rows: &[PgRow]) -> Result<Vec<StoredCounter>, StoreError> {
-    let slots = rows.iter().map(stored_slot).collect::<Result<_, _>>()?;
-    Ok(group_slots(slots))
+    let parts = rows.iter().map(stored_part).collect::<Result<_, _>>()?;
+    Ok(group_parts(parts))
 }
 
 /// The task behind [`Store::watch`].

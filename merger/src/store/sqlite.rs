@@ -20,8 +20,9 @@ use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, T
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot,
-    corrupt, decode, encode_u64, encode_u128, group_slots, key_of, replica_of,
+    Committed, FoldedSlot, Part, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, StoredSlot, corrupt, decode, encode_u64, encode_u128, group_parts, key_of,
+    replica_of,
 };
 use crate::config::Durability;
 
@@ -78,9 +79,15 @@ impl SqliteStore {
     }
 }
 
-/// Every slot of the counters a query names, with its replica's region, sorted by key.
-const SLOTS_OF: &str = "SELECT c.kind, c.name, r.replica, r.region, s.p, s.n, s.updated_at \
-     FROM slots s JOIN replicas r ON r.id = s.replica JOIN counters c ON c.id = s.counter";
+/// Every part of the counters in a CTE `k (id, kind, name, folds)`: live slots with their
+/// replica's region, and bases; sorted by key.
+const PARTS_OF_K: &str = "\
+    SELECT k.kind, k.name, k.folds, 's' AS part, r.replica, r.region, s.p, s.n, s.updated_at \
+    FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
+    UNION ALL \
+    SELECT k.kind, k.name, k.folds, 'b', NULL, b.region, b.p, b.n, b.updated_at \
+    FROM k JOIN bases b ON b.counter = k.id \
+    ORDER BY 1, 2";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -117,18 +124,27 @@ impl Store for SqliteStore {
             let recorded = sqlx::query(
                 "UPDATE replicas SET last_sync = max(last_sync, j.value ->> 2) \
                  FROM json_each(?1) AS j WHERE replicas.replica = j.value ->> 0 \
-                 RETURNING id, replica, region",
+                 RETURNING id, replica, region, retired_at IS NOT NULL AS retired",
             )
             .bind(&rows)
             .fetch_all(&mut *tx)
             .await?;
             for row in recorded {
                 let replica = replica_of("replicas", row.get("replica"))?;
-                replica_ids.insert(replica, row.get("id"));
+                if row.get::<bool, _>("retired") {
+                    committed.retired.push(replica);
+                } else {
+                    replica_ids.insert(replica, row.get("id"));
+                }
                 committed.regions.push((replica, row.get("region")));
             }
         }
         if !slots.is_empty() {
+            // A retired replica's slots are final and folded: a late sync of it changes nothing.
+            let slots: Vec<&SlotRow> = slots
+                .iter()
+                .filter(|s| !committed.retired.contains(&s.replica))
+                .collect();
             let mut keys: Vec<(&str, &str)> = slots
                 .iter()
                 .map(|s| (s.key.kind().as_str(), s.key.id()))
@@ -144,7 +160,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let mut rows = Vec::with_capacity(slots.len());
-            for s in slots {
+            for s in &slots {
                 let replica = replica_ids.get(&s.replica).ok_or_else(|| {
                     corrupt(
                         "replicas",
@@ -180,19 +196,112 @@ impl Store for SqliteStore {
         Ok(committed)
     }
 
+    async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let name = replica.to_string();
+        let row = sqlx::query(
+            "UPDATE replicas SET retired_at = ?2 WHERE replica = ?1 AND retired_at IS NULL \
+             RETURNING id, region",
+        )
+        .bind(&name)
+        .bind(at.unix_ms())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Already retired, or never seen: remember it as retired so that a sync of it
+            // arriving late is ignored too.
+            sqlx::query(
+                "INSERT INTO replicas (replica, region, first_sync, last_sync, retired_at) \
+                 VALUES (?1, '', ?2, ?2, ?2) ON CONFLICT (replica) DO NOTHING",
+            )
+            .bind(&name)
+            .bind(at.unix_ms())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Retired::default());
+        };
+        let (id, region): (i64, String) = (row.get("id"), row.get("region"));
+        // Its slots with the base of its region they go into (zero where there is none yet).
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.name, s.p, s.n, s.updated_at, b.p AS bp, b.n AS bn, \
+             max(s.updated_at, coalesce(b.updated_at, 0)) AS at \
+             FROM slots s JOIN counters c ON c.id = s.counter \
+             LEFT JOIN bases b ON b.counter = s.counter AND b.region = ?2 \
+             WHERE s.replica = ?1",
+        )
+        .bind(id)
+        .bind(&region)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut folded = Vec::with_capacity(rows.len());
+        let mut bases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let totals = SlotTotals {
+                p: decode("slots", row.get("p"))?,
+                n: decode("slots", row.get("n"))?,
+            };
+            let base = |column: &str| -> Result<u128, StoreError> {
+                row.get::<Option<&str>, _>(column)
+                    .map_or(Ok(0), |text| decode("bases", text))
+            };
+            let (p, n) = (
+                base("bp")? + u128::from(totals.p),
+                base("bn")? + u128::from(totals.n),
+            );
+            bases.push((
+                row.get::<i64, _>("id"),
+                encode_u128(p),
+                encode_u128(n),
+                row.get::<i64, _>("at"),
+            ));
+            folded.push(FoldedSlot {
+                key: key_of("counters", row.get("kind"), row.get("name"))?,
+                totals,
+                at: Timestamp::from_unix_ms(row.get("updated_at")),
+            });
+        }
+        if !bases.is_empty() {
+            sqlx::query(
+                "INSERT INTO bases (counter, region, p, n, updated_at) \
+                 SELECT j.value ->> 0, ?2, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
+                 FROM json_each(?1) AS j WHERE true \
+                 ON CONFLICT (counter, region) DO UPDATE SET \
+                 p = excluded.p, n = excluded.n, updated_at = excluded.updated_at",
+            )
+            .bind(json_rows(&bases))
+            .bind(&region)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE counters SET folds = folds + 1 \
+                 WHERE id IN (SELECT counter FROM slots WHERE replica = ?1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM slots WHERE replica = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Retired { region, folded })
+    }
+
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let asked: Vec<(&str, &str)> = keys.iter().map(|k| (k.kind().as_str(), k.id())).collect();
         let rows = sqlx::query(&format!(
-            "{SLOTS_OF} JOIN json_each(?1) AS j ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
-             ORDER BY c.kind, c.name"
+            "WITH k AS (SELECT c.id, c.kind, c.name, c.folds FROM json_each(?1) AS j \
+             JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1) {PARTS_OF_K}"
         ))
         .bind(json_rows(&asked))
         .fetch_all(&self.pool)
         .await?;
-        slots_of(&rows)
+        parts_of(&rows)
     }
 
     async fn list(
@@ -205,9 +314,9 @@ impl Store for SqliteStore {
         // Ids are ASCII letters, digits and `-_.:`, all below `~`: every id that starts with
         // `prefix` sorts in [prefix, prefix + "~"), an index range.
         let rows = sqlx::query(&format!(
-            "{SLOTS_OF} WHERE c.id IN (SELECT id FROM counters \
-             WHERE kind = ?1 AND name >= ?2 AND name > ?3 AND name < ?4 ORDER BY name LIMIT ?5) \
-             ORDER BY c.kind, c.name"
+            "WITH k AS (SELECT id, kind, name, folds FROM counters \
+             WHERE kind = ?1 AND name >= ?2 AND name > ?3 AND name < ?4 \
+             ORDER BY name LIMIT ?5) {PARTS_OF_K}"
         ))
         .bind(kind.as_str())
         .bind(prefix)
@@ -220,11 +329,11 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        slots_of(&rows)
+        parts_of(&rows)
     }
 
     async fn replica_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or_default())
@@ -340,14 +449,15 @@ impl Store for SqliteStore {
     }
 }
 
-/// Rows of [`SLOTS_OF`], grouped into counters.
-fn slots_of(rows: &[SqliteRow]) -> Result<Vec<StoredCounter>, StoreError> {
+/// Rows of [`PARTS_OF_K`], grouped into counters.
+fn parts_of(rows: &[SqliteRow]) -> Result<Vec<StoredCounter>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let key = key_of("counters", row.get("kind"), row.get("name"))?;
-        out.push((
-            key,
-            StoredSlot {
+        let folds = u64::try_from(row.get::<i64, _>("folds"))
+            .map_err(|_| corrupt("counters", "negative folds".into()))?;
+        let part = if row.get::<&str, _>("part") == "s" {
+            Part::Slot(StoredSlot {
                 replica: replica_of("replicas", row.get("replica"))?,
                 region: row.get("region"),
                 totals: SlotTotals {
@@ -355,10 +465,20 @@ fn slots_of(rows: &[SqliteRow]) -> Result<Vec<StoredCounter>, StoreError> {
                     n: decode("slots", row.get("n"))?,
                 },
                 at: Timestamp::from_unix_ms(row.get("updated_at")),
-            },
-        ));
+            })
+        } else {
+            Part::Base(
+                row.get("region"),
+                GlobalTotals {
+                    p: decode("bases", row.get("p"))?,
+                    n: decode("bases", row.get("n"))?,
+                },
+                Timestamp::from_unix_ms(row.get("updated_at")),
+            )
+        };
+        out.push((key, folds, part));
     }
-    Ok(group_slots(out))
+    Ok(group_parts(out))
 }
 
 /// Rows as one JSON array of arrays, for `json_each`.
