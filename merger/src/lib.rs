@@ -20,10 +20,12 @@
 //! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
 //!   `migrations/sqlite` and `migrations/postgres`.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`backup`]: the `backup` subcommand, an online copy of the store (`VACUUM INTO`, `pg_dump`).
 //!
 //! The binary (`main.rs`) only parses the configuration, binds, and calls [`Merger::serve`];
 //! tests drive [`Merger::router`] in-process or the binary over loopback.
 
+pub mod backup;
 pub mod commit;
 pub mod config;
 pub mod error;
