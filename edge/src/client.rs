@@ -1,12 +1,14 @@
-//! The merger client: `POST /v1/sync` and `POST /v1/read`, with the sync token, bounded by
-//! the sync timeout, with typed errors.
+//! The merger client: `POST /v1/sync`, `POST /v1/read` and `POST /v1/retire`, with the sync
+//! token, bounded by the sync timeout, with typed errors.
 
 use std::time::Duration;
 
 use futures_util::future::{Either, select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tally_crdt::{ReadRequest, ReadResponse, SyncRequest, SyncResponse};
+use tally_crdt::{
+    ReadRequest, ReadResponse, RetireRequest, RetireResponse, SyncRequest, SyncResponse,
+};
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
 use crate::config::Config;
@@ -51,6 +53,27 @@ pub async fn sync(config: &Config, request: &SyncRequest) -> Result<SyncResponse
 /// [`MergerError`].
 pub async fn read(config: &Config, request: &ReadRequest) -> Result<ReadResponse, MergerError> {
     post(config, "/v1/read", request).await
+}
+
+/// `POST {MERGER_URL}/v1/retire`: every slot of an earlier incarnation is final.
+///
+/// # Errors
+///
+/// [`MergerError`], including an answer for another replica than the one retired
+/// ([`MergerError::BadAnswer`]). The retirement is then not known to be durable, and is sent
+/// again later (retiring twice is harmless).
+pub async fn retire(
+    config: &Config,
+    request: &RetireRequest,
+) -> Result<RetireResponse, MergerError> {
+    let response: RetireResponse = post(config, "/v1/retire", request).await?;
+    if response.replica != request.replica {
+        return Err(MergerError::BadAnswer(format!(
+            "retirement of {} answered for {}",
+            request.replica, response.replica
+        )));
+    }
+    Ok(response)
 }
 
 async fn post<Q: Serialize, A: DeserializeOwned>(

@@ -43,6 +43,10 @@ pub struct Config {
     pub sync_timeout_ms: u64,
     /// Longest backoff between failed merger calls (`MAX_BACKOFF_MS`, default 60000).
     pub max_backoff_ms: u64,
+    /// Age, counted from its first hit, after which an object's incarnation rotates at its
+    /// first clean moment and the old one is retired at the merger (`ROTATE_MS`, default one
+    /// day; 0: never).
+    pub rotate_ms: u64,
 }
 
 /// A missing or malformed setting.
@@ -112,6 +116,14 @@ impl Config {
         let public_max_delta = number("PUBLIC_MAX_DELTA", 1, 0..=crate::api::MAX_DELTA)?;
         let sync_timeout_ms = number("SYNC_TIMEOUT_MS", 5000, 100..=60_000)?;
         let max_backoff_ms = number("MAX_BACKOFF_MS", 60_000, 1000..=3_600_000)?;
+        let rotate_ms = number("ROTATE_MS", 86_400_000, 0..=31_536_000_000)?;
+        if rotate_ms != 0 && rotate_ms < 1000 {
+            return Err(invalid(
+                "ROTATE_MS",
+                rotate_ms.to_string(),
+                "0 (never) or at least 1000",
+            ));
+        }
         let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
             None | Some("" | "false" | "0") => Ok(false),
             Some("true" | "1") => Ok(true),
@@ -146,6 +158,7 @@ impl Config {
             allow_region_override: flag("ALLOW_REGION_OVERRIDE")?,
             sync_timeout_ms,
             max_backoff_ms,
+            rotate_ms,
         })
     }
 }
@@ -186,6 +199,7 @@ mod tests {
         );
         assert_eq!((c.cache_counters, c.anti_entropy_ms), (10_000, 3_600_000));
         assert_eq!((c.edge_cache_ms, c.edge_cache_counters), (1000, 10_000));
+        assert_eq!(c.rotate_ms, 86_400_000);
         assert!(!c.allow_region_override);
     }
 
@@ -193,6 +207,12 @@ mod tests {
     fn read_ttl_defaults_to_the_sync_interval() {
         let c = config(&[BASE[0], BASE[1], ("SYNC_INTERVAL_MS", "500")]).unwrap();
         assert_eq!(c.read_ttl_ms, 500);
+    }
+
+    #[test]
+    fn rotation_can_be_turned_off() {
+        let c = config(&[BASE[0], BASE[1], ("ROTATE_MS", "0")]).unwrap();
+        assert_eq!(c.rotate_ms, 0);
     }
 
     #[test]
@@ -222,6 +242,7 @@ mod tests {
             ("PUBLIC_GAUGES", "maybe"),
             ("SYNC_INTERVAL_MS", "-1"),
             ("ALLOW_REGION_OVERRIDE", "yes"),
+            ("ROTATE_MS", "500"),
         ] {
             let err = config(&[BASE[0], BASE[1], (name, bad)]).unwrap_err();
             assert!(

@@ -10,6 +10,11 @@
 //! An [`Entry`] is a row plus what the object last [`Heard`] from the merger about the
 //! counter; it lives in the read cache only (reads never write). Reads answer
 //! `global - recorded_own + current_own` per half ([`Entry::view`]).
+//!
+//! A row belongs to the incarnation that wrote it, named by its generation
+//! ([`crate::incarnation`]). A row of an earlier generation reads as zero
+//! ([`Row::in_generation`]): its totals are the final slot of a retired incarnation, counted in
+//! the merger's global, and the current incarnation starts that counter from nothing.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -64,9 +69,26 @@ pub struct Row {
     pub changed_at: Timestamp,
     /// Whether it must sync.
     pub state: SyncState,
+    /// The generation of the incarnation whose slot `own` and `acked` are.
+    pub generation: u64,
 }
 
 impl Row {
+    /// The row as incarnation `generation` sees it: itself if written by it, else all zero (an
+    /// earlier incarnation's slot is final and already in the merger's global; a hit on it
+    /// starts the new slot from zero and rewrites the row with `generation`).
+    #[must_use]
+    pub fn in_generation(self, generation: u64) -> Row {
+        if self.generation == generation {
+            self
+        } else {
+            Row {
+                generation,
+                ..Row::default()
+            }
+        }
+    }
+
     /// Counts a hit in the own slot and marks the row dirty.
     ///
     /// # Errors
@@ -196,6 +218,37 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// Moves a cached entry to the next incarnation (`generation`) when the object
+    /// rotates, so that the cache never mixes two incarnations' slots. Returns `false` when
+    /// the entry has nothing heard to carry over and must be dropped (it reloads from storage,
+    /// as zero, and is fetched from the merger).
+    ///
+    /// Rotation happens only when every row is acknowledged, so the old slot at the merger
+    /// is final and at least `max(recorded, acked)`: what was heard, with the old slot
+    /// counted at that, is a lower bound of the global totals, and the new incarnation has
+    /// recorded nothing at the merger yet. A clean row answers exactly as before the
+    /// rotation; a row the merger rejected answers without its refused part.
+    pub fn rotate(&mut self, generation: u64) -> bool {
+        let Some(h) = self.heard else { return false };
+        let Ok(global) = h.global.with_own(h.recorded, self.row.acked) else {
+            return false;
+        };
+        let own_change = (self.row.own != SlotTotals::default()).then_some(self.row.changed_at);
+        self.heard = Some(Heard {
+            global,
+            recorded: SlotTotals::default(),
+            updated_at: h.updated_at.max(own_change),
+            fetched_at: h.fetched_at,
+        });
+        self.row = Row {
+            generation,
+            ..Row::default()
+        };
+        true
+    }
+}
+
 /// What a sync answer means for one counter that was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<'a> {
@@ -222,6 +275,20 @@ pub fn outcomes<'a>(
                 None => Outcome::Missing,
             };
             (update, outcome)
+        })
+        .collect()
+}
+
+/// What a sync or a sweep page sends of `rows`: the own totals of the current incarnation's
+/// rows (`generation`). A row of an earlier incarnation is never dirty (the object rotates
+/// only when clean, and a hit rewrites the row in the current generation), and its totals
+/// must never go out under the new id: they are the old incarnation's final slot.
+pub fn current_totals(rows: Vec<(CounterKey, Row)>, generation: u64) -> Vec<SlotUpdate> {
+    rows.into_iter()
+        .filter(|(_, row)| row.generation == generation)
+        .map(|(key, row)| SlotUpdate {
+            key,
+            totals: row.own,
         })
         .collect()
 }
@@ -425,6 +492,127 @@ mod tests {
             e.settle(u.totals, &o, at(2));
         }
         assert_eq!(e.row.state, SyncState::Dirty);
+    }
+
+    #[test]
+    fn a_row_of_an_earlier_generation_reads_as_zero() {
+        let mut r = Row::default();
+        r.hit(SlotTotals { p: 40, n: 3 }, ME, at(1)).unwrap();
+        r.acknowledge(r.own);
+        assert_eq!(
+            r.clone().in_generation(0),
+            r,
+            "its own generation reads it whole"
+        );
+        assert_eq!(
+            r.in_generation(1),
+            Row {
+                generation: 1,
+                ..Row::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_hit_on_a_row_of_an_earlier_generation_starts_the_new_slot_from_zero() {
+        let mut old = Row::default();
+        old.hit(SlotTotals { p: 40, n: 0 }, ME, at(1)).unwrap();
+        old.acknowledge(old.own);
+        let mut r = old.in_generation(1);
+        r.hit(SlotTotals { p: 1, n: 0 }, ME, at(2)).unwrap();
+        assert_eq!(
+            (r.own, r.acked, r.state, r.generation),
+            (
+                SlotTotals { p: 1, n: 0 },
+                SlotTotals::default(),
+                SyncState::Dirty,
+                1
+            ),
+            "the new incarnation sends 1, not 41: the 40 are in the old, final slot"
+        );
+    }
+
+    #[test]
+    fn syncs_and_the_sweep_send_only_the_current_incarnations_rows() {
+        let row = |p, generation| Row {
+            own: SlotTotals { p, n: 0 },
+            acked: SlotTotals { p, n: 0 },
+            generation,
+            ..Row::default()
+        };
+        let key = |id| CounterKey::new(CounterKind::G, id).unwrap();
+        let page = vec![
+            (key("a"), row(40, 0)),
+            (key("b"), row(2, 1)),
+            (key("c"), row(9, 0)),
+        ];
+        assert_eq!(
+            current_totals(page.clone(), 1),
+            [SlotUpdate {
+                key: key("b"),
+                totals: SlotTotals { p: 2, n: 0 }
+            }]
+        );
+        assert_eq!(current_totals(page, 0).len(), 2);
+    }
+
+    #[test]
+    fn a_rotated_entry_answers_what_it_answered_before() {
+        let mut e = Entry::default();
+        e.row.hit(SlotTotals { p: 30, n: 4 }, ME, at(1)).unwrap();
+        e.hear(&merged((700, 20), (25, 4)), at(10)); // heard before the last sync
+        e.row.acknowledge(e.row.own);
+        let before = e.view(at(20)).unwrap();
+        assert!(e.rotate(1));
+        assert_eq!(
+            e.row,
+            Row {
+                generation: 1,
+                ..Row::default()
+            }
+        );
+        let after = e.view(at(20)).unwrap();
+        assert_eq!(after.totals, before.totals);
+        assert_eq!(after.totals, GlobalTotals { p: 705, n: 20 });
+        assert_eq!(after.age_ms, before.age_ms);
+        // A hit of the new incarnation adds to it, as the read formula does.
+        e.row.hit(SlotTotals { p: 2, n: 0 }, ME, at(30)).unwrap();
+        assert_eq!(e.view(at(30)).unwrap().totals.p, 707);
+    }
+
+    #[test]
+    fn a_rotated_entry_takes_the_mergers_next_answer() {
+        let mut e = Entry::default();
+        e.row.hit(SlotTotals { p: 30, n: 0 }, ME, at(1)).unwrap();
+        e.hear(&merged((700, 0), (25, 0)), at(10));
+        e.row.acknowledge(e.row.own);
+        assert!(e.rotate(1));
+        // The merger now: the old slot final at 30, others grew by 8; the new slot is empty.
+        assert!(e.hear(&merged((713, 0), (0, 0)), at(40)));
+        assert_eq!(e.view(at(40)).unwrap().totals.p, 713);
+    }
+
+    #[test]
+    fn a_rotated_entry_leaves_out_what_the_merger_refused() {
+        let mut e = Entry::default();
+        e.row.hit(SlotTotals { p: 10, n: 0 }, ME, at(1)).unwrap();
+        e.row.acknowledge(e.row.own);
+        e.hear(&merged((100, 0), (10, 0)), at(2));
+        e.row.hit(SlotTotals { p: 5, n: 0 }, ME, at(3)).unwrap();
+        e.row.state = SyncState::Rejected;
+        assert!(e.rotate(1));
+        assert_eq!(
+            e.view(at(4)).unwrap().totals.p,
+            100,
+            "the old slot is final at what the merger took"
+        );
+    }
+
+    #[test]
+    fn an_entry_with_nothing_heard_is_dropped_at_rotation() {
+        let mut e = Entry::default();
+        e.row.hit(SlotTotals { p: 3, n: 0 }, ME, at(1)).unwrap();
+        assert!(!e.rotate(1));
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //!   refreshed on the alarm. Never heard of: fetched through the merger's read endpoint, in
 //!   one batch shared by every read waiting for it, bounded by the sync timeout.
 //! - The alarm runs one pass of each due job: sync the dirty rows (a snapshot of the dirty
-//!   set, in batches), refresh stale cache entries, and a page of the anti-entropy sweep.
+//!   set, in batches), refresh stale cache entries, a page of the anti-entropy sweep, and
+//!   the retirement of earlier incarnations at the merger.
+//! - Between those passes, an incarnation due to rotate ([`crate::incarnation`]) rotates if
+//!   the object is clean: the check and the rotation are one synchronous stretch of storage
+//!   calls, so no hit and no sync answer lands between them.
 //!
 //! A Durable Object runs one event at a time, but events interleave at `await`s (outgoing
 //! fetches, the alarm call); the in-memory state is changed only between awaits, through a
@@ -25,18 +29,19 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
-    CounterKey, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId, SlotUpdate,
-    SyncRequest, Timestamp,
+    CounterKey, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId, RetireRequest,
+    SlotUpdate, SyncRequest, Timestamp,
 };
 use worker::{
-    Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_warn,
-    durable_object, wasm_bindgen,
+    Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_log,
+    console_warn, durable_object, wasm_bindgen,
 };
 
 use crate::api::ApiError;
 use crate::client::{self, MergerError};
 use crate::config::Config;
-use crate::counter::{Entry, Outcome, outcomes};
+use crate::counter::{Entry, Outcome, current_totals, outcomes};
+use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
@@ -50,7 +55,12 @@ const REFRESH_DELAY_MS: u64 = 10;
 struct Inner {
     config: Config,
     store: Store,
-    replica: ReplicaId,
+    /// The current incarnation, and the earlier ones still to retire.
+    incarnation: Incarnation,
+    /// Syncs sent and not answered yet: the object may not rotate meanwhile.
+    syncs_in_flight: u32,
+    /// Whether this incarnation said that its rotation is long overdue (said once).
+    overdue_said: bool,
     region: String,
     cache: LruCache<CounterKey, Entry>,
     scheduler: Scheduler,
@@ -62,13 +72,16 @@ struct Inner {
 
 impl Inner {
     /// The cache entry of `key`, read from storage on a miss (a counter never counted here
-    /// gets an empty entry; nothing is written).
+    /// gets an empty entry; nothing is written). Its row is the current incarnation's: a row
+    /// of an earlier one reads as zero.
     fn entry(&mut self, key: &CounterKey) -> std::result::Result<&mut Entry, StoreError> {
         if !self.cache.contains(key) {
             let row = self.store.row(key)?;
             let entry = Entry {
                 stored: row.is_some(),
-                row: row.unwrap_or_default(),
+                row: row
+                    .unwrap_or_default()
+                    .in_generation(self.incarnation.generation),
                 heard: None,
             };
             self.cache.put(key.clone(), entry);
@@ -79,6 +92,53 @@ impl Inner {
     /// Asks for `job` at `at`: the alarm time to set, if it must move.
     fn want(&mut self, job: Job, at: Timestamp) -> Option<Timestamp> {
         self.scheduler.want(job, at, now())
+    }
+
+    /// Rotates the incarnation if it is due and the object is clean (no dirty row, no sync
+    /// in flight). One synchronous stretch: the check, the stored rotation and the cache's
+    /// move to the new incarnation.
+    fn rotate_if_due(&mut self, now: Timestamp) -> std::result::Result<(), StoreError> {
+        let Some(due) = self.incarnation.due_at(self.config.rotate_ms) else {
+            return Ok(());
+        };
+        if due > now {
+            let _ = self.want(Job::Rotate, due);
+            return Ok(());
+        }
+        let dirty = self.store.any_dirty()?;
+        if let Some(blocker) = self.incarnation.blocker(dirty, self.syncs_in_flight) {
+            // Looked at again after the next sync pass; this wake-up is the fallback.
+            let _ = self.want(Job::Rotate, now.plus_ms(self.config.sync_interval_ms));
+            let late = now.millis_since(due);
+            if late > self.config.rotate_ms && !self.overdue_said {
+                self.overdue_said = true;
+                console_warn!("rotation overdue by {late} ms, waiting: {blocker:?}");
+            }
+            return Ok(());
+        }
+        let mut next = self.incarnation.clone();
+        let old = next.rotate(new_replica_id());
+        self.store.set_metas(&next.meta())?;
+        self.incarnation = next;
+        self.overdue_said = false;
+        let generation = self.incarnation.generation;
+        let mut dropped = Vec::new();
+        for (key, entry) in &mut self.cache {
+            if !entry.rotate(generation) {
+                dropped.push(key.clone());
+            }
+        }
+        for key in &dropped {
+            self.cache.pop(key);
+        }
+        for (job, at) in self.incarnation.wanted(now, self.config.rotate_ms) {
+            let _ = self.want(job, at);
+        }
+        console_log!(
+            "rotated: incarnation {} (generation {generation}) follows {old}, which is final",
+            self.incarnation.replica
+        );
+        Ok(())
     }
 }
 
@@ -139,9 +199,15 @@ impl DurableObject for Replica {
                 Job::Sync => self.sync_pass(now).await,
                 Job::Refresh => self.refresh_pass(now).await,
                 Job::Sweep => self.sweep_pass(now).await,
+                Job::Retire => self.retire_pass().await,
+                Job::Rotate => Ok(()),
             };
             if let Err(e) = done {
                 console_error!("{job:?} pass failed: {e}");
+            }
+            // Right after a pass is the likeliest clean moment (a sync pass just ended).
+            if let Err(e) = self.with(|i| i.rotate_if_due(self::now())) {
+                console_error!("rotation failed: {e}");
             }
         }
         // Set the alarm anew for what is left: one set while this handler ran may not survive it.
@@ -154,6 +220,9 @@ impl DurableObject for Replica {
     }
 }
 
+/// The shortest delay an alarm is set with (see [`Replica::arm`]).
+const MIN_ALARM_DELAY_MS: u64 = 25;
+
 impl Replica {
     /// Runs `f` on the loaded state; never across an await.
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
@@ -163,7 +232,7 @@ impl Replica {
             .expect("load() runs before any use of the state"))
     }
 
-    /// Loads the state on first use: the tables, the incarnation id (drawn and stored before
+    /// Loads the state on first use: the tables, the incarnation (drawn and stored before
     /// anything is counted, if the storage is new), the region, and the alarm. Reads no
     /// counter: start-up does not grow with the counters held.
     async fn load(&self, region: &str) -> std::result::Result<(), String> {
@@ -172,18 +241,36 @@ impl Replica {
         }
         let config = config_from_env(&self.env).map_err(|e| e.to_string())?;
         let store = Store::open(self.state.storage().sql()).map_err(|e| e.to_string())?;
-        let replica = match store.meta(meta::REPLICA).map_err(|e| e.to_string())? {
-            Some(text) => text
-                .parse()
-                .map_err(|_| format!("stored replica id {text:?} is damaged"))?,
+        let get = |name| store.meta(name).map_err(|e| e.to_string());
+        let mut incarnation = match get(meta::REPLICA)? {
+            Some(replica) => Incarnation::decode(
+                &replica,
+                get(meta::GENERATION)?.as_deref(),
+                get(meta::STARTED)?.as_deref(),
+                get(meta::RETIRING)?.as_deref(),
+            )
+            .map_err(|e| e.to_string())?,
             None => {
-                let id = new_replica_id();
+                let incarnation = Incarnation::new(new_replica_id());
                 store
-                    .set_meta(meta::REPLICA, &id.to_string())
+                    .set_metas(&incarnation.meta())
                     .map_err(|e| e.to_string())?;
-                id
+                incarnation
             }
         };
+        // Storage from before rotation: its incarnation has counted (rows exist) but has no
+        // start; its age counts from now.
+        if incarnation.generation == 0
+            && incarnation.started_at.is_none()
+            && store.any_row().map_err(|e| e.to_string())?
+        {
+            let mut started = incarnation.clone();
+            started.first_use(now());
+            store
+                .set_metas(&started.meta())
+                .map_err(|e| e.to_string())?;
+            incarnation = started;
+        }
         let region = match store.meta(meta::REGION).map_err(|e| e.to_string())? {
             Some(stored) => stored,
             None if !region.is_empty() => {
@@ -217,11 +304,16 @@ impl Replica {
         {
             let _ = scheduler.want(Job::Sweep, due, now);
         }
+        for (job, at) in incarnation.wanted(now, config.rotate_ms) {
+            let _ = scheduler.want(job, at, now);
+        }
         let capacity = NonZeroUsize::new(config.cache_counters).unwrap_or(NonZeroUsize::MIN);
         *self.inner.borrow_mut() = Some(Inner {
             config,
             store,
-            replica,
+            incarnation,
+            syncs_in_flight: 0,
+            overdue_said: false,
             region,
             cache: LruCache::new(capacity),
             scheduler,
@@ -236,7 +328,11 @@ impl Replica {
     /// Sets the alarm, if the scheduler asked for it to move.
     async fn arm(&self, at: Option<Timestamp>) {
         let Some(at) = at else { return };
-        let offset = Duration::from_millis(at.millis_since(now()));
+        // Never at or before now: an alarm set in the past while the alarm handler runs can
+        // be dropped by the runtime when the handler ends, and then nothing wakes the object
+        // until its next request (seen under load: an object with dirty rows asleep for a
+        // minute). A few milliseconds later costs nothing.
+        let offset = Duration::from_millis(at.millis_since(now()).max(MIN_ALARM_DELAY_MS));
         if let Err(e) = self.state.storage().set_alarm(offset).await {
             console_error!("setting the alarm failed: {e}");
             self.with(|i| i.scheduler.alarm_lost());
@@ -252,10 +348,20 @@ impl Replica {
         }
         let now = now();
         let (view, next) = self.with(|i| {
-            let (replica, ttl) = (i.replica, i.config.read_ttl_ms);
+            let (replica, ttl) = (i.incarnation.replica, i.config.read_ttl_ms);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             let mut row = entry.row.clone();
             row.hit(hit.add, replica, now).map_err(ApiError::Overflow)?;
+            // The incarnation's first hit starts its age (and gives it a slot to retire).
+            let mut rotation = None;
+            let mut started = i.incarnation.clone();
+            if started.first_use(now) {
+                i.store
+                    .set_meta(meta::STARTED, &now.to_string())
+                    .map_err(store_failed)?;
+                rotation = started.due_at(i.config.rotate_ms);
+                i.incarnation = started;
+            }
             i.store.put(&hit.key, &row).map_err(store_failed)?;
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             entry.row = row;
@@ -264,6 +370,9 @@ impl Replica {
             let view = entry.view(now).map_err(ApiError::Overflow)?;
             let interval = i.config.sync_interval_ms;
             let mut next = i.want(Job::Sync, now.plus_ms(interval));
+            if let Some(due) = rotation {
+                next = i.want(Job::Rotate, due).or(next);
+            }
             if stale && i.refresh.len() < i.config.cache_counters {
                 i.refresh.insert(hit.key.clone());
                 next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
@@ -390,7 +499,7 @@ impl Replica {
         let (config, request) = self.with(|i| {
             let request = ReadRequest {
                 version: PROTOCOL_VERSION,
-                replica: Some(i.replica),
+                replica: Some(i.incarnation.replica),
                 counters: keys,
             };
             (i.config.clone(), request)
@@ -398,6 +507,11 @@ impl Replica {
         let response = client::read(&config, &request).await?;
         let now = now();
         self.with(|i| {
+            if request.replica != Some(i.incarnation.replica) {
+                // The object rotated meanwhile: `recorded` is the old incarnation's slot,
+                // which the new one must not subtract.
+                return;
+            }
             for merged in &response.counters {
                 if request.counters.contains(&merged.key)
                     && let Ok(entry) = i.entry(&merged.key)
@@ -419,13 +533,11 @@ impl Replica {
             let Some((last, _)) = batch.last() else { break };
             after = Some(last.clone());
             let full = batch.len() == MAX_COUNTERS_PER_SYNC;
-            let sent: Vec<SlotUpdate> = batch
-                .into_iter()
-                .map(|(key, row)| SlotUpdate {
-                    key,
-                    totals: row.own,
-                })
-                .collect();
+            let generation = self.with(|i| i.incarnation.generation);
+            let sent = current_totals(batch, generation);
+            if sent.is_empty() {
+                continue;
+            }
             if !self.send(sent, Job::Sync).await? {
                 return Ok(());
             }
@@ -447,13 +559,18 @@ impl Replica {
         let (config, request) = self.with(|i| {
             let request = SyncRequest {
                 version: PROTOCOL_VERSION,
-                replica: i.replica,
+                replica: i.incarnation.replica,
                 region: i.region.clone(),
                 counters: sent,
             };
+            i.syncs_in_flight = i.syncs_in_flight.saturating_add(1);
             (i.config.clone(), request)
         });
-        let response = match client::sync(&config, &request).await {
+        let answer = {
+            let _in_flight = InFlight { replica: self };
+            client::sync(&config, &request).await
+        };
+        let response = match answer {
             Ok(response) => response,
             Err(e) => {
                 self.with(|i| {
@@ -472,6 +589,12 @@ impl Replica {
         let now = now();
         self.with(|i| {
             i.scheduler.succeeded();
+            if request.replica != i.incarnation.replica {
+                // Unreachable (no rotation while a sync is in flight), and harmful if not
+                // ignored: the answers are the old incarnation's slots.
+                console_error!("a sync answer arrived after a rotation; ignored");
+                return Ok(true);
+            }
             for (update, outcome) in outcomes(&request.counters, &response.counters) {
                 match &outcome {
                     Outcome::Rejected(code, message) => console_warn!(
@@ -554,14 +677,9 @@ impl Replica {
                 Ok(())
             });
         };
-        let sent = page
-            .into_iter()
-            .map(|(key, row)| SlotUpdate {
-                key,
-                totals: row.own,
-            })
-            .collect();
-        if self.send(sent, Job::Sweep).await? {
+        // Rows of earlier incarnations have nothing to send: their slots are final.
+        let sent = current_totals(page, self.with(|i| i.incarnation.generation));
+        if sent.is_empty() || self.send(sent, Job::Sweep).await? {
             self.with(|i| {
                 i.store.set_meta(meta::SWEEP_CURSOR, &last.storage_key())?;
                 let due = now.plus_ms(interval);
@@ -571,6 +689,71 @@ impl Replica {
             })
         } else {
             Ok(())
+        }
+    }
+}
+
+impl Replica {
+    /// A retirement pass: `POST /v1/retire` for each earlier incarnation on the list, oldest
+    /// first; an id leaves the list only once the merger answered 2xx (the retirement is
+    /// durable). The first failure ends the pass and backs off.
+    async fn retire_pass(&self) -> std::result::Result<(), StoreError> {
+        loop {
+            let (config, next) =
+                self.with(|i| (i.config.clone(), i.incarnation.retiring.first().copied()));
+            let Some(replica) = next else { return Ok(()) };
+            let request = RetireRequest {
+                version: PROTOCOL_VERSION,
+                replica,
+            };
+            match client::retire(&config, &request).await {
+                Ok(answer) => self.with(|i| {
+                    i.scheduler.retire_succeeded();
+                    let mut next = i.incarnation.clone();
+                    next.retired(replica);
+                    i.store.set_meta(meta::RETIRING, &next.retiring_text())?;
+                    i.incarnation = next;
+                    console_log!("retired {replica}: {} slots folded", answer.folded);
+                    Ok::<_, StoreError>(())
+                })?,
+                Err(e) => {
+                    let failure = RetireFailure::of(&e);
+                    self.with(|i| {
+                        let wait = i.scheduler.retire_failed(
+                            self::now(),
+                            i.config.max_backoff_ms,
+                            random_u64(),
+                            failure == RetireFailure::MergerDown,
+                        );
+                        match failure {
+                            RetireFailure::Bug => console_error!(
+                                "retiring {replica} failed ({e}): a bug on one side; kept, \
+                                 retrying in {wait} ms"
+                            ),
+                            RetireFailure::MergerDown | RetireFailure::Refused => console_warn!(
+                                "retiring {replica} failed ({e}); kept, retrying in {wait} ms"
+                            ),
+                        }
+                        let _ = i.want(Job::Retire, self::now().plus_ms(wait));
+                    });
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Counts a sync as in flight until its call ends, however it ends.
+struct InFlight<'a> {
+    replica: &'a Replica,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.replica.inner.try_borrow_mut()
+            && let Some(inner) = guard.as_mut()
+        {
+            inner.syncs_in_flight = inner.syncs_in_flight.saturating_sub(1);
         }
     }
 }

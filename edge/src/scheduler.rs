@@ -22,9 +22,21 @@ pub enum Job {
     /// Anti-entropy: re-send every counter's totals, a batch at a time, over a long period,
     /// so a merger restored from a backup heals without new hits.
     Sweep,
+    /// Tell the merger which earlier incarnations are retired (`POST /v1/retire`), while any
+    /// wait for it.
+    Retire,
+    /// Wake up when the incarnation is due to rotate (an idle object too); the rotation
+    /// itself runs between the passes of an alarm, once the object is clean.
+    Rotate,
 }
 
-const JOBS: [Job; 3] = [Job::Sync, Job::Refresh, Job::Sweep];
+const JOBS: [Job; 5] = [
+    Job::Sync,
+    Job::Refresh,
+    Job::Sweep,
+    Job::Retire,
+    Job::Rotate,
+];
 
 /// How late an alarm may be before it counts as lost.
 pub const OVERDUE_MS: u64 = 5000;
@@ -35,6 +47,8 @@ impl Job {
             Job::Sync => 0,
             Job::Refresh => 1,
             Job::Sweep => 2,
+            Job::Retire => 3,
+            Job::Rotate => 4,
         }
     }
 }
@@ -42,13 +56,15 @@ impl Job {
 /// When each job is due, and where the alarm is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scheduler {
-    due: [Option<Timestamp>; 3],
+    due: [Option<Timestamp>; JOBS.len()],
     /// The alarm as set in storage (`None`: no alarm pending).
     armed: Option<Timestamp>,
     /// Failed merger calls in a row, for the backoff.
     failures: u32,
     /// After a failed merger call: no merger job runs before this time, whoever asks.
     retry_at: Option<Timestamp>,
+    /// Failed retirements in a row, for the retirement's own backoff.
+    retire_failures: u32,
 }
 
 impl Scheduler {
@@ -137,6 +153,32 @@ impl Scheduler {
     /// Failed merger calls in a row.
     pub fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// A retirement failed at `now`: the wait before the next attempt. It backs off on its
+    /// own count, so a merger that refuses retirements while it takes syncs is not asked
+    /// every second; when the merger is away (`merger_down`), every merger job backs off as
+    /// after any failed call ([`Scheduler::failed`]).
+    pub fn retire_failed(
+        &mut self,
+        now: Timestamp,
+        cap_ms: u64,
+        random: u64,
+        merger_down: bool,
+    ) -> u64 {
+        self.retire_failures = self.retire_failures.saturating_add(1);
+        let own = backoff_ms(self.retire_failures, cap_ms, random);
+        if merger_down {
+            own.max(self.failed(now, cap_ms, random))
+        } else {
+            own
+        }
+    }
+
+    /// A retirement succeeded (so did a merger call).
+    pub fn retire_succeeded(&mut self) {
+        self.retire_failures = 0;
+        self.succeeded();
     }
 }
 
@@ -262,5 +304,33 @@ mod tests {
         s.succeeded();
         let _ = s.want(Job::Refresh, at(510), at(500));
         assert_eq!(s.take_due(at(510)), [Job::Refresh]);
+    }
+
+    #[test]
+    fn a_refused_retirement_backs_off_alone_and_holds_no_sync() {
+        let mut s = Scheduler::new(None);
+        assert_eq!(s.retire_failed(at(0), 60_000, 0, false), 500);
+        assert_eq!(s.retire_failed(at(0), 60_000, 0, false), 1000);
+        assert_eq!(s.failures(), 0, "the merger answered");
+        let _ = s.want(Job::Sync, at(10), at(0));
+        assert_eq!(s.take_due(at(10)), [Job::Sync]);
+        s.succeeded();
+        assert_eq!(
+            s.retire_failed(at(0), 60_000, 0, false),
+            2000,
+            "a sync's success does not reset the retirement's backoff"
+        );
+        s.retire_succeeded();
+        assert_eq!(s.retire_failed(at(0), 60_000, 0, false), 500);
+    }
+
+    #[test]
+    fn a_retirement_that_finds_the_merger_away_holds_every_job() {
+        let mut s = Scheduler::new(None);
+        let wait = s.retire_failed(at(0), 60_000, 0, true);
+        assert_eq!((wait, s.failures()), (500, 1));
+        let _ = s.want(Job::Sync, at(10), at(0));
+        assert!(s.take_due(at(10)).is_empty());
+        assert_eq!(s.take_due(at(500)), [Job::Sync]);
     }
 }

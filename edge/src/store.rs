@@ -2,10 +2,16 @@
 //! statement of the edge and nothing else.
 //!
 //! - `counters`: one row per counter (key `g:<id>` / `pn:<id>`), updated in place per hit:
-//!   the own slot totals, the acknowledged totals, the last hit time and the sync state. An
-//!   index over the dirty rows alone finds what to sync with a bounded query; nothing is
-//!   listed whole, so start-up costs the same with ten counters or a million.
-//! - `meta`: the incarnation id, the region, the anti-entropy cursor.
+//!   the own slot totals, the acknowledged totals, the last hit time, the sync state and the
+//!   generation of the incarnation that wrote them. An index over the dirty rows alone finds
+//!   what to sync with a bounded query; nothing is listed whole, so start-up costs the same
+//!   with ten counters or a million.
+//! - `meta`: the incarnation (id, generation, start, the earlier ones still to retire), the
+//!   region, the anti-entropy cursor, the schema version.
+//!
+//! The schema is a list of numbered steps ([`MIGRATIONS`]); storage records in `meta` how
+//! many it has run and runs the rest when it opens, so storage written by an older edge is
+//! brought up to date in place.
 //!
 //! Totals are `u64`, written as decimal TEXT: the SQL API hands integers to Wasm through
 //! JavaScript numbers, exact only to 2^53. Storage calls are synchronous; the runtime's
@@ -34,7 +40,34 @@ pub enum StoreError {
     },
 }
 
-const SCHEMA: &str = "
+/// The schema as numbered steps: storage at version `v` (`meta.schema`; absent: 1, the
+/// storage of an edge from before versions, whose tables step 1 finds already there) runs
+/// steps `v..`, then records the new version. Step 1 is idempotent, so new storage runs them
+/// all.
+const MIGRATIONS: [Migration; 2] = [
+    Migration::Sql(SCHEMA_V1),
+    // Rotation: every row names the generation of the incarnation that wrote it. Rows from
+    // before belong to generation 0, the incarnation the object has had all along.
+    Migration::AddColumn {
+        table: "counters",
+        column: "gen",
+        definition: "gen INTEGER NOT NULL DEFAULT 0",
+    },
+];
+
+/// One step of the schema.
+enum Migration {
+    /// Statements that may run again harmlessly.
+    Sql(&'static str),
+    /// A column to add, unless a step that ran before its version was recorded added it.
+    AddColumn {
+        table: &'static str,
+        column: &'static str,
+        definition: &'static str,
+    },
+}
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     p TEXT NOT NULL,
@@ -58,6 +91,8 @@ struct SqlRow {
     an: String,
     changed_at: i64,
     state: i64,
+    #[serde(rename = "gen")]
+    generation: i64,
 }
 
 impl SqlRow {
@@ -79,6 +114,7 @@ impl SqlRow {
             },
             changed_at: Timestamp::from_unix_ms(self.changed_at),
             state: SyncState::from_code(self.state).ok_or_else(|| damaged("bad state"))?,
+            generation: u64::try_from(self.generation).map_err(|_| damaged("bad generation"))?,
         };
         Ok((key, row))
     }
@@ -91,8 +127,16 @@ pub struct Store {
 
 /// Meta entries.
 pub mod meta {
-    /// The incarnation id.
+    /// The current incarnation's id.
     pub const REPLICA: &str = "replica";
+    /// The current incarnation's generation (absent: 0).
+    pub const GENERATION: &str = "generation";
+    /// When the current incarnation counted its first hit (empty or absent: not yet).
+    pub const STARTED: &str = "started_at";
+    /// Earlier incarnations still to retire at the merger, comma-separated, oldest first.
+    pub const RETIRING: &str = "retiring";
+    /// How many steps of the schema the storage has run (absent: 1).
+    pub const SCHEMA: &str = "schema";
     /// The region the object serves.
     pub const REGION: &str = "region";
     /// The anti-entropy sweep's position: the last key sent (absent: at the start).
@@ -101,17 +145,62 @@ pub mod meta {
     pub const SWEEP_DUE: &str = "sweep_due";
 }
 
-const COLUMNS: &str = "key, p, n, ap, an, changed_at, state";
+const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen";
 
 impl Store {
-    /// Opens the tables, creating them on first use.
+    /// Opens the tables, creating them on first use and bringing older storage up to date
+    /// ([`MIGRATIONS`]).
     ///
     /// # Errors
     ///
-    /// A storage failure.
+    /// A storage failure, or a stored schema version this edge does not know.
     pub fn open(sql: SqlStorage) -> Result<Store, StoreError> {
-        sql.exec(SCHEMA, None)?;
-        Ok(Store { sql })
+        sql.exec(SCHEMA_V1, None)?;
+        let store = Store { sql };
+        let version = match store.meta(meta::SCHEMA)? {
+            None => 1,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|v| (1..=MIGRATIONS.len()).contains(v))
+                .ok_or(StoreError::Damaged {
+                    key: meta::SCHEMA.to_owned(),
+                    why: "unknown schema version",
+                })?,
+        };
+        if version < MIGRATIONS.len() {
+            for step in &MIGRATIONS[version..] {
+                store.migrate(step)?;
+            }
+            store.set_meta(meta::SCHEMA, &MIGRATIONS.len().to_string())?;
+        }
+        Ok(store)
+    }
+
+    fn migrate(&self, step: &Migration) -> Result<(), StoreError> {
+        match step {
+            Migration::Sql(sql) => {
+                self.sql.exec(sql, None)?;
+            }
+            Migration::AddColumn {
+                table,
+                column,
+                definition,
+            } => {
+                // Probing the column keeps the step safe to run twice (ALTER TABLE would fail
+                // on a column that is there), whatever the SQL API allows of PRAGMAs.
+                let probe = self
+                    .sql
+                    .exec(&format!("SELECT {column} FROM {table} LIMIT 0"), None);
+                if probe.is_err() {
+                    self.sql.exec(
+                        &format!("ALTER TABLE {table} ADD COLUMN {definition}"),
+                        None,
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A meta entry.
@@ -145,6 +234,35 @@ impl Store {
         Ok(())
     }
 
+    /// Sets several meta entries in one statement: all of them or none are written.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub fn set_metas(&self, entries: &[(&str, String)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rows = vec!["(?, ?)"; entries.len()].join(", ");
+        let values: Vec<SqlStorageValue> = entries
+            .iter()
+            .flat_map(|(name, value)| {
+                [
+                    SqlStorageValue::from(*name),
+                    SqlStorageValue::from(value.as_str()),
+                ]
+            })
+            .collect();
+        self.sql.exec(
+            &format!(
+                "INSERT INTO meta (name, value) VALUES {rows} \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ),
+            values,
+        )?;
+        Ok(())
+    }
+
     /// Removes a meta entry.
     ///
     /// # Errors
@@ -156,7 +274,8 @@ impl Store {
         Ok(())
     }
 
-    /// The row of `key`, if this object ever counted it.
+    /// The row of `key`, if this object ever counted it (in any generation: see
+    /// [`Row::in_generation`]).
     ///
     /// # Errors
     ///
@@ -175,7 +294,8 @@ impl Store {
             .transpose()
     }
 
-    /// Writes the row of `key` (one statement: insert or update in place).
+    /// Writes the row of `key` (one statement: insert or update in place), with its
+    /// generation.
     ///
     /// # Errors
     ///
@@ -183,9 +303,11 @@ impl Store {
     pub fn put(&self, key: &CounterKey, row: &Row) -> Result<(), StoreError> {
         let text = |v: u64| SqlStorageValue::from(v.to_string());
         self.sql.exec(
-            "INSERT INTO counters (key, p, n, ap, an, changed_at, state) VALUES (?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET p = excluded.p, n = excluded.n, ap = excluded.ap, \
-             an = excluded.an, changed_at = excluded.changed_at, state = excluded.state",
+             an = excluded.an, changed_at = excluded.changed_at, state = excluded.state, \
+             gen = excluded.gen",
             vec![
                 key.storage_key().into(),
                 text(row.own.p),
@@ -194,6 +316,7 @@ impl Store {
                 text(row.acked.n),
                 row.changed_at.unix_ms().into(),
                 row.state.code().into(),
+                generation(row.generation).into(),
             ],
         )?;
         Ok(())
@@ -251,18 +374,31 @@ impl Store {
     ///
     /// A storage failure.
     pub fn any_dirty(&self) -> Result<bool, StoreError> {
+        self.any("SELECT 1 AS one FROM counters WHERE state = 1 LIMIT 1")
+    }
+
+    /// Whether the object holds any row at all (one probe of the table).
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub fn any_row(&self) -> Result<bool, StoreError> {
+        self.any("SELECT 1 AS one FROM counters LIMIT 1")
+    }
+
+    fn any(&self, query: &str) -> Result<bool, StoreError> {
         #[derive(Deserialize)]
         struct One {
             #[allow(dead_code, reason = "only its presence matters")]
             one: i64,
         }
-        let rows: Vec<One> = self
-            .sql
-            .exec(
-                "SELECT 1 AS one FROM counters WHERE state = 1 LIMIT 1",
-                None,
-            )?
-            .to_array()?;
+        let rows: Vec<One> = self.sql.exec(query, None)?.to_array()?;
         Ok(!rows.is_empty())
     }
+}
+
+/// A generation as the SQL API takes it (a JavaScript number: one rotation a second would
+/// take 285 million years to pass 2^53).
+fn generation(generation: u64) -> i64 {
+    i64::try_from(generation).expect("a generation per rotation stays far below 2^63")
 }

@@ -46,14 +46,19 @@ const MAX_BATCH_SLOTS: usize = 50_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CommitError {
     /// The merger is shutting down and takes no new syncs.
-    #[error("the merger is shutting down")]
+    #[error("the merger is shutting down; retry later")]
     ShuttingDown,
     /// The database refused the commit (logged with its cause).
-    #[error("the database could not commit the sync")]
+    #[error("the database could not commit the sync; retry later")]
     Database,
     /// The commit queue is full: the merger takes syncs more slowly than they arrive.
-    #[error("the merger is overloaded")]
+    #[error("the merger is overloaded; retry later")]
     Overloaded,
+    /// The sync names a retired replica incarnation: nothing of it was written. An honest
+    /// edge never sends one (only late copies of old syncs do), so it is an error, not a
+    /// silent success the edge would take as an acknowledgement.
+    #[error("this replica incarnation is retired; its slots are final")]
+    Retired,
 }
 
 /// What the commit task is asked to do.
@@ -346,7 +351,15 @@ impl CommitTask {
                 })
                 .collect()
         });
+        // Before the answers, so that whoever hears "committed" also sees the new replica.
+        if committed.new_replicas {
+            self.count_replicas().await;
+        }
         for (job, counters) in batch.into_iter().zip(answers) {
+            if committed.retired.contains(&job.request.replica) {
+                let _ = job.reply.send(Err(CommitError::Retired));
+                continue;
+            }
             // The request's version: an edge one version behind reads a shape it knows (a
             // version-1 sync has no rejections, and old decoders ignore `updated_at`).
             let _ = job.reply.send(Ok(SyncResponse {
@@ -355,9 +368,6 @@ impl CommitTask {
             }));
         }
         self.metrics.cached_counters.set(gauge(self.db.len()));
-        if committed.new_replicas {
-            self.count_replicas().await;
-        }
         after
     }
 

@@ -56,8 +56,8 @@ pub enum AppError {
     /// The request took longer than the request timeout.
     #[error("request timed out")]
     Timeout,
-    /// The sync could not be committed; the edge retries it.
-    #[error("{0}; retry later")]
+    /// The sync could not be committed: retry later (503), or never (409, a retired replica).
+    #[error("{0}")]
     Commit(CommitError),
     /// The database does not answer.
     #[error("database unavailable; retry later")]
@@ -87,6 +87,7 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            AppError::Commit(CommitError::Retired) => StatusCode::CONFLICT,
             AppError::Commit(_) | AppError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -107,6 +108,7 @@ impl AppError {
             AppError::Timeout => "request_timeout",
             AppError::Commit(CommitError::ShuttingDown) => "shutting_down",
             AppError::Commit(CommitError::Overloaded) => "overloaded",
+            AppError::Commit(CommitError::Retired) => "replica_retired",
             AppError::Commit(CommitError::Database) | AppError::DatabaseUnavailable => {
                 "database_unavailable"
             }

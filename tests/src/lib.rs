@@ -292,6 +292,8 @@ pub struct EdgeOptions {
     pub max_backoff_ms: u64,
     /// `ANTI_ENTROPY_MS` (0: off).
     pub anti_entropy_ms: u64,
+    /// `ROTATE_MS` (0: never); `None` keeps the worker's (one day: no rotation in a test).
+    pub rotate_ms: Option<u64>,
     /// Further `NAME:value` vars; they come last, so they override the ones above.
     pub vars: Vec<String>,
     /// The `wrangler.toml` to serve; by default [`worker_config`] (the repository's, without
@@ -317,6 +319,7 @@ impl EdgeOptions {
             sync_interval_ms: 300,
             max_backoff_ms: 2000,
             anti_entropy_ms: 0,
+            rotate_ms: None,
             vars: Vec::new(),
             config: None,
             probe_status: 404,
@@ -397,6 +400,12 @@ impl Edge {
                 "--var",
                 "ALLOW_REGION_OVERRIDE:true",
             ])
+            .args(
+                options
+                    .rotate_ms
+                    .iter()
+                    .flat_map(|ms| ["--var".to_owned(), var("ROTATE_MS", &ms.to_string())]),
+            )
             .args(options.vars.iter().flat_map(|v| ["--var", v.as_str()]))
             .env("WRANGLER_SEND_METRICS", "false")
             .stdin(Stdio::null())

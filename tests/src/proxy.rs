@@ -96,6 +96,8 @@ struct Shared {
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
     partitioned: AtomicBool,
+    /// Every request body received, by path, while recording (for replays).
+    recorded: Mutex<Option<Vec<(String, Bytes)>>>,
     counters: Counters,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -142,6 +144,7 @@ impl Proxy {
             faults: Mutex::new(faults),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             partitioned: AtomicBool::new(false),
+            recorded: Mutex::new(None),
             counters: Counters::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
@@ -165,6 +168,25 @@ impl Proxy {
     /// Cuts (true) or restores (false) all traffic.
     pub fn partition(&self, cut: bool) {
         self.shared.partitioned.store(cut, Ordering::SeqCst);
+    }
+
+    /// Keeps a copy of every request from now on, to replay later.
+    pub fn record(&self) {
+        *self
+            .shared
+            .recorded
+            .lock()
+            .expect("the proxy lock is never poisoned") = Some(Vec::new());
+    }
+
+    /// The requests recorded so far, as (path, body), in arrival order.
+    pub fn recorded(&self) -> Vec<(String, Bytes)> {
+        self.shared
+            .recorded
+            .lock()
+            .expect("the proxy lock is never poisoned")
+            .clone()
+            .unwrap_or_default()
     }
 
     /// What the proxy did so far.
@@ -259,6 +281,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .await
         .map_err(|_| Cut("request body unreadable"))?
         .to_bytes();
+    if let Some(recorded) = shared
+        .recorded
+        .lock()
+        .expect("the proxy lock is never poisoned")
+        .as_mut()
+    {
+        recorded.push((parts.uri.path().to_owned(), body.clone()));
+    }
     if let Some(delay) = delay {
         c.delayed.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(delay).await;
