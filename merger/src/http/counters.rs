@@ -15,15 +15,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tally_crdt::{Count, CounterKey, CounterKind, GlobalTotals, Timestamp, check_counter_id};
+use tally_crdt::{Count, CounterKey, GlobalTotals, Timestamp, check_counter_id};
 
 use crate::AppState;
 use crate::error::AppError;
+use crate::http::extract::{CounterPath, NamespacePath};
 use crate::state::RegionShare;
 use crate::store::StoredCounter;
 
@@ -122,10 +123,8 @@ pub struct Point {
 /// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and one serialization.
 pub async fn read(
     State(app): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    CounterPath(key): CounterPath,
 ) -> Result<Response, AppError> {
-    let Path((namespace, id)) = path?;
-    let key = key_of(&namespace, id)?;
     let body = app
         .read_through(std::slice::from_ref(&key), |held| {
             let counter = held.counter(&key);
@@ -145,11 +144,9 @@ pub async fn read(
 /// `GET /v1/{namespace}?prefix=&limit=&cursor=`: counters in id order, from the store.
 pub async fn list(
     State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    NamespacePath(kind): NamespacePath,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, AppError> {
-    let Path(namespace) = path?;
-    let kind = CounterKind::from_namespace(&namespace).ok_or(AppError::NotFound)?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -187,11 +184,9 @@ pub async fn list(
 /// (RFC 3339 bounds, both inclusive; default: all), oldest first.
 pub async fn history(
     State(app): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    CounterPath(key): CounterPath,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<History>, AppError> {
-    let Path((namespace, id)) = path?;
-    let key = key_of(&namespace, id)?;
     let Query(q) = query?;
     let from = q
         .from
@@ -231,12 +226,6 @@ pub async fn history(
         points,
         next_from,
     }))
-}
-
-/// The counter a read path names: `counters` or `gauges`, and a valid id.
-fn key_of(namespace: &str, id: String) -> Result<CounterKey, AppError> {
-    let kind = CounterKind::from_namespace(namespace).ok_or(AppError::NotFound)?;
-    CounterKey::new(kind, id).map_err(AppError::InvalidId)
 }
 
 /// A stored counter as a list item. The store lists only counters with a slot, so there is

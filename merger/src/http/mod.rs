@@ -15,6 +15,7 @@
 pub mod access;
 pub mod counters;
 pub mod dashboard;
+pub mod extract;
 pub mod health;
 pub mod protocol;
 pub mod read;
