@@ -1,30 +1,43 @@
 //! `tally-bench`: load generators and baselines for the benchmarks.
 //!
-//! `scripts/bench-merger.sh` runs the merger's side by side with the merger, `wrk` and
-//! `redis-benchmark` and prints the ratios (`docs/benchmarks.md`). Each subcommand prints one
-//! machine-readable summary line (`name key=value ...`, for the script) and one for people.
+//! `scripts/bench-merger.sh` and `scripts/bench-edge.sh` install the tools and build; the
+//! `merger` and `edge` subcommands run every benchmark of `docs/benchmarks.md` side by side
+//! and print the figures and ratios. Each subcommand prints one machine-readable summary line
+//! (`name key=value ...`) and lines for people.
 //!
-//! - `naive` (`naive.rs`): the anti-pattern the merger replaces. A SQLite table
-//!   `counters(id, value)` in WAL mode with `synchronous=FULL`, and one autocommitted
-//!   `UPDATE counters SET value = value + 1` per hit from concurrent clients. Measures durable
-//!   hits/s; every hit costs a commit, and the commits serialise on SQLite's write lock.
+//! - `naive` (`naive.rs`): the anti-pattern the merger replaces. A table `counters(id, value)`
+//!   in SQLite (WAL, `synchronous=FULL`) or Postgres (`synchronous_commit=on`), and one
+//!   autocommitted `UPDATE counters SET value = value + 1` per hit from concurrent clients.
+//!   Measures durable hits/s; every hit costs a commit.
 //! - `sync-load` (`sync_load.rs`): simulated edge replicas `POST /v1/sync` their slot totals
-//!   to a running merger. Measures durable slot-updates/s (one counter entry of an
+//!   to running mergers. Measures durable slot-updates/s (one counter entry of an
 //!   acknowledged sync), syncs/s and sync latency, then checks that the merger's counts equal
 //!   the sums of the totals it acknowledged, exactly.
 //! - `hello` (`hello.rs`): a hello-world axum server, served like the merger; the baseline
 //!   for the merger's read throughput under `wrk`.
+//! - `merger` (`merger/`): every merger benchmark in one run (`scripts/bench-merger.sh`):
+//!   it starts the release merger on SQLite and on a throwaway Postgres cluster, Redis and the
+//!   hello server, drives them with `sync-load`, `naive`, `wrk` and `redis-benchmark`, fills
+//!   a database with a million counters, and prints the figures and ratios (P2, P3, P4, P13).
 //! - `edge` (`edge/`): every edge benchmark in one run (`scripts/bench-edge.sh`): it starts
 //!   the merger, the JavaScript Durable Object baseline and the tally worker under
 //!   `wrangler dev` through the end-to-end harness, drives them with `wrk` and its own
 //!   checking client, and prints the figures and ratios.
 //!
-//! The exit code is non-zero when a run saw an error or a wrong count, so the script stops.
+//! Shared by the two runs: `report.rs` (figures, ratios against targets, checks), `wrk.rs`
+//! (`wrk` as a child process, its report parsed), `memory.rs` (resident memory from `/proc`).
+//!
+//! The exit code is non-zero when a run saw an error or a wrong count, so the script stops;
+//! a missed target is reported, not an error.
 
 mod edge;
 mod hello;
+mod memory;
+mod merger;
 mod naive;
+mod report;
 mod sync_load;
+mod wrk;
 
 use std::process::ExitCode;
 
@@ -50,6 +63,8 @@ enum Command {
     SyncLoad(sync_load::Args),
     /// A hello-world HTTP server (the baseline of the merger's reads).
     Hello(hello::Args),
+    /// The merger benchmarks (P2, P3, P4, P13, a million counters) in one run.
+    Merger(merger::Args),
     /// The edge benchmarks (P5, P6, P11, P12, the big object, crossings) in one run.
     Edge(edge::Args),
 }
@@ -61,6 +76,7 @@ async fn main() -> ExitCode {
         Command::Naive(args) => naive::run(args).await,
         Command::SyncLoad(args) => sync_load::run(args).await,
         Command::Hello(args) => hello::run(args).await,
+        Command::Merger(args) => merger::run(args).await,
         Command::Edge(args) => edge::run(args).await,
     };
     match outcome {

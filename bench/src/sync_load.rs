@@ -1,4 +1,7 @@
-//! `sync-load`: simulated edge replicas syncing to a running merger, then a check of the counts.
+//! `sync-load`: simulated edge replicas syncing to running mergers, then a check of the counts.
+//!
+//! [`run_load`] is the load itself, also called by `tally-bench merger` (P2, P3, P13); the
+//! `sync-load` subcommand ([`run`]) prints its summary.
 //!
 //! `clients` tasks each play `replicas-per-client` replica incarnations (random
 //! [`ReplicaId`]s), one sync in flight per task, taking turns. Each replica owns a slot in
@@ -18,6 +21,11 @@
 //! the sum over replicas of the last totals the merger acknowledged, and `replicas` the number
 //! of replicas that sent it. Counter ids carry a random run tag, so several runs can share a
 //! database. Any non-2xx answer, transport error, wrong response or wrong count fails the run.
+//!
+//! Several mergers on one database (`--url` repeated): clients are dealt out to them in turn
+//! (each client's replicas always sync to the same merger), and every counter of the sample
+//! is read back from every merger, which must show the totals the others acknowledged too
+//! (within `--settle-seconds`: a merger hears another's commits within about a second).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -46,9 +54,10 @@ const SHOWN_FAILURES: usize = 10;
 /// Options of `tally-bench sync-load`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base URL of the merger.
-    #[arg(long, env = "TALLY_MERGER_URL")]
-    url: String,
+    /// Base URL of the merger; repeat it for several mergers on one database (clients are
+    /// dealt out to them in turn, and the check reads back from every one).
+    #[arg(long, env = "TALLY_MERGER_URL", required = true)]
+    url: Vec<String>,
     /// The merger's sync token.
     #[arg(long, env = "TALLY_SYNC_TOKEN", hide_env_values = true)]
     token: String,
@@ -71,45 +80,238 @@ pub struct Args {
     /// Counters read back and checked at the end (0: all of them).
     #[arg(long, default_value_t = 200)]
     check_sample: usize,
+    /// With several mergers: how long, in seconds, the check waits for each to show what
+    /// the others committed.
+    #[arg(long, default_value_t = 15)]
+    settle_seconds: u64,
+}
+
+impl Args {
+    /// The load these options describe.
+    fn load(&self) -> Load {
+        Load {
+            urls: self.url.clone(),
+            token: self.token.clone(),
+            seconds: self.seconds,
+            clients: self.clients,
+            replicas_per_client: self.replicas_per_client,
+            counters_per_sync: self.counters_per_sync,
+            counters: self.counters,
+            check_sample: self.check_sample,
+            settle: Duration::from_secs(self.settle_seconds),
+        }
+    }
+}
+
+/// A sync load: what `tally-bench sync-load` runs, and `tally-bench merger` for P2, P3, P13.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Base URLs of the mergers (one database): client `i` syncs to `urls[i % len]`.
+    pub urls: Vec<String>,
+    /// The sync token.
+    pub token: String,
+    /// Seconds of syncing.
+    pub seconds: u64,
+    /// Concurrent clients.
+    pub clients: u32,
+    /// Replica incarnations per client.
+    pub replicas_per_client: u32,
+    /// Counters in each sync.
+    pub counters_per_sync: usize,
+    /// Distinct counters shared by all replicas.
+    pub counters: usize,
+    /// Counters read back at the end (0: all).
+    pub check_sample: usize,
+    /// How long the check waits for every merger to show the acknowledged totals.
+    pub settle: Duration,
+}
+
+impl Load {
+    /// The load of the merger benchmarks' earlier runs: 32 clients x 2 replicas, 500 of
+    /// 2000 counters per sync, 200 read back.
+    pub fn new(urls: Vec<String>, token: &str, seconds: u64) -> Load {
+        Load {
+            urls,
+            token: token.to_owned(),
+            seconds,
+            clients: 32,
+            replicas_per_client: 2,
+            counters_per_sync: 500,
+            counters: 2000,
+            check_sample: 200,
+            settle: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What a sync load measured and checked.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Counter entries of acknowledged syncs in the timed run.
+    pub slot_updates: u64,
+    /// Acknowledged syncs in the timed run.
+    pub syncs: u64,
+    /// The timed run, from the first sync sent to the last answer.
+    pub seconds: f64,
+    /// Sync latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest sync.
+    pub max_ms: f64,
+    /// Answers other than 2xx, by status.
+    pub non_2xx: Vec<(StatusCode, u64)>,
+    /// Syncs that got no answer.
+    pub transport_errors: u64,
+    /// 2xx answers that were wrong.
+    pub bad_responses: u64,
+    /// Syncs sent after the timed run to deliver unacknowledged totals.
+    pub retry_syncs: u64,
+    /// Counter reads compared (counters x mergers).
+    pub checked: usize,
+    /// Reads that did not show the acknowledged totals, described.
+    pub mismatches: Vec<String>,
+    /// The first failures, described.
+    pub failures: Vec<String>,
+}
+
+impl LoadReport {
+    /// Durable slot-updates per second.
+    pub fn updates_per_second(&self) -> f64 {
+        per_second(self.slot_updates, self.seconds)
+    }
+
+    /// Acknowledged syncs per second.
+    pub fn syncs_per_second(&self) -> f64 {
+        per_second(self.syncs, self.seconds)
+    }
+
+    /// Answers other than 2xx, all statuses.
+    pub fn non_2xx_total(&self) -> u64 {
+        self.non_2xx.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Whether every sync was acknowledged and answered well, and every count read back
+    /// was exact.
+    pub fn passed(&self) -> bool {
+        self.non_2xx_total() == 0
+            && self.transport_errors == 0
+            && self.bad_responses == 0
+            && self.syncs > 0
+            && self.mismatches.is_empty()
+    }
+
+    /// `"; non-2xx: 503 x4"` and the like, or nothing.
+    pub fn statuses(&self) -> String {
+        describe_statuses(&self.non_2xx)
+    }
+
+    /// The failures and mismatches, on stderr (the first few of each).
+    pub fn show_failures(&self) {
+        for failure in &self.failures {
+            eprintln!("failure: {failure}");
+        }
+        for mismatch in self.mismatches.iter().take(SHOWN_FAILURES) {
+            eprintln!("mismatch: {mismatch}");
+        }
+    }
 }
 
 /// Runs the load, checks the counts and prints the summary.
 pub async fn run(args: Args) -> Result<Verdict, Error> {
-    if !(1..=MAX_COUNTERS_PER_SYNC).contains(&args.counters_per_sync) {
+    let load = args.load();
+    let report = run_load(&load).await?;
+    report.show_failures();
+    let (rate, syncs_rate) = (report.updates_per_second(), report.syncs_per_second());
+    println!(
+        "sync_load slot_updates={} syncs={} seconds={:.3} slot_updates_per_sec={rate:.0} \
+         syncs_per_sec={syncs_rate:.1} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} non_2xx={} \
+         transport_errors={} bad_responses={} retry_syncs={} checked={} mismatches={} clients={} \
+         replicas={} counters_per_sync={} counters={} mergers={}",
+        report.slot_updates,
+        report.syncs,
+        report.seconds,
+        report.p50_ms,
+        report.p99_ms,
+        report.max_ms,
+        report.non_2xx_total(),
+        report.transport_errors,
+        report.bad_responses,
+        report.retry_syncs,
+        report.checked,
+        report.mismatches.len(),
+        load.clients,
+        load.clients * load.replicas_per_client,
+        load.counters_per_sync,
+        load.counters,
+        load.urls.len(),
+    );
+    println!(
+        "merger: {rate:.0} durable slot-updates/s ({syncs_rate:.1} syncs/s of {} counters), \
+         sync latency p50 {:.1} ms, p99 {:.1} ms; {} counters read back, {} wrong{}",
+        load.counters_per_sync,
+        report.p50_ms,
+        report.p99_ms,
+        report.checked,
+        report.mismatches.len(),
+        report.statuses(),
+    );
+    Ok(if report.passed() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    })
+}
+
+/// Runs `load` against its mergers: syncs for `load.seconds`, delivers what was not
+/// acknowledged, and reads a sample of counters back from every merger. Errors only when the
+/// run cannot start (bad options, a merger that does not answer `/healthz`); failed syncs and
+/// wrong counts are in the report.
+pub async fn run_load(load: &Load) -> Result<LoadReport, Error> {
+    if !(1..=MAX_COUNTERS_PER_SYNC).contains(&load.counters_per_sync) {
         return Err(format!("--counters-per-sync must be 1..={MAX_COUNTERS_PER_SYNC}").into());
     }
-    if args.counters < args.counters_per_sync {
+    if load.counters < load.counters_per_sync {
         return Err("--counters must be at least --counters-per-sync".into());
     }
-    let target = Arc::new(Target::new(&args.url, &args.token));
+    if load.urls.is_empty() {
+        return Err("no merger URL".into());
+    }
+    let targets: Vec<Arc<Target>> = load
+        .urls
+        .iter()
+        .map(|url| Arc::new(Target::new(url, &load.token)))
+        .collect();
     let http = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .tcp_nodelay(true)
         .build()?;
-    let health = http.get(format!("{}/healthz", target.base)).send().await?;
-    if !health.status().is_success() {
-        return Err(format!("{}/healthz answered {}", target.base, health.status()).into());
+    for target in &targets {
+        let health = http.get(format!("{}/healthz", target.base)).send().await?;
+        if !health.status().is_success() {
+            return Err(format!("{}/healthz answered {}", target.base, health.status()).into());
+        }
     }
 
     let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let universe = Arc::new(Universe::new(&mut rng, args.counters));
+    let universe = Arc::new(Universe::new(&mut rng, load.counters));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
+    let deadline = started + Duration::from_secs(load.seconds);
     let mut tasks = Vec::new();
-    for client in 0..args.clients {
-        let replicas = (0..args.replicas_per_client)
+    for (client, target) in (0..load.clients).zip(targets.iter().cycle()) {
+        let replicas = (0..load.replicas_per_client)
             .map(|_| {
                 Replica::new(
                     &mut rng,
                     format!("bench-{}", client % 4),
                     &universe,
-                    args.counters_per_sync,
+                    load.counters_per_sync,
                 )
             })
             .collect();
         tasks.push(tokio::spawn(run_client(
             http.clone(),
-            Arc::clone(&target),
+            Arc::clone(target),
             Arc::clone(&universe),
             replicas,
             deadline,
@@ -127,50 +329,32 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
     }
     let seconds = (last_sync - started).as_secs_f64();
 
-    let check = check_counts(&http, &target, &universe, &replicas, args.check_sample).await?;
+    let check = check_counts(
+        &http,
+        &targets,
+        &universe,
+        &replicas,
+        load.check_sample,
+        load.settle,
+    )
+    .await?;
     tally.latencies.sort_unstable();
     let ms = |permille| percentile(&tally.latencies, permille).as_secs_f64() * 1000.0;
-    let (p50, p99, max) = (ms(500), ms(990), ms(1000));
-    let updates_rate = per_second(tally.slot_updates, seconds);
-    let syncs_rate = per_second(tally.syncs, seconds);
-    for failure in &tally.shown {
-        eprintln!("failure: {failure}");
-    }
-    for mismatch in check.mismatches.iter().take(SHOWN_FAILURES) {
-        eprintln!("mismatch: {mismatch}");
-    }
-    let non_2xx: u64 = tally.non_2xx.iter().map(|(_, n)| n).sum();
-    println!(
-        "sync_load slot_updates={} syncs={} seconds={seconds:.3} slot_updates_per_sec={updates_rate:.0} \
-         syncs_per_sec={syncs_rate:.1} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} non_2xx={non_2xx} \
-         transport_errors={} bad_responses={} retry_syncs={} checked={} mismatches={} clients={} \
-         replicas={} counters_per_sync={} counters={}",
-        tally.slot_updates,
-        tally.syncs,
-        tally.transport_errors,
-        tally.bad_responses,
-        tally.retry_syncs,
-        check.checked,
-        check.mismatches.len(),
-        args.clients,
-        replicas.len(),
-        args.counters_per_sync,
-        args.counters,
-    );
-    println!(
-        "merger: {updates_rate:.0} durable slot-updates/s ({syncs_rate:.1} syncs/s of {} counters), \
-         sync latency p50 {p50:.1} ms, p99 {p99:.1} ms; {} counters read back, {} wrong{}",
-        args.counters_per_sync,
-        check.checked,
-        check.mismatches.len(),
-        describe_statuses(&tally.non_2xx),
-    );
-    let failed = non_2xx > 0
-        || tally.transport_errors > 0
-        || tally.bad_responses > 0
-        || tally.syncs == 0
-        || !check.mismatches.is_empty();
-    Ok(if failed { Verdict::Fail } else { Verdict::Pass })
+    Ok(LoadReport {
+        slot_updates: tally.slot_updates,
+        syncs: tally.syncs,
+        seconds,
+        p50_ms: ms(500),
+        p99_ms: ms(990),
+        max_ms: ms(1000),
+        non_2xx: tally.non_2xx,
+        transport_errors: tally.transport_errors,
+        bad_responses: tally.bad_responses,
+        retry_syncs: tally.retry_syncs,
+        checked: check.checked,
+        mismatches: check.mismatches,
+        failures: tally.shown,
+    })
 }
 
 /// Where the merger is, and how to authenticate.
@@ -342,7 +526,7 @@ async fn sync(
 /// An acknowledged sync's answer: the request's version, one answer per counter (in order,
 /// each naming its counter), none rejected, each recording exactly the totals sent (only this
 /// replica writes its slot, and its totals only grow).
-fn check_response(request: &SyncRequest, body: &[u8]) -> Result<(), String> {
+pub fn check_response(request: &SyncRequest, body: &[u8]) -> Result<(), String> {
     let response: SyncResponse =
         serde_json::from_slice(body).map_err(|e| format!("unreadable SyncResponse: {e}"))?;
     if response.version != request.version {
@@ -532,13 +716,16 @@ struct Expected {
     uncertain: bool,
 }
 
-/// Reads back `sample` counters (all with 0), spread evenly over the keys, and compares.
+/// Reads back `sample` counters (all with 0), spread evenly over the keys, from every
+/// merger, and compares. A read that differs is tried again until `settle` has passed (a
+/// merger hears what another committed within about a second), then reported.
 async fn check_counts(
     http: &reqwest::Client,
-    target: &Target,
+    targets: &[Arc<Target>],
     universe: &Universe,
     replicas: &[Replica],
     sample: usize,
+    settle: Duration,
 ) -> Result<Check, Error> {
     let mut expected = vec![Expected::default(); universe.counters.len()];
     for replica in replicas {
@@ -558,40 +745,70 @@ async fn check_counts(
     } else {
         (0..sample).map(|i| i * len / sample).collect()
     };
-    let mut check = Check::default();
-    for key in keys {
-        let counter = &universe.counters[key];
-        let url = format!("{}{}", target.base, counter.merger_path());
-        let response = http.get(&url).send().await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        let want = expected[key];
-        let want_count = i128::try_from(want.p)? - i128::try_from(want.n)?;
-        check.checked += 1;
-        if status != StatusCode::OK {
-            let text = String::from_utf8_lossy(&body);
-            check.mismatches.push(format!("GET {url}: {status} {text}"));
-            continue;
-        }
-        // A counter no acknowledged sync reached reads as count 0 from 0 replicas.
-        let (count, replicas) = read_counter(&body).map_err(|e| format!("GET {url}: {e}"))?;
-        if count != want_count || replicas != want.replicas {
-            let mut line = format!(
-                "{counter}: merger has count {count} from {replicas} replicas, acknowledged \
-                 totals sum to count {want_count} from {} replicas",
-                want.replicas,
-            );
-            if want.uncertain {
-                let _ = write!(line, " (a replica's last sync was never acknowledged)");
+    let mut pending: Vec<(usize, &Target)> = keys
+        .iter()
+        .flat_map(|key| targets.iter().map(move |target| (*key, target.as_ref())))
+        .collect();
+    let checked = pending.len();
+    let deadline = Instant::now() + settle;
+    loop {
+        let mut wrong = Vec::new();
+        for (key, target) in pending {
+            if let Some(mismatch) = check_one(http, target, universe, key, expected[key]).await? {
+                wrong.push((key, target, mismatch));
             }
-            check.mismatches.push(line);
         }
+        if wrong.is_empty() || Instant::now() >= deadline {
+            return Ok(Check {
+                checked,
+                mismatches: wrong.into_iter().map(|(_, _, m)| m).collect(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pending = wrong
+            .into_iter()
+            .map(|(key, target, _)| (key, target))
+            .collect();
     }
-    Ok(check)
+}
+
+/// Reads counter `key` from one merger: `None` when it holds what was acknowledged, else
+/// what it holds instead.
+async fn check_one(
+    http: &reqwest::Client,
+    target: &Target,
+    universe: &Universe,
+    key: usize,
+    want: Expected,
+) -> Result<Option<String>, Error> {
+    let counter = &universe.counters[key];
+    let url = format!("{}{}", target.base, counter.merger_path());
+    let response = http.get(&url).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    let want_count = i128::try_from(want.p)? - i128::try_from(want.n)?;
+    if status != StatusCode::OK {
+        let text = String::from_utf8_lossy(&body);
+        return Ok(Some(format!("GET {url}: {status} {text}")));
+    }
+    // A counter no acknowledged sync reached reads as count 0 from 0 replicas.
+    let (count, replicas) = read_counter(&body).map_err(|e| format!("GET {url}: {e}"))?;
+    if count == want_count && replicas == want.replicas {
+        return Ok(None);
+    }
+    let mut line = format!(
+        "{counter} at {}: merger has count {count} from {replicas} replicas, acknowledged \
+         totals sum to count {want_count} from {} replicas",
+        target.base, want.replicas,
+    );
+    if want.uncertain {
+        let _ = write!(line, " (a replica's last sync was never acknowledged)");
+    }
+    Ok(Some(line))
 }
 
 /// `count` and `replicas` of a `GET /v1/counters/{id}` answer.
-fn read_counter(body: &[u8]) -> Result<(i128, u64), Error> {
+pub fn read_counter(body: &[u8]) -> Result<(i128, u64), Error> {
     let value: serde_json::Value = serde_json::from_slice(body)?;
     let Count(count) = serde_json::from_value(value["count"].clone())?;
     let replicas = value["replicas"]

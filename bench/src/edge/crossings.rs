@@ -74,7 +74,7 @@ impl Crossings {
 
     /// `n` per request served.
     pub fn per_request(&self, n: u64) -> f64 {
-        crate::edge::report::ratio(crate::to_f64(n), crate::to_f64(self.requests()))
+        crate::report::ratio(crate::to_f64(n), crate::to_f64(self.requests()))
     }
 
     /// One line: crossings and storage calls per request.

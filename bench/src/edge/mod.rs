@@ -31,10 +31,7 @@
 
 mod crossings;
 mod load;
-mod memory;
-mod report;
 mod setup;
-mod wrk;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,9 +44,10 @@ use tally_e2e::{Edge, EdgeOptions, MergerProcess, WRITE_KEY};
 
 use crate::edge::crossings::Crossings;
 use crate::edge::load::{LoadReport, Target as LoadTarget, Workload, Zipf};
-use crate::edge::report::{Report, Target, median, ratio};
 use crate::edge::setup::Workers;
-use crate::edge::wrk::{Wrk, WrkRun};
+use crate::memory;
+use crate::report::{Report, Target, median, ratio};
+use crate::wrk::{Wrk, WrkRun};
 use crate::{Error, Verdict, to_f64};
 
 /// Longest wait for the merger (or the edge) to show what was acknowledged. Failed syncs
@@ -172,7 +170,7 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
         "edge benchmarks: one run, wrk -t{} -c{} -d{}s and {} load clients, wrangler dev on loopback",
         bench.args.threads, bench.args.connections, bench.args.seconds, bench.args.connections
     );
-    println!("{}", bench.report.render(&heading));
+    println!("{}", bench.report.render(&heading, "edge"));
     if bench.args.keep || !bench.report.passed() {
         let kept = temp.keep();
         eprintln!(

@@ -1,7 +1,33 @@
-//! What an edge under `wrangler dev` holds: workerd's resident memory (from `/proc`) and its
-//! Durable Objects' storage on disk (the `--persist-to` directory).
+//! Resident memory from `/proc`: of one process (the merger), of workerd under `wrangler dev`;
+//! and what an edge's Durable Objects hold on disk (the `--persist-to` directory).
 
 use std::path::Path;
+
+/// Resident memory of one process, KiB, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rss {
+    /// `VmRSS`: all of it.
+    pub total: u64,
+    /// `RssAnon`: the heap and other private memory (the merger's cache, SQLite's page
+    /// caches).
+    pub anon: u64,
+    /// `RssFile`: mapped files in memory (the binary, a database file read through mmap).
+    pub file: u64,
+}
+
+/// Resident memory of process `pid`; `None` if it is gone.
+pub fn rss(pid: u32) -> Option<Rss> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss(&status)
+}
+
+fn parse_rss(status: &str) -> Option<Rss> {
+    Some(Rss {
+        total: vm_rss_kib(status)?,
+        anon: status_kib(status, "RssAnon:")?,
+        file: status_kib(status, "RssFile:")?,
+    })
+}
 
 /// Resident memory of the `workerd` processes in process group `pgid` (wrangler's group,
 /// which its workerd inherits), KiB; 0 if none is found.
@@ -47,9 +73,14 @@ fn comm_and_group(stat: &str) -> Option<(&str, u32)> {
 
 /// `VmRSS` of a `/proc/<pid>/status`, KiB.
 fn vm_rss_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmRSS:")
+}
+
+/// The field `name` (with its colon) of a `/proc/<pid>/status`, KiB.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(name))?
         .split_whitespace()
         .next()?
         .parse()
@@ -90,6 +121,16 @@ mod tests {
         let status = "Name:\tworkerd\nVmPeak:\t 9000 kB\nVmRSS:\t  123456 kB\nThreads:\t8\n";
         assert_eq!(vm_rss_kib(status), Some(123_456));
         assert_eq!(vm_rss_kib("Name: x\n"), None);
+        let full = "VmRSS:\t  300 kB\nRssAnon:\t  200 kB\nRssFile:\t   90 kB\nRssShmem:\t 10 kB\n";
+        assert_eq!(
+            parse_rss(full),
+            Some(Rss {
+                total: 300,
+                anon: 200,
+                file: 90
+            })
+        );
+        assert_eq!(parse_rss(status), None);
     }
 
     #[test]
@@ -98,5 +139,10 @@ mod tests {
         assert!(comm_and_group(&stat).is_some(), "{stat}");
         let status = std::fs::read_to_string("/proc/self/status").expect("Linux has /proc");
         assert!(vm_rss_kib(&status).is_some_and(|kib| kib > 0));
+        let own = rss(std::process::id()).expect("this process has a status");
+        assert!(
+            own.total > 0 && own.anon + own.file <= own.total + 4,
+            "{own:?}"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! What the edge benchmark prints: the figures as measured, the ratios against their
-//! targets, and the correctness checks, whose failure makes the run fail. A missed target is
-//! reported, not an error: on a shared 2-core machine the ratios are the result.
+//! What a benchmark run prints (`tally-bench edge`, `tally-bench merger`): the figures as
+//! measured, the ratios against their targets, and the correctness checks, whose failure
+//! makes the run fail. A missed target is reported, not an error: on a shared 2-core machine
+//! the ratios are the result.
 
 use std::fmt::Write as _;
 
@@ -82,8 +83,8 @@ impl Report {
         self.checks.iter().all(|(ok, _)| *ok)
     }
 
-    /// The tables, for people, and one `edge key=value ...` line, for scripts.
-    pub fn render(&self, heading: &str) -> String {
+    /// The tables, for people, and one `<name> key=value ...` line, for scripts.
+    pub fn render(&self, heading: &str, name: &str) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "\n{heading}\n");
         let width = self.figures.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
@@ -95,7 +96,7 @@ impl Report {
         for (_, label, value, target) in &self.ratios {
             let verdict = match target.met(*value) {
                 Some(true) => "met",
-                Some(false) => "missed",
+                Some(false) => "MISSED",
                 None => "",
             };
             let line = format!(
@@ -115,7 +116,7 @@ impl Report {
                 let _ = writeln!(out, "  {note}");
             }
         }
-        let _ = write!(out, "\nedge");
+        let _ = write!(out, "\n{name}");
         for (key, _, value, _) in &self.ratios {
             let _ = write!(out, " {key}={}", fixed(*value));
         }
@@ -182,8 +183,8 @@ mod tests {
         assert!(r.passed());
         r.check(false, "stale reads");
         assert!(!r.passed());
-        let text = r.render("edge");
-        assert!(text.contains("missed"), "{text}");
+        let text = r.render("edge benchmarks", "edge");
+        assert!(text.contains(">= 1     MISSED"), "{text}");
         assert!(text.contains("FAILED  stale reads"), "{text}");
         assert!(text.ends_with("edge p5=0.75 checks=2 failed=1\n"), "{text}");
     }
