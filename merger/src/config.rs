@@ -62,7 +62,8 @@ pub struct Config {
     pub history_prune_interval: Duration,
 
     /// Counters the merger keeps in memory at most (a cache over the store: a counter not
-    /// held is loaded on its first read or sync). About 300 bytes plus 40 per replica slot each.
+    /// held is loaded on its first read or sync). About 1.6 KiB each as measured with a few
+    /// slots per counter (docs/benchmarks.md, "a million counters").
     #[arg(long, env = "TALLY_CACHE_COUNTERS", default_value_t = 100_000)]
     pub cache_counters: usize,
 

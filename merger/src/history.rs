@@ -3,8 +3,11 @@
 //!
 //! It runs on its own task and its own connection, in chunks of [`CHUNK`] counters per
 //! transaction, so a sync never waits for it: with SQLite the commit task may wait for one
-//! short chunk's lock at most. Totals come from the cache; a counter evicted since it changed
-//! is loaded from the store. A chunk that fails goes back to the due set for the next tick.
+//! short chunk's lock at most. Totals come from the cache, or were kept when a due counter was
+//! evicted (up to the cache's capacity; beyond, the point is dropped and counted in
+//! `tally_history_points_dropped_total`): writing history never loads a counter, and the
+//! last pass at shutdown writes at most twice the cache's worth of points. A chunk that fails
+//! goes back to the due set for the next tick.
 //!
 //! The same task keeps the history's size bounded ([`Pruner`]): every prune interval it
 //! downsamples each tier of the retention policy (`--history-retention`, e.g. every point
@@ -71,8 +74,7 @@ pub async fn pass(store: &dyn Store, db: &Db, metrics: &Metrics) {
         if due.is_empty() {
             return;
         }
-        let keys: Vec<CounterKey> = due.iter().map(|(k, _)| k.clone()).collect();
-        match chunk(store, due, at).await {
+        match chunk(store, &due, at).await {
             Ok(written) => {
                 metrics.committed(Purpose::SNAPSHOT);
                 metrics
@@ -80,8 +82,8 @@ pub async fn pass(store: &dyn Store, db: &Db, metrics: &Metrics) {
                     .inc_by(u64::try_from(written).unwrap_or(u64::MAX));
             }
             Err(e) => {
-                warn!(error = %e, counters = keys.len(), "history write failed; retried at the next interval");
-                db.snapshot_failed(keys);
+                warn!(error = %e, counters = due.len(), "history write failed; retried at the next interval");
+                db.snapshot_failed(due);
                 return;
             }
         }
@@ -90,25 +92,17 @@ pub async fn pass(store: &dyn Store, db: &Db, metrics: &Metrics) {
 
 async fn chunk(
     store: &dyn Store,
-    due: Vec<(CounterKey, Option<GlobalTotals>)>,
+    due: &[(CounterKey, GlobalTotals)],
     at: tally_crdt::Timestamp,
 ) -> Result<usize, StoreError> {
-    let evicted: Vec<CounterKey> = due
+    let rows: Vec<SnapshotRow> = due
         .iter()
-        .filter(|(_, totals)| totals.is_none())
-        .map(|(k, _)| k.clone())
-        .collect();
-    let mut rows: Vec<SnapshotRow> = due
-        .into_iter()
-        .filter_map(|(key, totals)| totals.map(|totals| SnapshotRow { key, at, totals }))
-        .collect();
-    for counter in store.load(&evicted).await? {
-        rows.push(SnapshotRow {
-            totals: counter.totals(),
-            key: counter.key,
+        .map(|(key, totals)| SnapshotRow {
+            key: key.clone(),
             at,
-        });
-    }
+            totals: *totals,
+        })
+        .collect();
     store.write_history(&rows).await?;
     Ok(rows.len())
 }

@@ -232,6 +232,11 @@ impl Default for Metrics {
             m.cache.misses.clone(),
         );
         registry.register(
+            "history_points_dropped",
+            "History points not written: too many evicted counters were due at once",
+            m.cache.points_dropped.clone(),
+        );
+        registry.register(
             "cache_evictions",
             "Counters evicted from the cache",
             m.cache.evictions.clone(),

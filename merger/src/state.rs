@@ -287,8 +287,12 @@ struct Merged {
     hand: usize,
     /// Counters the commit task is working on: never evicted.
     pinned: HashSet<CounterKey>,
-    /// Counters this merger changed since their last history point.
+    /// Held counters this merger changed since their last history point.
     snapshot_due: HashSet<CounterKey>,
+    /// Counters evicted while due for a history point, with their totals then; at most the
+    /// cache's capacity (beyond, a point is dropped and counted), so the due set is bounded
+    /// by the setting like the cache, and writing a point never loads a counter.
+    evicted_due: HashMap<CounterKey, GlobalTotals>,
 }
 
 /// Counts of what the cache did (shared with the metrics registry).
@@ -300,6 +304,8 @@ pub struct CacheStats {
     pub misses: Tally,
     /// Counters evicted.
     pub evictions: Tally,
+    /// History points not written because too many evicted counters were due at once.
+    pub points_dropped: Tally,
 }
 
 /// The bounded cache of merged counters.
@@ -469,34 +475,64 @@ impl Db {
         }
     }
 
-    /// Up to `max` counters due for a history point, with their totals when held (`None`:
-    /// load them). Taken out of the due set: give them back with
+    /// Up to `max` counters due for a history point, with their totals now (or when they
+    /// were evicted). Taken out of the due set: give them back with
     /// [`snapshot_failed`](Db::snapshot_failed) if writing fails.
-    pub fn take_snapshot_due(&self, max: usize) -> Vec<(CounterKey, Option<GlobalTotals>)> {
+    pub fn take_snapshot_due(&self, max: usize) -> Vec<(CounterKey, GlobalTotals)> {
         let mut merged = self.write_lock();
-        let keys: Vec<CounterKey> = merged.snapshot_due.iter().take(max).cloned().collect();
-        keys.into_iter()
-            .map(|k| {
-                merged.snapshot_due.remove(&k);
-                let totals = merged.counters.get(&k).map(Counter::totals);
-                (k, totals)
-            })
-            .collect()
+        let evicted: Vec<CounterKey> = merged.evicted_due.keys().take(max).cloned().collect();
+        let mut due: Vec<(CounterKey, GlobalTotals)> = evicted
+            .into_iter()
+            .filter_map(|k| merged.evicted_due.remove(&k).map(|t| (k, t)))
+            .collect();
+        let held: Vec<CounterKey> = merged
+            .snapshot_due
+            .iter()
+            .take(max - due.len())
+            .cloned()
+            .collect();
+        for k in held {
+            merged.snapshot_due.remove(&k);
+            if let Some(counter) = merged.counters.get(&k) {
+                due.push((k, counter.totals()));
+            }
+        }
+        due
     }
 
     /// Drops counters from the cache (unless pinned): their next read loads them whole.
     pub fn forget(&self, keys: &[CounterKey]) {
         let mut merged = self.write_lock();
         for key in keys {
-            if !merged.pinned.contains(key) {
-                merged.counters.swap_remove(key);
+            if !merged.pinned.contains(key)
+                && let Some(counter) = merged.counters.swap_remove(key)
+            {
+                self.leaving(&mut merged, key, &counter);
             }
         }
     }
 
-    /// Puts counters back in the due set after a failed history write.
-    pub fn snapshot_failed(&self, keys: impl IntoIterator<Item = CounterKey>) {
-        self.write_lock().snapshot_due.extend(keys);
+    /// A counter leaves the cache: a history point it is due keeps its totals.
+    fn leaving(&self, merged: &mut Merged, key: &CounterKey, counter: &Counter) {
+        if merged.snapshot_due.remove(key) {
+            if merged.evicted_due.len() < self.capacity {
+                merged.evicted_due.insert(key.clone(), counter.totals());
+            } else {
+                self.stats.points_dropped.inc();
+            }
+        }
+    }
+
+    /// Puts points back after a failed history write (within the same bound).
+    pub fn snapshot_failed(&self, points: impl IntoIterator<Item = (CounterKey, GlobalTotals)>) {
+        let mut merged = self.write_lock();
+        for (key, totals) in points {
+            if merged.evicted_due.len() < self.capacity {
+                merged.evicted_due.entry(key).or_insert(totals);
+            } else {
+                self.stats.points_dropped.inc();
+            }
+        }
     }
 
     fn insert(&self, merged: &mut Merged, loaded_for: &[CounterKey], loaded: Vec<StoredCounter>) {
@@ -544,7 +580,11 @@ impl Db {
                 merged.hand += 1;
             } else {
                 // The last counter moves into the hole: the hand stays to look at it next.
-                merged.counters.swap_remove_index(merged.hand);
+                let (key, counter) = merged
+                    .counters
+                    .swap_remove_index(merged.hand)
+                    .expect("the hand is below the length");
+                self.leaving(merged, &key, &counter);
                 self.stats.evictions.inc();
             }
         }
@@ -737,10 +777,35 @@ mod tests {
             |_| (),
         );
         let due = db.take_snapshot_due(10);
-        assert_eq!(due, vec![(key("x"), Some(GlobalTotals { p: 1, n: 0 }))]);
+        assert_eq!(due, vec![(key("x"), GlobalTotals { p: 1, n: 0 })]);
         assert!(db.take_snapshot_due(10).is_empty());
-        db.snapshot_failed([key("x")]);
+        db.snapshot_failed(due);
         assert_eq!(db.take_snapshot_due(10).len(), 1);
+    }
+
+    #[test]
+    fn evicted_counters_keep_their_point_within_the_cache_bound() {
+        let db = Db::new(2, CacheStats::default());
+        for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let k = [key(id)];
+            db.pin(&k);
+            db.insert_pinned(&k, vec![]);
+            db.apply_commit(
+                &[slot(id, 1, i as u64 + 1, 0, 1)],
+                |_| Arc::from("eu"),
+                |_| (),
+            );
+        }
+        assert_eq!(db.len(), 2);
+        // Three evicted while due: two keep their point (the bound is the capacity of 2),
+        // one is dropped and counted; the two held ones are due too.
+        let due = db.take_snapshot_due(100);
+        assert_eq!(due.len(), 4);
+        assert_eq!(db.stats.points_dropped.get(), 1);
+        assert!(
+            due.iter()
+                .all(|(k, t)| t.p == u128::from(k.id().as_bytes()[0] - b'a' + 1))
+        );
     }
 
     fn retired(region: &str, id: &str, p: u64) -> crate::store::Retired {

@@ -39,6 +39,9 @@ pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, AppError>
 /// at scrape time (one indexed count per kind; skipped, keeping the last figures, if the
 /// database does not answer within the readiness timeout).
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    app.metrics
+        .cached_counters
+        .set(i64::try_from(app.db.len()).unwrap_or(i64::MAX));
     for kind in [CounterKind::G, CounterKind::Pn] {
         if let Ok(Ok(n)) = tokio::time::timeout(READY_TIMEOUT, app.store.counter_count(kind)).await
         {
