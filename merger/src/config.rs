@@ -79,6 +79,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_DURABILITY", value_enum, default_value_t = Durability::Full)]
     pub durability: Durability,
 
+    /// Open connections served at most; a connection beyond is answered `503 overloaded` with
+    /// `Retry-After` and closed, so memory stays bounded whoever connects.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Largest request body accepted, in bytes (a sync of 1000 counters is about 100 KB).
     #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 pub use config::{Config, Durability};
 
 use crate::commit::Committer;
+use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::state::Db;
 use crate::store::{Store, StoreError};
@@ -121,6 +122,31 @@ impl Shared {
             .fill(keys, keys, loaded, &f)
             .expect("a fill of every key asked holds every key asked"))
     }
+}
+
+/// What a connection beyond `--max-connections` hears.
+const OVERLOADED: AppError = AppError::Commit(commit::CommitError::Overloaded);
+
+/// Answers a connection the merger has no room for: one `503 overloaded` with `Retry-After`
+/// (the edge backs off), written without reading the request, then closed. Bounded in time,
+/// so a client that does not read cannot hold the task.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!(
+        r#"{{"error":{{"code":"{}","message":"{}"}}}}"#,
+        OVERLOADED.code(),
+        OVERLOADED
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 /// A running merger: its state, store and commit task.
@@ -226,6 +252,9 @@ impl Merger {
         http.timer(TokioTimer::new())
             .header_read_timeout(self.config.header_read_timeout);
         tokio::pin!(shutdown);
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.config.max_connections.max(1),
+        ));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -240,12 +269,18 @@ impl Merger {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                self.state.metrics.error(OVERLOADED.code());
+                tokio::spawn(refuse(stream));
+                continue;
+            };
             let service = TowerToHyperService::new(router.clone());
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
+                drop(slot);
             });
         }
         drop(listener);

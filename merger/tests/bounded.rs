@@ -168,3 +168,57 @@ async fn an_overloaded_answer_carries_retry_after() {
     }
     assert!(seen, "100 syncs at once fit a queue of 1");
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_503_with_retry_after_and_the_rest_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tally_merger::Config::new(database_url(dir.path()), TOKEN);
+    config.max_connections = 2;
+    let merger = tally_merger::Merger::open(config).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(merger.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let get = |path: &'static str| async move {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    // Two idle connections hold both places (nothing sent yet).
+    let idle: Vec<TcpStream> = vec![
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let refused = get("/healthz").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    assert!(refused.contains(r#""code":"overloaded""#), "{refused}");
+    drop(idle);
+    // Places free again: served.
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = get("/healthz").await;
+        if served.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    let _ = stop.send(());
+    server.await.unwrap();
+}
