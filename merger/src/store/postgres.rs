@@ -102,6 +102,9 @@ pub struct PostgresStore {
     opened_xmin: String,
     /// Turns true on [`close`](Store::close): watchers stop.
     closing: watch::Sender<bool>,
+    /// This store's name in its notifications: its own watcher skips them (this merger's
+    /// cache already holds what it committed).
+    origin: String,
 }
 
 impl PostgresStore {
@@ -133,6 +136,7 @@ impl PostgresStore {
             options,
             opened_xmin,
             closing: watch::Sender::new(false),
+            origin: random_origin(),
         })
     }
 }
@@ -251,7 +255,7 @@ impl Store for PostgresStore {
             .cloned()
             .collect();
         let changed = merge_slots(&mut tx, &live).await?;
-        if let Some(payload) = notification(&changed) {
+        if let Some(payload) = notification(&self.origin, &changed) {
             // Queued by the server and delivered when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
@@ -348,7 +352,7 @@ impl Store for PostgresStore {
                 .iter()
                 .map(|f| (f.key.kind().as_str().to_owned(), f.key.id().to_owned()))
                 .collect();
-            if let Some(payload) = notification(&changed) {
+            if let Some(payload) = notification(&self.origin, &changed) {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
                     .bind(payload)
@@ -542,6 +546,7 @@ impl Store for PostgresStore {
             pool: self.pool.clone(),
             options: self.options.clone(),
             since: self.opened_xmin.clone(),
+            origin: self.origin.clone(),
             tx,
         };
         let closing = self.closing.subscribe();
@@ -668,17 +673,22 @@ struct HistoryColumns<'a> {
     n: Vec<String>,
 }
 
-/// The NOTIFY payload for these changed counters (`kind:id` lines), if any changed and it
-/// fits under [`MAX_PAYLOAD`].
-fn notification(changed: &[(String, String)]) -> Option<String> {
+/// A name for a store in its notifications: 16 random hex digits.
+fn random_origin() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The NOTIFY payload for these changed counters: `@origin`, then `kind:id` lines; if any
+/// changed and it fits under [`MAX_PAYLOAD`].
+fn notification(origin: &str, changed: &[(String, String)]) -> Option<String> {
     if changed.is_empty() {
         return None;
     }
-    let mut payload = String::new();
+    let mut payload = format!("@{origin}");
     for (kind, name) in changed {
-        if !payload.is_empty() {
-            payload.push('\n');
-        }
+        payload.push('\n');
         payload.push_str(kind);
         payload.push(':');
         payload.push_str(name);
@@ -689,11 +699,13 @@ fn notification(changed: &[(String, String)]) -> Option<String> {
     Some(payload)
 }
 
-/// The keys of a NOTIFY payload. A line that is not a key (a hand-sent notification) is
-/// skipped: notifications are only hints.
-fn parse_notification(payload: &str) -> Vec<CounterKey> {
-    payload
+/// The origin and keys of a NOTIFY payload. A line that is not a key (a hand-sent
+/// notification) is skipped: notifications are only hints.
+fn parse_notification(payload: &str) -> (Option<&str>, Vec<CounterKey>) {
+    let origin = payload.lines().next().and_then(|l| l.strip_prefix('@'));
+    let keys = payload
         .lines()
+        .filter(|line| !line.starts_with('@'))
         .filter_map(|line| {
             let parsed = line
                 .split_once(':')
@@ -703,7 +715,8 @@ fn parse_notification(payload: &str) -> Vec<CounterKey> {
                 .inspect_err(|e| warn!(error = %e, "ignoring a line of a change notification"))
                 .ok()
         })
-        .collect()
+        .collect();
+    (origin, keys)
 }
 
 /// A row of [`PARTS_OF_K`].
@@ -746,6 +759,8 @@ struct Watcher {
     options: PgConnectOptions,
     /// xid8 as text: the catch-up's lower bound.
     since: String,
+    /// Notifications from this origin are this store's own.
+    origin: String,
     tx: mpsc::Sender<Vec<CounterKey>>,
 }
 
@@ -757,6 +772,7 @@ impl Watcher {
             pool,
             options,
             since,
+            origin,
             tx,
         } = self;
         let receiver_gone = tx.clone();
@@ -764,7 +780,7 @@ impl Watcher {
             () = turns_true(stop) => {}
             () = turns_true(closing) => {}
             () = receiver_gone.closed() => {}
-            () = listen(options, tx.clone()) => {}
+            () = listen(options, &origin, tx.clone()) => {}
             () = catch_up(pool, since, tx) => {}
         }
         debug!("change watcher stopped");
@@ -780,7 +796,7 @@ async fn turns_true(mut flag: watch::Receiver<bool>) {
 
 /// Forwards each notification's keys, on a connection of its own, reconnecting with backoff.
 /// Returns only when the stream's receiver is gone.
-async fn listen(options: PgConnectOptions, tx: mpsc::Sender<Vec<CounterKey>>) {
+async fn listen(options: PgConnectOptions, origin: &str, tx: mpsc::Sender<Vec<CounterKey>>) {
     // A pool of one connection that never expires: PgListener reconnects through it and
     // listens again on the new connection.
     let pool = PgPoolOptions::new()
@@ -809,8 +825,8 @@ async fn listen(options: PgConnectOptions, tx: mpsc::Sender<Vec<CounterKey>>) {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
                 backoff = Backoff::default();
-                let keys = parse_notification(notification.payload());
-                if keys.is_empty() {
+                let (from, keys) = parse_notification(notification.payload());
+                if keys.is_empty() || from == Some(origin) {
                     continue;
                 }
                 match tx.try_send(keys) {
@@ -915,9 +931,10 @@ mod tests {
             ("g".to_owned(), "a:b:c".to_owned()),
             ("pn".to_owned(), "x_1.y-z".to_owned()),
         ];
-        let payload = notification(&changed).expect("small payload");
-        assert_eq!(payload, "g:a:b:c\npn:x_1.y-z");
-        let keys = parse_notification(&payload);
+        let payload = notification("0a1b", &changed).expect("small payload");
+        assert_eq!(payload, "@0a1b\ng:a:b:c\npn:x_1.y-z");
+        let (origin, keys) = parse_notification(&payload);
+        assert_eq!(origin, Some("0a1b"));
         assert_eq!(
             keys,
             vec![
@@ -925,17 +942,22 @@ mod tests {
                 CounterKey::new(CounterKind::Pn, "x_1.y-z").expect("valid id"),
             ]
         );
-        assert!(parse_notification("nonsense\n\nq:x").is_empty());
+        assert!(parse_notification("nonsense\n\nq:x").1.is_empty());
+        assert_eq!(
+            parse_notification("g:a").0,
+            None,
+            "a hand-sent notice has no origin"
+        );
     }
 
     #[test]
     fn a_payload_too_large_to_notify_is_not_sent() {
-        assert_eq!(notification(&[]), None);
+        assert_eq!(notification("o", &[]), None);
         let name = "x".repeat(120);
         let changed: Vec<_> = (0..100)
             .map(|i| ("g".to_owned(), format!("{name}{i}")))
             .collect();
-        assert_eq!(notification(&changed), None);
-        assert!(notification(&changed[..10]).is_some());
+        assert_eq!(notification("o", &changed), None);
+        assert!(notification("o", &changed[..10]).is_some());
     }
 }
