@@ -340,6 +340,10 @@ impl Edge {
     /// Serves a built worker (`options.config`, or by default the one built once for this
     /// test process, [`worker_config`]), with the region override allowed, until
     /// `GET /_probe` answers `options.probe_status`.
+    ///
+    /// workerd now and then fails to start ("The Workers runtime failed to start", seen once
+    /// in a fresh-clone run with no further cause logged): a start that exits before serving
+    /// is tried again, on fresh ports, up to three times.
     pub async fn start(options: &EdgeOptions) -> Edge {
         let config = match &options.config {
             Some(config) => config.clone(),
@@ -347,6 +351,23 @@ impl Edge {
                 .await
                 .expect("building the worker does not panic"),
         };
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(options, &config).await {
+                Ok(edge) => return edge,
+                Err(status) if attempt < 3 => {
+                    eprintln!("wrangler dev exited before serving ({status}); starting it again");
+                    attempt += 1;
+                }
+                Err(status) => panic!("wrangler dev exited before serving, 3 times: {status}"),
+            }
+        }
+    }
+
+    async fn try_start(
+        options: &EdgeOptions,
+        config: &Path,
+    ) -> Result<Edge, std::process::ExitStatus> {
         let port = free_port();
         let inspector = free_port();
         let var = |k: &str, v: &str| format!("{k}:{v}");
@@ -355,7 +376,7 @@ impl Edge {
         command
             .current_dir(config.parent().unwrap_or(Path::new("/")))
             .arg("--config")
-            .arg(&config);
+            .arg(config);
         let (stdout, stderr) = match &options.log {
             Some(path) => {
                 let file = std::fs::OpenOptions::new()
@@ -431,7 +452,7 @@ impl Edge {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("wrangler dev exited before serving: {status}");
+                return Err(status);
             }
             assert!(
                 start.elapsed() < Duration::from_secs(180),
@@ -439,7 +460,7 @@ impl Edge {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Edge { child, pgid, url }
+        Ok(Edge { child, pgid, url })
     }
 
     /// The process group of wrangler and its workerd (to measure them, e.g. their memory).
