@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -289,23 +288,6 @@ async fn open_postgres(url: &str) -> TestMerger {
     }
 }
 
-/// `pg_restore ARGS... DUMP`, which must succeed.
-async fn pg_restore(args: &[&str], dump: &Path) {
-    let program = tally_merger::backup::find_pg_tool("pg_restore")
-        .expect("pg_restore is installed with Postgres");
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .arg(dump)
-        .output()
-        .await
-        .expect("pg_restore runs");
-    assert!(
-        output.status.success(),
-        "pg_restore {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[tokio::test]
 async fn a_pg_dump_backup_restores_with_pg_restore_over_the_database_or_into_a_fresh_one() {
     let Some(pg) = PostgresCluster::start_unless_skipped("backup with pg_dump").await else {
@@ -340,7 +322,7 @@ async fn a_pg_dump_backup_restores_with_pg_restore_over_the_database_or_into_a_f
     live.merger.close().await;
 
     // Over the database itself, the mergers stopped.
-    pg_restore(
+    pg.pg_restore(
         &[
             "--clean",
             "--if-exists",
@@ -359,7 +341,8 @@ async fn a_pg_dump_backup_restores_with_pg_restore_over_the_database_or_into_a_f
 
     // Into a fresh database.
     let fresh = pg.create_database("restored").await;
-    pg_restore(&["--single-transaction", "--dbname", &fresh], &dump).await;
+    pg.pg_restore(&["--single-transaction", "--dbname", &fresh], &dump)
+        .await;
     let restored = open_postgres(&fresh).await;
     assert_eq!(restored.everything().await, backed_up);
     restored.merger.close().await;

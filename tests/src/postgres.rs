@@ -170,7 +170,7 @@ impl PostgresCluster {
     /// columns separated by `|`). Panics, with psql's message, when the SQL fails.
     pub async fn psql(&self, database: &str, sql: &str) -> String {
         let port = self.port.to_string();
-        let mut command = std::process::Command::new(self.psql_program());
+        let mut command = std::process::Command::new(self.client_program("psql"));
         for name in PG_ENV {
             command.env_remove(name);
         }
@@ -229,13 +229,31 @@ impl PostgresCluster {
     }
 
     /// `psql` from the server's directory, else the one on `PATH`.
-    fn psql_program(&self) -> PathBuf {
-        let psql = self.bin.join("psql");
-        if psql.is_file() {
-            psql
+    /// A client program of the cluster's own version (`psql`, `pg_restore`): the one beside
+    /// its `initdb`, else the one on `PATH`.
+    pub fn client_program(&self, name: &str) -> PathBuf {
+        let program = self.bin.join(name);
+        if program.is_file() {
+            program
         } else {
-            PathBuf::from("psql")
+            PathBuf::from(name)
         }
+    }
+
+    /// Runs `pg_restore ARGS... BACKUP` (the cluster's version), which must succeed: panics
+    /// with its message otherwise.
+    pub async fn pg_restore(&self, args: &[&str], backup: &Path) {
+        let mut command = std::process::Command::new(self.client_program("pg_restore"));
+        for name in PG_ENV {
+            command.env_remove(name);
+        }
+        command.args(args).arg(backup);
+        let output = run(command, Duration::from_secs(120), "pg_restore").await;
+        assert!(
+            output.status.success(),
+            "pg_restore {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
     }
 
     /// A command running the server tool `tool` (`initdb`, `pg_ctl`): as [`OS_USER`] when the

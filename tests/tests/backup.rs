@@ -10,7 +10,7 @@
 //! `TALLY_NO_POSTGRES=1`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,8 @@ impl Store {
                 }
                 std::fs::copy(backup, &db).expect("the backup can be copied over the database");
             }
-            Store::Postgres { url, .. } => {
-                pg_restore(
+            Store::Postgres { pg, url } => {
+                pg.pg_restore(
                     &[
                         "--clean",
                         "--if-exists",
@@ -81,7 +81,8 @@ impl Store {
             }
             Store::Postgres { pg, .. } => {
                 let url = pg.create_database("backup_copy").await;
-                pg_restore(&["--single-transaction", "--dbname", &url], backup).await;
+                pg.pg_restore(&["--single-transaction", "--dbname", &url], backup)
+                    .await;
                 url
             }
         }
@@ -90,46 +91,6 @@ impl Store {
 
 fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("tally.db").display())
-}
-
-/// A PostgreSQL client program: the newest under `/usr/lib/postgresql/*/bin` (the version the
-/// test cluster runs), else the one on `PATH`.
-fn pg_tool(name: &str) -> PathBuf {
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry
-                .file_name()
-                .to_str()?
-                .split('.')
-                .map(str::parse)
-                .collect::<Result<Vec<u32>, _>>()
-                .ok()?;
-            let tool = entry.path().join("bin").join(name);
-            tool.is_file().then_some((version, tool))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map_or_else(|| PathBuf::from(name), |(_, tool)| tool)
-}
-
-/// `pg_restore ARGS... BACKUP`, which must succeed.
-async fn pg_restore(args: &[&str], backup: &Path) {
-    let output = tokio::process::Command::new(pg_tool("pg_restore"))
-        .args(args)
-        .arg(backup)
-        .output()
-        .await
-        .expect("pg_restore runs");
-    assert!(
-        output.status.success(),
-        "pg_restore {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// `tally-merger backup --database-url DATABASE --to TO`, which must succeed.
