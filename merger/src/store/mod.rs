@@ -314,33 +314,108 @@ pub fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
 }
 
-/// The SQL of [`Store::prune_history`], for both backends (`?` placeholders in order: from,
-/// to, limit; with a bucket: from, to, bucket, bucket, limit). `(counter, taken_at)` is the
-/// primary key, so the `IN` finds each row by it; the range uses the `taken_at` index.
-pub fn prune_sql(bucketed: bool, numbered: bool) -> String {
-    let later_in_bucket = if bucketed {
-        " AND EXISTS (SELECT 1 FROM history l WHERE l.counter = h.counter          AND l.taken_at > h.taken_at AND l.taken_at < (h.taken_at / ? + 1) * ?)"
+/// [`Store::prune_history`] without a bucket: `$1` from, `$2` to, `$3` the limit. One text
+/// for both backends (sqlx binds `$N` by its number on SQLite too). `(counter, taken_at)` is
+/// the primary key, so the `IN` finds each row by it; the range uses the `taken_at` index.
+const PRUNE_ALL: &str = "DELETE FROM history WHERE (counter, taken_at) IN (\
+    SELECT h.counter, h.taken_at FROM history h \
+    WHERE h.taken_at >= $1 AND h.taken_at < $2 LIMIT $3)";
+
+/// [`Store::prune_history`] with a bucket of `$4` milliseconds: only points with a later one
+/// of the same counter in their bucket.
+const PRUNE_BUCKETED: &str = "DELETE FROM history WHERE (counter, taken_at) IN (\
+    SELECT h.counter, h.taken_at FROM history h \
+    WHERE h.taken_at >= $1 AND h.taken_at < $2 \
+    AND EXISTS (SELECT 1 FROM history l WHERE l.counter = h.counter \
+        AND l.taken_at > h.taken_at AND l.taken_at < (h.taken_at / $4 + 1) * $4) \
+    LIMIT $3)";
+
+/// [`Store::prune_history`]'s statement with its arguments bound, for either backend.
+pub fn prune_query<'q, DB: sqlx::Database>(
+    from: Timestamp,
+    to: Timestamp,
+    bucket: Option<NonZeroU64>,
+    limit: u32,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let query = sqlx::query(if bucket.is_some() {
+        PRUNE_BUCKETED
     } else {
-        ""
-    };
-    let sql = format!(
-        "DELETE FROM history WHERE (counter, taken_at) IN (         SELECT h.counter, h.taken_at FROM history h          WHERE h.taken_at >= ? AND h.taken_at < ?{later_in_bucket} LIMIT ?)"
-    );
-    if !numbered {
-        return sql;
+        PRUNE_ALL
+    })
+    .bind(from.unix_ms())
+    .bind(to.unix_ms())
+    .bind(i64::from(limit));
+    match bucket {
+        Some(bucket) => query.bind(i64::try_from(bucket.get()).unwrap_or(i64::MAX)),
+        None => query,
     }
-    // Postgres numbers its parameters.
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
+}
+
+/// Rows of a backend's parts query (columns `kind`, `name`, `folds`, `part` (`s` for a slot,
+/// `b` for a base), `replica`, `region`, `p`, `n`, `updated_at`; totals as decimal text),
+/// sorted by key, grouped into counters. One reader for both backends.
+pub fn counters_of<R>(rows: &[R]) -> Result<Vec<StoredCounter>, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut parts = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
+        let folds: i64 = row.try_get("folds")?;
+        let folds =
+            u64::try_from(folds).map_err(|_| corrupt("counters", format!("folds {folds}")))?;
+        let at = Timestamp::from_unix_ms(row.try_get("updated_at")?);
+        let part = if row.try_get::<&str, _>("part")? == "s" {
+            Part::Slot(StoredSlot {
+                replica: replica_of("replicas", row.try_get("replica")?)?,
+                region: row.try_get("region")?,
+                totals: SlotTotals {
+                    p: decode("slots", row.try_get("p")?)?,
+                    n: decode("slots", row.try_get("n")?)?,
+                },
+                at,
+            })
         } else {
-            out.push(c);
-        }
+            Part::Base(
+                row.try_get("region")?,
+                GlobalTotals {
+                    p: decode("bases", row.try_get("p")?)?,
+                    n: decode("bases", row.try_get("n")?)?,
+                },
+                at,
+            )
+        };
+        parts.push((key, folds, part));
     }
-    out
+    Ok(group_parts(parts))
+}
+
+/// Rows of a backend's history query (columns `taken_at`, and `p`, `n` as decimal text) as
+/// the points of `key`. One reader for both backends.
+pub fn points_of<R>(key: &CounterKey, rows: &[R]) -> Result<Vec<SnapshotRow>, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|row| {
+            Ok(SnapshotRow {
+                key: key.clone(),
+                at: Timestamp::from_unix_ms(row.try_get("taken_at")?),
+                totals: GlobalTotals {
+                    p: decode("history", row.try_get("p")?)?,
+                    n: decode("history", row.try_get("n")?)?,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Groups `(key, folds, part)` rows, sorted by key, into counters.

@@ -41,7 +41,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU64;
 use std::str::FromStr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,17 +52,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::{
-    Committed, FoldedSlot, Part, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, StoredSlot, corrupt, decode, encode_u64, encode_u128, group_parts, key_of,
-    replica_of,
+    Committed, FoldedSlot, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
-
-/// [`Store::prune_history`]'s two statements, built once.
-static PRUNE_ALL: LazyLock<String> = LazyLock::new(|| super::prune_sql(false, NUMBERED));
-static PRUNE_BUCKETED: LazyLock<String> = LazyLock::new(|| super::prune_sql(true, NUMBERED));
-/// Whether this backend numbers its parameters (`$1`) rather than using `?`.
-const NUMBERED: bool = true;
 
 /// The NOTIFY channel of slot changes.
 pub const CHANNEL: &str = "tally_changed";
@@ -255,14 +247,7 @@ impl Store for PostgresStore {
             .cloned()
             .collect();
         let changed = merge_slots(&mut tx, &live).await?;
-        if let Some(payload) = notification(&self.origin, &changed) {
-            // Queued by the server and delivered when (and only if) the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-        }
+        notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
         Ok(committed)
     }
@@ -352,13 +337,7 @@ impl Store for PostgresStore {
                 .iter()
                 .map(|f| (f.key.kind().as_str().to_owned(), f.key.id().to_owned()))
                 .collect();
-            if let Some(payload) = notification(&self.origin, &changed) {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(payload)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            notify(&mut tx, &self.origin, &changed).await?;
         }
         tx.commit().await?;
         Ok(Retired { region, folded })
@@ -381,7 +360,7 @@ impl Store for PostgresStore {
         .bind(names)
         .fetch_all(&self.pool)
         .await?;
-        grouped(&rows)
+        super::counters_of(&rows)
     }
 
     async fn list(
@@ -424,7 +403,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        grouped(&rows)
+        super::counters_of(&rows)
     }
 
     async fn replica_count(&self) -> Result<u64, StoreError> {
@@ -480,18 +459,9 @@ impl Store for PostgresStore {
         bucket: Option<NonZeroU64>,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let mut query = sqlx::query(if bucket.is_some() {
-            PRUNE_BUCKETED.as_str()
-        } else {
-            PRUNE_ALL.as_str()
-        })
-        .bind(from.unix_ms())
-        .bind(to.unix_ms());
-        if let Some(bucket) = bucket {
-            let ms = i64::try_from(bucket.get()).unwrap_or(i64::MAX);
-            query = query.bind(ms).bind(ms);
-        }
-        let done = query.bind(i64::from(limit)).execute(&self.pool).await?;
+        let done = super::prune_query(from, to, bucket, limit)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -515,18 +485,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SnapshotRow {
-                    key: key.clone(),
-                    at: Timestamp::from_unix_ms(row.try_get("taken_at")?),
-                    totals: GlobalTotals {
-                        p: decode("history", row.try_get("p")?)?,
-                        n: decode("history", row.try_get("n")?)?,
-                    },
-                })
-            })
-            .collect()
+        super::points_of(key, &rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -673,6 +632,23 @@ struct HistoryColumns<'a> {
     n: Vec<String>,
 }
 
+/// Announces the changed counters (if any, and if they fit in a notification) to the other
+/// mergers: queued by the server and delivered when, and only if, `tx` commits.
+async fn notify(
+    tx: &mut Transaction<'static, Postgres>,
+    origin: &str,
+    changed: &[(String, String)],
+) -> Result<(), StoreError> {
+    if let Some(payload) = notification(origin, changed) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A name for a store in its notifications: 16 random hex digits.
 fn random_origin() -> String {
     let mut bytes = [0u8; 8];
@@ -717,40 +693,6 @@ fn parse_notification(payload: &str) -> (Option<&str>, Vec<CounterKey>) {
         })
         .collect();
     (origin, keys)
-}
-
-/// A row of [`PARTS_OF_K`].
-fn stored_part(row: &PgRow) -> Result<(CounterKey, u64, Part), StoreError> {
-    let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
-    let folds: i64 = row.try_get("folds")?;
-    let folds = u64::try_from(folds).map_err(|_| corrupt("counters", format!("folds {folds}")))?;
-    let part = if row.try_get::<&str, _>("part")? == "s" {
-        Part::Slot(StoredSlot {
-            replica: replica_of("replicas", row.try_get("replica")?)?,
-            region: row.try_get("region")?,
-            totals: SlotTotals {
-                p: decode("slots", row.try_get("p")?)?,
-                n: decode("slots", row.try_get("n")?)?,
-            },
-            at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
-        })
-    } else {
-        Part::Base(
-            row.try_get("region")?,
-            GlobalTotals {
-                p: decode("bases", row.try_get("p")?)?,
-                n: decode("bases", row.try_get("n")?)?,
-            },
-            Timestamp::from_unix_ms(row.try_get("updated_at")?),
-        )
-    };
-    Ok((key, folds, part))
-}
-
-/// Rows of [`PARTS_OF_K`], grouped into counters.
-fn grouped(rows: &[PgRow]) -> Result<Vec<StoredCounter>, StoreError> {
-    let parts = rows.iter().map(stored_part).collect::<Result<_, _>>()?;
-    Ok(group_parts(parts))
 }
 
 /// The task behind [`Store::watch`].

@@ -8,29 +8,19 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{CounterKey, CounterKind, ReplicaId, SlotTotals, Timestamp};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Committed, FoldedSlot, Part, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, StoredSlot, corrupt, decode, encode_u64, encode_u128, group_parts, key_of,
-    replica_of,
+    Committed, FoldedSlot, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
-
-/// [`Store::prune_history`]'s two statements, built once.
-static PRUNE_ALL: LazyLock<String> = LazyLock::new(|| super::prune_sql(false, NUMBERED));
-static PRUNE_BUCKETED: LazyLock<String> = LazyLock::new(|| super::prune_sql(true, NUMBERED));
-/// Whether this backend numbers its parameters (`$1`) rather than using `?`.
-const NUMBERED: bool = false;
 
 /// The SQLite store: one merger process on one file, in WAL mode.
 #[derive(Debug, Clone)]
@@ -301,7 +291,7 @@ impl Store for SqliteStore {
         .bind(json_rows(&asked))
         .fetch_all(&self.pool)
         .await?;
-        parts_of(&rows)
+        super::counters_of(&rows)
     }
 
     async fn list(
@@ -329,7 +319,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        parts_of(&rows)
+        super::counters_of(&rows)
     }
 
     async fn replica_count(&self) -> Result<u64, StoreError> {
@@ -385,18 +375,9 @@ impl Store for SqliteStore {
         bucket: Option<NonZeroU64>,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let mut query = sqlx::query(if bucket.is_some() {
-            PRUNE_BUCKETED.as_str()
-        } else {
-            PRUNE_ALL.as_str()
-        })
-        .bind(from.unix_ms())
-        .bind(to.unix_ms());
-        if let Some(bucket) = bucket {
-            let ms = i64::try_from(bucket.get()).unwrap_or(i64::MAX);
-            query = query.bind(ms).bind(ms);
-        }
-        let done = query.bind(i64::from(limit)).execute(&self.pool).await?;
+        let done = super::prune_query(from, to, bucket, limit)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -419,18 +400,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SnapshotRow {
-                    key: key.clone(),
-                    at: Timestamp::from_unix_ms(row.get("taken_at")),
-                    totals: GlobalTotals {
-                        p: decode("history", row.get("p"))?,
-                        n: decode("history", row.get("n"))?,
-                    },
-                })
-            })
-            .collect()
+        super::points_of(key, &rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -449,38 +419,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// Rows of [`PARTS_OF_K`], grouped into counters.
-fn parts_of(rows: &[SqliteRow]) -> Result<Vec<StoredCounter>, StoreError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let key = key_of("counters", row.get("kind"), row.get("name"))?;
-        let folds = u64::try_from(row.get::<i64, _>("folds"))
-            .map_err(|_| corrupt("counters", "negative folds".into()))?;
-        let part = if row.get::<&str, _>("part") == "s" {
-            Part::Slot(StoredSlot {
-                replica: replica_of("replicas", row.get("replica"))?,
-                region: row.get("region"),
-                totals: SlotTotals {
-                    p: decode("slots", row.get("p"))?,
-                    n: decode("slots", row.get("n"))?,
-                },
-                at: Timestamp::from_unix_ms(row.get("updated_at")),
-            })
-        } else {
-            Part::Base(
-                row.get("region"),
-                GlobalTotals {
-                    p: decode("bases", row.get("p"))?,
-                    n: decode("bases", row.get("n"))?,
-                },
-                Timestamp::from_unix_ms(row.get("updated_at")),
-            )
-        };
-        out.push((key, folds, part));
-    }
-    Ok(group_parts(out))
-}
-
 /// Rows as one JSON array of arrays, for `json_each`.
 fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
@@ -489,6 +427,7 @@ fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_crdt::GlobalTotals;
 
     async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
