@@ -83,6 +83,28 @@ impl Report {
         self.checks.iter().all(|(ok, _)| *ok)
     }
 
+    /// Prints the tables under `heading`; keeps the run's directory `work` when asked to or
+    /// when a check failed (saying where, and what it holds: `kept`); answers the verdict.
+    pub fn finish(
+        &self,
+        heading: &str,
+        name: &str,
+        work: tempfile::TempDir,
+        keep: bool,
+        kept: &str,
+    ) -> crate::Verdict {
+        println!("{}", self.render(heading, name));
+        if keep || !self.passed() {
+            let dir = work.keep();
+            eprintln!("[bench] {kept} kept in {}", dir.display());
+        }
+        if self.passed() {
+            crate::Verdict::Pass
+        } else {
+            crate::Verdict::Fail
+        }
+    }
+
     /// The tables, for people, and one `<name> key=value ...` line, for scripts.
     pub fn render(&self, heading: &str, name: &str) -> String {
         let mut out = String::new();
@@ -151,6 +173,11 @@ pub fn median(values: &[f64]) -> f64 {
 /// `a / b`, 0 when `b` is 0 (a run that measured nothing has failed its checks already).
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b == 0.0 { 0.0 } else { a / b }
+}
+
+/// Announces a step of a run on stderr.
+pub fn step(what: &str) {
+    eprintln!("\n[bench] {what}");
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ use crate::edge::crossings::Crossings;
 use crate::edge::load::{LoadReport, Target as LoadTarget, Workload, Zipf};
 use crate::edge::setup::Workers;
 use crate::memory;
-use crate::report::{Report, Target, median, ratio};
+use crate::report::{Report, Target, median, ratio, step};
 use crate::wrk::{Wrk, WrkRun};
 use crate::{Error, Verdict, to_f64};
 
@@ -170,23 +170,13 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
         "edge benchmarks: one run, wrk -t{} -c{} -d{}s and {} load clients, wrangler dev on loopback",
         bench.args.threads, bench.args.connections, bench.args.seconds, bench.args.connections
     );
-    println!("{}", bench.report.render(&heading, "edge"));
-    if bench.args.keep || !bench.report.passed() {
-        let kept = temp.keep();
-        eprintln!(
-            "[bench] logs and storage kept in {} (wrangler logs under logs/)",
-            kept.display()
-        );
-    }
-    Ok(if bench.report.passed() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    })
-}
-
-fn step(what: &str) {
-    eprintln!("\n[bench] {what}");
+    Ok(bench.report.finish(
+        &heading,
+        "edge",
+        temp,
+        bench.args.keep,
+        "logs and storage (wrangler logs under logs/)",
+    ))
 }
 
 /// Everything a run shares.

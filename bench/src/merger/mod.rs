@@ -41,7 +41,7 @@ use crate::memory::Rss;
 use crate::merger::process::{Background, MergerChild, answers};
 use crate::merger::redis::Redis;
 use crate::naive::{self, NaiveRun};
-use crate::report::{Report, Target, median, ratio};
+use crate::report::{Report, Target, median, ratio, step};
 use crate::sync_load::{Load, LoadReport, run_load};
 use crate::wrk::{Wrk, WrkRun};
 use crate::{Error, Verdict, to_f64};
@@ -180,23 +180,13 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
     let heading = format!(
         "merger benchmarks: one run, side by side, on loopback ({cores} cores, shared with the load generators)"
     );
-    println!("{}", bench.report.render(&heading, "merger"));
-    if bench.args.keep || !bench.report.passed() {
-        let kept = temp.keep();
-        eprintln!(
-            "[bench] databases and logs kept in {} (merger logs under logs/)",
-            kept.display()
-        );
-    }
-    Ok(if bench.report.passed() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    })
-}
-
-fn step(what: &str) {
-    eprintln!("\n[bench] {what}");
+    Ok(bench.report.finish(
+        &heading,
+        "merger",
+        temp,
+        bench.args.keep,
+        "databases and logs (merger logs under logs/)",
+    ))
 }
 
 /// Everything a run shares.
