@@ -125,12 +125,7 @@ impl Committer {
             refusals,
             reply,
         };
-        // Never wait for room: a full queue is an answer (503, retry later), not a backlog.
-        self.jobs.try_send(Work::Sync(job)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => CommitError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
-        })?;
-        self.metrics.queue_depth.set(self.depth());
+        self.enqueue(Work::Sync(job))?;
         answer.await.unwrap_or(Err(CommitError::ShuttingDown))
     }
 }
@@ -139,13 +134,19 @@ impl Committer {
     /// Retires a replica incarnation; answers once the folds are durable.
     pub async fn retire(&self, request: RetireRequest) -> Result<RetireResponse, CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(Work::Retire(RetireJob { request, reply }))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => CommitError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
-            })?;
+        self.enqueue(Work::Retire(RetireJob { request, reply }))?;
         answer.await.unwrap_or(Err(CommitError::ShuttingDown))
+    }
+
+    /// Queues `work` for the commit task. Never waits for room: a full queue is an answer
+    /// (503, retry later), not a backlog.
+    fn enqueue(&self, work: Work) -> Result<(), CommitError> {
+        self.jobs.try_send(work).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
+        })?;
+        self.metrics.queue_depth.set(self.depth());
+        Ok(())
     }
 
     /// Syncs waiting in the queue now.
