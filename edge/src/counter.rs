@@ -144,6 +144,8 @@ pub struct Heard {
     pub updated_at: Option<Timestamp>,
     /// When it was heard.
     pub fetched_at: Timestamp,
+    /// The counter's epoch then (its resets): `global` counts only what came after the last.
+    pub epoch: u64,
 }
 
 /// A counter in the read cache: its row (as stored) and what was heard of it.
@@ -166,20 +168,87 @@ pub struct View {
     pub updated_at: Option<Timestamp>,
     /// Milliseconds since the global part was heard; `None` if nothing was heard.
     pub age_ms: Option<u64>,
+    /// The epoch `totals` count in (0 until the counter's first reset).
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+impl View {
+    /// The lower bound this view is.
+    pub fn bound(&self) -> Bound {
+        Bound {
+            totals: self.totals,
+            epoch: self.epoch,
+        }
+    }
+
+    /// Raises the view to `other` where that is tighter ([`Bound::join`]).
+    pub fn raise(&mut self, other: Bound) {
+        let joined = self.bound().join(other);
+        self.totals = joined.totals;
+        self.epoch = joined.epoch;
+    }
+}
+
+/// A lower bound of a counter's totals within one epoch: a value the system really held.
+///
+/// A reset starts a new epoch whose totals start again from zero, so bounds compare by epoch
+/// first: any bound of a later epoch is newer than every bound of an earlier one, and within
+/// an epoch both halves only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// The totals.
+    pub totals: GlobalTotals,
+    /// Their epoch.
+    pub epoch: u64,
+}
+
+impl Bound {
+    /// Of two bounds, the tighter: the later epoch's, or within one epoch the larger of
+    /// each half.
+    #[must_use]
+    pub fn join(self, other: Bound) -> Bound {
+        match self.epoch.cmp(&other.epoch) {
+            std::cmp::Ordering::Less => other,
+            std::cmp::Ordering::Greater => self,
+            std::cmp::Ordering::Equal => Bound {
+                totals: self.totals.join(other.totals),
+                epoch: self.epoch,
+            },
+        }
+    }
+
+    /// Whether `self` is at least as new as `other`: a later epoch, or the same with both
+    /// halves at least as high.
+    pub fn covers(self, other: Bound) -> bool {
+        self.epoch > other.epoch
+            || (self.epoch == other.epoch && self.totals.dominates(other.totals))
+    }
 }
 
 impl Entry {
     /// Takes the merger's answer unless it is older than what was heard (several mergers
-    /// may lag each other; the merger's totals only grow, so the answer that dominates is
-    /// the newer). Returns whether it was taken.
+    /// may lag each other; within an epoch the merger's totals only grow, so the answer of
+    /// the later epoch, or of the same epoch that dominates, is the newer). Returns whether
+    /// it was taken.
     pub fn hear(&mut self, merged: &MergedCounter, now: Timestamp) -> bool {
-        let newer = self.heard.is_none_or(|h| merged.global.dominates(h.global));
+        let answer = Bound {
+            totals: merged.global,
+            epoch: merged.epoch,
+        };
+        let newer = self.heard.is_none_or(|h| {
+            answer.covers(Bound {
+                totals: h.global,
+                epoch: h.epoch,
+            })
+        });
         if newer {
             self.heard = Some(Heard {
                 global: merged.global,
                 recorded: merged.recorded,
                 updated_at: merged.updated_at,
                 fetched_at: now,
+                epoch: merged.epoch,
             });
         }
         newer
@@ -205,6 +274,7 @@ impl Entry {
                 totals: h.global.with_own(h.recorded, self.row.own)?,
                 updated_at: own_change.max(h.updated_at),
                 age_ms: Some(now.millis_since(h.fetched_at)),
+                epoch: h.epoch,
             },
             None => View {
                 totals: GlobalTotals {
@@ -213,6 +283,7 @@ impl Entry {
                 },
                 updated_at: own_change,
                 age_ms: None,
+                epoch: 0,
             },
         })
     }
@@ -240,6 +311,7 @@ impl Entry {
             recorded: SlotTotals::default(),
             updated_at: h.updated_at.max(own_change),
             fetched_at: h.fetched_at,
+            epoch: h.epoch,
         });
         self.row = Row {
             generation,
@@ -332,6 +404,7 @@ mod tests {
                 n: recorded.1,
             },
             updated_at: Some(at(5)),
+            epoch: 0,
         }
     }
 
@@ -425,6 +498,7 @@ mod tests {
             global: GlobalTotals { p: global, n: 0 },
             recorded: SlotTotals { p: recorded, n: 0 },
             updated_at: None,
+            epoch: 0,
         })
     }
 

@@ -8,8 +8,8 @@
 //! counters per region for `EDGE_CACHE_MS`. A cached view is a value the system really held,
 //! so it stays a lower bound of the global count; it is at most `EDGE_CACHE_MS` older than the
 //! object's own answer, and the session token still holds every client to what it has seen.
-//! A newer view replaces a cached one only if it dominates it (both halves at least as high),
-//! so the cache never moves backwards while an entry lives.
+//! A newer view replaces a cached one only if it covers it (a later epoch, or both halves at
+//! least as high in the same one), so the cache never moves backwards while an entry lives.
 
 use std::num::NonZeroUsize;
 
@@ -60,7 +60,7 @@ impl IsolateCache {
         let slot = (region.to_owned(), key.clone());
         if let Some((held, at)) = self.entries.peek(&slot)
             && now.millis_since(*at) < self.ttl_ms
-            && !view.totals.dominates(held.totals)
+            && !view.bound().covers(held.bound())
         {
             return;
         }
@@ -81,6 +81,7 @@ mod tests {
             totals: GlobalTotals { p, n: 0 },
             updated_at: None,
             age_ms: Some(100),
+            epoch: 0,
         }
     }
     fn at(ms: i64) -> Timestamp {
@@ -107,6 +108,32 @@ mod tests {
         assert_eq!(c.get("eu", &key(), at(20)).unwrap().totals.p, 9);
         c.put("eu", &key(), view(12), at(30));
         assert_eq!(c.get("eu", &key(), at(40)).unwrap().totals.p, 12);
+    }
+
+    #[test]
+    fn a_reset_replaces_a_higher_count_of_the_epoch_before() {
+        let mut c = IsolateCache::new(10, 1000);
+        c.put("eu", &key(), view(9), at(0));
+        c.put(
+            "eu",
+            &key(),
+            View {
+                epoch: 1,
+                ..view(2)
+            },
+            at(10),
+        );
+        assert_eq!(c.get("eu", &key(), at(20)).unwrap().totals.p, 2);
+        c.put("eu", &key(), view(12), at(30));
+        assert_eq!(
+            c.get("eu", &key(), at(40)).unwrap().bound(),
+            View {
+                epoch: 1,
+                ..view(2)
+            }
+            .bound(),
+            "a view of the epoch before never comes back"
+        );
     }
 
     #[test]

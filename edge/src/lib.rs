@@ -41,7 +41,7 @@ use crate::api::{
     parse_path,
 };
 use crate::config::{Config, ConfigError};
-use crate::counter::View;
+use crate::counter::{Bound, View};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::session::Session;
@@ -153,7 +153,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             // that, even from an object that has not heard of the counter yet.
             let cached_before = cached(&config, &region, &key);
             let before = cached_before
-                .map(|v| v.totals)
+                .map(|v| v.bound())
                 .unwrap_or_default()
                 .join(session.floor(&key));
             let s = spread_index(&config);
@@ -163,11 +163,16 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 .find(|a| a.key == key)
                 .and_then(|a| a.view)
                 .ok_or(ApiError::Internal)?;
+            // In the epoch of `before`: an object behind on a reset the client has seen
+            // answers that epoch's bound with the hit (counted in it: above the reset's cut).
             if let (Some(p), Some(n)) = (
-                before.p.checked_add(u128::from(add.p)),
-                before.n.checked_add(u128::from(add.n)),
+                before.totals.p.checked_add(u128::from(add.p)),
+                before.totals.n.checked_add(u128::from(add.n)),
             ) {
-                view.totals = view.totals.join(GlobalTotals { p, n });
+                view.raise(Bound {
+                    totals: GlobalTotals { p, n },
+                    epoch: before.epoch,
+                });
             }
             if view.age_ms.is_none() {
                 view.age_ms = cached_before.and_then(|v| v.age_ms);
@@ -237,7 +242,7 @@ async fn batch_read(
     let items = keys
         .iter()
         .map(|key| match views.remove(key) {
-            Some(Ok(view)) => match session.answer(key, view.totals).value().map(Count) {
+            Some(Ok(view)) => match session.answer(key, view.bound()).value().map(Count) {
                 Ok(count) => BatchItem::Count {
                     id: key.id().to_owned(),
                     body: CountBody {
@@ -305,7 +310,7 @@ fn count_response(
     view: View,
     cache_hit: Option<bool>,
 ) -> std::result::Result<Response, ApiError> {
-    let shown = session.answer(key, view.totals);
+    let shown = session.answer(key, view.bound());
     let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
     let body = serde_json::to_string(&CountBody {
         count,

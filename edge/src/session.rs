@@ -11,12 +11,19 @@
 //! a value the system really held, so the answer stays a true lower bound of the global
 //! count; it is just never older than what this client saw.
 //!
-//! Form: comma-separated entries `<kind>:<id>=<p>` or `<kind>:<id>=<p>-<n>` (e.g.
-//! `g:home=715,pn:viewers:42=90-75`), most recently used first, at most [`MAX_ENTRIES`]
-//! counters and [`MAX_LEN`] bytes. A token names counters and counts, nothing secret; a
-//! client that forges one only changes what it is shown itself.
+//! A reset starts a new epoch of a counter, whose halves start again from zero: what a client
+//! saw is a bound within its epoch ([`Bound`]), and a view of a later epoch replaces it
+//! whatever its totals. An object that has not heard of a reset the client has seen answers
+//! the client's bound (plus its own hit) until it hears.
+//!
+//! Form: comma-separated entries `<kind>:<id>=<p>[-<n>][@<epoch>]` (e.g.
+//! `g:home=715,pn:viewers:42=90-75@2`; no `@` for epoch 0), most recently used first, at most
+//! [`MAX_ENTRIES`] counters and [`MAX_LEN`] bytes. A token names counters and counts,
+//! nothing secret; a client that forges one only changes what it is shown itself.
 
 use tally_crdt::{CounterKey, GlobalTotals};
+
+use crate::counter::Bound;
 
 /// Counters a token remembers; the least recently used is forgotten first.
 pub const MAX_ENTRIES: usize = 32;
@@ -29,7 +36,7 @@ pub const HEADER: &str = "Tally-Session";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Session {
     /// Most recently used first.
-    seen: Vec<(CounterKey, GlobalTotals)>,
+    seen: Vec<(CounterKey, Bound)>,
 }
 
 /// Why a token was refused.
@@ -41,8 +48,10 @@ pub enum SessionError {
     /// More than [`MAX_ENTRIES`] entries.
     #[error("{HEADER} names more than {MAX_ENTRIES} counters")]
     TooManyEntries,
-    /// An entry that is not `<kind>:<id>=<p>[-<n>]`.
-    #[error("{HEADER} entry {0:?} is not <kind>:<id>=<p>[-<n>]; send back the header as received")]
+    /// An entry that is not `<kind>:<id>=<p>[-<n>][@<epoch>]`.
+    #[error(
+        "{HEADER} entry {0:?} is not <kind>:<id>=<p>[-<n>][@<epoch>]; send back the header as received"
+    )]
     BadEntry(String),
 }
 
@@ -59,7 +68,7 @@ impl Session {
         if token.len() > MAX_LEN {
             return Err(SessionError::TooLong);
         }
-        let mut seen: Vec<(CounterKey, GlobalTotals)> = Vec::new();
+        let mut seen: Vec<(CounterKey, Bound)> = Vec::new();
         for entry in token.split(',').map(str::trim) {
             if seen.len() == MAX_ENTRIES {
                 return Err(SessionError::TooManyEntries);
@@ -67,14 +76,18 @@ impl Session {
             let bad = || SessionError::BadEntry(entry.chars().take(200).collect());
             let (key, totals) = entry.rsplit_once('=').ok_or_else(bad)?;
             let key = CounterKey::from_storage_key(key).map_err(|_| bad())?;
+            let (totals, epoch) = totals.split_once('@').unwrap_or((totals, "0"));
             let (p, n) = totals.split_once('-').unwrap_or((totals, "0"));
             let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            if !digits(p) || !digits(n) {
+            if !digits(p) || !digits(n) || !digits(epoch) {
                 return Err(bad());
             }
-            let totals = GlobalTotals {
-                p: p.parse().map_err(|_| bad())?,
-                n: n.parse().map_err(|_| bad())?,
+            let totals = Bound {
+                totals: GlobalTotals {
+                    p: p.parse().map_err(|_| bad())?,
+                    n: n.parse().map_err(|_| bad())?,
+                },
+                epoch: epoch.parse().map_err(|_| bad())?,
             };
             if seen.iter().any(|(k, _)| *k == key) {
                 return Err(bad());
@@ -84,26 +97,23 @@ impl Session {
         Ok(Session { seen })
     }
 
-    /// What this client has seen of `key` (zero if nothing).
-    pub fn floor(&self, key: &CounterKey) -> GlobalTotals {
+    /// What this client has seen of `key` (zero in epoch 0 if nothing).
+    pub fn floor(&self, key: &CounterKey) -> Bound {
         self.seen
             .iter()
             .find(|(k, _)| k == key)
-            .map_or_else(GlobalTotals::default, |(_, t)| *t)
+            .map_or_else(Bound::default, |(_, t)| *t)
     }
 
-    /// The answer for `key` given the object's view: each half raised to the floor. Records
-    /// the answer as what the client has now seen.
-    pub fn answer(&mut self, key: &CounterKey, view: GlobalTotals) -> GlobalTotals {
-        let floor = self.floor(key);
-        let shown = GlobalTotals {
-            p: view.p.max(floor.p),
-            n: view.n.max(floor.n),
-        };
+    /// The answer for `key` given the object's view: raised to the floor ([`Bound::join`]:
+    /// each half, within one epoch; a later epoch's bound wins). Records the answer as what
+    /// the client has now seen.
+    pub fn answer(&mut self, key: &CounterKey, view: Bound) -> GlobalTotals {
+        let shown = view.join(self.floor(key));
         self.seen.retain(|(k, _)| k != key);
         self.seen.insert(0, (key.clone(), shown));
         self.seen.truncate(MAX_ENTRIES);
-        shown
+        shown.totals
     }
 
     /// The token to send back.
@@ -115,10 +125,14 @@ impl Session {
             }
             out.push_str(&key.storage_key());
             out.push('=');
-            out.push_str(&t.p.to_string());
-            if t.n != 0 {
+            out.push_str(&t.totals.p.to_string());
+            if t.totals.n != 0 {
                 out.push('-');
-                out.push_str(&t.n.to_string());
+                out.push_str(&t.totals.n.to_string());
+            }
+            if t.epoch != 0 {
+                out.push('@');
+                out.push_str(&t.epoch.to_string());
             }
         }
         out
@@ -139,39 +153,72 @@ mod tests {
     fn t(p: u128, n: u128) -> GlobalTotals {
         GlobalTotals { p, n }
     }
+    fn b(p: u128, n: u128) -> Bound {
+        Bound {
+            totals: t(p, n),
+            epoch: 0,
+        }
+    }
+    fn after_reset(epoch: u64, p: u128, n: u128) -> Bound {
+        Bound {
+            totals: t(p, n),
+            epoch,
+        }
+    }
 
     #[test]
     fn a_read_never_answers_below_what_the_client_saw() {
         let mut s = Session::default();
-        assert_eq!(s.answer(&g("home"), t(10, 0)), t(10, 0));
+        assert_eq!(s.answer(&g("home"), b(10, 0)), t(10, 0));
         // Another object, behind on the client's own hit:
-        assert_eq!(s.answer(&g("home"), t(7, 0)), t(10, 0));
-        assert_eq!(s.answer(&g("home"), t(12, 0)), t(12, 0));
+        assert_eq!(s.answer(&g("home"), b(7, 0)), t(10, 0));
+        assert_eq!(s.answer(&g("home"), b(12, 0)), t(12, 0));
     }
 
     #[test]
     fn neither_half_of_a_gauge_goes_back() {
         let mut s = Session::default();
-        s.answer(&pn("v"), t(10, 4));
-        assert_eq!(s.answer(&pn("v"), t(9, 6)), t(10, 6));
-        assert_eq!(s.answer(&pn("v"), t(11, 5)), t(11, 6));
+        s.answer(&pn("v"), b(10, 4));
+        assert_eq!(s.answer(&pn("v"), b(9, 6)), t(10, 6));
+        assert_eq!(s.answer(&pn("v"), b(11, 5)), t(11, 6));
     }
 
     #[test]
     fn tokens_round_trip_and_keep_the_most_recent_counters() {
         let mut s = Session::default();
-        s.answer(&g("a:b.c"), t(u128::from(u64::MAX) * 2, 0));
-        s.answer(&pn("v"), t(3, 2));
+        s.answer(&g("a:b.c"), b(u128::from(u64::MAX) * 2, 0));
+        s.answer(&pn("v"), b(3, 2));
         let token = s.token();
         assert_eq!(token, "pn:v=3-2,g:a:b.c=36893488147419103230");
         assert_eq!(Session::parse(Some(&token)), Ok(s.clone()));
         for i in 0..40 {
-            s.answer(&g(&format!("c{i}")), t(1, 0));
+            s.answer(&g(&format!("c{i}")), b(1, 0));
         }
         let again = Session::parse(Some(&s.token())).unwrap();
         assert_eq!(again.seen.len(), MAX_ENTRIES);
-        assert_eq!(again.floor(&g("c39")), t(1, 0));
-        assert_eq!(again.floor(&g("a:b.c")), t(0, 0), "the oldest is forgotten");
+        assert_eq!(again.floor(&g("c39")), b(1, 0));
+        assert_eq!(again.floor(&g("a:b.c")), b(0, 0), "the oldest is forgotten");
+    }
+
+    #[test]
+    fn a_reset_the_client_saw_holds_and_one_it_did_not_see_wins() {
+        let mut s = Session::default();
+        assert_eq!(s.answer(&g("likes"), b(900, 0)), t(900, 0));
+        // The counter was reset: an object that heard it answers far lower, and that wins.
+        assert_eq!(s.answer(&g("likes"), after_reset(1, 4, 0)), t(4, 0));
+        assert_eq!(s.token(), "g:likes=4@1");
+        // An object that has not heard of the reset yet never brings the old count back.
+        let mut s = Session::parse(Some(&s.token())).unwrap();
+        assert_eq!(s.answer(&g("likes"), b(905, 0)), t(4, 0));
+        assert_eq!(s.answer(&g("likes"), after_reset(1, 6, 0)), t(6, 0));
+        assert!(matches!(
+            Session::parse(Some("g:likes=4@")),
+            Err(SessionError::BadEntry(_))
+        ));
+        assert!(matches!(
+            Session::parse(Some("g:likes=4@-1")),
+            Err(SessionError::BadEntry(_))
+        ));
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
 
+    /// Bearer token of the admin API: resetting and deleting counters (at least 16
+    /// characters). Without it the admin routes answer 403 `admin_disabled`.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// With `--read-token`: single-counter reads (`GET /v1/{counters,gauges}/{id}`) need it
     /// too. By default they stay public, like the edge's reads.
     #[arg(long, env = "TALLY_PRIVATE_READS", requires = "read_token")]

@@ -23,6 +23,23 @@ pub enum AppError {
     /// A guarded read (list, history, metrics) without `Authorization: Bearer ...`.
     #[error("missing bearer token: send Authorization: Bearer <read token>")]
     MissingReadToken,
+    /// An admin request (reset, delete) without `Authorization: Bearer ...`.
+    #[error("missing bearer token: send Authorization: Bearer <admin token>")]
+    MissingAdminToken,
+    /// An admin request to a merger started without `--admin-token`.
+    #[error(
+        "the admin API is off: start the merger with --admin-token to reset or delete counters"
+    )]
+    AdminDisabled,
+    /// A reset or delete for an epoch the counter is no longer at (someone reset it since,
+    /// or this is a retry of one that was done).
+    #[error("the counter is at epoch {current}, not {expected}: nothing was changed")]
+    EpochChanged {
+        /// The epoch asked for.
+        expected: u64,
+        /// The counter's epoch.
+        current: u64,
+    },
     /// A bearer token that is not the one the route needs.
     #[error("invalid bearer token")]
     InvalidToken,
@@ -73,9 +90,12 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         use tally_crdt::Error as E;
         match self {
-            AppError::MissingToken | AppError::MissingReadToken | AppError::InvalidToken => {
-                StatusCode::UNAUTHORIZED
-            }
+            AppError::AdminDisabled => StatusCode::FORBIDDEN,
+            AppError::EpochChanged { .. } => StatusCode::CONFLICT,
+            AppError::MissingToken
+            | AppError::MissingReadToken
+            | AppError::MissingAdminToken
+            | AppError::InvalidToken => StatusCode::UNAUTHORIZED,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::InvalidBody(E::Malformed(_)) => StatusCode::BAD_REQUEST,
             AppError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -95,7 +115,11 @@ impl AppError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            AppError::MissingToken | AppError::MissingReadToken => "missing_token",
+            AppError::MissingToken | AppError::MissingReadToken | AppError::MissingAdminToken => {
+                "missing_token"
+            }
+            AppError::AdminDisabled => "admin_disabled",
+            AppError::EpochChanged { .. } => "epoch_changed",
             AppError::InvalidToken => "invalid_token",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::InvalidBody(e) | AppError::InvalidId(e) => e.code(),
@@ -123,7 +147,10 @@ impl IntoResponse for AppError {
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(
             self,
-            AppError::MissingToken | AppError::MissingReadToken | AppError::InvalidToken
+            AppError::MissingToken
+                | AppError::MissingReadToken
+                | AppError::MissingAdminToken
+                | AppError::InvalidToken
         ) {
             response
                 .headers_mut()

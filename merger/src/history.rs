@@ -19,7 +19,7 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_crdt::{CounterKey, GlobalTotals, Timestamp};
+use tally_crdt::{CounterKey, Timestamp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::commit::now;
 use crate::config::Retention;
 use crate::metrics::{Metrics, Purpose};
-use crate::state::Db;
+use crate::state::{Db, Point};
 use crate::store::{SnapshotRow, Store, StoreError};
 
 /// Counters per history transaction.
@@ -92,15 +92,16 @@ pub async fn pass(store: &dyn Store, db: &Db, metrics: &Metrics) {
 
 async fn chunk(
     store: &dyn Store,
-    due: &[(CounterKey, GlobalTotals)],
+    due: &[(CounterKey, Point)],
     at: tally_crdt::Timestamp,
 ) -> Result<usize, StoreError> {
     let rows: Vec<SnapshotRow> = due
         .iter()
-        .map(|(key, totals)| SnapshotRow {
+        .map(|(key, (totals, epoch))| SnapshotRow {
             key: key.clone(),
             at,
             totals: *totals,
+            epoch: *epoch,
         })
         .collect();
     store.write_history(&rows).await?;
@@ -187,7 +188,7 @@ mod tests {
     use crate::config::Durability;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{ReplicaRow, SlotRow};
-    use tally_crdt::{CounterKind, ReplicaId, SlotTotals};
+    use tally_crdt::{CounterKind, GlobalTotals, ReplicaId, SlotTotals};
 
     fn key() -> CounterKey {
         CounterKey::new(CounterKind::G, "h").unwrap()
@@ -230,6 +231,7 @@ mod tests {
                     p: u128::try_from(t).unwrap(),
                     n: 0,
                 },
+                epoch: 0,
             })
             .collect();
         store.write_history(&rows).await.unwrap();

@@ -71,6 +71,9 @@ pub enum StartError {
     /// The read token is too short to be a secret.
     #[error("the read token must be at least {MIN_TOKEN_LEN} characters")]
     ShortReadToken,
+    /// The admin token is too short to be a secret.
+    #[error("the admin token must be at least {MIN_TOKEN_LEN} characters")]
+    ShortAdminToken,
     /// The store could not be opened or loaded.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -90,6 +93,8 @@ pub struct Shared {
     token: Arc<str>,
     /// Guards lists, history, metrics (and single reads with `--private-reads`).
     read_token: Option<Arc<str>>,
+    /// Guards resets and deletes; without it they are off.
+    admin_token: Option<Arc<str>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -121,6 +126,20 @@ impl Shared {
             .db
             .fill(keys, keys, loaded, &f)
             .expect("a fill of every key asked holds every key asked"))
+    }
+
+    /// Resets or deletes a counter in the store, then in the cache (other mergers hear of
+    /// it through the store's watch).
+    pub async fn reset(
+        &self,
+        key: &tally_crdt::CounterKey,
+        request: store::ResetRequest,
+    ) -> Result<store::ResetOutcome, StoreError> {
+        let outcome = self.store.reset(key, request).await?;
+        if let store::ResetOutcome::Done { counter, .. } = &outcome {
+            self.db.apply_reset(counter.clone());
+        }
+        Ok(outcome)
     }
 }
 
@@ -175,6 +194,11 @@ impl Merger {
             Some(t) if t.len() < MIN_TOKEN_LEN => return Err(StartError::ShortReadToken),
             Some(t) => Some(t.into()),
         };
+        let admin_token: Option<Arc<str>> = match config.admin_token.as_deref() {
+            None | Some("") => None,
+            Some(t) if t.len() < MIN_TOKEN_LEN => return Err(StartError::ShortAdminToken),
+            Some(t) => Some(t.into()),
+        };
         let store = store::open(&config.database_url, config.durability).await?;
         let metrics = Arc::new(Metrics::default());
         metrics
@@ -219,6 +243,7 @@ impl Merger {
             metrics,
             token,
             read_token,
+            admin_token,
         }));
         Ok(Merger {
             state,

@@ -24,7 +24,7 @@ use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
 use tally_crdt::{CounterKey, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp};
 
-use crate::store::{SlotRow, StoredCounter};
+use crate::store::{Epoch, SlotRow, StoredCounter, minus};
 
 /// One region's share of a counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,9 +52,13 @@ pub struct Counter {
     bases: BTreeMap<Arc<str>, GlobalTotals>,
     /// Retirements that folded slots of this counter, as of what is held.
     folds: u64,
-    /// Sums of the slots and bases, kept up to date on every merge.
+    /// Its resets, as of what is held.
+    epoch: Epoch,
+    /// Per region, the sums of slots and bases at the last reset (empty if never reset).
+    cuts: BTreeMap<Arc<str>, GlobalTotals>,
+    /// Sums of the slots and bases minus the cuts, kept up to date on every merge.
     totals: GlobalTotals,
-    /// Per-region sums and last syncs.
+    /// Per-region sums (minus the cuts) and last syncs.
     regions: BTreeMap<Arc<str>, RegionShare>,
     /// Replicas with a non-zero live slot.
     replicas: usize,
@@ -65,9 +69,13 @@ pub struct Counter {
 }
 
 impl Counter {
-    /// Global totals (`p - n` is the count).
+    /// Global totals in the current epoch (`p - n` is the count).
     pub fn totals(&self) -> GlobalTotals {
         self.totals
+    }
+    /// Its resets.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
     /// Per-region shares.
     pub fn regions(&self) -> &BTreeMap<Arc<str>, RegionShare> {
@@ -108,6 +116,18 @@ impl Counter {
         }
         for (region, _, at) in &stored.bases {
             self.touched(Some(&Arc::from(region.as_str())), *at);
+        }
+        // A reset replaces the cuts; the slots merge the same way in any epoch.
+        if stored.epoch.number > self.epoch.number {
+            self.epoch = stored.epoch;
+            self.cuts = stored
+                .cuts
+                .iter()
+                .map(|(region, cut)| (Arc::from(region.as_str()), *cut))
+                .collect();
+            if let Some(at) = stored.epoch.at {
+                self.touched(None, at);
+            }
         }
         let live: BTreeMap<ReplicaId, Slot> = stored
             .slots
@@ -191,20 +211,26 @@ impl Counter {
         }
         slot.totals = before.join(totals);
         let after = slot.totals;
-        // Slots only grow, so these differences are non-negative; sums of u64 slots fit u128.
-        let (dp, dn) = (
-            u128::from(after.p - before.p),
-            u128::from(after.n - before.n),
-        );
-        self.totals.p += dp;
-        self.totals.n += dn;
-        let share = self.regions.entry(Arc::clone(&slot.region)).or_default();
-        share.totals.p += dp;
-        share.totals.n += dn;
-        if before == SlotTotals::default() {
-            self.replicas += 1;
-        }
         let region = Arc::clone(&slot.region);
+        if self.cuts.is_empty() {
+            // Slots only grow, so these differences are non-negative; sums of u64 slots fit
+            // u128.
+            let (dp, dn) = (
+                u128::from(after.p - before.p),
+                u128::from(after.n - before.n),
+            );
+            self.totals.p += dp;
+            self.totals.n += dn;
+            let share = self.regions.entry(Arc::clone(&region)).or_default();
+            share.totals.p += dp;
+            share.totals.n += dn;
+            if before == SlotTotals::default() {
+                self.replicas += 1;
+            }
+        } else {
+            // After a reset: the sums minus the cuts, from scratch (a few slots per region).
+            self.recompute();
+        }
         self.touched(Some(&region), at);
         true
     }
@@ -218,7 +244,8 @@ impl Counter {
         self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
     }
 
-    /// Sums, region shares and replica count from the slots and bases (last syncs are kept).
+    /// Sums, region shares and replica count from the slots, bases and cuts (last syncs are
+    /// kept).
     fn recompute(&mut self) {
         let mut totals = GlobalTotals::default();
         let mut shares: BTreeMap<Arc<str>, GlobalTotals> = BTreeMap::new();
@@ -232,7 +259,10 @@ impl Counter {
             share.p += base.p;
             share.n += base.n;
         }
-        for share in shares.values() {
+        for (region, share) in &mut shares {
+            if let Some(cut) = self.cuts.get(region) {
+                *share = minus(*share, *cut);
+            }
             totals.p += share.p;
             totals.n += share.n;
         }
@@ -254,6 +284,7 @@ impl Counter {
             global: self.totals,
             recorded: replica.map(|r| self.slot(r)).unwrap_or_default(),
             updated_at: self.updated_at,
+            epoch: self.epoch.number,
         }
     }
 }
@@ -270,6 +301,12 @@ impl<'a> Held<'a> {
             slots: BTreeMap::new(),
             bases: BTreeMap::new(),
             folds: 0,
+            epoch: Epoch {
+                number: 0,
+                deleted: false,
+                at: None,
+            },
+            cuts: BTreeMap::new(),
             totals: GlobalTotals { p: 0, n: 0 },
             regions: BTreeMap::new(),
             replicas: 0,
@@ -292,8 +329,11 @@ struct Merged {
     /// Counters evicted while due for a history point, with their totals then; at most the
     /// cache's capacity (beyond, a point is dropped and counted), so the due set is bounded
     /// by the setting like the cache, and writing a point never loads a counter.
-    evicted_due: HashMap<CounterKey, GlobalTotals>,
+    evicted_due: HashMap<CounterKey, Point>,
 }
+
+/// A history point due: a counter's totals and the epoch they belong to.
+pub type Point = (GlobalTotals, u64);
 
 /// Counts of what the cache did (shared with the metrics registry).
 #[derive(Debug, Default, Clone)]
@@ -449,6 +489,24 @@ impl Db {
         }
     }
 
+    /// Applies a reset or delete the store committed: a held counter takes its new epoch
+    /// and cuts. A history point due from before it is dropped (its totals are of the old
+    /// epoch); after a reset the counter is due a point of its new count, after a delete
+    /// it has no history until it is counted again.
+    pub fn apply_reset(&self, stored: StoredCounter) {
+        let mut merged = self.write_lock();
+        let key = stored.key.clone();
+        let delete = stored.epoch.deleted;
+        merged.evicted_due.remove(&key);
+        merged.snapshot_due.remove(&key);
+        if let Some(counter) = merged.counters.get_mut(&key) {
+            counter.merge_stored(stored);
+            if !delete {
+                merged.snapshot_due.insert(key);
+            }
+        }
+    }
+
     /// Unpins after a failed commit.
     pub fn unpin(&self) {
         let mut merged = self.write_lock();
@@ -478,10 +536,10 @@ impl Db {
     /// Up to `max` counters due for a history point, with their totals now (or when they
     /// were evicted). Taken out of the due set: give them back with
     /// [`snapshot_failed`](Db::snapshot_failed) if writing fails.
-    pub fn take_snapshot_due(&self, max: usize) -> Vec<(CounterKey, GlobalTotals)> {
+    pub fn take_snapshot_due(&self, max: usize) -> Vec<(CounterKey, Point)> {
         let mut merged = self.write_lock();
         let evicted: Vec<CounterKey> = merged.evicted_due.keys().take(max).cloned().collect();
-        let mut due: Vec<(CounterKey, GlobalTotals)> = evicted
+        let mut due: Vec<(CounterKey, Point)> = evicted
             .into_iter()
             .filter_map(|k| merged.evicted_due.remove(&k).map(|t| (k, t)))
             .collect();
@@ -494,7 +552,7 @@ impl Db {
         for k in held {
             merged.snapshot_due.remove(&k);
             if let Some(counter) = merged.counters.get(&k) {
-                due.push((k, counter.totals()));
+                due.push((k, (counter.totals(), counter.epoch.number)));
             }
         }
         due
@@ -516,7 +574,9 @@ impl Db {
     fn leaving(&self, merged: &mut Merged, key: &CounterKey, counter: &Counter) {
         if merged.snapshot_due.remove(key) {
             if merged.evicted_due.len() < self.capacity {
-                merged.evicted_due.insert(key.clone(), counter.totals());
+                merged
+                    .evicted_due
+                    .insert(key.clone(), (counter.totals(), counter.epoch.number));
             } else {
                 self.stats.points_dropped.inc();
             }
@@ -524,7 +584,7 @@ impl Db {
     }
 
     /// Puts points back after a failed history write (within the same bound).
-    pub fn snapshot_failed(&self, points: impl IntoIterator<Item = (CounterKey, GlobalTotals)>) {
+    pub fn snapshot_failed(&self, points: impl IntoIterator<Item = (CounterKey, Point)>) {
         let mut merged = self.write_lock();
         for (key, totals) in points {
             if merged.evicted_due.len() < self.capacity {
@@ -631,6 +691,8 @@ mod tests {
                 .collect(),
             bases: Vec::new(),
             folds: 0,
+            epoch: Epoch::default(),
+            cuts: Vec::new(),
         }
     }
 
@@ -777,7 +839,7 @@ mod tests {
             |_| (),
         );
         let due = db.take_snapshot_due(10);
-        assert_eq!(due, vec![(key("x"), GlobalTotals { p: 1, n: 0 })]);
+        assert_eq!(due, vec![(key("x"), (GlobalTotals { p: 1, n: 0 }, 0))]);
         assert!(db.take_snapshot_due(10).is_empty());
         db.snapshot_failed(due);
         assert_eq!(db.take_snapshot_due(10).len(), 1);
@@ -804,7 +866,7 @@ mod tests {
         assert_eq!(db.stats.points_dropped.get(), 1);
         assert!(
             due.iter()
-                .all(|(k, t)| t.p == u128::from(k.id().as_bytes()[0] - b'a' + 1))
+                .all(|(k, (t, _))| t.p == u128::from(k.id().as_bytes()[0] - b'a' + 1))
         );
     }
 

@@ -74,7 +74,7 @@ async fn reading_a_counter_nobody_has_hit_answers_zero_and_no_time() {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(
             body,
-            json!({"id": id, "count": 0, "updated_at": null, "regions": {}, "replicas": 0})
+            json!({"id": id, "count": 0, "epoch": 0, "updated_at": null, "regions": {}, "replicas": 0})
         );
     }
 }
@@ -446,6 +446,13 @@ async fn the_error_table() {
         Request::delete("/v1/counters/seed")
             .body(Body::empty())
             .unwrap(),
+        StatusCode::FORBIDDEN,
+        "admin_disabled",
+    )
+    .await;
+    refused(
+        &t,
+        Request::delete("/v1/counters").body(Body::empty()).unwrap(),
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
     )

@@ -9,7 +9,9 @@ use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, T
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
-use tally_merger::store::{ReplicaRow, SlotRow, SnapshotRow, Store, StoredCounter};
+use tally_merger::store::{
+    ReplicaRow, ResetOutcome, ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter,
+};
 use tokio::sync::{mpsc, watch};
 
 /// How long a watcher may take to report a change: a few catch-up rounds.
@@ -441,6 +443,7 @@ async fn load_list_and_history_behave_as_the_trait_says() {
         key: x.clone(),
         at: at(ms),
         totals: GlobalTotals { p, n },
+        epoch: 0,
     };
     store
         .write_history(&[
@@ -451,6 +454,7 @@ async fn load_list_and_history_behave_as_the_trait_says() {
                 key: g("never-synced"),
                 at: at(10),
                 totals: GlobalTotals { p: 1, n: 0 },
+                epoch: 0,
             },
         ])
         .await
@@ -613,6 +617,7 @@ async fn retention_downsamples_and_deletes_history_in_postgres_too() {
                     p: u128::try_from(t).unwrap(),
                     n: 0,
                 },
+                epoch: 0,
             })
             .collect()
     };
@@ -690,4 +695,122 @@ async fn a_retired_replica_is_folded_into_the_base_and_its_late_syncs_are_ignore
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].totals(), GlobalTotals { p: 12, n: 0 });
     assert!(page[0].slots.is_empty());
+}
+
+#[tokio::test]
+async fn a_reset_cuts_the_sums_every_merger_sees_it_and_old_epochs_stay_out() {
+    let Some(pg) = cluster("a_reset_cuts_the_sums").await else {
+        return;
+    };
+    let url = pg.create_database("reset").await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let (_stop_tx, stop) = watch::channel(false);
+    let mut rx = b.watch(stop).expect("postgres watches");
+    let x = key(CounterKind::Pn, "x");
+    let (r1, r2) = (replica(1), replica(2));
+    a.commit(
+        &[registered(r1, "eu", 1), registered(r2, "us", 1)],
+        &[slot(&x, r1, 5, 1, 1), slot(&x, r2, 3, 0, 1)],
+    )
+    .await
+    .expect("commit");
+    assert!(receive_all(&mut rx, std::slice::from_ref(&x), WATCH_LIMIT).await);
+    let reset = |delete, expect_epoch, ms| ResetRequest {
+        delete,
+        expect_epoch,
+        at: at(ms),
+    };
+
+    let ResetOutcome::Done { counter, removed } =
+        a.reset(&x, reset(false, None, 100)).await.expect("reset")
+    else {
+        panic!("a counter with slots is reset");
+    };
+    assert_eq!(removed, GlobalTotals { p: 8, n: 1 });
+    assert_eq!(counter.totals(), GlobalTotals::default());
+    assert_eq!(counter.epoch.number, 1);
+    assert_eq!(counter.epoch.at, Some(at(100)));
+    // The other merger hears of it (NOTIFY) and loads the new epoch.
+    assert!(receive_all(&mut rx, std::slice::from_ref(&x), WATCH_LIMIT).await);
+    let seen = b.load(std::slice::from_ref(&x)).await.expect("load");
+    assert_eq!(seen[0].epoch.number, 1);
+    assert_eq!(seen[0].totals(), GlobalTotals::default());
+    // The catch-up finds a cut no notification announced.
+    pg.psql(&url, "UPDATE cuts SET changed = pg_current_xact_id()")
+        .await;
+    assert!(receive_all(&mut rx, std::slice::from_ref(&x), WATCH_LIMIT).await);
+
+    // Replays change nothing; growth past the cut counts once.
+    for _ in 0..2 {
+        b.commit(&[], &[slot(&x, r1, 5, 1, 2), slot(&x, r2, 2, 0, 2)])
+            .await
+            .expect("replay");
+    }
+    assert_eq!(
+        a.load(std::slice::from_ref(&x)).await.expect("load")[0].totals(),
+        GlobalTotals::default()
+    );
+    b.commit(&[], &[slot(&x, r1, 7, 4, 3)])
+        .await
+        .expect("commit");
+    assert_eq!(
+        a.load(std::slice::from_ref(&x)).await.expect("load")[0].totals(),
+        GlobalTotals { p: 2, n: 3 }
+    );
+
+    // A retry of the reset (epoch 0) is refused; history of the ended epoch is not written.
+    assert_eq!(
+        b.reset(&x, reset(false, Some(0), 200))
+            .await
+            .expect("reset"),
+        ResetOutcome::EpochMismatch { current: 1 }
+    );
+    let point = |ms, p, epoch| SnapshotRow {
+        key: x.clone(),
+        at: at(ms),
+        totals: GlobalTotals { p, n: 0 },
+        epoch,
+    };
+    a.write_history(&[point(300, 8, 0), point(301, 2, 1)])
+        .await
+        .expect("history");
+    let history = a.history(&x, at(0), at(1000), 10).await.expect("history");
+    assert_eq!(history, vec![point(301, 2, 1)]);
+
+    // Two mergers resetting at once, each for epoch 1: exactly one succeeds.
+    let (one, two) = tokio::join!(
+        a.reset(&x, reset(false, Some(1), 400)),
+        b.reset(&x, reset(false, Some(1), 400))
+    );
+    let outcomes = [one.expect("reset"), two.expect("reset")];
+    let done = outcomes
+        .iter()
+        .filter(|o| matches!(o, ResetOutcome::Done { .. }))
+        .count();
+    assert_eq!(done, 1, "{outcomes:?}");
+    assert!(outcomes.contains(&ResetOutcome::EpochMismatch { current: 2 }));
+
+    // A delete: history gone, marked deleted; a counter nobody hit has nothing to reset.
+    let ResetOutcome::Done { counter, .. } = a
+        .reset(&x, reset(true, Some(2), 500))
+        .await
+        .expect("delete")
+    else {
+        panic!("deleted");
+    };
+    assert!(counter.epoch.deleted && !counter.listed());
+    assert!(
+        a.history(&x, at(0), at(1000), 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(
+        a.reset(&g("never"), reset(false, None, 600))
+            .await
+            .expect("reset"),
+        ResetOutcome::Unknown
+    );
+    a.close().await;
+    b.close().await;
 }

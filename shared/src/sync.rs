@@ -257,6 +257,8 @@ struct AnswerWire {
     recorded: Option<SlotTotals>,
     #[serde(default)]
     updated_at: Option<Timestamp>,
+    #[serde(default)]
+    epoch: u64,
     error: Option<ErrorBody>,
 }
 
@@ -271,6 +273,7 @@ impl TryFrom<AnswerWire> for SyncAnswer {
                 global,
                 recorded,
                 updated_at: w.updated_at,
+                epoch: w.epoch,
             })),
             _ => Err(Error::Malformed(
                 "an answer has either `error`, or `global` and `recorded`".into(),
@@ -359,6 +362,7 @@ impl From<&Error> for ErrorBody {
 ///     global: GlobalTotals { p: 700, n: 0 },
 ///     recorded: SlotTotals { p: 20, n: 0 },
 ///     updated_at: None,
+///     epoch: 0,
 /// };
 /// assert_eq!(merged.estimate(SlotTotals { p: 25, n: 0 })?, 705);
 /// # Ok::<(), tally_crdt::Error>(())
@@ -373,8 +377,13 @@ pub struct MergedCounter {
     /// The merger's recorded totals of the asking replica's slot (zero for a read that
     /// names no replica).
     pub recorded: SlotTotals,
-    /// The last time a slot of it grew; `None` for a counter nobody has hit.
+    /// The last time the count changed (a slot grew, or a reset); `None` for a counter
+    /// nobody has hit.
     pub updated_at: Option<Timestamp>,
+    /// How many times the counter was reset or deleted. `global` counts only what came after
+    /// the last reset; of two answers about one counter, the one of the higher epoch is the
+    /// newer whatever its totals. 0 (left out of the JSON) for a counter never reset.
+    pub epoch: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -385,6 +394,8 @@ struct MergedWire {
     recorded: SlotTotals,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     updated_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    epoch: u64,
 }
 
 impl TryFrom<MergedWire> for MergedCounter {
@@ -395,6 +406,7 @@ impl TryFrom<MergedWire> for MergedCounter {
             global: w.global,
             recorded: w.recorded,
             updated_at: w.updated_at,
+            epoch: w.epoch,
         })
     }
 }
@@ -407,6 +419,7 @@ impl From<MergedCounter> for MergedWire {
             global: m.global,
             recorded: m.recorded,
             updated_at: m.updated_at,
+            epoch: m.epoch,
         }
     }
 }
@@ -662,7 +675,21 @@ mod tests {
                 n: recorded.1,
             },
             updated_at: None,
+            epoch: 0,
         }
+    }
+
+    #[test]
+    fn an_epoch_travels_only_once_a_counter_was_reset() {
+        let never = merged((5, 0), (1, 0));
+        let json = serde_json::to_string(&never).unwrap();
+        assert!(!json.contains("epoch"), "{json}");
+        let reset = MergedCounter { epoch: 3, ..never };
+        let json = serde_json::to_string(&reset).unwrap();
+        assert!(json.contains(r#""epoch":3"#), "{json}");
+        assert_eq!(serde_json::from_str::<MergedCounter>(&json).unwrap(), reset);
+        let answer: SyncAnswer = serde_json::from_str(&json).unwrap();
+        assert_eq!(answer, SyncAnswer::Merged(reset));
     }
 
     #[test]

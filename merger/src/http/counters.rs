@@ -39,7 +39,9 @@ const MAX_HISTORY: u32 = 10_000;
 pub struct CounterView<'a> {
     id: &'a str,
     count: Count,
-    /// `null` for a counter nobody has hit.
+    /// Resets so far: `count` is what came after the last one.
+    epoch: u64,
+    /// The last change (a hit or a reset); `null` for a counter nobody has hit.
     updated_at: Option<Timestamp>,
     regions: RegionsView<'a>,
     replicas: usize,
@@ -81,6 +83,7 @@ pub struct Page {
 pub struct CounterSummary {
     id: String,
     count: Count,
+    epoch: u64,
     updated_at: Timestamp,
     replicas: usize,
 }
@@ -118,6 +121,8 @@ pub struct History {
 pub struct Point {
     at: Timestamp,
     count: Count,
+    /// The epoch the count belongs to: it goes up at each reset, where the count drops.
+    epoch: u64,
 }
 
 /// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and one serialization.
@@ -131,6 +136,7 @@ pub async fn read(
             let view = CounterView {
                 id: key.id(),
                 count: count(counter.totals()),
+                epoch: counter.epoch().number,
                 updated_at: counter.updated_at(),
                 regions: RegionsView(counter.regions()),
                 replicas: counter.replicas(),
@@ -164,19 +170,19 @@ pub async fn list(
         .map_err(AppError::InvalidId)?;
     // One more than asked tells whether there is a next page.
     let asked = u32::try_from(limit + 1).expect("limit is at most MAX_LIMIT");
-    let mut items: Vec<CounterSummary> = app
+    let mut scanned = app
         .store
         .list(kind, &q.prefix, cursor.as_ref(), asked)
-        .await?
-        .iter()
-        .map(summary)
-        .collect();
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|i| i.id.clone())
+        .await?;
+    let next_cursor = if scanned.len() > limit {
+        scanned.truncate(limit);
+        scanned.last().map(|c| c.key.id().to_owned())
     } else {
         None
     };
+    // Deleted counters not hit since are left out: a page may hold fewer than `limit`
+    // items and still have a next one.
+    let items = scanned.iter().filter(|c| c.listed()).map(summary).collect();
     Ok(Json(Page { items, next_cursor }))
 }
 
@@ -219,6 +225,7 @@ pub async fn history(
         .map(|r| Point {
             at: r.at,
             count: count(r.totals),
+            epoch: r.epoch,
         })
         .collect();
     Ok(Json(History {
@@ -228,13 +235,19 @@ pub async fn history(
     }))
 }
 
-/// A stored counter as a list item. The store lists only counters with a slot, so there is
-/// always an `updated_at`.
+/// A stored counter as a list item. The store lists only counters with a slot or a base,
+/// so there is always an `updated_at`.
 fn summary(c: &StoredCounter) -> CounterSummary {
+    let grown = c
+        .slots
+        .iter()
+        .map(|s| s.at)
+        .chain(c.bases.iter().map(|b| b.2));
     CounterSummary {
         id: c.key.id().to_owned(),
         count: count(c.totals()),
-        updated_at: c.slots.iter().map(|s| s.at).max().unwrap_or(Timestamp::MIN),
+        epoch: c.epoch.number,
+        updated_at: grown.chain(c.epoch.at).max().unwrap_or(Timestamp::MIN),
         replicas: c
             .slots
             .iter()
@@ -243,7 +256,8 @@ fn summary(c: &StoredCounter) -> CounterSummary {
     }
 }
 
-fn count(totals: GlobalTotals) -> Count {
+/// Totals as the API writes a count.
+pub fn count(totals: GlobalTotals) -> Count {
     // Sums of u64 slots stay far below i128::MAX (that would take 2^63 replicas).
     Count(totals.value().expect("sums of u64 slots fit in an i128"))
 }

@@ -6,13 +6,16 @@
 //! | `POST /v1/read` | [`read`] |
 //! | `POST /v1/retire` | [`retire`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
+//! | `POST /v1/{counters,gauges}/{id}/reset`, `DELETE /v1/{counters,gauges}/{id}` | [`admin`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
 //!
 //! The two edge-facing routes share their token check and body extractor ([`protocol`]);
-//! the read token guards the lists, history and metrics ([`access`]).
+//! the read token guards the lists, history and metrics, the admin token resets and deletes
+//! ([`access`]).
 
 pub mod access;
+pub mod admin;
 pub mod counters;
 pub mod dashboard;
 pub mod extract;
@@ -62,6 +65,13 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     } else {
         single
     };
+    let admin = Router::new()
+        .route("/v1/{namespace}/{id}/reset", post(admin::reset))
+        .route("/v1/{namespace}/{id}", axum::routing::delete(admin::delete))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            access::require_admin_token,
+        ));
     let guarded = Router::new()
         .route("/v1/{namespace}", get(counters::list))
         .route("/v1/{namespace}/{id}/history", get(counters::history))
@@ -91,6 +101,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             )),
         )
         .merge(guarded)
+        .merge(admin)
         .route("/", get(dashboard::page))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))

@@ -16,6 +16,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
@@ -90,6 +91,8 @@ pub struct SnapshotRow {
     pub at: Timestamp,
     /// Totals then.
     pub totals: GlobalTotals,
+    /// The epoch they belong to: a point of an epoch that has ended is not written.
+    pub epoch: u64,
 }
 
 /// One slot as stored, with the region of its replica.
@@ -105,8 +108,8 @@ pub struct StoredSlot {
     pub at: Timestamp,
 }
 
-/// One counter as stored: every live slot of it, and the bases its retired slots were
-/// folded into.
+/// One counter as stored: every live slot of it, the bases its retired slots were folded
+/// into, and the cuts of its last reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCounter {
     /// The counter.
@@ -118,11 +121,27 @@ pub struct StoredCounter {
     pub bases: Vec<(String, GlobalTotals, Timestamp)>,
     /// How many retirements folded slots of it.
     pub folds: u64,
+    /// Where its resets stand.
+    pub epoch: Epoch,
+    /// Per region, the sums of its slots and bases at its last reset: the count is the sums
+    /// minus these (empty for a counter never reset).
+    pub cuts: Vec<(String, GlobalTotals)>,
+}
+
+/// A counter's resets: how many, whether the last one was a delete, and when.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Epoch {
+    /// Resets and deletes so far.
+    pub number: u64,
+    /// The last one was a delete: the counter is hidden from the lists until it counts again.
+    pub deleted: bool,
+    /// When the last one happened.
+    pub at: Option<Timestamp>,
 }
 
 impl StoredCounter {
-    /// The sums of its slots and bases.
-    pub fn totals(&self) -> GlobalTotals {
+    /// The sums of its slots and bases, all epochs together.
+    pub fn raw_totals(&self) -> GlobalTotals {
         let mut totals = GlobalTotals::default();
         for slot in &self.slots {
             totals.p += u128::from(slot.totals.p);
@@ -135,6 +154,47 @@ impl StoredCounter {
         }
         totals
     }
+
+    /// Its totals in the current epoch: the sums of its slots and bases minus its cuts.
+    pub fn totals(&self) -> GlobalTotals {
+        let mut cut = GlobalTotals::default();
+        for (_, c) in &self.cuts {
+            cut.p += c.p;
+            cut.n += c.n;
+        }
+        minus(self.raw_totals(), cut)
+    }
+
+    /// Per region, the sums of its slots and bases (what a reset cuts).
+    pub fn region_sums(&self) -> BTreeMap<&str, GlobalTotals> {
+        let mut sums: BTreeMap<&str, GlobalTotals> = BTreeMap::new();
+        for slot in &self.slots {
+            let sum = sums.entry(slot.region.as_str()).or_default();
+            sum.p += u128::from(slot.totals.p);
+            sum.n += u128::from(slot.totals.n);
+        }
+        for (region, base, _) in &self.bases {
+            let sum = sums.entry(region.as_str()).or_default();
+            sum.p += base.p;
+            sum.n += base.n;
+        }
+        sums
+    }
+
+    /// Whether a list shows it: not deleted, or counted again since.
+    pub fn listed(&self) -> bool {
+        !self.epoch.deleted || self.totals() != GlobalTotals::default()
+    }
+}
+
+/// `sums - cut` per half. The sums only grow and a cut is the sums at a reset, so this is
+/// never negative for totals read with the cut; a cache that lags the store may hold less,
+/// and then reads 0 until it catches up.
+pub fn minus(sums: GlobalTotals, cut: GlobalTotals) -> GlobalTotals {
+    GlobalTotals {
+        p: sums.p.saturating_sub(cut.p),
+        n: sums.n.saturating_sub(cut.n),
+    }
 }
 
 /// One part of a stored counter, as a load query answers it row by row.
@@ -144,6 +204,38 @@ pub enum Part {
     Slot(StoredSlot),
     /// A region's base, and when it last grew.
     Base(String, GlobalTotals, Timestamp),
+    /// A region's cut.
+    Cut(String, GlobalTotals),
+}
+
+/// What a reset or a delete asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetRequest {
+    /// A delete (the counter leaves the lists, its history is deleted) or a reset.
+    pub delete: bool,
+    /// Only if the counter is at this epoch still (so a retried reset does not reset twice).
+    pub expect_epoch: Option<u64>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What a reset or a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetOutcome {
+    /// Done: the counter as stored after it, and the totals it had before.
+    Done {
+        /// The counter, in its new epoch.
+        counter: StoredCounter,
+        /// Its totals in the epoch that ended.
+        removed: GlobalTotals,
+    },
+    /// Nobody has hit the counter: there is nothing to reset (and no epoch changes).
+    Unknown,
+    /// The counter is not at the expected epoch: nothing was done.
+    EpochMismatch {
+        /// Its epoch.
+        current: u64,
+    },
 }
 
 /// One slot folded by a retirement.
@@ -201,6 +293,15 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// one the store never saw, folds nothing.
     async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError>;
 
+    /// Resets or deletes `key`, in one transaction: its epoch goes up by one and its cuts
+    /// become the sums of its slots and bases, so it counts from zero; a delete also marks
+    /// it deleted and deletes its history. Slots are left as they are.
+    async fn reset(
+        &self,
+        key: &CounterKey,
+        request: ResetRequest,
+    ) -> Result<ResetOutcome, StoreError>;
+
     /// The counters asked for that have a slot or a base, each whole; the others are left out
     /// of the answer.
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
@@ -222,7 +323,8 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError>;
 
     /// Writes history points; a point already written for the same counter and time keeps
-    /// the larger totals (several mergers may snapshot the same counter).
+    /// the larger totals (several mergers may snapshot the same counter). Points of an epoch
+    /// other than the counter's are not written.
     async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError>;
 
     /// Deletes at most `limit` history points taken in `from..to`: every one when `bucket` is
@@ -354,50 +456,75 @@ where
     }
 }
 
-/// Rows of a backend's parts query (columns `kind`, `name`, `folds`, `part` (`s` for a slot,
-/// `b` for a base), `replica`, `region`, `p`, `n`, `updated_at`; totals as decimal text),
-/// sorted by key, grouped into counters. One reader for both backends.
+/// Rows of a backend's parts query (columns `kind`, `name`, `folds`, `epoch`, `deleted`,
+/// `reset_at`, `part` (`s` for a slot, `b` for a base, `c` for a cut), `replica`, `region`,
+/// `p`, `n`, `updated_at`; totals as decimal text), sorted by key, grouped into counters. One
+/// reader for both backends.
 pub fn counters_of<R>(rows: &[R]) -> Result<Vec<StoredCounter>, StoreError>
 where
     R: sqlx::Row,
     for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let mut parts = Vec::with_capacity(rows.len());
     for row in rows {
         let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
-        let folds: i64 = row.try_get("folds")?;
-        let folds =
-            u64::try_from(folds).map_err(|_| corrupt("counters", format!("folds {folds}")))?;
-        let at = Timestamp::from_unix_ms(row.try_get("updated_at")?);
-        let part = if row.try_get::<&str, _>("part")? == "s" {
-            Part::Slot(StoredSlot {
+        let count = |column: &'static str| -> Result<u64, StoreError> {
+            let v: i64 = row.try_get(column)?;
+            u64::try_from(v).map_err(|_| corrupt("counters", format!("{column} {v}")))
+        };
+        let meta = Meta {
+            folds: count("folds")?,
+            epoch: Epoch {
+                number: count("epoch")?,
+                deleted: row.try_get("deleted")?,
+                at: row
+                    .try_get::<Option<i64>, _>("reset_at")?
+                    .map(Timestamp::from_unix_ms),
+            },
+        };
+        let totals = |table: &'static str| -> Result<GlobalTotals, StoreError> {
+            Ok(GlobalTotals {
+                p: decode(table, row.try_get("p")?)?,
+                n: decode(table, row.try_get("n")?)?,
+            })
+        };
+        let part = match row.try_get::<&str, _>("part")? {
+            "c" => Part::Cut(row.try_get("region")?, totals("cuts")?),
+            "b" => Part::Base(
+                row.try_get("region")?,
+                totals("bases")?,
+                Timestamp::from_unix_ms(row.try_get("updated_at")?),
+            ),
+            _ => Part::Slot(StoredSlot {
                 replica: replica_of("replicas", row.try_get("replica")?)?,
                 region: row.try_get("region")?,
                 totals: SlotTotals {
                     p: decode("slots", row.try_get("p")?)?,
                     n: decode("slots", row.try_get("n")?)?,
                 },
-                at,
-            })
-        } else {
-            Part::Base(
-                row.try_get("region")?,
-                GlobalTotals {
-                    p: decode("bases", row.try_get("p")?)?,
-                    n: decode("bases", row.try_get("n")?)?,
-                },
-                at,
-            )
+                at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+            }),
         };
-        parts.push((key, folds, part));
+        parts.push((key, meta, part));
     }
     Ok(group_parts(parts))
 }
 
-/// Rows of a backend's history query (columns `taken_at`, and `p`, `n` as decimal text) as
-/// the points of `key`. One reader for both backends.
+/// What a parts row says of its counter as a whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Meta {
+    /// Retirements that folded its slots.
+    pub folds: u64,
+    /// Its resets.
+    pub epoch: Epoch,
+}
+
+/// Rows of a backend's history query (columns `taken_at`, `epoch`, and `p`, `n` as decimal
+/// text) as the points of `key`. One reader for both backends.
 pub fn points_of<R>(key: &CounterKey, rows: &[R]) -> Result<Vec<SnapshotRow>, StoreError>
 where
     R: sqlx::Row,
@@ -413,15 +540,16 @@ where
                     p: decode("history", row.try_get("p")?)?,
                     n: decode("history", row.try_get("n")?)?,
                 },
+                epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or_default(),
             })
         })
         .collect()
 }
 
-/// Groups `(key, folds, part)` rows, sorted by key, into counters.
-pub fn group_parts(rows: Vec<(CounterKey, u64, Part)>) -> Vec<StoredCounter> {
+/// Groups `(key, meta, part)` rows, sorted by key, into counters.
+pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
     let mut counters: Vec<StoredCounter> = Vec::new();
-    for (key, folds, part) in rows {
+    for (key, meta, part) in rows {
         let counter = match counters.last_mut() {
             Some(last) if last.key == key => last,
             _ => {
@@ -429,7 +557,9 @@ pub fn group_parts(rows: Vec<(CounterKey, u64, Part)>) -> Vec<StoredCounter> {
                     key,
                     slots: Vec::new(),
                     bases: Vec::new(),
-                    folds,
+                    folds: meta.folds,
+                    epoch: meta.epoch,
+                    cuts: Vec::new(),
                 });
                 counters.last_mut().expect("just pushed")
             }
@@ -437,9 +567,30 @@ pub fn group_parts(rows: Vec<(CounterKey, u64, Part)>) -> Vec<StoredCounter> {
         match part {
             Part::Slot(slot) => counter.slots.push(slot),
             Part::Base(region, totals, at) => counter.bases.push((region, totals, at)),
+            Part::Cut(region, totals) => counter.cuts.push((region, totals)),
         }
     }
     counters
+}
+
+/// The cuts a reset of `counter` writes: the sums of its slots and bases per region, and
+/// zero for a region cut before that has nothing now (not reachable: slots and bases never
+/// leave their region).
+pub fn new_cuts(counter: &StoredCounter) -> Vec<(String, GlobalTotals)> {
+    let mut sums: BTreeMap<&str, GlobalTotals> = counter
+        .cuts
+        .iter()
+        .map(|(region, _)| (region.as_str(), GlobalTotals::default()))
+        .collect();
+    sums.extend(counter.region_sums());
+    sums.into_iter()
+        .map(|(region, t)| (region.to_owned(), t))
+        .collect()
+}
+
+/// An expected epoch as a query parameter: one past `i64::MAX` matches no stored epoch.
+pub fn epoch_param(epoch: u64) -> i64 {
+    i64::try_from(epoch).unwrap_or(-1)
 }
 
 #[cfg(test)]

@@ -52,8 +52,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::{
-    Committed, FoldedSlot, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    Committed, FoldedSlot, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow,
+    Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -180,29 +180,38 @@ const MERGE_SLOTS: &str = "\
 /// History points, in (counter, time) lock order; counters unknown to the store are dropped
 /// by the inner join (they have no slot, so nothing to show a history of).
 const UPSERT_HISTORY: &str = "\
-    INSERT INTO history AS h (counter, taken_at, p, n) \
-    SELECT c.id, u.taken_at, u.p::numeric, u.n::numeric \
-    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[]) \
-        AS u(kind, name, taken_at, p, n) \
+    INSERT INTO history AS h (counter, taken_at, p, n, epoch) \
+    SELECT c.id, u.taken_at, u.p::numeric, u.n::numeric, u.epoch \
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[]) \
+        AS u(kind, name, taken_at, p, n, epoch) \
     JOIN counters c ON c.kind = u.kind AND c.name = u.name \
+    WHERE c.epoch = u.epoch \
     ORDER BY c.id, u.taken_at \
     ON CONFLICT (counter, taken_at) DO UPDATE SET \
         p = GREATEST(h.p, excluded.p), \
         n = GREATEST(h.n, excluded.n)";
 
-/// Every part of the counters in a CTE `k (id, kind, name, folds)`: live slots with their
-/// replica's region, and bases; sorted by key (and, within a counter, slots by replica).
+/// The columns of `counters` a parts query carries on every row.
+const K_COLUMNS: &str = "c.id, c.kind, c.name, c.folds, c.epoch, c.deleted, c.reset_at";
+
+/// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
+/// region, bases and cuts; sorted by key (and, within a counter, slots by replica).
 const PARTS_OF_K: &str = "\
-    SELECT k.kind, k.name, k.folds, 's' AS part, r.replica, r.region, \
-        s.p::text AS p, s.n::text AS n, s.updated_at \
+    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
+        r.region, s.p::text AS p, s.n::text AS n, s.updated_at \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
-    SELECT k.kind, k.name, k.folds, 'b', NULL, b.region, b.p::text, b.n::text, b.updated_at \
+    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, \
+        b.p::text, b.n::text, b.updated_at \
     FROM k JOIN bases b ON b.counter = k.id \
-    ORDER BY 1, 2, 4 DESC, 5";
+    UNION ALL \
+    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
+        x.p::text, x.n::text, 0 \
+    FROM k JOIN cuts x ON x.counter = k.id \
+    ORDER BY 1, 2, 7 DESC, 8";
 
-/// One round of the watcher's catch-up: the counters of slots changed by transactions in
-/// `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
+/// One round of the watcher's catch-up: the counters of slots or cuts changed by transactions
+/// in `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
 ///
 /// Why nothing is missed: `xmin` is the oldest transaction still running when the snapshot
 /// was taken, so every transaction below it has ended and, if it committed, its rows are
@@ -217,8 +226,11 @@ pub const CATCH_UP: &str = "\
     WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
     SELECT snap.xmin::text AS xmin, k.kind, k.name \
     FROM snap LEFT JOIN LATERAL ( \
-        SELECT DISTINCT c.kind, c.name FROM slots s JOIN counters c ON c.id = s.counter \
+        SELECT c.kind, c.name FROM slots s JOIN counters c ON c.id = s.counter \
         WHERE s.changed >= $1::text::xid8 AND s.changed < snap.xmin \
+        UNION \
+        SELECT c.kind, c.name FROM cuts x JOIN counters c ON c.id = x.counter \
+        WHERE x.changed >= $1::text::xid8 AND x.changed < snap.xmin \
     ) k ON true \
     ORDER BY k.kind, k.name";
 
@@ -343,6 +355,87 @@ impl Store for PostgresStore {
         Ok(Retired { region, folded })
     }
 
+    /// The counter's row lock serializes resets of one counter; syncs do not take it, and
+    /// need not: a slot that grows after the sums are read is above the cut and counts in
+    /// the new epoch, one that grew before is inside it. The cuts' `changed` brings the new
+    /// epoch to the other mergers' catch-up (and NOTIFY, sooner).
+    async fn reset(
+        &self,
+        key: &CounterKey,
+        request: ResetRequest,
+    ) -> Result<ResetOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, epoch FROM counters c WHERE kind = $1 AND name = $2 \
+             AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+                  OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id)) \
+             FOR UPDATE",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(ResetOutcome::Unknown);
+        };
+        let (id, current): (i64, i64) = (row.try_get("id")?, row.try_get("epoch")?);
+        if let Some(expected) = request.expect_epoch
+            && super::epoch_param(expected) != current
+        {
+            return Ok(ResetOutcome::EpochMismatch {
+                current: u64::try_from(current).unwrap_or_default(),
+            });
+        }
+        sqlx::query(
+            "UPDATE counters SET epoch = epoch + 1, deleted = $2, reset_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(request.delete)
+        .bind(request.at.unix_ms())
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut counter = super::counters_of(&rows)?
+            .pop()
+            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
+        let removed = counter.totals();
+        counter.cuts = super::new_cuts(&counter);
+        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO cuts AS x (counter, region, p, n) \
+             SELECT $1, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
+             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n, \
+             changed = pg_current_xact_id()",
+        )
+        .bind(id)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *tx)
+        .await?;
+        if request.delete {
+            sqlx::query("DELETE FROM history WHERE counter = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
+        notify(&mut tx, &self.origin, &changed).await?;
+        tx.commit().await?;
+        // Loaded after the epoch's update: `counter.epoch` is the new one already.
+        Ok(ResetOutcome::Done { counter, removed })
+    }
+
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
         let keys: BTreeSet<&CounterKey> = keys.iter().collect();
         if keys.is_empty() {
@@ -351,7 +444,7 @@ impl Store for PostgresStore {
         let (kinds, names): (Vec<&str>, Vec<&str>) =
             keys.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
         let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT c.id, c.kind, c.name, c.folds \
+            "WITH k AS (SELECT {K_COLUMNS} \
                  FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
                  JOIN counters c ON c.kind = u.kind AND c.name = u.name) \
              {PARTS_OF_K}"
@@ -387,7 +480,7 @@ impl Store for PostgresStore {
         // the "C" collation; `starts_with` only restates it.
         let rows = sqlx::query(&format!(
             "WITH k AS ( \
-                 SELECT c.id, c.kind, c.name, c.folds FROM counters c \
+                 SELECT {K_COLUMNS} FROM counters c \
                  WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
                    AND starts_with(c.name, $2) \
                    AND ($3::text IS NULL OR c.name > $3) \
@@ -423,23 +516,28 @@ impl Store for PostgresStore {
     }
 
     async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
-        // One row per (counter, time), the larger of each half, in lock order.
-        let mut points: BTreeMap<(&CounterKey, Timestamp), GlobalTotals> = BTreeMap::new();
+        // One row per (counter, time), of the latest epoch and the larger of each half, in
+        // lock order.
+        let mut points: BTreeMap<(&CounterKey, Timestamp), (u64, GlobalTotals)> = BTreeMap::new();
         for row in rows {
             let point = points.entry((&row.key, row.at)).or_default();
-            point.p = point.p.max(row.totals.p);
-            point.n = point.n.max(row.totals.n);
+            if row.epoch > point.0 {
+                *point = (row.epoch, row.totals);
+            } else if row.epoch == point.0 {
+                point.1 = point.1.join(row.totals);
+            }
         }
         if points.is_empty() {
             return Ok(());
         }
         let mut columns = HistoryColumns::default();
-        for ((key, at), totals) in points {
+        for ((key, at), (epoch, totals)) in points {
             columns.kinds.push(key.kind().as_str());
             columns.names.push(key.id());
             columns.taken_at.push(at.unix_ms());
             columns.p.push(encode_u128(totals.p));
             columns.n.push(encode_u128(totals.n));
+            columns.epochs.push(super::epoch_param(epoch));
         }
         sqlx::query(UPSERT_HISTORY)
             .bind(columns.kinds)
@@ -447,6 +545,7 @@ impl Store for PostgresStore {
             .bind(columns.taken_at)
             .bind(columns.p)
             .bind(columns.n)
+            .bind(columns.epochs)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -473,7 +572,7 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT h.taken_at, h.p::text AS p, h.n::text AS n \
+            "SELECT h.taken_at, h.epoch, h.p::text AS p, h.n::text AS n \
              FROM history h JOIN counters c ON c.id = h.counter \
              WHERE c.kind = $1 AND c.name = $2 AND h.taken_at BETWEEN $3 AND $4 \
              ORDER BY h.taken_at LIMIT $5",
@@ -630,6 +729,7 @@ struct HistoryColumns<'a> {
     taken_at: Vec<i64>,
     p: Vec<String>,
     n: Vec<String>,
+    epochs: Vec<i64>,
 }
 
 /// Announces the changed counters (if any, and if they fit in a notification) to the other

@@ -17,8 +17,8 @@ use tally_crdt::{CounterKey, CounterKind, ReplicaId, SlotTotals, Timestamp};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Committed, FoldedSlot, ReplicaRow, Retired, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    Committed, FoldedSlot, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow,
+    Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -69,14 +69,23 @@ impl SqliteStore {
     }
 }
 
-/// Every part of the counters in a CTE `k (id, kind, name, folds)`: live slots with their
-/// replica's region, and bases; sorted by key.
+/// The columns of `counters` a parts query carries on every row.
+const K_COLUMNS: &str = "c.id, c.kind, c.name, c.folds, c.epoch, c.deleted, c.reset_at";
+
+/// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
+/// region, bases and cuts; sorted by key.
 const PARTS_OF_K: &str = "\
-    SELECT k.kind, k.name, k.folds, 's' AS part, r.replica, r.region, s.p, s.n, s.updated_at \
+    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
+        r.region, s.p, s.n, s.updated_at \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
-    SELECT k.kind, k.name, k.folds, 'b', NULL, b.region, b.p, b.n, b.updated_at \
+    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, b.p, \
+        b.n, b.updated_at \
     FROM k JOIN bases b ON b.counter = k.id \
+    UNION ALL \
+    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
+        c.n, 0 \
+    FROM k JOIN cuts c ON c.counter = k.id \
     ORDER BY 1, 2";
 
 #[async_trait]
@@ -279,13 +288,89 @@ impl Store for SqliteStore {
         Ok(Retired { region, folded })
     }
 
+    /// Takes the write lock first (the epoch's update), so nothing commits between the sums
+    /// read and the cuts written.
+    async fn reset(
+        &self,
+        key: &CounterKey,
+        request: ResetRequest,
+    ) -> Result<ResetOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE counters SET epoch = epoch + 1, deleted = ?3, reset_at = ?4 \
+             WHERE kind = ?1 AND name = ?2 AND (?5 IS NULL OR epoch = ?5) \
+             AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = counters.id) \
+                  OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = counters.id)) \
+             RETURNING id",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .bind(request.delete)
+        .bind(request.at.unix_ms())
+        .bind(request.expect_epoch.map(super::epoch_param))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            let current: Option<i64> = sqlx::query_scalar(
+                "SELECT epoch FROM counters c WHERE kind = ?1 AND name = ?2 \
+                 AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+                      OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))",
+            )
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Ok(match current {
+                None => ResetOutcome::Unknown,
+                Some(current) => ResetOutcome::EpochMismatch {
+                    current: u64::try_from(current).unwrap_or_default(),
+                },
+            });
+        };
+        let id: i64 = row.get("id");
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = ?1) {PARTS_OF_K}"
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut counter = super::counters_of(&rows)?
+            .pop()
+            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
+        let removed = counter.totals();
+        counter.cuts = super::new_cuts(&counter);
+        let cuts: Vec<_> = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
+            .collect();
+        sqlx::query(
+            "INSERT INTO cuts (counter, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
+             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(json_rows(&cuts))
+        .execute(&mut *tx)
+        .await?;
+        if request.delete {
+            sqlx::query("DELETE FROM history WHERE counter = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        // Loaded after the epoch's update: `counter.epoch` is the new one already.
+        Ok(ResetOutcome::Done { counter, removed })
+    }
+
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let asked: Vec<(&str, &str)> = keys.iter().map(|k| (k.kind().as_str(), k.id())).collect();
         let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT c.id, c.kind, c.name, c.folds FROM json_each(?1) AS j \
+            "WITH k AS (SELECT {K_COLUMNS} FROM json_each(?1) AS j \
              JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1) {PARTS_OF_K}"
         ))
         .bind(json_rows(&asked))
@@ -304,9 +389,9 @@ impl Store for SqliteStore {
         // Ids are ASCII letters, digits and `-_.:`, all below `~`: every id that starts with
         // `prefix` sorts in [prefix, prefix + "~"), an index range.
         let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT id, kind, name, folds FROM counters \
-             WHERE kind = ?1 AND name >= ?2 AND name > ?3 AND name < ?4 \
-             ORDER BY name LIMIT ?5) {PARTS_OF_K}"
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c \
+             WHERE c.kind = ?1 AND c.name >= ?2 AND c.name > ?3 AND c.name < ?4 \
+             ORDER BY c.name LIMIT ?5) {PARTS_OF_K}"
         ))
         .bind(kind.as_str())
         .bind(prefix)
@@ -350,15 +435,16 @@ impl Store for SqliteStore {
                     s.at.unix_ms(),
                     encode_u128(s.totals.p),
                     encode_u128(s.totals.n),
+                    super::epoch_param(s.epoch),
                 )
             })
             .collect();
         sqlx::query(
-            "INSERT INTO history (counter, taken_at, p, n) \
-             SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4 \
+            "INSERT INTO history (counter, taken_at, p, n, epoch) \
+             SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
              FROM json_each(?1) AS j \
              JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
-             WHERE true \
+             WHERE c.epoch = j.value ->> 5 \
              ON CONFLICT (counter, taken_at) DO UPDATE SET \
              p = max(history.p, excluded.p), n = max(history.n, excluded.n)",
         )
@@ -389,7 +475,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT h.taken_at, h.p, h.n FROM history h JOIN counters c ON c.id = h.counter \
+            "SELECT h.taken_at, h.epoch, h.p, h.n FROM history h JOIN counters c ON c.id = h.counter \
              WHERE c.kind = ? AND c.name = ? AND h.taken_at >= ? AND h.taken_at <= ? \
              ORDER BY h.taken_at LIMIT ?",
         )
@@ -556,6 +642,7 @@ mod tests {
             key: k.clone(),
             at: Timestamp::from_unix_ms(at),
             totals: GlobalTotals { p, n: 0 },
+            epoch: 0,
         };
         store
             .write_history(&[snap(10, 5), snap(20, u128::MAX)])
