@@ -6,7 +6,8 @@
 //! After the faults stop and the system settles, every final read at the merger and at the
 //! edge must equal the acknowledged sum exactly, or, where unknowns exist, lie within
 //! `[acknowledged + unknown decrements, acknowledged + unknown increments]`. Lost hits show
-//! up below the range, double-counted ones above it.
+//! up below the range, double-counted ones above it. A reset (or delete) at the merger moves
+//! the range down by exactly the count the merger answers it removed ([`Checker::reset`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,12 +67,24 @@ pub struct Tally {
     pub hits_unknown: u64,
     /// Hits refused with a 4xx, or never sent (no connection).
     pub hits_failed: u64,
+    /// Sum of what resets removed, as the merger answered them.
+    pub removed: i128,
 }
 
 impl Tally {
     /// Whether `value` is what the recorded outcomes allow.
     pub fn allows(&self, value: i128) -> bool {
-        (self.acked + self.unknown_down..=self.acked + self.unknown_up).contains(&value)
+        (self.low()..=self.high()).contains(&value)
+    }
+
+    /// The lowest value allowed.
+    pub fn low(&self) -> i128 {
+        self.acked + self.unknown_down - self.removed
+    }
+
+    /// The highest value allowed.
+    pub fn high(&self) -> i128 {
+        self.acked + self.unknown_up - self.removed
     }
 }
 
@@ -111,6 +124,16 @@ impl Checker {
                 t.hits_unknown += 1;
             }
         }
+    }
+
+    /// Records a reset of `path` at the merger that removed `removed` (its answer's
+    /// `removed`): every hit stays counted once, in the epoch that was cut or the new one.
+    pub fn reset(&self, path: &str, removed: i128) {
+        let mut tallies = self
+            .tallies
+            .lock()
+            .expect("the checker lock is never poisoned");
+        tallies.entry(path.to_owned()).or_default().removed += removed;
     }
 
     /// The outcomes so far.
@@ -318,10 +341,7 @@ impl Report {
     pub fn lost(&self) -> i128 {
         self.rows
             .iter()
-            .map(|r| {
-                r.merger
-                    .map_or(0, |v| (r.tally.acked + r.tally.unknown_down - v).max(0))
-            })
+            .map(|r| r.merger.map_or(0, |v| (r.tally.low() - v).max(0)))
             .sum()
     }
 
@@ -329,10 +349,7 @@ impl Report {
     pub fn doubled(&self) -> i128 {
         self.rows
             .iter()
-            .map(|r| {
-                r.merger
-                    .map_or(0, |v| (v - r.tally.acked - r.tally.unknown_up).max(0))
-            })
+            .map(|r| r.merger.map_or(0, |v| (v - r.tally.high()).max(0)))
             .sum()
     }
 }
@@ -348,9 +365,9 @@ impl fmt::Display for Report {
         for r in &self.rows {
             let t = &r.tally;
             let expected = if t.hits_unknown == 0 {
-                t.acked.to_string()
+                t.low().to_string()
             } else {
-                format!("{}..{}", t.acked + t.unknown_down, t.acked + t.unknown_up)
+                format!("{}..{}", t.low(), t.high())
             };
             let show = |v: Option<i128>| v.map_or("-".to_owned(), |v| v.to_string());
             writeln!(
