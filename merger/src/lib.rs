@@ -95,6 +95,9 @@ pub struct Shared {
     read_token: Option<Arc<str>>,
     /// Guards resets and deletes; without it they are off.
     admin_token: Option<Arc<str>>,
+    /// The longest a cache miss waits for the store (the request timeout: the read path has
+    /// no timeout layer, so that a read from memory sets no timer).
+    load_timeout: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -117,15 +120,25 @@ impl Shared {
             Ok(answer) => return Ok(answer),
             Err(missing) => missing,
         };
-        let loaded = self.store.load(&missing).await?;
+        let loaded = self.load(&missing).await?;
         if let Ok(answer) = self.db.fill(keys, &missing, loaded, &f) {
             return Ok(answer);
         }
-        let loaded = self.store.load(keys).await?;
+        let loaded = self.load(keys).await?;
         Ok(self
             .db
             .fill(keys, keys, loaded, &f)
             .expect("a fill of every key asked holds every key asked"))
+    }
+
+    /// Loads counters from the store, within the load timeout.
+    async fn load(
+        &self,
+        keys: &[tally_crdt::CounterKey],
+    ) -> Result<Vec<store::StoredCounter>, StoreError> {
+        tokio::time::timeout(self.load_timeout, self.store.load(keys))
+            .await
+            .map_err(|_| StoreError::TimedOut(self.load_timeout))?
     }
 
     /// Resets or deletes a counter in the store, then in the cache (other mergers hear of
@@ -244,6 +257,7 @@ impl Merger {
             token,
             read_token,
             admin_token,
+            load_timeout: config.request_timeout,
         }));
         Ok(Merger {
             state,

@@ -18,7 +18,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use axum::body::Bytes;
 
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
@@ -66,6 +68,9 @@ pub struct Counter {
     updated_at: Option<Timestamp>,
     /// Read since the clock hand last passed.
     referenced: AtomicBool,
+    /// Its public read's JSON body, made at the first read after a change: the hot read path
+    /// then clones bytes instead of writing JSON (cleared by every change).
+    rendered: OnceLock<Bytes>,
 }
 
 impl Counter {
@@ -89,6 +94,16 @@ impl Counter {
     pub fn updated_at(&self) -> Option<Timestamp> {
         self.updated_at
     }
+    /// Its public read's body: `render`'s output, kept until the counter next changes.
+    pub fn rendered(&self, render: impl FnOnce(&Counter) -> Vec<u8>) -> Bytes {
+        if std::ptr::eq(self, &NOBODY) {
+            return Bytes::from(render(self));
+        }
+        self.rendered
+            .get_or_init(|| Bytes::from(render(self)))
+            .clone()
+    }
+
     /// `replica`'s live slot (zero for none, or a retired one).
     pub fn slot(&self, replica: ReplicaId) -> SlotTotals {
         self.slots
@@ -111,6 +126,7 @@ impl Counter {
     /// retirements decides which replicas are live, and its bases stand (a live slot it
     /// lacks, committed after it was read, comes back with that replica's next sync).
     fn merge_stored(&mut self, stored: StoredCounter) {
+        self.rendered.take();
         for slot in &stored.slots {
             self.touched(Some(&Arc::from(slot.region.as_str())), slot.at);
         }
@@ -185,6 +201,7 @@ impl Counter {
 
     /// Folds `replica`'s final slot (as the store folded it) into its region's base.
     fn fold(&mut self, replica: ReplicaId, region: &Arc<str>, totals: SlotTotals) {
+        self.rendered.take();
         self.slots.remove(&replica);
         let base = self.bases.entry(Arc::clone(region)).or_default();
         base.p += u128::from(totals.p);
@@ -237,6 +254,7 @@ impl Counter {
 
     /// Records a sync at `at` (of `region`, when known).
     fn touched(&mut self, region: Option<&Arc<str>>, at: Timestamp) {
+        self.rendered.take();
         if let Some(region) = region {
             let share = self.regions.entry(Arc::clone(region)).or_default();
             share.last_sync = share.last_sync.max(at);
@@ -247,6 +265,7 @@ impl Counter {
     /// Sums, region shares and replica count from the slots, bases and cuts (last syncs are
     /// kept).
     fn recompute(&mut self) {
+        self.rendered.take();
         let mut totals = GlobalTotals::default();
         let mut shares: BTreeMap<Arc<str>, GlobalTotals> = BTreeMap::new();
         for slot in self.slots.values() {
@@ -289,6 +308,25 @@ impl Counter {
     }
 }
 
+/// What a counter nobody has hit reads as (shared, so never given a rendered body).
+static NOBODY: Counter = Counter {
+    slots: BTreeMap::new(),
+    bases: BTreeMap::new(),
+    folds: 0,
+    epoch: Epoch {
+        number: 0,
+        deleted: false,
+        at: None,
+    },
+    cuts: BTreeMap::new(),
+    totals: GlobalTotals { p: 0, n: 0 },
+    regions: BTreeMap::new(),
+    replicas: 0,
+    updated_at: None,
+    referenced: AtomicBool::new(false),
+    rendered: OnceLock::new(),
+};
+
 /// The counters held, as a closure sees them.
 #[derive(Debug, Clone, Copy)]
 pub struct Held<'a>(&'a Merged);
@@ -297,22 +335,6 @@ impl<'a> Held<'a> {
     /// The counter `key`. Every key the call was made for is held; any other reads as a
     /// counter nobody has hit.
     pub fn counter(&self, key: &CounterKey) -> &'a Counter {
-        static NOBODY: Counter = Counter {
-            slots: BTreeMap::new(),
-            bases: BTreeMap::new(),
-            folds: 0,
-            epoch: Epoch {
-                number: 0,
-                deleted: false,
-                at: None,
-            },
-            cuts: BTreeMap::new(),
-            totals: GlobalTotals { p: 0, n: 0 },
-            regions: BTreeMap::new(),
-            replicas: 0,
-            updated_at: None,
-            referenced: AtomicBool::new(false),
-        };
         self.0.counters.get(key).unwrap_or(&NOBODY)
     }
 }
@@ -330,6 +352,29 @@ struct Merged {
     /// cache's capacity (beyond, a point is dropped and counted), so the due set is bounded
     /// by the setting like the cache, and writing a point never loads a counter.
     evicted_due: HashMap<CounterKey, Point>,
+    /// Per region, the syncs this merger process committed since it started (for
+    /// `GET /v1/regions`): not stored, not loaded, not heard from other mergers.
+    regions: BTreeMap<Arc<str>, RegionSyncs>,
+}
+
+/// One region's syncs as this merger process committed them.
+#[derive(Debug, Default)]
+struct RegionSyncs {
+    /// The latest commit that raised a slot of one of its replicas.
+    last_sync: Timestamp,
+    /// Its replicas that raised a slot here, less those retired here since.
+    replicas: HashSet<ReplicaId>,
+}
+
+/// A region's freshness as this merger process saw it (see [`Db::regions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionSeen {
+    /// The region.
+    pub region: Arc<str>,
+    /// The latest commit that raised a slot of one of its replicas.
+    pub last_sync: Timestamp,
+    /// Its replicas that raised a slot through this merger and were not retired through it.
+    pub replicas: usize,
 }
 
 /// A history point due: a counter's totals and the epoch they belong to.
@@ -462,12 +507,18 @@ impl Db {
     ) -> R {
         let mut merged = self.write_lock();
         for s in slots {
+            let region = region_of(s.replica);
+            if !region.is_empty() {
+                let seen = merged.regions.entry(Arc::clone(&region)).or_default();
+                seen.last_sync = seen.last_sync.max(s.at);
+                seen.replicas.insert(s.replica);
+            }
             let Some(counter) = merged.counters.get_mut(&s.key) else {
                 // Pinned counters are held; a counter that is not is no longer complete in
                 // memory, so it must not be patched: its next read loads it whole.
                 continue;
             };
-            if counter.merge_slot(s.replica, &region_of(s.replica), s.totals, s.at) {
+            if counter.merge_slot(s.replica, &region, s.totals, s.at) {
                 merged.snapshot_due.insert(s.key.clone());
             }
         }
@@ -482,6 +533,9 @@ impl Db {
     pub fn apply_retire(&self, replica: ReplicaId, retired: &crate::store::Retired) {
         let region: Arc<str> = Arc::from(retired.region.as_str());
         let mut merged = self.write_lock();
+        if let Some(seen) = merged.regions.get_mut(&region) {
+            seen.replicas.remove(&replica);
+        }
         for folded in &retired.folded {
             if let Some(counter) = merged.counters.get_mut(&folded.key) {
                 counter.fold(replica, &region, folded.totals);
@@ -556,6 +610,21 @@ impl Db {
             }
         }
         due
+    }
+
+    /// Per region (in name order), the latest commit of this merger process that raised a
+    /// slot of its replicas, and how many replicas did. Kept in memory only: empty after a
+    /// start until syncs come, and with several mergers each knows the syncs it committed.
+    pub fn regions(&self) -> Vec<RegionSeen> {
+        self.read_lock()
+            .regions
+            .iter()
+            .map(|(region, seen)| RegionSeen {
+                region: Arc::clone(region),
+                last_sync: seen.last_sync,
+                replicas: seen.replicas.len(),
+            })
+            .collect()
     }
 
     /// Drops counters from the cache (unless pinned): their next read loads them whole.
@@ -740,6 +809,31 @@ mod tests {
             assert_eq!((c.replicas(), c.updated_at()), (2, Some(ms(13))));
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_rendered_body_is_kept_until_the_counter_changes_and_never_shared() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.pin(&x);
+        db.insert_pinned(&x, vec![stored("x", &[(1, "eu", 5, 0)])]);
+        let render = |c: &Counter| c.totals().p.to_string().into_bytes();
+        let body = |db: &Db| {
+            db.read(&x, |h| h.counter(&key("x")).rendered(render))
+                .unwrap()
+        };
+        assert_eq!(&body(&db)[..], b"5");
+        // Kept: the same bytes, not made again.
+        let kept = db.read(&x, |h| h.counter(&key("x")).rendered(|_| unreachable!()));
+        assert_eq!(&kept.unwrap()[..], b"5");
+        db.apply_commit(&[slot("x", 2, 3, 0, 20)], |_| Arc::from("us"), |_| ());
+        assert_eq!(&body(&db)[..], b"8", "a change drops the kept body");
+        // Keys not held read as the one shared empty counter, which keeps no body.
+        db.with_held(|h| {
+            let unknown = h.counter(&key("nobody"));
+            assert_eq!(&unknown.rendered(|_| b"a".to_vec())[..], b"a");
+            assert_eq!(&unknown.rendered(|_| b"b".to_vec())[..], b"b");
+        });
     }
 
     #[test]

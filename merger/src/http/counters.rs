@@ -125,23 +125,25 @@ pub struct Point {
     epoch: u64,
 }
 
-/// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and one serialization.
+/// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and, unless the counter
+/// changed since its last read, no serialization (the body is kept with the counter).
 pub async fn read(
     State(app): State<AppState>,
     CounterPath(key): CounterPath,
 ) -> Result<Response, AppError> {
     let body = app
         .read_through(std::slice::from_ref(&key), |held| {
-            let counter = held.counter(&key);
-            let view = CounterView {
-                id: key.id(),
-                count: count(counter.totals()),
-                epoch: counter.epoch().number,
-                updated_at: counter.updated_at(),
-                regions: RegionsView(counter.regions()),
-                replicas: counter.replicas(),
-            };
-            serde_json::to_vec(&view).expect("a view of strings and integers serializes")
+            held.counter(&key).rendered(|counter| {
+                let view = CounterView {
+                    id: key.id(),
+                    count: count(counter.totals()),
+                    epoch: counter.epoch().number,
+                    updated_at: counter.updated_at(),
+                    regions: RegionsView(counter.regions()),
+                    replicas: counter.replicas(),
+                };
+                serde_json::to_vec(&view).expect("a view of strings and integers serializes")
+            })
         })
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

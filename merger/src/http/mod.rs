@@ -34,6 +34,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
 use tower::util::MapResponseLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -76,9 +77,11 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v1/{namespace}", get(counters::list))
         .route("/v1/{namespace}/{id}/history", get(counters::history))
         .route("/metrics", get(health::metrics))
-        .route_layer(read_guard())
-        .route("/v1/{namespace}/{id}", single);
-    let router = Router::new()
+        .route_layer(read_guard());
+    // Routes that read a body, or wait for the commit task or the store: bounded in body size
+    // and time. (Each `Router::layer` boxes every route it wraps once more, and each box is a
+    // clone and an allocation per request: the hot read path below has none of these.)
+    let bounded = Router::new()
         .route(
             "/v1/sync",
             post(sync::sync).route_layer(from_fn_with_state(
@@ -102,22 +105,22 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         )
         .merge(guarded)
         .merge(admin)
-        .route("/", get(dashboard::page))
-        .route("/healthz", get(health::alive))
-        .route("/readyz", get(health::ready))
-        .fallback(|| async { AppError::NotFound })
-        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        // Outermost last: errors from every layer below get the JSON shape and are counted.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
-        ))
+        ));
+    // The single-counter read (from memory; a cache miss bounds its store query itself, see
+    // `Shared::read_through`), the page and the probes: no body, no wait.
+    let router = Router::new()
+        .route("/v1/{namespace}/{id}", single)
+        .route("/", get(dashboard::page))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .merge(bounded)
+        .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state);
     // Request tracing logs at DEBUG: skip its per-request cost (about 6% of read throughput)
     // unless that level is enabled for it.
@@ -126,7 +129,16 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     } else {
         router
     };
-    router.layer(MapResponseLayer::new(move |response| {
-        json_errors(&metrics, response)
-    }))
+    // Around everything, as one statically typed stack (no per-route boxing). Outermost
+    // first: errors from every layer below get the JSON shape and are counted.
+    let service = ServiceBuilder::new()
+        .layer(MapResponseLayer::new(move |response| {
+            json_errors(&metrics, response)
+        }))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .service(router);
+    Router::new().fallback_service(service)
 }

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// Applying the schema migrations failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// A stored value is not what the schema promises (hand-edited or damaged database).
     #[error("corrupt row in {table}: {detail}")]
     Corrupt {
