@@ -11,6 +11,9 @@
 #   apt       postgresql (Debian's package: initdb, pg_ctl, psql), for the merger's Postgres
 #             store; the tests start throwaway clusters of their own (tests/src/postgres.rs),
 #             never the system one. Needs root; TALLY_NO_POSTGRES=1 skips it (and those tests)
+#   apt       chromium-headless-shell (Debian's package: /usr/bin/chromium-headless-shell), the
+#             browser the dashboard's test drives through playwright-core (tests/browser/).
+#             Needs root; TALLY_NO_BROWSER=1 skips it (and that test)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -73,6 +76,24 @@ if ! have_postgres; then
     have_postgres || die "postgresql is installed, yet no initdb under /usr/lib/postgresql/*/bin"
   else
     die "Postgres is missing (no initdb under /usr/lib/postgresql/*/bin or on PATH) and installing it needs root: run this script as root, or install it yourself (sudo apt-get install postgresql), or set TALLY_NO_POSTGRES=1 to skip the Postgres tests"
+  fi
+fi
+
+# --- Headless Chromium for the dashboard's browser test (tests/tests/dashboard.rs). Debian's
+# package, not a browser download of playwright's own (which needs more than the registries).
+have_chromium() {
+  [ -x /usr/bin/chromium-headless-shell ] || command -v chromium-headless-shell >/dev/null
+}
+if ! have_chromium; then
+  if [ "${TALLY_NO_BROWSER:-}" = 1 ]; then
+    log "chromium-headless-shell is missing; skipping it (TALLY_NO_BROWSER=1: the browser test skips too)"
+  elif [ "$(id -u)" -eq 0 ]; then
+    log "installing chromium-headless-shell (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium-headless-shell
+    have_chromium || die "chromium-headless-shell is installed, yet there is no /usr/bin/chromium-headless-shell"
+  else
+    die "chromium-headless-shell is missing and installing it needs root: run this script as root, or install it yourself (sudo apt-get install chromium-headless-shell), or set TALLY_NO_BROWSER=1 to skip the dashboard's browser test"
   fi
 fi
 

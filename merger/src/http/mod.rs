@@ -7,6 +7,7 @@
 //! | `POST /v1/retire` | [`retire`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
 //! | `POST /v1/{counters,gauges}/{id}/reset`, `DELETE /v1/{counters,gauges}/{id}` | [`admin`] |
+//! | `GET /v1/regions` | [`regions`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
 //!
@@ -22,6 +23,7 @@ pub mod extract;
 pub mod health;
 pub mod protocol;
 pub mod read;
+pub mod regions;
 pub mod retire;
 pub mod sync;
 
@@ -74,6 +76,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             access::require_admin_token,
         ));
     let guarded = Router::new()
+        .route("/v1/regions", get(regions::list))
         .route("/v1/{namespace}", get(counters::list))
         .route("/v1/{namespace}/{id}/history", get(counters::history))
         .route("/metrics", get(health::metrics))

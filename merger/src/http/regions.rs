@@ -1,0 +1,50 @@
+//! `GET /v1/regions`: each edge region's freshness, for the dashboard's region view.
+//!
+//! Per region: the last time a sync from one of its replicas raised a slot (`last_sync`) and
+//! how many of its replicas did (`replicas`), with the merger's clock (`now`) so a client
+//! computes ages without trusting its own clock. It is what this merger process committed
+//! since it started ([`crate::state::Db::regions`]), kept in memory: after a restart a region
+//! appears again with its next sync, and behind a load balancer each merger answers for the
+//! syncs it committed. A sync that raises nothing (a retry, an anti-entropy pass of totals
+//! already held) does not move `last_sync`.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use tally_crdt::Timestamp;
+
+use crate::AppState;
+use crate::commit::now;
+
+/// The answer: regions in name order.
+#[derive(Debug, Serialize)]
+pub struct Regions {
+    /// The merger's clock when it answered.
+    now: Timestamp,
+    items: Vec<RegionItem>,
+}
+
+/// One region.
+#[derive(Debug, Serialize)]
+pub struct RegionItem {
+    region: String,
+    /// The latest sync of one of its replicas that raised a slot.
+    last_sync: Timestamp,
+    /// Its replicas that raised a slot through this merger and are not retired.
+    replicas: usize,
+}
+
+/// `GET /v1/regions` (read token).
+pub async fn list(State(app): State<AppState>) -> Json<Regions> {
+    let items = app
+        .db
+        .regions()
+        .into_iter()
+        .map(|seen| RegionItem {
+            region: seen.region.to_string(),
+            last_sync: seen.last_sync,
+            replicas: seen.replicas,
+        })
+        .collect();
+    Json(Regions { now: now(), items })
+}
