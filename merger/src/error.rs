@@ -28,7 +28,7 @@ pub enum AppError {
     MissingAdminToken,
     /// An admin request to a merger started without `--admin-token`.
     #[error(
-        "the admin API is off: start the merger with --admin-token to reset or delete counters"
+        "the admin API is off: start the merger with --admin-token to reset, delete or import counters"
     )]
     AdminDisabled,
     /// A reset or delete for an epoch the counter is no longer at (someone reset it since,
@@ -39,6 +39,22 @@ pub enum AppError {
         expected: u64,
         /// The counter's epoch.
         current: u64,
+    },
+    /// An import whose value cannot be one (a negative count for a counter, a half past
+    /// `u64::MAX`).
+    #[error("invalid import: {0}")]
+    InvalidImport(String),
+    /// An import id that already brought another value into this counter.
+    #[error(
+        "import {name:?} already brought {existing} into this counter, not {asked}: nothing was changed"
+    )]
+    ImportConflict {
+        /// The import id.
+        name: String,
+        /// The value it brought then.
+        existing: i128,
+        /// The value asked now.
+        asked: i128,
     },
     /// A bearer token that is not the one the route needs.
     #[error("invalid bearer token")]
@@ -91,7 +107,8 @@ impl AppError {
         use tally_crdt::Error as E;
         match self {
             AppError::AdminDisabled => StatusCode::FORBIDDEN,
-            AppError::EpochChanged { .. } => StatusCode::CONFLICT,
+            AppError::EpochChanged { .. } | AppError::ImportConflict { .. } => StatusCode::CONFLICT,
+            AppError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::MissingToken
             | AppError::MissingReadToken
             | AppError::MissingAdminToken
@@ -120,6 +137,8 @@ impl AppError {
             }
             AppError::AdminDisabled => "admin_disabled",
             AppError::EpochChanged { .. } => "epoch_changed",
+            AppError::InvalidImport(_) => "invalid_import",
+            AppError::ImportConflict { .. } => "import_conflict",
             AppError::InvalidToken => "invalid_token",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::InvalidBody(e) | AppError::InvalidId(e) => e.code(),

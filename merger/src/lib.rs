@@ -31,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod peers;
 pub mod state;
@@ -129,6 +130,20 @@ impl Shared {
             .db
             .fill(keys, keys, loaded, &f)
             .expect("a fill of every key asked holds every key asked"))
+    }
+
+    /// Imports a value into a counter in the store, then into the cache (other mergers hear
+    /// of it through the store's watch).
+    pub async fn import(
+        &self,
+        key: &tally_crdt::CounterKey,
+        request: &store::ImportRequest,
+    ) -> Result<store::ImportOutcome, StoreError> {
+        let outcome = self.store.import(key, request).await?;
+        if let store::ImportOutcome::Imported(counter) = &outcome {
+            self.db.apply_import(counter.clone());
+        }
+        Ok(outcome)
     }
 
     /// Loads counters from the store, within the load timeout.

@@ -1,10 +1,13 @@
 //! `tally-merger`: parses the configuration, binds, and serves until SIGINT or SIGTERM;
-//! `tally-merger backup` writes a backup of the store ([`tally_merger::backup`]) and exits.
+//! `tally-merger backup` writes a backup of the store ([`tally_merger::backup`]) and exits;
+//! `tally-merger import` brings starting values into a running merger
+//! ([`tally_merger::import`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tally_merger::backup::BackupArgs;
+use tally_merger::import::ImportArgs;
 use tally_merger::{Config, Merger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -27,6 +30,11 @@ enum Command {
     /// SQLite: `VACUUM INTO` while the merger runs; Postgres: `pg_dump --format=custom` while
     /// the mergers run. Restoring is in docs/deployment.md, "Backups and restore".
     Backup(BackupArgs),
+    /// Imports starting values (CSV or JSON lines) into a running merger, and exits.
+    ///
+    /// Each line is one counter's value under an import id; re-running a file changes
+    /// nothing. Non-zero exit if a line failed or conflicted. Format in docs/protocol.md.
+    Import(ImportArgs),
 }
 
 #[tokio::main]
@@ -34,6 +42,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Backup(args)) => backup(&args).await,
+        Some(Command::Import(args)) => import(&args).await,
         None => serve(cli.serve).await,
     }
 }
@@ -44,6 +53,24 @@ async fn backup(args: &BackupArgs) -> ExitCode {
         Ok(written) => {
             println!("{written}");
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tally-merger import`: the lines not imported on standard error, then the summary.
+async fn import(args: &ImportArgs) -> ExitCode {
+    match args.run().await {
+        Ok(summary) => {
+            println!("{summary}");
+            if summary.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

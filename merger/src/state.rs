@@ -561,6 +561,17 @@ impl Db {
         }
     }
 
+    /// Applies an import the store committed: a held counter merges the import's new slot
+    /// (as any load), and is due a history point.
+    pub fn apply_import(&self, stored: StoredCounter) {
+        let mut merged = self.write_lock();
+        let key = stored.key.clone();
+        if let Some(counter) = merged.counters.get_mut(&key) {
+            counter.merge_stored(stored);
+            merged.snapshot_due.insert(key);
+        }
+    }
+
     /// Unpins after a failed commit.
     pub fn unpin(&self) {
         let mut merged = self.write_lock();

@@ -10,7 +10,8 @@ use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::{
-    ReplicaRow, ResetOutcome, ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter,
+    ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome, ResetRequest, SlotRow, SnapshotRow,
+    Store, StoredCounter,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -810,6 +811,53 @@ async fn a_reset_cuts_the_sums_every_merger_sees_it_and_old_epochs_stay_out() {
             .await
             .expect("reset"),
         ResetOutcome::Unknown
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn imports_of_one_id_from_two_mergers_at_once_keep_one_slot() {
+    let Some(pg) = cluster("imports_of_one_id_from_two_mergers").await else {
+        return;
+    };
+    let url = pg.create_database("imports").await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let x = g("x");
+    let request = |p| ImportRequest {
+        name: "ga-2025".into(),
+        totals: SlotTotals { p, n: 0 },
+        at: at(10),
+    };
+    let forty = request(40);
+    let (one, two) = tokio::join!(a.import(&x, &forty), b.import(&x, &forty));
+    let outcomes = [one.expect("import"), two.expect("import")];
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, ImportOutcome::Imported(_)))
+        .count();
+    assert_eq!(created, 1, "{outcomes:?}");
+    for outcome in &outcomes {
+        let (ImportOutcome::Imported(c) | ImportOutcome::Unchanged(c)) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(c.totals(), GlobalTotals { p: 40, n: 0 });
+    }
+    assert_eq!(
+        pg.psql(
+            &url,
+            "SELECT count(*) FROM replicas WHERE region = 'import'"
+        )
+        .await
+        .trim(),
+        "1",
+        "the losing merger's replica is gone"
+    );
+    assert_eq!(
+        b.import(&x, &request(41)).await.expect("import"),
+        ImportOutcome::Conflict {
+            existing: SlotTotals { p: 40, n: 0 }
+        }
     );
     a.close().await;
     b.close().await;

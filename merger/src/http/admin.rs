@@ -8,7 +8,12 @@
 //! what the merger had counted, which it answers as `removed`. A delete is a reset that also
 //! deletes the counter's history and hides it from the lists until it is hit again.
 //!
-//! `?epoch=N` makes either conditional: done only if the counter is still at epoch `N`, else
+//! `POST /v1/{namespace}/{id}/import` brings a starting value from another system: the
+//! import id's own replica gets the value as its slot of the counter, so it adds to whatever
+//! the edge counts, and re-running the import changes nothing (the same id with another value
+//! is `409 import_conflict`).
+//!
+//! `?epoch=N` makes either reset conditional: done only if the counter is still at epoch `N`, else
 //! `409 epoch_changed` and nothing changes. A client that retries a reset whose answer it
 //! lost sends the epoch it saw, so the retry cannot reset a second time.
 
@@ -16,14 +21,15 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use tally_crdt::{Count, Timestamp};
+use tally_crdt::{Count, CounterKind, SlotTotals, Timestamp, check_counter_id};
 
 use crate::AppState;
 use crate::commit::now;
 use crate::error::AppError;
 use crate::http::counters::count;
 use crate::http::extract::CounterPath;
-use crate::store::{ResetOutcome, ResetRequest};
+use crate::http::protocol::{Decode, Protocol};
+use crate::store::{ImportOutcome, ImportRequest, ResetOutcome, ResetRequest};
 
 /// Query of both routes.
 #[derive(Debug, Deserialize)]
@@ -110,4 +116,85 @@ async fn apply(
             current,
         }),
     }
+}
+
+/// The body of an import: `{"import": "<import id>", "count": <value>}`, the value a JSON
+/// integer or a decimal string (past 2^53).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// The import id: the rules of a counter id (1-128 of `A-Z a-z 0-9 - _ . :`).
+    import: String,
+    /// The value to bring in.
+    count: Count,
+}
+
+impl Decode for ImportBody {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        let body: ImportBody = serde_json::from_slice(body)
+            .map_err(|e| tally_crdt::Error::Malformed(e.to_string()))?;
+        check_counter_id(&body.import)?;
+        Ok(body)
+    }
+}
+
+/// What an import answers.
+#[derive(Debug, Serialize)]
+pub struct Imported {
+    id: String,
+    import: String,
+    /// The value this import brought into the counter.
+    imported: Count,
+    /// Whether this request brought it (`false`: an earlier run of the same import had).
+    created: bool,
+    /// The counter's count now.
+    count: Count,
+}
+
+/// `POST /v1/{namespace}/{id}/import` with `{"import", "count"}`.
+pub async fn import(
+    State(app): State<AppState>,
+    CounterPath(key): CounterPath,
+    body: Result<Protocol<ImportBody>, AppError>,
+) -> Result<Json<Imported>, AppError> {
+    let Protocol(body) = body?;
+    let value = body.count.0;
+    let magnitude = u64::try_from(value.unsigned_abs()).map_err(|_| {
+        AppError::InvalidImport(format!("{value} is beyond what one slot holds (2^64 - 1)"))
+    })?;
+    let totals = match (key.kind(), value >= 0) {
+        (_, true) => SlotTotals { p: magnitude, n: 0 },
+        (CounterKind::Pn, false) => SlotTotals { p: 0, n: magnitude },
+        (CounterKind::G, false) => {
+            return Err(AppError::InvalidImport(format!(
+                "{value} is negative: a counter only grows (import it into a gauge)"
+            )));
+        }
+    };
+    let request = ImportRequest {
+        name: body.import.clone(),
+        totals,
+        at: now(),
+    };
+    let (counter, created) = match app.import(&key, &request).await? {
+        ImportOutcome::Imported(counter) => (counter, true),
+        ImportOutcome::Unchanged(counter) => (counter, false),
+        ImportOutcome::Conflict { existing } => {
+            return Err(AppError::ImportConflict {
+                name: body.import,
+                existing: existing.value(),
+                asked: value,
+            });
+        }
+    };
+    if created {
+        tracing::info!(counter = %key, import = %body.import, value, "imported");
+    }
+    Ok(Json(Imported {
+        id: key.id().to_owned(),
+        import: body.import,
+        imported: Count(value),
+        created,
+        count: count(counter.totals()),
+    }))
 }

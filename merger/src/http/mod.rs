@@ -6,7 +6,7 @@
 //! | `POST /v1/read` | [`read`] |
 //! | `POST /v1/retire` | [`retire`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
-//! | `POST /v1/{counters,gauges}/{id}/reset`, `DELETE /v1/{counters,gauges}/{id}` | [`admin`] |
+//! | `POST /v1/{counters,gauges}/{id}/{reset,import}`, `DELETE /v1/{counters,gauges}/{id}` | [`admin`] |
 //! | `GET /v1/regions` | [`regions`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
@@ -70,6 +70,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     };
     let admin = Router::new()
         .route("/v1/{namespace}/{id}/reset", post(admin::reset))
+        .route("/v1/{namespace}/{id}/import", post(admin::import))
         .route("/v1/{namespace}/{id}", axum::routing::delete(admin::delete))
         .route_layer(from_fn_with_state(
             state.clone(),

@@ -261,6 +261,34 @@ pub struct Retired {
     pub folded: Vec<FoldedSlot>,
 }
 
+/// What an import asks for: the value `totals` for one counter, under `name`.
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    /// The import id (a counter id's rules).
+    pub name: String,
+    /// The value as slot halves: a count `c` is `p = c` for `c >= 0`, `n = -c` below.
+    pub totals: SlotTotals,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The value is now the import's slot of the counter, as stored after it.
+    Imported(StoredCounter),
+    /// The import had already brought this very value into the counter: nothing changed.
+    Unchanged(StoredCounter),
+    /// The import had brought another value into the counter: nothing changed.
+    Conflict {
+        /// The value it brought then.
+        existing: SlotTotals,
+    },
+}
+
+/// The region of every import's replica.
+pub const IMPORT_REGION: &str = "import";
+
 /// What a commit tells the merger back.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
@@ -304,6 +332,15 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         key: &CounterKey,
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError>;
+
+    /// Imports a value into `key`, in one transaction: the import's replica (created on its
+    /// first use, region [`IMPORT_REGION`]) gets the value as its slot of the counter, unless
+    /// it has one: the same value changes nothing, another is a conflict.
+    async fn import(
+        &self,
+        key: &CounterKey,
+        request: &ImportRequest,
+    ) -> Result<ImportOutcome, StoreError>;
 
     /// The counters asked for that have a slot or a base, each whole; the others are left out
     /// of the answer.
@@ -589,6 +626,14 @@ pub fn new_cuts(counter: &StoredCounter) -> Vec<(String, GlobalTotals)> {
     sums.into_iter()
         .map(|(region, t)| (region.to_owned(), t))
         .collect()
+}
+
+/// A fresh replica id for an import's slots: random, like an edge incarnation's, so it never
+/// names another replica.
+pub fn import_replica() -> ReplicaId {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    ReplicaId::from_u128(u128::from_le_bytes(bytes).max(1))
 }
 
 /// An expected epoch as a query parameter: one past `i64::MAX` matches no stored epoch.

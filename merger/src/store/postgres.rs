@@ -52,8 +52,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::{
-    Committed, FoldedSlot, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow,
-    Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome,
+    ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode,
+    encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -434,6 +435,116 @@ impl Store for PostgresStore {
         tx.commit().await?;
         // Loaded after the epoch's update: `counter.epoch` is the new one already.
         Ok(ResetOutcome::Done { counter, removed })
+    }
+
+    /// Two mergers importing the same new id at once each create a replica; the `imports`
+    /// row decides which one the import keeps (the other is deleted in the same transaction),
+    /// and the slot's primary key decides the value.
+    async fn import(
+        &self,
+        key: &CounterKey,
+        request: &ImportRequest,
+    ) -> Result<ImportOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .execute(&mut *tx)
+            .await?;
+        let counter: i64 =
+            sqlx::query_scalar("SELECT id FROM counters WHERE kind = $1 AND name = $2")
+                .bind(key.kind().as_str())
+                .bind(key.id())
+                .fetch_one(&mut *tx)
+                .await?;
+        let found: Option<i64> = sqlx::query_scalar("SELECT replica FROM imports WHERE name = $1")
+            .bind(&request.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let replica = match found {
+            Some(replica) => replica,
+            None => {
+                let at = request.at.unix_ms();
+                let ours: i64 = sqlx::query_scalar(
+                    "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+                     VALUES ($1, $2, $3, $3) RETURNING id",
+                )
+                .bind(super::import_replica().to_string())
+                .bind(IMPORT_REGION)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO imports (name, replica, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&request.name)
+                .bind(ours)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                let kept: i64 = sqlx::query_scalar("SELECT replica FROM imports WHERE name = $1")
+                    .bind(&request.name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if kept != ours {
+                    sqlx::query("DELETE FROM replicas WHERE id = $1")
+                        .bind(ours)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                kept
+            }
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO slots (counter, replica, p, n, updated_at) \
+             VALUES ($1, $2, $3::numeric, $4::numeric, $5) \
+             ON CONFLICT (counter, replica) DO NOTHING",
+        )
+        .bind(counter)
+        .bind(replica)
+        .bind(request.totals.p.to_string())
+        .bind(request.totals.n.to_string())
+        .bind(request.at.unix_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let row = sqlx::query(
+                "SELECT p::text AS p, n::text AS n FROM slots WHERE counter = $1 AND replica = $2",
+            )
+            .bind(counter)
+            .bind(replica)
+            .fetch_one(&mut *tx)
+            .await?;
+            let existing = SlotTotals {
+                p: decode("slots", row.try_get("p")?)?,
+                n: decode("slots", row.try_get("n")?)?,
+            };
+            if existing != request.totals {
+                return Ok(ImportOutcome::Conflict { existing });
+            }
+        }
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
+        ))
+        .bind(counter)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = super::counters_of(&rows)?
+            .pop()
+            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
+        if inserted {
+            let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
+            notify(&mut tx, &self.origin, &changed).await?;
+        }
+        tx.commit().await?;
+        Ok(if inserted {
+            ImportOutcome::Imported(stored)
+        } else {
+            ImportOutcome::Unchanged(stored)
+        })
     }
 
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {

@@ -17,8 +17,9 @@ use tally_crdt::{CounterKey, CounterKind, ReplicaId, SlotTotals, Timestamp};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Committed, FoldedSlot, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow,
-    Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome,
+    ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode,
+    encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -362,6 +363,100 @@ impl Store for SqliteStore {
         tx.commit().await?;
         // Loaded after the epoch's update: `counter.epoch` is the new one already.
         Ok(ResetOutcome::Done { counter, removed })
+    }
+
+    async fn import(
+        &self,
+        key: &CounterKey,
+        request: &ImportRequest,
+    ) -> Result<ImportOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: the transaction holds the write lock from here on.
+        sqlx::query(
+            "INSERT INTO counters (kind, name) VALUES (?1, ?2) ON CONFLICT (kind, name) DO NOTHING",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .execute(&mut *tx)
+        .await?;
+        let counter: i64 =
+            sqlx::query_scalar("SELECT id FROM counters WHERE kind = ?1 AND name = ?2")
+                .bind(key.kind().as_str())
+                .bind(key.id())
+                .fetch_one(&mut *tx)
+                .await?;
+        let found: Option<i64> = sqlx::query_scalar("SELECT replica FROM imports WHERE name = ?1")
+            .bind(&request.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let replica = match found {
+            Some(replica) => replica,
+            None => {
+                let at = request.at.unix_ms();
+                let replica: i64 = sqlx::query_scalar(
+                    "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+                     VALUES (?1, ?2, ?3, ?3) RETURNING id",
+                )
+                .bind(super::import_replica().to_string())
+                .bind(IMPORT_REGION)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO imports (name, replica, created_at) VALUES (?1, ?2, ?3)")
+                    .bind(&request.name)
+                    .bind(replica)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                replica
+            }
+        };
+        let existing = sqlx::query("SELECT p, n FROM slots WHERE counter = ?1 AND replica = ?2")
+            .bind(counter)
+            .bind(replica)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let imported = match existing {
+            Some(row) => {
+                let existing = SlotTotals {
+                    p: decode("slots", row.get("p"))?,
+                    n: decode("slots", row.get("n"))?,
+                };
+                if existing != request.totals {
+                    return Ok(ImportOutcome::Conflict { existing });
+                }
+                false
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO slots (counter, replica, p, n, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .bind(counter)
+                .bind(replica)
+                .bind(encode_u64(request.totals.p))
+                .bind(encode_u64(request.totals.n))
+                .bind(request.at.unix_ms())
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+        };
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = ?1) {PARTS_OF_K}"
+        ))
+        .bind(counter)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = super::counters_of(&rows)?
+            .pop()
+            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
+        tx.commit().await?;
+        Ok(if imported {
+            ImportOutcome::Imported(stored)
+        } else {
+            ImportOutcome::Unchanged(stored)
+        })
     }
 
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {

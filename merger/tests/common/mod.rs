@@ -44,8 +44,13 @@ impl TestMerger {
 
     /// Closes the merger (committing what is queued) and opens a new one on the same file.
     pub async fn reopen(self) -> TestMerger {
+        self.reopen_with(|_| {}).await
+    }
+
+    /// [`TestMerger::reopen`] with a configuration of its own.
+    pub async fn reopen_with(self, adjust: impl FnOnce(&mut Config)) -> TestMerger {
         self.merger.close().await;
-        Self::open_in(self.dir, |_| {}).await
+        Self::open_in(self.dir, adjust).await
     }
 
     /// Sends a request; returns the status and the body as JSON (`Value::Null` if empty or
