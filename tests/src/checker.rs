@@ -92,6 +92,8 @@ impl Tally {
 #[derive(Debug, Default)]
 pub struct Checker {
     tallies: Mutex<BTreeMap<String, Tally>>,
+    /// Acknowledged deltas per path and region (the merger's per-region breakdown).
+    regions: Mutex<BTreeMap<String, BTreeMap<String, i128>>>,
 }
 
 impl Checker {
@@ -124,6 +126,56 @@ impl Checker {
                 t.hits_unknown += 1;
             }
         }
+    }
+
+    /// Records one hit's outcome in `region` ([`Checker::record`], and the per-region sums
+    /// [`Checker::check_regions`] compares).
+    pub fn record_in(&self, path: &str, region: &str, delta: i64, outcome: &Outcome) {
+        self.record(path, delta, outcome);
+        if matches!(outcome, Outcome::Answered(200..=299, _)) {
+            let mut regions = self
+                .regions
+                .lock()
+                .expect("the checker lock is never poisoned");
+            *regions
+                .entry(path.to_owned())
+                .or_default()
+                .entry(region.to_owned())
+                .or_default() += i128::from(delta);
+        }
+    }
+
+    /// Compares the merger's per-region counts of every path with the acknowledged hits of
+    /// each region; meaningful once settled, and when no hit had an unknown outcome and no
+    /// reset happened. Returns the mismatches.
+    pub async fn check_regions(&self, merger: &str) -> Result<(), String> {
+        let client = reqwest::Client::new();
+        let regions = self
+            .regions
+            .lock()
+            .expect("the checker lock is never poisoned")
+            .clone();
+        let mut wrong = String::new();
+        for (path, acked) in &regions {
+            let (_, view) = get(&client, &format!("{merger}{}", merger_path(path))).await;
+            for (region, want) in acked {
+                let got = count_of(&view["regions"][region.as_str()]["count"]);
+                if got != Some(*want) {
+                    wrong.push_str(&format!(
+                        "{path} in {region}: merger {got:?}, acknowledged {want}\n"
+                    ));
+                }
+            }
+        }
+        if wrong.is_empty() { Ok(()) } else { Err(wrong) }
+    }
+
+    /// Hits not acknowledged so far (failed or unknown), over every path.
+    pub fn unacknowledged(&self) -> u64 {
+        self.tallies()
+            .values()
+            .map(|t| t.hits_failed + t.hits_unknown)
+            .sum()
     }
 
     /// Records a reset of `path` at the merger that removed `removed` (its answer's
@@ -180,7 +232,7 @@ impl Checker {
                                 }
                             }
                         };
-                        checker.record(path, delta, &outcome);
+                        checker.record_in(path, region, delta, &outcome);
                     }
                 })
             })
