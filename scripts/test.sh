@@ -23,7 +23,7 @@ step "edge worker build (worker-build, wasm32)" bash scripts/build-edge.sh
 # Unit tests, proptest laws, sync bodies, doctests, the merger in-process and as a binary
 # (kill -9 rounds), and end to end: the merger binary with the worker under wrangler dev.
 step "tests (native and end to end)" cargo test --workspace --all-features --locked
-step "benchmarks run once (test mode)" cargo test -p tally-crdt --bench merge --locked
+step "benchmarks run once (test mode)" cargo test -p tally-crdt --bench merge --bench hll --locked
 step "no_std build (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --locked
 step "no_std build with json (thumbv7em-none-eabihf)" cargo build -p tally-crdt --target thumbv7em-none-eabihf --no-default-features --features json --locked
 step "fuzz (bounded, 20 s per target; skipped without a nightly toolchain)" env FUZZ_SECONDS=20 bash scripts/fuzz.sh

@@ -101,6 +101,69 @@ pub enum Error {
     /// fields). The message is the decoder's.
     #[error("malformed body: {0}")]
     Malformed(String),
+    /// A HyperLogLog precision outside
+    /// [`MIN_PRECISION`](crate::HyperLogLog::MIN_PRECISION)`..=`[`MAX_PRECISION`](crate::HyperLogLog::MAX_PRECISION),
+    /// or a downsampling target above the sketch's own precision.
+    #[error(
+        "HyperLogLog precision {got} is not allowed here (precisions are {min}..={max}, and a \
+         sketch can only be downsampled to a lower one)",
+        min = crate::HyperLogLog::MIN_PRECISION,
+        max = crate::HyperLogLog::MAX_PRECISION
+    )]
+    HllInvalidPrecision {
+        /// The refused precision.
+        got: u8,
+    },
+    /// Two HyperLogLog sketches (or a sketch and a register list) of different precisions were
+    /// merged. Nothing is changed; [`downsample`](crate::HyperLogLog::downsample) the finer one
+    /// first if a coarser union is what is wanted.
+    #[error(
+        "HyperLogLog precisions differ: this sketch has {ours}, the other {theirs}; downsample \
+         the finer one first"
+    )]
+    HllPrecisionMismatch {
+        /// The precision of the sketch merged into.
+        ours: u8,
+        /// The precision of what was merged.
+        theirs: u8,
+    },
+    /// A HyperLogLog wire form of a version this side does not read.
+    #[error("HyperLogLog wire version {got} is not supported; this side reads version {supported}")]
+    HllUnsupportedVersion {
+        /// The version byte received.
+        got: u8,
+        /// The version this side reads and writes.
+        supported: u8,
+    },
+    /// A HyperLogLog wire form whose encoding byte is neither sparse (0) nor dense (1).
+    #[error("HyperLogLog encoding {got} is unknown: 0 is sparse, 1 is dense")]
+    HllUnknownEncoding {
+        /// The encoding byte received.
+        got: u8,
+    },
+    /// A HyperLogLog wire form of the wrong length: shorter than its 3-byte header, a sparse
+    /// body that is not whole 3-byte entries, or a dense body that is not exactly 3·2^p/4 bytes.
+    #[error("HyperLogLog wire form of {got} bytes has the wrong length for its header")]
+    HllBadLength {
+        /// The length received, header included.
+        got: usize,
+    },
+    /// A HyperLogLog register outside the sketch: an index at or past 2^p, or a rank above
+    /// 65 - p (the largest a 64-bit hash can give), or a rank 0 listed as a set register.
+    #[error("HyperLogLog register {index} with rank {rank} is out of range for this precision")]
+    HllRegisterOutOfRange {
+        /// The register index.
+        index: u32,
+        /// The rank (register value).
+        rank: u8,
+    },
+    /// A sparse HyperLogLog wire form whose register indexes are not strictly increasing
+    /// (unsorted, or a register listed twice).
+    #[error("sparse HyperLogLog register {index} is out of order or listed twice")]
+    HllUnsortedSparse {
+        /// The first index that is not greater than the one before it.
+        index: u32,
+    },
 }
 
 impl Error {
@@ -122,6 +185,13 @@ impl Error {
             Error::InvalidTime => "invalid_time",
             Error::InvalidKey => "invalid_key",
             Error::Malformed(_) => "malformed_body",
+            Error::HllInvalidPrecision { .. } => "hll_invalid_precision",
+            Error::HllPrecisionMismatch { .. } => "hll_precision_mismatch",
+            Error::HllUnsupportedVersion { .. } => "hll_unsupported_version",
+            Error::HllUnknownEncoding { .. } => "hll_unknown_encoding",
+            Error::HllBadLength { .. } => "hll_bad_length",
+            Error::HllRegisterOutOfRange { .. } => "hll_register_out_of_range",
+            Error::HllUnsortedSparse { .. } => "hll_unsorted_sparse",
         }
     }
 }

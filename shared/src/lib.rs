@@ -15,17 +15,21 @@
 //! - [`CounterKey`] (`key.rs`): which counter (kind + id), with its wire, path and storage
 //!   forms; [`Timestamp`] (`time.rs`): the one time type, with its one RFC 3339 form.
 //! - [`ReadRequest`], [`ReadResponse`] (`sync.rs`): the merger's batch read for the edge.
+//! - [`HyperLogLog`] (`hll.rs`): a mergeable sketch of distinct items (register-wise max),
+//!   sparse while small, with a compact wire form and register deltas for syncing.
 //! - [`Count`] (`count.rs`): a value as the public HTTP APIs write it (a JSON number below
 //!   2^53, a decimal string beyond).
-//! - `wasm.rs` (feature `wasm`): JavaScript bindings of the counters.
+//! - `wasm.rs` (feature `wasm`): JavaScript bindings of the counters and the sketch.
 //!
-//! `#![no_std]` with `alloc`; it needs only `serde` (and `thiserror` without std).
+//! `#![no_std]` with `alloc`; it needs only `serde` (and `thiserror` without std), plus three
+//! small no_std crates for the sketch: `xxhash-rust` (xxh3), `base64` and `libm` (`sqrt`).
 //!
 //! # Features
 //!
 //! - `json`: [`SyncRequest::from_json`], decoding and validation in one call (pulls in
 //!   `serde_json` without std).
-//! - `wasm`: wasm-bindgen bindings `GCounter` and `PNCounter` for JavaScript (implies `json`).
+//! - `wasm`: wasm-bindgen bindings `GCounter`, `PNCounter` and `HyperLogLog` for JavaScript
+//!   (implies `json`).
 //!
 //! # Examples
 //!
@@ -77,6 +81,7 @@ extern crate alloc;
 mod count;
 mod error;
 mod gcounter;
+mod hll;
 mod key;
 mod pncounter;
 mod replica;
@@ -89,6 +94,7 @@ pub mod wasm;
 pub use count::{Count, JSON_SAFE_MAX};
 pub use error::Error;
 pub use gcounter::GCounter;
+pub use hll::HyperLogLog;
 pub use key::CounterKey;
 pub use pncounter::PNCounter;
 pub use replica::ReplicaId;

@@ -1,18 +1,23 @@
-//! JavaScript bindings (feature `wasm`): the same counters, through wasm-bindgen.
+//! JavaScript bindings (feature `wasm`): the same counters and sketch, through wasm-bindgen.
 //!
 //! A thin layer with no logic of its own: replica ids are 32-hex-digit strings, amounts and
 //! slot totals are `BigInt`s (a JS number is exact only up to 2^53), values are `BigInt`s or
 //! decimal strings, errors are thrown as `Error` objects carrying the Rust message, and
-//! `toJSON`/`fromJSON` use the same JSON as the Rust side.
+//! `toJSON`/`fromJSON` use the same JSON as the Rust side. A `HyperLogLog`'s wire form
+//! crosses as a `Uint8Array`.
 //!
 //! ```js
-//! import { GCounter } from "tally-crdt";
+//! import { GCounter, HyperLogLog } from "tally-crdt";
 //! const c = new GCounter();
 //! c.increment("0000000000000000000000000000002a", 1n);
 //! c.valueString(); // "1"
+//! const visitors = new HyperLogLog(); // precision 12
+//! visitors.insert("203.0.113.7");
+//! visitors.estimate(); // 1n
 //! ```
 
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
 use wasm_bindgen::prelude::*;
 
@@ -133,6 +138,97 @@ impl JsPNCounter {
     pub fn from_json(json: &str) -> Result<JsPNCounter, JsValue> {
         serde_json::from_str(json)
             .map(JsPNCounter)
+            .map_err(js_error)
+    }
+}
+
+/// A HyperLogLog sketch of distinct items for JavaScript; see [`crate::HyperLogLog`].
+#[wasm_bindgen(js_name = HyperLogLog)]
+#[derive(Debug, Default)]
+pub struct JsHyperLogLog(crate::HyperLogLog);
+
+#[wasm_bindgen(js_class = HyperLogLog)]
+impl JsHyperLogLog {
+    /// An empty sketch of `2^precision` registers (default 12, 1.625 % standard error).
+    /// Throws unless the precision is 4 to 18.
+    #[wasm_bindgen(constructor)]
+    pub fn new(precision: Option<u8>) -> Result<JsHyperLogLog, JsValue> {
+        let p = precision.unwrap_or(crate::HyperLogLog::DEFAULT_PRECISION);
+        crate::HyperLogLog::with_precision(p)
+            .map(JsHyperLogLog)
+            .map_err(js_error)
+    }
+
+    /// Adds a string (its UTF-8 bytes). Returns whether the sketch changed.
+    pub fn insert(&mut self, item: &str) -> bool {
+        self.0.insert(item.as_bytes())
+    }
+
+    /// Adds a byte string. Returns whether the sketch changed.
+    #[wasm_bindgen(js_name = insertBytes)]
+    pub fn insert_bytes(&mut self, item: &[u8]) -> bool {
+        self.0.insert(item)
+    }
+
+    /// Merges `other` into this sketch (max per register); returns whether it changed.
+    /// Throws, changing nothing, if the precisions differ.
+    pub fn merge(&mut self, other: &JsHyperLogLog) -> Result<bool, JsValue> {
+        self.0.merge(&other.0).map_err(js_error)
+    }
+
+    /// The estimated number of distinct items, as a `BigInt`.
+    pub fn estimate(&self) -> u64 {
+        self.0.estimate()
+    }
+
+    /// The relative standard error of the estimate, `1.04 / sqrt(2^precision)`.
+    #[wasm_bindgen(js_name = relativeError)]
+    pub fn relative_error(&self) -> f64 {
+        self.0.relative_error()
+    }
+
+    /// The precision (the sketch has `2^precision` registers).
+    pub fn precision(&self) -> u8 {
+        self.0.precision()
+    }
+
+    /// Whether nothing was inserted.
+    #[wasm_bindgen(js_name = isEmpty)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes the registers take in memory.
+    #[wasm_bindgen(js_name = sizeInBytes)]
+    pub fn size_in_bytes(&self) -> usize {
+        self.0.size_in_bytes()
+    }
+
+    /// The compact wire form, as a `Uint8Array`.
+    #[wasm_bindgen(js_name = toBytes)]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    /// A sketch from its wire form. Throws on any malformed input.
+    #[wasm_bindgen(js_name = fromBytes)]
+    pub fn from_bytes(bytes: &[u8]) -> Result<JsHyperLogLog, JsValue> {
+        crate::HyperLogLog::from_bytes(bytes)
+            .map(JsHyperLogLog)
+            .map_err(js_error)
+    }
+
+    /// The sketch as JSON text: a string of URL-safe base64 of the wire form.
+    #[wasm_bindgen(js_name = toJSON)]
+    pub fn to_json(&self) -> Result<String, JsValue> {
+        serde_json::to_string(&self.0).map_err(js_error)
+    }
+
+    /// A sketch from JSON text made by `toJSON` (or the Rust side). Throws on bad JSON.
+    #[wasm_bindgen(js_name = fromJSON)]
+    pub fn from_json(json: &str) -> Result<JsHyperLogLog, JsValue> {
+        serde_json::from_str(json)
+            .map(JsHyperLogLog)
             .map_err(js_error)
     }
 }

@@ -2,8 +2,8 @@
 //! `wasm-bindgen-test-runner` (see scripts/test.sh).
 #![cfg(all(target_arch = "wasm32", feature = "wasm"))]
 
-use tally_crdt::wasm::{JsGCounter, JsPNCounter};
-use tally_crdt::{Error, GCounter, ReplicaId, SyncRequest};
+use tally_crdt::wasm::{JsGCounter, JsHyperLogLog, JsPNCounter};
+use tally_crdt::{Error, GCounter, HyperLogLog, ReplicaId, SyncRequest};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -97,4 +97,55 @@ fn the_rust_api_and_sync_decoding_work_on_wasm32() {
             supported: 2
         })
     );
+}
+
+#[wasm_bindgen_test]
+fn hyperloglog_estimates_merges_and_round_trips_on_wasm32() {
+    let mut a = JsHyperLogLog::new(None).unwrap();
+    let mut b = JsHyperLogLog::new(Some(12)).unwrap();
+    assert!(a.is_empty());
+    for i in 0..3000u32 {
+        a.insert(&format!("visitor-{i}"));
+        b.insert_bytes(format!("visitor-{}", i + 1000).as_bytes());
+    }
+    assert!(!a.insert("visitor-0"), "a repeat changes nothing");
+    assert!(a.merge(&b).unwrap());
+    assert!(!a.merge(&b).unwrap());
+    let estimate = a.estimate() as f64;
+    assert!(
+        (estimate - 4000.0).abs() <= 3.0 * a.relative_error() * 4000.0,
+        "{estimate}"
+    );
+    assert_eq!(
+        bigint_text(JsValue::from(a.estimate())),
+        a.estimate().to_string()
+    );
+
+    // The same bytes as the Rust side computes natively (same hash on wasm32).
+    let mut native = HyperLogLog::new();
+    for i in 0..4000u32 {
+        native.insert(format!("visitor-{i}").as_bytes());
+    }
+    assert_eq!(a.to_bytes(), native.to_bytes());
+
+    let back = JsHyperLogLog::from_bytes(&a.to_bytes()).unwrap();
+    assert_eq!(back.estimate(), a.estimate());
+    let back = JsHyperLogLog::from_json(&a.to_json().unwrap()).unwrap();
+    assert_eq!(back.to_bytes(), a.to_bytes());
+}
+
+#[wasm_bindgen_test]
+fn hyperloglog_errors_throw_and_change_nothing() {
+    let err = error_message(JsHyperLogLog::new(Some(3)).unwrap_err());
+    assert!(err.contains("precision 3"), "{err}");
+    let mut a = JsHyperLogLog::new(None).unwrap();
+    a.insert("x");
+    let coarse = JsHyperLogLog::new(Some(10)).unwrap();
+    let err = error_message(a.merge(&coarse).unwrap_err());
+    assert!(err.contains("precisions differ"), "{err}");
+    assert_eq!(a.estimate(), 1);
+    for bad in [&[][..], &[1, 12], &[2, 12, 0], &[1, 12, 0, 0, 0]] {
+        assert!(JsHyperLogLog::from_bytes(bad).is_err(), "{bad:?}");
+    }
+    assert!(JsHyperLogLog::from_json("\"not base64!\"").is_err());
 }
