@@ -12,6 +12,7 @@
 pub mod checker;
 pub mod postgres;
 pub mod proxy;
+pub mod raw;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
