@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::{Error, Verdict};
 
 /// What `GET /` answers: the merger's read of a counter with one region, as it writes it.
-const BODY: &str = r#"{"id":"hello","count":715,"updated_at":"2030-10-10T12:11:42.500Z","regions":{"bench-0":{"count":715,"last_sync":"2030-10-10T12:11:42.500Z"}},"replicas":1}"#;
+const BODY: &str = r#"{"id":"hello","count":715,"epoch":0,"updated_at":"2030-10-10T12:11:42.500Z","regions":{"bench-0":{"count":715,"last_sync":"2030-10-10T12:11:42.500Z"}},"replicas":1}"#;
 
 /// Options of `tally-bench hello`.
 #[derive(Debug, clap::Args)]
