@@ -7,7 +7,8 @@
 #             wasm-bindgen-test-runner), worker-build (builds the edge worker)
 #   npm       package.json pins, installed with `npm ci` from package-lock.json: wrangler
 #             (workerd, offline), esbuild and binaryen's wasm-opt (worker-build uses these
-#             instead of downloading its own, which fails without internet)
+#             instead of downloading its own, which fails without internet; wasm-opt also
+#             shrinks the tally-crdt npm package), typescript (checks that package's types)
 #   apt       postgresql (Debian's package: initdb, pg_ctl, psql), for the merger's Postgres
 #             store; the tests start throwaway clusters of their own (tests/src/postgres.rs),
 #             never the system one. Needs root; TALLY_NO_POSTGRES=1 skips it (and those tests)

@@ -29,5 +29,7 @@ step "no_std build with json (thumbv7em-none-eabihf)" cargo build -p tally-crdt 
 step "fuzz (bounded, 20 s per target; skipped without a nightly toolchain)" env FUZZ_SECONDS=20 bash scripts/fuzz.sh
 step "wasm-bindgen-test (wasm32 in Node)" env CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p tally-crdt --target wasm32-unknown-unknown --features wasm --test wasm --locked
+# The npm package as a user gets it: built, packed, installed from its tarball, tested in Node.
+step "JS package (tally-crdt in Node)" bash scripts/test-js.sh
 
 printf '\nall tests passed\n' >&2

@@ -2,7 +2,9 @@
 //!
 //! A thin layer with no logic of its own: replica ids are 32-hex-digit strings, amounts and
 //! slot totals are `BigInt`s (a JS number is exact only up to 2^53), values are `BigInt`s or
-//! decimal strings, errors are thrown as `Error` objects carrying the Rust message, and
+//! decimal strings, errors are thrown as `Error` objects carrying the Rust message and its
+//! stable `code` (`err.code`, e.g. `"slot_overflow"`, `"malformed_body"`; an amount outside
+//! `0..=2^64-1` is a `RangeError` with code `"amount_out_of_range"`, never wrapped), and
 //! `toJSON`/`fromJSON` use the same JSON as the Rust side. A `HyperLogLog`'s wire form
 //! crosses as a `Uint8Array`.
 //!
@@ -23,8 +25,33 @@ use wasm_bindgen::prelude::*;
 
 use crate::{Error, ReplicaId};
 
-fn js_error(e: impl ToString) -> JsValue {
-    js_sys::Error::new(&e.to_string()).into()
+/// `error` with its stable `code` property, as the HTTP APIs name it.
+fn with_code(error: js_sys::Error, code: &str) -> JsValue {
+    let error = JsValue::from(error);
+    // Setting a property on a fresh Error object cannot fail.
+    let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(code));
+    error
+}
+
+/// A crate error as a thrown `Error` with the message and the code.
+fn js_error(e: Error) -> JsValue {
+    with_code(js_sys::Error::new(&e.to_string()), e.code())
+}
+
+/// A JSON error (`fromJSON`) as the crate's `malformed_body`.
+fn json_error(e: serde_json::Error) -> JsValue {
+    js_error(Error::Malformed(e.to_string()))
+}
+
+/// An amount from JavaScript: a `BigInt` in `0..=2^64-1`, else a `RangeError` (wasm-bindgen's
+/// own `u64` argument would wrap it modulo 2^64).
+fn amount(by: js_sys::BigInt) -> Result<u64, JsValue> {
+    u64::try_from(by).map_err(|_| {
+        with_code(
+            js_sys::RangeError::new("an amount is a BigInt from 0n to 2n ** 64n - 1n").into(),
+            "amount_out_of_range",
+        )
+    })
 }
 
 fn replica(id: &str) -> Result<ReplicaId, JsValue> {
@@ -50,8 +77,8 @@ impl JsGCounter {
 
     /// Adds `by` to the replica's slot; returns the new slot total. Throws on overflow or a
     /// bad replica id, leaving the counter unchanged.
-    pub fn increment(&mut self, replica_id: &str, by: u64) -> Result<u64, JsValue> {
-        js(self.0.increment(replica(replica_id)?, by))
+    pub fn increment(&mut self, replica_id: &str, by: js_sys::BigInt) -> Result<u64, JsValue> {
+        js(self.0.increment(replica(replica_id)?, amount(by)?))
     }
 
     /// The replica's own slot total.
@@ -78,13 +105,15 @@ impl JsGCounter {
     /// The state as JSON text (`{"<replica>": total, ...}`).
     #[wasm_bindgen(js_name = toJSON)]
     pub fn to_json(&self) -> Result<String, JsValue> {
-        serde_json::to_string(&self.0).map_err(js_error)
+        serde_json::to_string(&self.0).map_err(json_error)
     }
 
     /// A counter from JSON text made by `toJSON` (or the Rust side). Throws on bad JSON.
     #[wasm_bindgen(js_name = fromJSON)]
     pub fn from_json(json: &str) -> Result<JsGCounter, JsValue> {
-        serde_json::from_str(json).map(JsGCounter).map_err(js_error)
+        serde_json::from_str(json)
+            .map(JsGCounter)
+            .map_err(json_error)
     }
 }
 
@@ -102,13 +131,13 @@ impl JsPNCounter {
     }
 
     /// Adds `by` to the replica's increment total; returns it. Throws on overflow.
-    pub fn increment(&mut self, replica_id: &str, by: u64) -> Result<u64, JsValue> {
-        js(self.0.increment(replica(replica_id)?, by))
+    pub fn increment(&mut self, replica_id: &str, by: js_sys::BigInt) -> Result<u64, JsValue> {
+        js(self.0.increment(replica(replica_id)?, amount(by)?))
     }
 
     /// Adds `by` to the replica's decrement total; returns it. Throws on overflow.
-    pub fn decrement(&mut self, replica_id: &str, by: u64) -> Result<u64, JsValue> {
-        js(self.0.decrement(replica(replica_id)?, by))
+    pub fn decrement(&mut self, replica_id: &str, by: js_sys::BigInt) -> Result<u64, JsValue> {
+        js(self.0.decrement(replica(replica_id)?, amount(by)?))
     }
 
     /// Merges `other` into this counter (max per slot in each half).
@@ -130,7 +159,7 @@ impl JsPNCounter {
     /// The state as JSON text (`{"p": {..}, "n": {..}}`).
     #[wasm_bindgen(js_name = toJSON)]
     pub fn to_json(&self) -> Result<String, JsValue> {
-        serde_json::to_string(&self.0).map_err(js_error)
+        serde_json::to_string(&self.0).map_err(json_error)
     }
 
     /// A counter from JSON text made by `toJSON` (or the Rust side). Throws on bad JSON.
@@ -138,7 +167,7 @@ impl JsPNCounter {
     pub fn from_json(json: &str) -> Result<JsPNCounter, JsValue> {
         serde_json::from_str(json)
             .map(JsPNCounter)
-            .map_err(js_error)
+            .map_err(json_error)
     }
 }
 
@@ -221,7 +250,7 @@ impl JsHyperLogLog {
     /// The sketch as JSON text: a string of URL-safe base64 of the wire form.
     #[wasm_bindgen(js_name = toJSON)]
     pub fn to_json(&self) -> Result<String, JsValue> {
-        serde_json::to_string(&self.0).map_err(js_error)
+        serde_json::to_string(&self.0).map_err(json_error)
     }
 
     /// A sketch from JSON text made by `toJSON` (or the Rust side). Throws on bad JSON.
@@ -229,6 +258,6 @@ impl JsHyperLogLog {
     pub fn from_json(json: &str) -> Result<JsHyperLogLog, JsValue> {
         serde_json::from_str(json)
             .map(JsHyperLogLog)
-            .map_err(js_error)
+            .map_err(json_error)
     }
 }

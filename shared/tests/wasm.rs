@@ -4,7 +4,7 @@
 
 use tally_crdt::wasm::{JsGCounter, JsHyperLogLog, JsPNCounter};
 use tally_crdt::{Error, GCounter, HyperLogLog, ReplicaId, SyncRequest};
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 const A: &str = "000000000000000000000000000000aa";
@@ -23,12 +23,24 @@ fn error_message(e: JsValue) -> String {
     String::from(js_sys::Error::from(e).message())
 }
 
+/// An amount as JavaScript passes it.
+fn big(v: u64) -> js_sys::BigInt {
+    js_sys::BigInt::from(v)
+}
+
+/// The `code` property of a thrown error.
+fn error_code(e: &JsValue) -> Option<String> {
+    js_sys::Reflect::get(e, &JsValue::from_str("code"))
+        .ok()
+        .and_then(|c| c.as_string())
+}
+
 #[wasm_bindgen_test]
 fn gcounter_counts_and_merges_on_wasm32() {
     let mut a = JsGCounter::new();
     let mut b = JsGCounter::new();
-    assert_eq!(a.increment(A, 3).unwrap(), 3);
-    assert_eq!(b.increment(B, 4).unwrap(), 4);
+    assert_eq!(a.increment(A, big(3)).unwrap(), 3);
+    assert_eq!(b.increment(B, big(4)).unwrap(), 4);
     a.merge(&b);
     a.merge(&b);
     assert_eq!(a.value_string(), "7");
@@ -38,8 +50,8 @@ fn gcounter_counts_and_merges_on_wasm32() {
 #[wasm_bindgen_test]
 fn values_above_2_pow_53_stay_exact_as_bigint_and_string() {
     let mut c = JsGCounter::new();
-    c.increment(A, u64::MAX).unwrap();
-    c.increment(B, u64::MAX).unwrap();
+    c.increment(A, big(u64::MAX)).unwrap();
+    c.increment(B, big(u64::MAX)).unwrap();
     let exact = (2 * u128::from(u64::MAX)).to_string();
     assert_eq!(c.value_string(), exact);
     assert_eq!(bigint_text(JsValue::from(c.value())), exact);
@@ -48,20 +60,40 @@ fn values_above_2_pow_53_stay_exact_as_bigint_and_string() {
 #[wasm_bindgen_test]
 fn overflow_and_bad_replica_ids_throw_and_change_nothing() {
     let mut c = JsGCounter::new();
-    c.increment(A, u64::MAX).unwrap();
+    c.increment(A, big(u64::MAX)).unwrap();
     let before = c.to_json().unwrap();
-    let err = error_message(c.increment(A, 1).unwrap_err());
+    let thrown = c.increment(A, big(1)).unwrap_err();
+    assert_eq!(error_code(&thrown).as_deref(), Some("slot_overflow"));
+    let err = error_message(thrown);
     assert!(err.contains("u64::MAX"), "{err}");
-    let err = error_message(c.increment("nope", 1).unwrap_err());
+    let thrown = c.increment("nope", big(1)).unwrap_err();
+    assert_eq!(error_code(&thrown).as_deref(), Some("invalid_replica_id"));
+    let err = error_message(thrown);
     assert!(err.contains("32 hex digits"), "{err}");
     assert_eq!(c.to_json().unwrap(), before);
 }
 
 #[wasm_bindgen_test]
+fn amounts_outside_u64_throw_a_range_error_instead_of_wrapping() {
+    let mut c = JsGCounter::new();
+    for bad in [
+        js_sys::BigInt::from(-1i64),
+        js_sys::BigInt::from(u128::from(u64::MAX) + 1),
+    ] {
+        let thrown = c.increment(A, bad).unwrap_err();
+        assert!(thrown.is_instance_of::<js_sys::RangeError>(), "{thrown:?}");
+        assert_eq!(error_code(&thrown).as_deref(), Some("amount_out_of_range"));
+    }
+    assert_eq!(c.value_string(), "0");
+    let thrown = JsGCounter::from_json("{").err().expect("bad JSON throws");
+    assert_eq!(error_code(&thrown).as_deref(), Some("malformed_body"));
+}
+
+#[wasm_bindgen_test]
 fn pncounter_goes_negative_exactly() {
     let mut c = JsPNCounter::new();
-    c.increment(A, 2).unwrap();
-    c.decrement(B, u64::MAX).unwrap();
+    c.increment(A, big(2)).unwrap();
+    c.decrement(B, big(u64::MAX)).unwrap();
     let exact = (2 - i128::from(u64::MAX)).to_string();
     assert_eq!(c.value_string(), exact);
     assert_eq!(bigint_text(JsValue::from(c.value())), exact);
@@ -70,8 +102,8 @@ fn pncounter_goes_negative_exactly() {
 #[wasm_bindgen_test]
 fn json_round_trips_and_bad_json_throws() {
     let mut c = JsPNCounter::new();
-    c.increment(A, u64::MAX).unwrap();
-    c.decrement(A, 1).unwrap();
+    c.increment(A, big(u64::MAX)).unwrap();
+    c.decrement(A, big(1)).unwrap();
     let json = c.to_json().unwrap();
     let back = JsPNCounter::from_json(&json).unwrap();
     assert_eq!(back.value_string(), c.value_string());
