@@ -76,16 +76,7 @@ pub fn worker_config() -> PathBuf {
             // tests fail on it) instead of building this checkout's.
             let build = match std::env::var_os("TALLY_E2E_WORKER_BUILD") {
                 Some(dir) => PathBuf::from(dir),
-                None => {
-                    let status = std::process::Command::new("bash")
-                        .arg(root().join("scripts/build-edge.sh"))
-                        .current_dir(root())
-                        .stdout(Stdio::null())
-                        .status()
-                        .expect("bash runs");
-                    assert!(status.success(), "building the edge worker failed");
-                    root().join("edge/build")
-                }
+                None => build_worker(),
             };
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| root().join("target"), PathBuf::from);
@@ -102,6 +93,118 @@ pub fn worker_config() -> PathBuf {
             config
         })
         .clone()
+}
+
+/// Builds the worker into `edge/build/` unless the build there is of the same sources: every
+/// test binary asks (each is a process of its own), and one build per change of the sources
+/// is enough (a no-op `worker-build` still takes about 20 s). The sources' fingerprint is
+/// kept beside the build; a lock file makes test binaries that run at once take turns.
+fn build_worker() -> PathBuf {
+    let build = root().join("edge/build");
+    let stamp = build.join(".tally-sources");
+    let fingerprint = worker_sources_fingerprint();
+    let _lock = BuildLock::take(&root().join("edge/.build.lock"));
+    let fresh = std::fs::read_to_string(&stamp).is_ok_and(|s| s == fingerprint)
+        && build.join("worker/shim.mjs").exists();
+    if !fresh {
+        let status = std::process::Command::new("bash")
+            .arg(root().join("scripts/build-edge.sh"))
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .status()
+            .expect("bash runs");
+        assert!(status.success(), "building the edge worker failed");
+        std::fs::write(&stamp, &fingerprint).expect("the build's stamp can be written");
+    }
+    build
+}
+
+/// A fingerprint of everything the worker build reads: the two crates' sources and
+/// manifests, the lock file, the toolchain, the build script and the JS tool pins.
+fn worker_sources_fingerprint() -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["edge/src", "shared/src"] {
+        walk(&root.join(dir), &mut files);
+    }
+    for file in [
+        "edge/Cargo.toml",
+        "shared/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+        "rust-toolchain.toml",
+        "scripts/build-edge.sh",
+        "package-lock.json",
+    ] {
+        files.push(root.join(file));
+    }
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    for file in &files {
+        file.strip_prefix(&root).unwrap_or(file).hash(&mut hasher);
+        std::fs::read(file).unwrap_or_default().hash(&mut hasher);
+    }
+    format!("{:016x} over {} files\n", hasher.finish(), files.len())
+}
+
+/// An exclusive lock held while the value lives: a file created exclusively, holding the
+/// owner's pid; a lock whose owner is gone is taken over.
+struct BuildLock(PathBuf);
+
+impl BuildLock {
+    fn take(path: &Path) -> BuildLock {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    let _ = write!(file, "{}", std::process::id());
+                    return BuildLock(path.to_path_buf());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(path).unwrap_or_default();
+                    let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
+                        pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+                    });
+                    if !alive && !owner.is_empty() {
+                        let _ = std::fs::remove_file(path);
+                        continue;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} held for 10 minutes by {owner}",
+                        path.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("cannot create {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `config` (a `wrangler.toml`) with its `[build]` section dropped and `main` set to `main`;
