@@ -3,7 +3,7 @@
 # its baseline in one run, and prints the figures and ratios (docs/benchmarks.md). Not part of
 # scripts/test.sh; about 10 minutes.
 #
-# This script installs what is missing and builds; `tally-bench edge` (bench/src/edge/) does
+# This script installs what is missing and builds; `tally-bench compare edge` (bench/src/edge/) does
 # the rest: it starts the merger, the JavaScript baseline and the worker on free loopback
 # ports in a temp dir, drives them with wrk and its own checking client, computes the ratios,
 # stops everything it started, and exits non-zero when a correctness check fails (a hit lost
@@ -23,7 +23,7 @@
 #   BENCH_CONNECTIONS      wrk connections and load clients (default 32)
 #   BENCH_ROUNDS           P5 rounds, the three workers alternating (default 3)
 #   BENCH_BIG_COUNTERS     counters of the big object (default 100000; 0 skips it)
-#   BENCH_ARGS             further `tally-bench edge` options (see --help)
+#   BENCH_ARGS             further `tally-bench compare edge` options (see --help)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -46,7 +46,7 @@ target_dir=${CARGO_TARGET_DIR:-target}
 bash scripts/build-edge.sh --out-dir ../target/bench-edge-worker >/dev/null
 
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of options
-exec cargo run --release --locked -p tally-bench -- edge \
+exec cargo run --release --locked -p tally-bench -- compare edge \
   --worker-build target/bench-edge-worker \
   --merger "$target_dir/release/tally-merger" \
   --seconds "${BENCH_WRK_SECONDS:-10}" \

@@ -3,7 +3,7 @@
 # prints the figures and ratios (docs/benchmarks.md). Not part of scripts/test.sh; about
 # 8 minutes.
 #
-# This script installs what is missing and builds; `tally-bench merger` (bench/src/merger/)
+# This script installs what is missing and builds; `tally-bench compare merger` (bench/src/merger/)
 # does the rest: it starts the release merger (on SQLite, and on a throwaway Postgres
 # cluster), Redis and a hello-world server on free loopback ports in a temp dir, drives them
 # with its own sync load, wrk and redis-benchmark, computes the ratios, stops everything it
@@ -25,7 +25,7 @@
 #   BENCH_WRK_SECONDS      seconds of each wrk run (default 10)
 #   BENCH_WRK_ROUNDS       wrk runs of each server, alternating (default 3)
 #   BENCH_MERGER           a merger binary to measure instead of building this checkout's
-#   further options go to `tally-bench merger` (see --help), e.g. `--phase p2,p3` for a part
+#   further options go to `tally-bench compare merger` (see --help), e.g. `--phase p2,p3` for a part
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -58,7 +58,7 @@ else
   cargo build --release --locked -p tally-merger -p tally-bench
 fi
 
-exec cargo run --release --locked -p tally-bench -- merger \
+exec cargo run --release --locked -p tally-bench -- compare merger \
   --merger "$merger" \
   --seconds "${BENCH_SECONDS:-10}" \
   --wrk-seconds "${BENCH_WRK_SECONDS:-10}" \

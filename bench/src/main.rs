@@ -1,8 +1,8 @@
 //! `tally-bench`: load generators and baselines for the benchmarks.
 //!
-//! `scripts/bench-merger.sh` and `scripts/bench-edge.sh` install the tools and build; the
-//! `merger` and `edge` subcommands run every benchmark of `docs/benchmarks.md` side by side
-//! and print the figures and ratios. Each subcommand prints one machine-readable summary line
+//! `scripts/bench-merger.sh` and `scripts/bench-edge.sh` install the tools and build;
+//! `compare merger` and `compare edge` supervise every process and run every benchmark of
+//! `docs/benchmarks.md` side by side, and compute and print the figures and ratios. Each subcommand prints one machine-readable summary line
 //! (`name key=value ...`) and lines for people.
 //!
 //! - `naive` (`naive.rs`): the anti-pattern the merger replaces. A table `counters(id, value)`
@@ -15,11 +15,11 @@
 //!   the sums of the totals it acknowledged, exactly.
 //! - `hello` (`hello.rs`): a hello-world axum server, served like the merger; the baseline
 //!   for the merger's read throughput under `wrk`.
-//! - `merger` (`merger/`): every merger benchmark in one run (`scripts/bench-merger.sh`):
+//! - `compare merger` (`merger/`): every merger benchmark in one run (`scripts/bench-merger.sh`):
 //!   it starts the release merger on SQLite and on a throwaway Postgres cluster, Redis and the
 //!   hello server, drives them with `sync-load`, `naive`, `wrk` and `redis-benchmark`, fills
 //!   a database with a million counters, and prints the figures and ratios (P2, P3, P4, P13).
-//! - `edge` (`edge/`): every edge benchmark in one run (`scripts/bench-edge.sh`): it starts
+//! - `compare edge` (`edge/`): every edge benchmark in one run (`scripts/bench-edge.sh`): it starts
 //!   the merger, the JavaScript Durable Object baseline and the tally worker under
 //!   `wrangler dev` through the end-to-end harness, drives them with `wrk` and its own
 //!   checking client, and prints the figures and ratios.
@@ -63,9 +63,17 @@ enum Command {
     SyncLoad(sync_load::Args),
     /// A hello-world HTTP server (the baseline of the merger's reads).
     Hello(hello::Args),
-    /// The merger benchmarks (P2, P3, P4, P13, a million counters) in one run.
+    /// Every benchmark of one part against its baselines, side by side in one run: starts
+    /// and stops every process itself and computes the ratios.
+    #[command(subcommand)]
+    Compare(Compare),
+}
+
+#[derive(Debug, Subcommand)]
+enum Compare {
+    /// The merger benchmarks (P2, P3, P4, P13, a million counters).
     Merger(merger::Args),
-    /// The edge benchmarks (P5, P6, P11, P12, the big object, crossings) in one run.
+    /// The edge benchmarks (P5, P6, P11, P12, the big object, crossings).
     Edge(edge::Args),
 }
 
@@ -76,8 +84,8 @@ async fn main() -> ExitCode {
         Command::Naive(args) => naive::run(args).await,
         Command::SyncLoad(args) => sync_load::run(args).await,
         Command::Hello(args) => hello::run(args).await,
-        Command::Merger(args) => merger::run(args).await,
-        Command::Edge(args) => edge::run(args).await,
+        Command::Compare(Compare::Merger(args)) => merger::run(args).await,
+        Command::Compare(Compare::Edge(args)) => edge::run(args).await,
     };
     match outcome {
         Ok(Verdict::Pass) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! What a benchmark run prints (`tally-bench edge`, `tally-bench merger`): the figures as
+//! What a benchmark run prints (`tally-bench compare edge`, `tally-bench compare merger`): the figures as
 //! measured, the ratios against their targets, and the correctness checks, whose failure
 //! makes the run fail. A missed target is reported, not an error: on a shared 2-core machine
 //! the ratios are the result.

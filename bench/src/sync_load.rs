@@ -1,6 +1,6 @@
 //! `sync-load`: simulated edge replicas syncing to running mergers, then a check of the counts.
 //!
-//! [`run_load`] is the load itself, also called by `tally-bench merger` (P2, P3, P13); the
+//! [`run_load`] is the load itself, also called by `tally-bench compare merger` (P2, P3, P13); the
 //! `sync-load` subcommand ([`run`]) prints its summary.
 //!
 //! `clients` tasks each play `replicas-per-client` replica incarnations (random
@@ -103,7 +103,7 @@ impl Args {
     }
 }
 
-/// A sync load: what `tally-bench sync-load` runs, and `tally-bench merger` for P2, P3, P13.
+/// A sync load: what `tally-bench sync-load` runs, and `tally-bench compare merger` for P2, P3, P13.
 #[derive(Debug, Clone)]
 pub struct Load {
     /// Base URLs of the mergers (one database): client `i` syncs to `urls[i % len]`.

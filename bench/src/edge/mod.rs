@@ -56,7 +56,7 @@ const SETTLE: Duration = Duration::from_secs(120);
 /// Ids per batch read at the edge (its limit).
 const BATCH: usize = 100;
 
-/// Options of `tally-bench edge`.
+/// Options of `tally-bench compare edge`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The built worker (`scripts/build-edge.sh` writes `edge/build`); copied before use.

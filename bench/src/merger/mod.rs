@@ -55,7 +55,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(30);
 /// the counters the fill changed, most of them evicted from the cache (loaded again).
 const FILLED_STOP_LIMIT: Duration = Duration::from_secs(600);
 
-/// Options of `tally-bench merger`.
+/// Options of `tally-bench compare merger`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The merger binary (`cargo build --release -p tally-merger`).

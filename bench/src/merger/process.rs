@@ -1,4 +1,4 @@
-//! The processes `tally-bench merger` starts: the release merger binary on any database
+//! The processes `tally-bench compare merger` starts: the release merger binary on any database
 //! ([`MergerChild`]), and servers it measures against ([`Background`]: the hello-world
 //! baseline, `redis-server`). Each listens on 127.0.0.1 on a port from the harness's
 //! [`tally_e2e::free_port`], is killed if its handle drops (an error ends the run early), and
