@@ -12,6 +12,8 @@
 #   apt       postgresql (Debian's package: initdb, pg_ctl, psql), for the merger's Postgres
 #             store; the tests start throwaway clusters of their own (tests/src/postgres.rs),
 #             never the system one. Needs root; TALLY_NO_POSTGRES=1 skips it (and those tests)
+#   PyPI      schemathesis at SCHEMATHESIS_VERSION, in a venv of its own under
+#             ~/.cache/tally/ (the contract test, tests/tests/contract.rs, runs its `st`)
 #   apt       chromium-headless-shell (Debian's package: /usr/bin/chromium-headless-shell), the
 #             browser the dashboard's test drives through playwright-core (tests/browser/).
 #             Needs root; TALLY_NO_BROWSER=1 skips it (and that test)
@@ -19,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 WORKER_BUILD_VERSION=0.8.7
+SCHEMATHESIS_VERSION=4.32.5
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -96,6 +99,18 @@ if ! have_chromium; then
   else
     die "chromium-headless-shell is missing and installing it needs root: run this script as root, or install it yourself (sudo apt-get install chromium-headless-shell), or set TALLY_NO_BROWSER=1 to skip the dashboard's browser test"
   fi
+fi
+
+# --- schemathesis (PyPI) for the contract test, in a venv of its own so nothing else of the
+# machine's Python changes; one venv per version, reused by every clone.
+schemathesis_venv="$HOME/.cache/tally/schemathesis-$SCHEMATHESIS_VERSION"
+if ! "$schemathesis_venv/bin/st" --version 2>/dev/null | grep -qw "$SCHEMATHESIS_VERSION"; then
+  command -v python3 >/dev/null || die "python3 (>= 3.10) is required for schemathesis, the contract test"
+  log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $schemathesis_venv"
+  rm -rf "$schemathesis_venv"
+  python3 -m venv "$schemathesis_venv" ||
+    die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+  "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # --- npm: reinstall only when package-lock.json changed since the last install.

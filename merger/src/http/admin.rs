@@ -22,6 +22,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use tally_crdt::{Count, CounterKind, SlotTotals, Timestamp, check_counter_id};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::commit::now;
@@ -29,6 +30,7 @@ use crate::error::AppError;
 use crate::http::counters::count;
 use crate::http::extract::CounterPath;
 use crate::http::protocol::{Decode, Protocol};
+use crate::http::schema::{self, CounterId, ErrorResponse, Namespace};
 use crate::store::{ImportOutcome, ImportRequest, ResetOutcome, ResetRequest};
 
 /// Query of both routes.
@@ -40,21 +42,50 @@ pub struct EpochQuery {
 }
 
 /// What a reset or delete answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Reset {
+    #[schema(value_type = CounterId)]
     id: String,
     /// The new epoch (unchanged for a counter nobody has hit: there was nothing to reset).
     epoch: u64,
     /// The count now: 0, unless hits arrived in the same instant.
+    #[schema(value_type = schema::Count)]
     count: Count,
     /// The count the epoch that ended had.
+    #[schema(value_type = schema::Count)]
     removed: Count,
+    /// `true` for a delete.
     deleted: bool,
     /// When it was reset; `null` for a counter nobody has hit.
+    #[schema(value_type = Option<schema::Timestamp>, required)]
     updated_at: Option<Timestamp>,
 }
 
 /// `POST /v1/{namespace}/{id}/reset[?epoch=N]`.
+#[utoipa::path(
+    post,
+    path = "/v1/{namespace}/{id}/reset",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("namespace" = Namespace, Path, description = "`counters` or `gauges`"),
+        ("id" = CounterId, Path, description = "The counter's id"),
+        ("epoch" = Option<u64>, Query, description = "Only if the counter is still at this epoch, else 409 `epoch_changed`"),
+    ),
+    responses(
+        (status = 200, description = "Reset: a new epoch, the count from zero", body = Reset),
+        (status = 400, description = "`empty_id`, `id_too_long`, `id_bad_char`, `invalid_query` (an unknown parameter, an epoch that is not a number) or `invalid_path`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`admin_disabled`: the merger was started without `--admin-token`", body = ErrorResponse),
+        (status = 404, description = "`not_found`: a namespace other than `counters` or `gauges`", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 409, description = "`epoch_changed`: the counter is not at `epoch`; nothing was changed", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn reset(
     State(app): State<AppState>,
     CounterPath(key): CounterPath,
@@ -64,6 +95,30 @@ pub async fn reset(
 }
 
 /// `DELETE /v1/{namespace}/{id}[?epoch=N]`.
+#[utoipa::path(
+    delete,
+    path = "/v1/{namespace}/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("namespace" = Namespace, Path, description = "`counters` or `gauges`"),
+        ("id" = CounterId, Path, description = "The counter's id"),
+        ("epoch" = Option<u64>, Query, description = "Only if the counter is still at this epoch, else 409 `epoch_changed`"),
+    ),
+    responses(
+        (status = 200, description = "Deleted: a reset that also deletes the history and hides the counter from the lists until it is hit again", body = Reset),
+        (status = 400, description = "`empty_id`, `id_too_long`, `id_bad_char`, `invalid_query` (an unknown parameter, an epoch that is not a number) or `invalid_path`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`admin_disabled`: the merger was started without `--admin-token`", body = ErrorResponse),
+        (status = 404, description = "`not_found`: a namespace other than `counters` or `gauges`", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 409, description = "`epoch_changed`: the counter is not at `epoch`; nothing was changed", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn delete(
     State(app): State<AppState>,
     CounterPath(key): CounterPath,
@@ -120,12 +175,14 @@ async fn apply(
 
 /// The body of an import: `{"import": "<import id>", "count": <value>}`, the value a JSON
 /// integer or a decimal string (past 2^53).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
     /// The import id: the rules of a counter id (1-128 of `A-Z a-z 0-9 - _ . :`).
+    #[schema(value_type = CounterId)]
     import: String,
-    /// The value to bring in.
+    /// The value to bring in: negative only for a gauge; its magnitude at most 2^64 - 1.
+    #[schema(value_type = schema::ImportCount)]
     count: Count,
 }
 
@@ -139,19 +196,50 @@ impl Decode for ImportBody {
 }
 
 /// What an import answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Imported {
+    #[schema(value_type = CounterId)]
     id: String,
+    /// The import id.
+    #[schema(value_type = CounterId)]
     import: String,
     /// The value this import brought into the counter.
+    #[schema(value_type = schema::Count)]
     imported: Count,
     /// Whether this request brought it (`false`: an earlier run of the same import had).
     created: bool,
     /// The counter's count now.
+    #[schema(value_type = schema::Count)]
     count: Count,
 }
 
 /// `POST /v1/{namespace}/{id}/import` with `{"import", "count"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/{namespace}/{id}/import",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("namespace" = Namespace, Path, description = "`counters` or `gauges`"),
+        ("id" = CounterId, Path, description = "The counter's id"),
+    ),
+    request_body(content = ImportBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Imported, or already imported with this value (`created: false`)", body = Imported),
+        (status = 400, description = "`malformed_body` (not an import body), `empty_id`, `id_too_long`, `id_bad_char` (the id or the import id), `unreadable_body` or `invalid_path`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`admin_disabled`: the merger was started without `--admin-token`", body = ErrorResponse),
+        (status = 404, description = "`not_found`: a namespace other than `counters` or `gauges`", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 409, description = "`import_conflict`: this import id brought another value into this counter; nothing was changed", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
+        (status = 422, description = "`invalid_import`: a negative value for a counter, or a half past 2^64 - 1", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn import(
     State(app): State<AppState>,
     CounterPath(key): CounterPath,

@@ -21,10 +21,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tally_crdt::{Count, CounterKey, GlobalTotals, Timestamp, check_counter_id};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::AppError;
 use crate::http::extract::{CounterPath, NamespacePath};
+use crate::http::schema::{self, CounterId, ErrorResponse, Namespace};
 use crate::state::RegionShare;
 use crate::store::StoredCounter;
 
@@ -35,15 +37,23 @@ const MAX_LIMIT: usize = 1000;
 const DEFAULT_HISTORY: u32 = 1000;
 const MAX_HISTORY: u32 = 10_000;
 /// One counter as read, borrowed from the merged state (serialized under the read lock).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Counter)]
 pub struct CounterView<'a> {
+    #[schema(value_type = CounterId)]
     id: &'a str,
+    /// The global value.
+    #[schema(value_type = schema::Count)]
     count: Count,
     /// Resets so far: `count` is what came after the last one.
     epoch: u64,
     /// The last change (a hit or a reset); `null` for a counter nobody has hit.
+    #[schema(value_type = Option<schema::Timestamp>, required)]
     updated_at: Option<Timestamp>,
+    /// The count over each region's replicas, and the last sync of this counter from there.
+    #[schema(value_type = BTreeMap<String, RegionView>)]
     regions: RegionsView<'a>,
+    /// Replica incarnations with a non-zero slot.
     replicas: usize,
 }
 
@@ -64,27 +74,39 @@ impl Serialize for RegionsView<'_> {
 }
 
 /// One region's share.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RegionView {
+    /// The count over the slots of the region's replicas.
+    #[schema(value_type = schema::Count)]
     count: Count,
+    /// The last sync of this counter from the region.
+    #[schema(value_type = schema::Timestamp)]
     last_sync: Timestamp,
 }
 
 /// A page of counters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page {
+    /// Counters in id order.
     items: Vec<CounterSummary>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(value_type = Option<CounterId>, required)]
     next_cursor: Option<String>,
 }
 
 /// One counter in a page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CounterSummary {
+    #[schema(value_type = CounterId)]
     id: String,
+    #[schema(value_type = schema::Count)]
     count: Count,
+    /// Resets so far.
     epoch: u64,
+    /// The last change.
+    #[schema(value_type = schema::Timestamp)]
     updated_at: Timestamp,
+    /// Replica incarnations with a non-zero slot.
     replicas: usize,
 }
 
@@ -108,18 +130,25 @@ pub struct HistoryQuery {
 }
 
 /// A counter's totals over time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct History {
+    #[schema(value_type = CounterId)]
     id: String,
+    /// Oldest first.
     points: Vec<Point>,
     /// Pass as `from` for the points after these; `null` when there are no more.
+    #[schema(value_type = Option<schema::Timestamp>, required)]
     next_from: Option<Timestamp>,
 }
 
 /// The count at one snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Point {
+    /// When the snapshot was taken.
+    #[schema(value_type = schema::Timestamp)]
     at: Timestamp,
+    /// The count then.
+    #[schema(value_type = schema::Count)]
     count: Count,
     /// The epoch the count belongs to: it goes up at each reset, where the count drops.
     epoch: u64,
@@ -127,6 +156,25 @@ pub struct Point {
 
 /// `GET /v1/{namespace}/{id}`: the hot read path, one read lock and, unless the counter
 /// changed since its last read, no serialization (the body is kept with the counter).
+#[utoipa::path(
+    get,
+    path = "/v1/{namespace}/{id}",
+    tag = "counters",
+    security((), ("read_token" = [])),
+    params(
+        ("namespace" = Namespace, Path, description = "`counters` or `gauges`"),
+        ("id" = CounterId, Path, description = "The counter's id"),
+    ),
+    responses(
+        (status = 200, description = "The counter; one nobody has hit reads as zero (`updated_at` null)", body = CounterView),
+        (status = 400, description = "`empty_id`, `id_too_long`, `id_bad_char` (the id breaks the id rules) or `invalid_path`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`: only with `--private-reads`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "`not_found`: a namespace other than `counters` or `gauges`", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`: the counter is not in memory and the store does not answer", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn read(
     State(app): State<AppState>,
     CounterPath(key): CounterPath,
@@ -150,6 +198,30 @@ pub async fn read(
 }
 
 /// `GET /v1/{namespace}?prefix=&limit=&cursor=`: counters in id order, from the store.
+#[utoipa::path(
+    get,
+    path = "/v1/{namespace}",
+    tag = "counters",
+    security(("read_token" = [])),
+    params(
+        ("namespace" = Namespace, Path, description = "`counters` or `gauges`"),
+        ("prefix" = Option<String>, Query, pattern = "^([A-Za-z0-9][A-Za-z0-9._:-]*)?$", max_length = 128,
+            description = "Only ids that start with this (a prefix of a valid id; empty: all)"),
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 1000, description = "Counters per page, 1-1000 (default 100)"),
+        ("cursor" = Option<CounterId>, Query, description = "The ids after this one: a page's `next_cursor`"),
+    ),
+    responses(
+        (status = 200, description = "A page of counters in id order", body = Page),
+        (status = 400, description = "`invalid_query` (an unknown parameter, `limit` out of range), `empty_id`, `id_too_long`, `id_bad_char` (`prefix` or `cursor`) or `invalid_path`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "`not_found`: a namespace other than `counters` or `gauges`", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn list(
     State(app): State<AppState>,
     NamespacePath(kind): NamespacePath,
@@ -190,6 +262,30 @@ pub async fn list(
 
 /// `GET /v1/{namespace}/{id}/history?from=&to=&limit=`: snapshot totals in a time range
 /// (RFC 3339 bounds, both inclusive; default: all), oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/{namespace}/{id}/history",
+    tag = "counters",
+    security(("read_token" = [])),
+    params(
+        ("namespace" = Namespace, Path, description = "`counters` or `gauges`"),
+        ("id" = CounterId, Path, description = "The counter's id"),
+        ("from" = Option<schema::Timestamp>, Query, description = "Points at or after this time (any RFC 3339 time; default: all)"),
+        ("to" = Option<schema::Timestamp>, Query, description = "Points at or before this time (any RFC 3339 time, not before `from`; default: all)"),
+        ("limit" = Option<u16>, Query, minimum = 1, maximum = 10000, description = "Points at most, 1-10000 (default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Snapshot totals in the range, oldest first; empty for a counter nobody has hit", body = History),
+        (status = 400, description = "`invalid_query` (an unknown parameter, `limit` out of range, a time that is not RFC 3339, `from` after `to`), `empty_id`, `id_too_long`, `id_bad_char` or `invalid_path`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "`not_found`: a namespace other than `counters` or `gauges`", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn history(
     State(app): State<AppState>,
     CounterPath(key): CounterPath,

@@ -19,6 +19,14 @@ const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
     form-action 'none'; frame-ancestors 'none'";
 
 /// The dashboard page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The dashboard page (no data in it: it reads the API)", content_type = "text/html", body = String),
+    ),
+)]
 pub async fn page() -> impl IntoResponse {
     (
         [

@@ -13,17 +13,34 @@ use tally_crdt::CounterKind;
 
 use crate::AppState;
 use crate::error::AppError;
+use crate::http::schema::{ErrorResponse, Status};
 use crate::metrics::Kind;
 
 /// How long readiness waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Alive: the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Status)),
+)]
 pub async fn alive() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready: the database answers a query within two seconds.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`: the database answers", body = Status),
+        (status = 503, description = "`database_unavailable`: the database did not answer within 2 s", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, AppError> {
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
@@ -38,6 +55,20 @@ pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, AppError>
 /// Every metric, in the Prometheus/OpenMetrics text format. The counters stored are counted
 /// at scrape time (one indexed count per kind; skipped, keeping the last figures, if the
 /// database does not answer within the readiness timeout).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(("read_token" = [])),
+    responses(
+        (status = 200, description = "Every metric (docs/protocol.md lists them)", body = String,
+            content_type = "application/openmetrics-text"),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+    ),
+)]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     app.metrics
         .cached_counters

@@ -10,10 +10,16 @@
 //! | `GET /v1/regions` | [`regions`] |
 //! | `GET /healthz`, `/readyz`, `/metrics` | [`health`] |
 //! | `GET /` (dashboard page) | [`dashboard`] |
+//! | `GET /openapi.json`, `GET /openapi` (the API described, and browsable) | [`openapi`] |
 //!
 //! The two edge-facing routes share their token check and body extractor ([`protocol`]);
 //! the read token guards the lists, history and metrics, the admin token resets and deletes
 //! ([`access`]).
+//!
+//! Every handler carries its `#[utoipa::path]` annotation, and the routes are registered from
+//! those annotations (`utoipa_axum`'s `routes!`), so [`router_and_document`] yields the
+//! router and the OpenAPI document of exactly the routes it serves; [`schema`] describes
+//! the bodies the handlers do not define themselves.
 
 pub mod access;
 pub mod admin;
@@ -21,10 +27,12 @@ pub mod counters;
 pub mod dashboard;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod protocol;
 pub mod read;
 pub mod regions;
 pub mod retire;
+pub mod schema;
 pub mod sync;
 
 use std::time::Duration;
@@ -35,13 +43,15 @@ use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower::util::MapResponseLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{AppError, json_errors};
@@ -58,55 +68,58 @@ pub struct Limits {
     pub private_reads: bool,
 }
 
-/// The whole API over `state`.
+/// The whole API over `state`, and its OpenAPI document (served at `/openapi.json`).
 pub fn router(state: AppState, limits: Limits) -> Router {
+    let (router, _) = router_and_document(state, limits);
+    router
+}
+
+/// [`router`] and the OpenAPI document of the routes it serves. Each group of routes is an
+/// `OpenApiRouter` registered from the handlers' `#[utoipa::path]` annotations, split into
+/// its plain axum `Router` (merged and layered as before) and its part of the document.
+pub fn router_and_document(state: AppState, limits: Limits) -> (Router, utoipa::openapi::OpenApi) {
     let metrics = Arc::clone(&state.metrics);
     let read_guard = || from_fn_with_state(state.clone(), access::require_read_token);
-    let single = get(counters::read);
-    let single = if limits.private_reads {
-        single.route_layer(read_guard())
-    } else {
-        single
-    };
-    let admin = Router::new()
-        .route("/v1/{namespace}/{id}/reset", post(admin::reset))
-        .route("/v1/{namespace}/{id}/import", post(admin::import))
-        .route("/v1/{namespace}/{id}", axum::routing::delete(admin::delete))
+    let single = routes!(counters::read).map(|single| {
+        if limits.private_reads {
+            single.route_layer(read_guard())
+        } else {
+            single
+        }
+    });
+    let (admin, admin_doc) = OpenApiRouter::new()
+        .routes(routes!(admin::reset))
+        .routes(routes!(admin::import))
+        .routes(routes!(admin::delete))
         .route_layer(from_fn_with_state(
             state.clone(),
             access::require_admin_token,
-        ));
-    let guarded = Router::new()
-        .route("/v1/regions", get(regions::list))
-        .route("/v1/{namespace}", get(counters::list))
-        .route("/v1/{namespace}/{id}/history", get(counters::history))
-        .route("/metrics", get(health::metrics))
-        .route_layer(read_guard());
+        ))
+        .split_for_parts();
+    let (guarded, guarded_doc) = OpenApiRouter::new()
+        .routes(routes!(regions::list))
+        .routes(routes!(counters::list))
+        .routes(routes!(counters::history))
+        .routes(routes!(health::metrics))
+        .route_layer(read_guard())
+        .split_for_parts();
+    let edge_route = |method_router: UtoipaMethodRouter<AppState>, endpoint| {
+        method_router.map(|route| {
+            route.route_layer(from_fn_with_state(
+                (state.clone(), endpoint),
+                protocol::require_token,
+            ))
+        })
+    };
+    let (edge, edge_doc) = OpenApiRouter::new()
+        .routes(edge_route(routes!(sync::sync), Endpoint::Sync))
+        .routes(edge_route(routes!(retire::retire), Endpoint::Retire))
+        .routes(edge_route(routes!(read::read), Endpoint::Read))
+        .split_for_parts();
     // Routes that read a body, or wait for the commit task or the store: bounded in body size
     // and time. (Each `Router::layer` boxes every route it wraps once more, and each box is a
     // clone and an allocation per request: the hot read path below has none of these.)
-    let bounded = Router::new()
-        .route(
-            "/v1/sync",
-            post(sync::sync).route_layer(from_fn_with_state(
-                (state.clone(), Endpoint::Sync),
-                protocol::require_token,
-            )),
-        )
-        .route(
-            "/v1/retire",
-            post(retire::retire).route_layer(from_fn_with_state(
-                (state.clone(), Endpoint::Retire),
-                protocol::require_token,
-            )),
-        )
-        .route(
-            "/v1/read",
-            post(read::read).route_layer(from_fn_with_state(
-                (state.clone(), Endpoint::Read),
-                protocol::require_token,
-            )),
-        )
+    let bounded = edge
         .merge(guarded)
         .merge(admin)
         .layer(DefaultBodyLimit::disable())
@@ -116,12 +129,28 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             limits.request_timeout,
         ));
     // The single-counter read (from memory; a cache miss bounds its store query itself, see
-    // `Shared::read_through`), the page and the probes: no body, no wait.
-    let router = Router::new()
-        .route("/v1/{namespace}/{id}", single)
-        .route("/", get(dashboard::page))
-        .route("/healthz", get(health::alive))
-        .route("/readyz", get(health::ready))
+    // `Shared::read_through`), the pages, the probes and the document: no body, no wait.
+    let (open, open_doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(single)
+        .routes(routes!(dashboard::page))
+        .routes(routes!(health::alive))
+        .routes(routes!(health::ready))
+        .routes(routes!(openapi::page))
+        .split_for_parts();
+    let (document_schemas, document_paths, document_route) = routes!(openapi::document);
+    let mut document = open_doc;
+    for part in [edge_doc, guarded_doc, admin_doc] {
+        document.merge(part);
+    }
+    document.paths.merge(document_paths);
+    document
+        .components
+        .get_or_insert_with(Default::default)
+        .schemas
+        .extend(document_schemas);
+    let served = document_route.with_state(openapi::Document::new(&document));
+    let router = open
+        .route("/openapi.json", served)
         .merge(bounded)
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -144,5 +173,5 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             HeaderValue::from_static("no-store"),
         ))
         .service(router);
-    Router::new().fallback_service(service)
+    (Router::new().fallback_service(service), document)
 }

@@ -17,9 +17,31 @@ use tally_crdt::{ReadRequest, ReadResponse};
 use crate::AppState;
 use crate::error::AppError;
 use crate::http::protocol::Protocol;
+use crate::http::schema::{
+    ErrorResponse, ReadRequest as ReadRequestSchema, ReadResponse as ReadResponseSchema,
+};
 use crate::metrics::Endpoint;
 
 /// Answers every counter asked, under one read lock.
+#[utoipa::path(
+    post,
+    path = "/v1/read",
+    tag = "edge",
+    security(("sync_token" = [])),
+    request_body(content = ReadRequestSchema, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One answer per counter asked, in order; one nobody has hit has zero totals and no `updated_at`", body = ReadResponseSchema),
+        (status = 400, description = "`malformed_body` (not a well-formed read, or a counter id that breaks the id rules) or `unreadable_body`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
+        (status = 422, description = "A rule of the read: `unsupported_version`, `too_many_counters`, `nil_replica`, `duplicate_counter`", body = ErrorResponse),
+        (status = 503, description = "`database_unavailable`: counters not held in memory could not be loaded", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn read(
     State(app): State<AppState>,
     body: Result<Protocol<ReadRequest>, AppError>,

@@ -13,9 +13,31 @@ use tally_crdt::{RetireRequest, RetireResponse};
 use crate::AppState;
 use crate::error::AppError;
 use crate::http::protocol::Protocol;
+use crate::http::schema::{
+    ErrorResponse, RetireRequest as RetireRequestSchema, RetireResponse as RetireResponseSchema,
+};
 use crate::metrics::Endpoint;
 
 /// Retires the replica and answers how many slots it folded.
+#[utoipa::path(
+    post,
+    path = "/v1/retire",
+    tag = "edge",
+    security(("sync_token" = [])),
+    request_body(content = RetireRequestSchema, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Retired (durable); `folded` is 0 when it already was", body = RetireResponseSchema),
+        (status = 400, description = "`malformed_body` or `unreadable_body`", body = ErrorResponse),
+        (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
+        (status = 422, description = "`unsupported_version` (before 2) or `nil_replica`", body = ErrorResponse),
+        (status = 503, description = "`overloaded`, `shutting_down` or `database_unavailable`: retry", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
+    ),
+)]
 pub async fn retire(
     State(app): State<AppState>,
     body: Result<Protocol<RetireRequest>, AppError>,

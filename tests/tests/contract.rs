@@ -1,0 +1,221 @@
+//! The contract test: schemathesis (PyPI, the version `scripts/bootstrap.sh` pins) against a
+//! live merger, with every check (`--checks all`) and a fixed seed. It generates requests from
+//! the merger's own OpenAPI document (`GET /openapi.json`), valid and invalid, sends them, and
+//! fails on any answer the document does not describe: a status not listed, a body off its
+//! schema, a 5xx, a valid request refused or an invalid one accepted, an operation that works
+//! without its token.
+//!
+//! The merger runs with all three tokens (sync, read, admin), each operation is sent the one
+//! its security scheme names (`tests/contract/schemathesis.toml`), and it is seeded first, so
+//! reads, lists and history have counters, gauges, regions and points to answer with.
+//! `tests/contract/hooks.py` keeps out of the positive cases the few requests that break a
+//! rule JSON Schema cannot state (each named there, each refused with its own error code).
+//!
+//! `TALLY_CONTRACT_SEED` runs another seed (to look for more failures by hand).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tally_e2e::{MergerProcess, TOKEN, root, temp_dir, wait_until};
+
+const READ_TOKEN: &str = "contract-read-token-0123456789";
+const ADMIN_TOKEN: &str = "contract-admin-token-0123456789";
+/// The seed of the run in the test command.
+const SEED: &str = "20261202";
+
+/// The `st` of the pinned schemathesis: `TALLY_SCHEMATHESIS`, else where bootstrap puts it.
+fn schemathesis() -> PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let script = std::fs::read_to_string(root().join("scripts/bootstrap.sh"))
+        .expect("scripts/bootstrap.sh is readable");
+    let version = script
+        .lines()
+        .find_map(|line| line.strip_prefix("SCHEMATHESIS_VERSION="))
+        .expect("scripts/bootstrap.sh pins SCHEMATHESIS_VERSION");
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    PathBuf::from(home).join(format!(".cache/tally/schemathesis-{version}/bin/st"))
+}
+
+async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) {
+    let answer = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert!(answer.status().is_success(), "{url}: {}", answer.status());
+}
+
+/// Counters and gauges in two regions, a history of several points, an import and a reset.
+async fn seed(merger: &str) {
+    let client = reqwest::Client::new();
+    let sync = |replica: u64, region: &str, counters: Value| json!({"version": 2, "replica": format!("{replica:032x}"), "region": region, "counters": counters});
+    for round in 1..=3_u64 {
+        let eu = sync(
+            1,
+            "eu",
+            json!([
+                {"id": "home", "kind": "g", "p": 1_000 * round},
+                {"id": "pricing", "kind": "g", "p": 10 * round},
+                {"id": "viewers", "kind": "pn", "p": 50 * round, "n": 20 * round},
+            ]),
+        );
+        post(&client, format!("{merger}/v1/sync"), TOKEN, eu).await;
+        let us = sync(
+            2,
+            "us",
+            json!([
+                {"id": "home", "kind": "g", "p": u64::MAX - 3 + round},
+                {"id": "inbox:unread", "kind": "pn", "p": 7 * round},
+            ]),
+        );
+        post(&client, format!("{merger}/v1/sync"), TOKEN, us).await;
+        // One history point per round (snapshots every 100 ms).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    post(
+        &client,
+        format!("{merger}/v1/counters/pricing/import"),
+        ADMIN_TOKEN,
+        json!({"import": "ga-2026", "count": 120_000}),
+    )
+    .await;
+    post(
+        &client,
+        format!("{merger}/v1/gauges/inbox:unread/reset"),
+        ADMIN_TOKEN,
+        json!({}),
+    )
+    .await;
+    let history = format!("{merger}/v1/counters/home/history");
+    wait_until(Duration::from_secs(5), "home has history", || async {
+        let answer = client.get(&history).bearer_auth(READ_TOKEN).send().await;
+        match answer {
+            Ok(answer) => answer
+                .json::<Value>()
+                .await
+                .is_ok_and(|v| v["points"].as_array().is_some_and(|p| p.len() >= 2)),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+/// The operations of the document the merger serves, as `METHOD path`, but the document's
+/// own (`GET /openapi.json`): schemathesis reads it and does not test it as an operation
+/// (`merger/tests/openapi.rs` checks it).
+async fn operations(merger: &str) -> BTreeSet<String> {
+    let document: Value = reqwest::get(format!("{merger}/openapi.json"))
+        .await
+        .expect("the merger serves /openapi.json")
+        .json()
+        .await
+        .expect("the document is JSON");
+    let paths = document["paths"]
+        .as_object()
+        .expect("the document has paths");
+    paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item is an object");
+            methods
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .filter(|operation| operation != "GET /openapi.json")
+        .collect()
+}
+
+/// The operations a JUnit report of schemathesis has a test case for.
+fn tested(report_dir: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(report_dir).expect("schemathesis wrote its report") {
+        let xml = std::fs::read_to_string(entry.expect("a report entry").path())
+            .expect("the report is text");
+        for case in xml.split("<testcase name=\"").skip(1) {
+            let name = case.split('"').next().expect("a quoted name");
+            found.insert(name.replace("&amp;", "&"));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_failure_in_the_merger_api() {
+    let st = schemathesis();
+    assert!(
+        st.is_file(),
+        "no schemathesis at {}: run scripts/bootstrap.sh (it installs the pinned version), \
+         or set TALLY_SCHEMATHESIS to an `st` binary",
+        st.display()
+    );
+    let db = temp_dir();
+    let merger = MergerProcess::start(
+        db.path(),
+        &[
+            "--read-token",
+            READ_TOKEN,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--snapshot-interval",
+            "100ms",
+        ],
+    )
+    .await;
+    seed(&merger.url).await;
+    let mut expected_operations = operations(&merger.url).await;
+    // And the stateful phase, which chains operations (e.g. a sync, then reads of its ids).
+    expected_operations.insert("Stateful tests".to_owned());
+
+    let seed_value = std::env::var("TALLY_CONTRACT_SEED").unwrap_or_else(|_| SEED.to_owned());
+    let contract = root().join("tests/contract");
+    // A scratch working directory: schemathesis and hypothesis write state beside it.
+    let scratch = temp_dir();
+    let output = tokio::process::Command::new(&st)
+        .arg("--config-file")
+        .arg(contract.join("schemathesis.toml"))
+        .arg("run")
+        .arg(format!("{}/openapi.json", merger.url))
+        .args(["--checks", "all", "--seed", &seed_value, "--no-color"])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(scratch.path().join("report"))
+        .env("TALLY_CONTRACT_HOOKS", contract.join("hooks.py"))
+        .env("TALLY_SYNC_TOKEN", TOKEN)
+        .env("TALLY_READ_TOKEN", READ_TOKEN)
+        .env("TALLY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .current_dir(scratch.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), output)
+        .await
+        .expect("schemathesis ends within 5 minutes")
+        .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "schemathesis found failures (seed {seed_value}; the report is above)"
+    );
+    // It tested every operation: a run that selects or reaches fewer also exits 0.
+    assert_eq!(
+        tested(&scratch.path().join("report")),
+        expected_operations,
+        "schemathesis tested other operations than the document has"
+    );
+    assert!(
+        report.contains("No issues found"),
+        "no verdict in the report"
+    );
+
+    // And the merger is still whole after everything schemathesis sent.
+    let ready = reqwest::get(format!("{}/readyz", merger.url))
+        .await
+        .expect("the merger answers");
+    assert!(ready.status().is_success());
+    merger.terminate().await;
+}
