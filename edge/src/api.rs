@@ -39,9 +39,9 @@ pub enum ApiError {
         "no such resource: use /{{id}}/counter, /{{id}}/gauge, or /counter?ids=a,b for several"
     )]
     NotFound,
-    /// A method other than GET, PUT or OPTIONS.
-    #[error("method not allowed: use GET or PUT")]
-    MethodNotAllowed,
+    /// A method the route does not have; the methods it has, for the `Allow` header.
+    #[error("method not allowed: use {0}")]
+    MethodNotAllowed(&'static str),
     /// The id breaks the id rules.
     #[error("invalid counter id: {0}")]
     InvalidId(tally_crdt::Error),
@@ -91,7 +91,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::NotFound => 404,
-            ApiError::MethodNotAllowed => 405,
+            ApiError::MethodNotAllowed(_) => 405,
             ApiError::InvalidId(_)
             | ApiError::InvalidRegion(_)
             | ApiError::InvalidBody(_)
@@ -111,7 +111,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::InvalidId(e) => e.code(),
             ApiError::InvalidRegion(_) => "invalid_region",
             ApiError::InvalidBody(_) => "invalid_body",
@@ -135,6 +135,16 @@ impl ApiError {
     }
 }
 
+impl Route {
+    /// The methods the route has (its `Allow` header).
+    pub fn allow(&self) -> &'static str {
+        match self {
+            Route::One(_) => "GET, HEAD, PUT, OPTIONS",
+            Route::Batch(_) => "GET, HEAD, OPTIONS",
+        }
+    }
+}
+
 /// Parses a public path: `/{id}/counter`, `/{id}/gauge`, or `/counter` and `/gauge` for a
 /// batch read.
 pub fn parse_path(path: &str) -> Result<Route, ApiError> {
@@ -149,16 +159,14 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
 }
 
 /// Parses a batch read's query `ids=a,b,c`: 1 to [`MAX_BATCH_IDS`] valid ids, each once.
+/// The query is form-urlencoded, so `ids=a%2Cb` (as `URLSearchParams` writes a comma) is
+/// `a` and `b`.
 pub fn parse_ids(kind: CounterKind, query: Option<&str>) -> Result<Vec<CounterKey>, ApiError> {
     let usage = || ApiError::InvalidQuery("expected ids=<id>,<id>,…".into());
     let mut ids = None;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("ids", list)) if ids.is_none() => ids = Some(list),
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "ids" if ids.is_none() => ids = Some(value),
             _ => return Err(usage()),
         }
     }
@@ -326,6 +334,15 @@ mod tests {
         assert_eq!(code(Some("ids=a,a")), "invalid_query");
         assert_eq!(code(Some("ids=a,,b")), "empty_id");
         assert_eq!(code(Some("ids=a%20b")), "id_bad_char");
+        assert_eq!(code(Some("ids=a+b")), "id_bad_char");
+        assert_eq!(code(Some("ids")), "invalid_query");
+        // Percent-encoded, as URLSearchParams and most HTTP clients write a query.
+        let ids = parse_ids(CounterKind::G, Some("ids=a%2Cb%3Ac&")).unwrap();
+        assert_eq!(
+            ids.iter().map(CounterKey::id).collect::<Vec<_>>(),
+            ["a", "b:c"]
+        );
+        assert_eq!(code(Some("ids=a%2Ca")), "invalid_query");
         let many: Vec<String> = (0..=MAX_BATCH_IDS).map(|i| format!("c{i}")).collect();
         assert_eq!(
             code(Some(&format!("ids={}", many.join(",")))),

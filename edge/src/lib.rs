@@ -73,8 +73,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
             let mut r = json_response(&e.body(), e.status())?;
-            if matches!(e, ApiError::TooManyNewIds) {
-                r.headers_mut().set("Retry-After", "60")?;
+            match e {
+                ApiError::TooManyNewIds => r.headers_mut().set("Retry-After", "60")?,
+                // RFC 9110: a 405 lists the methods the resource has.
+                ApiError::MethodNotAllowed(allow) => r.headers_mut().set("Allow", allow)?,
+                _ => {}
             }
             r
         }
@@ -100,7 +103,13 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
     let region = region_of(&req, &config)?;
     let token = req.headers().get(session::HEADER).ok().flatten();
     let mut session = Session::parse(token.as_deref()).map_err(ApiError::InvalidSession)?;
+    let allow = route.allow();
+    // workers-rs reads any method it has no name for (QUERY, PROPFIND, ...) as GET: only a
+    // method whose name comes back unchanged is the method sent.
     let method = req.method();
+    if method.as_ref() != req.inner().method() {
+        return Err(ApiError::MethodNotAllowed(allow).into());
+    }
     match (method, route) {
         (Method::Get | Method::Head, Route::One(key)) => {
             if let Some(view) = cached(&config, &region, &key) {
@@ -184,7 +193,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             let keys = parse_ids(kind, req.url().map_err(internal)?.query())?;
             batch_read(env, &config, &region, &mut session, keys).await
         }
-        _ => Err(ApiError::MethodNotAllowed.into()),
+        _ => Err(ApiError::MethodNotAllowed(allow).into()),
     }
 }
 

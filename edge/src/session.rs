@@ -18,7 +18,8 @@
 //!
 //! Form: comma-separated entries `<kind>:<id>=<p>[-<n>][@<epoch>]` (e.g.
 //! `g:home=715,pn:viewers:42=90-75@2`; no `@` for epoch 0), most recently used first, at most
-//! [`MAX_ENTRIES`] counters and [`MAX_LEN`] bytes. A token names counters and counts,
+//! [`MAX_ENTRIES`] counters and [`MAX_LEN`] bytes, halves of at most [`HALF_DIGITS`] digits
+//! and epochs of at most [`EPOCH_DIGITS`]. A token names counters and counts,
 //! nothing secret; a client that forges one only changes what it is shown itself.
 
 use tally_crdt::{CounterKey, GlobalTotals};
@@ -29,6 +30,10 @@ use crate::counter::Bound;
 pub const MAX_ENTRIES: usize = 32;
 /// Longest token accepted, in bytes.
 pub const MAX_LEN: usize = 8192;
+/// Most digits of a half in a token.
+pub const HALF_DIGITS: usize = 38;
+/// Most digits of an epoch in a token.
+pub const EPOCH_DIGITS: usize = 19;
 /// The request and response header.
 pub const HEADER: &str = "Tally-Session";
 
@@ -78,8 +83,13 @@ impl Session {
             let key = CounterKey::from_storage_key(key).map_err(|_| bad())?;
             let (totals, epoch) = totals.split_once('@').unwrap_or((totals, "0"));
             let (p, n) = totals.split_once('-').unwrap_or((totals, "0"));
-            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            if !digits(p) || !digits(n) || !digits(epoch) {
+            // At most 38 digits a half (below 10^38, so `p - n` always fits an `i128`) and
+            // 19 an epoch: a bound no count reaches (it would take 2^63 slots), and one that
+            // a client can check with a short pattern (docs/edge-openapi.json).
+            let digits = |s: &str, most: usize| {
+                (1..=most).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+            };
+            if !digits(p, HALF_DIGITS) || !digits(n, HALF_DIGITS) || !digits(epoch, EPOCH_DIGITS) {
                 return Err(bad());
             }
             let totals = Bound {
@@ -235,12 +245,24 @@ mod tests {
             "g:home=1,g:home=2",
             "g:home=1e3",
             "g:home=999999999999999999999999999999999999999999",
+            // Halves of more than 38 digits, epochs of more than 19.
+            "g:home=100000000000000000000000000000000000000",
+            "pn:home=1-000000000000000000000000000000000000001",
+            "g:home=1@10000000000000000000",
         ] {
             assert!(
                 matches!(Session::parse(Some(bad)), Err(SessionError::BadEntry(_))),
                 "{bad:?}"
             );
         }
+        let most = Session::parse(Some(
+            "pn:x=99999999999999999999999999999999999999-0007@9999999999999999999",
+        ))
+        .unwrap();
+        assert_eq!(
+            most.token(),
+            "pn:x=99999999999999999999999999999999999999-7@9999999999999999999"
+        );
         let many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("g:c{i}=1")).collect();
         assert_eq!(
             Session::parse(Some(&many.join(","))),

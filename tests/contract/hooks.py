@@ -1,6 +1,7 @@
-"""Schemathesis hooks of tally's contract test (tests/tests/contract.rs).
+"""Schemathesis hooks of tally's contract tests (tests/tests/contract.rs), for the merger's
+OpenAPI document and the edge's (docs/edge-openapi.json).
 
-The merger's OpenAPI document says everything JSON Schema can say about a request. A few of
+Each document says everything JSON Schema can say about a request. A few of
 the merger's rules relate one part of a request to another, which JSON Schema cannot say; a
 schema-valid request that breaks one is refused with a 4xx naming the rule, and the
 `positive_data_acceptance` check would count that as a valid request refused. This hook keeps
@@ -8,7 +9,7 @@ such requests out of the *positive* cases only, one documented rule each; negati
 sent as generated (a request that breaks the rule and the schema must still be refused, and
 is).
 
-The rules, each answered with its own error code (docs/protocol.md):
+The rules, each answered with its own error code (docs/protocol.md). The merger:
 
 - `/v1/sync`, `/v1/read`: each `(id, kind)` at most once per request (`duplicate_counter`).
 - `/v1/sync` of protocol version 1: a counter of kind `g` carries no decrements (`n` is 0),
@@ -19,6 +20,12 @@ The rules, each answered with its own error code (docs/protocol.md):
 - `GET /v1/{namespace}/{id}/history`: `from` not after `to` (`invalid_query`).
 - `POST /v1/counters/{id}/import`: a counter only grows, so a negative value is for a gauge
   (`invalid_import`).
+
+The edge:
+
+- `Tally-Session`: each counter at most once in the token (`invalid_session`).
+- `GET /counter?ids=`, `/gauge?ids=`: each id at most once (`invalid_query`).
+- JSON integers in integer form, as for the merger (`invalid_body`).
 """
 
 from datetime import datetime
@@ -91,6 +98,28 @@ def _negative(count):
     return False
 
 
+def _session_repeats_a_counter(headers):
+    token = None
+    for name, value in (headers or {}).items():
+        if name.lower() == "tally-session":
+            token = value
+    if not isinstance(token, str):
+        return False
+    keys = [entry.strip().rsplit("=", 1)[0] for entry in token.split(",")]
+    return len(keys) != len(set(keys))
+
+
+def _ids_repeat(query):
+    ids = query.get("ids") if isinstance(query, dict) else None
+    if not isinstance(ids, str):
+        return False
+    listed = ids.split(",")
+    return len(listed) != len(set(listed))
+
+
+EDGE_PATHS = ("/{id}/counter", "/{id}/gauge", "/counter", "/gauge")
+
+
 @schemathesis.hook
 def filter_case(context, case):
     meta = case.meta
@@ -109,5 +138,10 @@ def filter_case(context, case):
     if case.path == "/v1/{namespace}/{id}/import" and isinstance(body, dict):
         namespace = (case.path_parameters or {}).get("namespace")
         if namespace == "counters" and _negative(body.get("count")):
+            return False
+    if case.path in EDGE_PATHS:
+        if _session_repeats_a_counter(case.headers):
+            return False
+        if _ids_repeat(case.query):
             return False
     return True

@@ -1,13 +1,15 @@
-//! The contract test: schemathesis (PyPI, the version `scripts/bootstrap.sh` pins) against a
-//! live merger, with every check (`--checks all`) and a fixed seed. It generates requests from
-//! the merger's own OpenAPI document (`GET /openapi.json`), valid and invalid, sends them, and
-//! fails on any answer the document does not describe: a status not listed, a body off its
-//! schema, a 5xx, a valid request refused or an invalid one accepted, an operation that works
-//! without its token.
+//! The contract tests: schemathesis (PyPI, the version `scripts/bootstrap.sh` pins) with every
+//! check (`--checks all`) and a fixed seed, against a live merger and its own OpenAPI document
+//! (`GET /openapi.json`), and against the real edge worker under `wrangler dev` and the edge's
+//! checked-in document (`docs/edge-openapi.json`). Schemathesis generates requests from the
+//! document, valid and invalid, sends them, and fails on any answer the document does not
+//! describe: a status not listed, a body or header off its schema, a 5xx, a valid request
+//! refused or an invalid one accepted, an operation that works without its token.
 //!
 //! The merger runs with all three tokens (sync, read, admin), each operation is sent the one
-//! its security scheme names (`tests/contract/schemathesis.toml`), and it is seeded first, so
-//! reads, lists and history have counters, gauges, regions and points to answer with.
+//! its security scheme names (`tests/contract/merger.toml`), and it is seeded first, so
+//! reads, lists and history have counters, gauges, regions and points to answer with. The edge
+//! runs with a write key, which goes where its document names it (`tests/contract/edge.toml`).
 //! `tests/contract/hooks.py` keeps out of the positive cases the few requests that break a
 //! rule JSON Schema cannot state (each named there, each refused with its own error code).
 //!
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_e2e::{MergerProcess, TOKEN, root, temp_dir, wait_until};
+use tally_e2e::{Edge, EdgeOptions, MergerProcess, TOKEN, WRITE_KEY, root, temp_dir, wait_until};
 
 const READ_TOKEN: &str = "contract-read-token-0123456789";
 const ADMIN_TOKEN: &str = "contract-admin-token-0123456789";
@@ -106,16 +108,8 @@ async fn seed(merger: &str) {
     .await;
 }
 
-/// The operations of the document the merger serves, as `METHOD path`, but the document's
-/// own (`GET /openapi.json`): schemathesis reads it and does not test it as an operation
-/// (`merger/tests/openapi.rs` checks it).
-async fn operations(merger: &str) -> BTreeSet<String> {
-    let document: Value = reqwest::get(format!("{merger}/openapi.json"))
-        .await
-        .expect("the merger serves /openapi.json")
-        .json()
-        .await
-        .expect("the document is JSON");
+/// The operations of an OpenAPI document, as `METHOD path`.
+fn operations(document: &Value) -> BTreeSet<String> {
     let paths = document["paths"]
         .as_object()
         .expect("the document has paths");
@@ -125,9 +119,9 @@ async fn operations(merger: &str) -> BTreeSet<String> {
             let methods = item.as_object().expect("a path item is an object");
             methods
                 .keys()
+                .filter(|key| *key != "parameters")
                 .map(move |method| format!("{} {path}", method.to_uppercase()))
         })
-        .filter(|operation| operation != "GET /openapi.json")
         .collect()
 }
 
@@ -145,8 +139,18 @@ fn tested(report_dir: &Path) -> BTreeSet<String> {
     found
 }
 
-#[tokio::test]
-async fn schemathesis_finds_no_failure_in_the_merger_api() {
+/// The name of the stateful phase's test case in the JUnit report.
+const STATEFUL: &str = "Stateful tests";
+
+/// Runs schemathesis with `config` (in `tests/contract/`) on the document at `location`
+/// (`--url` sets the base of a document read from a file), with `env`; asserts it found no
+/// failure, and answers the operations it tested.
+async fn schemathesis_run(
+    config: &str,
+    location: &str,
+    url: Option<&str>,
+    env: &[(&str, &str)],
+) -> BTreeSet<String> {
     let st = schemathesis();
     assert!(
         st.is_file(),
@@ -154,6 +158,42 @@ async fn schemathesis_finds_no_failure_in_the_merger_api() {
          or set TALLY_SCHEMATHESIS to an `st` binary",
         st.display()
     );
+    let seed = std::env::var("TALLY_CONTRACT_SEED").unwrap_or_else(|_| SEED.to_owned());
+    let contract = root().join("tests/contract");
+    // A scratch working directory: schemathesis and hypothesis write state beside it.
+    let scratch = temp_dir();
+    let mut command = tokio::process::Command::new(&st);
+    command
+        .arg("--config-file")
+        .arg(contract.join(config))
+        .args(["run", location])
+        .args(url.map(|url| ["--url", url]).into_iter().flatten())
+        .args(["--checks", "all", "--seed", &seed, "--no-color"])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(scratch.path().join("report"))
+        .env("TALLY_CONTRACT_HOOKS", contract.join("hooks.py"))
+        .envs(env.iter().copied())
+        .current_dir(scratch.path())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+        .await
+        .expect("schemathesis ends within 5 minutes")
+        .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "schemathesis found failures (seed {seed}; the report is above)"
+    );
+    assert!(
+        report.contains("No issues found"),
+        "no verdict in the report"
+    );
+    tested(&scratch.path().join("report"))
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_failure_in_the_merger_api() {
     let db = temp_dir();
     let merger = MergerProcess::start(
         db.path(),
@@ -168,48 +208,35 @@ async fn schemathesis_finds_no_failure_in_the_merger_api() {
     )
     .await;
     seed(&merger.url).await;
-    let mut expected_operations = operations(&merger.url).await;
-    // And the stateful phase, which chains operations (e.g. a sync, then reads of its ids).
-    expected_operations.insert("Stateful tests".to_owned());
-
-    let seed_value = std::env::var("TALLY_CONTRACT_SEED").unwrap_or_else(|_| SEED.to_owned());
-    let contract = root().join("tests/contract");
-    // A scratch working directory: schemathesis and hypothesis write state beside it.
-    let scratch = temp_dir();
-    let output = tokio::process::Command::new(&st)
-        .arg("--config-file")
-        .arg(contract.join("schemathesis.toml"))
-        .arg("run")
-        .arg(format!("{}/openapi.json", merger.url))
-        .args(["--checks", "all", "--seed", &seed_value, "--no-color"])
-        .args(["--report", "junit", "--report-dir"])
-        .arg(scratch.path().join("report"))
-        .env("TALLY_CONTRACT_HOOKS", contract.join("hooks.py"))
-        .env("TALLY_SYNC_TOKEN", TOKEN)
-        .env("TALLY_READ_TOKEN", READ_TOKEN)
-        .env("TALLY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .current_dir(scratch.path())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(300), output)
+    let document: Value = reqwest::get(format!("{}/openapi.json", merger.url))
         .await
-        .expect("schemathesis ends within 5 minutes")
-        .expect("schemathesis runs");
-    let report = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(
-        output.status.success(),
-        "schemathesis found failures (seed {seed_value}; the report is above)"
-    );
+        .expect("the merger serves /openapi.json")
+        .json()
+        .await
+        .expect("the document is JSON");
+    // Every operation but the document's own (schemathesis reads it and does not test it as
+    // an operation; merger/tests/openapi.rs checks it), and the stateful phase, which chains
+    // operations (e.g. a sync, then reads of its ids).
+    let mut expected = operations(&document);
+    expected.remove("GET /openapi.json");
+    expected.insert(STATEFUL.to_owned());
+
+    let location = format!("{}/openapi.json", merger.url);
+    let tested = schemathesis_run(
+        "merger.toml",
+        &location,
+        None,
+        &[
+            ("TALLY_SYNC_TOKEN", TOKEN),
+            ("TALLY_READ_TOKEN", READ_TOKEN),
+            ("TALLY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await;
     // It tested every operation: a run that selects or reaches fewer also exits 0.
     assert_eq!(
-        tested(&scratch.path().join("report")),
-        expected_operations,
+        tested, expected,
         "schemathesis tested other operations than the document has"
-    );
-    assert!(
-        report.contains("No issues found"),
-        "no verdict in the report"
     );
 
     // And the merger is still whole after everything schemathesis sent.
@@ -217,5 +244,70 @@ async fn schemathesis_finds_no_failure_in_the_merger_api() {
         .await
         .expect("the merger answers");
     assert!(ready.status().is_success());
+    merger.terminate().await;
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_failure_in_the_edge_api() {
+    let db = temp_dir();
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let storage = temp_dir();
+    let edge = Edge::start(&EdgeOptions::new(&merger.url, storage.path())).await;
+    // Seeded like a page in use: a counter and a gauge that several objects serve.
+    let client = reqwest::Client::new();
+    for path in ["home/counter", "viewers/gauge"] {
+        for _ in 0..3 {
+            let answer = client
+                .put(format!("{}/{path}", edge.url))
+                .bearer_auth(WRITE_KEY)
+                .send()
+                .await
+                .expect("the edge answers a hit");
+            assert_eq!(answer.status(), 200, "PUT /{path}");
+        }
+    }
+    let file = root().join("docs/edge-openapi.json");
+    let generated = std::process::Command::new("python3")
+        .arg(root().join("scripts/edge-openapi.py"))
+        .output()
+        .expect("python3 runs scripts/edge-openapi.py");
+    assert!(generated.status.success(), "scripts/edge-openapi.py failed");
+    assert!(
+        generated.stdout == std::fs::read(&file).expect("docs/edge-openapi.json is readable"),
+        "docs/edge-openapi.json is not what scripts/edge-openapi.py writes: run \
+         `python3 scripts/edge-openapi.py > docs/edge-openapi.json`"
+    );
+    let document: Value = serde_json::from_str(
+        &std::fs::read_to_string(&file).expect("docs/edge-openapi.json is readable"),
+    )
+    .expect("docs/edge-openapi.json is JSON");
+    let mut tested = schemathesis_run(
+        "edge.toml",
+        file.to_str().expect("a UTF-8 path"),
+        Some(&edge.url),
+        &[("TALLY_WRITE_KEY", WRITE_KEY)],
+    )
+    .await;
+    // The edge's document has no links to chain, so a stateful phase is optional.
+    tested.remove(STATEFUL);
+    assert_eq!(
+        tested,
+        operations(&document),
+        "schemathesis tested other operations than the document has"
+    );
+    // The worker still counts: the seeded counter answers at least what was seeded.
+    let answer: Value = client
+        .get(format!("{}/home/counter", edge.url))
+        .send()
+        .await
+        .expect("the edge answers a read")
+        .json()
+        .await
+        .expect("a read is JSON");
+    assert!(
+        tally_e2e::count_of(&answer["count"]).is_some_and(|c| c >= 3),
+        "{answer}"
+    );
+    edge.stop().await;
     merger.terminate().await;
 }

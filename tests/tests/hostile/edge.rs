@@ -210,6 +210,9 @@ fn edge_cases() -> Vec<Case> {
             .body(hit)
             .expect(405, "method_not_allowed"),
         at_edge("POST a gauge without body", "POST", gauge).expect(405, "method_not_allowed"),
+        // Methods workers-rs has no name for (it reads them as GET).
+        at_edge("QUERY a counter", "QUERY", counter).expect(405, "method_not_allowed"),
+        at_edge("PROPFIND a batch", "PROPFIND", "/gauge?ids=a").expect(405, "method_not_allowed"),
         at_edge("DELETE an unknown route", "DELETE", "/x/widget").expect(404, "not_found"),
     ]
 }
