@@ -86,8 +86,8 @@ native_lane() {
   # (kill -9 rounds), the Postgres store against a throwaway cluster.
   step "native tests (every crate but tally-e2e)" cargo test --workspace --exclude tally-e2e --all-features --locked
   # The same packages and features as the build step, so the benches it built are reused
-# (a narrower `-p` resolves other features and rebuilds half the dependencies).
-step "benchmarks run once (test mode)" cargo test --workspace --all-features --benches --locked
+  # (a narrower `-p` resolves other features and rebuilds half the dependencies).
+  step "benchmarks run once (test mode)" cargo test --workspace --all-features --benches --locked
   # cargo-fuzz builds with nightly, which the stable clippy-driver cannot wrap.
   step "fuzz (bounded, 20 s per target; skipped without a nightly toolchain)" \
     env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS FUZZ_SECONDS=20 bash scripts/fuzz.sh
