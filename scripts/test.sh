@@ -87,7 +87,8 @@ native_lane() {
   step "native tests (every crate but tally-e2e)" cargo test --workspace --exclude tally-e2e --all-features --locked
   # The same packages and features as the build step, so the benches it built are reused
   # (a narrower `-p` resolves other features and rebuilds half the dependencies).
-  step "benchmarks run once (test mode)" cargo test --workspace --all-features --benches --locked
+  # (`--bench '*'`: the bench targets only; `--benches` runs the library tests again too.)
+  step "benchmarks run once (test mode)" cargo test --workspace --all-features --bench '*' --locked
   # cargo-fuzz builds with nightly, which the stable clippy-driver cannot wrap.
   step "fuzz (bounded, 20 s per target; skipped without a nightly toolchain)" \
     env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS FUZZ_SECONDS=20 bash scripts/fuzz.sh
