@@ -28,6 +28,12 @@ const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
     ),
 )]
 pub async fn page() -> impl IntoResponse {
+    static_page(PAGE, POLICY)
+}
+
+/// A page compiled into the binary (this one, the OpenAPI page), with its content security
+/// policy and no content sniffing.
+pub fn static_page(page: &'static str, policy: &'static str) -> impl IntoResponse {
     (
         [
             (
@@ -36,13 +42,13 @@ pub async fn page() -> impl IntoResponse {
             ),
             (
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(POLICY),
+                HeaderValue::from_static(policy),
             ),
             (
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
         ],
-        PAGE,
+        page,
     )
 }

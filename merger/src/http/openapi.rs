@@ -135,21 +135,5 @@ const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
     ),
 )]
 pub async fn page() -> impl IntoResponse {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(POLICY),
-            ),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-        ],
-        PAGE,
-    )
+    super::dashboard::static_page(PAGE, POLICY)
 }
