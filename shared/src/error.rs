@@ -97,6 +97,24 @@ pub enum Error {
     /// A counter key that is not `g:<id>` or `pn:<id>`.
     #[error("not a counter key: expected g:<id> or pn:<id>")]
     InvalidKey,
+    /// A day is not `YYYY-MM-DD`, a real date of years 0000-9999.
+    #[error("not a UTC day (e.g. 2030-10-10)")]
+    InvalidDay,
+    /// An id appears twice in a presence report or a sketch sync.
+    #[error("id {id:?} appears more than once")]
+    DuplicateId {
+        /// The id.
+        id: String,
+    },
+    /// A presence report's lease is zero or longer than
+    /// [`MAX_PRESENCE_TTL_MS`](crate::MAX_PRESENCE_TTL_MS).
+    #[error("presence ttl_ms {got} is out of range: 1..={max}")]
+    PresenceTtlOutOfRange {
+        /// The ttl received.
+        got: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The body is not a well-formed sync request (bad JSON, wrong types, missing or unknown
     /// fields). The message is the decoder's.
     #[error("malformed body: {0}")]
@@ -185,6 +203,9 @@ impl Error {
             Error::InvalidTime => "invalid_time",
             Error::InvalidKey => "invalid_key",
             Error::Malformed(_) => "malformed_body",
+            Error::InvalidDay => "invalid_day",
+            Error::DuplicateId { .. } => "duplicate_id",
+            Error::PresenceTtlOutOfRange { .. } => "presence_ttl_out_of_range",
             Error::HllInvalidPrecision { .. } => "hll_invalid_precision",
             Error::HllPrecisionMismatch { .. } => "hll_precision_mismatch",
             Error::HllUnsupportedVersion { .. } => "hll_unsupported_version",

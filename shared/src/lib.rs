@@ -17,6 +17,9 @@
 //! - [`ReadRequest`], [`ReadResponse`] (`sync.rs`): the merger's batch read for the edge.
 //! - [`HyperLogLog`] (`hll.rs`): a mergeable sketch of distinct items (register-wise max),
 //!   sparse while small, with a compact wire form and register deltas for syncing.
+//! - [`PresenceReport`] and its answer (`presence.rs`): viewers now, as per-object counts of
+//!   live sessions; [`SketchSync`] and its answer (`unique.rs`): unique visitors, as the grown
+//!   registers of each object's sketches.
 //! - [`Count`] (`count.rs`): a value as the public HTTP APIs write it (a JSON number below
 //!   2^53, a decimal string beyond).
 //! - `wasm.rs` (feature `wasm`): JavaScript bindings of the counters and the sketch.
@@ -84,9 +87,11 @@ mod gcounter;
 mod hll;
 mod key;
 mod pncounter;
+mod presence;
 mod replica;
 mod sync;
 mod time;
+mod unique;
 mod validate;
 #[cfg(feature = "wasm")]
 pub mod wasm;
@@ -97,13 +102,21 @@ pub use gcounter::GCounter;
 pub use hll::HyperLogLog;
 pub use key::CounterKey;
 pub use pncounter::PNCounter;
+pub use presence::{
+    MAX_PRESENCE_TTL_MS, PresenceCount, PresenceRead, PresenceReport, PresenceResponse,
+    PresenceTotal,
+};
 pub use replica::ReplicaId;
 pub use sync::{
     CounterKind, ErrorBody, GlobalTotals, MIN_PROTOCOL_VERSION, MergedCounter, PROTOCOL_VERSION,
     ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse, SlotTotals, SlotUpdate,
     SyncAnswer, SyncRequest, SyncResponse,
 };
-pub use time::Timestamp;
+pub use time::{Day, Timestamp};
+pub use unique::{
+    MAX_SKETCHES_PER_SYNC, SketchKey, SketchRead, SketchResponse, SketchSync, SketchTotal,
+    SketchUpdate,
+};
 pub use validate::{
     MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, MAX_REGION_LEN, check_counter_id, check_region,
 };

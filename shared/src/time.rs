@@ -214,6 +214,96 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// A UTC calendar day, written `YYYY-MM-DD` (the date part of a [`Timestamp`]'s form).
+///
+/// The unit of derived unique visitors: a key derived from a client's address is salted per
+/// UTC day, so it counts once per day.
+///
+/// # Examples
+///
+/// ```
+/// use tally_crdt::{Day, Timestamp};
+///
+/// let day = Timestamp::from_unix_ms(1_917_864_702_500).day();
+/// assert_eq!(day.to_string(), "2030-10-10");
+/// assert_eq!("2030-10-10".parse::<Day>()?, day);
+/// assert_eq!(day.start(), "2030-10-10T00:00:00Z".parse::<Timestamp>()?);
+/// assert!("2030-13-01".parse::<Day>().is_err());
+/// # Ok::<(), tally_crdt::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Day(i64);
+
+impl Timestamp {
+    /// The UTC day this time falls on.
+    pub const fn day(self) -> Day {
+        Day(self.0.div_euclid(MS_PER_DAY))
+    }
+}
+
+impl Day {
+    /// Its first millisecond.
+    pub const fn start(self) -> Timestamp {
+        Timestamp(self.0 * MS_PER_DAY)
+    }
+
+    /// Days since 1970-01-01.
+    pub const fn days_since_epoch(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, m, d) = civil_from_days(self.0);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+impl FromStr for Day {
+    type Err = Error;
+
+    /// Parses `YYYY-MM-DD` exactly (a real date of years 0000-9999).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.len() != 10 {
+            return Err(Error::InvalidDay);
+        }
+        let t: Timestamp = alloc::format!("{s}T00:00:00Z")
+            .parse()
+            .map_err(|_| Error::InvalidDay)?;
+        let day = t.day();
+        // The parser accepts day 31 of a 30-day month by rolling over: refuse what does not
+        // write back the same.
+        if alloc::format!("{day}") != s {
+            return Err(Error::InvalidDay);
+        }
+        Ok(day)
+    }
+}
+
+impl Serialize for Day {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Day {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DayVisitor;
+        impl Visitor<'_> for DayVisitor {
+            type Value = Day;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a UTC day such as 2030-10-10")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Day, E> {
+                v.parse()
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_str(DayVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -238,7 +238,7 @@ impl ReadRequest {
 
 /// Another version may have another shape: name the version, not the shape.
 #[cfg(feature = "json")]
-fn version_or_malformed(body: &[u8], parse_error: serde_json::Error) -> Error {
+pub(crate) fn version_or_malformed(body: &[u8], parse_error: serde_json::Error) -> Error {
     #[derive(serde::Deserialize)]
     struct VersionOnly {
         version: u64,
