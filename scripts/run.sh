@@ -26,7 +26,10 @@ export TALLY_SYNC_TOKEN
 # The application's write key (larger deltas, gauge writes), also fresh per run.
 write_key=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
 # The worker reads its local secrets from .dev.vars (git-ignored).
-printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\nWRITE_KEY=%s\n' "$TALLY_SYNC_TOKEN" "$merger" "$write_key" > .dev.vars
+# The secret behind derived unique-visitor keys (a fresh one per run: derived uniques of a
+# day start again after a restart).
+unique_salt=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\nWRITE_KEY=%s\nUNIQUE_SALT=%s\n' "$TALLY_SYNC_TOKEN" "$merger" "$write_key" "$unique_salt" > .dev.vars
 
 echo "building the merger (release)..." >&2
 cargo build --release --locked -p tally-merger

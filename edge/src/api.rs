@@ -29,6 +29,10 @@ pub enum Route {
     One(CounterKey),
     /// `/counter?ids=…` or `/gauge?ids=…`: a batch read.
     Batch(CounterKind),
+    /// `/{id}/presence`: viewers now.
+    Presence(String),
+    /// `/{id}/unique`: unique visitors.
+    Unique(String),
 }
 
 /// Every error the edge answers, as `{"error":{"code","message"}}` with its status.
@@ -36,7 +40,7 @@ pub enum Route {
 pub enum ApiError {
     /// No such route.
     #[error(
-        "no such resource: use /{{id}}/counter, /{{id}}/gauge, or /counter?ids=a,b for several"
+        "no such resource: use /{{id}}/counter, /{{id}}/gauge, /{{id}}/presence, /{{id}}/unique, or /counter?ids=a,b for several"
     )]
     NotFound,
     /// A method the route does not have; the methods it has, for the `Allow` header.
@@ -55,7 +59,7 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidDelta(&'static str),
     /// A body over [`MAX_BODY_BYTES`].
-    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
+    #[error("request body is too large: at most {MAX_BODY_BYTES} bytes (8 KiB for /{{id}}/unique)")]
     BodyTooLarge,
     /// A body declared as something other than JSON.
     #[error("unsupported content type: send Content-Type: application/json")]
@@ -81,6 +85,27 @@ pub enum ApiError {
     /// This replica holds no global value for the counter and the merger cannot be reached.
     #[error("the global count is unavailable (merger unreachable and nothing cached); retry later")]
     Unavailable,
+    /// A presence session id outside the rules.
+    #[error("invalid session: 1 to 64 ASCII letters, digits, `-` or `_`")]
+    InvalidSessionId,
+    /// The presence object holds as many sessions as it may; existing ones still renew.
+    #[error("too many viewers on this object; retry in a minute")]
+    TooManySessions,
+    /// A presence call that needs a session, sent without one.
+    #[error("{0}")]
+    SessionRequired(&'static str),
+    /// A unique hit's visitor key outside the rules.
+    #[error("invalid visitor key: 1 to 256 bytes of text")]
+    InvalidVisitor,
+    /// A unique hit without a visitor key where none can be derived (no `UNIQUE_SALT`).
+    #[error("a visitor key is required: send {{\"visitor\": \"…\"}}")]
+    VisitorRequired,
+    /// A unique read's day that is not `YYYY-MM-DD` or `today`.
+    #[error("invalid day: expected YYYY-MM-DD or today")]
+    InvalidDay,
+    /// A WebSocket upgrade that is not one.
+    #[error("expected a WebSocket upgrade (Upgrade: websocket)")]
+    UpgradeRequired,
     /// Something failed inside the edge (logged).
     #[error("internal error")]
     Internal,
@@ -96,9 +121,15 @@ impl ApiError {
             | ApiError::InvalidRegion(_)
             | ApiError::InvalidBody(_)
             | ApiError::InvalidQuery(_)
-            | ApiError::InvalidSession(_) => 400,
+            | ApiError::InvalidSession(_)
+            | ApiError::InvalidSessionId
+            | ApiError::SessionRequired(_)
+            | ApiError::InvalidVisitor
+            | ApiError::InvalidDay => 400,
+            ApiError::UpgradeRequired => 426,
             ApiError::WriteKeyRequired(_) | ApiError::InvalidWriteKey => 401,
-            ApiError::TooManyNewIds => 429,
+            ApiError::TooManyNewIds | ApiError::TooManySessions => 429,
+            ApiError::VisitorRequired => 422,
             ApiError::InvalidDelta(_) | ApiError::Overflow(_) => 422,
             ApiError::BodyTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
@@ -125,6 +156,13 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Overflow(_) => "slot_overflow",
             ApiError::Unavailable => "merger_unreachable",
+            ApiError::InvalidSessionId => "invalid_session_id",
+            ApiError::TooManySessions => "too_many_sessions",
+            ApiError::SessionRequired(_) => "session_required",
+            ApiError::InvalidVisitor => "invalid_visitor",
+            ApiError::VisitorRequired => "visitor_required",
+            ApiError::InvalidDay => "invalid_day",
+            ApiError::UpgradeRequired => "upgrade_required",
             ApiError::Internal => "internal",
         }
     }
@@ -141,6 +179,8 @@ impl Route {
         match self {
             Route::One(_) => "GET, HEAD, PUT, OPTIONS",
             Route::Batch(_) => "GET, HEAD, OPTIONS",
+            Route::Presence(_) => "GET, HEAD, PUT, DELETE, OPTIONS",
+            Route::Unique(_) => "GET, HEAD, PUT, OPTIONS",
         }
     }
 }
@@ -150,6 +190,17 @@ impl Route {
 pub fn parse_path(path: &str) -> Result<Route, ApiError> {
     if let Some(kind) = path.strip_prefix('/').and_then(CounterKind::from_resource) {
         return Ok(Route::Batch(kind));
+    }
+    let named = |suffix: &str| {
+        path.strip_prefix('/')
+            .and_then(|p| p.strip_suffix(suffix))
+            .map(|id| tally_crdt::check_counter_id(id).map(|()| id.to_owned()))
+    };
+    if let Some(id) = named("/presence") {
+        return id.map(Route::Presence).map_err(ApiError::InvalidId);
+    }
+    if let Some(id) = named("/unique") {
+        return id.map(Route::Unique).map_err(ApiError::InvalidId);
     }
     match CounterKey::from_edge_path(path) {
         Some(Ok(key)) => Ok(Route::One(key)),
@@ -300,6 +351,22 @@ mod tests {
             ))
         );
         assert_eq!(parse_path("/gauge"), Ok(Route::Batch(CounterKind::Pn)));
+        assert_eq!(
+            parse_path("/page:1/presence"),
+            Ok(Route::Presence("page:1".into()))
+        );
+        assert_eq!(
+            parse_path("/page:1/unique"),
+            Ok(Route::Unique("page:1".into()))
+        );
+        assert!(matches!(
+            parse_path("/a%20b/presence"),
+            Err(ApiError::InvalidId(_))
+        ));
+        assert!(matches!(
+            parse_path("//unique"),
+            Err(ApiError::InvalidId(_))
+        ));
         for bad in [
             "",
             "/",

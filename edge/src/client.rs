@@ -1,4 +1,5 @@
-//! The merger client: `POST /v1/sync`, `POST /v1/read` and `POST /v1/retire`, with the sync
+//! The merger client: `POST /v1/sync`, `/v1/read`, `/v1/retire`, `/v1/presence[/read]` and
+//! `/v1/unique[/read]`, with the sync
 //! token, bounded by the sync timeout, with typed errors.
 
 use std::time::Duration;
@@ -7,7 +8,8 @@ use futures_util::future::{Either, select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tally_crdt::{
-    ReadRequest, ReadResponse, RetireRequest, RetireResponse, SyncRequest, SyncResponse,
+    PresenceRead, PresenceReport, PresenceResponse, ReadRequest, ReadResponse, RetireRequest,
+    RetireResponse, SketchRead, SketchResponse, SketchSync, SyncRequest, SyncResponse,
 };
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
@@ -74,6 +76,55 @@ pub async fn retire(
         )));
     }
     Ok(response)
+}
+
+/// `POST {MERGER_URL}/v1/presence`: this object's live-session counts.
+///
+/// # Errors
+///
+/// [`MergerError`]; the report may have been stored, which is harmless: the merger keeps the
+/// report with the highest sequence number.
+pub async fn report_presence(
+    config: &Config,
+    report: &PresenceReport,
+) -> Result<PresenceResponse, MergerError> {
+    post(config, "/v1/presence", report).await
+}
+
+/// `POST {MERGER_URL}/v1/presence/read`: viewers now of some ids, written nowhere.
+///
+/// # Errors
+///
+/// [`MergerError`].
+pub async fn read_presence(
+    config: &Config,
+    read: &PresenceRead,
+) -> Result<PresenceResponse, MergerError> {
+    post(config, "/v1/presence/read", read).await
+}
+
+/// `POST {MERGER_URL}/v1/unique`: the registers of this object's sketches that grew.
+///
+/// # Errors
+///
+/// [`MergerError`]; the merge may have been committed, which is harmless (max per register).
+pub async fn sync_sketches(
+    config: &Config,
+    sync: &SketchSync,
+) -> Result<SketchResponse, MergerError> {
+    post(config, "/v1/unique", sync).await
+}
+
+/// `POST {MERGER_URL}/v1/unique/read`: merged sketches, written nowhere.
+///
+/// # Errors
+///
+/// [`MergerError`].
+pub async fn read_sketches(
+    config: &Config,
+    read: &SketchRead,
+) -> Result<SketchResponse, MergerError> {
+    post(config, "/v1/unique/read", read).await
 }
 
 async fn post<Q: Serialize, A: DeserializeOwned>(

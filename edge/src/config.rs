@@ -47,6 +47,16 @@ pub struct Config {
     /// first clean moment and the old one is retired at the merger (`ROTATE_MS`, default one
     /// day; 0: never).
     pub rotate_ms: u64,
+    /// `PRESENCE_TTL_MS`: a viewer's lease; a session not renewed within it stops counting.
+    pub presence_ttl_ms: u64,
+    /// `PRESENCE_MAX_SESSIONS`: live sessions (leases and sockets) one presence object holds
+    /// at most; a join beyond is refused with 429.
+    pub presence_max_sessions: usize,
+    /// `PRESENCE_PUSH_MS`: shortest time between two count pushes to an id's sockets.
+    pub presence_push_ms: u64,
+    /// `UNIQUE_SALT` (secret): the key from which each UTC day's salt for derived visitor keys
+    /// is made. Without it, a unique hit must carry its own visitor key.
+    pub unique_salt: Option<String>,
 }
 
 /// A missing or malformed setting.
@@ -124,6 +134,23 @@ impl Config {
                 "0 (never) or at least 1000",
             ));
         }
+        let presence_ttl_ms = number(
+            "PRESENCE_TTL_MS",
+            30_000,
+            1000..=tally_crdt::MAX_PRESENCE_TTL_MS,
+        )?;
+        let presence_max_sessions = number("PRESENCE_MAX_SESSIONS", 10_000, 1..=100_000)?;
+        let presence_push_ms = number("PRESENCE_PUSH_MS", 250, 0..=60_000)?;
+        let unique_salt = match get("UNIQUE_SALT").filter(|k| !k.is_empty()) {
+            Some(k) if k.len() < MIN_TOKEN_LEN => {
+                return Err(invalid(
+                    "UNIQUE_SALT",
+                    "<hidden>".into(),
+                    "at least 16 characters",
+                ));
+            }
+            other => other,
+        };
         let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
             None | Some("" | "false" | "0") => Ok(false),
             Some("true" | "1") => Ok(true),
@@ -159,6 +186,11 @@ impl Config {
             sync_timeout_ms,
             max_backoff_ms,
             rotate_ms,
+            presence_ttl_ms,
+            presence_max_sessions: usize::try_from(presence_max_sessions)
+                .expect("bounded by its range above"),
+            presence_push_ms,
+            unique_salt,
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod counter;
 pub mod incarnation;
 pub mod internal;
 pub mod isolate_cache;
+pub mod presence;
 #[allow(
     missing_docs,
     reason = "#[durable_object] generates undocumented wasm-bindgen exports"
@@ -28,6 +29,7 @@ pub mod routing;
 pub mod scheduler;
 pub mod session;
 pub mod store;
+pub mod unique;
 
 use futures_util::future::join_all;
 use subtle::ConstantTimeEq;
@@ -49,15 +51,26 @@ use tally_crdt::Timestamp;
 
 /// Durable Object binding, as in `wrangler.toml`.
 pub const REPLICA_BINDING: &str = "REPLICA";
+/// Durable Object binding of the presence objects, as in `wrangler.toml`.
+pub const PRESENCE_BINDING: &str = "PRESENCE";
+/// Durable Object binding of the unique-visitor objects, as in `wrangler.toml`.
+pub const UNIQUE_BINDING: &str = "UNIQUE";
 /// Rate-limiting binding of the new-id budget, as in `wrangler.toml`.
 pub const NEW_IDS_BINDING: &str = "NEW_IDS";
 /// Header carrying the region override (when allowed).
 pub const REGION_HEADER: &str = "X-Tally-Region";
 
 /// How a request failed: an API error decided here, or an object's error passed through.
-enum Failure {
+pub enum Failure {
+    /// An error of the edge's own.
     Api(ApiError),
-    Object { status: u16, body: String },
+    /// An object's error answer, passed through.
+    Object {
+        /// Its status.
+        status: u16,
+        /// Its body.
+        body: String,
+    },
 }
 
 impl From<ApiError> for Failure {
@@ -89,6 +102,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             r
         }
     };
+    // A WebSocket upgrade's answer carries the socket: passed as it is.
+    if response.status_code() == 101 {
+        return Ok(response);
+    }
     with_cors(response)
 }
 
@@ -144,12 +161,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
         (Method::Put, Route::One(key)) => {
             let add = read_hit(&mut req, key.kind()).await?;
             let trusted = authorize(&req, &config, key.kind(), add)?;
-            let client = req
-                .headers()
-                .get("CF-Connecting-IP")
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| "unknown".to_owned());
+            let client = client_address(&req);
             let hit = Hit {
                 key: key.clone(),
                 add,
@@ -189,12 +201,166 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             remember(&config, &region, &key, view);
             Ok(count_response(&config, &mut session, &key, view, None)?)
         }
+        (method, Route::Presence(id)) => {
+            presence_route(&mut req, env, &config, &region, method, &id).await
+        }
+        (method, Route::Unique(id)) => {
+            unique::route(&mut req, env, &config, &region, method, &id).await
+        }
         (Method::Get | Method::Head, Route::Batch(kind)) => {
             let keys = parse_ids(kind, req.url().map_err(internal)?.query())?;
             batch_read(env, &config, &region, &mut session, keys).await
         }
         _ => Err(ApiError::MethodNotAllowed(allow).into()),
     }
+}
+
+/// `/{id}/presence`: join or renew (`PUT`), leave (`DELETE ?session=`), read (`GET
+/// [?session=]`), or open a socket (`GET` with `Upgrade: websocket`).
+async fn presence_route(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    region: &str,
+    method: Method,
+    id: &str,
+) -> std::result::Result<Response, Failure> {
+    let client = client_address(req);
+    let trusted = match req.headers().get("Authorization").ok().flatten() {
+        None => false,
+        Some(value) => match (bearer(&value), &config.write_key) {
+            (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => true,
+            _ => return Err(ApiError::InvalidWriteKey.into()),
+        },
+    };
+    let upgrade = req.headers().get("Upgrade").ok().flatten();
+    let (op, session) = match method {
+        Method::Get if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) => {
+            if !trusted {
+                admit(env, &client).await?;
+            }
+            // A socket is a session of its own: it goes to the object of a fresh session id.
+            let session = presence::session_from_random([random_u64(), random_u64()]);
+            let partition = routing::presence_partition(id, &session, config.partitions);
+            let name = routing::presence_object_name(region, partition);
+            let stub = stub(env, PRESENCE_BINDING, &name, region)?;
+            let mut url = worker::Url::parse(&format!("https://object{}", presence::SOCKET_PATH))
+                .map_err(|_| ApiError::Internal)?;
+            url.query_pairs_mut()
+                .append_pair("id", id)
+                .append_pair("region", region);
+            let headers = Headers::new();
+            headers.set("Upgrade", "websocket").map_err(internal)?;
+            let mut init = RequestInit::new();
+            init.with_headers(headers);
+            let request = Request::new_with_init(url.as_str(), &init).map_err(internal)?;
+            let response = stub.fetch_with_request(request).await.map_err(internal)?;
+            return Ok(response);
+        }
+        Method::Get | Method::Head => {
+            let query = req.url().map_err(internal)?;
+            let session = presence::parse_session_query(query.query())?;
+            (presence::Op::Read, session)
+        }
+        Method::Put => {
+            let bytes = read_body(req, MAX_BODY_BYTES).await?;
+            let content_type = req.headers().get("Content-Type").ok().flatten();
+            let session = presence::parse_join(content_type.as_deref(), &bytes)?
+                .unwrap_or_else(|| presence::session_from_random([random_u64(), random_u64()]));
+            (
+                presence::Op::Join {
+                    session: session.clone(),
+                },
+                Some(session),
+            )
+        }
+        Method::Delete => {
+            let query = req.url().map_err(internal)?;
+            let session =
+                presence::parse_session_query(query.query())?.ok_or(ApiError::SessionRequired(
+                    "a leave names its session: DELETE /{id}/presence?session=…",
+                ))?;
+            (
+                presence::Op::Leave {
+                    session: session.clone(),
+                },
+                Some(session),
+            )
+        }
+        _ => return Err(ApiError::MethodNotAllowed(Route::Presence(String::new()).allow()).into()),
+    };
+    let joined = matches!(op, presence::Op::Join { .. });
+    let partition = routing::presence_partition(
+        id,
+        session.as_deref().unwrap_or_default(),
+        config.partitions,
+    );
+    let name = routing::presence_object_name(region, partition);
+    let call = presence::Call {
+        id: id.to_owned(),
+        region: region.to_owned(),
+        op,
+        client,
+        trusted,
+    };
+    let body = serde_json::to_string(&call).map_err(|_| ApiError::Internal)?;
+    let text = post_to_object(
+        env,
+        PRESENCE_BINDING,
+        &name,
+        region,
+        presence::CALL_PATH,
+        body,
+    )
+    .await?;
+    let view: presence::View = serde_json::from_str(&text).map_err(|e| {
+        console_error!("unreadable presence answer: {e}");
+        ApiError::Internal
+    })?;
+    let body = presence::PresenceBody {
+        count: view.count,
+        updated_at: view.updated_at,
+        session: if joined { session } else { None },
+        ttl_ms: joined.then_some(config.presence_ttl_ms),
+    };
+    let text = serde_json::to_string(&body).map_err(|_| ApiError::Internal)?;
+    let mut response = json_response(&text, 200).map_err(internal)?;
+    if view.partial {
+        response
+            .headers_mut()
+            .set("Tally-Estimate", "partial")
+            .map_err(internal)?;
+    }
+    Ok(response)
+}
+
+/// The client's address as Cloudflare reports it (`unknown` without one), for the budgets.
+pub(crate) fn client_address(req: &Request) -> String {
+    req.headers()
+        .get("CF-Connecting-IP")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Reads a `PUT` body of at most `limit` bytes (else [`ApiError::BodyTooLarge`], checked again
+/// by the parsers on the bytes read).
+pub(crate) async fn read_body(
+    req: &mut Request,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get("Content-Length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    req.bytes()
+        .await
+        .map_err(|_| ApiError::InvalidBody("unreadable body".into()))
 }
 
 /// Reads many counters: one internal read per object that serves some of them, all at once.
@@ -353,19 +519,7 @@ async fn read_hit(
     req: &mut Request,
     kind: CounterKind,
 ) -> std::result::Result<SlotTotals, ApiError> {
-    let declared = req
-        .headers()
-        .get("Content-Length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(ApiError::BodyTooLarge);
-    }
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|_| ApiError::InvalidBody("unreadable body".into()))?;
+    let bytes = read_body(req, MAX_BODY_BYTES).await?;
     let content_type = req.headers().get("Content-Type").ok().flatten();
     parse_hit(kind, content_type.as_deref(), &bytes)
 }
@@ -422,7 +576,7 @@ fn bearer(value: &str) -> Option<&str> {
 }
 
 /// A spread index for one request: hits and reads of a hot counter go to several objects.
-fn spread_index(config: &Config) -> u32 {
+pub(crate) fn spread_index(config: &Config) -> u32 {
     u32::try_from(random_u64() % u64::from(config.spread)).expect("spread is a u32")
 }
 
@@ -438,28 +592,52 @@ async fn call<M: serde::Serialize>(
 ) -> std::result::Result<Vec<Answer>, Failure> {
     let partition = routing::partition(key, s, config.partitions);
     let name = routing::object_name(region, partition);
-    let namespace = env.durable_object(REPLICA_BINDING).map_err(internal)?;
-    let id = namespace.id_from_name(&name).map_err(internal)?;
-    let stub = match routing::location_hint(region) {
+    let body = serde_json::to_string(message).map_err(|_| ApiError::Internal)?;
+    let text = post_to_object(env, REPLICA_BINDING, &name, region, path, body).await?;
+    serde_json::from_str(&text).map_err(|e| {
+        console_error!("unreadable object answer: {e}");
+        Failure::Api(ApiError::Internal)
+    })
+}
+
+/// The stub of object `name` of class `binding`, with the location hint of `region`.
+fn stub(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    region: &str,
+) -> std::result::Result<worker::Stub, ApiError> {
+    let namespace = env.durable_object(binding).map_err(internal)?;
+    let id = namespace.id_from_name(name).map_err(internal)?;
+    match routing::location_hint(region) {
         Some(hint) => id.get_stub_with_location_hint(hint),
         None => id.get_stub(),
     }
-    .map_err(internal)?;
-    let body = serde_json::to_string(message).map_err(|_| ApiError::Internal)?;
+    .map_err(internal)
+}
+
+/// `POST https://object{path}` with `body` to object `name` of class `binding`: the answer's
+/// text, or the object's error passed through.
+pub(crate) async fn post_to_object(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    region: &str,
+    path: &str,
+    body: String,
+) -> std::result::Result<String, Failure> {
+    let stub = stub(env, binding, name, region)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
     let request =
-        Request::new_with_init(&format!("https://replica{path}"), &init).map_err(internal)?;
+        Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
     let mut response = stub.fetch_with_request(request).await.map_err(internal)?;
     let status = response.status_code();
     let text = response.text().await.map_err(internal)?;
     if status != 200 {
         return Err(Failure::Object { status, body: text });
     }
-    serde_json::from_str(&text).map_err(|e| {
-        console_error!("unreadable object answer: {e}");
-        Failure::Api(ApiError::Internal)
-    })
+    Ok(text)
 }
 
 /// The region of a request: the continent Cloudflare reports, or (only when
@@ -524,7 +702,7 @@ fn with_cors(response: Response) -> Result<Response> {
         headers.set(&name, &value)?;
     }
     headers.set("Access-Control-Allow-Origin", "*")?;
-    headers.set("Access-Control-Allow-Methods", "GET, PUT, OPTIONS")?;
+    headers.set("Access-Control-Allow-Methods", "GET, PUT, DELETE, OPTIONS")?;
     headers.set(
         "Access-Control-Allow-Headers",
         "Content-Type, Authorization, Tally-Session",
@@ -541,6 +719,28 @@ fn with_cors(response: Response) -> Result<Response> {
         .with_headers(headers))
 }
 
+/// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by
+/// client address): one unit per counter a client creates at an object, and per presence
+/// session it opens. Without the binding everything is admitted.
+///
+/// # Errors
+///
+/// [`ApiError::TooManyNewIds`] once the budget is spent.
+pub async fn admit(env: &Env, client: &str) -> std::result::Result<(), ApiError> {
+    let Ok(limiter) = env.rate_limiter(NEW_IDS_BINDING) else {
+        return Ok(());
+    };
+    match limiter.limit(client.to_owned()).await {
+        Ok(outcome) if outcome.success => Ok(()),
+        Ok(_) => Err(ApiError::TooManyNewIds),
+        Err(e) => {
+            // The limiter is down: admit rather than refuse real hits.
+            worker::console_warn!("new-id budget unavailable: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// 64 random bits from the runtime's CSPRNG.
 pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
@@ -548,7 +748,7 @@ pub fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-fn internal(e: worker::Error) -> ApiError {
+pub(crate) fn internal(e: worker::Error) -> ApiError {
     console_error!("{e}");
     ApiError::Internal
 }

@@ -45,7 +45,7 @@ use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
-use crate::{NEW_IDS_BINDING, config_from_env, json_response, now, random_u64};
+use crate::{config_from_env, json_response, now, random_u64};
 
 /// How soon after a read asks for it a refresh runs: reads arriving meanwhile join the batch.
 const REFRESH_DELAY_MS: u64 = 10;
@@ -200,7 +200,7 @@ impl DurableObject for Replica {
                 Job::Refresh => self.refresh_pass(now).await,
                 Job::Sweep => self.sweep_pass(now).await,
                 Job::Retire => self.retire_pass().await,
-                Job::Rotate => Ok(()),
+                Job::Rotate | Job::Report | Job::Push => Ok(()),
             };
             if let Err(e) = done {
                 console_error!("{job:?} pass failed: {e}");
@@ -344,7 +344,7 @@ impl Replica {
         self.load(&hit.region).await.map_err(internal)?;
         let known = self.with(|i| i.entry(&hit.key).map(|e| e.stored));
         if !known.map_err(store_failed)? && !hit.trusted {
-            self.admit(&hit.client).await?;
+            crate::admit(&self.env, &hit.client).await?;
         }
         let now = now();
         let (view, next) = self.with(|i| {
@@ -391,23 +391,6 @@ impl Replica {
             key: hit.key,
             view: Some(view),
         })
-    }
-
-    /// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by
-    /// client address). Without the binding every new id is admitted.
-    async fn admit(&self, client: &str) -> std::result::Result<(), ApiError> {
-        let Ok(limiter) = self.env.rate_limiter(NEW_IDS_BINDING) else {
-            return Ok(());
-        };
-        match limiter.limit(client.to_owned()).await {
-            Ok(outcome) if outcome.success => Ok(()),
-            Ok(_) => Err(ApiError::TooManyNewIds),
-            Err(e) => {
-                // The limiter is down: admit rather than refuse real hits.
-                console_warn!("new-id budget unavailable: {e}");
-                Ok(())
-            }
-        }
     }
 
     /// Reads counters: writes nothing, waits for the merger only for counters it has never

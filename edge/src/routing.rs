@@ -56,6 +56,40 @@ pub fn jump(mut key: u64, buckets: u32) -> u32 {
     u32::try_from(b).expect("jump returns a bucket below `buckets`, a u32")
 }
 
+/// A stable 64-bit hash of some byte strings (FNV-1a over each, a 0xff byte between them,
+/// which no id or session holds; finished with SplitMix64), for the presence and unique
+/// objects' routing.
+pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for (i, part) in parts.iter().enumerate() {
+        let separator: &[u8] = if i == 0 { &[] } else { &[0xff] };
+        for &b in separator.iter().chain(part.iter()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+    }
+    splitmix64(h)
+}
+
+/// The presence object of a region that holds `session` of presence id `id`: every heartbeat
+/// of a session reaches the same object, and an id's sessions spread over all of them.
+pub fn presence_partition(id: &str, session: &str, partitions: u32) -> u32 {
+    jump(
+        hash_parts(&[b"presence", id.as_bytes(), session.as_bytes()]),
+        partitions.max(1),
+    )
+}
+
+/// The unique object of a region for id `id` and spread index `s`.
+pub fn unique_partition(id: &str, s: u32, partitions: u32) -> u32 {
+    jump(
+        hash_parts(&[b"unique", id.as_bytes(), &s.to_le_bytes()]),
+        partitions.max(1),
+    )
+}
+
 /// The partition of `key` for spread index `s`.
 pub fn partition(key: &CounterKey, s: u32, partitions: u32) -> u32 {
     jump(hash(key, s), partitions.max(1))
@@ -64,6 +98,16 @@ pub fn partition(key: &CounterKey, s: u32, partitions: u32) -> u32 {
 /// The Durable Object name of a region's partition.
 pub fn object_name(region: &str, partition: u32) -> String {
     format!("{region}:{partition}")
+}
+
+/// The name of a region's presence object (class `Presence`).
+pub fn presence_object_name(region: &str, partition: u32) -> String {
+    format!("presence:{region}:{partition}")
+}
+
+/// The name of a region's unique-visitor object (class `Unique`).
+pub fn unique_object_name(region: &str, partition: u32) -> String {
+    format!("unique:{region}:{partition}")
 }
 
 /// The Durable Object location hint for a region, so its objects live near its users:

@@ -28,14 +28,22 @@ pub enum Job {
     /// Wake up when the incarnation is due to rotate (an idle object too); the rotation
     /// itself runs between the passes of an alarm, once the object is clean.
     Rotate,
+    /// Presence objects: end the leases and sockets that missed their lease, then report the
+    /// live-session counts to the merger.
+    Report,
+    /// Presence objects: push the changed counts to the open sockets (at most every
+    /// `PRESENCE_PUSH_MS`).
+    Push,
 }
 
-const JOBS: [Job; 5] = [
+const JOBS: [Job; 7] = [
     Job::Sync,
     Job::Refresh,
     Job::Sweep,
     Job::Retire,
     Job::Rotate,
+    Job::Report,
+    Job::Push,
 ];
 
 /// How late an alarm may be before it counts as lost.
@@ -49,6 +57,8 @@ impl Job {
             Job::Sweep => 2,
             Job::Retire => 3,
             Job::Rotate => 4,
+            Job::Report => 5,
+            Job::Push => 6,
         }
     }
 }
@@ -81,9 +91,10 @@ impl Scheduler {
     /// already fires in time.
     #[must_use]
     pub fn want(&mut self, job: Job, at: Timestamp, now: Timestamp) -> Option<Timestamp> {
-        // A backoff holds every merger job, however often reads and hits ask for one.
+        // A backoff holds every merger job, however often reads and hits ask for one (a push
+        // to sockets is not one).
         let at = match self.retry_at {
-            Some(retry) if retry > now => at.max(retry),
+            Some(retry) if retry > now && job != Job::Push => at.max(retry),
             _ => at,
         };
         let slot = &mut self.due[job.index()];

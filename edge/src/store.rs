@@ -209,15 +209,7 @@ impl Store {
     ///
     /// A storage failure.
     pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
-        #[derive(Deserialize)]
-        struct Value {
-            value: String,
-        }
-        let rows: Vec<Value> = self
-            .sql
-            .exec("SELECT value FROM meta WHERE name = ?", vec![name.into()])?
-            .to_array()?;
-        Ok(rows.into_iter().next().map(|v| v.value))
+        get_meta(&self.sql, name)
     }
 
     /// Sets a meta entry.
@@ -226,12 +218,7 @@ impl Store {
     ///
     /// A storage failure.
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
-        self.sql.exec(
-            "INSERT INTO meta (name, value) VALUES (?, ?) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            vec![name.into(), value.into()],
-        )?;
-        Ok(())
+        set_meta(&self.sql, name, value)
     }
 
     /// Sets several meta entries in one statement: all of them or none are written.
@@ -395,6 +382,41 @@ impl Store {
         let rows: Vec<One> = self.sql.exec(query, None)?.to_array()?;
         Ok(!rows.is_empty())
     }
+}
+
+/// The `meta` table (`name TEXT PRIMARY KEY, value TEXT`), which every object class of the
+/// edge keeps in its own storage.
+pub const META_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;";
+
+/// A meta entry of an object's storage.
+///
+/// # Errors
+///
+/// A storage failure.
+pub fn get_meta(sql: &SqlStorage, name: &str) -> Result<Option<String>, StoreError> {
+    #[derive(Deserialize)]
+    struct Value {
+        value: String,
+    }
+    let rows: Vec<Value> = sql
+        .exec("SELECT value FROM meta WHERE name = ?", vec![name.into()])?
+        .to_array()?;
+    Ok(rows.into_iter().next().map(|v| v.value))
+}
+
+/// Sets a meta entry of an object's storage.
+///
+/// # Errors
+///
+/// A storage failure.
+pub fn set_meta(sql: &SqlStorage, name: &str, value: &str) -> Result<(), StoreError> {
+    sql.exec(
+        "INSERT INTO meta (name, value) VALUES (?, ?) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        vec![name.into(), value.into()],
+    )?;
+    Ok(())
 }
 
 /// A generation as the SQL API takes it (a JavaScript number: one rotation a second would

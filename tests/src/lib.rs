@@ -29,6 +29,9 @@ pub const TOKEN: &str = "e2e-sync-token-0123456789";
 /// are not about the public write policy may send any delta and write gauges.
 pub const WRITE_KEY: &str = "e2e-write-key-0123456789";
 
+/// The secret of every test edge's derived visitor keys (`UNIQUE_SALT`).
+pub const UNIQUE_SALT: &str = "e2e-unique-salt-0123456789";
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -507,6 +510,7 @@ impl Edge {
             .args(["--var", &var("PARTITIONS", &options.partitions.to_string())])
             .args(["--var", &var("SPREAD", &options.spread.to_string())])
             .args(["--var", &var("WRITE_KEY", WRITE_KEY)])
+            .args(["--var", &var("UNIQUE_SALT", UNIQUE_SALT)])
             .args([
                 "--var",
                 &var("ANTI_ENTROPY_MS", &options.anti_entropy_ms.to_string()),
