@@ -1,5 +1,5 @@
-//! The merger client: `POST /v1/sync`, `/v1/read`, `/v1/retire`, `/v1/presence[/read]` and
-//! `/v1/unique[/read]`, with the sync
+//! The merger client: `POST /v1/sync`, `/v1/read`, `/v1/retire`, `/v1/presence`, `/v1/read/presence`,
+//! `/v1/unique` and `/v1/read/unique`, with the sync
 //! token, bounded by the sync timeout, with typed errors.
 
 use std::time::Duration;
@@ -91,7 +91,7 @@ pub async fn report_presence(
     post(config, "/v1/presence", report).await
 }
 
-/// `POST {MERGER_URL}/v1/presence/read`: viewers now of some ids, written nowhere.
+/// `POST {MERGER_URL}/v1/read/presence`: viewers now of some ids, written nowhere.
 ///
 /// # Errors
 ///
@@ -100,7 +100,7 @@ pub async fn read_presence(
     config: &Config,
     read: &PresenceRead,
 ) -> Result<PresenceResponse, MergerError> {
-    post(config, "/v1/presence/read", read).await
+    post(config, "/v1/read/presence", read).await
 }
 
 /// `POST {MERGER_URL}/v1/unique`: the registers of this object's sketches that grew.
@@ -115,7 +115,7 @@ pub async fn sync_sketches(
     post(config, "/v1/unique", sync).await
 }
 
-/// `POST {MERGER_URL}/v1/unique/read`: merged sketches, written nowhere.
+/// `POST {MERGER_URL}/v1/read/unique`: merged sketches, written nowhere.
 ///
 /// # Errors
 ///
@@ -124,7 +124,7 @@ pub async fn read_sketches(
     config: &Config,
     read: &SketchRead,
 ) -> Result<SketchResponse, MergerError> {
-    post(config, "/v1/unique/read", read).await
+    post(config, "/v1/read/unique", read).await
 }
 
 async fn post<Q: Serialize, A: DeserializeOwned>(

@@ -66,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_HISTORY_PRUNE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub history_prune_interval: Duration,
 
+    /// How often expired presence reports are deleted (reads skip them anyway; this bounds
+    /// the table).
+    #[arg(long, env = "TALLY_PRESENCE_PRUNE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub presence_prune_interval: Duration,
+
     /// Counters the merger keeps in memory at most (a cache over the store: a counter not
     /// held is loaded on its first read or sync). About 1.6 KiB each as measured with a few
     /// slots per counter (docs/benchmarks.md, "a million counters").

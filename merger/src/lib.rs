@@ -15,6 +15,8 @@
 //!   transaction, then updates memory and answers.
 //! - [`history`]: the history points, written by their own task, off the commit path.
 //! - [`peers`]: what other mergers on the same database commit, merged into the cache.
+//! - [`presence`]: the task that deletes expired presence reports (viewers now are stored
+//!   reports, summed at read time; unique-visitor sketches are merged in the store).
 //! - [`state`]: [`state::Db`], the bounded cache of merged counters, keyed by
 //!   [`tally_crdt::CounterKey`], with times as [`tally_crdt::Timestamp`].
 //! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
@@ -34,6 +36,7 @@ pub mod http;
 pub mod import;
 pub mod metrics;
 pub mod peers;
+pub mod presence;
 pub mod state;
 pub mod store;
 
@@ -256,6 +259,12 @@ impl Merger {
             config.history_prune_interval,
             history_stopped,
         )];
+        tasks.push(presence::spawn(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            config.presence_prune_interval,
+            stopped.clone(),
+        ));
         if let Some(changes) = store.watch(stopped) {
             tasks.push(peers::spawn(
                 Arc::clone(&store),

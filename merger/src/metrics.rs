@@ -29,7 +29,8 @@ pub struct Code {
 /// Label of a committed transaction: what it wrote.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Purpose {
-    /// `sync` (a group commit of syncs) or `snapshot` (history points).
+    /// `sync` (a group commit of syncs), `snapshot` (history points), `presence` (a presence
+    /// report) or `unique` (a sketch sync).
     pub purpose: &'static str,
 }
 
@@ -40,9 +41,15 @@ impl Purpose {
     pub const SNAPSHOT: Purpose = Purpose {
         purpose: "snapshot",
     };
+    /// A presence report stored.
+    pub const PRESENCE: Purpose = Purpose {
+        purpose: "presence",
+    };
+    /// A sketch sync merged.
+    pub const UNIQUE: Purpose = Purpose { purpose: "unique" };
 }
 
-/// The two endpoints the edge calls, each with its own outcome counter.
+/// The endpoints the edge calls, each with its own outcome counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// `POST /v1/sync`: `tally_syncs_total`.
@@ -51,6 +58,14 @@ pub enum Endpoint {
     Read,
     /// `POST /v1/retire`: `tally_retires_total`.
     Retire,
+    /// `POST /v1/presence`: `tally_presence_reports_total`.
+    Presence,
+    /// `POST /v1/read/presence`: `tally_presence_reads_total`.
+    PresenceRead,
+    /// `POST /v1/unique`: `tally_sketch_syncs_total`.
+    Unique,
+    /// `POST /v1/read/unique`: `tally_sketch_reads_total`.
+    UniqueRead,
 }
 
 /// Label of a counter kind.
@@ -70,6 +85,16 @@ pub struct Metrics {
     pub reads: Family<Outcome, Counter>,
     /// Retirements (`POST /v1/retire`) by outcome.
     pub retires: Family<Outcome, Counter>,
+    /// Presence reports (`POST /v1/presence`) by outcome.
+    pub presence_reports: Family<Outcome, Counter>,
+    /// Presence reads (`POST /v1/read/presence`) by outcome.
+    pub presence_reads: Family<Outcome, Counter>,
+    /// Sketch syncs (`POST /v1/unique`) by outcome.
+    pub sketch_syncs: Family<Outcome, Counter>,
+    /// Sketch reads (`POST /v1/read/unique`) by outcome.
+    pub sketch_reads: Family<Outcome, Counter>,
+    /// Expired presence reports deleted.
+    pub presence_pruned: Counter,
     /// Counters answered by batch reads.
     pub counters_read: Counter,
     /// Counters of version-2 syncs rejected alone, by error code.
@@ -119,6 +144,11 @@ impl Default for Metrics {
             syncs: Family::default(),
             reads: Family::default(),
             retires: Family::default(),
+            presence_reports: Family::default(),
+            presence_reads: Family::default(),
+            sketch_syncs: Family::default(),
+            sketch_reads: Family::default(),
+            presence_pruned: Counter::default(),
             counters_read: Counter::default(),
             counters_rejected: Family::default(),
             commits: Family::default(),
@@ -153,6 +183,31 @@ impl Default for Metrics {
             m.retires.clone(),
         );
         registry.register(
+            "presence_reports",
+            "Presence reports (POST /v1/presence) by outcome",
+            m.presence_reports.clone(),
+        );
+        registry.register(
+            "presence_reads",
+            "Presence reads (POST /v1/read/presence) by outcome",
+            m.presence_reads.clone(),
+        );
+        registry.register(
+            "sketch_syncs",
+            "Unique-visitor sketch syncs (POST /v1/unique) by outcome",
+            m.sketch_syncs.clone(),
+        );
+        registry.register(
+            "sketch_reads",
+            "Unique-visitor sketch reads (POST /v1/read/unique) by outcome",
+            m.sketch_reads.clone(),
+        );
+        registry.register(
+            "presence_pruned",
+            "Expired presence reports deleted",
+            m.presence_pruned.clone(),
+        );
+        registry.register(
             "counters_read",
             "Counters answered by batch reads",
             m.counters_read.clone(),
@@ -169,7 +224,12 @@ impl Default for Metrics {
         );
         // Present from the start, at 0, so "no commit happened" reads as a number, not as
         // a missing line.
-        for purpose in [Purpose::SYNC, Purpose::SNAPSHOT] {
+        for purpose in [
+            Purpose::SYNC,
+            Purpose::SNAPSHOT,
+            Purpose::PRESENCE,
+            Purpose::UNIQUE,
+        ] {
             let _ = m.commits.get_or_create(&purpose);
         }
         let _ = m.reads.get_or_create(&Outcome { outcome: "ok" });
@@ -285,6 +345,10 @@ impl Metrics {
             Endpoint::Sync => &self.syncs,
             Endpoint::Read => &self.reads,
             Endpoint::Retire => &self.retires,
+            Endpoint::Presence => &self.presence_reports,
+            Endpoint::PresenceRead => &self.presence_reads,
+            Endpoint::Unique => &self.sketch_syncs,
+            Endpoint::UniqueRead => &self.sketch_reads,
         };
         family.get_or_create(&Outcome { outcome }).inc();
     }

@@ -17,10 +17,16 @@ const ADMIN: &str = "admin-token-for-tests-0123";
 const READ: &str = "read-token-for-tests-0123";
 
 /// Every route the merger serves, as `(method, OpenAPI path)`.
-const ROUTES: [(&str, &str); 16] = [
+const ROUTES: [(&str, &str); 22] = [
     ("POST", "/v1/sync"),
     ("POST", "/v1/read"),
     ("POST", "/v1/retire"),
+    ("POST", "/v1/presence"),
+    ("POST", "/v1/read/presence"),
+    ("GET", "/v1/presence/{id}"),
+    ("POST", "/v1/unique"),
+    ("POST", "/v1/read/unique"),
+    ("GET", "/v1/unique/{id}"),
     ("GET", "/v1/{namespace}/{id}"),
     ("GET", "/v1/{namespace}"),
     ("GET", "/v1/{namespace}/{id}/history"),
@@ -37,10 +43,16 @@ const ROUTES: [(&str, &str); 16] = [
 ];
 
 /// The routes inside the body limit and the request timeout (`http::router`'s "bounded").
-const BOUNDED: [&str; 10] = [
+const BOUNDED: [&str; 16] = [
     "POST /v1/sync",
     "POST /v1/read",
     "POST /v1/retire",
+    "POST /v1/presence",
+    "POST /v1/read/presence",
+    "GET /v1/presence/{id}",
+    "POST /v1/unique",
+    "POST /v1/read/unique",
+    "GET /v1/unique/{id}",
     "GET /v1/{namespace}",
     "GET /v1/{namespace}/{id}/history",
     "POST /v1/{namespace}/{id}/reset",
@@ -99,6 +111,8 @@ async fn probe(t: &TestMerger, method: &str, path: &str) -> (StatusCode, Option<
     let token = if path.starts_with("/v1/sync")
         || path.starts_with("/v1/read")
         || path.starts_with("/v1/retire")
+        || path.starts_with("/v1/presence")
+        || path.starts_with("/v1/unique")
     {
         TOKEN
     } else if path.starts_with("/v1/regions")

@@ -12,7 +12,7 @@
 //!
 //! The merger answers, per id, the sum of the fresh reports and its recorded copy of this
 //! reporter's count ([`PresenceTotal`]), so the object can answer `count - recorded + own`,
-//! which includes its own latest joins and leaves. `POST /v1/presence/read`
+//! which includes its own latest joins and leaves. `POST /v1/read/presence`
 //! ([`PresenceRead`]) asks for the same totals and writes nothing.
 
 use alloc::string::{String, ToString};
@@ -106,7 +106,7 @@ impl PresenceTotal {
     }
 }
 
-/// The totals of some presence ids, `POST /v1/presence/read`; writes nothing.
+/// The totals of some presence ids, `POST /v1/read/presence`; writes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceRead {

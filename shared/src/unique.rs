@@ -8,7 +8,7 @@
 //! duplicated or reordered sync changes nothing beyond the first: the same idempotence as
 //! the counters' slot totals, without slots (a register's max already is the union of every
 //! replica's). The merger answers, per key, the merged sketch ([`SketchTotal`]), which the
-//! object merges with its own to answer reads; `POST /v1/unique/read` ([`SketchRead`]) asks
+//! object merges with its own to answer reads; `POST /v1/read/unique` ([`SketchRead`]) asks
 //! for merged sketches and writes nothing.
 
 use alloc::string::String;
@@ -144,7 +144,7 @@ pub struct SketchUpdate {
     pub registers: HyperLogLog,
 }
 
-/// Merged sketches asked for, `POST /v1/unique/read`; writes nothing.
+/// Merged sketches asked for, `POST /v1/read/unique`; writes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SketchRead {

@@ -593,7 +593,7 @@ impl Presence {
         Ok(())
     }
 
-    /// One `POST /v1/presence/read` for the ids reads found stale.
+    /// One `POST /v1/read/presence` for the ids reads found stale.
     async fn refresh_pass(&self) -> std::result::Result<(), StoreError> {
         let ids: Vec<String> = self.with(|i| {
             let ids: Vec<String> = i

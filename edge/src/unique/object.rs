@@ -471,7 +471,7 @@ impl Unique {
         })
     }
 
-    /// One `POST /v1/unique/read` for the sketches reads found stale.
+    /// One `POST /v1/read/unique` for the sketches reads found stale.
     async fn refresh_pass(&self) -> std::result::Result<(), StoreError> {
         let keys: Vec<SketchKey> = self.with(|i| {
             let keys: Vec<SketchKey> = i

@@ -5,6 +5,8 @@
 //! | `POST /v1/sync` | [`sync`] |
 //! | `POST /v1/read` | [`read`] |
 //! | `POST /v1/retire` | [`retire`] |
+//! | `POST /v1/presence`, `POST /v1/read/presence`, `GET /v1/presence/{id}` | [`presence`] |
+//! | `POST /v1/unique`, `POST /v1/read/unique`, `GET /v1/unique/{id}` | [`unique`] |
 //! | `GET /v1/{counters,gauges}[/{id}[/history]]` | [`counters`] |
 //! | `POST /v1/{counters,gauges}/{id}/{reset,import}`, `DELETE /v1/{counters,gauges}/{id}` | [`admin`] |
 //! | `GET /v1/regions` | [`regions`] |
@@ -12,7 +14,7 @@
 //! | `GET /` (dashboard page) | [`dashboard`] |
 //! | `GET /openapi.json`, `GET /openapi` (the API described, and browsable) | [`openapi`] |
 //!
-//! The two edge-facing routes share their token check and body extractor ([`protocol`]);
+//! The edge-facing routes share their token check and body extractor ([`protocol`]);
 //! the read token guards the lists, history and metrics, the admin token resets and deletes
 //! ([`access`]).
 //!
@@ -28,12 +30,14 @@ pub mod dashboard;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod presence;
 pub mod protocol;
 pub mod read;
 pub mod regions;
 pub mod retire;
 pub mod schema;
 pub mod sync;
+pub mod unique;
 
 use std::time::Duration;
 
@@ -80,13 +84,16 @@ pub fn router(state: AppState, limits: Limits) -> Router {
 pub fn router_and_document(state: AppState, limits: Limits) -> (Router, utoipa::openapi::OpenApi) {
     let metrics = Arc::clone(&state.metrics);
     let read_guard = || from_fn_with_state(state.clone(), access::require_read_token);
-    let single = routes!(counters::read).map(|single| {
-        if limits.private_reads {
-            single.route_layer(read_guard())
-        } else {
-            single
-        }
-    });
+    let public = |method_router: UtoipaMethodRouter<AppState>| {
+        method_router.map(|route| {
+            if limits.private_reads {
+                route.route_layer(read_guard())
+            } else {
+                route
+            }
+        })
+    };
+    let single = public(routes!(counters::read));
     let (admin, admin_doc) = OpenApiRouter::new()
         .routes(routes!(admin::reset))
         .routes(routes!(admin::import))
@@ -115,6 +122,14 @@ pub fn router_and_document(state: AppState, limits: Limits) -> (Router, utoipa::
         .routes(edge_route(routes!(sync::sync), Endpoint::Sync))
         .routes(edge_route(routes!(retire::retire), Endpoint::Retire))
         .routes(edge_route(routes!(read::read), Endpoint::Read))
+        .routes(edge_route(routes!(presence::report), Endpoint::Presence))
+        .routes(edge_route(routes!(presence::read), Endpoint::PresenceRead))
+        .routes(edge_route(routes!(unique::sync), Endpoint::Unique))
+        .routes(edge_route(routes!(unique::read), Endpoint::UniqueRead))
+        // The public reads of viewers now and unique visitors query the store: bounded in
+        // time like the routes above.
+        .routes(public(routes!(presence::view)))
+        .routes(public(routes!(unique::view)))
         .split_for_parts();
     // Routes that read a body, or wait for the commit task or the store: bounded in body size
     // and time. (Each `Router::layer` boxes every route it wraps once more, and each box is a

@@ -1,4 +1,5 @@
-//! What the edge-facing endpoints (`POST /v1/sync`, `/v1/read`, `/v1/retire`) share: the bearer
+//! What the edge-facing endpoints (`POST /v1/sync`, `/v1/read`, `/v1/retire`, `/v1/presence`,
+//! `/v1/unique`, `/v1/read/presence`, `/v1/read/unique`) share: the bearer
 //! sync token, checked before the body is read, and a JSON body decoded and validated by
 //! `tally-crdt`'s one decoder, so the edge and the merger refuse the same bodies the same way.
 
@@ -8,7 +9,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
-use tally_crdt::{ReadRequest, RetireRequest, SyncRequest};
+use tally_crdt::{
+    PresenceRead, PresenceReport, ReadRequest, RetireRequest, SketchRead, SketchSync, SyncRequest,
+};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -77,6 +80,30 @@ impl Decode for RetireRequest {
 impl Decode for ReadRequest {
     fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
         ReadRequest::from_json(body)
+    }
+}
+
+impl Decode for PresenceReport {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        PresenceReport::from_json(body)
+    }
+}
+
+impl Decode for PresenceRead {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        PresenceRead::from_json(body)
+    }
+}
+
+impl Decode for SketchSync {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        SketchSync::from_json(body)
+    }
+}
+
+impl Decode for SketchRead {
+    fn decode(body: &[u8]) -> Result<Self, tally_crdt::Error> {
+        SketchRead::from_json(body)
     }
 }
 

@@ -202,6 +202,207 @@ scalar!(
     Version2 => {"description": "Protocol version 2.", "type": "integer", "enum": [2]}
 );
 
+scalar!(
+    /// A presence report's lease, `1..=MAX_PRESENCE_TTL_MS`.
+    PresenceTtl => {
+        "description": "How long the counts hold, in milliseconds: 1 to 3600000 (one hour).",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 3_600_000
+    }
+);
+
+scalar!(
+    /// `tally_crdt::Day`: a UTC day.
+    Day => {
+        "description": "A UTC day, YYYY-MM-DD.",
+        "type": "string",
+        "format": "date",
+        "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        "examples": ["2026-12-03"]
+    }
+);
+
+scalar!(
+    /// `tally_crdt::HyperLogLog` on the wire: its compact form in URL-safe base64.
+    Sketch => {
+        "description": "A HyperLogLog sketch (precision 12): its wire form (version, precision, encoding, then 3 bytes per set register while sparse, or 6-bit registers packed once dense) in URL-safe base64 without padding. See docs/protocol.md.",
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_-]+$",
+        "examples": ["AQwA"]
+    }
+);
+
+/// `tally_crdt::PresenceReport`: an edge object's live-session counts.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceReport {
+    /// Protocol version.
+    #[schema(value_type = Version2)]
+    pub version: u32,
+    /// The reporting object (one id per storage lifetime).
+    #[schema(value_type = ReplicaId)]
+    pub reporter: String,
+    /// The region the object serves.
+    #[schema(value_type = Region)]
+    pub region: String,
+    /// Grows with every report of this reporter; a report with a `seq` not above the stored
+    /// one changes nothing.
+    #[schema(value_type = Uint64)]
+    pub seq: u64,
+    /// When the counts were taken (a time after the merger's receipt counts as the receipt).
+    #[schema(value_type = Timestamp)]
+    pub at: String,
+    /// The counts hold until `at + ttl_ms`.
+    #[schema(value_type = PresenceTtl)]
+    pub ttl_ms: u64,
+    /// Per presence id, the object's live sessions now: at most 1000 ids, each once.
+    #[schema(max_items = 1000)]
+    pub counts: Vec<PresenceCount>,
+}
+
+/// `tally_crdt::PresenceCount`: one id's live sessions in a report.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceCount {
+    /// The presence id.
+    #[schema(value_type = CounterId)]
+    pub id: String,
+    /// Live sessions (0: none any more).
+    #[schema(value_type = Uint64)]
+    pub count: u64,
+}
+
+/// `tally_crdt::PresenceRead`: viewers now of some ids; writes nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRead {
+    /// Protocol version.
+    #[schema(value_type = Version2)]
+    pub version: u32,
+    /// The asking reporter, whose recorded count each answer carries; without it, 0.
+    #[serde(default)]
+    #[schema(value_type = Option<ReplicaId>)]
+    pub reporter: Option<String>,
+    /// The presence ids: at most 1000, each once.
+    #[schema(max_items = 1000, value_type = Vec<CounterId>)]
+    pub ids: Vec<String>,
+}
+
+/// `tally_crdt::PresenceResponse`: one total per id, in the request's order.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PresenceResponse {
+    /// Protocol version.
+    #[schema(value_type = Version2)]
+    pub version: u32,
+    /// One per id of the request.
+    pub presence: Vec<PresenceTotal>,
+}
+
+/// `tally_crdt::PresenceTotal`: one id's viewers now.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PresenceTotal {
+    /// The presence id.
+    #[schema(value_type = CounterId)]
+    pub id: String,
+    /// The sum of the fresh reports of every reporter.
+    #[schema(value_type = Uint64)]
+    pub count: u64,
+    /// The asking reporter's count among them (0 without a fresh report).
+    #[schema(value_type = Uint64)]
+    pub recorded: u64,
+    /// The newest fresh report's time; `null` when none is fresh.
+    #[schema(value_type = Option<Timestamp>, required)]
+    pub updated_at: Option<String>,
+}
+
+/// `tally_crdt::SketchSync`: the registers of an edge object's sketches that grew.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SketchSync {
+    /// Protocol version.
+    #[schema(value_type = Version2)]
+    pub version: u32,
+    /// The syncing object.
+    #[schema(value_type = ReplicaId)]
+    pub replica: String,
+    /// Its region.
+    #[schema(value_type = Region)]
+    pub region: String,
+    /// At most 100 sketches, each key once.
+    #[schema(max_items = 100)]
+    pub sketches: Vec<SketchUpdate>,
+}
+
+/// `tally_crdt::SketchUpdate`: one sketch's grown registers.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SketchUpdate {
+    /// The unique id.
+    #[schema(value_type = CounterId)]
+    pub id: String,
+    /// The UTC day of a daily sketch; absent for the all-time one.
+    #[serde(default)]
+    #[schema(value_type = Option<Day>)]
+    pub day: Option<String>,
+    /// The registers that grew, as a sketch of precision 12.
+    #[schema(value_type = Sketch)]
+    pub registers: String,
+}
+
+/// `tally_crdt::SketchKey`: which sketch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SketchKey {
+    /// The unique id.
+    #[schema(value_type = CounterId)]
+    pub id: String,
+    /// The UTC day of a daily sketch; absent for the all-time one.
+    #[serde(default)]
+    #[schema(value_type = Option<Day>)]
+    pub day: Option<String>,
+}
+
+/// `tally_crdt::SketchRead`: merged sketches; writes nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SketchRead {
+    /// Protocol version.
+    #[schema(value_type = Version2)]
+    pub version: u32,
+    /// At most 100 sketches, each once.
+    #[schema(max_items = 100)]
+    pub sketches: Vec<SketchKey>,
+}
+
+/// `tally_crdt::SketchResponse`: one merged sketch per key, in the request's order.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SketchResponse {
+    /// Protocol version.
+    #[schema(value_type = Version2)]
+    pub version: u32,
+    /// One per key of the request.
+    pub sketches: Vec<SketchTotal>,
+}
+
+/// `tally_crdt::SketchTotal`: one merged sketch.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SketchTotal {
+    /// The unique id.
+    #[schema(value_type = CounterId)]
+    pub id: String,
+    /// The UTC day of a daily sketch; absent for the all-time one.
+    #[serde(default)]
+    #[schema(value_type = Option<Day>)]
+    pub day: Option<String>,
+    /// The merged sketch (empty for a key never synced).
+    #[schema(value_type = Sketch)]
+    pub sketch: String,
+    /// Its last change; `null` for a key never synced.
+    #[schema(value_type = Option<Timestamp>, required)]
+    pub updated_at: Option<String>,
+}
+
 /// Every error the API answers: `{"error": {"code", "message"}}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = ErrorResponse)]

@@ -23,7 +23,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{
+    CounterKey, CounterKind, GlobalTotals, HyperLogLog, PresenceReport, PresenceTotal, ReplicaId,
+    SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Durability;
@@ -300,6 +303,174 @@ pub struct Committed {
     pub retired: Vec<ReplicaId>,
 }
 
+/// One presence id's viewers now: the sum of the reports not expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceSum {
+    /// The presence id.
+    pub id: String,
+    /// Live sessions over every fresh report.
+    pub count: u64,
+    /// The asking reporter's count among them (0 without a fresh report of its own).
+    pub recorded: u64,
+    /// Reporters with a fresh report (a report of 0 included).
+    pub reporters: u64,
+    /// The time of the newest fresh report; `None` when none is fresh.
+    pub updated_at: Option<Timestamp>,
+}
+
+impl PresenceSum {
+    /// As the edge protocol answers it.
+    pub fn to_total(&self) -> PresenceTotal {
+        PresenceTotal {
+            id: self.id.clone(),
+            count: self.count,
+            recorded: self.recorded,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// How long an expired presence report is kept before the presence task deletes it: a
+/// late report older than the stored one must still find it (and lose to its `seq`), and a
+/// report expires at most [`tally_crdt::MAX_PRESENCE_TTL_MS`] after it was taken.
+pub const PRESENCE_GRACE_MS: u64 = tally_crdt::MAX_PRESENCE_TTL_MS;
+
+/// When a report stops counting: its lease from its time, or from its receipt if its time is
+/// later (a reporter whose clock runs ahead cannot stretch its lease).
+pub fn presence_expiry(report: &PresenceReport, received: Timestamp) -> (Timestamp, Timestamp) {
+    let at = if report.at > received {
+        received
+    } else {
+        report.at
+    };
+    (at, at.plus_ms(report.ttl_ms))
+}
+
+/// Sums fresh presence rows `(id, reporter, count, at)` into one [`PresenceSum`] per id of
+/// `ids`, in their order (zero for an id without a fresh report).
+pub fn sum_presence(
+    ids: &[String],
+    reporter: Option<ReplicaId>,
+    rows: impl IntoIterator<Item = (String, ReplicaId, u64, Timestamp)>,
+) -> Vec<PresenceSum> {
+    let mut sums: BTreeMap<&str, PresenceSum> = BTreeMap::new();
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (id, from, count, at) in &rows {
+        let sum = sums.entry(id.as_str()).or_default();
+        sum.count = sum.count.saturating_add(*count);
+        if reporter == Some(*from) {
+            sum.recorded = *count;
+        }
+        sum.reporters += 1;
+        sum.updated_at = Some(sum.updated_at.map_or(*at, |t| t.max(*at)));
+    }
+    ids.iter()
+        .map(|id| PresenceSum {
+            id: id.clone(),
+            ..sums.get(id.as_str()).cloned().unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The `day` column of a sketch: `''` for the all-time sketch.
+pub fn day_column(key: &SketchKey) -> String {
+    key.day().map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// A sketch row's key and sketch; anything unreadable is a corrupt row.
+pub fn sketch_of(
+    name: &str,
+    day: &str,
+    bytes: &[u8],
+) -> Result<(SketchKey, HyperLogLog), StoreError> {
+    let day = if day.is_empty() {
+        None
+    } else {
+        Some(
+            day.parse()
+                .map_err(|e| corrupt("sketches", format!("day {day:?}: {e}")))?,
+        )
+    };
+    let key = SketchKey::new(name, day)
+        .map_err(|e| corrupt("sketches", format!("unique id {name:?}: {e}")))?;
+    let sketch = HyperLogLog::from_bytes(bytes)
+        .map_err(|e| corrupt("sketches", format!("sketch of {key}: {e}")))?;
+    Ok((key, sketch))
+}
+
+/// One sketch merge worked out: what to answer and what to write.
+#[derive(Debug, Default)]
+pub struct SketchMerge {
+    /// One merged sketch per update, in the updates' order.
+    pub totals: Vec<SketchTotal>,
+    /// The sketches that grew, with their new wire form, in key order.
+    pub writes: Vec<(SketchKey, Vec<u8>)>,
+}
+
+/// Merges `updates` into the `stored` sketches (with their `updated_at`), at `at`.
+///
+/// # Errors
+///
+/// A stored sketch of another precision than an update's: a corrupt row (syncs are checked
+/// to carry the default precision, and only they write).
+pub fn merge_sketch_rows(
+    updates: &[SketchUpdate],
+    mut stored: BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>,
+    at: Timestamp,
+) -> Result<SketchMerge, StoreError> {
+    let mut merge = SketchMerge::default();
+    let mut grown = std::collections::BTreeSet::new();
+    for update in updates {
+        let (sketch, updated_at) = stored
+            .entry(update.key.clone())
+            .or_insert_with(|| (HyperLogLog::new(), None));
+        let grew = sketch
+            .merge(&update.registers)
+            .map_err(|e| corrupt("sketches", format!("sketch of {}: {e}", update.key)))?;
+        if grew {
+            *updated_at = Some(updated_at.map_or(at, |t| t.max(at)));
+            grown.insert(update.key.clone());
+        }
+    }
+    for key in grown {
+        let (sketch, _) = &stored[&key];
+        merge.writes.push((key, sketch.to_bytes()));
+    }
+    merge.totals = updates
+        .iter()
+        .map(|u| {
+            let (sketch, updated_at) = &stored[&u.key];
+            SketchTotal {
+                key: u.key.clone(),
+                sketch: sketch.clone(),
+                updated_at: *updated_at,
+            }
+        })
+        .collect();
+    Ok(merge)
+}
+
+/// One [`SketchTotal`] per key of `keys`, in their order, from the `found` rows (an empty
+/// sketch, never updated, for a key without one).
+pub fn sketch_answers(
+    keys: &[SketchKey],
+    mut found: BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>,
+) -> Vec<SketchTotal> {
+    keys.iter()
+        .map(|key| {
+            let (sketch, updated_at) = found
+                .remove(key)
+                .unwrap_or_else(|| (HyperLogLog::new(), None));
+            SketchTotal {
+                key: key.clone(),
+                sketch,
+                updated_at,
+            }
+        })
+        .collect()
+}
+
 /// A durable store of slots, replicas and history.
 ///
 /// Every method is one short transaction or query; [`commit`](Store::commit) returns only
@@ -387,6 +558,39 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         to: Timestamp,
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError>;
+
+    /// Stores a presence report received at `received`, in one statement: per id, the
+    /// report replaces the stored one of its reporter only if its `seq` is higher.
+    async fn report_presence(
+        &self,
+        report: &PresenceReport,
+        received: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Viewers now of `ids` (each once), summed over the reports not expired at `now`, one
+    /// per id in their order; `recorded` is `reporter`'s count.
+    async fn presence(
+        &self,
+        ids: &[String],
+        reporter: Option<ReplicaId>,
+        now: Timestamp,
+    ) -> Result<Vec<PresenceSum>, StoreError>;
+
+    /// Deletes at most `limit` presence reports that expired before `before`. Returns how
+    /// many it deleted: call again until it deletes fewer than `limit`.
+    async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// Merges sketch updates (keys each once) into the stored sketches at `at`, in one
+    /// transaction that locks their rows in key order, and answers the merged sketch of
+    /// each, in the updates' order.
+    async fn merge_sketches(
+        &self,
+        updates: &[SketchUpdate],
+        at: Timestamp,
+    ) -> Result<Vec<SketchTotal>, StoreError>;
+
+    /// The merged sketches of `keys`, in their order (empty for a key never synced).
+    async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -46,15 +46,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
-use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{
+    CounterKey, CounterKind, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId, SketchKey,
+    SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::{
-    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome,
-    ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode,
-    encode_u64, encode_u128, key_of, replica_of,
+    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, PresenceSum, ReplicaRow,
+    ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
+    corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -698,6 +701,167 @@ impl Store for PostgresStore {
         super::points_of(key, &rows)
     }
 
+    /// Rows in id order (the reporter is one): two mergers storing reports of one reporter
+    /// lock its rows in the same order.
+    async fn report_presence(
+        &self,
+        report: &PresenceReport,
+        received: Timestamp,
+    ) -> Result<(), StoreError> {
+        if report.counts.is_empty() {
+            return Ok(());
+        }
+        let (at, expires_at) = super::presence_expiry(report, received);
+        let names: Vec<&str> = report.counts.iter().map(|c| c.id.as_str()).collect();
+        let counts: Vec<String> = report.counts.iter().map(|c| c.count.to_string()).collect();
+        sqlx::query(
+            "INSERT INTO presence AS p (name, reporter, region, seq, count, at, expires_at) \
+             SELECT u.name, $3, $4, $5::numeric, u.count::numeric, $6, $7 \
+             FROM UNNEST($1::text[], $2::text[]) AS u(name, count) \
+             ORDER BY u.name COLLATE \"C\" \
+             ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
+                 seq = excluded.seq, count = excluded.count, at = excluded.at, \
+                 expires_at = excluded.expires_at \
+             WHERE excluded.seq > p.seq",
+        )
+        .bind(&names)
+        .bind(&counts)
+        .bind(report.reporter.to_string())
+        .bind(&report.region)
+        .bind(report.seq.to_string())
+        .bind(at.unix_ms())
+        .bind(expires_at.unix_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn presence(
+        &self,
+        ids: &[String],
+        reporter: Option<ReplicaId>,
+        now: Timestamp,
+    ) -> Result<Vec<PresenceSum>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT name, reporter, count::text AS count, at FROM presence \
+             WHERE name = ANY($1::text[]) AND expires_at > $2",
+        )
+        .bind(ids)
+        .bind(now.unix_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut fresh = Vec::with_capacity(rows.len());
+        for row in rows {
+            fresh.push((
+                row.get::<String, _>("name"),
+                replica_of("presence", row.get("reporter"))?,
+                decode::<u64>("presence", row.get("count"))?,
+                Timestamp::from_unix_ms(row.get("at")),
+            ));
+        }
+        Ok(super::sum_presence(ids, reporter, fresh))
+    }
+
+    async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM presence WHERE (name, reporter) IN (\
+             SELECT name, reporter FROM presence WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(before.unix_ms())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Rows are created if missing and locked `FOR UPDATE` in (name, day) order, so
+    /// concurrent mergers neither deadlock nor lose a register: each merges into what the
+    /// one before it wrote.
+    async fn merge_sketches(
+        &self,
+        updates: &[SketchUpdate],
+        at: Timestamp,
+    ) -> Result<Vec<SketchTotal>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<(&str, String)> = updates
+            .iter()
+            .map(|u| (u.key.id(), super::day_column(&u.key)))
+            .collect();
+        keys.sort();
+        let names: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let days: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sketches (name, day, sketch, updated_at) \
+             SELECT u.name, u.day, $3, NULL FROM UNNEST($1::text[], $2::text[]) AS u(name, day) \
+             ORDER BY u.name COLLATE \"C\", u.day COLLATE \"C\" \
+             ON CONFLICT (name, day) DO NOTHING",
+        )
+        .bind(&names)
+        .bind(&days)
+        .bind(HyperLogLog::new().to_bytes())
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT s.name, s.day, s.sketch, s.updated_at FROM sketches s \
+             JOIN UNNEST($1::text[], $2::text[]) AS u(name, day) \
+                 ON s.name = u.name AND s.day = u.day \
+             ORDER BY s.name, s.day FOR UPDATE OF s",
+        )
+        .bind(&names)
+        .bind(&days)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = sketch_rows(&rows)?;
+        let merge = super::merge_sketch_rows(updates, stored, at)?;
+        if !merge.writes.is_empty() {
+            let names: Vec<&str> = merge.writes.iter().map(|(k, _)| k.id()).collect();
+            let days: Vec<String> = merge
+                .writes
+                .iter()
+                .map(|(k, _)| super::day_column(k))
+                .collect();
+            let sketches: Vec<&[u8]> = merge.writes.iter().map(|(_, b)| b.as_slice()).collect();
+            sqlx::query(
+                "UPDATE sketches s SET sketch = u.sketch, \
+                     updated_at = GREATEST(coalesce(s.updated_at, $4), $4) \
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(name, day, sketch) \
+                 WHERE s.name = u.name AND s.day = u.day",
+            )
+            .bind(&names)
+            .bind(&days)
+            .bind(&sketches)
+            .bind(at.unix_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(merge.totals)
+    }
+
+    async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = keys.iter().map(|k| k.id()).collect();
+        let days: Vec<String> = keys.iter().map(super::day_column).collect();
+        let rows = sqlx::query(
+            "SELECT s.name, s.day, s.sketch, s.updated_at FROM sketches s \
+             JOIN UNNEST($1::text[], $2::text[]) AS u(name, day) \
+                 ON s.name = u.name AND s.day = u.day",
+        )
+        .bind(&names)
+        .bind(&days)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(super::sketch_answers(keys, sketch_rows(&rows)?))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -726,6 +890,21 @@ impl Store for PostgresStore {
 
 /// Statement 1 of a commit: records the batch's replicas (one row each: the region of its
 /// earliest sync in the batch, the span of its times) and answers their regions of record.
+/// Sketch rows (`name`, `day`, `sketch`, `updated_at`) by key.
+fn sketch_rows(
+    rows: &[PgRow],
+) -> Result<BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>, StoreError> {
+    let mut found = BTreeMap::new();
+    for row in rows {
+        let (key, sketch) = super::sketch_of(row.get("name"), row.get("day"), row.get("sketch"))?;
+        let updated_at = row
+            .get::<Option<i64>, _>("updated_at")
+            .map(Timestamp::from_unix_ms);
+        found.insert(key, (sketch, updated_at));
+    }
+    Ok(found)
+}
+
 async fn upsert_replicas(
     tx: &mut Transaction<'static, Postgres>,
     replicas: &[ReplicaRow],

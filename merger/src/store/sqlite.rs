@@ -4,7 +4,7 @@
 //! from their own task and wait on SQLite's lock for a moment at most). Rows travel as JSON
 //! arrays expanded by `json_each`, one statement per table per commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::path::Path;
 use std::str::FromStr;
@@ -13,13 +13,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tally_crdt::{CounterKey, CounterKind, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{
+    CounterKey, CounterKind, HyperLogLog, PresenceReport, ReplicaId, SketchKey, SketchTotal,
+    SketchUpdate, SlotTotals, Timestamp,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome,
-    ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode,
-    encode_u64, encode_u128, key_of, replica_of,
+    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, PresenceSum, ReplicaRow,
+    ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
+    corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -584,6 +587,138 @@ impl Store for SqliteStore {
         super::points_of(key, &rows)
     }
 
+    async fn report_presence(
+        &self,
+        report: &PresenceReport,
+        received: Timestamp,
+    ) -> Result<(), StoreError> {
+        if report.counts.is_empty() {
+            return Ok(());
+        }
+        let (at, expires_at) = super::presence_expiry(report, received);
+        let rows: Vec<_> = report
+            .counts
+            .iter()
+            .map(|c| (c.id.as_str(), encode_u64(c.count)))
+            .collect();
+        sqlx::query(
+            "INSERT INTO presence (name, reporter, region, seq, count, at, expires_at) \
+             SELECT j.value ->> 0, ?2, ?3, ?4, j.value ->> 1, ?5, ?6 \
+             FROM json_each(?1) AS j WHERE true \
+             ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
+                 seq = excluded.seq, count = excluded.count, at = excluded.at, \
+                 expires_at = excluded.expires_at \
+             WHERE excluded.seq > presence.seq",
+        )
+        .bind(json_rows(&rows))
+        .bind(report.reporter.to_string())
+        .bind(&report.region)
+        .bind(encode_u64(report.seq))
+        .bind(at.unix_ms())
+        .bind(expires_at.unix_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn presence(
+        &self,
+        ids: &[String],
+        reporter: Option<ReplicaId>,
+        now: Timestamp,
+    ) -> Result<Vec<PresenceSum>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT p.name, p.reporter, p.count, p.at FROM json_each(?1) AS j \
+             JOIN presence p ON p.name = j.value WHERE p.expires_at > ?2",
+        )
+        .bind(json_rows(ids))
+        .bind(now.unix_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut fresh = Vec::with_capacity(rows.len());
+        for row in rows {
+            fresh.push((
+                row.get::<String, _>("name"),
+                replica_of("presence", row.get("reporter"))?,
+                decode::<u64>("presence", row.get("count"))?,
+                Timestamp::from_unix_ms(row.get("at")),
+            ));
+        }
+        Ok(super::sum_presence(ids, reporter, fresh))
+    }
+
+    async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM presence WHERE (name, reporter) IN (\
+             SELECT name, reporter FROM presence WHERE expires_at < ?1 LIMIT ?2)",
+        )
+        .bind(before.unix_ms())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn merge_sketches(
+        &self,
+        updates: &[SketchUpdate],
+        at: Timestamp,
+    ) -> Result<Vec<SketchTotal>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<(&str, String)> = updates
+            .iter()
+            .map(|u| (u.key.id(), super::day_column(&u.key)))
+            .collect();
+        keys.sort();
+        let keys = json_rows(&keys);
+        let mut tx = self.pool.begin().await?;
+        // A write first: the transaction holds the write lock from here on, so nobody merges
+        // into these sketches between the read and the write below.
+        sqlx::query(
+            "INSERT INTO sketches (name, day, sketch, updated_at) \
+             SELECT j.value ->> 0, j.value ->> 1, ?2, NULL FROM json_each(?1) AS j WHERE true \
+             ON CONFLICT (name, day) DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(HyperLogLog::new().to_bytes())
+        .execute(&mut *tx)
+        .await?;
+        let stored = self.sketch_rows(&mut tx, &keys).await?;
+        let merge = super::merge_sketch_rows(updates, stored, at)?;
+        for (key, bytes) in &merge.writes {
+            sqlx::query(
+                "UPDATE sketches SET sketch = ?3, updated_at = max(coalesce(updated_at, ?4), ?4) \
+                 WHERE name = ?1 AND day = ?2",
+            )
+            .bind(key.id())
+            .bind(super::day_column(key))
+            .bind(bytes.as_slice())
+            .bind(at.unix_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(merge.totals)
+    }
+
+    async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<(&str, String)> = keys
+            .iter()
+            .map(|k| (k.id(), super::day_column(k)))
+            .collect();
+        let mut conn = self.pool.acquire().await?;
+        let found = self.sketch_rows(&mut conn, &json_rows(&asked)).await?;
+        Ok(super::sketch_answers(keys, found))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -597,6 +732,33 @@ impl Store for SqliteStore {
     /// One process owns a SQLite file: nobody else changes it.
     fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>> {
         None
+    }
+}
+
+impl SqliteStore {
+    /// The stored sketches of `keys` (a JSON array of `[name, day]`), on `conn`.
+    async fn sketch_rows(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        keys: &str,
+    ) -> Result<BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.name, s.day, s.sketch, s.updated_at FROM json_each(?1) AS j \
+             JOIN sketches s ON s.name = j.value ->> 0 AND s.day = j.value ->> 1",
+        )
+        .bind(keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut found = BTreeMap::new();
+        for row in rows {
+            let (key, sketch) =
+                super::sketch_of(row.get("name"), row.get("day"), row.get("sketch"))?;
+            let updated_at = row
+                .get::<Option<i64>, _>("updated_at")
+                .map(Timestamp::from_unix_ms);
+            found.insert(key, (sketch, updated_at));
+        }
+        Ok(found)
     }
 }
 

@@ -1,0 +1,62 @@
+//! The presence task: deletes the presence reports that expired more than
+//! [`PRESENCE_GRACE_MS`] ago, a chunk at a time, every `--presence-prune-interval`.
+//!
+//! Reads never count an expired report (they filter by expiry), so pruning only bounds the
+//! table: it holds a row per presence id and edge object that reported within the lease and
+//! the grace period. The grace keeps a superseded report's `seq` around while a late,
+//! older report could still arrive, so that one cannot come back. With several mergers on
+//! one database each prunes; the deletes are idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::store::{PRESENCE_GRACE_MS, Store, StoreError};
+
+/// Reports deleted per statement.
+const CHUNK: u32 = 1000;
+
+/// Starts the task; it ends when `stop` turns true.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match prune(&*store).await {
+                    Ok(deleted) => {
+                        metrics.presence_pruned.inc_by(deleted);
+                    }
+                    Err(e) => warn!(error = %e, "presence prune failed; retried at the next interval"),
+                },
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                    break;
+                },
+            }
+        }
+    })
+}
+
+/// One pass: every report expired before now minus the grace, in chunks.
+pub async fn prune(store: &dyn Store) -> Result<u64, StoreError> {
+    let grace = i64::try_from(PRESENCE_GRACE_MS).unwrap_or(i64::MAX);
+    let before =
+        tally_crdt::Timestamp::from_unix_ms(crate::commit::now().unix_ms().saturating_sub(grace));
+    let mut deleted = 0;
+    loop {
+        let done = store.prune_presence(before, CHUNK).await?;
+        deleted += done;
+        if done < u64::from(CHUNK) {
+            return Ok(deleted);
+        }
+    }
+}
