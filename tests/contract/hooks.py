@@ -20,6 +20,14 @@ The rules, each answered with its own error code (docs/protocol.md). The merger:
 - `GET /v1/{namespace}/{id}/history`: `from` not after `to` (`invalid_query`).
 - `POST /v1/counters/{id}/import`: a counter only grows, so a negative value is for a gauge
   (`invalid_import`).
+- `/v1/presence`, `/v1/read/presence`: each presence id at most once (`duplicate_id`).
+- `/v1/unique`, `/v1/read/unique`: each `(id, day)` at most once (`duplicate_id`); a day is a
+  real calendar day (`2030-02-30` matches the pattern and is refused as `malformed_body`, or
+  `invalid_query` for `GET /v1/unique/{id}?day=`).
+- `/v1/unique`: `registers` is a HyperLogLog sketch of precision 12 in its wire form, which
+  no pattern can state (sorted sparse entries, registers in range). For positive cases the
+  hook `map_case` puts one of a few real sketches in place of the generated string; negative
+  cases keep theirs.
 
 The edge:
 
@@ -31,6 +39,7 @@ The edge:
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 import json
+import re
 
 import schemathesis
 from schemathesis import GenerationMode
@@ -119,12 +128,72 @@ def _ids_repeat(query):
 
 EDGE_PATHS = ("/{id}/counter", "/{id}/gauge", "/counter", "/gauge")
 
+# Real sketches of precision 12 (tally_crdt::HyperLogLog, serde form): of nothing, of one
+# item, of three.
+SKETCHES = ("AQwA", "AQwAAmDB", "AQwAAKfCAmDBAmXC")
+
+
+def _real_day(text):
+    """Whether `text` is a day `Day` parses: YYYY-MM-DD of a real date, years 0000-9999."""
+    if not isinstance(text, str) or len(text) != 10 or text[4] != "-" or text[7] != "-":
+        return False
+    try:
+        year, month, day = int(text[:4]), int(text[5:7]), int(text[8:])
+    except ValueError:
+        return False
+    if not (text[:4] + text[5:7] + text[8:]).isdigit() or not 1 <= month <= 12:
+        return False
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days = [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]
+    return 1 <= day <= days
+
+
+def _repeats_a_key(items, fields):
+    if not isinstance(items, list):
+        return False
+    keys = [
+        json.dumps([item.get(f) for f in fields]) if isinstance(item, dict) else json.dumps(item)
+        for item in items
+    ]
+    return len(keys) != len(set(keys))
+
+
+def _bad_days(items):
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and item.get("day") is not None and not _real_day(item["day"])
+        for item in items
+    )
+
+
+@schemathesis.hook
+def map_case(context, case):
+    meta = case.meta
+    if meta is not None and meta.generation.mode == GenerationMode.NEGATIVE:
+        return case
+    if case.path == "/v1/unique" and isinstance(case.body, dict):
+        sketches = case.body.get("sketches")
+        if isinstance(sketches, list):
+            for i, sketch in enumerate(sketches):
+                if isinstance(sketch, dict) and "registers" in sketch:
+                    sketch["registers"] = SKETCHES[i % len(SKETCHES)]
+    return case
+
+
+COUNTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
 
 @schemathesis.hook
 def filter_case(context, case):
     meta = case.meta
     if meta is not None and meta.generation.mode == GenerationMode.NEGATIVE:
         return True
+    # The stateful phase carries values from one request into the next through the links it
+    # infers (the `ids` of a presence read into the `{id}` of `GET /v1/presence/{id}`), and
+    # such values are not drawn from the path parameter's schema: one that is not an id
+    # (the whole list, as text) is no positive case.
+    path_id = (case.path_parameters or {}).get("id")
+    if path_id is not None and not (isinstance(path_id, str) and COUNTER_ID.fullmatch(path_id)):
+        return False
     body = case.body if isinstance(case.body, (dict, list)) else None
     if body is not None and _integral_float(body):
         return False
@@ -138,6 +207,19 @@ def filter_case(context, case):
     if case.path == "/v1/{namespace}/{id}/import" and isinstance(body, dict):
         namespace = (case.path_parameters or {}).get("namespace")
         if namespace == "counters" and _negative(body.get("count")):
+            return False
+    if isinstance(body, dict):
+        if case.path == "/v1/presence" and _repeats_a_key(body.get("counts"), ["id"]):
+            return False
+        if case.path == "/v1/read/presence" and _repeats_a_key(body.get("ids"), []):
+            return False
+        if case.path in ("/v1/unique", "/v1/read/unique"):
+            sketches = body.get("sketches")
+            if _repeats_a_key(sketches, ["id", "day"]) or _bad_days(sketches):
+                return False
+    if case.path == "/v1/unique/{id}" and isinstance(case.query, dict):
+        day = case.query.get("day")
+        if day is not None and day != "today" and not _real_day(day):
             return False
     if case.path in EDGE_PATHS:
         if _session_repeats_a_counter(case.headers):
