@@ -103,9 +103,6 @@ pub enum ApiError {
     /// A unique read's day that is not `YYYY-MM-DD` or `today`.
     #[error("invalid day: expected YYYY-MM-DD or today")]
     InvalidDay,
-    /// A WebSocket upgrade that is not one.
-    #[error("expected a WebSocket upgrade (Upgrade: websocket)")]
-    UpgradeRequired,
     /// Something failed inside the edge (logged).
     #[error("internal error")]
     Internal,
@@ -126,7 +123,6 @@ impl ApiError {
             | ApiError::SessionRequired(_)
             | ApiError::InvalidVisitor
             | ApiError::InvalidDay => 400,
-            ApiError::UpgradeRequired => 426,
             ApiError::WriteKeyRequired(_) | ApiError::InvalidWriteKey => 401,
             ApiError::TooManyNewIds | ApiError::TooManySessions => 429,
             ApiError::VisitorRequired => 422,
@@ -162,7 +158,6 @@ impl ApiError {
             ApiError::InvalidVisitor => "invalid_visitor",
             ApiError::VisitorRequired => "visitor_required",
             ApiError::InvalidDay => "invalid_day",
-            ApiError::UpgradeRequired => "upgrade_required",
             ApiError::Internal => "internal",
         }
     }

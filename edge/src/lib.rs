@@ -226,13 +226,7 @@ async fn presence_route(
     id: &str,
 ) -> std::result::Result<Response, Failure> {
     let client = client_address(req);
-    let trusted = match req.headers().get("Authorization").ok().flatten() {
-        None => false,
-        Some(value) => match (bearer(&value), &config.write_key) {
-            (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => true,
-            _ => return Err(ApiError::InvalidWriteKey.into()),
-        },
-    };
+    let trusted = write_key_presented(req, config)?;
     let upgrade = req.headers().get("Upgrade").ok().flatten();
     let (op, session) = match method {
         Method::Get if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) => {
@@ -534,23 +528,7 @@ fn authorize(
     kind: CounterKind,
     add: SlotTotals,
 ) -> std::result::Result<bool, ApiError> {
-    let presented = req
-        .headers()
-        .get("Authorization")
-        .ok()
-        .flatten()
-        .map(|v| {
-            bearer(&v)
-                .map(str::to_owned)
-                .ok_or(ApiError::InvalidWriteKey)
-        })
-        .transpose()?;
-    let trusted = match (presented, &config.write_key) {
-        (None, _) => false,
-        (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => true,
-        (Some(_), _) => return Err(ApiError::InvalidWriteKey),
-    };
-    if trusted {
+    if write_key_presented(req, config)? {
         return Ok(true);
     }
     match kind {
@@ -564,6 +542,26 @@ fn authorize(
             "gauge writes need the write key (Authorization: Bearer <key>)".into(),
         )),
         _ => Ok(false),
+    }
+}
+
+/// Whether the request carries the application's write key (`Authorization: Bearer <key>`,
+/// compared in constant time). No `Authorization` header: `false`.
+///
+/// # Errors
+///
+/// [`ApiError::InvalidWriteKey`] for any other `Authorization` (a wrong key, another scheme,
+/// or a key when the worker has none).
+pub(crate) fn write_key_presented(
+    req: &Request,
+    config: &Config,
+) -> std::result::Result<bool, ApiError> {
+    let Some(value) = req.headers().get("Authorization").ok().flatten() else {
+        return Ok(false);
+    };
+    match (bearer(&value), &config.write_key) {
+        (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => Ok(true),
+        _ => Err(ApiError::InvalidWriteKey),
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! [`proxy`] puts faults between the edge and the merger; [`checker`] sends hits and checks
 //! the final counts against what was acknowledged; [`postgres`] runs a throwaway Postgres
-//! cluster for the merger's Postgres store.
+//! cluster for the merger's Postgres store; [`stall`] is a TCP proxy that goes silent
+//! without closing, for clients that vanish.
 //!
 //! Everything listens on 127.0.0.1 only. Processes are killed when their handle drops, so a
 //! failing test leaves nothing running.
@@ -13,6 +14,7 @@ pub mod checker;
 pub mod postgres;
 pub mod proxy;
 pub mod raw;
+pub mod stall;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -4,7 +4,9 @@
 //!
 //! - A join, renewal or leave is written to its lease row (one SQL statement) and answered
 //!   at once from the object's own sessions and the merger's last total: it never waits for
-//!   the merger.
+//!   the merger (an id the object has heard nothing of is answered from its own sessions,
+//!   marked partial, and read from the merger in the background). Only a read of such an id
+//!   waits, for one merger read shared by every read that needs it.
 //! - A socket is accepted for hibernation, tagged with its presence id, with its session and
 //!   last ping in its attachment; the object may be evicted while sockets stay open, and
 //!   wakes for their messages. A client pings (any text message) within its lease; the
@@ -369,14 +371,16 @@ impl Presence {
             Op::Read => None,
         };
         self.arm(next).await;
-        self.known(&id, now).await;
+        self.known(&id, now, matches!(call.op, Op::Read)).await;
         Ok(self.with(|i| i.tally.view(&id)))
     }
 
     /// Makes sure the merger's total of `id` is known (read it now, once for every call that
-    /// needs it) or being refreshed (when stale). Writes do not wait: only a read of an id
-    /// nothing is known of waits, at most one merger call.
-    async fn known(&self, id: &str, now: Timestamp) {
+    /// needs it) or being refreshed (when stale). Writes (`wait` false: joins, renewals,
+    /// leaves, socket opens) never wait: they are answered from what the object has and a
+    /// refresh is scheduled. Only a read of an id nothing is known of waits, for at most one
+    /// merger call shared by every read that needs it.
+    async fn known(&self, id: &str, now: Timestamp, wait: bool) {
         enum Need {
             Nothing,
             Fetch,
@@ -387,7 +391,7 @@ impl Presence {
             if !i.tally.is_stale(id, now, ttl) {
                 return (Need::Nothing, None, 0);
             }
-            if i.tally.view(id).partial {
+            if wait && i.tally.view(id).partial {
                 let need = match i.fetching.get_mut(id) {
                     Some(queue) => {
                         let (tx, rx) = oneshot::channel();
@@ -478,7 +482,8 @@ impl Presence {
             i.changed(now)
         });
         self.arm(next).await;
-        self.known(id, now).await;
+        // The first message may lack other objects' viewers; the refresh's push brings them.
+        self.known(id, now, false).await;
         let (view, ttl) = self.with(|i| (i.tally.view(id), i.config.presence_ttl_ms));
         pair.server
             .send(&ServerMessage::Count {

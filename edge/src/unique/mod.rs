@@ -188,6 +188,10 @@ pub struct Call {
     pub region: String,
     /// What to do.
     pub op: Op,
+    /// Who sent it (the client address), for the new-id budget.
+    pub client: String,
+    /// Whether the application's write key came with it (no budget then).
+    pub trusted: bool,
 }
 
 /// The object's answer: the estimate of the union of its sketch and the merger's.
@@ -227,6 +231,7 @@ pub async fn route(
     id: &str,
 ) -> Result<Response, Failure> {
     let today = crate::now().day();
+    let trusted = crate::write_key_presented(req, config)?;
     let (op, answered) = match method {
         Method::Put => {
             let bytes = crate::read_body(req, MAX_VISITS_BODY_BYTES).await?;
@@ -273,6 +278,8 @@ pub async fn route(
     let call = Call {
         region: region.to_owned(),
         op,
+        client: crate::client_address(req),
+        trusted,
     };
     let body = serde_json::to_string(&call).map_err(|_| ApiError::Internal)?;
     let text = post_to_object(env, UNIQUE_BINDING, &name, region, CALL_PATH, body).await?;

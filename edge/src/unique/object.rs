@@ -293,6 +293,18 @@ impl Unique {
         let now = now();
         match call.op {
             Op::Visit { hashes, keys } => {
+                // A sketch new to this object spends the client's new-id budget, as a new
+                // counter does: no client makes rows without bound.
+                if !call.trusted {
+                    let new = self.with(|i| {
+                        keys.iter().try_fold(false, |new, key| {
+                            Ok::<_, StoreError>(new || !i.entry(key)?.stored)
+                        })
+                    });
+                    if new.map_err(store_failed)? {
+                        crate::admit(&self.env, &call.client).await?;
+                    }
+                }
                 let (view, next) = self.with(|i| {
                     let mut next = None;
                     for key in &keys {

@@ -24,6 +24,7 @@ fn edge_cases() -> Vec<Case> {
     let hit = r#"{"delta":1}"#;
     let counter = "/hostile/counter";
     let gauge = "/hostile/gauge";
+    let (presence, unique) = ("/hostile/presence", "/hostile/unique");
     let nest = |prefix: &str, depth: usize| format!("{prefix}{}", "[".repeat(depth));
     vec![
         // Ids.
@@ -214,6 +215,130 @@ fn edge_cases() -> Vec<Case> {
         at_edge("QUERY a counter", "QUERY", counter).expect(405, "method_not_allowed"),
         at_edge("PROPFIND a batch", "PROPFIND", "/gauge?ids=a").expect(405, "method_not_allowed"),
         at_edge("DELETE an unknown route", "DELETE", "/x/widget").expect(404, "not_found"),
+        // Viewers now.
+        put_json(
+            "join with a session of 65 bytes",
+            presence,
+            format!(r#"{{"session":"{}"}}"#, "s".repeat(65)),
+        )
+        .expect(400, "invalid_session_id"),
+        put_json(
+            "join with a session with a space",
+            presence,
+            r#"{"session":"a b"}"#,
+        )
+        .expect(400, "invalid_session_id"),
+        put_json("join with an empty session", presence, r#"{"session":""}"#)
+            .expect(400, "invalid_session_id"),
+        put_json(
+            "join with a number for a session",
+            presence,
+            r#"{"session":7}"#,
+        )
+        .expect(400, "invalid_body"),
+        put_json(
+            "join with an unknown field",
+            presence,
+            r#"{"session":"a","x":1}"#,
+        )
+        .expect(400, "invalid_body"),
+        put_json("join that is a JSON array", presence, r#"["a"]"#).expect(400, "invalid_body"),
+        at_edge("join as text", "PUT", presence)
+            .header("Content-Type", "text/plain")
+            .body(r#"{"session":"a"}"#)
+            .expect(415, "unsupported_media_type"),
+        put_json(
+            "join over the body limit",
+            presence,
+            vec![b' '; EDGE_MAX_BODY + 1],
+        )
+        .expect(413, "body_too_large"),
+        put_json(
+            "join with a wrong write key",
+            presence,
+            r#"{"session":"a"}"#,
+        )
+        .header("Authorization", "Bearer not-the-key-0123456789")
+        .expect(401, "invalid_write_key"),
+        at_edge("leave without a session", "DELETE", presence).expect(400, "session_required"),
+        at_edge(
+            "leave with a bad session",
+            "DELETE",
+            "/hostile/presence?session=a%20b",
+        )
+        .expect(400, "invalid_session_id"),
+        at_edge(
+            "read with two sessions",
+            "GET",
+            "/hostile/presence?session=a&session=b",
+        )
+        .expect(400, "invalid_query"),
+        at_edge(
+            "read with another parameter",
+            "GET",
+            "/hostile/presence?who=a",
+        )
+        .expect(400, "invalid_query"),
+        at_edge("POST on presence", "POST", presence).expect(405, "method_not_allowed"),
+        at_edge("presence of a bad id", "PUT", "/a%20b/presence").expect(400, "id_bad_char"),
+        // Unique visitors.
+        put_json("visitor that is empty", unique, r#"{"visitor":""}"#)
+            .expect(400, "invalid_visitor"),
+        put_json(
+            "visitor of 257 bytes",
+            unique,
+            format!(r#"{{"visitor":"{}"}}"#, "v".repeat(257)),
+        )
+        .expect(400, "invalid_visitor"),
+        put_json("no visitors", unique, r#"{"visitors":[]}"#).expect(400, "invalid_body"),
+        put_json(
+            "101 visitors",
+            unique,
+            json!({ "visitors": (0..101).map(|i| format!("v{i}")).collect::<Vec<_>>() })
+                .to_string(),
+        )
+        .expect(400, "invalid_body"),
+        put_json(
+            "visitor and visitors",
+            unique,
+            r#"{"visitor":"a","visitors":["b"]}"#,
+        )
+        .expect(400, "invalid_body"),
+        put_json("visitor that is a number", unique, r#"{"visitor":5}"#)
+            .expect(400, "invalid_body"),
+        put_json(
+            "visitors over the body limit",
+            unique,
+            format!(r#"{{"visitors":["{}"]}}"#, "v".repeat(8192)),
+        )
+        .expect(413, "body_too_large"),
+        at_edge("visitor as text", "PUT", unique)
+            .header("Content-Type", "text/plain")
+            .body(r#"{"visitor":"a"}"#)
+            .expect(415, "unsupported_media_type"),
+        put_json(
+            "visitor with a wrong write key",
+            unique,
+            r#"{"visitor":"a"}"#,
+        )
+        .header("Authorization", "Basic YTpi")
+        .expect(401, "invalid_write_key"),
+        at_edge(
+            "a day that is no date",
+            "GET",
+            "/hostile/unique?day=yesterday",
+        )
+        .expect(400, "invalid_day"),
+        at_edge("a 13th month", "GET", "/hostile/unique?day=2026-13-01").expect(400, "invalid_day"),
+        at_edge(
+            "a 30th of February",
+            "GET",
+            "/hostile/unique?day=2026-02-30",
+        )
+        .expect(400, "invalid_day"),
+        at_edge("two days", "GET", "/hostile/unique?day=today&day=today")
+            .expect(400, "invalid_query"),
+        at_edge("DELETE on unique", "DELETE", unique).expect(405, "method_not_allowed"),
     ]
 }
 
@@ -255,6 +380,23 @@ async fn hostile_requests_at_the_edge_get_their_documented_error_and_change_no_c
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = snapshot(&client, &merger.url, Some(&edge.url)).await;
     assert_eq!(after, before, "hostile requests changed the state");
+    // No refused join or visit counted anywhere.
+    for path in ["/hostile/presence", "/hostile/unique"] {
+        let (status, body) = get(&client, &format!("{}{path}", edge.url)).await;
+        assert_eq!(
+            (status, count_of(&body["count"])),
+            (200, Some(0)),
+            "{path}: {body}"
+        );
+    }
+    for path in ["/v1/presence/hostile", "/v1/unique/hostile"] {
+        let (status, body) = get(&client, &format!("{}{path}", merger.url)).await;
+        assert_eq!(
+            (status, count_of(&body["count"])),
+            (200, Some(0)),
+            "{path}: {body}"
+        );
+    }
     let (status, body) = get(&client, &format!("{}/healthz", merger.url)).await;
     assert_eq!((status, &body), (200, &json!({"status": "ok"})));
 
