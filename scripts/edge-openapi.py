@@ -89,7 +89,7 @@ count_headers = {h: {"$ref": f"#/components/headers/{h}"} for h in ["Tally-Sessi
 bad_request = "`empty_id`, `id_too_long`, `id_bad_char` (the id), `invalid_region` (X-Tally-Region), `invalid_session` (Tally-Session)"
 common = [{"$ref": "#/components/parameters/session"}, {"$ref": "#/components/parameters/region"}]
 preflight = lambda tag: {"tags": [tag], "summary": "CORS preflight", "operationId": None,
-  "responses": {"204": {"description": "Allowed: GET, PUT, OPTIONS from any origin, with Content-Type, Authorization, Tally-Session"}}}
+  "responses": {"204": {"description": "Allowed: GET, PUT, DELETE, OPTIONS from any origin, with Content-Type, Authorization, Tally-Session"}}}
 for path, tag, kind in [("/{id}/counter", "counters", "counter"), ("/{id}/gauge", "gauges", "gauge")]:
     counter = kind == "counter"
     delta = ({"type": "integer", "minimum": 1, "maximum": 1000000,
@@ -140,4 +140,117 @@ for path, tag, kind in [("/counter", "counters", "counters"), ("/gauge", "gauges
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchBody"}}}},
         "400": err("`invalid_query` (not `ids=<id>,<id>,…`, an id named twice, more than 100 ids), " + bad_request),
       }}}
+
+# Viewers now and unique visitors (edge/src/presence/, edge/src/unique/).
+doc["tags"] += [{"name": "presence", "description": "Viewers now: sessions with leases, or live WebSockets"},
+                {"name": "unique", "description": "Unique visitors: HyperLogLog sketches"}]
+schemas = doc["components"]["schemas"]
+SESSION = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$",
+           "description": "A session id: 1-64 of A-Z a-z 0-9 - _.", "examples": ["9f0c2a7d1e"]}
+schemas["SessionId"] = SESSION
+updated = {"description": "The newest change known; null when nothing was counted.",
+           "oneOf": [{"$ref": "#/components/schemas/Timestamp"}, {"type": "null"}]}
+schemas["PresenceBody"] = {"type": "object", "required": ["count", "updated_at"], "additionalProperties": False,
+  "properties": {"count": {"type": "integer", "minimum": 0, "description": "Viewers now: the merger's sum of every object's fresh report, with this object's own sessions as they are now."},
+                 "updated_at": updated,
+                 "session": {"$ref": "#/components/schemas/SessionId", "description": "After a join: the session joined or renewed (drawn by the edge when the body named none)."},
+                 "ttl_ms": {"type": "integer", "minimum": 1000, "maximum": 3600000, "description": "After a join: renew within this many milliseconds (`PRESENCE_TTL_MS`) or the session stops counting."}},
+  "examples": [{"count": 12, "updated_at": "2030-10-10T12:11:42.000Z", "session": "9f0c2a7d1e", "ttl_ms": 30000}]}
+VISITOR = {"type": "string", "minLength": 1, "maxLength": 256, "description": "An application's visitor key: 1 to 256 bytes of UTF-8 (hashed at the edge; the key itself is not stored)."}
+schemas["UniqueBody"] = {"type": "object", "required": ["count", "error", "updated_at"], "additionalProperties": False,
+  "properties": {"count": {"type": "integer", "minimum": 0, "description": "Estimated distinct visitors: the union of this object's sketch and the merger's merged one."},
+                 "error": {"type": "number", "const": 0.01625, "description": "The estimate's relative standard error (precision 12: 1.04/sqrt(4096))."},
+                 "updated_at": updated,
+                 "day": {"type": "string", "format": "date", "description": "The UTC day of a daily sketch: after `?day=`, or after a visit without a key (counted in today's sketch only)."}},
+  "examples": [{"count": 98089, "error": 0.01625, "updated_at": "2030-10-10T12:11:42.000Z"}]}
+estimate = {"Tally-Estimate": {"$ref": "#/components/headers/Tally-Estimate"}}
+region = [{"$ref": "#/components/parameters/region"}]
+id_errors = "`empty_id`, `id_too_long`, `id_bad_char` (the id), `invalid_region` (X-Tally-Region)"
+session_query = lambda required, what: {"name": "session", "in": "query", "required": required, "description": what,
+                                        "schema": {"$ref": "#/components/schemas/SessionId"}}
+write_key_error = err("`invalid_write_key`: an `Authorization` header that is not the application's write key")
+budget = err("`too_many_new_ids`: this client used up its budget of new ids (new sessions, new sketches) for the minute", {"Retry-After": {"$ref": "#/components/headers/Retry-After"}})
+preflight_op = lambda kind: {"tags": [kind], "operationId": f"preflight_{kind}", "summary": "CORS preflight",
+  "description": "Answered before the path is read, whatever the id.",
+  "parameters": [{"name": "id", "in": "path", "required": True, "description": "Anything.", "schema": {"type": "string"}}],
+  "responses": {"204": {"description": "Allowed: GET, PUT, DELETE and OPTIONS from any origin, with the headers Content-Type, Authorization and Tally-Session"}}}
+doc["paths"]["/{id}/presence"] = {
+ "parameters": [{"$ref": "#/components/parameters/id"}],
+ "put": {"tags": ["presence"], "operationId": "join_presence", "summary": "Join or renew a session",
+   "description": "The session counts among the id's viewers until its lease (`ttl_ms`) runs out unless renewed by another `PUT` with it. No body: the edge draws a session and answers it. Stored before the answer; never waits for the merger. A new session without the write key spends the client's new-id budget; renewals do not.",
+   "parameters": region,
+   "security": [{}, {"write_key": []}],
+   "requestBody": {"required": False, "content": {"application/json": {"schema": {
+       "type": "object", "required": ["session"], "additionalProperties": False,
+       "properties": {"session": {"$ref": "#/components/schemas/SessionId"}}},
+       "examples": {"renew": {"value": {"session": "9f0c2a7d1e"}}}}}},
+   "responses": {
+    "200": {"description": "Joined or renewed: the count with this session, the session and its lease", "headers": estimate,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PresenceBody"}}}},
+    "400": err(id_errors + ", `invalid_body` (not `{\"session\": \"…\"}`), `invalid_session_id`"),
+    "401": write_key_error,
+    "413": err("`body_too_large`: a body over 1024 bytes"),
+    "415": err("`unsupported_media_type`: a body declared as something other than application/json"),
+    "429": err("`too_many_new_ids`: the client's new-id budget is used up (with `Retry-After`); `too_many_sessions`: the object holds `PRESENCE_MAX_SESSIONS` sessions (existing ones still renew)",
+               {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}),
+   }},
+ "delete": {"tags": ["presence"], "operationId": "leave_presence", "summary": "Leave at once",
+   "description": "The session stops counting now, at this object at once and at the merger with the object's next report. Leaving a session that is not live changes nothing.",
+   "parameters": [session_query(True, "The session to end.")] + region,
+   "responses": {
+    "200": {"description": "The count without this session", "headers": estimate,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PresenceBody"}}}},
+    "400": err(id_errors + ", `session_required` (no `session`), `invalid_session_id`, `invalid_query` (another parameter)"),
+    "401": write_key_error,
+   }},
+ "get": {"tags": ["presence"], "operationId": "read_presence", "summary": "Read viewers now, or open a live socket",
+   "description": "Writes nothing. With `session`, the object holding that session answers, so its own join shows at once. "
+     "With `Upgrade: websocket` (not described here as a parameter: the request is then a WebSocket handshake, answered 101) the socket is a session of its own: "
+     "the server sends `{\"type\":\"count\",\"id\",\"count\",\"updated_at\",\"session\",\"ttl_ms\"}` on connect, `{\"type\":\"count\",\"id\",\"count\",\"updated_at\"}` whenever the count changes (at most every `PRESENCE_PUSH_MS`), and `{\"type\":\"pong\"}` to any client message; a client message within `ttl_ms` renews the session, a silent socket is closed with code 4000. A new socket without the write key spends the new-id budget (429).",
+   "parameters": [session_query(False, "A session of this client, to read at the object holding it.")] + region,
+   "responses": {
+    "101": {"description": "With `Upgrade: websocket`: the live socket (see above)"},
+    "200": {"description": "Viewers now", "headers": estimate,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PresenceBody"}}}},
+    "400": err(id_errors + ", `invalid_session_id`, `invalid_query` (another parameter, or `session` twice)"),
+    "401": write_key_error,
+   }},
+ "options": preflight_op("presence"),
+}
+doc["paths"]["/{id}/unique"] = {
+ "parameters": [{"$ref": "#/components/parameters/id"}],
+ "put": {"tags": ["unique"], "operationId": "visit_unique", "summary": "Count a unique visitor",
+   "description": "With `visitor` or `visitors` (the application's own keys): counted in the id's all-time sketch and today's; the answer is the all-time estimate. "
+     "No body: the key is derived from the client's address and user agent with a secret salt that changes each UTC day, counted in today's sketch only, and the answer is today's estimate (with `day`); the address is never stored or sent. "
+     "Stored before the answer when the sketch grew; never waits for the merger. A visit that makes a sketch new to its object, without the write key, spends the client's new-id budget.",
+   "parameters": region,
+   "security": [{}, {"write_key": []}],
+   "requestBody": {"required": False, "content": {"application/json": {"schema": {"oneOf": [
+       {"type": "object", "required": ["visitor"], "additionalProperties": False, "properties": {"visitor": VISITOR}},
+       {"type": "object", "required": ["visitors"], "additionalProperties": False,
+        "properties": {"visitors": {"type": "array", "minItems": 1, "maxItems": 100, "items": VISITOR,
+                                    "description": "1 to 100 keys (a backend forwarding visits in bulk); the whole body at most 8 KiB."}}}]},
+       "examples": {"one": {"value": {"visitor": "user-42"}}}}}},
+   "responses": {
+    "200": {"description": "Counted: the estimate after the visit", "headers": estimate,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UniqueBody"}}}},
+    "400": err(id_errors + ", `invalid_body` (neither or both of `visitor` and `visitors`, 0 or over 100 keys), `invalid_visitor` (a key empty or over 256 bytes)"),
+    "401": write_key_error,
+    "413": err("`body_too_large`: a body over 8 KiB"),
+    "415": err("`unsupported_media_type`: a body declared as something other than application/json"),
+    "422": err("`visitor_required`: no body, and the worker has no `UNIQUE_SALT` to derive a key with"),
+    "429": budget,
+   }},
+ "get": {"tags": ["unique"], "operationId": "read_unique", "summary": "Read distinct visitors",
+   "description": "All-time, or of one UTC day with `day`. Writes nothing; a stale merged sketch is refreshed in the background. A page nobody visited answers 0.",
+   "parameters": [{"name": "day", "in": "query", "required": False, "description": "`today` or a UTC day `YYYY-MM-DD`.",
+                   "schema": {"type": "string", "pattern": "^(today|[0-9]{4}-[0-9]{2}-[0-9]{2})$", "examples": ["today", "2030-10-10"]}}] + region,
+   "responses": {
+    "200": {"description": "The estimate", "headers": estimate,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UniqueBody"}}}},
+    "400": err(id_errors + ", `invalid_day` (not `today` or a real `YYYY-MM-DD`), `invalid_query` (another parameter, or `day` twice)"),
+    "401": write_key_error,
+   }},
+ "options": preflight_op("unique"),
+}
 print(json.dumps(doc, indent=2, ensure_ascii=False))

@@ -34,6 +34,10 @@ The edge:
 - `Tally-Session`: each counter at most once in the token (`invalid_session`).
 - `GET /counter?ids=`, `/gauge?ids=`: each id at most once (`invalid_query`).
 - JSON integers in integer form, as for the merger (`invalid_body`).
+- `PUT /{id}/unique`: a visitor key is at most 256 bytes of UTF-8 (JSON Schema's `maxLength`
+  counts characters; `invalid_visitor`), and the body at most 8 KiB (100 keys of 256
+  characters would not fit; `body_too_large`).
+- `GET /{id}/unique?day=`: a real calendar day (`invalid_day`), as for the merger.
 """
 
 from datetime import datetime
@@ -127,6 +131,9 @@ def _ids_repeat(query):
 
 
 EDGE_PATHS = ("/{id}/counter", "/{id}/gauge", "/counter", "/gauge")
+# edge/src/unique/mod.rs: MAX_VISITOR_LEN, MAX_VISITS_BODY_BYTES.
+MAX_VISITOR_BYTES = 256
+MAX_VISITS_BODY_BYTES = 8 * 1024
 
 # Real sketches of precision 12 (tally_crdt::HyperLogLog, serde form): of nothing, of one
 # item, of three.
@@ -220,6 +227,16 @@ def filter_case(context, case):
     if case.path == "/v1/unique/{id}" and isinstance(case.query, dict):
         day = case.query.get("day")
         if day is not None and day != "today" and not _real_day(day):
+            return False
+    if case.path == "/{id}/unique" and isinstance(case.query, dict):
+        day = case.query.get("day")
+        if day is not None and day != "today" and not _real_day(day):
+            return False
+    if case.path == "/{id}/unique" and isinstance(body, dict):
+        keys = body.get("visitors") or [body.get("visitor")]
+        if any(isinstance(k, str) and len(k.encode()) > MAX_VISITOR_BYTES for k in keys):
+            return False
+        if len(json.dumps(body).encode()) > MAX_VISITS_BODY_BYTES:
             return False
     if case.path in EDGE_PATHS:
         if _session_repeats_a_counter(case.headers):
