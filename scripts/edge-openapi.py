@@ -81,6 +81,7 @@ doc = {
    "Tally-Estimate": {"description": "`partial`: no global value was heard yet; the count is what this replica and the session know.", "schema": {"type": "string", "enum": ["partial"]}},
    "Tally-Cache": {"description": "Reads: `hit` when this isolate's cache answered, `miss` when a Durable Object did.", "schema": {"type": "string", "enum": ["hit", "miss"]}},
    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+   "Tally-Receipt": {"description": "Names this hit (its units of the replica's slot, signed): look it up at the merger, `GET /v1/counters/{id}/receipts/{receipt}`, to learn whether it won a milestone (docs/milestones.md).", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{50}$"}},
   },
  },
 }
@@ -118,7 +119,7 @@ for path, tag, kind in [("/{id}/counter", "counters", "counter"), ("/{id}/gauge"
            "type": "object", "required": ["delta"], "additionalProperties": False, "properties": {"delta": delta}},
            "examples": {"one": {"value": {"delta": 1}}}}}},
        "responses": {
-        "200": {"description": "Counted", "headers": count_headers, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}}},
+        "200": {"description": "Counted", "headers": count_headers | ({"Tally-Receipt": {"$ref": "#/components/headers/Tally-Receipt"}} if counter else {}), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}}},
         "400": err(bad_request + ", `invalid_body` (not `{\"delta\": <integer>}`)"),
         "401": err("`write_key_required`: " + ("a delta above `PUBLIC_MAX_DELTA` without the write key" if counter else "a gauge write without the write key (and without `PUBLIC_GAUGES`)") + "; `invalid_write_key`: a key that is not the application's"),
         "413": err("`body_too_large`: a body over 1024 bytes"),

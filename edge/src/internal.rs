@@ -5,7 +5,7 @@
 //! with a JSON body; the object answers [`Answer`]s, or an API error with its status.
 
 use serde::{Deserialize, Serialize};
-use tally_crdt::{CounterKey, SlotTotals};
+use tally_crdt::{CounterKey, ReplicaId, SlotTotals};
 
 use crate::counter::View;
 
@@ -45,4 +45,8 @@ pub struct Answer {
     pub key: CounterKey,
     /// Its view; `None` when nothing is known of it and the merger cannot be reached.
     pub view: Option<View>,
+    /// After a hit: the replica that counted it and its slot's increment total right after
+    /// it, from which the Worker signs the hit's receipt ([`tally_crdt::Receipt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<(ReplicaId, u64)>,
 }

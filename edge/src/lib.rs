@@ -59,6 +59,9 @@ pub const UNIQUE_BINDING: &str = "UNIQUE";
 pub const NEW_IDS_BINDING: &str = "NEW_IDS";
 /// Header carrying the region override (when allowed).
 pub const REGION_HEADER: &str = "X-Tally-Region";
+/// The response header of a counter `PUT` that names the hit (a [`tally_crdt::Receipt`]):
+/// look it up at the merger to learn whether it won a milestone.
+pub const RECEIPT_HEADER: &str = "Tally-Receipt";
 
 /// How a request failed: an API error decided here, or an object's error passed through.
 pub enum Failure {
@@ -179,11 +182,12 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 .join(session.floor(&key));
             let s = spread_index(&config);
             let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
-            let mut view = answers
+            let answer = answers
                 .into_iter()
                 .find(|a| a.key == key)
-                .and_then(|a| a.view)
                 .ok_or(ApiError::Internal)?;
+            let mut view = answer.view.ok_or(ApiError::Internal)?;
+            let receipt = receipt_of(&config, &key, add, answer.slot);
             // In the epoch of `before`: an object behind on a reset the client has seen
             // answers that epoch's bound with the hit (counted in it: above the reset's cut).
             if let (Some(p), Some(n)) = (
@@ -199,7 +203,14 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 view.age_ms = cached_before.and_then(|v| v.age_ms);
             }
             remember(&config, &region, &key, view);
-            Ok(count_response(&config, &mut session, &key, view, None)?)
+            let mut response = count_response(&config, &mut session, &key, view, None)?;
+            if let Some(receipt) = receipt {
+                response
+                    .headers_mut()
+                    .set(RECEIPT_HEADER, &receipt)
+                    .map_err(internal)?;
+            }
+            Ok(response)
         }
         (method, Route::Presence(id)) => {
             presence_route(&mut req, env, &config, &region, method, &id).await
@@ -508,6 +519,27 @@ fn count_response(
     Ok(response)
 }
 
+/// The receipt of a counter hit (increments only; a gauge has no N-th hit): the units of
+/// the replica's slot it added, signed with the sync token, which the merger holds too, so
+/// that only the edge can make one (see [`tally_crdt::Receipt`]).
+fn receipt_of(
+    config: &Config,
+    key: &CounterKey,
+    add: SlotTotals,
+    slot: Option<(tally_crdt::ReplicaId, u64)>,
+) -> Option<String> {
+    let (replica, end) = slot?;
+    let delta = u32::try_from(add.p).ok().filter(|&d| d >= 1)?;
+    (key.kind() == CounterKind::G && u64::from(delta) <= end).then(|| {
+        tally_crdt::Receipt {
+            replica,
+            end,
+            delta,
+        }
+        .encode(config.sync_token.as_bytes(), key.id())
+    })
+}
+
 /// Reads and parses a `PUT` body.
 async fn read_hit(
     req: &mut Request,
@@ -707,7 +739,7 @@ fn with_cors(response: Response) -> Result<Response> {
     )?;
     headers.set(
         "Access-Control-Expose-Headers",
-        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Retry-After",
+        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Retry-After",
     )?;
     headers.set("Access-Control-Max-Age", "86400")?;
     let status = response.status_code();

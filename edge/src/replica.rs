@@ -347,7 +347,7 @@ impl Replica {
             crate::admit(&self.env, &hit.client).await?;
         }
         let now = now();
-        let (view, next) = self.with(|i| {
+        let (view, slot, next) = self.with(|i| {
             let (replica, ttl) = (i.incarnation.replica, i.config.read_ttl_ms);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             let mut row = entry.row.clone();
@@ -368,6 +368,7 @@ impl Replica {
             entry.stored = true;
             let stale = !entry.is_fresh(now, ttl);
             let view = entry.view(now).map_err(ApiError::Overflow)?;
+            let slot = (replica, entry.row.own.p);
             let interval = i.config.sync_interval_ms;
             let mut next = i.want(Job::Sync, now.plus_ms(interval));
             if let Some(due) = rotation {
@@ -384,12 +385,13 @@ impl Replica {
                     .map_err(store_failed)?;
                 next = i.want(Job::Sweep, due).or(next);
             }
-            Ok::<_, ApiError>((view, next))
+            Ok::<_, ApiError>((view, slot, next))
         })?;
         self.arm(next).await;
         Ok(Answer {
             key: hit.key,
             view: Some(view),
+            slot: Some(slot),
         })
     }
 
@@ -429,7 +431,11 @@ impl Replica {
                     } else {
                         None
                     };
-                    Ok(Answer { key, view })
+                    Ok(Answer {
+                        key,
+                        view,
+                        slot: None,
+                    })
                 })
                 .collect()
         })

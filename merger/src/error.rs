@@ -28,7 +28,7 @@ pub enum AppError {
     MissingAdminToken,
     /// An admin request to a merger started without `--admin-token`.
     #[error(
-        "the admin API is off: start the merger with --admin-token to reset, delete or import counters"
+        "the admin API is off: start the merger with --admin-token to reset, delete, import or set milestones"
     )]
     AdminDisabled,
     /// A reset or delete for an epoch the counter is no longer at (someone reset it since,
@@ -56,6 +56,44 @@ pub enum AppError {
         /// The value asked now.
         asked: i128,
     },
+    /// A milestone that cannot be one (N of 0, a label too long).
+    #[error("invalid milestone: {0}")]
+    InvalidMilestone(String),
+    /// A milestone at or below the count: that hit has happened.
+    #[error("the count is {count} already: milestone {n} has passed")]
+    MilestonePassed {
+        /// The milestone asked for.
+        n: u64,
+        /// The count now.
+        count: u128,
+    },
+    /// The counter has a milestone at this N.
+    #[error("milestone {n} exists on this counter: cancel it first to change it")]
+    MilestoneExists {
+        /// The milestone.
+        n: u64,
+    },
+    /// The counter holds as many milestones as it may.
+    #[error("this counter has {max} milestones, the most it may hold")]
+    TooManyMilestones {
+        /// The limit.
+        max: usize,
+    },
+    /// A cancel of a milestone already won: a winner stays a winner.
+    #[error("milestone {n} is won already: a winner stays a winner")]
+    MilestoneDecided {
+        /// The milestone.
+        n: u64,
+    },
+    /// No milestone at this N.
+    #[error("this counter has no milestone {n}")]
+    MilestoneNotFound {
+        /// The milestone.
+        n: u64,
+    },
+    /// A receipt that is not one the edge made for this counter.
+    #[error("not a receipt of this counter")]
+    InvalidReceipt,
     /// A bearer token that is not the one the route needs.
     #[error("invalid bearer token")]
     InvalidToken,
@@ -107,7 +145,14 @@ impl AppError {
         use tally_crdt::Error as E;
         match self {
             AppError::AdminDisabled => StatusCode::FORBIDDEN,
-            AppError::EpochChanged { .. } | AppError::ImportConflict { .. } => StatusCode::CONFLICT,
+            AppError::EpochChanged { .. }
+            | AppError::ImportConflict { .. }
+            | AppError::MilestonePassed { .. }
+            | AppError::MilestoneExists { .. }
+            | AppError::MilestoneDecided { .. } => StatusCode::CONFLICT,
+            AppError::TooManyMilestones { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::InvalidMilestone(_) | AppError::InvalidReceipt => StatusCode::BAD_REQUEST,
+            AppError::MilestoneNotFound { .. } => StatusCode::NOT_FOUND,
             AppError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::MissingToken
             | AppError::MissingReadToken
@@ -139,6 +184,13 @@ impl AppError {
             AppError::EpochChanged { .. } => "epoch_changed",
             AppError::InvalidImport(_) => "invalid_import",
             AppError::ImportConflict { .. } => "import_conflict",
+            AppError::InvalidMilestone(_) => "invalid_milestone",
+            AppError::MilestonePassed { .. } => "milestone_passed",
+            AppError::MilestoneExists { .. } => "milestone_exists",
+            AppError::TooManyMilestones { .. } => "too_many_milestones",
+            AppError::MilestoneDecided { .. } => "milestone_decided",
+            AppError::MilestoneNotFound { .. } => "milestone_not_found",
+            AppError::InvalidReceipt => "invalid_receipt",
             AppError::InvalidToken => "invalid_token",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::InvalidBody(e) | AppError::InvalidId(e) => e.code(),

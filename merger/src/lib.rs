@@ -21,6 +21,8 @@
 //!   [`tally_crdt::CounterKey`], with times as [`tally_crdt::Timestamp`].
 //! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
 //!   `migrations/sqlite` and `migrations/postgres`.
+//! - [`milestone`]: "the N-th hit", decided once in the commit that crosses it (the pure
+//!   decision; the store runs it under a per-counter lock).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`backup`]: the `backup` subcommand, an online copy of the store (`VACUUM INTO`, `pg_dump`).
 //!
@@ -35,6 +37,7 @@ pub mod history;
 pub mod http;
 pub mod import;
 pub mod metrics;
+pub mod milestone;
 pub mod peers;
 pub mod presence;
 pub mod state;

@@ -17,7 +17,7 @@ const ADMIN: &str = "admin-token-for-tests-0123";
 const READ: &str = "read-token-for-tests-0123";
 
 /// Every route the merger serves, as `(method, OpenAPI path)`.
-const ROUTES: [(&str, &str); 22] = [
+const ROUTES: [(&str, &str); 26] = [
     ("POST", "/v1/sync"),
     ("POST", "/v1/read"),
     ("POST", "/v1/retire"),
@@ -33,6 +33,10 @@ const ROUTES: [(&str, &str); 22] = [
     ("POST", "/v1/{namespace}/{id}/reset"),
     ("DELETE", "/v1/{namespace}/{id}"),
     ("POST", "/v1/{namespace}/{id}/import"),
+    ("POST", "/v1/{namespace}/{id}/milestones"),
+    ("GET", "/v1/{namespace}/{id}/milestones"),
+    ("DELETE", "/v1/{namespace}/{id}/milestones/{n}"),
+    ("GET", "/v1/{namespace}/{id}/receipts/{receipt}"),
     ("GET", "/v1/regions"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -43,7 +47,7 @@ const ROUTES: [(&str, &str); 22] = [
 ];
 
 /// The routes inside the body limit and the request timeout (`http::router`'s "bounded").
-const BOUNDED: [&str; 16] = [
+const BOUNDED: [&str; 20] = [
     "POST /v1/sync",
     "POST /v1/read",
     "POST /v1/retire",
@@ -58,6 +62,10 @@ const BOUNDED: [&str; 16] = [
     "POST /v1/{namespace}/{id}/reset",
     "DELETE /v1/{namespace}/{id}",
     "POST /v1/{namespace}/{id}/import",
+    "POST /v1/{namespace}/{id}/milestones",
+    "GET /v1/{namespace}/{id}/milestones",
+    "DELETE /v1/{namespace}/{id}/milestones/{n}",
+    "GET /v1/{namespace}/{id}/receipts/{receipt}",
     "GET /v1/regions",
     "GET /metrics",
 ];

@@ -115,6 +115,10 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// A receipt that is not one the key made for this counter (see
+    /// [`Receipt`](crate::Receipt)).
+    #[error("not a receipt of this counter")]
+    InvalidReceipt,
     /// The body is not a well-formed sync request (bad JSON, wrong types, missing or unknown
     /// fields). The message is the decoder's.
     #[error("malformed body: {0}")]
@@ -204,6 +208,7 @@ impl Error {
             Error::InvalidKey => "invalid_key",
             Error::Malformed(_) => "malformed_body",
             Error::InvalidDay => "invalid_day",
+            Error::InvalidReceipt => "invalid_receipt",
             Error::DuplicateId { .. } => "duplicate_id",
             Error::PresenceTtlOutOfRange { .. } => "presence_ttl_out_of_range",
             Error::HllInvalidPrecision { .. } => "hll_invalid_precision",

@@ -88,6 +88,8 @@ mod hll;
 mod key;
 mod pncounter;
 mod presence;
+#[cfg(feature = "receipt")]
+mod receipt;
 mod replica;
 mod sync;
 mod time;
@@ -106,6 +108,8 @@ pub use presence::{
     MAX_PRESENCE_TTL_MS, PresenceCount, PresenceRead, PresenceReport, PresenceResponse,
     PresenceTotal,
 };
+#[cfg(feature = "receipt")]
+pub use receipt::{RECEIPT_LEN, Receipt};
 pub use replica::ReplicaId;
 pub use sync::{
     CounterKind, ErrorBody, GlobalTotals, MIN_PROTOCOL_VERSION, MergedCounter, PROTOCOL_VERSION,

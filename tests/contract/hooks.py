@@ -24,6 +24,9 @@ The rules, each answered with its own error code (docs/protocol.md). The merger:
 - `/v1/unique`, `/v1/read/unique`: each `(id, day)` at most once (`duplicate_id`); a day is a
   real calendar day (`2030-02-30` matches the pattern and is refused as `malformed_body`, or
   `invalid_query` for `GET /v1/unique/{id}?day=`).
+- `GET /v1/{namespace}/{id}/receipts/{receipt}`: a receipt is signed with the sync token for
+  its counter (`tally_crdt::Receipt`), which no pattern can state. For positive cases the hook
+  `map_case` puts a real receipt of the case's counter in place of the generated string.
 - `/v1/unique`: `registers` is a HyperLogLog sketch of precision 12 in its wire form, which
   no pattern can state (sorted sparse entries, registers in range). For positive cases the
   hook `map_case` puts one of a few real sketches in place of the generated string; negative
@@ -40,7 +43,11 @@ The edge:
 - `GET /{id}/unique?day=`: a real calendar day (`invalid_day`), as for the merger.
 """
 
+import base64
 from datetime import datetime
+import hashlib
+import hmac
+import os
 from decimal import Decimal, InvalidOperation
 import json
 import re
@@ -172,11 +179,24 @@ def _bad_days(items):
     )
 
 
+def _receipt(counter):
+    """A real receipt (tally_crdt::Receipt, version 1) of `counter`: replica 1, its slot's
+    unit 1, signed with the merger's sync token."""
+    body = bytes([1]) + (1).to_bytes(16, "big") + (1).to_bytes(8, "big") + (1).to_bytes(4, "big")
+    key = os.environ.get("TALLY_SYNC_TOKEN", "").encode()
+    mac = hmac.new(key, b"tally-receipt:v1:" + counter.encode() + b":" + body, hashlib.sha256)
+    return base64.urlsafe_b64encode(body + mac.digest()[:8]).decode().rstrip("=")
+
+
 @schemathesis.hook
 def map_case(context, case):
     meta = case.meta
     if meta is not None and meta.generation.mode == GenerationMode.NEGATIVE:
         return case
+    if case.path == "/v1/{namespace}/{id}/receipts/{receipt}":
+        counter = (case.path_parameters or {}).get("id")
+        if isinstance(counter, str) and "receipt" in (case.path_parameters or {}):
+            case.path_parameters["receipt"] = _receipt(counter)
     if case.path == "/v1/unique" and isinstance(case.body, dict):
         sketches = case.body.get("sketches")
         if isinstance(sketches, list):

@@ -552,12 +552,11 @@ impl Edge {
         let client = reqwest::Client::new();
         let start = Instant::now();
         loop {
-            // The Worker answers 404 JSON for a path that is no counter: it is up.
-            if client
-                .get(&probe)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == options.probe_status)
+            // The Worker answers 404 JSON for a path that is no counter: it is up. Only its
+            // own answer counts (a JSON body), not one of wrangler's while it loads.
+            if let Ok(r) = client.get(&probe).send().await
+                && r.status() == options.probe_status
+                && r.json::<Value>().await.is_ok_and(|b| b.is_object())
             {
                 break;
             }

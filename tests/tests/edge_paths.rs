@@ -389,10 +389,8 @@ async fn anti_entropy_heals_a_merger_restored_from_an_older_backup() {
     };
 
     for _ in 0..10 {
-        assert_eq!(
-            hit(&c, &edge.url, "/restored/counter", "eu", 1).await.0,
-            200
-        );
+        let (status, body) = hit(&c, &edge.url, "/restored/counter", "eu", 1).await;
+        assert_eq!(status, 200, "{body}");
     }
     wait_until(Duration::from_secs(20), "first hits arrive", || async {
         count_at_merger("restored").await == Some(10)

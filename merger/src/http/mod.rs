@@ -29,6 +29,7 @@ pub mod counters;
 pub mod dashboard;
 pub mod extract;
 pub mod health;
+pub mod milestones;
 pub mod openapi;
 pub mod presence;
 pub mod protocol;
@@ -98,6 +99,8 @@ pub fn router_and_document(state: AppState, limits: Limits) -> (Router, utoipa::
         .routes(routes!(admin::reset))
         .routes(routes!(admin::import))
         .routes(routes!(admin::delete))
+        .routes(routes!(milestones::add))
+        .routes(routes!(milestones::cancel))
         .route_layer(from_fn_with_state(
             state.clone(),
             access::require_admin_token,
@@ -130,6 +133,8 @@ pub fn router_and_document(state: AppState, limits: Limits) -> (Router, utoipa::
         // time like the routes above.
         .routes(public(routes!(presence::view)))
         .routes(public(routes!(unique::view)))
+        .routes(public(routes!(milestones::list)))
+        .routes(public(routes!(milestones::receipt)))
         .split_for_parts();
     // Routes that read a body, or wait for the commit task or the store: bounded in body size
     // and time. (Each `Router::layer` boxes every route it wraps once more, and each box is a

@@ -45,6 +45,7 @@ use crate::http::schema;
         (name = "edge", description = "The edge replicas' protocol (sync token)"),
         (name = "counters", description = "The global read API"),
         (name = "admin", description = "Reset, delete and import (admin token)"),
+        (name = "milestones", description = "The exact N-th hit of a counter: register and cancel (admin token), winners and receipts (reads)"),
         (name = "operations", description = "Probes, metrics, the dashboard and this document"),
     ),
 )]

@@ -85,6 +85,31 @@ impl ToSchema for ImportCount {
     }
 }
 
+/// A milestone's N (`NewMilestone::n`): 1 to 2^64 - 1, a JSON integer or a decimal string
+/// (optional `+`, leading zeros), exactly what the route takes.
+#[derive(Debug, Clone, Copy)]
+pub struct MilestoneN;
+
+impl PartialSchema for MilestoneN {
+    fn schema() -> RefOr<Schema> {
+        let positive = at_most(u64::MAX).replacen("(0|", "(", 1);
+        from_json(json!({
+            "description": "The ordinal that wins: 1 to 2^64 - 1, a JSON integer or a decimal string (past 2^53, where JSON parsers round).",
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": u64::MAX},
+                {"type": "string", "pattern": format!("^[+]?0*{positive}$")}
+            ],
+            "examples": [1_000_000, "100000000000"]
+        }))
+    }
+}
+
+impl ToSchema for MilestoneN {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("MilestoneN")
+    }
+}
+
 /// A regular expression (without anchors) matching exactly the decimal numbers `0..=max`
 /// written without leading zeros: the shorter ones, then for each digit of `max` those that
 /// share its digits before and have a smaller one there, then `max` itself.

@@ -30,6 +30,7 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Durability;
+use crate::milestone::{Advance, Decision, Milestone};
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +302,90 @@ pub struct Committed {
     pub new_replicas: bool,
     /// Replicas of the batch that are retired: their slots were not written.
     pub retired: Vec<ReplicaId>,
+    /// Milestones this commit decided: the counter id and the winner.
+    pub decided: Vec<(String, Decision)>,
+}
+
+/// What registering a milestone did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddMilestone {
+    /// Registered.
+    Added(Milestone),
+    /// The counter has a milestone at this N already: nothing changed.
+    Exists(Milestone),
+    /// The count is at N or beyond: that hit has happened.
+    Passed {
+        /// The count now.
+        count: u128,
+    },
+    /// The counter has [`MAX_MILESTONES_PER_COUNTER`](crate::milestone::MAX_MILESTONES_PER_COUNTER)
+    /// milestones already.
+    TooMany,
+}
+
+/// Why milestone `n` cannot be registered on a counter with `existing` milestones and
+/// count `count`, if it cannot: the rules of [`Store::add_milestone`], for both backends.
+pub fn refuse_milestone(existing: &[Milestone], n: u64, count: u128) -> Option<AddMilestone> {
+    if let Some(m) = existing.iter().find(|m| m.n == n) {
+        return Some(AddMilestone::Exists(m.clone()));
+    }
+    if existing.len() >= crate::milestone::MAX_MILESTONES_PER_COUNTER {
+        return Some(AddMilestone::TooMany);
+    }
+    (count >= u128::from(n)).then_some(AddMilestone::Passed { count })
+}
+
+/// What a cancel did, from the rows it deleted and the milestone `n` as it stands after.
+pub fn cancel_outcome(n: u64, deleted: u64, after: Option<Milestone>) -> CancelMilestone {
+    match (deleted, after) {
+        (0, Some(m)) => CancelMilestone::Decided(m),
+        (0, None) => CancelMilestone::Unknown,
+        (_, _) => CancelMilestone::Cancelled(Milestone {
+            n,
+            label: None,
+            created_at: Timestamp::EPOCH,
+            winner: None,
+        }),
+    }
+}
+
+/// What cancelling a milestone did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelMilestone {
+    /// Cancelled: it will not be decided.
+    Cancelled(Milestone),
+    /// It was decided already: a winner stays a winner.
+    Decided(Milestone),
+    /// No milestone at this N.
+    Unknown,
+}
+
+/// The milestones of `pending` that a commit of `incoming` slots into `before` (the counter
+/// as stored before the commit; `None` if it had nothing) decides. Only the increments count
+/// (milestones are for counters, kind `g`).
+pub fn decide_commit(
+    before: Option<&StoredCounter>,
+    incoming: impl IntoIterator<Item = (ReplicaId, SlotTotals)>,
+    pending: &[u64],
+) -> Vec<Decision> {
+    let old = |replica: ReplicaId| {
+        before
+            .and_then(|c| c.slots.iter().find(|s| s.replica == replica))
+            .map_or(0, |s| s.totals.p)
+    };
+    let advances: Vec<Advance> = incoming
+        .into_iter()
+        .map(|(replica, totals)| {
+            let from = old(replica);
+            Advance {
+                replica,
+                from,
+                to: totals.p.max(from),
+            }
+        })
+        .collect();
+    let count = before.map_or(0, |c| c.totals().p);
+    crate::milestone::decide(count, &advances, pending)
 }
 
 /// One presence id's viewers now: the sum of the reports not expired.
@@ -512,6 +597,23 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         key: &CounterKey,
         request: &ImportRequest,
     ) -> Result<ImportOutcome, StoreError>;
+
+    /// Registers milestone `n` (with `label`) of counter `id` at `at`, in one transaction
+    /// that serializes with every commit of the counter: refused when the count is at `n`
+    /// already, when `n` exists, or when the counter has too many.
+    async fn add_milestone(
+        &self,
+        id: &str,
+        n: u64,
+        label: Option<&str>,
+        at: Timestamp,
+    ) -> Result<AddMilestone, StoreError>;
+
+    /// The milestones of counter `id`, by N.
+    async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError>;
+
+    /// Cancels the pending milestone `n` of counter `id`.
+    async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError>;
 
     /// The counters asked for that have a slot or a base, each whole; the others are left out
     /// of the answer.

@@ -54,10 +54,13 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::milestone::{Decision, Milestone, Winner};
+
 use super::{
-    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, PresenceSum, ReplicaRow,
-    ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
-    corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    AddMilestone, CancelMilestone, Committed, FoldedSlot, IMPORT_REGION, ImportOutcome,
+    ImportRequest, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow,
+    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
+    key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -262,7 +265,37 @@ impl Store for PostgresStore {
             .filter(|s| !committed.retired.contains(&s.replica))
             .cloned()
             .collect();
+        // Counters with a milestone pending: locked (every commit of such a counter, by any
+        // merger, waits here for the one before it), then read as they stand.
+        let names: BTreeSet<&str> = live
+            .iter()
+            .filter(|s| s.key.kind() == CounterKind::G)
+            .map(|s| s.key.id())
+            .collect();
+        let pending = lock_pending(&mut tx, &names.into_iter().collect::<Vec<_>>()).await?;
+        let before = if pending.is_empty() {
+            Vec::new()
+        } else {
+            let watched: Vec<CounterKey> = pending
+                .keys()
+                .map(|id| CounterKey::new(CounterKind::G, id))
+                .collect::<Result<_, _>>()
+                .map_err(|e| corrupt("milestones", e.to_string()))?;
+            load_in(&mut tx, &watched).await?
+        };
         let changed = merge_slots(&mut tx, &live).await?;
+        let mut committed = committed;
+        for (id, ns) in &pending {
+            let incoming = live
+                .iter()
+                .filter(|s| s.key.kind() == CounterKind::G && s.key.id() == id)
+                .map(|s| (s.replica, s.totals));
+            let stood = before.iter().find(|c| c.key.id() == id);
+            for decision in super::decide_commit(stood, incoming, ns) {
+                record_winner(&mut tx, id, &decision, crate::commit::now()).await?;
+                committed.decided.push((id.clone(), decision));
+            }
+        }
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
         Ok(committed)
@@ -382,6 +415,10 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Ok(ResetOutcome::Unknown);
         };
+        // A reset moves the count a commit deciding a milestone reads: one at a time.
+        if key.kind() == CounterKind::G {
+            lock_pending(&mut tx, &[key.id()]).await?;
+        }
         let (id, current): (i64, i64) = (row.try_get("id")?, row.try_get("epoch")?);
         if let Some(expected) = request.expect_epoch
             && super::epoch_param(expected) != current
@@ -499,6 +536,17 @@ impl Store for PostgresStore {
                 kept
             }
         };
+        // An import is a slot's growth like any sync's: it may cross a milestone.
+        let pending = lock_pending(&mut tx, &[key.id()])
+            .await?
+            .remove(key.id())
+            .filter(|_| key.kind() == CounterKind::G)
+            .unwrap_or_default();
+        let before = if pending.is_empty() {
+            None
+        } else {
+            load_in(&mut tx, std::slice::from_ref(key)).await?.pop()
+        };
         let inserted = sqlx::query(
             "INSERT INTO slots (counter, replica, p, n, updated_at) \
              VALUES ($1, $2, $3::numeric, $4::numeric, $5) \
@@ -513,6 +561,16 @@ impl Store for PostgresStore {
         .await?
         .rows_affected()
             == 1;
+        if inserted && !pending.is_empty() {
+            let name: String = sqlx::query_scalar("SELECT replica FROM replicas WHERE id = $1")
+                .bind(replica)
+                .fetch_one(&mut *tx)
+                .await?;
+            let incoming = [(replica_of("replicas", &name)?, request.totals)];
+            for decision in super::decide_commit(before.as_ref(), incoming, &pending) {
+                record_winner(&mut tx, key.id(), &decision, request.at).await?;
+            }
+        }
         if !inserted {
             let row = sqlx::query(
                 "SELECT p::text AS p, n::text AS n FROM slots WHERE counter = $1 AND replica = $2",
@@ -568,6 +626,70 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         super::counters_of(&rows)
+    }
+
+    async fn add_milestone(
+        &self,
+        id: &str,
+        n: u64,
+        label: Option<&str>,
+        at: Timestamp,
+    ) -> Result<AddMilestone, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Waits for the commits under way (each holds ROW SHARE from locking its counters'
+        // pending milestones) and holds the next ones until this one is committed: the count
+        // read below is the last before the milestone exists, and every later commit sees it.
+        sqlx::query("LOCK TABLE milestones IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let existing = milestones_of(&mut tx, id).await?;
+        let key =
+            CounterKey::new(CounterKind::G, id).map_err(|e| corrupt("counters", e.to_string()))?;
+        let count = load_in(&mut tx, &[key])
+            .await?
+            .first()
+            .map_or(0, |c| c.totals().p);
+        if let Some(refused) = super::refuse_milestone(&existing, n, count) {
+            return Ok(refused);
+        }
+        sqlx::query(
+            "INSERT INTO milestones (name, n, label, created_at) VALUES ($1, $2::numeric, $3, $4)",
+        )
+        .bind(id)
+        .bind(n.to_string())
+        .bind(label)
+        .bind(at.unix_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AddMilestone::Added(Milestone {
+            n,
+            label: label.map(str::to_owned),
+            created_at: at,
+            winner: None,
+        }))
+    }
+
+    async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        milestones_of(&mut conn, id).await
+    }
+
+    async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM milestones WHERE name = $1 AND n = $2::numeric AND won_at IS NULL",
+        )
+        .bind(id)
+        .bind(n.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let found = milestones_of(&mut tx, id)
+            .await?
+            .into_iter()
+            .find(|m| m.n == n);
+        tx.commit().await?;
+        Ok(super::cancel_outcome(n, deleted.rows_affected(), found))
     }
 
     async fn list(
@@ -949,6 +1071,113 @@ async fn upsert_replicas(
         }
     }
     Ok(committed)
+}
+
+/// The counters asked for that have a slot, a base or a cut, each whole, read in `conn` (a
+/// transaction, to read what it wrote and locked).
+async fn load_in(
+    conn: &mut sqlx::PgConnection,
+    keys: &[CounterKey],
+) -> Result<Vec<StoredCounter>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (kinds, names): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
+    let rows = sqlx::query(&format!(
+        "WITH k AS (SELECT {K_COLUMNS} \
+             FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
+             JOIN counters c ON c.kind = u.kind AND c.name = u.name) \
+         {PARTS_OF_K}"
+    ))
+    .bind(kinds)
+    .bind(names)
+    .fetch_all(&mut *conn)
+    .await?;
+    super::counters_of(&rows)
+}
+
+/// Locks the pending milestones of counters `names` (kind `g`), in key order (so two commits
+/// never wait on each other in a cycle), and answers them by counter.
+async fn lock_pending(
+    conn: &mut sqlx::PgConnection,
+    names: &[&str],
+) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
+    let mut pending: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    if names.is_empty() {
+        return Ok(pending);
+    }
+    let rows = sqlx::query(
+        "SELECT name, n::text AS n FROM milestones \
+         WHERE name = ANY($1::text[]) AND won_at IS NULL ORDER BY name, n FOR UPDATE",
+    )
+    .bind(names)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        pending
+            .entry(row.try_get("name")?)
+            .or_default()
+            .push(decode("milestones", row.try_get("n")?)?);
+    }
+    Ok(pending)
+}
+
+/// Writes the winner of a milestone, once.
+async fn record_winner(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    decision: &Decision,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE milestones SET won_replica = $3, won_unit = $4::numeric, won_at = $5 \
+         WHERE name = $1 AND n = $2::numeric AND won_at IS NULL",
+    )
+    .bind(id)
+    .bind(decision.n.to_string())
+    .bind(decision.replica.to_string())
+    .bind(decision.unit.to_string())
+    .bind(at.unix_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The milestones of counter `id`, by N.
+async fn milestones_of(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+) -> Result<Vec<Milestone>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT n::text AS n, label, created_at, won_replica, won_unit::text AS won_unit, won_at \
+         FROM milestones WHERE name = $1 ORDER BY n",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let winner = match (
+                row.try_get::<Option<&str>, _>("won_replica")?,
+                row.try_get::<Option<&str>, _>("won_unit")?,
+                row.try_get::<Option<i64>, _>("won_at")?,
+            ) {
+                (Some(replica), Some(unit), Some(at)) => Some(Winner {
+                    replica: replica_of("milestones", replica)?,
+                    unit: decode("milestones", unit)?,
+                    at: Timestamp::from_unix_ms(at),
+                }),
+                _ => None,
+            };
+            Ok(Milestone {
+                n: decode("milestones", row.try_get("n")?)?,
+                label: row.try_get("label")?,
+                created_at: Timestamp::from_unix_ms(row.try_get("created_at")?),
+                winner,
+            })
+        })
+        .collect()
 }
 
 /// Statements 2 and 3 of a commit: registers the batch's counters, merges its slots, and

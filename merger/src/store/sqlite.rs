@@ -20,11 +20,13 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Committed, FoldedSlot, IMPORT_REGION, ImportOutcome, ImportRequest, PresenceSum, ReplicaRow,
-    ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
-    corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    AddMilestone, CancelMilestone, Committed, FoldedSlot, IMPORT_REGION, ImportOutcome,
+    ImportRequest, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow,
+    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
+    key_of, replica_of,
 };
 use crate::config::Durability;
+use crate::milestone::{Decision, Milestone, Winner};
 
 /// The SQLite store: one merger process on one file, in WAL mode.
 #[derive(Debug, Clone)]
@@ -162,6 +164,18 @@ impl Store for SqliteStore {
             .bind(json_rows(&keys))
             .execute(&mut *tx)
             .await?;
+            // Counters with a milestone pending: how they stood before this commit.
+            let pending = pending_milestones(&mut tx, &keys).await?;
+            let before = if pending.is_empty() {
+                Vec::new()
+            } else {
+                let watched: Vec<CounterKey> = pending
+                    .keys()
+                    .map(|id| CounterKey::new(CounterKind::G, id))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| corrupt("milestones", e.to_string()))?;
+                load_in(&mut tx, &watched).await?
+            };
             let mut rows = Vec::with_capacity(slots.len());
             for s in &slots {
                 let replica = replica_ids.get(&s.replica).ok_or_else(|| {
@@ -194,6 +208,17 @@ impl Store for SqliteStore {
             .bind(json_rows(&rows))
             .execute(&mut *tx)
             .await?;
+            for (id, ns) in &pending {
+                let incoming = slots
+                    .iter()
+                    .filter(|s| s.key.kind() == CounterKind::G && s.key.id() == id)
+                    .map(|s| (s.replica, s.totals));
+                let stood = before.iter().find(|c| c.key.id() == id);
+                for decision in super::decide_commit(stood, incoming, ns) {
+                    record_winner(&mut tx, id, &decision, crate::commit::now()).await?;
+                    committed.decided.push((id.clone(), decision));
+                }
+            }
         }
         tx.commit().await?;
         Ok(committed)
@@ -431,6 +456,16 @@ impl Store for SqliteStore {
                 false
             }
             None => {
+                // An import is a slot's growth like any sync's: it may cross a milestone.
+                let pending = pending_milestones(&mut tx, &[(key.kind().as_str(), key.id())])
+                    .await?
+                    .remove(key.id())
+                    .unwrap_or_default();
+                let before = if pending.is_empty() {
+                    None
+                } else {
+                    load_in(&mut tx, std::slice::from_ref(key)).await?.pop()
+                };
                 sqlx::query(
                     "INSERT INTO slots (counter, replica, p, n, updated_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -442,6 +477,17 @@ impl Store for SqliteStore {
                 .bind(request.at.unix_ms())
                 .execute(&mut *tx)
                 .await?;
+                if !pending.is_empty() {
+                    let name: String =
+                        sqlx::query_scalar("SELECT replica FROM replicas WHERE id = ?1")
+                            .bind(replica)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let incoming = [(replica_of("replicas", &name)?, request.totals)];
+                    for decision in super::decide_commit(before.as_ref(), incoming, &pending) {
+                        record_winner(&mut tx, key.id(), &decision, request.at).await?;
+                    }
+                }
                 true
             }
         };
@@ -463,18 +509,69 @@ impl Store for SqliteStore {
     }
 
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        let mut conn = self.pool.acquire().await?;
+        load_in(&mut conn, keys).await
+    }
+
+    async fn add_milestone(
+        &self,
+        id: &str,
+        n: u64,
+        label: Option<&str>,
+        at: Timestamp,
+    ) -> Result<AddMilestone, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: the transaction holds the write lock from here on, so no commit
+        // comes between the count read below and the registration.
+        sqlx::query("INSERT INTO counters (kind, name) VALUES ('g', ?1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let existing = milestones_of(&mut tx, id).await?;
+        let key =
+            CounterKey::new(CounterKind::G, id).map_err(|e| corrupt("counters", e.to_string()))?;
+        let count = load_in(&mut tx, &[key])
+            .await?
+            .first()
+            .map_or(0, |c| c.totals().p);
+        if let Some(refused) = super::refuse_milestone(&existing, n, count) {
+            return Ok(refused);
         }
-        let asked: Vec<(&str, &str)> = keys.iter().map(|k| (k.kind().as_str(), k.id())).collect();
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM json_each(?1) AS j \
-             JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1) {PARTS_OF_K}"
-        ))
-        .bind(json_rows(&asked))
-        .fetch_all(&self.pool)
-        .await?;
-        super::counters_of(&rows)
+        sqlx::query("INSERT INTO milestones (name, n, label, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(id)
+            .bind(encode_u64(n))
+            .bind(label)
+            .bind(at.unix_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(AddMilestone::Added(Milestone {
+            n,
+            label: label.map(str::to_owned),
+            created_at: at,
+            winner: None,
+        }))
+    }
+
+    async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        milestones_of(&mut conn, id).await
+    }
+
+    async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted =
+            sqlx::query("DELETE FROM milestones WHERE name = ?1 AND n = ?2 AND won_at IS NULL")
+                .bind(id)
+                .bind(encode_u64(n))
+                .execute(&mut *tx)
+                .await?;
+        let found = milestones_of(&mut tx, id)
+            .await?
+            .into_iter()
+            .find(|m| m.n == n);
+        tx.commit().await?;
+        Ok(super::cancel_outcome(n, deleted.rows_affected(), found))
     }
 
     async fn list(
@@ -765,6 +862,113 @@ impl SqliteStore {
 /// Rows as one JSON array of arrays, for `json_each`.
 fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
+}
+
+/// The counters asked for that have a slot, a base or a cut, each whole, read on `conn` (a
+/// transaction's, to read what it wrote).
+async fn load_in(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[CounterKey],
+) -> Result<Vec<StoredCounter>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let asked: Vec<(&str, &str)> = keys.iter().map(|k| (k.kind().as_str(), k.id())).collect();
+    let rows = sqlx::query(&format!(
+        "WITH k AS (SELECT {K_COLUMNS} FROM json_each(?1) AS j \
+         JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1) {PARTS_OF_K}"
+    ))
+    .bind(json_rows(&asked))
+    .fetch_all(&mut *conn)
+    .await?;
+    super::counters_of(&rows)
+}
+
+/// The pending milestones of the counters (kind `g`) among `keys`, by counter id.
+async fn pending_milestones(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[(&str, &str)],
+) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
+    let names: Vec<&str> = keys
+        .iter()
+        .filter(|(kind, _)| *kind == CounterKind::G.as_str())
+        .map(|(_, name)| *name)
+        .collect();
+    let mut pending: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    if names.is_empty() {
+        return Ok(pending);
+    }
+    let rows = sqlx::query(
+        "SELECT m.name, m.n FROM json_each(?1) AS j \
+         JOIN milestones m ON m.name = j.value AND m.won_at IS NULL ORDER BY m.name, m.n",
+    )
+    .bind(json_rows(&names))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        pending
+            .entry(row.get("name"))
+            .or_default()
+            .push(decode("milestones", row.get("n"))?);
+    }
+    Ok(pending)
+}
+
+/// Writes the winner of a milestone, once.
+async fn record_winner(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    decision: &Decision,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE milestones SET won_replica = ?3, won_unit = ?4, won_at = ?5 \
+         WHERE name = ?1 AND n = ?2 AND won_at IS NULL",
+    )
+    .bind(id)
+    .bind(encode_u64(decision.n))
+    .bind(decision.replica.to_string())
+    .bind(encode_u64(decision.unit))
+    .bind(at.unix_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The milestones of counter `id`, by N.
+async fn milestones_of(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+) -> Result<Vec<Milestone>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT n, label, created_at, won_replica, won_unit, won_at FROM milestones \
+         WHERE name = ?1 ORDER BY n",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let winner = match (
+                row.get::<Option<&str>, _>("won_replica"),
+                row.get::<Option<&str>, _>("won_unit"),
+                row.get::<Option<i64>, _>("won_at"),
+            ) {
+                (Some(replica), Some(unit), Some(at)) => Some(Winner {
+                    replica: replica_of("milestones", replica)?,
+                    unit: decode("milestones", unit)?,
+                    at: Timestamp::from_unix_ms(at),
+                }),
+                _ => None,
+            };
+            Ok(Milestone {
+                n: decode("milestones", row.get("n"))?,
+                label: row.get("label"),
+                created_at: Timestamp::from_unix_ms(row.get("created_at")),
+                winner,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

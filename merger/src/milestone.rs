@@ -1,0 +1,230 @@
+//! Milestones: "the N-th hit of this counter", decided exactly once (docs/milestones.md).
+//!
+//! Every unit of every slot of a counter gets one global ordinal, in the merger's commit
+//! order: a commit that takes the count from `T` to `T + k` gives ordinals `T + 1 ..= T + k`
+//! to the `k` units it adds, slot by slot in replica id order, and within a slot in unit
+//! order. A slot only grows, and each unit of it belongs to exactly one hit (the edge's
+//! [`Receipt`](tally_crdt::Receipt)), so every ordinal from 1 to the final count names
+//! exactly one counted hit, and a replayed, duplicated or reordered sync (which adds no
+//! unit) names none. The milestone `N` is won by the hit holding the unit that gets ordinal
+//! `N`; the store decides it in the transaction of the commit that crosses `N`
+//! ([`decide`]), under a per-counter lock, so no restart, replay or second merger can decide
+//! it again.
+//!
+//! This module holds the pure parts: the records and the decision.
+
+use tally_crdt::{ReplicaId, Timestamp};
+
+/// Most milestones one counter holds, decided ones included.
+pub const MAX_MILESTONES_PER_COUNTER: usize = 100;
+/// Longest label, in characters.
+pub const MAX_LABEL_LEN: usize = 200;
+
+/// One slot's growth in a commit: its units `from + 1 ..= to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    /// The slot's replica.
+    pub replica: ReplicaId,
+    /// Its total before the commit.
+    pub from: u64,
+    /// Its total after.
+    pub to: u64,
+}
+
+/// A milestone won in a commit: its hit holds `unit` of `replica`'s slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The milestone.
+    pub n: u64,
+    /// The replica of the winning hit.
+    pub replica: ReplicaId,
+    /// The unit of its slot that got ordinal `n`.
+    pub unit: u64,
+}
+
+/// The milestones among `pending` that a commit taking the count from `before` by
+/// `advances` crosses, and the hit that wins each. `advances` may come in any order and
+/// name a slot more than once (the larger growth counts, as the merge keeps the max);
+/// slots that did not grow add no ordinal.
+pub fn decide(before: u128, advances: &[Advance], pending: &[u64]) -> Vec<Decision> {
+    let mut grown: Vec<Advance> = Vec::with_capacity(advances.len());
+    let mut sorted = advances.to_vec();
+    sorted.sort_by_key(|a| (a.replica, a.from));
+    for a in sorted {
+        match grown.last_mut() {
+            Some(last) if last.replica == a.replica => {
+                last.from = last.from.min(a.from);
+                last.to = last.to.max(a.to);
+            }
+            _ => grown.push(a),
+        }
+    }
+    let mut targets: Vec<u64> = pending
+        .iter()
+        .copied()
+        .filter(|&n| u128::from(n) > before)
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut decisions = Vec::new();
+    let mut next = targets.into_iter().peekable();
+    let mut count = before;
+    for a in grown.iter().filter(|a| a.to > a.from) {
+        let added = u128::from(a.to - a.from);
+        while let Some(&n) = next.peek() {
+            let n_wide = u128::from(n);
+            if n_wide > count + added {
+                break;
+            }
+            let offset = u64::try_from(n_wide - count).expect("at most the slot's growth");
+            decisions.push(Decision {
+                n,
+                replica: a.replica,
+                unit: a.from + offset,
+            });
+            next.next();
+        }
+        count += added;
+    }
+    decisions
+}
+
+/// A milestone as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Milestone {
+    /// The ordinal that wins.
+    pub n: u64,
+    /// What it is for.
+    pub label: Option<String>,
+    /// When it was registered.
+    pub created_at: Timestamp,
+    /// Its winner, once decided.
+    pub winner: Option<Winner>,
+}
+
+/// The hit that was the N-th.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Winner {
+    /// The replica that counted it.
+    pub replica: ReplicaId,
+    /// The unit of that replica's slot that got ordinal N.
+    pub unit: u64,
+    /// When the commit that decided it was made.
+    pub at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn r(n: u128) -> ReplicaId {
+        ReplicaId::from_u128(n)
+    }
+
+    fn adv(replica: u128, from: u64, to: u64) -> Advance {
+        Advance {
+            replica: r(replica),
+            from,
+            to,
+        }
+    }
+
+    #[test]
+    fn the_crossing_unit_wins_in_replica_order() {
+        // Count 10; replica 2 grows by 3 (ordinals 11-13), then replica 5 by 4 (14-17).
+        let got = decide(10, &[adv(5, 0, 4), adv(2, 7, 10)], &[12, 14, 17, 18, 3]);
+        assert_eq!(
+            got,
+            [
+                Decision {
+                    n: 12,
+                    replica: r(2),
+                    unit: 9
+                },
+                Decision {
+                    n: 14,
+                    replica: r(5),
+                    unit: 1
+                },
+                Decision {
+                    n: 17,
+                    replica: r(5),
+                    unit: 4
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replay_adds_no_ordinal_and_decides_nothing() {
+        assert!(decide(10, &[adv(2, 7, 7)], &[11]).is_empty());
+        assert!(decide(u128::from(u64::MAX), &[], &[u64::MAX]).is_empty());
+    }
+
+    #[test]
+    fn a_slot_named_twice_grows_once() {
+        let got = decide(0, &[adv(1, 0, 5), adv(1, 0, 3)], &[5, 6]);
+        assert_eq!(
+            got,
+            [Decision {
+                n: 5,
+                replica: r(1),
+                unit: 5
+            }]
+        );
+    }
+
+    proptest! {
+        /// Cutting the same growth into commits any way gives every ordinal to exactly one
+        /// unit: the winners are the same whichever way the hits were batched, as long as
+        /// each batch is applied in order.
+        #[test]
+        fn every_ordinal_names_one_unit(
+            grows in proptest::collection::vec((0u128..4, 1u64..20), 1..40),
+            cuts in proptest::collection::vec(any::<bool>(), 40),
+        ) {
+            // The hits, in commit order, each adding to one replica's slot.
+            let mut slots = [0u64; 4];
+            let mut count = 0u128;
+            let mut owner = Vec::new(); // ordinal - 1 -> (replica, unit)
+            let mut batch: Vec<Advance> = Vec::new();
+            let mut before = 0u128;
+            let mut decided = Vec::new();
+            let total: u64 = grows.iter().map(|g| g.1).sum();
+            let pending: Vec<u64> = (1..=total).collect();
+            for (i, (replica, d)) in grows.iter().enumerate() {
+                let idx = usize::try_from(*replica).unwrap();
+                let from = slots[idx];
+                slots[idx] += d;
+                batch.push(adv(*replica, from, slots[idx]));
+                count += u128::from(*d);
+                if cuts[i] || i + 1 == grows.len() {
+                    // Ordinals of this commit, in replica order.
+                    let mut grown: Vec<Advance> = Vec::new();
+                    let mut sorted = batch.clone();
+                    sorted.sort_by_key(|a| a.replica);
+                    for a in sorted {
+                        match grown.last_mut() {
+                            Some(l) if l.replica == a.replica => l.to = a.to,
+                            _ => grown.push(a),
+                        }
+                    }
+                    for a in &grown {
+                        for unit in a.from + 1..=a.to {
+                            owner.push((a.replica, unit));
+                        }
+                    }
+                    decided.extend(decide(before, &batch, &pending));
+                    before = count;
+                    batch.clear();
+                }
+            }
+            prop_assert_eq!(decided.len(), owner.len());
+            for d in decided {
+                let i = usize::try_from(d.n - 1).unwrap();
+                prop_assert_eq!((d.replica, d.unit), owner[i]);
+            }
+        }
+    }
+}
