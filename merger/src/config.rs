@@ -71,6 +71,17 @@ pub struct Config {
     #[arg(long, env = "TALLY_PRESENCE_PRUNE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub presence_prune_interval: Duration,
 
+    /// Where milestone winners are announced: each winner is POSTed here as JSON, signed
+    /// (`Tally-Signature`, HMAC-SHA256 with `--webhook-secret`), retried with backoff until a
+    /// 2xx answer (docs/milestones.md). Without it winners are only read from the API.
+    #[arg(long, env = "TALLY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The secret the webhook's signatures are made with (at least 16 characters; required
+    /// with `--webhook-url`).
+    #[arg(long, env = "TALLY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
     /// Counters the merger keeps in memory at most (a cache over the store: a counter not
     /// held is loaded on its first read or sync). About 1.6 KiB each as measured with a few
     /// slots per counter (docs/benchmarks.md, "a million counters").

@@ -24,11 +24,14 @@
 //! - [`milestone`]: "the N-th hit", decided once in the commit that crosses it (the pure
 //!   decision; the store runs it under a per-counter lock).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`announce`]: the task that delivers milestone winners to the webhook, signed, retried
+//!   until acknowledged.
 //! - [`backup`]: the `backup` subcommand, an online copy of the store (`VACUUM INTO`, `pg_dump`).
 //!
 //! The binary (`main.rs`) only parses the configuration, binds, and calls [`Merger::serve`];
 //! tests drive [`Merger::router`] in-process or the binary over loopback.
 
+pub mod announce;
 pub mod backup;
 pub mod commit;
 pub mod config;
@@ -81,6 +84,9 @@ pub enum StartError {
     /// The admin token is too short to be a secret.
     #[error("the admin token must be at least {MIN_TOKEN_LEN} characters")]
     ShortAdminToken,
+    /// A webhook URL without a secret of at least 16 characters, or one that is not http(s).
+    #[error("{0}")]
+    Webhook(String),
     /// The store could not be opened or loaded.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -233,6 +239,11 @@ impl Merger {
             Some(t) if t.len() < MIN_TOKEN_LEN => return Err(StartError::ShortAdminToken),
             Some(t) => Some(t.into()),
         };
+        let webhook = announce::Webhook::from_config(
+            config.webhook_url.as_deref(),
+            config.webhook_secret.as_deref(),
+        )
+        .map_err(StartError::Webhook)?;
         let store = store::open(&config.database_url, config.durability).await?;
         let metrics = Arc::new(Metrics::default());
         metrics
@@ -268,6 +279,14 @@ impl Merger {
             config.presence_prune_interval,
             stopped.clone(),
         ));
+        if let Some(webhook) = webhook {
+            tasks.push(announce::spawn(
+                Arc::clone(&store),
+                Arc::clone(&metrics),
+                webhook,
+                stopped.clone(),
+            ));
+        }
         if let Some(changes) = store.watch(stopped) {
             tasks.push(peers::spawn(
                 Arc::clone(&store),

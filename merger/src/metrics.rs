@@ -95,6 +95,8 @@ pub struct Metrics {
     pub sketch_reads: Family<Outcome, Counter>,
     /// Expired presence reports deleted.
     pub presence_pruned: Counter,
+    /// Milestone announcements to the webhook by outcome (`ok`, `failed`).
+    pub announcements: Family<Outcome, Counter>,
     /// Counters answered by batch reads.
     pub counters_read: Counter,
     /// Counters of version-2 syncs rejected alone, by error code.
@@ -149,6 +151,7 @@ impl Default for Metrics {
             sketch_syncs: Family::default(),
             sketch_reads: Family::default(),
             presence_pruned: Counter::default(),
+            announcements: Family::default(),
             counters_read: Counter::default(),
             counters_rejected: Family::default(),
             commits: Family::default(),
@@ -206,6 +209,11 @@ impl Default for Metrics {
             "presence_pruned",
             "Expired presence reports deleted",
             m.presence_pruned.clone(),
+        );
+        registry.register(
+            "announcements",
+            "Milestone winners POSTed to the webhook, by outcome (ok: acknowledged; failed: retried later)",
+            m.announcements.clone(),
         );
         registry.register(
             "counters_read",

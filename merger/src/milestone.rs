@@ -100,6 +100,20 @@ pub struct Milestone {
     pub created_at: Timestamp,
     /// Its winner, once decided.
     pub winner: Option<Winner>,
+    /// When the webhook acknowledged its announcement.
+    pub announced_at: Option<Timestamp>,
+}
+
+/// A won milestone to announce: its counter, the milestone, and how many tries so far
+/// (this one included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The counter's id.
+    pub id: String,
+    /// The milestone, won.
+    pub milestone: Milestone,
+    /// Deliveries tried, this one included.
+    pub attempts: u32,
 }
 
 /// The hit that was the N-th.

@@ -542,3 +542,121 @@ async fn bad_milestone_registrations_get_their_error_and_change_nothing() {
         .await;
     assert_error(&answer, StatusCode::FORBIDDEN, "admin_disabled");
 }
+
+/// What the test's webhook receiver saw: headers and body of each request.
+type Seen = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+/// A webhook receiver on a loopback port that answers 500 to the first `fail` requests,
+/// then 200; returns its URL and what it saw.
+async fn receiver(fail: usize) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let state = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = Arc::clone(&state);
+            async move {
+                let mut seen = state.lock().unwrap();
+                seen.push((headers, body));
+                if seen.len() <= fail {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_winner_is_announced_signed_and_retried_until_acknowledged() {
+    const SECRET: &str = "webhook-secret-0123456789";
+    let (url, seen) = receiver(2).await;
+    let t = TestMerger::with(|c| {
+        c.admin_token = Some(ADMIN.into());
+        c.webhook_url = Some(url.clone());
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await;
+    register(&t, "home", json!({"n": 3, "label": "third"})).await;
+    register(&t, "home", json!({"n": 100})).await;
+    // Nothing is announced before the winner is committed.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(seen.lock().unwrap().is_empty());
+    t.sync(&sync_body(4, "eu", &[("home", "g", 5, 0)])).await;
+
+    // Two failures, backing off (about 0.5-1 s, then 1-2 s), then acknowledged.
+    let start = std::time::Instant::now();
+    while seen.lock().unwrap().len() < 3 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "three attempts within 15 s: {:?}",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "no attempt after the acknowledgement");
+    let body: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "id": "milestone:home:3",
+            "type": "milestone.won",
+            "counter": "home",
+            "n": 3,
+            "label": "third",
+            "winner": {"replica": replica(4), "unit": 3, "decided_at": body["winner"]["decided_at"]},
+        })
+    );
+    for (attempt, (headers, text)) in seen.iter().enumerate() {
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(text, &seen[0].1, "the same body every attempt");
+        assert_eq!(header("tally-event-id"), "milestone:home:3");
+        assert_eq!(header("tally-delivery-attempt"), (attempt + 1).to_string());
+        let timestamp: i64 = header("tally-timestamp").parse().unwrap();
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        assert!((now - 60..=now).contains(&timestamp), "a fresh timestamp");
+        assert_eq!(
+            header("tally-signature"),
+            tally_merger::announce::signature(SECRET.as_bytes(), timestamp, text),
+            "attempt {attempt} is signed"
+        );
+    }
+    let (_, list) = t.get("/v1/counters/home/milestones").await;
+    assert_timestamp(&list["milestones"][0]["announced_at"]);
+    assert!(list["milestones"][1]["announced_at"].is_null());
+    assert_eq!(
+        t.metric(r#"tally_announcements_total{outcome="failed"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        t.metric(r#"tally_announcements_total{outcome="ok"}"#).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_without_a_secret_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tally_merger::Config::new(database_url(dir.path()), TOKEN);
+    config.webhook_url = Some("http://127.0.0.1:9/hook".into());
+    assert!(tally_merger::Merger::open(config.clone()).await.is_err());
+    config.webhook_secret = Some("short".into());
+    assert!(tally_merger::Merger::open(config.clone()).await.is_err());
+    config.webhook_url = Some("ftp://example/hook".into());
+    config.webhook_secret = Some("webhook-secret-0123456789".into());
+    assert!(tally_merger::Merger::open(config).await.is_err());
+}

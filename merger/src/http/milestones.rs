@@ -65,6 +65,10 @@ pub struct MilestoneView {
     /// The hit that was the N-th; `null` while pending.
     #[schema(required)]
     winner: Option<WinnerView>,
+    /// When the webhook acknowledged the winner's announcement; `null` before (or without a
+    /// webhook).
+    #[schema(value_type = Option<schema::Timestamp>, required)]
+    announced_at: Option<Timestamp>,
 }
 
 /// The N-th hit: unit `unit` of replica `replica`'s slot got ordinal N. The receipt of the
@@ -93,6 +97,7 @@ impl From<Milestone> for MilestoneView {
                 unit: Count(i128::from(w.unit)),
                 decided_at: w.at,
             }),
+            announced_at: m.announced_at,
         }
     }
 }

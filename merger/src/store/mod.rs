@@ -30,7 +30,7 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Durability;
-use crate::milestone::{Advance, Decision, Milestone};
+use crate::milestone::{Advance, Announcement, Decision, Milestone};
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +335,39 @@ pub fn refuse_milestone(existing: &[Milestone], n: u64, count: u128) -> Option<A
     (count >= u128::from(n)).then_some(AddMilestone::Passed { count })
 }
 
+/// A milestone from its row's columns, as both backends read them (`n`, `won_unit` as
+/// decimal text).
+pub fn milestone_from(
+    n: &str,
+    label: Option<String>,
+    created_at: i64,
+    won: (Option<&str>, Option<&str>, Option<i64>),
+    announced_at: Option<i64>,
+) -> Result<Milestone, StoreError> {
+    let winner = match won {
+        (Some(replica), Some(unit), Some(at)) => Some(crate::milestone::Winner {
+            replica: replica_of("milestones", replica)?,
+            unit: decode("milestones", unit)?,
+            at: Timestamp::from_unix_ms(at),
+        }),
+        _ => None,
+    };
+    Ok(Milestone {
+        n: decode("milestones", n)?,
+        label,
+        created_at: Timestamp::from_unix_ms(created_at),
+        winner,
+        announced_at: announced_at.map(Timestamp::from_unix_ms),
+    })
+}
+
+/// The columns [`milestone_from`] reads, for a `SELECT` (Postgres needs the numerics as text).
+pub const MILESTONE_COLUMNS_SQLITE: &str =
+    "name, n, label, created_at, won_replica, won_unit, won_at, announced_at, attempts";
+/// See [`MILESTONE_COLUMNS_SQLITE`].
+pub const MILESTONE_COLUMNS_POSTGRES: &str = "name, n::text AS n, label, created_at, won_replica, \
+    won_unit::text AS won_unit, won_at, announced_at, attempts";
+
 /// What a cancel did, from the rows it deleted and the milestone `n` as it stands after.
 pub fn cancel_outcome(n: u64, deleted: u64, after: Option<Milestone>) -> CancelMilestone {
     match (deleted, after) {
@@ -345,6 +378,7 @@ pub fn cancel_outcome(n: u64, deleted: u64, after: Option<Milestone>) -> CancelM
             label: None,
             created_at: Timestamp::EPOCH,
             winner: None,
+            announced_at: None,
         }),
     }
 }
@@ -614,6 +648,22 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Cancels the pending milestone `n` of counter `id`.
     async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError>;
+
+    /// Up to `limit` won milestones not announced yet whose next attempt is due at `now`,
+    /// each claimed for `lease_ms` (its next attempt moved that far ahead) and its attempts
+    /// counted.
+    async fn claim_announcements(
+        &self,
+        now: Timestamp,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<Announcement>, StoreError>;
+
+    /// The webhook acknowledged milestone `n` of counter `id` at `at`.
+    async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError>;
+
+    /// The announcement of milestone `n` of counter `id` failed: try again at `at`.
+    async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError>;
 
     /// The counters asked for that have a slot or a base, each whole; the others are left out
     /// of the answer.

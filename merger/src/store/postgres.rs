@@ -54,13 +54,13 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::milestone::{Decision, Milestone, Winner};
+use crate::milestone::{Announcement, Decision, Milestone};
 
 use super::{
     AddMilestone, CancelMilestone, Committed, FoldedSlot, IMPORT_REGION, ImportOutcome,
-    ImportRequest, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow,
-    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
-    key_of, replica_of,
+    ImportRequest, MILESTONE_COLUMNS_POSTGRES, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
+    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -667,12 +667,67 @@ impl Store for PostgresStore {
             label: label.map(str::to_owned),
             created_at: at,
             winner: None,
+            announced_at: None,
         }))
     }
 
     async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         milestones_of(&mut conn, id).await
+    }
+
+    async fn claim_announcements(
+        &self,
+        now: Timestamp,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<Announcement>, StoreError> {
+        let lease = now.plus_ms(lease_ms).unix_ms();
+        // SKIP LOCKED: mergers claiming at once take different rows.
+        let rows = sqlx::query(&format!(
+            "UPDATE milestones SET next_attempt_at = $2, attempts = attempts + 1 \
+             WHERE (name, n) IN (SELECT name, n FROM milestones \
+                 WHERE won_at IS NOT NULL AND announced_at IS NULL AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING {MILESTONE_COLUMNS_POSTGRES}"
+        ))
+        .bind(now.unix_ms())
+        .bind(lease)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Announcement {
+                    id: row.try_get("name")?,
+                    milestone: milestone_row(row)?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE milestones SET announced_at = $3 WHERE name = $1 AND n = $2::numeric")
+            .bind(id)
+            .bind(n.to_string())
+            .bind(at.unix_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE milestones SET next_attempt_at = $3 \
+             WHERE name = $1 AND n = $2::numeric AND announced_at IS NULL",
+        )
+        .bind(id)
+        .bind(n.to_string())
+        .bind(at.unix_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
@@ -1149,35 +1204,27 @@ async fn milestones_of(
     conn: &mut sqlx::PgConnection,
     id: &str,
 ) -> Result<Vec<Milestone>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT n::text AS n, label, created_at, won_replica, won_unit::text AS won_unit, won_at \
-         FROM milestones WHERE name = $1 ORDER BY n",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {MILESTONE_COLUMNS_POSTGRES} FROM milestones WHERE name = $1 ORDER BY n"
+    ))
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let winner = match (
-                row.try_get::<Option<&str>, _>("won_replica")?,
-                row.try_get::<Option<&str>, _>("won_unit")?,
-                row.try_get::<Option<i64>, _>("won_at")?,
-            ) {
-                (Some(replica), Some(unit), Some(at)) => Some(Winner {
-                    replica: replica_of("milestones", replica)?,
-                    unit: decode("milestones", unit)?,
-                    at: Timestamp::from_unix_ms(at),
-                }),
-                _ => None,
-            };
-            Ok(Milestone {
-                n: decode("milestones", row.try_get("n")?)?,
-                label: row.try_get("label")?,
-                created_at: Timestamp::from_unix_ms(row.try_get("created_at")?),
-                winner,
-            })
-        })
-        .collect()
+    rows.iter().map(milestone_row).collect()
+}
+
+fn milestone_row(row: &PgRow) -> Result<Milestone, StoreError> {
+    super::milestone_from(
+        row.try_get("n")?,
+        row.try_get("label")?,
+        row.try_get("created_at")?,
+        (
+            row.try_get("won_replica")?,
+            row.try_get("won_unit")?,
+            row.try_get("won_at")?,
+        ),
+        row.try_get("announced_at")?,
+    )
 }
 
 /// Statements 2 and 3 of a commit: registers the batch's counters, merges its slots, and

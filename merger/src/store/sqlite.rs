@@ -21,12 +21,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     AddMilestone, CancelMilestone, Committed, FoldedSlot, IMPORT_REGION, ImportOutcome,
-    ImportRequest, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow,
-    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
-    key_of, replica_of,
+    ImportRequest, MILESTONE_COLUMNS_SQLITE, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
+    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
-use crate::milestone::{Decision, Milestone, Winner};
+use crate::milestone::{Announcement, Decision, Milestone};
 
 /// The SQLite store: one merger process on one file, in WAL mode.
 #[derive(Debug, Clone)]
@@ -550,12 +550,66 @@ impl Store for SqliteStore {
             label: label.map(str::to_owned),
             created_at: at,
             winner: None,
+            announced_at: None,
         }))
     }
 
     async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         milestones_of(&mut conn, id).await
+    }
+
+    async fn claim_announcements(
+        &self,
+        now: Timestamp,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<Announcement>, StoreError> {
+        let lease = now.plus_ms(lease_ms).unix_ms();
+        let rows = sqlx::query(&format!(
+            "UPDATE milestones SET next_attempt_at = ?2, attempts = attempts + 1 \
+             WHERE (name, n) IN (SELECT name, n FROM milestones \
+                 WHERE won_at IS NOT NULL AND announced_at IS NULL AND next_attempt_at <= ?1 \
+                 ORDER BY next_attempt_at LIMIT ?3) \
+             RETURNING {MILESTONE_COLUMNS_SQLITE}"
+        ))
+        .bind(now.unix_ms())
+        .bind(lease)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Announcement {
+                    id: row.get("name"),
+                    milestone: milestone_row(row)?,
+                    attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE milestones SET announced_at = ?3 WHERE name = ?1 AND n = ?2")
+            .bind(id)
+            .bind(encode_u64(n))
+            .bind(at.unix_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE milestones SET next_attempt_at = ?3 \
+             WHERE name = ?1 AND n = ?2 AND announced_at IS NULL",
+        )
+        .bind(id)
+        .bind(encode_u64(n))
+        .bind(at.unix_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
@@ -940,35 +994,27 @@ async fn milestones_of(
     conn: &mut sqlx::SqliteConnection,
     id: &str,
 ) -> Result<Vec<Milestone>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT n, label, created_at, won_replica, won_unit, won_at FROM milestones \
-         WHERE name = ?1 ORDER BY n",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {MILESTONE_COLUMNS_SQLITE} FROM milestones WHERE name = ?1 ORDER BY n"
+    ))
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let winner = match (
-                row.get::<Option<&str>, _>("won_replica"),
-                row.get::<Option<&str>, _>("won_unit"),
-                row.get::<Option<i64>, _>("won_at"),
-            ) {
-                (Some(replica), Some(unit), Some(at)) => Some(Winner {
-                    replica: replica_of("milestones", replica)?,
-                    unit: decode("milestones", unit)?,
-                    at: Timestamp::from_unix_ms(at),
-                }),
-                _ => None,
-            };
-            Ok(Milestone {
-                n: decode("milestones", row.get("n"))?,
-                label: row.get("label"),
-                created_at: Timestamp::from_unix_ms(row.get("created_at")),
-                winner,
-            })
-        })
-        .collect()
+    rows.iter().map(milestone_row).collect()
+}
+
+fn milestone_row(row: &sqlx::sqlite::SqliteRow) -> Result<Milestone, StoreError> {
+    super::milestone_from(
+        row.get("n"),
+        row.get("label"),
+        row.get("created_at"),
+        (
+            row.get("won_replica"),
+            row.get("won_unit"),
+            row.get("won_at"),
+        ),
+        row.get("announced_at"),
+    )
 }
 
 #[cfg(test)]
