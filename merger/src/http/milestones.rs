@@ -207,7 +207,7 @@ pub async fn list(
 ) -> Result<Json<Milestones>, AppError> {
     let key = counter_of(&namespace, id)?;
     let milestones = app.store.milestones(key.id()).await?;
-    let counted = app.store.load(std::slice::from_ref(&key)).await?;
+    let counted = app.load(std::slice::from_ref(&key)).await?;
     Ok(Json(Milestones {
         id: key.id().to_owned(),
         count: counted.first().map_or(Count(0), |c| count(c.totals())),

@@ -16,6 +16,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU64;
@@ -321,6 +322,39 @@ pub enum AddMilestone {
     /// The counter has [`MAX_MILESTONES_PER_COUNTER`](crate::milestone::MAX_MILESTONES_PER_COUNTER)
     /// milestones already.
     TooMany,
+}
+
+/// The counters (kind `g`) with pending milestones, as keys to load.
+pub fn watched_keys(pending: &BTreeMap<String, Vec<u64>>) -> Result<Vec<CounterKey>, StoreError> {
+    pending
+        .keys()
+        .map(|id| CounterKey::new(CounterKind::G, id))
+        .collect::<Result<_, _>>()
+        .map_err(|e| corrupt("milestones", e.to_string()))
+}
+
+/// What a commit of `slots` decides, for each counter with `pending` milestones as it stood
+/// before the commit (`before`, from [`watched_keys`]): both backends' commits.
+pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
+    pending: &BTreeMap<String, Vec<u64>>,
+    before: &[StoredCounter],
+    slots: &[S],
+) -> Vec<(String, Decision)> {
+    let mut decided = Vec::new();
+    for (id, ns) in pending {
+        let incoming = slots
+            .iter()
+            .map(Borrow::borrow)
+            .filter(|s: &&SlotRow| s.key.kind() == CounterKind::G && s.key.id() == id)
+            .map(|s| (s.replica, s.totals));
+        let stood = before.iter().find(|c| c.key.id() == id);
+        decided.extend(
+            decide_commit(stood, incoming, ns)
+                .into_iter()
+                .map(|d| (id.clone(), d)),
+        );
+    }
+    decided
 }
 
 /// Why milestone `n` cannot be registered on a counter with `existing` milestones and

@@ -276,25 +276,14 @@ impl Store for PostgresStore {
         let before = if pending.is_empty() {
             Vec::new()
         } else {
-            let watched: Vec<CounterKey> = pending
-                .keys()
-                .map(|id| CounterKey::new(CounterKind::G, id))
-                .collect::<Result<_, _>>()
-                .map_err(|e| corrupt("milestones", e.to_string()))?;
-            load_in(&mut tx, &watched).await?
+            load_in(&mut tx, &super::watched_keys(&pending)?).await?
         };
         let changed = merge_slots(&mut tx, &live).await?;
         let mut committed = committed;
-        for (id, ns) in &pending {
-            let incoming = live
-                .iter()
-                .filter(|s| s.key.kind() == CounterKind::G && s.key.id() == id)
-                .map(|s| (s.replica, s.totals));
-            let stood = before.iter().find(|c| c.key.id() == id);
-            for decision in super::decide_commit(stood, incoming, ns) {
-                record_winner(&mut tx, id, &decision, crate::commit::now()).await?;
-                committed.decided.push((id.clone(), decision));
-            }
+        committed.decided = super::decide_batch(&pending, &before, &live);
+        let at = crate::commit::now();
+        for (id, decision) in &committed.decided {
+            record_winner(&mut tx, id, decision, at).await?;
         }
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
@@ -610,22 +599,8 @@ impl Store for PostgresStore {
 
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
         let keys: BTreeSet<&CounterKey> = keys.iter().collect();
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (kinds, names): (Vec<&str>, Vec<&str>) =
-            keys.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} \
-                 FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
-                 JOIN counters c ON c.kind = u.kind AND c.name = u.name) \
-             {PARTS_OF_K}"
-        ))
-        .bind(kinds)
-        .bind(names)
-        .fetch_all(&self.pool)
-        .await?;
-        super::counters_of(&rows)
+        let mut conn = self.pool.acquire().await?;
+        load_in(&mut conn, keys).await
     }
 
     async fn add_milestone(
@@ -1130,15 +1105,17 @@ async fn upsert_replicas(
 
 /// The counters asked for that have a slot, a base or a cut, each whole, read in `conn` (a
 /// transaction, to read what it wrote and locked).
-async fn load_in(
+async fn load_in<'k>(
     conn: &mut sqlx::PgConnection,
-    keys: &[CounterKey],
+    keys: impl IntoIterator<Item = &'k CounterKey>,
 ) -> Result<Vec<StoredCounter>, StoreError> {
-    if keys.is_empty() {
+    let (kinds, names): (Vec<&str>, Vec<&str>) = keys
+        .into_iter()
+        .map(|k| (k.kind().as_str(), k.id()))
+        .unzip();
+    if kinds.is_empty() {
         return Ok(Vec::new());
     }
-    let (kinds, names): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
     let rows = sqlx::query(&format!(
         "WITH k AS (SELECT {K_COLUMNS} \
              FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \

@@ -169,12 +169,7 @@ impl Store for SqliteStore {
             let before = if pending.is_empty() {
                 Vec::new()
             } else {
-                let watched: Vec<CounterKey> = pending
-                    .keys()
-                    .map(|id| CounterKey::new(CounterKind::G, id))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| corrupt("milestones", e.to_string()))?;
-                load_in(&mut tx, &watched).await?
+                load_in(&mut tx, &super::watched_keys(&pending)?).await?
             };
             let mut rows = Vec::with_capacity(slots.len());
             for s in &slots {
@@ -208,16 +203,10 @@ impl Store for SqliteStore {
             .bind(json_rows(&rows))
             .execute(&mut *tx)
             .await?;
-            for (id, ns) in &pending {
-                let incoming = slots
-                    .iter()
-                    .filter(|s| s.key.kind() == CounterKind::G && s.key.id() == id)
-                    .map(|s| (s.replica, s.totals));
-                let stood = before.iter().find(|c| c.key.id() == id);
-                for decision in super::decide_commit(stood, incoming, ns) {
-                    record_winner(&mut tx, id, &decision, crate::commit::now()).await?;
-                    committed.decided.push((id.clone(), decision));
-                }
+            committed.decided = super::decide_batch(&pending, &before, &slots);
+            let at = crate::commit::now();
+            for (id, decision) in &committed.decided {
+                record_winner(&mut tx, id, decision, at).await?;
             }
         }
         tx.commit().await?;
