@@ -459,6 +459,7 @@ impl Replica {
                 .map(|(key, totals)| SlotUpdate {
                     key: universe.counters[*key].clone(),
                     totals: *totals,
+                    visits: Vec::new(),
                 })
                 .collect(),
         }

@@ -94,9 +94,9 @@ pub enum ApiError {
     /// A presence call that needs a session, sent without one.
     #[error("{0}")]
     SessionRequired(&'static str),
-    /// A unique hit's visitor key outside the rules.
-    #[error("invalid visitor key: 1 to 256 bytes of text")]
-    InvalidVisitor,
+    /// A visitor key outside the rules (named: a unique hit's, or a counter hit's).
+    #[error("invalid visitor key: {0}")]
+    InvalidVisitor(&'static str),
     /// A unique hit without a visitor key where none can be derived (no `UNIQUE_SALT`).
     #[error("a visitor key is required: send {{\"visitor\": \"…\"}}")]
     VisitorRequired,
@@ -121,7 +121,7 @@ impl ApiError {
             | ApiError::InvalidSession(_)
             | ApiError::InvalidSessionId
             | ApiError::SessionRequired(_)
-            | ApiError::InvalidVisitor
+            | ApiError::InvalidVisitor(_)
             | ApiError::InvalidDay => 400,
             ApiError::WriteKeyRequired(_) | ApiError::InvalidWriteKey => 401,
             ApiError::TooManyNewIds | ApiError::TooManySessions => 429,
@@ -155,7 +155,7 @@ impl ApiError {
             ApiError::InvalidSessionId => "invalid_session_id",
             ApiError::TooManySessions => "too_many_sessions",
             ApiError::SessionRequired(_) => "session_required",
-            ApiError::InvalidVisitor => "invalid_visitor",
+            ApiError::InvalidVisitor(_) => "invalid_visitor",
             ApiError::VisitorRequired => "visitor_required",
             ApiError::InvalidDay => "invalid_day",
             ApiError::Internal => "internal",
@@ -237,23 +237,40 @@ pub fn parse_ids(kind: CounterKind, query: Option<&str>) -> Result<Vec<CounterKe
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HitBody {
-    delta: i64,
+    #[serde(default)]
+    delta: Option<i64>,
+    #[serde(default)]
+    visitor: Option<String>,
 }
 
-/// What one `PUT` adds to this replica's slot: `p` for increments, `n` for decrements.
+/// A parsed `PUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HitRequest {
+    /// What it adds to this replica's slot: `p` for increments, `n` for decrements.
+    pub add: SlotTotals,
+    /// The client's opaque visitor key (counters only), kept with the hit if it wins a
+    /// milestone while its counter is near one (docs/milestones.md).
+    pub visitor: Option<String>,
+}
+
+/// Parses a `PUT` body: empty for +1, or `{"delta": n, "visitor": "…"}` (both optional;
+/// `visitor` on counters only, 1 to 64 printable ASCII characters).
 ///
-/// An empty body is +1. `content_type` is the request's `Content-Type`, if any; a body
-/// must be declared as JSON (or not declared at all).
+/// `content_type` is the request's `Content-Type`, if any; a body must be declared as JSON
+/// (or not declared at all).
 pub fn parse_hit(
     kind: CounterKind,
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<SlotTotals, ApiError> {
+) -> Result<HitRequest, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::BodyTooLarge);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SlotTotals { p: 1, n: 0 });
+        return Ok(HitRequest {
+            add: SlotTotals { p: 1, n: 0 },
+            visitor: None,
+        });
     }
     if let Some(ct) = content_type {
         let mime = ct.split(';').next().unwrap_or_default().trim();
@@ -266,10 +283,27 @@ pub fn parse_hit(
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::InvalidBody("expected a JSON object".into()));
     }
-    let HitBody { delta } =
+    let HitBody { delta, visitor } =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let delta = match (delta, &visitor) {
+        (Some(delta), _) => delta,
+        (None, Some(_)) => 1,
+        (None, None) => return Err(ApiError::InvalidBody("missing field `delta`".into())),
+    };
+    if let Some(v) = &visitor {
+        if kind != CounterKind::G {
+            return Err(ApiError::InvalidBody(
+                "a visitor key goes with counter hits (/{id}/counter), not gauges".into(),
+            ));
+        }
+        if tally_crdt::check_visitor(v).is_err() {
+            return Err(ApiError::InvalidVisitor(
+                "1 to 64 printable ASCII characters",
+            ));
+        }
+    }
     let magnitude = delta.unsigned_abs();
-    match kind {
+    let add = match kind {
         CounterKind::G if delta < 1 => Err(ApiError::InvalidDelta(
             "a counter only goes up: delta must be 1 to 1000000 (use /{id}/gauge to go down)",
         )),
@@ -279,7 +313,8 @@ pub fn parse_hit(
         )),
         _ if delta > 0 => Ok(SlotTotals { p: magnitude, n: 0 }),
         _ => Ok(SlotTotals { p: 0, n: magnitude }),
-    }
+    }?;
+    Ok(HitRequest { add, visitor })
 }
 
 /// The answer to a read or a hit.
@@ -289,6 +324,18 @@ pub struct CountBody {
     pub count: Count,
     /// The newest change known; `null` for a counter nobody has hit.
     pub updated_at: Option<Timestamp>,
+    /// A hit on the exact path that won a milestone: which (left out otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub milestone: Option<Won>,
+}
+
+/// The milestone a hit won, in its `PUT` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Won {
+    /// The milestone: this hit was the N-th.
+    pub n: Count,
+    /// Its label; `null` without one.
+    pub label: Option<String>,
 }
 
 /// One counter of a batch read.
@@ -415,11 +462,11 @@ mod tests {
     #[test]
     fn an_empty_body_is_one_hit() {
         assert_eq!(
-            parse_hit(CounterKind::G, None, b""),
+            parse_hit(CounterKind::G, None, b"").map(|h| h.add),
             Ok(SlotTotals { p: 1, n: 0 })
         );
         assert_eq!(
-            parse_hit(CounterKind::Pn, Some("text/plain"), b"  \n"),
+            parse_hit(CounterKind::Pn, Some("text/plain"), b"  \n").map(|h| h.add),
             Ok(SlotTotals { p: 1, n: 0 })
         );
     }
@@ -428,21 +475,50 @@ mod tests {
     fn deltas_within_bounds() {
         let json = Some("application/json; charset=utf-8");
         assert_eq!(
-            parse_hit(CounterKind::G, json, br#"{"delta": 5}"#),
+            parse_hit(CounterKind::G, json, br#"{"delta": 5}"#).map(|h| h.add),
             Ok(SlotTotals { p: 5, n: 0 })
         );
         assert_eq!(
-            parse_hit(CounterKind::G, None, br#"{"delta": 1000000}"#),
+            parse_hit(CounterKind::G, None, br#"{"delta": 1000000}"#).map(|h| h.add),
             Ok(SlotTotals { p: 1_000_000, n: 0 })
         );
         assert_eq!(
-            parse_hit(CounterKind::Pn, json, br#"{"delta": -3}"#),
+            parse_hit(CounterKind::Pn, json, br#"{"delta": -3}"#).map(|h| h.add),
             Ok(SlotTotals { p: 0, n: 3 })
         );
         assert_eq!(
-            parse_hit(CounterKind::Pn, json, br#"{"delta": -1000000}"#),
+            parse_hit(CounterKind::Pn, json, br#"{"delta": -1000000}"#).map(|h| h.add),
             Ok(SlotTotals { p: 0, n: 1_000_000 })
         );
+    }
+
+    #[test]
+    fn a_counter_hit_may_carry_a_visitor_key() {
+        let hit = parse_hit(CounterKind::G, None, br#"{"visitor": "user-42"}"#).unwrap();
+        assert_eq!(hit.add, SlotTotals { p: 1, n: 0 });
+        assert_eq!(hit.visitor.as_deref(), Some("user-42"));
+        let hit = parse_hit(CounterKind::G, None, br#"{"delta": 3, "visitor": "a b"}"#).unwrap();
+        assert_eq!((hit.add.p, hit.visitor.as_deref()), (3, Some("a b")));
+        let code = |kind, body: &[u8]| parse_hit(kind, None, body).unwrap_err().code();
+        let long = format!(r#"{{"visitor": "{}"}}"#, "v".repeat(65));
+        assert_eq!(code(CounterKind::G, long.as_bytes()), "invalid_visitor");
+        assert_eq!(
+            code(CounterKind::G, br#"{"visitor": ""}"#),
+            "invalid_visitor"
+        );
+        assert_eq!(
+            code(CounterKind::G, br#"{"visitor": "tab\there"}"#),
+            "invalid_visitor"
+        );
+        assert_eq!(
+            code(CounterKind::G, "{\"visitor\": \"caf\u{e9}\"}".as_bytes()),
+            "invalid_visitor"
+        );
+        assert_eq!(
+            code(CounterKind::Pn, br#"{"delta": 1, "visitor": "x"}"#),
+            "invalid_body"
+        );
+        assert_eq!(code(CounterKind::G, br#"{"visitor": 5}"#), "invalid_body");
     }
 
     #[test]
@@ -499,6 +575,7 @@ mod tests {
             serde_json::to_string(&CountBody {
                 count: Count(count),
                 updated_at: at.map(Timestamp::from_unix_ms),
+                milestone: None,
             })
             .unwrap()
         };
@@ -518,6 +595,7 @@ mod tests {
                     body: CountBody {
                         count: Count(1),
                         updated_at: None,
+                        milestone: None,
                     },
                 },
                 BatchItem::error("b", &ApiError::Unavailable),

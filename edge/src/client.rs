@@ -48,6 +48,19 @@ pub async fn sync(config: &Config, request: &SyncRequest) -> Result<SyncResponse
     post(config, "/v1/sync", request).await
 }
 
+/// [`sync`], given up after `timeout_ms` (the exact path's attempts, within its budget).
+///
+/// # Errors
+///
+/// [`MergerError`].
+pub async fn sync_within(
+    config: &Config,
+    request: &SyncRequest,
+    timeout_ms: u64,
+) -> Result<SyncResponse, MergerError> {
+    post_within(config, "/v1/sync", request, timeout_ms).await
+}
+
 /// `POST {MERGER_URL}/v1/read`: global totals of many counters, written nowhere.
 ///
 /// # Errors
@@ -132,6 +145,15 @@ async fn post<Q: Serialize, A: DeserializeOwned>(
     path: &str,
     request: &Q,
 ) -> Result<A, MergerError> {
+    post_within(config, path, request, config.sync_timeout_ms).await
+}
+
+async fn post_within<Q: Serialize, A: DeserializeOwned>(
+    config: &Config,
+    path: &str,
+    request: &Q,
+    timeout_ms: u64,
+) -> Result<A, MergerError> {
     let unreachable = |e: worker::Error| MergerError::Unreachable(e.to_string());
     let body = serde_json::to_string(request)
         .map_err(|e| MergerError::Unreachable(format!("encoding the request: {e}")))?;
@@ -152,12 +174,12 @@ async fn post<Q: Serialize, A: DeserializeOwned>(
     let signal = controller.signal();
     let fetch = Fetch::Request(req);
     let send = Box::pin(fetch.send_with_signal(&signal));
-    let timeout = Box::pin(Delay::from(Duration::from_millis(config.sync_timeout_ms)));
+    let timeout = Box::pin(Delay::from(Duration::from_millis(timeout_ms)));
     let mut response = match select(send, timeout).await {
         Either::Left((result, _)) => result.map_err(unreachable)?,
         Either::Right(_) => {
             controller.abort();
-            return Err(MergerError::Timeout(config.sync_timeout_ms));
+            return Err(MergerError::Timeout(timeout_ms));
         }
     };
     let status = response.status_code();

@@ -41,6 +41,10 @@ pub struct Config {
     pub allow_region_override: bool,
     /// Longest wait for the merger's answer (`SYNC_TIMEOUT_MS`, default 5000).
     pub sync_timeout_ms: u64,
+    /// Longest a hit on the exact path (its counter near a milestone) waits for the merger
+    /// to commit it before answering `Tally-Milestone: pending` (`EXACT_WAIT_MS`, default
+    /// 2000; 0 turns the exact path off: winners then learn it from their receipts only).
+    pub exact_wait_ms: u64,
     /// Longest backoff between failed merger calls (`MAX_BACKOFF_MS`, default 60000).
     pub max_backoff_ms: u64,
     /// Age, counted from its first hit, after which an object's incarnation rotates at its
@@ -125,6 +129,7 @@ impl Config {
         }
         let public_max_delta = number("PUBLIC_MAX_DELTA", 1, 0..=crate::api::MAX_DELTA)?;
         let sync_timeout_ms = number("SYNC_TIMEOUT_MS", 5000, 100..=60_000)?;
+        let exact_wait_ms = number("EXACT_WAIT_MS", 2000, 0..=60_000)?;
         let max_backoff_ms = number("MAX_BACKOFF_MS", 60_000, 1000..=3_600_000)?;
         let rotate_ms = number("ROTATE_MS", 86_400_000, 0..=31_536_000_000)?;
         if rotate_ms != 0 && rotate_ms < 1000 {
@@ -184,6 +189,7 @@ impl Config {
             write_key,
             allow_region_override: flag("ALLOW_REGION_OVERRIDE")?,
             sync_timeout_ms,
+            exact_wait_ms,
             max_backoff_ms,
             rotate_ms,
             presence_ttl_ms,

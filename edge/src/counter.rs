@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use crate::milestone::Watch;
 use tally_crdt::{
     CounterKey, Error, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, SlotUpdate, SyncAnswer,
     Timestamp,
@@ -157,6 +158,8 @@ pub struct Entry {
     pub stored: bool,
     /// The merger's last word, if any.
     pub heard: Option<Heard>,
+    /// Its milestones, once a sync answer told of any ([`crate::milestone`]).
+    pub watch: Option<Box<Watch>>,
 }
 
 /// What an object answers about a counter: the halves of its count and how fresh they are.
@@ -361,6 +364,7 @@ pub fn current_totals(rows: Vec<(CounterKey, Row)>, generation: u64) -> Vec<Slot
         .map(|(key, row)| SlotUpdate {
             key,
             totals: row.own,
+            visits: Vec::new(),
         })
         .collect()
 }
@@ -372,6 +376,11 @@ impl Entry {
             Outcome::Merged(merged) => {
                 self.row.acknowledge(sent);
                 self.hear(merged, now);
+                if merged.milestones.is_some() || self.watch.is_some() {
+                    let watch = self.watch.get_or_insert_default();
+                    watch.hear(merged.milestones.as_ref(), merged.global.p, now);
+                    watch.acknowledged(self.row.acked.p);
+                }
             }
             Outcome::Rejected(..) if self.row.state == SyncState::Dirty => {
                 self.row.state = SyncState::Rejected;
@@ -405,6 +414,7 @@ mod tests {
             },
             updated_at: Some(at(5)),
             epoch: 0,
+            milestones: None,
         }
     }
 
@@ -489,6 +499,7 @@ mod tests {
         SlotUpdate {
             key: CounterKey::new(CounterKind::G, id).unwrap(),
             totals: SlotTotals { p, n: 0 },
+            visits: Vec::new(),
         }
     }
 
@@ -499,6 +510,7 @@ mod tests {
             recorded: SlotTotals { p: recorded, n: 0 },
             updated_at: None,
             epoch: 0,
+            milestones: None,
         })
     }
 
@@ -624,7 +636,8 @@ mod tests {
             current_totals(page.clone(), 1),
             [SlotUpdate {
                 key: key("b"),
-                totals: SlotTotals { p: 2, n: 0 }
+                totals: SlotTotals { p: 2, n: 0 },
+                visits: Vec::new(),
             }]
         );
         assert_eq!(current_totals(page, 0).len(), 2);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tally_crdt::{CounterKey, ReplicaId, SlotTotals};
 
 use crate::counter::View;
+use crate::milestone::Verdict;
 
 /// The internal route of a hit.
 pub const HIT_PATH: &str = "/hit";
@@ -27,6 +28,9 @@ pub struct Hit {
     pub client: String,
     /// Whether the application's write key came with it (no new-id budget then).
     pub trusted: bool,
+    /// The client's visitor key, kept only if the counter is near a milestone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitor: Option<String>,
 }
 
 /// Counters to read.
@@ -49,4 +53,7 @@ pub struct Answer {
     /// it, from which the Worker signs the hit's receipt ([`tally_crdt::Receipt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<(ReplicaId, u64)>,
+    /// After a hit on the exact path (its counter near a milestone): whether it won.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }

@@ -19,6 +19,7 @@ pub mod counter;
 pub mod incarnation;
 pub mod internal;
 pub mod isolate_cache;
+pub mod milestone;
 pub mod presence;
 #[allow(
     missing_docs,
@@ -39,13 +40,14 @@ use worker::{
 };
 
 use crate::api::{
-    ApiError, BatchBody, BatchItem, CountBody, MAX_BODY_BYTES, Route, parse_hit, parse_ids,
-    parse_path,
+    ApiError, BatchBody, BatchItem, CountBody, HitRequest, MAX_BODY_BYTES, Route, Won, parse_hit,
+    parse_ids, parse_path,
 };
 use crate::config::{Config, ConfigError};
 use crate::counter::{Bound, View};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
+use crate::milestone::Verdict;
 use crate::session::Session;
 use tally_crdt::Timestamp;
 
@@ -62,6 +64,9 @@ pub const REGION_HEADER: &str = "X-Tally-Region";
 /// The response header of a counter `PUT` that names the hit (a [`tally_crdt::Receipt`]):
 /// look it up at the merger to learn whether it won a milestone.
 pub const RECEIPT_HEADER: &str = "Tally-Receipt";
+/// The header of a hit's answer from the exact path: `won`, `lost` or `pending`
+/// ([`milestone::Verdict`]).
+pub const MILESTONE_HEADER: &str = "Tally-Milestone";
 
 /// How a request failed: an API error decided here, or an object's error passed through.
 pub enum Failure {
@@ -139,6 +144,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                     &key,
                     view,
                     Some(true),
+                    None,
                 )?);
             }
             let s = spread_index(&config);
@@ -159,10 +165,11 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 &key,
                 view,
                 Some(false),
+                None,
             )?)
         }
         (Method::Put, Route::One(key)) => {
-            let add = read_hit(&mut req, key.kind()).await?;
+            let HitRequest { add, visitor } = read_hit(&mut req, key.kind()).await?;
             let trusted = authorize(&req, &config, key.kind(), add)?;
             let client = client_address(&req);
             let hit = Hit {
@@ -171,6 +178,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 region: region.clone(),
                 client,
                 trusted,
+                visitor,
             };
             // What was known before this hit (this isolate's cache, the client's token), plus
             // the hit itself, is a lower bound of the count after it: the answer is at least
@@ -203,7 +211,22 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 view.age_ms = cached_before.and_then(|v| v.age_ms);
             }
             remember(&config, &region, &key, view);
-            let mut response = count_response(&config, &mut session, &key, view, None)?;
+            // The exact path's verdict: `Tally-Milestone: won | lost | pending`, and for a
+            // winner the milestone in the body.
+            let won = match &answer.verdict {
+                Some(Verdict::Won { n, label }) => Some(Won {
+                    n: Count(i128::from(*n)),
+                    label: label.clone(),
+                }),
+                _ => None,
+            };
+            let mut response = count_response(&config, &mut session, &key, view, None, won)?;
+            if let Some(verdict) = &answer.verdict {
+                response
+                    .headers_mut()
+                    .set(MILESTONE_HEADER, verdict.header())
+                    .map_err(internal)?;
+            }
             if let Some(receipt) = receipt {
                 response
                     .headers_mut()
@@ -428,6 +451,7 @@ async fn batch_read(
                     body: CountBody {
                         count,
                         updated_at: view.updated_at,
+                        milestone: None,
                     },
                 },
                 Err(e) => BatchItem::error(key.id(), &ApiError::Overflow(e)),
@@ -489,12 +513,14 @@ fn count_response(
     key: &CounterKey,
     view: View,
     cache_hit: Option<bool>,
+    milestone: Option<Won>,
 ) -> std::result::Result<Response, ApiError> {
     let shown = session.answer(key, view.bound());
     let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
     let body = serde_json::to_string(&CountBody {
         count,
         updated_at: view.updated_at,
+        milestone,
     })
     .map_err(|_| ApiError::Internal)?;
     let mut response = json_response(&body, 200).map_err(internal)?;
@@ -544,7 +570,7 @@ fn receipt_of(
 async fn read_hit(
     req: &mut Request,
     kind: CounterKind,
-) -> std::result::Result<SlotTotals, ApiError> {
+) -> std::result::Result<HitRequest, ApiError> {
     let bytes = read_body(req, MAX_BODY_BYTES).await?;
     let content_type = req.headers().get("Content-Type").ok().flatten();
     parse_hit(kind, content_type.as_deref(), &bytes)
@@ -739,7 +765,7 @@ fn with_cors(response: Response) -> Result<Response> {
     )?;
     headers.set(
         "Access-Control-Expose-Headers",
-        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Retry-After",
+        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Tally-Milestone, Retry-After",
     )?;
     headers.set("Access-Control-Max-Age", "86400")?;
     let status = response.status_code();

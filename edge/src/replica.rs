@@ -29,8 +29,8 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
-    CounterKey, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId, RetireRequest,
-    SlotUpdate, SyncRequest, Timestamp,
+    CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId,
+    RetireRequest, SlotUpdate, SyncRequest, Timestamp, Visit,
 };
 use worker::{
     Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_log,
@@ -43,6 +43,7 @@ use crate::config::Config;
 use crate::counter::{Entry, Outcome, current_totals, outcomes};
 use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
+use crate::milestone::Verdict;
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
 use crate::{config_from_env, json_response, now, random_u64};
@@ -83,6 +84,7 @@ impl Inner {
                     .unwrap_or_default()
                     .in_generation(self.incarnation.generation),
                 heard: None,
+                watch: None,
             };
             self.cache.put(key.clone(), entry);
         }
@@ -339,7 +341,8 @@ impl Replica {
         }
     }
 
-    /// Counts a hit: stored before answered, answered without the merger.
+    /// Counts a hit: stored before answered, answered without the merger, unless its counter
+    /// is near a milestone: then it takes the exact path ([`Replica::exact`]).
     async fn hit(&self, hit: Hit) -> std::result::Result<Answer, ApiError> {
         self.load(&hit.region).await.map_err(internal)?;
         let known = self.with(|i| i.entry(&hit.key).map(|e| e.stored));
@@ -347,8 +350,9 @@ impl Replica {
             crate::admit(&self.env, &hit.client).await?;
         }
         let now = now();
-        let (view, slot, next) = self.with(|i| {
+        let (view, slot, next, exact) = self.with(|i| {
             let (replica, ttl) = (i.incarnation.replica, i.config.read_ttl_ms);
+            let (interval, exact_on) = (i.config.sync_interval_ms, i.config.exact_wait_ms > 0);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             let mut row = entry.row.clone();
             row.hit(hit.add, replica, now).map_err(ApiError::Overflow)?;
@@ -369,12 +373,30 @@ impl Replica {
             let stale = !entry.is_fresh(now, ttl);
             let view = entry.view(now).map_err(ApiError::Overflow)?;
             let slot = (replica, entry.row.own.p);
-            let interval = i.config.sync_interval_ms;
+            let exact = exact_on
+                && hit.key.kind() == CounterKind::G
+                && entry
+                    .watch
+                    .as_ref()
+                    .is_some_and(|w| w.near(view.totals.p, interval));
+            if exact
+                && let (Some(visitor), Some(watch), Ok(delta)) = (
+                    hit.visitor.clone(),
+                    entry.watch.as_mut(),
+                    u32::try_from(hit.add.p),
+                )
+            {
+                watch.visit(Visit {
+                    end: slot.1,
+                    delta,
+                    visitor,
+                });
+            }
             let mut next = i.want(Job::Sync, now.plus_ms(interval));
             if let Some(due) = rotation {
                 next = i.want(Job::Rotate, due).or(next);
             }
-            if stale && i.refresh.len() < i.config.cache_counters {
+            if stale && !exact && i.refresh.len() < i.config.cache_counters {
                 i.refresh.insert(hit.key.clone());
                 next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
             }
@@ -385,14 +407,101 @@ impl Replica {
                     .map_err(store_failed)?;
                 next = i.want(Job::Sweep, due).or(next);
             }
-            Ok::<_, ApiError>((view, slot, next))
+            Ok::<_, ApiError>((view, slot, next, exact))
         })?;
         self.arm(next).await;
+        if !exact {
+            return Ok(Answer {
+                key: hit.key,
+                view: Some(view),
+                slot: Some(slot),
+                verdict: None,
+            });
+        }
+        let verdict = self.exact(&hit.key, slot, hit.add.p).await;
+        // What the exact sync heard is the newest word: answer from it (never below `view`,
+        // as what was heard never goes backwards).
+        let view = self
+            .with(|i| {
+                i.entry(&hit.key)
+                    .ok()
+                    .and_then(|e| e.view(crate::now()).ok())
+            })
+            .unwrap_or(view);
         Ok(Answer {
             key: hit.key,
             view: Some(view),
             slot: Some(slot),
+            verdict: Some(verdict),
         })
+    }
+
+    /// The exact path of a hit (stored already) holding units `end - delta + 1 ..= end` of
+    /// `replica`'s slot: syncs its counter now, again on failure, until the merger has
+    /// committed the slot up to `end` (every milestone those units could win is then
+    /// decided, and the answer tells it) or `EXACT_WAIT_MS` has passed. The hit is counted
+    /// whatever happens; only its verdict can be `Pending`.
+    async fn exact(
+        &self,
+        key: &CounterKey,
+        (replica, end): (ReplicaId, u64),
+        delta: u64,
+    ) -> Verdict {
+        let started = now();
+        let (budget, attempt_ms) =
+            self.with(|i| (i.config.exact_wait_ms, i.config.sync_timeout_ms));
+        for attempt in 0u64.. {
+            let ready = self.with(|i| {
+                if i.incarnation.replica != replica {
+                    return Err(()); // rotated: unreachable while the hit is not acknowledged
+                }
+                let entry = i.entry(key).map_err(|_| ())?;
+                let acked = entry.row.acked.p;
+                let verdict = match &entry.watch {
+                    Some(w) => w.verdict(replica, end, delta, acked),
+                    None => (acked >= end).then_some(Verdict::Lost),
+                };
+                Ok(verdict.ok_or_else(|| SlotUpdate {
+                    key: key.clone(),
+                    totals: entry.row.own,
+                    visits: Vec::new(),
+                }))
+            });
+            let update = match ready {
+                Ok(Ok(verdict)) => return verdict,
+                Ok(Err(update)) => update,
+                Err(()) => return Verdict::Pending,
+            };
+            let left = budget.saturating_sub(now().millis_since(started));
+            if left == 0 {
+                return Verdict::Pending;
+            }
+            if attempt > 0 {
+                // A merger that refuses at once is not asked in a tight loop.
+                let pause = (25 * attempt).min(left).min(200);
+                Delay::from(Duration::from_millis(pause)).await;
+            }
+            let left = budget.saturating_sub(now().millis_since(started));
+            if left == 0 {
+                return Verdict::Pending;
+            }
+            let (config, request) = self.sync_request(vec![update]);
+            match self
+                .post_sync(&config, &request, left.min(attempt_ms))
+                .await
+            {
+                Ok(response) => {
+                    if let Err(e) = self.apply(&request, &response) {
+                        console_error!("applying an exact sync failed: {e}");
+                        return Verdict::Pending;
+                    }
+                }
+                Err(e) => {
+                    console_warn!("exact sync of {key} failed ({e}); attempt {}", attempt + 1)
+                }
+            }
+        }
+        Verdict::Pending
     }
 
     /// Reads counters: writes nothing, waits for the merger only for counters it has never
@@ -435,6 +544,7 @@ impl Replica {
                         key,
                         view,
                         slot: None,
+                        verdict: None,
                     })
                 })
                 .collect()
@@ -545,22 +655,16 @@ impl Replica {
     /// Sends one sync; applies the answers by counter. On failure, re-asks for `job` after a
     /// backoff and returns false.
     async fn send(&self, sent: Vec<SlotUpdate>, job: Job) -> std::result::Result<bool, StoreError> {
-        let (config, request) = self.with(|i| {
-            let request = SyncRequest {
-                version: PROTOCOL_VERSION,
-                replica: i.incarnation.replica,
-                region: i.region.clone(),
-                counters: sent,
-            };
-            i.syncs_in_flight = i.syncs_in_flight.saturating_add(1);
-            (i.config.clone(), request)
-        });
-        let answer = {
-            let _in_flight = InFlight { replica: self };
-            client::sync(&config, &request).await
-        };
-        let response = match answer {
-            Ok(response) => response,
+        let (config, request) = self.sync_request(sent);
+        match self
+            .post_sync(&config, &request, config.sync_timeout_ms)
+            .await
+        {
+            Ok(response) => {
+                self.with(|i| i.scheduler.succeeded());
+                self.apply(&request, &response)?;
+                Ok(true)
+            }
             Err(e) => {
                 self.with(|i| {
                     let wait =
@@ -572,17 +676,55 @@ impl Replica {
                     );
                     let _ = i.want(job, now().plus_ms(wait));
                 });
-                return Ok(false);
+                Ok(false)
             }
-        };
+        }
+    }
+
+    /// The sync of `sent` from the current incarnation, each counter with the visits its
+    /// total holds (counters near a milestone only).
+    fn sync_request(&self, mut sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
+        self.with(|i| {
+            for update in &mut sent {
+                if let Some(watch) = i.cache.peek(&update.key).and_then(|e| e.watch.as_ref()) {
+                    update.visits = watch.visits_for(update.totals.p);
+                }
+            }
+            let request = SyncRequest {
+                version: PROTOCOL_VERSION,
+                replica: i.incarnation.replica,
+                region: i.region.clone(),
+                counters: sent,
+            };
+            (i.config.clone(), request)
+        })
+    }
+
+    /// One `POST /v1/sync`, counted in flight (no rotation meanwhile) until it ends.
+    async fn post_sync(
+        &self,
+        config: &Config,
+        request: &SyncRequest,
+        timeout_ms: u64,
+    ) -> std::result::Result<tally_crdt::SyncResponse, MergerError> {
+        self.with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
+        let _in_flight = InFlight { replica: self };
+        client::sync_within(config, request, timeout_ms).await
+    }
+
+    /// Applies a sync's answers, by counter.
+    fn apply(
+        &self,
+        request: &SyncRequest,
+        response: &tally_crdt::SyncResponse,
+    ) -> std::result::Result<(), StoreError> {
         let now = now();
         self.with(|i| {
-            i.scheduler.succeeded();
             if request.replica != i.incarnation.replica {
                 // Unreachable (no rotation while a sync is in flight), and harmful if not
                 // ignored: the answers are the old incarnation's slots.
                 console_error!("a sync answer arrived after a rotation; ignored");
-                return Ok(true);
+                return Ok(());
             }
             for (update, outcome) in outcomes(&request.counters, &response.counters) {
                 match &outcome {
@@ -604,7 +746,7 @@ impl Replica {
                     i.store.put(&update.key, &row)?;
                 }
             }
-            Ok(true)
+            Ok(())
         })
     }
 

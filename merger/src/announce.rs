@@ -15,7 +15,7 @@
 //! - `Tally-Delivery-Attempt`: 1, 2, …
 //!
 //! The body is the same in every attempt: `{"id", "type": "milestone.won", "counter", "n",
-//! "label", "winner": {"replica", "unit", "decided_at"}}`.
+//! "label", "winner": {"replica", "unit", "decided_at", "visitor"}}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +99,7 @@ pub fn body(a: &Announcement) -> String {
             "replica": w.replica.to_string(),
             "unit": Count(i128::from(w.unit)),
             "decided_at": w.at,
+            "visitor": w.visitor,
         })
     });
     json!({

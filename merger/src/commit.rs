@@ -24,12 +24,12 @@
 //! lock and write nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tally_crdt::{
-    CounterKey, ErrorBody, Rejection, ReplicaId, RetireRequest, RetireResponse, SlotTotals,
-    SyncAnswer, SyncRequest, SyncResponse, Timestamp,
+    CounterKey, CounterKind, ErrorBody, Rejection, ReplicaId, RetireRequest, RetireResponse,
+    SlotTotals, SyncAnswer, SyncRequest, SyncResponse, Timestamp, Visit,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -170,6 +170,7 @@ pub fn spawn(
         store,
         db,
         metrics: Arc::clone(&metrics),
+        watched: Mutex::new(HashMap::new()),
     };
     let handle = tokio::spawn(task.run(queue, stop));
     (Committer { jobs, metrics }, handle)
@@ -179,6 +180,11 @@ struct CommitTask {
     store: Arc<dyn Store>,
     db: Arc<Db>,
     metrics: Arc<Metrics>,
+    /// Counters whose last commit here had milestone news, until when it stays worth
+    /// asking: their slots go to the store even when memory shows nothing new, so that
+    /// every sync of them, a repeated one too, is answered with the news (an edge object
+    /// waiting to tell a winner may hear of it only there).
+    watched: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl CommitTask {
@@ -345,7 +351,11 @@ impl CommitTask {
                                 error: ErrorBody::from(e),
                             }),
                             None => {
-                                SyncAnswer::Merged(held.counter(&c.key).merged(&c.key, replica))
+                                let mut merged = held.counter(&c.key).merged(&c.key, replica);
+                                if c.key.kind() == CounterKind::G {
+                                    merged.milestones = committed.news.get(c.key.id()).cloned();
+                                }
+                                SyncAnswer::Merged(merged)
                             }
                         })
                         .collect::<Vec<_>>()
@@ -402,6 +412,16 @@ impl CommitTask {
         let at = now();
         let (replicas, slots) = self.rows_to_write(batch, at);
         let committed = self.store.commit(&replicas, &slots).await?;
+        if !committed.news.is_empty() {
+            let until = at.plus_ms(crate::store::NEWS_WINDOW_MS);
+            let mut watched = self.watched.lock().expect("never poisoned");
+            watched.retain(|_, t| *t > at);
+            for (id, news) in &committed.news {
+                if news.next.is_some() || !news.won.is_empty() {
+                    watched.insert(id.clone(), until);
+                }
+            }
+        }
         Ok((slots, committed))
     }
 
@@ -411,7 +431,7 @@ impl CommitTask {
     /// above what the store has, so a total the cache already dominates is safe to skip.
     fn rows_to_write(&self, batch: &[Job], at: Timestamp) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
         let mut replicas: HashMap<ReplicaId, ReplicaRow> = HashMap::new();
-        let mut best: HashMap<(&CounterKey, ReplicaId), SlotTotals> = HashMap::new();
+        let mut best: HashMap<(&CounterKey, ReplicaId), (SlotTotals, Vec<Visit>)> = HashMap::new();
         for job in batch {
             let r = &job.request;
             replicas.entry(r.replica).or_insert_with(|| ReplicaRow {
@@ -420,19 +440,29 @@ impl CommitTask {
                 at,
             });
             for c in job.accepted() {
-                let slot = best.entry((&c.key, r.replica)).or_default();
+                let (slot, visits) = best.entry((&c.key, r.replica)).or_default();
                 *slot = slot.join(c.totals);
+                for v in &c.visits {
+                    if !visits.iter().any(|have| have.end == v.end) {
+                        visits.push(v.clone());
+                    }
+                }
             }
         }
+        let watched = self.watched.lock().expect("never poisoned");
+        let watched = |key: &CounterKey| {
+            key.kind() == CounterKind::G && watched.get(key.id()).is_some_and(|t| *t > at)
+        };
         let mut slots: Vec<SlotRow> = self.db.with_held(|held| {
             best.into_iter()
-                .filter_map(|((key, replica), totals)| {
+                .filter_map(|((key, replica), (totals, visits))| {
                     let have = held.counter(key).slot(replica);
-                    (!have.dominates(totals)).then(|| SlotRow {
+                    (!have.dominates(totals) || watched(key)).then(|| SlotRow {
                         key: key.clone(),
                         replica,
                         totals,
                         at,
+                        visits,
                     })
                 })
                 .collect()

@@ -214,6 +214,7 @@ mod tests {
                     replica,
                     totals: SlotTotals { p: 1, n: 0 },
                     at,
+                    visits: Vec::new(),
                 }],
             )
             .await

@@ -32,7 +32,7 @@ pub struct Advance {
 }
 
 /// A milestone won in a commit: its hit holds `unit` of `replica`'s slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// The milestone.
     pub n: u64,
@@ -40,6 +40,9 @@ pub struct Decision {
     pub replica: ReplicaId,
     /// The unit of its slot that got ordinal `n`.
     pub unit: u64,
+    /// The winning hit's visitor key, if the commit carried one for it (filled by the
+    /// store from the batch's visits; [`decide`] leaves it `None`).
+    pub visitor: Option<String>,
 }
 
 /// The milestones among `pending` that a commit taking the count from `before` by
@@ -81,6 +84,7 @@ pub fn decide(before: u128, advances: &[Advance], pending: &[u64]) -> Vec<Decisi
                 n,
                 replica: a.replica,
                 unit: a.from + offset,
+                visitor: None,
             });
             next.next();
         }
@@ -125,6 +129,8 @@ pub struct Winner {
     pub unit: u64,
     /// When the commit that decided it was made.
     pub at: Timestamp,
+    /// The visitor key the hit carried, if its counter was near the milestone then.
+    pub visitor: Option<String>,
 }
 
 #[cfg(test)]
@@ -154,17 +160,20 @@ mod tests {
                 Decision {
                     n: 12,
                     replica: r(2),
-                    unit: 9
+                    unit: 9,
+                    visitor: None
                 },
                 Decision {
                     n: 14,
                     replica: r(5),
-                    unit: 1
+                    unit: 1,
+                    visitor: None
                 },
                 Decision {
                     n: 17,
                     replica: r(5),
-                    unit: 4
+                    unit: 4,
+                    visitor: None
                 },
             ]
         );
@@ -184,7 +193,8 @@ mod tests {
             [Decision {
                 n: 5,
                 replica: r(1),
-                unit: 5
+                unit: 5,
+                visitor: None
             }]
         );
     }

@@ -304,6 +304,7 @@ impl Counter {
             recorded: replica.map(|r| self.slot(r)).unwrap_or_default(),
             updated_at: self.updated_at,
             epoch: self.epoch.number,
+            milestones: None,
         }
     }
 }
@@ -782,6 +783,7 @@ mod tests {
             replica: ReplicaId::from_u128(replica),
             totals: SlotTotals { p, n },
             at: ms(at),
+            visits: Vec::new(),
         }
     }
 

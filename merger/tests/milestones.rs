@@ -51,6 +51,7 @@ async fn commit(store: &dyn Store, slots: &[(u128, &str, u64)]) -> Vec<(String, 
             replica: r(n),
             totals: SlotTotals { p, n: 0 },
             at: at(),
+            visits: Vec::new(),
         })
         .collect();
     store.commit(&replicas, &rows).await.unwrap().decided
@@ -82,6 +83,7 @@ fn decided(id: &str, n: u64, replica: u128, unit: u64) -> (String, Decision) {
             n,
             replica: r(replica),
             unit,
+            visitor: None,
         },
     )
 }
@@ -178,6 +180,7 @@ async fn milestone_rules(store: &dyn Store) {
         replica: r(1),
         totals: SlotTotals { p: 5, n: 0 },
         at: at(),
+        visits: Vec::new(),
     }];
     let replicas = [ReplicaRow {
         replica: r(1),
@@ -415,6 +418,77 @@ async fn milestones_over_http_register_decide_and_resolve_receipts() {
     );
 }
 
+/// The edge's exact path hears a counter's milestones in its sync answers: the next pending,
+/// those won lately (in every answer for a minute, a repeated sync's too), and a winner's
+/// visitor key is kept from the visits its sync carried.
+#[tokio::test]
+async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
+    let t = admin().await;
+    for n in [5, 8] {
+        let (status, body) = register(&t, "door", json!({"n": n, "label": format!("prize {n}")})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let sync = |p: u64, visits: Value| {
+        let mut body = sync_body(1, "eu", &[("door", "g", p, 0), ("plain", "g", p, 0)]);
+        body["counters"][0]["visits"] = visits;
+        body
+    };
+    let (status, answer) = t.sync(&sync(3, json!([]))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["counters"][0]["milestones"], json!({"next": 5}), "{answer}");
+    assert!(
+        answer["counters"][1].get("milestones").is_none(),
+        "a counter without milestones hears nothing of them: {answer}"
+    );
+    // Units 4-6 of replica 1: unit 5 is the 5th hit, and its visit names "alice".
+    let visits = json!([
+        {"end": 5, "delta": 2, "visitor": "alice"},
+        {"end": 6, "delta": 1, "visitor": "bob"}
+    ]);
+    let won = json!({
+        "next": 8,
+        "won": [{"n": 5, "label": "prize 5", "replica": replica(1), "unit": 5}]
+    });
+    let (status, answer) = t.sync(&sync(6, visits.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["counters"][0]["milestones"], won, "{answer}");
+    // The same sync again (its answer lost, say): nothing new, and the news again.
+    let (_, again) = t.sync(&sync(6, visits)).await;
+    assert_eq!(again["counters"][0]["milestones"], won, "{again}");
+    let (_, list) = t.get("/v1/counters/door/milestones").await;
+    assert_eq!(list["milestones"][0]["winner"]["visitor"], "alice", "{list}");
+    assert_eq!(list["milestones"][0]["winner"]["unit"], 5);
+    // A winner whose hit carried no visit has none.
+    let (_, answer) = t.sync(&sync(9, json!([]))).await;
+    assert_eq!(answer["counters"][0]["milestones"]["won"][1]["n"], 8, "{answer}");
+    let (_, list) = t.get("/v1/counters/door/milestones").await;
+    assert!(list["milestones"][1]["winner"]["visitor"].is_null(), "{list}");
+
+    // A visit that is not one of the slot's hits gets its counter refused alone.
+    for bad in [
+        json!([{"end": 20, "delta": 1, "visitor": "x"}]),
+        json!([{"end": 9, "delta": 0, "visitor": "x"}]),
+        json!([{"end": 9, "delta": 10, "visitor": "x"}]),
+        json!([{"end": 9, "delta": 1, "visitor": ""}]),
+        json!([{"end": 9, "delta": 1, "visitor": "v".repeat(65)}]),
+        json!([{"end": 9, "delta": 1, "visitor": "tab\t"}]),
+    ] {
+        let (status, answer) = t.sync(&sync(10, bad.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            answer["counters"][0]["error"]["code"], "invalid_visit",
+            "{bad}: {answer}"
+        );
+        assert_eq!(answer["counters"][1]["global"]["p"], 10, "the other counter merged");
+    }
+    let (_, door) = t.get("/v1/counters/door").await;
+    assert_eq!(door["count"], 9, "nothing of a refused counter committed: {door}");
+    let mut gauge = sync_body(1, "eu", &[("door", "pn", 3, 0)]);
+    gauge["counters"][0]["visits"] = json!([{"end": 1, "delta": 1, "visitor": "x"}]);
+    let (_, answer) = t.sync(&gauge).await;
+    assert_eq!(answer["counters"][0]["error"]["code"], "invalid_visit", "{answer}");
+}
+
 #[tokio::test]
 async fn bad_milestone_registrations_get_their_error_and_change_nothing() {
     let t = admin().await;
@@ -611,7 +685,12 @@ async fn a_winner_is_announced_signed_and_retried_until_acknowledged() {
             "counter": "home",
             "n": 3,
             "label": "third",
-            "winner": {"replica": replica(4), "unit": 3, "decided_at": body["winner"]["decided_at"]},
+            "winner": {
+                "replica": replica(4),
+                "unit": 3,
+                "decided_at": body["winner"]["decided_at"],
+                "visitor": null
+            },
         })
     );
     for (attempt, (headers, text)) in seen.iter().enumerate() {

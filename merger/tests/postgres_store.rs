@@ -58,6 +58,7 @@ fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> SlotRo
         replica,
         totals: SlotTotals { p, n },
         at: at(ms),
+        visits: Vec::new(),
     }
 }
 

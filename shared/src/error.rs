@@ -119,6 +119,9 @@ pub enum Error {
     /// [`Receipt`](crate::Receipt)).
     #[error("not a receipt of this counter")]
     InvalidReceipt,
+    /// A visitor key, or a sync's visit, that breaks a rule (named in the message).
+    #[error("invalid visit: {0}")]
+    InvalidVisit(String),
     /// The body is not a well-formed sync request (bad JSON, wrong types, missing or unknown
     /// fields). The message is the decoder's.
     #[error("malformed body: {0}")]
@@ -209,6 +212,7 @@ impl Error {
             Error::Malformed(_) => "malformed_body",
             Error::InvalidDay => "invalid_day",
             Error::InvalidReceipt => "invalid_receipt",
+            Error::InvalidVisit(_) => "invalid_visit",
             Error::DuplicateId { .. } => "duplicate_id",
             Error::PresenceTtlOutOfRange { .. } => "presence_ttl_out_of_range",
             Error::HllInvalidPrecision { .. } => "hll_invalid_precision",

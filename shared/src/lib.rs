@@ -61,6 +61,7 @@
 //!     counters: vec![SlotUpdate {
 //!         key: CounterKey::new(CounterKind::G, "home")?,
 //!         totals: SlotTotals { p: at_paris.get(paris), n: 0 },
+//!         visits: Vec::new(),
 //!     }],
 //! };
 //! sync.validate()?;
@@ -112,9 +113,10 @@ pub use presence::{
 pub use receipt::{RECEIPT_LEN, Receipt};
 pub use replica::ReplicaId;
 pub use sync::{
-    CounterKind, ErrorBody, GlobalTotals, MIN_PROTOCOL_VERSION, MergedCounter, PROTOCOL_VERSION,
+    CounterKind, ErrorBody, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
+    MIN_PROTOCOL_VERSION, MergedCounter, MilestoneNews, MilestoneWon, PROTOCOL_VERSION,
     ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse, SlotTotals, SlotUpdate,
-    SyncAnswer, SyncRequest, SyncResponse,
+    SyncAnswer, SyncRequest, SyncResponse, Visit, check_visitor,
 };
 pub use time::{Day, Timestamp};
 pub use unique::{

@@ -133,6 +133,7 @@ impl SlotTotals {
 ///     counters: vec![SlotUpdate {
 ///         key: CounterKey::new(CounterKind::G, "home")?,
 ///         totals: SlotTotals { p: 715, n: 0 },
+///         visits: Vec::new(),
 ///     }],
 /// };
 /// sync.validate()?;
@@ -193,6 +194,55 @@ pub struct SlotUpdate {
     /// The sender's totals; `n` must be 0 for kind `g` (a version-2 sync gets that counter
     /// rejected alone).
     pub totals: SlotTotals,
+    /// Hits of this slot that carried a visitor key (kind `g` only, kept by the edge only
+    /// while the counter is near a milestone), so that a winner's record can name its
+    /// visitor; empty, and left out of the JSON, for every other counter.
+    pub visits: Vec<Visit>,
+}
+
+/// Longest visitor key, in bytes.
+pub const MAX_VISITOR_LEN: usize = 64;
+/// Most visits one counter of one sync carries.
+pub const MAX_VISITS_PER_COUNTER: usize = 32;
+
+/// A hit that carried a visitor key: it holds units `end - delta + 1 ..= end` of the
+/// sender's slot (as its [`Receipt`](crate::Receipt) says).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Visit {
+    /// The slot's increment total right after the hit.
+    pub end: u64,
+    /// The hit's delta.
+    pub delta: u32,
+    /// The client's opaque key ([`check_visitor`]).
+    pub visitor: String,
+}
+
+impl Visit {
+    /// Whether the hit holds `unit` of its slot.
+    pub fn holds(&self, unit: u64) -> bool {
+        unit <= self.end && unit > self.end - u64::from(self.delta)
+    }
+}
+
+/// Checks a visitor key: 1 to [`MAX_VISITOR_LEN`] bytes of printable ASCII (no control
+/// characters), so that it can travel in logs, JSON and webhook bodies as it is.
+///
+/// # Errors
+///
+/// [`Error::InvalidVisit`] naming the rule broken.
+pub fn check_visitor(visitor: &str) -> Result<(), Error> {
+    if visitor.is_empty() || visitor.len() > MAX_VISITOR_LEN {
+        return Err(Error::InvalidVisit(
+            "a visitor key is 1 to 64 characters".into(),
+        ));
+    }
+    if !visitor.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(Error::InvalidVisit(
+            "a visitor key is printable ASCII".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The JSON of a [`SlotUpdate`]: `{"id", "kind", "p", "n"}` (`n` left out when 0).
@@ -204,6 +254,8 @@ pub(crate) struct SlotWire {
     p: u64,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     n: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    visits: Vec<Visit>,
 }
 
 impl TryFrom<SlotWire> for SlotUpdate {
@@ -212,6 +264,7 @@ impl TryFrom<SlotWire> for SlotUpdate {
         Ok(SlotUpdate {
             key: CounterKey::new(w.kind, w.id)?,
             totals: SlotTotals { p: w.p, n: w.n },
+            visits: w.visits,
         })
     }
 }
@@ -223,6 +276,7 @@ impl From<SlotUpdate> for SlotWire {
             id: u.key.id().into(),
             p: u.totals.p,
             n: u.totals.n,
+            visits: u.visits,
         }
     }
 }
@@ -259,6 +313,8 @@ struct AnswerWire {
     updated_at: Option<Timestamp>,
     #[serde(default)]
     epoch: u64,
+    #[serde(default)]
+    milestones: Option<MilestoneNews>,
     error: Option<ErrorBody>,
 }
 
@@ -274,6 +330,7 @@ impl TryFrom<AnswerWire> for SyncAnswer {
                 recorded,
                 updated_at: w.updated_at,
                 epoch: w.epoch,
+                milestones: w.milestones,
             })),
             _ => Err(Error::Malformed(
                 "an answer has either `error`, or `global` and `recorded`".into(),
@@ -363,6 +420,7 @@ impl From<&Error> for ErrorBody {
 ///     recorded: SlotTotals { p: 20, n: 0 },
 ///     updated_at: None,
 ///     epoch: 0,
+///     milestones: None,
 /// };
 /// assert_eq!(merged.estimate(SlotTotals { p: 25, n: 0 })?, 705);
 /// # Ok::<(), tally_crdt::Error>(())
@@ -384,6 +442,38 @@ pub struct MergedCounter {
     /// the last reset; of two answers about one counter, the one of the higher epoch is the
     /// newer whatever its totals. 0 (left out of the JSON) for a counter never reset.
     pub epoch: u64,
+    /// Sync answers only, for a counter with milestones pending or won in the last minute:
+    /// what the edge needs for its exact path (left out of the JSON otherwise).
+    pub milestones: Option<MilestoneNews>,
+}
+
+/// A counter's milestones as a sync answer tells them (docs/milestones.md): the next one
+/// pending, which an edge object watches for, and those won in the last minute, which an
+/// object holding the winning hit tells its client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilestoneNews {
+    /// The lowest milestone still pending, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+    /// Milestones decided in the last minute, by N.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub won: Vec<MilestoneWon>,
+}
+
+/// A decided milestone: unit `unit` of `replica`'s slot got ordinal `n`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilestoneWon {
+    /// The milestone.
+    pub n: u64,
+    /// Its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The replica of the winning hit.
+    pub replica: ReplicaId,
+    /// The unit of its slot.
+    pub unit: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -396,6 +486,8 @@ struct MergedWire {
     updated_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    milestones: Option<MilestoneNews>,
 }
 
 impl TryFrom<MergedWire> for MergedCounter {
@@ -407,6 +499,7 @@ impl TryFrom<MergedWire> for MergedCounter {
             recorded: w.recorded,
             updated_at: w.updated_at,
             epoch: w.epoch,
+            milestones: w.milestones,
         })
     }
 }
@@ -420,6 +513,7 @@ impl From<MergedCounter> for MergedWire {
             recorded: m.recorded,
             updated_at: m.updated_at,
             epoch: m.epoch,
+            milestones: m.milestones,
         }
     }
 }
@@ -676,6 +770,7 @@ mod tests {
             },
             updated_at: None,
             epoch: 0,
+            milestones: None,
         }
     }
 
@@ -764,6 +859,7 @@ mod tests {
         let u = SlotUpdate {
             key: CounterKey::new(CounterKind::G, "a").unwrap(),
             totals: SlotTotals { p: 3, n: 0 },
+            visits: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&u).unwrap(),

@@ -77,6 +77,12 @@ impl Timestamp {
     pub fn plus_ms(self, ms: u64) -> Timestamp {
         Timestamp::from_unix_ms(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
     }
+
+    /// `self` minus `ms` milliseconds (clamped).
+    #[must_use]
+    pub fn minus_ms(self, ms: u64) -> Timestamp {
+        Timestamp::from_unix_ms(self.0.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)))
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.

@@ -134,14 +134,38 @@ impl SyncRequest {
     }
 
     /// The rule one counter of a sync breaks, if any: a decrement total on an increment-only
-    /// counter. A version-2 merger rejects that counter alone.
+    /// counter, or a visit that is not one of its slot's hits. A version-2 merger rejects
+    /// that counter alone.
     pub fn counter_error(update: &SlotUpdate) -> Option<Error> {
-        (update.key.kind() == CounterKind::G && update.totals.n != 0).then(|| {
-            Error::DecrementOnCounter {
+        if update.key.kind() == CounterKind::G && update.totals.n != 0 {
+            return Some(Error::DecrementOnCounter {
                 id: update.key.id().to_string(),
                 n: update.totals.n,
-            }
-        })
+            });
+        }
+        if update.visits.is_empty() {
+            return None;
+        }
+        let why = if update.key.kind() != CounterKind::G {
+            "only increment-only counters (kind g) carry visits"
+        } else if update.visits.len() > crate::sync::MAX_VISITS_PER_COUNTER {
+            "at most 32 visits per counter"
+        } else if let Some(e) = update
+            .visits
+            .iter()
+            .find_map(|v| crate::sync::check_visitor(&v.visitor).err())
+        {
+            return Some(e);
+        } else if update
+            .visits
+            .iter()
+            .any(|v| v.delta == 0 || u64::from(v.delta) > v.end || v.end > update.totals.p)
+        {
+            "a visit holds 1 to delta units at or below the slot's total"
+        } else {
+            return None;
+        };
+        Some(Error::InvalidVisit(why.to_string()))
     }
 
     /// Decodes a sync body and checks it, with the [`Error`] of the first rule it breaks.

@@ -43,10 +43,12 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
                 SlotUpdate {
                     key: CounterKey::new(CounterKind::G, "home").unwrap(),
                     totals: SlotTotals { p: 715, n: 0 },
+                    visits: Vec::new(),
                 },
                 SlotUpdate {
                     key: CounterKey::new(CounterKind::Pn, "viewers").unwrap(),
                     totals: SlotTotals { p: 10, n: 3 },
+                    visits: Vec::new(),
                 },
             ],
         }

@@ -116,6 +116,7 @@ async fn fill_client(
                     SlotUpdate {
                         key,
                         totals: SlotTotals { p: 1, n: 0 },
+                        visits: Vec::new(),
                     }
                 })
                 .collect(),

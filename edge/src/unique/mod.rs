@@ -102,7 +102,7 @@ pub fn parse_visit(content_type: Option<&str>, body: &[u8]) -> Result<Vec<String
         .iter()
         .any(|v| v.is_empty() || v.len() > MAX_VISITOR_LEN)
     {
-        return Err(ApiError::InvalidVisitor);
+        return Err(ApiError::InvalidVisitor("1 to 256 bytes of text"));
     }
     Ok(visitors)
 }
@@ -336,12 +336,12 @@ mod tests {
         ));
         assert_eq!(
             parse_visit(None, br#"{"visitor":""}"#),
-            Err(ApiError::InvalidVisitor)
+            Err(ApiError::InvalidVisitor("1 to 256 bytes of text"))
         );
         let long = format!(r#"{{"visitor":"{}"}}"#, "v".repeat(MAX_VISITOR_LEN + 1));
         assert_eq!(
             parse_visit(None, long.as_bytes()),
-            Err(ApiError::InvalidVisitor)
+            Err(ApiError::InvalidVisitor("1 to 256 bytes of text"))
         );
         assert!(matches!(
             parse_visit(None, br#"{"visitor":1}"#),

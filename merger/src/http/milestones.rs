@@ -83,6 +83,10 @@ pub struct WinnerView {
     /// When the commit that decided it was made.
     #[schema(value_type = schema::Timestamp)]
     decided_at: Timestamp,
+    /// The visitor key the winning hit carried (`{"visitor": "…"}` on the `PUT`), when its
+    /// counter was near the milestone then; `null` otherwise.
+    #[schema(required, max_length = 64)]
+    visitor: Option<String>,
 }
 
 impl From<Milestone> for MilestoneView {
@@ -96,6 +100,7 @@ impl From<Milestone> for MilestoneView {
                 replica: w.replica.to_string(),
                 unit: Count(i128::from(w.unit)),
                 decided_at: w.at,
+                visitor: w.visitor,
             }),
             announced_at: m.announced_at,
         }

@@ -485,6 +485,59 @@ pub struct SlotUpdate {
     #[serde(default)]
     #[schema(value_type = Uint64)]
     pub n: u64,
+    /// Hits of this slot that carried a visitor key (kind `g` only, sent while the counter
+    /// is near a milestone); absent otherwise. A bad one gets the counter answered alone
+    /// with `invalid_visit`.
+    #[serde(default)]
+    #[schema(max_items = 32)]
+    pub visits: Vec<Visit>,
+}
+
+/// `tally_crdt::Visit`: a hit holding units `end - delta + 1 ..= end` of the slot, and the
+/// visitor key it carried.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Visit {
+    /// The slot's total of increments right after the hit (at most `p`).
+    #[schema(value_type = Uint64)]
+    pub end: u64,
+    /// The hit's delta (at most `end`).
+    #[schema(minimum = 1, maximum = 4_294_967_295_u64)]
+    pub delta: u32,
+    /// The client's opaque key: printable ASCII.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[ -~]{1,64}$")]
+    pub visitor: String,
+}
+
+/// `tally_crdt::MilestoneNews`: a counter's milestones as a sync answer tells them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MilestoneNews {
+    /// The lowest milestone still pending; absent when none is.
+    #[serde(default)]
+    #[schema(value_type = Option<Uint64>)]
+    pub next: Option<u64>,
+    /// The milestones won in the last minute (or by this commit), by N; absent when none.
+    #[serde(default)]
+    pub won: Vec<MilestoneWon>,
+}
+
+/// `tally_crdt::MilestoneWon`: unit `unit` of replica `replica`'s slot got ordinal `n`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MilestoneWon {
+    /// The milestone.
+    #[schema(value_type = Uint64)]
+    pub n: u64,
+    /// Its label; absent without one.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The replica of the winning hit.
+    #[schema(value_type = ReplicaId)]
+    pub replica: String,
+    /// The unit of its slot.
+    #[schema(value_type = Uint64)]
+    pub unit: u64,
 }
 
 /// `tally_crdt::SyncResponse`: one answer per counter, in the request's order.
@@ -529,6 +582,10 @@ pub struct MergedCounter {
     #[serde(default)]
     #[schema(value_type = Uint64)]
     pub epoch: u64,
+    /// Sync answers of a counter (kind `g`) with milestones pending or won in the last
+    /// minute: what the edge's exact path needs (docs/milestones.md); absent otherwise.
+    #[serde(default)]
+    pub milestones: Option<MilestoneNews>,
 }
 
 /// `tally_crdt::Rejection`: a counter of a version-2 sync refused alone, with why.

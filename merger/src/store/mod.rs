@@ -25,8 +25,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tally_crdt::{
-    CounterKey, CounterKind, GlobalTotals, HyperLogLog, PresenceReport, PresenceTotal, ReplicaId,
-    SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+    CounterKey, CounterKind, GlobalTotals, HyperLogLog, MilestoneNews, MilestoneWon,
+    PresenceReport, PresenceTotal, ReplicaId, SketchKey, SketchTotal, SketchUpdate, SlotTotals,
+    Timestamp, Visit,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -88,6 +89,9 @@ pub struct SlotRow {
     pub totals: SlotTotals,
     /// Time of the sync.
     pub at: Timestamp,
+    /// Hits of the slot that carried a visitor key (near a milestone only; usually empty):
+    /// a winner among them gets its key recorded.
+    pub visits: Vec<Visit>,
 }
 
 /// One counter's global totals at one time, for the history.
@@ -305,6 +309,74 @@ pub struct Committed {
     pub retired: Vec<ReplicaId>,
     /// Milestones this commit decided: the counter id and the winner.
     pub decided: Vec<(String, Decision)>,
+    /// For each counter of the batch with milestones pending or won in the last
+    /// [`NEWS_WINDOW_MS`], as they stand after the commit: what the sync answers tell the edge.
+    pub news: BTreeMap<String, MilestoneNews>,
+}
+
+/// How long a won milestone stays in the sync answers of its counter, so that the edge
+/// object holding the winning hit hears it even when the answer of the deciding commit was
+/// lost.
+pub const NEWS_WINDOW_MS: u64 = 60_000;
+
+/// A milestone row a commit looks at: pending (decided if the commit crosses it) or won in
+/// the last [`NEWS_WINDOW_MS`] (told back to the edge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// The milestone.
+    pub n: u64,
+    /// Its label.
+    pub label: Option<String>,
+    /// Its winning unit, once won.
+    pub won: Option<(ReplicaId, u64)>,
+}
+
+/// The milestones a commit looks at, by counter id.
+pub type Watch = BTreeMap<String, Vec<Watched>>;
+
+/// The pending milestones of `watch`, by counter id (counters with none left out).
+pub fn pending_of(watch: &Watch) -> BTreeMap<String, Vec<u64>> {
+    watch
+        .iter()
+        .filter_map(|(id, rows)| {
+            let ns: Vec<u64> = rows
+                .iter()
+                .filter(|w| w.won.is_none())
+                .map(|w| w.n)
+                .collect();
+            (!ns.is_empty()).then(|| (id.clone(), ns))
+        })
+        .collect()
+}
+
+/// What the sync answers of a commit tell about each watched counter: the lowest milestone
+/// still pending after it, and the ones won (recently, or by this very commit).
+pub fn news_of(watch: &Watch, decided: &[(String, Decision)]) -> BTreeMap<String, MilestoneNews> {
+    watch
+        .iter()
+        .map(|(id, rows)| {
+            let now_won = |n: u64| {
+                decided
+                    .iter()
+                    .find(|(i, d)| i == id && d.n == n)
+                    .map(|(_, d)| (d.replica, d.unit))
+            };
+            let mut news = MilestoneNews::default();
+            for w in rows {
+                match w.won.or_else(|| now_won(w.n)) {
+                    Some((replica, unit)) => news.won.push(MilestoneWon {
+                        n: w.n,
+                        label: w.label.clone(),
+                        replica,
+                        unit,
+                    }),
+                    None => news.next = Some(news.next.map_or(w.n, |m: u64| m.min(w.n))),
+                }
+            }
+            news.won.sort_by_key(|w| w.n);
+            (id.clone(), news)
+        })
+        .collect()
 }
 
 /// What registering a milestone did.
@@ -348,11 +420,18 @@ pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
             .filter(|s: &&SlotRow| s.key.kind() == CounterKind::G && s.key.id() == id)
             .map(|s| (s.replica, s.totals));
         let stood = before.iter().find(|c| c.key.id() == id);
-        decided.extend(
-            decide_commit(stood, incoming, ns)
-                .into_iter()
-                .map(|d| (id.clone(), d)),
-        );
+        decided.extend(decide_commit(stood, incoming, ns).into_iter().map(|mut d| {
+            d.visitor = slots
+                .iter()
+                .map(Borrow::borrow)
+                .filter(|s: &&SlotRow| {
+                    s.key.kind() == CounterKind::G && s.key.id() == id && s.replica == d.replica
+                })
+                .flat_map(|s| &s.visits)
+                .find(|v| v.holds(d.unit))
+                .map(|v| v.visitor.clone());
+            (id.clone(), d)
+        }));
     }
     decided
 }
@@ -375,14 +454,15 @@ pub fn milestone_from(
     n: &str,
     label: Option<String>,
     created_at: i64,
-    won: (Option<&str>, Option<&str>, Option<i64>),
+    won: (Option<&str>, Option<&str>, Option<i64>, Option<String>),
     announced_at: Option<i64>,
 ) -> Result<Milestone, StoreError> {
     let winner = match won {
-        (Some(replica), Some(unit), Some(at)) => Some(crate::milestone::Winner {
+        (Some(replica), Some(unit), Some(at), visitor) => Some(crate::milestone::Winner {
             replica: replica_of("milestones", replica)?,
             unit: decode("milestones", unit)?,
             at: Timestamp::from_unix_ms(at),
+            visitor,
         }),
         _ => None,
     };
@@ -396,11 +476,11 @@ pub fn milestone_from(
 }
 
 /// The columns [`milestone_from`] reads, for a `SELECT` (Postgres needs the numerics as text).
-pub const MILESTONE_COLUMNS_SQLITE: &str =
-    "name, n, label, created_at, won_replica, won_unit, won_at, announced_at, attempts";
+pub const MILESTONE_COLUMNS_SQLITE: &str = "name, n, label, created_at, won_replica, won_unit, \
+    won_at, won_visitor, announced_at, attempts";
 /// See [`MILESTONE_COLUMNS_SQLITE`].
 pub const MILESTONE_COLUMNS_POSTGRES: &str = "name, n::text AS n, label, created_at, won_replica, \
-    won_unit::text AS won_unit, won_at, announced_at, attempts";
+    won_unit::text AS won_unit, won_at, won_visitor, announced_at, attempts";
 
 /// What a cancel did, from the rows it deleted and the milestone `n` as it stands after.
 pub fn cancel_outcome(n: u64, deleted: u64, after: Option<Milestone>) -> CancelMilestone {

@@ -272,7 +272,10 @@ impl Store for PostgresStore {
             .filter(|s| s.key.kind() == CounterKind::G)
             .map(|s| s.key.id())
             .collect();
-        let pending = lock_pending(&mut tx, &names.into_iter().collect::<Vec<_>>()).await?;
+        let since = crate::commit::now().minus_ms(super::NEWS_WINDOW_MS);
+        let watch =
+            lock_watch(&mut tx, &names.into_iter().collect::<Vec<_>>(), Some(since)).await?;
+        let pending = super::pending_of(&watch);
         let before = if pending.is_empty() {
             Vec::new()
         } else {
@@ -285,6 +288,7 @@ impl Store for PostgresStore {
         for (id, decision) in &committed.decided {
             record_winner(&mut tx, id, decision, at).await?;
         }
+        committed.news = super::news_of(&watch, &committed.decided);
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
         Ok(committed)
@@ -1135,24 +1139,52 @@ async fn lock_pending(
     conn: &mut sqlx::PgConnection,
     names: &[&str],
 ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-    let mut pending: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    Ok(super::pending_of(&lock_watch(conn, names, None).await?))
+}
+
+/// Locks the milestones of counters `names` (kind `g`) that are pending or (with
+/// `won_since`) won since then, in key order, and answers them by counter. Locking a won row
+/// too costs a commit of that counter nothing it was not waiting for already, for the
+/// minute its news lasts.
+async fn lock_watch(
+    conn: &mut sqlx::PgConnection,
+    names: &[&str],
+    won_since: Option<Timestamp>,
+) -> Result<super::Watch, StoreError> {
+    let mut watch = super::Watch::new();
     if names.is_empty() {
-        return Ok(pending);
+        return Ok(watch);
     }
     let rows = sqlx::query(
-        "SELECT name, n::text AS n FROM milestones \
-         WHERE name = ANY($1::text[]) AND won_at IS NULL ORDER BY name, n FOR UPDATE",
+        "SELECT name, n::text AS n, label, won_replica, won_unit::text AS won_unit \
+         FROM milestones WHERE name = ANY($1::text[]) AND (won_at IS NULL OR won_at >= $2) \
+         ORDER BY name, n FOR UPDATE",
     )
     .bind(names)
+    .bind(won_since.map_or(i64::MAX, Timestamp::unix_ms))
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        pending
+        let won = match (
+            row.try_get::<Option<&str>, _>("won_replica")?,
+            row.try_get::<Option<&str>, _>("won_unit")?,
+        ) {
+            (Some(replica), Some(unit)) => Some((
+                replica_of("milestones", replica)?,
+                decode("milestones", unit)?,
+            )),
+            _ => None,
+        };
+        watch
             .entry(row.try_get("name")?)
             .or_default()
-            .push(decode("milestones", row.try_get("n")?)?);
+            .push(super::Watched {
+                n: decode("milestones", row.try_get("n")?)?,
+                label: row.try_get("label")?,
+                won,
+            });
     }
-    Ok(pending)
+    Ok(watch)
 }
 
 /// Writes the winner of a milestone, once.
@@ -1163,14 +1195,15 @@ async fn record_winner(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE milestones SET won_replica = $3, won_unit = $4::numeric, won_at = $5 \
-         WHERE name = $1 AND n = $2::numeric AND won_at IS NULL",
+        "UPDATE milestones SET won_replica = $3, won_unit = $4::numeric, won_at = $5, \
+         won_visitor = $6 WHERE name = $1 AND n = $2::numeric AND won_at IS NULL",
     )
     .bind(id)
     .bind(decision.n.to_string())
     .bind(decision.replica.to_string())
     .bind(decision.unit.to_string())
     .bind(at.unix_ms())
+    .bind(decision.visitor.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -1199,6 +1232,7 @@ fn milestone_row(row: &PgRow) -> Result<Milestone, StoreError> {
             row.try_get("won_replica")?,
             row.try_get("won_unit")?,
             row.try_get("won_at")?,
+            row.try_get("won_visitor")?,
         ),
         row.try_get("announced_at")?,
     )

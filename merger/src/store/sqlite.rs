@@ -165,7 +165,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             // Counters with a milestone pending: how they stood before this commit.
-            let pending = pending_milestones(&mut tx, &keys).await?;
+            let since = crate::commit::now().minus_ms(super::NEWS_WINDOW_MS);
+            let watch = watch_milestones(&mut tx, &keys, Some(since)).await?;
+            let pending = super::pending_of(&watch);
             let before = if pending.is_empty() {
                 Vec::new()
             } else {
@@ -208,6 +210,7 @@ impl Store for SqliteStore {
             for (id, decision) in &committed.decided {
                 record_winner(&mut tx, id, decision, at).await?;
             }
+            committed.news = super::news_of(&watch, &committed.decided);
         }
         tx.commit().await?;
         Ok(committed)
@@ -927,34 +930,62 @@ async fn load_in(
     super::counters_of(&rows)
 }
 
-/// The pending milestones of the counters (kind `g`) among `keys`, by counter id.
+/// The pending milestones of the counters (kind `g`) among `keys`.
 async fn pending_milestones(
     conn: &mut sqlx::SqliteConnection,
     keys: &[(&str, &str)],
 ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
+    Ok(super::pending_of(
+        &watch_milestones(conn, keys, None).await?,
+    ))
+}
+
+/// The milestones of the counters (kind `g`) among `keys` that are pending, or (with
+/// `won_since`) won since then.
+async fn watch_milestones(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[(&str, &str)],
+    won_since: Option<Timestamp>,
+) -> Result<super::Watch, StoreError> {
     let names: Vec<&str> = keys
         .iter()
         .filter(|(kind, _)| *kind == CounterKind::G.as_str())
         .map(|(_, name)| *name)
         .collect();
-    let mut pending: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut watch = super::Watch::new();
     if names.is_empty() {
-        return Ok(pending);
+        return Ok(watch);
     }
     let rows = sqlx::query(
-        "SELECT m.name, m.n FROM json_each(?1) AS j \
-         JOIN milestones m ON m.name = j.value AND m.won_at IS NULL ORDER BY m.name, m.n",
+        "SELECT m.name, m.n, m.label, m.won_replica, m.won_unit FROM json_each(?1) AS j \
+         JOIN milestones m ON m.name = j.value AND (m.won_at IS NULL OR m.won_at >= ?2) \
+         ORDER BY m.name, m.n",
     )
     .bind(json_rows(&names))
+    .bind(won_since.map_or(i64::MAX, Timestamp::unix_ms))
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        pending
+        let won = match (
+            row.get::<Option<&str>, _>("won_replica"),
+            row.get::<Option<&str>, _>("won_unit"),
+        ) {
+            (Some(replica), Some(unit)) => Some((
+                replica_of("milestones", replica)?,
+                decode("milestones", unit)?,
+            )),
+            _ => None,
+        };
+        watch
             .entry(row.get("name"))
             .or_default()
-            .push(decode("milestones", row.get("n"))?);
+            .push(super::Watched {
+                n: decode("milestones", row.get("n"))?,
+                label: row.get("label"),
+                won,
+            });
     }
-    Ok(pending)
+    Ok(watch)
 }
 
 /// Writes the winner of a milestone, once.
@@ -965,7 +996,7 @@ async fn record_winner(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE milestones SET won_replica = ?3, won_unit = ?4, won_at = ?5 \
+        "UPDATE milestones SET won_replica = ?3, won_unit = ?4, won_at = ?5, won_visitor = ?6 \
          WHERE name = ?1 AND n = ?2 AND won_at IS NULL",
     )
     .bind(id)
@@ -973,6 +1004,7 @@ async fn record_winner(
     .bind(decision.replica.to_string())
     .bind(encode_u64(decision.unit))
     .bind(at.unix_ms())
+    .bind(decision.visitor.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -1001,6 +1033,7 @@ fn milestone_row(row: &sqlx::sqlite::SqliteRow) -> Result<Milestone, StoreError>
             row.get("won_replica"),
             row.get("won_unit"),
             row.get("won_at"),
+            row.get("won_visitor"),
         ),
         row.get("announced_at"),
     )
@@ -1036,6 +1069,7 @@ mod tests {
             replica: ReplicaId::from_u128(r),
             totals: SlotTotals { p, n },
             at: Timestamp::from_unix_ms(1),
+            visits: Vec::new(),
         }
     }
 

@@ -1,0 +1,240 @@
+//! The exact path near a milestone (docs/milestones.md), as pure functions.
+//!
+//! The merger decides every milestone: the hit whose unit gets ordinal N in its commit order
+//! wins. Far from a milestone an object counts and syncs on its alarm as always, and a
+//! winner finds out with its receipt. Its sync answers tell the object about the counter's
+//! milestones ([`MilestoneNews`]): the next one pending and those won lately. From them and
+//! the counter's observed rate the object knows when the count is within a margin of the
+//! next milestone ([`Watch::near`]); a hit then takes the **exact path**: it syncs its
+//! counter at once and answers only when the merger has committed it, telling its client
+//! whether it won ([`Watch::verdict`]). Visitor keys are kept only on that path, and travel
+//! with the syncs until the merger has committed their hits.
+
+use serde::{Deserialize, Serialize};
+use tally_crdt::{
+    MAX_VISITS_PER_COUNTER, MilestoneNews, MilestoneWon, ReplicaId, Timestamp, Visit,
+};
+
+/// The smallest margin, in hits: a slow counter takes the exact path for its last hits
+/// before a milestone, whatever its rate says.
+pub const MIN_MARGIN: u128 = 32;
+/// A rate is measured over at least this long.
+const RATE_WINDOW_MS: u64 = 500;
+/// Winners kept per counter (the news of the last minute holds at most a few).
+const MAX_WON: usize = 16;
+
+/// What an object knows of one counter's milestones; in memory only, with its cache entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// The lowest milestone pending, as the last sync answer said.
+    pub next: Option<u64>,
+    /// Milestones heard won, by N.
+    pub won: Vec<MilestoneWon>,
+    /// The counter's global increments per second, times 1000, smoothed.
+    pub rate_milli: u64,
+    /// Where the rate is measured from: a time and the global increments then.
+    anchor: Option<(Timestamp, u128)>,
+    /// This object's hits on the exact path that carried a visitor key, until the merger has
+    /// committed them.
+    pub visits: Vec<Visit>,
+}
+
+/// How a hit on the exact path ended, as its `PUT` answer says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The hit holds the unit that got ordinal `n`: it won.
+    Won {
+        /// The milestone.
+        n: u64,
+        /// Its label.
+        label: Option<String>,
+    },
+    /// The merger committed the hit, and it won no milestone.
+    Lost,
+    /// The merger did not answer in time: the hit is counted, and its receipt tells later.
+    Pending,
+}
+
+impl Verdict {
+    /// The `Tally-Milestone` header's value.
+    pub fn header(&self) -> &'static str {
+        match self {
+            Verdict::Won { .. } => "won",
+            Verdict::Lost => "lost",
+            Verdict::Pending => "pending",
+        }
+    }
+}
+
+impl Watch {
+    /// Takes the news of a sync answer that saw the counter's global increments at
+    /// `global_p`, at `now`. Winners accumulate (a winner stays one); `next` is the answer's,
+    /// unless this object already heard that one won.
+    pub fn hear(&mut self, news: Option<&MilestoneNews>, global_p: u128, now: Timestamp) {
+        let news = news.cloned().unwrap_or_default();
+        for w in news.won {
+            if !self.won.iter().any(|have| have.n == w.n) {
+                self.won.push(w);
+            }
+        }
+        self.won.sort_by_key(|w| w.n);
+        if self.won.len() > MAX_WON {
+            self.won.drain(..self.won.len() - MAX_WON);
+        }
+        self.next = news.next.filter(|n| !self.won.iter().any(|w| w.n == *n));
+        match self.anchor {
+            Some((t, p)) if now.millis_since(t) >= RATE_WINDOW_MS && global_p >= p => {
+                let ms = u128::from(now.millis_since(t));
+                let sample = u64::try_from((global_p - p) * 1_000_000 / ms).unwrap_or(u64::MAX);
+                // Half the old rate, half the new: a burst shows within two windows.
+                self.rate_milli = self.rate_milli / 2 + sample / 2;
+                self.anchor = Some((now, global_p));
+            }
+            Some((_, p)) if global_p < p => self.anchor = Some((now, global_p)), // a reset
+            Some(_) => {}
+            None => self.anchor = Some((now, global_p)),
+        }
+    }
+
+    /// Whether a count estimated at `estimate` is within the margin of the next milestone:
+    /// what the other replicas may have counted and not synced yet, at the observed rate over
+    /// two sync intervals (at least [`MIN_MARGIN`]).
+    pub fn near(&self, estimate: u128, sync_interval_ms: u64) -> bool {
+        let Some(next) = self.next else { return false };
+        let margin = (u128::from(self.rate_milli) * u128::from(sync_interval_ms) * 2 / 1_000_000)
+            .max(MIN_MARGIN);
+        estimate.saturating_add(margin) >= u128::from(next)
+    }
+
+    /// Keeps a visitor key of a hit on the exact path (the oldest goes when full).
+    pub fn visit(&mut self, visit: Visit) {
+        if self.visits.len() >= MAX_VISITS_PER_COUNTER {
+            self.visits.remove(0);
+        }
+        self.visits.push(visit);
+    }
+
+    /// The visits a sync of the slot's total `p` carries: those of hits it holds.
+    pub fn visits_for(&self, p: u64) -> Vec<Visit> {
+        self.visits.iter().filter(|v| v.end <= p).cloned().collect()
+    }
+
+    /// The merger committed the slot up to `acked_p`: its visits there are recorded.
+    pub fn acknowledged(&mut self, acked_p: u64) {
+        self.visits.retain(|v| v.end > acked_p);
+    }
+
+    /// The verdict on the hit holding units `end - delta + 1 ..= end` of `replica`'s slot,
+    /// once the merger has committed the slot up to `acked_p`: `None` while it has not.
+    /// Every milestone the hit could have won was decided in the commit that ordered its
+    /// units, and that commit's answer (or a later one, for a minute) names it.
+    pub fn verdict(
+        &self,
+        replica: ReplicaId,
+        end: u64,
+        delta: u64,
+        acked_p: u64,
+    ) -> Option<Verdict> {
+        if acked_p < end {
+            return None;
+        }
+        let first = end.saturating_sub(delta).saturating_add(1);
+        Some(
+            self.won
+                .iter()
+                .find(|w| w.replica == replica && (first..=end).contains(&w.unit))
+                .map_or(Verdict::Lost, |w| Verdict::Won {
+                    n: w.n,
+                    label: w.label.clone(),
+                }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: ReplicaId = ReplicaId::from_u128(7);
+    const OTHER: ReplicaId = ReplicaId::from_u128(9);
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms)
+    }
+
+    fn won(n: u64, replica: ReplicaId, unit: u64) -> MilestoneWon {
+        MilestoneWon {
+            n,
+            label: Some(format!("prize {n}")),
+            replica,
+            unit,
+        }
+    }
+
+    fn news(next: Option<u64>, won: Vec<MilestoneWon>) -> MilestoneNews {
+        MilestoneNews { next, won }
+    }
+
+    #[test]
+    fn near_means_within_the_rate_over_two_intervals() {
+        let mut w = Watch::default();
+        assert!(!w.near(1_000_000, 1000), "no milestone, never near");
+        w.hear(Some(&news(Some(10_000), vec![])), 0, at(0));
+        // 2,000 hits in a second, smoothed from 0 to 1,000 a second: a margin of 2 × 2 s × 1,000.
+        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(1_000));
+        assert_eq!(w.rate_milli, 1_000_000);
+        assert!(!w.near(5_999, 2000));
+        assert!(w.near(6_000, 2000));
+        // A slow counter is near for its last MIN_MARGIN hits.
+        let mut slow = Watch::default();
+        slow.hear(Some(&news(Some(100), vec![])), 50, at(0));
+        assert!(!slow.near(67, 2000));
+        assert!(slow.near(68, 2000));
+    }
+
+    #[test]
+    fn winners_stay_and_a_won_milestone_is_never_next_again() {
+        let mut w = Watch::default();
+        w.hear(Some(&news(Some(20), vec![won(10, ME, 4)])), 15, at(0));
+        // An older answer still calls 10 pending: it stays won, and next is not 10.
+        w.hear(Some(&news(Some(10), vec![])), 9, at(10));
+        assert_eq!(w.won.len(), 1);
+        assert_eq!(w.next, None);
+        w.hear(None, 25, at(20));
+        assert_eq!((w.next, w.won.len()), (None, 1), "no news: nothing pending");
+    }
+
+    #[test]
+    fn the_verdict_waits_for_the_commit_and_names_only_the_holder() {
+        let mut w = Watch::default();
+        w.hear(Some(&news(None, vec![won(100, ME, 42)])), 100, at(0));
+        assert_eq!(w.verdict(ME, 43, 2, 42), None, "not committed up to 43 yet");
+        assert_eq!(
+            w.verdict(ME, 43, 2, 43),
+            Some(Verdict::Won {
+                n: 100,
+                label: Some("prize 100".into())
+            })
+        );
+        assert_eq!(w.verdict(ME, 41, 1, 50), Some(Verdict::Lost));
+        assert_eq!(w.verdict(ME, 44, 2, 50), Some(Verdict::Lost), "units 43-44");
+        assert_eq!(w.verdict(OTHER, 42, 1, 50), Some(Verdict::Lost));
+    }
+
+    #[test]
+    fn visits_travel_until_committed_and_stay_bounded() {
+        let mut w = Watch::default();
+        for end in 1..=40 {
+            w.visit(Visit {
+                end,
+                delta: 1,
+                visitor: format!("v{end}"),
+            });
+        }
+        assert_eq!(w.visits.len(), MAX_VISITS_PER_COUNTER);
+        assert_eq!(w.visits_for(20).len(), 12, "units 9-20 of the kept 9-40");
+        w.acknowledged(30);
+        assert_eq!(w.visits.iter().map(|v| v.end).min(), Some(31));
+    }
+}
