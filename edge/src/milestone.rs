@@ -18,6 +18,12 @@ use tally_crdt::{
 /// The smallest margin, in hits: a slow counter takes the exact path for its last hits
 /// before a milestone, whatever its rate says.
 pub const MIN_MARGIN: u128 = 32;
+/// The margin while the object has not measured the counter's rate yet (its first half
+/// second of answers): wide, so that a busy counter is not caught unprepared.
+pub const UNMEASURED_MARGIN: u128 = 256;
+/// How long a hit may wait at another object when that object's sync is lost: the first
+/// retry's backoff is at most this ([`crate::scheduler::backoff_ms`]).
+const RETRY_MS: u64 = 1000;
 /// A rate is measured over at least this long.
 const RATE_WINDOW_MS: u64 = 500;
 /// Winners kept per counter (the news of the last minute holds at most a few).
@@ -30,8 +36,9 @@ pub struct Watch {
     pub next: Option<u64>,
     /// Milestones heard won, by N.
     pub won: Vec<MilestoneWon>,
-    /// The counter's global increments per second, times 1000, smoothed.
-    pub rate_milli: u64,
+    /// The counter's global increments per second, times 1000, smoothed; `None` until a
+    /// first window is measured.
+    pub rate_milli: Option<u64>,
     /// Where the rate is measured from: a time and the global increments then.
     anchor: Option<(Timestamp, u128)>,
     /// This object's hits on the exact path that carried a visitor key, until the merger has
@@ -88,7 +95,7 @@ impl Watch {
                 let ms = u128::from(now.millis_since(t));
                 let sample = u64::try_from((global_p - p) * 1_000_000 / ms).unwrap_or(u64::MAX);
                 // Half the old rate, half the new: a burst shows within two windows.
-                self.rate_milli = self.rate_milli / 2 + sample / 2;
+                self.rate_milli = Some(self.rate_milli.map_or(sample, |r| r / 2 + sample / 2));
                 self.anchor = Some((now, global_p));
             }
             Some((_, p)) if global_p < p => self.anchor = Some((now, global_p)), // a reset
@@ -97,13 +104,18 @@ impl Watch {
         }
     }
 
-    /// Whether a count estimated at `estimate` is within the margin of the next milestone:
-    /// what the other replicas may have counted and not synced yet, at the observed rate over
-    /// two sync intervals (at least [`MIN_MARGIN`]).
-    pub fn near(&self, estimate: u128, sync_interval_ms: u64) -> bool {
+    /// Whether a count estimated at `estimate`, from a global value heard `age_ms` ago, is
+    /// within the margin of the next milestone: what the counter may have gained since it
+    /// was heard, and what the other replicas may hold unsynced, at the observed rate, over
+    /// the age plus two sync intervals plus one retry after a lost sync (at least
+    /// [`MIN_MARGIN`]; [`UNMEASURED_MARGIN`] before the rate is known).
+    pub fn near(&self, estimate: u128, age_ms: u64, sync_interval_ms: u64) -> bool {
         let Some(next) = self.next else { return false };
-        let margin = (u128::from(self.rate_milli) * u128::from(sync_interval_ms) * 2 / 1_000_000)
-            .max(MIN_MARGIN);
+        let window = u128::from(age_ms) + u128::from(sync_interval_ms) * 2 + u128::from(RETRY_MS);
+        let margin = match self.rate_milli {
+            Some(rate) => (u128::from(rate) * window / 1_000_000).max(MIN_MARGIN),
+            None => UNMEASURED_MARGIN,
+        };
         estimate.saturating_add(margin) >= u128::from(next)
     }
 
@@ -179,18 +191,27 @@ mod tests {
     #[test]
     fn near_means_within_the_rate_over_two_intervals() {
         let mut w = Watch::default();
-        assert!(!w.near(1_000_000, 1000), "no milestone, never near");
+        assert!(!w.near(1_000_000, 0, 1000), "no milestone, never near");
         w.hear(Some(&news(Some(10_000), vec![])), 0, at(0));
-        // 2,000 hits in a second, smoothed from 0 to 1,000 a second: a margin of 2 × 2 s × 1,000.
+        assert!(w.near(9_744, 0, 2000), "rate unknown: a wide margin");
+        assert!(!w.near(9_743, 0, 2000));
+        // 2,000 hits in the first second; then 0 in the next: smoothed to 1,000 a second,
+        // a margin of (2 × 2 s + 1 s) × 1,000.
         w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(1_000));
-        assert_eq!(w.rate_milli, 1_000_000);
-        assert!(!w.near(5_999, 2000));
-        assert!(w.near(6_000, 2000));
+        assert_eq!(w.rate_milli, Some(2_000_000));
+        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(2_000));
+        assert_eq!(w.rate_milli, Some(1_000_000));
+        assert!(!w.near(4_999, 0, 2000));
+        assert!(w.near(5_000, 0, 2000));
+        // Heard a second ago: another second's worth of hits may have happened since.
+        assert!(!w.near(3_999, 1000, 2000));
+        assert!(w.near(4_000, 1000, 2000));
         // A slow counter is near for its last MIN_MARGIN hits.
         let mut slow = Watch::default();
         slow.hear(Some(&news(Some(100), vec![])), 50, at(0));
-        assert!(!slow.near(67, 2000));
-        assert!(slow.near(68, 2000));
+        slow.hear(Some(&news(Some(100), vec![])), 51, at(1000));
+        assert!(!slow.near(67, 0, 2000));
+        assert!(slow.near(68, 0, 2000));
     }
 
     #[test]

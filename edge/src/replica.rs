@@ -378,7 +378,7 @@ impl Replica {
                 && entry
                     .watch
                     .as_ref()
-                    .is_some_and(|w| w.near(view.totals.p, interval));
+                    .is_some_and(|w| w.near(view.totals.p, view.age_ms.unwrap_or(0), interval));
             if exact
                 && let (Some(visitor), Some(watch), Ok(delta)) = (
                     hit.visitor.clone(),
@@ -448,8 +448,12 @@ impl Replica {
         delta: u64,
     ) -> Verdict {
         let started = now();
-        let (budget, attempt_ms) =
-            self.with(|i| (i.config.exact_wait_ms, i.config.sync_timeout_ms));
+        // A third of the budget per attempt (at least 200 ms): a sync lost on the way costs
+        // one attempt, not the whole wait.
+        let (budget, attempt_ms) = self.with(|i| {
+            let budget = i.config.exact_wait_ms;
+            (budget, (budget / 3).max(200).min(i.config.sync_timeout_ms))
+        });
         for attempt in 0u64.. {
             let ready = self.with(|i| {
                 if i.incarnation.replica != replica {

@@ -425,7 +425,8 @@ async fn milestones_over_http_register_decide_and_resolve_receipts() {
 async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
     let t = admin().await;
     for n in [5, 8] {
-        let (status, body) = register(&t, "door", json!({"n": n, "label": format!("prize {n}")})).await;
+        let (status, body) =
+            register(&t, "door", json!({"n": n, "label": format!("prize {n}")})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let sync = |p: u64, visits: Value| {
@@ -435,7 +436,11 @@ async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
     };
     let (status, answer) = t.sync(&sync(3, json!([]))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["counters"][0]["milestones"], json!({"next": 5}), "{answer}");
+    assert_eq!(
+        answer["counters"][0]["milestones"],
+        json!({"next": 5}),
+        "{answer}"
+    );
     assert!(
         answer["counters"][1].get("milestones").is_none(),
         "a counter without milestones hears nothing of them: {answer}"
@@ -456,13 +461,22 @@ async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
     let (_, again) = t.sync(&sync(6, visits)).await;
     assert_eq!(again["counters"][0]["milestones"], won, "{again}");
     let (_, list) = t.get("/v1/counters/door/milestones").await;
-    assert_eq!(list["milestones"][0]["winner"]["visitor"], "alice", "{list}");
+    assert_eq!(
+        list["milestones"][0]["winner"]["visitor"], "alice",
+        "{list}"
+    );
     assert_eq!(list["milestones"][0]["winner"]["unit"], 5);
     // A winner whose hit carried no visit has none.
     let (_, answer) = t.sync(&sync(9, json!([]))).await;
-    assert_eq!(answer["counters"][0]["milestones"]["won"][1]["n"], 8, "{answer}");
+    assert_eq!(
+        answer["counters"][0]["milestones"]["won"][1]["n"], 8,
+        "{answer}"
+    );
     let (_, list) = t.get("/v1/counters/door/milestones").await;
-    assert!(list["milestones"][1]["winner"]["visitor"].is_null(), "{list}");
+    assert!(
+        list["milestones"][1]["winner"]["visitor"].is_null(),
+        "{list}"
+    );
 
     // A visit that is not one of the slot's hits gets its counter refused alone.
     for bad in [
@@ -479,14 +493,23 @@ async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
             answer["counters"][0]["error"]["code"], "invalid_visit",
             "{bad}: {answer}"
         );
-        assert_eq!(answer["counters"][1]["global"]["p"], 10, "the other counter merged");
+        assert_eq!(
+            answer["counters"][1]["global"]["p"], 10,
+            "the other counter merged"
+        );
     }
     let (_, door) = t.get("/v1/counters/door").await;
-    assert_eq!(door["count"], 9, "nothing of a refused counter committed: {door}");
+    assert_eq!(
+        door["count"], 9,
+        "nothing of a refused counter committed: {door}"
+    );
     let mut gauge = sync_body(1, "eu", &[("door", "pn", 3, 0)]);
     gauge["counters"][0]["visits"] = json!([{"end": 1, "delta": 1, "visitor": "x"}]);
     let (_, answer) = t.sync(&gauge).await;
-    assert_eq!(answer["counters"][0]["error"]["code"], "invalid_visit", "{answer}");
+    assert_eq!(
+        answer["counters"][0]["error"]["code"], "invalid_visit",
+        "{answer}"
+    );
 }
 
 #[tokio::test]
