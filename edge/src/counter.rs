@@ -370,17 +370,25 @@ pub fn current_totals(rows: Vec<(CounterKey, Row)>, generation: u64) -> Vec<Slot
 }
 
 impl Entry {
+    /// Takes the milestone news of an answer ([`crate::milestone::Watch::hear`]). A sync
+    /// answer's word is whole (no news: none pending); a read's may lag a registration, so
+    /// a read without news changes nothing.
+    pub fn hear_milestones(&mut self, merged: &MergedCounter, from_sync: bool, now: Timestamp) {
+        if merged.milestones.is_none() && (self.watch.is_none() || !from_sync) {
+            return;
+        }
+        let watch = self.watch.get_or_insert_default();
+        watch.hear(merged.milestones.as_ref(), merged.global.p, now);
+        watch.acknowledged(self.row.acked.p);
+    }
+
     /// Applies the outcome of a sync that sent `sent` for this counter.
     pub fn settle(&mut self, sent: SlotTotals, outcome: &Outcome<'_>, now: Timestamp) {
         match outcome {
             Outcome::Merged(merged) => {
                 self.row.acknowledge(sent);
                 self.hear(merged, now);
-                if merged.milestones.is_some() || self.watch.is_some() {
-                    let watch = self.watch.get_or_insert_default();
-                    watch.hear(merged.milestones.as_ref(), merged.global.p, now);
-                    watch.acknowledged(self.row.acked.p);
-                }
+                self.hear_milestones(merged, true, now);
             }
             Outcome::Rejected(..) if self.row.state == SyncState::Dirty => {
                 self.row.state = SyncState::Rejected;

@@ -620,6 +620,7 @@ impl Replica {
                     && let Ok(entry) = i.entry(&merged.key)
                 {
                     entry.hear(merged, now);
+                    entry.hear_milestones(merged, false, now);
                 }
             }
         });

@@ -24,7 +24,7 @@
 //! lock and write nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tally_crdt::{
@@ -170,7 +170,6 @@ pub fn spawn(
         store,
         db,
         metrics: Arc::clone(&metrics),
-        watched: Mutex::new(HashMap::new()),
     };
     let handle = tokio::spawn(task.run(queue, stop));
     (Committer { jobs, metrics }, handle)
@@ -180,11 +179,6 @@ struct CommitTask {
     store: Arc<dyn Store>,
     db: Arc<Db>,
     metrics: Arc<Metrics>,
-    /// Counters whose last commit here had milestone news, until when it stays worth
-    /// asking: their slots go to the store even when memory shows nothing new, so that
-    /// every sync of them, a repeated one too, is answered with the news (an edge object
-    /// waiting to tell a winner may hear of it only there).
-    watched: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl CommitTask {
@@ -413,14 +407,7 @@ impl CommitTask {
         let (replicas, slots) = self.rows_to_write(batch, at);
         let committed = self.store.commit(&replicas, &slots).await?;
         if !committed.news.is_empty() {
-            let until = at.plus_ms(crate::store::NEWS_WINDOW_MS);
-            let mut watched = self.watched.lock().expect("never poisoned");
-            watched.retain(|_, t| *t > at);
-            for (id, news) in &committed.news {
-                if news.next.is_some() || !news.won.is_empty() {
-                    watched.insert(id.clone(), until);
-                }
-            }
+            self.db.news.post(at, &committed.news);
         }
         Ok((slots, committed))
     }
@@ -449,10 +436,11 @@ impl CommitTask {
                 }
             }
         }
-        let watched = self.watched.lock().expect("never poisoned");
-        let watched = |key: &CounterKey| {
-            key.kind() == CounterKind::G && watched.get(key.id()).is_some_and(|t| *t > at)
-        };
+        // A counter with milestone news has every sync committed, a repeated one too, so
+        // that its answer carries the news (an edge object waiting to tell a winner may hear
+        // of it only there).
+        let watched =
+            |key: &CounterKey| key.kind() == CounterKind::G && self.db.news.has(key.id(), at);
         let mut slots: Vec<SlotRow> = self.db.with_held(|held| {
             best.into_iter()
                 .filter_map(|((key, replica), (totals, visits))| {

@@ -13,7 +13,10 @@
 //!
 //! This module holds the pure parts: the records and the decision.
 
-use tally_crdt::{ReplicaId, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};
 
 /// Most milestones one counter holds, decided ones included.
 pub const MAX_MILESTONES_PER_COUNTER: usize = 100;
@@ -131,6 +134,74 @@ pub struct Winner {
     pub at: Timestamp,
     /// The visitor key the hit carried, if its counter was near the milestone then.
     pub visitor: Option<String>,
+}
+
+/// How long a won milestone stays in its counter's news, so that the edge object holding
+/// the winning hit hears it even when the answer of the deciding commit was lost.
+pub const NEWS_WINDOW_MS: u64 = 60_000;
+
+/// The latest milestone news of the counters that have any, as this merger last learned it
+/// (from a commit of the counter, or a registration or cancel here), for a minute after.
+///
+/// Sync answers carry the news their commit computed; reads (which touch no store) carry
+/// this board's, so that an edge object hears of a milestone from its first read of the
+/// counter. A counter on the board also has its repeated syncs committed (not skipped as
+/// already held), so every sync answer of it carries the news. With several mergers a board
+/// may lag another merger's registration or decision until its own next commit of the
+/// counter: the edge then takes the exact path too early or too late, never wrongly.
+#[derive(Debug, Default)]
+pub struct NewsBoard {
+    posted: Mutex<HashMap<String, (Timestamp, MilestoneNews)>>,
+}
+
+impl NewsBoard {
+    /// The news of counter `id`, if posted in the last [`NEWS_WINDOW_MS`] before `now`.
+    pub fn get(&self, id: &str, now: Timestamp) -> Option<MilestoneNews> {
+        let posted = self.posted.lock().expect("never poisoned");
+        posted
+            .get(id)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, news)| news.clone())
+    }
+
+    /// Whether counter `id` has news at `now`.
+    pub fn has(&self, id: &str, now: Timestamp) -> bool {
+        let posted = self.posted.lock().expect("never poisoned");
+        posted.get(id).is_some_and(|(until, _)| *until > now)
+    }
+
+    /// Posts what a commit at `at` computed (expired entries go).
+    pub fn post(&self, at: Timestamp, news: &BTreeMap<String, MilestoneNews>) {
+        let until = at.plus_ms(NEWS_WINDOW_MS);
+        let mut posted = self.posted.lock().expect("never poisoned");
+        posted.retain(|_, (t, _)| *t > at);
+        for (id, n) in news {
+            if n.next.is_some() || !n.won.is_empty() {
+                posted.insert(id.clone(), (until, n.clone()));
+            } else {
+                posted.remove(id);
+            }
+        }
+    }
+
+    /// Posts the news of counter `id` from its whole list of milestones, at `at`.
+    pub fn post_list(&self, id: &str, milestones: &[Milestone], at: Timestamp) {
+        let since = at.minus_ms(NEWS_WINDOW_MS);
+        let mut news = MilestoneNews::default();
+        for m in milestones {
+            match &m.winner {
+                None => news.next = Some(news.next.map_or(m.n, |n: u64| n.min(m.n))),
+                Some(w) if w.at >= since => news.won.push(MilestoneWon {
+                    n: m.n,
+                    label: m.label.clone(),
+                    replica: w.replica,
+                    unit: w.unit,
+                }),
+                Some(_) => {}
+            }
+        }
+        self.post(at, &BTreeMap::from([(id.to_owned(), news)]));
+    }
 }
 
 #[cfg(test)]

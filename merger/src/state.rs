@@ -401,6 +401,8 @@ pub struct Db {
     capacity: usize,
     /// What the cache did.
     pub stats: CacheStats,
+    /// The milestone news of the counters that have any.
+    pub news: crate::milestone::NewsBoard,
 }
 
 impl Db {
@@ -410,6 +412,7 @@ impl Db {
             state: RwLock::default(),
             capacity: capacity.max(1),
             stats,
+            news: crate::milestone::NewsBoard::default(),
         }
     }
 

@@ -434,6 +434,25 @@ async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
         body["counters"][0]["visits"] = visits;
         body
     };
+    // A read tells of a milestone registered here from the start (the board), before any
+    // sync of the counter; a counter without milestones reads as before.
+    let (status, read) = t
+        .read(&read_body(
+            Some(1),
+            &[("door", "g"), ("plain", "g"), ("door", "pn")],
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    assert_eq!(
+        read["counters"][0]["milestones"],
+        json!({"next": 5}),
+        "{read}"
+    );
+    assert!(read["counters"][1].get("milestones").is_none(), "{read}");
+    assert!(
+        read["counters"][2].get("milestones").is_none(),
+        "a gauge has none: {read}"
+    );
     let (status, answer) = t.sync(&sync(3, json!([]))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(

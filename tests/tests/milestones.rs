@@ -5,7 +5,7 @@
 //!    milestones, some of them a few hits apart (so one commit crosses several), under faults.
 //!    Near a milestone the edge takes the exact path: the hit syncs at once and its answer
 //!    says whether it won (`Tally-Milestone`).
-//! 2. A burst: after a quiet spell, milestones just ahead of the count and 48 clients at
+//! 2. A burst: after a quiet spell, milestones just ahead of the count and every client at
 //!    once: crossed before the edge has switched, decided exactly all the same.
 //! 3. The cost, without faults: the same load on a counter with no milestone and on one
 //!    that is always near one.
@@ -299,12 +299,12 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
     let race_time = started.elapsed();
     eprintln!("race: {} hits answered in {race_time:?}", hits.len());
 
-    // 2. A burst after a quiet spell: milestones just ahead, 48 clients at once.
+    // 2. A burst after a quiet spell: milestones just ahead, every client at once.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let burst: Vec<u64> = vec![total + 60, total + 61, total + 200];
     register(&client, &merger.url, ID, burst.iter().copied()).await;
     let started = Instant::now();
-    hits.extend(run(&client, &edge.url, ID, 48, 5).await);
+    hits.extend(run(&client, &edge.url, ID, CLIENTS, 10).await);
     eprintln!("burst: 240 hits answered in {:?}", started.elapsed());
     let total = total + 240;
     let listed = settled(&client, &merger.url, ID, total).await;

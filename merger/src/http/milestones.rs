@@ -174,6 +174,7 @@ pub async fn add(
     {
         AddMilestone::Added(m) => {
             tracing::info!(counter = %key, n, "milestone registered");
+            post_news(&app, key.id()).await;
             Ok((StatusCode::CREATED, Json(m.into())))
         }
         AddMilestone::Exists(_) => Err(AppError::MilestoneExists { n }),
@@ -181,6 +182,15 @@ pub async fn add(
         AddMilestone::TooMany => Err(AppError::TooManyMilestones {
             max: MAX_MILESTONES_PER_COUNTER,
         }),
+    }
+}
+
+/// Posts counter `id`'s news on this merger's board after a registration or a cancel, so
+/// that reads tell the edge at once (a failure only delays that to the next commit).
+async fn post_news(app: &AppState, id: &str) {
+    match app.store.milestones(id).await {
+        Ok(list) => app.db.news.post_list(id, &list, now()),
+        Err(e) => tracing::warn!(error = %e, counter = id, "milestone news not posted"),
     }
 }
 
@@ -258,6 +268,7 @@ pub async fn cancel(
     match app.store.cancel_milestone(key.id(), n).await? {
         CancelMilestone::Cancelled(m) => {
             tracing::info!(counter = %key, n, "milestone cancelled");
+            post_news(&app, key.id()).await;
             Ok(Json(MilestoneView {
                 status: "cancelled",
                 ..m.into()

@@ -12,7 +12,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use tally_crdt::{ReadRequest, ReadResponse};
+use tally_crdt::{CounterKind, ReadRequest, ReadResponse};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -53,7 +53,13 @@ pub async fn read(
                 counters: request
                     .counters
                     .iter()
-                    .map(|key| held.counter(key).merged(key, request.replica))
+                    .map(|key| {
+                        let mut merged = held.counter(key).merged(key, request.replica);
+                        if key.kind() == CounterKind::G {
+                            merged.milestones = app.db.news.get(key.id(), crate::commit::now());
+                        }
+                        merged
+                    })
                     .collect(),
             })
             .await

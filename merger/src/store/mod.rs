@@ -314,10 +314,7 @@ pub struct Committed {
     pub news: BTreeMap<String, MilestoneNews>,
 }
 
-/// How long a won milestone stays in the sync answers of its counter, so that the edge
-/// object holding the winning hit hears it even when the answer of the deciding commit was
-/// lost.
-pub const NEWS_WINDOW_MS: u64 = 60_000;
+pub use crate::milestone::NEWS_WINDOW_MS;
 
 /// A milestone row a commit looks at: pending (decided if the commit crosses it) or won in
 /// the last [`NEWS_WINDOW_MS`] (told back to the edge).
