@@ -46,7 +46,11 @@ doc = {
    "CountBody": {"type": "object", "required": ["count", "updated_at"], "additionalProperties": False,
      "properties": {"count": {"$ref": "#/components/schemas/Count"},
                     "updated_at": {"description": "The newest change known; null for a counter nobody has hit.",
-                                   "oneOf": [{"$ref": "#/components/schemas/Timestamp"}, {"type": "null"}]}},
+                                   "oneOf": [{"$ref": "#/components/schemas/Timestamp"}, {"type": "null"}]},
+                    "milestone": {"description": "A counter hit on the exact path that won a milestone (`Tally-Milestone: won`): this hit was the N-th. Absent otherwise.",
+                                  "type": "object", "required": ["n", "label"], "additionalProperties": False,
+                                  "properties": {"n": {"$ref": "#/components/schemas/Count"},
+                                                 "label": {"oneOf": [{"type": "string"}, {"type": "null"}]}}}},
      "examples": [{"count": 715, "updated_at": "2030-10-10T12:11:42.000Z"}]},
    "ErrorBody": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
      "properties": {"code": {"type": "string", "description": "Stable, machine-readable (docs/protocol.md lists them)."},
@@ -81,6 +85,7 @@ doc = {
    "Tally-Estimate": {"description": "`partial`: no global value was heard yet; the count is what this replica and the session know.", "schema": {"type": "string", "enum": ["partial"]}},
    "Tally-Cache": {"description": "Reads: `hit` when this isolate's cache answered, `miss` when a Durable Object did.", "schema": {"type": "string", "enum": ["hit", "miss"]}},
    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+   "Tally-Milestone": {"description": "A counter hit near a milestone took the exact path (synced before the answer): `won` (the body names the milestone), `lost` (committed, and it won nothing: final), or `pending` (the merger did not commit it within `EXACT_WAIT_MS`: its receipt tells later). Absent off the exact path (docs/milestones.md).", "schema": {"type": "string", "enum": ["won", "lost", "pending"]}},
    "Tally-Receipt": {"description": "Names this hit (its units of the replica's slot, signed): look it up at the merger, `GET /v1/counters/{id}/receipts/{receipt}`, to learn whether it won a milestone (docs/milestones.md).", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{50}$"}},
   },
  },
@@ -110,17 +115,21 @@ for path, tag, kind in [("/{id}/counter", "counters", "counter"), ("/{id}/gauge"
         "503": err("`merger_unreachable`: this replica has never heard a global value of this counter and the merger cannot be reached"),
        }},
      "put": {"tags": [tag], "operationId": f"hit_{kind}", "summary": ("Count a hit" if counter else "Move a gauge"),
-       "description": ("Adds to this replica's slot, stored before the answer; never waits for the merger. No body adds 1. "
+       "description": ("Adds to this replica's slot, stored before the answer; never waits for the merger, except near a milestone, where it waits for one merger commit to say whether it won (`Tally-Milestone`). No body adds 1. "
                        if counter else "Adds `delta` (negative to go down) to this replica's slot, stored before the answer; never waits for the merger. No body adds 1. ")
                       + "The answer is the count after the hit, at least what the session token says this client has seen.",
        "parameters": common,
        "security": [{}, {"write_key": []}],
-       "requestBody": {"required": False, "content": {"application/json": {"schema": {
-           "type": "object", "required": ["delta"], "additionalProperties": False, "properties": {"delta": delta}},
-           "examples": {"one": {"value": {"delta": 1}}}}}},
+       "requestBody": {"required": False, "content": {"application/json": {"schema": (
+           {"type": "object", "minProperties": 1, "additionalProperties": False, "properties": {"delta": delta,
+             "visitor": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[ -~]{1,64}$",
+                         "description": "An opaque key of the client's (printable ASCII): kept with the hit if it wins a milestone while its counter is near one. With it, `delta` defaults to 1."}}}
+           if counter else
+           {"type": "object", "required": ["delta"], "additionalProperties": False, "properties": {"delta": delta}}),
+           "examples": {"one": {"value": {"delta": 1}}} | ({"visitor": {"value": {"visitor": "user-42"}}} if counter else {})}}},
        "responses": {
-        "200": {"description": "Counted", "headers": count_headers | ({"Tally-Receipt": {"$ref": "#/components/headers/Tally-Receipt"}} if counter else {}), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}}},
-        "400": err(bad_request + ", `invalid_body` (not `{\"delta\": <integer>}`)"),
+        "200": {"description": "Counted", "headers": count_headers | ({"Tally-Receipt": {"$ref": "#/components/headers/Tally-Receipt"}, "Tally-Milestone": {"$ref": "#/components/headers/Tally-Milestone"}} if counter else {}), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}}},
+        "400": err(bad_request + (", `invalid_body` (not `{\"delta\": <integer>, \"visitor\": \"…\"}`), `invalid_visitor` (a visitor key empty, over 64 characters or not printable ASCII)" if counter else ", `invalid_body` (not `{\"delta\": <integer>}`)")),
         "401": err("`write_key_required`: " + ("a delta above `PUBLIC_MAX_DELTA` without the write key" if counter else "a gauge write without the write key (and without `PUBLIC_GAUGES`)") + "; `invalid_write_key`: a key that is not the application's"),
         "413": err("`body_too_large`: a body over 1024 bytes"),
         "415": err("`unsupported_media_type`: a body declared as something other than application/json"),

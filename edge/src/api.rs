@@ -233,14 +233,23 @@ pub fn parse_ids(kind: CounterKind, query: Option<&str>) -> Result<Vec<CounterKe
     Ok(keys)
 }
 
-/// The `PUT` body.
+/// The `PUT` body. Both fields may be left out, neither may be `null`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HitBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     delta: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     visitor: Option<String>,
+}
+
+/// A field that, when given, holds a value (`null` is refused, not read as absent).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// A parsed `PUT`.
@@ -519,6 +528,14 @@ mod tests {
             "invalid_body"
         );
         assert_eq!(code(CounterKind::G, br#"{"visitor": 5}"#), "invalid_body");
+        assert_eq!(
+            code(CounterKind::G, br#"{"visitor": null}"#),
+            "invalid_body"
+        );
+        assert_eq!(
+            code(CounterKind::G, br#"{"delta": null, "visitor": "x"}"#),
+            "invalid_body"
+        );
     }
 
     #[test]

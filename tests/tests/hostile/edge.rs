@@ -62,6 +62,46 @@ fn edge_cases() -> Vec<Case> {
         put_json("trailing garbage", counter, r#"{"delta":1}x"#).expect(400, "invalid_body"),
         put_json("delta as a string", counter, r#"{"delta":"1"}"#).expect(400, "invalid_body"),
         put_json("delta as a float", counter, r#"{"delta":1.5}"#).expect(400, "invalid_body"),
+        // Visitor keys on counter hits (kept near a milestone).
+        put_json(
+            "counter visitor that is empty",
+            counter,
+            r#"{"visitor":""}"#,
+        )
+        .expect(400, "invalid_visitor"),
+        put_json(
+            "counter visitor of 65 characters",
+            counter,
+            format!(r#"{{"visitor":"{}"}}"#, "v".repeat(65)),
+        )
+        .expect(400, "invalid_visitor"),
+        put_json(
+            "counter visitor with a bell",
+            counter,
+            r#"{"visitor":"a\u0007b"}"#,
+        )
+        .expect(400, "invalid_visitor"),
+        put_json(
+            "counter visitor not ASCII",
+            counter,
+            r#"{"visitor":"caf\u00e9"}"#,
+        )
+        .expect(400, "invalid_visitor"),
+        put_json("counter visitor as a number", counter, r#"{"visitor":5}"#)
+            .expect(400, "invalid_body"),
+        put_json(
+            "counter visitor twice",
+            counter,
+            r#"{"visitor":"a","visitor":"b"}"#,
+        )
+        .expect(400, "invalid_body"),
+        put_json(
+            "visitor on a gauge",
+            "/hostile/gauge",
+            r#"{"delta":1,"visitor":"a"}"#,
+        )
+        .expect(400, "invalid_body"),
+        put_json("empty object", counter, "{}").expect(400, "invalid_body"),
         put_json("delta in exponent form", counter, r#"{"delta":1e3}"#).expect(400, "invalid_body"),
         put_json("delta null", counter, r#"{"delta":null}"#).expect(400, "invalid_body"),
         put_json("delta an array", gauge, r#"{"delta":[1]}"#).expect(400, "invalid_body"),
