@@ -7,7 +7,9 @@
 //!    says whether it won (`Tally-Milestone`).
 //! 2. A burst: after a quiet spell, milestones just ahead of the count and every client at
 //!    once: crossed before the edge has switched, decided exactly all the same.
-//! 3. The cost, without faults: the same load on a counter with no milestone and on one
+//! 3. Crashes: the merger killed (-9) and restarted while hits cross milestones, then the
+//!    edge killed and restarted (every object loses its memory).
+//! 4. The cost, without faults: the same load on a counter with no milestone and on one
 //!    that is always near one.
 //!
 //! At the end, every count is exact, every milestone has exactly one winner, exactly one
@@ -307,13 +309,49 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
     hits.extend(run(&client, &edge.url, ID, CLIENTS, 10).await);
     eprintln!("burst: 240 hits answered in {:?}", started.elapsed());
     let total = total + 240;
+
+    // 3. Crashes: the merger killed (-9) while hits cross three milestones, restarted on its
+    // port 1.5 s later; then the edge killed between hits and started again on its storage
+    // (every object restarts, its memory gone).
+    let crash: Vec<u64> = vec![total + 40, total + 100, total + 160];
+    register(&client, &merger.url, ID, crash.iter().copied()).await;
+    let port: u16 = merger
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the merger's port");
+    let db_dir = db.path().to_path_buf();
+    let crasher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        merger.kill_9().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        MergerProcess::start_binary(&merger_binary(), &db_dir, port, &["--admin-token", ADMIN])
+            .await
+    });
+    let started = Instant::now();
+    hits.extend(run(&client, &edge.url, ID, 12, 20).await);
+    eprintln!(
+        "crash: 240 hits answered in {:?}, the merger killed and restarted",
+        started.elapsed()
+    );
+    let merger = crasher.await.expect("the merger restarts");
+    edge.kill_9().await;
+    let edge = Edge::start(&options).await;
+    hits.extend(run(&client, &edge.url, ID, CLIENTS, 5).await);
+    let total = total + 240 + 120;
     let listed = settled(&client, &merger.url, ID, total).await;
     assert_eq!(
         listed
             .iter()
             .map(|m| m["n"].as_u64().expect("n"))
             .collect::<Vec<_>>(),
-        milestones.iter().chain(&burst).copied().collect::<Vec<_>>()
+        milestones
+            .iter()
+            .chain(&burst)
+            .chain(&crash)
+            .copied()
+            .collect::<Vec<_>>()
     );
     let winners = check(&client, &merger.url, ID, &hits, &listed).await;
     let stats = proxy.stats();
@@ -329,12 +367,20 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
             );
         }
     }
-    let (race_told, race_won) = told(&winners, |n| n > 3 && !burst.contains(&n));
+    let (race_told, race_won) = told(&winners, |n| {
+        n > 3 && !burst.contains(&n) && !crash.contains(&n)
+    });
     let (burst_told, burst_won) = told(&winners, |n| n <= 3 || burst.contains(&n));
+    let (crash_told, crash_won) = told(&winners, |n| crash.contains(&n));
     let verdicts = |v: Option<&str>| hits.iter().filter(|h| h.verdict.as_deref() == v).count();
     eprintln!(
-        "{} milestones, each won by exactly one of {total} hits; told in their own answer:          {race_told} of {race_won} outside bursts, {burst_told} of {burst_won} in bursts;          verdicts: {} won, {} lost, {} pending, {} off the exact path; proxy: {stats:?}",
-        listed.len(),
+        "{} milestones, each won by exactly one of {total} hits; told in their own answer: \
+         {race_told} of {race_won} outside bursts, {burst_told} of {burst_won} in bursts, \
+         {crash_told} of {crash_won} across the crashes",
+        listed.len()
+    );
+    eprintln!(
+        "verdicts: {} won, {} lost, {} pending, {} off the exact path; proxy: {stats:?}",
         verdicts(Some("won")),
         verdicts(Some("lost")),
         verdicts(Some("pending")),
@@ -345,7 +391,7 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
         "at least 90 % of winners outside bursts told in their own answer: {race_told} of {race_won}"
     );
 
-    // 3. The cost, without faults: a counter with no milestone, and one always near one.
+    // 4. The cost, without faults: a counter with no milestone, and one always near one.
     proxy.set_faults(Faults::none());
     let calm_started = Instant::now();
     let calm = run(&client, &edge.url, "calm", 16, 40).await;
@@ -361,7 +407,8 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
     let exact: Vec<&Hit> = near.iter().filter(|h| h.verdict.is_some()).collect();
     let per_s = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
     eprintln!(
-        "cost: no milestone {:.0} hits/s ({}); near a milestone {:.0} hits/s ({});          {near_told} of {near_won} winners told",
+        "cost: no milestone {:.0} hits/s ({}); near a milestone {:.0} hits/s ({}); \
+         {near_told} of {near_won} winners told",
         per_s(calm.len(), calm_time),
         latency("all off the exact path", &calm_refs),
         per_s(near.len(), near_time),
