@@ -136,6 +136,36 @@ pub struct Winner {
     pub visitor: Option<String>,
 }
 
+/// A milestone as a commit or the news look at it: pending, or won (recently).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// The milestone.
+    pub n: u64,
+    /// Its label.
+    pub label: Option<String>,
+    /// Its winning unit, once won.
+    pub won: Option<(ReplicaId, u64)>,
+}
+
+/// A counter's news from its watched milestones (`won_now` answers the winner of one the
+/// commit at hand decided): the lowest still pending, and those won, by N.
+pub fn news(rows: &[Watched], won_now: impl Fn(u64) -> Option<(ReplicaId, u64)>) -> MilestoneNews {
+    let mut news = MilestoneNews::default();
+    for w in rows {
+        match w.won.or_else(|| won_now(w.n)) {
+            Some((replica, unit)) => news.won.push(MilestoneWon {
+                n: w.n,
+                label: w.label.clone(),
+                replica,
+                unit,
+            }),
+            None => news.next = Some(news.next.map_or(w.n, |m: u64| m.min(w.n))),
+        }
+    }
+    news.won.sort_by_key(|w| w.n);
+    news
+}
+
 /// How long a won milestone stays in its counter's news, so that the edge object holding
 /// the winning hit hears it even when the answer of the deciding commit was lost.
 pub const NEWS_WINDOW_MS: u64 = 60_000;
@@ -187,19 +217,16 @@ impl NewsBoard {
     /// Posts the news of counter `id` from its whole list of milestones, at `at`.
     pub fn post_list(&self, id: &str, milestones: &[Milestone], at: Timestamp) {
         let since = at.minus_ms(NEWS_WINDOW_MS);
-        let mut news = MilestoneNews::default();
-        for m in milestones {
-            match &m.winner {
-                None => news.next = Some(news.next.map_or(m.n, |n: u64| n.min(m.n))),
-                Some(w) if w.at >= since => news.won.push(MilestoneWon {
-                    n: m.n,
-                    label: m.label.clone(),
-                    replica: w.replica,
-                    unit: w.unit,
-                }),
-                Some(_) => {}
-            }
-        }
+        let rows: Vec<Watched> = milestones
+            .iter()
+            .filter(|m| m.winner.as_ref().is_none_or(|w| w.at >= since))
+            .map(|m| Watched {
+                n: m.n,
+                label: m.label.clone(),
+                won: m.winner.as_ref().map(|w| (w.replica, w.unit)),
+            })
+            .collect();
+        let news = news(&rows, |_| None);
         self.post(at, &BTreeMap::from([(id.to_owned(), news)]));
     }
 }

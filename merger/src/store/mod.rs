@@ -25,9 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tally_crdt::{
-    CounterKey, CounterKind, GlobalTotals, HyperLogLog, MilestoneNews, MilestoneWon,
-    PresenceReport, PresenceTotal, ReplicaId, SketchKey, SketchTotal, SketchUpdate, SlotTotals,
-    Timestamp, Visit,
+    CounterKey, CounterKind, GlobalTotals, HyperLogLog, MilestoneNews, PresenceReport,
+    PresenceTotal, ReplicaId, SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp, Visit,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -316,17 +315,7 @@ pub struct Committed {
 
 pub use crate::milestone::NEWS_WINDOW_MS;
 
-/// A milestone row a commit looks at: pending (decided if the commit crosses it) or won in
-/// the last [`NEWS_WINDOW_MS`] (told back to the edge).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Watched {
-    /// The milestone.
-    pub n: u64,
-    /// Its label.
-    pub label: Option<String>,
-    /// Its winning unit, once won.
-    pub won: Option<(ReplicaId, u64)>,
-}
+pub use crate::milestone::Watched;
 
 /// The milestones a commit looks at, by counter id.
 pub type Watch = BTreeMap<String, Vec<Watched>>;
@@ -346,8 +335,8 @@ pub fn pending_of(watch: &Watch) -> BTreeMap<String, Vec<u64>> {
         .collect()
 }
 
-/// What the sync answers of a commit tell about each watched counter: the lowest milestone
-/// still pending after it, and the ones won (recently, or by this very commit).
+/// What the sync answers of a commit tell about each watched counter
+/// ([`crate::milestone::news`]), with the milestones this very commit decided.
 pub fn news_of(watch: &Watch, decided: &[(String, Decision)]) -> BTreeMap<String, MilestoneNews> {
     watch
         .iter()
@@ -358,22 +347,30 @@ pub fn news_of(watch: &Watch, decided: &[(String, Decision)]) -> BTreeMap<String
                     .find(|(i, d)| i == id && d.n == n)
                     .map(|(_, d)| (d.replica, d.unit))
             };
-            let mut news = MilestoneNews::default();
-            for w in rows {
-                match w.won.or_else(|| now_won(w.n)) {
-                    Some((replica, unit)) => news.won.push(MilestoneWon {
-                        n: w.n,
-                        label: w.label.clone(),
-                        replica,
-                        unit,
-                    }),
-                    None => news.next = Some(news.next.map_or(w.n, |m: u64| m.min(w.n))),
-                }
-            }
-            news.won.sort_by_key(|w| w.n);
-            (id.clone(), news)
+            (id.clone(), crate::milestone::news(rows, now_won))
         })
         .collect()
+}
+
+/// A watched milestone from its row's columns, as both backends read them (`n`, `won_unit`
+/// as decimal text).
+pub fn watched_from(
+    n: &str,
+    label: Option<String>,
+    won: (Option<&str>, Option<&str>),
+) -> Result<Watched, StoreError> {
+    let won = match won {
+        (Some(replica), Some(unit)) => Some((
+            replica_of("milestones", replica)?,
+            decode("milestones", unit)?,
+        )),
+        _ => None,
+    };
+    Ok(Watched {
+        n: decode("milestones", n)?,
+        label,
+        won,
+    })
 }
 
 /// What registering a milestone did.

@@ -1165,24 +1165,12 @@ async fn lock_watch(
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        let won = match (
-            row.try_get::<Option<&str>, _>("won_replica")?,
-            row.try_get::<Option<&str>, _>("won_unit")?,
-        ) {
-            (Some(replica), Some(unit)) => Some((
-                replica_of("milestones", replica)?,
-                decode("milestones", unit)?,
-            )),
-            _ => None,
-        };
-        watch
-            .entry(row.try_get("name")?)
-            .or_default()
-            .push(super::Watched {
-                n: decode("milestones", row.try_get("n")?)?,
-                label: row.try_get("label")?,
-                won,
-            });
+        let watched = super::watched_from(
+            row.try_get("n")?,
+            row.try_get("label")?,
+            (row.try_get("won_replica")?, row.try_get("won_unit")?),
+        )?;
+        watch.entry(row.try_get("name")?).or_default().push(watched);
     }
     Ok(watch)
 }

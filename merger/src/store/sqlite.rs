@@ -966,24 +966,12 @@ async fn watch_milestones(
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        let won = match (
-            row.get::<Option<&str>, _>("won_replica"),
-            row.get::<Option<&str>, _>("won_unit"),
-        ) {
-            (Some(replica), Some(unit)) => Some((
-                replica_of("milestones", replica)?,
-                decode("milestones", unit)?,
-            )),
-            _ => None,
-        };
-        watch
-            .entry(row.get("name"))
-            .or_default()
-            .push(super::Watched {
-                n: decode("milestones", row.get("n"))?,
-                label: row.get("label"),
-                won,
-            });
+        let watched = super::watched_from(
+            row.get("n"),
+            row.get("label"),
+            (row.get("won_replica"), row.get("won_unit")),
+        )?;
+        watch.entry(row.get("name")).or_default().push(watched);
     }
     Ok(watch)
 }
