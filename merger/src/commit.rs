@@ -436,12 +436,12 @@ impl CommitTask {
                 }
             }
         }
-        // A counter with milestone news has every sync committed, a repeated one too, so
-        // that its answer carries the news (an edge object waiting to tell a winner may hear
-        // of it only there).
-        let watched =
-            |key: &CounterKey| key.kind() == CounterKind::G && self.db.news.has(key.id(), at);
         let mut slots: Vec<SlotRow> = self.db.with_held(|held| {
+            // A counter with milestone news has every sync committed, a repeated one too, so
+            // that its answer carries the news (an edge object waiting to tell a winner may
+            // hear of it only there).
+            let news = self.db.news.view(at);
+            let watched = |key: &CounterKey| key.kind() == CounterKind::G && news.has(key.id());
             best.into_iter()
                 .filter_map(|((key, replica), (totals, visits))| {
                     let have = held.counter(key).slot(replica);

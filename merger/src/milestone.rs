@@ -14,7 +14,7 @@
 //! This module holds the pure parts: the records and the decision.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};
 
@@ -181,29 +181,49 @@ pub const NEWS_WINDOW_MS: u64 = 60_000;
 /// counter: the edge then takes the exact path too early or too late, never wrongly.
 #[derive(Debug, Default)]
 pub struct NewsBoard {
-    posted: Mutex<HashMap<String, (Timestamp, MilestoneNews)>>,
+    posted: RwLock<HashMap<String, (Timestamp, MilestoneNews)>>,
+}
+
+/// The board as it stands at one time, looked up without locking again: one read lock per
+/// read request or commit batch, not one per counter.
+pub struct NewsView<'a> {
+    posted: RwLockReadGuard<'a, HashMap<String, (Timestamp, MilestoneNews)>>,
+    now: Timestamp,
+}
+
+impl NewsView<'_> {
+    /// The news of counter `id`, if posted in the last [`NEWS_WINDOW_MS`].
+    pub fn get(&self, id: &str) -> Option<MilestoneNews> {
+        self.live(id).cloned()
+    }
+
+    /// Whether counter `id` has news.
+    pub fn has(&self, id: &str) -> bool {
+        self.live(id).is_some()
+    }
+
+    fn live(&self, id: &str) -> Option<&MilestoneNews> {
+        self.posted
+            .get(id)
+            .filter(|(until, _)| *until > self.now)
+            .map(|(_, news)| news)
+    }
 }
 
 impl NewsBoard {
-    /// The news of counter `id`, if posted in the last [`NEWS_WINDOW_MS`] before `now`.
-    pub fn get(&self, id: &str, now: Timestamp) -> Option<MilestoneNews> {
-        let posted = self.posted.lock().expect("never poisoned");
-        posted
-            .get(id)
-            .filter(|(until, _)| *until > now)
-            .map(|(_, news)| news.clone())
-    }
-
-    /// Whether counter `id` has news at `now`.
-    pub fn has(&self, id: &str, now: Timestamp) -> bool {
-        let posted = self.posted.lock().expect("never poisoned");
-        posted.get(id).is_some_and(|(until, _)| *until > now)
+    /// The board at `now`. Taken inside the state cache's lock where both are held (the
+    /// one order, state then board, in every path).
+    pub fn view(&self, now: Timestamp) -> NewsView<'_> {
+        NewsView {
+            posted: self.posted.read().expect("never poisoned"),
+            now,
+        }
     }
 
     /// Posts what a commit at `at` computed (expired entries go).
     pub fn post(&self, at: Timestamp, news: &BTreeMap<String, MilestoneNews>) {
         let until = at.plus_ms(NEWS_WINDOW_MS);
-        let mut posted = self.posted.lock().expect("never poisoned");
+        let mut posted = self.posted.write().expect("never poisoned");
         posted.retain(|_, (t, _)| *t > at);
         for (id, n) in news {
             if n.next.is_some() || !n.won.is_empty() {

@@ -48,19 +48,22 @@ pub async fn read(
 ) -> Result<Json<ReadResponse>, AppError> {
     let result = match body {
         Ok(Protocol(request)) => app
-            .read_through(&request.counters, |held| ReadResponse {
-                version: request.version,
-                counters: request
-                    .counters
-                    .iter()
-                    .map(|key| {
-                        let mut merged = held.counter(key).merged(key, request.replica);
-                        if key.kind() == CounterKind::G {
-                            merged.milestones = app.db.news.get(key.id(), crate::commit::now());
-                        }
-                        merged
-                    })
-                    .collect(),
+            .read_through(&request.counters, |held| {
+                let news = app.db.news.view(crate::commit::now());
+                ReadResponse {
+                    version: request.version,
+                    counters: request
+                        .counters
+                        .iter()
+                        .map(|key| {
+                            let mut merged = held.counter(key).merged(key, request.replica);
+                            if key.kind() == CounterKind::G {
+                                merged.milestones = news.get(key.id());
+                            }
+                            merged
+                        })
+                        .collect(),
+                }
             })
             .await
             .map_err(AppError::from),
