@@ -410,29 +410,24 @@ impl Replica {
             Ok::<_, ApiError>((view, slot, next, exact))
         })?;
         self.arm(next).await;
-        if !exact {
-            return Ok(Answer {
-                key: hit.key,
-                view: Some(view),
-                slot: Some(slot),
-                verdict: None,
-            });
-        }
-        let verdict = self.exact(&hit.key, slot, hit.add.p).await;
-        // What the exact sync heard is the newest word: answer from it (never below `view`,
-        // as what was heard never goes backwards).
-        let view = self
-            .with(|i| {
+        let (view, verdict) = if exact {
+            let verdict = self.exact(&hit.key, slot, hit.add.p).await;
+            // What the exact sync heard is the newest word: answer from it (never below
+            // `view`, as what was heard never goes backwards).
+            let fresh = self.with(|i| {
                 i.entry(&hit.key)
                     .ok()
                     .and_then(|e| e.view(crate::now()).ok())
-            })
-            .unwrap_or(view);
+            });
+            (fresh.unwrap_or(view), Some(verdict))
+        } else {
+            (view, None)
+        };
         Ok(Answer {
             key: hit.key,
             view: Some(view),
             slot: Some(slot),
-            verdict: Some(verdict),
+            verdict,
         })
     }
 
@@ -455,6 +450,13 @@ impl Replica {
             (budget, (budget / 3).max(200).min(i.config.sync_timeout_ms))
         });
         for attempt in 0u64.. {
+            if attempt > 0 {
+                // A merger that refuses at once is not asked in a tight loop (and an answer to
+                // another sync may tell the verdict meanwhile).
+                let left = budget.saturating_sub(now().millis_since(started));
+                let pause = (25 * attempt).min(200).min(left);
+                Delay::from(Duration::from_millis(pause)).await;
+            }
             let ready = self.with(|i| {
                 if i.incarnation.replica != replica {
                     return Err(()); // rotated: unreachable while the hit is not acknowledged
@@ -476,15 +478,6 @@ impl Replica {
                 Ok(Err(update)) => update,
                 Err(()) => return Verdict::Pending,
             };
-            let left = budget.saturating_sub(now().millis_since(started));
-            if left == 0 {
-                return Verdict::Pending;
-            }
-            if attempt > 0 {
-                // A merger that refuses at once is not asked in a tight loop.
-                let pause = (25 * attempt).min(left).min(200);
-                Delay::from(Duration::from_millis(pause)).await;
-            }
             let left = budget.saturating_sub(now().millis_since(started));
             if left == 0 {
                 return Verdict::Pending;
