@@ -51,6 +51,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, or `target/` in the repository): where
+/// builds and test artifacts (screenshots, logs kept after a run) go.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 /// The merger binary, built once per test process.
 pub fn merger_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -62,9 +68,7 @@ pub fn merger_binary() -> PathBuf {
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building tally-merger failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root().join("target"), PathBuf::from);
-            target.join("debug/tally-merger")
+            target_dir().join("debug/tally-merger")
         })
         .clone()
 }
@@ -83,9 +87,7 @@ pub fn worker_config() -> PathBuf {
                 Some(dir) => PathBuf::from(dir),
                 None => build_worker(),
             };
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root().join("target"), PathBuf::from);
-            let dir = target
+            let dir = target_dir()
                 .join("tally-e2e")
                 .join(format!("worker-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tally_e2e::{MergerProcess, TOKEN, root, serial, temp_dir, wait_until};
+use tally_e2e::{MergerProcess, TOKEN, root, serial, target_dir, temp_dir, wait_until};
 
 const READ_TOKEN: &str = "e2e-read-token-0123456789";
 /// The page's stale threshold in this test (`?stale=`), in seconds: the region synced once
@@ -252,8 +252,7 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
     });
     assert_eq!(thousands(i128::from(TWO_53) + 1), "9,007,199,254,740,993");
 
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let target = target_dir();
     std::fs::create_dir_all(&target).expect("the target dir can be created");
     let screenshot = target.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);

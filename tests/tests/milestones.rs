@@ -286,7 +286,12 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
         .unwrap_or(0x6d11);
     let proxy = Proxy::start(&merger.url, Faults::all(), seed).await;
     let mut options = EdgeOptions::new(&proxy.url, state.path());
-    options.log = Some(state.path().join("wrangler.log"));
+    // Kept after the run (the state directory is not), for a failure to be looked into.
+    let log = target_dir().join("tally-e2e/milestones-wrangler.log");
+    std::fs::create_dir_all(log.parent().expect("a folder")).expect("the log's folder");
+    let _ = std::fs::remove_file(&log);
+    eprintln!("wrangler's log: {}", log.display());
+    options.log = Some(log);
     let edge = Edge::start(&options).await;
     let client = reqwest::Client::new();
 
