@@ -408,19 +408,17 @@ pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
 ) -> Vec<(String, Decision)> {
     let mut decided = Vec::new();
     for (id, ns) in pending {
-        let incoming = slots
+        let mine: Vec<&SlotRow> = slots
             .iter()
             .map(Borrow::borrow)
             .filter(|s: &&SlotRow| s.key.kind() == CounterKind::G && s.key.id() == id)
-            .map(|s| (s.replica, s.totals));
+            .collect();
+        let incoming = mine.iter().map(|s| (s.replica, s.totals));
         let stood = before.iter().find(|c| c.key.id() == id);
         decided.extend(decide_commit(stood, incoming, ns).into_iter().map(|mut d| {
-            d.visitor = slots
+            d.visitor = mine
                 .iter()
-                .map(Borrow::borrow)
-                .filter(|s: &&SlotRow| {
-                    s.key.kind() == CounterKind::G && s.key.id() == id && s.replica == d.replica
-                })
+                .filter(|s| s.replica == d.replica)
                 .flat_map(|s| &s.visits)
                 .find(|v| v.holds(d.unit))
                 .map(|v| v.visitor.clone());
