@@ -370,15 +370,22 @@ pub fn current_totals(rows: Vec<(CounterKey, Row)>, generation: u64) -> Vec<Slot
 }
 
 impl Entry {
-    /// Takes the milestone news of an answer ([`crate::milestone::Watch::hear`]). A sync
-    /// answer's word is whole (no news: none pending); a read's may lag a registration, so
-    /// a read without news changes nothing.
-    pub fn hear_milestones(&mut self, merged: &MergedCounter, from_sync: bool, now: Timestamp) {
+    /// Takes the milestone news of an answer ([`crate::milestone::Watch::hear`]); `newer`
+    /// is what [`Entry::hear`] said of the same answer. A sync answer's word is whole (no
+    /// news: none pending); a read's may lag a registration, so a read without news changes
+    /// nothing.
+    pub fn hear_milestones(
+        &mut self,
+        merged: &MergedCounter,
+        from_sync: bool,
+        newer: bool,
+        now: Timestamp,
+    ) {
         if merged.milestones.is_none() && (self.watch.is_none() || !from_sync) {
             return;
         }
         let watch = self.watch.get_or_insert_default();
-        watch.hear(merged.milestones.as_ref(), merged.global.p, now);
+        watch.hear(merged.milestones.as_ref(), merged.global.p, now, newer);
         watch.acknowledged(self.row.acked.p);
     }
 
@@ -387,8 +394,8 @@ impl Entry {
         match outcome {
             Outcome::Merged(merged) => {
                 self.row.acknowledge(sent);
-                self.hear(merged, now);
-                self.hear_milestones(merged, true, now);
+                let newer = self.hear(merged, now);
+                self.hear_milestones(merged, true, newer, now);
             }
             Outcome::Rejected(..) if self.row.state == SyncState::Dirty => {
                 self.row.state = SyncState::Rejected;

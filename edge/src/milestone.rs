@@ -76,9 +76,20 @@ impl Verdict {
 
 impl Watch {
     /// Takes the news of a sync answer that saw the counter's global increments at
-    /// `global_p`, at `now`. Winners accumulate (a winner stays one); `next` is the answer's,
-    /// unless this object already heard that one won.
-    pub fn hear(&mut self, news: Option<&MilestoneNews>, global_p: u128, now: Timestamp) {
+    /// `global_p`, at `now`. Winners accumulate (a winner stays one), from every answer.
+    /// `next` and the rate come only from an answer at least as `newer` as any heard before
+    /// ([`crate::counter::Entry::hear`] decides): a late answer (delayed, or duplicated on
+    /// the way) names an earlier `next`, maybe one this object has since heard won, and
+    /// taking it would leave the counter with no milestone pending until the next answer,
+    /// its hits off the exact path. `next` is then the answer's, unless this object already
+    /// heard that one won.
+    pub fn hear(
+        &mut self,
+        news: Option<&MilestoneNews>,
+        global_p: u128,
+        now: Timestamp,
+        newer: bool,
+    ) {
         let news = news.cloned().unwrap_or_default();
         for w in news.won {
             if !self.won.iter().any(|have| have.n == w.n) {
@@ -88,6 +99,9 @@ impl Watch {
         self.won.sort_by_key(|w| w.n);
         if self.won.len() > MAX_WON {
             self.won.drain(..self.won.len() - MAX_WON);
+        }
+        if !newer {
+            return;
         }
         self.next = news.next.filter(|n| !self.won.iter().any(|w| w.n == *n));
         match self.anchor {
@@ -192,14 +206,14 @@ mod tests {
     fn near_means_within_the_rate_over_two_intervals() {
         let mut w = Watch::default();
         assert!(!w.near(1_000_000, 0, 1000), "no milestone, never near");
-        w.hear(Some(&news(Some(10_000), vec![])), 0, at(0));
+        w.hear(Some(&news(Some(10_000), vec![])), 0, at(0), true);
         assert!(w.near(9_744, 0, 2000), "rate unknown: a wide margin");
         assert!(!w.near(9_743, 0, 2000));
         // 2,000 hits in the first second; then 0 in the next: smoothed to 1,000 a second,
         // a margin of (2 × 2 s + 1 s) × 1,000.
-        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(1_000));
+        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(1_000), true);
         assert_eq!(w.rate_milli, Some(2_000_000));
-        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(2_000));
+        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(2_000), true);
         assert_eq!(w.rate_milli, Some(1_000_000));
         assert!(!w.near(4_999, 0, 2000));
         assert!(w.near(5_000, 0, 2000));
@@ -208,8 +222,8 @@ mod tests {
         assert!(w.near(4_000, 1000, 2000));
         // A slow counter is near for its last MIN_MARGIN hits.
         let mut slow = Watch::default();
-        slow.hear(Some(&news(Some(100), vec![])), 50, at(0));
-        slow.hear(Some(&news(Some(100), vec![])), 51, at(1000));
+        slow.hear(Some(&news(Some(100), vec![])), 50, at(0), true);
+        slow.hear(Some(&news(Some(100), vec![])), 51, at(1000), true);
         assert!(!slow.near(67, 0, 2000));
         assert!(slow.near(68, 0, 2000));
     }
@@ -217,19 +231,46 @@ mod tests {
     #[test]
     fn winners_stay_and_a_won_milestone_is_never_next_again() {
         let mut w = Watch::default();
-        w.hear(Some(&news(Some(20), vec![won(10, ME, 4)])), 15, at(0));
+        w.hear(Some(&news(Some(20), vec![won(10, ME, 4)])), 15, at(0), true);
         // An older answer still calls 10 pending: it stays won, and next is not 10.
-        w.hear(Some(&news(Some(10), vec![])), 9, at(10));
+        w.hear(Some(&news(Some(10), vec![])), 9, at(10), true);
         assert_eq!(w.won.len(), 1);
         assert_eq!(w.next, None);
-        w.hear(None, 25, at(20));
+        w.hear(None, 25, at(20), true);
         assert_eq!((w.next, w.won.len()), (None, 1), "no news: nothing pending");
+    }
+
+    #[test]
+    fn a_late_answer_leaves_next_and_the_rate_alone() {
+        let mut w = Watch::default();
+        w.hear(Some(&news(Some(500), vec![])), 400, at(0), true);
+        w.hear(
+            Some(&news(Some(540), vec![won(500, ME, 4)])),
+            510,
+            at(1000),
+            true,
+        );
+        let rate = w.rate_milli;
+        // An earlier sync's answer, delayed on the way: it still calls 500 next, which this
+        // object heard won. Taken, it left the counter with nothing pending.
+        w.hear(Some(&news(Some(500), vec![])), 450, at(1100), false);
+        assert_eq!(w.next, Some(540), "still watching 540");
+        assert_eq!(w.rate_milli, rate);
+        assert!(w.near(520, 0, 300));
+        // Its winners still count.
+        w.hear(
+            Some(&news(Some(500), vec![won(480, ME, 2)])),
+            450,
+            at(1200),
+            false,
+        );
+        assert_eq!(w.won.len(), 2);
     }
 
     #[test]
     fn the_verdict_waits_for_the_commit_and_names_only_the_holder() {
         let mut w = Watch::default();
-        w.hear(Some(&news(None, vec![won(100, ME, 42)])), 100, at(0));
+        w.hear(Some(&news(None, vec![won(100, ME, 42)])), 100, at(0), true);
         assert_eq!(w.verdict(ME, 43, 2, 42), None, "not committed up to 43 yet");
         assert_eq!(
             w.verdict(ME, 43, 2, 43),

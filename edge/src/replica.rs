@@ -612,8 +612,8 @@ impl Replica {
                 if request.counters.contains(&merged.key)
                     && let Ok(entry) = i.entry(&merged.key)
                 {
-                    entry.hear(merged, now);
-                    entry.hear_milestones(merged, false, now);
+                    let newer = entry.hear(merged, now);
+                    entry.hear_milestones(merged, false, newer, now);
                 }
             }
         });
