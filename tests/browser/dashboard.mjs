@@ -1,10 +1,11 @@
 // The merger's dashboard in a real browser: Debian's headless Chromium, driven by
-// playwright-core. Run by tests/tests/dashboard.rs, which starts the merger, seeds it and
+// playwright-core. Run by tests/tests/e2e/dashboard.rs, which starts the merger, seeds it and
 // passes what the page must show; this script only drives the page and compares.
 //
 //   TALLY_URL         the merger, http://127.0.0.1:PORT
 //   TALLY_CHROMIUM    the browser binary (/usr/bin/chromium-headless-shell)
-//   TALLY_EXPECT      JSON: readToken, stale, figures, countOrder, search, history, regions, live
+//   TALLY_EXPECT      JSON: readToken, stale, figures, countOrder, search, history, viewers,
+//                     milestones, regions, live
 //   TALLY_SCREENSHOT  where the PNG goes
 //
 // Each check prints one line; the first failure throws, and the exit code is 1.
@@ -32,7 +33,7 @@ const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 const browser = await chromium.launch({ executablePath: need("TALLY_CHROMIUM"), headless: true });
 const problems = [];
 try {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+  const page = await browser.newPage({ viewport: { width: 1000, height: 820 } });
   page.setDefaultTimeout(8000);
   // Everything the page needs is the merger's: any other request is a failure.
   page.on("request", (r) => {
@@ -110,6 +111,24 @@ try {
     `the detail shows ${h.id} at ${h.figure}`);
   check(await page.getAttribute(`#${h.namespace} tr[data-id="${h.id}"] a`, "aria-current") === "true",
     "the selected row is marked aria-current");
+
+  // 5b. The same id's viewers now and unique visitors, and its milestones: the won one with
+  //     its winner, the pending one with the hits to go.
+  const v = expect.viewers;
+  const fact = (name) => page.textContent(`#detail [data-fact="${name}"] .value`);
+  await page.waitForSelector('#detail [data-fact="viewers"]');
+  check(await fact("viewers") === v.now, `viewers now of ${h.id} shows ${v.now}`, await fact("viewers"));
+  check(await fact("unique-all") === v.uniqueAll && await fact("unique-today") === v.uniqueToday,
+    `unique visitors show ${v.uniqueAll} all time and ${v.uniqueToday} today`,
+    `${await fact("unique-all")} / ${await fact("unique-today")}`);
+  const m = expect.milestones;
+  const milestoneRows = await page.$$eval("#detail .milestones tbody tr",
+    (trs) => trs.map((tr) => [tr.dataset.n, tr.dataset.status]));
+  check(same(milestoneRows, m.rows), "the milestones are listed by N with their status", JSON.stringify(milestoneRows));
+  const winner = await page.textContent(`#detail .milestones tr[data-n="${m.rows[0][0]}"] .winner`);
+  check(winner.startsWith(m.winner), `the won milestone names its winner: ${m.winner}`, winner);
+  const next = await page.textContent(`#detail .milestones .next[data-next="${m.next}"]`);
+  check(next.includes(m.toGo), `the next milestone says ${m.toGo}`, next);
 
   // 6. Regions: the seeded ones, fresh while they sync, stale past the threshold.
   for (const region of expect.regions.fresh) {

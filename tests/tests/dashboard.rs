@@ -14,9 +14,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tally_crdt::{HyperLogLog, Timestamp};
 use tally_e2e::{MergerProcess, TOKEN, root, serial, target_dir, temp_dir, wait_until};
 
 const READ_TOKEN: &str = "e2e-read-token-0123456789";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+/// The viewers now the test reports for `home`, as one edge object.
+const HOME_VIEWERS: u64 = 37;
 /// The page's stale threshold in this test (`?stale=`), in seconds: the region synced once
 /// at the start crosses it during the run, the ones the test keeps syncing never do (the
 /// page polls every 3 s).
@@ -64,14 +68,63 @@ struct Client {
     url: String,
 }
 
+/// Replica `n`'s id (1 to 15): its hex digit 32 times, so the page's short form tells them
+/// apart.
+fn replica(n: u64) -> String {
+    assert!((1..16).contains(&n));
+    format!("{n:x}").repeat(32)
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970");
+    i64::try_from(since.as_millis()).expect("a time in range")
+}
+
+/// `visitors` distinct visitors' sketch.
+fn sketch_of(visitors: std::ops::Range<u64>) -> HyperLogLog {
+    let mut sketch = HyperLogLog::new();
+    for visitor in visitors {
+        sketch.insert(&visitor.to_le_bytes());
+    }
+    sketch
+}
+
 impl Client {
+    /// Sends `body` to `path` with `token`; the answer must be a success.
+    async fn post(&self, path: &str, token: &str, body: &Value) -> Value {
+        let answer = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("the merger answers");
+        let status = answer.status();
+        let body: Value = answer.json().await.expect("a JSON answer");
+        assert!(status.is_success(), "POST {path}: {status} {body}");
+        body
+    }
+
+    /// Reports `viewers` of `id` as one edge object of eu, report number `seq`.
+    async fn report_viewers(&self, id: &str, viewers: u64, seq: u64) {
+        let body = json!({
+            "version": 2, "reporter": replica(5), "region": "eu", "seq": seq,
+            "at": Timestamp::from_unix_ms(now_ms()), "ttl_ms": 10_000,
+            "counts": [{"id": id, "count": viewers}],
+        });
+        self.post("/v1/presence", TOKEN, &body).await;
+    }
+
     /// Syncs `counters` (`(id, kind, p, n)`) as replica `replica` of `region`.
     async fn sync(&self, replica: u64, region: &str, counters: &[(&str, &str, u64, u64)]) {
         let counters: Vec<Value> = counters
             .iter()
             .map(|&(id, kind, p, n)| json!({"id": id, "kind": kind, "p": p, "n": n}))
             .collect();
-        let body = json!({"version": 2, "replica": format!("{replica:032x}"), "region": region, "counters": counters});
+        let body = json!({"version": 2, "replica": self::replica(replica), "region": region, "counters": counters});
         let answer = self
             .http
             .post(format!("{}/v1/sync", self.url))
@@ -143,7 +196,14 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
     let db = temp_dir();
     let merger = MergerProcess::start(
         db.path(),
-        &["--read-token", READ_TOKEN, "--snapshot-interval", "200ms"],
+        &[
+            "--read-token",
+            READ_TOKEN,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--snapshot-interval",
+            "200ms",
+        ],
     )
     .await;
     let client = Client {
@@ -182,6 +242,26 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
             ],
         )
         .await;
+    // Two milestones of home, registered at 10,845,678: the steps below cross the first.
+    for (n, label) in [
+        (11_000_000, "eleven million"),
+        (20_000_000, "twenty million"),
+    ] {
+        let body = json!({"n": n, "label": label});
+        client
+            .post("/v1/counters/home/milestones", ADMIN_TOKEN, &body)
+            .await;
+    }
+    // Unique visitors of home: 1,500 all-time, 400 of them today (the merger's UTC day).
+    let today = Timestamp::from_unix_ms(now_ms()).day();
+    let (all_time, of_today) = (sketch_of(0..1_500), sketch_of(0..400));
+    let sketches = json!({"version": 2, "replica": replica(5), "region": "eu", "sketches": [
+        {"id": "home", "registers": all_time},
+        {"id": "home", "day": today, "registers": of_today},
+    ]});
+    client.post("/v1/unique", TOKEN, &sketches).await;
+    client.report_viewers("home", HOME_VIEWERS, 1).await;
+
     // home grows in steps, one history point each (snapshots every 200 ms).
     client.wait_for_points("home", 1).await;
     let steps = [7_000_000, 7_200_000, 7_600_000, 7_900_000, 8_000_000];
@@ -191,6 +271,30 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
     }
     let history_points = steps.len() + 1;
     assert_eq!(client.points("counters", "home").await, history_points);
+
+    // What the milestone view must show: the first won by eu's replica (its unit as the
+    // merger decided it), the second pending, 7,654,322 hits to go.
+    let milestones: Value = client
+        .http
+        .get(format!("{}/v1/counters/home/milestones", client.url))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .expect("the merger answers")
+        .json()
+        .await
+        .expect("a JSON answer");
+    let won = &milestones["milestones"][0];
+    assert_eq!(
+        (won["status"].as_str(), won["winner"]["replica"].as_str()),
+        (Some("won"), Some(replica(1).as_str())),
+        "{milestones}"
+    );
+    let unit = won["winner"]["unit"].as_u64().expect("a unit below 2^53");
+    assert_eq!(
+        milestones["milestones"][1]["status"], "pending",
+        "{milestones}"
+    );
 
     let seeded: Seeded = [
         (("counters", "home"), 12_345_678),
@@ -213,6 +317,8 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
         };
         tokio::spawn(async move {
             for beat in 1u64.. {
+                // home's viewers stay reported while the page looks (a 10 s lease).
+                client.report_viewers("home", HOME_VIEWERS, beat + 1).await;
                 client
                     .sync(1, "eu", &[("viewers", "pn", 1_000 + beat, 0)])
                     .await;
@@ -246,6 +352,17 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
             "id": "home",
             "points": history_points,
             "figure": thousands(seeded[&("counters", "home")]),
+        },
+        "viewers": {
+            "now": thousands(i128::from(HOME_VIEWERS)),
+            "uniqueAll": format!("≈ {}", thousands(i128::from(all_time.estimate()))),
+            "uniqueToday": format!("≈ {}", thousands(i128::from(of_today.estimate()))),
+        },
+        "milestones": {
+            "rows": [["11000000", "won"], ["20000000", "pending"]],
+            "winner": format!("replica {}… unit {}", &replica(1)[..8], thousands(i128::from(unit))),
+            "next": "20000000",
+            "toGo": format!("{} to go", thousands(20_000_000 - seeded[&("counters", "home")])),
         },
         "regions": {"fresh": ["eu", "us"], "stale": ["ap"]},
         "live": {"namespace": "gauges", "id": "viewers", "search": "e"},
