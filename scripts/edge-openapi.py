@@ -216,7 +216,7 @@ doc["paths"]["/{id}/presence"] = {
  "get": {"tags": ["presence"], "operationId": "read_presence", "summary": "Read viewers now, or open a live socket",
    "description": "Writes nothing. With `session`, the object holding that session answers, so its own join shows at once. "
      "With `Upgrade: websocket` (not described here as a parameter: the request is then a WebSocket handshake, answered 101) the socket is a session of its own: "
-     "the server sends `{\"type\":\"count\",\"id\",\"count\",\"updated_at\",\"session\",\"ttl_ms\"}` on connect, `{\"type\":\"count\",\"id\",\"count\",\"updated_at\"}` whenever the count changes (at most every `PRESENCE_PUSH_MS`), and `{\"type\":\"pong\"}` to any client message; a client message within `ttl_ms` renews the session, a silent socket is closed with code 4000. A new socket without the write key spends the new-id budget (429).",
+     "the server sends `{\"type\":\"count\",\"id\",\"count\",\"updated_at\",\"sent_at\",\"session\",\"ttl_ms\"}` on connect, `{\"type\":\"count\",\"id\",\"count\",\"updated_at\",\"sent_at\"}` whenever the count changes (at most every `PRESENCE_PUSH_MS`, by the `sent_at` times: the object's clock when it sent the message), and `{\"type\":\"pong\"}` to any client message; a client message within `ttl_ms` renews the session, a silent socket is closed with code 4000. A new socket without the write key spends the new-id budget (429).",
    "parameters": [session_query(False, "A session of this client, to read at the object holding it.")] + region,
    "responses": {
     "101": {"description": "With `Upgrade: websocket`: the live socket (see above)"},

@@ -193,6 +193,9 @@ pub enum ServerMessage<'a> {
         count: u64,
         /// As in [`View::updated_at`].
         updated_at: Option<Timestamp>,
+        /// When the object sent this message, by its clock: pushes to one socket are at
+        /// least `PRESENCE_PUSH_MS` apart by it (delivery may bunch them up).
+        sent_at: Timestamp,
         /// The socket's session, on connect only.
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<&'a str>,
