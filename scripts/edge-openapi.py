@@ -5,7 +5,7 @@ is docs/edge-openapi.json:
 
 The worker is Rust compiled to Wasm, without an OpenAPI generator (it would grow the module),
 so the document is written here, from the rules in edge/src/api.rs, session.rs and lib.rs.
-tests/tests/contract.rs checks that the checked-in copy is this script's output, and runs
+tests/tests/e2e/contract.rs checks that the checked-in copy is this script's output, and runs
 schemathesis with it against the real worker under wrangler dev: a route, status, header or
 body rule the document gets wrong fails there. Change the document with the code it describes.
 """
@@ -28,7 +28,7 @@ doc = {
    "Counts are JSON integers below 2^53 in magnitude and decimal strings beyond; times are RFC 3339 UTC with milliseconds. "
    "Every error is `{\"error\": {\"code\", \"message\"}}`. Every answer carries CORS headers for any origin (`OPTIONS` preflights answer 204). "
    "Send back the `Tally-Session` header of each answer on your next request: your reads then never answer less than you have seen (read-your-writes, monotonic reads). "
-   "This document is checked in (docs/edge-openapi.json) and tested against the real worker under `wrangler dev` by schemathesis (tests/tests/contract.rs).",
+   "This document is checked in (docs/edge-openapi.json) and tested against the real worker under `wrangler dev` by schemathesis (tests/tests/e2e/contract.rs).",
   "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"},
  },
  "servers": [{"url": "http://127.0.0.1:8787", "description": "`scripts/run.sh` (wrangler dev)"}],

@@ -3,17 +3,25 @@
 # CRDT merge laws (`merge`). The targets are in fuzz/ (its own workspace, not a member of the
 # root one).
 #
-#   bash scripts/fuzz.sh                      # every target for FUZZ_SECONDS (default 20 s) each
+#   bash scripts/fuzz.sh                      # build, then every target for FUZZ_SECONDS (20 s) each
 #   FUZZ_SECONDS=600 bash scripts/fuzz.sh     # the 10-minute run per target (docs/reliability.md)
 #   bash scripts/fuzz.sh merge                # only the named targets
+#   bash scripts/fuzz.sh build [TARGET...]    # only build (scripts/test.sh's build phase)
+#   bash scripts/fuzz.sh run [TARGET...]      # only run what `build` made; builds nothing
+#                                             # (scripts/test.sh's fuzz lane)
 #
-# - Needs a nightly toolchain (libFuzzer's instrumentation): without one it says so and exits 0.
-# - Installs cargo-fuzz when it is missing.
-# - Builds with debug assertions (so overflow checks and debug_assert! are on), replays every
-#   input in fuzz/regressions/<target>-*, then fuzzes from fuzz/corpus/<target>/ (grown across
-#   runs, seeded from fuzz/seeds/<target>/, with fuzz/<target>.dict when present).
+# - Needs a nightly toolchain (libFuzzer's instrumentation): without one it says so and exits 0,
+#   or 1 under CI=true (CI must not pass with the fuzzing skipped).
+# - Installs cargo-fuzz CARGO_FUZZ_VERSION when it is missing.
+# - Builds with debug assertions (so overflow checks and debug_assert! are on) and without a
+#   sanitizer (`-s none`): tally-crdt and the targets forbid `unsafe`, so AddressSanitizer,
+#   cargo-fuzz's default, has no memory errors to find there, and it made the build and every
+#   execution slower. Runs the built libFuzzer binaries themselves (what `cargo fuzz run` runs
+#   after its build): replays every input in fuzz/regressions/<target>-*, then fuzzes from
+#   fuzz/corpus/<target>/ (grown across runs, seeded from fuzz/seeds/<target>/, with
+#   fuzz/<target>.dict when present).
 # - A crash is written to fuzz/artifacts/<target>/ and makes the script exit 1 after the other
-#   targets ran. Reduce one with `cargo +nightly fuzz tmin -a <target> <artifact>`.
+#   targets ran. Reduce one with `cargo +nightly fuzz tmin -a -s none <target> <artifact>`.
 # - Prints, per target, executions, coverage (libFuzzer's `cov` edges and `ft` features) and
 #   corpus size.
 set -euo pipefail
@@ -21,23 +29,44 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+CARGO_FUZZ_VERSION=0.13.2
+mode=all
+case "${1:-}" in build|run) mode=$1; shift ;; esac
 targets=(sync_request merge)
 [ $# -gt 0 ] && targets=("$@")
 
 log() { printf '[fuzz] %s\n' "$*" >&2; }
 
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  log "skipped: no nightly Rust toolchain (cargo-fuzz needs one: rustup toolchain install nightly --profile minimal)"
+  message="no nightly Rust toolchain (cargo-fuzz needs one: rustup toolchain install nightly --profile minimal)"
+  if [ "${CI:-}" = true ]; then
+    log "error: $message; under CI=true the fuzzing is not skipped"
+    exit 1
+  fi
+  log "skipped: $message"
   exit 0
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  log "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked || cargo install cargo-fuzz
-fi
 
-log "building ${targets[*]} (nightly, debug assertions)"
+# Where cargo fuzz build puts the targets (release profile, with -a's debug assertions).
+bin_dir=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
+
+# Debug assertions, no sanitizer.
+flags=(-a -s none)
+if [ "$mode" != run ]; then
+  if ! cargo +nightly fuzz --version 2>/dev/null | grep -qw "$CARGO_FUZZ_VERSION"; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked ||
+      { log "error: cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"; exit 1; }
+  fi
+  log "building ${targets[*]} (nightly, debug assertions, no sanitizer)"
+  for target in "${targets[@]}"; do
+    cargo +nightly fuzz build "${flags[@]}" "$target"
+  done
+  [ "$mode" = build ] && exit 0
+fi
 for target in "${targets[@]}"; do
-  cargo +nightly fuzz build -a "$target"
+  [ -x "$bin_dir/$target" ] ||
+    { log "error: $bin_dir/$target is missing: build it first (bash scripts/fuzz.sh build)"; exit 1; }
 done
 
 failed=()
@@ -46,7 +75,7 @@ for target in "${targets[@]}"; do
   regressed=0
   for input in fuzz/regressions/"$target"-*; do
     [ -e "$input" ] || continue
-    if ! replay=$(cargo +nightly fuzz run -a "$target" "$input" 2>&1); then
+    if ! replay=$("$bin_dir/$target" "$input" 2>&1); then
       log "$target: regression input $input crashes again:"
       grep -A1 'panicked at' <<<"$replay" >&2 || tail -20 <<<"$replay" >&2
       regressed=1
@@ -67,7 +96,7 @@ for target in "${targets[@]}"; do
   fuzz_log=$(mktemp)
   log "$target: fuzzing for ${FUZZ_SECONDS}s (log: $fuzz_log)"
   start=$SECONDS
-  if cargo +nightly fuzz run -a "$target" "${dirs[@]}" -- "${options[@]}" >"$fuzz_log" 2>&1; then
+  if "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" "${options[@]}" "${dirs[@]}" >"$fuzz_log" 2>&1; then
     outcome=ok
   else
     outcome=CRASH

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Tests the npm package `tally-crdt` the way a user meets it: builds it (scripts/build-js.sh),
-# packs it with `npm pack`, installs the tarball into a fresh project in a temporary folder
+# Tests the npm package `tally-crdt` the way a user meets it: builds it (scripts/build-js.sh;
+# with --built, takes the package that script already built and builds nothing), packs it with `npm pack`, installs the tarball into a fresh project in a temporary folder
 # (no registry: the package has no dependencies), then there
 #   - runs js/tally-crdt/test/*.test.{mjs,cjs} with node:test (`import` and `require` by name);
 #   - type-checks js/tally-crdt/test/usage.mts against the shipped .d.ts with the pinned
@@ -16,7 +16,13 @@ die() { log "error: $*"; exit 1; }
 tsc=$root/node_modules/.bin/tsc
 [ -x "$tsc" ] || die "no $tsc: run scripts/bootstrap.sh (npm ci installs the pinned typescript)"
 
-pkg=$(bash scripts/build-js.sh)
+if [ "${1:-}" = --built ]; then
+  # What scripts/build-js.sh made (scripts/test.sh builds it before the tests start).
+  pkg=${CARGO_TARGET_DIR:-$root/target}/js/tally-crdt
+  [ -f "$pkg/package.json" ] || die "no package in $pkg: run scripts/build-js.sh first"
+else
+  pkg=$(bash scripts/build-js.sh)
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tally-js.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

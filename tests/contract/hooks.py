@@ -1,4 +1,4 @@
-"""Schemathesis hooks of tally's contract tests (tests/tests/contract.rs), for the merger's
+"""Schemathesis hooks of tally's contract tests (tests/tests/e2e/contract.rs), for the merger's
 OpenAPI document and the edge's (docs/edge-openapi.json).
 
 Each document says everything JSON Schema can say about a request. A few of

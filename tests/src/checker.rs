@@ -149,7 +149,7 @@ impl Checker {
     /// each region; meaningful once settled, and when no hit had an unknown outcome and no
     /// reset happened. Returns the mismatches.
     pub async fn check_regions(&self, merger: &str) -> Result<(), String> {
-        let client = reqwest::Client::new();
+        let client = crate::http_client();
         let regions = self
             .regions
             .lock()
@@ -199,7 +199,7 @@ impl Checker {
     /// Runs the workload's clients against `edge` until each has sent its hits. `edge` is
     /// read before every hit, so a test can move the clients to a restarted edge.
     pub async fn run(self: &Arc<Checker>, edge: &Arc<Mutex<String>>, workload: &Workload) {
-        let client = reqwest::Client::new();
+        let client = crate::http_client();
         let tasks: Vec<_> = (0..workload.clients)
             .map(|c| {
                 let (checker, edge, client, w) = (Arc::clone(self), Arc::clone(edge), client.clone(), workload.clone());
@@ -252,7 +252,7 @@ impl Checker {
         regions: &[&str],
         timeout: Duration,
     ) -> Report {
-        let client = reqwest::Client::new();
+        let client = crate::http_client();
         let tallies = self.tallies();
         let start = Instant::now();
         let mut merger_reads: BTreeMap<String, Option<i128>> = BTreeMap::new();

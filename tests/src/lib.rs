@@ -51,42 +51,91 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How long a test's HTTP client keeps an idle connection for reuse: less than the 5 s after
+/// which workerd closes one (its HTTP server's pipeline timeout, measured: a kept-alive
+/// connection to the worker closes 5.0 s after its last answer). A request sent on a
+/// connection the server is closing that moment fails after it was sent, and a `PUT` so
+/// failed cannot be retried without risking a double count; a connection idle longer than
+/// this is never reused.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(2);
+
+/// The longest any test request may take, unless the test sets a shorter one: a request that
+/// gets no answer fails the test then, instead of hanging until CI's limit. Generous, since
+/// it bounds a hang, not a speed (the slowest request of a test run under the test command's
+/// load takes a few seconds: a read that waits for a stopped merger, a large import).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An HTTP client for the tests, for the worker and the merger alike: an idle connection is
+/// reused for [`IDLE_CONNECTION`] at most, and every request ends within [`REQUEST_TIMEOUT`].
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(IDLE_CONNECTION)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("an HTTP client with no TLS settings builds")
+}
+
 /// Cargo's target directory (`CARGO_TARGET_DIR`, or `target/` in the repository): where
 /// builds and test artifacts (screenshots, logs kept after a run) go.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
-/// The merger binary, built once per test process.
+/// The merger binary the tests start: the one `TALLY_E2E_MERGER_BIN` names, or
+/// `<target>/debug/tally-merger`. The harness builds nothing: a build inside a test would
+/// compete with the running tests for the cores, and `cargo build -p tally-merger` resolves
+/// the dependencies' features for that package alone, so it would build them again beside
+/// the workspace's build. `scripts/test.sh` builds the binary before any test starts and
+/// names it here; by hand, `cargo build -p tally-merger` first (docs/testing.md). Panics,
+/// naming the fix, when the binary is missing or older than a source it is built from.
 pub fn merger_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND
         .get_or_init(|| {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "--locked", "-p", "tally-merger"])
-                .current_dir(root())
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building tally-merger failed");
-            target_dir().join("debug/tally-merger")
+            let binary = std::env::var_os("TALLY_E2E_MERGER_BIN")
+                .map_or_else(|| target_dir().join("debug/tally-merger"), PathBuf::from);
+            let sources = [
+                "merger/src",
+                "merger/migrations",
+                "merger/assets",
+                "merger/Cargo.toml",
+                "shared/src",
+                "shared/Cargo.toml",
+                "Cargo.lock",
+            ];
+            built_artifact(&binary, &sources, "cargo build --locked -p tally-merger");
+            binary
         })
         .clone()
 }
 
-/// The edge worker's `wrangler.toml` for tests: the worker is built once per test process
-/// (`scripts/build-edge.sh`), copied under `target/tally-e2e/`, and served from a generated
-/// config without the `[build]` step, so each `wrangler dev` starts in seconds instead of
-/// rebuilding, and a test never serves a worker that changes under it.
+/// The edge worker's `wrangler.toml` for tests: the worker `scripts/build-edge.sh` built (in
+/// `edge/build/`, or the folder `TALLY_E2E_WORKER_BUILD` names, e.g. an older commit's build
+/// to see which tests fail on it), copied under `target/tally-e2e/` and served from a
+/// generated config without the `[build]` step, so each `wrangler dev` starts in seconds
+/// instead of rebuilding, and a test never serves a worker that changes under it. The harness
+/// builds nothing ([`merger_binary`] says why); it panics, naming the fix, when the build is
+/// missing or older than a source it is built from.
 pub fn worker_config() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
+    static COPIED: OnceLock<PathBuf> = OnceLock::new();
+    COPIED
         .get_or_init(|| {
-            // TALLY_E2E_WORKER_BUILD serves another build (e.g. an older commit's, to see which
-            // tests fail on it) instead of building this checkout's.
-            let build = match std::env::var_os("TALLY_E2E_WORKER_BUILD") {
-                Some(dir) => PathBuf::from(dir),
-                None => build_worker(),
-            };
+            let build = std::env::var_os("TALLY_E2E_WORKER_BUILD")
+                .map_or_else(|| root().join("edge/build"), PathBuf::from);
+            let sources = [
+                "edge/src",
+                "edge/Cargo.toml",
+                "shared/src",
+                "shared/Cargo.toml",
+                "Cargo.lock",
+                "scripts/build-edge.sh",
+            ];
+            built_artifact(
+                &build.join("worker/shim.mjs"),
+                &sources,
+                "bash scripts/build-edge.sh",
+            );
             let dir = target_dir()
                 .join("tally-e2e")
                 .join(format!("worker-{}", std::process::id()));
@@ -102,115 +151,42 @@ pub fn worker_config() -> PathBuf {
         .clone()
 }
 
-/// Builds the worker into `edge/build/` unless the build there is of the same sources: every
-/// test binary asks (each is a process of its own), and one build per change of the sources
-/// is enough (a no-op `worker-build` still takes about 20 s). The sources' fingerprint is
-/// kept beside the build; a lock file makes test binaries that run at once take turns.
-fn build_worker() -> PathBuf {
-    let build = root().join("edge/build");
-    let stamp = build.join(".tally-sources");
-    let fingerprint = worker_sources_fingerprint();
-    let _lock = BuildLock::take(&root().join("edge/.build.lock"));
-    let fresh = std::fs::read_to_string(&stamp).is_ok_and(|s| s == fingerprint)
-        && build.join("worker/shim.mjs").exists();
-    if !fresh {
-        let status = std::process::Command::new("bash")
-            .arg(root().join("scripts/build-edge.sh"))
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .status()
-            .expect("bash runs");
-        assert!(status.success(), "building the edge worker failed");
-        std::fs::write(&stamp, &fingerprint).expect("the build's stamp can be written");
-    }
-    build
-}
-
-/// A fingerprint of everything the worker build reads: the two crates' sources and
-/// manifests, the lock file, the toolchain, the build script and the JS tool pins.
-fn worker_sources_fingerprint() -> String {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+/// Panics unless `artifact` exists and is newer than every file under `sources` (paths from
+/// the repository root), with a message that names `build`, the command that makes it.
+fn built_artifact(artifact: &Path, sources: &[&str], build: &str) {
+    fn newest(path: &Path, found: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(meta) = std::fs::metadata(path) else {
             return;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, files);
-            } else {
-                files.push(path);
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                newest(&entry.path(), found);
             }
+        } else if let Ok(modified) = meta.modified()
+            && found.as_ref().is_none_or(|(t, _)| modified > *t)
+        {
+            *found = Some((modified, path.to_path_buf()));
         }
     }
-    let root = root();
-    let mut files = Vec::new();
-    for dir in ["edge/src", "shared/src"] {
-        walk(&root.join(dir), &mut files);
+    let built = std::fs::metadata(artifact).and_then(|m| m.modified());
+    let Ok(built) = built else {
+        panic!(
+            "{} is missing: the tests build nothing themselves; run `{build}` first \
+             (scripts/test.sh builds everything before the tests start)",
+            artifact.display()
+        );
+    };
+    let mut found = None;
+    for source in sources {
+        newest(&root().join(source), &mut found);
     }
-    for file in [
-        "edge/Cargo.toml",
-        "shared/Cargo.toml",
-        "Cargo.toml",
-        "Cargo.lock",
-        "rust-toolchain.toml",
-        "scripts/build-edge.sh",
-        "package-lock.json",
-    ] {
-        files.push(root.join(file));
-    }
-    files.sort();
-    let mut hasher = DefaultHasher::new();
-    for file in &files {
-        file.strip_prefix(&root).unwrap_or(file).hash(&mut hasher);
-        std::fs::read(file).unwrap_or_default().hash(&mut hasher);
-    }
-    format!("{:016x} over {} files\n", hasher.finish(), files.len())
-}
-
-/// An exclusive lock held while the value lives: a file created exclusively, holding the
-/// owner's pid; a lock whose owner is gone is taken over.
-struct BuildLock(PathBuf);
-
-impl BuildLock {
-    fn take(path: &Path) -> BuildLock {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(mut file) => {
-                    use std::io::Write;
-                    let _ = write!(file, "{}", std::process::id());
-                    return BuildLock(path.to_path_buf());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(path).unwrap_or_default();
-                    let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
-                        pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
-                    });
-                    if !alive && !owner.is_empty() {
-                        let _ = std::fs::remove_file(path);
-                        continue;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{} held for 10 minutes by {owner}",
-                        path.display()
-                    );
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("cannot create {}: {e}", path.display()),
-            }
-        }
-    }
-}
-
-impl Drop for BuildLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+    if let Some((changed, source)) = found {
+        assert!(
+            changed <= built,
+            "{} is older than {}: run `{build}` again (the tests build nothing themselves)",
+            artifact.display(),
+            source.display()
+        );
     }
 }
 
@@ -257,6 +233,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.
+/// The time it took is recorded against `timeout` ([`record_timing`]).
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -265,11 +242,52 @@ where
     let start = Instant::now();
     while start.elapsed() < timeout {
         if check().await {
+            record_timing(what, start.elapsed(), timeout);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what}: not within {timeout:?}");
+}
+
+/// Asserts that `measured` (the time `what` took) is within `bound`, and records it
+/// ([`record_timing`]).
+#[track_caller]
+pub fn assert_within(what: &str, measured: Duration, bound: Duration) {
+    record_timing(what, measured, bound);
+    assert!(
+        measured <= bound,
+        "{what} took {measured:?}, more than {bound:?}"
+    );
+}
+
+/// Records that `what` took `measured` against a test's `bound` for it: printed, and appended
+/// to the file `TALLY_TIMINGS` names (one line: `what`, measured and bound in ms, tab-separated).
+/// No test bounds a time tighter than 5x what it takes under the test command's load;
+/// `scripts/timings.py` reads the files of several runs and lists each bound against the
+/// largest time measured (docs/testing.md keeps the table).
+pub fn record_timing(what: &str, measured: Duration, bound: Duration) {
+    eprintln!("[timing] {what}: {measured:?} (bound {bound:?})");
+    let Some(file) = std::env::var_os("TALLY_TIMINGS") else {
+        return;
+    };
+    let line = format!(
+        "{}\t{}\t{}\n",
+        what.replace(['\t', '\n'], " "),
+        measured.as_millis(),
+        bound.as_millis()
+    );
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!(
+            "[timing] cannot append to {}: {e}",
+            Path::new(&file).display()
+        );
+    }
 }
 
 /// Sends SIGTERM (or SIGKILL) to a whole process group.
@@ -401,6 +419,8 @@ pub struct EdgeOptions {
     pub sync_interval_ms: u64,
     /// `MAX_BACKOFF_MS`.
     pub max_backoff_ms: u64,
+    /// `SYNC_TIMEOUT_MS`: the longest wait for the merger's answer.
+    pub sync_timeout_ms: u64,
     /// `ANTI_ENTROPY_MS` (0: off).
     pub anti_entropy_ms: u64,
     /// `ROTATE_MS` (0: never); `None` keeps the worker's (one day: no rotation in a test).
@@ -420,7 +440,7 @@ pub struct EdgeOptions {
 impl EdgeOptions {
     /// Defaults for tests: 4 partitions per region, each counter spread over 2 of them
     /// (so every counter has at least two objects that answer it), 300 ms syncs, backoff
-    /// capped at 2 s, anti-entropy off.
+    /// capped at 2 s, at most 2 s waited for the merger's answer, anti-entropy off.
     pub fn new(merger_url: &str, persist_dir: &Path) -> EdgeOptions {
         EdgeOptions {
             merger_url: merger_url.to_owned(),
@@ -429,6 +449,7 @@ impl EdgeOptions {
             spread: 2,
             sync_interval_ms: 300,
             max_backoff_ms: 2000,
+            sync_timeout_ms: 2000,
             anti_entropy_ms: 0,
             rotate_ms: None,
             vars: Vec::new(),
@@ -479,12 +500,17 @@ impl Edge {
         options: &EdgeOptions,
         config: &Path,
     ) -> Result<Edge, std::process::ExitStatus> {
-        let port = free_port();
-        let inspector = free_port();
         let var = |k: &str, v: &str| format!("{k}:{v}");
-        let wrangler = root().join("node_modules/.bin/wrangler");
-        let mut command = Command::new(&wrangler);
+        // wrangler's dev server with the DevTools inspector off and clients served by the
+        // runtime itself, not wrangler's ProxyWorker (tests/wrangler-dev.mjs says why: the
+        // inspector's relay cost more CPU than the worker itself, and the proxy answered a
+        // PUT now and then with a 503 of its own); the flags are `wrangler dev`'s, and the
+        // runtime's address (a port workerd picks) comes back in the URL file.
+        let url_dir = tempfile::tempdir().expect("a temporary folder can be made");
+        let url_file = url_dir.path().join("edge.url");
+        let mut command = Command::new("node");
         command
+            .arg(root().join("tests/wrangler-dev.mjs"))
             .current_dir(config.parent().unwrap_or(Path::new("/")))
             .arg("--config")
             .arg(config);
@@ -501,12 +527,8 @@ impl Edge {
             None => (Stdio::inherit(), Stdio::inherit()),
         };
         let mut child = command
-            .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--inspector-port",
-                &inspector.to_string(),
-                "--show-interactive-dev-session=false",
-            ])
+            .args(["--ip", "127.0.0.1", "--url-file"])
+            .arg(&url_file)
             .args(["--log-level", "warn", "--persist-to"])
             .arg(&options.persist_dir)
             .args(["--var", &var("MERGER_URL", &options.merger_url)])
@@ -529,10 +551,9 @@ impl Edge {
             ])
             .args([
                 "--var",
-                "SYNC_TIMEOUT_MS:2000",
-                "--var",
-                "ALLOW_REGION_OVERRIDE:true",
+                &var("SYNC_TIMEOUT_MS", &options.sync_timeout_ms.to_string()),
             ])
+            .args(["--var", "ALLOW_REGION_OVERRIDE:true"])
             .args(
                 options
                     .rotate_ms
@@ -541,6 +562,12 @@ impl Edge {
             )
             .args(options.vars.iter().flat_map(|v| ["--var", v.as_str()]))
             .env("WRANGLER_SEND_METRICS", "false")
+            // wrangler's debug log (every message, whatever the level) goes beside the
+            // tests' other output, not into the home folder.
+            .env(
+                "WRANGLER_LOG_PATH",
+                target_dir().join("tally-e2e/wrangler-logs"),
+            )
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -549,10 +576,23 @@ impl Edge {
             .spawn()
             .expect("wrangler starts (run scripts/bootstrap.sh first)");
         let pgid = child.id().expect("wrangler is running");
-        let url = format!("http://127.0.0.1:{port}");
-        let probe = format!("{url}/_probe");
-        let client = reqwest::Client::new();
         let start = Instant::now();
+        let url = loop {
+            // Written whole (a rename) once the worker is ready.
+            if let Ok(url) = std::fs::read_to_string(&url_file) {
+                break url.trim().to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(status);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "wrangler dev is not ready after 180 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let probe = format!("{url}/_probe");
+        let client = crate::http_client();
         loop {
             // The Worker answers 404 JSON for a path that is no counter: it is up. Only its
             // own answer counts (a JSON body), not one of wrangler's while it loads.

@@ -2,9 +2,11 @@
 //! object, crossings per hit), side by side in one run, with their correctness checks.
 //!
 //! Everything runs on loopback with free ports, in a temp dir, through the end-to-end harness
-//! (`tally-e2e`): the merger binary (release, `--durability full`), and under `wrangler dev`
-//! the frozen JavaScript baseline and copies of the built tally worker (see [`setup`]; the
-//! worker is copied once and never rebuilt during the run). `--phase` runs parts alone.
+//! (`tally-e2e`): the merger binary (release, `--durability full`), and under wrangler's dev
+//! server (`tests/wrangler-dev.mjs`: `wrangler dev` without its DevTools inspector, as the
+//! tests serve it) the frozen JavaScript baseline and copies of the built tally worker (see
+//! [`setup`]; the worker is copied once and never rebuilt during the run). `--phase` runs
+//! parts alone.
 //!
 //! - **P5** (`wrk`, `bench/wrk/put.lua`): hits/s of tally with `PARTITIONS=1 SPREAD=1` (one
 //!   object, like the baseline) and with the deployed defaults, ÷ the JavaScript Durable
@@ -159,6 +161,7 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
         merger,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(tally_e2e::IDLE_CONNECTION)
             .build()?,
         report: Report::default(),
     };
@@ -167,7 +170,7 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
         bench.report.check(false, format!("the run stopped: {e}"));
     }
     let heading = format!(
-        "edge benchmarks: one run, wrk -t{} -c{} -d{}s and {} load clients, wrangler dev on loopback",
+        "edge benchmarks: one run, wrk -t{} -c{} -d{}s and {} load clients, wrangler's dev server (inspector off, tests/wrangler-dev.mjs) on loopback",
         bench.args.threads, bench.args.connections, bench.args.seconds, bench.args.connections
     );
     Ok(bench.report.finish(
@@ -199,7 +202,9 @@ impl Bench {
             .iter()
             .any(|p| self.wants(*p))
         {
-            step("starting the tally worker with the deployed settings under wrangler dev");
+            step(
+                "starting the tally worker with the deployed settings under wrangler's dev server",
+            );
             let options =
                 self.options("default", &self.workers.tally.clone(), partitions, spread)?;
             Some(Edge::start(&options).await)
@@ -268,7 +273,7 @@ impl Bench {
         options.anti_entropy_ms = self.default_var("ANTI_ENTROPY_MS")?;
         // edge/src/config.rs defaults; the harness shortens both for tests.
         options.max_backoff_ms = 60_000;
-        options.vars = vec!["SYNC_TIMEOUT_MS:5000".into()];
+        options.sync_timeout_ms = 5000;
         options.config = Some(config.to_path_buf());
         options.log = Some(self.work.join(format!("logs/{name}.log")));
         Ok(options)
@@ -449,7 +454,7 @@ impl Bench {
             format!("{:.0} / {:.0} reads/s", get_one.rps, get_default.rps),
         );
         self.report.figure(
-            "OPTIONS answered by the Worker alone (wrangler dev's ceiling)",
+            "OPTIONS answered by the Worker alone (the dev server's ceiling)",
             format!("{:.0} req/s", ceiling.rps),
         );
 

@@ -1,0 +1,22 @@
+//! The merger's integration tests, in one test binary (one build and link instead of one per
+//! file): a module per area, with the helpers they share in `common`. Run one area with a
+//! filter, e.g. `cargo test -p tally-merger --test it api::`.
+
+mod common;
+
+mod api;
+mod backup;
+mod binary;
+mod bounded;
+mod history;
+mod idempotence;
+mod import;
+mod milestones;
+mod openapi;
+mod postgres_store;
+mod presence_unique;
+mod read;
+mod regions;
+mod reset;
+mod retire;
+mod versions;
