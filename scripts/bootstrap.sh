@@ -4,7 +4,9 @@
 #
 #   Rust      the toolchain pinned in rust-toolchain.toml, with the wasm32 and thumbv7em targets
 #   cargo     wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (it brings
-#             wasm-bindgen-test-runner), worker-build (builds the edge worker)
+#             wasm-bindgen-test-runner), built with the lock file in scripts/locks/ (its own
+#             names a webpki-roots the registry no longer serves); worker-build (builds the
+#             edge worker), with its own lock file (`cargo install --locked`)
 #   npm       package.json pins, installed with `npm ci` from package-lock.json: wrangler
 #             (workerd, offline), esbuild and binaryen's wasm-opt (worker-build uses these
 #             instead of downloading its own, which fails without internet; wasm-opt also
@@ -12,11 +14,16 @@
 #   apt       postgresql (Debian's package: initdb, pg_ctl, psql), for the merger's Postgres
 #             store; the tests start throwaway clusters of their own (tests/src/postgres.rs),
 #             never the system one. Needs root; TALLY_NO_POSTGRES=1 skips it (and those tests)
-#   PyPI      schemathesis at SCHEMATHESIS_VERSION, in a venv of its own under
-#             ~/.cache/tally/ (the contract test, tests/tests/contract.rs, runs its `st`)
+#   PyPI      schemathesis at SCHEMATHESIS_VERSION and every package it needs, each pinned in
+#             scripts/locks/schemathesis-*.txt, in a venv of its own under ~/.cache/tally/
+#             (the contract test, tests/tests/e2e/contract.rs, runs its `st`)
 #   apt       chromium-headless-shell (Debian's package: /usr/bin/chromium-headless-shell), the
 #             browser the dashboard's test drives through playwright-core (tests/browser/).
 #             Needs root; TALLY_NO_BROWSER=1 skips it (and that test)
+#
+# Each is installed only when missing or at another version. When one cannot be installed the
+# script stops with a message naming it. Under CI=true nothing may be skipped: TALLY_NO_POSTGRES=1
+# and TALLY_NO_BROWSER=1 are refused (scripts/fuzz.sh likewise refuses to skip the fuzzing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,6 +32,12 @@ SCHEMATHESIS_VERSION=4.32.5
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+if [ "${CI:-}" = true ]; then
+  for skip in TALLY_NO_POSTGRES TALLY_NO_BROWSER; do
+    [ "${!skip:-}" != 1 ] || die "$skip=1 under CI=true: CI runs every test, none may be skipped"
+  done
+fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v rustup >/dev/null || die "rustup is required (https://rustup.rs); it installs the pinned toolchain"
@@ -43,25 +56,56 @@ for target in wasm32-unknown-unknown thumbv7em-none-eabihf; do
   }
 done
 
-# --- cargo-installed tools, each at a pinned version.
-# install_tool CRATE VERSION BINARY: skip when BINARY --version already reports VERSION.
+# --- cargo-installed tools, each at a pinned version, built with a pinned lock file.
+have_tool() { command -v "$1" >/dev/null && "$1" --version 2>/dev/null | grep -qw "$2"; }
+
+# install_tool CRATE VERSION BINARY: `cargo install --locked`, with the lock file the crate
+# was published with.
 install_tool() {
   local crate=$1 version=$2 binary=$3
-  if command -v "$binary" >/dev/null && "$binary" --version 2>/dev/null | grep -qw "$version"; then
-    return
-  fi
+  have_tool "$binary" "$version" && return
   log "installing $crate $version (a few minutes, once)"
-  # --locked builds the tool with the dependency versions its authors tested. When one of
-  # them is no longer in the registry (seen: webpki-roots 1.0.11 for wasm-bindgen-cli
-  # 0.2.130), fall back to a fresh resolution within the same semver ranges.
   cargo install "$crate" --version "$version" --locked ||
-    { log "locked install of $crate failed; retrying with a fresh dependency resolution"
-      cargo install "$crate" --version "$version"; }
+    die "cargo install $crate $version --locked failed: $binary is missing"
+}
+
+# install_with_lock CRATE VERSION BINARY SHA256 LOCK: `cargo install --locked` of the crate's
+# published source (checked against SHA256) with LOCK in place of its own lock file. For a
+# crate whose lock names a version the registry no longer serves (wasm-bindgen-cli 0.2.130:
+# webpki-roots 1.0.11, yanked; the lock in scripts/locks/ differs from the published one in
+# that package alone, at 1.0.10), where `--locked` fails and a fresh resolution would take
+# whatever the registry serves that day.
+install_with_lock() {
+  local crate=$1 version=$2 binary=$3 sha256=$4 lock=$5 dir dl
+  have_tool "$binary" "$version" && return
+  log "installing $crate $version with $lock (a few minutes, once)"
+  dir=$(mktemp -d)
+  # The registry's download address, as cargo finds it (the index's config.json).
+  dl=$(curl -sSf --retry 3 https://index.crates.io/config.json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["dl"])') ||
+    die "cannot reach the crates.io index to download $crate $version: $binary is missing"
+  case $dl in
+    *'{crate}'*|*'{version}'*) dl=${dl//\{crate\}/$crate}; dl=${dl//\{version\}/$version} ;;
+    *) dl=$dl/$crate/$version/download ;;
+  esac
+  curl -sSfL --retry 3 -o "$dir/src.crate" "$dl" ||
+    die "cannot download $crate $version ($dl): $binary is missing"
+  echo "$sha256  $dir/src.crate" | sha256sum -c --quiet ||
+    die "$crate $version downloaded from $dl is not the published crate (sha256 differs)"
+  tar -xzf "$dir/src.crate" -C "$dir"
+  cp "$lock" "$dir/$crate-$version/Cargo.lock"
+  cargo install --locked --path "$dir/$crate-$version" ||
+    die "cargo install of $crate $version with $lock failed: $binary is missing"
+  rm -rf "$dir"
 }
 
 wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 [ -n "$wasm_bindgen_version" ] || die "no wasm-bindgen in Cargo.lock"
-install_tool wasm-bindgen-cli "$wasm_bindgen_version" wasm-bindgen
+wasm_bindgen_lock=scripts/locks/wasm-bindgen-cli-$wasm_bindgen_version.Cargo.lock
+[ -f "$wasm_bindgen_lock" ] ||
+  die "Cargo.lock asks for wasm-bindgen $wasm_bindgen_version and there is no $wasm_bindgen_lock: add the lock of wasm-bindgen-cli $wasm_bindgen_version (and its sha256 here)"
+install_with_lock wasm-bindgen-cli "$wasm_bindgen_version" wasm-bindgen \
+  c37f6904387d19a319525c74af274c73912f3871c35555aa49f3ea64ebb2fc7a "$wasm_bindgen_lock"
 install_tool worker-build "$WORKER_BUILD_VERSION" worker-build
 
 # --- Postgres: Debian keeps the server binaries in /usr/lib/postgresql/<version>/bin, off
@@ -83,7 +127,7 @@ if ! have_postgres; then
   fi
 fi
 
-# --- Headless Chromium for the dashboard's browser test (tests/tests/dashboard.rs). Debian's
+# --- Headless Chromium for the dashboard's browser test (tests/tests/e2e/dashboard.rs). Debian's
 # package, not a browser download of playwright's own (which needs more than the registries).
 have_chromium() {
   [ -x /usr/bin/chromium-headless-shell ] || command -v chromium-headless-shell >/dev/null
@@ -102,15 +146,25 @@ if ! have_chromium; then
 fi
 
 # --- schemathesis (PyPI) for the contract test, in a venv of its own so nothing else of the
-# machine's Python changes; one venv per version, reused by every clone.
+# machine's Python changes: every package of scripts/locks/schemathesis-*.txt at its pinned
+# version; one venv per version (where tests/tests/e2e/contract.rs finds `st`), reused by
+# every clone, made again when the lock file changes (its hash is kept in the venv).
+schemathesis_lock=scripts/locks/schemathesis-$SCHEMATHESIS_VERSION.txt
+[ -f "$schemathesis_lock" ] || die "no $schemathesis_lock for schemathesis $SCHEMATHESIS_VERSION"
 schemathesis_venv="$HOME/.cache/tally/schemathesis-$SCHEMATHESIS_VERSION"
-if ! "$schemathesis_venv/bin/st" --version 2>/dev/null | grep -qw "$SCHEMATHESIS_VERSION"; then
+lock_hash=$(sha256sum "$schemathesis_lock" | cut -d' ' -f1)
+if [ "$(cat "$schemathesis_venv/.tally-lock.sha256" 2>/dev/null)" != "$lock_hash" ] ||
+  ! "$schemathesis_venv/bin/st" --version 2>/dev/null | grep -qw "$SCHEMATHESIS_VERSION"; then
   command -v python3 >/dev/null || die "python3 (>= 3.10) is required for schemathesis, the contract test"
-  log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $schemathesis_venv"
+  log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI, $schemathesis_lock) into $schemathesis_venv"
   rm -rf "$schemathesis_venv"
   python3 -m venv "$schemathesis_venv" ||
     die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
-  "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$schemathesis_lock" ||
+    die "pip could not install $schemathesis_lock: schemathesis is missing"
+  "$schemathesis_venv/bin/pip" check --disable-pip-version-check >/dev/null ||
+    die "$schemathesis_lock is incomplete: pip check finds a dependency missing"
+  echo "$lock_hash" > "$schemathesis_venv/.tally-lock.sha256"
 fi
 
 # --- npm: reinstall only when package-lock.json changed since the last install.
