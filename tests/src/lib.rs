@@ -365,8 +365,12 @@ impl MergerProcess {
         .expect("the merger listens within 30 s");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let ready = format!("{url}/readyz");
+        let client = http_client();
         wait_until(Duration::from_secs(10), "merger ready", || async {
-            reqwest::get(&ready)
+            client
+                .get(&ready)
+                .timeout(Duration::from_secs(5))
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
         })

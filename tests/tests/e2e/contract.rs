@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_e2e::{Edge, EdgeOptions, MergerProcess, TOKEN, WRITE_KEY, root, temp_dir, wait_until};
+use tally_e2e::{
+    Edge, EdgeOptions, MergerProcess, TOKEN, WRITE_KEY, http_client, root, temp_dir, wait_until,
+};
 
 const READ_TOKEN: &str = "contract-read-token-0123456789";
 const ADMIN_TOKEN: &str = "contract-admin-token-0123456789";
@@ -208,7 +210,9 @@ async fn schemathesis_finds_no_failure_in_the_merger_api() {
     )
     .await;
     seed(&merger.url).await;
-    let document: Value = reqwest::get(format!("{}/openapi.json", merger.url))
+    let document: Value = http_client()
+        .get(format!("{}/openapi.json", merger.url))
+        .send()
         .await
         .expect("the merger serves /openapi.json")
         .json()
@@ -240,7 +244,9 @@ async fn schemathesis_finds_no_failure_in_the_merger_api() {
     );
 
     // And the merger is still whole after everything schemathesis sent.
-    let ready = reqwest::get(format!("{}/readyz", merger.url))
+    let ready = http_client()
+        .get(format!("{}/readyz", merger.url))
+        .send()
         .await
         .expect("the merger answers");
     assert!(ready.status().is_success());
