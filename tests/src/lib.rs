@@ -297,11 +297,59 @@ fn signal_group(pgid: u32, signal: &str) {
         .status();
 }
 
-/// The real `tally-merger` binary on a loopback port.
+/// How to start a merger process ([`MergerProcess::launch`]): the one way the tests and the
+/// benchmarks start one.
+#[derive(Debug, Clone)]
+pub struct MergerLaunch {
+    /// The binary ([`merger_binary`] for tests; the benchmarks start the release build).
+    pub binary: PathBuf,
+    /// `--database-url`: a SQLite file or a Postgres database.
+    pub database: String,
+    /// The loopback port; 0 lets the OS choose (no race with another process for it).
+    pub port: u16,
+    /// Further flags.
+    pub extra: Vec<String>,
+    /// Where the merger's log (stderr) goes, appended; `None`: the test's own stderr.
+    pub log: Option<PathBuf>,
+    /// How often readiness (`GET /readyz` answered 200) is polled: the resolution of
+    /// [`MergerProcess::ready_after`].
+    pub poll: Duration,
+}
+
+impl MergerLaunch {
+    /// [`merger_binary`] on `database`, on a port the OS chooses, logging to the test's stderr,
+    /// readiness polled every 100 ms.
+    pub fn new(database: &str) -> MergerLaunch {
+        MergerLaunch {
+            binary: merger_binary(),
+            database: database.to_owned(),
+            port: 0,
+            extra: Vec::new(),
+            log: None,
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    /// The SQLite database `tally.db` in `db_dir`.
+    pub fn sqlite(db_dir: &Path) -> MergerLaunch {
+        MergerLaunch::new(&format!("sqlite://{}", db_dir.join("tally.db").display()))
+    }
+}
+
+/// Longest wait for a merger to listen, and then to answer `/readyz`.
+const MERGER_START_LIMIT: Duration = Duration::from_secs(60);
+
+/// The real `tally-merger` binary on a loopback port, killed if its handle drops.
 pub struct MergerProcess {
     child: Child,
+    pid: u32,
+    log: Option<PathBuf>,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// From spawn to its `listening on` line (the store is open, it starts serving).
+    pub listening_after: Duration,
+    /// From spawn to the first `GET /readyz` answered 200.
+    pub ready_after: Duration,
 }
 
 impl MergerProcess {
@@ -324,69 +372,143 @@ impl MergerProcess {
         port: u16,
         extra: &[&str],
     ) -> MergerProcess {
-        let database = format!("sqlite://{}", db_dir.join("tally.db").display());
-        Self::start_url(binary, &database, port, extra).await
+        let mut launch = MergerLaunch::sqlite(db_dir);
+        launch.binary = binary.to_path_buf();
+        launch.port = port;
+        launch.extra = extra.iter().map(|&f| f.to_owned()).collect();
+        Self::launch(&launch)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts the merger on any database URL (e.g. a Postgres database several mergers
     /// share); `port` 0 lets the OS choose.
     pub async fn start_database(database: &str, port: u16, extra: &[&str]) -> MergerProcess {
-        Self::start_url(&merger_binary(), database, port, extra).await
+        let mut launch = MergerLaunch::new(database);
+        launch.port = port;
+        launch.extra = extra.iter().map(|&f| f.to_owned()).collect();
+        Self::launch(&launch)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    async fn start_url(binary: &Path, database: &str, port: u16, extra: &[&str]) -> MergerProcess {
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(binary)
-            .args([
-                "--listen",
-                &listen,
-                "--database-url",
-                database,
-                "--sync-token",
-                TOKEN,
-            ])
-            .args(["--log", "warn"])
-            .args(extra)
+    /// Starts a merger as `launch` says, with the tests' sync token, and waits until it is
+    /// ready; an error names why it did not start (the end of its log, when it has one).
+    pub async fn launch(launch: &MergerLaunch) -> Result<MergerProcess, String> {
+        let listen = format!("127.0.0.1:{}", launch.port);
+        let stderr = match &launch.log {
+            Some(log) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .map_err(|e| format!("{}: {e}", log.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
+        let log_start = launch
+            .log
+            .as_ref()
+            .and_then(|log| std::fs::metadata(log).ok())
+            .map_or(0, |m| m.len());
+        let spawned = Instant::now();
+        let mut child = Command::new(&launch.binary)
+            .args(["--listen", &listen, "--database-url", &launch.database])
+            .args(["--sync-token", TOKEN, "--log", "warn"])
+            .args(&launch.extra)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
-            .expect("the merger binary starts");
+            .map_err(|e| format!("{} does not start: {e}", launch.binary.display()))?;
+        let pid = child.id().ok_or("the merger exited at once")?;
+        let why = |what: String| match &launch.log {
+            Some(log) => format!("{what}; the end of its log:\n{}", log_tail(log, log_start)),
+            None => what,
+        };
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("stdout is readable") {
+        let listening = tokio::time::timeout(MERGER_START_LIMIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(url) = line.strip_prefix("listening on ") {
-                    return url.to_owned();
+                    return Some(url.to_owned());
                 }
             }
-            panic!("the merger exited before listening");
+            None
         })
-        .await
-        .expect("the merger listens within 30 s");
+        .await;
+        let url = match listening {
+            Ok(Some(url)) => url,
+            Ok(None) => return Err(why("the merger exited before listening".into())),
+            Err(_) => {
+                return Err(why(format!(
+                    "the merger did not listen within {MERGER_START_LIMIT:?}"
+                )));
+            }
+        };
+        let listening_after = spawned.elapsed();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let ready = format!("{url}/readyz");
         let client = http_client();
-        wait_until(Duration::from_secs(10), "merger ready", || async {
-            client
+        loop {
+            let answer = client
                 .get(&ready)
                 .timeout(Duration::from_secs(5))
                 .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
+                .await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(why(format!(
+                    "the merger exited before it was ready ({status})"
+                )));
+            }
+            if spawned.elapsed() > MERGER_START_LIMIT {
+                return Err(why(format!(
+                    "the merger was not ready within {MERGER_START_LIMIT:?}"
+                )));
+            }
+            tokio::time::sleep(launch.poll).await;
+        }
+        let ready_after = spawned.elapsed();
+        // A test's wait, bounded; the benchmarks (which keep a log) report start times
+        // themselves.
+        if launch.log.is_none() {
+            record_timing(
+                "merger ready after it listens",
+                ready_after.saturating_sub(listening_after),
+                MERGER_START_LIMIT,
+            );
+        }
+        Ok(MergerProcess {
+            child,
+            pid,
+            log: launch.log.clone(),
+            url,
+            listening_after,
+            ready_after,
         })
-        .await;
-        MergerProcess { child, url }
+    }
+
+    /// Its process id (its resident memory is in `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the merger process: a stopped merger
     /// accepts connections but answers nothing, like a hung one.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("the merger is running");
         let status = std::process::Command::new("kill")
-            .args([signal, &pid.to_string()])
+            .args([signal, &self.pid.to_string()])
             .status()
             .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid}");
+        assert!(status.success(), "kill {signal} {}", self.pid);
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -395,17 +517,46 @@ impl MergerProcess {
     }
 
     /// SIGTERM, and a clean exit within 30 s.
-    pub async fn terminate(mut self) {
-        let pid = self.child.id().expect("the merger is running");
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the merger exits within 30 s of SIGTERM")
-            .expect("the exit status is readable");
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    pub async fn terminate(self) {
+        if let Err(e) = self.stop(Duration::from_secs(30)).await {
+            panic!("graceful shutdown: {e}");
+        }
     }
+
+    /// SIGTERM, and a clean exit (status 0) within `limit`, killed otherwise; answers how
+    /// long it took.
+    pub async fn stop(mut self, limit: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let outcome = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(start.elapsed()),
+            Ok(Ok(status)) => Err(format!("the merger exited with {status} after SIGTERM")),
+            Ok(Err(e)) => Err(format!("the merger's exit status: {e}")),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!(
+                    "the merger did not exit within {limit:?} of SIGTERM"
+                ))
+            }
+        };
+        outcome.map_err(|e| match &self.log {
+            Some(log) => format!("{e}; the end of its log:\n{}", log_tail(log, 0)),
+            None => e,
+        })
+    }
+}
+
+/// The last 20 lines of `log` from byte `from` on.
+fn log_tail(log: &Path, from: u64) -> String {
+    let Ok(text) = std::fs::read(log) else {
+        return format!("(no log at {})", log.display());
+    };
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+    let text = String::from_utf8_lossy(&text[from..]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Settings of an edge under `wrangler dev`.

@@ -122,6 +122,23 @@ impl Case {
     }
 }
 
+impl Case {
+    /// How many of [`Case::to_bytes`]'s bytes are the head (request line, headers and the
+    /// blank line): the rest is the body. Slow clients send part of either.
+    pub fn head_len(&self, host: &str) -> usize {
+        let bytes = self.to_bytes(host);
+        find(&bytes, b"\r\n\r\n").map_or(bytes.len(), |at| at + 4)
+    }
+}
+
+/// A new connection to `host` (`127.0.0.1:PORT`), within 10 s.
+pub async fn connect(host: &str) -> TcpStream {
+    tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(host))
+        .await
+        .unwrap_or_else(|_| panic!("{host} accepts a connection within 10 s"))
+        .unwrap_or_else(|e| panic!("{host} accepts a connection: {e}"))
+}
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct Answer {

@@ -3,8 +3,9 @@
 //! (`scripts/bench-merger.sh`).
 //!
 //! Everything runs on loopback with free ports, in a temp dir: the release merger binary
-//! ([`process::MergerChild`], one per database, always `--durability full`), and what it is
-//! measured against. `--phase` runs parts alone.
+//! (started by the end-to-end harness, [`tally_e2e::MergerProcess::launch`], one per
+//! database, always `--durability full`), and what it is measured against
+//! ([`process::Background`]). `--phase` runs parts alone.
 //!
 //! - **P2** (`--phase p2`): durable slot-updates/s of the merger on SQLite under
 //!   [`sync_load`](crate::sync_load) ÷ durable hits/s of one autocommitted SQLite `UPDATE` per
@@ -35,10 +36,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tally_e2e::postgres::PostgresCluster;
+use tally_e2e::{MergerLaunch, MergerProcess};
 use tokio::process::Command;
 
 use crate::memory::Rss;
-use crate::merger::process::{Background, MergerChild, answers};
+use crate::merger::process::{Background, answers, rss_of};
 use crate::merger::redis::Redis;
 use crate::naive::{self, NaiveRun};
 use crate::report::{Report, Target, median, ratio, step};
@@ -231,15 +233,19 @@ impl Bench {
         database: &str,
         name: &str,
         extra: &[String],
-    ) -> Result<MergerChild, Error> {
-        let mut flags = vec!["--durability".to_owned(), "full".to_owned()];
-        flags.extend_from_slice(extra);
-        let log = self.work.join(format!("logs/{name}.log"));
-        MergerChild::start(&self.merger_bin, database, &flags, &log).await
+    ) -> Result<MergerProcess, Error> {
+        let mut launch = MergerLaunch::new(database);
+        launch.binary = self.merger_bin.clone();
+        launch.extra = vec!["--durability".to_owned(), "full".to_owned()];
+        launch.extra.extend_from_slice(extra);
+        launch.log = Some(self.work.join(format!("logs/{name}.log")));
+        // Start times are a figure of P13: polled every 2 ms.
+        launch.poll = Duration::from_millis(2);
+        Ok(MergerProcess::launch(&launch).await?)
     }
 
     /// Stops a merger; one that does not exit cleanly within [`STOP_LIMIT`] fails a check.
-    async fn stop_merger(&mut self, merger: MergerChild, name: &str) -> Option<Duration> {
+    async fn stop_merger(&mut self, merger: MergerProcess, name: &str) -> Option<Duration> {
         self.stop_merger_within(merger, name, STOP_LIMIT).await
     }
 
@@ -247,7 +253,7 @@ impl Bench {
     /// how long it took.
     async fn stop_merger_within(
         &mut self,
-        merger: MergerChild,
+        merger: MergerProcess,
         name: &str,
         limit: Duration,
     ) -> Option<Duration> {
@@ -401,7 +407,7 @@ impl Bench {
     }
 
     /// P4: wrk on the merger's read of one counter and on the hello server, in turn.
-    async fn p4(&mut self, merger: &MergerChild) -> Result<(), Error> {
+    async fn p4(&mut self, merger: &MergerProcess) -> Result<(), Error> {
         let sync = serde_json::json!({
             "version": 1,
             "replica": "0000000000000000000000000000b00c",
@@ -651,7 +657,7 @@ impl Bench {
             stored == to_f64(n),
             format!("million ({name}): the merger stores {stored:.0} counters, {n} synced"),
         );
-        let rss_filled = merger.rss()?;
+        let rss_filled = rss_of(&merger)?;
         step(&format!(
             "million ({name}): stopping the merger that filled it (a last history pass)"
         ));
@@ -666,7 +672,7 @@ impl Bench {
         step(&format!("million ({name}): restarts on {n} counters"));
         let full = self.restarts(&database, &log, &extra).await?;
         let merger = self.start_merger(&database, &log, &extra).await?;
-        let rss_start = merger.rss()?;
+        let rss_start = rss_of(&merger)?;
         let mut points = Vec::new();
         let mut done = 0;
         for reads in self.args.million_reads.clone() {
@@ -688,7 +694,7 @@ impl Bench {
             let evicted =
                 tally_e2e::metric(&self.http, &merger.url, "tally_cache_evictions_total").await;
             let cached = loaded - evicted;
-            let rss = merger.rss()?;
+            let rss = rss_of(&merger)?;
             eprintln!(
                 "[bench]   after {reads} random reads: RSS {}, {cached:.0} counters cached, {:.0} reads/s",
                 describe_rss(rss),
@@ -792,12 +798,10 @@ impl Bench {
             restarts
                 .ready_ms
                 .push(merger.ready_after.as_secs_f64() * 1000.0);
-            restarts.listening_ms.push(
-                merger
-                    .listening_after
-                    .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
-            );
-            restarts.rss.push(merger.rss()?);
+            restarts
+                .listening_ms
+                .push(merger.listening_after.as_secs_f64() * 1000.0);
+            restarts.rss.push(rss_of(&merger)?);
             self.stop_merger(merger, "a restarted merger").await;
         }
         Ok(restarts)

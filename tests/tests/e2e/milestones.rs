@@ -415,11 +415,11 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
         verdicts(None),
     );
     // How many are told depends on the machine's load (the exact path waits EXACT_WAIT_MS for
-    // the commit): the figures of ten runs under the test command's load are in
-    // docs/milestones.md. The bound allows 5x the largest share untold there (10 %).
+    // the commit): the figures of 20 runs under the test command's load are in
+    // docs/milestones.md. The bound allows 5x the largest share untold there (3 of 21, 14 %).
     assert!(
-        race_told * 2 >= race_won,
-        "at least half the winners outside bursts told in their own answer: {race_told} of {race_won}"
+        race_told * 4 >= race_won,
+        "at least a quarter of the winners outside bursts told in their own answer: {race_told} of {race_won}"
     );
 
     // 4. The cost, without faults: a counter with no milestone, and one always near one.
@@ -460,7 +460,8 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
         calm.iter().all(|h| h.verdict.is_none()),
         "no milestone: no exact path"
     );
-    // As above: shares that depend on the load, bounded at 5x the largest miss measured.
+    // As above: shares that depend on the load, bounded at 5x the largest miss measured
+    // (none: every hit took the exact path and every winner was told, in 20 runs).
     assert!(
         exact.len() * 2 >= near.len(),
         "a counter near a milestone takes the exact path: {} of {}",

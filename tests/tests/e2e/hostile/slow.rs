@@ -11,10 +11,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tally_e2e::raw::{case, check, closed_silently, host_of, read_answer};
+use tally_e2e::raw::{case, check, closed_silently, connect, host_of, read_answer};
 use tally_e2e::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::MERGER_FLAGS;
 
@@ -43,43 +42,42 @@ async fn slow_clients_are_cut_off_and_others_are_served_meanwhile() {
     let merger = MergerProcess::start(db.path(), &MERGER_FLAGS).await;
     let host = host_of(&merger.url).to_owned();
     let client = http_client();
-    let connect = || async { TcpStream::connect(&host).await.expect("the merger accepts") };
     let start = Instant::now();
 
-    // Half a request line, then nothing.
-    let mut half_line = connect().await;
-    half_line.write_all(b"GET /healthz HT").await.unwrap();
-    // Half the headers, then nothing.
-    let mut half_head = connect().await;
+    // Every request is the raw client's, sent in part: half a request line, then nothing.
+    let healthz = case("", "GET", "/healthz").to_bytes(&host);
+    let mut half_line = connect(&host).await;
+    half_line.write_all(&healthz[..15]).await.unwrap();
+    // A sync with its token and a 100-byte body.
+    let sync = case("", "POST", "/v1/sync")
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .json(format!("{{\"version\": 2{}}}", " ".repeat(86)));
+    let (sync_bytes, sync_head) = (sync.to_bytes(&host), sync.head_len(&host));
+    // Half its head, then nothing.
+    let mut half_head = connect(&host).await;
     half_head
-        .write_all(format!("POST /v1/sync HTTP/1.1\r\nHost: {host}\r\nAuthoriz").as_bytes())
+        .write_all(&sync_bytes[..sync_head / 2])
         .await
         .unwrap();
     // Connected, and never a byte.
-    let mut idle = connect().await;
-    // A full head (Content-Length: 100) and 10 bytes of body, then nothing.
-    let mut half_body = connect().await;
+    let mut idle = connect(&host).await;
+    // Its whole head and 10 bytes of the body, then nothing.
+    let mut half_body = connect(&host).await;
     half_body
-        .write_all(
-            format!(
-                "POST /v1/sync HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n\
-                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"version\""
-            )
-            .as_bytes(),
-        )
+        .write_all(&sync_bytes[..sync_head + 10])
         .await
         .unwrap();
-    // A head dribbled a byte every 200 ms: 12 s for the whole head, far past the 1 s allowed.
-    let dribbled = format!(
-        "GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: {}\r\n\r\n",
-        "z".repeat(20)
-    );
-    let (mut dribble_read, mut dribble_write) = connect().await.into_split();
+    // A head dribbled a byte every 200 ms: over 16 s for the whole head, far past the 1 s
+    // allowed.
+    let dribbled = case("", "GET", "/healthz")
+        .header("X-Slow", &"z".repeat(20))
+        .to_bytes(&host);
     let head_len = dribbled.len();
+    let (mut dribble_read, mut dribble_write) = connect(&host).await.into_split();
     let dribbled_bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent = std::sync::Arc::clone(&dribbled_bytes);
     let dribbler = tokio::spawn(async move {
-        for byte in dribbled.bytes() {
+        for byte in dribbled {
             if dribble_write.write_all(&[byte]).await.is_err() {
                 return;
             }
@@ -89,15 +87,12 @@ async fn slow_clients_are_cut_off_and_others_are_served_meanwhile() {
     });
     // A wrong token with a body still to come: refused at once, the token is checked before
     // the body is read.
-    let mut no_body_yet = connect().await;
+    let wrong = case("", "POST", "/v1/sync")
+        .header("Authorization", "Bearer not-the-token-000000")
+        .json(vec![b' '; 100]);
+    let mut no_body_yet = connect(&host).await;
     no_body_yet
-        .write_all(
-            format!(
-                "POST /v1/sync HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer not-the-token-000000\r\n\
-                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-            )
-            .as_bytes(),
-        )
+        .write_all(&wrong.to_bytes(&host)[..wrong.head_len(&host)])
         .await
         .unwrap();
     // (Were the body awaited, the answer would be the request timeout's 408, not the 401.)
