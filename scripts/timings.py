@@ -39,7 +39,8 @@ def main() -> int:
         return 0
     rows = []
     for what, values in measured.items():
-        bound = min(bounds[what])
+        # A bound raised between runs counts at its latest, the largest.
+        bound = max(bounds[what])
         largest = max(values)
         ratio = bound / largest if largest else float("inf")
         rows.append((ratio, what, len(values), largest, bound))

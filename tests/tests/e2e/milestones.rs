@@ -175,7 +175,7 @@ async fn settled(client: &reqwest::Client, merger: &str, id: &str, total: u64) -
 /// this lets every object of it (3 regions, spread 2) hear first.
 async fn heard(client: &reqwest::Client, merger: &str, id: &str, total: u64) {
     let counter = format!("{merger}/v1/counters/{id}");
-    wait_until(Duration::from_secs(30), "the first hits synced", || async {
+    wait_until(Duration::from_secs(60), "the first hits synced", || async {
         count_of(&get(client, &counter).await.1["count"]) == Some(i128::from(total))
     })
     .await;
