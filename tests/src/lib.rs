@@ -424,7 +424,10 @@ impl MergerProcess {
             .map_err(|e| format!("{} does not start: {e}", launch.binary.display()))?;
         let pid = child.id().ok_or("the merger exited at once")?;
         let why = |what: String| match &launch.log {
-            Some(log) => format!("{what}; the end of its log:\n{}", log_tail(log, log_start)),
+            Some(log) => format!(
+                "{what}; the end of its log:\n{}",
+                log_tail(log, log_start, 20)
+            ),
             None => what,
         };
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
@@ -542,21 +545,21 @@ impl MergerProcess {
             }
         };
         outcome.map_err(|e| match &self.log {
-            Some(log) => format!("{e}; the end of its log:\n{}", log_tail(log, 0)),
+            Some(log) => format!("{e}; the end of its log:\n{}", log_tail(log, 0, 20)),
             None => e,
         })
     }
 }
 
-/// The last 20 lines of `log` from byte `from` on.
-fn log_tail(log: &Path, from: u64) -> String {
+/// The last `count` lines of `log` from byte `from` on (a server's log, for an error).
+pub(crate) fn log_tail(log: &Path, from: u64, count: usize) -> String {
     let Ok(text) = std::fs::read(log) else {
         return format!("(no log at {})", log.display());
     };
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
     let text = String::from_utf8_lossy(&text[from..]);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 /// Settings of an edge under `wrangler dev`.

@@ -327,7 +327,7 @@ impl PostgresCluster {
         if output.status.success() {
             return Ok(());
         }
-        let mut problem = log_tail(&log, log_start);
+        let mut problem = crate::log_tail(&log, log_start, 40);
         problem.push_str(&format!(
             "\npg_ctl start ({}): {}{}",
             output.status,
@@ -376,7 +376,7 @@ impl PostgresCluster {
             "the Postgres server on port {} did not stop cleanly (postmaster {pid:?} killed): \
              {problem}\nthe end of its log:\n{}",
             self.port,
-            log_tail(&self.log_path(), 0)
+            crate::log_tail(&self.log_path(), 0, 40)
         ))
     }
 
@@ -411,17 +411,6 @@ async fn run(command: std::process::Command, limit: Duration, what: &str) -> Out
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
         .unwrap_or_else(|e| panic!("{what} could not run: {e}"))
-}
-
-/// The last 40 lines of the server's log from byte `from` on.
-fn log_tail(log: &Path, from: u64) -> String {
-    let Ok(text) = std::fs::read(log) else {
-        return format!("(no log at {})", log.display());
-    };
-    let from = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
-    let text = String::from_utf8_lossy(&text[from..]);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// The directory holding `initdb` and `pg_ctl`: the highest version under
