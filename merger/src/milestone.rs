@@ -18,7 +18,8 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};
 
-/// Most milestones one counter holds, decided ones included.
+/// Most pending milestones one counter holds (won ones do not count: each was registered
+/// by an admin and decided once).
 pub const MAX_MILESTONES_PER_COUNTER: usize = 100;
 /// Longest label, in characters.
 pub const MAX_LABEL_LEN: usize = 200;

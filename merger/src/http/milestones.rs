@@ -141,7 +141,7 @@ pub struct Milestones {
         (status = 409, description = "`milestone_passed`: the count is at N already; `milestone_exists`: the counter has a milestone at N. Nothing was changed", body = ErrorResponse),
         (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
-        (status = 422, description = "`too_many_milestones`: the counter holds 100 milestones (won ones included)", body = ErrorResponse),
+        (status = 422, description = "`too_many_milestones`: the counter holds 100 pending milestones (won ones do not count)", body = ErrorResponse),
         (status = 503, description = "`database_unavailable`", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
     ),

@@ -386,7 +386,7 @@ pub enum AddMilestone {
         count: u128,
     },
     /// The counter has [`MAX_MILESTONES_PER_COUNTER`](crate::milestone::MAX_MILESTONES_PER_COUNTER)
-    /// milestones already.
+    /// pending milestones already (won ones do not count).
     TooMany,
 }
 
@@ -434,7 +434,8 @@ pub fn refuse_milestone(existing: &[Milestone], n: u64, count: u128) -> Option<A
     if let Some(m) = existing.iter().find(|m| m.n == n) {
         return Some(AddMilestone::Exists(m.clone()));
     }
-    if existing.len() >= crate::milestone::MAX_MILESTONES_PER_COUNTER {
+    let pending = existing.iter().filter(|m| m.winner.is_none()).count();
+    if pending >= crate::milestone::MAX_MILESTONES_PER_COUNTER {
         return Some(AddMilestone::TooMany);
     }
     (count >= u128::from(n)).then_some(AddMilestone::Passed { count })

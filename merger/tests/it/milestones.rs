@@ -201,6 +201,15 @@ async fn milestone_rules(store: &dyn Store) {
         ));
     }
     assert_eq!(add(store, "busy", 1000).await, AddMilestone::TooMany);
+    // The bound is on pending milestones: once some are won, as many new ones fit.
+    commit(store, &[(3, "busy", 10)]).await;
+    for n in 1001..=1010 {
+        assert!(matches!(
+            add(store, "busy", n).await,
+            AddMilestone::Added(_)
+        ));
+    }
+    assert_eq!(add(store, "busy", 2000).await, AddMilestone::TooMany);
 
     // Exact at the top: the last unit a slot can hold.
     add(store, "big", u64::MAX).await;
