@@ -13,10 +13,6 @@ import json
 ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$",
       "description": "A counter id: 1-128 of A-Z a-z 0-9 - _ . : starting with a letter or digit.", "examples": ["home"]}
 ID_RE = "[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
-HALF = "[0-9]{1,38}"  # session::HALF_DIGITS
-EPOCH = "[0-9]{1,19}"  # session::EPOCH_DIGITS
-ENTRY = f"(g|pn):{ID_RE}={HALF}(-{HALF})?(@{EPOCH})?"
-SP = "[ \\t]*"
 doc = {
  "openapi": "3.1.0",
  "info": {
@@ -70,8 +66,8 @@ doc = {
   "parameters": {
    "id": {"name": "id", "in": "path", "required": True, "description": "The counter's id.", "schema": {"$ref": "#/components/schemas/CounterId"}},
    "session": {"name": "Tally-Session", "in": "header", "required": False,
-     "description": "The `Tally-Session` header of your previous answer, sent back as received: comma-separated entries `<kind>:<id>=<p>[-<n>][@<epoch>]`, each counter once, at most 32 entries and 8192 bytes, each half at most 38 digits and each epoch at most 19. Empty is no session. It names counters and counts, nothing secret; a forged one only changes what its sender is shown.",
-     "schema": {"type": "string", "maxLength": 8192, "pattern": f"^({SP}{ENTRY}{SP}(,{SP}{ENTRY}{SP}){{0,31}})?$", "examples": ["g:home=715,pn:viewers=90-75@2"]}},
+     "description": "The `Tally-Session` header of your previous answer, sent back as received: `1.<key id>.<mac>.<written>;<read>`, where each list is comma-separated entries `<kind>:<id>=<p>[-<n>][@<epoch>]` (up to 32 counters this client wrote, then up to 32 it read), signed with the edge's `SESSION_KEY` (docs/protocol.md, session tokens); at most 8192 bytes. Any other value (empty, forged, edited, signed with a retired key) is no session: the request is answered as if it carried none.",
+     "schema": {"type": "string", "examples": ["1.3f2a91c0.kq0cF3lJ9vXh2Ww8Yb1eRA.g:home=715;pn:viewers=90-75@2"]}},
    "region": {"name": "X-Tally-Region", "in": "header", "required": False,
      "description": "Only with `ALLOW_REGION_OVERRIDE` (wrangler dev and tests): the region to count in, instead of the continent Cloudflare reports. Ignored otherwise.",
      "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"}},
@@ -92,7 +88,7 @@ doc = {
 }
 err = lambda d, headers=None: ({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} | ({"headers": headers} if headers else {}))
 count_headers = {h: {"$ref": f"#/components/headers/{h}"} for h in ["Tally-Session", "Age", "Tally-Estimate"]}
-bad_request = "`empty_id`, `id_too_long`, `id_bad_char` (the id), `invalid_region` (X-Tally-Region), `invalid_session` (Tally-Session)"
+bad_request = "`empty_id`, `id_too_long`, `id_bad_char` (the id), `invalid_region` (X-Tally-Region)"
 common = [{"$ref": "#/components/parameters/session"}, {"$ref": "#/components/parameters/region"}]
 preflight = lambda tag: {"tags": [tag], "summary": "CORS preflight", "operationId": None,
   "responses": {"204": {"description": "Allowed: GET, PUT, DELETE, OPTIONS from any origin, with Content-Type, Authorization, Tally-Session"}}}

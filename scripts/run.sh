@@ -29,7 +29,10 @@ write_key=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
 # The secret behind derived unique-visitor keys (a fresh one per run: derived uniques of a
 # day start again after a restart).
 unique_salt=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
-printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\nWRITE_KEY=%s\nUNIQUE_SALT=%s\n' "$TALLY_SYNC_TOKEN" "$merger" "$write_key" "$unique_salt" > .dev.vars
+# The key session tokens are signed with (a fresh one per run: tokens of an earlier run are
+# no session).
+session_key=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+printf 'SYNC_TOKEN=%s\nMERGER_URL=%s\nWRITE_KEY=%s\nUNIQUE_SALT=%s\nSESSION_KEY=%s\n' "$TALLY_SYNC_TOKEN" "$merger" "$write_key" "$unique_salt" "$session_key" > .dev.vars
 
 echo "building the merger (release)..." >&2
 cargo build --release --locked -p tally-merger
@@ -85,8 +88,8 @@ tally is running.
 
 Count a hit at the edge (public: +1; the answer includes it), keeping the session token so
 your next reads never show less than you have seen:
-  curl -sS -D - -X PUT $edge/home/counter
-  curl -sS -H 'Tally-Session: g:home=1' $edge/home/counter
+  curl -sS -D - -X PUT $edge/home/counter             # tally-session: 1.<key id>.<mac>.g:home=1;
+  curl -sS -H 'Tally-Session: <that header, as received>' $edge/home/counter
 Add 5, and go down on a gauge, with the write key:
   curl -sS -X PUT $edge/home/counter -H 'Authorization: Bearer $write_key' -H 'Content-Type: application/json' -d '{"delta": 5}'
   curl -sS -X PUT $edge/viewers/gauge -H 'Authorization: Bearer $write_key' -H 'Content-Type: application/json' -d '{"delta": -1}'

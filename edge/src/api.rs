@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, Timestamp};
 
-use crate::session::SessionError;
-
 /// Largest `PUT` body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
 /// Largest magnitude of one `PUT`'s delta (with the write key).
@@ -67,9 +65,6 @@ pub enum ApiError {
     /// A batch read's query that is not `ids=<id>,<id>,…` within the bounds.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
-    /// A `Tally-Session` header the edge did not write.
-    #[error("invalid session token: {0}")]
-    InvalidSession(SessionError),
     /// A write that needs the application's write key, sent without it.
     #[error("{0}")]
     WriteKeyRequired(String),
@@ -118,7 +113,6 @@ impl ApiError {
             | ApiError::InvalidRegion(_)
             | ApiError::InvalidBody(_)
             | ApiError::InvalidQuery(_)
-            | ApiError::InvalidSession(_)
             | ApiError::InvalidSessionId
             | ApiError::SessionRequired(_)
             | ApiError::InvalidVisitor(_)
@@ -143,7 +137,6 @@ impl ApiError {
             ApiError::InvalidRegion(_) => "invalid_region",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::InvalidSession(_) => "invalid_session",
             ApiError::WriteKeyRequired(_) => "write_key_required",
             ApiError::InvalidWriteKey => "invalid_write_key",
             ApiError::TooManyNewIds => "too_many_new_ids",

@@ -8,6 +8,12 @@ pub struct Config {
     pub merger_url: String,
     /// Bearer token for the merger's `/v1/sync` and `/v1/read` (`SYNC_TOKEN`, a secret).
     pub sync_token: String,
+    /// The key session tokens are signed with (`SESSION_KEY`, a secret of at least 16
+    /// characters, not the sync token: the merger holds that).
+    pub session_key: String,
+    /// The key session tokens were signed with before the current one (`SESSION_KEY_PREVIOUS`,
+    /// optional): its tokens are still read while a key rotates.
+    pub session_key_previous: Option<String>,
     /// How long dirty counters wait before a sync pass (`SYNC_INTERVAL_MS`, default 2000).
     pub sync_interval_ms: u64,
     /// How long a cached global value serves reads before a background refresh
@@ -103,6 +109,31 @@ impl Config {
                 "at least 16 characters",
             ));
         }
+        let session_key = get("SESSION_KEY").ok_or(ConfigError::Missing("SESSION_KEY"))?;
+        if session_key.len() < MIN_TOKEN_LEN {
+            return Err(invalid(
+                "SESSION_KEY",
+                "<hidden>".into(),
+                "at least 16 characters",
+            ));
+        }
+        if session_key == sync_token {
+            return Err(invalid(
+                "SESSION_KEY",
+                "<hidden>".into(),
+                "a key of its own, not SYNC_TOKEN (the merger holds that)",
+            ));
+        }
+        let session_key_previous = match get("SESSION_KEY_PREVIOUS").filter(|k| !k.is_empty()) {
+            Some(k) if k.len() < MIN_TOKEN_LEN => {
+                return Err(invalid(
+                    "SESSION_KEY_PREVIOUS",
+                    "<hidden>".into(),
+                    "at least 16 characters",
+                ));
+            }
+            other => other,
+        };
         let number = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
             match get(name) {
                 None => Ok(default),
@@ -175,6 +206,8 @@ impl Config {
         Ok(Config {
             merger_url: merger_url.trim_end_matches('/').to_owned(),
             sync_token,
+            session_key,
+            session_key_previous,
             sync_interval_ms,
             read_ttl_ms,
             partitions: narrow(partitions),
@@ -218,9 +251,10 @@ mod tests {
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
-    const BASE: [(&str, &str); 2] = [
+    const BASE: [(&str, &str); 3] = [
         ("MERGER_URL", "http://127.0.0.1:8790/"),
         ("SYNC_TOKEN", "0123456789abcdef"),
+        ("SESSION_KEY", "fedcba9876543210"),
     ];
 
     #[test]
@@ -243,29 +277,46 @@ mod tests {
 
     #[test]
     fn read_ttl_defaults_to_the_sync_interval() {
-        let c = config(&[BASE[0], BASE[1], ("SYNC_INTERVAL_MS", "500")]).unwrap();
+        let c = config(&[BASE[0], BASE[1], BASE[2], ("SYNC_INTERVAL_MS", "500")]).unwrap();
         assert_eq!(c.read_ttl_ms, 500);
     }
 
     #[test]
     fn rotation_can_be_turned_off() {
-        let c = config(&[BASE[0], BASE[1], ("ROTATE_MS", "0")]).unwrap();
+        let c = config(&[BASE[0], BASE[1], BASE[2], ("ROTATE_MS", "0")]).unwrap();
         assert_eq!(c.rotate_ms, 0);
     }
 
     #[test]
     fn missing_and_malformed_settings_are_named() {
-        assert_eq!(config(&[BASE[1]]), Err(ConfigError::Missing("MERGER_URL")));
-        assert_eq!(config(&[BASE[0]]), Err(ConfigError::Missing("SYNC_TOKEN")));
+        assert_eq!(
+            config(&[BASE[1], BASE[2]]),
+            Err(ConfigError::Missing("MERGER_URL"))
+        );
+        assert_eq!(
+            config(&[BASE[0], BASE[2]]),
+            Err(ConfigError::Missing("SYNC_TOKEN"))
+        );
+        assert_eq!(
+            config(&[BASE[0], BASE[1]]),
+            Err(ConfigError::Missing("SESSION_KEY"))
+        );
         assert!(matches!(
-            config(&[("MERGER_URL", "ftp://x"), BASE[1]]),
+            config(&[BASE[0], BASE[1], ("SESSION_KEY", "0123456789abcdef")]),
+            Err(ConfigError::Invalid {
+                name: "SESSION_KEY",
+                ..
+            })
+        ));
+        assert!(matches!(
+            config(&[("MERGER_URL", "ftp://x"), BASE[1], BASE[2]]),
             Err(ConfigError::Invalid {
                 name: "MERGER_URL",
                 ..
             })
         ));
         assert!(matches!(
-            config(&[BASE[0], ("SYNC_TOKEN", "short")]),
+            config(&[BASE[0], ("SYNC_TOKEN", "short"), BASE[2]]),
             Err(ConfigError::Invalid {
                 name: "SYNC_TOKEN",
                 ..
@@ -277,12 +328,14 @@ mod tests {
             ("ANTI_ENTROPY_MS", "10"),
             ("PUBLIC_MAX_DELTA", "1000001"),
             ("WRITE_KEY", "short"),
+            ("SESSION_KEY", "short"),
+            ("SESSION_KEY_PREVIOUS", "short"),
             ("PUBLIC_GAUGES", "maybe"),
             ("SYNC_INTERVAL_MS", "-1"),
             ("ALLOW_REGION_OVERRIDE", "yes"),
             ("ROTATE_MS", "500"),
         ] {
-            let err = config(&[BASE[0], BASE[1], (name, bad)]).unwrap_err();
+            let err = config(&[BASE[0], BASE[1], BASE[2], (name, bad)]).unwrap_err();
             assert!(
                 matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
                 "{name}={bad}: {err}"

@@ -191,6 +191,21 @@ impl View {
         self.totals = joined.totals;
         self.epoch = joined.epoch;
     }
+
+    /// Raises the answer to a hit of `add` to `before` (a bound known before the hit) plus
+    /// the hit, in `before`'s epoch: an object behind on a reset that `before` has seen
+    /// answers that epoch's bound with the hit (counted in it: above the reset's cut).
+    pub fn raise_after_hit(&mut self, before: Bound, add: SlotTotals) {
+        if let (Some(p), Some(n)) = (
+            before.totals.p.checked_add(u128::from(add.p)),
+            before.totals.n.checked_add(u128::from(add.n)),
+        ) {
+            self.raise(Bound {
+                totals: GlobalTotals { p, n },
+                epoch: before.epoch,
+            });
+        }
+    }
 }
 
 /// A lower bound of a counter's totals within one epoch: a value the system really held.

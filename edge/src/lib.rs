@@ -34,7 +34,7 @@ pub mod unique;
 
 use futures_util::future::join_all;
 use subtle::ConstantTimeEq;
-use tally_crdt::{Count, CounterKey, CounterKind, GlobalTotals, SlotTotals, check_region};
+use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, check_region};
 use worker::{
     Context, Env, Headers, Method, Request, RequestInit, Response, Result, console_error, event,
 };
@@ -44,11 +44,11 @@ use crate::api::{
     parse_ids, parse_path,
 };
 use crate::config::{Config, ConfigError};
-use crate::counter::{Bound, View};
+use crate::counter::View;
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
-use crate::session::Session;
+use crate::session::{Session, SessionKeys};
 use tally_crdt::Timestamp;
 
 /// Durable Object binding, as in `wrangler.toml`.
@@ -127,7 +127,8 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
     let config = cached_config(env)?;
     let region = region_of(&req, &config)?;
     let token = req.headers().get(session::HEADER).ok().flatten();
-    let mut session = Session::parse(token.as_deref()).map_err(ApiError::InvalidSession)?;
+    let keys = session_keys(&config);
+    let mut session = Session::from_header(token.as_deref(), &keys);
     let allow = route.allow();
     // workers-rs reads any method it has no name for (QUERY, PROPFIND, ...) as GET: only a
     // method whose name comes back unchanged is the method sent.
@@ -140,6 +141,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             if let Some(view) = cached(&config, &region, &key) {
                 return Ok(count_response(
                     &config,
+                    &keys,
                     &mut session,
                     &key,
                     view,
@@ -161,6 +163,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             remember(&config, &region, &key, view);
             Ok(count_response(
                 &config,
+                &keys,
                 &mut session,
                 &key,
                 view,
@@ -180,14 +183,11 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 trusted,
                 visitor,
             };
-            // What was known before this hit (this isolate's cache, the client's token), plus
-            // the hit itself, is a lower bound of the count after it: the answer is at least
-            // that, even from an object that has not heard of the counter yet.
+            // What this isolate's cache knew before the hit, plus the hit, is a lower bound of
+            // the count after it: the view cached and shown to everyone is at least that, even
+            // from an object that has not heard of the counter yet.
             let cached_before = cached(&config, &region, &key);
-            let before = cached_before
-                .map(|v| v.bound())
-                .unwrap_or_default()
-                .join(session.floor(&key));
+            let floor = session.floor(&key);
             let s = spread_index(&config);
             let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
             let answer = answers
@@ -196,21 +196,14 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 .ok_or(ApiError::Internal)?;
             let mut view = answer.view.ok_or(ApiError::Internal)?;
             let receipt = receipt_of(&config, &key, add, answer.slot);
-            // In the epoch of `before`: an object behind on a reset the client has seen
-            // answers that epoch's bound with the hit (counted in it: above the reset's cut).
-            if let (Some(p), Some(n)) = (
-                before.totals.p.checked_add(u128::from(add.p)),
-                before.totals.n.checked_add(u128::from(add.n)),
-            ) {
-                view.raise(Bound {
-                    totals: GlobalTotals { p, n },
-                    epoch: before.epoch,
-                });
-            }
+            view.raise_after_hit(cached_before.map(|v| v.bound()).unwrap_or_default(), add);
             if view.age_ms.is_none() {
                 view.age_ms = cached_before.and_then(|v| v.age_ms);
             }
             remember(&config, &region, &key, view);
+            // What the client's token says it saw, plus its hit, raises its own answer only.
+            let mut shown = view;
+            shown.raise_after_hit(floor, add);
             // The exact path's verdict: `Tally-Milestone: won | lost | pending`, and for a
             // winner the milestone in the body.
             let won = match &answer.verdict {
@@ -220,7 +213,8 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 }),
                 _ => None,
             };
-            let mut response = count_response(&config, &mut session, &key, view, None, won)?;
+            let mut response =
+                count_response(&config, &keys, &mut session, &key, shown, None, won)?;
             if let Some(verdict) = &answer.verdict {
                 response
                     .headers_mut()
@@ -242,8 +236,8 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             unique::route(&mut req, env, &config, &region, method, &id).await
         }
         (Method::Get | Method::Head, Route::Batch(kind)) => {
-            let keys = parse_ids(kind, req.url().map_err(internal)?.query())?;
-            batch_read(env, &config, &region, &mut session, keys).await
+            let ids = parse_ids(kind, req.url().map_err(internal)?.query())?;
+            batch_read(env, &config, &region, &keys, &mut session, ids).await
         }
         _ => Err(ApiError::MethodNotAllowed(allow).into()),
     }
@@ -396,6 +390,7 @@ async fn batch_read(
     env: &Env,
     config: &Config,
     region: &str,
+    session_keys: &SessionKeys,
     session: &mut Session,
     keys: Vec<CounterKey>,
 ) -> std::result::Result<Response, Failure> {
@@ -445,7 +440,7 @@ async fn batch_read(
     let items = keys
         .iter()
         .map(|key| match views.remove(key) {
-            Some(Ok(view)) => match session.answer(key, view.bound()).value().map(Count) {
+            Some(Ok(view)) => match session.answer(key, view.bound(), false).value().map(Count) {
                 Ok(count) => BatchItem::Count {
                     id: key.id().to_owned(),
                     body: CountBody {
@@ -464,7 +459,7 @@ async fn batch_read(
     let mut response = json_response(&body, 200).map_err(internal)?;
     response
         .headers_mut()
-        .set(session::HEADER, &session.token())
+        .set(session::HEADER, &session.token(session_keys))
         .map_err(internal)?;
     Ok(response)
 }
@@ -507,15 +502,21 @@ pub fn now() -> Timestamp {
 /// `Age` when the global part is older than the read TTL, `Tally-Estimate: partial` when no
 /// global value was heard yet, `Tally-Cache: hit` or `miss` for a read (whether this
 /// isolate's cache answered it), and the new session token.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one answer's parts, each from a different place of the route"
+)]
 fn count_response(
     config: &Config,
+    session_keys: &SessionKeys,
     session: &mut Session,
     key: &CounterKey,
     view: View,
     cache_hit: Option<bool>,
     milestone: Option<Won>,
 ) -> std::result::Result<Response, ApiError> {
-    let shown = session.answer(key, view.bound());
+    // A hit's answer (no cache flag) is a write of the counter.
+    let shown = session.answer(key, view.bound(), cache_hit.is_none());
     let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
     let body = serde_json::to_string(&CountBody {
         count,
@@ -540,7 +541,7 @@ fn count_response(
             .map_err(internal)?;
     }
     headers
-        .set(session::HEADER, &session.token())
+        .set(session::HEADER, &session.token(session_keys))
         .map_err(internal)?;
     Ok(response)
 }
@@ -728,6 +729,19 @@ fn cached_config(env: &Env) -> std::result::Result<Config, ApiError> {
     })?;
     CONFIG.with(|c| c.get_or_init(|| config.clone()).clone());
     Ok(config)
+}
+
+/// The keys of session tokens, made from the configuration on first use in this isolate.
+fn session_keys(config: &Config) -> SessionKeys {
+    thread_local! {
+        static KEYS: std::cell::OnceCell<SessionKeys> = const { std::cell::OnceCell::new() };
+    }
+    KEYS.with(|k| {
+        k.get_or_init(|| {
+            SessionKeys::new(&config.session_key, config.session_key_previous.as_deref())
+        })
+        .clone()
+    })
 }
 
 /// The configuration from the Worker's environment (vars and secrets).

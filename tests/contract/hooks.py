@@ -35,7 +35,6 @@ The rules, each answered with its own error code (docs/protocol.md). The merger:
 
 The edge:
 
-- `Tally-Session`: each counter at most once in the token (`invalid_session`).
 - `GET /counter?ids=`, `/gauge?ids=`: each id at most once (`invalid_query`).
 - JSON integers in integer form, as for the merger (`invalid_body`).
 - `PUT /{id}/unique`: a visitor key is at most 256 bytes of UTF-8 (JSON Schema's `maxLength`
@@ -141,17 +140,6 @@ def _negative(count):
         except InvalidOperation:
             return False
     return False
-
-
-def _session_repeats_a_counter(headers):
-    token = None
-    for name, value in (headers or {}).items():
-        if name.lower() == "tally-session":
-            token = value
-    if not isinstance(token, str):
-        return False
-    keys = [entry.strip().rsplit("=", 1)[0] for entry in token.split(",")]
-    return len(keys) != len(set(keys))
 
 
 def _ids_repeat(query):
@@ -284,8 +272,6 @@ def filter_case(context, case):
         if len(json.dumps(body).encode()) > MAX_VISITS_BODY_BYTES:
             return False
     if case.path in EDGE_PATHS:
-        if _session_repeats_a_counter(case.headers):
-            return False
         if _ids_repeat(case.query):
             return False
     return True

@@ -34,6 +34,9 @@ pub const WRITE_KEY: &str = "e2e-write-key-0123456789";
 /// The secret of every test edge's derived visitor keys (`UNIQUE_SALT`).
 pub const UNIQUE_SALT: &str = "e2e-unique-salt-0123456789";
 
+/// The key every test edge signs session tokens with (`SESSION_KEY`).
+pub const SESSION_KEY: &str = "e2e-session-key-0123456789";
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -695,6 +698,7 @@ impl Edge {
             .args(["--var", &var("SPREAD", &options.spread.to_string())])
             .args(["--var", &var("WRITE_KEY", WRITE_KEY)])
             .args(["--var", &var("UNIQUE_SALT", UNIQUE_SALT)])
+            .args(["--var", &var("SESSION_KEY", SESSION_KEY)])
             .args([
                 "--var",
                 &var("ANTI_ENTROPY_MS", &options.anti_entropy_ms.to_string()),
@@ -898,6 +902,29 @@ pub async fn metric(client: &reqwest::Client, merger: &str, series: &str) -> f64
             (name == series).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or_else(|| panic!("the merger's /metrics has no series {series}"))
+}
+
+/// The halves `(p, n)` and epoch a session token holds for the counter `key` (`g:home`,
+/// `pn:viewers`): tokens are `1.<key id>.<mac>.<written>;<read>`, each list of entries
+/// `<kind>:<id>=<p>[-<n>][@<epoch>]` (edge/src/session.rs). The signature is not checked.
+pub fn session_entry(token: &str, key: &str) -> Option<(u128, u128, u64)> {
+    let body = token.splitn(4, '.').nth(3)?;
+    body.split([';', ',']).find_map(|entry| {
+        let (k, totals) = entry.rsplit_once('=')?;
+        if k != key {
+            return None;
+        }
+        let (totals, epoch) = totals.split_once('@').unwrap_or((totals, "0"));
+        let (p, n) = totals.split_once('-').unwrap_or((totals, "0"));
+        Some((p.parse().ok()?, n.parse().ok()?, epoch.parse().ok()?))
+    })
+}
+
+/// A session token's entries with the signature left as it is and the body replaced by
+/// `body`: what a client that edits its token sends (it never verifies).
+pub fn forge_session(token: &str, body: &str) -> String {
+    let head: Vec<&str> = token.splitn(4, '.').take(3).collect();
+    format!("{}.{body}", head.join("."))
 }
 
 /// A `count` field as an integer, in either of its JSON forms.

@@ -552,16 +552,11 @@ impl Session {
     }
 }
 
-/// The count a session token holds for the counter (kind `g`) `id`: entries are
-/// `<kind>:<id>=<p>[-<n>]`, comma-separated (`docs/protocol.md`, session tokens).
+/// The count a session token holds for the counter (kind `g`) `id`
+/// ([`tally_e2e::session_entry`]).
 pub fn token_count(token: &str, id: &str) -> Option<i128> {
-    token.split(',').find_map(|entry| {
-        let (key, value) = entry.trim().rsplit_once('=')?;
-        let (kind, entry_id) = key.split_once(':')?;
-        (kind == "g" && entry_id == id)
-            .then(|| value.parse().ok())
-            .flatten()
-    })
+    let (p, n, _) = tally_e2e::session_entry(token, &format!("g:{id}"))?;
+    Some(i128::try_from(p).ok()? - i128::try_from(n).ok()?)
 }
 
 #[cfg(test)]
@@ -592,7 +587,7 @@ mod tests {
 
     #[test]
     fn token_entries_are_found_by_kind_and_id() {
-        let token = "g:home=715,pn:viewers=90-75,g:a:b=3";
+        let token = "1.0a1b2c3d.AAAAAAAAAAAAAAAAAAAAAA.g:home=715;pn:viewers=90-75,g:a:b=3@2";
         assert_eq!(token_count(token, "home"), Some(715));
         assert_eq!(token_count(token, "a:b"), Some(3));
         assert_eq!(
@@ -603,13 +598,18 @@ mod tests {
         assert_eq!(token_count(token, "nope"), None);
     }
 
+    /// A token of the edge's form (the signature is not checked here).
+    fn tok(entries: &str) -> String {
+        format!("1.0a1b2c3d.AAAAAAAAAAAAAAAAAAAAAA.{entries};")
+    }
+
     #[test]
     fn a_read_below_what_the_token_names_is_stale() {
         let mut s = Session::default();
-        assert_eq!(s.observe("a", None, 5, Some("g:a=5".into())), Ok(()));
+        assert_eq!(s.observe("a", None, 5, Some(tok("g:a=5"))), Ok(()));
         let sent = s.token.clone();
         assert!(matches!(
-            s.observe("a", sent.as_deref(), 4, Some("g:a=4".into())),
+            s.observe("a", sent.as_deref(), 4, Some(tok("g:a=4"))),
             Err(Violation::Stale(_))
         ));
     }
@@ -617,10 +617,10 @@ mod tests {
     #[test]
     fn a_counter_the_token_no_longer_names_may_read_lower() {
         let mut s = Session::default();
-        assert_eq!(s.observe("a", None, 5, Some("g:a=5".into())), Ok(()));
+        assert_eq!(s.observe("a", None, 5, Some(tok("g:a=5"))), Ok(()));
         // The token dropped `a` (it keeps the 32 most recent counters).
         assert_eq!(
-            s.observe("a", Some("g:b=1"), 3, Some("g:a=3".into())),
+            s.observe("a", Some(tok("g:b=1").as_str()), 3, Some(tok("g:a=3"))),
             Ok(())
         );
     }
@@ -629,7 +629,7 @@ mod tests {
     fn the_token_answered_must_carry_the_count_answered() {
         let mut s = Session::default();
         assert!(matches!(
-            s.observe("a", None, 5, Some("g:a=4".into())),
+            s.observe("a", None, 5, Some(tok("g:a=4"))),
             Err(Violation::Token(_))
         ));
         assert!(matches!(

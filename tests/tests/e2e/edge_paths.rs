@@ -198,16 +198,9 @@ struct Seen {
     n: u128,
 }
 
-/// The halves the session token holds for `key` (`g:home=5`, `pn:v=9-2`).
+/// The halves the session token holds for `key` (`g:home`, `pn:v`).
 fn halves(token: &str, key: &str) -> Option<(u128, u128)> {
-    token.split(',').find_map(|entry| {
-        let (k, totals) = entry.rsplit_once('=')?;
-        if k != key {
-            return None;
-        }
-        let (p, n) = totals.split_once('-').unwrap_or((totals, "0"));
-        Some((p.parse().ok()?, n.parse().ok()?))
-    })
+    session_entry(token, key).map(|(p, n, _)| (p, n))
 }
 
 #[tokio::test]
@@ -329,6 +322,171 @@ async fn every_client_reads_its_own_writes_and_its_reads_never_go_back() {
     // from the token, not from luck (this also shows the test can catch a broken token).
     eprintln!("tokenless reads right after a write, below it: {tokenless_lower}");
     assert!(tokenless_lower > 0, "the objects never diverged");
+    edge.stop().await;
+    merger.terminate().await;
+}
+
+/// One request of a client that holds a session token: sends `token` if there is one, and
+/// answers the status, the body and the token answered.
+async fn with_session(
+    request: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> (u16, Value, Option<String>) {
+    let request = match token {
+        Some(token) => request.header("Tally-Session", token),
+        None => request,
+    };
+    let response = request
+        .header("X-Tally-Region", "eu")
+        .send()
+        .await
+        .expect("the edge answers");
+    let status = response.status().as_u16();
+    let token = response
+        .headers()
+        .get("tally-session")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, response.json().await.unwrap_or(Value::Null), token)
+}
+
+#[tokio::test]
+async fn a_forged_session_token_changes_nothing_anybody_is_shown() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    // One object and the isolate cache on (the default 1 s): what a forged token reached
+    // before, every client's read.
+    options.partitions = 1;
+    options.spread = 1;
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let url = format!("{}/forged/counter", edge.url);
+    let batch = format!("{}/counter?ids=forged", edge.url);
+    for _ in 0..3 {
+        assert_eq!(hit(&c, &edge.url, "/forged/counter", "eu", 1).await.0, 200);
+    }
+    wait_until(Duration::from_secs(60), "the hits sync", || async {
+        count_of(
+            &get(&c, &format!("{}/v1/counters/forged", merger.url))
+                .await
+                .1["count"],
+        ) == Some(3)
+    })
+    .await;
+    // An honest client reads the counter and keeps its token.
+    let (status, body, honest) = with_session(c.get(&url), None).await;
+    assert_eq!((status, count_of(&body["count"])), (200, Some(3)));
+    let mut honest = honest.expect("a token");
+    let mut honest_seen = 3;
+    // A real token of the forger's, to edit.
+    let (_, _, real) = with_session(c.get(&url), None).await;
+    let real = real.expect("a token");
+    let forgeries = [
+        // The token form of d2f0bce, unsigned.
+        "g:forged=99999999999".to_owned(),
+        "g:forged=0@9999999999999999999".to_owned(),
+        // The signed form with its entries edited: the MAC no longer matches.
+        forge_session(&real, "g:forged=99999999999;"),
+        forge_session(&real, "g:forged=0@9999999999999999999;"),
+        forge_session(&real, ";g:forged=99999999999"),
+    ];
+    let mut hits: i128 = 3;
+    let mut shown = Vec::new();
+    for forged in &forgeries {
+        let (status, body, _) = with_session(c.put(&url), Some(forged)).await;
+        assert_eq!(status, 200, "{forged}: {body}");
+        hits += 1;
+        let forger = count_of(&body["count"]).expect("a count");
+        shown.push(format!("forger with {forged}: {forger}"));
+        for _ in 0..3 {
+            // Clients with no token, the batch read, and the honest client with its own.
+            let (_, body, _) = with_session(c.get(&url), None).await;
+            let tokenless = count_of(&body["count"]).expect("a count");
+            let (_, body, _) = with_session(c.get(&batch), None).await;
+            let batched = count_of(&body["items"][0]["count"]).expect("a count");
+            let (_, body, token) = with_session(c.get(&url), Some(&honest)).await;
+            let own = count_of(&body["count"]).expect("a count");
+            honest = token.expect("a token");
+            shown.push(format!(
+                "tokenless {tokenless}, batch {batched}, honest {own}"
+            ));
+            for (who, count) in [("tokenless", tokenless), ("batch", batched)] {
+                assert!(
+                    count <= hits,
+                    "{who} read {count} after {hits} hits and {forged}:\n{}",
+                    shown.join("\n")
+                );
+            }
+            assert!(
+                (honest_seen..=hits).contains(&own),
+                "the honest client read {own} after {honest_seen} and {forged}:\n{}",
+                shown.join("\n")
+            );
+            honest_seen = own;
+        }
+        // Last, as it is the smaller promise: not even its sender is shown a forged value.
+        assert!(
+            (1..=hits).contains(&forger),
+            "a forged token is no session, even for its sender: {forger} after {hits} hits"
+        );
+    }
+    edge.stop().await;
+    merger.terminate().await;
+}
+
+#[tokio::test]
+async fn read_your_writes_survives_a_page_of_batch_reads() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    // Slow syncs and a long read TTL, no isolate cache: the two objects of each liked
+    // counter disagree for seconds, and only the token keeps a client's like in its reads.
+    options.sync_interval_ms = 3000;
+    options.vars.push("READ_TTL_MS:3000".into());
+    options.vars.push("EDGE_CACHE_MS:0".into());
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    // A page of the batch limit: 100 other counters.
+    let page: Vec<String> = (0..100).map(|i| format!("page-{i}")).collect();
+    let page_url = format!("{}/counter?ids={}", edge.url, page.join(","));
+    let mut below = Vec::new();
+    let mut behind_without_token = 0;
+    for liked in served_by_two_objects("liked", CounterKind::G, 4) {
+        let url = format!("{}/{liked}/counter", edge.url);
+        let (status, body, token) = with_session(c.put(&url), None).await;
+        assert_eq!((status, count_of(&body["count"])), (200, Some(1)));
+        let (status, body, token) = with_session(c.get(&page_url), token.as_deref()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(100));
+        let mut token = token.expect("a token");
+        for read in 0..20 {
+            let (status, body, next) = with_session(c.get(&url), Some(&token)).await;
+            assert_eq!(status, 200);
+            let count = count_of(&body["count"]).expect("a count");
+            if count < 1 {
+                below.push(format!("{liked}: read {read} answered {count}"));
+            }
+            token = next.expect("a token");
+            // The same read without the token: does it land on an object that is behind?
+            let (_, body, _) = with_session(c.get(&url), None).await;
+            if count_of(&body["count"]) == Some(0) {
+                behind_without_token += 1;
+            }
+        }
+    }
+    assert!(
+        below.is_empty(),
+        "{} reads below the client's own like after a page of 100:\n{}",
+        below.len(),
+        below.join("\n")
+    );
+    // Without the token the same reads land on objects that are behind: the guarantee comes
+    // from the token, not from luck.
+    eprintln!("tokenless reads of a liked counter answering 0: {behind_without_token} of 80");
+    assert!(behind_without_token > 0, "the objects never diverged");
     edge.stop().await;
     merger.terminate().await;
 }

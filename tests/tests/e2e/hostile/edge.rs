@@ -207,26 +207,6 @@ fn edge_cases() -> Vec<Case> {
         )
         .expect(400, "invalid_query"),
         at_edge("PUT on a batch", "PUT", "/counter?ids=a").expect(405, "method_not_allowed"),
-        // Session tokens.
-        at_edge("session token that is no token", "GET", counter)
-            .header("Tally-Session", "hello")
-            .expect(400, "invalid_session"),
-        at_edge("session token with a bad count", "GET", counter)
-            .header("Tally-Session", "g:hostile=-5")
-            .expect(400, "invalid_session"),
-        at_edge("session token naming a counter twice", "PUT", counter)
-            .header("Tally-Session", "g:a=1,g:a=2")
-            .json(hit)
-            .expect(400, "invalid_session"),
-        at_edge("session token of 33 counters", "GET", counter)
-            .header(
-                "Tally-Session",
-                &(0..33)
-                    .map(|i| format!("g:c{i}=1"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .expect(400, "invalid_session"),
         // The write policy: public hits add 1; more, and gauge writes, need the write key.
         put_json("public delta of 2", counter, r#"{"delta":2}"#).expect(401, "write_key_required"),
         put_json("public gauge write", gauge, hit).expect(401, "write_key_required"),
