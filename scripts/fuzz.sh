@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes tally-crdt with cargo-fuzz (libFuzzer): the sync body decoder (`sync_request`) and the
-# CRDT merge laws (`merge`). The targets are in fuzz/ (its own workspace, not a member of the
+# Fuzzes tally-crdt with cargo-fuzz (libFuzzer): the sync body decoder (`sync_request`), the
+# G/PN-Counter merge laws (`merge`) and the counter lattice's laws over histories (`lattice`). The targets are in fuzz/ (its own workspace, not a member of the
 # root one).
 #
 #   bash scripts/fuzz.sh                      # build, then every target for FUZZ_SECONDS (20 s) each
@@ -32,7 +32,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 CARGO_FUZZ_VERSION=0.13.2
 mode=all
 case "${1:-}" in build|run) mode=$1; shift ;; esac
-targets=(sync_request merge)
+targets=(sync_request merge lattice)
 [ $# -gt 0 ] && targets=("$@")
 
 log() { printf '[fuzz] %s\n' "$*" >&2; }

@@ -208,41 +208,9 @@ impl View {
     }
 }
 
-/// A lower bound of a counter's totals within one epoch: a value the system really held.
-///
-/// A reset starts a new epoch whose totals start again from zero, so bounds compare by epoch
-/// first: any bound of a later epoch is newer than every bound of an earlier one, and within
-/// an epoch both halves only grow.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Bound {
-    /// The totals.
-    pub totals: GlobalTotals,
-    /// Their epoch.
-    pub epoch: u64,
-}
-
-impl Bound {
-    /// Of two bounds, the tighter: the later epoch's, or within one epoch the larger of
-    /// each half.
-    #[must_use]
-    pub fn join(self, other: Bound) -> Bound {
-        match self.epoch.cmp(&other.epoch) {
-            std::cmp::Ordering::Less => other,
-            std::cmp::Ordering::Greater => self,
-            std::cmp::Ordering::Equal => Bound {
-                totals: self.totals.join(other.totals),
-                epoch: self.epoch,
-            },
-        }
-    }
-
-    /// Whether `self` is at least as new as `other`: a later epoch, or the same with both
-    /// halves at least as high.
-    pub fn covers(self, other: Bound) -> bool {
-        self.epoch > other.epoch
-            || (self.epoch == other.epoch && self.totals.dominates(other.totals))
-    }
-}
+/// A lower bound of a counter's totals within one epoch: the summary value of the counter
+/// lattice ([`tally_crdt::Bound`]), what a view, the isolate cache and a session token hold.
+pub use tally_crdt::Bound;
 
 impl Entry {
     /// Takes the merger's answer unless it is older than what was heard (several mergers

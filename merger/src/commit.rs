@@ -220,7 +220,17 @@ impl CommitTask {
         let replica = job.request.replica;
         let answer = match self.store.retire(replica, now()).await {
             Ok(retired) => {
-                self.db.apply_retire(replica, &retired);
+                let held = self.db.apply_retire(replica, &retired);
+                if !held.is_empty() {
+                    // The held counters take the bases that now name the replica.
+                    match self.store.load(&held).await {
+                        Ok(loaded) => self.db.refresh(loaded),
+                        Err(e) => {
+                            warn!(error = %e, %replica, "reload after a retirement failed");
+                            self.db.forget(&held);
+                        }
+                    }
+                }
                 let folded = u64::try_from(retired.folded.len()).unwrap_or(u64::MAX);
                 self.metrics.retirements.inc();
                 self.metrics.slots_folded.inc_by(folded);

@@ -24,46 +24,29 @@ use axum::body::Bytes;
 
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
-use tally_crdt::{CounterKey, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{
+    CounterKey, CounterState, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp,
+};
 
-use crate::store::{Epoch, SlotRow, StoredCounter, minus};
+use crate::store::{Epoch, SlotRow, StoredCounter};
 
 /// One region's share of a counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegionShare {
-    /// Totals over the slots of this region's replicas.
+    /// Totals over the slots and base of this region, above its cut.
     pub totals: GlobalTotals,
     /// Latest sync of this counter from this region.
     pub last_sync: Timestamp,
 }
 
-/// One live slot as held.
-#[derive(Debug, Clone)]
-struct Slot {
-    totals: SlotTotals,
-    /// Its replica's region of record.
-    region: Arc<str>,
-}
-
-/// One merged counter (possibly one nobody has hit: no slots, no `updated_at`).
+/// One merged counter (possibly one nobody has hit: no slots, no `updated_at`): its state,
+/// the lattice of `tally_crdt` ([`CounterState`]), and what this cache keeps beside it.
 #[derive(Debug, Default)]
 pub struct Counter {
-    /// Every live replica's slot, merged with max (for kind `g` the decrement half stays 0).
-    slots: BTreeMap<ReplicaId, Slot>,
-    /// Per region, the sums of retired replicas' slots.
-    bases: BTreeMap<Arc<str>, GlobalTotals>,
-    /// Retirements that folded slots of this counter, as of what is held.
-    folds: u64,
-    /// Its resets, as of what is held.
-    epoch: Epoch,
-    /// Per region, the sums of slots and bases at the last reset (empty if never reset).
-    cuts: BTreeMap<Arc<str>, GlobalTotals>,
-    /// Sums of the slots and bases minus the cuts, kept up to date on every merge.
-    totals: GlobalTotals,
-    /// Per-region sums (minus the cuts) and last syncs.
-    regions: BTreeMap<Arc<str>, RegionShare>,
-    /// Replicas with a non-zero live slot.
-    replicas: usize,
+    /// Slots, bases with their retired replicas, epoch and cuts; every merge is its join.
+    state: CounterState,
+    /// Per region, the latest sync of this counter from it.
+    last_sync: BTreeMap<Arc<str>, Timestamp>,
     /// Last time a slot grew; `None` while no slot has.
     updated_at: Option<Timestamp>,
     /// Read since the clock hand last passed.
@@ -76,19 +59,25 @@ pub struct Counter {
 impl Counter {
     /// Global totals in the current epoch (`p - n` is the count).
     pub fn totals(&self) -> GlobalTotals {
-        self.totals
+        self.state.value()
     }
     /// Its resets.
     pub fn epoch(&self) -> Epoch {
-        self.epoch
+        self.state.epoch()
     }
-    /// Per-region shares.
-    pub fn regions(&self) -> &BTreeMap<Arc<str>, RegionShare> {
-        &self.regions
+    /// Per-region shares, in region order.
+    pub fn regions(&self) -> impl Iterator<Item = (&Arc<str>, RegionShare)> {
+        self.state.shares().iter().map(|(region, totals)| {
+            let share = RegionShare {
+                totals: *totals,
+                last_sync: self.last_sync.get(region).copied().unwrap_or_default(),
+            };
+            (region, share)
+        })
     }
     /// Number of live replicas with a non-zero slot.
     pub fn replicas(&self) -> usize {
-        self.replicas
+        self.state.replicas()
     }
     /// Last time a slot grew; `None` for a counter nobody has hit.
     pub fn updated_at(&self) -> Option<Timestamp> {
@@ -106,26 +95,19 @@ impl Counter {
 
     /// `replica`'s live slot (zero for none, or a retired one).
     pub fn slot(&self, replica: ReplicaId) -> SlotTotals {
-        self.slots
-            .get(&replica)
-            .map_or_else(SlotTotals::default, |s| s.totals)
+        self.state.slot(replica)
     }
 
     /// The counter as the store holds it.
-    fn from_stored(stored: StoredCounter) -> Counter {
+    fn from_stored(stored: &StoredCounter) -> Counter {
         let mut counter = Counter::default();
         counter.merge_stored(stored);
         counter
     }
 
-    /// Merges a load of the store into what is held.
-    ///
-    /// Two views that went through the same retirements (`folds`) merge slot by slot with
-    /// max, and bases by region with max. Across a retirement, a slot one view holds and
-    /// the other lacks may have been folded into a base: the view that went through more
-    /// retirements decides which replicas are live, and its bases stand (a live slot it
-    /// lacks, committed after it was read, comes back with that replica's next sync).
-    fn merge_stored(&mut self, stored: StoredCounter) {
+    /// Merges a load of the store into what is held: the join of the two states, and the
+    /// latest times of both.
+    fn merge_stored(&mut self, stored: &StoredCounter) {
         self.rendered.take();
         for slot in &stored.slots {
             self.touched(Some(&Arc::from(slot.region.as_str())), slot.at);
@@ -133,84 +115,15 @@ impl Counter {
         for (region, _, at) in &stored.bases {
             self.touched(Some(&Arc::from(region.as_str())), *at);
         }
-        // A reset replaces the cuts; the slots merge the same way in any epoch.
-        if stored.epoch.number > self.epoch.number {
-            self.epoch = stored.epoch;
-            self.cuts = stored
-                .cuts
-                .iter()
-                .map(|(region, cut)| (Arc::from(region.as_str()), *cut))
-                .collect();
-            if let Some(at) = stored.epoch.at {
-                self.touched(None, at);
-            }
+        if stored.epoch.number > self.state.epoch().number
+            && let Some(at) = stored.epoch.at
+        {
+            self.touched(None, at);
         }
-        let live: BTreeMap<ReplicaId, Slot> = stored
-            .slots
-            .into_iter()
-            .map(|s| {
-                (
-                    s.replica,
-                    Slot {
-                        totals: s.totals,
-                        region: Arc::from(s.region),
-                    },
-                )
-            })
-            .collect();
-        let bases: BTreeMap<Arc<str>, GlobalTotals> = stored
-            .bases
-            .into_iter()
-            .map(|(region, totals, _)| (Arc::from(region), totals))
-            .collect();
-        match stored.folds.cmp(&self.folds) {
-            std::cmp::Ordering::Equal => {
-                for (replica, slot) in live {
-                    let held = self.slots.entry(replica).or_insert_with(|| Slot {
-                        totals: SlotTotals::default(),
-                        region: Arc::clone(&slot.region),
-                    });
-                    held.totals = held.totals.join(slot.totals);
-                }
-                for (region, base) in bases {
-                    let held = self.bases.entry(region).or_default();
-                    *held = held.join(base);
-                }
-            }
-            std::cmp::Ordering::Greater => {
-                let mut merged = live;
-                for (replica, slot) in merged.iter_mut() {
-                    if let Some(held) = self.slots.get(replica) {
-                        slot.totals = slot.totals.join(held.totals);
-                    }
-                }
-                self.slots = merged;
-                self.bases = bases;
-                self.folds = stored.folds;
-            }
-            std::cmp::Ordering::Less => {
-                for (replica, slot) in live {
-                    if let Some(held) = self.slots.get_mut(&replica) {
-                        held.totals = held.totals.join(slot.totals);
-                    }
-                }
-            }
-        }
-        self.recompute();
+        self.state.join(&stored.state());
     }
 
-    /// Folds `replica`'s final slot (as the store folded it) into its region's base.
-    fn fold(&mut self, replica: ReplicaId, region: &Arc<str>, totals: SlotTotals) {
-        self.rendered.take();
-        self.slots.remove(&replica);
-        let base = self.bases.entry(Arc::clone(region)).or_default();
-        base.p += u128::from(totals.p);
-        base.n += u128::from(totals.n);
-        self.folds += 1;
-        self.recompute();
-    }
-
-    /// Merges one slot (max). Returns whether it grew.
+    /// Merges one committed slot (max). Returns whether it grew.
     fn merge_slot(
         &mut self,
         replica: ReplicaId,
@@ -218,36 +131,15 @@ impl Counter {
         totals: SlotTotals,
         at: Timestamp,
     ) -> bool {
-        let slot = self.slots.entry(replica).or_insert_with(|| Slot {
-            totals: SlotTotals::default(),
-            region: Arc::clone(region),
-        });
-        let before = slot.totals;
-        if before.dominates(totals) {
+        if !self.state.merge_slot(replica, region, totals) {
             return false;
         }
-        slot.totals = before.join(totals);
-        let after = slot.totals;
-        let region = Arc::clone(&slot.region);
-        if self.cuts.is_empty() {
-            // Slots only grow, so these differences are non-negative; sums of u64 slots fit
-            // u128.
-            let (dp, dn) = (
-                u128::from(after.p - before.p),
-                u128::from(after.n - before.n),
-            );
-            self.totals.p += dp;
-            self.totals.n += dn;
-            let share = self.regions.entry(Arc::clone(&region)).or_default();
-            share.totals.p += dp;
-            share.totals.n += dn;
-            if before == SlotTotals::default() {
-                self.replicas += 1;
-            }
-        } else {
-            // After a reset: the sums minus the cuts, from scratch (a few slots per region).
-            self.recompute();
-        }
+        // The slot's region of record: the one it was first held with.
+        let region = self
+            .state
+            .slots()
+            .get(&replica)
+            .map_or_else(|| Arc::clone(region), |s| Arc::clone(&s.region));
         self.touched(Some(&region), at);
         true
     }
@@ -256,54 +148,20 @@ impl Counter {
     fn touched(&mut self, region: Option<&Arc<str>>, at: Timestamp) {
         self.rendered.take();
         if let Some(region) = region {
-            let share = self.regions.entry(Arc::clone(region)).or_default();
-            share.last_sync = share.last_sync.max(at);
+            let last = self.last_sync.entry(Arc::clone(region)).or_default();
+            *last = (*last).max(at);
         }
         self.updated_at = Some(self.updated_at.map_or(at, |u| u.max(at)));
-    }
-
-    /// Sums, region shares and replica count from the slots, bases and cuts (last syncs are
-    /// kept).
-    fn recompute(&mut self) {
-        self.rendered.take();
-        let mut totals = GlobalTotals::default();
-        let mut shares: BTreeMap<Arc<str>, GlobalTotals> = BTreeMap::new();
-        for slot in self.slots.values() {
-            let share = shares.entry(Arc::clone(&slot.region)).or_default();
-            share.p += u128::from(slot.totals.p);
-            share.n += u128::from(slot.totals.n);
-        }
-        for (region, base) in &self.bases {
-            let share = shares.entry(Arc::clone(region)).or_default();
-            share.p += base.p;
-            share.n += base.n;
-        }
-        for (region, share) in &mut shares {
-            if let Some(cut) = self.cuts.get(region) {
-                *share = minus(*share, *cut);
-            }
-            totals.p += share.p;
-            totals.n += share.n;
-        }
-        self.totals = totals;
-        for (region, share) in shares {
-            self.regions.entry(region).or_default().totals = share;
-        }
-        self.replicas = self
-            .slots
-            .values()
-            .filter(|s| s.totals != SlotTotals::default())
-            .count();
     }
 
     /// As the protocol answers it, with `replica`'s recorded slot (zero without one).
     pub fn merged(&self, key: &CounterKey, replica: Option<ReplicaId>) -> MergedCounter {
         MergedCounter {
             key: key.clone(),
-            global: self.totals,
+            global: self.totals(),
             recorded: replica.map(|r| self.slot(r)).unwrap_or_default(),
             updated_at: self.updated_at,
-            epoch: self.epoch.number,
+            epoch: self.epoch().number,
             milestones: None,
         }
     }
@@ -311,18 +169,8 @@ impl Counter {
 
 /// What a counter nobody has hit reads as (shared, so never given a rendered body).
 static NOBODY: Counter = Counter {
-    slots: BTreeMap::new(),
-    bases: BTreeMap::new(),
-    folds: 0,
-    epoch: Epoch {
-        number: 0,
-        deleted: false,
-        at: None,
-    },
-    cuts: BTreeMap::new(),
-    totals: GlobalTotals { p: 0, n: 0 },
-    regions: BTreeMap::new(),
-    replicas: 0,
+    state: CounterState::new(),
+    last_sync: BTreeMap::new(),
     updated_at: None,
     referenced: AtomicBool::new(false),
     rendered: OnceLock::new(),
@@ -532,19 +380,26 @@ impl Db {
         answer
     }
 
-    /// Applies a retirement the store committed: each folded slot leaves its held counter
-    /// for the base of `region`. Counters not held need nothing (their next load has it).
-    pub fn apply_retire(&self, replica: ReplicaId, retired: &crate::store::Retired) {
+    /// Applies a retirement the store committed to the regions' bookkeeping, and answers the
+    /// held counters it folded a slot of: load them and [`refresh`](Db::refresh) them (the
+    /// load's bases name the retired replica, and the join drops its slot; until then the
+    /// held slot counts the same totals as the base will).
+    pub fn apply_retire(
+        &self,
+        replica: ReplicaId,
+        retired: &crate::store::Retired,
+    ) -> Vec<CounterKey> {
         let region: Arc<str> = Arc::from(retired.region.as_str());
         let mut merged = self.write_lock();
         if let Some(seen) = merged.regions.get_mut(&region) {
             seen.replicas.remove(&replica);
         }
-        for folded in &retired.folded {
-            if let Some(counter) = merged.counters.get_mut(&folded.key) {
-                counter.fold(replica, &region, folded.totals);
-            }
-        }
+        retired
+            .folded
+            .iter()
+            .filter(|f| merged.counters.contains_key(&f.key))
+            .map(|f| f.key.clone())
+            .collect()
     }
 
     /// Applies a reset or delete the store committed: a held counter takes its new epoch
@@ -558,7 +413,7 @@ impl Db {
         merged.evicted_due.remove(&key);
         merged.snapshot_due.remove(&key);
         if let Some(counter) = merged.counters.get_mut(&key) {
-            counter.merge_stored(stored);
+            counter.merge_stored(&stored);
             if !delete {
                 merged.snapshot_due.insert(key);
             }
@@ -571,7 +426,7 @@ impl Db {
         let mut merged = self.write_lock();
         let key = stored.key.clone();
         if let Some(counter) = merged.counters.get_mut(&key) {
-            counter.merge_stored(stored);
+            counter.merge_stored(&stored);
             merged.snapshot_due.insert(key);
         }
     }
@@ -597,7 +452,7 @@ impl Db {
         let mut merged = self.write_lock();
         for stored in loaded {
             if let Some(counter) = merged.counters.get_mut(&stored.key) {
-                counter.merge_stored(stored);
+                counter.merge_stored(&stored);
             }
         }
     }
@@ -621,7 +476,7 @@ impl Db {
         for k in held {
             merged.snapshot_due.remove(&k);
             if let Some(counter) = merged.counters.get(&k) {
-                due.push((k, (counter.totals(), counter.epoch.number)));
+                due.push((k, (counter.totals(), counter.epoch().number)));
             }
         }
         due
@@ -660,7 +515,7 @@ impl Db {
             if merged.evicted_due.len() < self.capacity {
                 merged
                     .evicted_due
-                    .insert(key.clone(), (counter.totals(), counter.epoch.number));
+                    .insert(key.clone(), (counter.totals(), counter.epoch().number));
             } else {
                 self.stats.points_dropped.inc();
             }
@@ -687,11 +542,14 @@ impl Db {
             match merged.counters.get_mut(key) {
                 Some(counter) => {
                     if let Some(stored) = stored {
-                        counter.merge_stored(stored);
+                        counter.merge_stored(&stored);
                     }
                 }
                 None => {
-                    let counter = stored.map(Counter::from_stored).unwrap_or_default();
+                    let counter = stored
+                        .as_ref()
+                        .map(Counter::from_stored)
+                        .unwrap_or_default();
                     merged.counters.insert(key.clone(), counter);
                     self.stats.misses.inc();
                 }
@@ -774,7 +632,7 @@ mod tests {
                 })
                 .collect(),
             bases: Vec::new(),
-            folds: 0,
+            folded: Vec::new(),
             epoch: Epoch::default(),
             cuts: Vec::new(),
         }
@@ -819,9 +677,16 @@ mod tests {
         db.read(&x, |h| {
             let c = h.counter(&key("x"));
             assert_eq!(c.totals(), GlobalTotals { p: 13, n: 1 });
-            assert_eq!(c.regions()["eu"].totals, GlobalTotals { p: 6, n: 1 });
-            assert_eq!(c.regions()["eu"].last_sync, ms(13));
-            assert_eq!(c.regions()["us"].totals, GlobalTotals { p: 7, n: 0 });
+            let regions: BTreeMap<&Arc<str>, RegionShare> = c.regions().collect();
+            assert_eq!(
+                regions[&Arc::from("eu")].totals,
+                GlobalTotals { p: 6, n: 1 }
+            );
+            assert_eq!(regions[&Arc::from("eu")].last_sync, ms(13));
+            assert_eq!(
+                regions[&Arc::from("us")].totals,
+                GlobalTotals { p: 7, n: 0 }
+            );
             assert_eq!((c.replicas(), c.updated_at()), (2, Some(ms(13))));
         })
         .unwrap();
@@ -991,6 +856,15 @@ mod tests {
         }
     }
 
+    /// `x` as the store holds it after replica 1 (eu, at `p`) was folded, with replica 2 (us)
+    /// at `live`.
+    fn after_fold(p: u64, live: u64) -> StoredCounter {
+        let mut after = stored("x", &[(2, "us", live, 0)]);
+        after.bases = vec![("eu".into(), GlobalTotals { p: p.into(), n: 0 }, ms(10))];
+        after.folded = vec![("eu".into(), ReplicaId::from_u128(1))];
+        after
+    }
+
     #[test]
     fn a_fold_moves_a_slot_into_its_regions_base_and_keeps_the_count() {
         let db = Db::new(10, CacheStats::default());
@@ -1002,11 +876,14 @@ mod tests {
             |_| (),
         )
         .unwrap();
-        db.apply_retire(ReplicaId::from_u128(1), &retired("eu", "x", 5));
+        let held = db.apply_retire(ReplicaId::from_u128(1), &retired("eu", "x", 5));
+        assert_eq!(held, x, "the held counter is to be reloaded");
+        db.refresh(vec![after_fold(5, 7)]);
         db.read(&x, |h| {
             let c = h.counter(&key("x"));
             assert_eq!(c.totals(), GlobalTotals { p: 12, n: 0 });
-            assert_eq!(c.regions()["eu"].totals, GlobalTotals { p: 5, n: 0 });
+            let eu = c.regions().find(|(r, _)| &***r == "eu").unwrap().1;
+            assert_eq!(eu.totals, GlobalTotals { p: 5, n: 0 });
             assert_eq!(c.replicas(), 1, "only the live slot is a replica");
             assert_eq!(c.slot(ReplicaId::from_u128(1)), SlotTotals::default());
         })
@@ -1019,7 +896,7 @@ mod tests {
         let x = [key("x")];
         let before = stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)]);
         db.fill(&x, &x, vec![before.clone()], |_| ()).unwrap();
-        db.apply_retire(ReplicaId::from_u128(1), &retired("eu", "x", 5));
+        db.refresh(vec![after_fold(5, 7)]);
         // A read that loaded before the fold lands after it.
         db.refresh(vec![before]);
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 12, n: 0 }));
@@ -1037,15 +914,32 @@ mod tests {
         )
         .unwrap();
         // Another merger retired replica 1 (its slot had reached 6) and replica 2 grew.
-        let mut after = stored("x", &[(2, "us", 9, 0)]);
-        after.bases = vec![("eu".into(), GlobalTotals { p: 6, n: 0 }, ms(10))];
-        after.folds = 1;
-        db.refresh(vec![after]);
+        db.refresh(vec![after_fold(6, 9)]);
         db.read(&x, |h| {
             let c = h.counter(&key("x"));
             assert_eq!(c.totals(), GlobalTotals { p: 15, n: 0 });
             assert_eq!(c.replicas(), 1);
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_slot_born_after_a_fold_survives_a_load_from_between() {
+        // Fails with the fold count of d2f0bce: the load saw one more fold than the cache,
+        // so the cache's slot of replica 3 (committed after the load was read) was dropped.
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.fill(
+            &x,
+            &x,
+            vec![stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)])],
+            |_| (),
+        )
+        .unwrap();
+        // Another merger folded replica 1; this one missed it and committed a new replica.
+        let load = after_fold(5, 7);
+        db.apply_commit(&[slot("x", 3, 4, 0, 20)], |_| Arc::from("eu"), |_| ());
+        db.refresh(vec![load]);
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 16, n: 0 }));
     }
 }

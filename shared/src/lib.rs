@@ -6,6 +6,10 @@
 //! arrive with. This crate holds that algebra and the wire types, once, for both sides:
 //!
 //! - [`ReplicaId`] (`replica.rs`): one replica incarnation, unique per storage lifetime.
+//! - [`CounterState`] (`lattice.rs`): one counter as the system holds it — live slots, the
+//!   bases of retired replicas, the epoch and its cuts — with join, value, fold and reset: the
+//!   lattice the merger holds and its stores persist, and whose [`Bound`] the edge and its
+//!   clients keep.
 //! - [`GCounter`] (`gcounter.rs`): grow-only, one `u64` slot per replica, value `u128`.
 //! - [`PNCounter`] (`pncounter.rs`): up and down, two G-Counters, value `i128`.
 //! - [`SyncRequest`], [`SyncResponse`] and their parts (`sync.rs`): what an edge replica sends
@@ -87,6 +91,7 @@ mod error;
 mod gcounter;
 mod hll;
 mod key;
+mod lattice;
 mod pncounter;
 mod presence;
 #[cfg(feature = "receipt")]
@@ -104,6 +109,7 @@ pub use error::Error;
 pub use gcounter::GCounter;
 pub use hll::HyperLogLog;
 pub use key::CounterKey;
+pub use lattice::{Base, Bound, CounterState, Epoch, Region, Slot, minus};
 pub use pncounter::PNCounter;
 pub use presence::{
     MAX_PRESENCE_TTL_MS, PresenceCount, PresenceRead, PresenceReport, PresenceResponse,

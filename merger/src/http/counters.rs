@@ -10,9 +10,7 @@
 //! hit yet and a counter at zero are the same thing, and a 404 would make every client of
 //! a fresh page handle an error.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -27,7 +25,7 @@ use crate::AppState;
 use crate::error::AppError;
 use crate::http::extract::{CounterPath, NamespacePath};
 use crate::http::schema::{self, CounterId, ErrorResponse, Namespace};
-use crate::state::RegionShare;
+use crate::state::Counter;
 use crate::store::StoredCounter;
 
 /// Default and largest page of `list`.
@@ -51,19 +49,20 @@ pub struct CounterView<'a> {
     #[schema(value_type = Option<schema::Timestamp>, required)]
     updated_at: Option<Timestamp>,
     /// The count over each region's replicas, and the last sync of this counter from there.
-    #[schema(value_type = BTreeMap<String, RegionView>)]
+    #[schema(value_type = std::collections::BTreeMap<String, RegionView>)]
     regions: RegionsView<'a>,
     /// Replica incarnations with a non-zero slot.
     replicas: usize,
 }
 
-/// The per-region shares, written as a JSON object `{"<region>": {"count", "last_sync"}}`.
+/// The per-region shares of a counter, written as a JSON object
+/// `{"<region>": {"count", "last_sync"}}`.
 #[derive(Debug)]
-pub struct RegionsView<'a>(&'a BTreeMap<Arc<str>, RegionShare>);
+pub struct RegionsView<'a>(&'a Counter);
 
 impl Serialize for RegionsView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(region, share)| {
+        s.collect_map(self.0.regions().map(|(region, share)| {
             let view = RegionView {
                 count: count(share.totals),
                 last_sync: share.last_sync,
@@ -187,7 +186,7 @@ pub async fn read(
                     count: count(counter.totals()),
                     epoch: counter.epoch().number,
                     updated_at: counter.updated_at(),
-                    regions: RegionsView(counter.regions()),
+                    regions: RegionsView(counter),
                     replicas: counter.replicas(),
                 };
                 serde_json::to_vec(&view).expect("a view of strings and integers serializes")

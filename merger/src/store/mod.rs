@@ -17,16 +17,18 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+pub use tally_crdt::minus;
 use tally_crdt::{
-    CounterKey, CounterKind, GlobalTotals, HyperLogLog, MilestoneNews, PresenceReport,
-    PresenceTotal, ReplicaId, SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp, Visit,
+    Base, CounterKey, CounterKind, CounterState, GlobalTotals, HyperLogLog, MilestoneNews,
+    PresenceReport, PresenceTotal, Region, ReplicaId, SketchKey, SketchTotal, SketchUpdate,
+    SlotTotals, Timestamp, Visit,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -120,7 +122,8 @@ pub struct StoredSlot {
 }
 
 /// One counter as stored: every live slot of it, the bases its retired slots were folded
-/// into, and the cuts of its last reset.
+/// into with the replicas folded, and the cuts of its last reset — the parts of a
+/// [`CounterState`], with the times the store keeps beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCounter {
     /// The counter.
@@ -130,8 +133,8 @@ pub struct StoredCounter {
     /// Per region, the sums of the slots of its retired replicas, and when the last of
     /// them grew.
     pub bases: Vec<(String, GlobalTotals, Timestamp)>,
-    /// How many retirements folded slots of it.
-    pub folds: u64,
+    /// The retired replicas folded into those bases, with their regions.
+    pub folded: Vec<(String, ReplicaId)>,
     /// Where its resets stand.
     pub epoch: Epoch,
     /// Per region, the sums of its slots and bases at its last reset: the count is the sums
@@ -139,72 +142,51 @@ pub struct StoredCounter {
     pub cuts: Vec<(String, GlobalTotals)>,
 }
 
-/// A counter's resets: how many, whether the last one was a delete, and when.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Epoch {
-    /// Resets and deletes so far.
-    pub number: u64,
-    /// The last one was a delete: the counter is hidden from the lists until it counts again.
-    pub deleted: bool,
-    /// When the last one happened.
-    pub at: Option<Timestamp>,
-}
+pub use tally_crdt::Epoch;
 
 impl StoredCounter {
-    /// The sums of its slots and bases, all epochs together.
-    pub fn raw_totals(&self) -> GlobalTotals {
-        let mut totals = GlobalTotals::default();
-        for slot in &self.slots {
-            totals.p += u128::from(slot.totals.p);
-            totals.n += u128::from(slot.totals.n);
+    /// The counter's state: the lattice its parts are.
+    pub fn state(&self) -> CounterState {
+        let mut bases: BTreeMap<&str, Base> = self
+            .bases
+            .iter()
+            .map(|(region, totals, _)| {
+                let base = Base {
+                    totals: *totals,
+                    replicas: BTreeSet::new(),
+                };
+                (region.as_str(), base)
+            })
+            .collect();
+        for (region, replica) in &self.folded {
+            bases
+                .entry(region.as_str())
+                .or_default()
+                .replicas
+                .insert(*replica);
         }
-        // Sums of u64 slots: u128 overflows only past 2^64 slots.
-        for (_, base, _) in &self.bases {
-            totals.p += base.p;
-            totals.n += base.n;
-        }
-        totals
+        CounterState::from_parts(
+            self.slots
+                .iter()
+                .map(|s| (s.replica, Region::from(s.region.as_str()), s.totals)),
+            bases
+                .into_iter()
+                .map(|(region, base)| (Region::from(region), base)),
+            self.epoch,
+            self.cuts
+                .iter()
+                .map(|(region, cut)| (Region::from(region.as_str()), *cut)),
+        )
     }
 
-    /// Its totals in the current epoch: the sums of its slots and bases minus its cuts.
+    /// Its totals in the current epoch ([`CounterState::value`]).
     pub fn totals(&self) -> GlobalTotals {
-        let mut cut = GlobalTotals::default();
-        for (_, c) in &self.cuts {
-            cut.p += c.p;
-            cut.n += c.n;
-        }
-        minus(self.raw_totals(), cut)
-    }
-
-    /// Per region, the sums of its slots and bases (what a reset cuts).
-    pub fn region_sums(&self) -> BTreeMap<&str, GlobalTotals> {
-        let mut sums: BTreeMap<&str, GlobalTotals> = BTreeMap::new();
-        for slot in &self.slots {
-            let sum = sums.entry(slot.region.as_str()).or_default();
-            sum.p += u128::from(slot.totals.p);
-            sum.n += u128::from(slot.totals.n);
-        }
-        for (region, base, _) in &self.bases {
-            let sum = sums.entry(region.as_str()).or_default();
-            sum.p += base.p;
-            sum.n += base.n;
-        }
-        sums
+        self.state().value()
     }
 
     /// Whether a list shows it: not deleted, or counted again since.
     pub fn listed(&self) -> bool {
         !self.epoch.deleted || self.totals() != GlobalTotals::default()
-    }
-}
-
-/// `sums - cut` per half. The sums only grow and a cut is the sums at a reset, so this is
-/// never negative for totals read with the cut; a cache that lags the store may hold less,
-/// and then reads 0 until it catches up.
-pub fn minus(sums: GlobalTotals, cut: GlobalTotals) -> GlobalTotals {
-    GlobalTotals {
-        p: sums.p.saturating_sub(cut.p),
-        n: sums.n.saturating_sub(cut.n),
     }
 }
 
@@ -217,6 +199,8 @@ pub enum Part {
     Base(String, GlobalTotals, Timestamp),
     /// A region's cut.
     Cut(String, GlobalTotals),
+    /// A retired replica folded into its region's base.
+    Folded(String, ReplicaId),
 }
 
 /// What a reset or a delete asks for.
@@ -959,8 +943,8 @@ where
     }
 }
 
-/// Rows of a backend's parts query (columns `kind`, `name`, `folds`, `epoch`, `deleted`,
-/// `reset_at`, `part` (`s` for a slot, `b` for a base, `c` for a cut), `replica`, `region`,
+/// Rows of a backend's parts query (columns `kind`, `name`, `epoch`, `deleted`, `reset_at`,
+/// `part` (`s` for a slot, `b` for a base, `c` for a cut, `f` for a folded replica), `replica`, `region`,
 /// `p`, `n`, `updated_at`; totals as decimal text), sorted by key, grouped into counters. One
 /// reader for both backends.
 pub fn counters_of<R>(rows: &[R]) -> Result<Vec<StoredCounter>, StoreError>
@@ -980,7 +964,6 @@ where
             u64::try_from(v).map_err(|_| corrupt("counters", format!("{column} {v}")))
         };
         let meta = Meta {
-            folds: count("folds")?,
             epoch: Epoch {
                 number: count("epoch")?,
                 deleted: row.try_get("deleted")?,
@@ -997,6 +980,10 @@ where
         };
         let part = match row.try_get::<&str, _>("part")? {
             "c" => Part::Cut(row.try_get("region")?, totals("cuts")?),
+            "f" => Part::Folded(
+                row.try_get("region")?,
+                replica_of("folded", row.try_get("replica")?)?,
+            ),
             "b" => Part::Base(
                 row.try_get("region")?,
                 totals("bases")?,
@@ -1020,8 +1007,6 @@ where
 /// What a parts row says of its counter as a whole.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Meta {
-    /// Retirements that folded its slots.
-    pub folds: u64,
     /// Its resets.
     pub epoch: Epoch,
 }
@@ -1060,7 +1045,7 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
                     key,
                     slots: Vec::new(),
                     bases: Vec::new(),
-                    folds: meta.folds,
+                    folded: Vec::new(),
                     epoch: meta.epoch,
                     cuts: Vec::new(),
                 });
@@ -1071,23 +1056,21 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
             Part::Slot(slot) => counter.slots.push(slot),
             Part::Base(region, totals, at) => counter.bases.push((region, totals, at)),
             Part::Cut(region, totals) => counter.cuts.push((region, totals)),
+            Part::Folded(region, replica) => counter.folded.push((region, replica)),
         }
     }
     counters
 }
 
-/// The cuts a reset of `counter` writes: the sums of its slots and bases per region, and
-/// zero for a region cut before that has nothing now (not reachable: slots and bases never
-/// leave their region).
+/// The cuts a reset of `counter` writes ([`CounterState::reset`]): the sums of its slots and
+/// bases per region, and zero for a region cut before that has nothing now (not reachable:
+/// slots and bases never leave their region).
 pub fn new_cuts(counter: &StoredCounter) -> Vec<(String, GlobalTotals)> {
-    let mut sums: BTreeMap<&str, GlobalTotals> = counter
-        .cuts
-        .iter()
-        .map(|(region, _)| (region.as_str(), GlobalTotals::default()))
-        .collect();
-    sums.extend(counter.region_sums());
-    sums.into_iter()
-        .map(|(region, t)| (region.to_owned(), t))
+    counter
+        .state()
+        .region_sums()
+        .into_iter()
+        .map(|(region, t)| (region.to_string(), t))
         .collect()
 }
 

@@ -199,23 +199,27 @@ const UPSERT_HISTORY: &str = "\
         n = GREATEST(h.n, excluded.n)";
 
 /// The columns of `counters` a parts query carries on every row.
-const K_COLUMNS: &str = "c.id, c.kind, c.name, c.folds, c.epoch, c.deleted, c.reset_at";
+const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
 
 /// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
 /// region, bases and cuts; sorted by key (and, within a counter, slots by replica).
 const PARTS_OF_K: &str = "\
-    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
         r.region, s.p::text AS p, s.n::text AS n, s.updated_at \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
-    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, \
         b.p::text, b.n::text, b.updated_at \
     FROM k JOIN bases b ON b.counter = k.id \
     UNION ALL \
-    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
         x.p::text, x.n::text, 0 \
     FROM k JOIN cuts x ON x.counter = k.id \
-    ORDER BY 1, 2, 7 DESC, 8";
+    UNION ALL \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
+        NULL, 0 \
+    FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
+    ORDER BY 1, 2, 6 DESC, 7";
 
 /// One round of the watcher's catch-up: the counters of slots or cuts changed by transactions
 /// in `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
@@ -363,8 +367,9 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE counters SET folds = folds + 1 \
-                 WHERE id IN (SELECT counter FROM slots WHERE replica = $1)",
+                "INSERT INTO folded (counter, replica) \
+                 SELECT counter, replica FROM slots WHERE replica = $1 ORDER BY counter \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(id)
             .execute(&mut *tx)

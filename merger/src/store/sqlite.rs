@@ -76,22 +76,26 @@ impl SqliteStore {
 }
 
 /// The columns of `counters` a parts query carries on every row.
-const K_COLUMNS: &str = "c.id, c.kind, c.name, c.folds, c.epoch, c.deleted, c.reset_at";
+const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
 
 /// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
 /// region, bases and cuts; sorted by key.
 const PARTS_OF_K: &str = "\
-    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
         r.region, s.p, s.n, s.updated_at \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
-    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, b.p, \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, b.p, \
         b.n, b.updated_at \
     FROM k JOIN bases b ON b.counter = k.id \
     UNION ALL \
-    SELECT k.kind, k.name, k.folds, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
         c.n, 0 \
     FROM k JOIN cuts c ON c.counter = k.id \
+    UNION ALL \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
+        NULL, 0 \
+    FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
     ORDER BY 1, 2";
 
 #[async_trait]
@@ -294,8 +298,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE counters SET folds = folds + 1 \
-                 WHERE id IN (SELECT counter FROM slots WHERE replica = ?1)",
+                "INSERT INTO folded (counter, replica) \
+                 SELECT counter, replica FROM slots WHERE replica = ?1 \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(id)
             .execute(&mut *tx)

@@ -11,6 +11,7 @@ mod bounded;
 mod history;
 mod idempotence;
 mod import;
+mod lattice;
 mod milestones;
 mod openapi;
 mod postgres_store;

@@ -687,7 +687,7 @@ async fn a_retired_replica_is_folded_into_the_base_and_its_late_syncs_are_ignore
     let loaded = a.load(std::slice::from_ref(&k)).await.expect("load");
     let counter = &loaded[0];
     assert_eq!(counter.totals(), GlobalTotals { p: 12, n: 0 });
-    assert_eq!(counter.folds, 1);
+    assert_eq!(counter.folded, [("eu".to_owned(), replica(1))]);
     assert_eq!(counter.slots.len(), 1, "only replica 2 is live");
     assert_eq!(counter.bases[0].0, "eu");
     assert_eq!(a.replica_count().await.expect("count"), 1);

@@ -1,0 +1,155 @@
+//! The counter lattice (`CounterState`) under fuzzer-chosen histories: hits in replicas of two
+//! regions, retirements and resets applied by one writer (the store), and views of that
+//! history as a merger's cache can hold them — a load at some step with slots of later
+//! commits and later retirements applied to it, in either order.
+//!
+//! - join is commutative, associative and idempotent over those views;
+//! - the latest state dominates every view, and its value is exactly what was counted since
+//!   the last reset (totals near `u64::MAX` included: no panic, no wrap);
+//! - a fold keeps the value; within an epoch a join never lowers it.
+#![no_main]
+
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use tally_crdt::{Base, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp};
+
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum Op {
+    /// Object `object % 6` counts `p` up and `n` down (small, or near `u64::MAX`).
+    Hit {
+        object: u8,
+        p: u8,
+        n: u8,
+        huge: bool,
+    },
+    /// Object `object % 6` rotates: its incarnation is retired.
+    Retire { object: u8 },
+    /// The counter is reset (or deleted).
+    Reset { delete: bool },
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    ops: Vec<Op>,
+    /// Three views: (load step, later step, which slots and folds they take, folds first).
+    views: [(u8, u8, u16, bool); 3],
+}
+
+fn region(object: u8) -> Region {
+    Arc::from(if object.is_multiple_of(2) { "eu" } else { "us" })
+}
+
+struct Fold {
+    at: usize,
+    region: Region,
+    base: Base,
+}
+
+fuzz_target!(|input: Input| {
+    let mut state = CounterState::new();
+    let mut incarnation = [0u128; 6];
+    let mut counted = GlobalTotals::default();
+    let mut states = vec![state.clone()];
+    let mut folds: Vec<Fold> = Vec::new();
+    for (step, op) in input.ops.iter().take(64).enumerate() {
+        match *op {
+            Op::Hit { object, p, n, huge } => {
+                let object = object % 6;
+                let replica = ReplicaId::from_u128(
+                    u128::from(object) << 64 | incarnation[usize::from(object)] + 1,
+                );
+                let own = state.slot(replica);
+                let (dp, dn) = if huge {
+                    (u64::MAX / 4 - u64::from(p), u64::MAX / 4 - u64::from(n))
+                } else {
+                    (u64::from(p), u64::from(n))
+                };
+                let (Some(tp), Some(tn)) = (own.p.checked_add(dp), own.n.checked_add(dn)) else {
+                    continue;
+                };
+                let grew = state.merge_slot(replica, &region(object), SlotTotals { p: tp, n: tn });
+                assert_eq!(grew, dp > 0 || dn > 0);
+                counted.p += u128::from(dp);
+                counted.n += u128::from(dn);
+            }
+            Op::Retire { object } => {
+                let object = object % 6;
+                let replica = ReplicaId::from_u128(
+                    u128::from(object) << 64 | incarnation[usize::from(object)] + 1,
+                );
+                let value = state.value();
+                if let Some((region, base)) = state.retire(replica) {
+                    assert_eq!(state.value(), value, "a fold keeps the value");
+                    incarnation[usize::from(object)] += 1;
+                    folds.push(Fold {
+                        at: states.len(),
+                        region,
+                        base,
+                    });
+                }
+            }
+            Op::Reset { delete } => {
+                let ms = i64::try_from(step).unwrap_or(i64::MAX);
+                state.reset(Timestamp::from_unix_ms(ms), delete);
+                counted = GlobalTotals::default();
+            }
+        }
+        states.push(state.clone());
+    }
+    assert_eq!(
+        state.value(),
+        counted,
+        "the value is what was counted since the reset"
+    );
+
+    let views: Vec<CounterState> = input
+        .views
+        .iter()
+        .map(|&(load, later, picks, folds_first)| {
+            let load = usize::from(load) % states.len();
+            let commit = load + usize::from(later) % (states.len() - load);
+            let mut view = states[load].clone();
+            let apply_folds = |view: &mut CounterState| {
+                for (i, fold) in folds.iter().enumerate() {
+                    if fold.at > load && fold.at <= commit && picks & (1 << (6 + i % 10)) != 0 {
+                        view.fold(&fold.region, &fold.base);
+                    }
+                }
+            };
+            if folds_first {
+                apply_folds(&mut view);
+            }
+            for (replica, slot) in states[commit].slots() {
+                if picks & (1 << ((replica.as_u128() >> 64) % 6)) != 0 {
+                    view.merge_slot(*replica, &slot.region, slot.totals);
+                }
+            }
+            if !folds_first {
+                apply_folds(&mut view);
+            }
+            view
+        })
+        .collect();
+    let join = |a: &CounterState, b: &CounterState| {
+        let mut j = a.clone();
+        j.join(b);
+        j
+    };
+    let (a, b, c) = (&views[0], &views[1], &views[2]);
+    assert_eq!(join(a, b), join(b, a));
+    assert_eq!(join(&join(a, b), c), join(a, &join(b, c)));
+    assert_eq!(join(a, a), *a);
+    for v in &views {
+        assert_eq!(
+            join(v, &state),
+            state,
+            "the latest state dominates every view"
+        );
+    }
+    let ab = join(a, b);
+    if ab.epoch().number == a.epoch().number {
+        assert!(ab.value().dominates(a.value()), "a join lowered the value");
+    }
+});

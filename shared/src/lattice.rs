@@ -1,0 +1,561 @@
+//! [`CounterState`]: one counter as tally really holds it — the lattice every part runs.
+//!
+//! A counter is counted in many replica *incarnations* (an edge object's id until it rotates,
+//! [`ReplicaId`]), each owning one slot of totals (`p` increments, `n` decrements) that only
+//! grows. An incarnation that rotated is *retired*: its final slot is folded into its region's
+//! *base* and the slot goes, so the slots a counter holds stay bounded by the live objects.
+//! A *reset* starts a new epoch: the sums of every region at that moment become its *cuts*,
+//! and the count is what grew above them. So the state is:
+//!
+//! - `slots`: per live replica, its region and totals;
+//! - `bases`: per region, the sums of the final slots of its retired replicas, with those
+//!   replicas (their tombstones: a slot of one of them is never live again);
+//! - `epoch` (how many resets, whether the last was a delete, when) and `cuts`.
+//!
+//! Every change is a join with a small state, so any two views of a counter merge in any
+//! order, any number of times, and a change applied twice or late is still right:
+//! [`join`](CounterState::join) takes per region the base that holds more retired replicas
+//! (one writer — the store — folds one replica at a time, so of two bases of a region one
+//! holds every replica of the other, and its sums), the max per live replica of the slots (a
+//! slot of a replica in a base goes), and the later epoch with its cuts. The laws —
+//! commutative, associative, idempotent, a value that never goes back within an epoch, a fold
+//! that keeps it — are checked over random histories in `shared/tests/lattice.rs`.
+//! [`merge_slot`](CounterState::merge_slot), [`fold`](CounterState::fold) and
+//! [`reset`](CounterState::reset) are the changes a commit makes;
+//! [`value`](CounterState::value) is the count in the current epoch: per region, the slots
+//! and base above its cut (never below zero: a view that lags the store may hold less than a
+//! cut), summed.
+//!
+//! [`Bound`] is the summary a reader keeps of a counter — its totals in an epoch, a lower
+//! bound the system really held — with its own join: the later epoch wins whatever its
+//! totals, and within an epoch each half takes its max.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
+use core::cmp::Ordering;
+
+use crate::{GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+
+/// A region's name, shared by every slot, base and cut of it.
+pub type Region = Arc<str>;
+
+/// A counter's resets: how many, whether the last one was a delete, and when.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Epoch {
+    /// Resets and deletes so far.
+    pub number: u64,
+    /// The last one was a delete: the counter is hidden from the lists until it counts again.
+    pub deleted: bool,
+    /// When the last one happened.
+    pub at: Option<Timestamp>,
+}
+
+/// One live replica's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The replica's region of record.
+    pub region: Region,
+    /// Its totals.
+    pub totals: SlotTotals,
+}
+
+/// One region's retired replicas: the sums of their final slots, and which they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Base {
+    /// The sums of their final slots.
+    pub totals: GlobalTotals,
+    /// The replicas folded into it.
+    pub replicas: BTreeSet<ReplicaId>,
+}
+
+impl Base {
+    /// Of two bases of one region, the later: the one holding more replicas (one writer folds
+    /// one at a time, so it holds every replica of the other), then the larger sums.
+    fn join(&mut self, other: &Base) {
+        let later = match other.replicas.len().cmp(&self.replicas.len()) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => other.totals.dominates(self.totals) && other.totals != self.totals,
+        };
+        if later {
+            self.clone_from(other);
+        }
+    }
+}
+
+/// One counter's state: slots, bases with their retired replicas, epoch and cuts, with the
+/// sums kept up to date.
+#[derive(Debug, Clone, Default)]
+pub struct CounterState {
+    slots: BTreeMap<ReplicaId, Slot>,
+    bases: BTreeMap<Region, Base>,
+    epoch: Epoch,
+    cuts: BTreeMap<Region, GlobalTotals>,
+    /// Every replica of every base.
+    retired: BTreeSet<ReplicaId>,
+    /// Per region: its slots and base minus its cut.
+    shares: BTreeMap<Region, GlobalTotals>,
+    /// The sum of the shares.
+    value: GlobalTotals,
+    /// Live replicas with a non-zero slot.
+    replicas: usize,
+}
+
+/// Equal states hold the same slots, bases, epoch and cuts (the sums follow).
+impl PartialEq for CounterState {
+    fn eq(&self, other: &CounterState) -> bool {
+        self.slots == other.slots
+            && self.bases == other.bases
+            && self.epoch == other.epoch
+            && self.cuts == other.cuts
+    }
+}
+
+impl Eq for CounterState {}
+
+impl CounterState {
+    /// A counter nobody has counted.
+    pub const fn new() -> CounterState {
+        CounterState {
+            slots: BTreeMap::new(),
+            bases: BTreeMap::new(),
+            epoch: Epoch {
+                number: 0,
+                deleted: false,
+                at: None,
+            },
+            cuts: BTreeMap::new(),
+            retired: BTreeSet::new(),
+            shares: BTreeMap::new(),
+            value: GlobalTotals { p: 0, n: 0 },
+            replicas: 0,
+        }
+    }
+
+    /// A state from its parts, as a store holds them (a replica listed twice keeps the max of
+    /// its slots, a region listed twice its later base and the max of its cuts; a slot of a
+    /// replica in a base is left out).
+    pub fn from_parts(
+        slots: impl IntoIterator<Item = (ReplicaId, Region, SlotTotals)>,
+        bases: impl IntoIterator<Item = (Region, Base)>,
+        epoch: Epoch,
+        cuts: impl IntoIterator<Item = (Region, GlobalTotals)>,
+    ) -> CounterState {
+        let mut state = CounterState {
+            epoch,
+            ..CounterState::default()
+        };
+        for (region, base) in bases {
+            state.bases.entry(region).or_default().join(&base);
+        }
+        state.retired = state
+            .bases
+            .values()
+            .flat_map(|b| b.replicas.iter().copied())
+            .collect();
+        for (replica, region, totals) in slots {
+            if !state.retired.contains(&replica) {
+                state.join_slot(replica, region, totals);
+            }
+        }
+        for (region, cut) in cuts {
+            let held = state.cuts.entry(region).or_default();
+            *held = held.join(cut);
+        }
+        state.recompute();
+        state
+    }
+
+    /// The count in the current epoch, per half: the sum of [`shares`](Self::shares).
+    pub fn value(&self) -> GlobalTotals {
+        self.value
+    }
+
+    /// Per region, its slots and base above its cut.
+    pub fn shares(&self) -> &BTreeMap<Region, GlobalTotals> {
+        &self.shares
+    }
+
+    /// The live slots.
+    pub fn slots(&self) -> &BTreeMap<ReplicaId, Slot> {
+        &self.slots
+    }
+
+    /// `replica`'s live slot (zero for none, or a retired one).
+    pub fn slot(&self, replica: ReplicaId) -> SlotTotals {
+        self.slots
+            .get(&replica)
+            .map_or_else(SlotTotals::default, |s| s.totals)
+    }
+
+    /// Per region, its retired replicas and the sums of their final slots.
+    pub fn bases(&self) -> &BTreeMap<Region, Base> {
+        &self.bases
+    }
+
+    /// Whether `replica` is retired here (its final slot is in a base).
+    pub fn is_retired(&self, replica: ReplicaId) -> bool {
+        self.retired.contains(&replica)
+    }
+
+    /// Its resets.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Per region, the sums at the last reset (empty if never reset).
+    pub fn cuts(&self) -> &BTreeMap<Region, GlobalTotals> {
+        &self.cuts
+    }
+
+    /// Live replicas with a non-zero slot.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// The summary a reader keeps: the value in the current epoch.
+    pub fn bound(&self) -> Bound {
+        Bound {
+            totals: self.value,
+            epoch: self.epoch.number,
+        }
+    }
+
+    /// Per region, the sums of its slots and base, all epochs together: what a reset cuts
+    /// (a region cut before that holds nothing now is cut at zero).
+    pub fn region_sums(&self) -> BTreeMap<Region, GlobalTotals> {
+        let mut sums: BTreeMap<Region, GlobalTotals> = self
+            .cuts
+            .keys()
+            .map(|region| (Arc::clone(region), GlobalTotals::default()))
+            .collect();
+        sums.extend(self.sums_of_parts());
+        sums
+    }
+
+    /// Per region that has a slot or a base, their sums.
+    fn sums_of_parts(&self) -> BTreeMap<Region, GlobalTotals> {
+        let mut sums: BTreeMap<Region, GlobalTotals> = BTreeMap::new();
+        for slot in self.slots.values() {
+            let sum = sums.entry(Arc::clone(&slot.region)).or_default();
+            // Sums of u64 slots: a u128 overflows only past 2^64 slots.
+            sum.p += u128::from(slot.totals.p);
+            sum.n += u128::from(slot.totals.n);
+        }
+        for (region, base) in &self.bases {
+            let sum = sums.entry(Arc::clone(region)).or_default();
+            sum.p += base.totals.p;
+            sum.n += base.totals.n;
+        }
+        sums
+    }
+
+    /// Whether `self` holds everything `other` does: joining `other` changes nothing.
+    pub fn dominates(&self, other: &CounterState) -> bool {
+        let mut joined = self.clone();
+        joined.join(other);
+        joined == *self
+    }
+
+    /// Merges another view of this counter into this one (see the module's text).
+    pub fn join(&mut self, other: &CounterState) {
+        if other.epoch.number > self.epoch.number {
+            self.epoch = other.epoch;
+            self.cuts.clone_from(&other.cuts);
+        }
+        for (region, base) in &other.bases {
+            self.bases.entry(Arc::clone(region)).or_default().join(base);
+        }
+        if other.retired.iter().any(|r| !self.retired.contains(r)) {
+            self.retired.extend(other.retired.iter().copied());
+            let retired = &self.retired;
+            self.slots.retain(|replica, _| !retired.contains(replica));
+        }
+        for (replica, slot) in &other.slots {
+            if !self.retired.contains(replica) {
+                self.join_slot(*replica, Arc::clone(&slot.region), slot.totals);
+            }
+        }
+        self.recompute();
+    }
+
+    /// Merges one slot of `replica` (of `region`, if the replica is new here) by max, as a
+    /// commit of a sync does: a join with a state of that slot alone. A retired replica's slot
+    /// is final already and changes nothing. Returns whether it grew.
+    pub fn merge_slot(&mut self, replica: ReplicaId, region: &Region, totals: SlotTotals) -> bool {
+        if self.retired.contains(&replica) {
+            return false;
+        }
+        let before = self.slot(replica);
+        if before.dominates(totals) {
+            return false;
+        }
+        let slot = self.slots.entry(replica).or_insert_with(|| Slot {
+            region: Arc::clone(region),
+            totals: SlotTotals::default(),
+        });
+        slot.totals = before.join(totals);
+        let after = slot.totals;
+        if self.cuts.is_empty() {
+            // The sums grow by exactly the slot's growth (no cut to saturate at).
+            let region = Arc::clone(&slot.region);
+            let (dp, dn) = (
+                u128::from(after.p - before.p),
+                u128::from(after.n - before.n),
+            );
+            self.value.p += dp;
+            self.value.n += dn;
+            let share = self.shares.entry(region).or_default();
+            share.p += dp;
+            share.n += dn;
+            if before == SlotTotals::default() {
+                self.replicas += 1;
+            }
+        } else {
+            self.recompute();
+        }
+        true
+    }
+
+    /// Takes `region`'s base as the store wrote it on retiring a replica (its sums and every
+    /// replica in it): a join with a state of that base, so a fold applied twice, late, or to
+    /// a view that missed an earlier one is still right.
+    pub fn fold(&mut self, region: &Region, base: &Base) {
+        self.bases.entry(Arc::clone(region)).or_default().join(base);
+        let held = &self.bases[region];
+        if held.replicas.iter().any(|r| !self.retired.contains(r)) {
+            self.retired.extend(held.replicas.iter().copied());
+            let retired = &self.retired;
+            self.slots.retain(|replica, _| !retired.contains(replica));
+        }
+        self.recompute();
+    }
+
+    /// Retires `replica` in the authoritative state (the store's, or a model of it): its
+    /// final slot is added to its region's base. Answers the region and its new base (what
+    /// [`fold`](Self::fold) takes), or `None` if the replica has no slot here.
+    pub fn retire(&mut self, replica: ReplicaId) -> Option<(Region, Base)> {
+        let slot = self.slots.get(&replica)?.clone();
+        let mut base = self.bases.get(&slot.region).cloned().unwrap_or_default();
+        base.totals.p += u128::from(slot.totals.p);
+        base.totals.n += u128::from(slot.totals.n);
+        base.replicas.insert(replica);
+        self.fold(&slot.region, &base);
+        Some((slot.region, base))
+    }
+
+    /// Starts a new epoch at `at` (a delete if `delete`) in the authoritative state: the sums
+    /// of every region now are the cuts, so the count starts again from zero.
+    pub fn reset(&mut self, at: Timestamp, delete: bool) {
+        self.cuts = self.region_sums();
+        self.epoch = Epoch {
+            number: self.epoch.number + 1,
+            deleted: delete,
+            at: Some(at),
+        };
+        self.recompute();
+    }
+
+    fn join_slot(&mut self, replica: ReplicaId, region: Region, totals: SlotTotals) {
+        let held = self.slots.entry(replica).or_insert_with(|| Slot {
+            region,
+            totals: SlotTotals::default(),
+        });
+        held.totals = held.totals.join(totals);
+    }
+
+    /// The shares, the value and the replica count from the parts.
+    fn recompute(&mut self) {
+        let sums = self.sums_of_parts();
+        self.value = GlobalTotals::default();
+        self.shares.clear();
+        for (region, sum) in sums {
+            let share = match self.cuts.get(&region) {
+                Some(cut) => minus(sum, *cut),
+                None => sum,
+            };
+            self.value.p += share.p;
+            self.value.n += share.n;
+            self.shares.insert(region, share);
+        }
+        self.replicas = self
+            .slots
+            .values()
+            .filter(|s| s.totals != SlotTotals::default())
+            .count();
+    }
+}
+
+/// `sums - cut` per half, never below zero. The sums only grow and a cut is the sums at a
+/// reset, so this is exact for sums read with the cut; a view that lags may hold less, and
+/// reads 0 there until it catches up.
+pub fn minus(sums: GlobalTotals, cut: GlobalTotals) -> GlobalTotals {
+    GlobalTotals {
+        p: sums.p.saturating_sub(cut.p),
+        n: sums.n.saturating_sub(cut.n),
+    }
+}
+
+/// A lower bound of a counter's totals within one epoch: a value the system really held.
+///
+/// A reset starts a new epoch whose totals start again from zero, so bounds compare by epoch
+/// first: any bound of a later epoch is newer than every bound of an earlier one, and within
+/// an epoch both halves only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// The totals.
+    pub totals: GlobalTotals,
+    /// Their epoch.
+    pub epoch: u64,
+}
+
+impl Bound {
+    /// Of two bounds, the tighter: the later epoch's, or within one epoch the larger of
+    /// each half.
+    #[must_use]
+    pub fn join(self, other: Bound) -> Bound {
+        match self.epoch.cmp(&other.epoch) {
+            Ordering::Less => other,
+            Ordering::Greater => self,
+            Ordering::Equal => Bound {
+                totals: self.totals.join(other.totals),
+                epoch: self.epoch,
+            },
+        }
+    }
+
+    /// Whether `self` is at least as new as `other`: a later epoch, or the same with both
+    /// halves at least as high.
+    pub fn covers(self, other: Bound) -> bool {
+        self.epoch > other.epoch
+            || (self.epoch == other.epoch && self.totals.dominates(other.totals))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(n: u128) -> ReplicaId {
+        ReplicaId::from_u128(n)
+    }
+    fn eu() -> Region {
+        Arc::from("eu")
+    }
+    fn us() -> Region {
+        Arc::from("us")
+    }
+    fn t(p: u64, n: u64) -> SlotTotals {
+        SlotTotals { p, n }
+    }
+    fn g(p: u128, n: u128) -> GlobalTotals {
+        GlobalTotals { p, n }
+    }
+
+    #[test]
+    fn slots_merge_by_max_and_the_value_sums_them() {
+        let mut c = CounterState::new();
+        assert!(c.merge_slot(r(1), &eu(), t(5, 1)));
+        assert!(c.merge_slot(r(2), &us(), t(3, 0)));
+        assert!(
+            !c.merge_slot(r(1), &eu(), t(4, 1)),
+            "an old total is no growth"
+        );
+        assert!(c.merge_slot(r(1), &eu(), t(4, 2)));
+        assert_eq!(c.value(), g(8, 2));
+        assert_eq!(c.shares()[&eu()], g(5, 2));
+        assert_eq!(c.replicas(), 2);
+        assert_eq!(
+            c.bound(),
+            Bound {
+                totals: g(8, 2),
+                epoch: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_fold_keeps_the_value_and_a_later_view_wins_across_it() {
+        let mut at_store = CounterState::new();
+        at_store.merge_slot(r(1), &eu(), t(5, 0));
+        at_store.merge_slot(r(2), &eu(), t(2, 0));
+        let before = at_store.clone();
+        let (region, base) = at_store.retire(r(1)).unwrap();
+        assert_eq!((region, base.totals), (eu(), g(5, 0)));
+        assert_eq!(at_store.value(), before.value());
+        assert_eq!(at_store.bases()[&eu()].totals, g(5, 0));
+        // A view from before the fold does not bring the slot back, whichever joins which.
+        let mut old = before.clone();
+        old.join(&at_store);
+        assert_eq!(old, at_store);
+        let mut new = at_store.clone();
+        new.join(&before);
+        assert_eq!(new, at_store);
+        assert_eq!(new.value(), g(7, 0));
+    }
+
+    #[test]
+    fn a_fold_is_a_join_so_twice_is_once_and_a_replica_born_later_survives_a_stale_load() {
+        let mut store = CounterState::new();
+        store.merge_slot(r(1), &eu(), t(5, 0));
+        let (region, base) = store.retire(r(1)).unwrap();
+        let stale_load = store.clone();
+        // A replica born after the retirement, committed after the load was read.
+        store.merge_slot(r(2), &eu(), t(3, 0));
+        let mut cache = CounterState::new();
+        cache.merge_slot(r(1), &eu(), t(4, 0));
+        cache.merge_slot(r(2), &eu(), t(3, 0));
+        cache.fold(&region, &base);
+        cache.fold(&region, &base);
+        assert_eq!(cache, store);
+        cache.join(&stale_load);
+        assert_eq!((cache.value(), cache.slot(r(2))), (g(8, 0), t(3, 0)));
+        // A late slot of a retired replica changes nothing.
+        assert!(!cache.merge_slot(r(1), &eu(), t(9, 0)));
+        assert_eq!(cache.value(), g(8, 0));
+    }
+
+    #[test]
+    fn a_reset_cuts_every_region_and_counts_what_grows_above() {
+        let mut c = CounterState::new();
+        c.merge_slot(r(1), &eu(), t(5, 0));
+        c.merge_slot(r(2), &us(), t(2, 0));
+        c.reset(Timestamp::from_unix_ms(10), false);
+        assert_eq!(c.value(), g(0, 0));
+        assert_eq!(c.epoch().number, 1);
+        c.merge_slot(r(1), &eu(), t(7, 0));
+        assert_eq!(c.value(), g(2, 0));
+        // A view of the old epoch that is ahead in slots joins without undoing the reset.
+        let mut old = CounterState::new();
+        old.merge_slot(r(2), &us(), t(4, 0));
+        c.join(&old);
+        assert_eq!((c.value(), c.epoch().number), (g(4, 0), 1));
+    }
+
+    #[test]
+    fn a_view_behind_a_cut_reads_zero_not_below() {
+        let lagging = CounterState::from_parts(
+            [(r(1), eu(), t(3, 0))],
+            [],
+            Epoch {
+                number: 1,
+                ..Epoch::default()
+            },
+            [(eu(), g(5, 0))],
+        );
+        assert_eq!(lagging.value(), g(0, 0));
+    }
+
+    #[test]
+    fn bounds_compare_by_epoch_then_halves() {
+        let b = |p, epoch| Bound {
+            totals: g(p, 0),
+            epoch,
+        };
+        assert_eq!(b(900, 0).join(b(4, 1)), b(4, 1));
+        assert_eq!(b(4, 1).join(b(900, 0)), b(4, 1));
+        assert_eq!(b(4, 1).join(b(6, 1)), b(6, 1));
+        assert!(b(4, 1).covers(b(900, 0)));
+        assert!(!b(4, 1).covers(b(5, 1)));
+    }
+}

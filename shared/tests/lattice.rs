@@ -1,0 +1,246 @@
+//! The laws of [`CounterState`], checked by proptest over random histories of one counter:
+//! hits in replicas of several regions, retirements (folds) and resets, applied one at a
+//! time as the store applies them. Its views are what the parts of tally can hold: the
+//! store at some moment, or such a load with slots of later commits merged into it (a
+//! merger's cache). Over those views `join` is commutative, associative and idempotent; the
+//! latest state dominates every view; the value never goes back within an epoch; a fold
+//! keeps the value; `merge_slot` is a join with one slot; and the value is exactly what was
+//! counted since the last reset.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use tally_crdt::{Base, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp};
+
+/// One change of the counter, as the store applies it.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Replica `replica` (of region `replica % 2`) counts `p` up and `n` down.
+    Hit { replica: u8, p: u64, n: u64 },
+    /// Replica `replica` is retired: its slot folds into its region's base.
+    Retire { replica: u8 },
+    /// The counter is reset (or deleted).
+    Reset { delete: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..6u8, 0..50u64, 0..50u64).prop_map(|(replica, p, n)| Op::Hit { replica, p, n }),
+        1 => (0..6u8).prop_map(|replica| Op::Retire { replica }),
+        1 => any::<bool>().prop_map(|delete| Op::Reset { delete }),
+    ]
+}
+
+/// A replica's id: each retirement gives the object a new incarnation, so `(replica,
+/// incarnation)` names it.
+fn id(replica: u8, incarnation: u8) -> ReplicaId {
+    ReplicaId::from_u128(u128::from(replica) * 1000 + u128::from(incarnation) + 1)
+}
+
+fn region(replica: u8) -> Region {
+    Arc::from(if replica.is_multiple_of(2) {
+        "eu"
+    } else {
+        "us"
+    })
+}
+
+/// A retirement as the store applied it: after state `at`, `replica` left for `region`'s
+/// base, which became `base`.
+#[derive(Debug, Clone)]
+struct Fold {
+    at: usize,
+    region: Region,
+    base: Base,
+}
+
+/// Every state the store goes through (the first is empty), its retirements, and what was
+/// counted since the last reset.
+fn history(ops: &[Op]) -> (Vec<CounterState>, Vec<Fold>, GlobalTotals) {
+    let mut state = CounterState::new();
+    let mut incarnation = [0u8; 6];
+    let mut since_reset = GlobalTotals::default();
+    let mut states = vec![state.clone()];
+    let mut folds = Vec::new();
+    for (at, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Hit { replica, p, n } => {
+                let r = id(replica, incarnation[usize::from(replica)]);
+                let totals = state.slot(r);
+                state.merge_slot(
+                    r,
+                    &region(replica),
+                    SlotTotals {
+                        p: totals.p + p,
+                        n: totals.n + n,
+                    },
+                );
+                since_reset.p += u128::from(p);
+                since_reset.n += u128::from(n);
+            }
+            Op::Retire { replica } => {
+                let r = id(replica, incarnation[usize::from(replica)]);
+                let value = state.value();
+                if let Some((region, base)) = state.retire(r) {
+                    assert_eq!(state.value(), value, "a fold keeps the value");
+                    incarnation[usize::from(replica)] += 1;
+                    folds.push(Fold {
+                        at: states.len(),
+                        region,
+                        base,
+                    });
+                }
+            }
+            Op::Reset { delete } => {
+                let ms = i64::try_from(at).expect("short histories");
+                state.reset(Timestamp::from_unix_ms(ms), delete);
+                since_reset = GlobalTotals::default();
+                assert_eq!(state.value(), GlobalTotals::default());
+            }
+        }
+        states.push(state.clone());
+    }
+    (states, folds, since_reset)
+}
+
+/// A view: the store's state at `load`, with what a merger's cache applies after it — the
+/// slots of some replicas as later commits left them, and some later retirements — in the
+/// order the picks say.
+fn view(
+    states: &[CounterState],
+    folds: &[Fold],
+    load: usize,
+    later: usize,
+    picks: u16,
+) -> CounterState {
+    let load = load % states.len();
+    let commit = load + later % (states.len() - load);
+    let mut view = states[load].clone();
+    let mut applied = false;
+    let apply_folds = |view: &mut CounterState| {
+        for (i, fold) in folds.iter().enumerate() {
+            if fold.at > load && fold.at <= commit && picks & (1 << (6 + i % 10)) != 0 {
+                view.fold(&fold.region, &fold.base);
+            }
+        }
+    };
+    if picks & (1 << 15) != 0 {
+        apply_folds(&mut view);
+        applied = true;
+    }
+    for (replica, slot) in states[commit].slots() {
+        if picks & (1 << (replica.as_u128() / 1000)) != 0 {
+            view.merge_slot(*replica, &slot.region, slot.totals);
+        }
+    }
+    if !applied {
+        apply_folds(&mut view);
+    }
+    view
+}
+
+fn joined(a: &CounterState, b: &CounterState) -> CounterState {
+    let mut j = a.clone();
+    j.join(b);
+    j
+}
+
+/// A history and three views of it.
+fn views() -> impl Strategy<Value = (Vec<CounterState>, GlobalTotals, [CounterState; 3])> {
+    (
+        prop::collection::vec(op(), 0..40),
+        prop::array::uniform3((any::<usize>(), any::<usize>(), any::<u16>())),
+    )
+        .prop_map(|(ops, picks)| {
+            let (states, folds, counted) = history(&ops);
+            let views = picks.map(|(load, later, picks)| view(&states, &folds, load, later, picks));
+            (states, counted, views)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn join_is_commutative_associative_and_idempotent((_, _, [a, b, c]) in views()) {
+        prop_assert_eq!(joined(&a, &b), joined(&b, &a));
+        prop_assert_eq!(joined(&joined(&a, &b), &c), joined(&a, &joined(&b, &c)));
+        prop_assert_eq!(joined(&a, &a), a.clone());
+        let ab = joined(&a, &b);
+        prop_assert_eq!(joined(&ab, &b), ab.clone());
+        prop_assert!(ab.dominates(&a) && ab.dominates(&b));
+    }
+
+    #[test]
+    fn the_latest_state_dominates_every_view_and_counts_exactly((states, counted, views) in views()) {
+        let last = states.last().expect("a history has a state");
+        prop_assert_eq!(last.value(), counted);
+        for v in &views {
+            prop_assert!(last.dominates(v), "{:?}\ndoes not dominate\n{:?}", last, v);
+            prop_assert_eq!(joined(v, last), last.clone());
+        }
+    }
+
+    #[test]
+    fn the_value_never_goes_back_within_an_epoch((_, _, [a, b, _]) in views()) {
+        let ab = joined(&a, &b);
+        if ab.epoch().number == a.epoch().number {
+            prop_assert!(ab.value().dominates(a.value()), "{:?} after {:?}", ab.value(), a.value());
+        } else {
+            prop_assert!(ab.epoch().number > a.epoch().number);
+        }
+        let brief = |c: &CounterState| format!(
+            "epoch {} value {:?} slots {:?} bases {:?} cuts {:?}",
+            c.epoch().number,
+            c.value(),
+            c.slots().iter().map(|(r, s)| (r.as_u128(), s.totals.p, s.totals.n)).collect::<Vec<_>>(),
+            c.bases(),
+            c.cuts()
+        );
+        prop_assert!(
+            ab.bound().covers(a.bound()) && ab.bound().covers(b.bound()),
+            "a {}\nb {}\nab {}", brief(&a), brief(&b), brief(&ab)
+        );
+    }
+
+    #[test]
+    fn merging_a_slot_is_joining_a_state_of_that_slot(
+        (states, _, [a, _, _]) in views(),
+        replica in 0..6u8,
+        p in 0..200u64,
+        n in 0..200u64,
+    ) {
+        let r = ReplicaId::from_u128(u128::from(replica) * 1000 + 1);
+        let totals = SlotTotals { p, n };
+        let mut merged = a.clone();
+        let grew = merged.merge_slot(r, &region(replica), totals);
+        // The same slot as a state of the view's retirements and epoch.
+        let mut one = CounterState::from_parts(
+            [(r, region(replica), totals)],
+            a.bases().iter().map(|(k, v)| (Arc::clone(k), v.clone())),
+            a.epoch(),
+            a.cuts().iter().map(|(k, v)| (Arc::clone(k), *v)),
+        );
+        one.join(&a);
+        prop_assert_eq!(&merged, &one);
+        prop_assert_eq!(grew, merged != a);
+        prop_assert_eq!(merged.value(), one.value(), "the sums kept on the way are the sums");
+        let _ = states;
+    }
+
+    #[test]
+    fn the_kept_sums_are_the_sums_of_the_parts((_, _, [a, b, c]) in views()) {
+        for v in [a, b, c] {
+            let rebuilt = CounterState::from_parts(
+                v.slots().iter().map(|(r, s)| (*r, Arc::clone(&s.region), s.totals)),
+                v.bases().iter().map(|(k, b)| (Arc::clone(k), b.clone())),
+                v.epoch(),
+                v.cuts().iter().map(|(k, t)| (Arc::clone(k), *t)),
+            );
+            prop_assert_eq!(rebuilt.value(), v.value());
+            prop_assert_eq!(rebuilt.shares(), v.shares());
+            prop_assert_eq!(rebuilt.replicas(), v.replicas());
+        }
+    }
+}
