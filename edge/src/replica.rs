@@ -29,7 +29,7 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
-    CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, ReadRequest, ReplicaId,
+    CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, ReadRequest, ReplicaId,
     RetireRequest, SlotUpdate, SyncRequest, Timestamp, Visit,
 };
 use worker::{
@@ -594,7 +594,7 @@ impl Replica {
     ) -> std::result::Result<(), MergerError> {
         let (config, request) = self.with(|i| {
             let request = ReadRequest {
-                version: PROTOCOL_VERSION,
+                version: PREVIOUS_VERSION,
                 replica: Some(i.incarnation.replica),
                 counters: keys,
             };
@@ -689,7 +689,7 @@ impl Replica {
                 }
             }
             let request = SyncRequest {
-                version: PROTOCOL_VERSION,
+                version: SyncRequest::version_for(&sent),
                 replica: i.incarnation.replica,
                 region: i.region.clone(),
                 counters: sent,
@@ -707,7 +707,17 @@ impl Replica {
     ) -> std::result::Result<tally_crdt::SyncResponse, MergerError> {
         self.with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
         let _in_flight = InFlight { replica: self };
-        client::sync_within(config, request, timeout_ms).await
+        match client::sync_within(config, request, timeout_ms).await {
+            // A merger one release behind (a rolling deploy in the wrong order): the same
+            // totals in the version it speaks, without the visits it cannot take.
+            Err(MergerError::Status { status: 422, body })
+                if request.version > PREVIOUS_VERSION && body.contains("unsupported_version") =>
+            {
+                console_warn!("the merger speaks an older protocol: syncing without visits");
+                client::sync_within(config, &request.without_visits(), timeout_ms).await
+            }
+            other => other,
+        }
     }
 
     /// Applies a sync's answers, by counter.
@@ -832,7 +842,7 @@ impl Replica {
                 self.with(|i| (i.config.clone(), i.incarnation.retiring.first().copied()));
             let Some(replica) = next else { return Ok(()) };
             let request = RetireRequest {
-                version: PROTOCOL_VERSION,
+                version: PREVIOUS_VERSION,
                 replica,
             };
             match client::retire(&config, &request).await {

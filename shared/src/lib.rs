@@ -120,9 +120,9 @@ pub use receipt::{RECEIPT_LEN, Receipt};
 pub use replica::ReplicaId;
 pub use sync::{
     CounterKind, ErrorBody, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
-    MIN_PROTOCOL_VERSION, MergedCounter, MilestoneNews, MilestoneWon, PROTOCOL_VERSION,
-    ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse, SlotTotals, SlotUpdate,
-    SyncAnswer, SyncRequest, SyncResponse, Visit, check_visitor,
+    MIN_PROTOCOL_VERSION, MergedCounter, MilestoneNews, MilestoneWon, PREVIOUS_VERSION,
+    PROTOCOL_VERSION, ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse,
+    SlotTotals, SlotUpdate, SyncAnswer, SyncRequest, SyncResponse, Visit, check_visitor,
 };
 pub use time::{Day, Timestamp};
 pub use unique::{

@@ -187,9 +187,10 @@ impl PresenceRead {
     }
 }
 
-/// Refuses versions other than 2 (presence came with version 2).
+/// Refuses versions other than 2 and 3 (presence and sketches came with version 2, and
+/// version 3 left their shape as it was).
 pub(crate) fn check_version(version: u32) -> Result<(), Error> {
-    if version == PROTOCOL_VERSION {
+    if (2..=PROTOCOL_VERSION).contains(&version) {
         Ok(())
     } else {
         Err(Error::UnsupportedVersion {

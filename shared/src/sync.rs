@@ -25,9 +25,16 @@ use serde::{Deserialize, Serialize, de};
 
 use crate::{CounterKey, Error, ReplicaId, Timestamp};
 
-/// The protocol version this crate speaks: version 2 answers per counter (a rejected
-/// counter blocks no other) and adds `POST /v1/read`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The newest protocol version this crate speaks. Version 2 answers per counter (a rejected
+/// counter blocks no other) and adds `POST /v1/read` and `POST /v1/retire`; version 3 adds
+/// `visits` to a sync's slots (hits near a milestone that carried a visitor key).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The version before [`PROTOCOL_VERSION`]. An edge sends it for every body whose shape did
+/// not change since (reads, retirements, presence reports and sketches, and syncs without
+/// visits), so that a merger one release behind still takes them during a rolling deploy;
+/// the frozen bodies of `shared/tests/protocol/` hold each version to its shape.
+pub const PREVIOUS_VERSION: u32 = 2;
 
 /// The oldest version a merger still accepts, so an edge one version behind keeps syncing
 /// during a rolling deploy (mergers are deployed first). A version-1 sync is all or nothing.
@@ -162,6 +169,30 @@ pub(crate) struct RawSync {
     pub(crate) region: String,
     #[serde(deserialize_with = "objects")]
     pub(crate) counters: Vec<SlotWire>,
+}
+
+impl SyncRequest {
+    /// The oldest version that carries `counters`: [`PROTOCOL_VERSION`] when a slot carries
+    /// visits, else [`PREVIOUS_VERSION`].
+    pub fn version_for(counters: &[SlotUpdate]) -> u32 {
+        if counters.iter().any(|c| !c.visits.is_empty()) {
+            PROTOCOL_VERSION
+        } else {
+            PREVIOUS_VERSION
+        }
+    }
+
+    /// The same sync in [`PREVIOUS_VERSION`], without visits: what a merger one release behind
+    /// takes (the counts are the same; a winner's record then names no visitor).
+    #[must_use]
+    pub fn without_visits(&self) -> SyncRequest {
+        let mut older = self.clone();
+        older.version = PREVIOUS_VERSION;
+        for c in &mut older.counters {
+            c.visits.clear();
+        }
+        older
+    }
 }
 
 impl TryFrom<RawSync> for SyncRequest {
@@ -540,10 +571,10 @@ impl MergedCounter {
 /// # Examples
 ///
 /// ```
-/// use tally_crdt::{CounterKey, CounterKind, ReadRequest, ReplicaId, PROTOCOL_VERSION};
+/// use tally_crdt::{CounterKey, CounterKind, ReadRequest, ReplicaId, PREVIOUS_VERSION};
 ///
 /// let read = ReadRequest {
-///     version: PROTOCOL_VERSION,
+///     version: PREVIOUS_VERSION,
 ///     replica: Some(ReplicaId::from_u128(7)),
 ///     counters: vec![CounterKey::new(CounterKind::G, "home")?],
 /// };
@@ -557,7 +588,8 @@ impl MergedCounter {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawRead")]
 pub struct ReadRequest {
-    /// [`PROTOCOL_VERSION`] (reads exist since version 2).
+    /// 2 or 3 (reads exist since version 2, and have the same shape in 3; an edge sends
+    /// [`PREVIOUS_VERSION`]).
     pub version: u32,
     /// The asking replica, whose recorded slot each answer carries; `None` for a plain read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -623,7 +655,8 @@ pub struct ReadResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetireRequest {
-    /// [`PROTOCOL_VERSION`] (retirement exists since version 2).
+    /// 2 or 3 (retirement exists since version 2, and has the same shape in 3; an edge sends
+    /// [`PREVIOUS_VERSION`]).
     pub version: u32,
     /// The incarnation whose slots are final.
     pub replica: ReplicaId,

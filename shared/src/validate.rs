@@ -125,6 +125,11 @@ impl SyncRequest {
                 kind: key.kind(),
             });
         }
+        if self.version < 3 && self.counters.iter().any(|c| !c.visits.is_empty()) {
+            return Err(Error::Malformed(
+                "visits are part of protocol version 3".into(),
+            ));
+        }
         if self.version < 2
             && let Some(e) = self.counters.iter().find_map(Self::counter_error)
         {

@@ -123,10 +123,10 @@ fn the_rust_api_and_sync_decoding_work_on_wasm32() {
         u64::MAX
     );
     assert_eq!(
-        SyncRequest::from_json(br#"{"version":3}"#),
+        SyncRequest::from_json(br#"{"version":4}"#),
         Err(Error::UnsupportedVersion {
-            got: 3,
-            supported: 2
+            got: 4,
+            supported: tally_crdt::PROTOCOL_VERSION
         })
     );
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures_channel::oneshot;
 use futures_util::future::select;
 use tally_crdt::{
-    MAX_COUNTERS_PER_SYNC, PROTOCOL_VERSION, PresenceRead, PresenceReport, ReplicaId, Timestamp,
+    MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, PresenceRead, PresenceReport, ReplicaId, Timestamp,
 };
 use worker::{
     Delay, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -444,7 +444,7 @@ impl Presence {
             (
                 i.config.clone(),
                 PresenceRead {
-                    version: PROTOCOL_VERSION,
+                    version: PREVIOUS_VERSION,
                     reporter: Some(i.reporter),
                     ids,
                 },
@@ -562,7 +562,7 @@ impl Presence {
             i.store.set_meta(meta::SEQ, &i.seq.to_string())?;
             i.last_report = Some(now);
             let report = PresenceReport {
-                version: PROTOCOL_VERSION,
+                version: PREVIOUS_VERSION,
                 reporter: i.reporter,
                 region: i.region.clone(),
                 seq: i.seq,

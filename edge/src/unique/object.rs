@@ -21,7 +21,7 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
-    HyperLogLog, MAX_SKETCHES_PER_SYNC, PROTOCOL_VERSION, ReplicaId, SketchKey, SketchRead,
+    HyperLogLog, MAX_SKETCHES_PER_SYNC, PREVIOUS_VERSION, ReplicaId, SketchKey, SketchRead,
     SketchSync, SketchTotal, SketchUpdate, Timestamp,
 };
 use worker::{
@@ -392,7 +392,7 @@ impl Unique {
     ) -> std::result::Result<(), client::MergerError> {
         let config = self.with(|i| i.config.clone());
         let read = SketchRead {
-            version: PROTOCOL_VERSION,
+            version: PREVIOUS_VERSION,
             sketches: keys,
         };
         let response = client::read_sketches(&config, &read).await?;
@@ -432,7 +432,7 @@ impl Unique {
                 (
                     i.config.clone(),
                     SketchSync {
-                        version: PROTOCOL_VERSION,
+                        version: PREVIOUS_VERSION,
                         replica: i.replica,
                         region: i.region.clone(),
                         sketches,

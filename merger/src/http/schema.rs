@@ -216,15 +216,16 @@ scalar!(
 scalar!(
     /// The protocol versions a sync may speak (`MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`).
     SyncVersion => {
-        "description": "Protocol version: 2, or 1 from an edge one version behind (all or nothing, see docs/protocol.md).",
+        "description": "Protocol version: 3 when a counter carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2 refuse it whole (`malformed_body`).",
         "type": "integer",
-        "enum": [1, 2]
+        "enum": [1, 2, 3]
     }
 );
 
 scalar!(
-    /// The protocol version of reads and retirements, which exist since version 2.
-    Version2 => {"description": "Protocol version 2.", "type": "integer", "enum": [2]}
+    /// The protocol versions of reads, retirements, presence and sketches, which exist since
+    /// version 2 and have the same shape in version 3.
+    Version2 => {"description": "Protocol version 2, or 3 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3]}
 );
 
 scalar!(
@@ -486,8 +487,8 @@ pub struct SlotUpdate {
     #[schema(value_type = Uint64)]
     pub n: u64,
     /// Hits of this slot that carried a visitor key (kind `g` only, sent while the counter
-    /// is near a milestone); absent otherwise. A bad one gets the counter answered alone
-    /// with `invalid_visit`.
+    /// is near a milestone; protocol version 3); absent otherwise. A bad one gets the counter
+    /// answered alone with `invalid_visit`.
     #[serde(default)]
     #[schema(max_items = 32)]
     pub visits: Vec<Visit>,

@@ -435,8 +435,10 @@ async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
             register(&t, "door", json!({"n": n, "label": format!("prize {n}")})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    // Visits are part of protocol version 3.
     let sync = |p: u64, visits: Value| {
         let mut body = sync_body(1, "eu", &[("door", "g", p, 0), ("plain", "g", p, 0)]);
+        body["version"] = json!(3);
         body["counters"][0]["visits"] = visits;
         body
     };
@@ -529,6 +531,7 @@ async fn sync_answers_tell_the_exact_path_and_winners_keep_their_visitor() {
         "nothing of a refused counter committed: {door}"
     );
     let mut gauge = sync_body(1, "eu", &[("door", "pn", 3, 0)]);
+    gauge["version"] = json!(3);
     gauge["counters"][0]["visits"] = json!([{"end": 1, "delta": 1, "visitor": "x"}]);
     let (_, answer) = t.sync(&gauge).await;
     assert_eq!(

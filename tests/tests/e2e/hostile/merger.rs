@@ -209,19 +209,25 @@ fn merger_cases() -> Vec<Case> {
         sync("counters nested 10000 deep", deep(10_000)).expect(400, "malformed_body"),
         // Protocol rules.
         sync(
-            "version 3",
-            good.replacen(r#""version":1"#, r#""version":3"#, 1),
+            "version 4",
+            good.replacen(r#""version":1"#, r#""version":4"#, 1),
         )
         .expect(422, "unsupported_version"),
         sync(
-            "version 3 of another shape",
-            r#"{"version":3,"shape":"new"}"#,
+            "version 4 of another shape",
+            r#"{"version":4,"shape":"new"}"#,
         )
         .expect(422, "unsupported_version"),
-        // Version 2 is spoken: a body of another shape is malformed, not another version.
+        // Versions 2 and 3 are spoken: a body of another shape is malformed, not another
+        // version.
         sync(
             "version 2 of another shape",
             r#"{"version":2,"shape":"new"}"#,
+        )
+        .expect(400, "malformed_body"),
+        sync(
+            "visits in a version-2 sync",
+            r#"{"version":2,"replica":"0000000000000000000000000000beef","region":"eu","counters":[{"id":"v","kind":"g","p":3,"visits":[{"end":3,"delta":1,"visitor":"u"}]}]}"#,
         )
         .expect(400, "malformed_body"),
         sync(
@@ -338,13 +344,13 @@ fn merger_cases() -> Vec<Case> {
         )
         .expect(422, "unsupported_version"),
         read(
-            "read of version 3",
-            good_read.replacen(r#""version":2"#, r#""version":3"#, 1),
+            "read of version 4",
+            good_read.replacen(r#""version":2"#, r#""version":4"#, 1),
         )
         .expect(422, "unsupported_version"),
         read(
-            "read of version 3 of another shape",
-            r#"{"version":3,"shape":"new"}"#,
+            "read of version 4 of another shape",
+            r#"{"version":4,"shape":"new"}"#,
         )
         .expect(422, "unsupported_version"),
         read("read of 1001 counters", read_of(Value::Array(many_keys)))

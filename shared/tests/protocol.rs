@@ -1,0 +1,167 @@
+//! The frozen bodies of every released protocol version (`tests/protocol/`, the edge ↔ merger
+//! wire): each request decodes with today's decoder and encodes back to the same JSON, and
+//! each answer an edge of today reads (versions 2 and 3) decodes with today's types and
+//! encodes back the same. `merger/tests/it/frozen.rs` replays the requests against today's
+//! merger and requires the frozen answers. A field added, renamed or dropped in a body of a
+//! released version fails here: change the wire by adding a version and its bodies.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tally_crdt::{
+    CounterKey, CounterKind, PROTOCOL_VERSION, PresenceRead, PresenceReport, PresenceResponse,
+    ReadRequest, ReadResponse, ReplicaId, RetireRequest, RetireResponse, SketchRead,
+    SketchResponse, SketchSync, SlotTotals, SlotUpdate, SyncRequest, SyncResponse, Visit,
+};
+
+fn frozen(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/protocol")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("\"<time>\"", "\"2026-12-06T10:00:00.000Z\"");
+    serde_json::from_str(&text).expect("frozen JSON")
+}
+
+fn requests() -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol"))
+            .expect("tests/protocol/ is readable")
+            .map(|e| e.expect("an entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(".request.json"))
+            .collect();
+    paths.sort();
+    paths
+}
+
+/// Decodes `value` with `decode` and encodes it back: the same JSON.
+fn round_trip<T: Serialize>(name: &str, value: &Value, decode: impl Fn(&[u8]) -> T) {
+    let bytes = serde_json::to_vec(value).expect("JSON");
+    let decoded = decode(&bytes);
+    let again = serde_json::to_value(&decoded).expect("encodes");
+    assert_eq!(&again, value, "{name} does not encode back as frozen");
+}
+
+fn accepted<T>(name: &str, decoded: Result<T, tally_crdt::Error>) -> T {
+    decoded.unwrap_or_else(|e| panic!("{name} is refused: {e}"))
+}
+
+fn serde<T: DeserializeOwned>(name: &str) -> impl Fn(&[u8]) -> T + '_ {
+    move |bytes| {
+        serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{name} does not decode: {e}"))
+    }
+}
+
+#[test]
+fn every_frozen_request_decodes_and_encodes_back_the_same() {
+    let paths = requests();
+    assert!(paths.len() >= 11, "the frozen bodies are there");
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let body = frozen(&name);
+        let what = name
+            .splitn(3, '-')
+            .nth(2)
+            .unwrap()
+            .trim_end_matches(".request.json");
+        match what {
+            "sync" => round_trip(&name, &body, |b| accepted(&name, SyncRequest::from_json(b))),
+            "read" => round_trip(&name, &body, |b| accepted(&name, ReadRequest::from_json(b))),
+            "retire" => round_trip(&name, &body, |b| {
+                accepted(&name, RetireRequest::from_json(b))
+            }),
+            "presence" => round_trip(&name, &body, |b| {
+                accepted(&name, PresenceReport::from_json(b))
+            }),
+            "read-presence" => round_trip(&name, &body, |b| {
+                accepted(&name, PresenceRead::from_json(b))
+            }),
+            "unique" => round_trip(&name, &body, |b| accepted(&name, SketchSync::from_json(b))),
+            "read-unique" => {
+                round_trip(&name, &body, |b| accepted(&name, SketchRead::from_json(b)))
+            }
+            other => panic!("{name}: unknown body {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_frozen_answer_of_version_2_and_3_decodes_and_encodes_back_the_same() {
+    for path in requests() {
+        let name = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".request.json", ".response.json");
+        if name.contains("-v1-") {
+            // Version 1 answers are for edges of that release (merger/tests/it/versions.rs
+            // decodes them with its types).
+            continue;
+        }
+        let body = frozen(&name);
+        let what = name
+            .splitn(3, '-')
+            .nth(2)
+            .unwrap()
+            .trim_end_matches(".response.json");
+        match what {
+            "sync" => round_trip(&name, &body, serde::<SyncResponse>(&name)),
+            "read" => round_trip(&name, &body, serde::<ReadResponse>(&name)),
+            "retire" => round_trip(&name, &body, serde::<RetireResponse>(&name)),
+            "presence" | "read-presence" => {
+                round_trip(&name, &body, serde::<PresenceResponse>(&name));
+            }
+            "unique" | "read-unique" => round_trip(&name, &body, serde::<SketchResponse>(&name)),
+            other => panic!("{name}: unknown body {other:?}"),
+        }
+    }
+}
+
+/// Every field of today's sync, set: its encoding is the frozen body of the newest version.
+/// A field added to the sync's types must be set here (the struct literals name every
+/// field), changes this encoding, and so needs a new version and its frozen body.
+#[test]
+fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
+    let key = |kind, id: &str| CounterKey::new(kind, id).expect("a valid id");
+    let sync = SyncRequest {
+        version: PROTOCOL_VERSION,
+        replica: ReplicaId::from_u128(7),
+        region: "eu".into(),
+        counters: vec![
+            SlotUpdate {
+                key: key(CounterKind::G, "home"),
+                totals: SlotTotals { p: 718, n: 0 },
+                visits: vec![Visit {
+                    end: 718,
+                    delta: 2,
+                    visitor: "user-42".into(),
+                }],
+            },
+            SlotUpdate {
+                key: key(CounterKind::Pn, "viewers"),
+                totals: SlotTotals { p: 12, n: 4 },
+                visits: Vec::new(),
+            },
+        ],
+    };
+    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 4);
+    assert_eq!(serde_json::to_value(&sync).unwrap(), frozen(&newest));
+    assert_eq!(
+        SyncRequest::version_for(&sync.counters),
+        PROTOCOL_VERSION,
+        "visits need the newest version"
+    );
+    let older = sync.without_visits();
+    assert_eq!(SyncRequest::version_for(&older.counters), older.version);
+    assert!(SyncRequest::from_json(&serde_json::to_vec(&older).unwrap()).is_ok());
+    let mut mislabelled = sync.clone();
+    mislabelled.version = 2;
+    assert!(matches!(
+        SyncRequest::from_json(&serde_json::to_vec(&mislabelled).unwrap()),
+        Err(tally_crdt::Error::Malformed(_))
+    ));
+}
