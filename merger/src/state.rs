@@ -191,6 +191,11 @@ impl<'a> Held<'a> {
 #[derive(Debug, Default)]
 struct Merged {
     counters: IndexMap<CounterKey, Counter>,
+    /// Ids a read found nobody has counted, oldest first: answered as zero without the store,
+    /// and kept apart from `counters`, so that reads of random ids never evict a counter.
+    /// At most the cache's capacity; a commit, reset, import or another merger's change of
+    /// one of them takes it out.
+    absent: Absent,
     /// The clock hand: an index into `counters`.
     hand: usize,
     /// Counters the commit task is working on: never evicted.
@@ -204,6 +209,52 @@ struct Merged {
     /// Per region, the syncs this merger process committed since it started (for
     /// `GET /v1/regions`): not stored, not loaded, not heard from other mergers.
     regions: BTreeMap<Arc<str>, RegionSyncs>,
+}
+
+/// A bounded set of keys, oldest first out.
+#[derive(Debug, Default)]
+struct Absent {
+    keys: HashSet<CounterKey>,
+    order: std::collections::VecDeque<CounterKey>,
+}
+
+impl Absent {
+    fn contains(&self, key: &CounterKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Adds `key`; the oldest keys leave beyond `capacity`.
+    fn insert(&mut self, key: CounterKey, capacity: usize) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        while self.keys.len() > capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.keys.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Takes `key` out (the queue drops it lazily, when it reaches the front).
+    fn remove(&mut self, key: &CounterKey) {
+        if self.keys.remove(key) {
+            // Keep the queue bounded by what is in the set: drop stale fronts.
+            while self
+                .order
+                .front()
+                .is_some_and(|front| !self.keys.contains(front))
+            {
+                self.order.pop_front();
+            }
+            if self.order.len() > 2 * self.keys.len() + 16 {
+                let keys = &self.keys;
+                self.order.retain(|k| keys.contains(k));
+            }
+        }
+    }
 }
 
 /// One region's syncs as this merger process committed them.
@@ -292,6 +343,7 @@ impl Db {
                         c.referenced.store(true, Ordering::Relaxed);
                     }
                 }
+                None if merged.absent.contains(key) => {}
                 None => missing.push(key.clone()),
             }
         }
@@ -315,10 +367,10 @@ impl Db {
         f: impl FnOnce(Held<'_>) -> R,
     ) -> Result<R, Vec<CounterKey>> {
         let mut merged = self.write_lock();
-        self.insert(&mut merged, loaded_for, loaded);
+        self.insert(&mut merged, loaded_for, loaded, true);
         let missing: Vec<CounterKey> = keys
             .iter()
-            .filter(|k| !merged.counters.contains_key(*k))
+            .filter(|k| !merged.counters.contains_key(*k) && !merged.absent.contains(k))
             .cloned()
             .collect();
         let answer = missing.is_empty().then(|| f(Held(&merged)));
@@ -339,7 +391,7 @@ impl Db {
     /// Adds loaded counters for the commit task (whose keys are pinned).
     pub fn insert_pinned(&self, loaded_for: &[CounterKey], loaded: Vec<StoredCounter>) {
         let mut merged = self.write_lock();
-        self.insert(&mut merged, loaded_for, loaded);
+        self.insert(&mut merged, loaded_for, loaded, false);
     }
 
     /// Runs `f` over the held counters under the read lock, whatever is held (the commit
@@ -368,6 +420,7 @@ impl Db {
             let Some(counter) = merged.counters.get_mut(&s.key) else {
                 // Pinned counters are held; a counter that is not is no longer complete in
                 // memory, so it must not be patched: its next read loads it whole.
+                merged.absent.remove(&s.key);
                 continue;
             };
             if counter.merge_slot(s.replica, &region, s.totals, s.at) {
@@ -409,6 +462,7 @@ impl Db {
     pub fn apply_reset(&self, stored: StoredCounter) {
         let mut merged = self.write_lock();
         let key = stored.key.clone();
+        merged.absent.remove(&key);
         let delete = stored.epoch.deleted;
         merged.evicted_due.remove(&key);
         merged.snapshot_due.remove(&key);
@@ -425,6 +479,7 @@ impl Db {
     pub fn apply_import(&self, stored: StoredCounter) {
         let mut merged = self.write_lock();
         let key = stored.key.clone();
+        merged.absent.remove(&key);
         if let Some(counter) = merged.counters.get_mut(&key) {
             counter.merge_stored(&stored);
             merged.snapshot_due.insert(key);
@@ -438,9 +493,13 @@ impl Db {
         self.evict(&mut merged, &[]);
     }
 
-    /// The held counters among `keys` (to refresh after other mergers changed them).
+    /// The held counters among `keys`, which other mergers changed (to refresh them); none
+    /// of `keys` is absent any more.
     pub fn held_among(&self, keys: Vec<CounterKey>) -> Vec<CounterKey> {
-        let merged = self.read_lock();
+        let mut merged = self.write_lock();
+        for key in &keys {
+            merged.absent.remove(key);
+        }
         keys.into_iter()
             .filter(|k| merged.counters.contains_key(k))
             .collect()
@@ -451,6 +510,7 @@ impl Db {
     pub fn refresh(&self, loaded: Vec<StoredCounter>) {
         let mut merged = self.write_lock();
         for stored in loaded {
+            merged.absent.remove(&stored.key);
             if let Some(counter) = merged.counters.get_mut(&stored.key) {
                 counter.merge_stored(&stored);
             }
@@ -501,6 +561,7 @@ impl Db {
     pub fn forget(&self, keys: &[CounterKey]) {
         let mut merged = self.write_lock();
         for key in keys {
+            merged.absent.remove(key);
             if !merged.pinned.contains(key)
                 && let Some(counter) = merged.counters.swap_remove(key)
             {
@@ -534,7 +595,15 @@ impl Db {
         }
     }
 
-    fn insert(&self, merged: &mut Merged, loaded_for: &[CounterKey], loaded: Vec<StoredCounter>) {
+    /// Adds loaded counters. A key the store holds nothing of is held as a counter nobody
+    /// has hit for the commit task (`for_read` false), and only noted as absent for a read.
+    fn insert(
+        &self,
+        merged: &mut Merged,
+        loaded_for: &[CounterKey],
+        loaded: Vec<StoredCounter>,
+        for_read: bool,
+    ) {
         let mut by_key: HashMap<CounterKey, StoredCounter> =
             loaded.into_iter().map(|c| (c.key.clone(), c)).collect();
         for key in loaded_for {
@@ -545,7 +614,11 @@ impl Db {
                         counter.merge_stored(&stored);
                     }
                 }
+                None if stored.is_none() && for_read => {
+                    merged.absent.insert(key.clone(), self.capacity);
+                }
                 None => {
+                    merged.absent.remove(key);
                     let counter = stored
                         .as_ref()
                         .map(Counter::from_stored)
@@ -731,6 +804,50 @@ mod tests {
     }
 
     #[test]
+    fn reads_of_ids_nobody_counted_never_evict_a_counter() {
+        // Fails on d2f0bce: each unknown id was held as a counter, and evicted real ones.
+        let db = Db::new(3, CacheStats::default());
+        for id in ["a", "b"] {
+            db.fill(
+                &[key(id)],
+                &[key(id)],
+                vec![stored(id, &[(1, "eu", 4, 0)])],
+                |_| (),
+            )
+            .unwrap();
+        }
+        for i in 0..100 {
+            let id = format!("random-{i}");
+            let zero = db.fill(&[key(&id)], &[key(&id)], vec![], |h| {
+                h.counter(&key(&id)).totals()
+            });
+            assert_eq!(zero, Ok(GlobalTotals::default()));
+        }
+        assert_eq!(db.stats.evictions.get(), 0);
+        assert_eq!(count(&db, "a"), Some(GlobalTotals { p: 4, n: 0 }));
+        assert_eq!(count(&db, "b"), Some(GlobalTotals { p: 4, n: 0 }));
+        // The last ids read are answered without the store; the oldest were forgotten.
+        assert_eq!(count(&db, "random-99"), Some(GlobalTotals::default()));
+        assert_eq!(count(&db, "random-96"), None);
+        // Once counted, an id is no longer absent: the commit task loads it whole.
+        assert_eq!(db.pin(&[key("random-99")]), [key("random-99")]);
+        db.insert_pinned(&[key("random-99")], vec![]);
+        db.apply_commit(
+            &[slot("random-99", 1, 3, 0, 20)],
+            |_| Arc::from("eu"),
+            |_| (),
+        );
+        assert_eq!(count(&db, "random-99"), Some(GlobalTotals { p: 3, n: 0 }));
+        // A commit of an absent id this cache does not hold takes it out too.
+        db.apply_commit(
+            &[slot("random-98", 1, 2, 0, 20)],
+            |_| Arc::from("eu"),
+            |_| (),
+        );
+        assert_eq!(count(&db, "random-98"), None, "its next read loads it");
+    }
+
+    #[test]
     fn the_cache_holds_at_most_its_capacity_and_keeps_what_is_read() {
         let db = Db::new(3, CacheStats::default());
         for id in ["a", "b", "c"] {
@@ -744,7 +861,13 @@ mod tests {
         }
         // "a" is read again: the hand spares it once and evicts the next unread one.
         count(&db, "a");
-        db.fill(&[key("d")], &[key("d")], vec![], |_| ()).unwrap();
+        db.fill(
+            &[key("d")],
+            &[key("d")],
+            vec![stored("d", &[(1, "eu", 1, 0)])],
+            |_| (),
+        )
+        .unwrap();
         assert_eq!(db.len(), 3);
         assert!(
             count(&db, "a").is_some(),
@@ -760,7 +883,13 @@ mod tests {
         let batch = [key("a"), key("b")];
         assert_eq!(db.pin(&batch), batch.to_vec());
         db.insert_pinned(&batch, vec![stored("a", &[(1, "eu", 1, 0)])]);
-        db.fill(&[key("c")], &[key("c")], vec![], |_| ()).unwrap();
+        db.fill(
+            &[key("c")],
+            &[key("c")],
+            vec![stored("c", &[(1, "eu", 1, 0)])],
+            |_| (),
+        )
+        .unwrap();
         assert_eq!(db.len(), 3, "the pinned batch and the counter being read");
         let answered = db.apply_commit(
             &[slot("b", 1, 2, 0, 5)],
@@ -792,13 +921,26 @@ mod tests {
     #[test]
     fn refresh_merges_into_held_counters_only() {
         let db = Db::new(10, CacheStats::default());
-        db.fill(&[key("x")], &[key("x")], vec![], |_| ()).unwrap();
+        db.fill(
+            &[key("x")],
+            &[key("x")],
+            vec![stored("x", &[(1, "eu", 1, 0)])],
+            |_| (),
+        )
+        .unwrap();
+        db.fill(&[key("z")], &[key("z")], vec![], |_| ()).unwrap();
         db.refresh(vec![
             stored("x", &[(2, "us", 4, 0)]),
             stored("y", &[(2, "us", 1, 0)]),
+            stored("z", &[(2, "us", 1, 0)]),
         ]);
-        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 4, n: 0 }));
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 5, n: 0 }));
         assert_eq!(count(&db, "y"), None, "not loaded by a refresh");
+        assert_eq!(
+            count(&db, "z"),
+            None,
+            "no longer absent: its next read loads it"
+        );
         assert_eq!(db.held_among(vec![key("x"), key("y")]), vec![key("x")]);
     }
 
