@@ -71,6 +71,12 @@ pub struct Config {
     #[arg(long, env = "TALLY_PRESENCE_PRUNE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub presence_prune_interval: Duration,
 
+    /// Days a daily unique-visitor sketch is kept (about 3 KiB per id and day): the sketches
+    /// of UTC days older than this are deleted at the presence prune interval (0 keeps them
+    /// forever). The all-time sketch of an id is never deleted.
+    #[arg(long, env = "TALLY_SKETCH_DAYS", default_value_t = 90)]
+    pub sketch_days: u32,
+
     /// Where milestone winners are announced: each winner is POSTed here as JSON, signed
     /// (`Tally-Signature`, HMAC-SHA256 with `--webhook-secret`), retried with backoff until a
     /// 2xx answer (docs/milestones.md). Without it winners are only read from the API.

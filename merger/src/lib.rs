@@ -277,6 +277,7 @@ impl Merger {
             Arc::clone(&store),
             Arc::clone(&metrics),
             config.presence_prune_interval,
+            config.sketch_days,
             stopped.clone(),
         ));
         if let Some(webhook) = webhook {

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub sketch_reads: Family<Outcome, Counter>,
     /// Expired presence reports deleted.
     pub presence_pruned: Counter,
+    /// Daily sketches deleted past `--sketch-days`.
+    pub sketches_pruned: Counter,
     /// Milestone announcements to the webhook by outcome (`ok`, `failed`).
     pub announcements: Family<Outcome, Counter>,
     /// Counters answered by batch reads.
@@ -151,6 +153,7 @@ impl Default for Metrics {
             sketch_syncs: Family::default(),
             sketch_reads: Family::default(),
             presence_pruned: Counter::default(),
+            sketches_pruned: Counter::default(),
             announcements: Family::default(),
             counters_read: Counter::default(),
             counters_rejected: Family::default(),
@@ -209,6 +212,11 @@ impl Default for Metrics {
             "presence_pruned",
             "Expired presence reports deleted",
             m.presence_pruned.clone(),
+        );
+        registry.register(
+            "sketches_pruned",
+            "Daily unique-visitor sketches deleted past --sketch-days",
+            m.sketches_pruned.clone(),
         );
         registry.register(
             "announcements",

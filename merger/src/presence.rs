@@ -1,5 +1,7 @@
 //! The presence task: deletes the presence reports that expired more than
-//! [`PRESENCE_GRACE_MS`] ago, a chunk at a time, every `--presence-prune-interval`.
+//! [`PRESENCE_GRACE_MS`] ago, a chunk at a time, every `--presence-prune-interval`; and the
+//! daily unique-visitor sketches of UTC days more than `--sketch-days` ago, so that the
+//! sketches (about 3 KiB per id and day) stay bounded by the ids counted in that window.
 //!
 //! Reads never count an expired report (they filter by expiry), so pruning only bounds the
 //! table: it holds a row per presence id and edge object that reported within the lease and
@@ -20,11 +22,13 @@ use crate::store::{PRESENCE_GRACE_MS, Store, StoreError};
 /// Reports deleted per statement.
 const CHUNK: u32 = 1000;
 
-/// Starts the task; it ends when `stop` turns true.
+/// Starts the task (sketches of days more than `sketch_days` ago go too, unless it is 0); it
+/// ends when `stop` turns true.
 pub fn spawn(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     every: Duration,
+    sketch_days: u32,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -32,12 +36,22 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => match prune(&*store).await {
-                    Ok(deleted) => {
-                        metrics.presence_pruned.inc_by(deleted);
+                _ = tick.tick() => {
+                    match prune(&*store).await {
+                        Ok(deleted) => {
+                            metrics.presence_pruned.inc_by(deleted);
+                        }
+                        Err(e) => warn!(error = %e, "presence prune failed; retried at the next interval"),
                     }
-                    Err(e) => warn!(error = %e, "presence prune failed; retried at the next interval"),
-                },
+                    if sketch_days > 0 {
+                        match prune_sketches(&*store, crate::commit::now(), sketch_days).await {
+                            Ok(deleted) => {
+                                metrics.sketches_pruned.inc_by(deleted);
+                            }
+                            Err(e) => warn!(error = %e, "sketch prune failed; retried at the next interval"),
+                        }
+                    }
+                }
                 changed = stop.changed() => if changed.is_err() || *stop.borrow() {
                     break;
                 },
@@ -54,6 +68,29 @@ pub async fn prune(store: &dyn Store) -> Result<u64, StoreError> {
     let mut deleted = 0;
     loop {
         let done = store.prune_presence(before, CHUNK).await?;
+        deleted += done;
+        if done < u64::from(CHUNK) {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// One pass over the daily sketches: every day before the last `days` UTC days up to `now`'s
+/// (today counts as one), in chunks.
+pub async fn prune_sketches(
+    store: &dyn Store,
+    now: tally_crdt::Timestamp,
+    days: u32,
+) -> Result<u64, StoreError> {
+    let first_kept = now
+        .day()
+        .start()
+        .minus_ms(u64::from(days.saturating_sub(1)) * 86_400_000)
+        .day()
+        .to_string();
+    let mut deleted = 0;
+    loop {
+        let done = store.prune_sketches(&first_kept, CHUNK).await?;
         deleted += done;
         if done < u64::from(CHUNK) {
             return Ok(deleted);

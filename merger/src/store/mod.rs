@@ -823,6 +823,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// many it deleted: call again until it deletes fewer than `limit`.
     async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
+    /// Deletes at most `limit` daily sketches of days before `before` (`YYYY-MM-DD`; the
+    /// all-time sketches are never deleted). Returns how many it deleted: call again until it
+    /// deletes fewer than `limit`.
+    async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError>;
+
     /// Merges sketch updates (keys each once) into the stored sketches at `at`, in one
     /// transaction that locks their rows in key order, and answers the merged sketch of
     /// each, in the updates' order.

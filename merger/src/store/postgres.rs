@@ -938,6 +938,18 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
+    async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM sketches WHERE (name, day) IN (\
+             SELECT name, day FROM sketches WHERE day <> '' AND day < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Rows are created if missing and locked `FOR UPDATE` in (name, day) order, so
     /// concurrent mergers neither deadlock nor lose a register: each merges into what the
     /// one before it wrote.

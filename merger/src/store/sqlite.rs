@@ -810,6 +810,18 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM sketches WHERE (name, day) IN (\
+             SELECT name, day FROM sketches WHERE day <> '' AND day < ?1 LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn merge_sketches(
         &self,
         updates: &[SketchUpdate],

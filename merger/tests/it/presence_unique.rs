@@ -241,6 +241,19 @@ async fn sketch_rules(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(raced[0].sketch, sketch_of(100_000..180_000));
+    // Retention: a day's sketches are kept for `days` UTC days, the all-time ones forever.
+    let days_after = |n: u64| day.start().plus_ms(n * 86_400_000);
+    let pruned = tally_merger::presence::prune_sketches(&*store, days_after(89), 90)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 0, "the 90th day still keeps it");
+    let pruned = tally_merger::presence::prune_sketches(&*store, days_after(90), 90)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "home and race of that day");
+    let read = store.sketches(&keys).await.unwrap();
+    assert!(read[1].sketch.is_empty(), "the day's sketch is gone");
+    assert_eq!(read[2].sketch, union, "the all-time sketch stays");
 }
 
 fn sqlite_url(dir: &std::path::Path) -> String {
