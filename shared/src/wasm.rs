@@ -1,4 +1,5 @@
-//! JavaScript bindings (feature `wasm`): the same counters and sketch, through wasm-bindgen.
+//! JavaScript bindings (feature `wasm`): the same counters, the counter lattice and the
+//! sketch, through wasm-bindgen.
 //!
 //! A thin layer with no logic of its own: replica ids are 32-hex-digit strings, amounts and
 //! slot totals are `BigInt`s (a JS number is exact only up to 2^53), values are `BigInt`s or
@@ -168,6 +169,90 @@ impl JsPNCounter {
         serde_json::from_str(json)
             .map(JsPNCounter)
             .map_err(json_error)
+    }
+}
+
+/// One counter as tally holds it, for JavaScript: live slots, the bases of retired replicas,
+/// the epoch and its cuts; see [`crate::CounterState`]. Its `join` is the merge every part of
+/// tally runs.
+#[wasm_bindgen(js_name = CounterState)]
+#[derive(Debug, Default)]
+pub struct JsCounterState(crate::CounterState);
+
+#[wasm_bindgen(js_class = CounterState)]
+impl JsCounterState {
+    /// A counter nobody has counted.
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> JsCounterState {
+        JsCounterState::default()
+    }
+
+    /// Merges the slot totals `p`, `n` of `replicaId` (of `region`) by max, as a commit of a
+    /// sync does. Returns whether the slot grew; a retired replica's slot never does.
+    #[wasm_bindgen(js_name = mergeSlot)]
+    pub fn merge_slot(
+        &mut self,
+        replica_id: &str,
+        region: &str,
+        p: js_sys::BigInt,
+        n: js_sys::BigInt,
+    ) -> Result<bool, JsValue> {
+        let totals = crate::SlotTotals {
+            p: amount(p)?,
+            n: amount(n)?,
+        };
+        Ok(self
+            .0
+            .merge_slot(replica(replica_id)?, &crate::Region::from(region), totals))
+    }
+
+    /// Retires `replicaId` as the store does: its slot moves into its region's base. Returns
+    /// whether it had a slot here.
+    pub fn retire(&mut self, replica_id: &str) -> Result<bool, JsValue> {
+        Ok(self.0.retire(replica(replica_id)?).is_some())
+    }
+
+    /// Starts a new epoch at `atMs` (ms since 1970; a delete if `deleted`): the count starts
+    /// again from zero.
+    pub fn reset(&mut self, at_ms: f64, deleted: bool) -> Result<(), JsValue> {
+        if !(at_ms.is_finite() && at_ms.fract() == 0.0 && at_ms.abs() < 9.0e15) {
+            return Err(with_code(
+                js_sys::RangeError::new("a time is an integral number of milliseconds").into(),
+                "amount_out_of_range",
+            ));
+        }
+        #[allow(clippy::cast_possible_truncation, reason = "integral and below 2^53")]
+        self.0
+            .reset(crate::Timestamp::from_unix_ms(at_ms as i64), deleted);
+        Ok(())
+    }
+
+    /// Merges another view of this counter into this one.
+    pub fn join(&mut self, other: &JsCounterState) {
+        self.0.join(&other.0);
+    }
+
+    /// Whether this view holds everything `other` does.
+    pub fn dominates(&self, other: &JsCounterState) -> bool {
+        self.0.dominates(&other.0)
+    }
+
+    /// The count in the current epoch as a `BigInt` (increments minus decrements).
+    pub fn value(&self) -> i128 {
+        let v = self.0.value();
+        // Sums of u64 slots stay below 2^127.
+        i128::try_from(v.p).unwrap_or(i128::MAX) - i128::try_from(v.n).unwrap_or(i128::MAX)
+    }
+
+    /// The count as a decimal string.
+    #[wasm_bindgen(js_name = valueString)]
+    pub fn value_string(&self) -> String {
+        self.value().to_string()
+    }
+
+    /// Its resets so far.
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch().number
     }
 }
 

@@ -8,7 +8,7 @@ import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { pathToFileURL } from "node:url";
 
-import { GCounter, HyperLogLog, PNCounter } from "tally-crdt";
+import { CounterState, GCounter, HyperLogLog, PNCounter } from "tally-crdt";
 
 const require = createRequire(import.meta.url);
 
@@ -233,6 +233,44 @@ test("HyperLogLog refuses bad precisions, mixed merges and malformed wire forms"
     assert.throws(() => HyperLogLog.fromBytes(new Uint8Array(bad)), Error, `${bad}`);
   }
   assert.throws(() => HyperLogLog.fromJSON(`"not base64!"`), Error);
+});
+
+test("CounterState joins views of one counter in any order, across retirements and resets", () => {
+  // The store's history: A and B count, A retires, C is born, the counter is reset.
+  const store = new CounterState();
+  const views = [];
+  const snapshot = () => {
+    const v = new CounterState();
+    v.join(store);
+    views.push(v);
+  };
+  assert.equal(store.mergeSlot(A, "eu", 5n, 0n), true);
+  assert.equal(store.mergeSlot(B, "us", 3n, 1n), true);
+  assert.equal(store.mergeSlot(B, "us", 2n, 1n), false, "an older total is no growth");
+  snapshot();
+  assert.equal(store.retire(A), true);
+  assert.equal(store.value(), 7n, "a retirement keeps the count");
+  assert.equal(store.mergeSlot(A, "eu", 50n, 0n), false, "a retired replica counts no more");
+  snapshot();
+  store.mergeSlot(C, "eu", U64_MAX, 0n);
+  snapshot();
+  // Any order of joins of the views is the latest state; joining twice changes nothing.
+  for (const order of [[0, 1, 2], [2, 1, 0], [1, 2, 0, 2, 1]]) {
+    const j = new CounterState();
+    for (const i of order) j.join(views[i]);
+    assert.equal(j.value(), 7n + U64_MAX, String(order));
+    assert.ok(j.dominates(views[2]) && views[2].dominates(j), String(order));
+  }
+  store.reset(1_796_550_000_000, false);
+  assert.equal(store.value(), 0n);
+  assert.equal(store.epoch(), 1n);
+  store.mergeSlot(B, "us", 9n, 1n);
+  assert.equal(store.value(), 6n, "only what grew above the cut");
+  const old = views[2];
+  old.join(store);
+  assert.equal(old.valueString(), "6", "a view of the old epoch takes the reset");
+  assert.throws(() => store.mergeSlot("nope", "eu", 1n, 0n), (e) => e.code === "invalid_replica_id");
+  assert.throws(() => store.reset(1.5, false), RangeError);
 });
 
 test("import and require load one copy: their counters merge with each other", () => {
