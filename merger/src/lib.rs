@@ -111,6 +111,10 @@ pub struct Shared {
     /// The longest a cache miss waits for the store (the request timeout: the read path has
     /// no timeout layer, so that a read from memory sets no timer).
     load_timeout: std::time::Duration,
+    /// Presence reports and sketch merges in flight, at most `--commit-queue`: beyond, they
+    /// are refused with 503 `overloaded` and `Retry-After`, as syncs are when the commit
+    /// queue is full, instead of piling up on the store without bound.
+    side_writes: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for AppState {
@@ -121,6 +125,14 @@ impl std::ops::Deref for AppState {
 }
 
 impl Shared {
+    /// A place for one presence report or sketch merge, or 503 `overloaded` when
+    /// `--commit-queue` of them are in flight.
+    pub fn side_write(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
+        self.side_writes
+            .try_acquire()
+            .map_err(|_| AppError::Commit(commit::CommitError::Overloaded))
+    }
+
     /// Runs `f` over the counters `keys` name, loading from the store those the cache does
     /// not hold (one query). `f` may run twice if a concurrent fill evicted one of `keys` in
     /// between; the second attempt loads them all and cannot miss.
@@ -305,6 +317,7 @@ impl Merger {
             read_token,
             admin_token,
             load_timeout: config.request_timeout,
+            side_writes: tokio::sync::Semaphore::new(config.commit_queue.max(1)),
         }));
         Ok(Merger {
             state,

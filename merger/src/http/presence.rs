@@ -38,7 +38,7 @@ use crate::metrics::{Endpoint, Purpose};
         (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
         (status = 422, description = "A rule of the report: `unsupported_version`, `too_many_counters`, `nil_replica`, `invalid_region`, `presence_ttl_out_of_range`, `empty_id`, `id_too_long`, `id_bad_char`, `duplicate_id`", body = ErrorResponse),
-        (status = 503, description = "`database_unavailable`: nothing was stored; retry", body = ErrorResponse,
+        (status = 503, description = "`overloaded` (as many reports and sketch merges in flight as `--commit-queue`) or `database_unavailable`: nothing was stored; retry", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
     ),
 )]
@@ -61,6 +61,7 @@ async fn store_report(
     app: &AppState,
     report: PresenceReport,
 ) -> Result<PresenceResponse, AppError> {
+    let _place = app.side_write()?;
     let now = crate::commit::now();
     app.store.report_presence(&report, now).await?;
     app.metrics.committed(Purpose::PRESENCE);

@@ -38,7 +38,7 @@ use crate::metrics::{Endpoint, Purpose};
         (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
         (status = 422, description = "A rule of the sync: `unsupported_version`, `too_many_counters` (more than 100 sketches), `nil_replica`, `invalid_region`, `duplicate_id`, `hll_precision_mismatch`", body = ErrorResponse),
-        (status = 503, description = "`database_unavailable`: nothing was merged; retry", body = ErrorResponse,
+        (status = 503, description = "`overloaded` (as many sketch merges and presence reports in flight as `--commit-queue`) or `database_unavailable`: nothing was merged; retry", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
     ),
 )]
@@ -46,8 +46,10 @@ pub async fn sync(
     State(app): State<AppState>,
     body: Result<Protocol<SketchSync>, AppError>,
 ) -> Result<Json<SketchResponse>, AppError> {
-    let result = match body {
-        Ok(Protocol(sync)) => match app
+    let place = app.side_write();
+    let result = match (body, place) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(Protocol(sync)), Ok(_place)) => match app
             .store
             .merge_sketches(&sync.sketches, crate::commit::now())
             .await
@@ -61,7 +63,6 @@ pub async fn sync(
             }
             Err(e) => Err(AppError::from(e)),
         },
-        Err(e) => Err(e),
     };
     app.metrics.request(
         Endpoint::Unique,

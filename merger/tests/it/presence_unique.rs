@@ -342,6 +342,65 @@ fn report_body(from: u64, seq: u64, counts: &[(&str, u64)]) -> Value {
 }
 
 #[tokio::test]
+async fn reports_beyond_the_commit_queue_are_refused_with_503_and_store_nothing() {
+    // Fails on the code before: every report went to the store at once, without bound.
+    let t = TestMerger::with(|c| c.commit_queue = 2).await;
+    let mut reports = tokio::task::JoinSet::new();
+    for from in 1..=40u64 {
+        let request = edge_request(
+            "/v1/presence",
+            Some(TOKEN),
+            &report_body(from, 1, &[("busy", from)]),
+        );
+        let app = t.app.clone();
+        reports.spawn(async move {
+            let response = tower::ServiceExt::oneshot(app, request)
+                .await
+                .expect("the router is infallible");
+            let status = response.status();
+            let bytes = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("a body")
+                .to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (from, status, body)
+        });
+    }
+    let answers = reports.join_all().await;
+    let mut stored = 0;
+    let mut refused = 0;
+    for (from, status, body) in &answers {
+        match *status {
+            StatusCode::OK => stored += from,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                refused += 1;
+            }
+            other => panic!("report {from}: {other} {body}"),
+        }
+    }
+    eprintln!("40 reports at once with a queue of 2: {refused} refused");
+    assert!(
+        refused > 0,
+        "40 reports at once never exceeded a queue of 2"
+    );
+    assert_eq!(
+        t.get("/v1/presence/busy").await.1["count"],
+        stored,
+        "exactly the accepted reports are stored"
+    );
+    // Once the load is gone, the next report is taken.
+    let (status, body) = t
+        .send(edge_request(
+            "/v1/presence",
+            Some(TOKEN),
+            &report_body(41, 1, &[("busy", 1)]),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn the_presence_routes_store_sum_and_refuse_bad_reports_unchanged() {
     let t = TestMerger::new().await;
     let (status, body) = t
