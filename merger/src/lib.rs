@@ -45,6 +45,7 @@ pub mod peers;
 pub mod presence;
 pub mod state;
 pub mod store;
+pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -115,6 +116,10 @@ pub struct Shared {
     /// are refused with 503 `overloaded` and `Retry-After`, as syncs are when the commit
     /// queue is full, instead of piling up on the store without bound.
     side_writes: tokio::sync::Semaphore,
+    /// The public reads of viewers now, by id, for a second ([`views`]).
+    pub presence_views: views::ViewCache<http::presence::PresenceView>,
+    /// The public reads of unique visitors, by sketch key, for a second.
+    pub unique_views: views::ViewCache<http::unique::UniqueView>,
 }
 
 impl std::ops::Deref for AppState {
@@ -308,6 +313,18 @@ impl Merger {
                 changes,
             ));
         }
+        let presence_views = views::ViewCache::new(
+            config.cache_counters,
+            views::VIEW_TTL,
+            metrics.view_hits.clone(),
+            metrics.view_misses.clone(),
+        );
+        let unique_views = views::ViewCache::new(
+            config.cache_counters,
+            views::VIEW_TTL,
+            metrics.view_hits.clone(),
+            metrics.view_misses.clone(),
+        );
         let state = AppState(Arc::new(Shared {
             db,
             committer,
@@ -318,6 +335,8 @@ impl Merger {
             admin_token,
             load_timeout: config.request_timeout,
             side_writes: tokio::sync::Semaphore::new(config.commit_queue.max(1)),
+            presence_views,
+            unique_views,
         }));
         Ok(Merger {
             state,

@@ -131,6 +131,10 @@ pub struct Metrics {
     pub cached_counters: Gauge,
     /// What the cache did.
     pub cache: CacheStats,
+    /// Public presence and unique reads answered from memory (`views.rs`).
+    pub view_hits: Counter,
+    /// Public presence and unique reads that asked the store.
+    pub view_misses: Counter,
     /// Counters reloaded because another merger changed them.
     pub peer_refreshes: Counter,
     /// History points deleted by retention and downsampling.
@@ -171,6 +175,8 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             cached_counters: Gauge::default(),
             cache: CacheStats::default(),
+            view_hits: Counter::default(),
+            view_misses: Counter::default(),
             peer_refreshes: Counter::default(),
             history_pruned: Counter::default(),
             retirements: Counter::default(),
@@ -306,6 +312,16 @@ impl Default for Metrics {
             "cache_misses",
             "Counters loaded from the store into the cache",
             m.cache.misses.clone(),
+        );
+        registry.register(
+            "view_cache_hits",
+            "Public presence and unique reads answered from memory",
+            m.view_hits.clone(),
+        );
+        registry.register(
+            "view_cache_misses",
+            "Public presence and unique reads that asked the store",
+            m.view_misses.clone(),
         );
         registry.register(
             "history_points_dropped",

@@ -64,6 +64,9 @@ async fn store_report(
     let _place = app.side_write()?;
     let now = crate::commit::now();
     app.store.report_presence(&report, now).await?;
+    for count in &report.counts {
+        app.presence_views.changed(&count.id);
+    }
     app.metrics.committed(Purpose::PRESENCE);
     let ids: Vec<String> = report.counts.into_iter().map(|c| c.id).collect();
     let sums = app.store.presence(&ids, Some(report.reporter), now).await?;
@@ -117,7 +120,7 @@ pub async fn read(
 }
 
 /// One presence id's viewers now, as the public read answers it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(as = Presence)]
 pub struct PresenceView {
     #[schema(value_type = CounterId)]
@@ -157,16 +160,22 @@ pub async fn view(
 ) -> Result<Json<PresenceView>, AppError> {
     let Path(id) = path?;
     check_counter_id(&id).map_err(AppError::InvalidId)?;
+    if let Some(view) = app.presence_views.get(&id) {
+        return Ok(Json(view));
+    }
+    let asked = std::time::Instant::now();
     let sum = app
         .store
         .presence(std::slice::from_ref(&id), None, crate::commit::now())
         .await?
         .pop()
         .unwrap_or_default();
-    Ok(Json(PresenceView {
+    let view = PresenceView {
         id,
         count: sum.count,
         updated_at: sum.updated_at,
         reporters: sum.reporters,
-    }))
+    };
+    app.presence_views.put(view.id.clone(), view.clone(), asked);
+    Ok(Json(view))
 }

@@ -55,6 +55,9 @@ pub async fn sync(
             .await
         {
             Ok(sketches) => {
+                for update in &sync.sketches {
+                    app.unique_views.changed(&update.key.to_string());
+                }
                 app.metrics.committed(Purpose::UNIQUE);
                 Ok(SketchResponse {
                     version: sync.version,
@@ -122,7 +125,7 @@ pub struct ViewQuery {
 }
 
 /// One unique id's visitors, as the public read answers it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(as = Unique)]
 pub struct UniqueView {
     #[schema(value_type = CounterId)]
@@ -180,18 +183,25 @@ pub async fn view(
         })?),
     };
     let key = SketchKey::new(id, day).map_err(AppError::InvalidId)?;
+    let cached = key.to_string();
+    if let Some(view) = app.unique_views.get(&cached) {
+        return Ok(Json(view));
+    }
+    let asked = std::time::Instant::now();
     let total = app
         .store
         .sketches(std::slice::from_ref(&key))
         .await?
         .pop()
         .ok_or_else(|| AppError::from(crate::store::corrupt("sketches", "no answer".into())))?;
-    Ok(Json(UniqueView {
+    let view = UniqueView {
         id: key.id().to_owned(),
         day,
         count: total.sketch.estimate(),
         error: total.sketch.relative_error(),
         updated_at: total.updated_at,
         bytes: total.sketch.encoded_len(),
-    }))
+    };
+    app.unique_views.put(cached, view.clone(), asked);
+    Ok(Json(view))
 }

@@ -342,6 +342,45 @@ fn report_body(from: u64, seq: u64, counts: &[(&str, u64)]) -> Value {
 }
 
 #[tokio::test]
+async fn public_presence_and_unique_reads_come_from_memory_and_show_this_mergers_writes_at_once() {
+    // Fails on the code before: every public read queried the store (no view cache).
+    let t = TestMerger::new().await;
+    let report = |from: u64, seq: u64, count: u64| {
+        edge_request(
+            "/v1/presence",
+            Some(TOKEN),
+            &report_body(from, seq, &[("live", count)]),
+        )
+    };
+    assert_eq!(t.send(report(1, 1, 3)).await.0, StatusCode::OK);
+    for _ in 0..50 {
+        assert_eq!(t.get("/v1/presence/live").await.1["count"], 3);
+        assert_eq!(t.get("/v1/unique/home").await.1["count"], 0);
+    }
+    let (hits, misses) = (
+        t.metric("tally_view_cache_hits_total").await,
+        t.metric("tally_view_cache_misses_total").await,
+    );
+    // One store query per view and second: the 100 reads take about 70 ms here, so even a
+    // machine 10x slower asks the store at most a few times.
+    assert!((2.0..=10.0).contains(&misses), "{misses} store queries");
+    assert!(
+        hits >= 90.0 && (hits + misses - 100.0).abs() < 0.5,
+        "{hits} from memory"
+    );
+    // This merger's own writes show at once.
+    assert_eq!(t.send(report(1, 2, 5)).await.0, StatusCode::OK);
+    assert_eq!(t.get("/v1/presence/live").await.1["count"], 5);
+    let sketch = json!({"version": 2, "replica": replica(1), "region": "eu",
+        "sketches": [{"id": "home", "registers": "AQwAAmDB"}]});
+    let (status, body) = t
+        .send(edge_request("/v1/unique", Some(TOKEN), &sketch))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(t.get("/v1/unique/home").await.1["count"], 1);
+}
+
+#[tokio::test]
 async fn reports_beyond_the_commit_queue_are_refused_with_503_and_store_nothing() {
     // Fails on the code before: every report went to the store at once, without bound.
     let t = TestMerger::with(|c| c.commit_queue = 2).await;
