@@ -101,22 +101,24 @@ impl Config {
                 "an http:// or https:// URL",
             ));
         }
-        let sync_token = get("SYNC_TOKEN").ok_or(ConfigError::Missing("SYNC_TOKEN"))?;
-        if sync_token.len() < MIN_TOKEN_LEN {
-            return Err(invalid(
-                "SYNC_TOKEN",
-                "<hidden>".into(),
-                "at least 16 characters",
-            ));
-        }
-        let session_key = get("SESSION_KEY").ok_or(ConfigError::Missing("SESSION_KEY"))?;
-        if session_key.len() < MIN_TOKEN_LEN {
-            return Err(invalid(
-                "SESSION_KEY",
-                "<hidden>".into(),
-                "at least 16 characters",
-            ));
-        }
+        // A secret is at least 16 characters; an optional one may be absent or empty.
+        let checked = |name: &'static str, key: String| {
+            if key.len() < MIN_TOKEN_LEN {
+                Err(invalid(name, "<hidden>".into(), "at least 16 characters"))
+            } else {
+                Ok(key)
+            }
+        };
+        let required =
+            |name: &'static str| checked(name, get(name).ok_or(ConfigError::Missing(name))?);
+        let secret = |name: &'static str| {
+            get(name)
+                .filter(|k| !k.is_empty())
+                .map(|k| checked(name, k))
+                .transpose()
+        };
+        let sync_token = required("SYNC_TOKEN")?;
+        let session_key = required("SESSION_KEY")?;
         if session_key == sync_token {
             return Err(invalid(
                 "SESSION_KEY",
@@ -124,16 +126,7 @@ impl Config {
                 "a key of its own, not SYNC_TOKEN (the merger holds that)",
             ));
         }
-        let session_key_previous = match get("SESSION_KEY_PREVIOUS").filter(|k| !k.is_empty()) {
-            Some(k) if k.len() < MIN_TOKEN_LEN => {
-                return Err(invalid(
-                    "SESSION_KEY_PREVIOUS",
-                    "<hidden>".into(),
-                    "at least 16 characters",
-                ));
-            }
-            other => other,
-        };
+        let session_key_previous = secret("SESSION_KEY_PREVIOUS")?;
         let number = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
             match get(name) {
                 None => Ok(default),
@@ -177,31 +170,13 @@ impl Config {
         )?;
         let presence_max_sessions = number("PRESENCE_MAX_SESSIONS", 10_000, 1..=100_000)?;
         let presence_push_ms = number("PRESENCE_PUSH_MS", 250, 0..=60_000)?;
-        let unique_salt = match get("UNIQUE_SALT").filter(|k| !k.is_empty()) {
-            Some(k) if k.len() < MIN_TOKEN_LEN => {
-                return Err(invalid(
-                    "UNIQUE_SALT",
-                    "<hidden>".into(),
-                    "at least 16 characters",
-                ));
-            }
-            other => other,
-        };
+        let unique_salt = secret("UNIQUE_SALT")?;
         let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
             None | Some("" | "false" | "0") => Ok(false),
             Some("true" | "1") => Ok(true),
             Some(other) => Err(invalid(name, other.into(), "true or false")),
         };
-        let write_key = match get("WRITE_KEY").filter(|k| !k.is_empty()) {
-            Some(k) if k.len() < MIN_TOKEN_LEN => {
-                return Err(invalid(
-                    "WRITE_KEY",
-                    "<hidden>".into(),
-                    "at least 16 characters",
-                ));
-            }
-            other => other,
-        };
+        let write_key = secret("WRITE_KEY")?;
         let narrow = |v: u64| u32::try_from(v).expect("bounded by its range above");
         Ok(Config {
             merger_url: merger_url.trim_end_matches('/').to_owned(),

@@ -40,7 +40,7 @@ enum Entry<V> {
 #[derive(Debug)]
 struct Entries<V> {
     map: HashMap<String, Entry<V>>,
-    /// Keys in insertion order (a key dropped from `map` leaves a stale place here, skipped).
+    /// The keys of `map` in insertion order (a key leaves both only when it is the oldest).
     order: VecDeque<String>,
 }
 
@@ -120,11 +120,6 @@ impl<V: Clone> ViewCache<V> {
                 }
                 None => break,
             }
-        }
-        // Stale places of dropped keys are bounded by the live ones.
-        if entries.order.len() > 2 * entries.map.len() + 16 {
-            let Entries { map, order } = &mut *entries;
-            order.retain(|k| map.contains_key(k));
         }
     }
 

@@ -31,6 +31,16 @@ fn served_by_two_objects(prefix: &str, kind: CounterKind, n: usize) -> Vec<Strin
         .collect()
 }
 
+/// An edge whose objects' views of a counter differ for seconds: slow syncs and a long read
+/// TTL, and no isolate cache, so every read goes to one of a counter's two objects.
+fn diverging(merger_url: &str, state: &std::path::Path) -> EdgeOptions {
+    let mut options = EdgeOptions::new(merger_url, state);
+    options.sync_interval_ms = 3000;
+    options.vars.push("READ_TTL_MS:3000".into());
+    options.vars.push("EDGE_CACHE_MS:0".into());
+    options
+}
+
 /// A `PUT` without the write key, as any web page could send it.
 async fn public_put(path: &str, body: Option<&str>, auth: Option<&str>) -> (u16, Value) {
     let mut request = http_client().put(path);
@@ -208,13 +218,7 @@ async fn every_client_reads_its_own_writes_and_its_reads_never_go_back() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    // Slow syncs and a long read TTL: objects' views of a counter differ for a long time.
-    options.sync_interval_ms = 3000;
-    options.vars.push("READ_TTL_MS:3000".into());
-    // No isolate cache: every read goes to one of the counter's two objects.
-    options.vars.push("EDGE_CACHE_MS:0".into());
-    let edge = Edge::start(&options).await;
+    let edge = Edge::start(&diverging(&merger.url, state.path())).await;
     let mut paths: Vec<(String, String)> = served_by_two_objects("ryw", CounterKind::G, 2)
         .into_iter()
         .map(|id| (format!("/{id}/counter"), format!("g:{id}")))
@@ -441,13 +445,8 @@ async fn read_your_writes_survives_a_page_of_batch_reads() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    // Slow syncs and a long read TTL, no isolate cache: the two objects of each liked
-    // counter disagree for seconds, and only the token keeps a client's like in its reads.
-    options.sync_interval_ms = 3000;
-    options.vars.push("READ_TTL_MS:3000".into());
-    options.vars.push("EDGE_CACHE_MS:0".into());
-    let edge = Edge::start(&options).await;
+    // Only the token keeps a client's like in its reads.
+    let edge = Edge::start(&diverging(&merger.url, state.path())).await;
     let c = http_client();
     // A page of the batch limit: 100 other counters.
     let page: Vec<String> = (0..100).map(|i| format!("page-{i}")).collect();
