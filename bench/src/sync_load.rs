@@ -460,6 +460,7 @@ impl Replica {
                     key: universe.counters[*key].clone(),
                     totals: *totals,
                     visits: Vec::new(),
+                    carried: SlotTotals::default(),
                 })
                 .collect(),
         }

@@ -14,11 +14,16 @@
 //! A row belongs to the incarnation that wrote it, named by its generation
 //! ([`crate::incarnation`]). A row of an earlier generation reads as zero
 //! ([`Row::in_generation`]): its totals are the final slot of a retired incarnation, counted in
-//! the merger's global, and the current incarnation starts that counter from nothing.
+//! the merger's global, and the current incarnation starts that counter from nothing. That
+//! final slot goes into the row's *carry* ([`Row::carried`]): the sums of the counter's final
+//! slots in the object's earlier generations, which every sync of the row re-sends, so that a
+//! merger restored from an old backup gets them back. Nothing is written at a rotation: a
+//! row is carried over when it is next read.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use crate::incarnation::Lineage;
 use crate::milestone::Watch;
 use tally_crdt::{
     CounterKey, Error, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, SlotUpdate, SyncAnswer,
@@ -72,21 +77,37 @@ pub struct Row {
     pub state: SyncState,
     /// The generation of the incarnation whose slot `own` and `acked` are.
     pub generation: u64,
+    /// The sums of this counter's final slots in the object's generations before
+    /// `generation` (those of its lineage: [`Lineage::holds`]).
+    pub carried: SlotTotals,
 }
 
 impl Row {
-    /// The row as incarnation `generation` sees it: itself if written by it, else all zero (an
-    /// earlier incarnation's slot is final and already in the merger's global; a hit on it
-    /// starts the new slot from zero and rewrites the row with `generation`).
+    /// The row as incarnation `generation` sees it: itself if written by it, else a zero
+    /// slot (an earlier incarnation's slot is final and already in the merger's global; a hit
+    /// on it starts the new slot from zero and rewrites the row with `generation`) with the
+    /// earlier slot added to the carry, if `lineage` holds its generation.
+    ///
+    /// What is carried is `acked`: the object rotates only when every row is acknowledged,
+    /// so that is the final slot the merger committed (a row the merger refused carries only
+    /// what it took). Sums saturate: a carry is a lower bound, never more than was counted.
     #[must_use]
-    pub fn in_generation(self, generation: u64) -> Row {
+    pub fn in_generation(self, generation: u64, lineage: &Lineage) -> Row {
         if self.generation == generation {
-            self
-        } else {
-            Row {
-                generation,
-                ..Row::default()
+            return self;
+        }
+        let carried = if lineage.holds(self.generation) {
+            SlotTotals {
+                p: self.carried.p.saturating_add(self.acked.p),
+                n: self.carried.n.saturating_add(self.acked.n),
             }
+        } else {
+            self.carried
+        };
+        Row {
+            generation,
+            carried,
+            ..Row::default()
         }
     }
 
@@ -285,8 +306,9 @@ impl Entry {
     /// is final and at least `max(recorded, acked)`: what was heard, with the old slot
     /// counted at that, is a lower bound of the global totals, and the new incarnation has
     /// recorded nothing at the merger yet. A clean row answers exactly as before the
-    /// rotation; a row the merger rejected answers without its refused part.
-    pub fn rotate(&mut self, generation: u64) -> bool {
+    /// rotation; a row the merger rejected answers without its refused part. The row is
+    /// carried over as storage's would be when next read ([`Row::in_generation`]).
+    pub fn rotate(&mut self, generation: u64, lineage: &Lineage) -> bool {
         let Some(h) = self.heard else { return false };
         let Ok(global) = h.global.with_own(h.recorded, self.row.acked) else {
             return false;
@@ -299,10 +321,7 @@ impl Entry {
             fetched_at: h.fetched_at,
             epoch: h.epoch,
         });
-        self.row = Row {
-            generation,
-            ..Row::default()
-        };
+        self.row = self.row.clone().in_generation(generation, lineage);
         true
     }
 }
@@ -337,17 +356,27 @@ pub fn outcomes<'a>(
         .collect()
 }
 
-/// What a sync or a sweep page sends of `rows`: the own totals of the current incarnation's
-/// rows (`generation`). A row of an earlier incarnation is never dirty (the object rotates
-/// only when clean, and a hit rewrites the row in the current generation), and its totals
-/// must never go out under the new id: they are the old incarnation's final slot.
-pub fn current_totals(rows: Vec<(CounterKey, Row)>, generation: u64) -> Vec<SlotUpdate> {
+/// What a sync or a sweep page sends of `rows`: each row as the current incarnation
+/// (`generation`) sees it ([`Row::in_generation`]): its own totals and its carry. A row of
+/// an earlier incarnation is never dirty (the object rotates only when clean, and a hit
+/// rewrites the row in the current generation), and its totals never go out under the new
+/// id: they are the old incarnation's final slot, and go in the carry. A row with neither a
+/// slot in this generation nor a carry has nothing to send.
+pub fn current_totals(
+    rows: Vec<(CounterKey, Row)>,
+    generation: u64,
+    lineage: &Lineage,
+) -> Vec<SlotUpdate> {
     rows.into_iter()
-        .filter(|(_, row)| row.generation == generation)
-        .map(|(key, row)| SlotUpdate {
-            key,
-            totals: row.own,
-            visits: Vec::new(),
+        .filter_map(|(key, row)| {
+            let current = row.generation == generation;
+            let row = row.in_generation(generation, lineage);
+            (current || row.carried != SlotTotals::default()).then(|| SlotUpdate {
+                key,
+                totals: row.own,
+                visits: Vec::new(),
+                carried: row.carried,
+            })
         })
         .collect()
 }
@@ -498,6 +527,7 @@ mod tests {
             key: CounterKey::new(CounterKind::G, id).unwrap(),
             totals: SlotTotals { p, n: 0 },
             visits: Vec::new(),
+            carried: SlotTotals::default(),
         }
     }
 
@@ -578,18 +608,44 @@ mod tests {
         assert_eq!(e.row.state, SyncState::Dirty);
     }
 
+    /// A lineage from generation `from`.
+    fn lineage(from: u64) -> Lineage {
+        Lineage {
+            object: ReplicaId::from_u128(5 << 32),
+            from,
+        }
+    }
+
     #[test]
-    fn a_row_of_an_earlier_generation_reads_as_zero() {
+    fn a_row_of_an_earlier_generation_reads_as_zero_with_its_slot_carried() {
         let mut r = Row::default();
         r.hit(SlotTotals { p: 40, n: 3 }, ME, at(1)).unwrap();
         r.acknowledge(r.own);
         assert_eq!(
-            r.clone().in_generation(0),
+            r.clone().in_generation(0, &lineage(0)),
             r,
             "its own generation reads it whole"
         );
+        let carried = r.clone().in_generation(1, &lineage(0));
         assert_eq!(
-            r.in_generation(1),
+            carried,
+            Row {
+                generation: 1,
+                carried: SlotTotals { p: 40, n: 3 },
+                ..Row::default()
+            }
+        );
+        // Two generations later, with a hit in between: both final slots are carried.
+        let mut again = carried;
+        again.hit(SlotTotals { p: 2, n: 0 }, ME, at(2)).unwrap();
+        again.acknowledge(again.own);
+        assert_eq!(
+            again.in_generation(3, &lineage(0)).carried,
+            SlotTotals { p: 42, n: 3 }
+        );
+        // A generation from before the lineage was retired into a region base: not carried.
+        assert_eq!(
+            r.in_generation(1, &lineage(1)),
             Row {
                 generation: 1,
                 ..Row::default()
@@ -598,11 +654,23 @@ mod tests {
     }
 
     #[test]
+    fn a_carry_takes_only_what_the_merger_acknowledged() {
+        let mut r = Row::default();
+        r.hit(SlotTotals { p: 5, n: 0 }, ME, at(1)).unwrap();
+        r.acknowledge(SlotTotals { p: 3, n: 0 });
+        r.state = SyncState::Rejected;
+        assert_eq!(
+            r.in_generation(1, &lineage(0)).carried,
+            SlotTotals { p: 3, n: 0 }
+        );
+    }
+
+    #[test]
     fn a_hit_on_a_row_of_an_earlier_generation_starts_the_new_slot_from_zero() {
         let mut old = Row::default();
         old.hit(SlotTotals { p: 40, n: 0 }, ME, at(1)).unwrap();
         old.acknowledge(old.own);
-        let mut r = old.in_generation(1);
+        let mut r = old.in_generation(1, &lineage(0));
         r.hit(SlotTotals { p: 1, n: 0 }, ME, at(2)).unwrap();
         assert_eq!(
             (r.own, r.acked, r.state, r.generation),
@@ -617,7 +685,7 @@ mod tests {
     }
 
     #[test]
-    fn syncs_and_the_sweep_send_only_the_current_incarnations_rows() {
+    fn syncs_and_the_sweep_send_the_current_incarnations_slots_and_the_carries() {
         let row = |p, generation| Row {
             own: SlotTotals { p, n: 0 },
             acked: SlotTotals { p, n: 0 },
@@ -630,15 +698,26 @@ mod tests {
             (key("b"), row(2, 1)),
             (key("c"), row(9, 0)),
         ];
+        let update = |id, p, carried| SlotUpdate {
+            key: key(id),
+            totals: SlotTotals { p, n: 0 },
+            visits: Vec::new(),
+            carried: SlotTotals { p: carried, n: 0 },
+        };
         assert_eq!(
-            current_totals(page.clone(), 1),
-            [SlotUpdate {
-                key: key("b"),
-                totals: SlotTotals { p: 2, n: 0 },
-                visits: Vec::new(),
-            }]
+            current_totals(page.clone(), 1, &lineage(0)),
+            [update("a", 0, 40), update("b", 2, 0), update("c", 0, 9)],
+            "generation 0's final slots go as carries, never under the new id"
         );
-        assert_eq!(current_totals(page, 0).len(), 2);
+        assert_eq!(
+            current_totals(page.clone(), 1, &lineage(1)),
+            [update("b", 2, 0)],
+            "a generation from before the lineage has nothing to send"
+        );
+        assert_eq!(
+            current_totals(vec![page[0].clone(), page[2].clone()], 0, &lineage(0)),
+            [update("a", 40, 0), update("c", 9, 0)]
+        );
     }
 
     #[test]
@@ -648,11 +727,12 @@ mod tests {
         e.hear(&merged((700, 20), (25, 4)), at(10)); // heard before the last sync
         e.row.acknowledge(e.row.own);
         let before = e.view(at(20)).unwrap();
-        assert!(e.rotate(1));
+        assert!(e.rotate(1, &lineage(0)));
         assert_eq!(
             e.row,
             Row {
                 generation: 1,
+                carried: SlotTotals { p: 30, n: 4 },
                 ..Row::default()
             }
         );
@@ -671,7 +751,7 @@ mod tests {
         e.row.hit(SlotTotals { p: 30, n: 0 }, ME, at(1)).unwrap();
         e.hear(&merged((700, 0), (25, 0)), at(10));
         e.row.acknowledge(e.row.own);
-        assert!(e.rotate(1));
+        assert!(e.rotate(1, &lineage(0)));
         // The merger now: the old slot final at 30, others grew by 8; the new slot is empty.
         assert!(e.hear(&merged((713, 0), (0, 0)), at(40)));
         assert_eq!(e.view(at(40)).unwrap().totals.p, 713);
@@ -685,7 +765,7 @@ mod tests {
         e.hear(&merged((100, 0), (10, 0)), at(2));
         e.row.hit(SlotTotals { p: 5, n: 0 }, ME, at(3)).unwrap();
         e.row.state = SyncState::Rejected;
-        assert!(e.rotate(1));
+        assert!(e.rotate(1, &lineage(0)));
         assert_eq!(
             e.view(at(4)).unwrap().totals.p,
             100,
@@ -697,7 +777,7 @@ mod tests {
     fn an_entry_with_nothing_heard_is_dropped_at_rotation() {
         let mut e = Entry::default();
         e.row.hit(SlotTotals { p: 3, n: 0 }, ME, at(1)).unwrap();
-        assert!(!e.rotate(1));
+        assert!(!e.rotate(1, &lineage(0)));
     }
 
     #[test]

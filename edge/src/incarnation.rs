@@ -16,6 +16,16 @@
 //!
 //! An incarnation that has counted nothing has no slot at the merger and nothing to retire;
 //! its age counts from its first hit, so an idle object does not churn ids.
+//!
+//! An object's incarnations form a *lineage* ([`ReplicaId::lineage`]): 96 bits drawn once per
+//! storage lifetime, and the generation in the low 32 bits. So the merger can tell which
+//! incarnations of an object came before a given one, and an object can keep, per counter,
+//! the *carry* of its own retired generations (the sums of their final slots,
+//! [`crate::counter::Row::carried`]) and re-send it with every sync of that counter: a merger
+//! restored from a backup older than some rotations gets back what the rotated-away
+//! incarnations counted. Storage from before lineages draws its lineage at load and starts it
+//! at its next rotation ([`Lineage::from`]); the generations before were retired into the
+//! merger's region bases, and are in no carry.
 
 use tally_crdt::{ReplicaId, Timestamp};
 
@@ -27,6 +37,35 @@ use crate::store::meta;
 /// keeps its incarnation until the merger answers: the stored list stays bounded whatever
 /// the merger does.
 pub const MAX_RETIRING: usize = 16;
+
+/// The object's lineage: its 96 bits, and the first generation named by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage {
+    /// The object's bits ([`ReplicaId::object`]).
+    pub object: ReplicaId,
+    /// Generations from this one on are incarnations of the lineage, and their final slots
+    /// go into the carries (0 for storage drawn with its lineage; for storage from before,
+    /// the generation after the one it had then).
+    pub from: u64,
+}
+
+impl Lineage {
+    /// Whether `generation` is an incarnation of the lineage (its slots are carried).
+    pub fn holds(&self, generation: u64) -> bool {
+        generation >= self.from
+    }
+
+    /// Whether `replica` is an incarnation of the lineage: its retirement must be a
+    /// version-4 one, which folds it into the object's carry.
+    pub fn names(&self, replica: ReplicaId) -> bool {
+        replica.object() == self.object && self.holds(u64::from(replica.generation()))
+    }
+
+    /// The stored form: the object's id and the first generation, `:`-separated.
+    fn text(&self) -> String {
+        format!("{}:{}", self.object, self.from)
+    }
+}
 
 /// The current incarnation and the earlier ones still to retire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +80,8 @@ pub struct Incarnation {
     pub started_at: Option<Timestamp>,
     /// Earlier incarnations, oldest first, whose retirement the merger has not acknowledged.
     pub retiring: Vec<ReplicaId>,
+    /// The object's lineage.
+    pub lineage: Lineage,
 }
 
 /// Why an incarnation due for rotation keeps going for now.
@@ -53,6 +94,8 @@ pub enum Blocker {
     SyncInFlight,
     /// [`MAX_RETIRING`] retirements are waiting for the merger.
     TooManyRetiring,
+    /// The lineage has used its 2^32 generations (a rotation a second would take 136 years).
+    LineageExhausted,
 }
 
 /// A stored meta entry that does not read back as written.
@@ -66,18 +109,26 @@ pub struct DamagedMeta {
 }
 
 impl Incarnation {
-    /// The first incarnation of an object whose storage is new.
-    pub fn new(replica: ReplicaId) -> Incarnation {
+    /// The first incarnation of an object whose storage is new: generation 0 of the lineage
+    /// of `object` (96 random bits; the low 32 are ignored).
+    pub fn new(object: ReplicaId) -> Incarnation {
+        let lineage = Lineage {
+            object: object.object(),
+            from: 0,
+        };
         Incarnation {
-            replica,
+            replica: ReplicaId::lineage(lineage.object, 0),
             generation: 0,
             started_at: None,
             retiring: Vec::new(),
+            lineage,
         }
     }
 
     /// Reads the stored meta entries ([`Incarnation::meta`]); an absent generation, start or
-    /// list (storage from before rotation) reads as 0, not started, empty.
+    /// list (storage from before rotation) reads as 0, not started, empty. Storage from
+    /// before lineages gets the lineage of `fresh` (96 random bits), starting at its next
+    /// generation; the answer then says that the meta entries must be stored.
     ///
     /// # Errors
     ///
@@ -87,7 +138,9 @@ impl Incarnation {
         generation: Option<&str>,
         started_at: Option<&str>,
         retiring: Option<&str>,
-    ) -> Result<Incarnation, DamagedMeta> {
+        lineage: Option<&str>,
+        fresh: ReplicaId,
+    ) -> Result<(Incarnation, bool), DamagedMeta> {
         let damaged = |name, value: &str| DamagedMeta {
             name,
             value: value.to_owned(),
@@ -95,7 +148,7 @@ impl Incarnation {
         let replica = replica
             .parse()
             .map_err(|_| damaged(meta::REPLICA, replica))?;
-        let generation = match generation {
+        let generation: u64 = match generation {
             None => 0,
             Some(text) => text.parse().map_err(|_| damaged(meta::GENERATION, text))?,
         };
@@ -111,17 +164,44 @@ impl Incarnation {
                 .collect::<Result<_, _>>()
                 .map_err(|_| damaged(meta::RETIRING, text))?,
         };
-        Ok(Incarnation {
+        let (lineage, drawn) = match lineage {
+            Some(text) => {
+                let bad = || damaged(meta::LINEAGE, text);
+                let (object, from) = text.split_once(':').ok_or_else(bad)?;
+                let object: ReplicaId = object.parse().map_err(|_| bad())?;
+                let from = from.parse().map_err(|_| bad())?;
+                (
+                    Lineage {
+                        object: object.object(),
+                        from,
+                    },
+                    false,
+                )
+            }
+            None => {
+                let from = generation
+                    .checked_add(1)
+                    .expect("a generation per rotation does not reach 2^64");
+                let lineage = Lineage {
+                    object: fresh.object(),
+                    from,
+                };
+                (lineage, true)
+            }
+        };
+        let incarnation = Incarnation {
             replica,
             generation,
             started_at,
             retiring,
-        })
+            lineage,
+        };
+        Ok((incarnation, drawn))
     }
 
     /// The meta entries that store it, written together (one statement, so a rotation is
     /// stored whole or not at all). Not started and an empty list are stored as `""`.
-    pub fn meta(&self) -> [(&'static str, String); 4] {
+    pub fn meta(&self) -> [(&'static str, String); 5] {
         [
             (meta::REPLICA, self.replica.to_string()),
             (meta::GENERATION, self.generation.to_string()),
@@ -130,6 +210,7 @@ impl Incarnation {
                 self.started_at.map(|t| t.to_string()).unwrap_or_default(),
             ),
             (meta::RETIRING, self.retiring_text()),
+            (meta::LINEAGE, self.lineage.text()),
         ]
     }
 
@@ -167,26 +248,47 @@ impl Incarnation {
             Some(Blocker::SyncInFlight)
         } else if self.retiring.len() >= MAX_RETIRING {
             Some(Blocker::TooManyRetiring)
+        } else if self.next_generation().is_none() {
+            Some(Blocker::LineageExhausted)
         } else {
             None
         }
     }
 
-    /// Rotates to the fresh incarnation `fresh`: the next generation, not started yet, and
+    /// The next generation and its id in the lineage, if the lineage has one.
+    fn next_generation(&self) -> Option<(u64, ReplicaId)> {
+        let next = self.generation.checked_add(1)?;
+        let low = u32::try_from(next).ok()?;
+        Some((next, ReplicaId::lineage(self.lineage.object, low)))
+    }
+
+    /// Rotates to the lineage's next incarnation: the next generation, not started yet, and
     /// the old id appended to the retirements. Returns the old id.
     ///
-    /// Only once [`Incarnation::blocker`] said so, in the same synchronous stretch of
-    /// storage calls as that check.
-    pub fn rotate(&mut self, fresh: ReplicaId) -> ReplicaId {
+    /// Only once [`Incarnation::blocker`] said so (which makes sure there is a next
+    /// generation), in the same synchronous stretch of storage calls as that check.
+    pub fn rotate(&mut self) -> ReplicaId {
+        let (generation, fresh) = self
+            .next_generation()
+            .expect("the blocker checked that the lineage has a next generation");
         let old = self.replica;
         self.retiring.push(old);
         self.replica = fresh;
-        self.generation = self
-            .generation
-            .checked_add(1)
-            .expect("a generation per rotation does not reach 2^64");
+        self.generation = generation;
         self.started_at = None;
         old
+    }
+
+    /// The version of `POST /v1/retire` that retires `replica`: 4 for an incarnation of the
+    /// lineage (folded into the object's carry; a merger a release behind refuses it until
+    /// it is upgraded, rather than fold it where the carry would count it again), else
+    /// [`tally_crdt::PREVIOUS_VERSION`].
+    pub fn retire_version(&self, replica: ReplicaId) -> u32 {
+        if self.lineage.names(replica) {
+            tally_crdt::PROTOCOL_VERSION
+        } else {
+            tally_crdt::PREVIOUS_VERSION
+        }
     }
 
     /// The merger acknowledged the retirement of `replica`: off the list. Returns whether it
@@ -243,8 +345,9 @@ mod tests {
     use super::*;
     use crate::scheduler::Scheduler;
 
-    const OLD: ReplicaId = ReplicaId::from_u128(1);
-    const NEW: ReplicaId = ReplicaId::from_u128(2);
+    const OBJECT: ReplicaId = ReplicaId::from_u128(0xabc << 32);
+    const OLD: ReplicaId = ReplicaId::lineage(OBJECT, 0);
+    const NEW: ReplicaId = ReplicaId::lineage(OBJECT, 1);
     const DAY: u64 = 86_400_000;
 
     fn at(ms: i64) -> Timestamp {
@@ -252,14 +355,14 @@ mod tests {
     }
 
     fn started(ms: i64) -> Incarnation {
-        let mut inc = Incarnation::new(OLD);
+        let mut inc = Incarnation::new(OBJECT);
         assert!(inc.first_use(at(ms)));
         inc
     }
 
     #[test]
     fn an_incarnation_that_counted_nothing_never_rotates() {
-        let mut inc = Incarnation::new(OLD);
+        let mut inc = Incarnation::new(OBJECT);
         assert_eq!(inc.due_at(DAY), None);
         assert!(inc.wanted(at(0), DAY).is_empty());
         assert!(inc.first_use(at(1000)));
@@ -284,7 +387,7 @@ mod tests {
     #[test]
     fn rotation_draws_the_next_generation_and_lists_the_old_id_for_retirement() {
         let mut inc = started(0);
-        assert_eq!(inc.rotate(NEW), OLD);
+        assert_eq!(inc.rotate(), OLD);
         assert_eq!(
             inc,
             Incarnation {
@@ -292,8 +395,13 @@ mod tests {
                 generation: 1,
                 started_at: None,
                 retiring: vec![OLD],
+                lineage: Lineage {
+                    object: OBJECT,
+                    from: 0
+                },
             }
         );
+        assert_eq!(inc.retire_version(OLD), 4, "folded into the object's carry");
         assert_eq!(inc.due_at(DAY), None, "the new one starts at its first hit");
     }
 
@@ -302,8 +410,8 @@ mod tests {
         let mut inc = started(0);
         for n in 0..MAX_RETIRING {
             assert_eq!(inc.blocker(false, 0), None);
-            let id = u128::try_from(n).unwrap() + 10;
-            inc.rotate(ReplicaId::from_u128(id));
+            let _ = n;
+            inc.rotate();
             inc.first_use(at(0));
         }
         assert_eq!(inc.blocker(false, 0), Some(Blocker::TooManyRetiring));
@@ -314,7 +422,7 @@ mod tests {
     #[test]
     fn the_scheduler_runs_retire_while_the_list_is_not_empty() {
         let mut inc = started(0);
-        inc.rotate(NEW);
+        inc.rotate();
         let mut s = Scheduler::new(None);
         for (job, when) in inc.wanted(at(100), DAY) {
             let _ = s.want(job, when, at(100));
@@ -337,34 +445,78 @@ mod tests {
     #[test]
     fn the_stored_form_reads_back() {
         let mut inc = started(1234);
-        inc.rotate(NEW);
+        inc.rotate();
         inc.first_use(at(5678));
-        inc.rotate(ReplicaId::from_u128(3));
+        inc.rotate();
         let stored = inc.meta();
         let get = |name: &str| stored.iter().find(|(n, _)| *n == name).unwrap().1.clone();
-        let back = Incarnation::decode(
+        let (back, drawn) = Incarnation::decode(
             &get(meta::REPLICA),
             Some(&get(meta::GENERATION)),
             Some(&get(meta::STARTED)),
             Some(&get(meta::RETIRING)),
+            Some(&get(meta::LINEAGE)),
+            ReplicaId::from_u128(99 << 32),
         )
         .unwrap();
-        assert_eq!(back, inc);
+        assert_eq!((back.clone(), drawn), (inc, false));
         assert_eq!(back.retiring, [OLD, NEW]);
+        assert_eq!(back.replica, ReplicaId::lineage(OBJECT, 2));
+    }
+
+    #[test]
+    fn storage_from_before_lineages_starts_one_at_its_next_rotation() {
+        let legacy = ReplicaId::from_u128(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+        let fresh = ReplicaId::from_u128(7 << 32);
+        let (mut inc, drawn) =
+            Incarnation::decode(&legacy.to_string(), Some("3"), None, None, None, fresh).unwrap();
+        assert!(drawn, "the drawn lineage must be stored");
+        assert_eq!((inc.replica, inc.generation), (legacy, 3));
+        assert!(
+            !inc.lineage.holds(3),
+            "generation 3 was not a lineage's: nothing carries it"
+        );
+        inc.first_use(at(0));
+        assert_eq!(inc.rotate(), legacy);
+        assert_eq!(inc.replica, ReplicaId::lineage(fresh, 4));
+        assert!(inc.lineage.holds(4));
+        assert_eq!(inc.retire_version(legacy), tally_crdt::PREVIOUS_VERSION);
+        inc.first_use(at(0));
+        let four = inc.rotate();
+        assert_eq!(inc.retire_version(four), 4);
     }
 
     #[test]
     fn storage_from_before_rotation_reads_as_generation_zero() {
-        let inc = Incarnation::decode(&OLD.to_string(), None, None, None).unwrap();
-        assert_eq!(inc, Incarnation::new(OLD));
+        let (inc, _) =
+            Incarnation::decode(&OLD.to_string(), None, None, None, None, OBJECT).unwrap();
+        assert_eq!(
+            (inc.generation, inc.started_at, inc.retiring.len()),
+            (0, None, 0)
+        );
     }
 
     #[test]
     fn damaged_meta_is_named() {
-        let err = Incarnation::decode(&OLD.to_string(), Some("x"), None, None).unwrap_err();
-        assert_eq!(err.name, meta::GENERATION);
-        let err = Incarnation::decode(&OLD.to_string(), None, None, Some("00,zz")).unwrap_err();
-        assert_eq!(err.name, meta::RETIRING);
+        let decode = |generation, retiring, lineage| {
+            Incarnation::decode(
+                &OLD.to_string(),
+                generation,
+                None,
+                retiring,
+                lineage,
+                OBJECT,
+            )
+            .unwrap_err()
+            .name
+        };
+        assert_eq!(decode(Some("x"), None, None), meta::GENERATION);
+        assert_eq!(decode(None, Some("00,zz"), None), meta::RETIRING);
+        assert_eq!(decode(None, None, Some("zz:1")), meta::LINEAGE);
+        assert_eq!(
+            decode(None, None, Some(&format!("{OBJECT}"))),
+            meta::LINEAGE
+        );
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Inner {
                 stored: row.is_some(),
                 row: row
                     .unwrap_or_default()
-                    .in_generation(self.incarnation.generation),
+                    .in_generation(self.incarnation.generation, &self.incarnation.lineage),
                 heard: None,
                 watch: None,
             };
@@ -119,14 +119,15 @@ impl Inner {
             return Ok(());
         }
         let mut next = self.incarnation.clone();
-        let old = next.rotate(new_replica_id());
+        let old = next.rotate();
         self.store.set_metas(&next.meta())?;
         self.incarnation = next;
         self.overdue_said = false;
         let generation = self.incarnation.generation;
+        let lineage = self.incarnation.lineage;
         let mut dropped = Vec::new();
         for (key, entry) in &mut self.cache {
-            if !entry.rotate(generation) {
+            if !entry.rotate(generation, &lineage) {
                 dropped.push(key.clone());
             }
         }
@@ -245,13 +246,25 @@ impl Replica {
         let store = Store::open(self.state.storage().sql()).map_err(|e| e.to_string())?;
         let get = |name| store.meta(name).map_err(|e| e.to_string());
         let mut incarnation = match get(meta::REPLICA)? {
-            Some(replica) => Incarnation::decode(
-                &replica,
-                get(meta::GENERATION)?.as_deref(),
-                get(meta::STARTED)?.as_deref(),
-                get(meta::RETIRING)?.as_deref(),
-            )
-            .map_err(|e| e.to_string())?,
+            Some(replica) => {
+                let (incarnation, drawn) = Incarnation::decode(
+                    &replica,
+                    get(meta::GENERATION)?.as_deref(),
+                    get(meta::STARTED)?.as_deref(),
+                    get(meta::RETIRING)?.as_deref(),
+                    get(meta::LINEAGE)?.as_deref(),
+                    new_replica_id(),
+                )
+                .map_err(|e| e.to_string())?;
+                if drawn {
+                    // Storage from before lineages: the lineage is stored before any
+                    // rotation names an incarnation of it.
+                    store
+                        .set_metas(&incarnation.meta())
+                        .map_err(|e| e.to_string())?;
+                }
+                incarnation
+            }
             None => {
                 let incarnation = Incarnation::new(new_replica_id());
                 store
@@ -471,6 +484,7 @@ impl Replica {
                     key: key.clone(),
                     totals: entry.row.own,
                     visits: Vec::new(),
+                    carried: entry.row.carried,
                 }))
             });
             let update = match ready {
@@ -630,8 +644,9 @@ impl Replica {
             let Some((last, _)) = batch.last() else { break };
             after = Some(last.clone());
             let full = batch.len() == MAX_COUNTERS_PER_SYNC;
-            let generation = self.with(|i| i.incarnation.generation);
-            let sent = current_totals(batch, generation);
+            let (generation, lineage) =
+                self.with(|i| (i.incarnation.generation, i.incarnation.lineage));
+            let sent = current_totals(batch, generation, &lineage);
             if sent.is_empty() {
                 continue;
             }
@@ -707,17 +722,26 @@ impl Replica {
     ) -> std::result::Result<tally_crdt::SyncResponse, MergerError> {
         self.with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
         let _in_flight = InFlight { replica: self };
-        match client::sync_within(config, request, timeout_ms).await {
-            // A merger one release behind (a rolling deploy in the wrong order): the same
-            // totals in the version it speaks, without the visits it cannot take.
-            Err(MergerError::Status { status: 422, body })
-                if request.version > PREVIOUS_VERSION && body.contains("unsupported_version") =>
-            {
-                console_warn!("the merger speaks an older protocol: syncing without visits");
-                client::sync_within(config, &request.without_visits(), timeout_ms).await
+        let mut answer = client::sync_within(config, request, timeout_ms).await;
+        let mut older = request.clone();
+        // A merger a release behind (a rolling deploy in the wrong order): the same totals
+        // in the version it speaks, without the carries and visits it cannot take.
+        while let Err(MergerError::Status { status: 422, body }) = &answer {
+            if !body.contains("unsupported_version") {
+                break;
             }
-            other => other,
+            let Some(down) = older.downgraded() else {
+                break;
+            };
+            console_warn!(
+                "the merger refuses protocol {}: syncing as {}",
+                older.version,
+                down.version
+            );
+            older = down;
+            answer = client::sync_within(config, &older, timeout_ms).await;
         }
+        answer
     }
 
     /// Applies a sync's answers, by counter.
@@ -816,8 +840,10 @@ impl Replica {
                 Ok(())
             });
         };
-        // Rows of earlier incarnations have nothing to send: their slots are final.
-        let sent = current_totals(page, self.with(|i| i.incarnation.generation));
+        // Rows of earlier incarnations send their carry alone: their slots are final.
+        let (generation, lineage) =
+            self.with(|i| (i.incarnation.generation, i.incarnation.lineage));
+        let sent = current_totals(page, generation, &lineage);
         if sent.is_empty() || self.send(sent, Job::Sweep).await? {
             self.with(|i| {
                 i.store.set_meta(meta::SWEEP_CURSOR, &last.storage_key())?;
@@ -838,13 +864,15 @@ impl Replica {
     /// durable). The first failure ends the pass and backs off.
     async fn retire_pass(&self) -> std::result::Result<(), StoreError> {
         loop {
-            let (config, next) =
-                self.with(|i| (i.config.clone(), i.incarnation.retiring.first().copied()));
-            let Some(replica) = next else { return Ok(()) };
-            let request = RetireRequest {
-                version: PREVIOUS_VERSION,
-                replica,
+            let (config, next) = self.with(|i| {
+                let next = i.incarnation.retiring.first().copied();
+                let next = next.map(|r| (r, i.incarnation.retire_version(r)));
+                (i.config.clone(), next)
+            });
+            let Some((replica, version)) = next else {
+                return Ok(());
             };
+            let request = RetireRequest { version, replica };
             match client::retire(&config, &request).await {
                 Ok(answer) => self.with(|i| {
                     i.scheduler.retire_succeeded();

@@ -44,7 +44,7 @@ pub enum StoreError {
 /// storage of an edge from before versions, whose tables step 1 finds already there) runs
 /// steps `v..`, then records the new version. Step 1 is idempotent, so new storage runs them
 /// all.
-const MIGRATIONS: [Migration; 2] = [
+const MIGRATIONS: [Migration; 4] = [
     Migration::Sql(SCHEMA_V1),
     // Rotation: every row names the generation of the incarnation that wrote it. Rows from
     // before belong to generation 0, the incarnation the object has had all along.
@@ -52,6 +52,19 @@ const MIGRATIONS: [Migration; 2] = [
         table: "counters",
         column: "gen",
         definition: "gen INTEGER NOT NULL DEFAULT 0",
+    },
+    // Lineages: every row carries the sums of its counter's final slots in the object's
+    // earlier generations (`Row::carried`). Rows from before carry nothing: their
+    // generations were retired into the merger's region bases.
+    Migration::AddColumn {
+        table: "counters",
+        column: "cp",
+        definition: "cp TEXT NOT NULL DEFAULT '0'",
+    },
+    Migration::AddColumn {
+        table: "counters",
+        column: "cn",
+        definition: "cn TEXT NOT NULL DEFAULT '0'",
     },
 ];
 
@@ -93,6 +106,8 @@ struct SqlRow {
     state: i64,
     #[serde(rename = "gen")]
     generation: i64,
+    cp: String,
+    cn: String,
 }
 
 impl SqlRow {
@@ -115,6 +130,10 @@ impl SqlRow {
             changed_at: Timestamp::from_unix_ms(self.changed_at),
             state: SyncState::from_code(self.state).ok_or_else(|| damaged("bad state"))?,
             generation: u64::try_from(self.generation).map_err(|_| damaged("bad generation"))?,
+            carried: SlotTotals {
+                p: total(&self.cp)?,
+                n: total(&self.cn)?,
+            },
         };
         Ok((key, row))
     }
@@ -135,6 +154,9 @@ pub mod meta {
     pub const STARTED: &str = "started_at";
     /// Earlier incarnations still to retire at the merger, comma-separated, oldest first.
     pub const RETIRING: &str = "retiring";
+    /// The object's lineage: its id and the first generation of it, `:`-separated (absent:
+    /// storage from before lineages, which draws one at load).
+    pub const LINEAGE: &str = "lineage";
     /// How many steps of the schema the storage has run (absent: 1).
     pub const SCHEMA: &str = "schema";
     /// The region the object serves.
@@ -145,7 +167,7 @@ pub mod meta {
     pub const SWEEP_DUE: &str = "sweep_due";
 }
 
-const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen";
+const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn";
 
 impl Store {
     /// Opens the tables, creating them on first use and bringing older storage up to date
@@ -290,11 +312,11 @@ impl Store {
     pub fn put(&self, key: &CounterKey, row: &Row) -> Result<(), StoreError> {
         let text = |v: u64| SqlStorageValue::from(v.to_string());
         self.sql.exec(
-            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET p = excluded.p, n = excluded.n, ap = excluded.ap, \
              an = excluded.an, changed_at = excluded.changed_at, state = excluded.state, \
-             gen = excluded.gen",
+             gen = excluded.gen, cp = excluded.cp, cn = excluded.cn",
             vec![
                 key.storage_key().into(),
                 text(row.own.p),
@@ -304,6 +326,8 @@ impl Store {
                 row.changed_at.unix_ms().into(),
                 row.state.code().into(),
                 generation(row.generation).into(),
+                text(row.carried.p),
+                text(row.carried.n),
             ],
         )?;
         Ok(())

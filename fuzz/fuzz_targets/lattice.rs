@@ -1,19 +1,20 @@
 //! The counter lattice (`CounterState`) under fuzzer-chosen histories: hits in replicas of two
-//! regions, retirements and resets applied by one writer (the store), and views of that
-//! history as a merger's cache can hold them — a load at some step with slots of later
-//! commits and later retirements applied to it, in either order.
+//! regions, retirements (folds into the object's carry), objects re-sending their carries,
+//! and resets applied by one writer (the store), and views of that history as a merger's
+//! cache can hold them — a load at some step with slots of later commits and later carries
+//! applied to it, in either order.
 //!
 //! - join is commutative, associative and idempotent over those views;
 //! - the latest state dominates every view, and its value is exactly what was counted since
 //!   the last reset (totals near `u64::MAX` included: no panic, no wrap);
-//! - a fold keeps the value; within an epoch a join never lowers it.
+//! - a fold or a re-sent carry keeps the value; within an epoch a join never lowers it.
 #![no_main]
 
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tally_crdt::{Base, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{Carry, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp};
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Op {
@@ -26,6 +27,8 @@ enum Op {
     },
     /// Object `object % 6` rotates: its incarnation is retired.
     Retire { object: u8 },
+    /// Object `object % 6` re-sends its carry.
+    Resend { object: u8 },
     /// The counter is reset (or deleted).
     Reset { delete: bool },
 }
@@ -43,13 +46,19 @@ fn region(object: u8) -> Region {
 
 struct Fold {
     at: usize,
-    region: Region,
-    base: Base,
+    object: ReplicaId,
+    carry: Carry,
+}
+
+/// Incarnation `generation` of object `object`.
+fn id(object: u8, generation: u32) -> ReplicaId {
+    ReplicaId::lineage(ReplicaId::from_u128((u128::from(object) + 1) << 32), generation)
 }
 
 fuzz_target!(|input: Input| {
     let mut state = CounterState::new();
-    let mut incarnation = [0u128; 6];
+    let mut incarnation = [0u32; 6];
+    let mut carried = [GlobalTotals::default(); 6];
     let mut counted = GlobalTotals::default();
     let mut states = vec![state.clone()];
     let mut folds: Vec<Fold> = Vec::new();
@@ -57,9 +66,7 @@ fuzz_target!(|input: Input| {
         match *op {
             Op::Hit { object, p, n, huge } => {
                 let object = object % 6;
-                let replica = ReplicaId::from_u128(
-                    u128::from(object) << 64 | incarnation[usize::from(object)] + 1,
-                );
+                let replica = id(object, incarnation[usize::from(object)]);
                 let own = state.slot(replica);
                 let (dp, dn) = if huge {
                     (u64::MAX / 4 - u64::from(p), u64::MAX / 4 - u64::from(n))
@@ -76,19 +83,39 @@ fuzz_target!(|input: Input| {
             }
             Op::Retire { object } => {
                 let object = object % 6;
-                let replica = ReplicaId::from_u128(
-                    u128::from(object) << 64 | incarnation[usize::from(object)] + 1,
-                );
+                let replica = id(object, incarnation[usize::from(object)]);
                 let value = state.value();
-                if let Some((region, base)) = state.retire(replica) {
+                let last = state.slot(replica);
+                if let Some((object_id, carry)) = state.retire(replica) {
                     assert_eq!(state.value(), value, "a fold keeps the value");
-                    incarnation[usize::from(object)] += 1;
+                    let i = usize::from(object);
+                    incarnation[i] += 1;
+                    carried[i].p += u128::from(last.p);
+                    carried[i].n += u128::from(last.n);
+                    assert_eq!(carry.totals, carried[i], "the store's carry is the object's");
                     folds.push(Fold {
                         at: states.len(),
-                        region,
-                        base,
+                        object: object_id,
+                        carry,
                     });
                 }
+            }
+            Op::Resend { object } => {
+                let object = object % 6;
+                let i = usize::from(object);
+                let carry = Carry {
+                    region: region(object),
+                    through: u64::from(incarnation[i]),
+                    totals: carried[i],
+                };
+                let value = state.value();
+                state.merge_carry(id(object, incarnation[i]), &carry);
+                assert_eq!(state.value(), value, "a re-sent carry is known already");
+                folds.push(Fold {
+                    at: states.len(),
+                    object: id(object, 0),
+                    carry,
+                });
             }
             Op::Reset { delete } => {
                 let ms = i64::try_from(step).unwrap_or(i64::MAX);
@@ -114,7 +141,7 @@ fuzz_target!(|input: Input| {
             let apply_folds = |view: &mut CounterState| {
                 for (i, fold) in folds.iter().enumerate() {
                     if fold.at > load && fold.at <= commit && picks & (1 << (6 + i % 10)) != 0 {
-                        view.fold(&fold.region, &fold.base);
+                        view.merge_carry(fold.object, &fold.carry);
                     }
                 }
             };
@@ -122,7 +149,7 @@ fuzz_target!(|input: Input| {
                 apply_folds(&mut view);
             }
             for (replica, slot) in states[commit].slots() {
-                if picks & (1 << ((replica.as_u128() >> 64) % 6)) != 0 {
+                if picks & (1 << ((replica.as_u128() >> 32) % 6)) != 0 {
                     view.merge_slot(*replica, &slot.region, slot.totals);
                 }
             }

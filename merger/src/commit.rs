@@ -220,18 +220,8 @@ impl CommitTask {
         let replica = job.request.replica;
         let answer = match self.store.retire(replica, now()).await {
             Ok(retired) => {
-                let held = self.db.apply_retire(replica, &retired);
-                if !held.is_empty() {
-                    // The held counters take the bases that now name the replica.
-                    match self.store.load(&held).await {
-                        Ok(loaded) => self.db.refresh(loaded),
-                        Err(e) => {
-                            warn!(error = %e, %replica, "reload after a retirement failed");
-                            self.db.forget(&held);
-                        }
-                    }
-                }
-                let folded = u64::try_from(retired.folded.len()).unwrap_or(u64::MAX);
+                self.db.apply_retire(replica, &retired);
+                let folded = retired.folded;
                 self.metrics.retirements.inc();
                 self.metrics.slots_folded.inc_by(folded);
                 self.count_replicas().await;
@@ -422,13 +412,15 @@ impl CommitTask {
         Ok((slots, committed))
     }
 
-    /// The rows a batch must write: every replica that synced, and each accepted slot total
-    /// that raises what is held (the max over the batch, for a slot sent more than once).
-    /// Every counter of the batch is held and complete (pinned), and what is held is never
-    /// above what the store has, so a total the cache already dominates is safe to skip.
+    /// The rows a batch must write: every replica that synced, and each accepted slot that
+    /// raises what is held, by its total or by the carry it brings (the max over the batch,
+    /// for a slot sent more than once). Every counter of the batch is held and complete
+    /// (pinned), and what is held is never above what the store has, so a total (or a carry)
+    /// the cache already dominates is safe to skip, and so is the total of a slot the held
+    /// counter's carries hold (it is final).
     fn rows_to_write(&self, batch: &[Job], at: Timestamp) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
         let mut replicas: HashMap<ReplicaId, ReplicaRow> = HashMap::new();
-        let mut best: HashMap<(&CounterKey, ReplicaId), (SlotTotals, Vec<Visit>)> = HashMap::new();
+        let mut best: HashMap<(&CounterKey, ReplicaId), Best> = HashMap::new();
         for job in batch {
             let r = &job.request;
             replicas.entry(r.replica).or_insert_with(|| ReplicaRow {
@@ -437,11 +429,15 @@ impl CommitTask {
                 at,
             });
             for c in job.accepted() {
-                let (slot, visits) = best.entry((&c.key, r.replica)).or_default();
-                *slot = slot.join(c.totals);
+                let best = best.entry((&c.key, r.replica)).or_insert_with(|| Best {
+                    region: Arc::from(r.region.as_str()),
+                    ..Best::default()
+                });
+                best.totals = best.totals.join(c.totals);
+                best.carried = best.carried.join(c.carried);
                 for v in &c.visits {
-                    if !visits.iter().any(|have| have.end == v.end) {
-                        visits.push(v.clone());
+                    if !best.visits.iter().any(|have| have.end == v.end) {
+                        best.visits.push(v.clone());
                     }
                 }
             }
@@ -453,15 +449,30 @@ impl CommitTask {
             let news = self.db.news.view(at);
             let watched = |key: &CounterKey| key.kind() == CounterKind::G && news.has(key.id());
             best.into_iter()
-                .filter_map(|((key, replica), (totals, visits))| {
-                    let have = held.counter(key).slot(replica);
-                    (!have.dominates(totals) || watched(key)).then(|| SlotRow {
+                .filter_map(|((key, replica), best)| {
+                    let counter = held.counter(key);
+                    let mut row = SlotRow {
                         key: key.clone(),
                         replica,
-                        totals,
+                        totals: best.totals,
                         at,
-                        visits,
-                    })
+                        visits: best.visits,
+                        carried: best.carried,
+                    };
+                    // The region the sync claims: its replica's of record, unless it moved.
+                    // A carry held already is not written again (an object re-sends its
+                    // carry with every sync), nor is a slot the held carries hold.
+                    let carry_grows = row
+                        .carry(&best.region)
+                        .is_some_and(|(object, carry)| counter.carry_grows(object, &carry));
+                    if !carry_grows {
+                        row.carried = SlotTotals::default();
+                    }
+                    if counter.is_retired(replica) {
+                        row.totals = SlotTotals::default();
+                    }
+                    let slot_grows = !counter.slot(replica).dominates(row.totals);
+                    (slot_grows || carry_grows || watched(key)).then_some(row)
                 })
                 .collect()
         });
@@ -472,6 +483,16 @@ impl CommitTask {
         replicas.sort_unstable_by_key(|r| r.replica);
         (replicas, slots)
     }
+}
+
+/// One slot of a batch, the max over the syncs that sent it.
+#[derive(Debug, Default)]
+struct Best {
+    /// The region the first sync of it claimed.
+    region: Arc<str>,
+    totals: SlotTotals,
+    carried: SlotTotals,
+    visits: Vec<Visit>,
 }
 
 /// Now (a clock before 1970 reads as the epoch).

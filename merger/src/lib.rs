@@ -194,7 +194,7 @@ impl Shared {
     ) -> Result<store::ResetOutcome, StoreError> {
         let outcome = self.store.reset(key, request).await?;
         if let store::ResetOutcome::Done { counter, .. } = &outcome {
-            self.db.apply_reset(counter.clone());
+            self.db.apply_reset(store::StoredCounter::clone(counter));
         }
         Ok(outcome)
     }

@@ -141,7 +141,7 @@ pub struct Metrics {
     pub history_pruned: Counter,
     /// Replica incarnations retired.
     pub retirements: Counter,
-    /// Slots folded into bases by retirements.
+    /// Slots folded into carries by retirements.
     pub slots_folded: Counter,
 }
 
@@ -340,8 +340,13 @@ impl Default for Metrics {
         );
         registry.register(
             "slots_folded",
-            "Slots folded into counters' bases by retirements",
+            "Slots folded into their objects' carries by retirements",
             m.slots_folded.clone(),
+        );
+        registry.register(
+            "carries_merged",
+            "Carries of retired incarnations, sent with a sync, that raised a counter's count",
+            m.cache.carries_merged.clone(),
         );
         registry.register(
             "history_pruned",

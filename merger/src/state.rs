@@ -25,15 +25,15 @@ use axum::body::Bytes;
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
 use tally_crdt::{
-    CounterKey, CounterState, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp,
+    Carry, CounterKey, CounterState, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp,
 };
 
-use crate::store::{Epoch, SlotRow, StoredCounter};
+use crate::store::{Epoch, Retired, SlotRow, StoredCounter};
 
 /// One region's share of a counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegionShare {
-    /// Totals over the slots and base of this region, above its cut.
+    /// Totals over the slots, carries and base of this region, above its cut.
     pub totals: GlobalTotals,
     /// Latest sync of this counter from this region.
     pub last_sync: Timestamp,
@@ -43,7 +43,8 @@ pub struct RegionShare {
 /// the lattice of `tally_crdt` ([`CounterState`]), and what this cache keeps beside it.
 #[derive(Debug, Default)]
 pub struct Counter {
-    /// Slots, bases with their retired replicas, epoch and cuts; every merge is its join.
+    /// Slots, carries, bases with their retired replicas, epoch and cuts; every merge is its
+    /// join.
     state: CounterState,
     /// Per region, the latest sync of this counter from it.
     last_sync: BTreeMap<Arc<str>, Timestamp>,
@@ -98,6 +99,29 @@ impl Counter {
         self.state.slot(replica)
     }
 
+    /// Whether `replica`'s slot is final here: in its object's carry, or in a base.
+    pub fn is_retired(&self, replica: ReplicaId) -> bool {
+        self.state.is_retired(replica)
+    }
+
+    /// Whether merging `carry` of `object` would change what is held: the lattice's join, on
+    /// a state of the held carry alone (no clone of the whole counter). An object re-sends
+    /// the carry it holds with every sync, so the carry is mostly the one held already.
+    pub fn carry_grows(&self, object: ReplicaId, carry: &Carry) -> bool {
+        let held = self.state.carries().get(&object.object());
+        if held == Some(carry) {
+            return false;
+        }
+        let mut alone = CounterState::from_parts(
+            [],
+            held.map(|c| (object, c.clone())),
+            [],
+            Epoch::default(),
+            [],
+        );
+        alone.merge_carry(object, carry)
+    }
+
     /// The counter as the store holds it.
     fn from_stored(stored: &StoredCounter) -> Counter {
         let mut counter = Counter::default();
@@ -111,6 +135,9 @@ impl Counter {
         self.rendered.take();
         for slot in &stored.slots {
             self.touched(Some(&Arc::from(slot.region.as_str())), slot.at);
+        }
+        for (_, carry, at) in &stored.carries {
+            self.touched(Some(&carry.region), *at);
         }
         for (region, _, at) in &stored.bases {
             self.touched(Some(&Arc::from(region.as_str())), *at);
@@ -142,6 +169,17 @@ impl Counter {
             .map_or_else(|| Arc::clone(region), |s| Arc::clone(&s.region));
         self.touched(Some(&region), at);
         true
+    }
+
+    /// Merges a committed carry of `object` (a join: the slots it holds go). Returns whether
+    /// it raised the count.
+    fn merge_carry(&mut self, object: ReplicaId, carry: &Carry, at: Timestamp) -> bool {
+        let before = self.totals();
+        if !self.state.merge_carry(object, carry) {
+            return false;
+        }
+        self.touched(Some(&carry.region), at);
+        self.totals() != before
     }
 
     /// Records a sync at `at` (of `region`, when known).
@@ -291,6 +329,9 @@ pub struct CacheStats {
     pub evictions: Tally,
     /// History points not written because too many evicted counters were due at once.
     pub points_dropped: Tally,
+    /// Carries a sync brought that raised a held counter's count (a store restored from a
+    /// backup healing, or an incarnation's last hits arriving with its successor's sync).
+    pub carries_merged: Tally,
 }
 
 /// The bounded cache of merged counters.
@@ -400,9 +441,9 @@ impl Db {
         f(Held(&self.read_lock()))
     }
 
-    /// Applies a committed batch: each slot with its replica's region of record; then runs
-    /// `f` (the answers), unpins everything and evicts beyond capacity. Returns how many
-    /// slots grew.
+    /// Applies a committed batch: each slot, and the carry it brought, with its replica's
+    /// region of record; then runs `f` (the answers), unpins everything and evicts beyond
+    /// capacity.
     pub fn apply_commit<R>(
         &self,
         slots: &[SlotRow],
@@ -423,7 +464,15 @@ impl Db {
                 merged.absent.remove(&s.key);
                 continue;
             };
-            if counter.merge_slot(s.replica, &region, s.totals, s.at) {
+            let mut grew = false;
+            if let Some((object, carry)) = s.carry(&region)
+                && counter.merge_carry(object, &carry, s.at)
+            {
+                self.stats.carries_merged.inc();
+                grew = true;
+            }
+            grew |= counter.merge_slot(s.replica, &region, s.totals, s.at);
+            if grew {
                 merged.snapshot_due.insert(s.key.clone());
             }
         }
@@ -433,26 +482,25 @@ impl Db {
         answer
     }
 
-    /// Applies a retirement the store committed to the regions' bookkeeping, and answers the
-    /// held counters it folded a slot of: load them and [`refresh`](Db::refresh) them (the
-    /// load's bases name the retired replica, and the join drops its slot; until then the
-    /// held slot counts the same totals as the base will).
-    pub fn apply_retire(
-        &self,
-        replica: ReplicaId,
-        retired: &crate::store::Retired,
-    ) -> Vec<CounterKey> {
-        let region: Arc<str> = Arc::from(retired.region.as_str());
+    /// Applies a retirement the store committed: each held counter takes its new carry of
+    /// the replica's object (the join drops the slots it holds), and the replica's region
+    /// stops counting it and its object's earlier incarnations.
+    pub fn apply_retire(&self, replica: ReplicaId, retired: &Retired) {
         let mut merged = self.write_lock();
+        let region: Arc<str> = Arc::from(retired.region.as_str());
         if let Some(seen) = merged.regions.get_mut(&region) {
-            seen.replicas.remove(&replica);
+            seen.replicas.retain(|r| {
+                r.object() != replica.object() || r.generation() > replica.generation()
+            });
         }
-        retired
-            .folded
-            .iter()
-            .filter(|f| merged.counters.contains_key(&f.key))
-            .map(|f| f.key.clone())
-            .collect()
+        for row in &retired.carries {
+            if let Some(counter) = merged.counters.get_mut(&row.key)
+                && counter.merge_carry(row.object, &row.carry, row.at)
+            {
+                // A cache behind the store (another merger raised a folded slot) catches up.
+                merged.snapshot_due.insert(row.key.clone());
+            }
+        }
     }
 
     /// Applies a reset or delete the store committed: a held counter takes its new epoch
@@ -704,6 +752,7 @@ mod tests {
                     at: ms(10),
                 })
                 .collect(),
+            carries: Vec::new(),
             bases: Vec::new(),
             folded: Vec::new(),
             epoch: Epoch::default(),
@@ -718,6 +767,7 @@ mod tests {
             totals: SlotTotals { p, n },
             at: ms(at),
             visits: Vec::new(),
+            carried: SlotTotals::default(),
         }
     }
 
@@ -987,56 +1037,84 @@ mod tests {
         );
     }
 
-    fn retired(region: &str, id: &str, p: u64) -> crate::store::Retired {
-        crate::store::Retired {
-            region: region.into(),
-            folded: vec![crate::store::FoldedSlot {
-                key: key(id),
-                totals: SlotTotals { p, n: 0 },
-                at: ms(10),
-            }],
+    /// The id of incarnation `generation` of edge object `object`.
+    fn inc(object: u128, generation: u32) -> ReplicaId {
+        ReplicaId::lineage(ReplicaId::from_u128(object << 32), generation)
+    }
+
+    /// Object 1 (eu) at generations 0 and 1, object 2 (us) at generation 0, as `stored` and
+    /// `slot` take replicas.
+    const A0: u128 = 1 << 32;
+    const A1: u128 = (1 << 32) + 1;
+    const B0: u128 = 2 << 32;
+
+    /// Object 1's carry of `x` through generation `through`, at `p`.
+    fn carry_of_a(through: u64, p: u128) -> crate::store::CarryRow {
+        crate::store::CarryRow {
+            key: key("x"),
+            object: inc(1, 0),
+            carry: Carry {
+                region: Arc::from("eu"),
+                through,
+                totals: GlobalTotals { p, n: 0 },
+            },
+            at: ms(10),
         }
     }
 
-    /// `x` as the store holds it after replica 1 (eu, at `p`) was folded, with replica 2 (us)
-    /// at `live`.
+    /// What the store answers retiring `A0` after it counted `p` in `x`.
+    fn retired_a0(p: u64) -> Retired {
+        Retired {
+            region: "eu".into(),
+            carries: vec![carry_of_a(1, p.into())],
+            folded: 1,
+        }
+    }
+
+    /// `x` as the store holds it after object 1's generation 0 (eu, at `p`) was folded, with
+    /// object 2 (us) at `live`.
     fn after_fold(p: u64, live: u64) -> StoredCounter {
-        let mut after = stored("x", &[(2, "us", live, 0)]);
-        after.bases = vec![("eu".into(), GlobalTotals { p: p.into(), n: 0 }, ms(10))];
-        after.folded = vec![("eu".into(), ReplicaId::from_u128(1))];
+        let mut after = stored("x", &[(B0, "us", live, 0)]);
+        let row = carry_of_a(1, p.into());
+        after.carries = vec![(row.object, row.carry, row.at)];
         after
     }
 
     #[test]
-    fn a_fold_moves_a_slot_into_its_regions_base_and_keeps_the_count() {
+    fn a_fold_moves_a_slot_into_its_objects_carry_and_keeps_the_count() {
         let db = Db::new(10, CacheStats::default());
         let x = [key("x")];
         db.fill(
             &x,
             &x,
-            vec![stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)])],
+            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
             |_| (),
         )
         .unwrap();
-        let held = db.apply_retire(ReplicaId::from_u128(1), &retired("eu", "x", 5));
-        assert_eq!(held, x, "the held counter is to be reloaded");
+        db.apply_retire(inc(1, 0), &retired_a0(5));
+        let check = |db: &Db| {
+            db.read(&x, |h| {
+                let c = h.counter(&key("x"));
+                assert_eq!(c.totals(), GlobalTotals { p: 12, n: 0 });
+                let eu = c.regions().find(|(r, _)| &***r == "eu").unwrap().1;
+                assert_eq!(eu.totals, GlobalTotals { p: 5, n: 0 });
+                assert_eq!(c.replicas(), 1, "only the live slot is a replica");
+                assert_eq!(c.slot(inc(1, 0)), SlotTotals::default());
+                assert!(c.is_retired(inc(1, 0)));
+            })
+            .unwrap();
+        };
+        check(&db);
+        // A load of the store after it agrees, and changes nothing.
         db.refresh(vec![after_fold(5, 7)]);
-        db.read(&x, |h| {
-            let c = h.counter(&key("x"));
-            assert_eq!(c.totals(), GlobalTotals { p: 12, n: 0 });
-            let eu = c.regions().find(|(r, _)| &***r == "eu").unwrap().1;
-            assert_eq!(eu.totals, GlobalTotals { p: 5, n: 0 });
-            assert_eq!(c.replicas(), 1, "only the live slot is a replica");
-            assert_eq!(c.slot(ReplicaId::from_u128(1)), SlotTotals::default());
-        })
-        .unwrap();
+        check(&db);
     }
 
     #[test]
     fn a_load_from_before_a_fold_does_not_bring_the_folded_slot_back() {
         let db = Db::new(10, CacheStats::default());
         let x = [key("x")];
-        let before = stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)]);
+        let before = stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)]);
         db.fill(&x, &x, vec![before.clone()], |_| ()).unwrap();
         db.refresh(vec![after_fold(5, 7)]);
         // A read that loaded before the fold lands after it.
@@ -1045,17 +1123,17 @@ mod tests {
     }
 
     #[test]
-    fn a_load_after_a_fold_this_cache_missed_replaces_the_folded_slot_by_its_base() {
+    fn a_load_after_a_fold_this_cache_missed_replaces_the_folded_slot_by_its_carry() {
         let db = Db::new(10, CacheStats::default());
         let x = [key("x")];
         db.fill(
             &x,
             &x,
-            vec![stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)])],
+            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
             |_| (),
         )
         .unwrap();
-        // Another merger retired replica 1 (its slot had reached 6) and replica 2 grew.
+        // Another merger retired A0 (its slot had reached 6) and object 2 grew.
         db.refresh(vec![after_fold(6, 9)]);
         db.read(&x, |h| {
             let c = h.counter(&key("x"));
@@ -1068,20 +1146,98 @@ mod tests {
     #[test]
     fn a_slot_born_after_a_fold_survives_a_load_from_between() {
         // Fails with the fold count of d2f0bce: the load saw one more fold than the cache,
-        // so the cache's slot of replica 3 (committed after the load was read) was dropped.
+        // so the cache's slot of the next incarnation (committed after the load was read)
+        // was dropped.
         let db = Db::new(10, CacheStats::default());
         let x = [key("x")];
         db.fill(
             &x,
             &x,
-            vec![stored("x", &[(1, "eu", 5, 0), (2, "us", 7, 0)])],
+            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
             |_| (),
         )
         .unwrap();
-        // Another merger folded replica 1; this one missed it and committed a new replica.
+        // Another merger folded A0; this one missed it and committed object 1's next one.
         let load = after_fold(5, 7);
-        db.apply_commit(&[slot("x", 3, 4, 0, 20)], |_| Arc::from("eu"), |_| ());
+        db.apply_commit(&[slot("x", A1, 4, 0, 20)], |_| Arc::from("eu"), |_| ());
         db.refresh(vec![load]);
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 16, n: 0 }));
+    }
+
+    /// A sync of `x` by `replica` at `p` that carried `carried`.
+    fn carrying(replica: u128, p: u64, carried: u64) -> SlotRow {
+        SlotRow {
+            carried: SlotTotals { p: carried, n: 0 },
+            ..slot("x", replica, p, 0, 30)
+        }
+    }
+
+    #[test]
+    fn a_synced_carry_takes_the_slots_it_holds_and_counts_them_once() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        db.fill(&x, &x, vec![stored("x", &[(A0, "eu", 5, 0)])], |_| ())
+            .unwrap();
+        // Generation 1 syncs with the carry of generation 0 (5): not 5 + 5.
+        let answer = db.apply_commit(
+            &[carrying(A1, 1, 5)],
+            |_| Arc::from("eu"),
+            |h| h.counter(&key("x")).totals(),
+        );
+        assert_eq!(answer, GlobalTotals { p: 6, n: 0 });
+        db.read(&x, |h| {
+            let c = h.counter(&key("x"));
+            assert_eq!(
+                (c.replicas(), c.slot(inc(1, 1))),
+                (1, SlotTotals { p: 1, n: 0 })
+            );
+            assert!(c.is_retired(inc(1, 0)));
+        })
+        .unwrap();
+        assert_eq!(db.stats.carries_merged.get(), 0, "the count did not move");
+        // A late sync of generation 0, even higher: final, nothing changes.
+        db.apply_commit(&[slot("x", A0, 9, 0, 40)], |_| Arc::from("eu"), |_| ());
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 6, n: 0 }));
+    }
+
+    #[test]
+    fn a_synced_carry_larger_than_what_is_held_raises_the_count_and_the_answer() {
+        let db = Db::new(10, CacheStats::default());
+        let x = [key("x")];
+        // A restored store: it knows only object 2, and object 1's generation 0 at 5.
+        db.fill(
+            &x,
+            &x,
+            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
+            |_| (),
+        )
+        .unwrap();
+        // Object 1 is at generation 3: its own carry of generations 0 to 2 is 15.
+        let a3 = inc(1, 3).as_u128();
+        let answer = db.apply_commit(
+            &[carrying(a3, 2, 15)],
+            |_| Arc::from("eu"),
+            |h| h.counter(&key("x")).merged(&key("x"), Some(inc(1, 3))),
+        );
+        assert_eq!(answer.global, GlobalTotals { p: 24, n: 0 });
+        assert_eq!(answer.recorded, SlotTotals { p: 2, n: 0 });
+        assert_eq!(db.stats.carries_merged.get(), 1);
+        // The same sync again, and a retirement of generation 2 folding what the store held
+        // (less than the carry): nothing moves.
+        db.apply_commit(&[carrying(a3, 2, 15)], |_| Arc::from("eu"), |_| ());
+        db.apply_retire(
+            inc(1, 2),
+            &Retired {
+                region: "eu".into(),
+                carries: vec![carry_of_a(3, 5)],
+                folded: 1,
+            },
+        );
+        assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 24, n: 0 }));
+        assert_eq!(db.stats.carries_merged.get(), 1);
+        assert!(
+            db.take_snapshot_due(10).iter().any(|(k, _)| *k == key("x")),
+            "a healed counter is due a history point"
+        );
     }
 }

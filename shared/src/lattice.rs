@@ -8,20 +8,30 @@
 //! and the count is what grew above them. So the state is:
 //!
 //! - `slots`: per live replica, its region and totals;
-//! - `bases`: per region, the sums of the final slots of its retired replicas, with those
-//!   replicas (their tombstones: a slot of one of them is never live again);
+//! - `carries`: per edge object, the sums of the final slots of its incarnations before a
+//!   generation (a [`Carry`]). Incarnation ids name their object and generation
+//!   ([`ReplicaId::lineage`]), so a slot of an earlier generation than its object's carry is
+//!   in the carry and never live again. The merger writes a carry when it retires an
+//!   incarnation, and the object itself keeps one per counter and re-sends it with every sync
+//!   of that counter: a merger restored from an old backup gets back, from the edge, what
+//!   every rotated-away incarnation counted;
+//! - `bases`: per region, the sums of the final slots of replicas retired before carries
+//!   existed, with those replicas (their tombstones); stores keep them as they were, nothing
+//!   writes them any more;
 //! - `epoch` (how many resets, whether the last was a delete, when) and `cuts`.
 //!
 //! Every change is a join with a small state, so any two views of a counter merge in any
 //! order, any number of times, and a change applied twice or late is still right:
-//! [`join`](CounterState::join) takes per region the base that holds more retired replicas
-//! (one writer — the store — folds one replica at a time, so of two bases of a region one
-//! holds every replica of the other, and its sums), the max per live replica of the slots (a
-//! slot of a replica in a base goes), and the later epoch with its cuts. The laws —
+//! [`join`](CounterState::join) takes per object the max of each part of the carries (a
+//! carry's sums are lower bounds of what its generations counted, which only grows with the
+//! generation, so the max never counts a hit twice), per region the base that holds more
+//! retired replicas, the max per live replica of the slots (a slot in a carry or a base
+//! goes), and the later epoch with its cuts. The laws —
 //! commutative, associative, idempotent, a value that never goes back within an epoch, a fold
 //! that keeps it — are checked over random histories in `shared/tests/lattice.rs`.
-//! [`merge_slot`](CounterState::merge_slot), [`fold`](CounterState::fold) and
-//! [`reset`](CounterState::reset) are the changes a commit makes;
+//! [`merge_slot`](CounterState::merge_slot), [`merge_carry`](CounterState::merge_carry),
+//! [`retire`](CounterState::retire) and [`reset`](CounterState::reset) are the changes a
+//! commit makes;
 //! [`value`](CounterState::value) is the count in the current epoch: per region, the slots
 //! and base above its cut (never below zero: a view that lags the store may hold less than a
 //! cut), summed.
@@ -59,7 +69,41 @@ pub struct Slot {
     pub totals: SlotTotals,
 }
 
-/// One region's retired replicas: the sums of their final slots, and which they are.
+/// One edge object's incarnations before generation `through`: the sums of their final
+/// slots, as far as the writer knew them (a lower bound: a merger restored from a backup may
+/// fold less than was counted, and the object's own carry, re-sent, raises it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carry {
+    /// The object's region of record.
+    pub region: Region,
+    /// Every generation below this one is in the sums.
+    pub through: u64,
+    /// The sums of their final slots.
+    pub totals: GlobalTotals,
+}
+
+impl Carry {
+    /// Each part's max: a later generation's sums are at least an earlier one's, so the
+    /// result is still a lower bound of what its generations counted.
+    fn join(&mut self, other: &Carry) -> bool {
+        let joined = Carry {
+            region: core::cmp::max(&self.region, &other.region).clone(),
+            through: self.through.max(other.through),
+            totals: self.totals.join(other.totals),
+        };
+        let grew = joined != *self;
+        *self = joined;
+        grew
+    }
+
+    /// Whether `replica`'s slot is in this carry (`replica` belongs to the carry's object).
+    fn holds(&self, replica: ReplicaId) -> bool {
+        u64::from(replica.generation()) < self.through
+    }
+}
+
+/// One region's replicas retired before carries: the sums of their final slots, and which
+/// they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Base {
     /// The sums of their final slots.
@@ -88,6 +132,8 @@ impl Base {
 #[derive(Debug, Clone, Default)]
 pub struct CounterState {
     slots: BTreeMap<ReplicaId, Slot>,
+    /// Per object ([`ReplicaId::object`]).
+    carries: BTreeMap<ReplicaId, Carry>,
     bases: BTreeMap<Region, Base>,
     epoch: Epoch,
     cuts: BTreeMap<Region, GlobalTotals>,
@@ -105,6 +151,7 @@ pub struct CounterState {
 impl PartialEq for CounterState {
     fn eq(&self, other: &CounterState) -> bool {
         self.slots == other.slots
+            && self.carries == other.carries
             && self.bases == other.bases
             && self.epoch == other.epoch
             && self.cuts == other.cuts
@@ -118,6 +165,7 @@ impl CounterState {
     pub const fn new() -> CounterState {
         CounterState {
             slots: BTreeMap::new(),
+            carries: BTreeMap::new(),
             bases: BTreeMap::new(),
             epoch: Epoch {
                 number: 0,
@@ -133,10 +181,11 @@ impl CounterState {
     }
 
     /// A state from its parts, as a store holds them (a replica listed twice keeps the max of
-    /// its slots, a region listed twice its later base and the max of its cuts; a slot of a
-    /// replica in a base is left out).
+    /// its slots, an object listed twice the join of its carries, a region listed twice its
+    /// later base and the max of its cuts; a slot in a carry or a base is left out).
     pub fn from_parts(
         slots: impl IntoIterator<Item = (ReplicaId, Region, SlotTotals)>,
+        carries: impl IntoIterator<Item = (ReplicaId, Carry)>,
         bases: impl IntoIterator<Item = (Region, Base)>,
         epoch: Epoch,
         cuts: impl IntoIterator<Item = (Region, GlobalTotals)>,
@@ -145,6 +194,17 @@ impl CounterState {
             epoch,
             ..CounterState::default()
         };
+        for (object, carry) in carries {
+            let object = object.object();
+            match state.carries.get_mut(&object) {
+                Some(held) => {
+                    held.join(&carry);
+                }
+                None => {
+                    state.carries.insert(object, carry);
+                }
+            }
+        }
         for (region, base) in bases {
             state.bases.entry(region).or_default().join(&base);
         }
@@ -154,7 +214,7 @@ impl CounterState {
             .flat_map(|b| b.replicas.iter().copied())
             .collect();
         for (replica, region, totals) in slots {
-            if !state.retired.contains(&replica) {
+            if !state.is_retired(replica) {
                 state.join_slot(replica, region, totals);
             }
         }
@@ -188,14 +248,23 @@ impl CounterState {
             .map_or_else(SlotTotals::default, |s| s.totals)
     }
 
-    /// Per region, its retired replicas and the sums of their final slots.
+    /// Per object, the carry of its earlier incarnations.
+    pub fn carries(&self) -> &BTreeMap<ReplicaId, Carry> {
+        &self.carries
+    }
+
+    /// Per region, the replicas retired before carries and the sums of their final slots.
     pub fn bases(&self) -> &BTreeMap<Region, Base> {
         &self.bases
     }
 
-    /// Whether `replica` is retired here (its final slot is in a base).
+    /// Whether `replica` is retired here (its final slot is in a carry or a base).
     pub fn is_retired(&self, replica: ReplicaId) -> bool {
         self.retired.contains(&replica)
+            || self
+                .carries
+                .get(&replica.object())
+                .is_some_and(|c| c.holds(replica))
     }
 
     /// Its resets.
@@ -233,7 +302,7 @@ impl CounterState {
         sums
     }
 
-    /// Per region that has a slot or a base, their sums.
+    /// Per region that has a slot, a carry or a base, their sums.
     fn sums_of_parts(&self) -> BTreeMap<Region, GlobalTotals> {
         let mut sums: BTreeMap<Region, GlobalTotals> = BTreeMap::new();
         for slot in self.slots.values() {
@@ -241,6 +310,11 @@ impl CounterState {
             // Sums of u64 slots: a u128 overflows only past 2^64 slots.
             sum.p += u128::from(slot.totals.p);
             sum.n += u128::from(slot.totals.n);
+        }
+        for carry in self.carries.values() {
+            let sum = sums.entry(Arc::clone(&carry.region)).or_default();
+            sum.p = sum.p.saturating_add(carry.totals.p);
+            sum.n = sum.n.saturating_add(carry.totals.n);
         }
         for (region, base) in &self.bases {
             let sum = sums.entry(Arc::clone(region)).or_default();
@@ -266,13 +340,19 @@ impl CounterState {
         for (region, base) in &other.bases {
             self.bases.entry(Arc::clone(region)).or_default().join(base);
         }
+        let mut dropped = false;
+        for (object, carry) in &other.carries {
+            dropped |= self.join_carry(*object, carry);
+        }
         if other.retired.iter().any(|r| !self.retired.contains(r)) {
             self.retired.extend(other.retired.iter().copied());
-            let retired = &self.retired;
-            self.slots.retain(|replica, _| !retired.contains(replica));
+            dropped = true;
+        }
+        if dropped {
+            self.drop_retired_slots();
         }
         for (replica, slot) in &other.slots {
-            if !self.retired.contains(replica) {
+            if !self.is_retired(*replica) {
                 self.join_slot(*replica, Arc::clone(&slot.region), slot.totals);
             }
         }
@@ -283,7 +363,7 @@ impl CounterState {
     /// commit of a sync does: a join with a state of that slot alone. A retired replica's slot
     /// is final already and changes nothing. Returns whether it grew.
     pub fn merge_slot(&mut self, replica: ReplicaId, region: &Region, totals: SlotTotals) -> bool {
-        if self.retired.contains(&replica) {
+        if self.is_retired(replica) {
             return false;
         }
         let before = self.slot(replica);
@@ -317,31 +397,51 @@ impl CounterState {
         true
     }
 
-    /// Takes `region`'s base as the store wrote it on retiring a replica (its sums and every
-    /// replica in it): a join with a state of that base, so a fold applied twice, late, or to
-    /// a view that missed an earlier one is still right.
-    pub fn fold(&mut self, region: &Region, base: &Base) {
-        self.bases.entry(Arc::clone(region)).or_default().join(base);
-        let held = &self.bases[region];
-        if held.replicas.iter().any(|r| !self.retired.contains(r)) {
-            self.retired.extend(held.replicas.iter().copied());
-            let retired = &self.retired;
-            self.slots.retain(|replica, _| !retired.contains(replica));
+    /// Merges a carry of `object`'s incarnations (as an object re-sends it, or a store wrote
+    /// it on retiring one): a join with a state of that carry alone, so a carry applied twice,
+    /// late, or to a view that missed an earlier one is still right. The slots it holds go.
+    /// Returns whether anything changed.
+    pub fn merge_carry(&mut self, object: ReplicaId, carry: &Carry) -> bool {
+        let changed = self.join_carry(object.object(), carry);
+        if changed {
+            self.drop_retired_slots();
+            self.recompute();
         }
-        self.recompute();
+        changed
     }
 
-    /// Retires `replica` in the authoritative state (the store's, or a model of it): its
-    /// final slot is added to its region's base. Answers the region and its new base (what
-    /// [`fold`](Self::fold) takes), or `None` if the replica has no slot here.
-    pub fn retire(&mut self, replica: ReplicaId) -> Option<(Region, Base)> {
-        let slot = self.slots.get(&replica)?.clone();
-        let mut base = self.bases.get(&slot.region).cloned().unwrap_or_default();
-        base.totals.p += u128::from(slot.totals.p);
-        base.totals.n += u128::from(slot.totals.n);
-        base.replicas.insert(replica);
-        self.fold(&slot.region, &base);
-        Some((slot.region, base))
+    /// Retires the incarnation `replica` in the authoritative state (the store's, or a model
+    /// of it): every live slot of its object up to its generation goes into the object's
+    /// carry, which then covers the generations through `replica`'s. Answers the object and
+    /// its new carry (what [`merge_carry`](Self::merge_carry) takes), or `None` if the object
+    /// has no slot to fold here (nothing changes: a retirement repeated, or of a replica that
+    /// never counted this counter).
+    pub fn retire(&mut self, replica: ReplicaId) -> Option<(ReplicaId, Carry)> {
+        let object = replica.object();
+        let through = u64::from(replica.generation()) + 1;
+        let mut carry = self.carries.get(&object).cloned();
+        let folded: alloc::vec::Vec<ReplicaId> = self
+            .slots
+            .range(object..=ReplicaId::lineage(object, replica.generation()))
+            .map(|(r, _)| *r)
+            .collect();
+        if folded.is_empty() {
+            return None;
+        }
+        for r in &folded {
+            let slot = &self.slots[r];
+            let carry = carry.get_or_insert_with(|| Carry {
+                region: Arc::clone(&slot.region),
+                through: 0,
+                totals: GlobalTotals::default(),
+            });
+            carry.totals.p = carry.totals.p.saturating_add(u128::from(slot.totals.p));
+            carry.totals.n = carry.totals.n.saturating_add(u128::from(slot.totals.n));
+        }
+        let mut carry = carry?;
+        carry.through = carry.through.max(through);
+        self.merge_carry(object, &carry);
+        Some((object, carry))
     }
 
     /// Starts a new epoch at `at` (a delete if `delete`) in the authoritative state: the sums
@@ -354,6 +454,28 @@ impl CounterState {
             at: Some(at),
         };
         self.recompute();
+    }
+
+    /// Joins one carry in, without dropping slots or recomputing; returns whether it changed.
+    fn join_carry(&mut self, object: ReplicaId, carry: &Carry) -> bool {
+        match self.carries.get_mut(&object) {
+            Some(held) => held.join(carry),
+            None => {
+                self.carries.insert(object, carry.clone());
+                true
+            }
+        }
+    }
+
+    /// Drops the live slots that a carry or a base now holds.
+    fn drop_retired_slots(&mut self) {
+        let (retired, carries) = (&self.retired, &self.carries);
+        self.slots.retain(|replica, _| {
+            !retired.contains(replica)
+                && !carries
+                    .get(&replica.object())
+                    .is_some_and(|c| c.holds(*replica))
+        });
     }
 
     fn join_slot(&mut self, replica: ReplicaId, region: Region, totals: SlotTotals) {
@@ -474,16 +596,31 @@ mod tests {
         );
     }
 
+    /// Incarnation `generation` of object `object`.
+    fn inc(object: u128, generation: u32) -> ReplicaId {
+        ReplicaId::lineage(ReplicaId::from_u128(object << 32), generation)
+    }
+
+    #[test]
+    fn lineage_ids_name_their_object_and_generation() {
+        let id = inc(0xabc, 7);
+        assert_eq!((id.object(), id.generation()), (inc(0xabc, 0), 7));
+        assert_eq!(ReplicaId::lineage(id, 9), inc(0xabc, 9));
+    }
+
     #[test]
     fn a_fold_keeps_the_value_and_a_later_view_wins_across_it() {
         let mut at_store = CounterState::new();
-        at_store.merge_slot(r(1), &eu(), t(5, 0));
-        at_store.merge_slot(r(2), &eu(), t(2, 0));
+        at_store.merge_slot(inc(1, 0), &eu(), t(5, 0));
+        at_store.merge_slot(inc(2, 0), &eu(), t(2, 0));
         let before = at_store.clone();
-        let (region, base) = at_store.retire(r(1)).unwrap();
-        assert_eq!((region, base.totals), (eu(), g(5, 0)));
+        let (object, carry) = at_store.retire(inc(1, 0)).unwrap();
+        assert_eq!(
+            (object, carry.through, carry.totals),
+            (inc(1, 0), 1, g(5, 0))
+        );
         assert_eq!(at_store.value(), before.value());
-        assert_eq!(at_store.bases()[&eu()].totals, g(5, 0));
+        assert!(at_store.retire(inc(1, 0)).is_none(), "retired once");
         // A view from before the fold does not bring the slot back, whichever joins which.
         let mut old = before.clone();
         old.join(&at_store);
@@ -497,22 +634,55 @@ mod tests {
     #[test]
     fn a_fold_is_a_join_so_twice_is_once_and_a_replica_born_later_survives_a_stale_load() {
         let mut store = CounterState::new();
-        store.merge_slot(r(1), &eu(), t(5, 0));
-        let (region, base) = store.retire(r(1)).unwrap();
+        store.merge_slot(inc(1, 0), &eu(), t(5, 0));
+        let (object, carry) = store.retire(inc(1, 0)).unwrap();
         let stale_load = store.clone();
-        // A replica born after the retirement, committed after the load was read.
-        store.merge_slot(r(2), &eu(), t(3, 0));
+        // The object's next incarnation, committed after the load was read.
+        store.merge_slot(inc(1, 1), &eu(), t(3, 0));
         let mut cache = CounterState::new();
-        cache.merge_slot(r(1), &eu(), t(4, 0));
-        cache.merge_slot(r(2), &eu(), t(3, 0));
-        cache.fold(&region, &base);
-        cache.fold(&region, &base);
+        cache.merge_slot(inc(1, 0), &eu(), t(4, 0));
+        cache.merge_slot(inc(1, 1), &eu(), t(3, 0));
+        cache.merge_carry(object, &carry);
+        assert!(!cache.merge_carry(object, &carry), "twice is once");
         assert_eq!(cache, store);
         cache.join(&stale_load);
-        assert_eq!((cache.value(), cache.slot(r(2))), (g(8, 0), t(3, 0)));
+        assert_eq!((cache.value(), cache.slot(inc(1, 1))), (g(8, 0), t(3, 0)));
         // A late slot of a retired replica changes nothing.
-        assert!(!cache.merge_slot(r(1), &eu(), t(9, 0)));
+        assert!(!cache.merge_slot(inc(1, 0), &eu(), t(9, 0)));
         assert_eq!(cache.value(), g(8, 0));
+    }
+
+    #[test]
+    fn an_objects_own_carry_heals_what_a_restored_store_lost() {
+        // The store saw generation 0 at 5, then lost (a restore) everything after: the
+        // generations 1 and 2 the object counted 4 and 6 in, and their retirements.
+        let mut restored = CounterState::new();
+        restored.merge_slot(inc(1, 0), &eu(), t(5, 0));
+        // The object, at generation 3, re-sends its carry of generations 0..3 (5 + 4 + 6)
+        // with its live slot.
+        let carry = Carry {
+            region: eu(),
+            through: 3,
+            totals: g(15, 0),
+        };
+        restored.merge_carry(inc(1, 0), &carry);
+        restored.merge_slot(inc(1, 3), &eu(), t(2, 0));
+        assert_eq!(restored.value(), g(17, 0));
+        assert_eq!(
+            restored.slots().len(),
+            1,
+            "generation 0's slot is in the carry"
+        );
+        // A late retirement of generation 2, folding what the store holds, lowers nothing.
+        assert!(restored.retire(inc(1, 2)).is_none());
+        assert_eq!(restored.value(), g(17, 0));
+        // A restored store that folded less than the object carries is raised by the max.
+        let mut lossy = CounterState::new();
+        lossy.merge_slot(inc(1, 2), &eu(), t(1, 0));
+        lossy.retire(inc(1, 2));
+        assert_eq!(lossy.carries()[&inc(1, 0)].totals, g(1, 0));
+        lossy.merge_carry(inc(1, 3), &carry);
+        assert_eq!(lossy.value(), g(15, 0));
     }
 
     #[test]
@@ -536,6 +706,7 @@ mod tests {
     fn a_view_behind_a_cut_reads_zero_not_below() {
         let lagging = CounterState::from_parts(
             [(r(1), eu(), t(3, 0))],
+            [],
             [],
             Epoch {
                 number: 1,

@@ -66,6 +66,7 @@
 //!         key: CounterKey::new(CounterKind::G, "home")?,
 //!         totals: SlotTotals { p: at_paris.get(paris), n: 0 },
 //!         visits: Vec::new(),
+//!         carried: SlotTotals::default(),
 //!     }],
 //! };
 //! sync.validate()?;
@@ -109,7 +110,7 @@ pub use error::Error;
 pub use gcounter::GCounter;
 pub use hll::HyperLogLog;
 pub use key::CounterKey;
-pub use lattice::{Base, Bound, CounterState, Epoch, Region, Slot, minus};
+pub use lattice::{Base, Bound, Carry, CounterState, Epoch, Region, Slot, minus};
 pub use pncounter::PNCounter;
 pub use presence::{
     MAX_PRESENCE_TTL_MS, PresenceCount, PresenceRead, PresenceReport, PresenceResponse,

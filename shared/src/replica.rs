@@ -22,6 +22,9 @@ use crate::Error;
 /// is a different replica. Collisions between random ids are negligible (birthday bound
 /// 2^-64 after 2^32 incarnations).
 ///
+/// An edge object's incarnations share a *lineage*: 96 bits drawn once per storage lifetime,
+/// and a 32-bit generation counted up by each rotation ([`ReplicaId::lineage`]).
+///
 /// The nil id (all zeros) is reserved and never valid in a sync.
 ///
 /// # Examples
@@ -69,6 +72,34 @@ impl ReplicaId {
     /// Whether this is the reserved [`ReplicaId::NIL`].
     pub const fn is_nil(self) -> bool {
         self.0 == 0
+    }
+
+    /// Bits of an id that name its generation (the rest name its object).
+    const GENERATION_BITS: u32 = 32;
+
+    /// The incarnation `generation` of the object `object` names: the object's 96 bits with
+    /// the generation in the low 32 ([`object`](Self::object) and
+    /// [`generation`](Self::generation) read them back). An edge object draws its 96 bits
+    /// once per storage lifetime and numbers its incarnations, so any merger can tell, from an
+    /// id alone, which object an incarnation belongs to and which came before it — what lets a
+    /// per-object [`Carry`](crate::Carry) stand for every earlier incarnation's final slot.
+    pub const fn lineage(object: ReplicaId, generation: u32) -> ReplicaId {
+        ReplicaId((object.0 >> Self::GENERATION_BITS << Self::GENERATION_BITS) | generation as u128)
+    }
+
+    /// The object this incarnation belongs to: the id with its generation bits zero.
+    pub const fn object(self) -> ReplicaId {
+        ReplicaId(self.0 >> Self::GENERATION_BITS << Self::GENERATION_BITS)
+    }
+
+    /// The incarnation's generation: its low 32 bits. (An id drawn whole at random, as an
+    /// edge before lineages drew it, reads as some generation of an object nobody else
+    /// names: a carry of that object never exists, except the one its own retirement writes.)
+    pub const fn generation(self) -> u32 {
+        // Truncation is the point: the low 32 bits.
+        #[allow(clippy::cast_possible_truncation)]
+        let generation = self.0 as u32;
+        generation
     }
 }
 

@@ -27,14 +27,18 @@ use crate::{CounterKey, Error, ReplicaId, Timestamp};
 
 /// The newest protocol version this crate speaks. Version 2 answers per counter (a rejected
 /// counter blocks no other) and adds `POST /v1/read` and `POST /v1/retire`; version 3 adds
-/// `visits` to a sync's slots (hits near a milestone that carried a visitor key).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `visits` to a sync's slots (hits near a milestone that carried a visitor key); version 4
+/// adds `carried` to a sync's slots (the sender object's earlier incarnations, see
+/// [`SlotUpdate::carried`]) and retires an incarnation into its object's carry.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The version before [`PROTOCOL_VERSION`]. An edge sends it for every body whose shape did
-/// not change since (reads, retirements, presence reports and sketches, and syncs without
-/// visits), so that a merger one release behind still takes them during a rolling deploy;
-/// the frozen bodies of `shared/tests/protocol/` hold each version to its shape.
-pub const PREVIOUS_VERSION: u32 = 2;
+/// not change since (reads, presence reports and sketches, retirements of incarnations from
+/// before lineages), and each sync in the oldest version that carries it
+/// ([`SyncRequest::version_for`]), so that a merger one release behind still takes them during
+/// a rolling deploy; the frozen bodies of `shared/tests/protocol/` hold each version to its
+/// shape.
+pub const PREVIOUS_VERSION: u32 = 3;
 
 /// The oldest version a merger still accepts, so an edge one version behind keeps syncing
 /// during a rolling deploy (mergers are deployed first). A version-1 sync is all or nothing.
@@ -141,6 +145,7 @@ impl SlotTotals {
 ///         key: CounterKey::new(CounterKind::G, "home")?,
 ///         totals: SlotTotals { p: 715, n: 0 },
 ///         visits: Vec::new(),
+///         carried: SlotTotals::default(),
 ///     }],
 /// };
 /// sync.validate()?;
@@ -172,26 +177,35 @@ pub(crate) struct RawSync {
 }
 
 impl SyncRequest {
-    /// The oldest version that carries `counters`: [`PROTOCOL_VERSION`] when a slot carries
-    /// visits, else [`PREVIOUS_VERSION`].
+    /// The oldest version that carries `counters`: 4 when a slot carries a carry, 3 when one
+    /// carries visits, else 2.
     pub fn version_for(counters: &[SlotUpdate]) -> u32 {
-        if counters.iter().any(|c| !c.visits.is_empty()) {
-            PROTOCOL_VERSION
+        if counters.iter().any(|c| c.carried != SlotTotals::default()) {
+            4
+        } else if counters.iter().any(|c| !c.visits.is_empty()) {
+            3
         } else {
-            PREVIOUS_VERSION
+            2
         }
     }
 
-    /// The same sync in [`PREVIOUS_VERSION`], without visits: what a merger one release behind
-    /// takes (the counts are the same; a winner's record then names no visitor).
+    /// The same sync one version down, for a merger a release behind (a rolling deploy in the
+    /// wrong order): without carries (they only heal a restored merger), then without visits
+    /// (a winner's record then names no visitor). The slots' totals are the same. `None` at
+    /// version 2.
     #[must_use]
-    pub fn without_visits(&self) -> SyncRequest {
+    pub fn downgraded(&self) -> Option<SyncRequest> {
         let mut older = self.clone();
-        older.version = PREVIOUS_VERSION;
-        for c in &mut older.counters {
-            c.visits.clear();
+        match self.version {
+            4 => older
+                .counters
+                .iter_mut()
+                .for_each(|c| c.carried = SlotTotals::default()),
+            3 => older.counters.iter_mut().for_each(|c| c.visits.clear()),
+            _ => return None,
         }
-        older
+        older.version = SyncRequest::version_for(&older.counters).min(self.version - 1);
+        Some(older)
     }
 }
 
@@ -229,6 +243,13 @@ pub struct SlotUpdate {
     /// while the counter is near a milestone), so that a winner's record can name its
     /// visitor; empty, and left out of the JSON, for every other counter.
     pub visits: Vec<Visit>,
+    /// Version 4: the sums of the final slots of every earlier incarnation of the sender's
+    /// object ([`ReplicaId::object`]) for this counter — the generations below the sender's
+    /// ([`ReplicaId::generation`]). The merger joins it into the object's
+    /// [`Carry`](crate::Carry), so a merger restored from an old backup gets back what the
+    /// object's rotated-away incarnations counted. Zero, and left out of the JSON, when the
+    /// object counted nothing of this counter before.
+    pub carried: SlotTotals,
 }
 
 /// Longest visitor key, in bytes.
@@ -287,6 +308,12 @@ pub(crate) struct SlotWire {
     n: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     visits: Vec<Visit>,
+    #[serde(default, skip_serializing_if = "is_zero_totals")]
+    carried: SlotTotals,
+}
+
+fn is_zero_totals(totals: &SlotTotals) -> bool {
+    *totals == SlotTotals::default()
 }
 
 impl TryFrom<SlotWire> for SlotUpdate {
@@ -296,6 +323,7 @@ impl TryFrom<SlotWire> for SlotUpdate {
             key: CounterKey::new(w.kind, w.id)?,
             totals: SlotTotals { p: w.p, n: w.n },
             visits: w.visits,
+            carried: w.carried,
         })
     }
 }
@@ -308,6 +336,7 @@ impl From<SlotUpdate> for SlotWire {
             p: u.totals.p,
             n: u.totals.n,
             visits: u.visits,
+            carried: u.carried,
         }
     }
 }
@@ -581,14 +610,14 @@ impl MergedCounter {
 /// read.validate()?;
 /// assert_eq!(
 ///     serde_json::to_string(&read).unwrap(),
-///     r#"{"version":2,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
+///     r#"{"version":3,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
 /// );
 /// # Ok::<(), tally_crdt::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawRead")]
 pub struct ReadRequest {
-    /// 2 or 3 (reads exist since version 2, and have the same shape in 3; an edge sends
+    /// 2 to 4 (reads exist since version 2, and keep their shape; an edge sends
     /// [`PREVIOUS_VERSION`]).
     pub version: u32,
     /// The asking replica, whose recorded slot each answer carries; `None` for a plain read.
@@ -655,8 +684,11 @@ pub struct ReadResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetireRequest {
-    /// 2 or 3 (retirement exists since version 2, and has the same shape in 3; an edge sends
-    /// [`PREVIOUS_VERSION`]).
+    /// 2 to 4 (retirement exists since version 2 and keeps its shape). A version-4 merger
+    /// folds the incarnation's slots into its object's [`Carry`](crate::Carry) whatever the
+    /// version; an edge sends 4 for an incarnation of a lineage ([`ReplicaId::lineage`]), so
+    /// that a merger a release behind, which would fold it into a region's base where the
+    /// object's own carry would count it again, refuses it until it is upgraded.
     pub version: u32,
     /// The incarnation whose slots are final.
     pub replica: ReplicaId,
@@ -893,6 +925,7 @@ mod tests {
             key: CounterKey::new(CounterKind::G, "a").unwrap(),
             totals: SlotTotals { p: 3, n: 0 },
             visits: Vec::new(),
+            carried: SlotTotals::default(),
         };
         assert_eq!(
             serde_json::to_string(&u).unwrap(),

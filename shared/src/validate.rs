@@ -130,6 +130,16 @@ impl SyncRequest {
                 "visits are part of protocol version 3".into(),
             ));
         }
+        if self.version < 4
+            && self
+                .counters
+                .iter()
+                .any(|c| c.carried != crate::SlotTotals::default())
+        {
+            return Err(Error::Malformed(
+                "carried totals are part of protocol version 4".into(),
+            ));
+        }
         if self.version < 2
             && let Some(e) = self.counters.iter().find_map(Self::counter_error)
         {
@@ -146,6 +156,12 @@ impl SyncRequest {
             return Some(Error::DecrementOnCounter {
                 id: update.key.id().to_string(),
                 n: update.totals.n,
+            });
+        }
+        if update.key.kind() == CounterKind::G && update.carried.n != 0 {
+            return Some(Error::DecrementOnCounter {
+                id: update.key.id().to_string(),
+                n: update.carried.n,
             });
         }
         if update.visits.is_empty() {

@@ -206,10 +206,34 @@ impl JsCounterState {
             .merge_slot(replica(replica_id)?, &crate::Region::from(region), totals))
     }
 
-    /// Retires `replicaId` as the store does: its slot moves into its region's base. Returns
-    /// whether it had a slot here.
+    /// Retires `replicaId` as the store does: the slots of its object's incarnations up to
+    /// it (its low 32 bits are its generation, the rest its object) move into the object's
+    /// carry. Returns whether it had a slot here.
     pub fn retire(&mut self, replica_id: &str) -> Result<bool, JsValue> {
         Ok(self.0.retire(replica(replica_id)?).is_some())
+    }
+
+    /// Merges the carry an object sends with a sync of `replicaId` (of `region`): `p`, `n`,
+    /// the sums of the final slots of its object's incarnations before `replicaId`'s
+    /// generation. Merged by max; the slots it holds go. Returns whether anything changed.
+    #[wasm_bindgen(js_name = mergeCarry)]
+    pub fn merge_carry(
+        &mut self,
+        replica_id: &str,
+        region: &str,
+        p: js_sys::BigInt,
+        n: js_sys::BigInt,
+    ) -> Result<bool, JsValue> {
+        let sender = replica(replica_id)?;
+        let carry = crate::Carry {
+            region: crate::Region::from(region),
+            through: u64::from(sender.generation()),
+            totals: crate::GlobalTotals {
+                p: u128::from(amount(p)?),
+                n: u128::from(amount(n)?),
+            },
+        };
+        Ok(self.0.merge_carry(sender, &carry))
     }
 
     /// Starts a new epoch at `atMs` (ms since 1970; a delete if `deleted`): the count starts

@@ -1,25 +1,30 @@
 //! The laws of [`CounterState`], checked by proptest over random histories of one counter:
-//! hits in replicas of several regions, retirements (folds) and resets, applied one at a
-//! time as the store applies them. Its views are what the parts of tally can hold: the
+//! hits in replicas of several regions, retirements (folds into the object's carry), the
+//! objects re-sending their own carries, and resets, applied one at a time as the store
+//! applies them. Its views are what the parts of tally can hold: the
 //! store at some moment, or such a load with slots of later commits merged into it (a
 //! merger's cache). Over those views `join` is commutative, associative and idempotent; the
 //! latest state dominates every view; the value never goes back within an epoch; a fold
-//! keeps the value; `merge_slot` is a join with one slot; and the value is exactly what was
-//! counted since the last reset.
+//! keeps the value; `merge_slot` is a join with one slot; the value is exactly what was
+//! counted since the last reset; and a store restored to any earlier state comes back to it
+//! once every object re-sends its live slot and its carry (what the edge's anti-entropy does).
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use tally_crdt::{Base, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{Carry, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp};
 
 /// One change of the counter, as the store applies it.
 #[derive(Debug, Clone)]
 enum Op {
     /// Replica `replica` (of region `replica % 2`) counts `p` up and `n` down.
     Hit { replica: u8, p: u64, n: u64 },
-    /// Replica `replica` is retired: its slot folds into its region's base.
+    /// Replica `replica`'s incarnation is retired: its slot folds into its object's carry,
+    /// and the object goes on in its next generation.
     Retire { replica: u8 },
+    /// Object `replica` re-sends its carry, as its syncs do.
+    Resend { replica: u8 },
     /// The counter is reset (or deleted).
     Reset { delete: bool },
 }
@@ -28,14 +33,45 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..6u8, 0..50u64, 0..50u64).prop_map(|(replica, p, n)| Op::Hit { replica, p, n }),
         1 => (0..6u8).prop_map(|replica| Op::Retire { replica }),
+        1 => (0..6u8).prop_map(|replica| Op::Resend { replica }),
         1 => any::<bool>().prop_map(|delete| Op::Reset { delete }),
     ]
 }
 
 /// A replica's id: each retirement gives the object a new incarnation, so `(replica,
-/// incarnation)` names it.
+/// incarnation)` names it, as a lineage.
 fn id(replica: u8, incarnation: u8) -> ReplicaId {
-    ReplicaId::from_u128(u128::from(replica) * 1000 + u128::from(incarnation) + 1)
+    ReplicaId::lineage(
+        ReplicaId::from_u128((u128::from(replica) + 1) << 32),
+        u32::from(incarnation),
+    )
+}
+
+/// The object number `id` was made of.
+fn object_of(id: ReplicaId) -> u128 {
+    (id.object().as_u128() >> 32) - 1
+}
+
+/// What an object holds: per object, its incarnation, the sums of its retired incarnations'
+/// final slots (its own carry) and its live slot.
+#[derive(Debug, Clone, Default)]
+struct Edge {
+    incarnation: [u8; 6],
+    carried: [GlobalTotals; 6],
+}
+
+impl Edge {
+    /// Object `replica`'s carry, as it sends it.
+    fn carry(&self, replica: u8) -> (ReplicaId, Carry) {
+        let r = usize::from(replica);
+        let object = id(replica, self.incarnation[r]);
+        let carry = Carry {
+            region: region(replica),
+            through: u64::from(self.incarnation[r]),
+            totals: self.carried[r],
+        };
+        (object, carry)
+    }
 }
 
 fn region(replica: u8) -> Region {
@@ -46,27 +82,37 @@ fn region(replica: u8) -> Region {
     })
 }
 
-/// A retirement as the store applied it: after state `at`, `replica` left for `region`'s
-/// base, which became `base`.
+/// A carry as the store merged it: after state `at`, `object`'s carry became `carry`.
 #[derive(Debug, Clone)]
 struct Fold {
     at: usize,
-    region: Region,
-    base: Base,
+    object: ReplicaId,
+    carry: Carry,
 }
 
-/// Every state the store goes through (the first is empty), its retirements, and what was
-/// counted since the last reset.
-fn history(ops: &[Op]) -> (Vec<CounterState>, Vec<Fold>, GlobalTotals) {
+/// A history: every state the store goes through (the first is empty), its carries, what
+/// was counted since the last reset, the index of the state after the last reset, and what
+/// the objects hold at the end.
+struct History {
+    states: Vec<CounterState>,
+    folds: Vec<Fold>,
+    counted: GlobalTotals,
+    last_reset: usize,
+    edge: Edge,
+}
+
+fn history(ops: &[Op]) -> History {
     let mut state = CounterState::new();
-    let mut incarnation = [0u8; 6];
+    let mut edge = Edge::default();
+    let incarnation = |edge: &Edge, replica: u8| edge.incarnation[usize::from(replica)];
     let mut since_reset = GlobalTotals::default();
+    let mut last_reset = 0;
     let mut states = vec![state.clone()];
     let mut folds = Vec::new();
     for (at, op) in ops.iter().enumerate() {
         match *op {
             Op::Hit { replica, p, n } => {
-                let r = id(replica, incarnation[usize::from(replica)]);
+                let r = id(replica, incarnation(&edge, replica));
                 let totals = state.slot(r);
                 state.merge_slot(
                     r,
@@ -80,28 +126,54 @@ fn history(ops: &[Op]) -> (Vec<CounterState>, Vec<Fold>, GlobalTotals) {
                 since_reset.n += u128::from(n);
             }
             Op::Retire { replica } => {
-                let r = id(replica, incarnation[usize::from(replica)]);
+                let r = id(replica, incarnation(&edge, replica));
                 let value = state.value();
-                if let Some((region, base)) = state.retire(r) {
+                let last = state.slot(r);
+                if let Some((object, carry)) = state.retire(r) {
                     assert_eq!(state.value(), value, "a fold keeps the value");
-                    incarnation[usize::from(replica)] += 1;
+                    let i = usize::from(replica);
+                    edge.incarnation[i] += 1;
+                    edge.carried[i].p += u128::from(last.p);
+                    edge.carried[i].n += u128::from(last.n);
+                    assert_eq!(
+                        carry.totals, edge.carried[i],
+                        "the store's carry is the object's"
+                    );
                     folds.push(Fold {
                         at: states.len(),
-                        region,
-                        base,
+                        object,
+                        carry,
                     });
                 }
+            }
+            Op::Resend { replica } => {
+                let (object, carry) = edge.carry(replica);
+                let value = state.value();
+                state.merge_carry(object, &carry);
+                assert_eq!(state.value(), value, "a re-sent carry is known already");
+                folds.push(Fold {
+                    at: states.len(),
+                    object,
+                    carry,
+                });
             }
             Op::Reset { delete } => {
                 let ms = i64::try_from(at).expect("short histories");
                 state.reset(Timestamp::from_unix_ms(ms), delete);
                 since_reset = GlobalTotals::default();
+                last_reset = states.len();
                 assert_eq!(state.value(), GlobalTotals::default());
             }
         }
         states.push(state.clone());
     }
-    (states, folds, since_reset)
+    History {
+        states,
+        folds,
+        counted: since_reset,
+        last_reset,
+        edge,
+    }
 }
 
 /// A view: the store's state at `load`, with what a merger's cache applies after it — the
@@ -121,7 +193,7 @@ fn view(
     let apply_folds = |view: &mut CounterState| {
         for (i, fold) in folds.iter().enumerate() {
             if fold.at > load && fold.at <= commit && picks & (1 << (6 + i % 10)) != 0 {
-                view.fold(&fold.region, &fold.base);
+                view.merge_carry(fold.object, &fold.carry);
             }
         }
     };
@@ -130,7 +202,7 @@ fn view(
         applied = true;
     }
     for (replica, slot) in states[commit].slots() {
-        if picks & (1 << (replica.as_u128() / 1000)) != 0 {
+        if picks & (1 << object_of(*replica)) != 0 {
             view.merge_slot(*replica, &slot.region, slot.totals);
         }
     }
@@ -153,10 +225,22 @@ fn views() -> impl Strategy<Value = (Vec<CounterState>, GlobalTotals, [CounterSt
         prop::array::uniform3((any::<usize>(), any::<usize>(), any::<u16>())),
     )
         .prop_map(|(ops, picks)| {
-            let (states, folds, counted) = history(&ops);
-            let views = picks.map(|(load, later, picks)| view(&states, &folds, load, later, picks));
-            (states, counted, views)
+            let h = history(&ops);
+            let views =
+                picks.map(|(load, later, picks)| view(&h.states, &h.folds, load, later, picks));
+            (h.states, h.counted, views)
         })
+}
+
+/// A history and the index of one of its states.
+fn restores() -> impl Strategy<Value = (History, usize)> {
+    (prop::collection::vec(op(), 0..40), any::<usize>()).prop_map(|(ops, at)| (history(&ops), at))
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} states, edge {:?}", self.states.len(), self.edge)
+    }
 }
 
 proptest! {
@@ -211,13 +295,14 @@ proptest! {
         p in 0..200u64,
         n in 0..200u64,
     ) {
-        let r = ReplicaId::from_u128(u128::from(replica) * 1000 + 1);
+        let r = id(replica, 0);
         let totals = SlotTotals { p, n };
         let mut merged = a.clone();
         let grew = merged.merge_slot(r, &region(replica), totals);
         // The same slot as a state of the view's retirements and epoch.
         let mut one = CounterState::from_parts(
             [(r, region(replica), totals)],
+            a.carries().iter().map(|(k, v)| (*k, v.clone())),
             a.bases().iter().map(|(k, v)| (Arc::clone(k), v.clone())),
             a.epoch(),
             a.cuts().iter().map(|(k, v)| (Arc::clone(k), *v)),
@@ -234,6 +319,7 @@ proptest! {
         for v in [a, b, c] {
             let rebuilt = CounterState::from_parts(
                 v.slots().iter().map(|(r, s)| (*r, Arc::clone(&s.region), s.totals)),
+                v.carries().iter().map(|(k, c)| (*k, c.clone())),
                 v.bases().iter().map(|(k, b)| (Arc::clone(k), b.clone())),
                 v.epoch(),
                 v.cuts().iter().map(|(k, t)| (Arc::clone(k), *t)),
@@ -242,5 +328,25 @@ proptest! {
             prop_assert_eq!(rebuilt.shares(), v.shares());
             prop_assert_eq!(rebuilt.replicas(), v.replicas());
         }
+    }
+
+    #[test]
+    fn a_store_restored_to_any_earlier_state_heals_from_what_the_objects_resend(
+        (h, at) in restores(),
+    ) {
+        // A restore takes the store back to an earlier state; resets after it are lost with
+        // it (the edge holds no epochs), so only states since the last reset heal to it.
+        let at = h.last_reset + at % (h.states.len() - h.last_reset);
+        let mut restored = h.states[at].clone();
+        let last = h.states.last().expect("a history has a state");
+        for replica in 0..6u8 {
+            let (object, carry) = h.edge.carry(replica);
+            restored.merge_carry(object, &carry);
+            if let Some(slot) = last.slots().get(&object) {
+                restored.merge_slot(object, &slot.region, slot.totals);
+            }
+        }
+        prop_assert_eq!(restored.value(), last.value());
+        prop_assert_eq!(restored.value(), h.counted);
     }
 }

@@ -90,7 +90,7 @@ fn every_frozen_request_decodes_and_encodes_back_the_same() {
 }
 
 #[test]
-fn every_frozen_answer_of_version_2_and_3_decodes_and_encodes_back_the_same() {
+fn every_frozen_answer_of_version_2_and_later_decodes_and_encodes_back_the_same() {
     for path in requests() {
         let name = path
             .file_name()
@@ -129,39 +129,53 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
     let key = |kind, id: &str| CounterKey::new(kind, id).expect("a valid id");
     let sync = SyncRequest {
         version: PROTOCOL_VERSION,
-        replica: ReplicaId::from_u128(7),
+        replica: ReplicaId::lineage(ReplicaId::from_u128(9 << 32), 2),
         region: "eu".into(),
         counters: vec![
             SlotUpdate {
                 key: key(CounterKind::G, "home"),
-                totals: SlotTotals { p: 718, n: 0 },
+                totals: SlotTotals { p: 3, n: 0 },
                 visits: vec![Visit {
-                    end: 718,
-                    delta: 2,
-                    visitor: "user-42".into(),
+                    end: 3,
+                    delta: 1,
+                    visitor: "user-43".into(),
                 }],
+                carried: SlotTotals { p: 715, n: 0 },
             },
             SlotUpdate {
                 key: key(CounterKind::Pn, "viewers"),
-                totals: SlotTotals { p: 12, n: 4 },
+                totals: SlotTotals { p: 2, n: 1 },
                 visits: Vec::new(),
+                carried: SlotTotals { p: 4, n: 2 },
             },
         ],
     };
-    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 4);
+    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 12);
     assert_eq!(serde_json::to_value(&sync).unwrap(), frozen(&newest));
     assert_eq!(
         SyncRequest::version_for(&sync.counters),
         PROTOCOL_VERSION,
-        "visits need the newest version"
+        "carries need the newest version"
     );
-    let older = sync.without_visits();
-    assert_eq!(SyncRequest::version_for(&older.counters), older.version);
-    assert!(SyncRequest::from_json(&serde_json::to_vec(&older).unwrap()).is_ok());
-    let mut mislabelled = sync.clone();
-    mislabelled.version = 2;
-    assert!(matches!(
-        SyncRequest::from_json(&serde_json::to_vec(&mislabelled).unwrap()),
-        Err(tally_crdt::Error::Malformed(_))
-    ));
+    // One version down at a time, each the oldest version that carries what is left.
+    let mut older = sync.clone();
+    for version in [3, 2] {
+        older = older.downgraded().expect("a version to go down to");
+        assert_eq!(older.version, version);
+        assert_eq!(SyncRequest::version_for(&older.counters), older.version);
+        assert!(SyncRequest::from_json(&serde_json::to_vec(&older).unwrap()).is_ok());
+        assert_eq!(
+            older.counters[1].totals, sync.counters[1].totals,
+            "the same totals"
+        );
+    }
+    assert!(older.downgraded().is_none());
+    for version in [2, 3] {
+        let mut mislabelled = sync.clone();
+        mislabelled.version = version;
+        assert!(matches!(
+            SyncRequest::from_json(&serde_json::to_vec(&mislabelled).unwrap()),
+            Err(tally_crdt::Error::Malformed(_))
+        ));
+    }
 }

@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 use tally_crdt::{
-    CounterKey, CounterKind, Error, MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, PREVIOUS_VERSION,
-    PROTOCOL_VERSION, ReplicaId, SlotTotals, SlotUpdate, SyncRequest,
+    CounterKey, CounterKind, Error, MAX_COUNTERS_PER_SYNC, MAX_ID_LEN, PROTOCOL_VERSION, ReplicaId,
+    SlotTotals, SlotUpdate, SyncRequest,
 };
 
 const REPLICA: &str = "0123456789abcdef0123456789abcdef";
@@ -36,7 +36,7 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
     assert_eq!(
         sync,
         SyncRequest {
-            version: PREVIOUS_VERSION,
+            version: 2,
             replica: REPLICA.parse().unwrap(),
             region: "eu-west".into(),
             counters: vec![
@@ -44,11 +44,13 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
                     key: CounterKey::new(CounterKind::G, "home").unwrap(),
                     totals: SlotTotals { p: 715, n: 0 },
                     visits: Vec::new(),
+                    carried: SlotTotals::default(),
                 },
                 SlotUpdate {
                     key: CounterKey::new(CounterKind::Pn, "viewers").unwrap(),
                     totals: SlotTotals { p: 10, n: 3 },
                     visits: Vec::new(),
+                    carried: SlotTotals::default(),
                 },
             ],
         }

@@ -123,9 +123,9 @@ fn the_rust_api_and_sync_decoding_work_on_wasm32() {
         u64::MAX
     );
     assert_eq!(
-        SyncRequest::from_json(br#"{"version":4}"#),
+        SyncRequest::from_json(br#"{"version":5}"#),
         Err(Error::UnsupportedVersion {
-            got: 4,
+            got: 5,
             supported: tally_crdt::PROTOCOL_VERSION
         })
     );

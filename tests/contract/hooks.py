@@ -17,6 +17,8 @@ The rules, each answered with its own error code (docs/protocol.md). The merger:
   so there the request is accepted).
 - `/v1/sync` of protocol version 1 or 2: no counter carries `visits` (they came with version
   3), or the whole sync is refused (`malformed_body`).
+- `/v1/sync` below protocol version 4: no counter carries a non-zero `carried` (it came with
+  version 4), or the whole sync is refused (`malformed_body`).
 - JSON integers in integer form: JSON Schema's `integer` admits `248.0`, tally's decoder
   (serde) reads integers only in integer form (`malformed_body`).
 - `GET /v1/{namespace}/{id}/history`: `from` not after `to` (`invalid_query`).
@@ -88,6 +90,21 @@ def _v1_decrement_on_counter(body):
     counters = body.get("counters")
     return isinstance(counters, list) and any(
         isinstance(c, dict) and c.get("kind") == "g" and c.get("n", 0) != 0 for c in counters
+    )
+
+
+def _carried_before_v4(body):
+    """Whether a sync of a version below 4 carries a non-zero carry (it came with version 4)."""
+    counters = body.get("counters") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("version") not in (1, 2, 3):
+        return False
+    if not isinstance(counters, list):
+        return False
+    return any(
+        isinstance(c, dict)
+        and isinstance(c.get("carried"), dict)
+        and any(v not in (0, None) for v in c["carried"].values())
+        for c in counters
     )
 
 
@@ -226,7 +243,11 @@ def filter_case(context, case):
         return False
     if case.path in ("/v1/sync", "/v1/read") and _repeats_a_counter(body):
         return False
-    if case.path == "/v1/sync" and (_v1_decrement_on_counter(body) or _visits_before_v3(body)):
+    if case.path == "/v1/sync" and (
+        _v1_decrement_on_counter(body)
+        or _visits_before_v3(body)
+        or _carried_before_v4(body)
+    ):
         return False
     if case.path == "/v1/{namespace}/{id}/history" and isinstance(case.query, dict):
         if _range_backwards(case.query):

@@ -293,6 +293,31 @@ pub fn record_timing(what: &str, measured: Duration, bound: Duration) {
     }
 }
 
+/// `tally-merger backup --database-url DATABASE --to TO` with [`merger_binary`]: a consistent
+/// copy of the database taken while mergers run (docs/deployment.md, "Backups and restore").
+/// Panics, with the command's message, if it fails or has not finished within 120 s (a guard
+/// against a hang: a backup of a test's database takes about a second).
+pub async fn merger_backup(database: &str, to: &Path) {
+    let run = Command::new(merger_binary())
+        .args(["backup", "--database-url", database, "--to"])
+        .arg(to)
+        .env_remove("TALLY_DATABASE_URL")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("tally-merger backup finishes within 120 s")
+        .expect("the merger binary runs");
+    assert!(
+        output.status.success(),
+        "tally-merger backup failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&output.stdout));
+}
+
 /// Sends SIGTERM (or SIGKILL) to a whole process group.
 fn signal_group(pgid: u32, signal: &str) {
     let _ = std::process::Command::new("kill")

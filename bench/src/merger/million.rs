@@ -117,6 +117,7 @@ async fn fill_client(
                         key,
                         totals: SlotTotals { p: 1, n: 0 },
                         visits: Vec::new(),
+                        carried: SlotTotals::default(),
                     }
                 })
                 .collect(),

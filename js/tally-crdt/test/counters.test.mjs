@@ -270,6 +270,15 @@ test("CounterState joins views of one counter in any order, across retirements a
   old.join(store);
   assert.equal(old.valueString(), "6", "a view of the old epoch takes the reset");
   assert.throws(() => store.mergeSlot("nope", "eu", 1n, 0n), (e) => e.code === "invalid_replica_id");
+  // An object's carry (its generations 0 and 1 counted 4 and 3) stands for their slots.
+  const gen0 = "00000000000000000000000a00000000";
+  const gen2 = "00000000000000000000000a00000002";
+  const restored = new CounterState();
+  restored.mergeSlot(gen0, "eu", 4n, 0n);
+  assert.equal(restored.mergeCarry(gen2, "eu", 7n, 0n), true);
+  assert.equal(restored.mergeSlot(gen2, "eu", 1n, 0n), true);
+  assert.equal(restored.value(), 8n, "generation 0's slot is in the carry, not counted twice");
+  assert.equal(restored.mergeCarry(gen2, "eu", 7n, 0n), false, "twice is once");
   assert.throws(() => store.reset(1.5, false), RangeError);
 });
 

@@ -332,13 +332,14 @@ pub async fn history(
     }))
 }
 
-/// A stored counter as a list item. The store lists only counters with a slot or a base,
-/// so there is always an `updated_at`.
+/// A stored counter as a list item. The store lists only counters with a slot, a carry or a
+/// base, so there is always an `updated_at`.
 fn summary(c: &StoredCounter) -> CounterSummary {
     let grown = c
         .slots
         .iter()
         .map(|s| s.at)
+        .chain(c.carries.iter().map(|x| x.2))
         .chain(c.bases.iter().map(|b| b.2));
     CounterSummary {
         id: c.key.id().to_owned(),

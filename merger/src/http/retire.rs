@@ -1,10 +1,12 @@
 //! `POST /v1/retire`: an edge replica incarnation declares its slots final.
 //!
 //! An edge object rotates to a new incarnation only when every slot of the old one is
-//! acknowledged, then retires the old one here. The merger folds its slots into each
-//! counter's base (per region) and ignores its syncs from then on, so a counter's slots stay
-//! bounded by the incarnations alive now. It goes through the commit task, like a sync, and
-//! is answered once durable; retiring twice answers `folded: 0`.
+//! acknowledged, then retires the old one here (versions 2 to 4 alike). The merger folds the
+//! live slots of the object's incarnations up to this one into the object's carry of each
+//! counter (`tally_crdt::CounterState::retire`) and ignores the incarnation's syncs from then
+//! on, so a counter's slots stay bounded by the incarnations alive now. It goes through the
+//! commit task, like a sync, and is answered once durable; retiring twice answers
+//! `folded: 0`.
 
 use axum::Json;
 use axum::extract::State;

@@ -216,16 +216,16 @@ scalar!(
 scalar!(
     /// The protocol versions a sync may speak (`MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`).
     SyncVersion => {
-        "description": "Protocol version: 3 when a counter carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2 refuse it whole (`malformed_body`).",
+        "description": "Protocol version: 4 when a counter carries `carried`, 3 when one carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2, or a carry in one below 4, refuse it whole (`malformed_body`).",
         "type": "integer",
-        "enum": [1, 2, 3]
+        "enum": [1, 2, 3, 4]
     }
 );
 
 scalar!(
     /// The protocol versions of reads, retirements, presence and sketches, which exist since
-    /// version 2 and have the same shape in version 3.
-    Version2 => {"description": "Protocol version 2, or 3 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3]}
+    /// version 2 and have the same shape in versions 3 and 4.
+    Version2 => {"description": "Protocol version 2, 3 or 4 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3, 4]}
 );
 
 scalar!(
@@ -492,6 +492,13 @@ pub struct SlotUpdate {
     #[serde(default)]
     #[schema(max_items = 32)]
     pub visits: Vec<Visit>,
+    /// Protocol version 4: the sums of the final slots of the sender object's earlier
+    /// incarnations (the generations below the sender's) for this counter; absent for none.
+    /// The merger keeps the largest it is sent per object and counter, so a merger restored
+    /// from an old backup gets back what those incarnations counted. `n` must be 0 for kind
+    /// `g`.
+    #[serde(default)]
+    pub carried: SlotTotals,
 }
 
 /// `tally_crdt::Visit`: a hit holding units `end - delta + 1 ..= end` of the slot, and the
@@ -617,7 +624,7 @@ pub struct GlobalTotals {
 }
 
 /// `tally_crdt::SlotTotals`: one replica's slot.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlotTotals {
     /// Total of increments.
@@ -689,7 +696,7 @@ pub struct RetireResponse {
     /// The incarnation retired.
     #[schema(value_type = ReplicaId)]
     pub replica: String,
-    /// Slots folded into counters' bases by this request (0 when already retired).
+    /// Slots folded into their object's carries by this request (0 when already retired).
     #[schema(value_type = Uint64)]
     pub folded: u64,
 }

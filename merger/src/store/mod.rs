@@ -6,9 +6,12 @@
 //!   peers. Each one hears what the others commit through [`Store::watch`].
 //!
 //! Both merge slots with "max per slot" in SQL, so mergers never coordinate: whatever order
-//! their commits land in, each slot ends at the largest total any of them saw. Counters and
-//! replicas get integer surrogate keys, so the slots table, which every commit walks, holds
-//! two integers per key instead of an id and 32 hex digits.
+//! their commits land in, each slot ends at the largest total any of them saw. An edge
+//! object's carry (the sums of its retired incarnations' final slots, [`Carry`]) merges the
+//! same way, column by column, whether a sync brought it or a retirement folded it; the slots
+//! it holds are deleted with it. Counters and replicas get integer surrogate keys, so the
+//! slots table, which every commit walks, holds two integers per key instead of an id and 32
+//! hex digits.
 //!
 //! Nothing is loaded whole at start: the merger's memory is a bounded cache over the store
 //! ([`crate::state`]), filled by [`Store::load`] on a miss.
@@ -26,7 +29,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 pub use tally_crdt::minus;
 use tally_crdt::{
-    Base, CounterKey, CounterKind, CounterState, GlobalTotals, HyperLogLog, MilestoneNews,
+    Base, Carry, CounterKey, CounterKind, CounterState, GlobalTotals, HyperLogLog, MilestoneNews,
     PresenceReport, PresenceTotal, Region, ReplicaId, SketchKey, SketchTotal, SketchUpdate,
     SlotTotals, Timestamp, Visit,
 };
@@ -93,6 +96,76 @@ pub struct SlotRow {
     /// Hits of the slot that carried a visitor key (near a milestone only; usually empty):
     /// a winner among them gets its key recorded.
     pub visits: Vec<Visit>,
+    /// What the sync carried of the replica's object ([`tally_crdt::SlotUpdate::carried`]):
+    /// the sums of the final slots of its generations below the replica's. Zero for none.
+    pub carried: SlotTotals,
+}
+
+impl SlotRow {
+    /// The carry this row brings, with the region of record of its replica: the object's
+    /// generations below the replica's, at the sums the sync carried. `None` when it carried
+    /// nothing.
+    pub fn carry(&self, region: &Region) -> Option<(ReplicaId, Carry)> {
+        (self.carried != SlotTotals::default()).then(|| {
+            let carry = Carry {
+                region: Arc::clone(region),
+                through: u64::from(self.replica.generation()),
+                totals: GlobalTotals {
+                    p: u128::from(self.carried.p),
+                    n: u128::from(self.carried.n),
+                },
+            };
+            (self.replica.object(), carry)
+        })
+    }
+}
+
+/// One edge object's carry of one counter, as a commit or a retirement writes it: merged
+/// into the stored one column by column (max), and the slots it holds deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarryRow {
+    /// The counter.
+    pub key: CounterKey,
+    /// The object ([`ReplicaId::object`]).
+    pub object: ReplicaId,
+    /// Its carry.
+    pub carry: Carry,
+    /// When it was written (a retirement: when the last slot folded into it grew).
+    pub at: Timestamp,
+}
+
+/// The carries a batch of slots brings (syncs of retired replicas already left out), one per
+/// counter and object: the join of the batch's carries of it ([`CounterState::merge_carry`]),
+/// each with the region of record of its replica (`region_of`; a replica without one is
+/// left out). In (counter, object) order: the lock order of a Postgres commit.
+pub fn batch_carries<S: Borrow<SlotRow>>(
+    slots: &[S],
+    region_of: impl Fn(ReplicaId) -> Option<Region>,
+) -> Vec<CarryRow> {
+    type Joined = (CounterState, BTreeMap<ReplicaId, Timestamp>);
+    let mut joined: BTreeMap<&CounterKey, Joined> = BTreeMap::new();
+    for row in slots.iter().map(Borrow::borrow) {
+        let Some((object, carry)) = region_of(row.replica).and_then(|region| row.carry(&region))
+        else {
+            continue;
+        };
+        let (state, times) = joined.entry(&row.key).or_default();
+        state.merge_carry(object, &carry);
+        let at = times.entry(object).or_insert(row.at);
+        *at = (*at).max(row.at);
+    }
+    let mut rows = Vec::new();
+    for (key, (state, times)) in joined {
+        for (object, carry) in state.carries() {
+            rows.push(CarryRow {
+                key: key.clone(),
+                object: *object,
+                carry: carry.clone(),
+                at: times[object],
+            });
+        }
+    }
+    rows
 }
 
 /// One counter's global totals at one time, for the history.
@@ -121,17 +194,21 @@ pub struct StoredSlot {
     pub at: Timestamp,
 }
 
-/// One counter as stored: every live slot of it, the bases its retired slots were folded
-/// into with the replicas folded, and the cuts of its last reset — the parts of a
-/// [`CounterState`], with the times the store keeps beside them.
+/// One counter as stored: every live slot of it, the carries of its edge objects' retired
+/// incarnations, the bases slots were folded into before carries (with the replicas folded),
+/// and the cuts of its last reset — the parts of a [`CounterState`], with the times the
+/// store keeps beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCounter {
     /// The counter.
     pub key: CounterKey,
     /// Its live slots, in any order.
     pub slots: Vec<StoredSlot>,
-    /// Per region, the sums of the slots of its retired replicas, and when the last of
-    /// them grew.
+    /// Per edge object ([`ReplicaId::object`]), the carry of its retired incarnations, and
+    /// when it last grew.
+    pub carries: Vec<(ReplicaId, Carry, Timestamp)>,
+    /// Per region, the sums of the slots of its replicas retired before carries (nothing
+    /// writes bases any more), and when the last of them grew.
     pub bases: Vec<(String, GlobalTotals, Timestamp)>,
     /// The retired replicas folded into those bases, with their regions.
     pub folded: Vec<(String, ReplicaId)>,
@@ -169,6 +246,9 @@ impl StoredCounter {
             self.slots
                 .iter()
                 .map(|s| (s.replica, Region::from(s.region.as_str()), s.totals)),
+            self.carries
+                .iter()
+                .map(|(object, carry, _)| (*object, carry.clone())),
             bases
                 .into_iter()
                 .map(|(region, base)| (Region::from(region), base)),
@@ -195,6 +275,8 @@ impl StoredCounter {
 pub enum Part {
     /// A live slot.
     Slot(StoredSlot),
+    /// An object's carry, and when it last grew.
+    Carry(ReplicaId, Carry, Timestamp),
     /// A region's base, and when it last grew.
     Base(String, GlobalTotals, Timestamp),
     /// A region's cut.
@@ -219,8 +301,8 @@ pub struct ResetRequest {
 pub enum ResetOutcome {
     /// Done: the counter as stored after it, and the totals it had before.
     Done {
-        /// The counter, in its new epoch.
-        counter: StoredCounter,
+        /// The counter, in its new epoch (boxed: the other answers are a number).
+        counter: Box<StoredCounter>,
         /// Its totals in the epoch that ended.
         removed: GlobalTotals,
     },
@@ -233,24 +315,105 @@ pub enum ResetOutcome {
     },
 }
 
-/// One slot folded by a retirement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoldedSlot {
-    /// The counter.
-    pub key: CounterKey,
-    /// Its final totals, now in the base of the replica's region.
-    pub totals: SlotTotals,
-    /// When it last grew.
-    pub at: Timestamp,
-}
-
 /// What a retirement did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retired {
     /// The replica's region of record (empty for a replica that never synced).
     pub region: String,
-    /// The slots folded; empty when the replica was already retired.
-    pub folded: Vec<FoldedSlot>,
+    /// Per counter that held live slots of the replica's object up to its generation, the
+    /// object's carry with them folded in ([`CounterState::retire`]); empty when there were
+    /// none (a retirement repeated, or of a replica that never counted).
+    pub carries: Vec<CarryRow>,
+    /// How many slots went into those carries.
+    pub folded: u64,
+}
+
+/// What retiring `replica` does to the live slots of its object up to its generation and to
+/// the object's carries: per counter, `slots` are those slots (with their regions and times)
+/// and `carries` the object's carry, as stored. Answers the new carries (the lattice's
+/// [`CounterState::retire`] on a state of the object's parts alone, so a slot already in the
+/// carry is not added twice) and how many slots they took. Both backends' retirement.
+pub fn fold_object(
+    replica: ReplicaId,
+    slots: Vec<(CounterKey, StoredSlot)>,
+    carries: Vec<(CounterKey, Carry, Timestamp)>,
+) -> (Vec<CarryRow>, u64) {
+    type Parts = (Vec<StoredSlot>, Vec<(Carry, Timestamp)>);
+    let mut by_key: BTreeMap<CounterKey, Parts> = BTreeMap::new();
+    for (key, slot) in slots {
+        by_key.entry(key).or_default().0.push(slot);
+    }
+    for (key, carry, at) in carries {
+        if let Some(parts) = by_key.get_mut(&key) {
+            parts.1.push((carry, at));
+        }
+    }
+    let object = replica.object();
+    let mut folded = 0;
+    let mut rows = Vec::with_capacity(by_key.len());
+    for (key, (slots, carries)) in by_key {
+        let mut state = CounterState::from_parts(
+            slots
+                .iter()
+                .map(|s| (s.replica, Region::from(s.region.as_str()), s.totals)),
+            carries.iter().map(|(carry, _)| (object, carry.clone())),
+            [],
+            Epoch::default(),
+            [],
+        );
+        let live: BTreeSet<ReplicaId> = state.slots().keys().copied().collect();
+        let Some((_, carry)) = state.retire(replica) else {
+            continue;
+        };
+        let gone = |r: &ReplicaId| live.contains(r) && !state.slots().contains_key(r);
+        folded += u64::try_from(live.iter().filter(|r| gone(r)).count()).unwrap_or(u64::MAX);
+        let at = slots
+            .iter()
+            .filter(|s| gone(&s.replica))
+            .map(|s| s.at)
+            .chain(carries.iter().map(|(_, at)| *at))
+            .max()
+            .unwrap_or_default();
+        rows.push(CarryRow {
+            key,
+            object,
+            carry,
+            at,
+        });
+    }
+    (rows, folded)
+}
+
+/// The text range of `replicas.replica` holding the incarnations of `replica`'s object up to
+/// its generation: ids are 32 lowercase hex digits with the generation in the last 8, so
+/// their text order is their numeric order, and an object's generations are one range.
+pub fn generations_through(replica: ReplicaId) -> (String, String) {
+    (
+        ReplicaId::lineage(replica, 0).to_string(),
+        replica.to_string(),
+    )
+}
+
+/// An object's `object` column in `carries`: the first 24 hex digits its incarnations' ids
+/// share.
+pub fn object_column(object: ReplicaId) -> String {
+    let mut text = object.to_string();
+    text.truncate(OBJECT_DIGITS);
+    text
+}
+
+/// Hex digits of an `object` column.
+pub const OBJECT_DIGITS: usize = 24;
+
+/// The object an `object` column names.
+pub fn object_of(table: &'static str, text: &str) -> Result<ReplicaId, StoreError> {
+    if text.len() != OBJECT_DIGITS {
+        return Err(corrupt(
+            table,
+            format!("object {text:?} is not {OBJECT_DIGITS} hex digits"),
+        ));
+    }
+    replica_of(table, &format!("{text}00000000"))
 }
 
 /// What an import asks for: the value `totals` for one counter, under `name`.
@@ -383,12 +546,16 @@ pub fn watched_keys(pending: &BTreeMap<String, Vec<u64>>) -> Result<Vec<CounterK
         .map_err(|e| corrupt("milestones", e.to_string()))
 }
 
-/// What a commit of `slots` decides, for each counter with `pending` milestones as it stood
-/// before the commit (`before`, from [`watched_keys`]): both backends' commits.
+/// What a commit of `slots` and `carries` decides, for each counter with `pending`
+/// milestones as it stood before the commit (`before`, from [`watched_keys`]): both
+/// backends' commits. The carries join first: they are hits of incarnations before the
+/// senders', and a milestone they carry the count past was counted before (by an
+/// incarnation this store no longer knows the slot of) and is not decided here.
 pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
     pending: &BTreeMap<String, Vec<u64>>,
     before: &[StoredCounter],
     slots: &[S],
+    carries: &[CarryRow],
 ) -> Vec<(String, Decision)> {
     let mut decided = Vec::new();
     for (id, ns) in pending {
@@ -397,17 +564,31 @@ pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
             .map(Borrow::borrow)
             .filter(|s: &&SlotRow| s.key.kind() == CounterKind::G && s.key.id() == id)
             .collect();
+        let mut stood = before
+            .iter()
+            .find(|c| c.key.id() == id)
+            .map(StoredCounter::state)
+            .unwrap_or_default();
+        for c in carries
+            .iter()
+            .filter(|c| c.key.kind() == CounterKind::G && c.key.id() == id)
+        {
+            stood.merge_carry(c.object, &c.carry);
+        }
         let incoming = mine.iter().map(|s| (s.replica, s.totals));
-        let stood = before.iter().find(|c| c.key.id() == id);
-        decided.extend(decide_commit(stood, incoming, ns).into_iter().map(|mut d| {
-            d.visitor = mine
-                .iter()
-                .filter(|s| s.replica == d.replica)
-                .flat_map(|s| &s.visits)
-                .find(|v| v.holds(d.unit))
-                .map(|v| v.visitor.clone());
-            (id.clone(), d)
-        }));
+        decided.extend(
+            decide_commit(&stood, incoming, ns)
+                .into_iter()
+                .map(|mut d| {
+                    d.visitor = mine
+                        .iter()
+                        .filter(|s| s.replica == d.replica)
+                        .flat_map(|s| &s.visits)
+                        .find(|v| v.holds(d.unit))
+                        .map(|v| v.visitor.clone());
+                    (id.clone(), d)
+                }),
+        );
     }
     decided
 }
@@ -486,22 +667,18 @@ pub enum CancelMilestone {
 }
 
 /// The milestones of `pending` that a commit of `incoming` slots into `before` (the counter
-/// as stored before the commit; `None` if it had nothing) decides. Only the increments count
-/// (milestones are for counters, kind `g`).
+/// as it stood before the commit) decides. Only the increments count (milestones are for
+/// counters, kind `g`); a slot in a carry or a base is final and adds none.
 pub fn decide_commit(
-    before: Option<&StoredCounter>,
+    before: &CounterState,
     incoming: impl IntoIterator<Item = (ReplicaId, SlotTotals)>,
     pending: &[u64],
 ) -> Vec<Decision> {
-    let old = |replica: ReplicaId| {
-        before
-            .and_then(|c| c.slots.iter().find(|s| s.replica == replica))
-            .map_or(0, |s| s.totals.p)
-    };
     let advances: Vec<Advance> = incoming
         .into_iter()
+        .filter(|(replica, _)| !before.is_retired(*replica))
         .map(|(replica, totals)| {
-            let from = old(replica);
+            let from = before.slot(replica).p;
             Advance {
                 replica,
                 from,
@@ -509,8 +686,7 @@ pub fn decide_commit(
             }
         })
         .collect();
-    let count = before.map_or(0, |c| c.totals().p);
-    crate::milestone::decide(count, &advances, pending)
+    crate::milestone::decide(before.value().p, &advances, pending)
 }
 
 /// One presence id's viewers now: the sum of the reports not expired.
@@ -691,18 +867,21 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// Writes one batch in one transaction: replica metadata (the region of a replica's
-    /// first sync is kept; `last_sync` takes the max) and slots merged with max. Slots may
-    /// arrive in any order and name counters the store has not seen yet. Slots of a retired
-    /// replica are not written ([`Committed::retired`]).
+    /// first sync is kept; `last_sync` takes the max), the carries the slots bring
+    /// ([`batch_carries`], merged column by column with max, the slots they hold deleted),
+    /// and slots merged with max (a slot of zero, or in a carry, is not written). Slots may
+    /// arrive in any order and name counters the store has not seen yet. Slots (and carries)
+    /// of a retired replica are not written ([`Committed::retired`]).
     async fn commit(
         &self,
         replicas: &[ReplicaRow],
         slots: &[SlotRow],
     ) -> Result<Committed, StoreError>;
 
-    /// Retires `replica` at `at`, in one transaction: its slots are folded into the bases of
-    /// its region and deleted, and its later syncs are ignored. Retiring a replica twice, or
-    /// one the store never saw, folds nothing.
+    /// Retires `replica` at `at`, in one transaction: every live slot of its object up to
+    /// its generation is folded into the object's carry of its counter ([`fold_object`]) and
+    /// deleted, and its later syncs are ignored. Retiring a replica twice, or one the store
+    /// never saw, folds nothing.
     async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError>;
 
     /// Resets or deletes `key`, in one transaction: its epoch goes up by one and its cuts
@@ -756,8 +935,8 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// The announcement of milestone `n` of counter `id` failed: try again at `at`.
     async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError>;
 
-    /// The counters asked for that have a slot or a base, each whole; the others are left out
-    /// of the answer.
+    /// The counters asked for that have a slot, a carry, a base or a cut, each whole; the
+    /// others are left out of the answer.
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
 
     /// Counters of `kind` whose id starts with `prefix`, after `after` (exclusive), in id
@@ -949,9 +1128,10 @@ where
 }
 
 /// Rows of a backend's parts query (columns `kind`, `name`, `epoch`, `deleted`, `reset_at`,
-/// `part` (`s` for a slot, `b` for a base, `c` for a cut, `f` for a folded replica), `replica`, `region`,
-/// `p`, `n`, `updated_at`; totals as decimal text), sorted by key, grouped into counters. One
-/// reader for both backends.
+/// `part` (`s` for a slot, `o` for an object's carry, `b` for a base, `c` for a cut, `f` for
+/// a folded replica), `replica` (a carry's `object` column), `region`, `p`, `n`,
+/// `updated_at`, `through` (a carry's, else null); totals as decimal text), sorted by key,
+/// grouped into counters. One reader for both backends.
 pub fn counters_of<R>(rows: &[R]) -> Result<Vec<StoredCounter>, StoreError>
 where
     R: sqlx::Row,
@@ -988,6 +1168,15 @@ where
             "f" => Part::Folded(
                 row.try_get("region")?,
                 replica_of("folded", row.try_get("replica")?)?,
+            ),
+            "o" => Part::Carry(
+                object_of("carries", row.try_get("replica")?)?,
+                Carry {
+                    region: Region::from(row.try_get::<&str, _>("region")?),
+                    through: count("through")?,
+                    totals: totals("carries")?,
+                },
+                Timestamp::from_unix_ms(row.try_get("updated_at")?),
             ),
             "b" => Part::Base(
                 row.try_get("region")?,
@@ -1049,6 +1238,7 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
                 counters.push(StoredCounter {
                     key,
                     slots: Vec::new(),
+                    carries: Vec::new(),
                     bases: Vec::new(),
                     folded: Vec::new(),
                     epoch: meta.epoch,
@@ -1059,6 +1249,7 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
         };
         match part {
             Part::Slot(slot) => counter.slots.push(slot),
+            Part::Carry(object, carry, at) => counter.carries.push((object, carry, at)),
             Part::Base(region, totals, at) => counter.bases.push((region, totals, at)),
             Part::Cut(region, totals) => counter.cuts.push((region, totals)),
             Part::Folded(region, replica) => counter.folded.push((region, replica)),
@@ -1067,9 +1258,8 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
     counters
 }
 
-/// The cuts a reset of `counter` writes ([`CounterState::reset`]): the sums of its slots and
-/// bases per region, and zero for a region cut before that has nothing now (not reachable:
-/// slots and bases never leave their region).
+/// The cuts a reset of `counter` writes ([`CounterState::reset`]): the sums of its slots,
+/// carries and bases per region, and zero for a region cut before that has nothing now.
 pub fn new_cuts(counter: &StoredCounter) -> Vec<(String, GlobalTotals)> {
     counter
         .state()
@@ -1118,5 +1308,61 @@ mod tests {
         assert!(decode::<u64>("t", "18446744073709551616").is_err());
         assert!(decode::<u64>("t", "-1").is_err());
         assert!(decode::<u64>("t", "").is_err());
+    }
+
+    #[test]
+    fn an_objects_incarnations_are_one_text_range_in_generation_order() {
+        let object = ReplicaId::from_u128(0xabc_u128 << 32);
+        let ids: Vec<String> = [0, 1, 9, 10, 255, 256, u32::MAX - 1, u32::MAX]
+            .map(|g| ReplicaId::lineage(object, g).to_string())
+            .to_vec();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        let (first, last) = generations_through(ReplicaId::lineage(object, 10));
+        assert_eq!(
+            (first.as_str(), last.as_str()),
+            (ids[0].as_str(), ids[3].as_str())
+        );
+        // The neighbours' incarnations are outside it.
+        let next = ReplicaId::from_u128(0xabd_u128 << 32).to_string();
+        let previous = ReplicaId::lineage(ReplicaId::from_u128(0xabb_u128 << 32), u32::MAX);
+        assert!(next > last && previous.to_string() < first);
+        assert_eq!(object_column(ReplicaId::lineage(object, 7)), &ids[0][..24]);
+        assert_eq!(object_of("t", &object_column(object)).unwrap(), object);
+        assert!(object_of("t", "abc").is_err());
+    }
+
+    #[test]
+    fn a_retirement_folds_the_objects_live_slots_up_to_its_generation_once() {
+        let key = CounterKey::new(CounterKind::G, "x").unwrap();
+        let inc = |g| ReplicaId::lineage(ReplicaId::from_u128(1 << 32), g);
+        let slot = |g, p, at| {
+            let slot = StoredSlot {
+                replica: inc(g),
+                region: "eu".into(),
+                totals: SlotTotals { p, n: 0 },
+                at: Timestamp::from_unix_ms(at),
+            };
+            (key.clone(), slot)
+        };
+        // Generation 0 is in the stored carry already (a late row of it): not added again.
+        let carry = Carry {
+            region: "eu".into(),
+            through: 1,
+            totals: GlobalTotals { p: 4, n: 0 },
+        };
+        let stored = vec![(key.clone(), carry, Timestamp::from_unix_ms(5))];
+        let slots = vec![slot(0, 9, 30), slot(1, 2, 10), slot(2, 3, 20)];
+        let (rows, folded) = fold_object(inc(1), slots, stored);
+        assert_eq!(folded, 1);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].carry.through, rows[0].carry.totals.p, rows[0].at),
+            (2, 6, Timestamp::from_unix_ms(10))
+        );
+        // No live slot up to the generation: nothing to write.
+        assert_eq!(
+            fold_object(inc(1), vec![slot(2, 3, 20)], vec![]),
+            (vec![], 0)
+        );
     }
 }

@@ -8,11 +8,14 @@
 //!   points). Max is commutative, associative and idempotent, so whatever order the commits of
 //!   several mergers land in, each slot ends at the largest total any of them saw, and a
 //!   stale or repeated batch changes nothing (the slot upsert's `WHERE` then skips the row).
+//!   Carries merge the same way, column by column ([`UPSERT_CARRIES`]).
 //! - **Sorted batches.** Rows are deduplicated in Rust (an `ON CONFLICT` statement may not
 //!   touch one row twice) and every statement inserts in one global order: replicas by id,
-//!   counters by (kind, name), slots by (counter, replica) surrogate ids, history by
+//!   counters by (kind, name), slots a carry holds by (counter, replica) as they are deleted,
+//!   carries by (counter, object), slots by (counter, replica) surrogate ids, history by
 //!   (counter, time). A transaction takes its row locks in that order, phase after phase, so
-//!   two mergers never wait on each other in a cycle: no deadlocks, whatever their batches.
+//!   two mergers never wait on each other in a cycle: no deadlocks, whatever their batches
+//!   (a retirement takes the same phases: its object's replicas, their slots, the carries).
 //! - **Surrogate keys.** Counters and replicas get BIGINT ids; slots, which every commit
 //!   walks, are two integers per key. Each statement is one round trip whatever the batch
 //!   size: rows travel as arrays expanded by `UNNEST`, and `u64`/`u128` totals as decimal text
@@ -24,9 +27,9 @@
 //!   kind never holds the `:` that ids may), delivered when the transaction commits. A
 //!   payload over [`MAX_PAYLOAD`] bytes is not sent. Notifications are also lost while the
 //!   listening connection is down.
-//! - **An exact catch-up.** Every slot row records the id of the transaction that last
-//!   changed it (`changed`, xid8). Every [`CATCH_UP_EVERY`] the watcher asks, in one
-//!   statement, for the slots whose `changed` is in `[since, xmin)`, where `xmin` is its
+//! - **An exact catch-up.** Every slot, carry and cut row records the id of the transaction
+//!   that last changed it (`changed`, xid8). Every [`CATCH_UP_EVERY`] the watcher asks, in
+//!   one statement, for the rows whose `changed` is in `[since, xmin)`, where `xmin` is its
 //!   snapshot's oldest running transaction id, then sets `since = xmin`. Transactions below
 //!   `xmin` have all ended, so their committed rows are visible to that very snapshot;
 //!   transactions at or above it may still run and are left to a later round. No clock is
@@ -57,10 +60,10 @@ use tracing::{debug, warn};
 use crate::milestone::{Announcement, Decision, Milestone};
 
 use super::{
-    AddMilestone, CancelMilestone, Committed, FoldedSlot, IMPORT_REGION, ImportOutcome,
+    AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
     ImportRequest, MILESTONE_COLUMNS_POSTGRES, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
-    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
-    encode_u128, key_of, replica_of,
+    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot, corrupt, decode,
+    encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -153,6 +156,44 @@ const UPSERT_REPLICAS: &str = "\
         last_sync = GREATEST(replicas.last_sync, excluded.last_sync) \
     RETURNING replica, region, (xmax = 0) AS inserted, retired_at IS NOT NULL AS retired";
 
+/// Deletes the slots that carries hold, each row of the arrays an object's incarnations
+/// `first..=last` (a text range of `replicas.replica`) of one counter, locked in (counter,
+/// replica) order.
+const DELETE_CARRIED_SLOTS: &str = "\
+    DELETE FROM slots s USING ( \
+        SELECT h.counter, h.replica \
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(kind, name, first, last) \
+        JOIN counters c ON c.kind = u.kind AND c.name = u.name \
+        JOIN replicas r ON r.replica BETWEEN u.first AND u.last \
+        JOIN slots h ON h.counter = c.id AND h.replica = r.id \
+        ORDER BY h.counter, h.replica FOR UPDATE OF h \
+    ) d WHERE s.counter = d.counter AND s.replica = d.replica";
+
+/// The carry merge: max per column, in (counter, object) lock order. A row that grows in no
+/// column is not written (so `changed` keeps naming the last transaction that grew it).
+/// Answers the counters whose carries changed, for the notification.
+const UPSERT_CARRIES: &str = "\
+    WITH changed AS ( \
+        INSERT INTO carries AS x (counter, object, region, through, p, n, updated_at) \
+        SELECT c.id, u.object, u.region, u.through, u.p::numeric, u.n::numeric, u.at \
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
+                $7::text[], $8::int8[]) \
+            AS u(kind, name, object, region, through, p, n, at) \
+        JOIN counters c ON c.kind = u.kind AND c.name = u.name \
+        ORDER BY c.id, u.object COLLATE \"C\" \
+        ON CONFLICT (counter, object) DO UPDATE SET \
+            region = GREATEST(x.region, excluded.region), \
+            through = GREATEST(x.through, excluded.through), \
+            p = GREATEST(x.p, excluded.p), \
+            n = GREATEST(x.n, excluded.n), \
+            updated_at = GREATEST(x.updated_at, excluded.updated_at), \
+            changed = pg_current_xact_id() \
+        WHERE excluded.region > x.region OR excluded.through > x.through \
+            OR excluded.p > x.p OR excluded.n > x.n \
+        RETURNING x.counter \
+    ) \
+    SELECT DISTINCT c.kind, c.name FROM changed JOIN counters c ON c.id = changed.counter";
+
 /// The counters of a batch, in lock order; a counter already there is left alone.
 const INSERT_COUNTERS: &str = "\
     INSERT INTO counters (kind, name) \
@@ -162,17 +203,21 @@ const INSERT_COUNTERS: &str = "\
 
 /// The CRDT merge: max per half, in (counter, replica) lock order. A row that grows in
 /// neither half is not written (so `changed` keeps naming the last transaction that grew
-/// it). The joins are LEFT joins so that a slot naming a replica that was never registered
-/// fails on `NOT NULL` and rolls the batch back, instead of vanishing from an inner join.
-/// Answers the counters whose slots changed, for the notification.
+/// it), nor is a slot its object's carry holds (it is final). The joins are LEFT joins so
+/// that a slot naming a replica that was never registered fails on `NOT NULL` and rolls the
+/// batch back, instead of vanishing from an inner join. Answers the counters whose slots
+/// changed, for the notification.
 const MERGE_SLOTS: &str = "\
     WITH changed AS ( \
         INSERT INTO slots AS s (counter, replica, p, n, updated_at) \
         SELECT c.id, r.id, u.p::numeric, u.n::numeric, u.at \
-        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
-            AS u(kind, name, replica, p, n, at) \
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+                $7::text[], $8::int8[]) \
+            AS u(kind, name, replica, p, n, at, object, generation) \
         LEFT JOIN counters c ON c.kind = u.kind AND c.name = u.name \
         LEFT JOIN replicas r ON r.replica = u.replica \
+        WHERE NOT EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id \
+            AND x.object = u.object AND x.through > u.generation) \
         ORDER BY c.id, r.id \
         ON CONFLICT (counter, replica) DO UPDATE SET \
             p = GREATEST(s.p, excluded.p), \
@@ -202,27 +247,37 @@ const UPSERT_HISTORY: &str = "\
 const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
 
 /// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
-/// region, bases and cuts; sorted by key (and, within a counter, slots by replica).
+/// region, carries, bases, cuts and folded replicas; sorted by key (and, within a counter,
+/// slots by replica).
 const PARTS_OF_K: &str = "\
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
-        r.region, s.p::text AS p, s.n::text AS n, s.updated_at \
+        r.region, s.p::text AS p, s.n::text AS n, s.updated_at, NULL::int8 AS through \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'o', o.object, o.region, \
+        o.p::text, o.n::text, o.updated_at, o.through \
+    FROM k JOIN carries o ON o.counter = k.id \
+    UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, \
-        b.p::text, b.n::text, b.updated_at \
+        b.p::text, b.n::text, b.updated_at, NULL \
     FROM k JOIN bases b ON b.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
-        x.p::text, x.n::text, 0 \
+        x.p::text, x.n::text, 0, NULL \
     FROM k JOIN cuts x ON x.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
-        NULL, 0 \
+        NULL, 0, NULL \
     FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
     ORDER BY 1, 2, 6 DESC, 7";
 
-/// One round of the watcher's catch-up: the counters of slots or cuts changed by transactions
-/// in `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
+/// Whether counter `c` has anything counted: a slot, a carry or a base.
+const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+    OR EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id) \
+    OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
+
+/// One round of the watcher's catch-up: the counters of slots, carries or cuts changed by
+/// transactions in `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
 ///
 /// Why nothing is missed: `xmin` is the oldest transaction still running when the snapshot
 /// was taken, so every transaction below it has ended and, if it committed, its rows are
@@ -239,6 +294,9 @@ pub const CATCH_UP: &str = "\
     FROM snap LEFT JOIN LATERAL ( \
         SELECT c.kind, c.name FROM slots s JOIN counters c ON c.id = s.counter \
         WHERE s.changed >= $1::text::xid8 AND s.changed < snap.xmin \
+        UNION \
+        SELECT c.kind, c.name FROM carries o JOIN counters c ON c.id = o.counter \
+        WHERE o.changed >= $1::text::xid8 AND o.changed < snap.xmin \
         UNION \
         SELECT c.kind, c.name FROM cuts x JOIN counters c ON c.id = x.counter \
         WHERE x.changed >= $1::text::xid8 AND x.changed < snap.xmin \
@@ -285,9 +343,19 @@ impl Store for PostgresStore {
         } else {
             load_in(&mut tx, &super::watched_keys(&pending)?).await?
         };
-        let changed = merge_slots(&mut tx, &live).await?;
+        insert_counters(&mut tx, &live).await?;
+        let regions: BTreeMap<ReplicaId, &str> = committed
+            .regions
+            .iter()
+            .map(|(replica, region)| (*replica, region.as_str()))
+            .collect();
+        let carries = super::batch_carries(&live, |r| regions.get(&r).map(|&region| region.into()));
+        let mut changed = merge_carries(&mut tx, &carries).await?;
+        changed.extend(merge_slots(&mut tx, &live).await?);
+        changed.sort_unstable();
+        changed.dedup();
         let mut committed = committed;
-        committed.decided = super::decide_batch(&pending, &before, &live);
+        committed.decided = super::decide_batch(&pending, &before, &live, &carries);
         let at = crate::commit::now();
         for (id, decision) in &committed.decided {
             record_winner(&mut tx, id, decision, at).await?;
@@ -298,96 +366,84 @@ impl Store for PostgresStore {
         Ok(committed)
     }
 
-    /// Lock order: the replica row first (a commit of this replica holds it for its whole
-    /// transaction, so the two serialize), then its counters by id, then the bases by
-    /// counter: two retirements never wait on each other in a cycle.
+    /// Lock order: the rows of the object's incarnations up to this one, by id (a commit of
+    /// one of them holds its row for its whole transaction, so the two serialize), then
+    /// their slots by (counter, replica), then the carries by counter: the phases of a
+    /// commit, so a retirement and commits never wait on each other in a cycle.
     async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let name = replica.to_string();
-        let row = sqlx::query(
-            "UPDATE replicas SET retired_at = $2 WHERE replica = $1 AND retired_at IS NULL \
-             RETURNING id, region",
-        )
-        .bind(&name)
-        .bind(at.unix_ms())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            // Already retired, or never seen: remember it as retired so that a sync of it
-            // arriving late is ignored too.
-            sqlx::query(
-                "INSERT INTO replicas (replica, region, first_sync, last_sync, retired_at) \
-                 VALUES ($1, '', $2, $2, $2) ON CONFLICT (replica) DO NOTHING",
-            )
-            .bind(&name)
-            .bind(at.unix_ms())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Retired::default());
-        };
-        let id: i64 = row.try_get("id")?;
-        let region: String = row.try_get("region")?;
+        let (first, last) = super::generations_through(replica);
         sqlx::query(
-            "SELECT id FROM counters WHERE id IN (SELECT counter FROM slots WHERE replica = $1) \
-             ORDER BY id FOR UPDATE",
+            "SELECT id FROM replicas WHERE replica BETWEEN $1 AND $2 ORDER BY replica FOR UPDATE",
         )
-        .bind(id)
+        .bind(&first)
+        .bind(&last)
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(
-            "SELECT c.kind, c.name, s.p::text AS p, s.n::text AS n, s.updated_at \
-             FROM slots s JOIN counters c ON c.id = s.counter WHERE s.replica = $1 \
-             ORDER BY c.kind, c.name",
+        // A replica never seen is remembered as retired too, so that a sync of it arriving
+        // late is ignored.
+        let region: String = sqlx::query_scalar(
+            "INSERT INTO replicas AS r (replica, region, first_sync, last_sync, retired_at) \
+             VALUES ($1, '', $2, $2, $2) \
+             ON CONFLICT (replica) DO UPDATE SET retired_at = COALESCE(r.retired_at, $2) \
+             RETURNING region",
         )
-        .bind(id)
+        .bind(replica.to_string())
+        .bind(at.unix_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        // The live slots of the object up to this generation, locked (a commit deleting
+        // slots its carry holds waits for them), and the object's carries of their counters.
+        let rows = sqlx::query(
+            "SELECT c.kind, c.name, r.replica, r.region, s.p::text AS p, s.n::text AS n, \
+                 s.updated_at \
+             FROM replicas r JOIN slots s ON s.replica = r.id JOIN counters c ON c.id = s.counter \
+             WHERE r.replica BETWEEN $1 AND $2 \
+             ORDER BY s.counter, s.replica FOR UPDATE OF s",
+        )
+        .bind(&first)
+        .bind(&last)
         .fetch_all(&mut *tx)
         .await?;
-        let mut folded = Vec::with_capacity(rows.len());
+        let mut slots = Vec::with_capacity(rows.len());
         for row in &rows {
-            folded.push(FoldedSlot {
-                key: key_of("counters", row.try_get("kind")?, row.try_get("name")?)?,
-                totals: SlotTotals {
-                    p: decode("slots", row.try_get("p")?)?,
-                    n: decode("slots", row.try_get("n")?)?,
+            slots.push((
+                key_of("counters", row.try_get("kind")?, row.try_get("name")?)?,
+                StoredSlot {
+                    replica: replica_of("replicas", row.try_get("replica")?)?,
+                    region: row.try_get("region")?,
+                    totals: SlotTotals {
+                        p: decode("slots", row.try_get("p")?)?,
+                        n: decode("slots", row.try_get("n")?)?,
+                    },
+                    at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
                 },
-                at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
-            });
+            ));
         }
-        if !folded.is_empty() {
-            sqlx::query(
-                "INSERT INTO bases AS b (counter, region, p, n, updated_at) \
-                 SELECT s.counter, $2, s.p, s.n, s.updated_at FROM slots s WHERE s.replica = $1 \
-                 ORDER BY s.counter \
-                 ON CONFLICT (counter, region) DO UPDATE SET p = b.p + excluded.p, \
-                 n = b.n + excluded.n, updated_at = GREATEST(b.updated_at, excluded.updated_at)",
-            )
-            .bind(id)
-            .bind(&region)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO folded (counter, replica) \
-                 SELECT counter, replica FROM slots WHERE replica = $1 ORDER BY counter \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM slots WHERE replica = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            // Other mergers reload these counters (a missed notice costs nothing: the sum a
-            // stale cache shows is the same before and after a fold).
-            let changed: Vec<(String, String)> = folded
-                .iter()
-                .map(|f| (f.key.kind().as_str().to_owned(), f.key.id().to_owned()))
-                .collect();
-            notify(&mut tx, &self.origin, &changed).await?;
-        }
+        let rows = sqlx::query(
+            "SELECT c.kind, c.name, x.region, x.through, x.p::text AS p, x.n::text AS n, \
+                 x.updated_at \
+             FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = $1 \
+             AND x.counter IN (SELECT s.counter FROM replicas r \
+                 JOIN slots s ON s.replica = r.id WHERE r.replica BETWEEN $2 AND $3)",
+        )
+        .bind(super::object_column(replica.object()))
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&mut *tx)
+        .await?;
+        let carries = rows.iter().map(carry_row).collect::<Result<_, _>>()?;
+        let (carries, folded) = super::fold_object(replica, slots, carries);
+        // Other mergers reload these counters (a missed notice costs nothing: the sum a
+        // stale cache shows is the same before and after a fold).
+        let changed = merge_carries(&mut tx, &carries).await?;
+        notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
-        Ok(Retired { region, folded })
+        Ok(Retired {
+            region,
+            carries,
+            folded,
+        })
     }
 
     /// The counter's row lock serializes resets of one counter; syncs do not take it, and
@@ -400,12 +456,10 @@ impl Store for PostgresStore {
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT id, epoch FROM counters c WHERE kind = $1 AND name = $2 \
-             AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
-                  OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id)) \
-             FOR UPDATE",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT id, epoch FROM counters c WHERE kind = $1 AND name = $2 AND {COUNTED} \
+             FOR UPDATE"
+        ))
         .bind(key.kind().as_str())
         .bind(key.id())
         .fetch_optional(&mut *tx)
@@ -472,7 +526,10 @@ impl Store for PostgresStore {
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
         // Loaded after the epoch's update: `counter.epoch` is the new one already.
-        Ok(ResetOutcome::Done { counter, removed })
+        Ok(ResetOutcome::Done {
+            counter: Box::new(counter),
+            removed,
+        })
     }
 
     /// Two mergers importing the same new id at once each create a replica; the `imports`
@@ -565,7 +622,11 @@ impl Store for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await?;
             let incoming = [(replica_of("replicas", &name)?, request.totals)];
-            for decision in super::decide_commit(before.as_ref(), incoming, &pending) {
+            let before = before
+                .as_ref()
+                .map(StoredCounter::state)
+                .unwrap_or_default();
+            for decision in super::decide_commit(&before, incoming, &pending) {
                 record_winner(&mut tx, key.id(), &decision, request.at).await?;
             }
         }
@@ -758,9 +819,7 @@ impl Store for PostgresStore {
                  SELECT {K_COLUMNS} FROM counters c \
                  WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
                    AND starts_with(c.name, $2) \
-                   AND ($3::text IS NULL OR c.name > $3) \
-                   AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
-                        OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id)) \
+                   AND ($3::text IS NULL OR c.name > $3) AND {COUNTED} \
                  ORDER BY c.name LIMIT $4 \
              ) \
              {PARTS_OF_K}"
@@ -1243,25 +1302,15 @@ fn milestone_row(row: &PgRow) -> Result<Milestone, StoreError> {
     )
 }
 
-/// Statements 2 and 3 of a commit: registers the batch's counters, merges its slots, and
-/// answers the counters whose stored slots grew.
-async fn merge_slots(
+/// Registers the counters of a batch.
+async fn insert_counters(
     tx: &mut Transaction<'static, Postgres>,
     slots: &[SlotRow],
-) -> Result<Vec<(String, String)>, StoreError> {
-    // One row per (counter, replica), the larger of each half: `ON CONFLICT` may not touch
-    // one row twice in a statement.
-    let mut distinct: BTreeMap<(&CounterKey, ReplicaId), (SlotTotals, Timestamp)> = BTreeMap::new();
-    for row in slots {
-        let entry = distinct
-            .entry((&row.key, row.replica))
-            .or_insert((row.totals, row.at));
-        *entry = (entry.0.join(row.totals), entry.1.max(row.at));
+) -> Result<(), StoreError> {
+    let counters: BTreeSet<&CounterKey> = slots.iter().map(|s| &s.key).collect();
+    if counters.is_empty() {
+        return Ok(());
     }
-    if distinct.is_empty() {
-        return Ok(Vec::new());
-    }
-    let counters: BTreeSet<&CounterKey> = distinct.keys().map(|(key, _)| *key).collect();
     let (kinds, names): (Vec<&str>, Vec<&str>) =
         counters.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
     sqlx::query(INSERT_COUNTERS)
@@ -1269,19 +1318,56 @@ async fn merge_slots(
         .bind(names)
         .execute(&mut **tx)
         .await?;
-    let mut columns = SlotColumns::default();
-    for ((key, replica), (totals, at)) in distinct {
-        columns.kinds.push(key.kind().as_str());
-        columns.names.push(key.id());
-        columns.replicas.push(replica.to_string());
-        columns.p.push(encode_u64(totals.p));
-        columns.n.push(encode_u64(totals.n));
-        columns.at.push(at.unix_ms());
+    Ok(())
+}
+
+/// Deletes the slots `carries` hold, then merges them into the stored ones (column by
+/// column, max); answers the counters whose carries changed. Their counters are registered.
+async fn merge_carries(
+    tx: &mut Transaction<'static, Postgres>,
+    carries: &[CarryRow],
+) -> Result<Vec<(String, String)>, StoreError> {
+    if carries.is_empty() {
+        return Ok(Vec::new());
     }
-    let rows = sqlx::query(MERGE_SLOTS)
+    // The incarnations each carry holds: its object's generations below `through`.
+    let (mut kinds, mut names, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
+    for c in carries {
+        let Some(last) = c.carry.through.checked_sub(1) else {
+            continue;
+        };
+        kinds.push(c.key.kind().as_str());
+        names.push(c.key.id());
+        firsts.push(ReplicaId::lineage(c.object, 0).to_string());
+        let last = u32::try_from(last).unwrap_or(u32::MAX);
+        lasts.push(ReplicaId::lineage(c.object, last).to_string());
+    }
+    sqlx::query(DELETE_CARRIED_SLOTS)
+        .bind(kinds)
+        .bind(names)
+        .bind(firsts)
+        .bind(lasts)
+        .execute(&mut **tx)
+        .await?;
+    let mut columns = CarryColumns::default();
+    for c in carries {
+        columns.kinds.push(c.key.kind().as_str());
+        columns.names.push(c.key.id());
+        columns.objects.push(super::object_column(c.object));
+        columns.regions.push(&c.carry.region);
+        columns
+            .through
+            .push(i64::try_from(c.carry.through).unwrap_or(i64::MAX));
+        columns.p.push(encode_u128(c.carry.totals.p));
+        columns.n.push(encode_u128(c.carry.totals.n));
+        columns.at.push(c.at.unix_ms());
+    }
+    let rows = sqlx::query(UPSERT_CARRIES)
         .bind(columns.kinds)
         .bind(columns.names)
-        .bind(columns.replicas)
+        .bind(columns.objects)
+        .bind(columns.regions)
+        .bind(columns.through)
         .bind(columns.p)
         .bind(columns.n)
         .bind(columns.at)
@@ -1290,6 +1376,83 @@ async fn merge_slots(
     rows.iter()
         .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
         .collect()
+}
+
+/// A carry row's key, carry and time (columns `kind`, `name`, `region`, `through`, `p`, `n`
+/// as text, `updated_at`).
+fn carry_row(row: &PgRow) -> Result<(CounterKey, tally_crdt::Carry, Timestamp), StoreError> {
+    let through: i64 = row.try_get("through")?;
+    Ok((
+        key_of("counters", row.try_get("kind")?, row.try_get("name")?)?,
+        tally_crdt::Carry {
+            region: row.try_get::<&str, _>("region")?.into(),
+            through: u64::try_from(through)
+                .map_err(|_| corrupt("carries", format!("through {through}")))?,
+            totals: GlobalTotals {
+                p: decode("carries", row.try_get("p")?)?,
+                n: decode("carries", row.try_get("n")?)?,
+            },
+        },
+        Timestamp::from_unix_ms(row.try_get("updated_at")?),
+    ))
+}
+
+/// Merges a batch's slots (its counters registered); answers the counters whose stored slots
+/// grew. A slot of zero is not written.
+async fn merge_slots(
+    tx: &mut Transaction<'static, Postgres>,
+    slots: &[SlotRow],
+) -> Result<Vec<(String, String)>, StoreError> {
+    // One row per (counter, replica), the larger of each half: `ON CONFLICT` may not touch
+    // one row twice in a statement.
+    let mut distinct: BTreeMap<(&CounterKey, ReplicaId), (SlotTotals, Timestamp)> = BTreeMap::new();
+    for row in slots.iter().filter(|s| s.totals != SlotTotals::default()) {
+        let entry = distinct
+            .entry((&row.key, row.replica))
+            .or_insert((row.totals, row.at));
+        *entry = (entry.0.join(row.totals), entry.1.max(row.at));
+    }
+    if distinct.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut columns = SlotColumns::default();
+    for ((key, replica), (totals, at)) in distinct {
+        columns.kinds.push(key.kind().as_str());
+        columns.names.push(key.id());
+        columns.replicas.push(replica.to_string());
+        columns.p.push(encode_u64(totals.p));
+        columns.n.push(encode_u64(totals.n));
+        columns.at.push(at.unix_ms());
+        columns.objects.push(super::object_column(replica.object()));
+        columns.generations.push(i64::from(replica.generation()));
+    }
+    let rows = sqlx::query(MERGE_SLOTS)
+        .bind(columns.kinds)
+        .bind(columns.names)
+        .bind(columns.replicas)
+        .bind(columns.p)
+        .bind(columns.n)
+        .bind(columns.at)
+        .bind(columns.objects)
+        .bind(columns.generations)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
+        .collect()
+}
+
+/// Carry rows, column by column, for `UNNEST`.
+#[derive(Default)]
+struct CarryColumns<'a> {
+    kinds: Vec<&'a str>,
+    names: Vec<&'a str>,
+    objects: Vec<String>,
+    regions: Vec<&'a str>,
+    through: Vec<i64>,
+    p: Vec<String>,
+    n: Vec<String>,
+    at: Vec<i64>,
 }
 
 /// The slot rows of a commit, column by column, for `UNNEST`.
@@ -1301,6 +1464,8 @@ struct SlotColumns<'a> {
     p: Vec<String>,
     n: Vec<String>,
     at: Vec<i64>,
+    objects: Vec<String>,
+    generations: Vec<i64>,
 }
 
 /// History points, column by column, for `UNNEST`.

@@ -20,10 +20,10 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    AddMilestone, CancelMilestone, Committed, FoldedSlot, IMPORT_REGION, ImportOutcome,
+    AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
     ImportRequest, MILESTONE_COLUMNS_SQLITE, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
-    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
-    encode_u128, key_of, replica_of,
+    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot, corrupt, decode,
+    encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 use crate::milestone::{Announcement, Decision, Milestone};
@@ -79,24 +79,62 @@ impl SqliteStore {
 const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
 
 /// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
-/// region, bases and cuts; sorted by key.
+/// region, carries, bases, cuts and folded replicas; sorted by key.
 const PARTS_OF_K: &str = "\
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
-        r.region, s.p, s.n, s.updated_at \
+        r.region, s.p, s.n, s.updated_at, NULL AS through \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'o', x.object, x.region, x.p, \
+        x.n, x.updated_at, x.through \
+    FROM k JOIN carries x ON x.counter = k.id \
+    UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, b.p, \
-        b.n, b.updated_at \
+        b.n, b.updated_at, NULL \
     FROM k JOIN bases b ON b.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
-        c.n, 0 \
+        c.n, 0, NULL \
     FROM k JOIN cuts c ON c.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
-        NULL, 0 \
+        NULL, 0, NULL \
     FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
     ORDER BY 1, 2";
+
+/// Whether counter `c` has anything counted: a slot, a carry or a base.
+const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
+    OR EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id) \
+    OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
+
+/// The carry upsert of [`merge_carries`]: each column takes the max, so carries merge in
+/// any order (fixed-width text compares like the numbers it holds; regions by bytes, as
+/// Rust orders them).
+const UPSERT_CARRIES: &str = "\
+    INSERT INTO carries (counter, object, region, through, p, n, updated_at) \
+    SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6, \
+        j.value ->> 7 \
+    FROM json_each(?1) AS j \
+    JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+    WHERE true \
+    ON CONFLICT (counter, object) DO UPDATE SET \
+        region = max(carries.region, excluded.region), \
+        through = max(carries.through, excluded.through), \
+        p = max(carries.p, excluded.p), \
+        n = max(carries.n, excluded.n), \
+        updated_at = max(carries.updated_at, excluded.updated_at)";
+
+/// Deletes the slots that the stored carries of the `[kind, name, object]` rows of `?1` hold:
+/// those of the object's generations below the carry's `through`. An object's incarnations
+/// are one range of `replicas.replica` (the generation is the last 8 hex digits).
+const DELETE_CARRIED_SLOTS: &str = "\
+    DELETE FROM slots WHERE (counter, replica) IN ( \
+        SELECT x.counter, r.id FROM json_each(?1) AS j \
+        JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+        JOIN carries x ON x.counter = c.id AND x.object = j.value ->> 2 \
+        JOIN replicas r ON r.replica >= x.object || '00000000' \
+            AND r.replica <= x.object || printf('%08x', x.through - 1) \
+        WHERE x.through > 0)";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -177,8 +215,16 @@ impl Store for SqliteStore {
             } else {
                 load_in(&mut tx, &super::watched_keys(&pending)?).await?
             };
+            let regions: HashMap<ReplicaId, &str> = committed
+                .regions
+                .iter()
+                .map(|(replica, region)| (*replica, region.as_str()))
+                .collect();
+            let carries =
+                super::batch_carries(&slots, |r| regions.get(&r).map(|&region| region.into()));
+            merge_carries(&mut tx, &carries).await?;
             let mut rows = Vec::with_capacity(slots.len());
-            for s in &slots {
+            for s in slots.iter().filter(|s| s.totals != SlotTotals::default()) {
                 let replica = replica_ids.get(&s.replica).ok_or_else(|| {
                     corrupt(
                         "replicas",
@@ -192,15 +238,19 @@ impl Store for SqliteStore {
                     encode_u64(s.totals.p),
                     encode_u64(s.totals.n),
                     s.at.unix_ms(),
+                    super::object_column(s.replica.object()),
+                    s.replica.generation(),
                 ));
             }
-            // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds.
+            // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds. A
+            // slot its object's carry holds is final already: not written.
             sqlx::query(
                 "INSERT INTO slots (counter, replica, p, n, updated_at) \
                  SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
                  FROM json_each(?1) AS j \
                  JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
-                 WHERE true \
+                 WHERE NOT EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id \
+                     AND x.object = j.value ->> 6 AND x.through > j.value ->> 7) \
                  ON CONFLICT (counter, replica) DO UPDATE SET \
                  p = max(slots.p, excluded.p), \
                  n = max(slots.n, excluded.n), \
@@ -209,7 +259,7 @@ impl Store for SqliteStore {
             .bind(json_rows(&rows))
             .execute(&mut *tx)
             .await?;
-            committed.decided = super::decide_batch(&pending, &before, &slots);
+            committed.decided = super::decide_batch(&pending, &before, &slots, &carries);
             let at = crate::commit::now();
             for (id, decision) in &committed.decided {
                 record_winner(&mut tx, id, decision, at).await?;
@@ -223,95 +273,71 @@ impl Store for SqliteStore {
     async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
         let mut tx = self.pool.begin().await?;
         let name = replica.to_string();
-        let row = sqlx::query(
-            "UPDATE replicas SET retired_at = ?2 WHERE replica = ?1 AND retired_at IS NULL \
-             RETURNING id, region",
+        // A write first: the transaction holds the write lock from here on. A replica never
+        // seen is remembered as retired too, so that a sync of it arriving late is ignored.
+        sqlx::query(
+            "INSERT INTO replicas (replica, region, first_sync, last_sync, retired_at) \
+             VALUES (?1, '', ?2, ?2, ?2) \
+             ON CONFLICT (replica) DO UPDATE SET retired_at = coalesce(retired_at, ?2)",
         )
         .bind(&name)
         .bind(at.unix_ms())
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            // Already retired, or never seen: remember it as retired so that a sync of it
-            // arriving late is ignored too.
-            sqlx::query(
-                "INSERT INTO replicas (replica, region, first_sync, last_sync, retired_at) \
-                 VALUES (?1, '', ?2, ?2, ?2) ON CONFLICT (replica) DO NOTHING",
-            )
+        let region: String = sqlx::query_scalar("SELECT region FROM replicas WHERE replica = ?1")
             .bind(&name)
-            .bind(at.unix_ms())
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            tx.commit().await?;
-            return Ok(Retired::default());
-        };
-        let (id, region): (i64, String) = (row.get("id"), row.get("region"));
-        // Its slots with the base of its region they go into (zero where there is none yet).
+        // The live slots of the object up to this generation, and the object's carries.
+        let (first, last) = super::generations_through(replica);
         let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.name, s.p, s.n, s.updated_at, b.p AS bp, b.n AS bn, \
-             max(s.updated_at, coalesce(b.updated_at, 0)) AS at \
-             FROM slots s JOIN counters c ON c.id = s.counter \
-             LEFT JOIN bases b ON b.counter = s.counter AND b.region = ?2 \
-             WHERE s.replica = ?1",
+            "SELECT c.kind, c.name, r.replica, r.region, s.p, s.n, s.updated_at \
+             FROM replicas r JOIN slots s ON s.replica = r.id JOIN counters c ON c.id = s.counter \
+             WHERE r.replica >= ?1 AND r.replica <= ?2",
         )
-        .bind(id)
-        .bind(&region)
+        .bind(&first)
+        .bind(&last)
         .fetch_all(&mut *tx)
         .await?;
-        let mut folded = Vec::with_capacity(rows.len());
-        let mut bases = Vec::with_capacity(rows.len());
+        let mut slots = Vec::with_capacity(rows.len());
         for row in &rows {
-            let totals = SlotTotals {
-                p: decode("slots", row.get("p"))?,
-                n: decode("slots", row.get("n"))?,
-            };
-            let base = |column: &str| -> Result<u128, StoreError> {
-                row.get::<Option<&str>, _>(column)
-                    .map_or(Ok(0), |text| decode("bases", text))
-            };
-            let (p, n) = (
-                base("bp")? + u128::from(totals.p),
-                base("bn")? + u128::from(totals.n),
-            );
-            bases.push((
-                row.get::<i64, _>("id"),
-                encode_u128(p),
-                encode_u128(n),
-                row.get::<i64, _>("at"),
+            slots.push((
+                key_of("counters", row.get("kind"), row.get("name"))?,
+                StoredSlot {
+                    replica: replica_of("replicas", row.get("replica"))?,
+                    region: row.get("region"),
+                    totals: SlotTotals {
+                        p: decode("slots", row.get("p"))?,
+                        n: decode("slots", row.get("n"))?,
+                    },
+                    at: Timestamp::from_unix_ms(row.get("updated_at")),
+                },
             ));
-            folded.push(FoldedSlot {
-                key: key_of("counters", row.get("kind"), row.get("name"))?,
-                totals,
-                at: Timestamp::from_unix_ms(row.get("updated_at")),
-            });
         }
-        if !bases.is_empty() {
-            sqlx::query(
-                "INSERT INTO bases (counter, region, p, n, updated_at) \
-                 SELECT j.value ->> 0, ?2, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
-                 FROM json_each(?1) AS j WHERE true \
-                 ON CONFLICT (counter, region) DO UPDATE SET \
-                 p = excluded.p, n = excluded.n, updated_at = excluded.updated_at",
-            )
-            .bind(json_rows(&bases))
-            .bind(&region)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO folded (counter, replica) \
-                 SELECT counter, replica FROM slots WHERE replica = ?1 \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM slots WHERE replica = ?1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        let object = super::object_column(replica.object());
+        let rows = sqlx::query(
+            "SELECT c.kind, c.name, x.region, x.through, x.p, x.n, x.updated_at \
+             FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = ?1 \
+             AND x.counter IN (SELECT s.counter FROM replicas r JOIN slots s ON s.replica = r.id \
+                 WHERE r.replica >= ?2 AND r.replica <= ?3)",
+        )
+        .bind(&object)
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut carries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            carries.push(carry_row(row)?);
         }
+        let (carries, folded) = super::fold_object(replica, slots, carries);
+        merge_carries(&mut tx, &carries).await?;
         tx.commit().await?;
-        Ok(Retired { region, folded })
+        Ok(Retired {
+            region,
+            carries,
+            folded,
+        })
     }
 
     /// Takes the write lock first (the epoch's update), so nothing commits between the sums
@@ -322,13 +348,12 @@ impl Store for SqliteStore {
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "UPDATE counters SET epoch = epoch + 1, deleted = ?3, reset_at = ?4 \
-             WHERE kind = ?1 AND name = ?2 AND (?5 IS NULL OR epoch = ?5) \
-             AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = counters.id) \
-                  OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = counters.id)) \
-             RETURNING id",
-        )
+             WHERE id = (SELECT c.id FROM counters c WHERE c.kind = ?1 AND c.name = ?2 \
+                 AND (?5 IS NULL OR c.epoch = ?5) AND {COUNTED}) \
+             RETURNING id"
+        ))
         .bind(key.kind().as_str())
         .bind(key.id())
         .bind(request.delete)
@@ -337,11 +362,9 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            let current: Option<i64> = sqlx::query_scalar(
-                "SELECT epoch FROM counters c WHERE kind = ?1 AND name = ?2 \
-                 AND (EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
-                      OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))",
-            )
+            let current: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT epoch FROM counters c WHERE kind = ?1 AND name = ?2 AND {COUNTED}"
+            ))
             .bind(key.kind().as_str())
             .bind(key.id())
             .fetch_optional(&mut *tx)
@@ -387,7 +410,10 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         // Loaded after the epoch's update: `counter.epoch` is the new one already.
-        Ok(ResetOutcome::Done { counter, removed })
+        Ok(ResetOutcome::Done {
+            counter: Box::new(counter),
+            removed,
+        })
     }
 
     async fn import(
@@ -481,7 +507,11 @@ impl Store for SqliteStore {
                             .fetch_one(&mut *tx)
                             .await?;
                     let incoming = [(replica_of("replicas", &name)?, request.totals)];
-                    for decision in super::decide_commit(before.as_ref(), incoming, &pending) {
+                    let before = before
+                        .as_ref()
+                        .map(StoredCounter::state)
+                        .unwrap_or_default();
+                    for decision in super::decide_commit(&before, incoming, &pending) {
                         record_winner(&mut tx, key.id(), &decision, request.at).await?;
                     }
                 }
@@ -927,8 +957,65 @@ fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
 }
 
-/// The counters asked for that have a slot, a base or a cut, each whole, read on `conn` (a
-/// transaction's, to read what it wrote).
+/// Merges `carries` into the stored ones (column by column, max) and deletes the slots the
+/// stored carries then hold.
+async fn merge_carries(
+    conn: &mut sqlx::SqliteConnection,
+    carries: &[CarryRow],
+) -> Result<(), StoreError> {
+    if carries.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = carries
+        .iter()
+        .map(|c| {
+            (
+                c.key.kind().as_str(),
+                c.key.id(),
+                super::object_column(c.object),
+                &*c.carry.region,
+                c.carry.through,
+                encode_u128(c.carry.totals.p),
+                encode_u128(c.carry.totals.n),
+                c.at.unix_ms(),
+            )
+        })
+        .collect();
+    let rows = json_rows(&rows);
+    sqlx::query(UPSERT_CARRIES)
+        .bind(&rows)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(DELETE_CARRIED_SLOTS)
+        .bind(&rows)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A carry row's key, carry and time (columns `kind`, `name`, `region`, `through`, `p`, `n`,
+/// `updated_at`).
+fn carry_row(
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<(CounterKey, tally_crdt::Carry, Timestamp), StoreError> {
+    let through: i64 = row.get("through");
+    Ok((
+        key_of("counters", row.get("kind"), row.get("name"))?,
+        tally_crdt::Carry {
+            region: row.get::<&str, _>("region").into(),
+            through: u64::try_from(through)
+                .map_err(|_| corrupt("carries", format!("through {through}")))?,
+            totals: tally_crdt::GlobalTotals {
+                p: decode("carries", row.get("p"))?,
+                n: decode("carries", row.get("n"))?,
+            },
+        },
+        Timestamp::from_unix_ms(row.get("updated_at")),
+    ))
+}
+
+/// The counters asked for that have a slot, a carry, a base or a cut, each whole, read on
+/// `conn` (a transaction's, to read what it wrote).
 async fn load_in(
     conn: &mut sqlx::SqliteConnection,
     keys: &[CounterKey],
@@ -1075,6 +1162,7 @@ mod tests {
             totals: SlotTotals { p, n },
             at: Timestamp::from_unix_ms(1),
             visits: Vec::new(),
+            carried: SlotTotals::default(),
         }
     }
 
@@ -1192,6 +1280,74 @@ mod tests {
             all.iter().map(|r| r.totals.p).collect::<Vec<_>>(),
             [5, u128::MAX]
         );
+    }
+
+    #[tokio::test]
+    async fn bases_from_before_carries_stay_beside_them_and_nothing_writes_them() {
+        let (_dir, store) = temp_store().await;
+        let k = key(CounterKind::Pn, "x");
+        // A replica retired before carries: its slot folded into the base of `us`, as the
+        // retirement of 0011 wrote it.
+        store
+            .commit(&[replica(9, "us")], &[slot("x", 9, 4, 1)])
+            .await
+            .unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::query(
+            "INSERT INTO bases (counter, region, p, n, updated_at) \
+             SELECT counter, 'us', ?1, ?2, 1 FROM slots",
+        )
+        .bind(encode_u128(4))
+        .bind(encode_u128(1))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO folded (counter, replica) SELECT counter, replica FROM slots")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM slots")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let legacy = store
+            .load(std::slice::from_ref(&k))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            legacy.totals(),
+            GlobalTotals { p: 4, n: 1 },
+            "the base counts"
+        );
+        // An edge object of today counts, rotates, and retires: a carry beside the base.
+        let object = 7_u128 << 32;
+        let rows = [replica(object, "eu"), replica(object + 1, "eu")];
+        store
+            .commit(&rows[..1], &[slot("x", object, 5, 0)])
+            .await
+            .unwrap();
+        let retired = store
+            .retire(ReplicaId::from_u128(object), Timestamp::from_unix_ms(2))
+            .await;
+        assert_eq!(retired.unwrap().folded, 1);
+        store
+            .commit(&rows[1..], &[slot("x", object + 1, 1, 0)])
+            .await
+            .unwrap();
+        let now = store
+            .load(std::slice::from_ref(&k))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (&now.bases, &now.folded),
+            (&legacy.bases, &legacy.folded),
+            "untouched"
+        );
+        assert_eq!(now.carries.len(), 1);
+        assert_eq!(now.totals(), GlobalTotals { p: 10, n: 1 });
     }
 
     #[tokio::test]

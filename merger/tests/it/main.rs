@@ -8,6 +8,7 @@ mod api;
 mod backup;
 mod binary;
 mod bounded;
+mod carries;
 mod frozen;
 mod history;
 mod idempotence;

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sqlx::Connection;
-use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{Carry, CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::{
-    ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome, ResetRequest, SlotRow, SnapshotRow,
-    Store, StoredCounter,
+    CarryRow, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome, ResetRequest, SlotRow,
+    SnapshotRow, Store, StoredCounter,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -60,6 +60,7 @@ fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> SlotRo
         totals: SlotTotals { p, n },
         at: at(ms),
         visits: Vec::new(),
+        carried: SlotTotals::default(),
     }
 }
 
@@ -651,55 +652,58 @@ async fn retention_downsamples_and_deletes_history_in_postgres_too() {
     assert_eq!(kept, want);
 }
 
+/// The id of incarnation `generation` of edge object `object`.
+fn incarnation(object: u128, generation: u32) -> ReplicaId {
+    ReplicaId::lineage(ReplicaId::from_u128(object << 32), generation)
+}
+
 #[tokio::test]
-async fn a_retired_replica_is_folded_into_the_base_and_its_late_syncs_are_ignored() {
+async fn a_retired_incarnation_is_folded_into_its_objects_carry_and_its_late_syncs_are_ignored() {
     let Some(pg) = cluster("retirement in postgres").await else {
         return;
     };
     let url = pg.create_database("retire").await;
     let (a, b) = (open(&url).await, open(&url).await);
     let k = g("r");
+    let (a0, b0) = (incarnation(1, 0), incarnation(2, 0));
     a.commit(
-        &[
-            registered(replica(1), "eu", 1),
-            registered(replica(2), "us", 1),
-        ],
-        &[
-            slot(&k, replica(1), 5, 0, 10),
-            slot(&k, replica(2), 7, 0, 11),
-        ],
+        &[registered(a0, "eu", 1), registered(b0, "us", 1)],
+        &[slot(&k, a0, 5, 0, 10), slot(&k, b0, 7, 0, 11)],
     )
     .await
     .expect("commit");
-    let retired = b.retire(replica(1), at(20)).await.expect("retire");
-    assert_eq!(retired.region, "eu");
-    assert_eq!(retired.folded.len(), 1);
-    assert_eq!(retired.folded[0].totals, SlotTotals { p: 5, n: 0 });
-    // A late sync of the retired replica through the other merger: ignored.
+    let retired = b.retire(a0, at(20)).await.expect("retire");
+    assert_eq!((retired.region.as_str(), retired.folded), ("eu", 1));
+    let carry = Carry {
+        region: "eu".into(),
+        through: 1,
+        totals: GlobalTotals { p: 5, n: 0 },
+    };
+    assert_eq!(
+        retired.carries,
+        [CarryRow {
+            key: k.clone(),
+            object: a0,
+            carry: carry.clone(),
+            at: at(10),
+        }]
+    );
+    // A late sync of the retired incarnation through the other merger: ignored.
     let late = a
-        .commit(
-            &[registered(replica(1), "eu", 30)],
-            &[slot(&k, replica(1), 50, 0, 30)],
-        )
+        .commit(&[registered(a0, "eu", 30)], &[slot(&k, a0, 50, 0, 30)])
         .await
         .expect("commit");
-    assert_eq!(late.retired, [replica(1)]);
+    assert_eq!(late.retired, [a0]);
     let loaded = a.load(std::slice::from_ref(&k)).await.expect("load");
     let counter = &loaded[0];
     assert_eq!(counter.totals(), GlobalTotals { p: 12, n: 0 });
-    assert_eq!(counter.folded, [("eu".to_owned(), replica(1))]);
-    assert_eq!(counter.slots.len(), 1, "only replica 2 is live");
-    assert_eq!(counter.bases[0].0, "eu");
+    assert_eq!(counter.carries, [(a0, carry, at(10))]);
+    assert_eq!(counter.slots.len(), 1, "only object 2 is live");
     assert_eq!(a.replica_count().await.expect("count"), 1);
-    assert!(
-        b.retire(replica(1), at(40))
-            .await
-            .expect("again")
-            .folded
-            .is_empty()
-    );
-    // Listed with its base even once every slot of it is folded.
-    b.retire(replica(2), at(50)).await.expect("retire");
+    let again = b.retire(a0, at(40)).await.expect("again");
+    assert_eq!((again.folded, again.carries.len()), (0, 0));
+    // Listed with its carries even once every slot of it is folded.
+    b.retire(b0, at(50)).await.expect("retire");
     let page = a.list(CounterKind::G, "", None, 10).await.expect("list");
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].totals(), GlobalTotals { p: 12, n: 0 });

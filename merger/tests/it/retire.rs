@@ -1,6 +1,7 @@
-//! Replica retirement (`POST /v1/retire`): a retired incarnation's slots are folded into
-//! each counter's base, its later syncs change nothing, and the slots per counter stay
-//! bounded by the incarnations alive, however many rotations there were.
+//! Replica retirement (`POST /v1/retire`): a retired incarnation's slots (and those of its
+//! object's earlier incarnations) are folded into its object's carry of each counter, its
+//! later syncs change nothing, and the slots per counter stay bounded by the incarnations
+//! alive, however many rotations there were.
 
 use crate::common::*;
 use axum::body::Body;
@@ -33,7 +34,7 @@ async fn view(t: &TestMerger, path: &str) -> Value {
 }
 
 #[tokio::test]
-async fn a_retired_replicas_slots_fold_into_the_base_and_the_count_stays() {
+async fn a_retired_replicas_slots_fold_into_its_objects_carry_and_the_count_stays() {
     let t = TestMerger::new().await;
     t.sync(&sync_body(1, "eu", &[("a", "g", 5, 0), ("v", "pn", 4, 1)]))
         .await;
@@ -48,7 +49,7 @@ async fn a_retired_replicas_slots_fold_into_the_base_and_the_count_stays() {
     let a = view(&t, "/v1/counters/a").await;
     assert_eq!(a["count"], 12);
     assert_eq!(a["replicas"], 1, "only replica 2 is alive");
-    assert_eq!(a["regions"]["eu"]["count"], 5, "the base keeps its region");
+    assert_eq!(a["regions"]["eu"]["count"], 5, "the carry keeps its region");
     assert_eq!(view(&t, "/v1/gauges/v").await["count"], before.1["count"]);
     assert_eq!(t.metric("tally_replicas").await, 1.0);
     assert_eq!(t.metric("tally_slots_folded_total").await, 2.0);
@@ -172,4 +173,36 @@ async fn a_bad_retirement_is_refused_and_changes_nothing() {
     }
     assert_eq!(t.everything().await, before);
     assert_eq!(t.metric("tally_replicas").await, 1.0);
+}
+
+#[tokio::test]
+async fn retiring_an_incarnation_folds_its_objects_earlier_ones_too_and_a_late_slot_stays_out() {
+    // Replica numbers as lineage ids: object in the high bits, generation in the low 32.
+    let incarnation = |object: u64, generation: u64| object << 32 | generation;
+    let t = TestMerger::new().await;
+    // Object 1's generation 0 was never retired (its retirement was lost); generation 1
+    // counted too. Object 2 is another edge object.
+    t.sync(&sync_body(incarnation(1, 0), "eu", &[("a", "g", 5, 0)]))
+        .await;
+    t.sync(&sync_body(incarnation(1, 1), "eu", &[("a", "g", 3, 0)]))
+        .await;
+    t.sync(&sync_body(incarnation(2, 0), "us", &[("a", "g", 7, 0)]))
+        .await;
+    assert_eq!(retire(&t, incarnation(1, 1)).await["folded"], 2);
+    let a = view(&t, "/v1/counters/a").await;
+    assert_eq!((&a["count"], &a["replicas"]), (&json!(15), &json!(1)));
+    assert_eq!(
+        a["regions"]["eu"]["count"], 8,
+        "the carry keeps its object's region"
+    );
+    // A late sync of generation 0 (not marked retired, but in its object's carry): its
+    // slot is final, the answer counts it once.
+    let (status, answer) = t
+        .sync(&sync_body(incarnation(1, 0), "eu", &[("a", "g", 9, 0)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["counters"][0]["global"]["p"], 15);
+    let t = t.reopen().await;
+    let a = view(&t, "/v1/counters/a").await;
+    assert_eq!((&a["count"], &a["replicas"]), (&json!(15), &json!(1)));
 }

@@ -1,10 +1,13 @@
 //! Backup and restore, end to end, on both stores: hits through the edge under `wrangler dev`,
 //! a backup with the real `tally-merger backup` while they commit, more hits after it, the
 //! merger stopped and its database restored from the (now older) backup, the merger started
-//! again on the same port, and no further hits. The edge's anti-entropy sweep
-//! (`ANTI_ENTROPY_MS`) re-sends every replica's totals, and the checker must find every count
-//! back at what the acknowledged hits allow: lost 0, double-counted 0 (docs/deployment.md,
-//! "Backups and restore").
+//! again on the same port, and no further hits. Objects rotate their incarnation every second
+//! and a half, so between the backup and the restore at least three incarnations are retired
+//! and folded into their objects' carries — hits of incarnations that exist nowhere in the
+//! backup and are no longer any object's live slot. The edge's anti-entropy sweep
+//! (`ANTI_ENTROPY_MS`) re-sends every row's live slot and carry, and the checker must find every
+//! count back at what the acknowledged hits allow: lost 0, double-counted 0
+//! (docs/deployment.md, "Backups and restore").
 //!
 //! The Postgres run needs Postgres (scripts/bootstrap.sh installs it); it is skipped only with
 //! `TALLY_NO_POSTGRES=1`.
@@ -17,8 +20,8 @@ use std::time::{Duration, Instant};
 use tally_e2e::checker::{Checker, Workload, merger_path};
 use tally_e2e::postgres::PostgresCluster;
 use tally_e2e::{
-    Edge, EdgeOptions, MergerProcess, count_of, free_port, get, merger_binary, serial, temp_dir,
-    wait_until,
+    Edge, EdgeOptions, MergerProcess, count_of, free_port, get, merger_backup, metric, serial,
+    temp_dir, wait_until,
 };
 
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
@@ -29,6 +32,12 @@ const ANTI_ENTROPY_MS: u64 = 2000;
 /// How long the restored system gets to settle: a few sweep periods, with room for a loaded
 /// 2-core machine.
 const REPAIR: Duration = Duration::from_secs(30);
+
+/// An object rotates at its first clean moment this long after its incarnation's first hit.
+const ROTATE_MS: u64 = 1500;
+
+/// Incarnations retired between the backup and the restore, at least.
+const ROTATIONS: f64 = 3.0;
 
 /// Where a test's database lives, and how it is restored.
 enum Store {
@@ -93,24 +102,6 @@ fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("tally.db").display())
 }
 
-/// `tally-merger backup --database-url DATABASE --to TO`, which must succeed.
-async fn backup(database: &str, to: &Path) {
-    let output = tokio::process::Command::new(merger_binary())
-        .args(["backup", "--database-url", database, "--to"])
-        .arg(to)
-        .env_remove("TALLY_DATABASE_URL")
-        .output()
-        .await
-        .expect("the merger binary runs");
-    assert!(
-        output.status.success(),
-        "tally-merger backup failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprint!("{}", String::from_utf8_lossy(&output.stdout));
-}
-
 /// What a merger on `database` reads for each path (on a port the edge does not know).
 async fn counts(database: &str, paths: &[String]) -> BTreeMap<String, i128> {
     let merger = MergerProcess::start_database(database, 0, &[]).await;
@@ -138,7 +129,9 @@ async fn a_restore_from_an_older_backup_is_repaired_by_anti_entropy(store: Store
     options.sync_interval_ms = 200;
     options.max_backoff_ms = 1000;
     options.anti_entropy_ms = ANTI_ENTROPY_MS;
+    options.rotate_ms = Some(ROTATE_MS);
     let edge = Edge::start(&options).await;
+    let client = tally_e2e::http_client();
     let url = Arc::new(Mutex::new(edge.url.clone()));
     let checker = Checker::new();
 
@@ -167,7 +160,11 @@ async fn a_restore_from_an_older_backup_is_repaired_by_anti_entropy(store: Store
     )
     .await;
     let file = scratch.path().join(format!("{name}.backup"));
-    backup(&database, &file).await;
+    // Retirements the merger committed before the backup started are in it; later ones
+    // (counted from here) may not be.
+    let retired_before = metric(&client, &merger.url, "tally_retirements_total").await;
+    let folded_before = metric(&client, &merger.url, "tally_slots_folded_total").await;
+    merger_backup(&database, &file).await;
     eprintln!(
         "backup taken with the hits {}",
         if load.is_finished() {
@@ -177,15 +174,32 @@ async fn a_restore_from_an_older_backup_is_repaired_by_anti_entropy(store: Store
         }
     );
     load.await.unwrap();
-    // More hits after the backup, and everything synced: the live database is complete and
-    // the edge has nothing dirty left, so only the sweep can repair what the restore undoes.
-    let mut after = Workload::new(name, 3, 2, 2);
-    after.hits_per_client = 12;
-    checker.run(&url, &after).await;
+    // More hits after the backup, in bursts with quiet gaps in which the objects rotate,
+    // and everything synced: the live database is complete and the edge has nothing dirty
+    // left, so only the sweep can repair what the restore undoes.
+    let mut round = 2;
+    loop {
+        let mut after = Workload::new(name, 3, 2, round);
+        after.hits_per_client = 6;
+        checker.run(&url, &after).await;
+        tokio::time::sleep(Duration::from_millis(ROTATE_MS + 1000)).await;
+        let retired = metric(&client, &merger.url, "tally_retirements_total").await;
+        if retired - retired_before >= ROTATIONS || round == 12 {
+            break;
+        }
+        round += 1;
+    }
     let report = checker
         .settle(&merger.url, &edge.url, &REGIONS, REPAIR)
         .await;
     assert!(report.ok(), "before the restore:\n{report}");
+    let retired = metric(&client, &merger.url, "tally_retirements_total").await - retired_before;
+    let folded = metric(&client, &merger.url, "tally_slots_folded_total").await - folded_before;
+    eprintln!("{retired} incarnations retired and {folded} slots folded after the backup");
+    assert!(
+        retired >= ROTATIONS && folded >= 1.0,
+        "only {retired} retirements ({folded} slots folded) between the backup and the restore"
+    );
     merger.terminate().await;
 
     // The backup is older: it lacks hits the edge acknowledged.
