@@ -97,6 +97,9 @@ pub struct Checker {
     tallies: Mutex<BTreeMap<String, Tally>>,
     /// Acknowledged deltas per path and region (the merger's per-region breakdown).
     regions: Mutex<BTreeMap<String, BTreeMap<String, i128>>>,
+    /// Sum of the positive deltas of every hit sent so far per path, counted before it is
+    /// sent, whatever its outcome ([`Checker::sending`]).
+    sent_up: Mutex<BTreeMap<String, i128>>,
 }
 
 impl Checker {
@@ -176,6 +179,32 @@ impl Checker {
         if wrong.is_empty() { Ok(()) } else { Err(wrong) }
     }
 
+    /// Notes that a hit of `delta` on `path` is about to be sent: whatever its outcome, no
+    /// count can include more than the positive deltas sent so far ([`Checker::sent_up`]).
+    /// [`Checker::run`] notes its own hits; a test that sends hits of its own notes them too.
+    pub fn sending(&self, path: &str, delta: i64) {
+        if delta > 0 {
+            *self
+                .sent_up
+                .lock()
+                .expect("the checker lock is never poisoned")
+                .entry(path.to_owned())
+                .or_default() += i128::from(delta);
+        }
+    }
+
+    /// The sum of the positive deltas sent to `path` so far ([`Checker::sending`]): at any
+    /// moment, the most any answer about an increment-only counter may show in its first
+    /// epoch, since nothing not sent yet can be counted (and nothing counted twice).
+    pub fn sent_up(&self, path: &str) -> i128 {
+        self.sent_up
+            .lock()
+            .expect("the checker lock is never poisoned")
+            .get(path)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Hits not acknowledged so far (failed or unknown), over every path.
     pub fn unacknowledged(&self) -> u64 {
         self.tallies()
@@ -234,6 +263,7 @@ impl Checker {
                         } else {
                             rng.random_range(1..=3)
                         };
+                        checker.sending(path, delta);
                         // A client that cannot connect (the edge is restarting) retries, for up
                         // to 60 s: a refused connection is a definite failure, not an unknown.
                         let mut attempts = 0;

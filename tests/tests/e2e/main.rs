@@ -11,6 +11,7 @@ mod edge;
 mod edge_paths;
 mod hostile;
 mod milestones;
+mod nemesis;
 mod postgres;
 mod presence;
 mod reliability;
