@@ -18,6 +18,12 @@ use tally_crdt::{
 /// The smallest margin, in hits: a slow counter takes the exact path for its last hits
 /// before a milestone, whatever its rate says.
 pub const MIN_MARGIN: u128 = 32;
+/// The largest margin, in hits: however fast a counter counts, at most this many of its hits
+/// before a milestone take the exact path (each one waits for a merger commit), so the exact
+/// path's cost is bounded by the distance to the milestone, not by the rate. A counter faster
+/// than this over the margin's window may cross the milestone before its objects are near;
+/// the winner is then decided exactly all the same and told by its receipt.
+pub const MAX_MARGIN: u128 = 1024;
 /// The margin while the object has not measured the counter's rate yet (its first half
 /// second of answers): wide, so that a busy counter is not caught unprepared.
 pub const UNMEASURED_MARGIN: u128 = 256;
@@ -122,23 +128,29 @@ impl Watch {
     /// within the margin of the next milestone: what the counter may have gained since it
     /// was heard, and what the other replicas may hold unsynced, at the observed rate, over
     /// the age plus two sync intervals plus one retry after a lost sync (at least
-    /// [`MIN_MARGIN`]; [`UNMEASURED_MARGIN`] before the rate is known).
+    /// [`MIN_MARGIN`], at most [`MAX_MARGIN`]; [`UNMEASURED_MARGIN`] before the rate is
+    /// known).
     pub fn near(&self, estimate: u128, age_ms: u64, sync_interval_ms: u64) -> bool {
         let Some(next) = self.next else { return false };
         let window = u128::from(age_ms) + u128::from(sync_interval_ms) * 2 + u128::from(RETRY_MS);
         let margin = match self.rate_milli {
-            Some(rate) => (u128::from(rate) * window / 1_000_000).max(MIN_MARGIN),
+            Some(rate) => (u128::from(rate) * window / 1_000_000).clamp(MIN_MARGIN, MAX_MARGIN),
             None => UNMEASURED_MARGIN,
         };
         estimate.saturating_add(margin) >= u128::from(next)
     }
 
-    /// Keeps a visitor key of a hit on the exact path (the oldest goes when full).
-    pub fn visit(&mut self, visit: Visit) {
+    /// Keeps a visitor key of a hit on the exact path until the merger has committed it;
+    /// returns false, keeping nothing, when [`MAX_VISITS_PER_COUNTER`] wait already (a sync
+    /// carries at most that many): that hit goes off the exact path, so that every hit told
+    /// a verdict has its key on record.
+    #[must_use]
+    pub fn visit(&mut self, visit: Visit) -> bool {
         if self.visits.len() >= MAX_VISITS_PER_COUNTER {
-            self.visits.remove(0);
+            return false;
         }
         self.visits.push(visit);
+        true
     }
 
     /// The visits a sync of the slot's total `p` carries: those of hits it holds.
@@ -209,17 +221,24 @@ mod tests {
         w.hear(Some(&news(Some(10_000), vec![])), 0, at(0), true);
         assert!(w.near(9_744, 0, 2000), "rate unknown: a wide margin");
         assert!(!w.near(9_743, 0, 2000));
-        // 2,000 hits in the first second; then 0 in the next: smoothed to 1,000 a second,
-        // a margin of (2 × 2 s + 1 s) × 1,000.
-        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(1_000), true);
-        assert_eq!(w.rate_milli, Some(2_000_000));
-        w.hear(Some(&news(Some(10_000), vec![])), 2_000, at(2_000), true);
-        assert_eq!(w.rate_milli, Some(1_000_000));
-        assert!(!w.near(4_999, 0, 2000));
-        assert!(w.near(5_000, 0, 2000));
+        // 200 hits in the first second; then 0 in the next: smoothed to 100 a second, a
+        // margin of (2 × 2 s + 1 s) × 100.
+        w.hear(Some(&news(Some(10_000), vec![])), 200, at(1_000), true);
+        assert_eq!(w.rate_milli, Some(200_000));
+        w.hear(Some(&news(Some(10_000), vec![])), 200, at(2_000), true);
+        assert_eq!(w.rate_milli, Some(100_000));
+        assert!(!w.near(9_499, 0, 2000));
+        assert!(w.near(9_500, 0, 2000));
         // Heard a second ago: another second's worth of hits may have happened since.
-        assert!(!w.near(3_999, 1000, 2000));
-        assert!(w.near(4_000, 1000, 2000));
+        assert!(!w.near(9_399, 1000, 2000));
+        assert!(w.near(9_400, 1000, 2000));
+        // A fast counter (2,000 a second: a margin of 10,000 by the rate) is near for its
+        // last MAX_MARGIN hits only.
+        let mut fast = Watch::default();
+        fast.hear(Some(&news(Some(50_000), vec![])), 0, at(0), true);
+        fast.hear(Some(&news(Some(50_000), vec![])), 2_000, at(1_000), true);
+        assert!(!fast.near(50_000 - MAX_MARGIN - 1, 0, 2000));
+        assert!(fast.near(50_000 - MAX_MARGIN, 0, 2000));
         // A slow counter is near for its last MIN_MARGIN hits.
         let mut slow = Watch::default();
         slow.hear(Some(&news(Some(100), vec![])), 50, at(0), true);
@@ -288,15 +307,21 @@ mod tests {
     fn visits_travel_until_committed_and_stay_bounded() {
         let mut w = Watch::default();
         for end in 1..=40 {
-            w.visit(Visit {
+            let kept = w.visit(Visit {
                 end,
                 delta: 1,
                 visitor: format!("v{end}"),
             });
+            assert_eq!(kept, end <= 32, "the first 32 are kept, the others refused");
         }
         assert_eq!(w.visits.len(), MAX_VISITS_PER_COUNTER);
-        assert_eq!(w.visits_for(20).len(), 12, "units 9-20 of the kept 9-40");
+        assert_eq!(w.visits_for(20).len(), 20, "units 1-20 of the kept 1-32");
         w.acknowledged(30);
         assert_eq!(w.visits.iter().map(|v| v.end).min(), Some(31));
+        assert!(w.visit(Visit {
+            end: 41,
+            delta: 1,
+            visitor: "v41".into()
+        }));
     }
 }

@@ -386,12 +386,15 @@ impl Replica {
             let stale = !entry.is_fresh(now, ttl);
             let view = entry.view(now).map_err(ApiError::Overflow)?;
             let slot = (replica, entry.row.own.p);
-            let exact = exact_on
+            let mut exact = exact_on
                 && hit.key.kind() == CounterKind::G
                 && entry
                     .watch
                     .as_ref()
                     .is_some_and(|w| w.near(view.totals.p, view.age_ms.unwrap_or(0), interval));
+            // A hit told anything keeps its visitor key until the merger has it; with no room
+            // left for it (32 waiting), the hit goes off the exact path: no verdict, its
+            // receipt tells.
             if exact
                 && let (Some(visitor), Some(watch), Ok(delta)) = (
                     hit.visitor.clone(),
@@ -399,7 +402,7 @@ impl Replica {
                     u32::try_from(hit.add.p),
                 )
             {
-                watch.visit(Visit {
+                exact = watch.visit(Visit {
                     end: slot.1,
                     delta,
                     visitor,
