@@ -127,8 +127,9 @@ impl Incarnation {
 
     /// Reads the stored meta entries ([`Incarnation::meta`]); an absent generation, start or
     /// list (storage from before rotation) reads as 0, not started, empty. Storage from
-    /// before lineages gets the lineage of `fresh` (96 random bits), starting at its next
-    /// generation; the answer then says that the meta entries must be stored.
+    /// before lineages gets the lineage of an id `fresh` draws (96 random bits; called only
+    /// then), starting at its next generation; the answer then says that the meta entries
+    /// must be stored.
     ///
     /// # Errors
     ///
@@ -139,7 +140,7 @@ impl Incarnation {
         started_at: Option<&str>,
         retiring: Option<&str>,
         lineage: Option<&str>,
-        fresh: ReplicaId,
+        fresh: impl FnOnce() -> ReplicaId,
     ) -> Result<(Incarnation, bool), DamagedMeta> {
         let damaged = |name, value: &str| DamagedMeta {
             name,
@@ -183,7 +184,7 @@ impl Incarnation {
                     .checked_add(1)
                     .expect("a generation per rotation does not reach 2^64");
                 let lineage = Lineage {
-                    object: fresh.object(),
+                    object: fresh().object(),
                     from,
                 };
                 (lineage, true)
@@ -456,7 +457,7 @@ mod tests {
             Some(&get(meta::STARTED)),
             Some(&get(meta::RETIRING)),
             Some(&get(meta::LINEAGE)),
-            ReplicaId::from_u128(99 << 32),
+            || ReplicaId::from_u128(99 << 32),
         )
         .unwrap();
         assert_eq!((back.clone(), drawn), (inc, false));
@@ -469,7 +470,8 @@ mod tests {
         let legacy = ReplicaId::from_u128(0x1234_5678_9abc_def0_1122_3344_5566_7788);
         let fresh = ReplicaId::from_u128(7 << 32);
         let (mut inc, drawn) =
-            Incarnation::decode(&legacy.to_string(), Some("3"), None, None, None, fresh).unwrap();
+            Incarnation::decode(&legacy.to_string(), Some("3"), None, None, None, || fresh)
+                .unwrap();
         assert!(drawn, "the drawn lineage must be stored");
         assert_eq!((inc.replica, inc.generation), (legacy, 3));
         assert!(
@@ -489,7 +491,7 @@ mod tests {
     #[test]
     fn storage_from_before_rotation_reads_as_generation_zero() {
         let (inc, _) =
-            Incarnation::decode(&OLD.to_string(), None, None, None, None, OBJECT).unwrap();
+            Incarnation::decode(&OLD.to_string(), None, None, None, None, || OBJECT).unwrap();
         assert_eq!(
             (inc.generation, inc.started_at, inc.retiring.len()),
             (0, None, 0)
@@ -505,7 +507,7 @@ mod tests {
                 None,
                 retiring,
                 lineage,
-                OBJECT,
+                || OBJECT,
             )
             .unwrap_err()
             .name

@@ -253,7 +253,7 @@ impl Replica {
                     get(meta::STARTED)?.as_deref(),
                     get(meta::RETIRING)?.as_deref(),
                     get(meta::LINEAGE)?.as_deref(),
-                    new_replica_id(),
+                    new_replica_id,
                 )
                 .map_err(|e| e.to_string())?;
                 if drawn {
