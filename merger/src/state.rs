@@ -104,22 +104,14 @@ impl Counter {
         self.state.is_retired(replica)
     }
 
-    /// Whether merging `carry` of `object` would change what is held: the lattice's join, on
-    /// a state of the held carry alone (no clone of the whole counter). An object re-sends
-    /// the carry it holds with every sync, so the carry is mostly the one held already.
+    /// Whether merging `carry` of `object` would change what is held (the held carry does
+    /// not [cover](Carry::covers) it). An object re-sends the carry it holds with every sync,
+    /// so the carry is mostly the one held already.
     pub fn carry_grows(&self, object: ReplicaId, carry: &Carry) -> bool {
-        let held = self.state.carries().get(&object.object());
-        if held == Some(carry) {
-            return false;
-        }
-        let mut alone = CounterState::from_parts(
-            [],
-            held.map(|c| (object, c.clone())),
-            [],
-            Epoch::default(),
-            [],
-        );
-        alone.merge_carry(object, carry)
+        self.state
+            .carries()
+            .get(&object.object())
+            .is_none_or(|held| !held.covers(carry))
     }
 
     /// The counter as the store holds it.

@@ -83,6 +83,21 @@ pub struct Carry {
 }
 
 impl Carry {
+    /// The carry a sync of `sender` (of `region`) brings with a counter's slot: `carried`,
+    /// the sums of the final slots of the generations of `sender`'s object below its own
+    /// ([`SlotUpdate::carried`](crate::SlotUpdate::carried)). Merged into the object's carry
+    /// ([`CounterState::merge_carry`] takes `sender` for its object).
+    pub fn sent(sender: ReplicaId, region: Region, carried: SlotTotals) -> Carry {
+        Carry {
+            region,
+            through: u64::from(sender.generation()),
+            totals: GlobalTotals {
+                p: u128::from(carried.p),
+                n: u128::from(carried.n),
+            },
+        }
+    }
+
     /// Each part's max: a later generation's sums are at least an earlier one's, so the
     /// result is still a lower bound of what its generations counted.
     fn join(&mut self, other: &Carry) -> bool {
@@ -94,6 +109,11 @@ impl Carry {
         let grew = joined != *self;
         *self = joined;
         grew
+    }
+
+    /// Whether `self` holds everything `other` does: joining `other` changes nothing.
+    pub fn covers(&self, other: &Carry) -> bool {
+        !self.clone().join(other)
     }
 
     /// Whether `replica`'s slot is in this carry (`replica` belongs to the carry's object).
@@ -260,11 +280,7 @@ impl CounterState {
 
     /// Whether `replica` is retired here (its final slot is in a carry or a base).
     pub fn is_retired(&self, replica: ReplicaId) -> bool {
-        self.retired.contains(&replica)
-            || self
-                .carries
-                .get(&replica.object())
-                .is_some_and(|c| c.holds(replica))
+        folded(&self.retired, &self.carries, replica)
     }
 
     /// Its resets.
@@ -470,12 +486,8 @@ impl CounterState {
     /// Drops the live slots that a carry or a base now holds.
     fn drop_retired_slots(&mut self) {
         let (retired, carries) = (&self.retired, &self.carries);
-        self.slots.retain(|replica, _| {
-            !retired.contains(replica)
-                && !carries
-                    .get(&replica.object())
-                    .is_some_and(|c| c.holds(*replica))
-        });
+        self.slots
+            .retain(|replica, _| !folded(retired, carries, *replica));
     }
 
     fn join_slot(&mut self, replica: ReplicaId, region: Region, totals: SlotTotals) {
@@ -506,6 +518,18 @@ impl CounterState {
             .filter(|s| s.totals != SlotTotals::default())
             .count();
     }
+}
+
+/// Whether `replica`'s slot is in a base (`retired`) or in its object's carry.
+fn folded(
+    retired: &BTreeSet<ReplicaId>,
+    carries: &BTreeMap<ReplicaId, Carry>,
+    replica: ReplicaId,
+) -> bool {
+    retired.contains(&replica)
+        || carries
+            .get(&replica.object())
+            .is_some_and(|c| c.holds(replica))
 }
 
 /// `sums - cut` per half, never below zero. The sums only grow and a cut is the sums at a

@@ -55,6 +55,14 @@ fn amount(by: js_sys::BigInt) -> Result<u64, JsValue> {
     })
 }
 
+/// Slot totals from two amounts ([`amount`]).
+fn totals(p: js_sys::BigInt, n: js_sys::BigInt) -> Result<crate::SlotTotals, JsValue> {
+    Ok(crate::SlotTotals {
+        p: amount(p)?,
+        n: amount(n)?,
+    })
+}
+
 fn replica(id: &str) -> Result<ReplicaId, JsValue> {
     id.parse::<ReplicaId>().map_err(js_error)
 }
@@ -197,10 +205,7 @@ impl JsCounterState {
         p: js_sys::BigInt,
         n: js_sys::BigInt,
     ) -> Result<bool, JsValue> {
-        let totals = crate::SlotTotals {
-            p: amount(p)?,
-            n: amount(n)?,
-        };
+        let totals = totals(p, n)?;
         Ok(self
             .0
             .merge_slot(replica(replica_id)?, &crate::Region::from(region), totals))
@@ -225,14 +230,7 @@ impl JsCounterState {
         n: js_sys::BigInt,
     ) -> Result<bool, JsValue> {
         let sender = replica(replica_id)?;
-        let carry = crate::Carry {
-            region: crate::Region::from(region),
-            through: u64::from(sender.generation()),
-            totals: crate::GlobalTotals {
-                p: u128::from(amount(p)?),
-                n: u128::from(amount(n)?),
-            },
-        };
+        let carry = crate::Carry::sent(sender, crate::Region::from(region), totals(p, n)?);
         Ok(self.0.merge_carry(sender, &carry))
     }
 

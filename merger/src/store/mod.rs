@@ -107,14 +107,7 @@ impl SlotRow {
     /// nothing.
     pub fn carry(&self, region: &Region) -> Option<(ReplicaId, Carry)> {
         (self.carried != SlotTotals::default()).then(|| {
-            let carry = Carry {
-                region: Arc::clone(region),
-                through: u64::from(self.replica.generation()),
-                totals: GlobalTotals {
-                    p: u128::from(self.carried.p),
-                    n: u128::from(self.carried.n),
-                },
-            };
+            let carry = Carry::sent(self.replica, Arc::clone(region), self.carried);
             (self.replica.object(), carry)
         })
     }
@@ -1171,11 +1164,7 @@ where
             ),
             "o" => Part::Carry(
                 object_of("carries", row.try_get("replica")?)?,
-                Carry {
-                    region: Region::from(row.try_get::<&str, _>("region")?),
-                    through: count("through")?,
-                    totals: totals("carries")?,
-                },
+                carry_of(row)?,
                 Timestamp::from_unix_ms(row.try_get("updated_at")?),
             ),
             "b" => Part::Base(
@@ -1183,19 +1172,79 @@ where
                 totals("bases")?,
                 Timestamp::from_unix_ms(row.try_get("updated_at")?),
             ),
-            _ => Part::Slot(StoredSlot {
-                replica: replica_of("replicas", row.try_get("replica")?)?,
-                region: row.try_get("region")?,
-                totals: SlotTotals {
-                    p: decode("slots", row.try_get("p")?)?,
-                    n: decode("slots", row.try_get("n")?)?,
-                },
-                at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
-            }),
+            _ => Part::Slot(stored_slot(row)?),
         };
         parts.push((key, meta, part));
     }
     Ok(group_parts(parts))
+}
+
+/// A live slot from a row of either backend (columns `replica`, `region`, `p`, `n` as
+/// decimal text, `updated_at`).
+pub fn stored_slot<R>(row: &R) -> Result<StoredSlot, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredSlot {
+        replica: replica_of("replicas", row.try_get("replica")?)?,
+        region: row.try_get("region")?,
+        totals: SlotTotals {
+            p: decode("slots", row.try_get("p")?)?,
+            n: decode("slots", row.try_get("n")?)?,
+        },
+        at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+    })
+}
+
+/// An object's carry from a row of either backend (columns `region`, `through`, `p`, `n` as
+/// decimal text).
+pub fn carry_of<R>(row: &R) -> Result<Carry, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let through: i64 = row.try_get("through")?;
+    Ok(Carry {
+        region: Region::from(row.try_get::<&str, _>("region")?),
+        through: u64::try_from(through)
+            .map_err(|_| corrupt("carries", format!("through {through}")))?,
+        totals: GlobalTotals {
+            p: decode("carries", row.try_get("p")?)?,
+            n: decode("carries", row.try_get("n")?)?,
+        },
+    })
+}
+
+/// A counter's key from the `kind` and `name` columns of a row of either backend.
+pub fn key_of_row<R>(row: &R) -> Result<CounterKey, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    key_of("counters", row.try_get("kind")?, row.try_get("name")?)
+}
+
+/// One counter's carry of the object a retirement folds, from a row of either backend (its
+/// key's columns, [`carry_of`]'s, and `updated_at`).
+pub fn keyed_carry<R>(row: &R) -> Result<(CounterKey, Carry, Timestamp), StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        key_of_row(row)?,
+        carry_of(row)?,
+        Timestamp::from_unix_ms(row.try_get("updated_at")?),
+    ))
 }
 
 /// What a parts row says of its counter as a whole.

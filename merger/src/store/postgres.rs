@@ -62,8 +62,8 @@ use crate::milestone::{Announcement, Decision, Milestone};
 use super::{
     AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
     ImportRequest, MILESTONE_COLUMNS_POSTGRES, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
-    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot, corrupt, decode,
-    encode_u64, encode_u128, key_of, replica_of,
+    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -405,21 +405,10 @@ impl Store for PostgresStore {
         .bind(&last)
         .fetch_all(&mut *tx)
         .await?;
-        let mut slots = Vec::with_capacity(rows.len());
-        for row in &rows {
-            slots.push((
-                key_of("counters", row.try_get("kind")?, row.try_get("name")?)?,
-                StoredSlot {
-                    replica: replica_of("replicas", row.try_get("replica")?)?,
-                    region: row.try_get("region")?,
-                    totals: SlotTotals {
-                        p: decode("slots", row.try_get("p")?)?,
-                        n: decode("slots", row.try_get("n")?)?,
-                    },
-                    at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
-                },
-            ));
-        }
+        let slots = rows
+            .iter()
+            .map(|row| Ok((super::key_of_row(row)?, super::stored_slot(row)?)))
+            .collect::<Result<_, StoreError>>()?;
         let rows = sqlx::query(
             "SELECT c.kind, c.name, x.region, x.through, x.p::text AS p, x.n::text AS n, \
                  x.updated_at \
@@ -432,7 +421,10 @@ impl Store for PostgresStore {
         .bind(&last)
         .fetch_all(&mut *tx)
         .await?;
-        let carries = rows.iter().map(carry_row).collect::<Result<_, _>>()?;
+        let carries = rows
+            .iter()
+            .map(super::keyed_carry)
+            .collect::<Result<_, _>>()?;
         let (carries, folded) = super::fold_object(replica, slots, carries);
         // Other mergers reload these counters (a missed notice costs nothing: the sum a
         // stale cache shows is the same before and after a fold).
@@ -1376,25 +1368,6 @@ async fn merge_carries(
     rows.iter()
         .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
         .collect()
-}
-
-/// A carry row's key, carry and time (columns `kind`, `name`, `region`, `through`, `p`, `n`
-/// as text, `updated_at`).
-fn carry_row(row: &PgRow) -> Result<(CounterKey, tally_crdt::Carry, Timestamp), StoreError> {
-    let through: i64 = row.try_get("through")?;
-    Ok((
-        key_of("counters", row.try_get("kind")?, row.try_get("name")?)?,
-        tally_crdt::Carry {
-            region: row.try_get::<&str, _>("region")?.into(),
-            through: u64::try_from(through)
-                .map_err(|_| corrupt("carries", format!("through {through}")))?,
-            totals: GlobalTotals {
-                p: decode("carries", row.try_get("p")?)?,
-                n: decode("carries", row.try_get("n")?)?,
-            },
-        },
-        Timestamp::from_unix_ms(row.try_get("updated_at")?),
-    ))
 }
 
 /// Merges a batch's slots (its counters registered); answers the counters whose stored slots

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 use super::{
     AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
     ImportRequest, MILESTONE_COLUMNS_SQLITE, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
-    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, StoredSlot, corrupt, decode,
-    encode_u64, encode_u128, key_of, replica_of,
+    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    encode_u128, replica_of,
 };
 use crate::config::Durability;
 use crate::milestone::{Announcement, Decision, Milestone};
@@ -299,21 +299,10 @@ impl Store for SqliteStore {
         .bind(&last)
         .fetch_all(&mut *tx)
         .await?;
-        let mut slots = Vec::with_capacity(rows.len());
-        for row in &rows {
-            slots.push((
-                key_of("counters", row.get("kind"), row.get("name"))?,
-                StoredSlot {
-                    replica: replica_of("replicas", row.get("replica"))?,
-                    region: row.get("region"),
-                    totals: SlotTotals {
-                        p: decode("slots", row.get("p"))?,
-                        n: decode("slots", row.get("n"))?,
-                    },
-                    at: Timestamp::from_unix_ms(row.get("updated_at")),
-                },
-            ));
-        }
+        let slots = rows
+            .iter()
+            .map(|row| Ok((super::key_of_row(row)?, super::stored_slot(row)?)))
+            .collect::<Result<_, StoreError>>()?;
         let object = super::object_column(replica.object());
         let rows = sqlx::query(
             "SELECT c.kind, c.name, x.region, x.through, x.p, x.n, x.updated_at \
@@ -326,10 +315,10 @@ impl Store for SqliteStore {
         .bind(&last)
         .fetch_all(&mut *tx)
         .await?;
-        let mut carries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            carries.push(carry_row(row)?);
-        }
+        let carries = rows
+            .iter()
+            .map(super::keyed_carry)
+            .collect::<Result<_, _>>()?;
         let (carries, folded) = super::fold_object(replica, slots, carries);
         merge_carries(&mut tx, &carries).await?;
         tx.commit().await?;
@@ -991,27 +980,6 @@ async fn merge_carries(
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-/// A carry row's key, carry and time (columns `kind`, `name`, `region`, `through`, `p`, `n`,
-/// `updated_at`).
-fn carry_row(
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<(CounterKey, tally_crdt::Carry, Timestamp), StoreError> {
-    let through: i64 = row.get("through");
-    Ok((
-        key_of("counters", row.get("kind"), row.get("name"))?,
-        tally_crdt::Carry {
-            region: row.get::<&str, _>("region").into(),
-            through: u64::try_from(through)
-                .map_err(|_| corrupt("carries", format!("through {through}")))?,
-            totals: tally_crdt::GlobalTotals {
-                p: decode("carries", row.get("p"))?,
-                n: decode("carries", row.get("n"))?,
-            },
-        },
-        Timestamp::from_unix_ms(row.get("updated_at")),
-    ))
 }
 
 /// The counters asked for that have a slot, a carry, a base or a cut, each whole, read on
