@@ -19,6 +19,10 @@
 //! slots in the object's earlier generations, which every sync of the row re-sends, so that a
 //! merger restored from an old backup gets them back. Nothing is written at a rotation: a
 //! row is carried over when it is next read.
+//!
+//! A row also keeps the visitor keys of its hits on the exact path near a milestone
+//! ([`Row::visit`]), stored with the hit they name, until the merger has committed it: a
+//! restart between a hit's answer and its sync does not lose the key.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -26,8 +30,8 @@ use std::collections::HashMap;
 use crate::incarnation::Lineage;
 use crate::milestone::Watch;
 use tally_crdt::{
-    CounterKey, Error, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, SlotUpdate, SyncAnswer,
-    Timestamp,
+    CounterKey, Error, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId, SlotTotals,
+    SlotUpdate, SyncAnswer, Timestamp, Visit,
 };
 
 /// Where a row stands with the merger.
@@ -80,6 +84,9 @@ pub struct Row {
     /// The sums of this counter's final slots in the object's generations before
     /// `generation` (those of its lineage: [`Lineage::holds`]).
     pub carried: SlotTotals,
+    /// The visitor keys of this generation's hits on the exact path that the merger has not
+    /// committed yet (at most [`MAX_VISITS_PER_COUNTER`], oldest first).
+    pub visits: Vec<Visit>,
 }
 
 impl Row {
@@ -143,10 +150,26 @@ impl Row {
         Ok(())
     }
 
+    /// Keeps the visitor key of a hit on the exact path (counted already) until the merger
+    /// has committed it; returns false, keeping nothing, when [`MAX_VISITS_PER_COUNTER`] wait
+    /// already (a sync carries at most that many): that hit goes off the exact path, so that
+    /// every hit told a verdict has its key on record.
+    #[must_use]
+    pub fn visit(&mut self, visit: Visit) -> bool {
+        if self.visits.len() >= MAX_VISITS_PER_COUNTER {
+            return false;
+        }
+        self.visits.push(visit);
+        true
+    }
+
     /// Applies the merger's acknowledgement of a sync that sent `sent`: `acked` rises to it
-    /// (not to `own`, which may have moved since), and the row is clean once nothing is left.
+    /// (not to `own`, which may have moved since), the visits it held are on record, and the
+    /// row is clean once nothing is left.
     pub fn acknowledge(&mut self, sent: SlotTotals) {
         self.acked = self.acked.join(sent);
+        let acked = self.acked.p;
+        self.visits.retain(|v| v.end > acked);
         self.state = if self.acked.dominates(self.own) {
             SyncState::Clean
         } else {
@@ -275,18 +298,28 @@ impl Entry {
     /// [`Error::ValueOutOfRange`] if a half passes `u128::MAX` (not reachable with fewer
     /// than 2^64 slots).
     pub fn view(&self, now: Timestamp) -> Result<View, Error> {
-        let own_change = (self.row.own != SlotTotals::default()).then_some(self.row.changed_at);
+        self.view_with(&self.row, now)
+    }
+
+    /// The answer [`Entry::view`] would give with `row` in place of the cached row (a hit
+    /// about to be stored).
+    ///
+    /// # Errors
+    ///
+    /// As [`Entry::view`].
+    pub fn view_with(&self, row: &Row, now: Timestamp) -> Result<View, Error> {
+        let own_change = (row.own != SlotTotals::default()).then_some(row.changed_at);
         Ok(match self.heard {
             Some(h) => View {
-                totals: h.global.with_own(h.recorded, self.row.own)?,
+                totals: h.global.with_own(h.recorded, row.own)?,
                 updated_at: own_change.max(h.updated_at),
                 age_ms: Some(now.millis_since(h.fetched_at)),
                 epoch: h.epoch,
             },
             None => View {
                 totals: GlobalTotals {
-                    p: u128::from(self.row.own.p),
-                    n: u128::from(self.row.own.n),
+                    p: u128::from(row.own.p),
+                    n: u128::from(row.own.n),
                 },
                 updated_at: own_change,
                 age_ms: None,
@@ -371,10 +404,10 @@ pub fn current_totals(
         .filter_map(|(key, row)| {
             let current = row.generation == generation;
             let row = row.in_generation(generation, lineage);
-            (current || row.carried != SlotTotals::default()).then(|| SlotUpdate {
+            (current || row.carried != SlotTotals::default()).then_some(SlotUpdate {
                 key,
                 totals: row.own,
-                visits: Vec::new(),
+                visits: row.visits,
                 carried: row.carried,
             })
         })
@@ -398,7 +431,6 @@ impl Entry {
         }
         let watch = self.watch.get_or_insert_default();
         watch.hear(merged.milestones.as_ref(), merged.global.p, now, newer);
-        watch.acknowledged(self.row.acked.p);
     }
 
     /// Applies the outcome of a sync that sent `sent` for this counter.
@@ -651,6 +683,35 @@ mod tests {
                 ..Row::default()
             }
         );
+    }
+
+    #[test]
+    fn visitor_keys_stay_with_the_row_until_committed_and_stay_bounded() {
+        let mut r = Row::default();
+        for end in 1..=40 {
+            r.hit(SlotTotals { p: 1, n: 0 }, ME, at(1)).unwrap();
+            let kept = r.visit(Visit {
+                end,
+                delta: 1,
+                visitor: format!("v{end}"),
+            });
+            assert_eq!(kept, end <= 32, "the first 32 are kept, the others refused");
+        }
+        assert_eq!(r.visits.len(), MAX_VISITS_PER_COUNTER);
+        // Every sync of the row carries them, the sweep's too.
+        let key = CounterKey::new(CounterKind::G, "a").unwrap();
+        let sent = current_totals(vec![(key, r.clone())], 0, &lineage(0));
+        assert_eq!(sent[0].visits, r.visits);
+        r.acknowledge(SlotTotals { p: 30, n: 0 });
+        assert_eq!(r.visits.iter().map(|v| v.end).min(), Some(31));
+        r.hit(SlotTotals { p: 1, n: 0 }, ME, at(2)).unwrap();
+        assert!(r.visit(Visit {
+            end: 41,
+            delta: 1,
+            visitor: "v41".into()
+        }));
+        r.acknowledge(r.own);
+        assert!(r.visits.is_empty(), "all committed");
     }
 
     #[test]

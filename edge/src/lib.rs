@@ -16,6 +16,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod counter;
+pub mod exact;
 pub mod incarnation;
 pub mod internal;
 pub mod isolate_cache;

@@ -7,13 +7,12 @@
 //! the counter's observed rate the object knows when the count is within a margin of the
 //! next milestone ([`Watch::near`]); a hit then takes the **exact path**: it syncs its
 //! counter at once and answers only when the merger has committed it, telling its client
-//! whether it won ([`Watch::verdict`]). Visitor keys are kept only on that path, and travel
-//! with the syncs until the merger has committed their hits.
+//! whether it won ([`Watch::verdict`]). Visitor keys are kept only on that path, stored with
+//! the hit's row ([`crate::counter::Row::visit`]), and travel with the syncs until the merger
+//! has committed their hits.
 
 use serde::{Deserialize, Serialize};
-use tally_crdt::{
-    MAX_VISITS_PER_COUNTER, MilestoneNews, MilestoneWon, ReplicaId, Timestamp, Visit,
-};
+use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};
 
 /// The smallest margin, in hits: a slow counter takes the exact path for its last hits
 /// before a milestone, whatever its rate says.
@@ -47,9 +46,6 @@ pub struct Watch {
     pub rate_milli: Option<u64>,
     /// Where the rate is measured from: a time and the global increments then.
     anchor: Option<(Timestamp, u128)>,
-    /// This object's hits on the exact path that carried a visitor key, until the merger has
-    /// committed them.
-    pub visits: Vec<Visit>,
 }
 
 /// How a hit on the exact path ended, as its `PUT` answer says.
@@ -138,29 +134,6 @@ impl Watch {
             None => UNMEASURED_MARGIN,
         };
         estimate.saturating_add(margin) >= u128::from(next)
-    }
-
-    /// Keeps a visitor key of a hit on the exact path until the merger has committed it;
-    /// returns false, keeping nothing, when [`MAX_VISITS_PER_COUNTER`] wait already (a sync
-    /// carries at most that many): that hit goes off the exact path, so that every hit told
-    /// a verdict has its key on record.
-    #[must_use]
-    pub fn visit(&mut self, visit: Visit) -> bool {
-        if self.visits.len() >= MAX_VISITS_PER_COUNTER {
-            return false;
-        }
-        self.visits.push(visit);
-        true
-    }
-
-    /// The visits a sync of the slot's total `p` carries: those of hits it holds.
-    pub fn visits_for(&self, p: u64) -> Vec<Visit> {
-        self.visits.iter().filter(|v| v.end <= p).cloned().collect()
-    }
-
-    /// The merger committed the slot up to `acked_p`: its visits there are recorded.
-    pub fn acknowledged(&mut self, acked_p: u64) {
-        self.visits.retain(|v| v.end > acked_p);
     }
 
     /// The verdict on the hit holding units `end - delta + 1 ..= end` of `replica`'s slot,
@@ -301,27 +274,5 @@ mod tests {
         assert_eq!(w.verdict(ME, 41, 1, 50), Some(Verdict::Lost));
         assert_eq!(w.verdict(ME, 44, 2, 50), Some(Verdict::Lost), "units 43-44");
         assert_eq!(w.verdict(OTHER, 42, 1, 50), Some(Verdict::Lost));
-    }
-
-    #[test]
-    fn visits_travel_until_committed_and_stay_bounded() {
-        let mut w = Watch::default();
-        for end in 1..=40 {
-            let kept = w.visit(Visit {
-                end,
-                delta: 1,
-                visitor: format!("v{end}"),
-            });
-            assert_eq!(kept, end <= 32, "the first 32 are kept, the others refused");
-        }
-        assert_eq!(w.visits.len(), MAX_VISITS_PER_COUNTER);
-        assert_eq!(w.visits_for(20).len(), 20, "units 1-20 of the kept 1-32");
-        w.acknowledged(30);
-        assert_eq!(w.visits.iter().map(|v| v.end).min(), Some(31));
-        assert!(w.visit(Visit {
-            end: 41,
-            delta: 1,
-            visitor: "v41".into()
-        }));
     }
 }

@@ -41,6 +41,7 @@ use crate::api::ApiError;
 use crate::client::{self, MergerError};
 use crate::config::Config;
 use crate::counter::{Entry, Outcome, current_totals, outcomes};
+use crate::exact::{ExactGate, Turn};
 use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::milestone::Verdict;
@@ -69,6 +70,8 @@ struct Inner {
     refresh: BTreeSet<CounterKey>,
     /// Counters being fetched for reads that found nothing cached, with the reads waiting.
     fetching: HashMap<CounterKey, Vec<oneshot::Sender<()>>>,
+    /// Exact syncs in flight, and whether the merger is away.
+    exact: ExactGate,
 }
 
 impl Inner {
@@ -334,6 +337,7 @@ impl Replica {
             scheduler,
             refresh: BTreeSet::new(),
             fetching: HashMap::new(),
+            exact: ExactGate::default(),
         });
         let next = self.with(|i| i.scheduler.rearm(now));
         self.arm(next).await;
@@ -363,12 +367,33 @@ impl Replica {
             crate::admit(&self.env, &hit.client).await?;
         }
         let now = now();
-        let (view, slot, next, exact) = self.with(|i| {
+        let (view, slot, next, exact, away) = self.with(|i| {
             let (replica, ttl) = (i.incarnation.replica, i.config.read_ttl_ms);
             let (interval, exact_on) = (i.config.sync_interval_ms, i.config.exact_wait_ms > 0);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             let mut row = entry.row.clone();
             row.hit(hit.add, replica, now).map_err(ApiError::Overflow)?;
+            let stale = !entry.is_fresh(now, ttl);
+            let view = entry.view_with(&row, now).map_err(ApiError::Overflow)?;
+            let slot = (replica, row.own.p);
+            let near = exact_on
+                && hit.key.kind() == CounterKind::G
+                && entry
+                    .watch
+                    .as_ref()
+                    .is_some_and(|w| w.near(view.totals.p, view.age_ms.unwrap_or(0), interval));
+            // A hit told anything keeps its visitor key, stored with it, until the merger has
+            // it; with no room left for it (32 waiting), the hit goes off the exact path: no
+            // verdict, its receipt tells.
+            let exact = near
+                && match (hit.visitor.clone(), u32::try_from(hit.add.p)) {
+                    (Some(visitor), Ok(delta)) => row.visit(Visit {
+                        end: slot.1,
+                        delta,
+                        visitor,
+                    }),
+                    _ => true,
+                };
             // The incarnation's first hit starts its age (and gives it a slot to retire).
             let mut rotation = None;
             let mut started = i.incarnation.clone();
@@ -380,34 +405,12 @@ impl Replica {
                 i.incarnation = started;
             }
             i.store.put(&hit.key, &row).map_err(store_failed)?;
+            let merger_away = i.exact.is_away(now);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             entry.row = row;
             entry.stored = true;
-            let stale = !entry.is_fresh(now, ttl);
-            let view = entry.view(now).map_err(ApiError::Overflow)?;
-            let slot = (replica, entry.row.own.p);
-            let mut exact = exact_on
-                && hit.key.kind() == CounterKind::G
-                && entry
-                    .watch
-                    .as_ref()
-                    .is_some_and(|w| w.near(view.totals.p, view.age_ms.unwrap_or(0), interval));
-            // A hit told anything keeps its visitor key until the merger has it; with no room
-            // left for it (32 waiting), the hit goes off the exact path: no verdict, its
-            // receipt tells.
-            if exact
-                && let (Some(visitor), Some(watch), Ok(delta)) = (
-                    hit.visitor.clone(),
-                    entry.watch.as_mut(),
-                    u32::try_from(hit.add.p),
-                )
-            {
-                exact = watch.visit(Visit {
-                    end: slot.1,
-                    delta,
-                    visitor,
-                });
-            }
+            // With the merger away, the hit answers `pending` at once.
+            let away = exact && merger_away;
             let mut next = i.want(Job::Sync, now.plus_ms(interval));
             if let Some(due) = rotation {
                 next = i.want(Job::Rotate, due).or(next);
@@ -423,10 +426,12 @@ impl Replica {
                     .map_err(store_failed)?;
                 next = i.want(Job::Sweep, due).or(next);
             }
-            Ok::<_, ApiError>((view, slot, next, exact))
+            Ok::<_, ApiError>((view, slot, next, exact, away))
         })?;
         self.arm(next).await;
-        let (view, verdict) = if exact {
+        let (view, verdict) = if away {
+            (view, Some(Verdict::Pending))
+        } else if exact {
             let verdict = self.exact(&hit.key, slot, hit.add.p).await;
             // What the exact sync heard is the newest word: answer from it (never below
             // `view`, as what was heard never goes backwards).
@@ -448,10 +453,12 @@ impl Replica {
     }
 
     /// The exact path of a hit (stored already) holding units `end - delta + 1 ..= end` of
-    /// `replica`'s slot: syncs its counter now, again on failure, until the merger has
-    /// committed the slot up to `end` (every milestone those units could win is then
-    /// decided, and the answer tells it) or `EXACT_WAIT_MS` has passed. The hit is counted
-    /// whatever happens; only its verdict can be `Pending`.
+    /// `replica`'s slot: waits until the merger has committed the slot up to `end` (every
+    /// milestone those units could win is then decided, and the answer tells it) or
+    /// `EXACT_WAIT_MS` has passed. One exact sync of the counter is in flight at a time,
+    /// carrying every hit stored when it left; the counter's other hits wait for it, and none
+    /// waits while the merger is away ([`crate::exact`]). The hit is counted whatever
+    /// happens; only its verdict can be `Pending`.
     async fn exact(
         &self,
         key: &CounterKey,
@@ -461,19 +468,17 @@ impl Replica {
         let started = now();
         // A third of the budget per attempt (at least 200 ms): a sync lost on the way costs
         // one attempt, not the whole wait.
-        let (budget, attempt_ms) = self.with(|i| {
+        let (budget, attempt_ms, window_ms) = self.with(|i| {
             let budget = i.config.exact_wait_ms;
-            (budget, (budget / 3).max(200).min(i.config.sync_timeout_ms))
+            let timeout = i.config.sync_timeout_ms;
+            (budget, (budget / 3).max(200).min(timeout), timeout)
         });
-        for attempt in 0u64.. {
-            if attempt > 0 {
-                // A merger that refuses at once is not asked in a tight loop (and an answer to
-                // another sync may tell the verdict meanwhile).
-                let left = budget.saturating_sub(now().millis_since(started));
-                let pause = (25 * attempt).min(200).min(left);
-                Delay::from(Duration::from_millis(pause)).await;
-            }
-            let ready = self.with(|i| {
+        let mut failures = 0u64;
+        loop {
+            let left = budget.saturating_sub(now().millis_since(started));
+            // One synchronous stretch: the verdict, and if there is none the turn (and the
+            // totals a leader sends, every hit stored so far).
+            let step = self.with(|i| {
                 if i.incarnation.replica != replica {
                     return Err(()); // rotated: unreachable while the hit is not acknowledged
                 }
@@ -483,39 +488,69 @@ impl Replica {
                     Some(w) => w.verdict(replica, end, delta, acked),
                     None => (acked >= end).then_some(Verdict::Lost),
                 };
-                Ok(verdict.ok_or_else(|| SlotUpdate {
+                if let Some(verdict) = verdict {
+                    return Ok(Step::Told(verdict));
+                }
+                if left == 0 {
+                    return Err(());
+                }
+                let update = SlotUpdate {
                     key: key.clone(),
                     totals: entry.row.own,
-                    visits: Vec::new(),
+                    visits: entry.row.visits.clone(),
                     carried: entry.row.carried,
-                }))
+                };
+                Ok(match i.exact.turn(key, now()) {
+                    Turn::Lead { probe } => Step::Lead(update, probe),
+                    Turn::Wait(rx) => Step::Wait(rx),
+                    Turn::Away => Step::Away,
+                })
             });
-            let update = match ready {
-                Ok(Ok(verdict)) => return verdict,
-                Ok(Err(update)) => update,
-                Err(()) => return Verdict::Pending,
-            };
-            let left = budget.saturating_sub(now().millis_since(started));
-            if left == 0 {
-                return Verdict::Pending;
-            }
-            let (config, request) = self.sync_request(vec![update]);
-            match self
-                .post_sync(&config, &request, left.min(attempt_ms))
-                .await
-            {
-                Ok(response) => {
-                    if let Err(e) = self.apply(&request, &response) {
-                        console_error!("applying an exact sync failed: {e}");
-                        return Verdict::Pending;
-                    }
+            match step {
+                Ok(Step::Told(verdict)) => return verdict,
+                Err(()) | Ok(Step::Away) => return Verdict::Pending,
+                Ok(Step::Wait(rx)) => {
+                    let limit = Box::pin(Delay::from(Duration::from_millis(left)));
+                    let _ = select(rx, limit).await;
                 }
-                Err(e) => {
-                    console_warn!("exact sync of {key} failed ({e}); attempt {}", attempt + 1)
+                Ok(Step::Lead(update, probe)) => {
+                    let mut flight = Flight {
+                        replica: self,
+                        key,
+                        probe,
+                        window_ms,
+                        ok: None,
+                    };
+                    let (config, request) = self.sync_request(vec![update]);
+                    let answer = self
+                        .post_sync(&config, &request, left.min(attempt_ms))
+                        .await;
+                    let ok = match answer {
+                        Ok(response) => match self.apply(&request, &response) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                console_error!("applying an exact sync failed: {e}");
+                                return Verdict::Pending;
+                            }
+                        },
+                        Err(e) => {
+                            failures += 1;
+                            console_warn!("exact sync of {key} failed ({e}); attempt {failures}");
+                            false
+                        }
+                    };
+                    flight.ok = Some(ok);
+                    drop(flight);
+                    if !ok {
+                        // A merger that refuses at once is not asked in a tight loop (and an
+                        // answer to another sync may tell the verdict meanwhile).
+                        let left = budget.saturating_sub(now().millis_since(started));
+                        let pause = (25 * failures).min(200).min(left);
+                        Delay::from(Duration::from_millis(pause)).await;
+                    }
                 }
             }
         }
-        Verdict::Pending
     }
 
     /// Reads counters: writes nothing, waits for the merger only for counters it has never
@@ -677,7 +712,10 @@ impl Replica {
             .await
         {
             Ok(response) => {
-                self.with(|i| i.scheduler.succeeded());
+                self.with(|i| {
+                    i.scheduler.succeeded();
+                    i.exact.reached();
+                });
                 self.apply(&request, &response)?;
                 Ok(true)
             }
@@ -697,15 +735,9 @@ impl Replica {
         }
     }
 
-    /// The sync of `sent` from the current incarnation, each counter with the visits its
-    /// total holds (counters near a milestone only).
-    fn sync_request(&self, mut sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
+    /// The sync of `sent` (with the visits of their rows) from the current incarnation.
+    fn sync_request(&self, sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
         self.with(|i| {
-            for update in &mut sent {
-                if let Some(watch) = i.cache.peek(&update.key).and_then(|e| e.watch.as_ref()) {
-                    update.visits = watch.visits_for(update.totals.p);
-                }
-            }
             let request = SyncRequest {
                 version: SyncRequest::version_for(&sent),
                 replica: i.incarnation.replica,
@@ -805,6 +837,7 @@ impl Replica {
         match self.read_from_merger(keys.clone()).await {
             Ok(()) => self.with(|i| {
                 i.scheduler.succeeded();
+                i.exact.reached();
                 if !i.refresh.is_empty() {
                     let _ = i.want(Job::Refresh, now);
                 }
@@ -930,6 +963,49 @@ impl Drop for InFlight<'_> {
 
 /// Releases the reads waiting on a fetch when the fetch ends, however it ends (dropping
 /// their senders wakes them).
+/// A step of a hit on the exact path.
+enum Step {
+    /// Its verdict is known.
+    Told(Verdict),
+    /// It sends the counter's exact sync (the totals, whether it is the away window's probe).
+    Lead(SlotUpdate, bool),
+    /// It waits for the sync in flight.
+    Wait(oneshot::Receiver<()>),
+    /// The merger is away: `pending` now.
+    Away,
+}
+
+/// An exact sync in flight: when it ends (or its hit's request goes away), the gate hears
+/// of it and the counter's waiting hits wake.
+struct Flight<'a> {
+    replica: &'a Replica,
+    key: &'a CounterKey,
+    probe: bool,
+    window_ms: u64,
+    /// The outcome: answered 2xx or not; `None` if the request went away first.
+    ok: Option<bool>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.replica.inner.try_borrow_mut()
+            && let Some(inner) = guard.as_mut()
+        {
+            match self.ok {
+                Some(ok) => {
+                    inner
+                        .exact
+                        .landed(self.key, self.probe, ok, now(), self.window_ms);
+                    if !ok && inner.exact.is_away(now()) {
+                        console_warn!("the merger is away: hits near a milestone answer pending");
+                    }
+                }
+                None => inner.exact.abandoned(self.key, self.probe),
+            }
+        }
+    }
+}
+
 struct Release<'a> {
     replica: &'a Replica,
     keys: &'a [CounterKey],

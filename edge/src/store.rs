@@ -44,7 +44,7 @@ pub enum StoreError {
 /// storage of an edge from before versions, whose tables step 1 finds already there) runs
 /// steps `v..`, then records the new version. Step 1 is idempotent, so new storage runs them
 /// all.
-const MIGRATIONS: [Migration; 4] = [
+const MIGRATIONS: [Migration; 5] = [
     Migration::Sql(SCHEMA_V1),
     // Rotation: every row names the generation of the incarnation that wrote it. Rows from
     // before belong to generation 0, the incarnation the object has had all along.
@@ -65,6 +65,13 @@ const MIGRATIONS: [Migration; 4] = [
         table: "counters",
         column: "cn",
         definition: "cn TEXT NOT NULL DEFAULT '0'",
+    },
+    // Visitor keys of hits on the exact path, stored with their hit (`Row::visits`, JSON;
+    // empty: none). Rows from before kept theirs in memory.
+    Migration::AddColumn {
+        table: "counters",
+        column: "vk",
+        definition: "vk TEXT NOT NULL DEFAULT ''",
     },
 ];
 
@@ -108,6 +115,7 @@ struct SqlRow {
     generation: i64,
     cp: String,
     cn: String,
+    vk: String,
 }
 
 impl SqlRow {
@@ -133,6 +141,11 @@ impl SqlRow {
             carried: SlotTotals {
                 p: total(&self.cp)?,
                 n: total(&self.cn)?,
+            },
+            visits: if self.vk.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_str(&self.vk).map_err(|_| damaged("bad visits"))?
             },
         };
         Ok((key, row))
@@ -167,7 +180,7 @@ pub mod meta {
     pub const SWEEP_DUE: &str = "sweep_due";
 }
 
-const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn";
+const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn, vk";
 
 impl Store {
     /// Opens the tables, creating them on first use and bringing older storage up to date
@@ -311,12 +324,20 @@ impl Store {
     /// A storage failure.
     pub fn put(&self, key: &CounterKey, row: &Row) -> Result<(), StoreError> {
         let text = |v: u64| SqlStorageValue::from(v.to_string());
+        let visits = if row.visits.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&row.visits).map_err(|_| StoreError::Damaged {
+                key: key.storage_key(),
+                why: "visits not encodable",
+            })?
+        };
         self.sql.exec(
-            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn, vk) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET p = excluded.p, n = excluded.n, ap = excluded.ap, \
              an = excluded.an, changed_at = excluded.changed_at, state = excluded.state, \
-             gen = excluded.gen, cp = excluded.cp, cn = excluded.cn",
+             gen = excluded.gen, cp = excluded.cp, cn = excluded.cn, vk = excluded.vk",
             vec![
                 key.storage_key().into(),
                 text(row.own.p),
@@ -328,6 +349,7 @@ impl Store {
                 generation(row.generation).into(),
                 text(row.carried.p),
                 text(row.carried.n),
+                SqlStorageValue::from(visits),
             ],
         )?;
         Ok(())

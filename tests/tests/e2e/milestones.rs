@@ -473,3 +473,146 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
         "without faults, winners are told: {near_told} of {near_won}"
     );
 }
+
+/// With the merger stopped (it accepts connections and answers nothing), hits near a
+/// milestone do not each wait `EXACT_WAIT_MS` for it: once a few exact syncs of the object
+/// failed in a row, its hits answer `pending` at once, and only one probe per
+/// `SYNC_TIMEOUT_MS` waits. Then the edge is killed and restarted on its storage while the
+/// merger is still stopped, and the merger resumed: every hit is counted, the milestone
+/// crossed meanwhile has one winner, and that winner — told `pending` — has its visitor key
+/// on record (keys are stored with their hit, not in the object's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_merger_stopped_near_hits_answer_pending_at_once_and_keep_their_keys() {
+    const STOPPED: &str = "stopped";
+    // Every hit of the counter goes to one object (one region, one partition).
+    const REGION: &str = "eu";
+    const SYNC_TIMEOUT_MS: u64 = 3000;
+    // A third of it per exact sync: 2 s, so a hit that waits for the merger takes 1.5 s or
+    // more, far above what a hit answered at once takes here (docs/testing.md).
+    const EXACT_WAIT_MS: u64 = 6000;
+    const WAITED: Duration = Duration::from_millis(1500);
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &["--admin-token", ADMIN]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    options.sync_timeout_ms = SYNC_TIMEOUT_MS;
+    options.vars.push(format!("EXACT_WAIT_MS:{EXACT_WAIT_MS}"));
+    let edge = Edge::start(&options).await;
+    let client = http_client();
+    let mut hits = Vec::new();
+    let mut visitor = 0u32;
+    let mut next_visitor = || {
+        visitor += 1;
+        format!("{STOPPED}-{visitor}")
+    };
+
+    // 1. The object hears of milestone 30 and takes the exact path (the merger up).
+    register(&client, &merger.url, STOPPED, [30]).await;
+    for _ in 0..8 {
+        hits.push(put(&client, &edge.url, STOPPED, REGION, next_visitor()).await);
+    }
+    heard(&client, &merger.url, STOPPED, 8).await;
+    for _ in 0..2 {
+        let hit = put(&client, &edge.url, STOPPED, REGION, next_visitor()).await;
+        assert!(hit.verdict.is_some(), "near milestone 30: the exact path");
+        hits.push(hit);
+    }
+
+    // 2. The merger stops. The first hits wait for it (nobody knows yet); once a few exact
+    // syncs have failed in a row, a hit answers `pending` at once.
+    merger.signal("-STOP");
+    let mut discovered = false;
+    for _ in 0..8 {
+        let hit = put(&client, &edge.url, STOPPED, REGION, next_visitor()).await;
+        assert_eq!(
+            hit.verdict.as_deref(),
+            Some("pending"),
+            "the merger is stopped"
+        );
+        let quick = hit.ms < WAITED.as_secs_f64() * 1000.0;
+        hits.push(hit);
+        if quick {
+            discovered = true;
+            break;
+        }
+    }
+    assert!(
+        discovered,
+        "after 8 hits that each waited for a stopped merger, the object still waits: {:?}",
+        hits.iter().map(|h| h.ms.round()).collect::<Vec<_>>()
+    );
+
+    // 3. Six clients at once, four hits each a second apart (over more than one window):
+    // at most one hit per SYNC_TIMEOUT_MS waits (the probe; and one more, a window's probe
+    // that started with the span). With the 3 hits of step 2 that is 27 visitor keys
+    // waiting, within the 32 an object keeps per counter (a hit past them goes off the
+    // exact path).
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let (client, edge) = (client.clone(), edge.url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for h in 0..4 {
+                if h > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let visitor = format!("{STOPPED}-c{c}-{h}");
+                done.push(put(&client, &edge, STOPPED, REGION, visitor).await);
+            }
+            done
+        }));
+    }
+    let mut stopped = Vec::new();
+    for task in tasks {
+        stopped.extend(task.await.expect("every hit is counted"));
+    }
+    let span = started.elapsed();
+    let waited = stopped
+        .iter()
+        .filter(|h| h.ms >= WAITED.as_secs_f64() * 1000.0)
+        .count();
+    let refs: Vec<&Hit> = stopped.iter().collect();
+    eprintln!(
+        "merger stopped: {} in {span:?}, {waited} waited {WAITED:?} or more",
+        latency("hits near a milestone", &refs)
+    );
+    record_timing(
+        "a hit near a milestone with the merger stopped, median",
+        Duration::from_secs_f64(percentile(&refs, 50) / 1000.0),
+        WAITED,
+    );
+    assert!(
+        stopped
+            .iter()
+            .all(|h| h.verdict.as_deref() == Some("pending")),
+        "with the merger stopped every near hit answers pending"
+    );
+    let windows = usize::try_from(span.as_millis() / u128::from(SYNC_TIMEOUT_MS)).expect("small");
+    assert!(
+        waited <= windows + 2,
+        "{waited} of {} hits waited for a stopped merger over {span:?}",
+        stopped.len()
+    );
+    hits.extend(stopped);
+
+    // 4. The edge killed and restarted on its storage (every object's memory gone), then
+    // the merger resumed: the keys of the hits told `pending` went with their hits.
+    edge.kill_9().await;
+    let edge = Edge::start(&options).await;
+    merger.signal("-CONT");
+    for _ in 0..2 {
+        hits.push(put(&client, &edge.url, STOPPED, REGION, next_visitor()).await);
+    }
+    let total = u64::try_from(hits.len()).expect("small");
+    let listed = settled(&client, &merger.url, STOPPED, total).await;
+    let winners = check(&client, &merger.url, STOPPED, &hits, &listed).await;
+    let winner = &winners[&30];
+    assert_eq!(
+        winner.verdict.as_deref(),
+        Some("pending"),
+        "milestone 30 was crossed while the merger was stopped: {winner:?}"
+    );
+}
