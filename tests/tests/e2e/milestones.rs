@@ -477,10 +477,10 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
 /// With the merger stopped (it accepts connections and answers nothing), hits near a
 /// milestone do not each wait `EXACT_WAIT_MS` for it: once a few exact syncs of the object
 /// failed in a row, its hits answer `pending` at once, and only one probe per
-/// `SYNC_TIMEOUT_MS` waits. Then the edge is killed and restarted on its storage while the
-/// merger is still stopped, and the merger resumed: every hit is counted, the milestone
-/// crossed meanwhile has one winner, and that winner — told `pending` — has its visitor key
-/// on record (keys are stored with their hit, not in the object's memory).
+/// `SYNC_TIMEOUT_MS` waits. Then the edge and the merger are killed (-9) and started again on
+/// their storage: every hit is counted, the milestone crossed meanwhile has one winner, and
+/// that winner — told `pending` — has its visitor key on record (keys are stored with their
+/// hit, not in the object's memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_merger_stopped_near_hits_answer_pending_at_once_and_keep_their_keys() {
     const STOPPED: &str = "stopped";
@@ -598,11 +598,22 @@ async fn with_the_merger_stopped_near_hits_answer_pending_at_once_and_keep_their
     );
     hits.extend(stopped);
 
-    // 4. The edge killed and restarted on its storage (every object's memory gone), then
-    // the merger resumed: the keys of the hits told `pending` went with their hits.
+    // 4. The edge killed and restarted on its storage (every object's memory gone), and the
+    // merger killed too (the syncs it had not read yet, waiting in its sockets, die with it)
+    // and started again on its database: the keys of the hits told `pending` went with their
+    // hits.
     edge.kill_9().await;
+    let port: u16 = merger
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the merger's port");
+    merger.kill_9().await;
+    let merger =
+        MergerProcess::start_binary(&merger_binary(), db.path(), port, &["--admin-token", ADMIN])
+            .await;
     let edge = Edge::start(&options).await;
-    merger.signal("-CONT");
     for _ in 0..2 {
         hits.push(put(&client, &edge.url, STOPPED, REGION, next_visitor()).await);
     }
