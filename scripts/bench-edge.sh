@@ -13,6 +13,8 @@
 #   P6   edge reads/s / edge hits/s, Zipf over 10,000 counters, hits interleaved   >= 3
 #   P11  PUT p99 with the merger stopped (SIGSTOP) / with it up                     <= 1.5
 #   P12  merger commits per edge read                                               0
+#   exact  PUT p99 near a milestone (the exact path) / with none, one object        <= 2
+#        merger stopped: near hits that waited, per SYNC_TIMEOUT_MS after the first <= 1
 #   and: an object holding 100,000 counters against a near-empty one (first answer
 #   after a restart, memory, storage), JS <-> Wasm crossings and storage calls per hit.
 #

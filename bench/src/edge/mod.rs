@@ -1,5 +1,6 @@
-//! `edge`: the edge benchmarks of `docs/benchmarks.md` (P5, P6, P11, P12, the 100,000-counter
-//! object, crossings per hit), side by side in one run, with their correctness checks.
+//! `edge`: the edge benchmarks of `docs/benchmarks.md` (P5, P6, P11, P12, the exact path, the
+//! 100,000-counter object, crossings per hit), side by side in one run, with their
+//! correctness checks.
 //!
 //! Everything runs on loopback with free ports, in a temp dir, through the end-to-end harness
 //! (`tally-e2e`): the merger binary (release, `--durability full`), and under wrangler's dev
@@ -20,6 +21,11 @@
 //! - **P12**: merger commits during reads of known and never-hit counters (none expected).
 //! - **P11** (`wrk`, `bench/wrk/fresh.lua`): p99 of hits on new counters with the merger
 //!   stopped (SIGSTOP) ÷ with it up, alternating for `--rounds`; medians compared.
+//! - **exact** ([`exact`]): on one object (`PARTITIONS=1 SPREAD=1`), p99 of hits inside a
+//!   milestone's margin (they take the exact path and wait for the merger's commit) ÷ p99 of
+//!   hits on counters with no milestone, merger up, alternating for `--rounds`; then hits
+//!   inside the margin with the merger stopped (SIGSTOP): how many waited, how many answered
+//!   `pending` at once.
 //! - **crossings**: the counting copy of the worker ([`crossings`]) under `wrk`: JS <-> Wasm
 //!   calls and storage calls per hit, per read, per preflight.
 //! - **the big object**: one object holding `--big-counters` counters against one holding
@@ -29,9 +35,11 @@
 //! Checks (failures exit non-zero): every request answered 2xx, no read below what its
 //! client was shown, the merger's counts equal to the acknowledged hits (wrk phases: within
 //! the requests still in flight when wrk stopped, at most one per connection), reads of
-//! never-hit counters answering 0, and convergence within bounded waits.
+//! never-hit counters answering 0, hits near a milestone on the exact path and the others
+//! off it, and convergence within bounded waits.
 
 mod crossings;
+mod exact;
 mod load;
 mod setup;
 
@@ -45,6 +53,7 @@ use serde_json::Value;
 use tally_e2e::{Edge, EdgeOptions, MergerProcess, WRITE_KEY};
 
 use crate::edge::crossings::Crossings;
+use crate::edge::exact::{ExactRun, Waits, percentile};
 use crate::edge::load::{LoadReport, Target as LoadTarget, Workload, Zipf};
 use crate::edge::setup::Workers;
 use crate::memory;
@@ -57,6 +66,31 @@ use crate::{Error, Verdict, to_f64};
 const SETTLE: Duration = Duration::from_secs(120);
 /// Ids per batch read at the edge (its limit).
 const BATCH: usize = 100;
+/// The merger's admin token (milestones are registered through the admin API).
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+/// `SYNC_TIMEOUT_MS` of every edge: the worker's default (the harness shortens it for tests).
+const SYNC_TIMEOUT_MS: u64 = 5000;
+/// `EXACT_WAIT_MS` of the exact phase's edge: the worker's default, set explicitly so that
+/// the thresholds below are the edge's.
+const EXACT_WAIT_MS: u64 = 2000;
+/// Clients of the exact phase, each sending at most one hit per [`EXACT_PACE`].
+const EXACT_CLIENTS: u32 = 8;
+/// At most 8 × 20 = 160 hits/s offered: below one object's rate (P5), so the latencies are
+/// those of the path, not of a queue.
+const EXACT_PACE: Duration = Duration::from_millis(50);
+/// Milestones registered per near counter: the merger's cap of pending ones per counter.
+const MILESTONES: u64 = 100;
+/// Hits between two milestones: the edge's smallest margin (`edge/src/milestone.rs`,
+/// `MIN_MARGIN`), so every hit is within the margin of the next, whatever rate the object
+/// has measured.
+const MILESTONE_SPACING: u64 = 32;
+/// Hits on a near counter before its milestones, so that its object hears of them (an
+/// object learns a counter's milestones from the answer to a sync of it).
+const WARM_HITS: u64 = 4;
+/// A hit that took longer than this waited for the merger: a quarter of `EXACT_WAIT_MS`,
+/// below one exact sync attempt (a third of it), so that a probe of a stopped merger counts
+/// as a wait.
+const WAITED_MS: u64 = EXACT_WAIT_MS / 4;
 
 /// Options of `tally-bench compare edge`.
 #[derive(Debug, clap::Args)]
@@ -116,6 +150,9 @@ enum Phase {
     P6,
     /// P11: hit latency with the merger stopped.
     P11,
+    /// The exact path: hit latency inside a milestone's margin against ordinary hits (merger
+    /// up), and near hits with the merger stopped (waits and `pending`).
+    Exact,
     /// JS <-> Wasm crossings and storage calls per request.
     Crossings,
     /// The object holding `--big-counters` counters.
@@ -145,7 +182,7 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
         &merger_bin,
         &work.join("merger"),
         0,
-        &["--durability", "full"],
+        &["--durability", "full", "--admin-token", ADMIN_TOKEN],
     )
     .await;
     let mut bench = Bench {
@@ -235,6 +272,9 @@ impl Bench {
         if let Some(default) = default {
             default.stop().await;
         }
+        if self.wants(Phase::Exact) {
+            self.exact().await?;
+        }
         if self.wants(Phase::Crossings) {
             self.crossings().await?;
         }
@@ -273,7 +313,7 @@ impl Bench {
         options.anti_entropy_ms = self.default_var("ANTI_ENTROPY_MS")?;
         // edge/src/config.rs defaults; the harness shortens both for tests.
         options.max_backoff_ms = 60_000;
-        options.sync_timeout_ms = 5000;
+        options.sync_timeout_ms = SYNC_TIMEOUT_MS;
         options.config = Some(config.to_path_buf());
         options.log = Some(self.work.join(format!("logs/{name}.log")));
         Ok(options)
@@ -972,6 +1012,310 @@ impl Bench {
                 start.elapsed().as_secs_f64()
             ),
         );
+        Ok(())
+    }
+
+    /// The exact path (`docs/milestones.md`) on one object (`PARTITIONS=1 SPREAD=1`): hits
+    /// on counters with a milestone every [`MILESTONE_SPACING`] hits (every hit inside the
+    /// margin, so on the exact path) against hits on counters with none, merger up,
+    /// alternating for `--rounds`; then hits inside the margin with the merger stopped
+    /// (SIGSTOP). Afterwards the merger holds every acknowledged hit.
+    async fn exact(&mut self) -> Result<(), Error> {
+        step("exact: starting the tally worker with PARTITIONS=1 SPREAD=1 (one object)");
+        let mut options = self.options("exact", &self.workers.tally.clone(), 1, 1)?;
+        options.vars.push(format!("EXACT_WAIT_MS:{EXACT_WAIT_MS}"));
+        let edge = Edge::start(&options).await;
+        let outcome = self.exact_runs(&edge).await;
+        edge.stop().await;
+        outcome
+    }
+
+    async fn exact_runs(&mut self, edge: &Edge) -> Result<(), Error> {
+        let rounds = self.args.rounds;
+        let near: Vec<String> = (0..rounds).map(|r| format!("exact-near{r:02}")).collect();
+        let stopped_id = "exact-stopped";
+        let hit_url = |id: &str| format!("{}/{id}/counter", edge.url);
+        step(&format!(
+            "exact: {MILESTONES} milestones on each of {} counters, one every {MILESTONE_SPACING} hits after their first {WARM_HITS}",
+            rounds + 1
+        ));
+        // Every hit a client of this phase was acknowledged, per counter: (low, high), the
+        // high end counting the hits that got no answer.
+        let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for id in near.iter().map(String::as_str).chain([stopped_id]) {
+            self.register_milestones(id).await?;
+            for _ in 0..WARM_HITS {
+                self.expect_ok(reqwest::Method::PUT, &hit_url(id)).await?;
+            }
+            expected.insert(id.to_owned(), (WARM_HITS, WARM_HITS));
+        }
+        // Once synced, the sync's answer has told the object of the milestones.
+        if let Err(e) = self.settle_merger("exact-", &expected).await? {
+            return Err(format!("exact: the near counters' first hits never synced: {e}").into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let load = exact::Load {
+            clients: EXACT_CLIENTS,
+            pace: EXACT_PACE,
+            max_hits: MILESTONES * MILESTONE_SPACING,
+        };
+        let seconds = Duration::from_secs(self.args.seconds);
+        step(&format!(
+            "exact: PUT latency inside a milestone's margin and with no milestone, merger up, alternating ({EXACT_CLIENTS} clients, one hit per {} ms each at most)",
+            EXACT_PACE.as_millis()
+        ));
+        let mut runs: Vec<(String, ExactRun)> = Vec::new();
+        let mut p50: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut p99: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for (round, near_id) in near.iter().enumerate() {
+            let plain = format!("exact-plain{round:02}");
+            // One hit first, as in P5: the counter is known to its object.
+            self.expect_ok(reqwest::Method::PUT, &hit_url(&plain))
+                .await?;
+            expected.insert(plain.clone(), (1, 1));
+            let ordinary =
+                exact::run(&edge.url, &plain, WRITE_KEY, load, Instant::now() + seconds).await?;
+            let close = exact::run(
+                &edge.url,
+                near_id,
+                WRITE_KEY,
+                load,
+                Instant::now() + seconds,
+            )
+            .await?;
+            let measured = [
+                ("ordinary", ordinary.latencies(|_| true)),
+                ("near", close.latencies(|h| h.verdict.is_some())),
+            ];
+            for (label, ms) in measured {
+                let (median_ms, tail_ms) = (percentile(&ms, 50), percentile(&ms, 99));
+                eprintln!(
+                    "[bench]   round {round}, {label}: p50 {median_ms:.1} ms, p99 {tail_ms:.1} ms over {} hits",
+                    ms.len()
+                );
+                // No hit measured is the worst case, not a missing one.
+                let or_worst = |v: f64| if v.is_nan() { f64::INFINITY } else { v };
+                p50.entry(label).or_default().push(or_worst(median_ms));
+                p99.entry(label).or_default().push(or_worst(tail_ms));
+            }
+            eprintln!(
+                "[bench]   round {round}, near: {}; {:.0} / {:.0} hits/s (ordinary / near)",
+                close.verdicts(),
+                ordinary.per_second(),
+                close.per_second()
+            );
+            runs.push((plain, ordinary));
+            runs.push((near_id.clone(), close));
+        }
+
+        let span = seconds.max(Duration::from_millis(4 * SYNC_TIMEOUT_MS));
+        step(&format!(
+            "exact: PUT inside a milestone's margin with the merger stopped (SIGSTOP), {} s",
+            span.as_secs()
+        ));
+        self.merger.signal("-STOP");
+        let stopped_at = Instant::now();
+        let down = exact::run(&edge.url, stopped_id, WRITE_KEY, load, stopped_at + span).await;
+        // Resumed before anything else, whatever the run did.
+        self.merger.signal("-CONT");
+        let resumed = Instant::now();
+        let down = down?;
+
+        let each = |values: &[f64]| {
+            values
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let series = |map: &BTreeMap<&str, Vec<f64>>, label: &str| {
+            map.get(label).cloned().unwrap_or_default()
+        };
+        let verdicts = |of: &str| {
+            let mut all = ExactRun::default();
+            for (_, run) in runs.iter().filter(|(id, _)| id.starts_with(of)) {
+                all.hits.extend(run.hits.iter().cloned());
+            }
+            all.verdicts()
+        };
+        let (ordinary_verdicts, near_verdicts) = (verdicts("exact-plain"), verdicts("exact-near"));
+        for (label, what, verdicts) in [
+            ("ordinary", "PUT with no milestone", ordinary_verdicts),
+            ("near", "PUT inside a milestone's margin", near_verdicts),
+        ] {
+            let over = if label == "near" {
+                " over the hits on the exact path"
+            } else {
+                ""
+            };
+            self.report.figure(
+                format!("exact: {what}, merger up, 1 object (median of {rounds})"),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms{over} (p99 of each round: {} ms); {verdicts}",
+                    median(&series(&p50, label)),
+                    median(&series(&p99, label)),
+                    each(&series(&p99, label)),
+                ),
+            );
+        }
+        self.report.ratio(
+            "exact",
+            "exact path: PUT p99 inside a milestone's margin / ordinary hits (medians)",
+            ratio(
+                median(&series(&p99, "near")),
+                median(&series(&p99, "ordinary")),
+            ),
+            Target::AtMost(2.0),
+        );
+
+        let all_ms = down.latencies(|_| true);
+        let waited_ms = to_f64(WAITED_MS);
+        let full_ms = to_f64(EXACT_WAIT_MS) * 0.95;
+        let window = Duration::from_millis(SYNC_TIMEOUT_MS);
+        let waits = Waits::count(&down.hits, stopped_at, window, waited_ms, full_ms);
+        let first_at_once = down
+            .hits
+            .iter()
+            .filter(|h| h.ms <= waited_ms)
+            .map(|h| h.sent.saturating_duration_since(stopped_at))
+            .min()
+            .map_or("none answered".to_owned(), |d| {
+                format!("the first sent {:.1} s after the stop", d.as_secs_f64())
+            });
+        self.report.figure(
+            format!(
+                "exact: PUT inside a milestone's margin, merger stopped (SIGSTOP, {} s), 1 object",
+                span.as_secs()
+            ),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms; {}",
+                percentile(&all_ms, 50),
+                percentile(&all_ms, 99),
+                down.verdicts()
+            ),
+        );
+        self.report.figure(
+            format!(
+                "exact, merger stopped: hits answered within {WAITED_MS} ms (a quarter of EXACT_WAIT_MS={EXACT_WAIT_MS}) / later"
+            ),
+            format!(
+                "{} ({first_at_once}) / {} waited, {} of them {full_ms:.0} ms or more",
+                down.acked() - waits.waited,
+                waits.waited,
+                waits.waited_full
+            ),
+        );
+        self.report.figure(
+            format!(
+                "exact, merger stopped: hits that waited, sent once SYNC_TIMEOUT_MS={SYNC_TIMEOUT_MS} had passed"
+            ),
+            format!(
+                "{} in {} window(s) of {SYNC_TIMEOUT_MS} ms, 1 object",
+                waits.waited_later, waits.later_windows
+            ),
+        );
+        self.report.ratio(
+            "exact_stopped_waits",
+            format!(
+                "exact path, merger stopped: hits waiting > {WAITED_MS} ms per object per SYNC_TIMEOUT_MS, after the first"
+            ),
+            if waits.later_windows == 0 {
+                f64::NAN
+            } else {
+                ratio(to_f64(waits.waited_later), to_f64(waits.later_windows))
+            },
+            Target::AtMost(1.0),
+        );
+        runs.push((stopped_id.to_owned(), down));
+
+        // Every hit answered, the paths taken as the milestones say; then the merger holds
+        // exactly what was acknowledged.
+        let unclean: Vec<String> = runs
+            .iter()
+            .filter(|(_, run)| !run.clean())
+            .map(|(id, run)| {
+                format!(
+                    "{id}: non-2xx {:?}, {} hit(s) with no answer",
+                    run.statuses, run.unknown
+                )
+            })
+            .collect();
+        let answered: u64 = runs.iter().map(|(_, run)| run.acked()).sum();
+        self.report.check(
+            unclean.is_empty(),
+            format!(
+                "exact: {answered} hits in {} runs answered 2xx{}",
+                runs.len(),
+                if unclean.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", unclean.join("; "))
+                }
+            ),
+        );
+        for (id, run) in &runs {
+            for failure in &run.shown {
+                self.report.note(format!("exact {id}: {failure}"));
+            }
+            let e = expected.entry(id.clone()).or_default();
+            e.0 += run.acked();
+            e.1 += run.acked() + run.unknown;
+        }
+        self.report.check(
+            ordinary_verdicts.told() == 0,
+            format!(
+                "exact: hits on counters with no milestone are off the exact path ({ordinary_verdicts})"
+            ),
+        );
+        self.report.check(
+            near_verdicts.told() * 2 >= near_verdicts.told() + near_verdicts.none
+                && near_verdicts.told() > 0,
+            format!(
+                "exact: hits inside a milestone's margin, merger up, take the exact path ({near_verdicts})"
+            ),
+        );
+        let acked: u64 = expected.values().map(|e| e.0).sum();
+        let outcome = self.settle_merger("exact-", &expected).await?;
+        self.report.check(
+            outcome.is_ok(),
+            format!(
+                "exact: the merger holds exactly the {acked} acknowledged hits on {} counters{}",
+                expected.len(),
+                match &outcome {
+                    Ok(_) => format!(
+                        " ({:.1} s after the merger resumed)",
+                        resumed.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => format!(": {e}"),
+                }
+            ),
+        );
+        Ok(())
+    }
+
+    /// Registers [`MILESTONES`] milestones on `id` at the merger, one every
+    /// [`MILESTONE_SPACING`] hits after its first [`WARM_HITS`].
+    async fn register_milestones(&self, id: &str) -> Result<(), Error> {
+        let url = format!("{}/v1/counters/{id}/milestones", self.merger.url);
+        for k in 1..=MILESTONES {
+            let n = WARM_HITS + k * MILESTONE_SPACING;
+            let body = serde_json::json!({"n": n, "label": format!("bench {n}")});
+            let response = self
+                .http
+                .post(&url)
+                .bearer_auth(ADMIN_TOKEN)
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| format!("POST {url}: {e}"))?;
+            let status = response.status();
+            if status != reqwest::StatusCode::CREATED {
+                let text = response.text().await.unwrap_or_default();
+                return Err(format!("POST {url} (n {n}) answered {status}: {text}").into());
+            }
+        }
         Ok(())
     }
 
