@@ -406,6 +406,9 @@ impl CommitTask {
         let at = now();
         let (replicas, slots) = self.rows_to_write(batch, at);
         let committed = self.store.commit(&replicas, &slots).await?;
+        for (id, _) in &committed.decided {
+            self.db.milestone_lists.changed(id);
+        }
         if !committed.news.is_empty() {
             self.db.news.post(at, &committed.news);
         }

@@ -266,7 +266,10 @@ impl Merger {
         metrics
             .replicas
             .set(i64::try_from(store.replica_count().await?).unwrap_or(i64::MAX));
-        let db = Arc::new(Db::new(config.cache_counters, metrics.cache.clone()));
+        let db = Arc::new(
+            Db::new(config.cache_counters, metrics.cache.clone())
+                .counting_views(metrics.view_hits.clone(), metrics.view_misses.clone()),
+        );
         info!(
             backend = store.backend(),
             cache_counters = config.cache_counters,

@@ -315,12 +315,12 @@ impl Default for Metrics {
         );
         registry.register(
             "view_cache_hits",
-            "Public presence and unique reads answered from memory",
+            "Public presence, unique and milestone list reads answered from memory",
             m.view_hits.clone(),
         );
         registry.register(
             "view_cache_misses",
-            "Public presence and unique reads that asked the store",
+            "Public presence, unique and milestone list reads that asked the store",
             m.view_misses.clone(),
         );
         registry.register(

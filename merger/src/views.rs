@@ -1,12 +1,14 @@
-//! [`ViewCache`]: the public reads of viewers now and unique visitors, from memory.
+//! [`ViewCache`]: the public reads of viewers now, unique visitors and milestone lists, from
+//! memory.
 //!
-//! `GET /v1/presence/{id}` and `GET /v1/unique/{id}` are open to anyone (without
-//! `--private-reads`), and each used to query the store. Their answers are kept here for
+//! `GET /v1/presence/{id}`, `GET /v1/unique/{id}` and `GET /v1/counters/{id}/milestones` are
+//! open to anyone (without `--private-reads`), and each used to query the store. Their answers are kept here for
 //! [`VIEW_TTL`] (one second, as the edge's isolate cache keeps a count), at most
 //! `--cache-counters` of each (oldest out first), so a popular id costs the store one query a
-//! second and a flood of random ids costs a bounded amount of memory. A report or sketch merge
-//! through this merger drops the entries it changes, so its own writes show at once; another
-//! merger's show within [`VIEW_TTL`].
+//! second and a flood of random ids costs a bounded amount of memory. A report, sketch merge,
+//! milestone registration or cancel, or a commit deciding a milestone, through this merger
+//! drops the entries it changes, so its own writes show at once; another merger's show within
+//! [`VIEW_TTL`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

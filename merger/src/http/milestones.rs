@@ -188,13 +188,16 @@ pub async fn add(
 /// Posts counter `id`'s news on this merger's board after a registration or a cancel, so
 /// that reads tell the edge at once (a failure only delays that to the next commit).
 async fn post_news(app: &AppState, id: &str) {
+    app.db.milestone_lists.changed(id);
     match app.store.milestones(id).await {
         Ok(list) => app.db.news.post_list(id, &list, now()),
         Err(e) => tracing::warn!(error = %e, counter = id, "milestone news not posted"),
     }
 }
 
-/// `GET /v1/counters/{id}/milestones`.
+/// `GET /v1/counters/{id}/milestones`: the list from memory for a second (bounded, as the
+/// presence and unique views: [`crate::views`]); this merger's registrations, cancels and
+/// decisions show at once, another merger's within the second.
 #[utoipa::path(
     get,
     path = "/v1/{namespace}/{id}/milestones",
@@ -221,7 +224,16 @@ pub async fn list(
     Path((namespace, id)): Path<(String, String)>,
 ) -> Result<Json<Milestones>, AppError> {
     let key = counter_of(&namespace, id)?;
-    let milestones = app.store.milestones(key.id()).await?;
+    let lists = &app.db.milestone_lists;
+    let milestones = match lists.get(key.id()) {
+        Some(list) => list,
+        None => {
+            let asked = std::time::Instant::now();
+            let list = app.store.milestones(key.id()).await?;
+            lists.put(key.id().to_owned(), list.clone(), asked);
+            list
+        }
+    };
     let counted = app.load(std::slice::from_ref(&key)).await?;
     Ok(Json(Milestones {
         id: key.id().to_owned(),

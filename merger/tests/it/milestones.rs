@@ -426,6 +426,43 @@ async fn milestones_over_http_register_decide_and_resolve_receipts() {
     );
 }
 
+#[tokio::test]
+async fn public_milestone_lists_come_from_memory_and_show_this_mergers_changes_at_once() {
+    // Fails on the code before: every list read queried the store (no view cache).
+    let t = admin().await;
+    t.sync(&sync_body(1, "eu", &[("home", "g", 3, 0)])).await;
+    let (status, body) = register(&t, "home", json!({"n": 5})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let misses_before = t.metric("tally_view_cache_misses_total").await;
+    for _ in 0..50 {
+        let (status, list) = t.get("/v1/counters/home/milestones").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["milestones"][0]["status"], "pending", "{list}");
+    }
+    // One store query per second: the 50 reads take a few ms here.
+    let misses = t.metric("tally_view_cache_misses_total").await - misses_before;
+    assert!((1.0..=5.0).contains(&misses), "{misses} store queries");
+    // A commit that decides it, a registration and a cancel through this merger show at once.
+    t.sync(&sync_body(2, "us", &[("home", "g", 3, 0)])).await;
+    let (_, list) = t.get("/v1/counters/home/milestones").await;
+    assert_eq!(list["milestones"][0]["status"], "won", "{list}");
+    assert_eq!(list["count"], 6);
+    let (status, body) = register(&t, "home", json!({"n": 9})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, list) = t.get("/v1/counters/home/milestones").await;
+    assert_eq!(list["milestones"][1]["n"], 9, "{list}");
+    let (status, _) = t
+        .send(delete("/v1/counters/home/milestones/9", Some(ADMIN)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = t.get("/v1/counters/home/milestones").await;
+    assert_eq!(
+        list["milestones"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+}
+
 /// The edge's exact path hears a counter's milestones in its sync answers: the next pending,
 /// those won lately (in every answer for a minute, a repeated sync's too), and a winner's
 /// visitor key is kept from the visits its sync carried.
