@@ -77,6 +77,13 @@ pub struct Config {
     #[arg(long, env = "TALLY_SKETCH_DAYS", default_value_t = 90)]
     pub sketch_days: u32,
 
+    /// Days the row of a retired replica incarnation is kept (one per edge object and
+    /// rotation, daily by default): rows retired longer ago are deleted at the presence prune
+    /// interval (0 keeps them forever). A late sync of a deleted one still counts nothing: its
+    /// slots are in its object's carries. Replicas retired before carries keep their row.
+    #[arg(long, env = "TALLY_RETIRED_REPLICA_DAYS", default_value_t = 7)]
+    pub retired_replica_days: u32,
+
     /// Where milestone winners are announced: each winner is POSTed here as JSON, signed
     /// (`Tally-Signature`, HMAC-SHA256 with `--webhook-secret`), retried with backoff until a
     /// 2xx answer (docs/milestones.md). Without it winners are only read from the API.

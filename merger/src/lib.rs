@@ -297,7 +297,10 @@ impl Merger {
             Arc::clone(&store),
             Arc::clone(&metrics),
             config.presence_prune_interval,
-            config.sketch_days,
+            presence::Keep {
+                sketch_days: config.sketch_days,
+                retired_replica_days: config.retired_replica_days,
+            },
             stopped.clone(),
         ));
         if let Some(webhook) = webhook {

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub presence_pruned: Counter,
     /// Daily sketches deleted past `--sketch-days`.
     pub sketches_pruned: Counter,
+    /// Rows of retired replicas deleted past `--retired-replica-days`.
+    pub replicas_pruned: Counter,
     /// Milestone announcements to the webhook by outcome (`ok`, `failed`).
     pub announcements: Family<Outcome, Counter>,
     /// Counters answered by batch reads.
@@ -158,6 +160,7 @@ impl Default for Metrics {
             sketch_reads: Family::default(),
             presence_pruned: Counter::default(),
             sketches_pruned: Counter::default(),
+            replicas_pruned: Counter::default(),
             announcements: Family::default(),
             counters_read: Counter::default(),
             counters_rejected: Family::default(),
@@ -223,6 +226,11 @@ impl Default for Metrics {
             "sketches_pruned",
             "Daily unique-visitor sketches deleted past --sketch-days",
             m.sketches_pruned.clone(),
+        );
+        registry.register(
+            "replicas_pruned",
+            "Rows of retired replica incarnations deleted past --retired-replica-days",
+            m.replicas_pruned.clone(),
         );
         registry.register(
             "announcements",

@@ -860,7 +860,10 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// Writes one batch in one transaction: replica metadata (the region of a replica's
-    /// first sync is kept; `last_sync` takes the max), the carries the slots bring
+    /// first sync is kept; `last_sync` takes the max; a replica the store does not know that a
+    /// carry of its object holds, in some counter, is registered retired: its object retired
+    /// a later generation, and its row was pruned ([`prune_replicas`](Store::prune_replicas))),
+    /// the carries the slots bring
     /// ([`batch_carries`], merged column by column with max, the slots they hold deleted),
     /// and slots merged with max (a slot of zero, or in a carry, is not written). Slots may
     /// arrive in any order and name counters the store has not seen yet. Slots (and carries)
@@ -944,6 +947,15 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Replica incarnations alive (not retired).
     async fn replica_count(&self) -> Result<u64, StoreError>;
+
+    /// Deletes the rows of at most `limit` replicas retired before `before` into their
+    /// objects' carries: never one retired into a region base before carries (`kept`, whose
+    /// row is what keeps its late syncs out), nor one whose id a slot, a folded replica or an
+    /// import still names. A late sync of a deleted one counts nothing: its slots are in its
+    /// object's carries, so [`commit`](Store::commit) does not write them, and registers it
+    /// retired again. Returns how many it deleted: call again until it deletes fewer than
+    /// `limit`.
+    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// Counters stored of `kind` (for metrics).
     async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError>;

@@ -156,6 +156,31 @@ const UPSERT_REPLICAS: &str = "\
         last_sync = GREATEST(replicas.last_sync, excluded.last_sync) \
     RETURNING replica, region, (xmax = 0) AS inserted, retired_at IS NOT NULL AS retired";
 
+/// Marks retired the replicas of the arrays (`replica`, its object column, its generation;
+/// each just registered by this transaction, so their rows are locked already) that a carry of
+/// their object holds, in some counter: the object retired a later generation, so they were
+/// retired, and their row was pruned ([`Store::prune_replicas`]); a late sync of one is then
+/// ignored as it was before. One probe of `carries_by_object` each. Answers the ids marked.
+const REGISTER_CARRIED_RETIRED: &str = "\
+    UPDATE replicas r SET retired_at = r.last_sync \
+    FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(replica, object, generation) \
+    WHERE r.replica = u.replica AND r.retired_at IS NULL \
+        AND EXISTS (SELECT 1 FROM carries x \
+            WHERE x.object = u.object AND x.through > u.generation) \
+    RETURNING r.replica";
+
+/// [`Store::prune_replicas`]: `$1` the time, `$2` the limit. `SKIP LOCKED` leaves a row a
+/// commit or a retirement holds (it waits for the next pass), so pruning never waits on one,
+/// and two mergers pruning at once take different rows.
+const PRUNE_REPLICAS: &str = "\
+    DELETE FROM replicas WHERE id IN ( \
+        SELECT r.id FROM replicas r \
+        WHERE r.retired_at IS NOT NULL AND NOT r.kept AND r.retired_at < $1 \
+            AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.replica = r.id) \
+            AND NOT EXISTS (SELECT 1 FROM folded f WHERE f.replica = r.id) \
+            AND NOT EXISTS (SELECT 1 FROM imports i WHERE i.replica = r.id) \
+        LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
 /// Deletes the slots that carries hold, each row of the arrays an object's incarnations
 /// `first..=last` (a text range of `replicas.replica`) of one counter, locked in (counter,
 /// replica) order.
@@ -825,6 +850,15 @@ impl Store for PostgresStore {
         super::counters_of(&rows)
     }
 
+    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(PRUNE_REPLICAS)
+            .bind(before.unix_ms())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn replica_count(&self) -> Result<u64, StoreError> {
         let count: i64 =
             sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
@@ -1164,12 +1198,29 @@ async fn upsert_replicas(
         .bind(last)
         .fetch_all(&mut **tx)
         .await?;
+    let mut inserted: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
     for row in &rows {
         let replica = replica_of("replicas", row.try_get("replica")?)?;
         committed.regions.push((replica, row.try_get("region")?));
-        committed.new_replicas |= row.try_get::<bool, _>("inserted")?;
+        if row.try_get::<bool, _>("inserted")? {
+            inserted.0.push(replica.to_string());
+            inserted.1.push(super::object_column(replica.object()));
+            inserted.2.push(i64::from(replica.generation()));
+        }
         if row.try_get::<bool, _>("retired")? {
             committed.retired.push(replica);
+        }
+    }
+    committed.new_replicas = !inserted.0.is_empty();
+    if committed.new_replicas {
+        let carried: Vec<String> = sqlx::query_scalar(REGISTER_CARRIED_RETIRED)
+            .bind(inserted.0)
+            .bind(inserted.1)
+            .bind(inserted.2)
+            .fetch_all(&mut **tx)
+            .await?;
+        for text in &carried {
+            committed.retired.push(replica_of("replicas", text)?);
         }
     }
     Ok(committed)

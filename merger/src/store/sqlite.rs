@@ -136,6 +136,29 @@ const DELETE_CARRIED_SLOTS: &str = "\
             AND r.replica <= x.object || printf('%08x', x.through - 1) \
         WHERE x.through > 0)";
 
+/// Marks retired the replicas of `?1` (`[replica, object column, generation]` rows, each just
+/// registered) that a carry of their object holds, in some counter: the object retired a
+/// later generation, so they were retired, and their row was pruned
+/// ([`Store::prune_replicas`]); a late sync of one is then ignored as it was before. One
+/// probe of `carries_by_object` each.
+const REGISTER_CARRIED_RETIRED: &str = "\
+    UPDATE replicas SET retired_at = last_sync \
+    WHERE retired_at IS NULL AND replica IN ( \
+        SELECT j.value ->> 0 FROM json_each(?1) AS j \
+        WHERE EXISTS (SELECT 1 FROM carries x \
+            WHERE x.object = j.value ->> 1 AND x.through > j.value ->> 2))";
+
+/// [`Store::prune_replicas`]: `?1` the time, `?2` the limit. The first three conditions are
+/// the partial index's (`replicas_by_retirement`), as SQLite wants them to use it.
+const PRUNE_REPLICAS: &str = "\
+    DELETE FROM replicas WHERE id IN ( \
+        SELECT r.id FROM replicas r \
+        WHERE r.retired_at IS NOT NULL AND r.kept = 0 AND r.retired_at < ?1 \
+            AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.replica = r.id) \
+            AND NOT EXISTS (SELECT 1 FROM folded f WHERE f.replica = r.id) \
+            AND NOT EXISTS (SELECT 1 FROM imports i WHERE i.replica = r.id) \
+        LIMIT ?2)";
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -159,15 +182,33 @@ impl Store for SqliteStore {
                 .map(|r| (r.replica.to_string(), r.region.as_str(), r.at.unix_ms()))
                 .collect();
             let rows = json_rows(&rows);
-            let inserted = sqlx::query(
+            let inserted: Vec<String> = sqlx::query_scalar(
                 "INSERT INTO replicas (replica, region, first_sync, last_sync) \
                  SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 2 \
-                 FROM json_each(?1) AS j WHERE true ON CONFLICT (replica) DO NOTHING",
+                 FROM json_each(?1) AS j WHERE true ON CONFLICT (replica) DO NOTHING \
+                 RETURNING replica",
             )
             .bind(&rows)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            committed.new_replicas = inserted.rows_affected() > 0;
+            committed.new_replicas = !inserted.is_empty();
+            if committed.new_replicas {
+                let inserted = inserted
+                    .iter()
+                    .map(|text| {
+                        let replica = replica_of("replicas", text)?;
+                        Ok((
+                            text.as_str(),
+                            super::object_column(replica.object()),
+                            replica.generation(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                sqlx::query(REGISTER_CARRIED_RETIRED)
+                    .bind(json_rows(&inserted))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let recorded = sqlx::query(
                 "UPDATE replicas SET last_sync = max(last_sync, j.value ->> 2) \
                  FROM json_each(?1) AS j WHERE replicas.replica = j.value ->> 0 \
@@ -670,6 +711,15 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         super::counters_of(&rows)
+    }
+
+    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(PRUNE_REPLICAS)
+            .bind(before.unix_ms())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn replica_count(&self) -> Result<u64, StoreError> {

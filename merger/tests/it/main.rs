@@ -20,6 +20,7 @@ mod postgres_store;
 mod presence_unique;
 mod read;
 mod regions;
+mod replica_pruning;
 mod reset;
 mod retire;
 mod versions;
