@@ -52,7 +52,10 @@ struct Fold {
 
 /// Incarnation `generation` of object `object`.
 fn id(object: u8, generation: u32) -> ReplicaId {
-    ReplicaId::lineage(ReplicaId::from_u128((u128::from(object) + 1) << 32), generation)
+    ReplicaId::lineage(
+        ReplicaId::from_u128((u128::from(object) + 1) << 32),
+        generation,
+    )
 }
 
 fuzz_target!(|input: Input| {
@@ -92,7 +95,10 @@ fuzz_target!(|input: Input| {
                     incarnation[i] += 1;
                     carried[i].p += u128::from(last.p);
                     carried[i].n += u128::from(last.n);
-                    assert_eq!(carry.totals, carried[i], "the store's carry is the object's");
+                    assert_eq!(
+                        carry.totals, carried[i],
+                        "the store's carry is the object's"
+                    );
                     folds.push(Fold {
                         at: states.len(),
                         object: object_id,

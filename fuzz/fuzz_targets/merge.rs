@@ -9,14 +9,17 @@
 //! - building by `collect`, by `merge_slot` one by one, or by JSON round trip gives one state;
 //! - `delta_since` carries exactly what a merge needs;
 //! - `increment`/`decrement` that would pass `u64::MAX` return `SlotOverflow` and change
-//!   nothing; the ones that fit add exactly.
+//!   nothing; the ones that fit add exactly;
+//! - the counters agree with `CounterState` (the lattice the edge and the merger run): a
+//!   state built from the same slots with `CounterState::merge_slot`, and joined with
+//!   `CounterState::join`, holds the same slots and the same value as the merged counter.
 #![no_main]
 
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tally_crdt::{Error, GCounter, PNCounter, ReplicaId, SlotTotals};
+use tally_crdt::{CounterState, Error, GCounter, PNCounter, Region, ReplicaId, SlotTotals};
 
 /// A slot total: mostly small or near `u64::MAX`, sometimes anything.
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -78,6 +81,55 @@ fn union(a: &BTreeMap<ReplicaId, u64>, b: &BTreeMap<ReplicaId, u64>) -> BTreeMap
 
 fn sum(m: &BTreeMap<ReplicaId, u64>) -> u128 {
     m.values().map(|&v| u128::from(v)).sum()
+}
+
+/// The lattice state of these slot totals, built with `CounterState::merge_slot`.
+fn lattice(slots: impl IntoIterator<Item = (ReplicaId, SlotTotals)>) -> CounterState {
+    let region = Region::from("eu");
+    let mut state = CounterState::new();
+    for (replica, totals) in slots {
+        state.merge_slot(replica, &region, totals);
+    }
+    state
+}
+
+/// Checks a counter's slot totals against a lattice state built on its own from the same
+/// slots: the same non-zero slot totals (the region aside).
+fn assert_agrees(slots: Vec<(ReplicaId, SlotTotals)>, lattice: &CounterState) {
+    let held: Vec<(ReplicaId, SlotTotals)> = lattice
+        .slots()
+        .iter()
+        .map(|(r, slot)| (*r, slot.totals))
+        .filter(|(_, t)| *t != SlotTotals::default())
+        .collect();
+    let slots: Vec<(ReplicaId, SlotTotals)> = slots
+        .into_iter()
+        .filter(|(_, t)| *t != SlotTotals::default())
+        .collect();
+    assert_eq!(slots, held, "a counter's merge holds the lattice's slots");
+}
+
+/// A G-Counter's slots as slot totals.
+fn g_totals(c: &GCounter) -> Vec<(ReplicaId, SlotTotals)> {
+    c.iter().map(|(r, p)| (r, SlotTotals { p, n: 0 })).collect()
+}
+
+/// A PN-Counter's slots as slot totals, by replica.
+fn pn_totals(c: &PNCounter) -> Vec<(ReplicaId, SlotTotals)> {
+    let replicas: std::collections::BTreeSet<ReplicaId> = c
+        .increments()
+        .iter()
+        .chain(c.decrements().iter())
+        .map(|(r, _)| r)
+        .collect();
+    replicas.into_iter().map(|r| (r, c.get(r))).collect()
+}
+
+/// `p - n` of a lattice state's value.
+fn signed(state: &CounterState) -> i128 {
+    let v = state.value();
+    i128::try_from(v.p).expect("fewer than 2^63 slots")
+        - i128::try_from(v.n).expect("fewer than 2^63 slots")
 }
 
 fn merged<T: Clone>(a: &T, b: &T, merge: impl Fn(&mut T, &T)) -> T {
@@ -145,6 +197,23 @@ fn check_g(input: &Input) {
     assert_matches_model(&ab, &union(&models[0], &models[1]));
     let abc = merged(&ab, c, m);
     assert_matches_model(&abc, &union(&union(&models[0], &models[1]), &models[2]));
+    // The counter's merge is the lattice's join.
+    let g_slots = |i: usize| {
+        input.g[i]
+            .iter()
+            .map(|&(r, t)| (r.id(), SlotTotals { p: t.get(), n: 0 }))
+    };
+    let mut l = lattice(g_slots(0));
+    l.join(&lattice(g_slots(1)));
+    assert_agrees(g_totals(&ab), &l);
+    assert_eq!(
+        (ab.value(), 0),
+        (l.value().p, l.value().n),
+        "merge's value is the join's"
+    );
+    l.join(&lattice(g_slots(2)));
+    assert_agrees(g_totals(&abc), &l);
+    assert_eq!(abc.value(), l.value().p, "merge's value is the join's");
     // A delta carries what the merge needs, and only slots that moved.
     let delta = b.delta_since(a);
     assert_eq!(merged(a, &delta, m), ab, "a ∪ (b - a) = a ∪ b");
@@ -222,6 +291,23 @@ fn check_pn(input: &Input) {
     let (p, n) = (union(&union(&p0, &p1), &p2), union(&union(&n0, &n1), &n2));
     assert_matches_model(abc.increments(), &p);
     assert_matches_model(abc.decrements(), &n);
+    // The counter's merge is the lattice's join.
+    let pn_slots = |i: usize| {
+        input.pn[i].iter().map(|&(r, p, n)| {
+            let totals = SlotTotals {
+                p: p.get(),
+                n: n.get(),
+            };
+            (r.id(), totals)
+        })
+    };
+    let mut l = lattice(pn_slots(0));
+    l.join(&lattice(pn_slots(1)));
+    assert_agrees(pn_totals(&ab), &l);
+    assert_eq!(ab.value(), signed(&l), "merge's value is the join's");
+    l.join(&lattice(pn_slots(2)));
+    assert_agrees(pn_totals(&abc), &l);
+    assert_eq!(abc.value(), signed(&l), "merge's value is the join's");
 
     let (r, by) = (input.decrement.0.id(), input.decrement.1.get());
     let mut x = abc.clone();

@@ -3,13 +3,18 @@
 //! value; the copies are made outside the timed part for both libraries (`crdts` takes the
 //! other state by value, so it also gets its copy for free).
 //!
-//! `cargo bench -p tally-crdt --bench merge`; figures in docs/benchmarks.md.
+//! `counter_state_join_value` times the same work on `CounterState`, the lattice the edge and
+//! the merger run, as the merger holds it (slots in three regions): what `GCounter` and
+//! `PNCounter` would cost as views over it.
+//!
+//! `cargo bench -p tally-crdt --bench merge` (`-- --quick` for a short run); figures in
+//! docs/benchmarks.md.
 
 use std::hint::black_box;
 
 use crdts::{CmRDT, CvRDT};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use tally_crdt::{GCounter, PNCounter, ReplicaId};
+use tally_crdt::{CounterState, GCounter, PNCounter, Region, ReplicaId, SlotTotals};
 
 const SIZES: [u64; 3] = [8, 64, 1024];
 
@@ -70,6 +75,18 @@ fn crdts_pn(slots: &[(u64, u64)]) -> crdts::PNCounter<u64> {
     for &(r, v) in slots {
         c.apply(c.inc_many(r, v));
         c.apply(c.dec_many(r, v / 3));
+    }
+    c
+}
+
+/// The lattice state of the PN slots of `tally_pn`, spread over three regions.
+fn tally_state(slots: &[(u64, u64)]) -> CounterState {
+    let regions: [Region; 3] = ["eu".into(), "us".into(), "ap".into()];
+    let mut c = CounterState::new();
+    for &(r, v) in slots {
+        let id = ReplicaId::from_u128(u128::from(r) + 1);
+        let region = &regions[usize::try_from(r % 3).expect("0..3 is a usize")];
+        c.merge_slot(id, region, SlotTotals { p: v, n: v / 3 });
     }
     c
 }
@@ -136,5 +153,30 @@ fn pncounter(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gcounter, pncounter);
+fn counter_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("counter_state_join_value");
+    for n in SIZES {
+        let (a, b) = pair(n);
+        let (sa, sb) = (tally_state(&a), tally_state(&b));
+        let v = sa.value();
+        assert_eq!(
+            i128::try_from(v.p).unwrap() - i128::try_from(v.n).unwrap(),
+            tally_pn(&a).value(),
+            "the lattice counts what the PN-Counter does"
+        );
+        group.bench_with_input(BenchmarkId::new("tally", n), &n, |bench, _| {
+            bench.iter_batched(
+                || sa.clone(),
+                |mut x| {
+                    x.join(black_box(&sb));
+                    x.value()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gcounter, pncounter, counter_state);
 criterion_main!(benches);

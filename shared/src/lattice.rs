@@ -42,6 +42,7 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::{GlobalTotals, ReplicaId, SlotTotals, Timestamp};
@@ -319,13 +320,32 @@ impl CounterState {
     }
 
     /// Per region that has a slot, a carry or a base, their sums.
+    ///
+    /// A run of slots sharing one region (as a view's all do) is summed before its region is
+    /// looked up, so a slot costs no count of its region's references.
     fn sums_of_parts(&self) -> BTreeMap<Region, GlobalTotals> {
         let mut sums: BTreeMap<Region, GlobalTotals> = BTreeMap::new();
+        let mut run: Option<(&Region, GlobalTotals)> = None;
         for slot in self.slots.values() {
-            let sum = sums.entry(Arc::clone(&slot.region)).or_default();
+            let sum = match &mut run {
+                Some((region, sum)) if Arc::ptr_eq(region, &slot.region) => sum,
+                _ => {
+                    if let Some((region, done)) = run.take() {
+                        let sum = sums.entry(Arc::clone(region)).or_default();
+                        sum.p += done.p;
+                        sum.n += done.n;
+                    }
+                    &mut run.insert((&slot.region, GlobalTotals::default())).1
+                }
+            };
             // Sums of u64 slots: a u128 overflows only past 2^64 slots.
             sum.p += u128::from(slot.totals.p);
             sum.n += u128::from(slot.totals.n);
+        }
+        if let Some((region, done)) = run {
+            let sum = sums.entry(Arc::clone(region)).or_default();
+            sum.p += done.p;
+            sum.n += done.n;
         }
         for carry in self.carries.values() {
             let sum = sums.entry(Arc::clone(&carry.region)).or_default();
@@ -367,12 +387,35 @@ impl CounterState {
         if dropped {
             self.drop_retired_slots();
         }
-        for (replica, slot) in &other.slots {
-            if !self.is_retired(*replica) {
-                self.join_slot(*replica, Arc::clone(&slot.region), slot.totals);
+        self.join_slots(&other.slots);
+        self.recompute();
+    }
+
+    /// Joins `other`'s slots in by max, leaving out the retired ones: what
+    /// [`join_slot`](Self::join_slot) per slot would do, as one walk over both sorted maps,
+    /// so the slots both hold (a merger's steady state: fresher copies of the same replicas)
+    /// are raised in place without a search of the tree each, and only the new ones are
+    /// inserted.
+    fn join_slots(&mut self, other: &BTreeMap<ReplicaId, Slot>) {
+        let (retired, carries) = (&self.retired, &self.carries);
+        let mut new: Vec<(ReplicaId, &Slot)> = Vec::new();
+        let mut theirs = other.iter().peekable();
+        for (replica, held) in &mut self.slots {
+            while let Some((r, slot)) = theirs.next_if(|(r, _)| *r < replica) {
+                new.push((*r, slot));
+            }
+            if let Some((_, slot)) = theirs.next_if(|(r, _)| *r == replica)
+                && !folded(retired, carries, *replica)
+            {
+                held.totals = held.totals.join(slot.totals);
             }
         }
-        self.recompute();
+        new.extend(theirs.map(|(r, slot)| (*r, slot)));
+        for (replica, slot) in new {
+            if !self.is_retired(replica) {
+                self.join_slot(replica, Arc::clone(&slot.region), slot.totals);
+            }
+        }
     }
 
     /// Merges one slot of `replica` (of `region`, if the replica is new here) by max, as a

@@ -1,12 +1,20 @@
 //! The CRDT laws, checked by proptest on arbitrary counters: merge is a join
 //! (commutative, associative, idempotent, monotone), deltas are as good as full states, and
 //! counts survive any interleaving, duplication and staleness of what replicas exchange.
+//!
+//! `GCounter` and `PNCounter` keep their own flat representation (a merge of a few 24-byte
+//! slots, several times faster than `CounterState`'s tree), but they are held to
+//! `CounterState`, the lattice the edge and the merger run (its own laws are in `lattice.rs`):
+//! the `*_agrees_with_counter_state` laws check that what they do is what that lattice does
+//! with the same slots, built independently here with `CounterState::merge_slot` — merge is
+//! `CounterState::join`, value is `CounterState::value`, an increment is a `merge_slot` of the
+//! raised total.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tally_crdt::{GCounter, PNCounter, ReplicaId, SlotTotals};
+use tally_crdt::{CounterState, GCounter, PNCounter, Region, ReplicaId, SlotTotals};
 
 /// Few replica ids, so arbitrary counters share slots; totals across the whole u64 range,
 /// with a bias towards the extremes.
@@ -19,17 +27,31 @@ fn slots() -> impl Strategy<Value = Vec<(u8, u64)>> {
 }
 
 fn gcounter() -> impl Strategy<Value = GCounter> {
-    slots().prop_map(|s| s.into_iter().map(|(r, v)| (rid(r), v)).collect())
+    slots().prop_map(|s| g_of(&s))
+}
+
+fn g_of(slots: &[(u8, u64)]) -> GCounter {
+    slots.iter().map(|&(r, v)| (rid(r), v)).collect()
+}
+
+fn pn_slots() -> impl Strategy<Value = Vec<(ReplicaId, SlotTotals)>> {
+    prop::collection::vec((0..12u8, total(), total()), 0..16).prop_map(|s| {
+        s.into_iter()
+            .map(|(r, p, n)| (rid(r), SlotTotals { p, n }))
+            .collect()
+    })
 }
 
 fn pncounter() -> impl Strategy<Value = PNCounter> {
-    prop::collection::vec((0..12u8, total(), total()), 0..16).prop_map(|s| {
-        let mut c = PNCounter::new();
-        for (r, p, n) in s {
-            c.merge_slot(rid(r), SlotTotals { p, n });
-        }
-        c
-    })
+    pn_slots().prop_map(|s| pn_of(&s))
+}
+
+fn pn_of(slots: &[(ReplicaId, SlotTotals)]) -> PNCounter {
+    let mut c = PNCounter::new();
+    for &(r, totals) in slots {
+        c.merge_slot(r, totals);
+    }
+    c
 }
 
 fn rid(r: impl Into<u128>) -> ReplicaId {
@@ -51,6 +73,66 @@ fn merged_pn(a: &PNCounter, b: &PNCounter) -> PNCounter {
     let mut m = a.clone();
     m.merge(b);
     m
+}
+
+/// The lattice state of these slot totals, built with `CounterState`'s own operations (in a
+/// region of its own: a view's slots are in no region, and the value does not depend on it).
+fn lattice(slots: impl IntoIterator<Item = (ReplicaId, SlotTotals)>) -> CounterState {
+    let region = Region::from("eu");
+    let mut state = CounterState::new();
+    for (replica, totals) in slots {
+        state.merge_slot(replica, &region, totals);
+    }
+    state
+}
+
+fn lattice_g(slots: &[(u8, u64)]) -> CounterState {
+    lattice(slots.iter().map(|&(r, p)| (rid(r), SlotTotals { p, n: 0 })))
+}
+
+fn joined(a: &CounterState, b: &CounterState) -> CounterState {
+    let mut m = a.clone();
+    m.join(b);
+    m
+}
+
+/// A state's non-zero slot totals, regions aside.
+fn totals(state: &CounterState) -> Vec<(ReplicaId, SlotTotals)> {
+    state
+        .slots()
+        .iter()
+        .map(|(r, s)| (*r, s.totals))
+        .filter(|(_, t)| *t != SlotTotals::default())
+        .collect()
+}
+
+/// A G-Counter's non-zero slots, as slot totals.
+fn g_totals(c: &GCounter) -> Vec<(ReplicaId, SlotTotals)> {
+    c.iter()
+        .filter(|(_, p)| *p != 0)
+        .map(|(r, p)| (r, SlotTotals { p, n: 0 }))
+        .collect()
+}
+
+/// A PN-Counter's non-zero slots, as slot totals.
+fn pn_totals(c: &PNCounter) -> Vec<(ReplicaId, SlotTotals)> {
+    let replicas: std::collections::BTreeSet<ReplicaId> = c
+        .increments()
+        .iter()
+        .chain(c.decrements().iter())
+        .map(|(r, _)| r)
+        .collect();
+    replicas
+        .into_iter()
+        .map(|r| (r, c.get(r)))
+        .filter(|(_, t)| *t != SlotTotals::default())
+        .collect()
+}
+
+/// `p - n` of a state's value.
+fn signed(state: &CounterState) -> i128 {
+    let v = state.value();
+    i128::try_from(v.p).unwrap() - i128::try_from(v.n).unwrap()
 }
 
 proptest! {
@@ -108,6 +190,63 @@ proptest! {
         let delta = new.delta_since(&old);
         prop_assert!(delta.len() <= new.len());
         prop_assert_eq!(merged(&old, &delta), merged(&old, &new));
+    }
+
+    #[test]
+    fn gcounter_merge_agrees_with_counter_state_join(sa in slots(), sb in slots()) {
+        let (a, b) = (g_of(&sa), g_of(&sb));
+        let (la, lb) = (lattice_g(&sa), lattice_g(&sb));
+        let m = merged(&a, &b);
+        let l = joined(&la, &lb);
+        prop_assert_eq!(m.value(), l.value().p);
+        prop_assert_eq!(l.value().n, 0);
+        prop_assert_eq!(g_totals(&m), totals(&l));
+        prop_assert_eq!(g_totals(&a), totals(&la));
+    }
+
+    #[test]
+    fn gcounter_increments_and_slot_merges_agree_with_counter_state_merge_slot(
+        start in slots(),
+        ops in prop::collection::vec((0..12u8, any::<bool>(), total()), 0..24),
+    ) {
+        let mut view = g_of(&start);
+        let mut state = lattice_g(&start);
+        let region = Region::from("eu");
+        for (r, increment, by) in ops {
+            let r = rid(r);
+            let held = state.slot(r).p;
+            if increment {
+                match held.checked_add(by) {
+                    Some(total) => {
+                        prop_assert_eq!(view.increment(r, by), Ok(total));
+                        state.merge_slot(r, &region, SlotTotals { p: total, n: 0 });
+                    }
+                    None => prop_assert!(view.increment(r, by).is_err()),
+                }
+            } else {
+                let grew = state.merge_slot(r, &region, SlotTotals { p: by, n: 0 });
+                prop_assert_eq!(view.merge_slot(r, by), grew);
+            }
+            prop_assert_eq!(view.value(), state.value().p);
+            prop_assert_eq!(view.get(r), state.slot(r).p);
+        }
+        prop_assert_eq!(g_totals(&view), totals(&state));
+    }
+
+    #[test]
+    fn pncounter_merge_agrees_with_counter_state_join(sa in pn_slots(), sb in pn_slots()) {
+        let (a, b) = (pn_of(&sa), pn_of(&sb));
+        let (la, lb) = (lattice(sa), lattice(sb));
+        let m = merged_pn(&a, &b);
+        let l = joined(&la, &lb);
+        prop_assert_eq!(m.value(), signed(&l));
+        prop_assert_eq!(pn_totals(&m), totals(&l));
+        for (r, t) in totals(&l) {
+            prop_assert_eq!(m.get(r), t);
+        }
+        let (p, n) = (m.increments(), m.decrements());
+        prop_assert_eq!(p.value(), l.value().p);
+        prop_assert_eq!(n.value(), l.value().n);
     }
 
     #[test]

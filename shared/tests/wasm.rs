@@ -2,7 +2,7 @@
 //! `wasm-bindgen-test-runner` (see scripts/test.sh).
 #![cfg(all(target_arch = "wasm32", feature = "wasm"))]
 
-use tally_crdt::wasm::{JsGCounter, JsHyperLogLog, JsPNCounter};
+use tally_crdt::wasm::{JsCounterState, JsGCounter, JsHyperLogLog, JsPNCounter};
 use tally_crdt::{Error, GCounter, HyperLogLog, ReplicaId, SyncRequest};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -45,6 +45,37 @@ fn gcounter_counts_and_merges_on_wasm32() {
     a.merge(&b);
     assert_eq!(a.value_string(), "7");
     assert_eq!(a.get(B).unwrap(), 4);
+}
+
+#[wasm_bindgen_test]
+fn counters_merge_as_the_counter_state_does() {
+    // The same slots in the counters and in the lattice, merged each way: the same values.
+    let (mut g, mut other_g) = (JsGCounter::new(), JsGCounter::new());
+    let (mut pn, mut other_pn) = (JsPNCounter::new(), JsPNCounter::new());
+    let (mut state, mut other_state) = (JsCounterState::new(), JsCounterState::new());
+    g.increment(A, big(u64::MAX)).unwrap();
+    other_g.increment(A, big(5)).unwrap();
+    other_g.increment(B, big(u64::MAX)).unwrap();
+    pn.increment(A, big(u64::MAX)).unwrap();
+    other_pn.increment(A, big(5)).unwrap();
+    other_pn.increment(B, big(u64::MAX)).unwrap();
+    other_pn.decrement(B, big(9)).unwrap();
+    state.merge_slot(A, "eu", big(u64::MAX), big(0)).unwrap();
+    other_state.merge_slot(A, "eu", big(5), big(0)).unwrap();
+    other_state
+        .merge_slot(B, "us", big(u64::MAX), big(0))
+        .unwrap();
+    g.merge(&other_g);
+    state.join(&other_state);
+    assert_eq!(g.value_string(), state.value_string());
+    other_state.merge_slot(B, "us", big(0), big(9)).unwrap();
+    pn.merge(&other_pn);
+    state.join(&other_state);
+    assert_eq!(pn.value_string(), state.value_string());
+    assert_eq!(
+        pn.value_string(),
+        (2 * i128::from(u64::MAX) - 9).to_string()
+    );
 }
 
 #[wasm_bindgen_test]
