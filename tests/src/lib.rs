@@ -348,8 +348,14 @@ impl MergerLaunch {
     /// [`merger_binary`] on `database`, on a port the OS chooses, logging to the test's stderr,
     /// readiness polled every 100 ms.
     pub fn new(database: &str) -> MergerLaunch {
+        MergerLaunch::of(merger_binary(), database)
+    }
+
+    /// `binary` on `database`, otherwise as [`MergerLaunch::new`] (a benchmark's release
+    /// build: the debug build [`merger_binary`] checks need not exist).
+    pub fn of(binary: PathBuf, database: &str) -> MergerLaunch {
         MergerLaunch {
-            binary: merger_binary(),
+            binary,
             database: database.to_owned(),
             port: 0,
             extra: Vec::new(),
@@ -360,8 +366,13 @@ impl MergerLaunch {
 
     /// The SQLite database `tally.db` in `db_dir`.
     pub fn sqlite(db_dir: &Path) -> MergerLaunch {
-        MergerLaunch::new(&format!("sqlite://{}", db_dir.join("tally.db").display()))
+        MergerLaunch::new(&sqlite_url(db_dir))
     }
+}
+
+/// The URL of the SQLite database `tally.db` in `db_dir`.
+fn sqlite_url(db_dir: &Path) -> String {
+    format!("sqlite://{}", db_dir.join("tally.db").display())
 }
 
 /// Longest wait for a merger to listen, and then to answer `/readyz`.
@@ -400,8 +411,7 @@ impl MergerProcess {
         port: u16,
         extra: &[&str],
     ) -> MergerProcess {
-        let mut launch = MergerLaunch::sqlite(db_dir);
-        launch.binary = binary.to_path_buf();
+        let mut launch = MergerLaunch::of(binary.to_path_buf(), &sqlite_url(db_dir));
         launch.port = port;
         launch.extra = extra.iter().map(|&f| f.to_owned()).collect();
         Self::launch(&launch)

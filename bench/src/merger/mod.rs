@@ -234,8 +234,7 @@ impl Bench {
         name: &str,
         extra: &[String],
     ) -> Result<MergerProcess, Error> {
-        let mut launch = MergerLaunch::new(database);
-        launch.binary = self.merger_bin.clone();
+        let mut launch = MergerLaunch::of(self.merger_bin.clone(), database);
         launch.extra = vec!["--durability".to_owned(), "full".to_owned()];
         launch.extra.extend_from_slice(extra);
         launch.log = Some(self.work.join(format!("logs/{name}.log")));
