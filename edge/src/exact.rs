@@ -1,13 +1,15 @@
-//! Who syncs on the exact path, and who waits: one exact sync per counter at a time, and
-//! none while the merger is away.
+//! Who syncs on the exact path, and who waits: at most [`MAX_FLIGHTS`] exact syncs per
+//! counter at a time, and none while the merger is away.
 //!
 //! A hit near a milestone is stored, then waits until the merger has committed its units so
 //! that its answer can tell the verdict ([`crate::milestone`]). Every such hit of a counter
 //! needs the same thing — the counter's own totals committed up to its units — so one sync
-//! serves all the hits stored before it left: while one is in flight, the others wait for it
-//! and look at their verdict when it lands, and one of those still undecided sends the next
-//! (with every hit stored by then). So a counter sends at most one exact sync per round trip,
-//! whatever its rate, and a hit waits for at most two.
+//! serves all the hits stored before it left. A hit stored while one sync of its counter is in
+//! flight sends a second at once (with every hit stored by then), so that it waits one round
+//! trip, not the rest of the first plus its own; a hit stored while two are in flight waits
+//! for one of them to land, looks at its verdict, and if still undecided sends the next. So a
+//! counter sends at most two exact syncs per round trip, whatever its rate, and a hit waits
+//! for at most two.
 //!
 //! With the merger away, waiting helps nobody: after [`AWAY_AFTER`] exact syncs in a row
 //! failed, hits answer `pending` at once for a window of `SYNC_TIMEOUT_MS`; then one hit
@@ -24,6 +26,9 @@ use tally_crdt::{CounterKey, Timestamp};
 /// Exact syncs that failed in a row before the merger counts as away.
 pub const AWAY_AFTER: u32 = 4;
 
+/// Exact syncs of one counter in flight at most.
+pub const MAX_FLIGHTS: u8 = 2;
+
 /// What a hit on the exact path does next.
 #[derive(Debug)]
 pub enum Turn {
@@ -33,8 +38,8 @@ pub enum Turn {
         /// Whether this is the away window's probe.
         probe: bool,
     },
-    /// Another hit's sync of this counter is in flight: wait for it (the receiver resolves,
-    /// with an error, when it lands), then look again.
+    /// [`MAX_FLIGHTS`] syncs of this counter are in flight: wait for one (the receiver
+    /// resolves, with an error, when one lands), then look again.
     Wait(oneshot::Receiver<()>),
     /// The merger is away: answer `pending` now (the hit is counted all the same).
     Away,
@@ -43,14 +48,21 @@ pub enum Turn {
 /// The object's exact syncs in flight, and whether the merger is away.
 #[derive(Debug, Default)]
 pub struct ExactGate {
-    /// Counters with an exact sync in flight, with the hits waiting for it.
-    flights: HashMap<CounterKey, Vec<oneshot::Sender<()>>>,
+    /// Counters with exact syncs in flight.
+    flights: HashMap<CounterKey, Flights>,
     /// Exact syncs failed in a row.
     failures: u32,
     /// While the merger counts as away: until when no hit probes it.
     away_until: Option<Timestamp>,
     /// A probe is in flight (the merger still counts as away meanwhile).
     probing: bool,
+}
+
+/// One counter's exact syncs in flight, and the hits waiting for one to land.
+#[derive(Debug, Default)]
+struct Flights {
+    in_flight: u8,
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl ExactGate {
@@ -61,20 +73,35 @@ impl ExactGate {
                 return Turn::Away;
             }
             self.probing = true;
-            self.flights.insert(key.clone(), Vec::new());
+            self.flights.entry(key.clone()).or_default().in_flight += 1;
             return Turn::Lead { probe: true };
         }
-        if let Some(waiting) = self.flights.get_mut(key) {
-            let (tx, rx) = oneshot::channel();
-            waiting.push(tx);
-            return Turn::Wait(rx);
+        let flights = self.flights.entry(key.clone()).or_default();
+        if flights.in_flight < MAX_FLIGHTS {
+            flights.in_flight += 1;
+            return Turn::Lead { probe: false };
         }
-        self.flights.insert(key.clone(), Vec::new());
-        Turn::Lead { probe: false }
+        let (tx, rx) = oneshot::channel();
+        flights.waiting.push(tx);
+        Turn::Wait(rx)
     }
 
-    /// The sync of `key` a [`Turn::Lead`] sent has ended at `now` (`ok`: answered 2xx): its
-    /// waiters wake. A failure, the [`AWAY_AFTER`]th in a row or a failed probe, opens an
+    /// A sync of `key` ended: the hits waiting wake (dropping their senders), and look again.
+    fn land(&mut self, key: &CounterKey, probe: bool) {
+        if let Some(flights) = self.flights.get_mut(key) {
+            flights.in_flight = flights.in_flight.saturating_sub(1);
+            flights.waiting.clear();
+            if flights.in_flight == 0 {
+                self.flights.remove(key);
+            }
+        }
+        if probe {
+            self.probing = false;
+        }
+    }
+
+    /// A sync of `key` a [`Turn::Lead`] sent has ended at `now` (`ok`: answered 2xx): the
+    /// counter's waiting hits wake. A failure, the [`AWAY_AFTER`]th in a row or a failed probe, opens an
     /// away window of `window_ms`; a success closes it.
     pub fn landed(
         &mut self,
@@ -84,11 +111,7 @@ impl ExactGate {
         now: Timestamp,
         window_ms: u64,
     ) {
-        // Dropping the senders wakes every waiter.
-        self.flights.remove(key);
-        if probe {
-            self.probing = false;
-        }
+        self.land(key, probe);
         if ok {
             self.failures = 0;
             self.away_until = None;
@@ -110,10 +133,7 @@ impl ExactGate {
     /// The sync of `key` a [`Turn::Lead`] was to send ended without an outcome (its hit's
     /// request went away): its waiters wake, and nothing is learnt of the merger.
     pub fn abandoned(&mut self, key: &CounterKey, probe: bool) {
-        self.flights.remove(key);
-        if probe {
-            self.probing = false;
-        }
+        self.land(key, probe);
     }
 
     /// Whether the merger counts as away at `now` (for the log).
@@ -137,26 +157,32 @@ mod tests {
     }
 
     #[test]
-    fn one_sync_per_counter_at_a_time_and_its_landing_wakes_the_others() {
+    fn two_syncs_per_counter_at_a_time_and_a_landing_wakes_the_others() {
         let mut gate = ExactGate::default();
-        assert!(matches!(
-            gate.turn(&key("a"), at(0)),
-            Turn::Lead { probe: false }
-        ));
+        for _ in 0..MAX_FLIGHTS {
+            assert!(matches!(
+                gate.turn(&key("a"), at(0)),
+                Turn::Lead { probe: false }
+            ));
+        }
         let Turn::Wait(mut waiting) = gate.turn(&key("a"), at(1)) else {
-            panic!("a second hit of the counter waits");
+            panic!("a third hit of the counter waits");
         };
         assert!(
             matches!(gate.turn(&key("b"), at(1)), Turn::Lead { .. }),
-            "another counter has its own flight"
+            "another counter has its own flights"
         );
         assert_eq!(waiting.try_recv(), Ok(None), "still in flight");
         gate.landed(&key("a"), false, true, at(5), 2000);
-        assert!(waiting.try_recv().is_err(), "woken when it lands");
+        assert!(waiting.try_recv().is_err(), "woken when one lands");
         assert!(matches!(
             gate.turn(&key("a"), at(6)),
             Turn::Lead { probe: false }
         ));
+        // Both land: the counter holds nothing.
+        gate.landed(&key("a"), false, true, at(7), 2000);
+        gate.abandoned(&key("a"), false);
+        assert!(!gate.flights.contains_key(&key("a")));
     }
 
     #[test]

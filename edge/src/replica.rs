@@ -455,9 +455,9 @@ impl Replica {
     /// The exact path of a hit (stored already) holding units `end - delta + 1 ..= end` of
     /// `replica`'s slot: waits until the merger has committed the slot up to `end` (every
     /// milestone those units could win is then decided, and the answer tells it) or
-    /// `EXACT_WAIT_MS` has passed. One exact sync of the counter is in flight at a time,
-    /// carrying every hit stored when it left; the counter's other hits wait for it, and none
-    /// waits while the merger is away ([`crate::exact`]). The hit is counted whatever
+    /// `EXACT_WAIT_MS` has passed. At most two exact syncs of the counter are in flight,
+    /// each carrying every hit stored when it left; the counter's other hits wait for one to
+    /// land, and none waits while the merger is away ([`crate::exact`]). The hit is counted whatever
     /// happens; only its verdict can be `Pending`.
     async fn exact(
         &self,
