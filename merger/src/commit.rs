@@ -11,9 +11,20 @@
 //! loads those not held from the store (one query), so every answer is computed from complete
 //! counters. History points are written by their own task ([`crate::history`]), never here.
 //!
-//! The queue is bounded: when it is full a sync is refused at once with 503 and
-//! `Retry-After` ([`CommitError::Overloaded`]) instead of waiting, so memory stays bounded
-//! however many edges sync, and the edge backs off.
+//! The same task and queue take the other writes of the edge protocol, so the store has one
+//! writer: retirements (each alone, between batches), presence reports and sketch syncs. Work
+//! is taken in queue order, and a batch holds consecutive work of one kind: the syncs queued
+//! behind a sync go into its transaction up to the first work of another kind, likewise the
+//! presence reports behind a report (one statement: [`Store::report_presence_batch`]) and the
+//! sketch syncs behind a sketch sync (one transaction: [`Store::merge_sketches_batch`]). Each
+//! caller is answered once its own batch is durable; a failed batch answers every caller in
+//! it with [`CommitError::Database`] and stores nothing of it. After a batch of reports or
+//! sketch syncs commits, the public views of its ids are dropped ([`Views`]) before anyone is
+//! answered, so this merger's own writes show at once.
+//!
+//! The queue is bounded: when it is full a sync, retirement, report or sketch sync is refused
+//! at once with 503 and `Retry-After` ([`CommitError::Overloaded`]) instead of waiting, so
+//! memory stays bounded however many edges sync, and the edge backs off.
 //!
 //! A version-2 sync may carry counters that break a per-counter rule
 //! ([`SyncRequest::counter_error`]): those are left out of the rows and answered as
@@ -21,15 +32,17 @@
 //! version-1 sync with such a counter never gets here: it is refused whole when decoded.)
 //!
 //! Reads (`POST /v1/read`, the `GET`s) never come through here: they take the state's read
-//! lock and write nothing.
+//! lock, or ask the store, and write nothing. A presence report's answer (the sums of its ids)
+//! is such a read, made by its handler after its batch is durable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tally_crdt::{
-    CounterKey, CounterKind, ErrorBody, Rejection, ReplicaId, RetireRequest, RetireResponse,
-    SlotTotals, SyncAnswer, SyncRequest, SyncResponse, Timestamp, Visit,
+    CounterKey, CounterKind, ErrorBody, PresenceReport, Rejection, ReplicaId, RetireRequest,
+    RetireResponse, SketchSync, SketchTotal, SketchUpdate, SlotTotals, SyncAnswer, SyncRequest,
+    SyncResponse, Timestamp, Visit,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -38,9 +51,18 @@ use tracing::{error, info, warn};
 use crate::metrics::{Code, Metrics, Purpose};
 use crate::state::Db;
 use crate::store::{ReplicaRow, SlotRow, Store};
+use crate::views::ViewCache;
 
 /// A batch stops taking syncs once it holds this many slot totals.
 const MAX_BATCH_SLOTS: usize = 50_000;
+
+/// A batch stops taking presence reports once they hold this many ids (a report holds at
+/// most 1000).
+const MAX_BATCH_PRESENCE_IDS: usize = 50_000;
+
+/// A batch stops taking sketch syncs once they hold this many sketches (a sync holds at most
+/// 100, each at most a few KiB).
+const MAX_BATCH_SKETCHES: usize = 1_000;
 
 /// Why a sync was not committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +90,93 @@ enum Work {
     Sync(Job),
     /// Retire a replica incarnation (alone, between batches).
     Retire(RetireJob),
+    /// Store a presence report (batched with the reports waiting behind it).
+    Presence(ReportJob),
+    /// Merge a sketch sync (batched with the sketch syncs waiting behind it).
+    Sketches(SketchJob),
+}
+
+impl Work {
+    fn into_sync(self) -> Result<Job, Work> {
+        match self {
+            Work::Sync(job) => Ok(job),
+            other => Err(other),
+        }
+    }
+
+    fn into_report(self) -> Result<ReportJob, Work> {
+        match self {
+            Work::Presence(job) => Ok(job),
+            other => Err(other),
+        }
+    }
+
+    fn into_sketches(self) -> Result<SketchJob, Work> {
+        match self {
+            Work::Sketches(job) => Ok(job),
+            other => Err(other),
+        }
+    }
+}
+
+/// A presence report waiting for the commit task; answered with the time it was received at
+/// (its batch's), at which its answer's sums are read.
+struct ReportJob {
+    report: PresenceReport,
+    reply: oneshot::Sender<Result<Timestamp, CommitError>>,
+}
+
+impl std::fmt::Debug for ReportJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportJob")
+            .field("reporter", &self.report.reporter)
+            .field("seq", &self.report.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sketch sync waiting for the commit task; answered with the merged sketch of each of its
+/// keys, in order.
+struct SketchJob {
+    sync: SketchSync,
+    reply: oneshot::Sender<Result<Vec<SketchTotal>, CommitError>>,
+}
+
+impl std::fmt::Debug for SketchJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SketchJob")
+            .field("replica", &self.sync.replica)
+            .field("sketches", &self.sync.sketches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cache of public answers that a commit can make stale.
+pub trait Invalidate: Send + Sync {
+    /// Notes that `key`'s state changed: an answer of it asked before now is stale.
+    fn changed(&self, key: &str);
+}
+
+impl<V: Clone + Send> Invalidate for ViewCache<V> {
+    fn changed(&self, key: &str) {
+        ViewCache::changed(self, key);
+    }
+}
+
+/// The view caches that batches of presence reports and sketch syncs make stale: each key a
+/// committed batch wrote is dropped from them before its callers are answered.
+#[derive(Clone)]
+pub struct Views {
+    /// The public reads of viewers now, by presence id.
+    pub presence: Arc<dyn Invalidate>,
+    /// The public reads of unique visitors, by sketch key (its text form).
+    pub unique: Arc<dyn Invalidate>,
+}
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views").finish_non_exhaustive()
+    }
 }
 
 /// A retirement waiting for the commit task.
@@ -138,6 +247,22 @@ impl Committer {
         answer.await.unwrap_or(Err(CommitError::ShuttingDown))
     }
 
+    /// Stores a validated presence report; answers once it is durable, with the time it was
+    /// received at (its batch's): its answer's sums are read at that time.
+    pub async fn report(&self, report: PresenceReport) -> Result<Timestamp, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Work::Presence(ReportJob { report, reply }))?;
+        answer.await.unwrap_or(Err(CommitError::ShuttingDown))
+    }
+
+    /// Merges a validated sketch sync; answers once it is durable, with the merged sketch of
+    /// each of its keys, in the sync's order.
+    pub async fn merge_sketches(&self, sync: SketchSync) -> Result<Vec<SketchTotal>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Work::Sketches(SketchJob { sync, reply }))?;
+        answer.await.unwrap_or(Err(CommitError::ShuttingDown))
+    }
+
     /// Queues `work` for the commit task. Never waits for room: a full queue is an answer
     /// (503, retry later), not a backlog.
     fn enqueue(&self, work: Work) -> Result<(), CommitError> {
@@ -149,19 +274,21 @@ impl Committer {
         Ok(())
     }
 
-    /// Syncs waiting in the queue now.
+    /// Work waiting in the queue now.
     fn depth(&self) -> i64 {
         let waiting = self.jobs.max_capacity() - self.jobs.capacity();
         i64::try_from(waiting).unwrap_or(i64::MAX)
     }
 }
 
-/// Starts the commit task with a queue of at most `queue` syncs. It runs until `stop` turns
-/// true, then commits every sync already queued and ends.
+/// Starts the commit task with a queue of at most `queue` syncs, retirements, presence
+/// reports and sketch syncs. It runs until `stop` turns true, then commits all the work
+/// already queued and ends.
 pub fn spawn(
     store: Arc<dyn Store>,
     db: Arc<Db>,
     metrics: Arc<Metrics>,
+    views: Views,
     queue: usize,
     stop: watch::Receiver<bool>,
 ) -> (Committer, JoinHandle<()>) {
@@ -170,6 +297,7 @@ pub fn spawn(
         store,
         db,
         metrics: Arc::clone(&metrics),
+        views,
     };
     let handle = tokio::spawn(task.run(queue, stop));
     (Committer { jobs, metrics }, handle)
@@ -179,6 +307,7 @@ struct CommitTask {
     store: Arc<dyn Store>,
     db: Arc<Db>,
     metrics: Arc<Metrics>,
+    views: Views,
 }
 
 impl CommitTask {
@@ -192,7 +321,7 @@ impl CommitTask {
                 },
                 // Sent once, at shutdown (an error means the sender is gone: stop as well).
                 _ = stop.changed() => {
-                    // Take no new syncs, but commit every one already queued.
+                    // Take no new work, but commit all that is already queued.
                     queue.close();
                     while let Some(work) = queue.recv().await {
                         self.work(work, &mut queue).await;
@@ -204,16 +333,136 @@ impl CommitTask {
         info!("commit task stopped");
     }
 
-    /// Does `work`; a sync takes the syncs queued behind it into its batch, up to a
-    /// retirement, which runs right after the batch.
+    /// Does `work`; a sync, report or sketch sync takes the work of its kind queued behind it
+    /// into its batch, up to work of another kind, which runs right after the batch (and a
+    /// batch of its own kind starts there).
     async fn work(&self, work: Work, queue: &mut mpsc::Receiver<Work>) {
         let mut next = Some(work);
         while let Some(work) = next.take() {
-            match work {
-                Work::Sync(job) => next = self.commit_batch(job, queue).await,
-                Work::Retire(job) => self.retire(job).await,
+            next = match work {
+                Work::Sync(job) => self.commit_batch(job, queue).await,
+                Work::Retire(job) => {
+                    self.retire(job).await;
+                    None
+                }
+                Work::Presence(job) => self.report_batch(job, queue).await,
+                Work::Sketches(job) => self.merge_batch(job, queue).await,
+            };
+        }
+    }
+
+    /// Takes from `queue`, without waiting, the jobs `same` accepts queued behind `first`,
+    /// until their `size` reaches `bound` or work of another kind comes (returned, to run
+    /// after the batch).
+    fn gather<J>(
+        &self,
+        first: J,
+        queue: &mut mpsc::Receiver<Work>,
+        bound: usize,
+        size: impl Fn(&J) -> usize,
+        same: impl Fn(Work) -> Result<J, Work>,
+    ) -> (Vec<J>, Option<Work>) {
+        let mut held = size(&first);
+        let mut batch = vec![first];
+        let mut after = None;
+        while held < bound {
+            match queue.try_recv().map(&same) {
+                Ok(Ok(job)) => {
+                    held = held.saturating_add(size(&job));
+                    batch.push(job);
+                }
+                Ok(Err(other)) => {
+                    after = Some(other);
+                    break;
+                }
+                Err(_) => break,
             }
         }
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+        (batch, after)
+    }
+
+    /// Stores `first` with the presence reports queued behind it, in one statement; answers
+    /// each with the batch's time once it is durable, or every one with an error.
+    async fn report_batch(
+        &self,
+        first: ReportJob,
+        queue: &mut mpsc::Receiver<Work>,
+    ) -> Option<Work> {
+        let (batch, after) = self.gather(
+            first,
+            queue,
+            MAX_BATCH_PRESENCE_IDS,
+            |job| job.report.counts.len().max(1),
+            Work::into_report,
+        );
+        let (reports, replies): (Vec<PresenceReport>, Vec<_>) =
+            batch.into_iter().map(|job| (job.report, job.reply)).unzip();
+        let received = now();
+        let answer = match self.store.report_presence_batch(&reports, received).await {
+            Ok(()) => {
+                self.metrics.committed(Purpose::PRESENCE);
+                self.metrics.batch_reports.observe(count_f64(reports.len()));
+                for count in reports.iter().flat_map(|r| &r.counts) {
+                    self.views.presence.changed(&count.id);
+                }
+                Ok(received)
+            }
+            Err(e) => {
+                error!(error = %e, reports = reports.len(), "presence reports not stored; the edge retries them");
+                self.metrics.commit_failures.inc();
+                Err(CommitError::Database)
+            }
+        };
+        for reply in replies {
+            let _ = reply.send(answer);
+        }
+        after
+    }
+
+    /// Merges `first` with the sketch syncs queued behind it, in one transaction; answers
+    /// each with its merged sketches once it is durable, or every one with an error.
+    async fn merge_batch(
+        &self,
+        first: SketchJob,
+        queue: &mut mpsc::Receiver<Work>,
+    ) -> Option<Work> {
+        let (batch, after) = self.gather(
+            first,
+            queue,
+            MAX_BATCH_SKETCHES,
+            |job| job.sync.sketches.len().max(1),
+            Work::into_sketches,
+        );
+        let syncs: Vec<&[SketchUpdate]> = batch
+            .iter()
+            .map(|job| job.sync.sketches.as_slice())
+            .collect();
+        let merged = self.store.merge_sketches_batch(&syncs, now()).await;
+        match merged {
+            Ok(totals) => {
+                self.metrics.committed(Purpose::UNIQUE);
+                self.metrics
+                    .batch_sketch_syncs
+                    .observe(count_f64(batch.len()));
+                for update in batch.iter().flat_map(|job| &job.sync.sketches) {
+                    self.views.unique.changed(&update.key.to_string());
+                }
+                for (job, totals) in batch.into_iter().zip(totals) {
+                    let _ = job.reply.send(Ok(totals));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, syncs = batch.len(), "sketch syncs not merged; the edge retries them");
+                self.metrics.commit_failures.inc();
+                for job in batch {
+                    let _ = job.reply.send(Err(CommitError::Database));
+                }
+            }
+        }
+        after
     }
 
     async fn retire(&self, job: RetireJob) {
@@ -241,28 +490,16 @@ impl CommitTask {
         let _ = job.reply.send(answer);
     }
 
-    /// Commits `first` with the syncs queued behind it; answers the retirement that ended
-    /// the batch, if one did.
+    /// Commits `first` with the syncs queued behind it; returns the work of another kind
+    /// that ended the batch, if some did.
     async fn commit_batch(&self, first: Job, queue: &mut mpsc::Receiver<Work>) -> Option<Work> {
-        let mut slots_in_batch = first.request.counters.len();
-        let mut batch = vec![first];
-        let mut after = None;
-        while slots_in_batch < MAX_BATCH_SLOTS {
-            match queue.try_recv() {
-                Ok(Work::Sync(job)) => {
-                    slots_in_batch += job.request.counters.len();
-                    batch.push(job);
-                }
-                Ok(retire) => {
-                    after = Some(retire);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        self.metrics
-            .queue_depth
-            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+        let (batch, after) = self.gather(
+            first,
+            queue,
+            MAX_BATCH_SLOTS,
+            |job| job.request.counters.len(),
+            Work::into_sync,
+        );
 
         let started = Instant::now();
         let written = self.write(&batch).await;

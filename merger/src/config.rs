@@ -101,8 +101,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_CACHE_COUNTERS", default_value_t = 100_000)]
     pub cache_counters: usize,
 
-    /// Syncs that may wait for the commit task; when the queue is full a sync is refused with
-    /// 503 and `Retry-After` (the edge backs off and retries).
+    /// Syncs, retirements, presence reports and sketch syncs that may wait for the commit task
+    /// (one queue); when it is full they are refused with 503 and `Retry-After` (the edge
+    /// backs off and retries).
     #[arg(long, env = "TALLY_COMMIT_QUEUE", default_value_t = 4096)]
     pub commit_queue: usize,
 

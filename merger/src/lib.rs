@@ -112,14 +112,12 @@ pub struct Shared {
     /// The longest a cache miss waits for the store (the request timeout: the read path has
     /// no timeout layer, so that a read from memory sets no timer).
     load_timeout: std::time::Duration,
-    /// Presence reports and sketch merges in flight, at most `--commit-queue`: beyond, they
-    /// are refused with 503 `overloaded` and `Retry-After`, as syncs are when the commit
-    /// queue is full, instead of piling up on the store without bound.
-    side_writes: tokio::sync::Semaphore,
-    /// The public reads of viewers now, by id, for a second ([`views`]).
-    pub presence_views: views::ViewCache<http::presence::PresenceView>,
-    /// The public reads of unique visitors, by sketch key, for a second.
-    pub unique_views: views::ViewCache<http::unique::UniqueView>,
+    /// The public reads of viewers now, by id, for a second ([`views`]); the commit task
+    /// drops those a batch of presence reports changed.
+    pub presence_views: Arc<views::ViewCache<http::presence::PresenceView>>,
+    /// The public reads of unique visitors, by sketch key, for a second; the commit task
+    /// drops those a batch of sketch syncs changed.
+    pub unique_views: Arc<views::ViewCache<http::unique::UniqueView>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -130,14 +128,6 @@ impl std::ops::Deref for AppState {
 }
 
 impl Shared {
-    /// A place for one presence report or sketch merge, or 503 `overloaded` when
-    /// `--commit-queue` of them are in flight.
-    pub fn side_write(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
-        self.side_writes
-            .try_acquire()
-            .map_err(|_| AppError::Commit(commit::CommitError::Overloaded))
-    }
-
     /// Runs `f` over the counters `keys` name, loading from the store those the cache does
     /// not hold (one query). `f` may run twice if a concurrent fill evicted one of `keys` in
     /// between; the second attempt loads them all and cannot miss.
@@ -275,11 +265,28 @@ impl Merger {
             cache_counters = config.cache_counters,
             "store open"
         );
+        let presence_views = Arc::new(views::ViewCache::new(
+            config.cache_counters,
+            views::VIEW_TTL,
+            metrics.view_hits.clone(),
+            metrics.view_misses.clone(),
+        ));
+        let unique_views = Arc::new(views::ViewCache::new(
+            config.cache_counters,
+            views::VIEW_TTL,
+            metrics.view_hits.clone(),
+            metrics.view_misses.clone(),
+        ));
+        let views = commit::Views {
+            presence: Arc::clone(&presence_views) as Arc<dyn commit::Invalidate>,
+            unique: Arc::clone(&unique_views) as Arc<dyn commit::Invalidate>,
+        };
         let (stop, stopped) = watch::channel(false);
         let (committer, commit_task) = commit::spawn(
             Arc::clone(&store),
             Arc::clone(&db),
             Arc::clone(&metrics),
+            views,
             config.commit_queue,
             stopped.clone(),
         );
@@ -319,18 +326,6 @@ impl Merger {
                 changes,
             ));
         }
-        let presence_views = views::ViewCache::new(
-            config.cache_counters,
-            views::VIEW_TTL,
-            metrics.view_hits.clone(),
-            metrics.view_misses.clone(),
-        );
-        let unique_views = views::ViewCache::new(
-            config.cache_counters,
-            views::VIEW_TTL,
-            metrics.view_hits.clone(),
-            metrics.view_misses.clone(),
-        );
         let state = AppState(Arc::new(Shared {
             db,
             committer,
@@ -340,7 +335,6 @@ impl Merger {
             read_token,
             admin_token,
             load_timeout: config.request_timeout,
-            side_writes: tokio::sync::Semaphore::new(config.commit_queue.max(1)),
             presence_views,
             unique_views,
         }));

@@ -29,8 +29,8 @@ pub struct Code {
 /// Label of a committed transaction: what it wrote.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Purpose {
-    /// `sync` (a group commit of syncs), `snapshot` (history points), `presence` (a presence
-    /// report) or `unique` (a sketch sync).
+    /// `sync` (a group commit of syncs), `snapshot` (history points), `presence` (a group
+    /// commit of presence reports) or `unique` (a group commit of sketch syncs).
     pub purpose: &'static str,
 }
 
@@ -41,11 +41,11 @@ impl Purpose {
     pub const SNAPSHOT: Purpose = Purpose {
         purpose: "snapshot",
     };
-    /// A presence report stored.
+    /// A batch of presence reports stored.
     pub const PRESENCE: Purpose = Purpose {
         purpose: "presence",
     };
-    /// A sketch sync merged.
+    /// A batch of sketch syncs merged.
     pub const UNIQUE: Purpose = Purpose { purpose: "unique" };
 }
 
@@ -117,7 +117,11 @@ pub struct Metrics {
     pub batch_syncs: Histogram,
     /// Slot rows written per commit.
     pub batch_slots: Histogram,
-    /// Seconds per commit (transaction begin to durable).
+    /// Presence reports per commit.
+    pub batch_reports: Histogram,
+    /// Sketch syncs per commit.
+    pub batch_sketch_syncs: Histogram,
+    /// Seconds per group commit of syncs (transaction begin to durable).
     pub commit_seconds: Histogram,
     /// Failed commits.
     pub commit_failures: Counter,
@@ -127,7 +131,7 @@ pub struct Metrics {
     pub counters: Family<Kind, Gauge>,
     /// Replica incarnations known.
     pub replicas: Gauge,
-    /// Syncs waiting in the commit queue.
+    /// Syncs, retirements, presence reports and sketch syncs waiting in the commit queue.
     pub queue_depth: Gauge,
     /// Counters held in the cache.
     pub cached_counters: Gauge,
@@ -170,6 +174,8 @@ impl Default for Metrics {
             slots_merged: Counter::default(),
             batch_syncs: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_slots: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            batch_reports: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            batch_sketch_syncs: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 14)),
             commit_failures: Counter::default(),
             snapshots_written: Counter::default(),
@@ -249,7 +255,7 @@ impl Default for Metrics {
         );
         registry.register(
             "commits",
-            "Transactions committed, by purpose (sync or snapshot)",
+            "Transactions committed, by purpose (sync, snapshot, presence or unique)",
             m.commits.clone(),
         );
         // Present from the start, at 0, so "no commit happened" reads as a number, not as
@@ -284,6 +290,16 @@ impl Default for Metrics {
             "Slot rows written per commit",
             m.batch_slots.clone(),
         );
+        registry.register(
+            "commit_batch_reports",
+            "Presence reports per commit",
+            m.batch_reports.clone(),
+        );
+        registry.register(
+            "commit_batch_sketch_syncs",
+            "Sketch syncs per commit",
+            m.batch_sketch_syncs.clone(),
+        );
         registry.register("commit_seconds", "Commit latency", m.commit_seconds.clone());
         registry.register(
             "commit_failures",
@@ -303,7 +319,7 @@ impl Default for Metrics {
         );
         registry.register(
             "commit_queue_depth",
-            "Syncs waiting in the commit queue",
+            "Syncs, retirements, presence reports and sketch syncs waiting in the commit queue",
             m.queue_depth.clone(),
         );
         registry.register(

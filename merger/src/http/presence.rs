@@ -6,6 +6,10 @@
 //! ([`crate::store::Store::presence`]). So several mergers on one Postgres answer the same
 //! sum, a merger restart loses nothing that counts, and a reporter that stops reporting
 //! drops out after its lease with no message from anyone.
+//!
+//! Reports are written by the commit task ([`crate::commit`]), through its bounded queue: the
+//! reports queued together are stored in one statement, and each is answered once its batch
+//! is durable, with the sums of its ids read after that.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,9 +24,10 @@ use crate::http::schema::{
     self, CounterId, ErrorResponse, PresenceRead as PresenceReadSchema,
     PresenceReport as PresenceReportSchema, PresenceResponse as PresenceResponseSchema,
 };
-use crate::metrics::{Endpoint, Purpose};
+use crate::metrics::Endpoint;
 
-/// Stores the report, then answers the totals of its ids with the reporter's recorded count.
+/// Stores the report (in the commit task's next batch of reports), then answers the totals of
+/// its ids with the reporter's recorded count.
 #[utoipa::path(
     post,
     path = "/v1/presence",
@@ -38,7 +43,7 @@ use crate::metrics::{Endpoint, Purpose};
         (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
         (status = 422, description = "A rule of the report: `unsupported_version`, `too_many_counters`, `nil_replica`, `invalid_region`, `presence_ttl_out_of_range`, `empty_id`, `id_too_long`, `id_bad_char`, `duplicate_id`", body = ErrorResponse),
-        (status = 503, description = "`overloaded` (as many reports and sketch merges in flight as `--commit-queue`) or `database_unavailable`: nothing was stored; retry", body = ErrorResponse,
+        (status = 503, description = "`overloaded` (the commit queue holds `--commit-queue` syncs, retirements, reports and sketch syncs), `shutting_down` or `database_unavailable` (the report's batch was not stored, or its sums could not be read): retry", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
     ),
 )]
@@ -61,17 +66,13 @@ async fn store_report(
     app: &AppState,
     report: PresenceReport,
 ) -> Result<PresenceResponse, AppError> {
-    let _place = app.side_write()?;
-    let now = crate::commit::now();
-    app.store.report_presence(&report, now).await?;
-    for count in &report.counts {
-        app.presence_views.changed(&count.id);
-    }
-    app.metrics.committed(Purpose::PRESENCE);
-    let ids: Vec<String> = report.counts.into_iter().map(|c| c.id).collect();
-    let sums = app.store.presence(&ids, Some(report.reporter), now).await?;
+    let (version, reporter) = (report.version, report.reporter);
+    let ids: Vec<String> = report.counts.iter().map(|c| c.id.clone()).collect();
+    // Durable once this answers; the commit task has dropped the ids' public views.
+    let received = app.committer.report(report).await?;
+    let sums = app.store.presence(&ids, Some(reporter), received).await?;
     Ok(PresenceResponse {
-        version: report.version,
+        version,
         presence: sums.iter().map(|s| s.to_total()).collect(),
     })
 }

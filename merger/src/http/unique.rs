@@ -1,10 +1,12 @@
 //! Unique visitors: `POST /v1/unique` (an edge object's grown sketch registers),
 //! `POST /v1/read/unique` (the edge's batch read) and the public `GET /v1/unique/{id}`.
 //!
-//! Sketches merge register-wise with max in one store transaction per sync
-//! ([`crate::store::Store::merge_sketches`]), so a retried, duplicated or reordered sync
-//! changes nothing beyond the first, and several mergers on one Postgres never lose a
-//! register (each locks the rows, in key order, before it merges into them).
+//! Sketches merge register-wise with max, in the commit task ([`crate::commit`]), through its
+//! bounded queue: the sketch syncs queued together are merged in one store transaction
+//! ([`crate::store::Store::merge_sketches_batch`]), and each is answered once its batch is
+//! durable. A retried, duplicated or reordered sync changes nothing beyond the first, and
+//! several mergers on one Postgres never lose a register (each locks the rows, in key order,
+//! before it merges into them).
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -20,7 +22,7 @@ use crate::http::schema::{
     self, CounterId, ErrorResponse, SketchRead as SketchReadSchema,
     SketchResponse as SketchResponseSchema, SketchSync as SketchSyncSchema,
 };
-use crate::metrics::{Endpoint, Purpose};
+use crate::metrics::Endpoint;
 
 /// Merges the sync's registers and answers the merged sketch of each of its keys.
 #[utoipa::path(
@@ -38,7 +40,7 @@ use crate::metrics::{Endpoint, Purpose};
         (status = 413, description = "`body_too_large`: a body larger than `--max-body-bytes`", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorResponse),
         (status = 422, description = "A rule of the sync: `unsupported_version`, `too_many_counters` (more than 100 sketches), `nil_replica`, `invalid_region`, `duplicate_id`, `hll_precision_mismatch`", body = ErrorResponse),
-        (status = 503, description = "`overloaded` (as many sketch merges and presence reports in flight as `--commit-queue`) or `database_unavailable`: nothing was merged; retry", body = ErrorResponse,
+        (status = 503, description = "`overloaded` (the commit queue holds `--commit-queue` syncs, retirements, presence reports and sketch syncs), `shutting_down` or `database_unavailable`: nothing was merged; retry", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds to wait: `1`"))),
     ),
 )]
@@ -46,26 +48,17 @@ pub async fn sync(
     State(app): State<AppState>,
     body: Result<Protocol<SketchSync>, AppError>,
 ) -> Result<Json<SketchResponse>, AppError> {
-    let place = app.side_write();
-    let result = match (body, place) {
-        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-        (Ok(Protocol(sync)), Ok(_place)) => match app
-            .store
-            .merge_sketches(&sync.sketches, crate::commit::now())
-            .await
-        {
-            Ok(sketches) => {
-                for update in &sync.sketches {
-                    app.unique_views.changed(&update.key.to_string());
-                }
-                app.metrics.committed(Purpose::UNIQUE);
-                Ok(SketchResponse {
-                    version: sync.version,
-                    sketches,
-                })
-            }
-            Err(e) => Err(AppError::from(e)),
-        },
+    let result = match body {
+        Err(e) => Err(e),
+        // Durable once this answers; the commit task has dropped the keys' public views.
+        Ok(Protocol(sync)) => {
+            let version = sync.version;
+            app.committer
+                .merge_sketches(sync)
+                .await
+                .map(|sketches| SketchResponse { version, sketches })
+                .map_err(AppError::from)
+        }
     };
     app.metrics.request(
         Endpoint::Unique,

@@ -725,6 +725,60 @@ pub fn presence_expiry(report: &PresenceReport, received: Timestamp) -> (Timesta
     (at, at.plus_ms(report.ttl_ms))
 }
 
+/// One row of the `presence` table, as a report writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRow<'a> {
+    /// The presence id.
+    pub name: &'a str,
+    /// The reporting edge object.
+    pub reporter: ReplicaId,
+    /// Its region.
+    pub region: &'a str,
+    /// The report's sequence number: a row is replaced only by a higher one.
+    pub seq: u64,
+    /// Live sessions of the id at the reporter.
+    pub count: u64,
+    /// The report's time, at most its receipt ([`presence_expiry`]).
+    pub at: Timestamp,
+    /// When the row stops counting.
+    pub expires_at: Timestamp,
+}
+
+/// The rows `reports`, received at `received`, write: one per id and reporter, in (id,
+/// reporter) order. Of several for one id and reporter the one with the highest `seq` stands,
+/// the earliest of equal ones, which is what storing the reports one after another would
+/// leave (a report replaces a stored one only with a higher `seq`). One statement writes them
+/// all: Postgres refuses to update a row twice in one statement, and the order is the one in
+/// which every merger locks them.
+pub fn presence_rows(reports: &[PresenceReport], received: Timestamp) -> Vec<PresenceRow<'_>> {
+    let mut rows: BTreeMap<(&str, ReplicaId), PresenceRow<'_>> = BTreeMap::new();
+    for report in reports {
+        let (at, expires_at) = presence_expiry(report, received);
+        for count in &report.counts {
+            let row = PresenceRow {
+                name: &count.id,
+                reporter: report.reporter,
+                region: &report.region,
+                seq: report.seq,
+                count: count.count,
+                at,
+                expires_at,
+            };
+            match rows.entry((&count.id, report.reporter)) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+                std::collections::btree_map::Entry::Occupied(mut held) => {
+                    if row.seq > held.get().seq {
+                        held.insert(row);
+                    }
+                }
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
 /// Sums fresh presence rows `(id, reporter, count, at)` into one [`PresenceSum`] per id of
 /// `ids`, in their order (zero for an id without a fresh report).
 pub fn sum_presence(
@@ -781,26 +835,39 @@ pub fn sketch_of(
 /// One sketch merge worked out: what to answer and what to write.
 #[derive(Debug, Default)]
 pub struct SketchMerge {
-    /// One merged sketch per update, in the updates' order.
-    pub totals: Vec<SketchTotal>,
+    /// Per sync, one merged sketch per update, in the updates' order.
+    pub totals: Vec<Vec<SketchTotal>>,
     /// The sketches that grew, with their new wire form, in key order.
     pub writes: Vec<(SketchKey, Vec<u8>)>,
 }
 
-/// Merges `updates` into the `stored` sketches (with their `updated_at`), at `at`.
+/// The distinct keys of `syncs`' updates, in (id, day) order: the rows a merge of them
+/// creates if missing and locks, in the order every merger locks them.
+pub fn sketch_keys(syncs: &[&[SketchUpdate]]) -> Vec<(String, String)> {
+    let keys: BTreeSet<(String, String)> = syncs
+        .iter()
+        .flat_map(|updates| updates.iter())
+        .map(|u| (u.key.id().to_owned(), day_column(&u.key)))
+        .collect();
+    keys.into_iter().collect()
+}
+
+/// Merges the updates of `syncs` (a batch, each sync's keys once) into the `stored` sketches
+/// (with their `updated_at`), at `at`. Every sync is answered the merged sketches after the
+/// whole batch: a sketch only grows, so that holds its own registers and every other's.
 ///
 /// # Errors
 ///
 /// A stored sketch of another precision than an update's: a corrupt row (syncs are checked
 /// to carry the default precision, and only they write).
 pub fn merge_sketch_rows(
-    updates: &[SketchUpdate],
+    syncs: &[&[SketchUpdate]],
     mut stored: BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>,
     at: Timestamp,
 ) -> Result<SketchMerge, StoreError> {
     let mut merge = SketchMerge::default();
     let mut grown = std::collections::BTreeSet::new();
-    for update in updates {
+    for update in syncs.iter().flat_map(|updates| updates.iter()) {
         let (sketch, updated_at) = stored
             .entry(update.key.clone())
             .or_insert_with(|| (HyperLogLog::new(), None));
@@ -816,15 +883,20 @@ pub fn merge_sketch_rows(
         let (sketch, _) = &stored[&key];
         merge.writes.push((key, sketch.to_bytes()));
     }
-    merge.totals = updates
+    merge.totals = syncs
         .iter()
-        .map(|u| {
-            let (sketch, updated_at) = &stored[&u.key];
-            SketchTotal {
-                key: u.key.clone(),
-                sketch: sketch.clone(),
-                updated_at: *updated_at,
-            }
+        .map(|updates| {
+            updates
+                .iter()
+                .map(|u| {
+                    let (sketch, updated_at) = &stored[&u.key];
+                    SketchTotal {
+                        key: u.key.clone(),
+                        sketch: sketch.clone(),
+                        updated_at: *updated_at,
+                    }
+                })
+                .collect()
         })
         .collect();
     Ok(merge)
@@ -986,13 +1058,25 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError>;
 
-    /// Stores a presence report received at `received`, in one statement: per id, the
-    /// report replaces the stored one of its reporter only if its `seq` is higher.
+    /// Stores presence reports received at `received` (a batch of the commit task), in one
+    /// statement, so one transaction: per id and reporter, a report replaces the stored one
+    /// only if its `seq` is higher ([`presence_rows`]). Nothing of the batch is stored if it
+    /// fails.
+    async fn report_presence_batch(
+        &self,
+        reports: &[PresenceReport],
+        received: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Stores one presence report: [`Store::report_presence_batch`] of it alone.
     async fn report_presence(
         &self,
         report: &PresenceReport,
         received: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.report_presence_batch(std::slice::from_ref(report), received)
+            .await
+    }
 
     /// Viewers now of `ids` (each once), summed over the reports not expired at `now`, one
     /// per id in their order; `recorded` is `reporter`'s count.
@@ -1012,14 +1096,25 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// deletes fewer than `limit`.
     async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError>;
 
-    /// Merges sketch updates (keys each once) into the stored sketches at `at`, in one
-    /// transaction that locks their rows in key order, and answers the merged sketch of
-    /// each, in the updates' order.
+    /// Merges the updates of sketch syncs (a batch of the commit task, each sync's keys once)
+    /// into the stored sketches at `at`, in one transaction that locks their rows in key
+    /// order, and answers per sync the merged sketch of each of its keys, in its updates'
+    /// order ([`merge_sketch_rows`]). Nothing of the batch is merged if it fails.
+    async fn merge_sketches_batch(
+        &self,
+        syncs: &[&[SketchUpdate]],
+        at: Timestamp,
+    ) -> Result<Vec<Vec<SketchTotal>>, StoreError>;
+
+    /// Merges one sync's sketch updates: [`Store::merge_sketches_batch`] of it alone.
     async fn merge_sketches(
         &self,
         updates: &[SketchUpdate],
         at: Timestamp,
-    ) -> Result<Vec<SketchTotal>, StoreError>;
+    ) -> Result<Vec<SketchTotal>, StoreError> {
+        let mut totals = self.merge_sketches_batch(&[updates], at).await?;
+        Ok(totals.pop().unwrap_or_default())
+    }
 
     /// The merged sketches of `keys`, in their order (empty for a key never synced).
     async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError>;

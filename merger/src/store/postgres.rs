@@ -947,36 +947,44 @@ impl Store for PostgresStore {
         super::points_of(key, &rows)
     }
 
-    /// Rows in id order (the reporter is one): two mergers storing reports of one reporter
-    /// lock its rows in the same order.
-    async fn report_presence(
+    /// Rows in (id, reporter) order, each once ([`super::presence_rows`]): two mergers
+    /// storing reports of the same ids lock their rows in the same order.
+    async fn report_presence_batch(
         &self,
-        report: &PresenceReport,
+        reports: &[PresenceReport],
         received: Timestamp,
     ) -> Result<(), StoreError> {
-        if report.counts.is_empty() {
+        let rows = super::presence_rows(reports, received);
+        if rows.is_empty() {
             return Ok(());
         }
-        let (at, expires_at) = super::presence_expiry(report, received);
-        let names: Vec<&str> = report.counts.iter().map(|c| c.id.as_str()).collect();
-        let counts: Vec<String> = report.counts.iter().map(|c| c.count.to_string()).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        let reporters: Vec<String> = rows.iter().map(|r| r.reporter.to_string()).collect();
+        let regions: Vec<&str> = rows.iter().map(|r| r.region).collect();
+        let seqs: Vec<String> = rows.iter().map(|r| r.seq.to_string()).collect();
+        let counts: Vec<String> = rows.iter().map(|r| r.count.to_string()).collect();
+        let ats: Vec<i64> = rows.iter().map(|r| r.at.unix_ms()).collect();
+        let expiries: Vec<i64> = rows.iter().map(|r| r.expires_at.unix_ms()).collect();
         sqlx::query(
             "INSERT INTO presence AS p (name, reporter, region, seq, count, at, expires_at) \
-             SELECT u.name, $3, $4, $5::numeric, u.count::numeric, $6, $7 \
-             FROM UNNEST($1::text[], $2::text[]) AS u(name, count) \
-             ORDER BY u.name COLLATE \"C\" \
+             SELECT u.name, u.reporter, u.region, u.seq::numeric, u.count::numeric, u.at, \
+                 u.expires_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::bigint[], $7::bigint[]) \
+                 AS u(name, reporter, region, seq, count, at, expires_at) \
+             ORDER BY u.name COLLATE \"C\", u.reporter COLLATE \"C\" \
              ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
                  seq = excluded.seq, count = excluded.count, at = excluded.at, \
                  expires_at = excluded.expires_at \
              WHERE excluded.seq > p.seq",
         )
         .bind(&names)
+        .bind(&reporters)
+        .bind(&regions)
+        .bind(&seqs)
         .bind(&counts)
-        .bind(report.reporter.to_string())
-        .bind(&report.region)
-        .bind(report.seq.to_string())
-        .bind(at.unix_ms())
-        .bind(expires_at.unix_ms())
+        .bind(&ats)
+        .bind(&expiries)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1038,20 +1046,16 @@ impl Store for PostgresStore {
     /// Rows are created if missing and locked `FOR UPDATE` in (name, day) order, so
     /// concurrent mergers neither deadlock nor lose a register: each merges into what the
     /// one before it wrote.
-    async fn merge_sketches(
+    async fn merge_sketches_batch(
         &self,
-        updates: &[SketchUpdate],
+        syncs: &[&[SketchUpdate]],
         at: Timestamp,
-    ) -> Result<Vec<SketchTotal>, StoreError> {
-        if updates.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Vec<SketchTotal>>, StoreError> {
+        let keys = super::sketch_keys(syncs);
+        if keys.is_empty() {
+            return Ok(syncs.iter().map(|_| Vec::new()).collect());
         }
-        let mut keys: Vec<(&str, String)> = updates
-            .iter()
-            .map(|u| (u.key.id(), super::day_column(&u.key)))
-            .collect();
-        keys.sort();
-        let names: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let names: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let days: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -1076,7 +1080,7 @@ impl Store for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         let stored = sketch_rows(&rows)?;
-        let merge = super::merge_sketch_rows(updates, stored, at)?;
+        let merge = super::merge_sketch_rows(syncs, stored, at)?;
         if !merge.writes.is_empty() {
             let names: Vec<&str> = merge.writes.iter().map(|(k, _)| k.id()).collect();
             let days: Vec<String> = merge

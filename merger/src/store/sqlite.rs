@@ -804,23 +804,33 @@ impl Store for SqliteStore {
         super::points_of(key, &rows)
     }
 
-    async fn report_presence(
+    async fn report_presence_batch(
         &self,
-        report: &PresenceReport,
+        reports: &[PresenceReport],
         received: Timestamp,
     ) -> Result<(), StoreError> {
-        if report.counts.is_empty() {
+        let rows = super::presence_rows(reports, received);
+        if rows.is_empty() {
             return Ok(());
         }
-        let (at, expires_at) = super::presence_expiry(report, received);
-        let rows: Vec<_> = report
-            .counts
+        let rows: Vec<_> = rows
             .iter()
-            .map(|c| (c.id.as_str(), encode_u64(c.count)))
+            .map(|r| {
+                (
+                    r.name,
+                    r.reporter.to_string(),
+                    r.region,
+                    encode_u64(r.seq),
+                    encode_u64(r.count),
+                    r.at.unix_ms(),
+                    r.expires_at.unix_ms(),
+                )
+            })
             .collect();
         sqlx::query(
             "INSERT INTO presence (name, reporter, region, seq, count, at, expires_at) \
-             SELECT j.value ->> 0, ?2, ?3, ?4, j.value ->> 1, ?5, ?6 \
+             SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, \
+                 j.value ->> 5, j.value ->> 6 \
              FROM json_each(?1) AS j WHERE true \
              ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
                  seq = excluded.seq, count = excluded.count, at = excluded.at, \
@@ -828,11 +838,6 @@ impl Store for SqliteStore {
              WHERE excluded.seq > presence.seq",
         )
         .bind(json_rows(&rows))
-        .bind(report.reporter.to_string())
-        .bind(&report.region)
-        .bind(encode_u64(report.seq))
-        .bind(at.unix_ms())
-        .bind(expires_at.unix_ms())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -891,19 +896,15 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn merge_sketches(
+    async fn merge_sketches_batch(
         &self,
-        updates: &[SketchUpdate],
+        syncs: &[&[SketchUpdate]],
         at: Timestamp,
-    ) -> Result<Vec<SketchTotal>, StoreError> {
-        if updates.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Vec<SketchTotal>>, StoreError> {
+        let keys = super::sketch_keys(syncs);
+        if keys.is_empty() {
+            return Ok(syncs.iter().map(|_| Vec::new()).collect());
         }
-        let mut keys: Vec<(&str, String)> = updates
-            .iter()
-            .map(|u| (u.key.id(), super::day_column(&u.key)))
-            .collect();
-        keys.sort();
         let keys = json_rows(&keys);
         let mut tx = self.pool.begin().await?;
         // A write first: the transaction holds the write lock from here on, so nobody merges
@@ -918,7 +919,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let stored = self.sketch_rows(&mut tx, &keys).await?;
-        let merge = super::merge_sketch_rows(updates, stored, at)?;
+        let merge = super::merge_sketch_rows(syncs, stored, at)?;
         for (key, bytes) in &merge.writes {
             sqlx::query(
                 "UPDATE sketches SET sketch = ?3, updated_at = max(coalesce(updated_at, ?4), ?4) \

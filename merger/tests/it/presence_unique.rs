@@ -5,7 +5,8 @@
 //! Presence: per (id, reporter) the report with the highest `seq` stands, a report counts
 //! until `min(at, received) + ttl`, and expired reports are pruned. Sketches: merged
 //! register-wise with max, so a retry changes nothing and concurrent merges into one sketch
-//! lose no register.
+//! lose no register. Both go through the commit task's queue: reports (and sketch syncs)
+//! queued together are written in one transaction, and a failed one fails all of them.
 
 use std::sync::Arc;
 
@@ -161,6 +162,85 @@ async fn presence_rules(store: &dyn Store) {
     assert_eq!(viewers(store, "home", None, NOW + 40_001).await, (2, 0, 1));
 }
 
+/// A batch of reports stores what storing them one after another would: per id and
+/// reporter the highest `seq` stands (the earliest of equal ones), and a stored higher `seq`
+/// is kept.
+async fn presence_batch_rules(store: &dyn Store) {
+    let ttl = TTL.unsigned_abs();
+    store
+        .report_presence(&report(20, 5, NOW, ttl, &[("kept", 50)]), at(NOW))
+        .await
+        .unwrap();
+    let batch = [
+        report(21, 1, NOW, ttl, &[("batch", 1), ("other", 7)]),
+        report(21, 3, NOW, ttl, &[("batch", 3)]),
+        report(21, 2, NOW, ttl, &[("batch", 2)]),
+        report(22, 4, NOW, ttl, &[("batch", 40)]),
+        report(22, 4, NOW, ttl, &[("batch", 41)]),
+        report(20, 4, NOW, ttl, &[("kept", 1), ("batch", 100)]),
+        report(23, 1, NOW, ttl, &[]),
+    ];
+    store.report_presence_batch(&batch, at(NOW)).await.unwrap();
+    assert_eq!(
+        viewers(store, "batch", Some(21), NOW + 1).await,
+        (143, 3, 3)
+    );
+    assert_eq!(viewers(store, "batch", Some(22), NOW + 1).await.1, 40);
+    assert_eq!(viewers(store, "other", Some(21), NOW + 1).await, (7, 7, 1));
+    assert_eq!(viewers(store, "kept", Some(20), NOW + 1).await, (50, 50, 1));
+    // An empty batch, and a batch of reports without ids, write nothing.
+    store.report_presence_batch(&[], at(NOW)).await.unwrap();
+    store
+        .report_presence_batch(&[report(24, 1, NOW, ttl, &[])], at(NOW))
+        .await
+        .unwrap();
+    assert_eq!(viewers(store, "batch", None, NOW + 1).await.0, 143);
+}
+
+/// A batch of sketch syncs merges them all in one transaction; each is answered the merged
+/// sketches after the whole batch, in its own order.
+async fn sketch_batch_rules(store: &dyn Store) {
+    let day: Day = "2030-05-06".parse().unwrap();
+    let first = [
+        update("both", None, sketch_of(0..300)),
+        update("first", Some(day), sketch_of(0..10)),
+    ];
+    let second = [update("both", None, sketch_of(200..700))];
+    let third: [SketchUpdate; 0] = [];
+    let answers = store
+        .merge_sketches_batch(&[&first, &second, &third], at(NOW + 30))
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0].len(), 2);
+    assert_eq!(answers[0][0].sketch, sketch_of(0..700));
+    assert_eq!(answers[0][0].updated_at, Some(at(NOW + 30)));
+    assert_eq!(answers[0][1].key.day(), Some(day));
+    assert_eq!(answers[0][1].sketch, sketch_of(0..10));
+    assert_eq!(answers[1].len(), 1);
+    assert_eq!(answers[1][0].sketch, sketch_of(0..700));
+    assert!(answers[2].is_empty());
+    let read = store
+        .sketches(&[SketchKey::new("both", None).unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(read[0].sketch, sketch_of(0..700));
+    // A batch that grows nothing changes nothing, not even the time.
+    let again = store
+        .merge_sketches_batch(&[&second, &first], at(NOW + 40))
+        .await
+        .unwrap();
+    assert_eq!(again[0][0].updated_at, Some(at(NOW + 30)));
+    assert_eq!(again[1][0].sketch, sketch_of(0..700));
+    assert!(
+        store
+            .merge_sketches_batch(&[], at(NOW + 40))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Every rule of the sketch store.
 async fn sketch_rules(store: Arc<dyn Store>) {
     let day: Day = "2030-03-04".parse().unwrap();
@@ -268,6 +348,8 @@ async fn presence_and_sketches_in_sqlite() {
         .unwrap();
     presence_rules(&*store).await;
     sketch_rules(Arc::clone(&store)).await;
+    presence_batch_rules(&*store).await;
+    sketch_batch_rules(&*store).await;
     store.close().await;
     // Both survive a restart.
     let store = store::open(&sqlite_url(dir.path()), Durability::Normal)
@@ -292,6 +374,8 @@ async fn presence_and_sketches_in_postgres_across_two_stores() {
     let store = store::open(&url, Durability::Full).await.unwrap();
     presence_rules(&*store).await;
     sketch_rules(Arc::clone(&store)).await;
+    presence_batch_rules(&*store).await;
+    sketch_batch_rules(&*store).await;
     // A second merger on the same database sees the same viewers and sketches, and merges
     // into them.
     let other = store::open(&url, Durability::Full).await.unwrap();
@@ -624,4 +708,294 @@ async fn the_unique_routes_merge_sketches_and_answer_estimates() {
         t.metric(r#"tally_commits_total{purpose="unique"}"#).await,
         3.0
     );
+}
+
+/// Sends `requests` to `t` all at once, each in a task of its own; answers in their order,
+/// with each answer's `Retry-After`. (On the test's one-thread runtime every handler queues
+/// its work before the commit task runs, so the commit task finds all of it waiting.)
+async fn all_at_once(
+    t: &TestMerger,
+    requests: Vec<Request<Body>>,
+) -> Vec<(StatusCode, Option<String>, Value)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, request) in requests.into_iter().enumerate() {
+        let app = t.app.clone();
+        tasks.spawn(async move {
+            let response = tower::ServiceExt::oneshot(app, request)
+                .await
+                .expect("the router is infallible");
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let bytes = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("a body")
+                .to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (n, (status, retry_after, body))
+        });
+    }
+    let mut answers = tasks.join_all().await;
+    answers.sort_by_key(|(n, _)| *n);
+    answers.into_iter().map(|(_, answer)| answer).collect()
+}
+
+/// Reports from `REPORTERS` edge objects at once, each of `crowd` (its number of viewers)
+/// and of an id of its own: every one is stored and answered with sums that hold its own
+/// write, in fewer transactions than reports; sketch syncs at once likewise.
+async fn concurrent_writes_are_batched(t: &TestMerger) {
+    const REPORTERS: u64 = 40;
+    let requests = (1..=REPORTERS)
+        .map(|from| {
+            let own = format!("own{from}");
+            edge_request(
+                "/v1/presence",
+                Some(TOKEN),
+                &report_body(from, 1, &[("crowd", from), (own.as_str(), 1)]),
+            )
+        })
+        .collect();
+    let total: u64 = (1..=REPORTERS).sum();
+    for (n, (status, _, body)) in all_at_once(t, requests).await.iter().enumerate() {
+        let from = n as u64 + 1;
+        assert_eq!(*status, StatusCode::OK, "report {from}: {body}");
+        let crowd = &body["presence"][0];
+        assert_eq!(crowd["id"], "crowd");
+        assert_eq!(crowd["recorded"], from, "{body}");
+        let count = crowd["count"].as_u64().unwrap();
+        assert!((from..=total).contains(&count), "{body}");
+        assert_eq!(body["presence"][1]["id"], format!("own{from}"));
+        assert_eq!(body["presence"][1]["count"], 1, "{body}");
+        assert_eq!(body["presence"][1]["recorded"], 1, "{body}");
+    }
+    let (_, view) = t.get("/v1/presence/crowd").await;
+    assert_eq!(view["count"], total, "every report is stored");
+    assert_eq!(view["reporters"], REPORTERS);
+    let commits = t.metric(r#"tally_commits_total{purpose="presence"}"#).await;
+    eprintln!("{REPORTERS} reports at once: {commits} transactions");
+    assert!(
+        (1.0..REPORTERS as f64).contains(&commits),
+        "{REPORTERS} reports in {commits} transactions"
+    );
+    assert_eq!(t.metric("tally_commit_batch_reports_count").await, commits);
+    assert_eq!(
+        t.metric("tally_commit_batch_reports_sum").await,
+        REPORTERS as f64
+    );
+
+    const SYNCS: u64 = 20;
+    let requests = (0..SYNCS)
+        .map(|n| {
+            let registers = sketch_of(n * 100..n * 100 + 100);
+            let body = json!({"version": 2, "replica": replica(n + 1), "region": "eu",
+                "sketches": [{"id": "crowd", "registers": registers}]});
+            edge_request("/v1/unique", Some(TOKEN), &body)
+        })
+        .collect();
+    for (n, (status, _, body)) in all_at_once(t, requests).await.iter().enumerate() {
+        let n = n as u64;
+        assert_eq!(*status, StatusCode::OK, "sketch sync {n}: {body}");
+        let mut merged: HyperLogLog =
+            serde_json::from_value(body["sketches"][0]["sketch"].clone()).unwrap();
+        assert!(
+            !merged.merge(&sketch_of(n * 100..n * 100 + 100)).unwrap(),
+            "the answer holds the sync's own registers"
+        );
+    }
+    let (_, read) = t
+        .send(edge_request(
+            "/v1/read/unique",
+            Some(TOKEN),
+            &json!({"version": 2, "sketches": [{"id": "crowd"}]}),
+        ))
+        .await;
+    let merged: HyperLogLog =
+        serde_json::from_value(read["sketches"][0]["sketch"].clone()).unwrap();
+    assert_eq!(
+        merged,
+        sketch_of(0..SYNCS * 100),
+        "every register is merged"
+    );
+    let commits = t.metric(r#"tally_commits_total{purpose="unique"}"#).await;
+    eprintln!("{SYNCS} sketch syncs at once: {commits} transactions");
+    assert!(
+        (1.0..SYNCS as f64).contains(&commits),
+        "{SYNCS} sketch syncs in {commits} transactions"
+    );
+    assert_eq!(
+        t.metric("tally_commit_batch_sketch_syncs_count").await,
+        commits
+    );
+    assert_eq!(
+        t.metric("tally_commit_batch_sketch_syncs_sum").await,
+        SYNCS as f64
+    );
+}
+
+#[tokio::test]
+async fn concurrent_reports_and_sketch_syncs_are_all_stored_in_fewer_transactions_in_sqlite() {
+    // Fails on the code before: each report and sketch sync was a transaction of its own.
+    let t = TestMerger::new().await;
+    concurrent_writes_are_batched(&t).await;
+}
+
+#[tokio::test]
+async fn concurrent_reports_and_sketch_syncs_are_all_stored_in_fewer_transactions_in_postgres() {
+    let Some(cluster) =
+        PostgresCluster::start_unless_skipped("concurrent_reports_in_postgres").await
+    else {
+        return;
+    };
+    let t = TestMerger::with(|c| c.database_url = cluster.url()).await;
+    concurrent_writes_are_batched(&t).await;
+    t.merger.close().await;
+}
+
+#[tokio::test]
+async fn reports_syncs_and_sketch_syncs_queued_together_are_each_answered_from_their_own_batch() {
+    // Work of three kinds, interleaved in the queue: each batch holds one kind, in order.
+    let t = TestMerger::new().await;
+    let sketch = |n: u64| {
+        let body = json!({"version": 2, "replica": replica(n), "region": "eu",
+            "sketches": [{"id": "mixed", "registers": sketch_of(n * 10..n * 10 + 10)}]});
+        edge_request("/v1/unique", Some(TOKEN), &body)
+    };
+    let presence = |n: u64| {
+        edge_request(
+            "/v1/presence",
+            Some(TOKEN),
+            &report_body(n, 1, &[("mixed", n)]),
+        )
+    };
+    let sync = |n: u64| sync_request(sync_body(n, "eu", &[("mixed", "g", n, 0)]).to_string());
+    let requests = vec![
+        presence(1),
+        presence(2),
+        sync(1),
+        sync(2),
+        presence(3),
+        sketch(1),
+        sketch(2),
+        presence(4),
+        sync(3),
+        sketch(3),
+    ];
+    let answers = all_at_once(&t, requests).await;
+    for (n, (status, _, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, StatusCode::OK, "request {n}: {body}");
+    }
+    assert_eq!(answers[1].2["presence"][0]["recorded"], 2);
+    assert_eq!(answers[4].2["presence"][0]["recorded"], 3);
+    assert_eq!(answers[3].2["counters"][0]["recorded"], json!({"p": 2}));
+    assert_eq!(t.get("/v1/presence/mixed").await.1["count"], 10);
+    assert_eq!(t.get("/v1/counters/mixed").await.1["count"], 6);
+    assert_eq!(t.get("/v1/unique/mixed").await.1["count"], 30);
+    // One transaction per run of one kind, in queue order: a batch ends where work of
+    // another kind begins (reports ran three times, syncs twice, sketch syncs twice).
+    for (purpose, runs) in [("presence", 3.0), ("sync", 2.0), ("unique", 2.0)] {
+        let sample = format!("tally_commits_total{{purpose=\"{purpose}\"}}");
+        assert_eq!(t.metric(&sample).await, runs, "{purpose}");
+    }
+}
+
+/// Makes the merger's SQLite database refuse any row named `poison` in `table` (a trigger),
+/// so that a batch holding one fails whole; `false` drops the trigger.
+async fn refuse_poison(t: &TestMerger, table: &str, on: bool) {
+    use sqlx::Connection;
+    let mut db = sqlx::SqliteConnection::connect(&database_url(t.dir.path()))
+        .await
+        .expect("the test database opens");
+    let sql = if on {
+        format!(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} WHEN NEW.name = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"
+        )
+    } else {
+        "DROP TRIGGER refuse_poison".to_owned()
+    };
+    sqlx::query(&sql)
+        .execute(&mut db)
+        .await
+        .expect("the trigger changes");
+    db.close().await.expect("the test connection closes");
+}
+
+#[tokio::test]
+async fn a_failed_batch_of_reports_answers_every_report_503_and_stores_none_of_them() {
+    let t = TestMerger::new().await;
+    refuse_poison(&t, "presence", true).await;
+    // Ten reports queued together with one the database refuses: one batch, one statement.
+    let requests = (1..=10u64)
+        .map(|from| {
+            let counts: &[(&str, u64)] = if from == 5 {
+                &[("calm", 5), ("poison", 1)]
+            } else {
+                &[("calm", from)]
+            };
+            edge_request("/v1/presence", Some(TOKEN), &report_body(from, 1, counts))
+        })
+        .collect();
+    for (n, (status, retry_after, body)) in all_at_once(&t, requests).await.iter().enumerate() {
+        assert_eq!(
+            *status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "report {n}: {body}"
+        );
+        assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    assert_eq!(t.metric("tally_commit_failures_total").await, 1.0);
+    assert_eq!(
+        t.metric(r#"tally_commits_total{purpose="presence"}"#).await,
+        0.0
+    );
+    assert_eq!(
+        t.get("/v1/presence/calm").await.1["count"],
+        0,
+        "nothing stored"
+    );
+    // The edge retries: with the fault gone, the same report is stored.
+    refuse_poison(&t, "presence", false).await;
+    let (status, body) = t
+        .send(edge_request(
+            "/v1/presence",
+            Some(TOKEN),
+            &report_body(5, 1, &[("calm", 5), ("poison", 1)]),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["presence"][0]["count"], 5);
+}
+
+#[tokio::test]
+async fn a_failed_batch_of_sketch_syncs_answers_every_sync_503_and_merges_none_of_them() {
+    let t = TestMerger::new().await;
+    refuse_poison(&t, "sketches", true).await;
+    let requests = (1..=6u64)
+        .map(|n| {
+            let mut sketches =
+                vec![json!({"id": "calm", "registers": sketch_of(n * 10..n * 10 + 10)})];
+            if n == 3 {
+                sketches.push(json!({"id": "poison", "registers": sketch_of(0..1)}));
+            }
+            let body = json!({"version": 2, "replica": replica(n), "region": "eu",
+                "sketches": sketches});
+            edge_request("/v1/unique", Some(TOKEN), &body)
+        })
+        .collect();
+    for (n, (status, retry_after, body)) in all_at_once(&t, requests).await.iter().enumerate() {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "sync {n}: {body}");
+        assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    assert_eq!(t.metric("tally_commit_failures_total").await, 1.0);
+    assert_eq!(
+        t.metric(r#"tally_commits_total{purpose="unique"}"#).await,
+        0.0
+    );
+    let (_, view) = t.get("/v1/unique/calm").await;
+    assert_eq!(view["count"], 0, "nothing merged: {view}");
+    assert_eq!(view["updated_at"], Value::Null);
 }
