@@ -732,16 +732,21 @@ fn cached_config(env: &Env) -> std::result::Result<Config, ApiError> {
     Ok(config)
 }
 
-/// The keys of session tokens, made from the configuration on first use in this isolate.
-fn session_keys(config: &Config) -> SessionKeys {
+/// The keys of session tokens, made from the configuration on first use in this isolate and
+/// shared after that: a request holds the isolate's keys (an `Rc`: an isolate runs on one
+/// thread), not a copy of their HMAC states.
+fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
     thread_local! {
-        static KEYS: std::cell::OnceCell<SessionKeys> = const { std::cell::OnceCell::new() };
+        static KEYS: std::cell::OnceCell<std::rc::Rc<SessionKeys>> =
+            const { std::cell::OnceCell::new() };
     }
     KEYS.with(|k| {
-        k.get_or_init(|| {
-            SessionKeys::new(&config.session_key, config.session_key_previous.as_deref())
-        })
-        .clone()
+        std::rc::Rc::clone(k.get_or_init(|| {
+            std::rc::Rc::new(SessionKeys::new(
+                &config.session_key,
+                config.session_key_previous.as_deref(),
+            ))
+        }))
     })
 }
 

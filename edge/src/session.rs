@@ -66,8 +66,8 @@ const MAC_LEN: usize = 16;
 const DOMAIN: &[u8] = b"tally-session:v1:";
 
 /// The keys tokens are signed and checked with: the current one signs, it and the previous
-/// one (while a key rotates) verify.
-#[derive(Clone)]
+/// one (while a key rotates) verify. Not `Clone`: an isolate makes its keys once and lends
+/// them to every request.
 pub struct SessionKeys {
     /// `(key id, HMAC keyed with it)`, the current key first.
     keys: Vec<(String, Hmac<Sha256>)>,
