@@ -778,6 +778,13 @@ mod tests {
         }
     }
 
+    /// Fills `counter` into `db`, as a read that loaded it from the store does.
+    fn load(db: &Db, counter: StoredCounter) {
+        let k = [counter.key.clone()];
+        db.fill(&k, &k, vec![counter], |_| ())
+            .expect("a fill answers for the keys it loaded");
+    }
+
     fn slot(id: &str, replica: u128, p: u64, n: u64, at: i64) -> SlotRow {
         SlotRow {
             key: key(id),
@@ -876,13 +883,7 @@ mod tests {
         // Fails on d2f0bce: each unknown id was held as a counter, and evicted real ones.
         let db = Db::new(3, CacheStats::default());
         for id in ["a", "b"] {
-            db.fill(
-                &[key(id)],
-                &[key(id)],
-                vec![stored(id, &[(1, "eu", 4, 0)])],
-                |_| (),
-            )
-            .unwrap();
+            load(&db, stored(id, &[(1, "eu", 4, 0)]));
         }
         for i in 0..100 {
             let id = format!("random-{i}");
@@ -919,23 +920,11 @@ mod tests {
     fn the_cache_holds_at_most_its_capacity_and_keeps_what_is_read() {
         let db = Db::new(3, CacheStats::default());
         for id in ["a", "b", "c"] {
-            db.fill(
-                &[key(id)],
-                &[key(id)],
-                vec![stored(id, &[(1, "eu", 1, 0)])],
-                |_| (),
-            )
-            .unwrap();
+            load(&db, stored(id, &[(1, "eu", 1, 0)]));
         }
         // "a" is read again: the hand spares it once and evicts the next unread one.
         count(&db, "a");
-        db.fill(
-            &[key("d")],
-            &[key("d")],
-            vec![stored("d", &[(1, "eu", 1, 0)])],
-            |_| (),
-        )
-        .unwrap();
+        load(&db, stored("d", &[(1, "eu", 1, 0)]));
         assert_eq!(db.len(), 3);
         assert!(
             count(&db, "a").is_some(),
@@ -951,13 +940,7 @@ mod tests {
         let batch = [key("a"), key("b")];
         assert_eq!(db.pin(&batch), batch.to_vec());
         db.insert_pinned(&batch, vec![stored("a", &[(1, "eu", 1, 0)])]);
-        db.fill(
-            &[key("c")],
-            &[key("c")],
-            vec![stored("c", &[(1, "eu", 1, 0)])],
-            |_| (),
-        )
-        .unwrap();
+        load(&db, stored("c", &[(1, "eu", 1, 0)]));
         assert_eq!(db.len(), 3, "the pinned batch and the counter being read");
         let answered = db.apply_commit(
             &[slot("b", 1, 2, 0, 5)],
@@ -981,21 +964,14 @@ mod tests {
         db.insert_pinned(&x, vec![stored("x", &[(1, "eu", 5, 0)])]);
         db.apply_commit(&[slot("x", 1, 9, 0, 20)], |_| Arc::from("eu"), |_| ());
         // A read that loaded before that commit landed fills an older total: max keeps 9.
-        db.fill(&x, &x, vec![stored("x", &[(1, "eu", 5, 0)])], |_| ())
-            .unwrap();
+        load(&db, stored("x", &[(1, "eu", 5, 0)]));
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 9, n: 0 }));
     }
 
     #[test]
     fn refresh_merges_into_held_counters_only() {
         let db = Db::new(10, CacheStats::default());
-        db.fill(
-            &[key("x")],
-            &[key("x")],
-            vec![stored("x", &[(1, "eu", 1, 0)])],
-            |_| (),
-        )
-        .unwrap();
+        load(&db, stored("x", &[(1, "eu", 1, 0)]));
         db.fill(&[key("z")], &[key("z")], vec![], |_| ()).unwrap();
         db.refresh(vec![
             stored("x", &[(2, "us", 4, 0)]),
@@ -1089,6 +1065,12 @@ mod tests {
         }
     }
 
+    /// `x` as the store holds it before a fold: object 1's generation 0 (eu) at 5, object 2
+    /// (us) at 7.
+    fn before_fold() -> StoredCounter {
+        stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])
+    }
+
     /// `x` as the store holds it after object 1's generation 0 (eu, at `p`) was folded, with
     /// object 2 (us) at `live`.
     fn after_fold(p: u64, live: u64) -> StoredCounter {
@@ -1101,14 +1083,8 @@ mod tests {
     #[test]
     fn a_fold_moves_a_slot_into_its_objects_carry_and_keeps_the_count() {
         let db = Db::new(10, CacheStats::default());
+        load(&db, before_fold());
         let x = [key("x")];
-        db.fill(
-            &x,
-            &x,
-            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
-            |_| (),
-        )
-        .unwrap();
         db.apply_retire(inc(1, 0), &retired_a0(5));
         let check = |db: &Db| {
             db.read(&x, |h| {
@@ -1131,26 +1107,18 @@ mod tests {
     #[test]
     fn a_load_from_before_a_fold_does_not_bring_the_folded_slot_back() {
         let db = Db::new(10, CacheStats::default());
-        let x = [key("x")];
-        let before = stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)]);
-        db.fill(&x, &x, vec![before.clone()], |_| ()).unwrap();
+        load(&db, before_fold());
         db.refresh(vec![after_fold(5, 7)]);
         // A read that loaded before the fold lands after it.
-        db.refresh(vec![before]);
+        db.refresh(vec![before_fold()]);
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 12, n: 0 }));
     }
 
     #[test]
     fn a_load_after_a_fold_this_cache_missed_replaces_the_folded_slot_by_its_carry() {
         let db = Db::new(10, CacheStats::default());
+        load(&db, before_fold());
         let x = [key("x")];
-        db.fill(
-            &x,
-            &x,
-            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
-            |_| (),
-        )
-        .unwrap();
         // Another merger retired A0 (its slot had reached 6) and object 2 grew.
         db.refresh(vec![after_fold(6, 9)]);
         db.read(&x, |h| {
@@ -1167,14 +1135,7 @@ mod tests {
         // so the cache's slot of the next incarnation (committed after the load was read)
         // was dropped.
         let db = Db::new(10, CacheStats::default());
-        let x = [key("x")];
-        db.fill(
-            &x,
-            &x,
-            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
-            |_| (),
-        )
-        .unwrap();
+        load(&db, before_fold());
         // Another merger folded A0; this one missed it and committed object 1's next one.
         let load = after_fold(5, 7);
         db.apply_commit(&[slot("x", A1, 4, 0, 20)], |_| Arc::from("eu"), |_| ());
@@ -1193,9 +1154,8 @@ mod tests {
     #[test]
     fn a_synced_carry_takes_the_slots_it_holds_and_counts_them_once() {
         let db = Db::new(10, CacheStats::default());
+        load(&db, stored("x", &[(A0, "eu", 5, 0)]));
         let x = [key("x")];
-        db.fill(&x, &x, vec![stored("x", &[(A0, "eu", 5, 0)])], |_| ())
-            .unwrap();
         // Generation 1 syncs with the carry of generation 0 (5): not 5 + 5.
         let answer = db.apply_commit(
             &[carrying(A1, 1, 5)],
@@ -1220,16 +1180,9 @@ mod tests {
 
     #[test]
     fn a_synced_carry_larger_than_what_is_held_raises_the_count_and_the_answer() {
-        let db = Db::new(10, CacheStats::default());
-        let x = [key("x")];
         // A restored store: it knows only object 2, and object 1's generation 0 at 5.
-        db.fill(
-            &x,
-            &x,
-            vec![stored("x", &[(A0, "eu", 5, 0), (B0, "us", 7, 0)])],
-            |_| (),
-        )
-        .unwrap();
+        let db = Db::new(10, CacheStats::default());
+        load(&db, before_fold());
         // Object 1 is at generation 3: its own carry of generations 0 to 2 is 15.
         let a3 = inc(1, 3).as_u128();
         let answer = db.apply_commit(
