@@ -44,6 +44,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU64;
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +56,7 @@ use tally_crdt::{
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::milestone::{Announcement, Decision, Milestone};
@@ -104,6 +106,9 @@ pub struct PostgresStore {
     opened_xmin: String,
     /// Turns true on [`close`](Store::close): watchers stop.
     closing: watch::Sender<bool>,
+    /// The watchers' tasks, which [`close`](Store::close) waits for: each closes its own
+    /// listening connection as it ends. A std `Mutex`: nothing awaits under it.
+    watchers: Mutex<Vec<JoinHandle<()>>>,
     /// This store's name in its notifications: its own watcher skips them (this merger's
     /// cache already holds what it committed).
     origin: String,
@@ -138,8 +143,16 @@ impl PostgresStore {
             options,
             opened_xmin,
             closing: watch::Sender::new(false),
+            watchers: Mutex::new(Vec::new()),
             origin: random_origin(),
         })
+    }
+
+    /// The watchers' tasks, locked.
+    fn watcher_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.watchers
+            .lock()
+            .expect("no thread panics while holding the watcher list")
     }
 }
 
@@ -1130,8 +1143,15 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
-        // Watchers first: their catch-up holds pool connections that close() waits for.
+        // Watchers first: their catch-up holds pool connections that close() waits for, and
+        // each closes its listening connection before it ends.
         self.closing.send_replace(true);
+        let watchers = std::mem::take(&mut *self.watcher_tasks());
+        for watcher in watchers {
+            if let Err(e) = watcher.await {
+                warn!(error = %e, "a change watcher failed");
+            }
+        }
         self.pool.close().await;
     }
 
@@ -1145,7 +1165,10 @@ impl Store for PostgresStore {
             tx,
         };
         let closing = self.closing.subscribe();
-        tokio::spawn(watcher.run(stop, closing));
+        let task = tokio::spawn(watcher.run(stop, closing));
+        let mut watchers = self.watcher_tasks();
+        watchers.retain(|w| !w.is_finished());
+        watchers.push(task);
         Some(rx)
     }
 }
@@ -1593,13 +1616,25 @@ impl Watcher {
             tx,
         } = self;
         let receiver_gone = tx.clone();
+        // A pool of one connection that never expires: PgListener reconnects through it and
+        // listens again on the new connection.
+        let listening = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
         tokio::select! {
             () = turns_true(stop) => {}
             () = turns_true(closing) => {}
             () = receiver_gone.closed() => {}
-            () = listen(options, &origin, tx.clone()) => {}
+            () = listen(&listening, &origin, tx.clone()) => {}
             () = catch_up(pool, since, tx) => {}
         }
+        // The listener, dropped with its future, hands its connection back to the pool (after
+        // an UNLISTEN, in a task of its own); closing the pool waits for that and closes it, so
+        // no connection of the watcher outlives it.
+        listening.close().await;
         debug!("change watcher stopped");
     }
 }
@@ -1611,21 +1646,13 @@ async fn turns_true(mut flag: watch::Receiver<bool>) {
     }
 }
 
-/// Forwards each notification's keys, on a connection of its own, reconnecting with backoff.
-/// Returns only when the stream's receiver is gone.
-async fn listen(options: PgConnectOptions, origin: &str, tx: mpsc::Sender<Vec<CounterKey>>) {
-    // A pool of one connection that never expires: PgListener reconnects through it and
-    // listens again on the new connection.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(options);
+/// Forwards each notification's keys, on the connection of `pool` (the watcher's own, of one),
+/// reconnecting with backoff. Returns only when the stream's receiver is gone.
+async fn listen(pool: &PgPool, origin: &str, tx: mpsc::Sender<Vec<CounterKey>>) {
     let mut backoff = Backoff::default();
     let mut listener = loop {
         let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(pool).await?;
             listener.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };

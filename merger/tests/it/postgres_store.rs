@@ -534,6 +534,44 @@ async fn watch_delivers_a_key_committed_by_another_store_within_seconds() {
 }
 
 #[tokio::test]
+async fn after_close_the_database_sees_no_connection_of_the_store() {
+    let Some(pg) = cluster("after_close_the_database_sees_no_connection_of_the_store").await else {
+        return;
+    };
+    let url = pg.create_database("closed").await;
+    let store = open(&url).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let _rx = store.watch(stop).expect("postgres watches");
+    let mut observer = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let theirs = "SELECT count(*) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    // The listener is up: the watcher's connection is one of them.
+    let listening = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query ILIKE 'LISTEN%'";
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(listening)
+            .fetch_one(&mut observer)
+            .await
+            .expect("count");
+        if n == 1 {
+            break;
+        }
+        assert!(started.elapsed() < WATCH_LIMIT, "the watcher listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    let left: i64 = sqlx::query_scalar(theirs)
+        .fetch_one(&mut observer)
+        .await
+        .expect("count");
+    assert_eq!(
+        left, 0,
+        "close() returned with a connection of the store open"
+    );
+}
+
+#[tokio::test]
 async fn the_catch_up_finds_changes_no_notification_announced() {
     let Some(pg) = cluster("the_catch_up_finds_changes_no_notification_announced").await else {
         return;
