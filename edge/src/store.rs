@@ -9,7 +9,7 @@
 //! - `meta`: the incarnation (id, generation, start, the earlier ones still to retire), the
 //!   region, the anti-entropy cursor, the schema version.
 //!
-//! The schema is a list of numbered steps ([`MIGRATIONS`]); storage records in `meta` how
+//! The schema is a list of numbered steps (`MIGRATIONS`); storage records in `meta` how
 //! many it has run and runs the rest when it opens, so storage written by an older edge is
 //! brought up to date in place.
 //!
@@ -184,7 +184,7 @@ const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn, vk";
 
 impl Store {
     /// Opens the tables, creating them on first use and bringing older storage up to date
-    /// ([`MIGRATIONS`]).
+    /// (`MIGRATIONS`).
     ///
     /// # Errors
     ///

@@ -116,7 +116,7 @@ pub enum Error {
         max: u64,
     },
     /// A receipt that is not one the key made for this counter (see
-    /// [`Receipt`](crate::Receipt)).
+    /// `Receipt`).
     #[error("not a receipt of this counter")]
     InvalidReceipt,
     /// A visitor key, or a sync's visit, that breaks a rule (named in the message).

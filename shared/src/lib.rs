@@ -33,7 +33,7 @@
 //!
 //! # Features
 //!
-//! - `json`: [`SyncRequest::from_json`], decoding and validation in one call (pulls in
+//! - `json`: `SyncRequest::from_json`, decoding and validation in one call (pulls in
 //!   `serde_json` without std).
 //! - `wasm`: wasm-bindgen bindings `GCounter`, `PNCounter` and `HyperLogLog` for JavaScript
 //!   (implies `json`).

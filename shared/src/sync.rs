@@ -258,7 +258,7 @@ pub const MAX_VISITOR_LEN: usize = 64;
 pub const MAX_VISITS_PER_COUNTER: usize = 32;
 
 /// A hit that carried a visitor key: it holds units `end - delta + 1 ..= end` of the
-/// sender's slot (as its [`Receipt`](crate::Receipt) says).
+/// sender's slot (as its `Receipt` says).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Visit {

@@ -9,7 +9,7 @@
 //!
 //! - **P2** (`--phase p2`): durable slot-updates/s of the merger on SQLite under
 //!   [`sync_load`](crate::sync_load) ÷ durable hits/s of one autocommitted SQLite `UPDATE` per
-//!   hit ([`naive`](crate::naive), WAL, `synchronous=FULL`).
+//!   hit ([`crate::naive`], WAL, `synchronous=FULL`).
 //! - **P3** (`p3`): the same merger figure ÷ Redis `INCR`, one command per hit, no persistence
 //!   (`redis-benchmark`, [`redis`]); beside it, pipelined and `appendfsync always`.
 //! - **P4** (`p4`): `wrk` on the merger's `GET /v1/counters/{id}` ÷ `wrk` on the hello-world

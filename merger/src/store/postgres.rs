@@ -8,7 +8,7 @@
 //!   points). Max is commutative, associative and idempotent, so whatever order the commits of
 //!   several mergers land in, each slot ends at the largest total any of them saw, and a
 //!   stale or repeated batch changes nothing (the slot upsert's `WHERE` then skips the row).
-//!   Carries merge the same way, column by column ([`UPSERT_CARRIES`]).
+//!   Carries merge the same way, column by column (`UPSERT_CARRIES`).
 //! - **Sorted batches.** Rows are deduplicated in Rust (an `ON CONFLICT` statement may not
 //!   touch one row twice) and every statement inserts in one global order: replicas by id,
 //!   counters by (kind, name), slots a carry holds by (counter, replica) as they are deleted,
