@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::json;
 use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
 use tally_e2e::postgres::PostgresCluster;
@@ -18,11 +17,6 @@ use tally_merger::store::{ReplicaRow, SlotRow, Store, StoredCounter};
 use tokio::sync::watch;
 
 use crate::common::*;
-
-/// The id of incarnation `generation` of edge object `object`.
-fn incarnation(object: u128, generation: u32) -> ReplicaId {
-    ReplicaId::lineage(ReplicaId::from_u128(object << 32), generation)
-}
 
 fn viewers() -> CounterKey {
     CounterKey::new(CounterKind::Pn, "viewers").expect("a valid id")
@@ -200,33 +194,14 @@ async fn postgres_carries_merge_by_max_and_heal_and_other_mergers_hear_them() {
     store.close().await;
 }
 
-/// A sync body of `g:a` from generation `generation` of object 1: `p`, and the carry.
-fn v4_sync(generation: u32, p: u64, carried: u64) -> serde_json::Value {
-    let mut counter = json!({"kind": "g", "id": "a", "p": p, "n": 0});
-    if carried > 0 {
-        counter["carried"] = json!({"p": carried, "n": 0});
-    }
-    json!({
-        "version": 4,
-        "replica": incarnation(1, generation).to_string(),
-        "region": "eu",
-        "counters": [counter],
-    })
-}
-
 #[tokio::test]
 async fn a_version_4_sync_answers_the_count_its_carry_raised() {
     let t = TestMerger::new().await;
     // Generation 0 counted 5 and retired (a version-4 retirement).
     let (status, answer) = t.sync(&v4_sync(0, 5, 0)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let retire = Request::post("/v1/retire")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::from(
-            json!({"version": 4, "replica": incarnation(1, 0).to_string()}).to_string(),
-        ))
-        .unwrap();
+    let retire =
+        retire_request(json!({"version": 4, "replica": incarnation(1, 0).to_string()}).to_string());
     let (status, answer) = t.send(retire).await;
     assert_eq!(
         (status, &answer["folded"]),

@@ -15,6 +15,8 @@ use tally_merger::store::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::common::incarnation;
+
 /// How long a watcher may take to report a change: a catch-up round is 1 s, and a test waits
 /// at least 5x the longest it took under the test command's load (docs/testing.md).
 const WATCH_LIMIT: Duration = Duration::from_secs(20);
@@ -688,11 +690,6 @@ async fn retention_downsamples_and_deletes_history_in_postgres_too() {
         .map(|r| r.at.unix_ms())
         .collect();
     assert_eq!(kept, want);
-}
-
-/// The id of incarnation `generation` of edge object `object`.
-fn incarnation(object: u128, generation: u32) -> ReplicaId {
-    ReplicaId::lineage(ReplicaId::from_u128(object << 32), generation)
 }
 
 #[tokio::test]

@@ -79,13 +79,7 @@ async fn a_retired_replica_leaves_its_regions_count_and_the_last_sync_stays() {
     t.sync(&sync_body(1, "eu", &[("a", "g", 5, 0)])).await;
     t.sync(&sync_body(2, "eu", &[("a", "g", 7, 0)])).await;
     let before = regions(&t).await;
-    let retire = Request::post("/v1/retire")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::from(
-            json!({"version": 2, "replica": replica(1)}).to_string(),
-        ))
-        .unwrap();
+    let retire = retire_request(json!({"version": 2, "replica": replica(1)}).to_string());
     let (status, body) = t.send(retire).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let after = regions(&t).await;

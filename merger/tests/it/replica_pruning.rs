@@ -8,8 +8,7 @@
 
 use std::path::Path;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
@@ -20,11 +19,6 @@ use tally_merger::store::sqlite::SqliteStore;
 use tally_merger::store::{ReplicaRow, SlotRow, Store};
 
 use crate::common::*;
-
-/// The id of incarnation `generation` of edge object `object`.
-fn incarnation(object: u128, generation: u32) -> ReplicaId {
-    ReplicaId::lineage(ReplicaId::from_u128(object << 32), generation)
-}
 
 /// Replicas retired into the base of region `us` before carries, as the retirements of the
 /// releases before wrote them: `FOLDED` with its `folded` row (0011), `UNLISTED` without
@@ -354,20 +348,6 @@ async fn postgres_prunes_retired_replicas_and_late_syncs_count_nothing() {
     store.close().await;
 }
 
-/// A version-4 sync of `g:a` from generation `generation` of object 1.
-fn v4_sync(generation: u32, p: u64, carried: u64) -> serde_json::Value {
-    let mut counter = json!({"kind": "g", "id": "a", "p": p, "n": 0});
-    if carried > 0 {
-        counter["carried"] = json!({"p": carried, "n": 0});
-    }
-    json!({
-        "version": 4,
-        "replica": incarnation(1, generation).to_string(),
-        "region": "eu",
-        "counters": [counter],
-    })
-}
-
 #[tokio::test]
 async fn a_late_sync_of_a_pruned_incarnation_is_refused_and_counts_nothing() {
     let t = TestMerger::new().await;
@@ -379,13 +359,8 @@ async fn a_late_sync_of_a_pruned_incarnation_is_refused_and_counts_nothing() {
     );
     let (status, answer) = t.sync(&v4_sync(0, 5, 0)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let retire = Request::post("/v1/retire")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::from(
-            json!({"version": 4, "replica": incarnation(1, 0).to_string()}).to_string(),
-        ))
-        .unwrap();
+    let retire =
+        retire_request(json!({"version": 4, "replica": incarnation(1, 0).to_string()}).to_string());
     let not_after = tally_merger::commit::now();
     let (status, answer) = t.send(retire).await;
     assert_eq!(status, StatusCode::OK, "{answer}");

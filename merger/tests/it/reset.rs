@@ -122,15 +122,9 @@ async fn a_retirement_after_a_reset_keeps_the_count() {
     t.sync(&sync_body(1, "eu", &[("a", "g", 9, 0)])).await;
     assert_eq!(count(&t, "/v1/counters/a").await, (4, 1));
     let (status, body) = t
-        .send(
-            Request::post("/v1/retire")
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-                .body(Body::from(
-                    serde_json::json!({"version": 2, "replica": replica(1)}).to_string(),
-                ))
-                .unwrap(),
-        )
+        .send(retire_request(
+            serde_json::json!({"version": 2, "replica": replica(1)}).to_string(),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(count(&t, "/v1/counters/a").await, (4, 1));

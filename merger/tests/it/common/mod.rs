@@ -158,6 +158,14 @@ pub fn sync_request(body: impl Into<Body>) -> Request<Body> {
         .unwrap()
 }
 
+pub fn retire_request(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/v1/retire")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
 pub fn read_request(body: impl Into<Body>) -> Request<Body> {
     Request::post("/v1/read")
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
@@ -179,6 +187,26 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 /// A replica id from a small number.
 pub fn replica(n: u64) -> String {
     format!("{n:032x}")
+}
+
+/// The id of incarnation `generation` of edge object `object` (a lineage id).
+pub fn incarnation(object: u128, generation: u32) -> tally_crdt::ReplicaId {
+    tally_crdt::ReplicaId::lineage(tally_crdt::ReplicaId::from_u128(object << 32), generation)
+}
+
+/// A version-4 sync body of `g:a` from incarnation `generation` of object 1: `p`, and the
+/// carry (absent when 0).
+pub fn v4_sync(generation: u32, p: u64, carried: u64) -> Value {
+    let mut counter = json!({"kind": "g", "id": "a", "p": p, "n": 0});
+    if carried > 0 {
+        counter["carried"] = json!({"p": carried, "n": 0});
+    }
+    json!({
+        "version": 4,
+        "replica": incarnation(1, generation).to_string(),
+        "region": "eu",
+        "counters": [counter],
+    })
 }
 
 /// A sync body of the current protocol version: `counters` as `(id, kind, p, n)`.
