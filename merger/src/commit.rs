@@ -163,14 +163,17 @@ impl<V: Clone + Send> Invalidate for ViewCache<V> {
     }
 }
 
-/// The view caches that batches of presence reports and sketch syncs make stale: each key a
-/// committed batch wrote is dropped from them before its callers are answered.
+/// The view caches that commits make stale: each key a committed batch wrote is dropped from
+/// them before its callers are answered.
 #[derive(Clone)]
 pub struct Views {
     /// The public reads of viewers now, by presence id.
     pub presence: Arc<dyn Invalidate>,
     /// The public reads of unique visitors, by sketch key (its text form).
     pub unique: Arc<dyn Invalidate>,
+    /// The public milestone lists, by counter id: a sync batch that decides one drops its
+    /// counter's.
+    pub milestones: Arc<dyn Invalidate>,
 }
 
 impl std::fmt::Debug for Views {
@@ -644,7 +647,7 @@ impl CommitTask {
         let (replicas, slots) = self.rows_to_write(batch, at);
         let committed = self.store.commit(&replicas, &slots).await?;
         for (id, _) in &committed.decided {
-            self.db.milestone_lists.changed(id);
+            self.views.milestones.changed(id);
         }
         if !committed.news.is_empty() {
             self.db.news.post(at, &committed.news);

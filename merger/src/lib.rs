@@ -118,6 +118,9 @@ pub struct Shared {
     /// The public reads of unique visitors, by sketch key, for a second; the commit task
     /// drops those a batch of sketch syncs changed.
     pub unique_views: Arc<views::ViewCache<http::unique::UniqueView>>,
+    /// The public milestone lists, by counter id, for a second; registrations and cancels
+    /// here drop theirs, and the commit task those of the milestones a sync batch decided.
+    pub milestone_views: Arc<views::ViewCache<Vec<milestone::Milestone>>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -256,10 +259,7 @@ impl Merger {
         metrics
             .replicas
             .set(i64::try_from(store.replica_count().await?).unwrap_or(i64::MAX));
-        let db = Arc::new(
-            Db::new(config.cache_counters, metrics.cache.clone())
-                .counting_views(metrics.view_hits.clone(), metrics.view_misses.clone()),
-        );
+        let db = Arc::new(Db::new(config.cache_counters, metrics.cache.clone()));
         info!(
             backend = store.backend(),
             cache_counters = config.cache_counters,
@@ -277,9 +277,16 @@ impl Merger {
             metrics.view_hits.clone(),
             metrics.view_misses.clone(),
         ));
+        let milestone_views = Arc::new(views::ViewCache::new(
+            config.cache_counters,
+            views::VIEW_TTL,
+            metrics.view_hits.clone(),
+            metrics.view_misses.clone(),
+        ));
         let views = commit::Views {
             presence: Arc::clone(&presence_views) as Arc<dyn commit::Invalidate>,
             unique: Arc::clone(&unique_views) as Arc<dyn commit::Invalidate>,
+            milestones: Arc::clone(&milestone_views) as Arc<dyn commit::Invalidate>,
         };
         let (stop, stopped) = watch::channel(false);
         let (committer, commit_task) = commit::spawn(
@@ -337,6 +344,7 @@ impl Merger {
             load_timeout: config.request_timeout,
             presence_views,
             unique_views,
+            milestone_views,
         }));
         Ok(Merger {
             state,

@@ -335,42 +335,16 @@ pub struct Db {
     pub stats: CacheStats,
     /// The milestone news of the counters that have any.
     pub news: crate::milestone::NewsBoard,
-    /// The public milestone lists, for [`crate::views::VIEW_TTL`]: a registration, a cancel
-    /// or a commit that decides one drops its counter's here.
-    pub milestone_lists: crate::views::ViewCache<Vec<crate::milestone::Milestone>>,
 }
 
 impl Db {
-    /// An empty cache of at most `capacity` counters (at least 1), counting into `stats`,
-    /// and as many milestone lists (their hits and misses uncounted: see
-    /// [`Db::counting_views`]).
+    /// An empty cache of at most `capacity` counters (at least 1), counting into `stats`.
     pub fn new(capacity: usize, stats: CacheStats) -> Db {
         Db {
             state: RwLock::default(),
             capacity: capacity.max(1),
             stats,
             news: crate::milestone::NewsBoard::default(),
-            milestone_lists: crate::views::ViewCache::new(
-                capacity,
-                crate::views::VIEW_TTL,
-                Tally::default(),
-                Tally::default(),
-            ),
-        }
-    }
-
-    /// The same, with the milestone lists' reads counted into `hits` and `misses` (the view
-    /// cache metrics).
-    #[must_use]
-    pub fn counting_views(self, hits: Tally, misses: Tally) -> Db {
-        Db {
-            milestone_lists: crate::views::ViewCache::new(
-                self.capacity,
-                crate::views::VIEW_TTL,
-                hits,
-                misses,
-            ),
-            ..self
         }
     }
 

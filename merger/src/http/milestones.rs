@@ -188,7 +188,7 @@ pub async fn add(
 /// Posts counter `id`'s news on this merger's board after a registration or a cancel, so
 /// that reads tell the edge at once (a failure only delays that to the next commit).
 async fn post_news(app: &AppState, id: &str) {
-    app.db.milestone_lists.changed(id);
+    app.milestone_views.changed(id);
     match app.store.milestones(id).await {
         Ok(list) => app.db.news.post_list(id, &list, now()),
         Err(e) => tracing::warn!(error = %e, counter = id, "milestone news not posted"),
@@ -224,7 +224,7 @@ pub async fn list(
     Path((namespace, id)): Path<(String, String)>,
 ) -> Result<Json<Milestones>, AppError> {
     let key = counter_of(&namespace, id)?;
-    let lists = &app.db.milestone_lists;
+    let lists = &app.milestone_views;
     let milestones = match lists.get(key.id()) {
         Some(list) => list,
         None => {
