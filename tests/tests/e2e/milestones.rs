@@ -294,7 +294,11 @@ fn latency(what: &str, hits: &[&Hit]) -> String {
 async fn every_milestone_has_exactly_one_winner_under_faults() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
-    let merger = MergerProcess::start(db.path(), &["--admin-token", ADMIN]).await;
+    // On a port of its own, to be started again there after a kill.
+    let port = free_port();
+    let merger =
+        MergerProcess::start_binary(&merger_binary(), db.path(), port, &["--admin-token", ADMIN])
+            .await;
     let seed = std::env::var("TALLY_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -343,12 +347,6 @@ async fn every_milestone_has_exactly_one_winner_under_faults() {
     // (every object restarts, its memory gone).
     let crash: Vec<u64> = vec![total + 40, total + 100, total + 160];
     register(&client, &merger.url, ID, crash.iter().copied()).await;
-    let port: u16 = merger
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the merger's port");
     let db_dir = db.path().to_path_buf();
     let crasher = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -493,7 +491,11 @@ async fn with_the_merger_stopped_near_hits_answer_pending_at_once_and_keep_their
     const WAITED: Duration = Duration::from_millis(1500);
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
-    let merger = MergerProcess::start(db.path(), &["--admin-token", ADMIN]).await;
+    // On a port of its own, to be started again there after a kill.
+    let port = free_port();
+    let merger =
+        MergerProcess::start_binary(&merger_binary(), db.path(), port, &["--admin-token", ADMIN])
+            .await;
     let mut options = EdgeOptions::new(&merger.url, state.path());
     options.partitions = 1;
     options.spread = 1;
@@ -603,12 +605,6 @@ async fn with_the_merger_stopped_near_hits_answer_pending_at_once_and_keep_their
     // and started again on its database: the keys of the hits told `pending` went with their
     // hits.
     edge.kill_9().await;
-    let port: u16 = merger
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the merger's port");
     merger.kill_9().await;
     let merger =
         MergerProcess::start_binary(&merger_binary(), db.path(), port, &["--admin-token", ADMIN])
