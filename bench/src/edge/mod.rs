@@ -957,13 +957,6 @@ impl Bench {
                 self.p11_settled(&format!("{prefix}-"), run).await?;
             }
         }
-        let each = |values: &[f64]| {
-            values
-                .iter()
-                .map(|v| format!("{v:.1}"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
         for label in ["up", "stopped"] {
             let (p50s, p99s) = (
                 p50.get(label).cloned().unwrap_or_default(),
@@ -978,7 +971,7 @@ impl Bench {
                     "p50 {:.1} ms, p99 {:.1} ms (p99 of each round: {} ms)",
                     median(&p50s),
                     median(&p99s),
-                    each(&p99s)
+                    per_round(&p99s)
                 ),
             );
         }
@@ -1122,13 +1115,6 @@ impl Bench {
         let resumed = Instant::now();
         let down = down?;
 
-        let each = |values: &[f64]| {
-            values
-                .iter()
-                .map(|v| format!("{v:.1}"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
         let series = |map: &BTreeMap<&str, Vec<f64>>, label: &str| {
             map.get(label).cloned().unwrap_or_default()
         };
@@ -1155,7 +1141,7 @@ impl Bench {
                     "p50 {:.1} ms, p99 {:.1} ms{over} (p99 of each round: {} ms); {verdicts}",
                     median(&series(&p50, label)),
                     median(&series(&p99, label)),
-                    each(&series(&p99, label)),
+                    per_round(&series(&p99, label)),
                 ),
             );
         }
@@ -1563,4 +1549,13 @@ struct Restart {
     second_ms: f64,
     rss_before_mib: f64,
     rss_after_mib: f64,
+}
+
+/// Each round's figure, in milliseconds to a tenth, `/`-separated.
+fn per_round(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
