@@ -961,15 +961,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Releases the reads waiting on a fetch when the fetch ends, however it ends (dropping
-/// their senders wakes them).
 /// A step of a hit on the exact path.
 enum Step {
     /// Its verdict is known.
     Told(Verdict),
     /// It sends the counter's exact sync (the totals, whether it is the away window's probe).
     Lead(SlotUpdate, bool),
-    /// It waits for the sync in flight.
+    /// It waits for one of the syncs in flight to land.
     Wait(oneshot::Receiver<()>),
     /// The merger is away: `pending` now.
     Away,
@@ -1006,6 +1004,8 @@ impl Drop for Flight<'_> {
     }
 }
 
+/// Releases the reads waiting on a fetch when the fetch ends, however it ends (dropping
+/// their senders wakes them).
 struct Release<'a> {
     replica: &'a Replica,
     keys: &'a [CounterKey],
