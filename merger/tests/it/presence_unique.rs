@@ -396,11 +396,7 @@ async fn presence_and_sketches_in_postgres_across_two_stores() {
 }
 
 fn edge_request(path: &str, token: Option<&str>, body: &Value) -> Request<Body> {
-    let mut r = Request::post(path).header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        r = r.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    r.body(Body::from(body.to_string())).unwrap()
+    post_json(path, token, body.to_string())
 }
 
 fn now_ms() -> i64 {

@@ -5,15 +5,11 @@
 
 use crate::common::*;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 fn retire_request(body: &Value, token: Option<&str>) -> Request<Body> {
-    let mut r = Request::post("/v1/retire").header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        r = r.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    r.body(Body::from(body.to_string())).unwrap()
+    post_json("/v1/retire", token, body.to_string())
 }
 
 async fn retire(t: &TestMerger, replica_n: u64) -> Value {

@@ -150,28 +150,30 @@ pub fn database_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("tally.db").display())
 }
 
+/// A JSON `POST` to `path`, with `Authorization: Bearer` of `token` if given.
+pub fn post_json(path: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut r = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    r.body(body.into()).unwrap()
+}
+
+/// A JSON `POST` of an edge route, with the sync token.
+fn edge_post(path: &str, body: impl Into<Body>) -> Request<Body> {
+    post_json(path, Some(TOKEN), body)
+}
+
 pub fn sync_request(body: impl Into<Body>) -> Request<Body> {
-    Request::post("/v1/sync")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .unwrap()
+    edge_post("/v1/sync", body)
 }
 
 pub fn retire_request(body: impl Into<Body>) -> Request<Body> {
-    Request::post("/v1/retire")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .unwrap()
+    edge_post("/v1/retire", body)
 }
 
 pub fn read_request(body: impl Into<Body>) -> Request<Body> {
-    Request::post("/v1/read")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .unwrap()
+    edge_post("/v1/read", body)
 }
 
 /// The value of `sample` (name and labels, as written) in a metrics text; 0 when absent.
