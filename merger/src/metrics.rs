@@ -143,6 +143,8 @@ pub struct Metrics {
     pub view_misses: Counter,
     /// Counters reloaded because another merger changed them.
     pub peer_refreshes: Counter,
+    /// Times every held counter was reloaded because changes of other mergers were lost.
+    pub peer_full_reloads: Counter,
     /// History points deleted by retention and downsampling.
     pub history_pruned: Counter,
     /// Replica incarnations retired.
@@ -187,6 +189,7 @@ impl Default for Metrics {
             view_hits: Counter::default(),
             view_misses: Counter::default(),
             peer_refreshes: Counter::default(),
+            peer_full_reloads: Counter::default(),
             history_pruned: Counter::default(),
             retirements: Counter::default(),
             slots_folded: Counter::default(),
@@ -381,6 +384,11 @@ impl Default for Metrics {
             "peer_refreshes",
             "Counters reloaded because another merger changed them",
             m.peer_refreshes.clone(),
+        );
+        registry.register(
+            "peer_full_reloads",
+            "Times every held counter was reloaded because changes of other mergers were lost",
+            m.peer_full_reloads.clone(),
         );
         Metrics { registry, ..m }
     }

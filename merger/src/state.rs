@@ -268,6 +268,12 @@ impl Absent {
         }
     }
 
+    /// Empties the set.
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.order.clear();
+    }
+
     /// Takes `key` out (the queue drops it lazily, when it reaches the front).
     fn remove(&mut self, key: &CounterKey) {
         if self.keys.remove(key) {
@@ -543,6 +549,14 @@ impl Db {
         keys.into_iter()
             .filter(|k| merged.counters.contains_key(k))
             .collect()
+    }
+
+    /// Every held counter, after changes of other mergers were lost: all to refresh, and
+    /// no id is known to be absent any more.
+    pub fn held_all(&self) -> Vec<CounterKey> {
+        let mut merged = self.write_lock();
+        merged.absent.clear();
+        merged.counters.keys().cloned().collect()
     }
 
     /// Merges what another merger committed into the counters still held; counters not

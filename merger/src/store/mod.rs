@@ -1127,7 +1127,17 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// The counters other processes change, for a backend that several mergers share:
     /// batches of keys, until `stop` turns true. `None` for a backend only one process uses.
-    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>>;
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
+}
+
+/// One report of a store's change feed ([`Store::watch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// These counters may have changed since the watcher last looked: reload them.
+    Counters(Vec<CounterKey>),
+    /// Changes were lost to the watcher (its change log was pruned past what it had read,
+    /// after it could not reach the database for that long): reload every counter held.
+    All,
 }
 
 /// Opens the backend the URL's scheme names, creating and migrating its schema.

@@ -27,13 +27,17 @@
 //!   kind never holds the `:` that ids may), delivered when the transaction commits. A
 //!   payload over [`MAX_PAYLOAD`] bytes is not sent. Notifications are also lost while the
 //!   listening connection is down.
-//! - **An exact catch-up.** Every slot, carry and cut row records the id of the transaction
-//!   that last changed it (`changed`, xid8). Every [`CATCH_UP_EVERY`] the watcher asks, in
-//!   one statement, for the rows whose `changed` is in `[since, xmin)`, where `xmin` is its
-//!   snapshot's oldest running transaction id, then sets `since = xmin`. Transactions below
-//!   `xmin` have all ended, so their committed rows are visible to that very snapshot;
-//!   transactions at or above it may still run and are left to a later round. No clock is
-//!   involved and nothing is skipped (see [`CATCH_UP`]).
+//! - **An exact catch-up from a change log.** Triggers on every table that holds a count
+//!   (slots, carries, cuts, and counters for their epoch) add a row per statement to
+//!   `changes`: the writing transaction's id (xid8) and the counters it changed
+//!   (`migrations/postgres/0013_change_log.sql`), whoever writes. Every [`CATCH_UP_EVERY`]
+//!   the watcher asks, in one statement, for the counters of the log rows whose transaction
+//!   is in `[since, xmin)`, where `xmin` is its snapshot's oldest running transaction id,
+//!   then sets `since = xmin`. Transactions below `xmin` have all ended, so their committed
+//!   rows are visible to that very snapshot; transactions at or above it may still run and
+//!   are left to a later round. No clock is involved and nothing is skipped (see
+//!   [`CATCH_UP`]). Watchers prune rows older than [`CHANGE_LOG_KEEP`]; one that had not
+//!   read a pruned row reports [`Changes::All`].
 //!
 //! The bound: a change committed by any merger reaches every watcher's stream within about
 //! [`CATCH_UP_EVERY`] plus the duration of the longest transaction open on the database at
@@ -62,7 +66,7 @@ use tracing::{debug, warn};
 use crate::milestone::{Announcement, Decision, Milestone};
 
 use super::{
-    AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
+    AddMilestone, CancelMilestone, CarryRow, Changes, Committed, IMPORT_REGION, ImportOutcome,
     ImportRequest, MILESTONE_COLUMNS_POSTGRES, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
     Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
     encode_u128, key_of, replica_of,
@@ -78,6 +82,13 @@ pub const MAX_PAYLOAD: usize = 7900;
 
 /// How often a watcher runs its catch-up.
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the change log keeps a row: a watcher that could not read it for longer reloads
+/// every counter it holds ([`Changes::All`]).
+pub const CHANGE_LOG_KEEP: Duration = Duration::from_secs(600);
+
+/// Catch-up rounds between two prunes of the change log by a watcher.
+const PRUNE_EVERY: u32 = 60;
 
 /// Batches a watcher's stream holds before the listener drops notifications (the catch-up
 /// waits for room instead: it is the one that must not lose anything).
@@ -148,6 +159,12 @@ impl PostgresStore {
         })
     }
 
+    /// Deletes the change log rows older than `keep` (every watcher does this with
+    /// [`CHANGE_LOG_KEEP`]); answers how many.
+    pub async fn prune_change_log(&self, keep: Duration) -> Result<u64, StoreError> {
+        prune_changes(&self.pool, keep).await
+    }
+
     /// The watchers' tasks, locked.
     fn watcher_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.watchers
@@ -208,8 +225,9 @@ const DELETE_CARRIED_SLOTS: &str = "\
     ) d WHERE s.counter = d.counter AND s.replica = d.replica";
 
 /// The carry merge: max per column, in (counter, object) lock order. A row that grows in no
-/// column is not written (so `changed` keeps naming the last transaction that grew it).
-/// Answers the counters whose carries changed, for the notification.
+/// column is not written (so the change log names only counters that grew; `changed` is
+/// written for the catch-up of mergers of the previous release). Answers the counters whose
+/// carries changed, for the notification.
 const UPSERT_CARRIES: &str = "\
     WITH changed AS ( \
         INSERT INTO carries AS x (counter, object, region, through, p, n, updated_at) \
@@ -240,8 +258,9 @@ const INSERT_COUNTERS: &str = "\
     ON CONFLICT DO NOTHING";
 
 /// The CRDT merge: max per half, in (counter, replica) lock order. A row that grows in
-/// neither half is not written (so `changed` keeps naming the last transaction that grew
-/// it), nor is a slot its object's carry holds (it is final). The joins are LEFT joins so
+/// neither half is not written (so the change log names only counters that grew; `changed`
+/// is written for the catch-up of mergers of the previous release), nor is a slot its
+/// object's carry holds (it is final). The joins are LEFT joins so
 /// that a slot naming a replica that was never registered fails on `NOT NULL` and rolls the
 /// batch back, instead of vanishing from an inner join. Answers the counters whose slots
 /// changed, for the notification.
@@ -314,32 +333,65 @@ const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
     OR EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id) \
     OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
 
-/// One round of the watcher's catch-up: the counters of slots, carries or cuts changed by
-/// transactions in `[since, xmin)`, and that `xmin`, from one statement and so one snapshot.
+/// One round of the watcher's catch-up: the counters the change log names for transactions
+/// in `[since, xmin)`, that `xmin`, and whether the log was pruned at or past `since`
+/// (`missed`: rows this watcher never read may be gone), from one statement and so one
+/// snapshot. The log is written by triggers on every table that holds a count
+/// (`migrations/postgres/0013_change_log.sql`): it is the catch-up's only source.
 ///
 /// Why nothing is missed: `xmin` is the oldest transaction still running when the snapshot
-/// was taken, so every transaction below it has ended and, if it committed, its rows are
+/// was taken, so every transaction below it has ended and, if it committed, its log rows are
 /// visible to this snapshot. Transaction ids are handed out in increasing order and a
 /// transaction gets its id at its first write, so one that had not written yet gets an id at
-/// or above `xmin`, left to a later round like those still running. A row changed by a
-/// transaction below `since` cannot have been changed after the previous round's snapshot:
-/// a later writer of the row would have waited for that transaction's row lock and so have
-/// an id that was still running (at or above the old `xmin`, which is `since`) then.
-/// The one left-joined row carries `xmin` when nothing changed.
+/// or above `xmin`, left to a later round like those still running. A prune that deleted a
+/// row at or above `since` before this round read it moved the horizon there, which `missed`
+/// reports. The one left-joined row carries `xmin` when nothing changed.
 pub const CATCH_UP: &str = "\
     WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
-    SELECT snap.xmin::text AS xmin, k.kind, k.name \
+    SELECT snap.xmin::text AS xmin, \
+        (SELECT h.through >= $1::text::xid8 FROM change_log_horizon h) AS missed, \
+        k.kind, k.name \
     FROM snap LEFT JOIN LATERAL ( \
-        SELECT c.kind, c.name FROM slots s JOIN counters c ON c.id = s.counter \
-        WHERE s.changed >= $1::text::xid8 AND s.changed < snap.xmin \
-        UNION \
-        SELECT c.kind, c.name FROM carries o JOIN counters c ON c.id = o.counter \
-        WHERE o.changed >= $1::text::xid8 AND o.changed < snap.xmin \
-        UNION \
-        SELECT c.kind, c.name FROM cuts x JOIN counters c ON c.id = x.counter \
-        WHERE x.changed >= $1::text::xid8 AND x.changed < snap.xmin \
+        SELECT DISTINCT c.kind, c.name \
+        FROM changes g CROSS JOIN LATERAL UNNEST(g.counters) AS u(id) \
+        JOIN counters c ON c.id = u.id \
+        WHERE g.xid >= $1::text::xid8 AND g.xid < snap.xmin \
     ) k ON true \
     ORDER BY k.kind, k.name";
+
+/// Deletes at most `$2` change log rows written more than `$1` seconds ago and moves the
+/// horizon to the largest `xid` deleted; answers how many it deleted. Several mergers may run
+/// it at once: a row is deleted once, and the horizon only grows.
+const PRUNE_CHANGES: &str = "\
+    WITH gone AS ( \
+        DELETE FROM changes WHERE ctid = ANY(ARRAY( \
+            SELECT ctid FROM changes WHERE at < now() - make_interval(secs => $1) LIMIT $2)) \
+        RETURNING xid \
+    ), moved AS ( \
+        UPDATE change_log_horizon SET through = GREATEST(through, \
+            (SELECT xid FROM gone ORDER BY xid DESC LIMIT 1)) \
+        WHERE EXISTS (SELECT 1 FROM gone) \
+    ) \
+    SELECT count(*) FROM gone";
+
+/// Change log rows deleted per statement of a prune.
+const PRUNE_CHUNK: i64 = 10_000;
+
+/// Deletes the change log rows older than `keep`, in chunks; answers how many.
+async fn prune_changes(pool: &PgPool, keep: Duration) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    loop {
+        let n: i64 = sqlx::query_scalar(PRUNE_CHANGES)
+            .bind(keep.as_secs_f64())
+            .bind(PRUNE_CHUNK)
+            .fetch_one(pool)
+            .await?;
+        deleted += u64::try_from(n).unwrap_or_default();
+        if n < PRUNE_CHUNK {
+            return Ok(deleted);
+        }
+    }
+}
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -478,8 +530,8 @@ impl Store for PostgresStore {
 
     /// The counter's row lock serializes resets of one counter; syncs do not take it, and
     /// need not: a slot that grows after the sums are read is above the cut and counts in
-    /// the new epoch, one that grew before is inside it. The cuts' `changed` brings the new
-    /// epoch to the other mergers' catch-up (and NOTIFY, sooner).
+    /// the new epoch, one that grew before is inside it. The change log brings the new epoch
+    /// to the other mergers' catch-up (and NOTIFY, sooner).
     async fn reset(
         &self,
         key: &CounterKey,
@@ -1152,10 +1204,20 @@ impl Store for PostgresStore {
                 warn!(error = %e, "a change watcher failed");
             }
         }
+        // A connection goes back to the pool from a task of its own (sqlx 0.8.6 pings it
+        // first); sqlx's close() can return before one on its way back lands in the idle
+        // queue, where it would stay open until the pool is dropped. Wait (a bounded while)
+        // until every connection is idle, so close() finds and closes them all.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        while self.pool.num_idle() < usize::try_from(self.pool.size()).unwrap_or(usize::MAX)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.pool.close().await;
     }
 
-    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>> {
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let watcher = Watcher {
             pool: self.pool.clone(),
@@ -1601,7 +1663,7 @@ struct Watcher {
     since: String,
     /// Notifications from this origin are this store's own.
     origin: String,
-    tx: mpsc::Sender<Vec<CounterKey>>,
+    tx: mpsc::Sender<Changes>,
 }
 
 impl Watcher {
@@ -1615,7 +1677,6 @@ impl Watcher {
             origin,
             tx,
         } = self;
-        let receiver_gone = tx.clone();
         // A pool of one connection that never expires: PgListener reconnects through it and
         // listens again on the new connection.
         let listening = PgPoolOptions::new()
@@ -1624,18 +1685,39 @@ impl Watcher {
             .idle_timeout(None)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
-        tokio::select! {
-            () = turns_true(stop) => {}
-            () = turns_true(closing) => {}
-            () = receiver_gone.closed() => {}
-            () = listen(&listening, &origin, tx.clone()) => {}
-            () = catch_up(pool, since, tx) => {}
-        }
+        let listener_ended = ended(stop.clone(), closing.clone(), tx.clone());
+        let catch_up_ended = ended(stop, closing, tx.clone());
+        let listener_tx = tx.clone();
+        // The catch-up is not dropped in the middle of a query (its connection would go back
+        // to the pool from a task of its own, maybe after the pool closed): it stops between
+        // rounds.
+        tokio::join!(
+            async {
+                tokio::select! {
+                    () = listener_ended => {}
+                    () = listen(&listening, &origin, listener_tx) => {}
+                }
+            },
+            catch_up(pool, since, tx, catch_up_ended),
+        );
         // The listener, dropped with its future, hands its connection back to the pool (after
         // an UNLISTEN, in a task of its own); closing the pool waits for that and closes it, so
         // no connection of the watcher outlives it.
         listening.close().await;
         debug!("change watcher stopped");
+    }
+}
+
+/// Ends when `stop` or `closing` turns true or the stream's receiver is gone.
+async fn ended(
+    stop: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
+    tx: mpsc::Sender<Changes>,
+) {
+    tokio::select! {
+        () = turns_true(stop) => {}
+        () = turns_true(closing) => {}
+        () = tx.closed() => {}
     }
 }
 
@@ -1648,7 +1730,7 @@ async fn turns_true(mut flag: watch::Receiver<bool>) {
 
 /// Forwards each notification's keys, on the connection of `pool` (the watcher's own, of one),
 /// reconnecting with backoff. Returns only when the stream's receiver is gone.
-async fn listen(pool: &PgPool, origin: &str, tx: mpsc::Sender<Vec<CounterKey>>) {
+async fn listen(pool: &PgPool, origin: &str, tx: mpsc::Sender<Changes>) {
     let mut backoff = Backoff::default();
     let mut listener = loop {
         let connected = async {
@@ -1673,7 +1755,7 @@ async fn listen(pool: &PgPool, origin: &str, tx: mpsc::Sender<Vec<CounterKey>>) 
                 if keys.is_empty() || from == Some(origin) {
                     continue;
                 }
-                match tx.try_send(keys) {
+                match tx.try_send(Changes::Counters(keys)) {
                     Ok(()) => {}
                     // The catch-up reports these keys within a round.
                     Err(TrySendError::Full(_)) => {
@@ -1695,14 +1777,33 @@ async fn listen(pool: &PgPool, origin: &str, tx: mpsc::Sender<Vec<CounterKey>>) 
 }
 
 /// Every [`CATCH_UP_EVERY`], sends the counters changed since the last round (see
-/// [`CATCH_UP`]), waiting for room in the stream. Returns when the stream's receiver or the
-/// pool is gone.
-async fn catch_up(pool: PgPool, mut since: String, tx: mpsc::Sender<Vec<CounterKey>>) {
+/// [`CATCH_UP`]), waiting for room in the stream, or [`Changes::All`] if the log lost rows
+/// it had not read; every [`PRUNE_EVERY`] rounds prunes the log. Returns when `ended` does
+/// (checked between statements), or when the pool is closed.
+async fn catch_up(
+    pool: PgPool,
+    mut since: String,
+    tx: mpsc::Sender<Changes>,
+    ended: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(ended);
     let mut tick = tokio::time::interval(CATCH_UP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures: u32 = 0;
+    let mut rounds: u32 = 0;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = &mut ended => return,
+            _ = tick.tick() => {}
+        }
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of(PRUNE_EVERY) {
+            match prune_changes(&pool, CHANGE_LOG_KEEP).await {
+                Ok(deleted) => debug!(deleted, "pruned the change log"),
+                Err(StoreError::Database(sqlx::Error::PoolClosed)) => return,
+                Err(e) => warn!(error = %e, "cannot prune the change log; retrying later"),
+            }
+        }
         let rows = match sqlx::query(CATCH_UP).bind(&since).fetch_all(&pool).await {
             Ok(rows) => rows,
             Err(sqlx::Error::PoolClosed) => return,
@@ -1717,36 +1818,66 @@ async fn catch_up(pool: PgPool, mut since: String, tx: mpsc::Sender<Vec<CounterK
         };
         failures = 0;
         let mut keys = Vec::new();
+        let mut missed = false;
         for row in &rows {
             match caught_up(row) {
-                Ok((xmin, key)) => {
-                    since = xmin;
-                    keys.extend(key);
+                Ok(round) => {
+                    since = round.xmin;
+                    missed |= round.missed;
+                    keys.extend(round.key);
                 }
                 // A damaged row must not stall the catch-up for every other counter.
                 Err(e) => warn!(error = %e, "the change catch-up skips a row"),
             }
         }
-        while !keys.is_empty() {
-            let rest = keys.split_off(keys.len().min(WATCH_BATCH));
-            if tx.send(keys).await.is_err() {
-                return;
+        let mut batches = Vec::new();
+        if missed {
+            warn!(
+                "the change log was pruned past this merger's catch-up; \
+                 reloading every counter it holds"
+            );
+            batches.push(Changes::All);
+        } else {
+            while !keys.is_empty() {
+                let rest = keys.split_off(keys.len().min(WATCH_BATCH));
+                batches.push(Changes::Counters(keys));
+                keys = rest;
             }
-            keys = rest;
+        }
+        for batch in batches {
+            tokio::select! {
+                () = &mut ended => return,
+                sent = tx.send(batch) => if sent.is_err() { return },
+            }
         }
     }
 }
 
-/// A row of [`CATCH_UP`]: the snapshot's xmin and the changed counter, if any.
-fn caught_up(row: &PgRow) -> Result<(String, Option<CounterKey>), StoreError> {
+/// What one row of [`CATCH_UP`] says.
+struct Round {
+    /// The snapshot's xmin: the next round's `since`.
+    xmin: String,
+    /// The log was pruned at or past `since`.
+    missed: bool,
+    /// A changed counter, if any.
+    key: Option<CounterKey>,
+}
+
+/// A row of [`CATCH_UP`].
+fn caught_up(row: &PgRow) -> Result<Round, StoreError> {
     let xmin = row.try_get("xmin")?;
+    let missed: Option<bool> = row.try_get("missed")?;
     let kind: Option<&str> = row.try_get("kind")?;
     let name: Option<&str> = row.try_get("name")?;
     let key = match (kind, name) {
         (Some(kind), Some(name)) => Some(key_of("counters", kind, name)?),
         _ => None,
     };
-    Ok((xmin, key))
+    Ok(Round {
+        xmin,
+        missed: missed.unwrap_or(false),
+        key,
+    })
 }
 
 /// Capped exponential backoff.

@@ -960,7 +960,7 @@ impl Store for SqliteStore {
     }
 
     /// One process owns a SQLite file: nobody else changes it.
-    fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Vec<CounterKey>>> {
+    fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<super::Changes>> {
         None
     }
 }
