@@ -148,11 +148,81 @@ impl Base {
     }
 }
 
+/// A counter's live slots, by replica: one vector sorted by replica id, so a join of two
+/// views of the same replicas (a merger's steady state) is one pass that raises slots in
+/// place, with no tree to walk and nothing to allocate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots(Vec<(ReplicaId, Slot)>);
+
+impl Slots {
+    fn find(&self, replica: &ReplicaId) -> Result<usize, usize> {
+        self.0.binary_search_by(|(r, _)| r.cmp(replica))
+    }
+
+    /// `replica`'s slot.
+    pub fn get(&self, replica: &ReplicaId) -> Option<&Slot> {
+        self.find(replica).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether `replica` has a live slot.
+    pub fn contains_key(&self, replica: &ReplicaId) -> bool {
+        self.find(replica).is_ok()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The slots in replica order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ReplicaId, &Slot)> {
+        self.0.iter().map(pair)
+    }
+
+    /// The replicas in order.
+    pub fn keys(&self) -> impl Iterator<Item = &ReplicaId> {
+        self.0.iter().map(|(r, _)| r)
+    }
+
+    /// The slots in replica order.
+    pub fn values(&self) -> impl Iterator<Item = &Slot> {
+        self.0.iter().map(|(_, s)| s)
+    }
+
+    /// The index range of the replicas in `first..=last`.
+    fn range(&self, first: ReplicaId, last: ReplicaId) -> core::ops::Range<usize> {
+        let start = self.0.partition_point(|(r, _)| *r < first);
+        let end = self.0.partition_point(|(r, _)| *r <= last);
+        start..end.max(start)
+    }
+}
+
+fn pair(entry: &(ReplicaId, Slot)) -> (&ReplicaId, &Slot) {
+    (&entry.0, &entry.1)
+}
+
+impl<'a> IntoIterator for &'a Slots {
+    type Item = (&'a ReplicaId, &'a Slot);
+    type IntoIter = core::iter::Map<
+        core::slice::Iter<'a, (ReplicaId, Slot)>,
+        fn(&'a (ReplicaId, Slot)) -> (&'a ReplicaId, &'a Slot),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(pair)
+    }
+}
+
 /// One counter's state: slots, bases with their retired replicas, epoch and cuts, with the
 /// sums kept up to date.
 #[derive(Debug, Clone, Default)]
 pub struct CounterState {
-    slots: BTreeMap<ReplicaId, Slot>,
+    slots: Slots,
     /// Per object ([`ReplicaId::object`]).
     carries: BTreeMap<ReplicaId, Carry>,
     bases: BTreeMap<Region, Base>,
@@ -160,8 +230,8 @@ pub struct CounterState {
     cuts: BTreeMap<Region, GlobalTotals>,
     /// Every replica of every base.
     retired: BTreeSet<ReplicaId>,
-    /// Per region: its slots and base minus its cut.
-    shares: BTreeMap<Region, GlobalTotals>,
+    /// Per region (in name order): its slots, carries and base minus its cut.
+    shares: Vec<(Region, GlobalTotals)>,
     /// The sum of the shares.
     value: GlobalTotals,
     /// Live replicas with a non-zero slot.
@@ -185,7 +255,7 @@ impl CounterState {
     /// A counter nobody has counted.
     pub const fn new() -> CounterState {
         CounterState {
-            slots: BTreeMap::new(),
+            slots: Slots(Vec::new()),
             carries: BTreeMap::new(),
             bases: BTreeMap::new(),
             epoch: Epoch {
@@ -195,7 +265,7 @@ impl CounterState {
             },
             cuts: BTreeMap::new(),
             retired: BTreeSet::new(),
-            shares: BTreeMap::new(),
+            shares: Vec::new(),
             value: GlobalTotals { p: 0, n: 0 },
             replicas: 0,
         }
@@ -234,11 +304,22 @@ impl CounterState {
             .values()
             .flat_map(|b| b.replicas.iter().copied())
             .collect();
-        for (replica, region, totals) in slots {
-            if !state.is_retired(replica) {
-                state.join_slot(replica, region, totals);
+        let mut live: Vec<(ReplicaId, Slot)> = slots
+            .into_iter()
+            .filter(|(replica, _, _)| !state.is_retired(*replica))
+            .map(|(replica, region, totals)| (replica, Slot { region, totals }))
+            .collect();
+        // Sorted, then a replica listed twice keeps the max of its slots (and its first
+        // region).
+        live.sort_by_key(|(replica, _)| *replica);
+        live.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1.totals = kept.1.totals.join(later.1.totals);
             }
-        }
+            same
+        });
+        state.slots = Slots(live);
         for (region, cut) in cuts {
             let held = state.cuts.entry(region).or_default();
             *held = held.join(cut);
@@ -252,13 +333,13 @@ impl CounterState {
         self.value
     }
 
-    /// Per region, its slots and base above its cut.
-    pub fn shares(&self) -> &BTreeMap<Region, GlobalTotals> {
+    /// Per region (in name order), its slots, carries and base above its cut.
+    pub fn shares(&self) -> &[(Region, GlobalTotals)] {
         &self.shares
     }
 
     /// The live slots.
-    pub fn slots(&self) -> &BTreeMap<ReplicaId, Slot> {
+    pub fn slots(&self) -> &Slots {
         &self.slots
     }
 
@@ -392,29 +473,33 @@ impl CounterState {
     }
 
     /// Joins `other`'s slots in by max, leaving out the retired ones: what
-    /// [`join_slot`](Self::join_slot) per slot would do, as one walk over both sorted maps,
-    /// so the slots both hold (a merger's steady state: fresher copies of the same replicas)
-    /// are raised in place without a search of the tree each, and only the new ones are
-    /// inserted.
-    fn join_slots(&mut self, other: &BTreeMap<ReplicaId, Slot>) {
-        let (retired, carries) = (&self.retired, &self.carries);
-        let mut new: Vec<(ReplicaId, &Slot)> = Vec::new();
-        let mut theirs = other.iter().peekable();
-        for (replica, held) in &mut self.slots {
-            while let Some((r, slot)) = theirs.next_if(|(r, _)| *r < replica) {
-                new.push((*r, slot));
+    /// [`merge_slot`](Self::merge_slot) per slot would do, as one walk over both sorted
+    /// vectors, so the slots both hold (a merger's steady state: fresher copies of the same
+    /// replicas) are raised in place, and only new ones are inserted (a live slot here is
+    /// never a retired one: the carries and bases were joined first).
+    fn join_slots(&mut self, other: &Slots) {
+        let mut new: Vec<(ReplicaId, Slot)> = Vec::new();
+        let held = &mut self.slots.0;
+        let mut i = 0;
+        for (replica, slot) in &other.0 {
+            while i < held.len() && held[i].0 < *replica {
+                i += 1;
             }
-            if let Some((_, slot)) = theirs.next_if(|(r, _)| *r == replica)
-                && !folded(retired, carries, *replica)
-            {
-                held.totals = held.totals.join(slot.totals);
+            match held.get_mut(i) {
+                Some((r, mine)) if r == replica => {
+                    mine.totals = mine.totals.join(slot.totals);
+                    i += 1;
+                }
+                _ => {
+                    if !folded(&self.retired, &self.carries, *replica) {
+                        new.push((*replica, slot.clone()));
+                    }
+                }
             }
         }
-        new.extend(theirs.map(|(r, slot)| (*r, slot)));
-        for (replica, slot) in new {
-            if !self.is_retired(replica) {
-                self.join_slot(replica, Arc::clone(&slot.region), slot.totals);
-            }
+        if !new.is_empty() {
+            held.extend(new);
+            held.sort_by_key(|(replica, _)| *replica);
         }
     }
 
@@ -429,22 +514,29 @@ impl CounterState {
         if before.dominates(totals) {
             return false;
         }
-        let slot = self.slots.entry(replica).or_insert_with(|| Slot {
-            region: Arc::clone(region),
-            totals: SlotTotals::default(),
-        });
+        let i = match self.slots.find(&replica) {
+            Ok(i) => i,
+            Err(i) => {
+                let slot = Slot {
+                    region: Arc::clone(region),
+                    totals: SlotTotals::default(),
+                };
+                self.slots.0.insert(i, (replica, slot));
+                i
+            }
+        };
+        let slot = &mut self.slots.0[i].1;
         slot.totals = before.join(totals);
         let after = slot.totals;
         if self.cuts.is_empty() {
             // The sums grow by exactly the slot's growth (no cut to saturate at).
-            let region = Arc::clone(&slot.region);
             let (dp, dn) = (
                 u128::from(after.p - before.p),
                 u128::from(after.n - before.n),
             );
             self.value.p += dp;
             self.value.n += dn;
-            let share = self.shares.entry(region).or_default();
+            let share = share_of(&mut self.shares, &slot.region);
             share.p += dp;
             share.n += dn;
             if before == SlotTotals::default() {
@@ -479,16 +571,13 @@ impl CounterState {
         let object = replica.object();
         let through = u64::from(replica.generation()) + 1;
         let mut carry = self.carries.get(&object).cloned();
-        let folded: alloc::vec::Vec<ReplicaId> = self
+        let folded = self
             .slots
-            .range(object..=ReplicaId::lineage(object, replica.generation()))
-            .map(|(r, _)| *r)
-            .collect();
+            .range(object, ReplicaId::lineage(object, replica.generation()));
         if folded.is_empty() {
             return None;
         }
-        for r in &folded {
-            let slot = &self.slots[r];
+        for (_, slot) in &self.slots.0[folded] {
             let carry = carry.get_or_insert_with(|| Carry {
                 region: Arc::clone(&slot.region),
                 through: 0,
@@ -530,37 +619,86 @@ impl CounterState {
     fn drop_retired_slots(&mut self) {
         let (retired, carries) = (&self.retired, &self.carries);
         self.slots
-            .retain(|replica, _| !folded(retired, carries, *replica));
+            .0
+            .retain(|(replica, _)| !folded(retired, carries, *replica));
     }
 
-    fn join_slot(&mut self, replica: ReplicaId, region: Region, totals: SlotTotals) {
-        let held = self.slots.entry(replica).or_insert_with(|| Slot {
-            region,
-            totals: SlotTotals::default(),
-        });
-        held.totals = held.totals.join(totals);
-    }
-
-    /// The shares, the value and the replica count from the parts.
+    /// The shares, the value and the replica count from the parts: one pass over the slots
+    /// (a run of slots of one region finds its share once), then the carries and bases.
     fn recompute(&mut self) {
-        let sums = self.sums_of_parts();
-        self.value = GlobalTotals::default();
-        self.shares.clear();
-        for (region, sum) in sums {
-            let share = match self.cuts.get(&region) {
-                Some(cut) => minus(sum, *cut),
-                None => sum,
+        let mut shares = core::mem::take(&mut self.shares);
+        shares.clear();
+        let mut replicas = 0;
+        let mut run: Option<usize> = None;
+        for (_, slot) in &self.slots.0 {
+            let i = match run {
+                Some(i) if Arc::ptr_eq(&shares[i].0, &slot.region) => i,
+                _ => index_of(&mut shares, &slot.region),
             };
+            run = Some(i);
+            // Sums of u64 slots: a u128 overflows only past 2^64 slots.
+            let sum = &mut shares[i].1;
+            sum.p += u128::from(slot.totals.p);
+            sum.n += u128::from(slot.totals.n);
+            if slot.totals != SlotTotals::default() {
+                replicas += 1;
+            }
+        }
+        for carry in self.carries.values() {
+            let i = index_of(&mut shares, &carry.region);
+            let sum = &mut shares[i].1;
+            sum.p = sum.p.saturating_add(carry.totals.p);
+            sum.n = sum.n.saturating_add(carry.totals.n);
+        }
+        for (region, base) in &self.bases {
+            let i = index_of(&mut shares, region);
+            let sum = &mut shares[i].1;
+            sum.p += base.totals.p;
+            sum.n += base.totals.n;
+        }
+        self.value = GlobalTotals::default();
+        for (region, share) in &mut shares {
+            if let Some(cut) = self.cuts.get(region) {
+                *share = minus(*share, *cut);
+            }
             self.value.p += share.p;
             self.value.n += share.n;
-            self.shares.insert(region, share);
         }
-        self.replicas = self
-            .slots
-            .values()
-            .filter(|s| s.totals != SlotTotals::default())
-            .count();
+        shares.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.shares = shares;
+        self.replicas = replicas;
     }
+}
+
+/// The index of `region`'s entry in `shares`, added (zero) if missing.
+fn index_of(shares: &mut Vec<(Region, GlobalTotals)>, region: &Region) -> usize {
+    // The slots of a region usually share its `Arc`: pointers first, names only if none is.
+    let found = shares
+        .iter()
+        .position(|(r, _)| Arc::ptr_eq(r, region))
+        .or_else(|| shares.iter().position(|(r, _)| r == region));
+    match found {
+        Some(i) => i,
+        None => {
+            shares.push((Arc::clone(region), GlobalTotals::default()));
+            shares.len() - 1
+        }
+    }
+}
+
+/// `region`'s share in `shares` (sorted by region), added (zero) in its place if missing.
+fn share_of<'a>(
+    shares: &'a mut Vec<(Region, GlobalTotals)>,
+    region: &Region,
+) -> &'a mut GlobalTotals {
+    let i = match shares.binary_search_by(|(r, _)| r.cmp(region)) {
+        Ok(i) => i,
+        Err(i) => {
+            shares.insert(i, (Arc::clone(region), GlobalTotals::default()));
+            i
+        }
+    };
+    &mut shares[i].1
 }
 
 /// Whether `replica`'s slot is in a base (`retired`) or in its object's carry.
@@ -652,7 +790,7 @@ mod tests {
         );
         assert!(c.merge_slot(r(1), &eu(), t(4, 2)));
         assert_eq!(c.value(), g(8, 2));
-        assert_eq!(c.shares()[&eu()], g(5, 2));
+        assert_eq!(c.shares(), [(eu(), g(5, 2)), (us(), g(3, 0))]);
         assert_eq!(c.replicas(), 2);
         assert_eq!(
             c.bound(),
