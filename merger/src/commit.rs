@@ -35,7 +35,7 @@
 //! lock, or ask the store, and write nothing. A presence report's answer (the sums of its ids)
 //! is such a read, made by its handler after its batch is durable.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -13,7 +13,9 @@
 //!
 //! This module holds the pure parts: the records and the decision.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};

@@ -16,7 +16,9 @@
 //! The lock is a std `RwLock` owned here, as mini-redis's `Db` owns its mutex: callers pass
 //! closures and never hold the guard, and nothing is awaited while it is held.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -220,7 +222,7 @@ impl<'a> Held<'a> {
 
 #[derive(Debug, Default)]
 struct Merged {
-    counters: IndexMap<CounterKey, Counter>,
+    counters: IndexMap<CounterKey, Counter, foldhash::fast::RandomState>,
     /// Ids a read found nobody has counted, oldest first: answered as zero without the store,
     /// and kept apart from `counters`, so that reads of random ids never evict a counter.
     /// At most the cache's capacity; a commit, reset, import or another merger's change of

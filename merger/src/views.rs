@@ -10,7 +10,9 @@
 //! drops the entries it changes, so its own writes show at once; another merger's show within
 //! [`VIEW_TTL`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
