@@ -42,8 +42,9 @@
 //! The bound: a change committed by any merger reaches every watcher's stream within about
 //! [`CATCH_UP_EVERY`] plus the duration of the longest transaction open on the database at
 //! the time (an open transaction holds `xmin` back), usually far sooner through NOTIFY. The
-//! stream starts from the moment the store was opened, and it includes this process's own
-//! commits: a key in it means "may have changed, reload it".
+//! stream starts from the moment the store was opened, and it leaves out what this store
+//! committed itself (its notifications and its log rows carry its origin; its cache holds
+//! what it committed): a key in it means "another writer may have changed it, reload it".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU64;
@@ -135,9 +136,15 @@ impl PostgresStore {
             Durability::Full => "on",
             Durability::Normal => "off",
         };
+        // The change log's triggers record it with each row this store writes, so its own
+        // catch-up skips them (migrations/postgres/0014_change_log_origin.sql).
+        let origin = random_origin();
         let options = PgConnectOptions::from_str(url)?
             .application_name("tally-merger")
-            .options([("synchronous_commit", synchronous_commit)]);
+            .options([
+                ("synchronous_commit", synchronous_commit),
+                ("tally.origin", origin.as_str()),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(CONNECT_TIMEOUT)
@@ -155,7 +162,7 @@ impl PostgresStore {
             opened_xmin,
             closing: watch::Sender::new(false),
             watchers: Mutex::new(Vec::new()),
-            origin: random_origin(),
+            origin,
         })
     }
 
@@ -334,7 +341,8 @@ const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
     OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
 
 /// One round of the watcher's catch-up: the counters the change log names for transactions
-/// in `[since, xmin)`, that `xmin`, and whether the log was pruned at or past `since`
+/// in `[since, xmin)` of writers other than this store (`$2`, its origin: what it committed
+/// is in its cache already), that `xmin`, and whether the log was pruned at or past `since`
 /// (`missed`: rows this watcher never read may be gone), from one statement and so one
 /// snapshot. The log is written by triggers on every table that holds a count
 /// (`migrations/postgres/0013_change_log.sql`): it is the catch-up's only source.
@@ -356,6 +364,7 @@ pub const CATCH_UP: &str = "\
         FROM changes g CROSS JOIN LATERAL UNNEST(g.counters) AS u(id) \
         JOIN counters c ON c.id = u.id \
         WHERE g.xid >= $1::text::xid8 AND g.xid < snap.xmin \
+            AND g.origin IS DISTINCT FROM $2 \
     ) k ON true \
     ORDER BY k.kind, k.name";
 
@@ -1698,7 +1707,7 @@ impl Watcher {
                     () = listen(&listening, &origin, listener_tx) => {}
                 }
             },
-            catch_up(pool, since, tx, catch_up_ended),
+            catch_up(pool, since, &origin, tx, catch_up_ended),
         );
         // The listener, dropped with its future, hands its connection back to the pool (after
         // an UNLISTEN, in a task of its own); closing the pool waits for that and closes it, so
@@ -1783,6 +1792,7 @@ async fn listen(pool: &PgPool, origin: &str, tx: mpsc::Sender<Changes>) {
 async fn catch_up(
     pool: PgPool,
     mut since: String,
+    origin: &str,
     tx: mpsc::Sender<Changes>,
     ended: impl std::future::Future<Output = ()>,
 ) {
@@ -1804,7 +1814,12 @@ async fn catch_up(
                 Err(e) => warn!(error = %e, "cannot prune the change log; retrying later"),
             }
         }
-        let rows = match sqlx::query(CATCH_UP).bind(&since).fetch_all(&pool).await {
+        let rows = match sqlx::query(CATCH_UP)
+            .bind(&since)
+            .bind(origin)
+            .fetch_all(&pool)
+            .await
+        {
             Ok(rows) => rows,
             Err(sqlx::Error::PoolClosed) => return,
             Err(e) => {

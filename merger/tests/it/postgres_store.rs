@@ -669,6 +669,58 @@ async fn the_catch_up_finds_changes_no_notification_announced() {
     writer.close().await;
 }
 
+/// A store's watcher reports what other writers commit, not what the store committed itself
+/// (its cache holds that already): the change log names the writer of each row.
+#[tokio::test]
+async fn a_watcher_reloads_what_others_commit_not_its_own_commits() {
+    let Some(pg) = cluster("a_watcher_reloads_what_others_commit").await else {
+        return;
+    };
+    let url = pg.create_database("own").await;
+    let (mine, other) = (open(&url).await, open(&url).await);
+    let (_stop_tx, stop) = watch::channel(false);
+    let mut rx = mine.watch(stop).expect("postgres watches");
+    let r = replica(6);
+    // Too large a commit to notify: only the catch-up could report it.
+    let own: Vec<CounterKey> = (0..100)
+        .map(|i| g(&format!("{}{i:03}", "o".repeat(117))))
+        .collect();
+    let rows: Vec<SlotRow> = own.iter().map(|k| slot(k, r, 1, 0, 1)).collect();
+    mine.commit(&[registered(r, "eu", 1)], &rows)
+        .await
+        .expect("commit");
+    let theirs = g("theirs");
+    // Several catch-up rounds see the own commit before the other store's.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    other
+        .commit(&[registered(r, "eu", 1)], &[slot(&theirs, r, 1, 0, 2)])
+        .await
+        .expect("commit");
+    let mut reported = Vec::new();
+    let deadline = tokio::time::Instant::now() + WATCH_LIMIT;
+    while !reported.contains(&theirs) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Changes::Counters(keys))) => reported.extend(keys),
+            other => panic!("the other store's commit was not reported: {other:?}"),
+        }
+    }
+    assert!(
+        own.iter().all(|k| !reported.contains(k)),
+        "the store's own commit was reported to it"
+    );
+    // A change by anyone else (here by hand, with no origin) is reported.
+    pg.psql(&url, "UPDATE slots SET p = p + 1 WHERE counter = (SELECT id FROM counters WHERE name = 'theirs')")
+        .await;
+    let by_hand = tokio::time::timeout(WATCH_LIMIT, rx.recv()).await;
+    assert_eq!(
+        by_hand.ok().flatten(),
+        Some(Changes::Counters(vec![theirs]))
+    );
+    for store in [mine, other] {
+        store.close().await;
+    }
+}
+
 /// The change log keeps its rows a while only: a watcher whose catch-up had not read rows
 /// that were pruned is told to reload every counter it holds, once, then reports changes as
 /// before; a watcher that started after the prune is not told.
