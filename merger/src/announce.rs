@@ -165,7 +165,7 @@ pub fn spawn(
 /// One look: every due announcement, one attempt each.
 async fn pass(store: &dyn Store, metrics: &Metrics, webhook: &Webhook, client: &reqwest::Client) {
     let due = match store
-        .claim_announcements(crate::commit::now(), LEASE_MS, BATCH)
+        .claim_announcements(crate::clock::now(), LEASE_MS, BATCH)
         .await
     {
         Ok(due) => due,
@@ -176,7 +176,7 @@ async fn pass(store: &dyn Store, metrics: &Metrics, webhook: &Webhook, client: &
     };
     for a in due {
         let body = body(&a);
-        let now = crate::commit::now();
+        let now = crate::clock::now();
         let timestamp = now.unix_ms().div_euclid(1000);
         let sent = client
             .post(&webhook.url)
@@ -199,7 +199,7 @@ async fn pass(store: &dyn Store, metrics: &Metrics, webhook: &Webhook, client: &
                     .announcements
                     .get_or_create(&Outcome { outcome: "ok" })
                     .inc();
-                store.announced(&a.id, n, crate::commit::now()).await
+                store.announced(&a.id, n, crate::clock::now()).await
             }
             failed => {
                 let why = match failed {

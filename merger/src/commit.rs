@@ -37,7 +37,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tally_crdt::{
     CounterKey, CounterKind, ErrorBody, PresenceReport, Rejection, ReplicaId, RetireRequest,
@@ -48,6 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::clock::now;
 use crate::metrics::{Code, Metrics, Purpose};
 use crate::state::Db;
 use crate::store::{ReplicaRow, SlotRow, Store};
@@ -736,14 +737,6 @@ struct Best {
     totals: SlotTotals,
     carried: SlotTotals,
     visits: Vec<Visit>,
-}
-
-/// Now (a clock before 1970 reads as the epoch).
-pub fn now() -> Timestamp {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_unix_ms(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn count_f64(n: usize) -> f64 {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::commit::now;
+use crate::clock::now;
 use crate::config::Retention;
 use crate::metrics::{Metrics, Purpose};
 use crate::state::{Db, Point};

@@ -11,6 +11,7 @@
 //! - [`config`]: every setting, from flags or the environment (`clap`).
 //! - [`http`]: the API, one module per resource, assembled by [`http::router`]; errors and
 //!   their JSON shape in [`error`].
+//! - [`clock`]: the one clock every module reads the time from.
 //! - [`commit`]: group commit: one task writes every batch of concurrent syncs in one
 //!   transaction, then updates memory and answers.
 //! - [`history`]: the history points, written by their own task, off the commit path.
@@ -33,6 +34,7 @@
 
 pub mod announce;
 pub mod backup;
+pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod error;

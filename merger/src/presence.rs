@@ -62,7 +62,7 @@ pub fn spawn(
                         Err(e) => warn!(error = %e, "presence prune failed; retried at the next interval"),
                     }
                     if keep.sketch_days > 0 {
-                        match prune_sketches(&*store, crate::commit::now(), keep.sketch_days).await {
+                        match prune_sketches(&*store, crate::clock::now(), keep.sketch_days).await {
                             Ok(deleted) => {
                                 metrics.sketches_pruned.inc_by(deleted);
                             }
@@ -70,7 +70,7 @@ pub fn spawn(
                         }
                     }
                     if keep.retired_replica_days > 0 {
-                        match prune_replicas(&*store, crate::commit::now(), keep.retired_replica_days).await {
+                        match prune_replicas(&*store, crate::clock::now(), keep.retired_replica_days).await {
                             Ok(deleted) => {
                                 metrics.replicas_pruned.inc_by(deleted);
                             }
@@ -90,7 +90,7 @@ pub fn spawn(
 pub async fn prune(store: &dyn Store) -> Result<u64, StoreError> {
     let grace = i64::try_from(PRESENCE_GRACE_MS).unwrap_or(i64::MAX);
     let before =
-        tally_crdt::Timestamp::from_unix_ms(crate::commit::now().unix_ms().saturating_sub(grace));
+        tally_crdt::Timestamp::from_unix_ms(crate::clock::now().unix_ms().saturating_sub(grace));
     let mut deleted = 0;
     loop {
         let done = store.prune_presence(before, CHUNK).await?;

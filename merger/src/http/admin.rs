@@ -25,7 +25,7 @@ use tally_crdt::{Count, CounterKind, SlotTotals, Timestamp, check_counter_id};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::commit::now;
+use crate::clock::now;
 use crate::error::AppError;
 use crate::http::counters::count;
 use crate::http::extract::CounterPath;

@@ -15,7 +15,7 @@ use tally_crdt::{Count, CounterKey, CounterKind, Receipt, Timestamp};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::commit::now;
+use crate::clock::now;
 use crate::error::AppError;
 use crate::http::counters::count;
 use crate::http::protocol::{Decode, Protocol};

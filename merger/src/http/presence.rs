@@ -104,7 +104,7 @@ pub async fn read(
     let result = match body {
         Ok(Protocol(read)) => app
             .store
-            .presence(&read.ids, read.reporter, crate::commit::now())
+            .presence(&read.ids, read.reporter, crate::clock::now())
             .await
             .map(|sums| PresenceResponse {
                 version: read.version,
@@ -167,7 +167,7 @@ pub async fn view(
     let asked = std::time::Instant::now();
     let sum = app
         .store
-        .presence(std::slice::from_ref(&id), None, crate::commit::now())
+        .presence(std::slice::from_ref(&id), None, crate::clock::now())
         .await?
         .pop()
         .unwrap_or_default();

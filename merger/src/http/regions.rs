@@ -15,7 +15,7 @@ use tally_crdt::Timestamp;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::commit::now;
+use crate::clock::now;
 use crate::http::schema::{self, ErrorResponse};
 
 /// The answer: regions in name order.

@@ -170,7 +170,7 @@ pub async fn view(
     let Query(query) = query?;
     let day = match query.day.as_deref() {
         None => None,
-        Some("today") => Some(crate::commit::now().day()),
+        Some("today") => Some(crate::clock::now().day()),
         Some(text) => Some(text.parse::<Day>().map_err(|e| {
             AppError::InvalidQuery(format!("day must be today or a UTC day YYYY-MM-DD: {e}"))
         })?),

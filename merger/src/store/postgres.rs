@@ -433,7 +433,7 @@ impl Store for PostgresStore {
             .filter(|s| s.key.kind() == CounterKind::G)
             .map(|s| s.key.id())
             .collect();
-        let since = crate::commit::now().minus_ms(super::NEWS_WINDOW_MS);
+        let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
         let watch =
             lock_watch(&mut tx, &names.into_iter().collect::<Vec<_>>(), Some(since)).await?;
         let pending = super::pending_of(&watch);
@@ -455,7 +455,7 @@ impl Store for PostgresStore {
         changed.dedup();
         let mut committed = committed;
         committed.decided = super::decide_batch(&pending, &before, &live, &carries);
-        let at = crate::commit::now();
+        let at = crate::clock::now();
         for (id, decision) in &committed.decided {
             record_winner(&mut tx, id, decision, at).await?;
         }

@@ -248,7 +248,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             // Counters with a milestone pending: how they stood before this commit.
-            let since = crate::commit::now().minus_ms(super::NEWS_WINDOW_MS);
+            let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
             let watch = watch_milestones(&mut tx, &keys, Some(since)).await?;
             let pending = super::pending_of(&watch);
             let before = if pending.is_empty() {
@@ -301,7 +301,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             committed.decided = super::decide_batch(&pending, &before, &slots, &carries);
-            let at = crate::commit::now();
+            let at = crate::clock::now();
             for (id, decision) in &committed.decided {
                 record_winner(&mut tx, id, decision, at).await?;
             }

@@ -361,10 +361,10 @@ async fn a_late_sync_of_a_pruned_incarnation_is_refused_and_counts_nothing() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     let retire =
         retire_request(json!({"version": 4, "replica": incarnation(1, 0).to_string()}).to_string());
-    let not_after = tally_merger::commit::now();
+    let not_after = tally_merger::clock::now();
     let (status, answer) = t.send(retire).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let retired_by = tally_merger::commit::now();
+    let retired_by = tally_merger::clock::now();
     let (status, answer) = t.sync(&v4_sync(1, 2, 5)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 
