@@ -620,6 +620,10 @@ async fn the_catch_up_finds_changes_no_notification_announced() {
         .await
         .expect("commit");
     assert!(receive_all(&mut rx, &many, WATCH_LIMIT).await);
+    // The same slots grown: the upsert's update path, just as silent.
+    let grown: Vec<SlotRow> = many.iter().map(|k| slot(k, r, 2, 0, 2)).collect();
+    writer.commit(&[], &grown).await.expect("commit");
+    assert!(receive_all(&mut rx, &many, WATCH_LIMIT).await);
 
     // 2. A change written by hand, which sends no notification at all.
     pg.psql(
