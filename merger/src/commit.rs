@@ -651,7 +651,7 @@ impl CommitTask {
             self.views.milestones.changed(id);
         }
         if !committed.news.is_empty() {
-            self.db.news.post(at, &committed.news);
+            self.db.post_news(at, &committed.news);
         }
         Ok((slots, committed))
     }
@@ -690,7 +690,7 @@ impl CommitTask {
             // A counter with milestone news has every sync committed, a repeated one too, so
             // that its answer carries the news (an edge object waiting to tell a winner may
             // hear of it only there).
-            let news = self.db.news.view(at);
+            let news = held.news(at);
             let watched = |key: &CounterKey| key.kind() == CounterKind::G && news.has(key.id());
             best.into_iter()
                 .filter_map(|((key, replica), best)| {

@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 
 use foldhash::HashMap;
-use std::sync::{RwLock, RwLockReadGuard};
 
 use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};
 
@@ -182,15 +181,17 @@ pub const NEWS_WINDOW_MS: u64 = 60_000;
 /// already held), so every sync answer of it carries the news. With several mergers a board
 /// may lag another merger's registration or decision until its own next commit of the
 /// counter: the edge then takes the exact path too early or too late, never wrongly.
+///
+/// It lives in the state cache, under its one lock ([`crate::state::Db::post_news`],
+/// [`crate::state::Held::news`]).
 #[derive(Debug, Default)]
 pub struct NewsBoard {
-    posted: RwLock<HashMap<String, (Timestamp, MilestoneNews)>>,
+    posted: HashMap<String, (Timestamp, MilestoneNews)>,
 }
 
-/// The board as it stands at one time, looked up without locking again: one read lock per
-/// read request or commit batch, not one per counter.
+/// The board as it stands at one time.
 pub struct NewsView<'a> {
-    posted: RwLockReadGuard<'a, HashMap<String, (Timestamp, MilestoneNews)>>,
+    posted: &'a HashMap<String, (Timestamp, MilestoneNews)>,
     now: Timestamp,
 }
 
@@ -214,19 +215,18 @@ impl NewsView<'_> {
 }
 
 impl NewsBoard {
-    /// The board at `now`. Taken inside the state cache's lock where both are held (the
-    /// one order, state then board, in every path).
+    /// The board at `now`.
     pub fn view(&self, now: Timestamp) -> NewsView<'_> {
         NewsView {
-            posted: self.posted.read().expect("never poisoned"),
+            posted: &self.posted,
             now,
         }
     }
 
     /// Posts what a commit at `at` computed (expired entries go).
-    pub fn post(&self, at: Timestamp, news: &BTreeMap<String, MilestoneNews>) {
+    pub fn post(&mut self, at: Timestamp, news: &BTreeMap<String, MilestoneNews>) {
         let until = at.plus_ms(NEWS_WINDOW_MS);
-        let mut posted = self.posted.write().expect("never poisoned");
+        let posted = &mut self.posted;
         posted.retain(|_, (t, _)| *t > at);
         for (id, n) in news {
             if n.next.is_some() || !n.won.is_empty() {
@@ -238,7 +238,7 @@ impl NewsBoard {
     }
 
     /// Posts the news of counter `id` from its whole list of milestones, at `at`.
-    pub fn post_list(&self, id: &str, milestones: &[Milestone], at: Timestamp) {
+    pub fn post_list(&mut self, id: &str, milestones: &[Milestone], at: Timestamp) {
         let since = at.minus_ms(NEWS_WINDOW_MS);
         let rows: Vec<Watched> = milestones
             .iter()

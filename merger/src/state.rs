@@ -17,19 +17,21 @@
 //! closures and never hold the guard, and nothing is awaited while it is held.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use foldhash::{HashMap, HashSet};
 
 use axum::body::Bytes;
 
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
 use tally_crdt::{
-    Carry, CounterKey, CounterState, GlobalTotals, MergedCounter, ReplicaId, SlotTotals, Timestamp,
+    Carry, CounterKey, CounterState, GlobalTotals, MergedCounter, MilestoneNews, ReplicaId,
+    SlotTotals, Timestamp,
 };
 
+use crate::milestone::{Milestone, NewsBoard, NewsView};
 use crate::store::{Epoch, Retired, SlotRow, StoredCounter};
 
 /// One region's share of a counter.
@@ -218,11 +220,18 @@ impl<'a> Held<'a> {
     pub fn counter(&self, key: &CounterKey) -> &'a Counter {
         self.0.counters.get(key).unwrap_or(&NOBODY)
     }
+
+    /// The milestone news board at `now`.
+    pub fn news(&self, now: Timestamp) -> NewsView<'a> {
+        self.0.news.view(now)
+    }
 }
 
 #[derive(Debug, Default)]
 struct Merged {
     counters: IndexMap<CounterKey, Counter, foldhash::fast::RandomState>,
+    /// The milestone news of the counters that have any.
+    news: NewsBoard,
     /// Ids a read found nobody has counted, oldest first: answered as zero without the store,
     /// and kept apart from `counters`, so that reads of random ids never evict a counter.
     /// At most the cache's capacity; a commit, reset, import or another merger's change of
@@ -341,8 +350,6 @@ pub struct Db {
     capacity: usize,
     /// What the cache did.
     pub stats: CacheStats,
-    /// The milestone news of the counters that have any.
-    pub news: crate::milestone::NewsBoard,
 }
 
 impl Db {
@@ -352,8 +359,17 @@ impl Db {
             state: RwLock::default(),
             capacity: capacity.max(1),
             stats,
-            news: crate::milestone::NewsBoard::default(),
         }
+    }
+
+    /// Posts the milestone news a commit at `at` computed.
+    pub fn post_news(&self, at: Timestamp, news: &BTreeMap<String, MilestoneNews>) {
+        self.write_lock().news.post(at, news);
+    }
+
+    /// Posts the news of counter `id` from its whole list of milestones, at `at`.
+    pub fn post_milestones(&self, id: &str, milestones: &[Milestone], at: Timestamp) {
+        self.write_lock().news.post_list(id, milestones, at);
     }
 
     /// Counters held now.

@@ -190,7 +190,7 @@ pub async fn add(
 async fn post_news(app: &AppState, id: &str) {
     app.milestone_views.changed(id);
     match app.store.milestones(id).await {
-        Ok(list) => app.db.news.post_list(id, &list, now()),
+        Ok(list) => app.db.post_milestones(id, &list, now()),
         Err(e) => tracing::warn!(error = %e, counter = id, "milestone news not posted"),
     }
 }

@@ -49,7 +49,7 @@ pub async fn read(
     let result = match body {
         Ok(Protocol(request)) => app
             .read_through(&request.counters, |held| {
-                let news = app.db.news.view(crate::clock::now());
+                let news = held.news(crate::clock::now());
                 ReadResponse {
                     version: request.version,
                     counters: request
