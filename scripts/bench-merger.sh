@@ -16,6 +16,8 @@
 #   P4   wrk on the merger's GET /v1/counters/{id} / wrk on a hello-world axum server     >= 0.8
 #   P13  two mergers on one Postgres database, slot-updates/s / one Postgres UPDATE per
 #        hit, both synchronous_commit=on on the same server                               >= 30
+#   and: the share of the two mergers' slot updates that Postgres made in place (HOT), from
+#        pg_stat_user_tables (issue 27's goal: >= 0.9)
 #   and: a million counters (SQLite, then Postgres): fill rate, start time, memory.
 #
 # Installs the Debian packages it needs when missing (wrk, redis-server, redis-tools,

@@ -565,6 +565,31 @@ impl Bench {
             .await?;
         self.stop_merger(a, "Postgres merger a").await;
         self.stop_merger(b, "Postgres merger b").await;
+        // Issue 27's goal for Postgres in place: slot updates that are HOT (no new index
+        // entries), at least 0.9 of them. Read after the mergers stopped, so their backends
+        // have flushed their statistics.
+        let stats = self
+            .postgres()
+            .await
+            .psql(
+                &two_db,
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'slots'",
+            )
+            .await;
+        let (updates, hot) = stats
+            .split_once('|')
+            .and_then(|(u, h)| Some((u.trim().parse::<u64>().ok()?, h.trim().parse::<u64>().ok()?)))
+            .ok_or_else(|| format!("pg_stat_user_tables answered {stats:?} for slots"))?;
+        self.report.figure(
+            "two mergers on Postgres: slot updates in place (HOT) / all slot updates",
+            format!("{hot} / {updates}"),
+        );
+        self.report.ratio(
+            "p13_hot",
+            "slot updates that were HOT (goal of issue 27: >= 0.9)",
+            ratio(to_f64(hot), to_f64(updates)),
+            Target::None,
+        );
 
         let mut best: Option<NaiveRun> = None;
         for clients in self.args.pg_naive_clients.clone() {
