@@ -396,49 +396,46 @@ impl CounterState {
             .keys()
             .map(|region| (Arc::clone(region), GlobalTotals::default()))
             .collect();
-        sums.extend(self.sums_of_parts());
+        let mut parts = Vec::new();
+        self.sums_of_parts(&mut parts);
+        sums.extend(parts);
         sums
     }
 
-    /// Per region that has a slot, a carry or a base, their sums.
-    ///
-    /// A run of slots sharing one region (as a view's all do) is summed before its region is
-    /// looked up, so a slot costs no count of its region's references.
-    fn sums_of_parts(&self) -> BTreeMap<Region, GlobalTotals> {
-        let mut sums: BTreeMap<Region, GlobalTotals> = BTreeMap::new();
-        let mut run: Option<(&Region, GlobalTotals)> = None;
-        for slot in self.slots.values() {
-            let sum = match &mut run {
-                Some((region, sum)) if Arc::ptr_eq(region, &slot.region) => sum,
-                _ => {
-                    if let Some((region, done)) = run.take() {
-                        let sum = sums.entry(Arc::clone(region)).or_default();
-                        sum.p += done.p;
-                        sum.n += done.n;
-                    }
-                    &mut run.insert((&slot.region, GlobalTotals::default())).1
-                }
+    /// Fills `sums` (emptied first, in no order) with the sums of every region that has a
+    /// slot, a carry or a base; answers how many live slots are not zero. One pass over the
+    /// slots: a run of slots of one region (as a view's all are) finds its entry once.
+    fn sums_of_parts(&self, sums: &mut Vec<(Region, GlobalTotals)>) -> usize {
+        sums.clear();
+        let mut replicas = 0;
+        let mut run: Option<usize> = None;
+        for (_, slot) in &self.slots.0 {
+            let i = match run {
+                Some(i) if Arc::ptr_eq(&sums[i].0, &slot.region) => i,
+                _ => index_of(sums, &slot.region),
             };
+            run = Some(i);
             // Sums of u64 slots: a u128 overflows only past 2^64 slots.
+            let sum = &mut sums[i].1;
             sum.p += u128::from(slot.totals.p);
             sum.n += u128::from(slot.totals.n);
-        }
-        if let Some((region, done)) = run {
-            let sum = sums.entry(Arc::clone(region)).or_default();
-            sum.p += done.p;
-            sum.n += done.n;
+            if slot.totals != SlotTotals::default() {
+                replicas += 1;
+            }
         }
         for carry in self.carries.values() {
-            let sum = sums.entry(Arc::clone(&carry.region)).or_default();
+            let i = index_of(sums, &carry.region);
+            let sum = &mut sums[i].1;
             sum.p = sum.p.saturating_add(carry.totals.p);
             sum.n = sum.n.saturating_add(carry.totals.n);
         }
         for (region, base) in &self.bases {
-            let sum = sums.entry(Arc::clone(region)).or_default();
+            let i = index_of(sums, region);
+            let sum = &mut sums[i].1;
             sum.p += base.totals.p;
             sum.n += base.totals.n;
         }
-        sums
+        replicas
     }
 
     /// Whether `self` holds everything `other` does: joining `other` changes nothing.
@@ -623,39 +620,10 @@ impl CounterState {
             .retain(|(replica, _)| !folded(retired, carries, *replica));
     }
 
-    /// The shares, the value and the replica count from the parts: one pass over the slots
-    /// (a run of slots of one region finds its share once), then the carries and bases.
+    /// The shares, the value and the replica count from the parts.
     fn recompute(&mut self) {
         let mut shares = core::mem::take(&mut self.shares);
-        shares.clear();
-        let mut replicas = 0;
-        let mut run: Option<usize> = None;
-        for (_, slot) in &self.slots.0 {
-            let i = match run {
-                Some(i) if Arc::ptr_eq(&shares[i].0, &slot.region) => i,
-                _ => index_of(&mut shares, &slot.region),
-            };
-            run = Some(i);
-            // Sums of u64 slots: a u128 overflows only past 2^64 slots.
-            let sum = &mut shares[i].1;
-            sum.p += u128::from(slot.totals.p);
-            sum.n += u128::from(slot.totals.n);
-            if slot.totals != SlotTotals::default() {
-                replicas += 1;
-            }
-        }
-        for carry in self.carries.values() {
-            let i = index_of(&mut shares, &carry.region);
-            let sum = &mut shares[i].1;
-            sum.p = sum.p.saturating_add(carry.totals.p);
-            sum.n = sum.n.saturating_add(carry.totals.n);
-        }
-        for (region, base) in &self.bases {
-            let i = index_of(&mut shares, region);
-            let sum = &mut shares[i].1;
-            sum.p += base.totals.p;
-            sum.n += base.totals.n;
-        }
+        self.replicas = self.sums_of_parts(&mut shares);
         self.value = GlobalTotals::default();
         for (region, share) in &mut shares {
             if let Some(cut) = self.cuts.get(region) {
@@ -666,7 +634,6 @@ impl CounterState {
         }
         shares.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.shares = shares;
-        self.replicas = replicas;
     }
 }
 
