@@ -78,6 +78,13 @@ async fn loaded_totals(store: &PostgresStore, key: &CounterKey, r: ReplicaId) ->
         .totals
 }
 
+/// 100 ids of 120 bytes starting with `fill`: a commit of them is too large to notify
+/// ([`tally_merger::store::postgres::MAX_PAYLOAD`]), so only the catch-up reports it.
+fn too_many_to_notify(fill: char) -> Vec<CounterKey> {
+    let prefix: String = std::iter::repeat_n(fill, 117).collect();
+    (0..100).map(|i| g(&format!("{prefix}{i:03}"))).collect()
+}
+
 /// Receives batches until every key of `wanted` was seen; false on timeout or end of stream.
 async fn receive_all(
     rx: &mut mpsc::Receiver<Changes>,
@@ -610,10 +617,8 @@ async fn the_catch_up_finds_changes_no_notification_announced() {
     let mut rx = watcher.watch(stop).expect("postgres watches");
     let r = replica(3);
 
-    // 1. A commit whose payload is too large to notify: 100 ids of 120 bytes.
-    let many: Vec<CounterKey> = (0..100)
-        .map(|i| g(&format!("{}{i:03}", "x".repeat(117))))
-        .collect();
+    // 1. A commit whose payload is too large to notify.
+    let many = too_many_to_notify('x');
     let rows: Vec<SlotRow> = many.iter().map(|k| slot(k, r, 1, 0, 1)).collect();
     writer
         .commit(&[registered(r, "eu", 1)], &rows)
@@ -686,9 +691,7 @@ async fn a_watcher_reloads_what_others_commit_not_its_own_commits() {
     let mut rx = mine.watch(stop).expect("postgres watches");
     let r = replica(6);
     // Too large a commit to notify: only the catch-up could report it.
-    let own: Vec<CounterKey> = (0..100)
-        .map(|i| g(&format!("{}{i:03}", "o".repeat(117))))
-        .collect();
+    let own = too_many_to_notify('o');
     let rows: Vec<SlotRow> = own.iter().map(|k| slot(k, r, 1, 0, 1)).collect();
     mine.commit(&[registered(r, "eu", 1)], &rows)
         .await
