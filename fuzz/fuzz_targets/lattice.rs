@@ -154,9 +154,9 @@ fuzz_target!(|input: Input| {
             if folds_first {
                 apply_folds(&mut view);
             }
-            for (replica, slot) in states[commit].slots() {
+            for (replica, slot) in states[commit].slots().iter() {
                 if picks & (1 << ((replica.as_u128() >> 32) % 6)) != 0 {
-                    view.merge_slot(*replica, &slot.region, slot.totals);
+                    view.merge_slot(*replica, slot.region, slot.totals);
                 }
             }
             if !folds_first {

@@ -10,9 +10,10 @@
 //! - `delta_since` carries exactly what a merge needs;
 //! - `increment`/`decrement` that would pass `u64::MAX` return `SlotOverflow` and change
 //!   nothing; the ones that fit add exactly;
-//! - the counters agree with `CounterState` (the lattice the edge and the merger run): a
-//!   state built from the same slots with `CounterState::merge_slot`, and joined with
-//!   `CounterState::join`, holds the same slots and the same value as the merged counter.
+//! - the counters (views of `CounterState`, the lattice the edge and the merger run) agree
+//!   with that lattice driven on its own: a state built from the same slots with
+//!   `CounterState::merge_slot` in a region of its own, and joined with `CounterState::join`,
+//!   holds the same slots and the same value as the merged counter.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -270,8 +271,8 @@ fn check_pn(input: &Input) {
         .collect();
     for (i, c) in counters.iter().enumerate() {
         let (p, n) = halves(i);
-        assert_matches_model(c.increments(), &p);
-        assert_matches_model(c.decrements(), &n);
+        assert_matches_model(&c.increments(), &p);
+        assert_matches_model(&c.decrements(), &n);
         let value = i128::try_from(sum(&p)).expect("fewer than 2^63 slots")
             - i128::try_from(sum(&n)).expect("fewer than 2^63 slots");
         assert_eq!(c.value(), value, "value is the exact i128 difference");
@@ -289,8 +290,8 @@ fn check_pn(input: &Input) {
     assert_eq!(merged(a, &b.delta_since(a), m), ab, "a ∪ (b - a) = a ∪ b");
     let ((p0, n0), (p1, n1), (p2, n2)) = (halves(0), halves(1), halves(2));
     let (p, n) = (union(&union(&p0, &p1), &p2), union(&union(&n0, &n1), &n2));
-    assert_matches_model(abc.increments(), &p);
-    assert_matches_model(abc.decrements(), &n);
+    assert_matches_model(&abc.increments(), &p);
+    assert_matches_model(&abc.decrements(), &n);
     // The counter's merge is the lattice's join.
     let pn_slots = |i: usize| {
         input.pn[i].iter().map(|&(r, p, n)| {

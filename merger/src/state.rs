@@ -162,7 +162,7 @@ impl Counter {
             .state
             .slots()
             .get(&replica)
-            .map_or_else(|| Arc::clone(region), |s| Arc::clone(&s.region));
+            .map_or_else(|| Arc::clone(region), |s| Arc::clone(s.region));
         self.touched(Some(&region), at);
         true
     }

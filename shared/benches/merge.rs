@@ -3,9 +3,9 @@
 //! value; the copies are made outside the timed part for both libraries (`crdts` takes the
 //! other state by value, so it also gets its copy for free).
 //!
-//! `counter_state_join_value` times the same work on `CounterState`, the lattice the edge and
-//! the merger run, as the merger holds it (slots in three regions): what `GCounter` and
-//! `PNCounter` would cost as views over it.
+//! `GCounter` and `PNCounter` are views of `CounterState` (slots in one region);
+//! `counter_state_join_value` times the same work on `CounterState` as the merger holds it
+//! (slots in three regions).
 //!
 //! `cargo bench -p tally-crdt --bench merge` (`-- --quick` for a short run); figures in
 //! docs/benchmarks.md.

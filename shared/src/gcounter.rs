@@ -1,14 +1,14 @@
-//! [`GCounter`]: the grow-only counter, one `u64` slot per replica.
+//! [`GCounter`]: the grow-only counter, a view of [`CounterState`] with increments only.
 
 use alloc::vec::Vec;
-use core::cmp::Ordering;
 use core::fmt;
+use core::hash::{Hash, Hasher};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, ReplicaId};
+use crate::{CounterState, Error, ReplicaId, SlotTotals};
 
 /// A grow-only counter (G-Counter): one `u64` slot per replica, merged by max per slot.
 ///
@@ -17,9 +17,13 @@ use crate::{Error, ReplicaId};
 /// exchange their full states (or [deltas](GCounter::delta_since)) in any order, any number
 /// of times, and converge.
 ///
-/// Slots are kept in a vector sorted by replica id, with no zero slots (an absent slot and a
-/// zero slot mean the same, so equal counters compare equal). Merging is a linear walk over
-/// two sorted vectors; reads sum in `u128`, which cannot overflow.
+/// It is a view of [`CounterState`], the lattice every part of tally runs: its slots are
+/// that state's slots in one region (decrements always zero), a merge is
+/// [`CounterState::join`], the value is [`CounterState::value`]'s increments (kept up to
+/// date by each change, so reading it is free). The slots are one vector sorted by replica
+/// id with no zero slots (an absent slot and a zero slot mean the same, so equal counters
+/// compare equal); merging is a linear walk over two sorted vectors; sums are `u128`, which
+/// cannot overflow.
 ///
 /// Serialized as a JSON object from replica id to slot total:
 /// `{"00000000000000000000000000000001": 3}`.
@@ -45,29 +49,28 @@ use crate::{Error, ReplicaId};
 /// assert_eq!(here.get(a), 3);
 /// # Ok::<(), tally_crdt::Error>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct GCounter {
-    /// Sorted by replica id, ids unique, values non-zero.
-    slots: Vec<(ReplicaId, u64)>,
+    /// Slots in one region, decrements zero, none zero.
+    state: CounterState,
 }
 
 impl GCounter {
     /// An empty counter (value 0).
     pub const fn new() -> Self {
-        GCounter { slots: Vec::new() }
+        GCounter {
+            state: CounterState::new(),
+        }
     }
 
     /// The value: the sum of all slots. A `u128`, so no number of `u64` slots can overflow it.
     pub fn value(&self) -> u128 {
-        self.slots.iter().map(|&(_, v)| u128::from(v)).sum()
+        self.state.value().p
     }
 
     /// The total of `replica`'s own slot (0 if it has none).
     pub fn get(&self, replica: ReplicaId) -> u64 {
-        match self.find(replica) {
-            Ok(i) => self.slots[i].1,
-            Err(_) => 0,
-        }
+        self.state.slot(replica).p
     }
 
     /// Adds `by` to `replica`'s slot and returns the new slot total.
@@ -76,121 +79,84 @@ impl GCounter {
     ///
     /// [`Error::SlotOverflow`] if the slot would pass `u64::MAX`; the counter is unchanged.
     pub fn increment(&mut self, replica: ReplicaId, by: u64) -> Result<u64, Error> {
-        match self.find(replica) {
-            Ok(i) => {
-                let slot = &mut self.slots[i].1;
-                *slot = slot.checked_add(by).ok_or(Error::SlotOverflow {
-                    replica,
-                    current: *slot,
-                    by,
-                })?;
-                Ok(*slot)
-            }
-            Err(_) if by == 0 => Ok(0),
-            Err(i) => {
-                self.slots.insert(i, (replica, by));
-                Ok(by)
-            }
-        }
+        let current = self.get(replica);
+        let total = current.checked_add(by).ok_or(Error::SlotOverflow {
+            replica,
+            current,
+            by,
+        })?;
+        self.merge_slot(replica, total);
+        Ok(total)
     }
 
     /// Merges one slot total from `replica` (max with the slot held). Returns whether the
     /// slot grew. This is how a sync, which carries one replica's totals, is applied.
     pub fn merge_slot(&mut self, replica: ReplicaId, total: u64) -> bool {
-        match self.find(replica) {
-            Ok(i) if total > self.slots[i].1 => {
-                self.slots[i].1 = total;
-                true
-            }
-            Ok(_) => false,
-            Err(_) if total == 0 => false,
-            Err(i) => {
-                self.slots.insert(i, (replica, total));
-                true
-            }
-        }
+        self.state
+            .merge_view_slot(replica, SlotTotals { p: total, n: 0 })
     }
 
-    /// Merges `other` into `self`: every slot becomes the max of the two.
+    /// Merges `other` into `self`: every slot becomes the max of the two
+    /// ([`CounterState::join`]).
     ///
     /// Commutative, associative and idempotent. Linear in the number of slots: one pass
-    /// raises the shared slots in place; slots only `other` has are then merged in from the
-    /// back, without a second allocation beyond growing `self`.
+    /// raises the shared slots in place; slots only `other` has are then inserted.
     pub fn merge(&mut self, other: &GCounter) {
-        let (a, b) = (&mut self.slots, &other.slots);
-        let (mut i, mut j, mut missing) = (0, 0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
-                Ordering::Less => i += 1,
-                Ordering::Greater => {
-                    missing += 1;
-                    j += 1;
-                }
-                Ordering::Equal => {
-                    if b[j].1 > a[i].1 {
-                        a[i].1 = b[j].1;
-                    }
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        missing += b.len() - j;
-        if missing == 0 {
-            return;
-        }
-        // Merge the slots only `other` has, from the back, so nothing is moved twice.
-        let old_len = a.len();
-        a.resize(old_len + missing, (ReplicaId::NIL, 0));
-        let (mut i, mut j, mut w) = (old_len, b.len(), a.len());
-        while j > 0 {
-            w -= 1;
-            if i > 0 && a[i - 1].0 >= b[j - 1].0 {
-                if a[i - 1].0 == b[j - 1].0 {
-                    j -= 1; // shared slot: already maxed in place above
-                }
-                a[w] = a[i - 1];
-                i -= 1;
-            } else {
-                a[w] = b[j - 1];
-                j -= 1;
-            }
-        }
-        debug_assert_eq!(w, i, "the merged slots meet the untouched prefix");
+        self.state.join(&other.state);
     }
 
     /// The slots of `self` that are ahead of `older`: merging the result into `older` gives
     /// the same counter as merging all of `self`, so a replica can send just what changed.
     pub fn delta_since(&self, older: &GCounter) -> GCounter {
-        let mut slots = Vec::new();
-        let mut old = older.slots.iter().peekable();
-        for &(replica, total) in &self.slots {
-            while old.next_if(|(r, _)| *r < replica).is_some() {}
-            let before = old.next_if(|(r, _)| *r == replica).map_or(0, |&(_, v)| v);
-            if total > before {
-                slots.push((replica, total));
-            }
+        GCounter {
+            state: self.state.view_delta(&older.state),
         }
-        GCounter { slots }
     }
 
     /// The slots, in replica id order, zero slots omitted.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (ReplicaId, u64)> + '_ {
-        self.slots.iter().copied()
+        self.slots()
+            .iter()
+            .map(|&(replica, totals)| (replica, totals.p))
     }
 
     /// Number of non-zero slots (replicas that counted something).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots().len()
     }
 
     /// Whether no replica has counted anything.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots().is_empty()
     }
 
-    fn find(&self, replica: ReplicaId) -> Result<usize, usize> {
-        self.slots.binary_search_by(|(r, _)| r.cmp(&replica))
+    /// The state it is a view of.
+    pub fn state(&self) -> &CounterState {
+        &self.state
+    }
+
+    fn slots(&self) -> &[(ReplicaId, SlotTotals)] {
+        self.state.slots().only_region()
+    }
+
+    /// A counter of these slots (sorted by replica, each once, none zero).
+    pub(crate) fn of_sorted(slots: Vec<(ReplicaId, u64)>) -> GCounter {
+        let slots = slots
+            .into_iter()
+            .map(|(replica, p)| (replica, SlotTotals { p, n: 0 }))
+            .collect();
+        GCounter {
+            state: CounterState::from_view_slots(slots),
+        }
+    }
+}
+
+impl Hash for GCounter {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for (replica, total) in self.iter() {
+            replica.hash(state);
+            total.hash(state);
+        }
     }
 }
 
@@ -202,23 +168,21 @@ impl FromIterator<(ReplicaId, u64)> for GCounter {
         // Sort by id, larger totals first, then keep the first of each id: max per slot.
         slots.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
         slots.dedup_by_key(|s| s.0);
-        GCounter { slots }
+        GCounter::of_sorted(slots)
     }
 }
 
 impl fmt::Debug for GCounter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.slots.iter().map(|(r, v)| (r, v)))
-            .finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
 impl Serialize for GCounter {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.slots.len()))?;
-        for (replica, total) in &self.slots {
-            map.serialize_entry(replica, total)?;
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (replica, total) in self.iter() {
+            map.serialize_entry(&replica, &total)?;
         }
         map.end()
     }
@@ -247,7 +211,7 @@ impl<'de> Deserialize<'de> for GCounter {
                     )));
                 }
                 slots.retain(|&(_, v)| v > 0);
-                Ok(GCounter { slots })
+                Ok(GCounter::of_sorted(slots))
             }
         }
         deserializer.deserialize_map(SlotsVisitor)

@@ -45,10 +45,15 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 
+use smallvec::SmallVec;
+
 use crate::{GlobalTotals, ReplicaId, SlotTotals, Timestamp};
 
 /// A region's name, shared by every slot, base and cut of it.
 pub type Region = Arc<str>;
+
+/// Per region, its part of the value: inline while there is one region.
+type Shares = SmallVec<[(Region, GlobalTotals); 1]>;
 
 /// A counter's resets: how many, whether the last one was a delete, and when.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,15 +64,6 @@ pub struct Epoch {
     pub deleted: bool,
     /// When the last one happened.
     pub at: Option<Timestamp>,
-}
-
-/// One live replica's slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    /// The replica's region of record.
-    pub region: Region,
-    /// Its totals.
-    pub totals: SlotTotals,
 }
 
 /// One edge object's incarnations before generation `through`: the sums of their final
@@ -148,30 +144,110 @@ impl Base {
     }
 }
 
-/// A counter's live slots, by replica: one vector sorted by replica id, so a join of two
-/// views of the same replicas (a merger's steady state) is one pass that raises slots in
-/// place, with no tree to walk and nothing to allocate.
+/// One live replica's slot, as [`Slots`] answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot<'a> {
+    /// The replica's region of record.
+    pub region: &'a Region,
+    /// Its totals.
+    pub totals: SlotTotals,
+}
+
+/// One region's live slots, sorted by replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    region: Region,
+    slots: Vec<(ReplicaId, SlotTotals)>,
+}
+
+impl Group {
+    fn find(&self, replica: &ReplicaId) -> Result<usize, usize> {
+        self.slots.binary_search_by(|(r, _)| r.cmp(replica))
+    }
+
+    /// The index range of the replicas in `first..=last`.
+    fn range(&self, first: ReplicaId, last: ReplicaId) -> core::ops::Range<usize> {
+        let start = self.slots.partition_point(|(r, _)| *r < first);
+        let end = self.slots.partition_point(|(r, _)| *r <= last);
+        start..end.max(start)
+    }
+}
+
+/// A counter's live slots, grouped by region: the groups in region order, each one vector
+/// of 24-byte slots sorted by replica, no group empty, a replica in one group only (its
+/// region of record). A join of two views of the same replicas (a merger's steady state) is
+/// one pass per region that raises slots in place; a region's name is held once, not per
+/// slot; and a counter counted in one region — a [`GCounter`](crate::GCounter) or a
+/// [`PNCounter`](crate::PNCounter), which are views of this type — is one flat vector.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Slots(Vec<(ReplicaId, Slot)>);
+pub struct Slots(SmallVec<[Group; 1]>);
 
 impl Slots {
-    fn find(&self, replica: &ReplicaId) -> Result<usize, usize> {
-        self.0.binary_search_by(|(r, _)| r.cmp(replica))
+    /// Where `replica`'s slot is: its group and index.
+    fn locate(&self, replica: &ReplicaId) -> Option<(usize, usize)> {
+        self.0
+            .iter()
+            .enumerate()
+            .find_map(|(g, group)| group.find(replica).ok().map(|i| (g, i)))
+    }
+
+    /// Where `replica`'s slot is, looked for in `region`'s group first (where it usually is).
+    fn locate_in(&self, region: &Region, replica: &ReplicaId) -> Option<(usize, usize)> {
+        match self.group(region) {
+            Ok(g) => match self.0[g].find(replica) {
+                Ok(i) => Some((g, i)),
+                Err(_) if self.0.len() == 1 => None,
+                Err(_) => self.locate(replica),
+            },
+            Err(_) => self.locate(replica),
+        }
+    }
+
+    /// The index of `region`'s group, or where it would go.
+    fn group(&self, region: &Region) -> Result<usize, usize> {
+        // The slots of a region usually share its `Arc`: pointers first, names only if none is.
+        match self.0.iter().position(|g| Arc::ptr_eq(&g.region, region)) {
+            Some(g) => Ok(g),
+            None => self.0.binary_search_by(|g| g.region.cmp(region)),
+        }
+    }
+
+    /// Adds a zero slot of `replica` (held nowhere yet) in `region`; answers where.
+    fn insert(&mut self, region: &Region, replica: ReplicaId) -> (usize, usize) {
+        match self.group(region) {
+            Ok(g) => {
+                let group = &mut self.0[g];
+                let i = group.find(&replica).unwrap_err();
+                group.slots.insert(i, (replica, SlotTotals::default()));
+                (g, i)
+            }
+            Err(g) => {
+                let group = Group {
+                    region: Arc::clone(region),
+                    slots: alloc::vec![(replica, SlotTotals::default())],
+                };
+                self.0.insert(g, group);
+                (g, 0)
+            }
+        }
     }
 
     /// `replica`'s slot.
-    pub fn get(&self, replica: &ReplicaId) -> Option<&Slot> {
-        self.find(replica).ok().map(|i| &self.0[i].1)
+    pub fn get(&self, replica: &ReplicaId) -> Option<Slot<'_>> {
+        self.locate(replica).map(|(g, i)| Slot {
+            region: &self.0[g].region,
+            totals: self.0[g].slots[i].1,
+        })
     }
 
     /// Whether `replica` has a live slot.
     pub fn contains_key(&self, replica: &ReplicaId) -> bool {
-        self.find(replica).is_ok()
+        self.locate(replica).is_some()
     }
 
     /// How many.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.iter().map(|g| g.slots.len()).sum()
     }
 
     /// Whether there is none.
@@ -179,42 +255,28 @@ impl Slots {
         self.0.is_empty()
     }
 
-    /// The slots in replica order.
-    pub fn iter(&self) -> impl Iterator<Item = (&ReplicaId, &Slot)> {
-        self.0.iter().map(pair)
+    /// The slots, by region, then by replica.
+    pub fn iter(&self) -> impl Iterator<Item = (&ReplicaId, Slot<'_>)> {
+        self.0.iter().flat_map(|g| {
+            g.slots.iter().map(|(replica, totals)| {
+                let slot = Slot {
+                    region: &g.region,
+                    totals: *totals,
+                };
+                (replica, slot)
+            })
+        })
     }
 
-    /// The replicas in order.
+    /// The replicas, by region, then by replica.
     pub fn keys(&self) -> impl Iterator<Item = &ReplicaId> {
-        self.0.iter().map(|(r, _)| r)
+        self.0.iter().flat_map(|g| g.slots.iter().map(|(r, _)| r))
     }
 
-    /// The slots in replica order.
-    pub fn values(&self) -> impl Iterator<Item = &Slot> {
-        self.0.iter().map(|(_, s)| s)
-    }
-
-    /// The index range of the replicas in `first..=last`.
-    fn range(&self, first: ReplicaId, last: ReplicaId) -> core::ops::Range<usize> {
-        let start = self.0.partition_point(|(r, _)| *r < first);
-        let end = self.0.partition_point(|(r, _)| *r <= last);
-        start..end.max(start)
-    }
-}
-
-fn pair(entry: &(ReplicaId, Slot)) -> (&ReplicaId, &Slot) {
-    (&entry.0, &entry.1)
-}
-
-impl<'a> IntoIterator for &'a Slots {
-    type Item = (&'a ReplicaId, &'a Slot);
-    type IntoIter = core::iter::Map<
-        core::slice::Iter<'a, (ReplicaId, Slot)>,
-        fn(&'a (ReplicaId, Slot)) -> (&'a ReplicaId, &'a Slot),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(pair)
+    /// The slots of a state whose slots are all in one region (a view's): in replica order.
+    pub(crate) fn only_region(&self) -> &[(ReplicaId, SlotTotals)] {
+        debug_assert!(self.0.len() <= 1, "a view's slots are in one region");
+        self.0.first().map_or(&[], |g| &g.slots)
     }
 }
 
@@ -231,7 +293,7 @@ pub struct CounterState {
     /// Every replica of every base.
     retired: BTreeSet<ReplicaId>,
     /// Per region (in name order): its slots, carries and base minus its cut.
-    shares: Vec<(Region, GlobalTotals)>,
+    shares: Shares,
     /// The sum of the shares.
     value: GlobalTotals,
     /// Live replicas with a non-zero slot.
@@ -255,7 +317,7 @@ impl CounterState {
     /// A counter nobody has counted.
     pub const fn new() -> CounterState {
         CounterState {
-            slots: Slots(Vec::new()),
+            slots: Slots(SmallVec::new_const()),
             carries: BTreeMap::new(),
             bases: BTreeMap::new(),
             epoch: Epoch {
@@ -265,7 +327,7 @@ impl CounterState {
             },
             cuts: BTreeMap::new(),
             retired: BTreeSet::new(),
-            shares: Vec::new(),
+            shares: SmallVec::new_const(),
             value: GlobalTotals { p: 0, n: 0 },
             replicas: 0,
         }
@@ -304,22 +366,31 @@ impl CounterState {
             .values()
             .flat_map(|b| b.replicas.iter().copied())
             .collect();
-        let mut live: Vec<(ReplicaId, Slot)> = slots
+        let mut live: Vec<(ReplicaId, Region, SlotTotals)> = slots
             .into_iter()
             .filter(|(replica, _, _)| !state.is_retired(*replica))
-            .map(|(replica, region, totals)| (replica, Slot { region, totals }))
             .collect();
         // Sorted, then a replica listed twice keeps the max of its slots (and its first
         // region).
-        live.sort_by_key(|(replica, _)| *replica);
+        live.sort_by_key(|(replica, _, _)| *replica);
         live.dedup_by(|later, kept| {
             let same = later.0 == kept.0;
             if same {
-                kept.1.totals = kept.1.totals.join(later.1.totals);
+                kept.2 = kept.2.join(later.2);
             }
             same
         });
-        state.slots = Slots(live);
+        for (replica, region, totals) in live {
+            let g = match state.slots.group(&region) {
+                Ok(g) => g,
+                Err(g) => {
+                    let slots = Vec::new();
+                    state.slots.0.insert(g, Group { region, slots });
+                    g
+                }
+            };
+            state.slots.0[g].slots.push((replica, totals));
+        }
         for (region, cut) in cuts {
             let held = state.cuts.entry(region).or_default();
             *held = held.join(cut);
@@ -346,8 +417,8 @@ impl CounterState {
     /// `replica`'s live slot (zero for none, or a retired one).
     pub fn slot(&self, replica: ReplicaId) -> SlotTotals {
         self.slots
-            .get(&replica)
-            .map_or_else(SlotTotals::default, |s| s.totals)
+            .locate(&replica)
+            .map_or_else(SlotTotals::default, |(g, i)| self.slots.0[g].slots[i].1)
     }
 
     /// Per object, the carry of its earlier incarnations.
@@ -396,33 +467,33 @@ impl CounterState {
             .keys()
             .map(|region| (Arc::clone(region), GlobalTotals::default()))
             .collect();
-        let mut parts = Vec::new();
+        let mut parts = Shares::new();
         self.sums_of_parts(&mut parts);
         sums.extend(parts);
         sums
     }
 
-    /// Fills `sums` (emptied first, in no order) with the sums of every region that has a
-    /// slot, a carry or a base; answers how many live slots are not zero. One pass over the
-    /// slots: a run of slots of one region (as a view's all are) finds its entry once.
-    fn sums_of_parts(&self, sums: &mut Vec<(Region, GlobalTotals)>) -> usize {
-        sums.clear();
+    /// Fills `sums` (what it held is overwritten; in no order) with the sums of every region that has a
+    /// slot, a carry or a base; answers how many live slots are not zero. One pass over each
+    /// region's slots.
+    fn sums_of_parts(&self, sums: &mut Shares) -> usize {
         let mut replicas = 0;
-        let mut run: Option<usize> = None;
-        for (_, slot) in &self.slots.0 {
-            let i = match run {
-                Some(i) if Arc::ptr_eq(&sums[i].0, &slot.region) => i,
-                _ => index_of(sums, &slot.region),
-            };
-            run = Some(i);
+        for (i, group) in self.slots.0.iter().enumerate() {
             // Sums of u64 slots: a u128 overflows only past 2^64 slots.
-            let sum = &mut sums[i].1;
-            sum.p += u128::from(slot.totals.p);
-            sum.n += u128::from(slot.totals.n);
-            if slot.totals != SlotTotals::default() {
-                replicas += 1;
+            let mut sum = GlobalTotals::default();
+            for (_, totals) in &group.slots {
+                sum.p += u128::from(totals.p);
+                sum.n += u128::from(totals.n);
+                replicas += usize::from(*totals != SlotTotals::default());
+            }
+            // The entries of the last sums are usually these regions, in this order: kept.
+            match sums.get_mut(i) {
+                Some(entry) if Arc::ptr_eq(&entry.0, &group.region) => entry.1 = sum,
+                Some(entry) => *entry = (Arc::clone(&group.region), sum),
+                None => sums.push((Arc::clone(&group.region), sum)),
             }
         }
+        sums.truncate(self.slots.0.len());
         for carry in self.carries.values() {
             let i = index_of(sums, &carry.region);
             let sum = &mut sums[i].1;
@@ -470,33 +541,62 @@ impl CounterState {
     }
 
     /// Joins `other`'s slots in by max, leaving out the retired ones: what
-    /// [`merge_slot`](Self::merge_slot) per slot would do, as one walk over both sorted
-    /// vectors, so the slots both hold (a merger's steady state: fresher copies of the same
-    /// replicas) are raised in place, and only new ones are inserted (a live slot here is
-    /// never a retired one: the carries and bases were joined first).
+    /// [`merge_slot`](Self::merge_slot) per slot would do, as one walk per region over both
+    /// sorted vectors, so the slots both hold (a merger's steady state: fresher copies of the
+    /// same replicas) are raised in place, and only new ones are inserted (a live slot here is
+    /// never a retired one: the carries and bases were joined first). A replica this state
+    /// holds in another region keeps its region of record here.
     fn join_slots(&mut self, other: &Slots) {
-        let mut new: Vec<(ReplicaId, Slot)> = Vec::new();
-        let held = &mut self.slots.0;
-        let mut i = 0;
-        for (replica, slot) in &other.0 {
-            while i < held.len() && held[i].0 < *replica {
-                i += 1;
-            }
-            match held.get_mut(i) {
-                Some((r, mine)) if r == replica => {
-                    mine.totals = mine.totals.join(slot.totals);
-                    i += 1;
-                }
-                _ => {
-                    if !folded(&self.retired, &self.carries, *replica) {
-                        new.push((*replica, slot.clone()));
+        for group in &other.0 {
+            let held = self.slots.group(&group.region);
+            let mut new: Vec<(ReplicaId, SlotTotals)> = Vec::new();
+            if let Ok(g) = held {
+                let held = &mut self.slots.0[g].slots;
+                let mut i = 0;
+                for (replica, totals) in &group.slots {
+                    while i < held.len() && held[i].0 < *replica {
+                        i += 1;
+                    }
+                    match held.get_mut(i) {
+                        Some((r, mine)) if r == replica => {
+                            *mine = mine.join(*totals);
+                            i += 1;
+                        }
+                        _ => new.push((*replica, *totals)),
                     }
                 }
+            } else {
+                new.clone_from(&group.slots);
             }
-        }
-        if !new.is_empty() {
-            held.extend(new);
-            held.sort_by_key(|(replica, _)| *replica);
+            let (retired, carries, slots) = (&self.retired, &self.carries, &mut self.slots);
+            let elsewhere = slots.0.len() > usize::from(held.is_ok());
+            new.retain(|(replica, totals)| {
+                if folded(retired, carries, *replica) {
+                    return false;
+                }
+                match slots.locate(replica).filter(|_| elsewhere) {
+                    Some((g, i)) => {
+                        let mine = &mut slots.0[g].slots[i].1;
+                        *mine = mine.join(*totals);
+                        false
+                    }
+                    None => true,
+                }
+            });
+            if new.is_empty() {
+                continue;
+            }
+            match self.slots.group(&group.region) {
+                Ok(g) => {
+                    let held = &mut self.slots.0[g].slots;
+                    held.extend(new);
+                    held.sort_by_key(|(replica, _)| *replica);
+                }
+                Err(g) => {
+                    let region = Arc::clone(&group.region);
+                    self.slots.0.insert(g, Group { region, slots: new });
+                }
+            }
         }
     }
 
@@ -507,24 +607,20 @@ impl CounterState {
         if self.is_retired(replica) {
             return false;
         }
-        let before = self.slot(replica);
+        let (g, i) = match self.slots.locate_in(region, &replica) {
+            Some(at) => at,
+            // A zero slot is no growth of none.
+            None if totals == SlotTotals::default() => return false,
+            None => self.slots.insert(region, replica),
+        };
+        let group = &mut self.slots.0[g];
+        let slot = &mut group.slots[i].1;
+        let before = *slot;
         if before.dominates(totals) {
             return false;
         }
-        let i = match self.slots.find(&replica) {
-            Ok(i) => i,
-            Err(i) => {
-                let slot = Slot {
-                    region: Arc::clone(region),
-                    totals: SlotTotals::default(),
-                };
-                self.slots.0.insert(i, (replica, slot));
-                i
-            }
-        };
-        let slot = &mut self.slots.0[i].1;
-        slot.totals = before.join(totals);
-        let after = slot.totals;
+        *slot = before.join(totals);
+        let after = *slot;
         if self.cuts.is_empty() {
             // The sums grow by exactly the slot's growth (no cut to saturate at).
             let (dp, dn) = (
@@ -533,7 +629,7 @@ impl CounterState {
             );
             self.value.p += dp;
             self.value.n += dn;
-            let share = share_of(&mut self.shares, &slot.region);
+            let share = share_of(&mut self.shares, &group.region);
             share.p += dp;
             share.n += dn;
             if before == SlotTotals::default() {
@@ -567,23 +663,28 @@ impl CounterState {
     pub fn retire(&mut self, replica: ReplicaId) -> Option<(ReplicaId, Carry)> {
         let object = replica.object();
         let through = u64::from(replica.generation()) + 1;
-        let mut carry = self.carries.get(&object).cloned();
-        let folded = self
-            .slots
-            .range(object, ReplicaId::lineage(object, replica.generation()));
-        if folded.is_empty() {
-            return None;
+        let carry = self.carries.get(&object).cloned();
+        let last = ReplicaId::lineage(object, replica.generation());
+        // The slots it folds, with the region of the earliest (the object's region of record).
+        let mut first: Option<(ReplicaId, &Region)> = None;
+        let mut sums = GlobalTotals::default();
+        for group in &self.slots.0 {
+            for (r, totals) in &group.slots[group.range(object, last)] {
+                if first.is_none_or(|(f, _)| r < &f) {
+                    first = Some((*r, &group.region));
+                }
+                sums.p = sums.p.saturating_add(u128::from(totals.p));
+                sums.n = sums.n.saturating_add(u128::from(totals.n));
+            }
         }
-        for (_, slot) in &self.slots.0[folded] {
-            let carry = carry.get_or_insert_with(|| Carry {
-                region: Arc::clone(&slot.region),
-                through: 0,
-                totals: GlobalTotals::default(),
-            });
-            carry.totals.p = carry.totals.p.saturating_add(u128::from(slot.totals.p));
-            carry.totals.n = carry.totals.n.saturating_add(u128::from(slot.totals.n));
-        }
-        let mut carry = carry?;
+        let (_, region) = first?;
+        let mut carry = carry.unwrap_or_else(|| Carry {
+            region: Arc::clone(region),
+            through: 0,
+            totals: GlobalTotals::default(),
+        });
+        carry.totals.p = carry.totals.p.saturating_add(sums.p);
+        carry.totals.n = carry.totals.n.saturating_add(sums.n);
         carry.through = carry.through.max(through);
         self.merge_carry(object, &carry);
         Some((object, carry))
@@ -601,6 +702,48 @@ impl CounterState {
         self.recompute();
     }
 
+    /// Merges `totals` into `replica`'s slot of a view ([`GCounter`](crate::GCounter),
+    /// [`PNCounter`](crate::PNCounter)): a state whose slots are all in one region, the one
+    /// it holds, or a nameless one for its first slot.
+    pub(crate) fn merge_view_slot(&mut self, replica: ReplicaId, totals: SlotTotals) -> bool {
+        let region = match self.slots.0.first() {
+            Some(group) => Arc::clone(&group.region),
+            None if totals == SlotTotals::default() => return false,
+            None => Region::from(""),
+        };
+        self.merge_slot(replica, &region, totals)
+    }
+
+    /// A view of these slots (in replica order, each replica once, none zero).
+    pub(crate) fn from_view_slots(slots: Vec<(ReplicaId, SlotTotals)>) -> CounterState {
+        debug_assert!(slots.windows(2).all(|w| w[0].0 < w[1].0));
+        debug_assert!(slots.iter().all(|(_, t)| *t != SlotTotals::default()));
+        let mut state = CounterState::new();
+        if !slots.is_empty() {
+            let region = Region::from("");
+            state.slots.0.push(Group { region, slots });
+            state.recompute();
+        }
+        state
+    }
+
+    /// The slots of a view that are ahead of `older`'s (either half grew): joining the result
+    /// into `older` gives the same view as joining all of `self`.
+    pub(crate) fn view_delta(&self, older: &CounterState) -> CounterState {
+        let mut old = older.slots.only_region().iter().peekable();
+        let mut ahead = Vec::new();
+        for &(replica, totals) in self.slots.only_region() {
+            while old.next_if(|(r, _)| *r < replica).is_some() {}
+            let before = old
+                .next_if(|(r, _)| *r == replica)
+                .map_or_else(SlotTotals::default, |&(_, t)| t);
+            if !before.dominates(totals) {
+                ahead.push((replica, totals));
+            }
+        }
+        CounterState::from_view_slots(ahead)
+    }
+
     /// Joins one carry in, without dropping slots or recomputing; returns whether it changed.
     fn join_carry(&mut self, object: ReplicaId, carry: &Carry) -> bool {
         match self.carries.get_mut(&object) {
@@ -615,9 +758,12 @@ impl CounterState {
     /// Drops the live slots that a carry or a base now holds.
     fn drop_retired_slots(&mut self) {
         let (retired, carries) = (&self.retired, &self.carries);
-        self.slots
-            .0
-            .retain(|(replica, _)| !folded(retired, carries, *replica));
+        for group in &mut self.slots.0 {
+            group
+                .slots
+                .retain(|(replica, _)| !folded(retired, carries, *replica));
+        }
+        self.slots.0.retain(|group| !group.slots.is_empty());
     }
 
     /// The shares, the value and the replica count from the parts.
@@ -626,19 +772,23 @@ impl CounterState {
         self.replicas = self.sums_of_parts(&mut shares);
         self.value = GlobalTotals::default();
         for (region, share) in &mut shares {
-            if let Some(cut) = self.cuts.get(region) {
+            if !self.cuts.is_empty()
+                && let Some(cut) = self.cuts.get(region)
+            {
                 *share = minus(*share, *cut);
             }
             self.value.p += share.p;
             self.value.n += share.n;
         }
-        shares.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if !shares.is_sorted_by(|a, b| a.0 <= b.0) {
+            shares.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
         self.shares = shares;
     }
 }
 
 /// The index of `region`'s entry in `shares`, added (zero) if missing.
-fn index_of(shares: &mut Vec<(Region, GlobalTotals)>, region: &Region) -> usize {
+fn index_of(shares: &mut Shares, region: &Region) -> usize {
     // The slots of a region usually share its `Arc`: pointers first, names only if none is.
     let found = shares
         .iter()
@@ -654,10 +804,7 @@ fn index_of(shares: &mut Vec<(Region, GlobalTotals)>, region: &Region) -> usize 
 }
 
 /// `region`'s share in `shares` (sorted by region), added (zero) in its place if missing.
-fn share_of<'a>(
-    shares: &'a mut Vec<(Region, GlobalTotals)>,
-    region: &Region,
-) -> &'a mut GlobalTotals {
+fn share_of<'a>(shares: &'a mut Shares, region: &Region) -> &'a mut GlobalTotals {
     let i = match shares.binary_search_by(|(r, _)| r.cmp(region)) {
         Ok(i) => i,
         Err(i) => {
@@ -766,6 +913,33 @@ mod tests {
                 epoch: 0
             }
         );
+    }
+
+    #[test]
+    fn a_replica_is_held_once_in_its_region_of_record_whatever_region_a_view_names() {
+        let mut here = CounterState::new();
+        here.merge_slot(r(1), &eu(), t(5, 0));
+        here.merge_slot(r(3), &us(), t(1, 0));
+        // Another view holds replica 1 in another region, and a replica this one lacks.
+        let mut there = CounterState::new();
+        there.merge_slot(r(1), &us(), t(7, 1));
+        there.merge_slot(r(2), &us(), t(2, 0));
+        assert!(
+            here.merge_slot(r(1), &us(), t(6, 0)),
+            "found in eu, raised there"
+        );
+        here.join(&there);
+        assert_eq!(here.slots().len(), 3);
+        assert_eq!(here.slots().get(&r(1)).map(|s| s.region), Some(&eu()));
+        assert_eq!(here.slot(r(1)), t(7, 1));
+        assert_eq!(here.value(), g(10, 1));
+        assert_eq!(here.shares(), [(eu(), g(7, 1)), (us(), g(3, 0))]);
+        let order: Vec<_> = here.slots().keys().copied().collect();
+        assert_eq!(order, [r(1), r(2), r(3)], "by region, then by replica");
+        // Joined the other way, the other view keeps its own region of record: one slot too.
+        there.join(&here);
+        assert_eq!((there.slots().len(), there.value()), (3, g(10, 1)));
+        assert_eq!(there.slots().get(&r(1)).map(|s| s.region), Some(&us()));
     }
 
     /// Incarnation `generation` of object `object`.

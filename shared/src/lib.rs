@@ -10,8 +10,9 @@
 //!   bases of retired replicas, the epoch and its cuts — with join, value, fold and reset: the
 //!   lattice the merger holds and its stores persist, and whose [`Bound`] the edge and its
 //!   clients keep.
-//! - [`GCounter`] (`gcounter.rs`): grow-only, one `u64` slot per replica, value `u128`.
-//! - [`PNCounter`] (`pncounter.rs`): up and down, two G-Counters, value `i128`.
+//! - [`GCounter`] (`gcounter.rs`): grow-only, one `u64` slot per replica, value `u128`; and
+//!   [`PNCounter`] (`pncounter.rs`): up and down, value `i128`. Both are views of a
+//!   [`CounterState`] with its slots in one region: the same slots, join and value.
 //! - [`SyncRequest`], [`SyncResponse`] and their parts (`sync.rs`): what an edge replica sends
 //!   (its slot **totals**, so a retried sync changes nothing) and what the merger answers.
 //! - [`check_counter_id`], [`SyncRequest::validate`] and the limits (`validate.rs`): the input
@@ -110,7 +111,7 @@ pub use error::Error;
 pub use gcounter::GCounter;
 pub use hll::HyperLogLog;
 pub use key::CounterKey;
-pub use lattice::{Base, Bound, Carry, CounterState, Epoch, Region, Slot, minus};
+pub use lattice::{Base, Bound, Carry, CounterState, Epoch, Region, Slot, Slots, minus};
 pub use pncounter::PNCounter;
 pub use presence::{
     MAX_PRESENCE_TTL_MS, PresenceCount, PresenceRead, PresenceReport, PresenceResponse,

@@ -201,9 +201,9 @@ fn view(
         apply_folds(&mut view);
         applied = true;
     }
-    for (replica, slot) in states[commit].slots() {
+    for (replica, slot) in states[commit].slots().iter() {
         if picks & (1 << object_of(*replica)) != 0 {
-            view.merge_slot(*replica, &slot.region, slot.totals);
+            view.merge_slot(*replica, slot.region, slot.totals);
         }
     }
     if !applied {
@@ -318,7 +318,7 @@ proptest! {
     fn the_kept_sums_are_the_sums_of_the_parts((_, _, [a, b, c]) in views()) {
         for v in [a, b, c] {
             let rebuilt = CounterState::from_parts(
-                v.slots().iter().map(|(r, s)| (*r, Arc::clone(&s.region), s.totals)),
+                v.slots().iter().map(|(r, s)| (*r, Arc::clone(s.region), s.totals)),
                 v.carries().iter().map(|(k, c)| (*k, c.clone())),
                 v.bases().iter().map(|(k, b)| (Arc::clone(k), b.clone())),
                 v.epoch(),
@@ -343,7 +343,7 @@ proptest! {
             let (object, carry) = h.edge.carry(replica);
             restored.merge_carry(object, &carry);
             if let Some(slot) = last.slots().get(&object) {
-                restored.merge_slot(object, &slot.region, slot.totals);
+                restored.merge_slot(object, slot.region, slot.totals);
             }
         }
         prop_assert_eq!(restored.value(), last.value());

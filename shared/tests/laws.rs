@@ -2,13 +2,12 @@
 //! (commutative, associative, idempotent, monotone), deltas are as good as full states, and
 //! counts survive any interleaving, duplication and staleness of what replicas exchange.
 //!
-//! `GCounter` and `PNCounter` keep their own flat representation (a merge of a few 24-byte
-//! slots, several times faster than `CounterState`'s tree), but they are held to
-//! `CounterState`, the lattice the edge and the merger run (its own laws are in `lattice.rs`):
-//! the `*_agrees_with_counter_state` laws check that what they do is what that lattice does
-//! with the same slots, built independently here with `CounterState::merge_slot` — merge is
-//! `CounterState::join`, value is `CounterState::value`, an increment is a `merge_slot` of the
-//! raised total.
+//! `GCounter` and `PNCounter` are views of `CounterState`, the lattice the edge and the merger
+//! run (its own laws are in `lattice.rs`); the `*_agrees_with_counter_state` laws still check
+//! what they do against that lattice driven on its own from the same slots, with
+//! `CounterState::merge_slot` (in a region of its own) — merge is `CounterState::join`, value
+//! is `CounterState::value`, an increment is a `merge_slot` of the raised total — so a view
+//! that slipped a slot, a half or a zero would fail here.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::BTreeMap;
@@ -76,7 +75,8 @@ fn merged_pn(a: &PNCounter, b: &PNCounter) -> PNCounter {
 }
 
 /// The lattice state of these slot totals, built with `CounterState`'s own operations (in a
-/// region of its own: a view's slots are in no region, and the value does not depend on it).
+/// region of its own: a view's slots are in the nameless region, and the value does not
+/// depend on it).
 fn lattice(slots: impl IntoIterator<Item = (ReplicaId, SlotTotals)>) -> CounterState {
     let region = Region::from("eu");
     let mut state = CounterState::new();
