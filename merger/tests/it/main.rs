@@ -10,6 +10,7 @@ mod binary;
 mod bounded;
 mod carries;
 mod frozen;
+mod group_commit;
 mod history;
 mod idempotence;
 mod import;

@@ -896,28 +896,6 @@ async fn reports_syncs_and_sketch_syncs_queued_together_are_each_answered_from_t
     }
 }
 
-/// Makes the merger's SQLite database refuse any row named `poison` in `table` (a trigger),
-/// so that a batch holding one fails whole; `false` drops the trigger.
-async fn refuse_poison(t: &TestMerger, table: &str, on: bool) {
-    use sqlx::Connection;
-    let mut db = sqlx::SqliteConnection::connect(&database_url(t.dir.path()))
-        .await
-        .expect("the test database opens");
-    let sql = if on {
-        format!(
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} WHEN NEW.name = 'poison' \
-             BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"
-        )
-    } else {
-        "DROP TRIGGER refuse_poison".to_owned()
-    };
-    sqlx::query(&sql)
-        .execute(&mut db)
-        .await
-        .expect("the trigger changes");
-    db.close().await.expect("the test connection closes");
-}
-
 #[tokio::test]
 async fn a_failed_batch_of_reports_answers_every_report_503_and_stores_none_of_them() {
     let t = TestMerger::new().await;

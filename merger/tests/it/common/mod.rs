@@ -283,3 +283,25 @@ pub async fn start_binary(db_dir: &Path) -> MergerProcess {
     )
     .await
 }
+
+/// Makes the merger's SQLite database refuse any row named `poison` in `table` (a trigger),
+/// so that a batch holding one fails whole; `false` drops the trigger.
+pub async fn refuse_poison(t: &TestMerger, table: &str, on: bool) {
+    use sqlx::Connection;
+    let mut db = sqlx::SqliteConnection::connect(&database_url(t.dir.path()))
+        .await
+        .expect("the test database opens");
+    let sql = if on {
+        format!(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} WHEN NEW.name = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"
+        )
+    } else {
+        "DROP TRIGGER refuse_poison".to_owned()
+    };
+    sqlx::query(&sql)
+        .execute(&mut db)
+        .await
+        .expect("the trigger changes");
+    db.close().await.expect("the test connection closes");
+}
