@@ -350,3 +350,60 @@ proptest! {
         prop_assert_eq!(restored.value(), h.counted);
     }
 }
+
+/// Slots as views may name them: a replica (of 8) in any of three regions, whatever region
+/// another view names it in.
+fn placed_slots() -> impl Strategy<Value = Vec<(u8, u8, u64, u64)>> {
+    prop::collection::vec((0..8u8, 0..3u8, 0..1000u64, 0..1000u64), 0..24)
+}
+
+fn placed_view(slots: &[(u8, u8, u64, u64)]) -> CounterState {
+    let regions: [Region; 3] = [Region::from("ap"), Region::from("eu"), Region::from("us")];
+    let mut view = CounterState::new();
+    for &(replica, region, p, n) in slots {
+        view.merge_slot(
+            id(replica, 0),
+            &regions[usize::from(region)],
+            SlotTotals { p, n },
+        );
+    }
+    view
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A view keeps each replica in its region of record, so two views that name a replica
+    /// in different regions join to different regions; but whatever the regions and the
+    /// order, a join holds each replica once, with the max of its slots, and counts it once.
+    #[test]
+    fn a_replica_named_in_several_regions_is_held_and_counted_once(
+        a in placed_slots(), b in placed_slots(), c in placed_slots(),
+    ) {
+        let mut max = std::collections::BTreeMap::<u8, SlotTotals>::new();
+        for &(replica, _, p, n) in a.iter().chain(&b).chain(&c) {
+            let held = max.entry(replica).or_default();
+            *held = held.join(SlotTotals { p, n });
+        }
+        max.retain(|_, t| *t != SlotTotals::default());
+        let counted = max.values().fold(GlobalTotals::default(), |sum, t| GlobalTotals {
+            p: sum.p + u128::from(t.p),
+            n: sum.n + u128::from(t.n),
+        });
+        let views = [placed_view(&a), placed_view(&b), placed_view(&c)];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut joined = views[order[0]].clone();
+            joined.join(&views[order[1]]);
+            joined.join(&views[order[2]]);
+            prop_assert_eq!(joined.value(), counted);
+            prop_assert_eq!(joined.slots().len(), max.len());
+            for (&replica, &totals) in &max {
+                prop_assert_eq!(joined.slot(id(replica, 0)), totals);
+            }
+            let shares = joined.shares().iter().fold(GlobalTotals::default(), |sum, (_, s)| {
+                GlobalTotals { p: sum.p + s.p, n: sum.n + s.n }
+            });
+            prop_assert_eq!(shares, counted, "the shares sum to the value");
+        }
+    }
+}
