@@ -939,7 +939,9 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// ([`batch_carries`], merged column by column with max, the slots they hold deleted),
     /// and slots merged with max (a slot of zero, or in a carry, is not written). Slots may
     /// arrive in any order and name counters the store has not seen yet. Slots (and carries)
-    /// of a retired replica are not written ([`Committed::retired`]).
+    /// of a retired replica are not written ([`Committed::retired`]). Every replica a slot
+    /// names is among `replicas` (as in every batch of the commit task); a slot of a replica
+    /// the store does not know is refused with an error, never written or dropped.
     async fn commit(
         &self,
         replicas: &[ReplicaRow],

@@ -24,4 +24,5 @@ mod regions;
 mod replica_pruning;
 mod reset;
 mod retire;
+mod store_contract;
 mod versions;

@@ -1,0 +1,414 @@
+//! The contract of the [`Store`] trait, written once and run against both stores: SQLite on a
+//! temp file and Postgres on a throwaway cluster (`TALLY_NO_POSTGRES=1` skips the Postgres
+//! runs). Each contract is one function over a [`Backend`]; [`contract!`] makes its two tests,
+//! `store_contract::<contract>::sqlite` and `…::postgres`. What only one store has (Postgres's
+//! notifications, catch-up and locking between mergers; SQLite's migration of old files) is
+//! tested beside it, in `postgres_store.rs` and `src/store/sqlite.rs`.
+
+use std::sync::Arc;
+
+use sqlx::Connection;
+use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_e2e::postgres::PostgresCluster;
+use tally_merger::config::Durability;
+use tally_merger::store::postgres::PostgresStore;
+use tally_merger::store::sqlite::SqliteStore;
+use tally_merger::store::{ReplicaRow, SlotRow, SnapshotRow, Store, StoredCounter};
+
+/// A store under test, and what keeps its database alive.
+struct Backend {
+    store: Arc<dyn Store>,
+    db: Db,
+}
+
+enum Db {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        cluster: PostgresCluster,
+        url: String,
+    },
+}
+
+impl Backend {
+    async fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let url = format!("sqlite://{}", dir.path().join("tally.db").display());
+        let store = SqliteStore::open(&url, Durability::Full)
+            .await
+            .expect("the store opens and migrates");
+        Backend {
+            store: Arc::new(store),
+            db: Db::Sqlite { _dir: dir, url },
+        }
+    }
+
+    async fn postgres(test: &str) -> Option<Backend> {
+        let cluster = PostgresCluster::start_unless_skipped(test).await?;
+        let url = cluster.create_database("contract").await;
+        let store = PostgresStore::open(&url, Durability::Full)
+            .await
+            .expect("the store opens and migrates");
+        Some(Backend {
+            store: Arc::new(store),
+            db: Db::Postgres { cluster, url },
+        })
+    }
+
+    /// Runs `sql` on the store's database from a connection of the test's; answers the first
+    /// column of the first row, as text (empty when there is none).
+    async fn sql(&self, sql: &str) -> String {
+        match &self.db {
+            Db::Sqlite { url, .. } => {
+                let mut db = sqlx::SqliteConnection::connect(url)
+                    .await
+                    .expect("the test database opens");
+                let value: Option<String> = sqlx::query_scalar(sql)
+                    .fetch_optional(&mut db)
+                    .await
+                    .expect("the test's SQL runs");
+                db.close().await.expect("the test connection closes");
+                value.unwrap_or_default()
+            }
+            Db::Postgres { cluster, url } => cluster.psql(url, sql).await,
+        }
+    }
+}
+
+/// The two tests of a contract: `$name::sqlite` and `$name::postgres`.
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::sqlite().await).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(backend) = super::Backend::postgres(stringify!($name)).await {
+                    super::$name(backend).await;
+                }
+            }
+        }
+    };
+}
+
+fn key(kind: CounterKind, id: &str) -> CounterKey {
+    CounterKey::new(kind, id).expect("valid counter id")
+}
+
+fn g(id: &str) -> CounterKey {
+    key(CounterKind::G, id)
+}
+
+fn replica(n: u128) -> ReplicaId {
+    ReplicaId::from_u128(n)
+}
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
+}
+
+fn registered(replica: ReplicaId, region: &str, ms: i64) -> ReplicaRow {
+    ReplicaRow {
+        replica,
+        region: region.to_owned(),
+        at: at(ms),
+    }
+}
+
+fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> SlotRow {
+    SlotRow {
+        key: key.clone(),
+        replica,
+        totals: SlotTotals { p, n },
+        at: at(ms),
+        visits: Vec::new(),
+        carried: SlotTotals::default(),
+    }
+}
+
+/// The totals of one slot as loaded.
+async fn loaded_totals(store: &dyn Store, key: &CounterKey, r: ReplicaId) -> SlotTotals {
+    let counters = store.load(std::slice::from_ref(key)).await.expect("load");
+    let counter = counters.first().expect("the counter is stored");
+    counter
+        .slots
+        .iter()
+        .find(|s| s.replica == r)
+        .expect("the slot is stored")
+        .totals
+}
+
+/// The ids of the counters of a page.
+fn ids(counters: &[StoredCounter]) -> Vec<&str> {
+    counters.iter().map(|c| c.key.id()).collect()
+}
+
+contract!(u64_extremes_round_trip_exactly_and_merge_by_max);
+async fn u64_extremes_round_trip_exactly_and_merge_by_max(b: Backend) {
+    let store = &*b.store;
+    let x = key(CounterKind::Pn, "x");
+    let r = replica(7);
+    let two53 = 1u64 << 53;
+    store
+        .commit(
+            &[registered(r, "eu", 1)],
+            &[slot(&x, r, u64::MAX - 1, two53, 1)],
+        )
+        .await
+        .expect("commit");
+    // Smaller p, larger n (2^53 + 1: not a float): each half keeps its max.
+    store
+        .commit(&[registered(r, "eu", 2)], &[slot(&x, r, 5, two53 + 1, 2)])
+        .await
+        .expect("commit");
+    store
+        .commit(&[registered(r, "eu", 3)], &[slot(&x, r, u64::MAX, 0, 3)])
+        .await
+        .expect("commit");
+    assert_eq!(
+        loaded_totals(store, &x, r).await,
+        SlotTotals {
+            p: u64::MAX,
+            n: two53 + 1
+        }
+    );
+    // Two rows for one slot in one batch: the larger of each half.
+    let y = g("y");
+    store
+        .commit(
+            &[registered(r, "eu", 4)],
+            &[slot(&y, r, two53 + 1, 0, 4), slot(&y, r, 3, 9, 4)],
+        )
+        .await
+        .expect("commit with a repeated slot");
+    assert_eq!(
+        loaded_totals(store, &y, r).await,
+        SlotTotals { p: two53 + 1, n: 9 }
+    );
+    // A stale slot (smaller, equal or zero) changes nothing, its time included.
+    for (p, n) in [(9, 0), (two53 + 1, 9), (0, 0)] {
+        store
+            .commit(&[registered(r, "eu", 500)], &[slot(&y, r, p, n, 500)])
+            .await
+            .expect("commit");
+    }
+    let loaded = store.load(std::slice::from_ref(&y)).await.expect("load");
+    assert_eq!(loaded[0].slots[0].totals, SlotTotals { p: two53 + 1, n: 9 });
+    assert_eq!(loaded[0].slots[0].at, at(4));
+    store.close().await;
+}
+
+contract!(a_replica_keeps_the_region_of_its_first_sync);
+async fn a_replica_keeps_the_region_of_its_first_sync(b: Backend) {
+    let store = &*b.store;
+    let (r1, r2) = (replica(1), replica(2));
+    let x = g("x");
+    let first = store
+        .commit(&[registered(r1, "eu", 10)], &[slot(&x, r1, 1, 0, 10)])
+        .await
+        .expect("commit");
+    assert!(first.new_replicas);
+    assert_eq!(first.regions, vec![(r1, "eu".to_owned())]);
+    let second = store
+        .commit(
+            &[registered(r1, "us", 40), registered(r2, "ap", 30)],
+            &[slot(&x, r1, 2, 0, 40), slot(&x, r2, 1, 0, 30)],
+        )
+        .await
+        .expect("commit");
+    assert!(second.new_replicas);
+    let mut regions = second.regions.clone();
+    regions.sort();
+    assert_eq!(regions, vec![(r1, "eu".to_owned()), (r2, "ap".to_owned())]);
+    let third = store
+        .commit(&[registered(r1, "sa", 35)], &[])
+        .await
+        .expect("commit");
+    assert!(!third.new_replicas);
+    assert_eq!(third.regions, vec![(r1, "eu".to_owned())]);
+    let loaded = store.load(std::slice::from_ref(&x)).await.expect("load");
+    let mut slots: Vec<_> = loaded[0]
+        .slots
+        .iter()
+        .map(|s| (s.replica, s.region.as_str()))
+        .collect();
+    slots.sort();
+    assert_eq!(slots, vec![(r1, "eu"), (r2, "ap")]);
+    assert_eq!(store.replica_count().await.expect("count"), 2);
+    // A slot of a replica never registered is refused, not dropped.
+    let unknown = store.commit(&[], &[slot(&x, replica(99), 1, 0, 50)]).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    store.close().await;
+}
+
+contract!(load_list_and_history_behave_as_the_trait_says);
+async fn load_list_and_history_behave_as_the_trait_says(b: Backend) {
+    let store = &*b.store;
+    let (r1, r2) = (replica(1), replica(2));
+    let names = ["a_1", "ab", "a_2", "a-3", "a.4", "b", "a:5", "Z", "a_0"];
+    let mut rows: Vec<SlotRow> = names.iter().map(|n| slot(&g(n), r1, 1, 0, 1)).collect();
+    rows.push(slot(&g("ab"), r2, 4, 0, 2));
+    let gauge = key(CounterKind::Pn, "ab");
+    rows.push(slot(&gauge, r2, 7, 3, 2));
+    store
+        .commit(&[registered(r1, "eu", 1), registered(r2, "us", 2)], &rows)
+        .await
+        .expect("commit");
+    // A counter with no slot at all (by hand): never answered.
+    b.sql("INSERT INTO counters (kind, name) VALUES ('g', 'a_9')")
+        .await;
+
+    // load: the counters asked for that have slots, each once, kinds apart.
+    let loaded = store
+        .load(&[g("ab"), g("nope"), g("ab"), gauge.clone(), g("a_9")])
+        .await
+        .expect("load");
+    let mut got: Vec<_> = loaded
+        .iter()
+        .map(|c| {
+            let mut slots: Vec<_> = c.slots.iter().map(|s| (s.replica, s.totals)).collect();
+            slots.sort_by_key(|(r, _)| *r);
+            (c.key.clone(), slots)
+        })
+        .collect();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        got,
+        vec![
+            (
+                g("ab"),
+                vec![
+                    (r1, SlotTotals { p: 1, n: 0 }),
+                    (r2, SlotTotals { p: 4, n: 0 })
+                ]
+            ),
+            (gauge.clone(), vec![(r2, SlotTotals { p: 7, n: 3 })]),
+        ]
+    );
+    assert!(store.load(&[]).await.expect("load").is_empty());
+
+    // list: byte order of ids (as CounterKey orders), prefix taken literally ('_' is no
+    // wildcard), pages through `after`, one kind.
+    let all = store
+        .list(CounterKind::G, "", None, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&all),
+        vec!["Z", "a-3", "a.4", "a:5", "a_0", "a_1", "a_2", "ab", "b"]
+    );
+    let page1 = store
+        .list(CounterKind::G, "a_", None, 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&page1), vec!["a_0", "a_1"]);
+    let page2 = store
+        .list(CounterKind::G, "a_", Some(&page1[1].key), 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&page2), vec!["a_2"]);
+    assert_eq!(page2[0].slots.len(), 1);
+    let ab = store
+        .list(CounterKind::G, "ab", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(&ab), vec!["ab"]);
+    assert_eq!(ab[0].slots.len(), 2);
+    let gauges = store
+        .list(CounterKind::Pn, "", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(gauges.len(), 1);
+    assert_eq!(gauges[0].key, gauge);
+    // A cursor of the other kind: a G cursor is before every gauge, a gauge after every G.
+    assert_eq!(
+        store
+            .list(CounterKind::Pn, "", Some(&g("zzz")), 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .list(CounterKind::G, "", Some(&gauge), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    for prefix in ["a%", "a\0", "é", "a b"] {
+        assert!(
+            store
+                .list(CounterKind::G, prefix, None, 10)
+                .await
+                .expect("list")
+                .is_empty(),
+            "{prefix:?}"
+        );
+    }
+    assert!(
+        store
+            .list(CounterKind::G, "", None, 0)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // history: u128 totals, the larger per half for one point, unknown counters ignored,
+    // `from..=to` oldest first, at most `limit`.
+    let x = g("ab");
+    let point = |ms, p, n| SnapshotRow {
+        key: x.clone(),
+        at: at(ms),
+        totals: GlobalTotals { p, n },
+        epoch: 0,
+    };
+    store
+        .write_history(&[
+            point(30, u128::MAX, 0),
+            point(10, 1, 2),
+            point(20, 5, 0),
+            SnapshotRow {
+                key: g("never-synced"),
+                at: at(10),
+                totals: GlobalTotals { p: 1, n: 0 },
+                epoch: 0,
+            },
+        ])
+        .await
+        .expect("history");
+    // Another merger's snapshot of the same point: each half keeps its max.
+    store
+        .write_history(&[point(20, 4, 1 << 70), point(10, 1, 2)])
+        .await
+        .expect("history");
+    let history = store.history(&x, at(0), at(30), 10).await.expect("history");
+    assert_eq!(
+        history,
+        vec![
+            point(10, 1, 2),
+            point(20, 5, 1 << 70),
+            point(30, u128::MAX, 0)
+        ]
+    );
+    assert_eq!(
+        store.history(&x, at(11), at(30), 1).await.expect("history"),
+        vec![point(20, 5, 1 << 70)]
+    );
+    assert!(
+        store
+            .history(&g("never-synced"), at(0), at(30), 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(b.sql("SELECT count(*) || '' FROM history").await, "3");
+    store.ping().await.expect("ping");
+    store.close().await;
+    assert!(store.ping().await.is_err(), "closed");
+}
