@@ -16,8 +16,13 @@
 //!   transaction, then updates memory and answers.
 //! - [`history`]: the history points, written by their own task, off the commit path.
 //! - [`peers`]: what other mergers on the same database commit, merged into the cache.
-//! - [`presence`]: the task that deletes expired presence reports (viewers now are stored
-//!   reports, summed at read time; unique-visitor sketches are merged in the store).
+//! - [`presence`]: viewers now, the rules both stores run: which rows reports write, when a
+//!   report stops counting, the sums reads answer (viewers now are stored reports, summed at
+//!   read time).
+//! - [`unique`]: unique visitors, the rules both stores run: sketch syncs merged
+//!   register-wise in the store, every sync of a batch answered the whole batch.
+//! - [`prune`]: the task that deletes what only grows otherwise: expired presence reports,
+//!   daily sketches past `--sketch-days`, rows of retired incarnations.
 //! - [`state`]: [`state::Db`], the bounded cache of merged counters, keyed by
 //!   [`tally_crdt::CounterKey`], with times as [`tally_crdt::Timestamp`].
 //! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
@@ -45,8 +50,10 @@ pub mod metrics;
 pub mod milestone;
 pub mod peers;
 pub mod presence;
+pub mod prune;
 pub mod state;
 pub mod store;
+pub mod unique;
 pub mod views;
 
 use std::future::Future;
@@ -309,11 +316,11 @@ impl Merger {
             config.history_prune_interval,
             history_stopped,
         )];
-        tasks.push(presence::spawn(
+        tasks.push(prune::spawn(
             Arc::clone(&store),
             Arc::clone(&metrics),
             config.presence_prune_interval,
-            presence::Keep {
+            prune::Keep {
                 sketch_days: config.sketch_days,
                 retired_replica_days: config.retired_replica_days,
             },

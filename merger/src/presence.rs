@@ -1,143 +1,134 @@
-//! The presence task, the merger's pruning of what only grows otherwise: every
-//! `--presence-prune-interval`, a chunk at a time, it deletes the presence reports that
-//! expired more than [`PRESENCE_GRACE_MS`] ago; the daily unique-visitor sketches of UTC days
-//! more than `--sketch-days` ago, so that the sketches (about 3 KiB per id and day) stay
-//! bounded by the ids counted in that window; and the rows of replica incarnations retired
-//! more than `--retired-replica-days` ago, so that the `replicas` table stays bounded by the
-//! incarnations alive and those retired in that window, however many rotations there were.
-//!
-//! Reads never count an expired report (they filter by expiry), so pruning only bounds the
-//! table: it holds a row per presence id and edge object that reported within the lease and
-//! the grace period. The grace keeps a superseded report's `seq` around while a late,
-//! older report could still arrive, so that one cannot come back.
-//!
-//! A retired incarnation's row is not needed to count right once its slots are in its
-//! object's carries: a late sync of it writes nothing, with its row or without (then it is
-//! registered retired again, and refused as before). Rows retired into region bases before
-//! carries stay, as does any row a slot still names ([`Store::prune_replicas`]).
-//!
-//! With several mergers on one database each prunes; the deletes are idempotent.
+//! Viewers now, as both stores keep them: which rows a batch of presence reports writes (per
+//! id and reporter, the highest `seq`), when a report stops counting (its lease, from its
+//! time or its receipt, whichever is earlier), how long an expired row is kept, and the sums
+//! of the fresh rows that reads answer. The stores run these rules; the SQL only stores and
+//! selects.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::warn;
+use tally_crdt::{PresenceReport, PresenceTotal, ReplicaId, Timestamp};
 
-use crate::metrics::Metrics;
-use crate::store::{PRESENCE_GRACE_MS, Store, StoreError};
-
-/// Rows deleted per statement.
-const CHUNK: u32 = 1000;
-
-/// What the task keeps, in days (0: forever).
-#[derive(Debug, Clone, Copy)]
-pub struct Keep {
-    /// UTC days of daily sketches (`--sketch-days`).
-    pub sketch_days: u32,
-    /// Days a replica incarnation's row is kept after its retirement
-    /// (`--retired-replica-days`).
-    pub retired_replica_days: u32,
+/// One presence id's viewers now: the sum of the reports not expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceSum {
+    /// The presence id.
+    pub id: String,
+    /// Live sessions over every fresh report.
+    pub count: u64,
+    /// The asking reporter's count among them (0 without a fresh report of its own).
+    pub recorded: u64,
+    /// Reporters with a fresh report (a report of 0 included).
+    pub reporters: u64,
+    /// The time of the newest fresh report; `None` when none is fresh.
+    pub updated_at: Option<Timestamp>,
 }
 
-/// Starts the task; it ends when `stop` turns true.
-pub fn spawn(
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    keep: Keep,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    match prune(&*store).await {
-                        Ok(deleted) => {
-                            metrics.presence_pruned.inc_by(deleted);
-                        }
-                        Err(e) => warn!(error = %e, "presence prune failed; retried at the next interval"),
-                    }
-                    if keep.sketch_days > 0 {
-                        match prune_sketches(&*store, crate::clock::now(), keep.sketch_days).await {
-                            Ok(deleted) => {
-                                metrics.sketches_pruned.inc_by(deleted);
-                            }
-                            Err(e) => warn!(error = %e, "sketch prune failed; retried at the next interval"),
-                        }
-                    }
-                    if keep.retired_replica_days > 0 {
-                        match prune_replicas(&*store, crate::clock::now(), keep.retired_replica_days).await {
-                            Ok(deleted) => {
-                                metrics.replicas_pruned.inc_by(deleted);
-                            }
-                            Err(e) => warn!(error = %e, "replica prune failed; retried at the next interval"),
-                        }
+impl PresenceSum {
+    /// As the edge protocol answers it.
+    pub fn to_total(&self) -> PresenceTotal {
+        PresenceTotal {
+            id: self.id.clone(),
+            count: self.count,
+            recorded: self.recorded,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// How long an expired presence report is kept before the pruning task ([`crate::prune`])
+/// deletes it: a late report older than the stored one must still find it (and lose to its
+/// `seq`), and a report expires at most [`tally_crdt::MAX_PRESENCE_TTL_MS`] after it was
+/// taken.
+pub const PRESENCE_GRACE_MS: u64 = tally_crdt::MAX_PRESENCE_TTL_MS;
+
+/// When a report stops counting: its lease from its time, or from its receipt if its time is
+/// later (a reporter whose clock runs ahead cannot stretch its lease).
+pub fn presence_expiry(report: &PresenceReport, received: Timestamp) -> (Timestamp, Timestamp) {
+    let at = if report.at > received {
+        received
+    } else {
+        report.at
+    };
+    (at, at.plus_ms(report.ttl_ms))
+}
+
+/// One row of the `presence` table, as a report writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRow<'a> {
+    /// The presence id.
+    pub name: &'a str,
+    /// The reporting edge object.
+    pub reporter: ReplicaId,
+    /// Its region.
+    pub region: &'a str,
+    /// The report's sequence number: a row is replaced only by a higher one.
+    pub seq: u64,
+    /// Live sessions of the id at the reporter.
+    pub count: u64,
+    /// The report's time, at most its receipt ([`presence_expiry`]).
+    pub at: Timestamp,
+    /// When the row stops counting.
+    pub expires_at: Timestamp,
+}
+
+/// The rows `reports`, received at `received`, write: one per id and reporter, in (id,
+/// reporter) order. Of several for one id and reporter the one with the highest `seq` stands,
+/// the earliest of equal ones, which is what storing the reports one after another would
+/// leave (a report replaces a stored one only with a higher `seq`). One statement writes them
+/// all: Postgres refuses to update a row twice in one statement, and the order is the one in
+/// which every merger locks them.
+pub fn presence_rows(reports: &[PresenceReport], received: Timestamp) -> Vec<PresenceRow<'_>> {
+    let mut rows: BTreeMap<(&str, ReplicaId), PresenceRow<'_>> = BTreeMap::new();
+    for report in reports {
+        let (at, expires_at) = presence_expiry(report, received);
+        for count in &report.counts {
+            let row = PresenceRow {
+                name: &count.id,
+                reporter: report.reporter,
+                region: &report.region,
+                seq: report.seq,
+                count: count.count,
+                at,
+                expires_at,
+            };
+            match rows.entry((&count.id, report.reporter)) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+                std::collections::btree_map::Entry::Occupied(mut held) => {
+                    if row.seq > held.get().seq {
+                        held.insert(row);
                     }
                 }
-                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
-                    break;
-                },
             }
         }
-    })
+    }
+    rows.into_values().collect()
 }
 
-/// One pass: every report expired before now minus the grace, in chunks.
-pub async fn prune(store: &dyn Store) -> Result<u64, StoreError> {
-    let grace = i64::try_from(PRESENCE_GRACE_MS).unwrap_or(i64::MAX);
-    let before =
-        tally_crdt::Timestamp::from_unix_ms(crate::clock::now().unix_ms().saturating_sub(grace));
-    let mut deleted = 0;
-    loop {
-        let done = store.prune_presence(before, CHUNK).await?;
-        deleted += done;
-        if done < u64::from(CHUNK) {
-            return Ok(deleted);
+/// Sums fresh presence rows `(id, reporter, count, at)` into one [`PresenceSum`] per id of
+/// `ids`, in their order (zero for an id without a fresh report).
+pub fn sum_presence(
+    ids: &[String],
+    reporter: Option<ReplicaId>,
+    rows: impl IntoIterator<Item = (String, ReplicaId, u64, Timestamp)>,
+) -> Vec<PresenceSum> {
+    let mut sums: BTreeMap<&str, PresenceSum> = BTreeMap::new();
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (id, from, count, at) in &rows {
+        let sum = sums.entry(id.as_str()).or_default();
+        sum.count = sum.count.saturating_add(*count);
+        if reporter == Some(*from) {
+            sum.recorded = *count;
         }
+        sum.reporters += 1;
+        sum.updated_at = Some(sum.updated_at.map_or(*at, |t| t.max(*at)));
     }
-}
-
-/// One pass over the daily sketches: every day before the last `days` UTC days up to `now`'s
-/// (today counts as one), in chunks.
-pub async fn prune_sketches(
-    store: &dyn Store,
-    now: tally_crdt::Timestamp,
-    days: u32,
-) -> Result<u64, StoreError> {
-    let first_kept = now
-        .day()
-        .start()
-        .minus_ms(u64::from(days.saturating_sub(1)) * 86_400_000)
-        .day()
-        .to_string();
-    let mut deleted = 0;
-    loop {
-        let done = store.prune_sketches(&first_kept, CHUNK).await?;
-        deleted += done;
-        if done < u64::from(CHUNK) {
-            return Ok(deleted);
-        }
-    }
-}
-
-/// One pass over the retired replicas: the rows of those retired more than `days` days before
-/// `now` that may go ([`Store::prune_replicas`]), in chunks.
-pub async fn prune_replicas(
-    store: &dyn Store,
-    now: tally_crdt::Timestamp,
-    days: u32,
-) -> Result<u64, StoreError> {
-    let before = now.minus_ms(u64::from(days) * 86_400_000);
-    let mut deleted = 0;
-    loop {
-        let done = store.prune_replicas(before, CHUNK).await?;
-        deleted += done;
-        if done < u64::from(CHUNK) {
-            return Ok(deleted);
-        }
-    }
+    ids.iter()
+        .map(|id| PresenceSum {
+            id: id.clone(),
+            ..sums.get(id.as_str()).cloned().unwrap_or_default()
+        })
+        .collect()
 }

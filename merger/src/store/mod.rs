@@ -30,8 +30,8 @@ use async_trait::async_trait;
 pub use tally_crdt::minus;
 use tally_crdt::{
     Base, Carry, CounterKey, CounterKind, CounterState, GlobalTotals, HyperLogLog, MilestoneNews,
-    PresenceReport, PresenceTotal, Region, ReplicaId, SketchKey, SketchTotal, SketchUpdate,
-    SlotTotals, Timestamp, Visit,
+    PresenceReport, Region, ReplicaId, SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+    Visit,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -682,130 +682,6 @@ pub fn decide_commit(
     crate::milestone::decide(before.value().p, &advances, pending)
 }
 
-/// One presence id's viewers now: the sum of the reports not expired.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PresenceSum {
-    /// The presence id.
-    pub id: String,
-    /// Live sessions over every fresh report.
-    pub count: u64,
-    /// The asking reporter's count among them (0 without a fresh report of its own).
-    pub recorded: u64,
-    /// Reporters with a fresh report (a report of 0 included).
-    pub reporters: u64,
-    /// The time of the newest fresh report; `None` when none is fresh.
-    pub updated_at: Option<Timestamp>,
-}
-
-impl PresenceSum {
-    /// As the edge protocol answers it.
-    pub fn to_total(&self) -> PresenceTotal {
-        PresenceTotal {
-            id: self.id.clone(),
-            count: self.count,
-            recorded: self.recorded,
-            updated_at: self.updated_at,
-        }
-    }
-}
-
-/// How long an expired presence report is kept before the presence task deletes it: a
-/// late report older than the stored one must still find it (and lose to its `seq`), and a
-/// report expires at most [`tally_crdt::MAX_PRESENCE_TTL_MS`] after it was taken.
-pub const PRESENCE_GRACE_MS: u64 = tally_crdt::MAX_PRESENCE_TTL_MS;
-
-/// When a report stops counting: its lease from its time, or from its receipt if its time is
-/// later (a reporter whose clock runs ahead cannot stretch its lease).
-pub fn presence_expiry(report: &PresenceReport, received: Timestamp) -> (Timestamp, Timestamp) {
-    let at = if report.at > received {
-        received
-    } else {
-        report.at
-    };
-    (at, at.plus_ms(report.ttl_ms))
-}
-
-/// One row of the `presence` table, as a report writes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceRow<'a> {
-    /// The presence id.
-    pub name: &'a str,
-    /// The reporting edge object.
-    pub reporter: ReplicaId,
-    /// Its region.
-    pub region: &'a str,
-    /// The report's sequence number: a row is replaced only by a higher one.
-    pub seq: u64,
-    /// Live sessions of the id at the reporter.
-    pub count: u64,
-    /// The report's time, at most its receipt ([`presence_expiry`]).
-    pub at: Timestamp,
-    /// When the row stops counting.
-    pub expires_at: Timestamp,
-}
-
-/// The rows `reports`, received at `received`, write: one per id and reporter, in (id,
-/// reporter) order. Of several for one id and reporter the one with the highest `seq` stands,
-/// the earliest of equal ones, which is what storing the reports one after another would
-/// leave (a report replaces a stored one only with a higher `seq`). One statement writes them
-/// all: Postgres refuses to update a row twice in one statement, and the order is the one in
-/// which every merger locks them.
-pub fn presence_rows(reports: &[PresenceReport], received: Timestamp) -> Vec<PresenceRow<'_>> {
-    let mut rows: BTreeMap<(&str, ReplicaId), PresenceRow<'_>> = BTreeMap::new();
-    for report in reports {
-        let (at, expires_at) = presence_expiry(report, received);
-        for count in &report.counts {
-            let row = PresenceRow {
-                name: &count.id,
-                reporter: report.reporter,
-                region: &report.region,
-                seq: report.seq,
-                count: count.count,
-                at,
-                expires_at,
-            };
-            match rows.entry((&count.id, report.reporter)) {
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(row);
-                }
-                std::collections::btree_map::Entry::Occupied(mut held) => {
-                    if row.seq > held.get().seq {
-                        held.insert(row);
-                    }
-                }
-            }
-        }
-    }
-    rows.into_values().collect()
-}
-
-/// Sums fresh presence rows `(id, reporter, count, at)` into one [`PresenceSum`] per id of
-/// `ids`, in their order (zero for an id without a fresh report).
-pub fn sum_presence(
-    ids: &[String],
-    reporter: Option<ReplicaId>,
-    rows: impl IntoIterator<Item = (String, ReplicaId, u64, Timestamp)>,
-) -> Vec<PresenceSum> {
-    let mut sums: BTreeMap<&str, PresenceSum> = BTreeMap::new();
-    let mut rows: Vec<_> = rows.into_iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    for (id, from, count, at) in &rows {
-        let sum = sums.entry(id.as_str()).or_default();
-        sum.count = sum.count.saturating_add(*count);
-        if reporter == Some(*from) {
-            sum.recorded = *count;
-        }
-        sum.reporters += 1;
-        sum.updated_at = Some(sum.updated_at.map_or(*at, |t| t.max(*at)));
-    }
-    ids.iter()
-        .map(|id| PresenceSum {
-            id: id.clone(),
-            ..sums.get(id.as_str()).cloned().unwrap_or_default()
-        })
-        .collect()
-}
-
 /// The `day` column of a sketch: `''` for the all-time sketch.
 pub fn day_column(key: &SketchKey) -> String {
     key.day().map(|d| d.to_string()).unwrap_or_default()
@@ -832,15 +708,6 @@ pub fn sketch_of(
     Ok((key, sketch))
 }
 
-/// One sketch merge worked out: what to answer and what to write.
-#[derive(Debug, Default)]
-pub struct SketchMerge {
-    /// Per sync, one merged sketch per update, in the updates' order.
-    pub totals: Vec<Vec<SketchTotal>>,
-    /// The sketches that grew, with their new wire form, in key order.
-    pub writes: Vec<(SketchKey, Vec<u8>)>,
-}
-
 /// The distinct keys of `syncs`' updates, in (id, day) order: the rows a merge of them
 /// creates if missing and locks, in the order every merger locks them.
 pub fn sketch_keys(syncs: &[&[SketchUpdate]]) -> Vec<(String, String)> {
@@ -850,76 +717,6 @@ pub fn sketch_keys(syncs: &[&[SketchUpdate]]) -> Vec<(String, String)> {
         .map(|u| (u.key.id().to_owned(), day_column(&u.key)))
         .collect();
     keys.into_iter().collect()
-}
-
-/// Merges the updates of `syncs` (a batch, each sync's keys once) into the `stored` sketches
-/// (with their `updated_at`), at `at`. Every sync is answered the merged sketches after the
-/// whole batch: a sketch only grows, so that holds its own registers and every other's.
-///
-/// # Errors
-///
-/// A stored sketch of another precision than an update's: a corrupt row (syncs are checked
-/// to carry the default precision, and only they write).
-pub fn merge_sketch_rows(
-    syncs: &[&[SketchUpdate]],
-    mut stored: BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>,
-    at: Timestamp,
-) -> Result<SketchMerge, StoreError> {
-    let mut merge = SketchMerge::default();
-    let mut grown = std::collections::BTreeSet::new();
-    for update in syncs.iter().flat_map(|updates| updates.iter()) {
-        let (sketch, updated_at) = stored
-            .entry(update.key.clone())
-            .or_insert_with(|| (HyperLogLog::new(), None));
-        let grew = sketch
-            .merge(&update.registers)
-            .map_err(|e| corrupt("sketches", format!("sketch of {}: {e}", update.key)))?;
-        if grew {
-            *updated_at = Some(updated_at.map_or(at, |t| t.max(at)));
-            grown.insert(update.key.clone());
-        }
-    }
-    for key in grown {
-        let (sketch, _) = &stored[&key];
-        merge.writes.push((key, sketch.to_bytes()));
-    }
-    merge.totals = syncs
-        .iter()
-        .map(|updates| {
-            updates
-                .iter()
-                .map(|u| {
-                    let (sketch, updated_at) = &stored[&u.key];
-                    SketchTotal {
-                        key: u.key.clone(),
-                        sketch: sketch.clone(),
-                        updated_at: *updated_at,
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    Ok(merge)
-}
-
-/// One [`SketchTotal`] per key of `keys`, in their order, from the `found` rows (an empty
-/// sketch, never updated, for a key without one).
-pub fn sketch_answers(
-    keys: &[SketchKey],
-    mut found: BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>,
-) -> Vec<SketchTotal> {
-    keys.iter()
-        .map(|key| {
-            let (sketch, updated_at) = found
-                .remove(key)
-                .unwrap_or_else(|| (HyperLogLog::new(), None));
-            SketchTotal {
-                key: key.clone(),
-                sketch,
-                updated_at,
-            }
-        })
-        .collect()
 }
 
 /// A durable store of slots, replicas and history.
@@ -1062,7 +859,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Stores presence reports received at `received` (a batch of the commit task), in one
     /// statement, so one transaction: per id and reporter, a report replaces the stored one
-    /// only if its `seq` is higher ([`presence_rows`]). Nothing of the batch is stored if it
+    /// only if its `seq` is higher ([`crate::presence::presence_rows`]). Nothing of the batch is stored if it
     /// fails.
     async fn report_presence_batch(
         &self,
@@ -1087,7 +884,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         ids: &[String],
         reporter: Option<ReplicaId>,
         now: Timestamp,
-    ) -> Result<Vec<PresenceSum>, StoreError>;
+    ) -> Result<Vec<crate::presence::PresenceSum>, StoreError>;
 
     /// Deletes at most `limit` presence reports that expired before `before`. Returns how
     /// many it deleted: call again until it deletes fewer than `limit`.
@@ -1101,7 +898,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Merges the updates of sketch syncs (a batch of the commit task, each sync's keys once)
     /// into the stored sketches at `at`, in one transaction that locks their rows in key
     /// order, and answers per sync the merged sketch of each of its keys, in its updates'
-    /// order ([`merge_sketch_rows`]). Nothing of the batch is merged if it fails.
+    /// order ([`crate::unique::merge_sketch_rows`]). Nothing of the batch is merged if it fails.
     async fn merge_sketches_batch(
         &self,
         syncs: &[&[SketchUpdate]],

@@ -68,8 +68,8 @@ use crate::milestone::{Announcement, Decision, Milestone};
 
 use super::{
     AddMilestone, CancelMilestone, CarryRow, Changes, Committed, IMPORT_REGION, ImportOutcome,
-    ImportRequest, MILESTONE_COLUMNS_POSTGRES, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
-    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    ImportRequest, MILESTONE_COLUMNS_POSTGRES, ReplicaRow, ResetOutcome, ResetRequest, Retired,
+    SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
     encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
@@ -1021,14 +1021,14 @@ impl Store for PostgresStore {
         super::points_of(key, &rows)
     }
 
-    /// Rows in (id, reporter) order, each once ([`super::presence_rows`]): two mergers
+    /// Rows in (id, reporter) order, each once ([`crate::presence::presence_rows`]): two mergers
     /// storing reports of the same ids lock their rows in the same order.
     async fn report_presence_batch(
         &self,
         reports: &[PresenceReport],
         received: Timestamp,
     ) -> Result<(), StoreError> {
-        let rows = super::presence_rows(reports, received);
+        let rows = crate::presence::presence_rows(reports, received);
         if rows.is_empty() {
             return Ok(());
         }
@@ -1069,7 +1069,7 @@ impl Store for PostgresStore {
         ids: &[String],
         reporter: Option<ReplicaId>,
         now: Timestamp,
-    ) -> Result<Vec<PresenceSum>, StoreError> {
+    ) -> Result<Vec<crate::presence::PresenceSum>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1090,7 +1090,7 @@ impl Store for PostgresStore {
                 Timestamp::from_unix_ms(row.get("at")),
             ));
         }
-        Ok(super::sum_presence(ids, reporter, fresh))
+        Ok(crate::presence::sum_presence(ids, reporter, fresh))
     }
 
     async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
@@ -1154,7 +1154,8 @@ impl Store for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         let stored = sketch_rows(&rows)?;
-        let merge = super::merge_sketch_rows(syncs, stored, at)?;
+        let merge = crate::unique::merge_sketch_rows(syncs, stored, at)
+            .map_err(|e| super::corrupt("sketches", e.to_string()))?;
         if !merge.writes.is_empty() {
             let names: Vec<&str> = merge.writes.iter().map(|(k, _)| k.id()).collect();
             let days: Vec<String> = merge
@@ -1195,7 +1196,7 @@ impl Store for PostgresStore {
         .bind(&days)
         .fetch_all(&self.pool)
         .await?;
-        Ok(super::sketch_answers(keys, sketch_rows(&rows)?))
+        Ok(crate::unique::sketch_answers(keys, sketch_rows(&rows)?))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

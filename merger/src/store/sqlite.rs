@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
-    ImportRequest, MILESTONE_COLUMNS_SQLITE, PresenceSum, ReplicaRow, ResetOutcome, ResetRequest,
-    Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    ImportRequest, MILESTONE_COLUMNS_SQLITE, ReplicaRow, ResetOutcome, ResetRequest, Retired,
+    SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
     encode_u128, replica_of,
 };
 use crate::config::Durability;
@@ -814,7 +814,7 @@ impl Store for SqliteStore {
         reports: &[PresenceReport],
         received: Timestamp,
     ) -> Result<(), StoreError> {
-        let rows = super::presence_rows(reports, received);
+        let rows = crate::presence::presence_rows(reports, received);
         if rows.is_empty() {
             return Ok(());
         }
@@ -853,7 +853,7 @@ impl Store for SqliteStore {
         ids: &[String],
         reporter: Option<ReplicaId>,
         now: Timestamp,
-    ) -> Result<Vec<PresenceSum>, StoreError> {
+    ) -> Result<Vec<crate::presence::PresenceSum>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -874,7 +874,7 @@ impl Store for SqliteStore {
                 Timestamp::from_unix_ms(row.get("at")),
             ));
         }
-        Ok(super::sum_presence(ids, reporter, fresh))
+        Ok(crate::presence::sum_presence(ids, reporter, fresh))
     }
 
     async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
@@ -924,7 +924,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let stored = self.sketch_rows(&mut tx, &keys).await?;
-        let merge = super::merge_sketch_rows(syncs, stored, at)?;
+        let merge = crate::unique::merge_sketch_rows(syncs, stored, at)
+            .map_err(|e| super::corrupt("sketches", e.to_string()))?;
         for (key, bytes) in &merge.writes {
             sqlx::query(
                 "UPDATE sketches SET sketch = ?3, updated_at = max(coalesce(updated_at, ?4), ?4) \
@@ -951,7 +952,7 @@ impl Store for SqliteStore {
             .collect();
         let mut conn = self.pool.acquire().await?;
         let found = self.sketch_rows(&mut conn, &json_rows(&asked)).await?;
-        Ok(super::sketch_answers(keys, found))
+        Ok(crate::unique::sketch_answers(keys, found))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

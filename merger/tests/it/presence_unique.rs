@@ -323,11 +323,11 @@ async fn sketch_rules(store: Arc<dyn Store>) {
     assert_eq!(raced[0].sketch, sketch_of(100_000..180_000));
     // Retention: a day's sketches are kept for `days` UTC days, the all-time ones forever.
     let days_after = |n: u64| day.start().plus_ms(n * 86_400_000);
-    let pruned = tally_merger::presence::prune_sketches(&*store, days_after(89), 90)
+    let pruned = tally_merger::prune::prune_sketches(&*store, days_after(89), 90)
         .await
         .unwrap();
     assert_eq!(pruned, 0, "the 90th day still keeps it");
-    let pruned = tally_merger::presence::prune_sketches(&*store, days_after(90), 90)
+    let pruned = tally_merger::prune::prune_sketches(&*store, days_after(90), 90)
         .await
         .unwrap();
     assert_eq!(pruned, 2, "home and race of that day");

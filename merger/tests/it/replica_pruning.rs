@@ -373,11 +373,11 @@ async fn a_late_sync_of_a_pruned_incarnation_is_refused_and_counts_nothing() {
         .await
         .expect("a second store on the file");
     let week = 7 * 86_400_000;
-    let pruned = tally_merger::presence::prune_replicas(&store, not_after.plus_ms(week), 7)
+    let pruned = tally_merger::prune::prune_replicas(&store, not_after.plus_ms(week), 7)
         .await
         .expect("prune");
     assert_eq!(pruned, 0, "retired 7 days ago at most: kept");
-    let pruned = tally_merger::presence::prune_replicas(&store, retired_by.plus_ms(week + 1), 7)
+    let pruned = tally_merger::prune::prune_replicas(&store, retired_by.plus_ms(week + 1), 7)
         .await
         .expect("prune");
     assert_eq!(pruned, 1, "retired more than 7 days ago");
