@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
-use tally_crdt::{MilestoneNews, MilestoneWon, ReplicaId, Timestamp};
+use tally_crdt::{CounterState, MilestoneNews, MilestoneWon, ReplicaId, SlotTotals, Timestamp};
 
 /// Most pending milestones one counter holds (won ones do not count: each was registered
 /// by an admin and decided once).
@@ -252,6 +252,121 @@ impl NewsBoard {
         let news = news(&rows, |_| None);
         self.post(at, &BTreeMap::from([(id.to_owned(), news)]));
     }
+}
+
+/// The milestones a commit looks at, by counter id.
+pub type Watch = BTreeMap<String, Vec<Watched>>;
+
+/// The pending milestones of `watch`, by counter id (counters with none left out).
+pub fn pending_of(watch: &Watch) -> BTreeMap<String, Vec<u64>> {
+    watch
+        .iter()
+        .filter_map(|(id, rows)| {
+            let ns: Vec<u64> = rows
+                .iter()
+                .filter(|w| w.won.is_none())
+                .map(|w| w.n)
+                .collect();
+            (!ns.is_empty()).then(|| (id.clone(), ns))
+        })
+        .collect()
+}
+
+/// What the sync answers of a commit tell about each watched counter
+/// ([`news`]), with the milestones this very commit decided.
+pub fn news_of(watch: &Watch, decided: &[(String, Decision)]) -> BTreeMap<String, MilestoneNews> {
+    watch
+        .iter()
+        .map(|(id, rows)| {
+            let now_won = |n: u64| {
+                decided
+                    .iter()
+                    .find(|(i, d)| i == id && d.n == n)
+                    .map(|(_, d)| (d.replica, d.unit))
+            };
+            (id.clone(), news(rows, now_won))
+        })
+        .collect()
+}
+
+/// What registering a milestone did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddMilestone {
+    /// Registered.
+    Added(Milestone),
+    /// The counter has a milestone at this N already: nothing changed.
+    Exists(Milestone),
+    /// The count is at N or beyond: that hit has happened.
+    Passed {
+        /// The count now.
+        count: u128,
+    },
+    /// The counter has [`MAX_MILESTONES_PER_COUNTER`]
+    /// pending milestones already (won ones do not count).
+    TooMany,
+}
+
+/// Why milestone `n` cannot be registered on a counter with `existing` milestones and
+/// count `count`, if it cannot: the rules of
+/// [`Store::add_milestone`](crate::store::Store::add_milestone), for both backends.
+pub fn refuse_milestone(existing: &[Milestone], n: u64, count: u128) -> Option<AddMilestone> {
+    if let Some(m) = existing.iter().find(|m| m.n == n) {
+        return Some(AddMilestone::Exists(m.clone()));
+    }
+    let pending = existing.iter().filter(|m| m.winner.is_none()).count();
+    if pending >= MAX_MILESTONES_PER_COUNTER {
+        return Some(AddMilestone::TooMany);
+    }
+    (count >= u128::from(n)).then_some(AddMilestone::Passed { count })
+}
+
+/// What a cancel did, from the rows it deleted and the milestone `n` as it stands after.
+pub fn cancel_outcome(n: u64, deleted: u64, after: Option<Milestone>) -> CancelMilestone {
+    match (deleted, after) {
+        (0, Some(m)) => CancelMilestone::Decided(m),
+        (0, None) => CancelMilestone::Unknown,
+        (_, _) => CancelMilestone::Cancelled(Milestone {
+            n,
+            label: None,
+            created_at: Timestamp::EPOCH,
+            winner: None,
+            announced_at: None,
+        }),
+    }
+}
+
+/// What cancelling a milestone did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelMilestone {
+    /// Cancelled: it will not be decided.
+    Cancelled(Milestone),
+    /// It was decided already: a winner stays a winner.
+    Decided(Milestone),
+    /// No milestone at this N.
+    Unknown,
+}
+
+/// The milestones of `pending` that a commit of `incoming` slots into `before` (the counter
+/// as it stood before the commit) decides. Only the increments count (milestones are for
+/// counters, kind `g`); a slot in a carry or a base is final and adds none.
+pub fn decide_commit(
+    before: &CounterState,
+    incoming: impl IntoIterator<Item = (ReplicaId, SlotTotals)>,
+    pending: &[u64],
+) -> Vec<Decision> {
+    let advances: Vec<Advance> = incoming
+        .into_iter()
+        .filter(|(replica, _)| !before.is_retired(*replica))
+        .map(|(replica, totals)| {
+            let from = before.slot(replica).p;
+            Advance {
+                replica,
+                from,
+                to: totals.p.max(from),
+            }
+        })
+        .collect();
+    decide(before.value().p, &advances, pending)
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use crate::error::AppError;
 use crate::http::counters::count;
 use crate::http::protocol::{Decode, Protocol};
 use crate::http::schema::{self, CounterId, ErrorResponse, Namespace};
+use crate::milestone::{AddMilestone, CancelMilestone};
 use crate::milestone::{MAX_LABEL_LEN, MAX_MILESTONES_PER_COUNTER, Milestone};
-use crate::store::{AddMilestone, CancelMilestone};
 
 /// The counter a milestone route names: `counters` only (gauges have no N-th hit).
 fn counter_of(namespace: &str, id: String) -> Result<CounterKey, AppError> {

@@ -36,7 +36,7 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Durability;
-use crate::milestone::{Advance, Announcement, Decision, Milestone};
+use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -457,41 +457,6 @@ pub use crate::milestone::NEWS_WINDOW_MS;
 
 pub use crate::milestone::Watched;
 
-/// The milestones a commit looks at, by counter id.
-pub type Watch = BTreeMap<String, Vec<Watched>>;
-
-/// The pending milestones of `watch`, by counter id (counters with none left out).
-pub fn pending_of(watch: &Watch) -> BTreeMap<String, Vec<u64>> {
-    watch
-        .iter()
-        .filter_map(|(id, rows)| {
-            let ns: Vec<u64> = rows
-                .iter()
-                .filter(|w| w.won.is_none())
-                .map(|w| w.n)
-                .collect();
-            (!ns.is_empty()).then(|| (id.clone(), ns))
-        })
-        .collect()
-}
-
-/// What the sync answers of a commit tell about each watched counter
-/// ([`crate::milestone::news`]), with the milestones this very commit decided.
-pub fn news_of(watch: &Watch, decided: &[(String, Decision)]) -> BTreeMap<String, MilestoneNews> {
-    watch
-        .iter()
-        .map(|(id, rows)| {
-            let now_won = |n: u64| {
-                decided
-                    .iter()
-                    .find(|(i, d)| i == id && d.n == n)
-                    .map(|(_, d)| (d.replica, d.unit))
-            };
-            (id.clone(), crate::milestone::news(rows, now_won))
-        })
-        .collect()
-}
-
 /// A watched milestone from its row's columns, as both backends read them (`n`, `won_unit`
 /// as decimal text).
 pub fn watched_from(
@@ -511,23 +476,6 @@ pub fn watched_from(
         label,
         won,
     })
-}
-
-/// What registering a milestone did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AddMilestone {
-    /// Registered.
-    Added(Milestone),
-    /// The counter has a milestone at this N already: nothing changed.
-    Exists(Milestone),
-    /// The count is at N or beyond: that hit has happened.
-    Passed {
-        /// The count now.
-        count: u128,
-    },
-    /// The counter has [`MAX_MILESTONES_PER_COUNTER`](crate::milestone::MAX_MILESTONES_PER_COUNTER)
-    /// pending milestones already (won ones do not count).
-    TooMany,
 }
 
 /// The counters (kind `g`) with pending milestones, as keys to load.
@@ -570,7 +518,7 @@ pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
         }
         let incoming = mine.iter().map(|s| (s.replica, s.totals));
         decided.extend(
-            decide_commit(&stood, incoming, ns)
+            crate::milestone::decide_commit(&stood, incoming, ns)
                 .into_iter()
                 .map(|mut d| {
                     d.visitor = mine
@@ -584,19 +532,6 @@ pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
         );
     }
     decided
-}
-
-/// Why milestone `n` cannot be registered on a counter with `existing` milestones and
-/// count `count`, if it cannot: the rules of [`Store::add_milestone`], for both backends.
-pub fn refuse_milestone(existing: &[Milestone], n: u64, count: u128) -> Option<AddMilestone> {
-    if let Some(m) = existing.iter().find(|m| m.n == n) {
-        return Some(AddMilestone::Exists(m.clone()));
-    }
-    let pending = existing.iter().filter(|m| m.winner.is_none()).count();
-    if pending >= crate::milestone::MAX_MILESTONES_PER_COUNTER {
-        return Some(AddMilestone::TooMany);
-    }
-    (count >= u128::from(n)).then_some(AddMilestone::Passed { count })
 }
 
 /// A milestone from its row's columns, as both backends read them (`n`, `won_unit` as
@@ -632,55 +567,6 @@ pub const MILESTONE_COLUMNS_SQLITE: &str = "name, n, label, created_at, won_repl
 /// See [`MILESTONE_COLUMNS_SQLITE`].
 pub const MILESTONE_COLUMNS_POSTGRES: &str = "name, n::text AS n, label, created_at, won_replica, \
     won_unit::text AS won_unit, won_at, won_visitor, announced_at, attempts";
-
-/// What a cancel did, from the rows it deleted and the milestone `n` as it stands after.
-pub fn cancel_outcome(n: u64, deleted: u64, after: Option<Milestone>) -> CancelMilestone {
-    match (deleted, after) {
-        (0, Some(m)) => CancelMilestone::Decided(m),
-        (0, None) => CancelMilestone::Unknown,
-        (_, _) => CancelMilestone::Cancelled(Milestone {
-            n,
-            label: None,
-            created_at: Timestamp::EPOCH,
-            winner: None,
-            announced_at: None,
-        }),
-    }
-}
-
-/// What cancelling a milestone did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CancelMilestone {
-    /// Cancelled: it will not be decided.
-    Cancelled(Milestone),
-    /// It was decided already: a winner stays a winner.
-    Decided(Milestone),
-    /// No milestone at this N.
-    Unknown,
-}
-
-/// The milestones of `pending` that a commit of `incoming` slots into `before` (the counter
-/// as it stood before the commit) decides. Only the increments count (milestones are for
-/// counters, kind `g`); a slot in a carry or a base is final and adds none.
-pub fn decide_commit(
-    before: &CounterState,
-    incoming: impl IntoIterator<Item = (ReplicaId, SlotTotals)>,
-    pending: &[u64],
-) -> Vec<Decision> {
-    let advances: Vec<Advance> = incoming
-        .into_iter()
-        .filter(|(replica, _)| !before.is_retired(*replica))
-        .map(|(replica, totals)| {
-            let from = before.slot(replica).p;
-            Advance {
-                replica,
-                from,
-                to: totals.p.max(from),
-            }
-        })
-        .collect();
-    crate::milestone::decide(before.value().p, &advances, pending)
-}
 
 /// The `day` column of a sketch: `''` for the all-time sketch.
 pub fn day_column(key: &SketchKey) -> String {

@@ -64,13 +64,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::milestone::{Announcement, Decision, Milestone};
+use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
 
 use super::{
-    AddMilestone, CancelMilestone, CarryRow, Changes, Committed, IMPORT_REGION, ImportOutcome,
-    ImportRequest, MILESTONE_COLUMNS_POSTGRES, ReplicaRow, ResetOutcome, ResetRequest, Retired,
-    SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
-    encode_u128, key_of, replica_of,
+    CarryRow, Changes, Committed, IMPORT_REGION, ImportOutcome, ImportRequest,
+    MILESTONE_COLUMNS_POSTGRES, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow,
+    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
+    key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -436,7 +436,7 @@ impl Store for PostgresStore {
         let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
         let watch =
             lock_watch(&mut tx, &names.into_iter().collect::<Vec<_>>(), Some(since)).await?;
-        let pending = super::pending_of(&watch);
+        let pending = crate::milestone::pending_of(&watch);
         let before = if pending.is_empty() {
             Vec::new()
         } else {
@@ -459,7 +459,7 @@ impl Store for PostgresStore {
         for (id, decision) in &committed.decided {
             record_winner(&mut tx, id, decision, at).await?;
         }
-        committed.news = super::news_of(&watch, &committed.decided);
+        committed.news = crate::milestone::news_of(&watch, &committed.decided);
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
         Ok(committed)
@@ -717,7 +717,7 @@ impl Store for PostgresStore {
                 .as_ref()
                 .map(StoredCounter::state)
                 .unwrap_or_default();
-            for decision in super::decide_commit(&before, incoming, &pending) {
+            for decision in crate::milestone::decide_commit(&before, incoming, &pending) {
                 record_winner(&mut tx, key.id(), &decision, request.at).await?;
             }
         }
@@ -785,7 +785,7 @@ impl Store for PostgresStore {
             .await?
             .first()
             .map_or(0, |c| c.totals().p);
-        if let Some(refused) = super::refuse_milestone(&existing, n, count) {
+        if let Some(refused) = crate::milestone::refuse_milestone(&existing, n, count) {
             return Ok(refused);
         }
         sqlx::query(
@@ -880,7 +880,11 @@ impl Store for PostgresStore {
             .into_iter()
             .find(|m| m.n == n);
         tx.commit().await?;
-        Ok(super::cancel_outcome(n, deleted.rows_affected(), found))
+        Ok(crate::milestone::cancel_outcome(
+            n,
+            deleted.rows_affected(),
+            found,
+        ))
     }
 
     async fn list(
@@ -1357,7 +1361,9 @@ async fn lock_pending(
     conn: &mut sqlx::PgConnection,
     names: &[&str],
 ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-    Ok(super::pending_of(&lock_watch(conn, names, None).await?))
+    Ok(crate::milestone::pending_of(
+        &lock_watch(conn, names, None).await?,
+    ))
 }
 
 /// Locks the milestones of counters `names` (kind `g`) that are pending or (with
@@ -1368,8 +1374,8 @@ async fn lock_watch(
     conn: &mut sqlx::PgConnection,
     names: &[&str],
     won_since: Option<Timestamp>,
-) -> Result<super::Watch, StoreError> {
-    let mut watch = super::Watch::new();
+) -> Result<crate::milestone::Watch, StoreError> {
+    let mut watch = crate::milestone::Watch::new();
     if names.is_empty() {
         return Ok(watch);
     }

@@ -20,13 +20,12 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    AddMilestone, CancelMilestone, CarryRow, Committed, IMPORT_REGION, ImportOutcome,
-    ImportRequest, MILESTONE_COLUMNS_SQLITE, ReplicaRow, ResetOutcome, ResetRequest, Retired,
-    SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
-    encode_u128, replica_of,
+    CarryRow, Committed, IMPORT_REGION, ImportOutcome, ImportRequest, MILESTONE_COLUMNS_SQLITE,
+    ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, corrupt, decode, encode_u64, encode_u128, replica_of,
 };
 use crate::config::Durability;
-use crate::milestone::{Announcement, Decision, Milestone};
+use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
 
 /// The SQLite store: one merger process on one file, in WAL mode.
 #[derive(Debug, Clone)]
@@ -250,7 +249,7 @@ impl Store for SqliteStore {
             // Counters with a milestone pending: how they stood before this commit.
             let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
             let watch = watch_milestones(&mut tx, &keys, Some(since)).await?;
-            let pending = super::pending_of(&watch);
+            let pending = crate::milestone::pending_of(&watch);
             let before = if pending.is_empty() {
                 Vec::new()
             } else {
@@ -307,7 +306,7 @@ impl Store for SqliteStore {
             for (id, decision) in &committed.decided {
                 record_winner(&mut tx, id, decision, at).await?;
             }
-            committed.news = super::news_of(&watch, &committed.decided);
+            committed.news = crate::milestone::news_of(&watch, &committed.decided);
         }
         tx.commit().await?;
         Ok(committed)
@@ -543,7 +542,7 @@ impl Store for SqliteStore {
                         .as_ref()
                         .map(StoredCounter::state)
                         .unwrap_or_default();
-                    for decision in super::decide_commit(&before, incoming, &pending) {
+                    for decision in crate::milestone::decide_commit(&before, incoming, &pending) {
                         record_winner(&mut tx, key.id(), &decision, request.at).await?;
                     }
                 }
@@ -593,7 +592,7 @@ impl Store for SqliteStore {
             .await?
             .first()
             .map_or(0, |c| c.totals().p);
-        if let Some(refused) = super::refuse_milestone(&existing, n, count) {
+        if let Some(refused) = crate::milestone::refuse_milestone(&existing, n, count) {
             return Ok(refused);
         }
         sqlx::query("INSERT INTO milestones (name, n, label, created_at) VALUES (?1, ?2, ?3, ?4)")
@@ -684,7 +683,11 @@ impl Store for SqliteStore {
             .into_iter()
             .find(|m| m.n == n);
         tx.commit().await?;
-        Ok(super::cancel_outcome(n, deleted.rows_affected(), found))
+        Ok(crate::milestone::cancel_outcome(
+            n,
+            deleted.rows_affected(),
+            found,
+        ))
     }
 
     async fn list(
@@ -1067,7 +1070,7 @@ async fn pending_milestones(
     conn: &mut sqlx::SqliteConnection,
     keys: &[(&str, &str)],
 ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-    Ok(super::pending_of(
+    Ok(crate::milestone::pending_of(
         &watch_milestones(conn, keys, None).await?,
     ))
 }
@@ -1078,13 +1081,13 @@ async fn watch_milestones(
     conn: &mut sqlx::SqliteConnection,
     keys: &[(&str, &str)],
     won_since: Option<Timestamp>,
-) -> Result<super::Watch, StoreError> {
+) -> Result<crate::milestone::Watch, StoreError> {
     let names: Vec<&str> = keys
         .iter()
         .filter(|(kind, _)| *kind == CounterKind::G.as_str())
         .map(|(_, name)| *name)
         .collect();
-    let mut watch = super::Watch::new();
+    let mut watch = crate::milestone::Watch::new();
     if names.is_empty() {
         return Ok(watch);
     }

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use tally_crdt::{CounterKey, CounterKind, Receipt, ReplicaId, SlotTotals, Timestamp};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
-use tally_merger::milestone::{Decision, MAX_MILESTONES_PER_COUNTER};
-use tally_merger::store::{
-    self, AddMilestone, CancelMilestone, ImportRequest, ReplicaRow, SlotRow, Store,
+use tally_merger::milestone::{
+    AddMilestone, CancelMilestone, Decision, MAX_MILESTONES_PER_COUNTER,
 };
+use tally_merger::store::{self, ImportRequest, ReplicaRow, SlotRow, Store};
 
 const NOW: i64 = 1_900_000_000_000;
 

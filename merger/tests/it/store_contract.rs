@@ -1,9 +1,12 @@
 //! The contract of the [`Store`] trait, written once and run against both stores: SQLite on a
 //! temp file and Postgres on a throwaway cluster (`TALLY_NO_POSTGRES=1` skips the Postgres
 //! runs). Each contract is one function over a [`Backend`]; [`contract!`] makes its two tests,
-//! `store_contract::<contract>::sqlite` and `…::postgres`. What only one store has (Postgres's
-//! notifications, catch-up and locking between mergers; SQLite's migration of old files) is
-//! tested beside it, in `postgres_store.rs` and `src/store/sqlite.rs`.
+//! `store_contract::<contract>::sqlite` and `…::postgres`. The milestone, presence and sketch
+//! parts of the contract run on both stores the same way in `milestones.rs` and
+//! `presence_unique.rs`, and the merges, folds and resets in `lattice.rs` (a differential
+//! test). What only one store has (Postgres's notifications, catch-up and locking between
+//! mergers; SQLite's migration of old files) is tested beside it, in `postgres_store.rs` and
+//! `src/store/sqlite.rs`.
 
 use std::sync::Arc;
 
