@@ -26,7 +26,8 @@
 //! - [`state`]: [`state::Db`], the bounded cache of merged counters, keyed by
 //!   [`tally_crdt::CounterKey`], with times as [`tally_crdt::Timestamp`].
 //! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
-//!   `migrations/sqlite` and `migrations/postgres`.
+//!   `migrations/sqlite` and `migrations/postgres`. The rows it writes and loads are in
+//!   [`rows`].
 //! - [`milestone`]: "the N-th hit", decided once in the commit that crosses it (the pure
 //!   decision; the store runs it under a per-counter lock).
 //! - [`metrics`]: the Prometheus registry.
@@ -51,6 +52,7 @@ pub mod milestone;
 pub mod peers;
 pub mod presence;
 pub mod prune;
+pub mod rows;
 pub mod state;
 pub mod store;
 pub mod unique;

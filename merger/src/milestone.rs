@@ -13,11 +13,16 @@
 //!
 //! This module holds the pure parts: the records and the decision.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
-use tally_crdt::{CounterState, MilestoneNews, MilestoneWon, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{
+    CounterKind, CounterState, MilestoneNews, MilestoneWon, ReplicaId, SlotTotals, Timestamp,
+};
+
+use crate::rows::{CarryRow, SlotRow, StoredCounter};
 
 /// Most pending milestones one counter holds (won ones do not count: each was registered
 /// by an admin and decided once).
@@ -367,6 +372,53 @@ pub fn decide_commit(
         })
         .collect();
     decide(before.value().p, &advances, pending)
+}
+
+/// What a commit of `slots` and `carries` decides, for each counter with `pending`
+/// milestones as it stood before the commit (`before`, from the store's [`watched_keys`](crate::store::watched_keys)): both
+/// backends' commits. The carries join first: they are hits of incarnations before the
+/// senders', and a milestone they carry the count past was counted before (by an
+/// incarnation this store no longer knows the slot of) and is not decided here.
+pub fn decide_batch<S: Borrow<SlotRow>>(
+    pending: &BTreeMap<String, Vec<u64>>,
+    before: &[StoredCounter],
+    slots: &[S],
+    carries: &[CarryRow],
+) -> Vec<(String, Decision)> {
+    let mut decided = Vec::new();
+    for (id, ns) in pending {
+        let mine: Vec<&SlotRow> = slots
+            .iter()
+            .map(Borrow::borrow)
+            .filter(|s: &&SlotRow| s.key.kind() == CounterKind::G && s.key.id() == id)
+            .collect();
+        let mut stood = before
+            .iter()
+            .find(|c| c.key.id() == id)
+            .map(StoredCounter::state)
+            .unwrap_or_default();
+        for c in carries
+            .iter()
+            .filter(|c| c.key.kind() == CounterKind::G && c.key.id() == id)
+        {
+            stood.merge_carry(c.object, &c.carry);
+        }
+        let incoming = mine.iter().map(|s| (s.replica, s.totals));
+        decided.extend(
+            decide_commit(&stood, incoming, ns)
+                .into_iter()
+                .map(|mut d| {
+                    d.visitor = mine
+                        .iter()
+                        .filter(|s| s.replica == d.replica)
+                        .flat_map(|s| &s.visits)
+                        .find(|v| v.holds(d.unit))
+                        .map(|v| v.visitor.clone());
+                    (id.clone(), d)
+                }),
+        );
+    }
+    decided
 }
 
 #[cfg(test)]

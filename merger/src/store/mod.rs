@@ -19,7 +19,6 @@
 pub mod postgres;
 pub mod sqlite;
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::num::NonZeroU64;
@@ -29,9 +28,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 pub use tally_crdt::minus;
 use tally_crdt::{
-    Base, Carry, CounterKey, CounterKind, CounterState, GlobalTotals, HyperLogLog, MilestoneNews,
+    Carry, CounterKey, CounterKind, CounterState, GlobalTotals, HyperLogLog, MilestoneNews,
     PresenceReport, Region, ReplicaId, SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
-    Visit,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -71,197 +69,9 @@ pub enum StoreError {
     },
 }
 
-/// One replica's metadata to record: its region (kept from the first sync) and when it synced.
-#[derive(Debug, Clone)]
-pub struct ReplicaRow {
-    /// The replica incarnation.
-    pub replica: ReplicaId,
-    /// Region the sync claims.
-    pub region: String,
-    /// Time of the sync.
-    pub at: Timestamp,
-}
-
-/// One slot total to merge (max) into the store.
-#[derive(Debug, Clone)]
-pub struct SlotRow {
-    /// The counter.
-    pub key: CounterKey,
-    /// Owner of the slot.
-    pub replica: ReplicaId,
-    /// Its totals.
-    pub totals: SlotTotals,
-    /// Time of the sync.
-    pub at: Timestamp,
-    /// Hits of the slot that carried a visitor key (near a milestone only; usually empty):
-    /// a winner among them gets its key recorded.
-    pub visits: Vec<Visit>,
-    /// What the sync carried of the replica's object ([`tally_crdt::SlotUpdate::carried`]):
-    /// the sums of the final slots of its generations below the replica's. Zero for none.
-    pub carried: SlotTotals,
-}
-
-impl SlotRow {
-    /// The carry this row brings, with the region of record of its replica: the object's
-    /// generations below the replica's, at the sums the sync carried. `None` when it carried
-    /// nothing.
-    pub fn carry(&self, region: &Region) -> Option<(ReplicaId, Carry)> {
-        (self.carried != SlotTotals::default()).then(|| {
-            let carry = Carry::sent(self.replica, Arc::clone(region), self.carried);
-            (self.replica.object(), carry)
-        })
-    }
-}
-
-/// One edge object's carry of one counter, as a commit or a retirement writes it: merged
-/// into the stored one column by column (max), and the slots it holds deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CarryRow {
-    /// The counter.
-    pub key: CounterKey,
-    /// The object ([`ReplicaId::object`]).
-    pub object: ReplicaId,
-    /// Its carry.
-    pub carry: Carry,
-    /// When it was written (a retirement: when the last slot folded into it grew).
-    pub at: Timestamp,
-}
-
-/// The carries a batch of slots brings (syncs of retired replicas already left out), one per
-/// counter and object: the join of the batch's carries of it ([`CounterState::merge_carry`]),
-/// each with the region of record of its replica (`region_of`; a replica without one is
-/// left out). In (counter, object) order: the lock order of a Postgres commit.
-pub fn batch_carries<S: Borrow<SlotRow>>(
-    slots: &[S],
-    region_of: impl Fn(ReplicaId) -> Option<Region>,
-) -> Vec<CarryRow> {
-    type Joined = (CounterState, BTreeMap<ReplicaId, Timestamp>);
-    let mut joined: BTreeMap<&CounterKey, Joined> = BTreeMap::new();
-    for row in slots.iter().map(Borrow::borrow) {
-        let Some((object, carry)) = region_of(row.replica).and_then(|region| row.carry(&region))
-        else {
-            continue;
-        };
-        let (state, times) = joined.entry(&row.key).or_default();
-        state.merge_carry(object, &carry);
-        let at = times.entry(object).or_insert(row.at);
-        *at = (*at).max(row.at);
-    }
-    let mut rows = Vec::new();
-    for (key, (state, times)) in joined {
-        for (object, carry) in state.carries() {
-            rows.push(CarryRow {
-                key: key.clone(),
-                object: *object,
-                carry: carry.clone(),
-                at: times[object],
-            });
-        }
-    }
-    rows
-}
-
-/// One counter's global totals at one time, for the history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotRow {
-    /// The counter.
-    pub key: CounterKey,
-    /// Time taken.
-    pub at: Timestamp,
-    /// Totals then.
-    pub totals: GlobalTotals,
-    /// The epoch they belong to: a point of an epoch that has ended is not written.
-    pub epoch: u64,
-}
-
-/// One slot as stored, with the region of its replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSlot {
-    /// Owner of the slot.
-    pub replica: ReplicaId,
-    /// Region of the replica's first sync.
-    pub region: String,
-    /// Its totals.
-    pub totals: SlotTotals,
-    /// Last time it grew.
-    pub at: Timestamp,
-}
-
-/// One counter as stored: every live slot of it, the carries of its edge objects' retired
-/// incarnations, the bases slots were folded into before carries (with the replicas folded),
-/// and the cuts of its last reset — the parts of a [`CounterState`], with the times the
-/// store keeps beside them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCounter {
-    /// The counter.
-    pub key: CounterKey,
-    /// Its live slots, in any order.
-    pub slots: Vec<StoredSlot>,
-    /// Per edge object ([`ReplicaId::object`]), the carry of its retired incarnations, and
-    /// when it last grew.
-    pub carries: Vec<(ReplicaId, Carry, Timestamp)>,
-    /// Per region, the sums of the slots of its replicas retired before carries (nothing
-    /// writes bases any more), and when the last of them grew.
-    pub bases: Vec<(String, GlobalTotals, Timestamp)>,
-    /// The retired replicas folded into those bases, with their regions.
-    pub folded: Vec<(String, ReplicaId)>,
-    /// Where its resets stand.
-    pub epoch: Epoch,
-    /// Per region, the sums of its slots and bases at its last reset: the count is the sums
-    /// minus these (empty for a counter never reset).
-    pub cuts: Vec<(String, GlobalTotals)>,
-}
-
-pub use tally_crdt::Epoch;
-
-impl StoredCounter {
-    /// The counter's state: the lattice its parts are.
-    pub fn state(&self) -> CounterState {
-        let mut bases: BTreeMap<&str, Base> = self
-            .bases
-            .iter()
-            .map(|(region, totals, _)| {
-                let base = Base {
-                    totals: *totals,
-                    replicas: BTreeSet::new(),
-                };
-                (region.as_str(), base)
-            })
-            .collect();
-        for (region, replica) in &self.folded {
-            bases
-                .entry(region.as_str())
-                .or_default()
-                .replicas
-                .insert(*replica);
-        }
-        CounterState::from_parts(
-            self.slots
-                .iter()
-                .map(|s| (s.replica, Region::from(s.region.as_str()), s.totals)),
-            self.carries
-                .iter()
-                .map(|(object, carry, _)| (*object, carry.clone())),
-            bases
-                .into_iter()
-                .map(|(region, base)| (Region::from(region), base)),
-            self.epoch,
-            self.cuts
-                .iter()
-                .map(|(region, cut)| (Region::from(region.as_str()), *cut)),
-        )
-    }
-
-    /// Its totals in the current epoch ([`CounterState::value`]).
-    pub fn totals(&self) -> GlobalTotals {
-        self.state().value()
-    }
-
-    /// Whether a list shows it: not deleted, or counted again since.
-    pub fn listed(&self) -> bool {
-        !self.epoch.deleted || self.totals() != GlobalTotals::default()
-    }
-}
+pub use crate::rows::{
+    CarryRow, Epoch, ReplicaRow, SlotRow, SnapshotRow, StoredCounter, StoredSlot, batch_carries,
+};
 
 /// One part of a stored counter, as a load query answers it row by row.
 #[derive(Debug, Clone)]
@@ -485,53 +295,6 @@ pub fn watched_keys(pending: &BTreeMap<String, Vec<u64>>) -> Result<Vec<CounterK
         .map(|id| CounterKey::new(CounterKind::G, id))
         .collect::<Result<_, _>>()
         .map_err(|e| corrupt("milestones", e.to_string()))
-}
-
-/// What a commit of `slots` and `carries` decides, for each counter with `pending`
-/// milestones as it stood before the commit (`before`, from [`watched_keys`]): both
-/// backends' commits. The carries join first: they are hits of incarnations before the
-/// senders', and a milestone they carry the count past was counted before (by an
-/// incarnation this store no longer knows the slot of) and is not decided here.
-pub fn decide_batch<S: std::borrow::Borrow<SlotRow>>(
-    pending: &BTreeMap<String, Vec<u64>>,
-    before: &[StoredCounter],
-    slots: &[S],
-    carries: &[CarryRow],
-) -> Vec<(String, Decision)> {
-    let mut decided = Vec::new();
-    for (id, ns) in pending {
-        let mine: Vec<&SlotRow> = slots
-            .iter()
-            .map(Borrow::borrow)
-            .filter(|s: &&SlotRow| s.key.kind() == CounterKind::G && s.key.id() == id)
-            .collect();
-        let mut stood = before
-            .iter()
-            .find(|c| c.key.id() == id)
-            .map(StoredCounter::state)
-            .unwrap_or_default();
-        for c in carries
-            .iter()
-            .filter(|c| c.key.kind() == CounterKind::G && c.key.id() == id)
-        {
-            stood.merge_carry(c.object, &c.carry);
-        }
-        let incoming = mine.iter().map(|s| (s.replica, s.totals));
-        decided.extend(
-            crate::milestone::decide_commit(&stood, incoming, ns)
-                .into_iter()
-                .map(|mut d| {
-                    d.visitor = mine
-                        .iter()
-                        .filter(|s| s.replica == d.replica)
-                        .flat_map(|s| &s.visits)
-                        .find(|v| v.holds(d.unit))
-                        .map(|v| v.visitor.clone());
-                    (id.clone(), d)
-                }),
-        );
-    }
-    decided
 }
 
 /// A milestone from its row's columns, as both backends read them (`n`, `won_unit` as

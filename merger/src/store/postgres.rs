@@ -454,7 +454,7 @@ impl Store for PostgresStore {
         changed.sort_unstable();
         changed.dedup();
         let mut committed = committed;
-        committed.decided = super::decide_batch(&pending, &before, &live, &carries);
+        committed.decided = crate::milestone::decide_batch(&pending, &before, &live, &carries);
         let at = crate::clock::now();
         for (id, decision) in &committed.decided {
             record_winner(&mut tx, id, decision, at).await?;

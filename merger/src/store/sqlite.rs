@@ -301,7 +301,7 @@ impl Store for SqliteStore {
             .bind(json_rows(&rows))
             .execute(&mut *tx)
             .await?;
-            committed.decided = super::decide_batch(&pending, &before, &slots, &carries);
+            committed.decided = crate::milestone::decide_batch(&pending, &before, &slots, &carries);
             let at = crate::clock::now();
             for (id, decision) in &committed.decided {
                 record_winner(&mut tx, id, decision, at).await?;
