@@ -15,8 +15,10 @@
 //! writer: retirements (each alone, between batches), presence reports and sketch syncs. Work
 //! is taken in queue order, and a batch holds consecutive work of one kind: the syncs queued
 //! behind a sync go into its transaction up to the first work of another kind, likewise the
-//! presence reports behind a report (one statement: [`Store::report_presence_batch`]) and the
-//! sketch syncs behind a sketch sync (one transaction: [`Store::merge_sketches_batch`]). Each
+//! presence reports behind a report (one statement:
+//! [`PresenceStore::report_presence_batch`](crate::store::PresenceStore::report_presence_batch))
+//! and the sketch syncs behind a sketch sync (one transaction:
+//! [`SketchStore::merge_sketches_batch`](crate::store::SketchStore::merge_sketches_batch)). Each
 //! caller is answered once its own batch is durable; a failed batch answers every caller in
 //! it with [`CommitError::Database`] and stores nothing of it. After a batch of reports or
 //! sketch syncs commits, the public views of its ids are dropped ([`Views`]) before anyone is

@@ -187,7 +187,7 @@ mod tests {
     use super::*;
     use crate::config::Durability;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{ReplicaRow, SlotRow};
+    use crate::store::{CounterStore, HistoryStore, ReplicaRow, SlotRow};
     use tally_crdt::{CounterKind, GlobalTotals, ReplicaId, SlotTotals};
 
     fn key() -> CounterKey {

@@ -313,7 +313,8 @@ pub enum AddMilestone {
 
 /// Why milestone `n` cannot be registered on a counter with `existing` milestones and
 /// count `count`, if it cannot: the rules of
-/// [`Store::add_milestone`](crate::store::Store::add_milestone), for both backends.
+/// [`MilestoneStore::add_milestone`](crate::store::MilestoneStore::add_milestone), for both
+/// backends.
 pub fn refuse_milestone(existing: &[Milestone], n: u64, count: u128) -> Option<AddMilestone> {
     if let Some(m) = existing.iter().find(|m| m.n == n) {
         return Some(AddMilestone::Exists(m.clone()));

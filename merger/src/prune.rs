@@ -14,7 +14,8 @@
 //! A retired incarnation's row is not needed to count right once its slots are in its
 //! object's carries: a late sync of it writes nothing, with its row or without (then it is
 //! registered retired again, and refused as before). Rows retired into region bases before
-//! carries stay, as does any row a slot still names ([`Store::prune_replicas`]).
+//! carries stay, as does any row a slot still names
+//! ([`CounterStore::prune_replicas`](crate::store::CounterStore::prune_replicas)).
 //!
 //! With several mergers on one database each prunes; the deletes are idempotent.
 
@@ -126,7 +127,8 @@ pub async fn prune_sketches(
 }
 
 /// One pass over the retired replicas: the rows of those retired more than `days` days before
-/// `now` that may go ([`Store::prune_replicas`]), in chunks.
+/// `now` that may go
+/// ([`CounterStore::prune_replicas`](crate::store::CounterStore::prune_replicas)), in chunks.
 pub async fn prune_replicas(
     store: &dyn Store,
     now: tally_crdt::Timestamp,

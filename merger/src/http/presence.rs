@@ -3,7 +3,7 @@
 //!
 //! A report is stored, not merged in memory: per (id, reporter) the store keeps the report
 //! with the highest `seq`, and every read sums the reports not expired at the merger's clock
-//! ([`crate::store::Store::presence`]). So several mergers on one Postgres answer the same
+//! ([`crate::store::PresenceStore::presence`]). So several mergers on one Postgres answer the same
 //! sum, a merger restart loses nothing that counts, and a reporter that stops reporting
 //! drops out after its lease with no message from anyone.
 //!

@@ -3,7 +3,7 @@
 //!
 //! Sketches merge register-wise with max, in the commit task ([`crate::commit`]), through its
 //! bounded queue: the sketch syncs queued together are merged in one store transaction
-//! ([`crate::store::Store::merge_sketches_batch`]), and each is answered once its batch is
+//! ([`crate::store::SketchStore::merge_sketches_batch`]), and each is answered once its batch is
 //! durable. A retried, duplicated or reordered sync changes nothing beyond the first, and
 //! several mergers on one Postgres never lose a register (each locks the rows, in key order,
 //! before it merges into them).

@@ -14,7 +14,7 @@
 //! hex digits.
 //!
 //! Nothing is loaded whole at start: the merger's memory is a bounded cache over the store
-//! ([`crate::state`]), filled by [`Store::load`] on a miss.
+//! ([`crate::state`]), filled by [`CounterStore::load`] on a miss.
 
 pub mod postgres;
 pub mod sqlite;
@@ -370,18 +370,41 @@ pub fn sketch_keys(syncs: &[&[SketchUpdate]]) -> Vec<(String, String)> {
 
 /// A durable store of slots, replicas and history.
 ///
-/// Every method is one short transaction or query; [`commit`](Store::commit) returns only
+/// Split by concern: each part is a trait of its own ([`CounterStore`], [`MilestoneStore`],
+/// [`HistoryStore`], [`PresenceStore`], [`SketchStore`]); a store is all of them, with what
+/// this trait adds.
+///
+/// Every method is one short transaction or query; [`commit`](CounterStore::commit) returns only
 /// once the batch is durable (per the configured [`Durability`]).
 #[async_trait]
-pub trait Store: fmt::Debug + Send + Sync + 'static {
+pub trait Store:
+    CounterStore + MilestoneStore + HistoryStore + PresenceStore + SketchStore
+where
+    Self: fmt::Debug + 'static,
+{
     /// `sqlite` or `postgres`, for logs and metrics.
     fn backend(&self) -> &'static str;
 
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes every connection.
+    async fn close(&self);
+
+    /// The counters other processes change, for a backend that several mergers share:
+    /// batches of keys, until `stop` turns true. `None` for a backend only one process uses.
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
+}
+
+/// Counters: the commit of a batch of syncs, retirements, resets and deletes, imports, and
+/// the loads and lists that read them.
+#[async_trait]
+pub trait CounterStore: Send + Sync {
     /// Writes one batch in one transaction: replica metadata (the region of a replica's
     /// first sync is kept; `last_sync` takes the max; a replica the store does not know that a
     /// carry of its object holds, in some counter, is registered retired: its object retired
-    /// a later generation, and its row was pruned ([`prune_replicas`](Store::prune_replicas))),
-    /// the carries the slots bring
+    /// a later generation, and its row was pruned
+    /// ([`prune_replicas`](CounterStore::prune_replicas))), the carries the slots bring
     /// ([`batch_carries`], merged column by column with max, the slots they hold deleted),
     /// and slots merged with max (a slot of zero, or in a carry, is not written). Slots may
     /// arrive in any order and name counters the store has not seen yet. Slots (and carries)
@@ -418,6 +441,40 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         request: &ImportRequest,
     ) -> Result<ImportOutcome, StoreError>;
 
+    /// The counters asked for that have a slot, a carry, a base or a cut, each whole; the
+    /// others are left out of the answer.
+    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
+
+    /// Counters of `kind` whose id starts with `prefix`, after `after` (exclusive), in id
+    /// order, at most `limit`, each with its slots.
+    async fn list(
+        &self,
+        kind: CounterKind,
+        prefix: &str,
+        after: Option<&CounterKey>,
+        limit: u32,
+    ) -> Result<Vec<StoredCounter>, StoreError>;
+
+    /// Replica incarnations alive (not retired).
+    async fn replica_count(&self) -> Result<u64, StoreError>;
+
+    /// Deletes the rows of at most `limit` replicas retired before `before` into their
+    /// objects' carries: never one retired into a region base before carries (`kept`, whose
+    /// row is what keeps its late syncs out), nor one whose id a slot, a folded replica or an
+    /// import still names. A late sync of a deleted one counts nothing: its slots are in its
+    /// object's carries, so [`commit`](CounterStore::commit) does not write them, and registers it
+    /// retired again. Returns how many it deleted: call again until it deletes fewer than
+    /// `limit`.
+    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// Counters stored of `kind` (for metrics).
+    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError>;
+}
+
+/// Milestones: registering, listing and cancelling them, and the announcements of their
+/// winners (the decisions are made in [`CounterStore::commit`]).
+#[async_trait]
+pub trait MilestoneStore: Send + Sync {
     /// Registers milestone `n` (with `label`) of counter `id` at `at`, in one transaction
     /// that serializes with every commit of the counter: refused when the count is at `n`
     /// already, when `n` exists, or when the counter has too many.
@@ -450,36 +507,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// The announcement of milestone `n` of counter `id` failed: try again at `at`.
     async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError>;
+}
 
-    /// The counters asked for that have a slot, a carry, a base or a cut, each whole; the
-    /// others are left out of the answer.
-    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
-
-    /// Counters of `kind` whose id starts with `prefix`, after `after` (exclusive), in id
-    /// order, at most `limit`, each with its slots.
-    async fn list(
-        &self,
-        kind: CounterKind,
-        prefix: &str,
-        after: Option<&CounterKey>,
-        limit: u32,
-    ) -> Result<Vec<StoredCounter>, StoreError>;
-
-    /// Replica incarnations alive (not retired).
-    async fn replica_count(&self) -> Result<u64, StoreError>;
-
-    /// Deletes the rows of at most `limit` replicas retired before `before` into their
-    /// objects' carries: never one retired into a region base before carries (`kept`, whose
-    /// row is what keeps its late syncs out), nor one whose id a slot, a folded replica or an
-    /// import still names. A late sync of a deleted one counts nothing: its slots are in its
-    /// object's carries, so [`commit`](Store::commit) does not write them, and registers it
-    /// retired again. Returns how many it deleted: call again until it deletes fewer than
-    /// `limit`.
-    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
-
-    /// Counters stored of `kind` (for metrics).
-    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError>;
-
+/// History: the points of each counter's totals over time.
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
     /// Writes history points; a point already written for the same counter and time keeps
     /// the larger totals (several mergers may snapshot the same counter). Points of an epoch
     /// other than the counter's are not written.
@@ -505,7 +537,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         to: Timestamp,
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError>;
+}
 
+/// Viewers now: the edge objects' presence reports and their sums.
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
     /// Stores presence reports received at `received` (a batch of the commit task), in one
     /// statement, so one transaction: per id and reporter, a report replaces the stored one
     /// only if its `seq` is higher ([`crate::presence::presence_rows`]). Nothing of the batch is stored if it
@@ -516,7 +552,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         received: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// Stores one presence report: [`Store::report_presence_batch`] of it alone.
+    /// Stores one presence report: [`PresenceStore::report_presence_batch`] of it alone.
     async fn report_presence(
         &self,
         report: &PresenceReport,
@@ -538,7 +574,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Deletes at most `limit` presence reports that expired before `before`. Returns how
     /// many it deleted: call again until it deletes fewer than `limit`.
     async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+}
 
+/// Unique visitors: the daily and all-time sketches.
+#[async_trait]
+pub trait SketchStore: Send + Sync {
     /// Deletes at most `limit` daily sketches of days before `before` (`YYYY-MM-DD`; the
     /// all-time sketches are never deleted). Returns how many it deleted: call again until it
     /// deletes fewer than `limit`.
@@ -554,7 +594,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<Vec<Vec<SketchTotal>>, StoreError>;
 
-    /// Merges one sync's sketch updates: [`Store::merge_sketches_batch`] of it alone.
+    /// Merges one sync's sketch updates: [`SketchStore::merge_sketches_batch`] of it alone.
     async fn merge_sketches(
         &self,
         updates: &[SketchUpdate],
@@ -566,16 +606,6 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// The merged sketches of `keys`, in their order (empty for a key never synced).
     async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError>;
-
-    /// Checks that the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Closes every connection.
-    async fn close(&self);
-
-    /// The counters other processes change, for a backend that several mergers share:
-    /// batches of keys, until `stop` turns true. `None` for a backend only one process uses.
-    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
 }
 
 /// One report of a store's change feed ([`Store::watch`]).
@@ -645,14 +675,14 @@ pub fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
 }
 
-/// [`Store::prune_history`] without a bucket: `$1` from, `$2` to, `$3` the limit. One text
+/// [`HistoryStore::prune_history`] without a bucket: `$1` from, `$2` to, `$3` the limit. One text
 /// for both backends (sqlx binds `$N` by its number on SQLite too). `(counter, taken_at)` is
 /// the primary key, so the `IN` finds each row by it; the range uses the `taken_at` index.
 const PRUNE_ALL: &str = "DELETE FROM history WHERE (counter, taken_at) IN (\
     SELECT h.counter, h.taken_at FROM history h \
     WHERE h.taken_at >= $1 AND h.taken_at < $2 LIMIT $3)";
 
-/// [`Store::prune_history`] with a bucket of `$4` milliseconds: only points with a later one
+/// [`HistoryStore::prune_history`] with a bucket of `$4` milliseconds: only points with a later one
 /// of the same counter in their bucket.
 const PRUNE_BUCKETED: &str = "DELETE FROM history WHERE (counter, taken_at) IN (\
     SELECT h.counter, h.taken_at FROM history h \
@@ -661,7 +691,7 @@ const PRUNE_BUCKETED: &str = "DELETE FROM history WHERE (counter, taken_at) IN (
         AND l.taken_at > h.taken_at AND l.taken_at < (h.taken_at / $4 + 1) * $4) \
     LIMIT $3)";
 
-/// [`Store::prune_history`]'s statement with its arguments bound, for either backend.
+/// [`HistoryStore::prune_history`]'s statement with its arguments bound, for either backend.
 pub fn prune_query<'q, DB: sqlx::Database>(
     from: Timestamp,
     to: Timestamp,

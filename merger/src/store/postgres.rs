@@ -67,10 +67,10 @@ use tracing::{debug, warn};
 use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
 
 use super::{
-    CarryRow, Changes, Committed, IMPORT_REGION, ImportOutcome, ImportRequest,
-    MILESTONE_COLUMNS_POSTGRES, ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow,
-    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
-    key_of, replica_of,
+    CarryRow, Changes, Committed, CounterStore, HistoryStore, IMPORT_REGION, ImportOutcome,
+    ImportRequest, MILESTONE_COLUMNS_POSTGRES, MilestoneStore, PresenceStore, ReplicaRow,
+    ResetOutcome, ResetRequest, Retired, SketchStore, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -196,7 +196,7 @@ const UPSERT_REPLICAS: &str = "\
 /// Marks retired the replicas of the arrays (`replica`, its object column, its generation;
 /// each just registered by this transaction, so their rows are locked already) that a carry of
 /// their object holds, in some counter: the object retired a later generation, so they were
-/// retired, and their row was pruned ([`Store::prune_replicas`]); a late sync of one is then
+/// retired, and their row was pruned ([`CounterStore::prune_replicas`]); a late sync of one is then
 /// ignored as it was before. One probe of `carries_by_object` each. Answers the ids marked.
 const REGISTER_CARRIED_RETIRED: &str = "\
     UPDATE replicas r SET retired_at = r.last_sync \
@@ -206,7 +206,7 @@ const REGISTER_CARRIED_RETIRED: &str = "\
             WHERE x.object = u.object AND x.through > u.generation) \
     RETURNING r.replica";
 
-/// [`Store::prune_replicas`]: `$1` the time, `$2` the limit. `SKIP LOCKED` leaves a row a
+/// [`CounterStore::prune_replicas`]: `$1` the time, `$2` the limit. `SKIP LOCKED` leaves a row a
 /// commit or a retirement holds (it waits for the next pass), so pruning never waits on one,
 /// and two mergers pruning at once take different rows.
 const PRUNE_REPLICAS: &str = "\
@@ -408,6 +408,54 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        // Watchers first: their catch-up holds pool connections that close() waits for, and
+        // each closes its listening connection before it ends.
+        self.closing.send_replace(true);
+        let watchers = std::mem::take(&mut *self.watcher_tasks());
+        for watcher in watchers {
+            if let Err(e) = watcher.await {
+                warn!(error = %e, "a change watcher failed");
+            }
+        }
+        // A connection goes back to the pool from a task of its own (sqlx 0.8.6 pings it
+        // first); sqlx's close() can return before one on its way back lands in the idle
+        // queue, where it would stay open until the pool is dropped. Wait (a bounded while)
+        // until every connection is idle, so close() finds and closes them all.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        while self.pool.num_idle() < usize::try_from(self.pool.size()).unwrap_or(usize::MAX)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.pool.close().await;
+    }
+
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let watcher = Watcher {
+            pool: self.pool.clone(),
+            options: self.options.clone(),
+            since: self.opened_xmin.clone(),
+            origin: self.origin.clone(),
+            tx,
+        };
+        let closing = self.closing.subscribe();
+        let task = tokio::spawn(watcher.run(stop, closing));
+        let mut watchers = self.watcher_tasks();
+        watchers.retain(|w| !w.is_finished());
+        watchers.push(task);
+        Some(rx)
+    }
+}
+
+#[async_trait]
+impl CounterStore for PostgresStore {
     async fn commit(
         &self,
         replicas: &[ReplicaRow],
@@ -764,6 +812,75 @@ impl Store for PostgresStore {
         load_in(&mut conn, keys).await
     }
 
+    async fn list(
+        &self,
+        kind: CounterKind,
+        prefix: &str,
+        after: Option<&CounterKey>,
+        limit: u32,
+    ) -> Result<Vec<StoredCounter>, StoreError> {
+        // No id holds a character outside the id charset (nor can Postgres text hold NUL):
+        // such a prefix matches nothing.
+        let id_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+        if limit == 0 || !prefix.bytes().all(id_char) {
+            return Ok(Vec::new());
+        }
+        // Keys order by kind, then id: a cursor of another kind bounds nothing or everything.
+        let after = match after {
+            Some(a) if a.kind() == kind => Some(a.id()),
+            Some(a) if a.kind() > kind => return Ok(Vec::new()),
+            _ => None,
+        };
+        // The prefix as a range of the (kind, name) index: every id char sorts below DEL
+        // (0x7f), so the ids starting with `prefix` are exactly [prefix, prefix || DEL) in
+        // the "C" collation; `starts_with` only restates it.
+        let rows = sqlx::query(&format!(
+            "WITH k AS ( \
+                 SELECT {K_COLUMNS} FROM counters c \
+                 WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
+                   AND starts_with(c.name, $2) \
+                   AND ($3::text IS NULL OR c.name > $3) AND {COUNTED} \
+                 ORDER BY c.name LIMIT $4 \
+             ) \
+             {PARTS_OF_K}"
+        ))
+        .bind(kind.as_str())
+        .bind(prefix)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        super::counters_of(&rows)
+    }
+
+    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(PRUNE_REPLICAS)
+            .bind(before.unix_ms())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn replica_count(&self) -> Result<u64, StoreError> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        u64::try_from(count).map_err(|_| corrupt("replicas", format!("count {count}")))
+    }
+
+    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = $1")
+            .bind(kind.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
+    }
+}
+
+#[async_trait]
+impl MilestoneStore for PostgresStore {
     async fn add_milestone(
         &self,
         id: &str,
@@ -886,73 +1003,10 @@ impl Store for PostgresStore {
             found,
         ))
     }
+}
 
-    async fn list(
-        &self,
-        kind: CounterKind,
-        prefix: &str,
-        after: Option<&CounterKey>,
-        limit: u32,
-    ) -> Result<Vec<StoredCounter>, StoreError> {
-        // No id holds a character outside the id charset (nor can Postgres text hold NUL):
-        // such a prefix matches nothing.
-        let id_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
-        if limit == 0 || !prefix.bytes().all(id_char) {
-            return Ok(Vec::new());
-        }
-        // Keys order by kind, then id: a cursor of another kind bounds nothing or everything.
-        let after = match after {
-            Some(a) if a.kind() == kind => Some(a.id()),
-            Some(a) if a.kind() > kind => return Ok(Vec::new()),
-            _ => None,
-        };
-        // The prefix as a range of the (kind, name) index: every id char sorts below DEL
-        // (0x7f), so the ids starting with `prefix` are exactly [prefix, prefix || DEL) in
-        // the "C" collation; `starts_with` only restates it.
-        let rows = sqlx::query(&format!(
-            "WITH k AS ( \
-                 SELECT {K_COLUMNS} FROM counters c \
-                 WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
-                   AND starts_with(c.name, $2) \
-                   AND ($3::text IS NULL OR c.name > $3) AND {COUNTED} \
-                 ORDER BY c.name LIMIT $4 \
-             ) \
-             {PARTS_OF_K}"
-        ))
-        .bind(kind.as_str())
-        .bind(prefix)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        super::counters_of(&rows)
-    }
-
-    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(PRUNE_REPLICAS)
-            .bind(before.unix_ms())
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn replica_count(&self) -> Result<u64, StoreError> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        u64::try_from(count).map_err(|_| corrupt("replicas", format!("count {count}")))
-    }
-
-    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = $1")
-            .bind(kind.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
-    }
-
+#[async_trait]
+impl HistoryStore for PostgresStore {
     async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
         // One row per (counter, time), of the latest epoch and the larger of each half, in
         // lock order.
@@ -1024,7 +1078,10 @@ impl Store for PostgresStore {
         .await?;
         super::points_of(key, &rows)
     }
+}
 
+#[async_trait]
+impl PresenceStore for PostgresStore {
     /// Rows in (id, reporter) order, each once ([`crate::presence::presence_rows`]): two mergers
     /// storing reports of the same ids lock their rows in the same order.
     async fn report_presence_batch(
@@ -1108,7 +1165,10 @@ impl Store for PostgresStore {
         .await?;
         Ok(done.rows_affected())
     }
+}
 
+#[async_trait]
+impl SketchStore for PostgresStore {
     async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM sketches WHERE (name, day) IN (\
@@ -1201,51 +1261,6 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(crate::unique::sketch_answers(keys, sketch_rows(&rows)?))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn close(&self) {
-        // Watchers first: their catch-up holds pool connections that close() waits for, and
-        // each closes its listening connection before it ends.
-        self.closing.send_replace(true);
-        let watchers = std::mem::take(&mut *self.watcher_tasks());
-        for watcher in watchers {
-            if let Err(e) = watcher.await {
-                warn!(error = %e, "a change watcher failed");
-            }
-        }
-        // A connection goes back to the pool from a task of its own (sqlx 0.8.6 pings it
-        // first); sqlx's close() can return before one on its way back lands in the idle
-        // queue, where it would stay open until the pool is dropped. Wait (a bounded while)
-        // until every connection is idle, so close() finds and closes them all.
-        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        while self.pool.num_idle() < usize::try_from(self.pool.size()).unwrap_or(usize::MAX)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.pool.close().await;
-    }
-
-    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let watcher = Watcher {
-            pool: self.pool.clone(),
-            options: self.options.clone(),
-            since: self.opened_xmin.clone(),
-            origin: self.origin.clone(),
-            tx,
-        };
-        let closing = self.closing.subscribe();
-        let task = tokio::spawn(watcher.run(stop, closing));
-        let mut watchers = self.watcher_tasks();
-        watchers.retain(|w| !w.is_finished());
-        watchers.push(task);
-        Some(rx)
     }
 }
 

@@ -20,9 +20,10 @@ use tally_crdt::{
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    CarryRow, Committed, IMPORT_REGION, ImportOutcome, ImportRequest, MILESTONE_COLUMNS_SQLITE,
-    ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, corrupt, decode, encode_u64, encode_u128, replica_of,
+    CarryRow, Committed, CounterStore, HistoryStore, IMPORT_REGION, ImportOutcome, ImportRequest,
+    MILESTONE_COLUMNS_SQLITE, MilestoneStore, PresenceStore, ReplicaRow, ResetOutcome,
+    ResetRequest, Retired, SketchStore, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
+    corrupt, decode, encode_u64, encode_u128, replica_of,
 };
 use crate::config::Durability;
 use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
@@ -138,7 +139,7 @@ const DELETE_CARRIED_SLOTS: &str = "\
 /// Marks retired the replicas of `?1` (`[replica, object column, generation]` rows, each just
 /// registered) that a carry of their object holds, in some counter: the object retired a
 /// later generation, so they were retired, and their row was pruned
-/// ([`Store::prune_replicas`]); a late sync of one is then ignored as it was before. One
+/// ([`CounterStore::prune_replicas`]); a late sync of one is then ignored as it was before. One
 /// probe of `carries_by_object` each.
 const REGISTER_CARRIED_RETIRED: &str = "\
     UPDATE replicas SET retired_at = last_sync \
@@ -147,7 +148,7 @@ const REGISTER_CARRIED_RETIRED: &str = "\
         WHERE EXISTS (SELECT 1 FROM carries x \
             WHERE x.object = j.value ->> 1 AND x.through > j.value ->> 2))";
 
-/// [`Store::prune_replicas`]: `?1` the time, `?2` the limit. The first three conditions are
+/// [`CounterStore::prune_replicas`]: `?1` the time, `?2` the limit. The first three conditions are
 /// the partial index's (`replicas_by_retirement`), as SQLite wants them to use it.
 const PRUNE_REPLICAS: &str = "\
     DELETE FROM replicas WHERE id IN ( \
@@ -164,6 +165,24 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// One process owns a SQLite file: nobody else changes it.
+    fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<super::Changes>> {
+        None
+    }
+}
+
+#[async_trait]
+impl CounterStore for SqliteStore {
     /// Each table gets one statement whatever the batch size: the rows travel as one JSON
     /// array expanded by SQLite's `json_each`, so the statements are prepared once and
     /// reused, and no per-row parameters cross the driver.
@@ -571,6 +590,64 @@ impl Store for SqliteStore {
         load_in(&mut conn, keys).await
     }
 
+    async fn list(
+        &self,
+        kind: CounterKind,
+        prefix: &str,
+        after: Option<&CounterKey>,
+        limit: u32,
+    ) -> Result<Vec<StoredCounter>, StoreError> {
+        // The cursor in `CounterKey` order: one of a later kind is past every counter of
+        // this one, one of an earlier kind before them all.
+        let after = match after {
+            Some(a) if a.kind() > kind => return Ok(Vec::new()),
+            Some(a) if a.kind() == kind => a.id(),
+            _ => "",
+        };
+        // Ids are ASCII letters, digits and `-_.:`, all below `~`: every id that starts with
+        // `prefix` sorts in [prefix, prefix + "~"), an index range.
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c \
+             WHERE c.kind = ?1 AND c.name >= ?2 AND c.name > ?3 AND c.name < ?4 \
+             ORDER BY c.name LIMIT ?5) {PARTS_OF_K}"
+        ))
+        .bind(kind.as_str())
+        .bind(prefix)
+        .bind(after)
+        .bind(format!("{prefix}~"))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        super::counters_of(&rows)
+    }
+
+    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(PRUNE_REPLICAS)
+            .bind(before.unix_ms())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn replica_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = ?")
+            .bind(kind.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl MilestoneStore for SqliteStore {
     async fn add_milestone(
         &self,
         id: &str,
@@ -689,62 +766,10 @@ impl Store for SqliteStore {
             found,
         ))
     }
+}
 
-    async fn list(
-        &self,
-        kind: CounterKind,
-        prefix: &str,
-        after: Option<&CounterKey>,
-        limit: u32,
-    ) -> Result<Vec<StoredCounter>, StoreError> {
-        // The cursor in `CounterKey` order: one of a later kind is past every counter of
-        // this one, one of an earlier kind before them all.
-        let after = match after {
-            Some(a) if a.kind() > kind => return Ok(Vec::new()),
-            Some(a) if a.kind() == kind => a.id(),
-            _ => "",
-        };
-        // Ids are ASCII letters, digits and `-_.:`, all below `~`: every id that starts with
-        // `prefix` sorts in [prefix, prefix + "~"), an index range.
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c \
-             WHERE c.kind = ?1 AND c.name >= ?2 AND c.name > ?3 AND c.name < ?4 \
-             ORDER BY c.name LIMIT ?5) {PARTS_OF_K}"
-        ))
-        .bind(kind.as_str())
-        .bind(prefix)
-        .bind(after)
-        .bind(format!("{prefix}~"))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        super::counters_of(&rows)
-    }
-
-    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(PRUNE_REPLICAS)
-            .bind(before.unix_ms())
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn replica_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or_default())
-    }
-
-    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = ?")
-            .bind(kind.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or_default())
-    }
-
+#[async_trait]
+impl HistoryStore for SqliteStore {
     async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -811,7 +836,10 @@ impl Store for SqliteStore {
         .await?;
         super::points_of(key, &rows)
     }
+}
 
+#[async_trait]
+impl PresenceStore for SqliteStore {
     async fn report_presence_batch(
         &self,
         reports: &[PresenceReport],
@@ -891,7 +919,10 @@ impl Store for SqliteStore {
         .await?;
         Ok(done.rows_affected())
     }
+}
 
+#[async_trait]
+impl SketchStore for SqliteStore {
     async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM sketches WHERE (name, day) IN (\
@@ -956,21 +987,6 @@ impl Store for SqliteStore {
         let mut conn = self.pool.acquire().await?;
         let found = self.sketch_rows(&mut conn, &json_rows(&asked)).await?;
         Ok(crate::unique::sketch_answers(keys, found))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Closes every connection, checkpointing the WAL.
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// One process owns a SQLite file: nobody else changes it.
-    fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<super::Changes>> {
-        None
     }
 }
 

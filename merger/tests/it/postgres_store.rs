@@ -10,8 +10,8 @@ use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::{
-    CarryRow, Changes, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome, ResetRequest,
-    SlotRow, SnapshotRow, Store,
+    CarryRow, Changes, CounterStore, HistoryStore, ImportOutcome, ImportRequest, ReplicaRow,
+    ResetOutcome, ResetRequest, SlotRow, SnapshotRow, Store,
 };
 use tokio::sync::{mpsc, watch};
 
