@@ -586,7 +586,8 @@ impl CounterState {
             if new.is_empty() {
                 continue;
             }
-            match self.slots.group(&group.region) {
+            // The joins above changed slots, not groups: `held` still places this region.
+            match held {
                 Ok(g) => {
                     let held = &mut self.slots.0[g].slots;
                     held.extend(new);
@@ -772,9 +773,7 @@ impl CounterState {
         self.replicas = self.sums_of_parts(&mut shares);
         self.value = GlobalTotals::default();
         for (region, share) in &mut shares {
-            if !self.cuts.is_empty()
-                && let Some(cut) = self.cuts.get(region)
-            {
+            if let Some(cut) = self.cuts.get(region) {
                 *share = minus(*share, *cut);
             }
             self.value.p += share.p;
