@@ -93,14 +93,7 @@ pub async fn prune(store: &dyn Store) -> Result<u64, StoreError> {
     let grace = i64::try_from(PRESENCE_GRACE_MS).unwrap_or(i64::MAX);
     let before =
         tally_crdt::Timestamp::from_unix_ms(crate::clock::now().unix_ms().saturating_sub(grace));
-    let mut deleted = 0;
-    loop {
-        let done = store.prune_presence(before, CHUNK).await?;
-        deleted += done;
-        if done < u64::from(CHUNK) {
-            return Ok(deleted);
-        }
-    }
+    in_chunks(|limit| store.prune_presence(before, limit)).await
 }
 
 /// One pass over the daily sketches: every day before the last `days` UTC days up to `now`'s
@@ -116,14 +109,7 @@ pub async fn prune_sketches(
         .minus_ms(u64::from(days.saturating_sub(1)) * 86_400_000)
         .day()
         .to_string();
-    let mut deleted = 0;
-    loop {
-        let done = store.prune_sketches(&first_kept, CHUNK).await?;
-        deleted += done;
-        if done < u64::from(CHUNK) {
-            return Ok(deleted);
-        }
-    }
+    in_chunks(|limit| store.prune_sketches(&first_kept, limit)).await
 }
 
 /// One pass over the retired replicas: the rows of those retired more than `days` days before
@@ -135,9 +121,19 @@ pub async fn prune_replicas(
     days: u32,
 ) -> Result<u64, StoreError> {
     let before = now.minus_ms(u64::from(days) * 86_400_000);
+    in_chunks(|limit| store.prune_replicas(before, limit)).await
+}
+
+/// Runs `chunk` (one delete of at most its argument's rows) until a chunk deletes fewer than
+/// [`CHUNK`]; answers how many rows went.
+async fn in_chunks<F, Fut>(mut chunk: F) -> Result<u64, StoreError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<u64, StoreError>>,
+{
     let mut deleted = 0;
     loop {
-        let done = store.prune_replicas(before, CHUNK).await?;
+        let done = chunk(CHUNK).await?;
         deleted += done;
         if done < u64::from(CHUNK) {
             return Ok(deleted);
