@@ -16,6 +16,7 @@ use tally_merger::store::{
 use tokio::sync::{mpsc, watch};
 
 use crate::common::incarnation;
+use crate::common::rows::*;
 
 /// How long a watcher may take to report a change: a catch-up round is 1 s, and a test waits
 /// at least 5x the longest it took under the test command's load (docs/testing.md).
@@ -29,53 +30,6 @@ async fn open(url: &str) -> PostgresStore {
     PostgresStore::open(url, Durability::Full)
         .await
         .expect("the store opens and migrates")
-}
-
-fn key(kind: CounterKind, id: &str) -> CounterKey {
-    CounterKey::new(kind, id).expect("valid counter id")
-}
-
-fn g(id: &str) -> CounterKey {
-    key(CounterKind::G, id)
-}
-
-fn replica(n: u128) -> ReplicaId {
-    ReplicaId::from_u128(n)
-}
-
-fn at(ms: i64) -> Timestamp {
-    Timestamp::from_unix_ms(ms)
-}
-
-fn registered(replica: ReplicaId, region: &str, ms: i64) -> ReplicaRow {
-    ReplicaRow {
-        replica,
-        region: region.to_owned(),
-        at: at(ms),
-    }
-}
-
-fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> SlotRow {
-    SlotRow {
-        key: key.clone(),
-        replica,
-        totals: SlotTotals { p, n },
-        at: at(ms),
-        visits: Vec::new(),
-        carried: SlotTotals::default(),
-    }
-}
-
-/// The totals of one slot as loaded.
-async fn loaded_totals(store: &PostgresStore, key: &CounterKey, r: ReplicaId) -> SlotTotals {
-    let counters = store.load(std::slice::from_ref(key)).await.expect("load");
-    let counter = counters.first().expect("the counter is stored");
-    counter
-        .slots
-        .iter()
-        .find(|s| s.replica == r)
-        .expect("the slot is stored")
-        .totals
 }
 
 /// 100 ids of 120 bytes starting with `fill`: a commit of them is too large to notify

@@ -11,12 +11,14 @@
 use std::sync::Arc;
 
 use sqlx::Connection;
-use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{CounterKind, GlobalTotals, SlotTotals};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{ReplicaRow, SlotRow, SnapshotRow, Store, StoredCounter};
+use tally_merger::store::{SlotRow, SnapshotRow, Store, StoredCounter};
+
+use crate::common::rows::*;
 
 /// A store under test, and what keeps its database alive.
 struct Backend {
@@ -97,53 +99,6 @@ macro_rules! contract {
             }
         }
     };
-}
-
-fn key(kind: CounterKind, id: &str) -> CounterKey {
-    CounterKey::new(kind, id).expect("valid counter id")
-}
-
-fn g(id: &str) -> CounterKey {
-    key(CounterKind::G, id)
-}
-
-fn replica(n: u128) -> ReplicaId {
-    ReplicaId::from_u128(n)
-}
-
-fn at(ms: i64) -> Timestamp {
-    Timestamp::from_unix_ms(ms)
-}
-
-fn registered(replica: ReplicaId, region: &str, ms: i64) -> ReplicaRow {
-    ReplicaRow {
-        replica,
-        region: region.to_owned(),
-        at: at(ms),
-    }
-}
-
-fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> SlotRow {
-    SlotRow {
-        key: key.clone(),
-        replica,
-        totals: SlotTotals { p, n },
-        at: at(ms),
-        visits: Vec::new(),
-        carried: SlotTotals::default(),
-    }
-}
-
-/// The totals of one slot as loaded.
-async fn loaded_totals(store: &dyn Store, key: &CounterKey, r: ReplicaId) -> SlotTotals {
-    let counters = store.load(std::slice::from_ref(key)).await.expect("load");
-    let counter = counters.first().expect("the counter is stored");
-    counter
-        .slots
-        .iter()
-        .find(|s| s.replica == r)
-        .expect("the slot is stored")
-        .totals
 }
 
 /// The ids of the counters of a page.

@@ -2,6 +2,8 @@
 //! builders, and the real binary on a loopback port (through the end-to-end harness).
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod rows;
+
 use std::path::Path;
 
 use axum::Router;
