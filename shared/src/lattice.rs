@@ -212,24 +212,26 @@ impl Slots {
         }
     }
 
+    /// The index of `region`'s group, added empty in its place if missing (for the caller to
+    /// fill: no group stays empty).
+    fn group_or_new(&mut self, region: &Region) -> usize {
+        self.group(region).unwrap_or_else(|g| {
+            let group = Group {
+                region: Arc::clone(region),
+                slots: Vec::new(),
+            };
+            self.0.insert(g, group);
+            g
+        })
+    }
+
     /// Adds a zero slot of `replica` (held nowhere yet) in `region`; answers where.
     fn insert(&mut self, region: &Region, replica: ReplicaId) -> (usize, usize) {
-        match self.group(region) {
-            Ok(g) => {
-                let group = &mut self.0[g];
-                let i = group.find(&replica).unwrap_err();
-                group.slots.insert(i, (replica, SlotTotals::default()));
-                (g, i)
-            }
-            Err(g) => {
-                let group = Group {
-                    region: Arc::clone(region),
-                    slots: alloc::vec![(replica, SlotTotals::default())],
-                };
-                self.0.insert(g, group);
-                (g, 0)
-            }
-        }
+        let g = self.group_or_new(region);
+        let group = &mut self.0[g];
+        let i = group.find(&replica).unwrap_err();
+        group.slots.insert(i, (replica, SlotTotals::default()));
+        (g, i)
     }
 
     /// `replica`'s slot.
@@ -381,14 +383,8 @@ impl CounterState {
             same
         });
         for (replica, region, totals) in live {
-            let g = match state.slots.group(&region) {
-                Ok(g) => g,
-                Err(g) => {
-                    let slots = Vec::new();
-                    state.slots.0.insert(g, Group { region, slots });
-                    g
-                }
-            };
+            // In replica order: each group's slots stay sorted.
+            let g = state.slots.group_or_new(&region);
             state.slots.0[g].slots.push((replica, totals));
         }
         for (region, cut) in cuts {
@@ -473,9 +469,9 @@ impl CounterState {
         sums
     }
 
-    /// Fills `sums` (what it held is overwritten; in no order) with the sums of every region that has a
-    /// slot, a carry or a base; answers how many live slots are not zero. One pass over each
-    /// region's slots.
+    /// Fills `sums` (what it held is overwritten; in no order) with the sums of every region
+    /// that has a slot, a carry or a base; answers how many live slots are not zero. One pass
+    /// over each region's slots.
     fn sums_of_parts(&self, sums: &mut Shares) -> usize {
         let mut replicas = 0;
         for (i, group) in self.slots.0.iter().enumerate() {
@@ -587,17 +583,10 @@ impl CounterState {
                 continue;
             }
             // The joins above changed slots, not groups: `held` still places this region.
-            match held {
-                Ok(g) => {
-                    let held = &mut self.slots.0[g].slots;
-                    held.extend(new);
-                    held.sort_by_key(|(replica, _)| *replica);
-                }
-                Err(g) => {
-                    let region = Arc::clone(&group.region);
-                    self.slots.0.insert(g, Group { region, slots: new });
-                }
-            }
+            let g = held.unwrap_or_else(|_| self.slots.group_or_new(&group.region));
+            let held = &mut self.slots.0[g].slots;
+            held.extend(new);
+            held.sort_by_key(|(replica, _)| *replica);
         }
     }
 
