@@ -376,10 +376,11 @@ pub fn decide_commit(
 }
 
 /// What a commit of `slots` and `carries` decides, for each counter with `pending`
-/// milestones as it stood before the commit (`before`, from the store's [`watched_keys`](crate::store::watched_keys)): both
-/// backends' commits. The carries join first: they are hits of incarnations before the
-/// senders', and a milestone they carry the count past was counted before (by an
-/// incarnation this store no longer knows the slot of) and is not decided here.
+/// milestones as it stood before the commit (`before`, from the store's
+/// [`watched_keys`](crate::store::watched_keys)): both backends' commits. The carries join
+/// first: they are hits of incarnations before the senders', and a milestone they carry the
+/// count past was counted before (by an incarnation this store no longer knows the slot of)
+/// and is not decided here.
 pub fn decide_batch<S: Borrow<SlotRow>>(
     pending: &BTreeMap<String, Vec<u64>>,
     before: &[StoredCounter],

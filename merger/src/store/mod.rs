@@ -544,8 +544,8 @@ pub trait HistoryStore: Send + Sync {
 pub trait PresenceStore: Send + Sync {
     /// Stores presence reports received at `received` (a batch of the commit task), in one
     /// statement, so one transaction: per id and reporter, a report replaces the stored one
-    /// only if its `seq` is higher ([`crate::presence::presence_rows`]). Nothing of the batch is stored if it
-    /// fails.
+    /// only if its `seq` is higher ([`crate::presence::presence_rows`]). Nothing of the batch
+    /// is stored if it fails.
     async fn report_presence_batch(
         &self,
         reports: &[PresenceReport],
