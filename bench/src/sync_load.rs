@@ -461,6 +461,7 @@ impl Replica {
                     totals: *totals,
                     visits: Vec::new(),
                     carried: SlotTotals::default(),
+                    frame: None,
                 })
                 .collect(),
         }

@@ -409,6 +409,7 @@ pub fn current_totals(
                 totals: row.own,
                 visits: row.visits,
                 carried: row.carried,
+                frame: None,
             })
         })
         .collect()
@@ -474,6 +475,7 @@ mod tests {
             updated_at: Some(at(5)),
             epoch: 0,
             milestones: None,
+            frame: None,
         }
     }
 
@@ -560,6 +562,7 @@ mod tests {
             totals: SlotTotals { p, n: 0 },
             visits: Vec::new(),
             carried: SlotTotals::default(),
+            frame: None,
         }
     }
 
@@ -571,6 +574,7 @@ mod tests {
             updated_at: None,
             epoch: 0,
             milestones: None,
+            frame: None,
         })
     }
 
@@ -764,6 +768,7 @@ mod tests {
             totals: SlotTotals { p, n: 0 },
             visits: Vec::new(),
             carried: SlotTotals { p: carried, n: 0 },
+            frame: None,
         };
         assert_eq!(
             current_totals(page.clone(), 1, &lineage(0)),

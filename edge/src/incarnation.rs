@@ -281,15 +281,12 @@ impl Incarnation {
     }
 
     /// The version of `POST /v1/retire` that retires `replica`: 4 for an incarnation of the
-    /// lineage (folded into the object's carry; a merger a release behind refuses it until
-    /// it is upgraded, rather than fold it where the carry would count it again), else
-    /// [`tally_crdt::PREVIOUS_VERSION`].
+    /// lineage (folded into the object's carry; a merger from before version 4 refuses it
+    /// until it is upgraded, rather than fold it where the carry would count it again), else
+    /// 3 (a merger from before carries folds it into its region's base). The oldest versions
+    /// that mean that: the body kept its shape since.
     pub fn retire_version(&self, replica: ReplicaId) -> u32 {
-        if self.lineage.names(replica) {
-            tally_crdt::PROTOCOL_VERSION
-        } else {
-            tally_crdt::PREVIOUS_VERSION
-        }
+        if self.lineage.names(replica) { 4 } else { 3 }
     }
 
     /// The merger acknowledged the retirement of `replica`: off the list. Returns whether it
@@ -482,7 +479,7 @@ mod tests {
         assert_eq!(inc.rotate(), legacy);
         assert_eq!(inc.replica, ReplicaId::lineage(fresh, 4));
         assert!(inc.lineage.holds(4));
-        assert_eq!(inc.retire_version(legacy), tally_crdt::PREVIOUS_VERSION);
+        assert_eq!(inc.retire_version(legacy), 3);
         inc.first_use(at(0));
         let four = inc.rotate();
         assert_eq!(inc.retire_version(four), 4);

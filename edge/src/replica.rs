@@ -499,6 +499,7 @@ impl Replica {
                     totals: entry.row.own,
                     visits: entry.row.visits.clone(),
                     carried: entry.row.carried,
+                    frame: None,
                 };
                 Ok(match i.exact.turn(key, now()) {
                     Turn::Lead { probe } => Step::Lead(update, probe),

@@ -1,13 +1,13 @@
 //! The counter lattice (`CounterState`) under fuzzer-chosen histories: hits in replicas of two
-//! regions, retirements (folds into the object's carry), objects re-sending their carries,
-//! and resets applied by one writer (the store), and views of that history as a merger's
+//! regions, retirements (folds into the object's carry), objects re-sending their carries or
+//! rebasing them into a later frame, and resets applied by one writer (the store), and views of that history as a merger's
 //! cache can hold them — a load at some step with slots of later commits and later carries
 //! applied to it, in either order.
 //!
 //! - join is commutative, associative and idempotent over those views;
 //! - the latest state dominates every view, and its value is exactly what was counted since
 //!   the last reset (totals near `u64::MAX` included: no panic, no wrap);
-//! - a fold or a re-sent carry keeps the value; within an epoch a join never lowers it.
+//! - a fold, a re-sent carry or a rebased one keeps the value; within an epoch a join never lowers it.
 #![no_main]
 
 use std::sync::Arc;
@@ -29,6 +29,8 @@ enum Op {
     Retire { object: u8 },
     /// Object `object % 6` re-sends its carry.
     Resend { object: u8 },
+    /// Object `object % 6` rebases its carry into its next frame and sends it.
+    Rebase { object: u8 },
     /// The counter is reset (or deleted).
     Reset { delete: bool },
 }
@@ -62,6 +64,8 @@ fuzz_target!(|input: Input| {
     let mut state = CounterState::new();
     let mut incarnation = [0u32; 6];
     let mut carried = [GlobalTotals::default(); 6];
+    let mut frame = [0u64; 6];
+    let mut reclaimed = [GlobalTotals::default(); 6];
     let mut counted = GlobalTotals::default();
     let mut states = vec![state.clone()];
     let mut folds: Vec<Fold> = Vec::new();
@@ -106,17 +110,26 @@ fuzz_target!(|input: Input| {
                     });
                 }
             }
-            Op::Resend { object } => {
+            Op::Resend { object } | Op::Rebase { object } => {
+                let rebase = matches!(op, Op::Rebase { .. });
                 let object = object % 6;
                 let i = usize::from(object);
+                if rebase {
+                    frame[i] += 1;
+                    reclaimed[i].p = reclaimed[i].p.saturating_add(carried[i].p);
+                    reclaimed[i].n = reclaimed[i].n.saturating_add(carried[i].n);
+                    carried[i] = GlobalTotals::default();
+                }
                 let carry = Carry {
                     region: region(object),
                     through: u64::from(incarnation[i]),
                     totals: carried[i],
+                    frame: frame[i],
+                    reclaimed: reclaimed[i],
                 };
                 let value = state.value();
                 state.merge_carry(id(object, incarnation[i]), &carry);
-                assert_eq!(state.value(), value, "a re-sent carry is known already");
+                assert_eq!(state.value(), value, "a re-sent or rebased carry keeps the value");
                 folds.push(Fold {
                     at: states.len(),
                     object: id(object, 0),

@@ -53,7 +53,7 @@ use tracing::{error, info, warn};
 use crate::clock::now;
 use crate::metrics::{Code, Metrics, Purpose};
 use crate::state::Db;
-use crate::store::{ReplicaRow, SlotRow, Store};
+use crate::store::{ReplicaRow, SlotRow, Store, sent_carry};
 use crate::views::ViewCache;
 
 /// A batch stops taking syncs once it holds this many slot totals.
@@ -592,6 +592,15 @@ impl CommitTask {
                                 if c.key.kind() == CounterKind::G {
                                     merged.milestones = committed.news.get(c.key.id()).cloned();
                                 }
+                                // An object that sent an earlier frame than the merger holds
+                                // (it forgot a rebased row) takes the later one up again.
+                                if job.request.version >= 5 {
+                                    let sent = c.frame.map_or(0, |f| f.epoch);
+                                    merged.frame = held
+                                        .counter(&c.key)
+                                        .frame_of(job.request.replica)
+                                        .filter(|f| f.epoch > sent);
+                                }
                                 SyncAnswer::Merged(merged)
                             }
                         })
@@ -680,7 +689,13 @@ impl CommitTask {
                     ..Best::default()
                 });
                 best.totals = best.totals.join(c.totals);
-                best.carried = best.carried.join(c.carried);
+                match (&mut best.carry, sent_carry(r.replica, c.carried, c.frame)) {
+                    (Some(carry), Some(sent)) => {
+                        carry.join(&sent);
+                    }
+                    (None, sent) => best.carry = sent,
+                    (Some(_), None) => {}
+                }
                 for v in &c.visits {
                     if !best.visits.iter().any(|have| have.end == v.end) {
                         best.visits.push(v.clone());
@@ -703,7 +718,7 @@ impl CommitTask {
                         totals: best.totals,
                         at,
                         visits: best.visits,
-                        carried: best.carried,
+                        carry: best.carry,
                     };
                     // The region the sync claims: its replica's of record, unless it moved.
                     // A carry held already is not written again (an object re-sends its
@@ -712,7 +727,7 @@ impl CommitTask {
                         .carry(&best.region)
                         .is_some_and(|(object, carry)| counter.carry_grows(object, &carry));
                     if !carry_grows {
-                        row.carried = SlotTotals::default();
+                        row.carry = None;
                     }
                     if counter.is_retired(replica) {
                         row.totals = SlotTotals::default();
@@ -737,7 +752,8 @@ struct Best {
     /// The region the first sync of it claimed.
     region: Arc<str>,
     totals: SlotTotals,
-    carried: SlotTotals,
+    /// The carries the syncs brought, joined.
+    carry: Option<tally_crdt::Carry>,
     visits: Vec<Visit>,
 }
 

@@ -215,7 +215,7 @@ mod tests {
                     totals: SlotTotals { p: 1, n: 0 },
                     at,
                     visits: Vec::new(),
-                    carried: SlotTotals::default(),
+                    carry: None,
                 }],
             )
             .await

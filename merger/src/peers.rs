@@ -91,7 +91,7 @@ mod tests {
             totals: SlotTotals { p, n: 0 },
             at: Timestamp::from_unix_ms(1),
             visits: Vec::new(),
-            carried: SlotTotals::default(),
+            carry: None,
         }
     }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 pub use tally_crdt::Epoch;
 use tally_crdt::{
-    Base, Carry, CounterKey, CounterState, GlobalTotals, Region, ReplicaId, SlotTotals, Timestamp,
-    Visit,
+    Base, Carry, CounterKey, CounterState, Frame, GlobalTotals, Region, ReplicaId, SlotTotals,
+    Timestamp, Visit,
 };
 
 /// One replica's metadata to record: its region (kept from the first sync) and when it synced.
@@ -38,18 +38,30 @@ pub struct SlotRow {
     /// Hits of the slot that carried a visitor key (near a milestone only; usually empty):
     /// a winner among them gets its key recorded.
     pub visits: Vec<Visit>,
-    /// What the sync carried of the replica's object ([`tally_crdt::SlotUpdate::carried`]):
-    /// the sums of the final slots of its generations below the replica's. Zero for none.
-    pub carried: SlotTotals,
+    /// What the sync carried of the replica's object ([`tally_crdt::SlotUpdate::carried`], in
+    /// its [`frame`](tally_crdt::SlotUpdate::frame)): the sums of the final slots of its
+    /// generations below the replica's ([`sent_carry`]). `None` for none.
+    pub carry: Option<Carry>,
+}
+
+/// The carry a sync of `replica` brings (`carried` in `frame`, [`Carry::sent`]), for
+/// [`SlotRow::carry`]; `None` when it brings none. Its region is left empty: a row's carry
+/// takes the region of record of its replica when it is written.
+pub fn sent_carry(replica: ReplicaId, carried: SlotTotals, frame: Option<Frame>) -> Option<Carry> {
+    (carried != SlotTotals::default() || frame.is_some())
+        .then(|| Carry::sent(replica, Region::from(""), carried, frame))
 }
 
 impl SlotRow {
-    /// The carry this row brings, with the region of record of its replica: the object's
-    /// generations below the replica's, at the sums the sync carried. `None` when it carried
-    /// nothing.
+    /// The carry this row brings, with the region of record of its replica (`region`): the
+    /// object's generations below the replica's, at the sums the sync carried. `None` when
+    /// it carried nothing.
     pub fn carry(&self, region: &Region) -> Option<(ReplicaId, Carry)> {
-        (self.carried != SlotTotals::default()).then(|| {
-            let carry = Carry::sent(self.replica, Arc::clone(region), self.carried);
+        self.carry.as_ref().map(|carry| {
+            let carry = Carry {
+                region: Arc::clone(region),
+                ..carry.clone()
+            };
             (self.replica.object(), carry)
         })
     }

@@ -27,7 +27,7 @@ use axum::body::Bytes;
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
 use tally_crdt::{
-    Carry, CounterKey, CounterState, GlobalTotals, MergedCounter, MilestoneNews, ReplicaId,
+    Carry, CounterKey, CounterState, Frame, GlobalTotals, MergedCounter, MilestoneNews, ReplicaId,
     SlotTotals, Timestamp,
 };
 
@@ -118,6 +118,20 @@ impl Counter {
             .is_none_or(|held| !held.covers(carry))
     }
 
+    /// The frame of `object`'s carry, when it was rebased ([`tally_crdt::Frame`]): what a
+    /// version-5 sync answer tells an object that sent an earlier one.
+    pub fn frame_of(&self, object: ReplicaId) -> Option<Frame> {
+        let held = self.state.carries().get(&object.object())?;
+        let narrow = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        (held.frame > 0).then(|| Frame {
+            epoch: held.frame,
+            reclaimed: SlotTotals {
+                p: narrow(held.reclaimed.p),
+                n: narrow(held.reclaimed.n),
+            },
+        })
+    }
+
     /// The counter as the store holds it.
     fn from_stored(stored: &StoredCounter) -> Counter {
         let mut counter = Counter::default();
@@ -197,6 +211,7 @@ impl Counter {
             updated_at: self.updated_at,
             epoch: self.epoch().number,
             milestones: None,
+            frame: None,
         }
     }
 }
@@ -798,7 +813,7 @@ mod tests {
             totals: SlotTotals { p, n },
             at: ms(at),
             visits: Vec::new(),
-            carried: SlotTotals::default(),
+            carry: None,
         }
     }
 
@@ -1057,6 +1072,7 @@ mod tests {
                 region: Arc::from("eu"),
                 through,
                 totals: GlobalTotals { p, n: 0 },
+                ..Carry::default()
             },
             at: ms(10),
         }
@@ -1151,9 +1167,15 @@ mod tests {
 
     /// A sync of `x` by `replica` at `p` that carried `carried`.
     fn carrying(replica: u128, p: u64, carried: u64) -> SlotRow {
+        let row = slot("x", replica, p, 0, 30);
         SlotRow {
-            carried: SlotTotals { p: carried, n: 0 },
-            ..slot("x", replica, p, 0, 30)
+            carry: Some(Carry::sent(
+                row.replica,
+                tally_crdt::Region::from("eu"),
+                SlotTotals { p: carried, n: 0 },
+                None,
+            )),
+            ..row
         }
     }
 

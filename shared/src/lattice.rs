@@ -14,7 +14,9 @@
 //!   in the carry and never live again. The merger writes a carry when it retires an
 //!   incarnation, and the object itself keeps one per counter and re-sends it with every sync
 //!   of that counter: a merger restored from an old backup gets back, from the edge, what
-//!   every rotated-away incarnation counted;
+//!   every rotated-away incarnation counted. A carry counts in a *frame*: an object may
+//!   rebase the carry of a counter nobody counts any more into a later one, where what it
+//!   carried is `reclaimed` and its totals start again ([`Carry`]);
 //! - `bases`: per region, the sums of the final slots of replicas retired before carries
 //!   existed, with those replicas (their tombstones); stores keep them as they were, nothing
 //!   writes them any more;
@@ -22,9 +24,10 @@
 //!
 //! Every change is a join with a small state, so any two views of a counter merge in any
 //! order, any number of times, and a change applied twice or late is still right:
-//! [`join`](CounterState::join) takes per object the max of each part of the carries (a
-//! carry's sums are lower bounds of what its generations counted, which only grows with the
-//! generation, so the max never counts a hit twice), per region the base that holds more
+//! [`join`](CounterState::join) takes per object the carry of the later frame, and within a
+//! frame the max of each part (a carry's sums are lower bounds of what its generations
+//! counted, which only grows with the generation, so the max never counts a hit twice), per
+//! region the base that holds more
 //! retired replicas, the max per live replica of the slots (a slot in a carry or a base
 //! goes), and the later epoch with its cuts. The laws —
 //! commutative, associative, idempotent, a value that never goes back within an epoch, a fold
@@ -69,39 +72,77 @@ pub struct Epoch {
 /// One edge object's incarnations before generation `through`: the sums of their final
 /// slots, as far as the writer knew them (a lower bound: a merger restored from a backup may
 /// fold less than was counted, and the object's own carry, re-sent, raises it).
+///
+/// A carry counts in a *frame*. An object that holds a counter nobody counts any more (reset
+/// or deleted, nothing since) can *rebase* its carry into a later frame: what it carried
+/// becomes `reclaimed`, fixed for the frame, and `totals` start again from zero, so that the
+/// object can forget its row and the merger its carry once no restore or replay can need
+/// them (protocol version 5, [`Frame`](crate::Frame)). The sums a carry adds to its region
+/// are `reclaimed + totals` in every frame, so a rebase changes no count. Of two carries of
+/// one object the later frame's wins whole (its `reclaimed` holds everything the earlier
+/// frames counted); within a frame each part takes its max.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Carry {
     /// The object's region of record.
     pub region: Region,
     /// Every generation below this one is in the sums.
     pub through: u64,
-    /// The sums of their final slots.
+    /// The sums of their final slots counted in this frame.
     pub totals: GlobalTotals,
+    /// The frame: 0 until the object first rebased this carry, then the epoch it rebased in.
+    pub frame: u64,
+    /// What the carry held when it was rebased into `frame` (zero in frame 0): still counted,
+    /// no longer re-sent by the object.
+    pub reclaimed: GlobalTotals,
 }
 
 impl Carry {
     /// The carry a sync of `sender` (of `region`) brings with a counter's slot: `carried`,
     /// the sums of the final slots of the generations of `sender`'s object below its own
-    /// ([`SlotUpdate::carried`](crate::SlotUpdate::carried)). Merged into the object's carry
-    /// ([`CounterState::merge_carry`] takes `sender` for its object).
-    pub fn sent(sender: ReplicaId, region: Region, carried: SlotTotals) -> Carry {
+    /// ([`SlotUpdate::carried`](crate::SlotUpdate::carried)), counted in `frame`
+    /// ([`SlotUpdate::frame`](crate::SlotUpdate::frame); `None`: frame 0). Merged into the
+    /// object's carry ([`CounterState::merge_carry`] takes `sender` for its object).
+    pub fn sent(
+        sender: ReplicaId,
+        region: Region,
+        carried: SlotTotals,
+        frame: Option<crate::Frame>,
+    ) -> Carry {
+        let wide = |t: SlotTotals| GlobalTotals {
+            p: u128::from(t.p),
+            n: u128::from(t.n),
+        };
         Carry {
             region,
             through: u64::from(sender.generation()),
-            totals: GlobalTotals {
-                p: u128::from(carried.p),
-                n: u128::from(carried.n),
-            },
+            totals: wide(carried),
+            frame: frame.map_or(0, |f| f.epoch),
+            reclaimed: frame.map_or_else(GlobalTotals::default, |f| wide(f.reclaimed)),
         }
     }
 
-    /// Each part's max: a later generation's sums are at least an earlier one's, so the
-    /// result is still a lower bound of what its generations counted.
-    fn join(&mut self, other: &Carry) -> bool {
-        let joined = Carry {
-            region: core::cmp::max(&self.region, &other.region).clone(),
-            through: self.through.max(other.through),
-            totals: self.totals.join(other.totals),
+    /// What the carry adds to its region's sums: `reclaimed + totals`.
+    pub fn sums(&self) -> GlobalTotals {
+        GlobalTotals {
+            p: self.reclaimed.p.saturating_add(self.totals.p),
+            n: self.reclaimed.n.saturating_add(self.totals.n),
+        }
+    }
+
+    /// The later frame's carry whole; within one frame each part's max (a later
+    /// generation's sums are at least an earlier one's, so the result is still a lower bound
+    /// of what its generations counted). Returns whether `self` changed.
+    pub fn join(&mut self, other: &Carry) -> bool {
+        let joined = match other.frame.cmp(&self.frame) {
+            Ordering::Less => return false,
+            Ordering::Greater => other.clone(),
+            Ordering::Equal => Carry {
+                region: core::cmp::max(&self.region, &other.region).clone(),
+                through: self.through.max(other.through),
+                totals: self.totals.join(other.totals),
+                frame: self.frame,
+                reclaimed: self.reclaimed.join(other.reclaimed),
+            },
         };
         let grew = joined != *self;
         *self = joined;
@@ -493,8 +534,9 @@ impl CounterState {
         for carry in self.carries.values() {
             let i = index_of(sums, &carry.region);
             let sum = &mut sums[i].1;
-            sum.p = sum.p.saturating_add(carry.totals.p);
-            sum.n = sum.n.saturating_add(carry.totals.n);
+            let carried = carry.sums();
+            sum.p = sum.p.saturating_add(carried.p);
+            sum.n = sum.n.saturating_add(carried.n);
         }
         for (region, base) in &self.bases {
             let i = index_of(sums, region);
@@ -670,8 +712,7 @@ impl CounterState {
         let (_, region) = first?;
         let mut carry = carry.unwrap_or_else(|| Carry {
             region: Arc::clone(region),
-            through: 0,
-            totals: GlobalTotals::default(),
+            ..Carry::default()
         });
         carry.totals.p = carry.totals.p.saturating_add(sums.p);
         carry.totals.n = carry.totals.n.saturating_add(sums.n);
@@ -998,6 +1039,7 @@ mod tests {
             region: eu(),
             through: 3,
             totals: g(15, 0),
+            ..Carry::default()
         };
         restored.merge_carry(inc(1, 0), &carry);
         restored.merge_slot(inc(1, 3), &eu(), t(2, 0));
@@ -1017,6 +1059,55 @@ mod tests {
         assert_eq!(lossy.carries()[&inc(1, 0)].totals, g(1, 0));
         lossy.merge_carry(inc(1, 3), &carry);
         assert_eq!(lossy.value(), g(15, 0));
+    }
+
+    #[test]
+    fn a_rebased_carry_keeps_the_count_and_an_earlier_frame_changes_nothing() {
+        // Object 1 counted 7 in generation 0 and 5 in generation 1, both retired into its
+        // carry; then the counter was deleted, and nothing counted since.
+        let mut store = CounterState::new();
+        store.merge_slot(inc(1, 0), &eu(), t(7, 0));
+        store.retire(inc(1, 0));
+        store.merge_slot(inc(1, 1), &eu(), t(5, 0));
+        store.retire(inc(1, 1));
+        let before = store.clone();
+        store.reset(Timestamp::from_unix_ms(1), true);
+        assert_eq!(store.value(), g(0, 0));
+        // At generation 2 the object rebases: its carry of 12 is reclaimed in frame 1.
+        let rebased = Carry::sent(
+            inc(1, 2),
+            eu(),
+            t(0, 0),
+            Some(crate::Frame {
+                epoch: 1,
+                reclaimed: t(12, 0),
+            }),
+        );
+        assert!(store.merge_carry(inc(1, 2), &rebased));
+        assert_eq!(store.value(), g(0, 0), "a rebase changes no count");
+        assert_eq!(store.carries()[&inc(1, 0).object()].sums(), g(12, 0));
+        // A late copy of the carry of frame 0 changes nothing; a hit counts from the cut.
+        let old = Carry::sent(inc(1, 2), eu(), t(12, 0), None);
+        assert!(!store.merge_carry(inc(1, 2), &old));
+        store.merge_slot(inc(1, 2), &eu(), t(3, 0));
+        store.retire(inc(1, 2));
+        assert_eq!(store.value(), g(3, 0));
+        let carry = &store.carries()[&inc(1, 0).object()];
+        assert_eq!(
+            (carry.frame, carry.totals, carry.reclaimed),
+            (1, g(3, 0), g(12, 0))
+        );
+        // A store restored from before the rebase takes it whole when the object re-sends it.
+        let mut restored = before;
+        restored.reset(Timestamp::from_unix_ms(1), true);
+        restored.merge_carry(
+            inc(1, 3),
+            &Carry {
+                through: 3,
+                ..carry.clone()
+            },
+        );
+        assert_eq!(restored.value(), g(3, 0));
     }
 
     #[test]

@@ -68,6 +68,7 @@
 //!         totals: SlotTotals { p: at_paris.get(paris), n: 0 },
 //!         visits: Vec::new(),
 //!         carried: SlotTotals::default(),
+//!         frame: None,
 //!     }],
 //! };
 //! sync.validate()?;
@@ -121,7 +122,7 @@ pub use presence::{
 pub use receipt::{RECEIPT_LEN, Receipt};
 pub use replica::ReplicaId;
 pub use sync::{
-    CounterKind, ErrorBody, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
+    CounterKind, ErrorBody, Frame, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
     MIN_PROTOCOL_VERSION, MergedCounter, MilestoneNews, MilestoneWon, PREVIOUS_VERSION,
     PROTOCOL_VERSION, ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse,
     SlotTotals, SlotUpdate, SyncAnswer, SyncRequest, SyncResponse, Visit, check_visitor,

@@ -29,8 +29,10 @@ use crate::{CounterKey, Error, ReplicaId, Timestamp};
 /// counter blocks no other) and adds `POST /v1/read` and `POST /v1/retire`; version 3 adds
 /// `visits` to a sync's slots (hits near a milestone that carried a visitor key); version 4
 /// adds `carried` to a sync's slots (the sender object's earlier incarnations, see
-/// [`SlotUpdate::carried`]) and retires an incarnation into its object's carry.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// [`SlotUpdate::carried`]) and retires an incarnation into its object's carry; version 5 adds
+/// `frame` to a sync's slots (a carry rebased into a later frame, [`Frame`]) and to its
+/// answers.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The version before [`PROTOCOL_VERSION`]. An edge sends it for every body whose shape did
 /// not change since (reads, presence reports and sketches, retirements of incarnations from
@@ -38,7 +40,7 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// ([`SyncRequest::version_for`]), so that a merger one release behind still takes them during
 /// a rolling deploy; the frozen bodies of `shared/tests/protocol/` hold each version to its
 /// shape.
-pub const PREVIOUS_VERSION: u32 = 3;
+pub const PREVIOUS_VERSION: u32 = 4;
 
 /// The oldest version a merger still accepts, so an edge one version behind keeps syncing
 /// during a rolling deploy (mergers are deployed first). A version-1 sync is all or nothing.
@@ -146,6 +148,7 @@ impl SlotTotals {
 ///         totals: SlotTotals { p: 715, n: 0 },
 ///         visits: Vec::new(),
 ///         carried: SlotTotals::default(),
+///         frame: None,
 ///     }],
 /// };
 /// sync.validate()?;
@@ -177,10 +180,12 @@ pub(crate) struct RawSync {
 }
 
 impl SyncRequest {
-    /// The oldest version that carries `counters`: 4 when a slot carries a carry, 3 when one
-    /// carries visits, else 2.
+    /// The oldest version that carries `counters`: 5 when a slot's carry is rebased into a
+    /// frame, 4 when a slot carries a carry, 3 when one carries visits, else 2.
     pub fn version_for(counters: &[SlotUpdate]) -> u32 {
-        if counters.iter().any(|c| c.carried != SlotTotals::default()) {
+        if counters.iter().any(|c| c.frame.is_some()) {
+            5
+        } else if counters.iter().any(|c| c.carried != SlotTotals::default()) {
             4
         } else if counters.iter().any(|c| !c.visits.is_empty()) {
             3
@@ -190,13 +195,22 @@ impl SyncRequest {
     }
 
     /// The same sync one version down, for a merger a release behind (a rolling deploy in the
-    /// wrong order): without carries (they only heal a restored merger), then without visits
-    /// (a winner's record then names no visitor). The slots' totals are the same. `None` at
-    /// version 2.
+    /// wrong order): carries in frame 0 (a rebased carry sends what it reclaimed and what it
+    /// carried since as one carry, as before frames: the same sums), then without carries
+    /// (they only heal a restored merger), then without visits (a winner's record then names
+    /// no visitor). The slots' totals are the same. `None` at version 2.
     #[must_use]
     pub fn downgraded(&self) -> Option<SyncRequest> {
         let mut older = self.clone();
         match self.version {
+            5 => older.counters.iter_mut().for_each(|c| {
+                if let Some(frame) = c.frame.take() {
+                    c.carried = SlotTotals {
+                        p: c.carried.p.saturating_add(frame.reclaimed.p),
+                        n: c.carried.n.saturating_add(frame.reclaimed.n),
+                    };
+                }
+            }),
             4 => older
                 .counters
                 .iter_mut()
@@ -250,6 +264,34 @@ pub struct SlotUpdate {
     /// object's rotated-away incarnations counted. Zero, and left out of the JSON, when the
     /// object counted nothing of this counter before.
     pub carried: SlotTotals,
+    /// Version 5: the frame `carried` counts in, when the object rebased its carry of this
+    /// counter ([`Frame`]); `None`, and left out of the JSON, for frame 0.
+    pub frame: Option<Frame>,
+}
+
+/// A carry rebased into a later frame (protocol version 5). An object that holds a counter
+/// nobody counts any more (reset or deleted, nothing counted since) moves what it carried
+/// into `reclaimed`, fixed for the frame, and carries from zero again, so that it can forget
+/// the counter's row once no restore could need it. The merger counts `reclaimed` and the
+/// carry together, as before ([`Carry`](crate::Carry)); a carry of a later frame replaces an
+/// earlier one whole, and one of an earlier frame than the merger holds changes nothing.
+///
+/// # Examples
+///
+/// ```
+/// use tally_crdt::{Frame, SlotTotals};
+///
+/// let frame = Frame { epoch: 2, reclaimed: SlotTotals { p: 718, n: 0 } };
+/// assert_eq!(serde_json::to_string(&frame).unwrap(), r#"{"epoch":2,"reclaimed":{"p":718}}"#);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    /// The frame: the counter's epoch when the object rebased (at least 1).
+    pub epoch: u64,
+    /// What the object carried then: the sums of the final slots of its generations before.
+    #[serde(default, skip_serializing_if = "is_zero_totals")]
+    pub reclaimed: SlotTotals,
 }
 
 /// Longest visitor key, in bytes.
@@ -310,6 +352,8 @@ pub(crate) struct SlotWire {
     visits: Vec<Visit>,
     #[serde(default, skip_serializing_if = "is_zero_totals")]
     carried: SlotTotals,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frame: Option<Frame>,
 }
 
 fn is_zero_totals(totals: &SlotTotals) -> bool {
@@ -324,6 +368,7 @@ impl TryFrom<SlotWire> for SlotUpdate {
             totals: SlotTotals { p: w.p, n: w.n },
             visits: w.visits,
             carried: w.carried,
+            frame: w.frame,
         })
     }
 }
@@ -337,6 +382,7 @@ impl From<SlotUpdate> for SlotWire {
             n: u.totals.n,
             visits: u.visits,
             carried: u.carried,
+            frame: u.frame,
         }
     }
 }
@@ -375,6 +421,8 @@ struct AnswerWire {
     epoch: u64,
     #[serde(default)]
     milestones: Option<MilestoneNews>,
+    #[serde(default)]
+    frame: Option<Frame>,
     error: Option<ErrorBody>,
 }
 
@@ -391,6 +439,7 @@ impl TryFrom<AnswerWire> for SyncAnswer {
                 updated_at: w.updated_at,
                 epoch: w.epoch,
                 milestones: w.milestones,
+                frame: w.frame,
             })),
             _ => Err(Error::Malformed(
                 "an answer has either `error`, or `global` and `recorded`".into(),
@@ -481,6 +530,7 @@ impl From<&Error> for ErrorBody {
 ///     updated_at: None,
 ///     epoch: 0,
 ///     milestones: None,
+///     frame: None,
 /// };
 /// assert_eq!(merged.estimate(SlotTotals { p: 25, n: 0 })?, 705);
 /// # Ok::<(), tally_crdt::Error>(())
@@ -505,6 +555,10 @@ pub struct MergedCounter {
     /// Sync answers only, for a counter with milestones pending or won in the last minute:
     /// what the edge needs for its exact path (left out of the JSON otherwise).
     pub milestones: Option<MilestoneNews>,
+    /// Version-5 sync answers only: the frame of the sender object's carry of this counter
+    /// at the merger, when later than the one the sync sent (an object that forgot a
+    /// rebased row takes it up again); left out of the JSON otherwise.
+    pub frame: Option<Frame>,
 }
 
 /// A counter's milestones as a sync answer tells them (docs/milestones.md): the next one
@@ -548,6 +602,8 @@ struct MergedWire {
     epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     milestones: Option<MilestoneNews>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frame: Option<Frame>,
 }
 
 impl TryFrom<MergedWire> for MergedCounter {
@@ -560,6 +616,7 @@ impl TryFrom<MergedWire> for MergedCounter {
             updated_at: w.updated_at,
             epoch: w.epoch,
             milestones: w.milestones,
+            frame: w.frame,
         })
     }
 }
@@ -574,6 +631,7 @@ impl From<MergedCounter> for MergedWire {
             updated_at: m.updated_at,
             epoch: m.epoch,
             milestones: m.milestones,
+            frame: m.frame,
         }
     }
 }
@@ -610,14 +668,14 @@ impl MergedCounter {
 /// read.validate()?;
 /// assert_eq!(
 ///     serde_json::to_string(&read).unwrap(),
-///     r#"{"version":3,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
+///     r#"{"version":4,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
 /// );
 /// # Ok::<(), tally_crdt::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawRead")]
 pub struct ReadRequest {
-    /// 2 to 4 (reads exist since version 2, and keep their shape; an edge sends
+    /// 2 to 5 (reads exist since version 2, and keep their shape; an edge sends
     /// [`PREVIOUS_VERSION`]).
     pub version: u32,
     /// The asking replica, whose recorded slot each answer carries; `None` for a plain read.
@@ -684,11 +742,12 @@ pub struct ReadResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetireRequest {
-    /// 2 to 4 (retirement exists since version 2 and keeps its shape). A version-4 merger
-    /// folds the incarnation's slots into its object's [`Carry`](crate::Carry) whatever the
-    /// version; an edge sends 4 for an incarnation of a lineage ([`ReplicaId::lineage`]), so
-    /// that a merger a release behind, which would fold it into a region's base where the
-    /// object's own carry would count it again, refuses it until it is upgraded.
+    /// 2 to 5 (retirement exists since version 2 and keeps its shape). A merger of version 4
+    /// or later folds the incarnation's slots into its object's [`Carry`](crate::Carry)
+    /// whatever the version; an edge sends 4 for an incarnation of a lineage
+    /// ([`ReplicaId::lineage`]), so that a merger from before version 4, which would fold it
+    /// into a region's base where the object's own carry would count it again, refuses it
+    /// until it is upgraded.
     pub version: u32,
     /// The incarnation whose slots are final.
     pub replica: ReplicaId,
@@ -836,6 +895,7 @@ mod tests {
             updated_at: None,
             epoch: 0,
             milestones: None,
+            frame: None,
         }
     }
 
@@ -926,6 +986,7 @@ mod tests {
             totals: SlotTotals { p: 3, n: 0 },
             visits: Vec::new(),
             carried: SlotTotals::default(),
+            frame: None,
         };
         assert_eq!(
             serde_json::to_string(&u).unwrap(),

@@ -140,6 +140,20 @@ impl SyncRequest {
                 "carried totals are part of protocol version 4".into(),
             ));
         }
+        if self.version < 5 && self.counters.iter().any(|c| c.frame.is_some()) {
+            return Err(Error::Malformed(
+                "frames are part of protocol version 5".into(),
+            ));
+        }
+        if self
+            .counters
+            .iter()
+            .any(|c| c.frame.is_some_and(|f| f.epoch == 0))
+        {
+            return Err(Error::Malformed(
+                "a frame's epoch is at least 1 (frame 0 is sent as no frame)".into(),
+            ));
+        }
         if self.version < 2
             && let Some(e) = self.counters.iter().find_map(Self::counter_error)
         {
@@ -162,6 +176,15 @@ impl SyncRequest {
             return Some(Error::DecrementOnCounter {
                 id: update.key.id().to_string(),
                 n: update.carried.n,
+            });
+        }
+        if let Some(frame) = update.frame
+            && update.key.kind() == CounterKind::G
+            && frame.reclaimed.n != 0
+        {
+            return Some(Error::DecrementOnCounter {
+                id: update.key.id().to_string(),
+                n: frame.reclaimed.n,
             });
         }
         if update.visits.is_empty() {

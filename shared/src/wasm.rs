@@ -230,7 +230,7 @@ impl JsCounterState {
         n: js_sys::BigInt,
     ) -> Result<bool, JsValue> {
         let sender = replica(replica_id)?;
-        let carry = crate::Carry::sent(sender, crate::Region::from(region), totals(p, n)?);
+        let carry = crate::Carry::sent(sender, crate::Region::from(region), totals(p, n)?, None);
         Ok(self.0.merge_carry(sender, &carry))
     }
 

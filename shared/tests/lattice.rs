@@ -1,11 +1,11 @@
 //! The laws of [`CounterState`], checked by proptest over random histories of one counter:
 //! hits in replicas of several regions, retirements (folds into the object's carry), the
-//! objects re-sending their own carries, and resets, applied one at a time as the store
-//! applies them. Its views are what the parts of tally can hold: the
+//! objects re-sending their own carries, objects rebasing their carries into a later frame,
+//! and resets, applied one at a time as the store applies them. Its views are what the parts of tally can hold: the
 //! store at some moment, or such a load with slots of later commits merged into it (a
 //! merger's cache). Over those views `join` is commutative, associative and idempotent; the
 //! latest state dominates every view; the value never goes back within an epoch; a fold
-//! keeps the value; `merge_slot` is a join with one slot; the value is exactly what was
+//! and a rebase keep the value; `merge_slot` is a join with one slot; the value is exactly what was
 //! counted since the last reset; and a store restored to any earlier state comes back to it
 //! once every object re-sends its live slot and its carry (what the edge's anti-entropy does).
 #![cfg(not(target_arch = "wasm32"))]
@@ -25,6 +25,9 @@ enum Op {
     Retire { replica: u8 },
     /// Object `replica` re-sends its carry, as its syncs do.
     Resend { replica: u8 },
+    /// Object `replica` rebases its carry into its next frame (what it carried is reclaimed,
+    /// its carry starts again from zero) and sends it.
+    Rebase { replica: u8 },
     /// The counter is reset (or deleted).
     Reset { delete: bool },
 }
@@ -34,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..6u8, 0..50u64, 0..50u64).prop_map(|(replica, p, n)| Op::Hit { replica, p, n }),
         1 => (0..6u8).prop_map(|replica| Op::Retire { replica }),
         1 => (0..6u8).prop_map(|replica| Op::Resend { replica }),
+        1 => (0..6u8).prop_map(|replica| Op::Rebase { replica }),
         1 => any::<bool>().prop_map(|delete| Op::Reset { delete }),
     ]
 }
@@ -58,6 +62,9 @@ fn object_of(id: ReplicaId) -> u128 {
 struct Edge {
     incarnation: [u8; 6],
     carried: [GlobalTotals; 6],
+    /// Per object, the frame of its carry and what it reclaimed into it.
+    frame: [u64; 6],
+    reclaimed: [GlobalTotals; 6],
 }
 
 impl Edge {
@@ -69,6 +76,8 @@ impl Edge {
             region: region(replica),
             through: u64::from(self.incarnation[r]),
             totals: self.carried[r],
+            frame: self.frame[r],
+            reclaimed: self.reclaimed[r],
         };
         (object, carry)
     }
@@ -151,6 +160,22 @@ fn history(ops: &[Op]) -> History {
                 let value = state.value();
                 state.merge_carry(object, &carry);
                 assert_eq!(state.value(), value, "a re-sent carry is known already");
+                folds.push(Fold {
+                    at: states.len(),
+                    object,
+                    carry,
+                });
+            }
+            Op::Rebase { replica } => {
+                let i = usize::from(replica);
+                edge.frame[i] += 1;
+                edge.reclaimed[i].p += edge.carried[i].p;
+                edge.reclaimed[i].n += edge.carried[i].n;
+                edge.carried[i] = GlobalTotals::default();
+                let (object, carry) = edge.carry(replica);
+                let value = state.value();
+                state.merge_carry(object, &carry);
+                assert_eq!(state.value(), value, "a rebase keeps the value");
                 folds.push(Fold {
                     at: states.len(),
                     object,

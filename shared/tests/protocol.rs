@@ -12,9 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tally_crdt::{
-    CounterKey, CounterKind, PROTOCOL_VERSION, PresenceRead, PresenceReport, PresenceResponse,
-    ReadRequest, ReadResponse, ReplicaId, RetireRequest, RetireResponse, SketchRead,
-    SketchResponse, SketchSync, SlotTotals, SlotUpdate, SyncRequest, SyncResponse, Visit,
+    CounterKey, CounterKind, Frame, PROTOCOL_VERSION, PresenceRead, PresenceReport,
+    PresenceResponse, ReadRequest, ReadResponse, ReplicaId, RetireRequest, RetireResponse,
+    SketchRead, SketchResponse, SketchSync, SlotTotals, SlotUpdate, SyncRequest, SyncResponse,
+    Visit,
 };
 
 fn frozen(name: &str) -> Value {
@@ -129,7 +130,7 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
     let key = |kind, id: &str| CounterKey::new(kind, id).expect("a valid id");
     let sync = SyncRequest {
         version: PROTOCOL_VERSION,
-        replica: ReplicaId::lineage(ReplicaId::from_u128(9 << 32), 2),
+        replica: ReplicaId::lineage(ReplicaId::from_u128(9 << 32), 3),
         region: "eu".into(),
         counters: vec![
             SlotUpdate {
@@ -138,28 +139,33 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
                 visits: vec![Visit {
                     end: 3,
                     delta: 1,
-                    visitor: "user-43".into(),
+                    visitor: "user-44".into(),
                 }],
-                carried: SlotTotals { p: 715, n: 0 },
+                carried: SlotTotals { p: 2, n: 0 },
+                frame: Some(Frame {
+                    epoch: 1,
+                    reclaimed: SlotTotals { p: 718, n: 0 },
+                }),
             },
             SlotUpdate {
                 key: key(CounterKind::Pn, "viewers"),
                 totals: SlotTotals { p: 2, n: 1 },
                 visits: Vec::new(),
-                carried: SlotTotals { p: 4, n: 2 },
+                carried: SlotTotals { p: 6, n: 3 },
+                frame: None,
             },
         ],
     };
-    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 12);
+    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 14);
     assert_eq!(serde_json::to_value(&sync).unwrap(), frozen(&newest));
     assert_eq!(
         SyncRequest::version_for(&sync.counters),
         PROTOCOL_VERSION,
-        "carries need the newest version"
+        "frames need the newest version"
     );
     // One version down at a time, each the oldest version that carries what is left.
     let mut older = sync.clone();
-    for version in [3, 2] {
+    for version in [4, 3, 2] {
         older = older.downgraded().expect("a version to go down to");
         assert_eq!(older.version, version);
         assert_eq!(SyncRequest::version_for(&older.counters), older.version);
@@ -170,7 +176,12 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
         );
     }
     assert!(older.downgraded().is_none());
-    for version in [2, 3] {
+    // In version 4 a rebased carry goes as one carry again: what it reclaimed and carried.
+    assert_eq!(
+        sync.downgraded().unwrap().counters[0].carried,
+        SlotTotals { p: 720, n: 0 }
+    );
+    for version in [2, 3, 4] {
         let mut mislabelled = sync.clone();
         mislabelled.version = version;
         assert!(matches!(

@@ -45,12 +45,14 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
                     totals: SlotTotals { p: 715, n: 0 },
                     visits: Vec::new(),
                     carried: SlotTotals::default(),
+                    frame: None,
                 },
                 SlotUpdate {
                     key: CounterKey::new(CounterKind::Pn, "viewers").unwrap(),
                     totals: SlotTotals { p: 10, n: 3 },
                     visits: Vec::new(),
                     carried: SlotTotals::default(),
+                    frame: None,
                 },
             ],
         }

@@ -118,6 +118,7 @@ async fn fill_client(
                         totals: SlotTotals { p: 1, n: 0 },
                         visits: Vec::new(),
                         carried: SlotTotals::default(),
+                        frame: None,
                     }
                 })
                 .collect(),

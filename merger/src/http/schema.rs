@@ -216,16 +216,16 @@ scalar!(
 scalar!(
     /// The protocol versions a sync may speak (`MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`).
     SyncVersion => {
-        "description": "Protocol version: 4 when a counter carries `carried`, 3 when one carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2, or a carry in one below 4, refuse it whole (`malformed_body`).",
+        "description": "Protocol version: 5 when a counter carries a `frame`, 4 when one carries `carried`, 3 when one carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2, a carry in one below 4, or a frame in one below 5, refuse it whole (`malformed_body`).",
         "type": "integer",
-        "enum": [1, 2, 3, 4]
+        "enum": [1, 2, 3, 4, 5]
     }
 );
 
 scalar!(
     /// The protocol versions of reads, retirements, presence and sketches, which exist since
-    /// version 2 and have the same shape in versions 3 and 4.
-    Version2 => {"description": "Protocol version 2, 3 or 4 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3, 4]}
+    /// version 2 and have the same shape in versions 3 to 5.
+    Version2 => {"description": "Protocol version 2, 3, 4 or 5 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3, 4, 5]}
 );
 
 scalar!(
@@ -499,6 +499,23 @@ pub struct SlotUpdate {
     /// `g`.
     #[serde(default)]
     pub carried: SlotTotals,
+    /// Protocol version 5: the frame `carried` counts in, when the object rebased its carry
+    /// of this counter (a counter nobody counts any more: what it carried is `reclaimed`,
+    /// and its carry starts again from zero); absent for frame 0. A rebase changes no count.
+    #[serde(default)]
+    pub frame: Option<Frame>,
+}
+
+/// `tally_crdt::Frame`: a carry rebased into a later frame.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    /// The frame: the counter's epoch when the object rebased (at least 1).
+    #[schema(minimum = 1, maximum = 18_446_744_073_709_551_615_u64)]
+    pub epoch: u64,
+    /// What the object carried then; absent for none. `n` must be 0 for kind `g`.
+    #[serde(default)]
+    pub reclaimed: SlotTotals,
 }
 
 /// `tally_crdt::Visit`: a hit holding units `end - delta + 1 ..= end` of the slot, and the
@@ -594,6 +611,10 @@ pub struct MergedCounter {
     /// minute: what the edge's exact path needs (docs/milestones.md); absent otherwise.
     #[serde(default)]
     pub milestones: Option<MilestoneNews>,
+    /// Version-5 sync answers: the frame of the sender object's carry of this counter, when
+    /// later than the one the sync sent; absent otherwise.
+    #[serde(default)]
+    pub frame: Option<Frame>,
 }
 
 /// `tally_crdt::Rejection`: a counter of a version-2 sync refused alone, with why.

@@ -71,6 +71,7 @@ pub enum StoreError {
 
 pub use crate::rows::{
     CarryRow, Epoch, ReplicaRow, SlotRow, SnapshotRow, StoredCounter, StoredSlot, batch_carries,
+    sent_carry,
 };
 
 /// One part of a stored counter, as a load query answers it row by row.
@@ -795,7 +796,7 @@ where
 }
 
 /// An object's carry from a row of either backend (columns `region`, `through`, `p`, `n` as
-/// decimal text).
+/// decimal text, `frame`, and `rp`, `rn` as decimal text).
 pub fn carry_of<R>(row: &R) -> Result<Carry, StoreError>
 where
     R: sqlx::Row,
@@ -804,6 +805,7 @@ where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let through: i64 = row.try_get("through")?;
+    let frame: i64 = row.try_get("frame")?;
     Ok(Carry {
         region: Region::from(row.try_get::<&str, _>("region")?),
         through: u64::try_from(through)
@@ -811,6 +813,11 @@ where
         totals: GlobalTotals {
             p: decode("carries", row.try_get("p")?)?,
             n: decode("carries", row.try_get("n")?)?,
+        },
+        frame: u64::try_from(frame).map_err(|_| corrupt("carries", format!("frame {frame}")))?,
+        reclaimed: GlobalTotals {
+            p: decode("carries", row.try_get("rp")?)?,
+            n: decode("carries", row.try_get("rn")?)?,
         },
     })
 }
@@ -993,6 +1000,7 @@ mod tests {
             region: "eu".into(),
             through: 1,
             totals: GlobalTotals { p: 4, n: 0 },
+            ..Carry::default()
         };
         let stored = vec![(key.clone(), carry, Timestamp::from_unix_ms(5))];
         let slots = vec![slot(0, 9, 30), slot(1, 2, 10), slot(2, 3, 20)];

@@ -231,28 +231,41 @@ const DELETE_CARRIED_SLOTS: &str = "\
         ORDER BY h.counter, h.replica FOR UPDATE OF h \
     ) d WHERE s.counter = d.counter AND s.replica = d.replica";
 
-/// The carry merge: max per column, in (counter, object) lock order. A row that grows in no
-/// column is not written (so the change log names only counters that grew; `changed` is
-/// written for the catch-up of mergers of the previous release). Answers the counters whose
-/// carries changed, for the notification.
+/// The carry merge, [`tally_crdt::Carry`]'s join, in (counter, object) lock order: a carry
+/// of a later frame replaces the stored one whole, one of an earlier frame changes nothing,
+/// and within a frame each column takes the max. A row that grows in no column is not
+/// written (so the change log names only counters that grew; `changed` is written for the
+/// catch-up of mergers of the previous release). Answers the counters whose carries changed,
+/// for the notification.
 const UPSERT_CARRIES: &str = "\
     WITH changed AS ( \
-        INSERT INTO carries AS x (counter, object, region, through, p, n, updated_at) \
-        SELECT c.id, u.object, u.region, u.through, u.p::numeric, u.n::numeric, u.at \
+        INSERT INTO carries AS x (counter, object, region, through, p, n, updated_at, frame, \
+            rp, rn) \
+        SELECT c.id, u.object, u.region, u.through, u.p::numeric, u.n::numeric, u.at, \
+            u.frame, u.rp::numeric, u.rn::numeric \
         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-                $7::text[], $8::int8[]) \
-            AS u(kind, name, object, region, through, p, n, at) \
+                $7::text[], $8::int8[], $9::int8[], $10::text[], $11::text[]) \
+            AS u(kind, name, object, region, through, p, n, at, frame, rp, rn) \
         JOIN counters c ON c.kind = u.kind AND c.name = u.name \
         ORDER BY c.id, u.object COLLATE \"C\" \
         ON CONFLICT (counter, object) DO UPDATE SET \
-            region = GREATEST(x.region, excluded.region), \
-            through = GREATEST(x.through, excluded.through), \
-            p = GREATEST(x.p, excluded.p), \
-            n = GREATEST(x.n, excluded.n), \
+            region = CASE WHEN excluded.frame > x.frame THEN excluded.region \
+                ELSE GREATEST(x.region, excluded.region) END, \
+            through = CASE WHEN excluded.frame > x.frame THEN excluded.through \
+                ELSE GREATEST(x.through, excluded.through) END, \
+            p = CASE WHEN excluded.frame > x.frame THEN excluded.p ELSE GREATEST(x.p, excluded.p) END, \
+            n = CASE WHEN excluded.frame > x.frame THEN excluded.n ELSE GREATEST(x.n, excluded.n) END, \
+            rp = CASE WHEN excluded.frame > x.frame THEN excluded.rp \
+                ELSE GREATEST(x.rp, excluded.rp) END, \
+            rn = CASE WHEN excluded.frame > x.frame THEN excluded.rn \
+                ELSE GREATEST(x.rn, excluded.rn) END, \
+            frame = excluded.frame, \
             updated_at = GREATEST(x.updated_at, excluded.updated_at), \
             changed = pg_current_xact_id() \
-        WHERE excluded.region > x.region OR excluded.through > x.through \
+        WHERE excluded.frame > x.frame OR (excluded.frame = x.frame AND ( \
+            excluded.region > x.region OR excluded.through > x.through \
             OR excluded.p > x.p OR excluded.n > x.n \
+            OR excluded.rp > x.rp OR excluded.rn > x.rn)) \
         RETURNING x.counter \
     ) \
     SELECT DISTINCT c.kind, c.name FROM changed JOIN counters c ON c.id = changed.counter";
@@ -315,23 +328,24 @@ const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
 /// slots by replica).
 const PARTS_OF_K: &str = "\
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
-        r.region, s.p::text AS p, s.n::text AS n, s.updated_at, NULL::int8 AS through \
+        r.region, s.p::text AS p, s.n::text AS n, s.updated_at, NULL::int8 AS through, \
+        NULL::int8 AS frame, NULL::text AS rp, NULL::text AS rn \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'o', o.object, o.region, \
-        o.p::text, o.n::text, o.updated_at, o.through \
+        o.p::text, o.n::text, o.updated_at, o.through, o.frame, o.rp::text, o.rn::text \
     FROM k JOIN carries o ON o.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, \
-        b.p::text, b.n::text, b.updated_at, NULL \
+        b.p::text, b.n::text, b.updated_at, NULL, NULL, NULL, NULL \
     FROM k JOIN bases b ON b.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
-        x.p::text, x.n::text, 0, NULL \
+        x.p::text, x.n::text, 0, NULL, NULL, NULL, NULL \
     FROM k JOIN cuts x ON x.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
-        NULL, 0, NULL \
+        NULL, 0, NULL, NULL, NULL, NULL \
     FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
     ORDER BY 1, 2, 6 DESC, 7";
 
@@ -558,7 +572,7 @@ impl CounterStore for PostgresStore {
             .collect::<Result<_, StoreError>>()?;
         let rows = sqlx::query(
             "SELECT c.kind, c.name, x.region, x.through, x.p::text AS p, x.n::text AS n, \
-                 x.updated_at \
+                 x.updated_at, x.frame, x.rp::text AS rp, x.rn::text AS rn \
              FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = $1 \
              AND x.counter IN (SELECT s.counter FROM replicas r \
                  JOIN slots s ON s.replica = r.id WHERE r.replica BETWEEN $2 AND $3)",
@@ -1524,6 +1538,11 @@ async fn merge_carries(
         columns.p.push(encode_u128(c.carry.totals.p));
         columns.n.push(encode_u128(c.carry.totals.n));
         columns.at.push(c.at.unix_ms());
+        columns
+            .frame
+            .push(i64::try_from(c.carry.frame).unwrap_or(i64::MAX));
+        columns.rp.push(encode_u128(c.carry.reclaimed.p));
+        columns.rn.push(encode_u128(c.carry.reclaimed.n));
     }
     let rows = sqlx::query(UPSERT_CARRIES)
         .bind(columns.kinds)
@@ -1534,6 +1553,9 @@ async fn merge_carries(
         .bind(columns.p)
         .bind(columns.n)
         .bind(columns.at)
+        .bind(columns.frame)
+        .bind(columns.rp)
+        .bind(columns.rn)
         .fetch_all(&mut **tx)
         .await?;
     rows.iter()
@@ -1597,6 +1619,9 @@ struct CarryColumns<'a> {
     p: Vec<String>,
     n: Vec<String>,
     at: Vec<i64>,
+    frame: Vec<i64>,
+    rp: Vec<String>,
+    rn: Vec<String>,
 }
 
 /// The slot rows of a commit, column by column, for `UNNEST`.

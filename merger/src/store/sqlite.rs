@@ -82,23 +82,23 @@ const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
 /// region, carries, bases, cuts and folded replicas; sorted by key.
 const PARTS_OF_K: &str = "\
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
-        r.region, s.p, s.n, s.updated_at, NULL AS through \
+        r.region, s.p, s.n, s.updated_at, NULL AS through, NULL AS frame, NULL AS rp, NULL AS rn \
     FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'o', x.object, x.region, x.p, \
-        x.n, x.updated_at, x.through \
+        x.n, x.updated_at, x.through, x.frame, x.rp, x.rn \
     FROM k JOIN carries x ON x.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, b.p, \
-        b.n, b.updated_at, NULL \
+        b.n, b.updated_at, NULL, NULL, NULL, NULL \
     FROM k JOIN bases b ON b.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
-        c.n, 0, NULL \
+        c.n, 0, NULL, NULL, NULL, NULL \
     FROM k JOIN cuts c ON c.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
-        NULL, 0, NULL \
+        NULL, 0, NULL, NULL, NULL, NULL \
     FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
     ORDER BY 1, 2";
 
@@ -107,22 +107,29 @@ const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
     OR EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id) \
     OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
 
-/// The carry upsert of [`merge_carries`]: each column takes the max, so carries merge in
-/// any order (fixed-width text compares like the numbers it holds; regions by bytes, as
-/// Rust orders them).
+/// The carry upsert of [`merge_carries`], [`tally_crdt::Carry`]'s join: a carry of a later
+/// frame replaces the stored one whole, one of an earlier frame changes nothing, and within a
+/// frame each column takes the max, so carries merge in any order (fixed-width text compares
+/// like the numbers it holds; regions by bytes, as Rust orders them).
 const UPSERT_CARRIES: &str = "\
-    INSERT INTO carries (counter, object, region, through, p, n, updated_at) \
+    INSERT INTO carries (counter, object, region, through, p, n, updated_at, frame, rp, rn) \
     SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6, \
-        j.value ->> 7 \
+        j.value ->> 7, j.value ->> 8, j.value ->> 9, j.value ->> 10 \
     FROM json_each(?1) AS j \
     JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
     WHERE true \
     ON CONFLICT (counter, object) DO UPDATE SET \
-        region = max(carries.region, excluded.region), \
-        through = max(carries.through, excluded.through), \
-        p = max(carries.p, excluded.p), \
-        n = max(carries.n, excluded.n), \
-        updated_at = max(carries.updated_at, excluded.updated_at)";
+        region = iif(excluded.frame > carries.frame, excluded.region, \
+            max(carries.region, excluded.region)), \
+        through = iif(excluded.frame > carries.frame, excluded.through, \
+            max(carries.through, excluded.through)), \
+        p = iif(excluded.frame > carries.frame, excluded.p, max(carries.p, excluded.p)), \
+        n = iif(excluded.frame > carries.frame, excluded.n, max(carries.n, excluded.n)), \
+        rp = iif(excluded.frame > carries.frame, excluded.rp, max(carries.rp, excluded.rp)), \
+        rn = iif(excluded.frame > carries.frame, excluded.rn, max(carries.rn, excluded.rn)), \
+        updated_at = max(carries.updated_at, excluded.updated_at), \
+        frame = excluded.frame \
+    WHERE excluded.frame >= carries.frame";
 
 /// Deletes the slots that the stored carries of the `[kind, name, object]` rows of `?1` hold:
 /// those of the object's generations below the carry's `through`. An object's incarnations
@@ -366,7 +373,8 @@ impl CounterStore for SqliteStore {
             .collect::<Result<_, StoreError>>()?;
         let object = super::object_column(replica.object());
         let rows = sqlx::query(
-            "SELECT c.kind, c.name, x.region, x.through, x.p, x.n, x.updated_at \
+            "SELECT c.kind, c.name, x.region, x.through, x.p, x.n, x.updated_at, x.frame, x.rp, \
+                 x.rn \
              FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = ?1 \
              AND x.counter IN (SELECT s.counter FROM replicas r JOIN slots s ON s.replica = r.id \
                  WHERE r.replica >= ?2 AND r.replica <= ?3)",
@@ -1043,6 +1051,9 @@ async fn merge_carries(
                 encode_u128(c.carry.totals.p),
                 encode_u128(c.carry.totals.n),
                 c.at.unix_ms(),
+                c.carry.frame,
+                encode_u128(c.carry.reclaimed.p),
+                encode_u128(c.carry.reclaimed.n),
             )
         })
         .collect();
@@ -1209,7 +1220,7 @@ mod tests {
             totals: SlotTotals { p, n },
             at: Timestamp::from_unix_ms(1),
             visits: Vec::new(),
-            carried: SlotTotals::default(),
+            carry: None,
         }
     }
 

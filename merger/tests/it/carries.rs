@@ -6,14 +6,15 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use serde_json::json;
 use tally_crdt::{CounterKey, CounterKind, GlobalTotals, ReplicaId, SlotTotals, Timestamp};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{Changes, ReplicaRow, SlotRow, Store, StoredCounter};
+use tally_merger::store::{Changes, ReplicaRow, SlotRow, Store, StoredCounter, sent_carry};
 use tokio::sync::watch;
 
 use crate::common::*;
@@ -37,10 +38,14 @@ async fn sync(store: &dyn Store, replica: ReplicaId, slot: (u64, u64), carried: 
         },
         at: at(10),
         visits: Vec::new(),
-        carried: SlotTotals {
-            p: carried.0,
-            n: carried.1,
-        },
+        carry: sent_carry(
+            replica,
+            SlotTotals {
+                p: carried.0,
+                n: carried.1,
+            },
+            None,
+        ),
     }];
     let replicas = [ReplicaRow {
         replica,
@@ -223,4 +228,62 @@ async fn a_version_4_sync_answers_the_count_its_carry_raised() {
     let t = t.reopen().await;
     let (_, view) = t.get("/v1/counters/a").await;
     assert_eq!(view["count"], 10);
+}
+
+#[tokio::test]
+async fn a_rebased_carry_keeps_the_count_and_the_merger_answers_its_frame_to_an_object_that_forgot_it()
+ {
+    let t = admin_merger().await;
+    // Generation 0 counted 5, retired; then the counter is deleted.
+    t.sync(&v4_sync(0, 5, 0)).await;
+    let retire =
+        retire_request(json!({"version": 4, "replica": incarnation(1, 0).to_string()}).to_string());
+    assert_eq!(t.send(retire).await.0, StatusCode::OK);
+    let delete = Request::delete("/v1/counters/a")
+        .header("Authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, answer) = t.send(delete).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Generation 1 rebases: its carry of 5 is reclaimed in frame 1, and it counts 2.
+    let mut rebased = v4_sync(1, 2, 0);
+    rebased["version"] = json!(5);
+    rebased["counters"][0]["frame"] = json!({"epoch": 1, "reclaimed": {"p": 5}});
+    let (status, answer) = t.sync(&rebased).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let merged = &answer["counters"][0];
+    assert_eq!(
+        merged["global"]["p"], 2,
+        "a rebase changes no count: {answer}"
+    );
+    assert!(
+        merged.get("frame").is_none(),
+        "it sent the frame held: {answer}"
+    );
+    // A late copy of a frame-0 carry changes nothing; a version-5 sync of frame 0 is told the
+    // frame held; a frame in a version-4 sync is refused whole.
+    let (status, answer) = t.sync(&v4_sync(1, 2, 9)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["counters"][0]["global"]["p"], 2, "{answer}");
+    assert!(
+        answer["counters"][0].get("frame").is_none(),
+        "version 4: {answer}"
+    );
+    let mut forgot = v4_sync(1, 3, 0);
+    forgot["version"] = json!(5);
+    let (_, answer) = t.sync(&forgot).await;
+    assert_eq!(answer["counters"][0]["global"]["p"], 3, "{answer}");
+    assert_eq!(
+        answer["counters"][0]["frame"],
+        json!({"epoch": 1, "reclaimed": {"p": 5}}),
+        "{answer}"
+    );
+    let mut mislabelled = rebased.clone();
+    mislabelled["version"] = json!(4);
+    let answer = t.sync(&mislabelled).await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, "malformed_body");
+    // The same after a restart, from the store.
+    let t = t.reopen().await;
+    let (_, view) = t.get("/v1/counters/a").await;
+    assert_eq!(view["count"], 3);
 }

@@ -1,10 +1,12 @@
 //! The differential test of the counter lattice: seeded random histories of syncs (with
 //! duplicates, reorders, replays of old syncs, syncs lost on the way, and the carries edge
-//! objects send of their own retired incarnations), retirements (object folds), resets,
+//! objects send of their own retired incarnations, some rebased into a later frame),
+//! retirements (object folds), resets,
 //! deletes, restarts and restores from a backup, run through `tally_crdt::CounterState` (the
 //! model) and through the SQLite and the Postgres stores. After every step, each store's load
 //! of every counter is the model's state: the same slots, carries, epoch, cuts and value. So
-//! the SQL that merges (the slot and carry upserts' max, the deletion of the slots a carry
+//! the SQL that merges (the slot upsert's max, the carry upsert's frames and max, the deletion
+//! of the slots a carry
 //! holds, the fold of a retirement, the cuts of a reset) is the lattice's join, retire and
 //! reset.
 //!
@@ -21,12 +23,14 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use tally_crdt::{CounterKey, CounterKind, CounterState, Region, ReplicaId, SlotTotals, Timestamp};
+use tally_crdt::{
+    CounterKey, CounterKind, CounterState, Frame, Region, ReplicaId, SlotTotals, Timestamp,
+};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{ReplicaRow, ResetOutcome, ResetRequest, SlotRow, Store};
+use tally_merger::store::{ReplicaRow, ResetOutcome, ResetRequest, SlotRow, Store, sent_carry};
 
 /// Histories per store, and steps per history.
 const HISTORIES: u64 = 12;
@@ -52,6 +56,8 @@ struct Object {
     incarnation: ReplicaId,
     own: Vec<SlotTotals>,
     carried: Vec<SlotTotals>,
+    /// Per counter, the frame of its carry (0: never rebased) and what it reclaimed.
+    frame: Vec<Option<Frame>>,
 }
 
 impl Object {
@@ -61,6 +67,7 @@ impl Object {
             incarnation: ReplicaId::lineage(ReplicaId::from_u128(bits << 32), 0),
             own: vec![SlotTotals::default(); counters().len()],
             carried: vec![SlotTotals::default(); counters().len()],
+            frame: vec![None; counters().len()],
         }
     }
 
@@ -73,12 +80,25 @@ impl Object {
             totals: self.own[counter],
             at,
             visits: Vec::new(),
-            carried: if carry {
-                self.carried[counter]
-            } else {
-                SlotTotals::default()
-            },
+            carry: carry
+                .then(|| sent_carry(self.incarnation, self.carried[counter], self.frame[counter]))
+                .flatten(),
         }
+    }
+
+    /// Rebases its carry of `counter` into the next frame: what it carried is reclaimed, and
+    /// its carry starts again from zero.
+    fn rebase(&mut self, counter: usize) {
+        let (frame, reclaimed) =
+            self.frame[counter].map_or((0, SlotTotals::default()), |f| (f.epoch, f.reclaimed));
+        let carried = std::mem::take(&mut self.carried[counter]);
+        self.frame[counter] = Some(Frame {
+            epoch: frame + 1,
+            reclaimed: SlotTotals {
+                p: reclaimed.p + carried.p,
+                n: reclaimed.n + carried.n,
+            },
+        });
     }
 
     /// Rotates: the incarnation's totals are final, and join the carry of the next one.
@@ -208,6 +228,19 @@ async fn step(world: &mut World, store: &dyn Store) -> String {
             .sync(store, old.object, std::slice::from_ref(&row), 1)
             .await;
         format!("replay of {} at {:?}", row.replica, row.totals)
+    } else if roll < 81 {
+        // An object rebases its carry of a counter into a later frame and syncs it.
+        let object = world.rng.random_range(0..OBJECTS);
+        let counter = world.rng.random_range(0..keys.len());
+        world.objects[object].rebase(counter);
+        let at = world.at();
+        let row = world.objects[object].row(counter, at, true);
+        let replica = row.replica;
+        world
+            .sync(store, object, std::slice::from_ref(&row), 1)
+            .await;
+        world.sent.push(Sent { object, row });
+        format!("rebase of {replica}'s carry of {}", keys[counter])
     } else if roll < 87 {
         // An object rotates: its incarnation is retired (its object's slots up to it fold
         // into the object's carries) and the next one counts from zero.
@@ -262,7 +295,9 @@ async fn resend_everything(world: &mut World, store: &dyn Store) {
         let edge = &world.objects[object];
         let rows: Vec<SlotRow> = (0..counters().len())
             .filter(|&c| {
-                edge.own[c] != SlotTotals::default() || edge.carried[c] != SlotTotals::default()
+                edge.own[c] != SlotTotals::default()
+                    || edge.carried[c] != SlotTotals::default()
+                    || edge.frame[c].is_some()
             })
             .map(|c| edge.row(c, at, true))
             .collect();

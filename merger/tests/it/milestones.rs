@@ -49,7 +49,7 @@ async fn commit(store: &dyn Store, slots: &[(u128, &str, u64)]) -> Vec<(String, 
             totals: SlotTotals { p, n: 0 },
             at: at(),
             visits: Vec::new(),
-            carried: SlotTotals::default(),
+            carry: None,
         })
         .collect();
     store.commit(&replicas, &rows).await.unwrap().decided
@@ -179,7 +179,7 @@ async fn milestone_rules(store: &dyn Store) {
         totals: SlotTotals { p: 5, n: 0 },
         at: at(),
         visits: Vec::new(),
-        carried: SlotTotals::default(),
+        carry: None,
     }];
     let replicas = [ReplicaRow {
         replica: r(1),

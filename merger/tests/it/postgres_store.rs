@@ -547,6 +547,7 @@ async fn a_retired_incarnation_is_folded_into_its_objects_carry_and_its_late_syn
         region: "eu".into(),
         through: 1,
         totals: GlobalTotals { p: 5, n: 0 },
+        ..Carry::default()
     };
     assert_eq!(
         retired.carries,

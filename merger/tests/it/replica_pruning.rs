@@ -16,7 +16,7 @@ use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{ReplicaRow, SlotRow, Store};
+use tally_merger::store::{ReplicaRow, SlotRow, Store, sent_carry};
 
 use crate::common::*;
 
@@ -55,10 +55,14 @@ async fn sync(
             totals: SlotTotals { p: *p, n: *n },
             at: at(ms),
             visits: Vec::new(),
-            carried: SlotTotals {
-                p: carried.0,
-                n: carried.1,
-            },
+            carry: sent_carry(
+                replica,
+                SlotTotals {
+                    p: carried.0,
+                    n: carried.1,
+                },
+                None,
+            ),
         })
         .collect();
     let replicas = [ReplicaRow {

@@ -11,12 +11,12 @@
 use std::sync::Arc;
 
 use sqlx::Connection;
-use tally_crdt::{CounterKind, GlobalTotals, SlotTotals};
+use tally_crdt::{CounterKind, Frame, GlobalTotals, ReplicaId, SlotTotals};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{SlotRow, SnapshotRow, Store, StoredCounter};
+use tally_merger::store::{SlotRow, SnapshotRow, Store, StoredCounter, sent_carry};
 
 use crate::common::rows::*;
 
@@ -369,4 +369,53 @@ async fn load_list_and_history_behave_as_the_trait_says(b: Backend) {
     store.ping().await.expect("ping");
     store.close().await;
     assert!(store.ping().await.is_err(), "closed");
+}
+
+contract!(a_rebased_carry_replaces_the_stored_one_and_an_earlier_frame_changes_nothing);
+async fn a_rebased_carry_replaces_the_stored_one_and_an_earlier_frame_changes_nothing(b: Backend) {
+    let store = &*b.store;
+    let x = key(CounterKind::Pn, "x");
+    let r = ReplicaId::lineage(ReplicaId::from_u128(5 << 32), 2);
+    let totals = |p, n| SlotTotals { p, n };
+    let x = &x;
+    let commit = |carried: SlotTotals, frame: Option<Frame>, ms: i64| {
+        let row = SlotRow {
+            carry: sent_carry(r, carried, frame),
+            ..slot(x, r, 1, 0, ms)
+        };
+        async move {
+            store
+                .commit(&[registered(r, "eu", ms)], &[row])
+                .await
+                .expect("commit");
+            let loaded = store.load(std::slice::from_ref(x)).await.expect("load");
+            let (_, carry, _) = loaded[0].carries[0].clone();
+            (loaded[0].state().value(), carry)
+        }
+    };
+    let (value, carry) = commit(totals(10, 4), None, 1).await;
+    assert_eq!(value, GlobalTotals { p: 11, n: 4 });
+    assert_eq!((carry.frame, carry.reclaimed), (0, GlobalTotals::default()));
+    // Rebased into frame 3: what it carried is reclaimed, and it carries 2 since.
+    let frame = |p, n| {
+        Some(Frame {
+            epoch: 3,
+            reclaimed: totals(p, n),
+        })
+    };
+    let (value, carry) = commit(totals(2, 0), frame(10, 4), 2).await;
+    assert_eq!(value, GlobalTotals { p: 13, n: 4 });
+    assert_eq!(carry.frame, 3);
+    assert_eq!(carry.reclaimed, GlobalTotals { p: 10, n: 4 });
+    assert_eq!(carry.totals, GlobalTotals { p: 2, n: 0 });
+    // A late carry of frame 0, however large, changes nothing.
+    let (value, carry) = commit(totals(50, 50), None, 3).await;
+    assert_eq!(value, GlobalTotals { p: 13, n: 4 });
+    assert_eq!(carry.frame, 3);
+    // Within the frame each part takes its max.
+    let (value, carry) = commit(totals(4, 1), frame(9, 4), 4).await;
+    assert_eq!(value, GlobalTotals { p: 15, n: 5 });
+    assert_eq!(carry.reclaimed, GlobalTotals { p: 10, n: 4 });
+    assert_eq!(carry.totals, GlobalTotals { p: 4, n: 1 });
+    store.close().await;
 }

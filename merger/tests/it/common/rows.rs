@@ -35,7 +35,7 @@ pub fn slot(key: &CounterKey, replica: ReplicaId, p: u64, n: u64, ms: i64) -> Sl
         totals: SlotTotals { p, n },
         at: at(ms),
         visits: Vec::new(),
-        carried: SlotTotals::default(),
+        carry: None,
     }
 }
 
