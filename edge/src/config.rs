@@ -57,6 +57,11 @@ pub struct Config {
     /// first clean moment and the old one is retired at the merger (`ROTATE_MS`, default one
     /// day; 0: never).
     pub rotate_ms: u64,
+    /// How long a rebased row of a counter nobody counts any more (reset or deleted) stays
+    /// in storage before it is deleted (`RECLAIM_AFTER_MS`, default seven days; 0: never):
+    /// until then the sweep re-sends its frame, so a merger restored from a backup up to that
+    /// old gets back what it reclaimed.
+    pub reclaim_after_ms: u64,
     /// `PRESENCE_TTL_MS`: a viewer's lease; a session not renewed within it stops counting.
     pub presence_ttl_ms: u64,
     /// `PRESENCE_MAX_SESSIONS`: live sessions (leases and sockets) one presence object holds
@@ -163,6 +168,7 @@ impl Config {
                 "0 (never) or at least 1000",
             ));
         }
+        let reclaim_after_ms = number("RECLAIM_AFTER_MS", 604_800_000, 0..=31_536_000_000)?;
         let presence_ttl_ms = number(
             "PRESENCE_TTL_MS",
             30_000,
@@ -200,6 +206,7 @@ impl Config {
             exact_wait_ms,
             max_backoff_ms,
             rotate_ms,
+            reclaim_after_ms,
             presence_ttl_ms,
             presence_max_sessions: usize::try_from(presence_max_sessions)
                 .expect("bounded by its range above"),
@@ -247,6 +254,7 @@ mod tests {
         assert_eq!((c.cache_counters, c.anti_entropy_ms), (10_000, 3_600_000));
         assert_eq!((c.edge_cache_ms, c.edge_cache_counters), (1000, 10_000));
         assert_eq!(c.rotate_ms, 86_400_000);
+        assert_eq!(c.reclaim_after_ms, 604_800_000);
         assert!(!c.allow_region_override);
     }
 

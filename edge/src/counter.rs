@@ -20,6 +20,14 @@
 //! merger restored from an old backup gets them back. Nothing is written at a rotation: a
 //! row is carried over when it is next read.
 //!
+//! A counter nobody counts any more — reset or deleted, its global totals zero, nothing
+//! counted here in this generation — has its carry *rebased* ([`Row::rebase`]): what it
+//! carried moves into a [`Frame`] of the counter's epoch (reclaimed: still counted by the
+//! merger, which takes the frame whole), the carry starts again from zero, and once the
+//! merger has it the row holds nothing to send but the frame. Such a row is deleted from
+//! storage `RECLAIM_AFTER_MS` later ([`Row::is_reclaimable`]): a merger restored from a backup
+//! older than that is outside what a restore heals.
+//!
 //! A row also keeps the visitor keys of its hits on the exact path near a milestone
 //! ([`Row::visit`]), stored with the hit they name, until the merger has committed it: a
 //! restart between a hit's answer and its sync does not lose the key.
@@ -30,8 +38,8 @@ use std::collections::HashMap;
 use crate::incarnation::Lineage;
 use crate::milestone::Watch;
 use tally_crdt::{
-    CounterKey, Error, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId, SlotTotals,
-    SlotUpdate, SyncAnswer, Timestamp, Visit,
+    CounterKey, Error, Frame, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId,
+    SlotTotals, SlotUpdate, SyncAnswer, Timestamp, Visit,
 };
 
 /// Where a row stands with the merger.
@@ -87,6 +95,11 @@ pub struct Row {
     /// The visitor keys of this generation's hits on the exact path that the merger has not
     /// committed yet (at most [`MAX_VISITS_PER_COUNTER`], oldest first).
     pub visits: Vec<Visit>,
+    /// The frame `carried` counts in, once the carry was rebased ([`Row::rebase`]) or the
+    /// merger told of a later one; `None`: frame 0.
+    pub frame: Option<Frame>,
+    /// When the row last rebased (or took up a frame); zero while it never did.
+    pub rebased_at: Timestamp,
 }
 
 impl Row {
@@ -114,8 +127,78 @@ impl Row {
         Row {
             generation,
             carried,
+            frame: self.frame,
+            rebased_at: self.rebased_at,
             ..Row::default()
         }
+    }
+
+    /// Rebases the carry into frame `epoch` if the counter is one nobody counts any more:
+    /// `heard` says its global totals in `epoch` (at least 1, later than the row's frame)
+    /// are zero, and the row counted nothing in this generation and is clean. What it
+    /// carried is reclaimed into the frame, the carry starts again from zero, and the row is
+    /// dirty until the merger has the frame (so the object does not rotate meanwhile). The
+    /// merger counts the same sums before and after; returns whether it rebased.
+    pub fn rebase(&mut self, epoch: u64, global: GlobalTotals, now: Timestamp) -> bool {
+        let nothing_here = self.own == SlotTotals::default()
+            && self.acked == SlotTotals::default()
+            && self.state == SyncState::Clean
+            && self.visits.is_empty();
+        let later = epoch > self.frame.map_or(0, |f| f.epoch);
+        if !(nothing_here && later && global == GlobalTotals::default() && self.knows_its_carry())
+            || self.carried == SlotTotals::default()
+        {
+            return false;
+        }
+        let before = self.frame.map_or_else(SlotTotals::default, |f| f.reclaimed);
+        self.frame = Some(Frame {
+            epoch,
+            reclaimed: SlotTotals {
+                p: before.p.saturating_add(self.carried.p),
+                n: before.n.saturating_add(self.carried.n),
+            },
+        });
+        self.carried = SlotTotals::default();
+        self.rebased_at = now;
+        self.state = SyncState::Dirty;
+        true
+    }
+
+    /// Takes up the frame `epoch` the merger holds for this object's carry, if it is later
+    /// than the row's (a row that was reclaimed here and counted again): what the row carries
+    /// since counts in it. What that frame reclaimed stays at the merger: the row does not
+    /// know it, so it never rebases again ([`Row::rebase`] needs all it ever carried). Returns
+    /// whether it changed.
+    pub fn take_frame(&mut self, epoch: u64) -> bool {
+        if epoch <= self.frame.map_or(0, |f| f.epoch) {
+            return false;
+        }
+        self.frame = Some(Frame {
+            epoch,
+            reclaimed: SlotTotals::default(),
+        });
+        self.rebased_at = Timestamp::default();
+        true
+    }
+
+    /// Whether the row knows everything its object ever carried of the counter: in frame 0,
+    /// or in a frame it rebased into itself (not one it took up from the merger).
+    fn knows_its_carry(&self) -> bool {
+        self.frame.is_none() || self.rebased_at != Timestamp::default()
+    }
+
+    /// Whether the row may be deleted from storage: rebased at least `after_ms` ago (0:
+    /// never), and holding nothing since — no slot, no carry, nothing to sync. The merger
+    /// holds what it reclaimed.
+    pub fn is_reclaimable(&self, now: Timestamp, after_ms: u64) -> bool {
+        after_ms > 0
+            && self.frame.is_some()
+            && self.own == SlotTotals::default()
+            && self.acked == SlotTotals::default()
+            && self.carried == SlotTotals::default()
+            && self.state == SyncState::Clean
+            && self.visits.is_empty()
+            && now.millis_since(self.rebased_at) >= after_ms
     }
 
     /// Counts a hit in the own slot and marks the row dirty.
@@ -390,11 +473,12 @@ pub fn outcomes<'a>(
 }
 
 /// What a sync or a sweep page sends of `rows`: each row as the current incarnation
-/// (`generation`) sees it ([`Row::in_generation`]): its own totals and its carry. A row of
-/// an earlier incarnation is never dirty (the object rotates only when clean, and a hit
-/// rewrites the row in the current generation), and its totals never go out under the new
-/// id: they are the old incarnation's final slot, and go in the carry. A row with neither a
-/// slot in this generation nor a carry has nothing to send.
+/// (`generation`) sees it ([`Row::in_generation`]): its own totals, its carry and its frame.
+/// A row of an earlier incarnation is never dirty (the object rotates only when clean, and a
+/// hit or a rebase rewrites the row in the current generation), and its totals never go out
+/// under the new id: they are the old incarnation's final slot, and go in the carry. A row
+/// with neither a slot in this generation nor a carry nor a frame has nothing to send; a
+/// rebased row sends its frame until it is reclaimed, so a restored merger gets it back.
 pub fn current_totals(
     rows: Vec<(CounterKey, Row)>,
     generation: u64,
@@ -404,13 +488,15 @@ pub fn current_totals(
         .filter_map(|(key, row)| {
             let current = row.generation == generation;
             let row = row.in_generation(generation, lineage);
-            (current || row.carried != SlotTotals::default()).then_some(SlotUpdate {
-                key,
-                totals: row.own,
-                visits: row.visits,
-                carried: row.carried,
-                frame: None,
-            })
+            (current || row.carried != SlotTotals::default() || row.frame.is_some()).then_some(
+                SlotUpdate {
+                    key,
+                    totals: row.own,
+                    visits: row.visits,
+                    carried: row.carried,
+                    frame: row.frame,
+                },
+            )
         })
         .collect()
 }
@@ -441,6 +527,12 @@ impl Entry {
                 self.row.acknowledge(sent);
                 let newer = self.hear(merged, now);
                 self.hear_milestones(merged, true, newer, now);
+                if let Some(frame) = merged.frame {
+                    self.row.take_frame(frame.epoch);
+                }
+                if merged.epoch > 0 {
+                    self.row.rebase(merged.epoch, merged.global, now);
+                }
             }
             Outcome::Rejected(..) if self.row.state == SyncState::Dirty => {
                 self.row.state = SyncState::Rejected;
@@ -650,6 +742,131 @@ mod tests {
             object: ReplicaId::from_u128(5 << 32),
             from,
         }
+    }
+
+    /// A row of generation 1 that carries `carried` from generation 0, and counted nothing
+    /// since.
+    fn carrying(carried: u64) -> Entry {
+        Entry {
+            row: Row {
+                generation: 1,
+                carried: SlotTotals { p: carried, n: 0 },
+                ..Row::default()
+            },
+            stored: true,
+            ..Entry::default()
+        }
+    }
+
+    fn in_epoch(epoch: u64, global: u128) -> MergedCounter {
+        MergedCounter {
+            epoch,
+            ..merged((global, 0), (0, 0))
+        }
+    }
+
+    #[test]
+    fn a_counter_nobody_counts_any_more_is_rebased_once_then_reclaimable() {
+        let week: u64 = 604_800_000;
+        let after = |ms: u64| at(10 + i64::try_from(ms).unwrap());
+        let mut e = carrying(5);
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&in_epoch(2, 0)),
+            at(10),
+        );
+        let frame = Frame {
+            epoch: 2,
+            reclaimed: SlotTotals { p: 5, n: 0 },
+        };
+        assert_eq!(e.row.frame, Some(frame));
+        assert_eq!(e.row.carried, SlotTotals::default());
+        assert_eq!(
+            e.row.state,
+            SyncState::Dirty,
+            "the merger must learn the frame"
+        );
+        assert!(!e.row.is_reclaimable(after(week), week), "not synced yet");
+        // The frame's sync is answered: clean, and not rebased again.
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&in_epoch(2, 0)),
+            at(20),
+        );
+        assert_eq!((e.row.frame, e.row.state), (Some(frame), SyncState::Clean));
+        let x = CounterKey::new(CounterKind::Pn, "x").unwrap();
+        let sent = current_totals(vec![(x, e.row.clone())], 3, &lineage(0));
+        assert_eq!(sent[0].frame, Some(frame), "the sweep re-sends the frame");
+        assert!(!e.row.is_reclaimable(after(week - 1), week));
+        assert!(e.row.is_reclaimable(after(week), week));
+        assert!(!e.row.is_reclaimable(after(week), 0), "0: never");
+        // Deleted again later: what it carried since is reclaimed on top.
+        e.row.carried = SlotTotals { p: 3, n: 0 };
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&in_epoch(4, 0)),
+            at(30),
+        );
+        assert_eq!(e.row.frame.map(|f| (f.epoch, f.reclaimed.p)), Some((4, 8)));
+    }
+
+    #[test]
+    fn a_counter_counted_anywhere_since_or_here_now_is_not_rebased() {
+        let was = carrying(5).row;
+        // Counted since its reset (at this merger's word), never reset, or an older frame.
+        for answer in [in_epoch(2, 1), in_epoch(0, 0)] {
+            let mut e = carrying(5);
+            e.settle(SlotTotals::default(), &Outcome::Merged(&answer), at(10));
+            assert_eq!(e.row, was);
+        }
+        // A hit here in this generation, or nothing carried.
+        let mut e = carrying(5);
+        e.row.hit(SlotTotals { p: 1, n: 0 }, ME, at(5)).unwrap();
+        e.settle(
+            SlotTotals { p: 1, n: 0 },
+            &Outcome::Merged(&in_epoch(2, 0)),
+            at(10),
+        );
+        assert_eq!(e.row.frame, None);
+        let mut e = carrying(0);
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&in_epoch(2, 0)),
+            at(10),
+        );
+        assert_eq!(e.row.frame, None);
+    }
+
+    #[test]
+    fn a_later_frame_the_merger_holds_is_taken_up_with_what_the_row_carries() {
+        let mut e = carrying(2);
+        let held = Frame {
+            epoch: 3,
+            reclaimed: SlotTotals { p: 9, n: 0 },
+        };
+        let answer = MergedCounter {
+            frame: Some(held),
+            ..merged((11, 0), (0, 0))
+        };
+        e.settle(SlotTotals::default(), &Outcome::Merged(&answer), at(10));
+        let taken = Frame {
+            epoch: 3,
+            reclaimed: SlotTotals::default(),
+        };
+        assert_eq!(
+            e.row.frame,
+            Some(taken),
+            "what was reclaimed stays at the merger"
+        );
+        assert_eq!(e.row.carried, SlotTotals { p: 2, n: 0 });
+        assert!(!e.row.take_frame(1));
+        // It never rebases again: it does not know all its object carried.
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&in_epoch(4, 0)),
+            at(20),
+        );
+        assert_eq!(e.row.frame, Some(taken));
     }
 
     #[test]

@@ -29,8 +29,8 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
-    CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, ReadRequest, ReplicaId,
-    RetireRequest, SlotUpdate, SyncRequest, Timestamp, Visit,
+    CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, PROTOCOL_VERSION,
+    ReadRequest, ReplicaId, RetireRequest, SlotTotals, SlotUpdate, SyncRequest, Timestamp, Visit,
 };
 use worker::{
     Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_log,
@@ -499,7 +499,7 @@ impl Replica {
                     totals: entry.row.own,
                     visits: entry.row.visits.clone(),
                     carried: entry.row.carried,
-                    frame: None,
+                    frame: entry.row.frame,
                 };
                 Ok(match i.exact.turn(key, now()) {
                     Turn::Lead { probe } => Step::Lead(update, probe),
@@ -736,11 +736,20 @@ impl Replica {
         }
     }
 
-    /// The sync of `sent` (with the visits of their rows) from the current incarnation.
+    /// The sync of `sent` (with the visits of their rows) from the current incarnation: in
+    /// the oldest version that carries it, except that a sync with a carry goes as the newest
+    /// (5), whose answer tells of a later frame the merger holds for the object's carry (a
+    /// row reclaimed here and counted again takes it up; a merger a release behind refuses
+    /// it, and it goes again one version down).
     fn sync_request(&self, sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
+        let carries = sent.iter().any(|c| c.carried != SlotTotals::default());
         self.with(|i| {
             let request = SyncRequest {
-                version: SyncRequest::version_for(&sent),
+                version: if carries {
+                    PROTOCOL_VERSION
+                } else {
+                    SyncRequest::version_for(&sent)
+                },
                 replica: i.incarnation.replica,
                 region: i.region.clone(),
                 counters: sent,
@@ -877,7 +886,28 @@ impl Replica {
                 Ok(())
             });
         };
-        // Rows of earlier incarnations send their carry alone: their slots are final.
+        // Rebased rows past `RECLAIM_AFTER_MS` hold nothing the merger lacks: deleted. Rows
+        // of earlier incarnations send their carry alone: their slots are final.
+        let page = self.with(|i| -> std::result::Result<_, StoreError> {
+            let after = i.config.reclaim_after_ms;
+            let (gone, kept): (Vec<_>, Vec<_>) = page.into_iter().partition(|(key, row)| {
+                row.is_reclaimable(now, after)
+                    && i.cache
+                        .peek(key)
+                        .is_none_or(|e| e.row.is_reclaimable(now, after))
+            });
+            for (key, _) in &gone {
+                i.store.delete(key)?;
+                i.cache.pop(key);
+            }
+            if !gone.is_empty() {
+                console_log!(
+                    "reclaimed {} rows of counters nobody counts any more",
+                    gone.len()
+                );
+            }
+            Ok(kept)
+        })?;
         let (generation, lineage) =
             self.with(|i| (i.incarnation.generation, i.incarnation.lineage));
         let sent = current_totals(page, generation, &lineage);

@@ -19,7 +19,7 @@
 //! answered" needs no await.
 
 use serde::Deserialize;
-use tally_crdt::{CounterKey, SlotTotals, Timestamp};
+use tally_crdt::{CounterKey, Frame, SlotTotals, Timestamp};
 use worker::{SqlStorage, SqlStorageValue};
 
 use crate::counter::{Row, SyncState};
@@ -44,7 +44,7 @@ pub enum StoreError {
 /// storage of an edge from before versions, whose tables step 1 finds already there) runs
 /// steps `v..`, then records the new version. Step 1 is idempotent, so new storage runs them
 /// all.
-const MIGRATIONS: [Migration; 5] = [
+const MIGRATIONS: [Migration; 9] = [
     Migration::Sql(SCHEMA_V1),
     // Rotation: every row names the generation of the incarnation that wrote it. Rows from
     // before belong to generation 0, the incarnation the object has had all along.
@@ -72,6 +72,28 @@ const MIGRATIONS: [Migration; 5] = [
         table: "counters",
         column: "vk",
         definition: "vk TEXT NOT NULL DEFAULT ''",
+    },
+    // Frames: a rebased carry's frame (`Row::frame`: its epoch, 0 for none, and what it
+    // reclaimed) and when it rebased. Rows from before are in frame 0.
+    Migration::AddColumn {
+        table: "counters",
+        column: "fe",
+        definition: "fe TEXT NOT NULL DEFAULT '0'",
+    },
+    Migration::AddColumn {
+        table: "counters",
+        column: "rp",
+        definition: "rp TEXT NOT NULL DEFAULT '0'",
+    },
+    Migration::AddColumn {
+        table: "counters",
+        column: "rn",
+        definition: "rn TEXT NOT NULL DEFAULT '0'",
+    },
+    Migration::AddColumn {
+        table: "counters",
+        column: "rat",
+        definition: "rat INTEGER NOT NULL DEFAULT 0",
     },
 ];
 
@@ -116,6 +138,10 @@ struct SqlRow {
     cp: String,
     cn: String,
     vk: String,
+    fe: String,
+    rp: String,
+    rn: String,
+    rat: i64,
 }
 
 impl SqlRow {
@@ -147,6 +173,17 @@ impl SqlRow {
             } else {
                 serde_json::from_str(&self.vk).map_err(|_| damaged("bad visits"))?
             },
+            frame: match total(&self.fe)? {
+                0 => None,
+                epoch => Some(Frame {
+                    epoch,
+                    reclaimed: SlotTotals {
+                        p: total(&self.rp)?,
+                        n: total(&self.rn)?,
+                    },
+                }),
+            },
+            rebased_at: Timestamp::from_unix_ms(self.rat),
         };
         Ok((key, row))
     }
@@ -180,7 +217,7 @@ pub mod meta {
     pub const SWEEP_DUE: &str = "sweep_due";
 }
 
-const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn, vk";
+const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn, vk, fe, rp, rn, rat";
 
 impl Store {
     /// Opens the tables, creating them on first use and bringing older storage up to date
@@ -333,11 +370,12 @@ impl Store {
             })?
         };
         self.sql.exec(
-            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn, vk) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn, vk, fe, rp, \
+             rn, rat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET p = excluded.p, n = excluded.n, ap = excluded.ap, \
              an = excluded.an, changed_at = excluded.changed_at, state = excluded.state, \
-             gen = excluded.gen, cp = excluded.cp, cn = excluded.cn, vk = excluded.vk",
+             gen = excluded.gen, cp = excluded.cp, cn = excluded.cn, vk = excluded.vk, \
+             fe = excluded.fe, rp = excluded.rp, rn = excluded.rn, rat = excluded.rat",
             vec![
                 key.storage_key().into(),
                 text(row.own.p),
@@ -350,7 +388,24 @@ impl Store {
                 text(row.carried.p),
                 text(row.carried.n),
                 SqlStorageValue::from(visits),
+                text(row.frame.map_or(0, |f| f.epoch)),
+                text(row.frame.map_or(0, |f| f.reclaimed.p)),
+                text(row.frame.map_or(0, |f| f.reclaimed.n)),
+                row.rebased_at.unix_ms().into(),
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the row of `key` (a rebased row reclaimed: [`Row::is_reclaimable`]).
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub fn delete(&self, key: &CounterKey) -> Result<(), StoreError> {
+        self.sql.exec(
+            "DELETE FROM counters WHERE key = ?",
+            vec![key.storage_key().into()],
         )?;
         Ok(())
     }

@@ -119,16 +119,14 @@ impl Counter {
     }
 
     /// The frame of `object`'s carry, when it was rebased ([`tally_crdt::Frame`]): what a
-    /// version-5 sync answer tells an object that sent an earlier one.
+    /// version-5 sync answer tells an object that sent an earlier one. Its epoch alone: what
+    /// was reclaimed stays here (an object that re-sent it would keep it alive past the time
+    /// the edge forgets it).
     pub fn frame_of(&self, object: ReplicaId) -> Option<Frame> {
         let held = self.state.carries().get(&object.object())?;
-        let narrow = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
         (held.frame > 0).then(|| Frame {
             epoch: held.frame,
-            reclaimed: SlotTotals {
-                p: narrow(held.reclaimed.p),
-                n: narrow(held.reclaimed.n),
-            },
+            reclaimed: SlotTotals::default(),
         })
     }
 

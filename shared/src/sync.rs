@@ -557,7 +557,8 @@ pub struct MergedCounter {
     pub milestones: Option<MilestoneNews>,
     /// Version-5 sync answers only: the frame of the sender object's carry of this counter
     /// at the merger, when later than the one the sync sent (an object that forgot a
-    /// rebased row takes it up again); left out of the JSON otherwise.
+    /// rebased row takes it up again), its epoch alone (`reclaimed` zero: what was reclaimed
+    /// stays at the merger); left out of the JSON otherwise.
     pub frame: Option<Frame>,
 }
 

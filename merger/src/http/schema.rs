@@ -612,7 +612,7 @@ pub struct MergedCounter {
     #[serde(default)]
     pub milestones: Option<MilestoneNews>,
     /// Version-5 sync answers: the frame of the sender object's carry of this counter, when
-    /// later than the one the sync sent; absent otherwise.
+    /// later than the one the sync sent (its `epoch` alone); absent otherwise.
     #[serde(default)]
     pub frame: Option<Frame>,
 }

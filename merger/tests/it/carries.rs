@@ -275,7 +275,7 @@ async fn a_rebased_carry_keeps_the_count_and_the_merger_answers_its_frame_to_an_
     assert_eq!(answer["counters"][0]["global"]["p"], 3, "{answer}");
     assert_eq!(
         answer["counters"][0]["frame"],
-        json!({"epoch": 1, "reclaimed": {"p": 5}}),
+        json!({"epoch": 1}),
         "{answer}"
     );
     let mut mislabelled = rebased.clone();
