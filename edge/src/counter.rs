@@ -25,8 +25,9 @@
 //! carried moves into a [`Frame`] of the counter's epoch (reclaimed: still counted by the
 //! merger, which takes the frame whole), the carry starts again from zero, and once the
 //! merger has it the row holds nothing to send but the frame. Such a row is deleted from
-//! storage `RECLAIM_AFTER_MS` later ([`Row::is_reclaimable`]): a merger restored from a backup
-//! older than that is outside what a restore heals.
+//! storage `RECLAIM_AFTER_MS` later ([`Row::reclaim`]), or, if the counter was counted here
+//! again meanwhile, stops re-sending what it reclaimed: a merger restored from a backup older
+//! than that is outside what a restore heals.
 //!
 //! A row also keeps the visitor keys of its hits on the exact path near a milestone
 //! ([`Row::visit`]), stored with the hit they name, until the merger has committed it: a
@@ -187,18 +188,38 @@ impl Row {
         self.frame.is_none() || self.rebased_at != Timestamp::default()
     }
 
-    /// Whether the row may be deleted from storage: rebased at least `after_ms` ago (0:
-    /// never), and holding nothing since — no slot, no carry, nothing to sync. The merger
-    /// holds what it reclaimed.
-    pub fn is_reclaimable(&self, now: Timestamp, after_ms: u64) -> bool {
-        after_ms > 0
+    /// What becomes of the row once it rebased here at least `after_ms` ago (0: never):
+    /// holding nothing since (no slot, no carry, nothing to sync), it is deleted from
+    /// storage ([`Reclaim::Delete`]); counted again, it stops re-sending what it reclaimed
+    /// ([`Reclaim::Forget`]). Either way the merger holds what was reclaimed, and once no
+    /// edge sends it any more it may net it against the counter's cuts.
+    pub fn reclaim(&self, now: Timestamp, after_ms: u64) -> Reclaim {
+        let due = after_ms > 0
             && self.frame.is_some()
-            && self.own == SlotTotals::default()
+            && self.rebased_at != Timestamp::default()
+            && now.millis_since(self.rebased_at) >= after_ms;
+        let empty = self.own == SlotTotals::default()
             && self.acked == SlotTotals::default()
             && self.carried == SlotTotals::default()
             && self.state == SyncState::Clean
-            && self.visits.is_empty()
-            && now.millis_since(self.rebased_at) >= after_ms
+            && self.visits.is_empty();
+        match (due, empty) {
+            (false, _) => Reclaim::Keep,
+            (true, true) => Reclaim::Delete,
+            (true, false) => Reclaim::Forget,
+        }
+    }
+
+    /// Stops re-sending what the row reclaimed ([`Reclaim::Forget`]): its frame stays, with
+    /// nothing reclaimed, as one taken up from the merger (so it never rebases again).
+    pub fn forget_reclaimed(&mut self) {
+        if let Some(frame) = self.frame {
+            self.frame = Some(Frame {
+                epoch: frame.epoch,
+                reclaimed: SlotTotals::default(),
+            });
+            self.rebased_at = Timestamp::default();
+        }
     }
 
     /// Counts a hit in the own slot and marks the row dirty.
@@ -259,6 +280,17 @@ impl Row {
             SyncState::Dirty
         };
     }
+}
+
+/// What becomes of a rebased row ([`Row::reclaim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Not yet (or never rebased here).
+    Keep,
+    /// Deleted from storage: it holds nothing the merger lacks.
+    Delete,
+    /// Counted again since: it stops re-sending what it reclaimed.
+    Forget,
 }
 
 /// The merger's last word on a counter, as this object heard it.
@@ -786,7 +818,11 @@ mod tests {
             SyncState::Dirty,
             "the merger must learn the frame"
         );
-        assert!(!e.row.is_reclaimable(after(week), week), "not synced yet");
+        assert_eq!(
+            e.row.reclaim(after(week), week),
+            Reclaim::Forget,
+            "not synced yet"
+        );
         // The frame's sync is answered: clean, and not rebased again.
         e.settle(
             SlotTotals::default(),
@@ -797,9 +833,24 @@ mod tests {
         let x = CounterKey::new(CounterKind::Pn, "x").unwrap();
         let sent = current_totals(vec![(x, e.row.clone())], 3, &lineage(0));
         assert_eq!(sent[0].frame, Some(frame), "the sweep re-sends the frame");
-        assert!(!e.row.is_reclaimable(after(week - 1), week));
-        assert!(e.row.is_reclaimable(after(week), week));
-        assert!(!e.row.is_reclaimable(after(week), 0), "0: never");
+        assert_eq!(e.row.reclaim(after(week - 1), week), Reclaim::Keep);
+        assert_eq!(e.row.reclaim(after(week), week), Reclaim::Delete);
+        assert_eq!(e.row.reclaim(after(week), 0), Reclaim::Keep, "0: never");
+        // Counted again before that: it keeps its frame and stops re-sending what it
+        // reclaimed, and never rebases again.
+        let mut again = e.clone();
+        again
+            .row
+            .hit(SlotTotals { p: 2, n: 0 }, ME, at(40))
+            .unwrap();
+        assert_eq!(again.row.reclaim(after(week), week), Reclaim::Forget);
+        again.row.forget_reclaimed();
+        let kept = Frame {
+            epoch: 2,
+            reclaimed: SlotTotals::default(),
+        };
+        assert_eq!(again.row.frame, Some(kept));
+        assert_eq!(again.row.reclaim(after(2 * week), week), Reclaim::Keep);
         // Deleted again later: what it carried since is reclaimed on top.
         e.row.carried = SlotTotals { p: 3, n: 0 };
         e.settle(

@@ -40,7 +40,7 @@ use worker::{
 use crate::api::ApiError;
 use crate::client::{self, MergerError};
 use crate::config::Config;
-use crate::counter::{Entry, Outcome, current_totals, outcomes};
+use crate::counter::{Entry, Outcome, Reclaim, current_totals, outcomes};
 use crate::exact::{ExactGate, Turn};
 use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
@@ -886,25 +886,35 @@ impl Replica {
                 Ok(())
             });
         };
-        // Rebased rows past `RECLAIM_AFTER_MS` hold nothing the merger lacks: deleted. Rows
+        // Rows rebased more than `RECLAIM_AFTER_MS` ago: deleted if they hold nothing the
+        // merger lacks, else they stop re-sending what they reclaimed ([`Row::reclaim`]). Rows
         // of earlier incarnations send their carry alone: their slots are final.
         let page = self.with(|i| -> std::result::Result<_, StoreError> {
             let after = i.config.reclaim_after_ms;
-            let (gone, kept): (Vec<_>, Vec<_>) = page.into_iter().partition(|(key, row)| {
-                row.is_reclaimable(now, after)
-                    && i.cache
-                        .peek(key)
-                        .is_none_or(|e| e.row.is_reclaimable(now, after))
-            });
-            for (key, _) in &gone {
-                i.store.delete(key)?;
-                i.cache.pop(key);
+            let mut kept = Vec::with_capacity(page.len());
+            let mut deleted = 0;
+            for (key, stored) in page {
+                // A cached row is the one a hit or an answer changes next: it decides.
+                let mut row = i.cache.peek(&key).map_or(stored, |e| e.row.clone());
+                match row.reclaim(now, after) {
+                    Reclaim::Keep => kept.push((key, row)),
+                    Reclaim::Delete => {
+                        i.store.delete(&key)?;
+                        i.cache.pop(&key);
+                        deleted += 1;
+                    }
+                    Reclaim::Forget => {
+                        row.forget_reclaimed();
+                        i.store.put(&key, &row)?;
+                        if let Some(entry) = i.cache.peek_mut(&key) {
+                            entry.row = row.clone();
+                        }
+                        kept.push((key, row));
+                    }
+                }
             }
-            if !gone.is_empty() {
-                console_log!(
-                    "reclaimed {} rows of counters nobody counts any more",
-                    gone.len()
-                );
+            if deleted > 0 {
+                console_log!("reclaimed {deleted} rows of counters nobody counts any more");
             }
             Ok(kept)
         })?;

@@ -397,7 +397,7 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the row of `key` (a rebased row reclaimed: [`Row::is_reclaimable`]).
+    /// Deletes the row of `key` (a rebased row reclaimed: [`Row::reclaim`]).
     ///
     /// # Errors
     ///

@@ -84,6 +84,13 @@ pub struct Config {
     #[arg(long, env = "TALLY_RETIRED_REPLICA_DAYS", default_value_t = 7)]
     pub retired_replica_days: u32,
 
+    /// Days after which what an edge object reclaimed when it rebased its carry of a counter
+    /// nobody counts any more is netted against the counter's cuts, and the carry deleted if
+    /// it holds nothing else (0: never). Longer than the edge's `RECLAIM_AFTER_MS` (seven
+    /// days) plus its `ANTI_ENTROPY_MS`, so that no edge re-sends it any more.
+    #[arg(long, env = "TALLY_RECLAIM_DAYS", default_value_t = 14)]
+    pub reclaim_days: u32,
+
     /// Where milestone winners are announced: each winner is POSTed here as JSON, signed
     /// (`Tally-Signature`, HMAC-SHA256 with `--webhook-secret`), retried with backoff until a
     /// 2xx answer (docs/milestones.md). Without it winners are only read from the API.

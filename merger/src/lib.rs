@@ -325,6 +325,7 @@ impl Merger {
             prune::Keep {
                 sketch_days: config.sketch_days,
                 retired_replica_days: config.retired_replica_days,
+                reclaim_days: config.reclaim_days,
             },
             stopped.clone(),
         ));

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub sketches_pruned: Counter,
     /// Rows of retired replicas deleted past `--retired-replica-days`.
     pub replicas_pruned: Counter,
+    /// Rebased carries netted against their counters' cuts past `--reclaim-days`.
+    pub carries_reclaimed: Counter,
     /// Milestone announcements to the webhook by outcome (`ok`, `failed`).
     pub announcements: Family<Outcome, Counter>,
     /// Counters answered by batch reads.
@@ -167,6 +169,7 @@ impl Default for Metrics {
             presence_pruned: Counter::default(),
             sketches_pruned: Counter::default(),
             replicas_pruned: Counter::default(),
+            carries_reclaimed: Counter::default(),
             announcements: Family::default(),
             counters_read: Counter::default(),
             counters_rejected: Family::default(),
@@ -240,6 +243,11 @@ impl Default for Metrics {
             "replicas_pruned",
             "Rows of retired replica incarnations deleted past --retired-replica-days",
             m.replicas_pruned.clone(),
+        );
+        registry.register(
+            "carries_reclaimed",
+            "Rebased carries netted against their counters' cuts past --reclaim-days (deleted when they held nothing else)",
+            m.carries_reclaimed.clone(),
         );
         registry.register(
             "announcements",

@@ -4,7 +4,11 @@
 //! more than `--sketch-days` ago, so that the sketches (about 3 KiB per id and day) stay
 //! bounded by the ids counted in that window; and the rows of replica incarnations retired
 //! more than `--retired-replica-days` ago, so that the `replicas` table stays bounded by the
-//! incarnations alive and those retired in that window, however many rotations there were.
+//! incarnations alive and those retired in that window, however many rotations there were;
+//! and it nets what rebased carries reclaimed against their counters' cuts `--reclaim-days`
+//! after the rebase ([`CounterStore::reclaim_carries`](crate::store::CounterStore::reclaim_carries)),
+//! once no edge object re-sends it: a counter deleted with nothing counted since then keeps
+//! its row and its cuts, not a carry per object that ever counted it.
 //!
 //! Reads never count an expired report (they filter by expiry), so pruning only bounds the
 //! table: it holds a row per presence id and edge object that reported within the lease and
@@ -41,6 +45,8 @@ pub struct Keep {
     /// Days a replica incarnation's row is kept after its retirement
     /// (`--retired-replica-days`).
     pub retired_replica_days: u32,
+    /// Days what a rebased carry reclaimed is kept in it (`--reclaim-days`).
+    pub reclaim_days: u32,
 }
 
 /// Starts the task; it ends when `stop` turns true.
@@ -77,6 +83,14 @@ pub fn spawn(
                                 metrics.replicas_pruned.inc_by(deleted);
                             }
                             Err(e) => warn!(error = %e, "replica prune failed; retried at the next interval"),
+                        }
+                    }
+                    if keep.reclaim_days > 0 {
+                        match reclaim_carries(&*store, crate::clock::now(), keep.reclaim_days).await {
+                            Ok(netted) => {
+                                metrics.carries_reclaimed.inc_by(netted);
+                            }
+                            Err(e) => warn!(error = %e, "carry reclaim failed; retried at the next interval"),
                         }
                     }
                 }
@@ -120,8 +134,25 @@ pub async fn prune_replicas(
     now: tally_crdt::Timestamp,
     days: u32,
 ) -> Result<u64, StoreError> {
-    let before = now.minus_ms(u64::from(days) * 86_400_000);
+    let before = days_before(now, days);
     in_chunks(|limit| store.prune_replicas(before, limit)).await
+}
+
+/// One pass over the rebased carries: those last grown more than `days` days before `now`
+/// are netted against their counters' cuts
+/// ([`CounterStore::reclaim_carries`](crate::store::CounterStore::reclaim_carries)), in chunks.
+pub async fn reclaim_carries(
+    store: &dyn Store,
+    now: tally_crdt::Timestamp,
+    days: u32,
+) -> Result<u64, StoreError> {
+    let before = days_before(now, days);
+    in_chunks(|limit| store.reclaim_carries(before, limit)).await
+}
+
+/// `days` days before `now`.
+fn days_before(now: tally_crdt::Timestamp, days: u32) -> tally_crdt::Timestamp {
+    now.minus_ms(u64::from(days) * 86_400_000)
 }
 
 /// Runs `chunk` (one delete of at most its argument's rows) until a chunk deletes fewer than

@@ -19,6 +19,8 @@ The rules, each answered with its own error code (docs/protocol.md). The merger:
   3), or the whole sync is refused (`malformed_body`).
 - `/v1/sync` below protocol version 4: no counter carries a non-zero `carried` (it came with
   version 4), or the whole sync is refused (`malformed_body`).
+- `/v1/sync` below protocol version 5: no counter carries a `frame` (it came with version 5),
+  or the whole sync is refused (`malformed_body`).
 - JSON integers in integer form: JSON Schema's `integer` admits `248.0`, tally's decoder
   (serde) reads integers only in integer form (`malformed_body`).
 - `GET /v1/{namespace}/{id}/history`: `from` not after `to` (`invalid_query`).
@@ -105,6 +107,16 @@ def _carried_before_v4(body):
         and isinstance(c.get("carried"), dict)
         and any(v not in (0, None) for v in c["carried"].values())
         for c in counters
+    )
+
+
+def _frame_before_v5(body):
+    """Whether a sync of a version below 5 carries a frame (it came with version 5)."""
+    if not isinstance(body, dict) or body.get("version") not in (1, 2, 3, 4):
+        return False
+    counters = body.get("counters")
+    return isinstance(counters, list) and any(
+        isinstance(c, dict) and c.get("frame") is not None for c in counters
     )
 
 
@@ -247,6 +259,7 @@ def filter_case(context, case):
         _v1_decrement_on_counter(body)
         or _visits_before_v3(body)
         or _carried_before_v4(body)
+        or _frame_before_v5(body)
     ):
         return False
     if case.path == "/v1/{namespace}/{id}/history" and isinstance(case.query, dict):

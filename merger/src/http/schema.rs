@@ -487,10 +487,10 @@ pub struct SlotUpdate {
     #[schema(value_type = Uint64)]
     pub n: u64,
     /// Hits of this slot that carried a visitor key (kind `g` only, sent while the counter
-    /// is near a milestone; protocol version 3); absent otherwise. A bad one gets the counter
-    /// answered alone with `invalid_visit`.
+    /// is near a milestone; protocol version 3); absent otherwise. At most 32: more, or a bad
+    /// one, gets the counter answered alone with `invalid_visit` (the sync is accepted, so
+    /// neither is a rule of this schema).
     #[serde(default)]
-    #[schema(max_items = 32)]
     pub visits: Vec<Visit>,
     /// Protocol version 4: the sums of the final slots of the sender object's earlier
     /// incarnations (the generations below the sender's) for this counter; absent for none.
@@ -503,7 +503,18 @@ pub struct SlotUpdate {
     /// of this counter (a counter nobody counts any more: what it carried is `reclaimed`,
     /// and its carry starts again from zero); absent for frame 0. A rebase changes no count.
     #[serde(default)]
+    #[schema(schema_with = optional_frame)]
     pub frame: Option<Frame>,
+}
+
+/// [`SlotUpdate::frame`]'s schema: a [`Frame`] or none, with none as its example (a frame is
+/// refused in the versions before 5, and an example sync is of the first version).
+fn optional_frame() -> RefOr<Schema> {
+    from_json(json!({
+        "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Frame"}],
+        "description": "Protocol version 5: the frame `carried` counts in, when the object rebased its carry of this counter (a counter nobody counts any more: what it carried is `reclaimed`, and its carry starts again from zero); absent for frame 0. A rebase changes no count.",
+        "examples": [null]
+    }))
 }
 
 /// `tally_crdt::Frame`: a carry rebased into a later frame.
@@ -519,18 +530,19 @@ pub struct Frame {
 }
 
 /// `tally_crdt::Visit`: a hit holding units `end - delta + 1 ..= end` of the slot, and the
-/// visitor key it carried.
+/// visitor key it carried. Its rules (`1 <= delta <= end <= p`, a key of 1 to 64 printable
+/// ASCII characters) are the counter's: one broken gets that counter answered alone with
+/// `invalid_visit` in a sync that is accepted, so this schema states only the shape.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Visit {
     /// The slot's total of increments right after the hit (at most `p`).
     #[schema(value_type = Uint64)]
     pub end: u64,
-    /// The hit's delta (at most `end`).
-    #[schema(minimum = 1, maximum = 4_294_967_295_u64)]
+    /// The hit's delta (1 to `end`).
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub delta: u32,
-    /// The client's opaque key: printable ASCII.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[ -~]{1,64}$")]
+    /// The client's opaque key: 1 to 64 printable ASCII characters.
     pub visitor: String,
 }
 

@@ -468,6 +468,15 @@ pub trait CounterStore: Send + Sync {
     /// `limit`.
     async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
+    /// Nets what rebased carries reclaimed against their counters' cuts, for at most `limit`
+    /// carries in a frame above 0 that reclaimed something and last grew before `before`
+    /// (`--reclaim-days` ago: no edge re-sends what they reclaimed any more): each one's
+    /// reclaimed sums leave it and its region's cut alike ([`net_reclaimed`]), so no count
+    /// changes, and a carry left holding nothing is deleted. A carry that reclaimed more than
+    /// its region's cut is left as it is. Returns how many it netted: call again until it
+    /// nets fewer than `limit`.
+    async fn reclaim_carries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
     /// Counters stored of `kind` (for metrics).
     async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError>;
 }
@@ -820,6 +829,35 @@ where
             n: decode("carries", row.try_get("rn")?)?,
         },
     })
+}
+
+/// Totals from the `p` and `n` columns (decimal text) of a row of `table` of either backend.
+pub fn totals_of<R>(table: &'static str, row: &R) -> Result<GlobalTotals, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(GlobalTotals {
+        p: decode(table, row.try_get("p")?)?,
+        n: decode(table, row.try_get("n")?)?,
+    })
+}
+
+/// What netting a rebased carry against its region's cut writes
+/// ([`CounterStore::reclaim_carries`]): the cut less what the carry reclaimed, and whether
+/// the carry then holds nothing (it is deleted; else its reclaimed sums go to zero). The
+/// region's sums lose what the cut loses, so its share, and the count, stay the same. `None`
+/// when there is nothing to net, or the carry reclaimed more than the cut holds.
+pub fn net_reclaimed(carry: &Carry, cut: GlobalTotals) -> Option<(GlobalTotals, bool)> {
+    let reclaimed = carry.reclaimed;
+    if carry.frame == 0 || reclaimed == GlobalTotals::default() || !cut.dominates(reclaimed) {
+        return None;
+    }
+    let left = GlobalTotals {
+        p: cut.p - reclaimed.p,
+        n: cut.n - reclaimed.n,
+    };
+    Some((left, carry.totals == GlobalTotals::default()))
 }
 
 /// A counter's key from the `kind` and `name` columns of a row of either backend.

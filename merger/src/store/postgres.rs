@@ -876,6 +876,85 @@ impl CounterStore for PostgresStore {
         Ok(done.rows_affected())
     }
 
+    /// One transaction per carry, which locks its counter's row first (as a reset does, so a
+    /// reset's cuts never miss a netting), then the carry and its cut, and nets them as they
+    /// are then.
+    async fn reclaim_carries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let candidates = sqlx::query(
+            "SELECT x.counter, x.object FROM carries x \
+             JOIN cuts c ON c.counter = x.counter AND c.region = x.region \
+             WHERE x.frame > 0 AND (x.rp > 0 OR x.rn > 0) AND x.updated_at < $1 \
+                 AND x.rp <= c.p AND x.rn <= c.n \
+             ORDER BY x.counter, x.object COLLATE \"C\" LIMIT $2",
+        )
+        .bind(before.unix_ms())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut netted = 0;
+        for candidate in candidates {
+            let counter: i64 = candidate.try_get("counter")?;
+            let object: String = candidate.try_get("object")?;
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT 1 FROM counters WHERE id = $1 FOR UPDATE")
+                .bind(counter)
+                .execute(&mut *tx)
+                .await?;
+            let Some(row) = sqlx::query(
+                "SELECT region, through, p::text AS p, n::text AS n, frame, rp::text AS rp, \
+                     rn::text AS rn \
+                 FROM carries WHERE counter = $1 AND object = $2 FOR UPDATE",
+            )
+            .bind(counter)
+            .bind(&object)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                continue;
+            };
+            let carry = super::carry_of(&row)?;
+            let Some(cut) = sqlx::query(
+                "SELECT p::text AS p, n::text AS n FROM cuts \
+                 WHERE counter = $1 AND region = $2 FOR UPDATE",
+            )
+            .bind(counter)
+            .bind(&*carry.region)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                continue;
+            };
+            let Some((left, empty)) = super::net_reclaimed(&carry, super::totals_of("cuts", &cut)?)
+            else {
+                continue;
+            };
+            sqlx::query(
+                "UPDATE cuts SET p = $3::numeric, n = $4::numeric, changed = pg_current_xact_id() \
+                 WHERE counter = $1 AND region = $2",
+            )
+            .bind(counter)
+            .bind(&*carry.region)
+            .bind(left.p.to_string())
+            .bind(left.n.to_string())
+            .execute(&mut *tx)
+            .await?;
+            let carry_write = if empty {
+                "DELETE FROM carries WHERE counter = $1 AND object = $2"
+            } else {
+                "UPDATE carries SET rp = 0, rn = 0, changed = pg_current_xact_id() \
+                 WHERE counter = $1 AND object = $2"
+            };
+            sqlx::query(carry_write)
+                .bind(counter)
+                .bind(&object)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            netted += 1;
+        }
+        Ok(netted)
+    }
+
     async fn replica_count(&self) -> Result<u64, StoreError> {
         let count: i64 =
             sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")

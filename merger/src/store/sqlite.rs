@@ -638,6 +638,75 @@ impl CounterStore for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    /// One transaction per carry, which takes the write lock with its first statement (a
+    /// write that changes nothing) and nets the carry and its cut as they are then.
+    async fn reclaim_carries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let zero = encode_u128(0);
+        let candidates = sqlx::query(
+            "SELECT x.counter, x.object FROM carries x \
+             JOIN cuts c ON c.counter = x.counter AND c.region = x.region \
+             WHERE x.frame > 0 AND (x.rp > ?3 OR x.rn > ?3) AND x.updated_at < ?1 \
+                 AND x.rp <= c.p AND x.rn <= c.n \
+             ORDER BY x.counter, x.object LIMIT ?2",
+        )
+        .bind(before.unix_ms())
+        .bind(i64::from(limit))
+        .bind(&zero)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut netted = 0;
+        for candidate in candidates {
+            let counter: i64 = candidate.try_get("counter")?;
+            let object: String = candidate.try_get("object")?;
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = sqlx::query(
+                "UPDATE carries SET frame = frame WHERE counter = ?1 AND object = ?2 \
+                 RETURNING region, through, p, n, frame, rp, rn",
+            )
+            .bind(counter)
+            .bind(&object)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                continue;
+            };
+            let carry = super::carry_of(&row)?;
+            let Some(cut) = sqlx::query("SELECT p, n FROM cuts WHERE counter = ?1 AND region = ?2")
+                .bind(counter)
+                .bind(&*carry.region)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                continue;
+            };
+            let Some((left, empty)) = super::net_reclaimed(&carry, super::totals_of("cuts", &cut)?)
+            else {
+                continue;
+            };
+            sqlx::query("UPDATE cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND region = ?2")
+                .bind(counter)
+                .bind(&*carry.region)
+                .bind(encode_u128(left.p))
+                .bind(encode_u128(left.n))
+                .execute(&mut *tx)
+                .await?;
+            let carry_write = if empty {
+                "DELETE FROM carries WHERE counter = ?1 AND object = ?2"
+            } else {
+                "UPDATE carries SET rp = ?3, rn = ?3 WHERE counter = ?1 AND object = ?2"
+            };
+            sqlx::query(carry_write)
+                .bind(counter)
+                .bind(&object)
+                .bind(&zero)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            netted += 1;
+        }
+        Ok(netted)
+    }
+
     async fn replica_count(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
             .fetch_one(&self.pool)

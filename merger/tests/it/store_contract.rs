@@ -16,7 +16,7 @@ use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{SlotRow, SnapshotRow, Store, StoredCounter, sent_carry};
+use tally_merger::store::{ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter, sent_carry};
 
 use crate::common::rows::*;
 
@@ -417,5 +417,111 @@ async fn a_rebased_carry_replaces_the_stored_one_and_an_earlier_frame_changes_no
     assert_eq!(value, GlobalTotals { p: 15, n: 5 });
     assert_eq!(carry.reclaimed, GlobalTotals { p: 10, n: 4 });
     assert_eq!(carry.totals, GlobalTotals { p: 4, n: 1 });
+    store.close().await;
+}
+
+contract!(what_rebased_carries_reclaimed_is_netted_against_the_cuts_once_old_enough);
+async fn what_rebased_carries_reclaimed_is_netted_against_the_cuts_once_old_enough(b: Backend) {
+    let store = &*b.store;
+    let object = ReplicaId::from_u128(5 << 32);
+    let (r0, r1) = (ReplicaId::lineage(object, 0), ReplicaId::lineage(object, 1));
+    let p = |p| SlotTotals { p, n: 0 };
+    let value = |key: &tally_crdt::CounterKey| {
+        let key = key.clone();
+        async move {
+            let loaded = store.load(std::slice::from_ref(&key)).await.expect("load");
+            let c = loaded.first().expect("the counter is stored");
+            (c.state().value().p, c.carries.len(), c.cuts.clone())
+        }
+    };
+    // `gone` counted 5 and `back` 7 in generation 0, retired into the object's carry; both
+    // are deleted. At 10 the object rebases both carries into frame 1, and `back` had
+    // counted 2 more in a generation since.
+    let (gone, back) = (g("gone"), g("back"));
+    for (key, n) in [(&gone, 5), (&back, 7)] {
+        store
+            .commit(&[registered(r0, "eu", 1)], &[slot(key, r0, n, 0, 1)])
+            .await
+            .expect("commit");
+    }
+    store.retire(r0, at(2)).await.expect("retire");
+    for key in [&gone, &back] {
+        let request = ResetRequest {
+            delete: true,
+            expect_epoch: None,
+            at: at(3),
+        };
+        store.reset(key, request).await.expect("reset");
+    }
+    let frame = |n| {
+        Some(Frame {
+            epoch: 1,
+            reclaimed: p(n),
+        })
+    };
+    for (key, reclaimed, since) in [(&gone, 5, 0), (&back, 7, 2)] {
+        let row = SlotRow {
+            carry: sent_carry(r1, p(since), frame(reclaimed)),
+            ..slot(key, r1, 0, 0, 10)
+        };
+        store
+            .commit(&[registered(r1, "eu", 10)], &[row])
+            .await
+            .expect("commit");
+    }
+    let eu = |n| vec![("eu".to_owned(), GlobalTotals { p: n, n: 0 })];
+    assert_eq!(value(&gone).await, (0, 1, eu(5)));
+    assert_eq!(value(&back).await, (2, 1, eu(7)));
+    // Not before they are old enough; then each is netted once, and no count moves.
+    assert_eq!(
+        store.reclaim_carries(at(10), 100).await.expect("reclaim"),
+        0
+    );
+    assert_eq!(
+        store.reclaim_carries(at(11), 100).await.expect("reclaim"),
+        2
+    );
+    assert_eq!(
+        store.reclaim_carries(at(11), 100).await.expect("reclaim"),
+        0
+    );
+    assert_eq!(value(&gone).await, (0, 0, eu(0)), "its carry is gone");
+    assert_eq!(
+        value(&back).await,
+        (2, 1, eu(0)),
+        "its carry keeps what it counted since"
+    );
+    // Counted again: from zero above the netted cut.
+    let row = SlotRow {
+        carry: sent_carry(
+            r1,
+            p(0),
+            Some(Frame {
+                epoch: 1,
+                reclaimed: p(0),
+            }),
+        ),
+        ..slot(&gone, r1, 3, 0, 20)
+    };
+    store
+        .commit(&[registered(r1, "eu", 20)], &[row])
+        .await
+        .expect("commit");
+    assert_eq!(value(&gone).await.0, 3);
+    // A carry that reclaimed more than its region's cut holds is left alone.
+    let never = g("never");
+    let row = SlotRow {
+        carry: sent_carry(r1, p(0), frame(4)),
+        ..slot(&never, r1, 1, 0, 1)
+    };
+    store
+        .commit(&[registered(r1, "eu", 21)], &[row])
+        .await
+        .expect("commit");
+    assert_eq!(
+        store.reclaim_carries(at(100), 100).await.expect("reclaim"),
+        0
+    );
+    assert_eq!(value(&never).await.0, 5);
     store.close().await;
 }
