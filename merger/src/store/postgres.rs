@@ -234,9 +234,8 @@ const DELETE_CARRIED_SLOTS: &str = "\
 /// The carry merge, [`tally_crdt::Carry`]'s join, in (counter, object) lock order: a carry
 /// of a later frame replaces the stored one whole, one of an earlier frame changes nothing,
 /// and within a frame each column takes the max. A row that grows in no column is not
-/// written (so the change log names only counters that grew; `changed` is written for the
-/// catch-up of mergers of the previous release). Answers the counters whose carries changed,
-/// for the notification.
+/// written (so the change log names only counters that grew). Answers the counters whose
+/// carries changed, for the notification.
 const UPSERT_CARRIES: &str = "\
     WITH changed AS ( \
         INSERT INTO carries AS x (counter, object, region, through, p, n, updated_at, frame, \
@@ -260,8 +259,7 @@ const UPSERT_CARRIES: &str = "\
             rn = CASE WHEN excluded.frame > x.frame THEN excluded.rn \
                 ELSE GREATEST(x.rn, excluded.rn) END, \
             frame = excluded.frame, \
-            updated_at = GREATEST(x.updated_at, excluded.updated_at), \
-            changed = pg_current_xact_id() \
+            updated_at = GREATEST(x.updated_at, excluded.updated_at) \
         WHERE excluded.frame > x.frame OR (excluded.frame = x.frame AND ( \
             excluded.region > x.region OR excluded.through > x.through \
             OR excluded.p > x.p OR excluded.n > x.n \
@@ -278,9 +276,9 @@ const INSERT_COUNTERS: &str = "\
     ON CONFLICT DO NOTHING";
 
 /// The CRDT merge: max per half, in (counter, replica) lock order. A row that grows in
-/// neither half is not written (so the change log names only counters that grew; `changed`
-/// is written for the catch-up of mergers of the previous release), nor is a slot its
-/// object's carry holds (it is final). The joins are LEFT joins so
+/// neither half is not written (so the change log names only counters that grew), nor is a
+/// slot its object's carry holds (it is final); no indexed column changes, so Postgres can
+/// make the update in place (HOT, migration 0016). The joins are LEFT joins so
 /// that a slot naming a replica that was never registered fails on `NOT NULL` and rolls the
 /// batch back, instead of vanishing from an inner join. Answers the counters whose slots
 /// changed, for the notification.
@@ -299,8 +297,7 @@ const MERGE_SLOTS: &str = "\
         ON CONFLICT (counter, replica) DO UPDATE SET \
             p = GREATEST(s.p, excluded.p), \
             n = GREATEST(s.n, excluded.n), \
-            updated_at = GREATEST(s.updated_at, excluded.updated_at), \
-            changed = pg_current_xact_id() \
+            updated_at = GREATEST(s.updated_at, excluded.updated_at) \
         WHERE excluded.p > s.p OR excluded.n > s.n \
         RETURNING s.counter \
     ) \
@@ -660,8 +657,7 @@ impl CounterStore for PostgresStore {
             "INSERT INTO cuts AS x (counter, region, p, n) \
              SELECT $1, u.region, u.p::numeric, u.n::numeric \
              FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
-             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n, \
-             changed = pg_current_xact_id()",
+             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
         )
         .bind(id)
         .bind(regions)
@@ -929,7 +925,7 @@ impl CounterStore for PostgresStore {
                 continue;
             };
             sqlx::query(
-                "UPDATE cuts SET p = $3::numeric, n = $4::numeric, changed = pg_current_xact_id() \
+                "UPDATE cuts SET p = $3::numeric, n = $4::numeric \
                  WHERE counter = $1 AND region = $2",
             )
             .bind(counter)
@@ -941,7 +937,7 @@ impl CounterStore for PostgresStore {
             let carry_write = if empty {
                 "DELETE FROM carries WHERE counter = $1 AND object = $2"
             } else {
-                "UPDATE carries SET rp = 0, rn = 0, changed = pg_current_xact_id() \
+                "UPDATE carries SET rp = 0, rn = 0 \
                  WHERE counter = $1 AND object = $2"
             };
             sqlx::query(carry_write)

@@ -96,6 +96,51 @@ async fn a_stale_slot_changes_nothing() {
     store.close().await;
 }
 
+/// Issue 27: a merge changes no indexed column of a slot (migration 0016), so Postgres makes
+/// the update in place (HOT): no new index entries per merge. Before 0016 none was HOT (every
+/// merge set the indexed `changed`).
+#[tokio::test]
+async fn slot_updates_are_made_in_place() {
+    let Some(pg) = cluster("slot_updates_are_made_in_place").await else {
+        return;
+    };
+    let url = pg.create_database("hot").await;
+    let store = open(&url).await;
+    let keys: Vec<CounterKey> = (0..20).map(|i| g(&format!("c{i}"))).collect();
+    let r = replica(1);
+    for round in 1..=10u64 {
+        let ms = i64::try_from(round).expect("small");
+        let rows: Vec<_> = keys.iter().map(|k| slot(k, r, round, 0, ms)).collect();
+        store
+            .commit(&[registered(r, "eu", ms)], &rows)
+            .await
+            .expect("commit");
+    }
+    store.close().await;
+    // Statistics reach the shared counters when a backend goes idle (at most a second late).
+    let stats = "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables \
+                 WHERE relname = 'slots'";
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = pg.psql(&url, stats).await;
+        let counts: Vec<u64> = seen
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [updates, hot] = counts[..]
+            && updates >= 180
+        {
+            assert!(
+                hot * 10 >= updates * 9,
+                "{hot} of {updates} slot updates were HOT"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the 180 slot updates never reached the statistics: {seen:?}");
+}
+
 #[tokio::test]
 async fn two_stores_committing_in_opposite_key_orders_never_deadlock_and_end_at_the_max() {
     let Some(pg) = cluster("two_stores_never_deadlock").await else {
