@@ -141,12 +141,11 @@ impl Row {
     /// dirty until the merger has the frame (so the object does not rotate meanwhile). The
     /// merger counts the same sums before and after; returns whether it rebased.
     pub fn rebase(&mut self, epoch: u64, global: GlobalTotals, now: Timestamp) -> bool {
-        let nothing_here = self.own == SlotTotals::default()
-            && self.acked == SlotTotals::default()
-            && self.state == SyncState::Clean
-            && self.visits.is_empty();
         let later = epoch > self.frame.map_or(0, |f| f.epoch);
-        if !(nothing_here && later && global == GlobalTotals::default() && self.knows_its_carry())
+        if !(self.counts_nothing_here()
+            && later
+            && global == GlobalTotals::default()
+            && self.knows_its_carry())
             || self.carried == SlotTotals::default()
         {
             return false;
@@ -174,18 +173,38 @@ impl Row {
         if epoch <= self.frame.map_or(0, |f| f.epoch) {
             return false;
         }
+        self.take_up(epoch);
+        true
+    }
+
+    /// The row's frame becomes `epoch`, as one taken up from the merger: nothing reclaimed
+    /// here, and not rebased here.
+    fn take_up(&mut self, epoch: u64) {
         self.frame = Some(Frame {
             epoch,
             reclaimed: SlotTotals::default(),
         });
         self.rebased_at = Timestamp::default();
-        true
+    }
+
+    /// Whether the row's frame is one it rebased into itself ([`Row::rebase`]), not one it
+    /// took up from the merger.
+    fn rebased_here(&self) -> bool {
+        self.frame.is_some() && self.rebased_at != Timestamp::default()
     }
 
     /// Whether the row knows everything its object ever carried of the counter: in frame 0,
-    /// or in a frame it rebased into itself (not one it took up from the merger).
+    /// or in a frame it rebased into itself.
     fn knows_its_carry(&self) -> bool {
-        self.frame.is_none() || self.rebased_at != Timestamp::default()
+        self.frame.is_none() || self.rebased_here()
+    }
+
+    /// Whether the row counted nothing in its generation and has nothing to sync.
+    fn counts_nothing_here(&self) -> bool {
+        self.own == SlotTotals::default()
+            && self.acked == SlotTotals::default()
+            && self.state == SyncState::Clean
+            && self.visits.is_empty()
     }
 
     /// What becomes of the row once it rebased here at least `after_ms` ago (0: never):
@@ -194,15 +213,9 @@ impl Row {
     /// ([`Reclaim::Forget`]). Either way the merger holds what was reclaimed, and once no
     /// edge sends it any more it may net it against the counter's cuts.
     pub fn reclaim(&self, now: Timestamp, after_ms: u64) -> Reclaim {
-        let due = after_ms > 0
-            && self.frame.is_some()
-            && self.rebased_at != Timestamp::default()
-            && now.millis_since(self.rebased_at) >= after_ms;
-        let empty = self.own == SlotTotals::default()
-            && self.acked == SlotTotals::default()
-            && self.carried == SlotTotals::default()
-            && self.state == SyncState::Clean
-            && self.visits.is_empty();
+        let due =
+            after_ms > 0 && self.rebased_here() && now.millis_since(self.rebased_at) >= after_ms;
+        let empty = self.counts_nothing_here() && self.carried == SlotTotals::default();
         match (due, empty) {
             (false, _) => Reclaim::Keep,
             (true, true) => Reclaim::Delete,
@@ -214,11 +227,7 @@ impl Row {
     /// nothing reclaimed, as one taken up from the merger (so it never rebases again).
     pub fn forget_reclaimed(&mut self) {
         if let Some(frame) = self.frame {
-            self.frame = Some(Frame {
-                epoch: frame.epoch,
-                reclaimed: SlotTotals::default(),
-            });
-            self.rebased_at = Timestamp::default();
+            self.take_up(frame.epoch);
         }
     }
 
