@@ -26,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -63,35 +64,19 @@ pub fn spawn(
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    match prune(&*store).await {
-                        Ok(deleted) => {
-                            metrics.presence_pruned.inc_by(deleted);
-                        }
-                        Err(e) => warn!(error = %e, "presence prune failed; retried at the next interval"),
-                    }
+                    let now = crate::clock::now();
+                    counted(prune(&*store).await, &metrics.presence_pruned, "presence prune");
                     if keep.sketch_days > 0 {
-                        match prune_sketches(&*store, crate::clock::now(), keep.sketch_days).await {
-                            Ok(deleted) => {
-                                metrics.sketches_pruned.inc_by(deleted);
-                            }
-                            Err(e) => warn!(error = %e, "sketch prune failed; retried at the next interval"),
-                        }
+                        let pass = prune_sketches(&*store, now, keep.sketch_days).await;
+                        counted(pass, &metrics.sketches_pruned, "sketch prune");
                     }
                     if keep.retired_replica_days > 0 {
-                        match prune_replicas(&*store, crate::clock::now(), keep.retired_replica_days).await {
-                            Ok(deleted) => {
-                                metrics.replicas_pruned.inc_by(deleted);
-                            }
-                            Err(e) => warn!(error = %e, "replica prune failed; retried at the next interval"),
-                        }
+                        let pass = prune_replicas(&*store, now, keep.retired_replica_days).await;
+                        counted(pass, &metrics.replicas_pruned, "replica prune");
                     }
                     if keep.reclaim_days > 0 {
-                        match reclaim_carries(&*store, crate::clock::now(), keep.reclaim_days).await {
-                            Ok(netted) => {
-                                metrics.carries_reclaimed.inc_by(netted);
-                            }
-                            Err(e) => warn!(error = %e, "carry reclaim failed; retried at the next interval"),
-                        }
+                        let pass = reclaim_carries(&*store, now, keep.reclaim_days).await;
+                        counted(pass, &metrics.carries_reclaimed, "carry reclaim");
                     }
                 }
                 changed = stop.changed() => if changed.is_err() || *stop.borrow() {
@@ -100,6 +85,17 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Counts what a pass of `what` deleted or netted in `total`, or says it failed (the next
+/// interval tries again).
+fn counted(pass: Result<u64, StoreError>, total: &Counter, what: &str) {
+    match pass {
+        Ok(done) => {
+            total.inc_by(done);
+        }
+        Err(e) => warn!(error = %e, "{what} failed; retried at the next interval"),
+    }
 }
 
 /// One pass: every report expired before now minus the grace, in chunks.

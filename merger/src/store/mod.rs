@@ -755,12 +755,7 @@ where
                     .map(Timestamp::from_unix_ms),
             },
         };
-        let totals = |table: &'static str| -> Result<GlobalTotals, StoreError> {
-            Ok(GlobalTotals {
-                p: decode(table, row.try_get("p")?)?,
-                n: decode(table, row.try_get("n")?)?,
-            })
-        };
+        let totals = |table: &'static str| totals_of(table, row, ["p", "n"]);
         let part = match row.try_get::<&str, _>("part")? {
             "c" => Part::Cut(row.try_get("region")?, totals("cuts")?),
             "f" => Part::Folded(
@@ -819,27 +814,25 @@ where
         region: Region::from(row.try_get::<&str, _>("region")?),
         through: u64::try_from(through)
             .map_err(|_| corrupt("carries", format!("through {through}")))?,
-        totals: GlobalTotals {
-            p: decode("carries", row.try_get("p")?)?,
-            n: decode("carries", row.try_get("n")?)?,
-        },
+        totals: totals_of("carries", row, ["p", "n"])?,
         frame: u64::try_from(frame).map_err(|_| corrupt("carries", format!("frame {frame}")))?,
-        reclaimed: GlobalTotals {
-            p: decode("carries", row.try_get("rp")?)?,
-            n: decode("carries", row.try_get("rn")?)?,
-        },
+        reclaimed: totals_of("carries", row, ["rp", "rn"])?,
     })
 }
 
-/// Totals from the `p` and `n` columns (decimal text) of a row of `table` of either backend.
-pub fn totals_of<R>(table: &'static str, row: &R) -> Result<GlobalTotals, StoreError>
+/// Totals from the columns `[p, n]` (decimal text) of a row of `table` of either backend.
+pub fn totals_of<R>(
+    table: &'static str,
+    row: &R,
+    [p, n]: [&str; 2],
+) -> Result<GlobalTotals, StoreError>
 where
     R: sqlx::Row,
     for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(GlobalTotals {
-        p: decode(table, row.try_get("p")?)?,
-        n: decode(table, row.try_get("n")?)?,
+        p: decode(table, row.try_get(p)?)?,
+        n: decode(table, row.try_get(n)?)?,
     })
 }
 

@@ -920,7 +920,8 @@ impl CounterStore for PostgresStore {
             else {
                 continue;
             };
-            let Some((left, empty)) = super::net_reclaimed(&carry, super::totals_of("cuts", &cut)?)
+            let Some((left, empty)) =
+                super::net_reclaimed(&carry, super::totals_of("cuts", &cut, ["p", "n"])?)
             else {
                 continue;
             };

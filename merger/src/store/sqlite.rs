@@ -679,7 +679,8 @@ impl CounterStore for SqliteStore {
             else {
                 continue;
             };
-            let Some((left, empty)) = super::net_reclaimed(&carry, super::totals_of("cuts", &cut)?)
+            let Some((left, empty)) =
+                super::net_reclaimed(&carry, super::totals_of("cuts", &cut, ["p", "n"])?)
             else {
                 continue;
             };
