@@ -462,6 +462,7 @@ impl Replica {
                     visits: Vec::new(),
                     carried: SlotTotals::default(),
                     frame: None,
+                    cut: None,
                 })
                 .collect(),
         }

@@ -60,7 +60,8 @@ pub struct Config {
     /// How long a rebased row of a counter nobody counts any more (reset or deleted) stays
     /// in storage before it is deleted (`RECLAIM_AFTER_MS`, default seven days; 0: never):
     /// until then the sweep re-sends its frame, so a merger restored from a backup up to that
-    /// old gets back what it reclaimed.
+    /// old gets back what it reclaimed. Also how long after a reset a row re-sends its
+    /// object's share of it (`Row::cut`), which heals a merger restored from before it.
     pub reclaim_after_ms: u64,
     /// `PRESENCE_TTL_MS`: a viewer's lease; a session not renewed within it stops counting.
     pub presence_ttl_ms: u64,

@@ -29,6 +29,11 @@
 //! again meanwhile, stops re-sending what it reclaimed: a merger restored from a backup older
 //! than that is outside what a restore heals.
 //!
+//! A row keeps its object's share of the counter's last reset as a merger told it
+//! ([`Row::cut`]) and sends it with every sync for `RECLAIM_AFTER_MS` after the reset, so that a
+//! merger restored from a backup older than the reset takes it up instead of counting the old
+//! epoch again ([`Row::take_cut`], [`Row::as_sent`]).
+//!
 //! A row also keeps the visitor keys of its hits on the exact path near a milestone
 //! ([`Row::visit`]), stored with the hit they name, until the merger has committed it: a
 //! restart between a hit's answer and its sync does not lose the key.
@@ -39,7 +44,7 @@ use std::collections::HashMap;
 use crate::incarnation::Lineage;
 use crate::milestone::Watch;
 use tally_crdt::{
-    CounterKey, Error, Frame, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId,
+    CounterKey, Cut, Error, Frame, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId,
     SlotTotals, SlotUpdate, SyncAnswer, Timestamp, Visit,
 };
 
@@ -101,6 +106,10 @@ pub struct Row {
     pub frame: Option<Frame>,
     /// When the row last rebased (or took up a frame); zero while it never did.
     pub rebased_at: Timestamp,
+    /// The object's share of the counter's last reset, as a merger told it ([`Cut`]); sent
+    /// with every sync of the row until `RECLAIM_AFTER_MS` after that reset, so a merger
+    /// restored from a backup older than the reset takes it up ([`Row::take_cut`]).
+    pub cut: Option<Cut>,
 }
 
 impl Row {
@@ -130,7 +139,55 @@ impl Row {
             carried,
             frame: self.frame,
             rebased_at: self.rebased_at,
+            cut: self.cut,
             ..Row::default()
+        }
+    }
+
+    /// Takes the object's share of the counter's last reset that a merger told ([`Cut`]),
+    /// if of a later epoch than the one held and still within `keep_ms` of that reset
+    /// (`RECLAIM_AFTER_MS`; 0: kept for ever). Returns whether it changed.
+    pub fn take_cut(&mut self, cut: Cut, now: Timestamp, keep_ms: u64) -> bool {
+        if !kept(&cut, now, keep_ms) || cut.epoch <= self.cut.map_or(0, |c| c.epoch) {
+            return false;
+        }
+        self.cut = Some(cut);
+        true
+    }
+
+    /// Drops a cut told longer than `keep_ms` after its reset: by then the merger may net
+    /// what a rebased carry reclaimed out of the object's share, which a cut sent again
+    /// would raise back. Returns whether it changed.
+    pub fn expire_cut(&mut self, now: Timestamp, keep_ms: u64) -> bool {
+        let expired = self.cut.is_some_and(|cut| !kept(&cut, now, keep_ms));
+        if expired {
+            self.cut = None;
+        }
+        expired
+    }
+
+    /// The row as a sync sends it at `now`, whether or not the sweep has stored its expiries
+    /// yet (it may be off): what it reclaimed is left out once due ([`Row::reclaim`]), and
+    /// its cut once older than `keep_ms` ([`Row::expire_cut`]).
+    #[must_use]
+    pub fn as_sent(mut self, now: Timestamp, keep_ms: u64) -> Row {
+        if self.reclaim(now, keep_ms) != Reclaim::Keep {
+            self.forget_reclaimed();
+        }
+        self.expire_cut(now, keep_ms);
+        self
+    }
+
+    /// The slot of counter `key` a sync sends of this row: its own totals, visits, carry,
+    /// frame and cut.
+    pub fn update(self, key: CounterKey) -> SlotUpdate {
+        SlotUpdate {
+            key,
+            totals: self.own,
+            visits: self.visits,
+            carried: self.carried,
+            frame: self.frame,
+            cut: self.cut,
         }
     }
 
@@ -289,6 +346,11 @@ impl Row {
             SyncState::Dirty
         };
     }
+}
+
+/// Whether a row keeps `cut` at `now`: for `keep_ms` after its reset (0: for ever).
+fn kept(cut: &Cut, now: Timestamp, keep_ms: u64) -> bool {
+    keep_ms == 0 || now.millis_since(cut.at) < keep_ms
 }
 
 /// What becomes of a rebased row ([`Row::reclaim`]).
@@ -520,24 +582,21 @@ pub fn outcomes<'a>(
 /// under the new id: they are the old incarnation's final slot, and go in the carry. A row
 /// with neither a slot in this generation nor a carry nor a frame has nothing to send; a
 /// rebased row sends its frame until it is reclaimed, so a restored merger gets it back.
+///
+/// Each row goes as sent at `now` ([`Row::as_sent`], `keep_ms` being `RECLAIM_AFTER_MS`).
 pub fn current_totals(
     rows: Vec<(CounterKey, Row)>,
     generation: u64,
     lineage: &Lineage,
+    now: Timestamp,
+    keep_ms: u64,
 ) -> Vec<SlotUpdate> {
     rows.into_iter()
         .filter_map(|(key, row)| {
             let current = row.generation == generation;
-            let row = row.in_generation(generation, lineage);
-            (current || row.carried != SlotTotals::default() || row.frame.is_some()).then_some(
-                SlotUpdate {
-                    key,
-                    totals: row.own,
-                    visits: row.visits,
-                    carried: row.carried,
-                    frame: row.frame,
-                },
-            )
+            let row = row.in_generation(generation, lineage).as_sent(now, keep_ms);
+            (current || row.carried != SlotTotals::default() || row.frame.is_some())
+                .then(|| row.update(key))
         })
         .collect()
 }
@@ -561,8 +620,15 @@ impl Entry {
         watch.hear(merged.milestones.as_ref(), merged.global.p, now, newer);
     }
 
-    /// Applies the outcome of a sync that sent `sent` for this counter.
-    pub fn settle(&mut self, sent: SlotTotals, outcome: &Outcome<'_>, now: Timestamp) {
+    /// Applies the outcome of a sync that sent `sent` for this counter (`keep_ms`: how long
+    /// after a reset the row keeps its cut, `RECLAIM_AFTER_MS`).
+    pub fn settle(
+        &mut self,
+        sent: SlotTotals,
+        outcome: &Outcome<'_>,
+        now: Timestamp,
+        keep_ms: u64,
+    ) {
         match outcome {
             Outcome::Merged(merged) => {
                 self.row.acknowledge(sent);
@@ -570,6 +636,9 @@ impl Entry {
                 self.hear_milestones(merged, true, newer, now);
                 if let Some(frame) = merged.frame {
                     self.row.take_frame(frame.epoch);
+                }
+                if let Some(cut) = merged.cut {
+                    self.row.take_cut(cut, now, keep_ms);
                 }
                 if merged.epoch > 0 {
                     self.row.rebase(merged.epoch, merged.global, now);
@@ -589,6 +658,8 @@ mod tests {
     use tally_crdt::{CounterKey, CounterKind};
 
     const ME: ReplicaId = ReplicaId::from_u128(7);
+    /// `RECLAIM_AFTER_MS`'s default.
+    const WEEK: u64 = 604_800_000;
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_unix_ms(ms)
@@ -609,6 +680,7 @@ mod tests {
             epoch: 0,
             milestones: None,
             frame: None,
+            cut: None,
         }
     }
 
@@ -696,6 +768,7 @@ mod tests {
             visits: Vec::new(),
             carried: SlotTotals::default(),
             frame: None,
+            cut: None,
         }
     }
 
@@ -708,6 +781,7 @@ mod tests {
             epoch: 0,
             milestones: None,
             frame: None,
+            cut: None,
         })
     }
 
@@ -750,7 +824,7 @@ mod tests {
             })
             .collect();
         for ((update, outcome), entry) in outcomes(&sent, &answers).iter().zip(&mut entries) {
-            entry.settle(update.totals, outcome, at(2));
+            entry.settle(update.totals, outcome, at(2), WEEK);
         }
         assert_eq!(
             entries[0].row.state,
@@ -772,7 +846,7 @@ mod tests {
         let mut e = Entry::default();
         e.row.hit(SlotTotals { p: 1, n: 0 }, ME, at(1)).unwrap();
         for (u, o) in outcomes(&sent, &[]) {
-            e.settle(u.totals, &o, at(2));
+            e.settle(u.totals, &o, at(2), WEEK);
         }
         assert_eq!(e.row.state, SyncState::Dirty);
     }
@@ -807,6 +881,56 @@ mod tests {
     }
 
     #[test]
+    fn a_row_keeps_its_share_of_a_reset_and_sends_it_until_the_window_closes() {
+        let x = CounterKey::new(CounterKind::Pn, "x").unwrap();
+        let cut = Cut {
+            epoch: 2,
+            deleted: true,
+            at: at(10),
+            totals: GlobalTotals { p: 5, n: 0 },
+        };
+        // Told with its sync's answer (the count since the reset is 3 here).
+        let mut e = carrying(5);
+        e.row.own = SlotTotals { p: 3, n: 0 };
+        let answer = MergedCounter {
+            cut: Some(cut),
+            ..in_epoch(2, 3)
+        };
+        e.settle(e.row.own, &Outcome::Merged(&answer), at(20), WEEK);
+        assert_eq!(e.row.cut, Some(cut));
+        // An earlier epoch's, or the same again, changes nothing.
+        for told in [Cut { epoch: 1, ..cut }, cut] {
+            assert!(!e.row.take_cut(told, at(30), WEEK));
+        }
+        // Every sync sends it, across a rotation too, until a week after the reset.
+        let sent = |row: &Row, ms: i64| {
+            current_totals(vec![(x.clone(), row.clone())], 2, &lineage(0), at(ms), WEEK)[0].cut
+        };
+        assert_eq!(sent(&e.row, 20), Some(cut));
+        let week = i64::try_from(WEEK).unwrap();
+        assert_eq!(sent(&e.row, 10 + week - 1), Some(cut));
+        assert_eq!(sent(&e.row, 10 + week), None, "the window closed");
+        assert!(!e.row.clone().expire_cut(at(10 + week - 1), WEEK));
+        let mut stored = e.row.clone();
+        assert!(stored.expire_cut(at(10 + week), WEEK), "the sweep drops it");
+        assert_eq!(stored.cut, None);
+        // A cut told after its window is not taken; with no window it is kept for ever.
+        let mut late = carrying(5);
+        assert!(!late.row.take_cut(cut, at(10 + week), WEEK));
+        assert!(late.row.take_cut(cut, at(10 + week), 0));
+        let kept = current_totals(
+            vec![(x.clone(), late.row.clone())],
+            2,
+            &lineage(0),
+            at(0),
+            0,
+        );
+        assert_eq!(kept[0].cut, Some(cut));
+        let mut forever = late.row.clone();
+        assert!(!forever.expire_cut(at(i64::MAX / 2), 0));
+    }
+
+    #[test]
     fn a_counter_nobody_counts_any_more_is_rebased_once_then_reclaimable() {
         let week: u64 = 604_800_000;
         let after = |ms: u64| at(10 + i64::try_from(ms).unwrap());
@@ -815,6 +939,7 @@ mod tests {
             SlotTotals::default(),
             &Outcome::Merged(&in_epoch(2, 0)),
             at(10),
+            WEEK,
         );
         let frame = Frame {
             epoch: 2,
@@ -837,10 +962,11 @@ mod tests {
             SlotTotals::default(),
             &Outcome::Merged(&in_epoch(2, 0)),
             at(20),
+            WEEK,
         );
         assert_eq!((e.row.frame, e.row.state), (Some(frame), SyncState::Clean));
         let x = CounterKey::new(CounterKind::Pn, "x").unwrap();
-        let sent = current_totals(vec![(x, e.row.clone())], 3, &lineage(0));
+        let sent = current_totals(vec![(x, e.row.clone())], 3, &lineage(0), at(20), WEEK);
         assert_eq!(sent[0].frame, Some(frame), "the sweep re-sends the frame");
         assert_eq!(e.row.reclaim(after(week - 1), week), Reclaim::Keep);
         assert_eq!(e.row.reclaim(after(week), week), Reclaim::Delete);
@@ -866,6 +992,7 @@ mod tests {
             SlotTotals::default(),
             &Outcome::Merged(&in_epoch(4, 0)),
             at(30),
+            WEEK,
         );
         assert_eq!(e.row.frame.map(|f| (f.epoch, f.reclaimed.p)), Some((4, 8)));
     }
@@ -876,7 +1003,12 @@ mod tests {
         // Counted since its reset (at this merger's word), never reset, or an older frame.
         for answer in [in_epoch(2, 1), in_epoch(0, 0)] {
             let mut e = carrying(5);
-            e.settle(SlotTotals::default(), &Outcome::Merged(&answer), at(10));
+            e.settle(
+                SlotTotals::default(),
+                &Outcome::Merged(&answer),
+                at(10),
+                WEEK,
+            );
             assert_eq!(e.row, was);
         }
         // A hit here in this generation, or nothing carried.
@@ -886,6 +1018,7 @@ mod tests {
             SlotTotals { p: 1, n: 0 },
             &Outcome::Merged(&in_epoch(2, 0)),
             at(10),
+            WEEK,
         );
         assert_eq!(e.row.frame, None);
         let mut e = carrying(0);
@@ -893,6 +1026,7 @@ mod tests {
             SlotTotals::default(),
             &Outcome::Merged(&in_epoch(2, 0)),
             at(10),
+            WEEK,
         );
         assert_eq!(e.row.frame, None);
     }
@@ -908,7 +1042,12 @@ mod tests {
             frame: Some(held),
             ..merged((11, 0), (0, 0))
         };
-        e.settle(SlotTotals::default(), &Outcome::Merged(&answer), at(10));
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&answer),
+            at(10),
+            WEEK,
+        );
         let taken = Frame {
             epoch: 3,
             reclaimed: SlotTotals::default(),
@@ -925,6 +1064,7 @@ mod tests {
             SlotTotals::default(),
             &Outcome::Merged(&in_epoch(4, 0)),
             at(20),
+            WEEK,
         );
         assert_eq!(e.row.frame, Some(taken));
     }
@@ -981,7 +1121,7 @@ mod tests {
         assert_eq!(r.visits.len(), MAX_VISITS_PER_COUNTER);
         // Every sync of the row carries them, the sweep's too.
         let key = CounterKey::new(CounterKind::G, "a").unwrap();
-        let sent = current_totals(vec![(key, r.clone())], 0, &lineage(0));
+        let sent = current_totals(vec![(key, r.clone())], 0, &lineage(0), at(20), WEEK);
         assert_eq!(sent[0].visits, r.visits);
         r.acknowledge(SlotTotals { p: 30, n: 0 });
         assert_eq!(r.visits.iter().map(|v| v.end).min(), Some(31));
@@ -1046,19 +1186,26 @@ mod tests {
             visits: Vec::new(),
             carried: SlotTotals { p: carried, n: 0 },
             frame: None,
+            cut: None,
         };
         assert_eq!(
-            current_totals(page.clone(), 1, &lineage(0)),
+            current_totals(page.clone(), 1, &lineage(0), at(20), WEEK),
             [update("a", 0, 40), update("b", 2, 0), update("c", 0, 9)],
             "generation 0's final slots go as carries, never under the new id"
         );
         assert_eq!(
-            current_totals(page.clone(), 1, &lineage(1)),
+            current_totals(page.clone(), 1, &lineage(1), at(20), WEEK),
             [update("b", 2, 0)],
             "a generation from before the lineage has nothing to send"
         );
         assert_eq!(
-            current_totals(vec![page[0].clone(), page[2].clone()], 0, &lineage(0)),
+            current_totals(
+                vec![page[0].clone(), page[2].clone()],
+                0,
+                &lineage(0),
+                at(20),
+                WEEK
+            ),
             [update("a", 40, 0), update("c", 9, 0)]
         );
     }

@@ -30,7 +30,7 @@ use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
     CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, PROTOCOL_VERSION,
-    ReadRequest, ReplicaId, RetireRequest, SlotTotals, SlotUpdate, SyncRequest, Timestamp, Visit,
+    ReadRequest, ReplicaId, RetireRequest, SlotUpdate, SyncRequest, Timestamp, Visit,
 };
 use worker::{
     Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_log,
@@ -482,6 +482,7 @@ impl Replica {
                 if i.incarnation.replica != replica {
                     return Err(()); // rotated: unreachable while the hit is not acknowledged
                 }
+                let keep = i.config.reclaim_after_ms;
                 let entry = i.entry(key).map_err(|_| ())?;
                 let acked = entry.row.acked.p;
                 let verdict = match &entry.watch {
@@ -494,13 +495,7 @@ impl Replica {
                 if left == 0 {
                     return Err(());
                 }
-                let update = SlotUpdate {
-                    key: key.clone(),
-                    totals: entry.row.own,
-                    visits: entry.row.visits.clone(),
-                    carried: entry.row.carried,
-                    frame: entry.row.frame,
-                };
+                let update = entry.row.clone().as_sent(now(), keep).update(key.clone());
                 Ok(match i.exact.turn(key, now()) {
                     Turn::Lead { probe } => Step::Lead(update, probe),
                     Turn::Wait(rx) => Step::Wait(rx),
@@ -683,9 +678,11 @@ impl Replica {
             let Some((last, _)) = batch.last() else { break };
             after = Some(last.clone());
             let full = batch.len() == MAX_COUNTERS_PER_SYNC;
-            let (generation, lineage) =
-                self.with(|i| (i.incarnation.generation, i.incarnation.lineage));
-            let sent = current_totals(batch, generation, &lineage);
+            let (generation, lineage, keep) = self.with(|i| {
+                let n = &i.incarnation;
+                (n.generation, n.lineage, i.config.reclaim_after_ms)
+            });
+            let sent = current_totals(batch, generation, &lineage, now, keep);
             if sent.is_empty() {
                 continue;
             }
@@ -736,20 +733,15 @@ impl Replica {
         }
     }
 
-    /// The sync of `sent` (with the visits of their rows) from the current incarnation: in
-    /// the oldest version that carries it, except that a sync with a carry goes as the newest
-    /// (5), whose answer tells of a later frame the merger holds for the object's carry (a
-    /// row reclaimed here and counted again takes it up; a merger a release behind refuses
-    /// it, and it goes again one version down).
+    /// The sync of `sent` (with the visits of their rows) from the current incarnation, in
+    /// the newest version (6), whose answers tell each row its share of the counter's last
+    /// reset ([`tally_crdt::Cut`]) and a later frame the merger holds for the object's carry
+    /// (a row reclaimed here and counted again takes it up). A merger a release behind
+    /// refuses it, and it goes again one version down ([`Replica::post_sync`]).
     fn sync_request(&self, sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
-        let carries = sent.iter().any(|c| c.carried != SlotTotals::default());
         self.with(|i| {
             let request = SyncRequest {
-                version: if carries {
-                    PROTOCOL_VERSION
-                } else {
-                    SyncRequest::version_for(&sent)
-                },
+                version: PROTOCOL_VERSION,
                 replica: i.incarnation.replica,
                 region: i.region.clone(),
                 counters: sent,
@@ -815,9 +807,10 @@ impl Replica {
                     ),
                     Outcome::Merged(_) => {}
                 }
+                let keep = i.config.reclaim_after_ms;
                 let entry = i.entry(&update.key)?;
                 let before = entry.row.clone();
-                entry.settle(update.totals, &outcome, now);
+                entry.settle(update.totals, &outcome, now, keep);
                 if entry.row != before {
                     let row = entry.row.clone();
                     i.store.put(&update.key, &row)?;
@@ -887,8 +880,9 @@ impl Replica {
             });
         };
         // Rows rebased more than `RECLAIM_AFTER_MS` ago: deleted if they hold nothing the
-        // merger lacks, else they stop re-sending what they reclaimed ([`Row::reclaim`]). Rows
-        // of earlier incarnations send their carry alone: their slots are final.
+        // merger lacks, else they stop re-sending what they reclaimed ([`Row::reclaim`]); a
+        // cut told more than that after its reset is dropped ([`Row::expire_cut`]). Rows of
+        // earlier incarnations send their carry alone: their slots are final.
         let page = self.with(|i| -> std::result::Result<_, StoreError> {
             let after = i.config.reclaim_after_ms;
             let mut kept = Vec::with_capacity(page.len());
@@ -896,31 +890,38 @@ impl Replica {
             for (key, stored) in page {
                 // A cached row is the one a hit or an answer changes next: it decides.
                 let mut row = i.cache.peek(&key).map_or(stored, |e| e.row.clone());
-                match row.reclaim(now, after) {
-                    Reclaim::Keep => kept.push((key, row)),
+                let changed = match row.reclaim(now, after) {
                     Reclaim::Delete => {
                         i.store.delete(&key)?;
                         i.cache.pop(&key);
                         deleted += 1;
+                        continue;
                     }
+                    Reclaim::Keep => row.expire_cut(now, after),
                     Reclaim::Forget => {
                         row.forget_reclaimed();
-                        i.store.put(&key, &row)?;
-                        if let Some(entry) = i.cache.peek_mut(&key) {
-                            entry.row = row.clone();
-                        }
-                        kept.push((key, row));
+                        row.expire_cut(now, after);
+                        true
+                    }
+                };
+                if changed {
+                    i.store.put(&key, &row)?;
+                    if let Some(entry) = i.cache.peek_mut(&key) {
+                        entry.row = row.clone();
                     }
                 }
+                kept.push((key, row));
             }
             if deleted > 0 {
                 console_log!("reclaimed {deleted} rows of counters nobody counts any more");
             }
             Ok(kept)
         })?;
-        let (generation, lineage) =
-            self.with(|i| (i.incarnation.generation, i.incarnation.lineage));
-        let sent = current_totals(page, generation, &lineage);
+        let (generation, lineage, keep) = self.with(|i| {
+            let n = &i.incarnation;
+            (n.generation, n.lineage, i.config.reclaim_after_ms)
+        });
+        let sent = current_totals(page, generation, &lineage, now, keep);
         if sent.is_empty() || self.send(sent, Job::Sweep).await? {
             self.with(|i| {
                 i.store.set_meta(meta::SWEEP_CURSOR, &last.storage_key())?;

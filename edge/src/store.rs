@@ -44,7 +44,7 @@ pub enum StoreError {
 /// storage of an edge from before versions, whose tables step 1 finds already there) runs
 /// steps `v..`, then records the new version. Step 1 is idempotent, so new storage runs them
 /// all.
-const MIGRATIONS: [Migration; 9] = [
+const MIGRATIONS: [Migration; 10] = [
     Migration::Sql(SCHEMA_V1),
     // Rotation: every row names the generation of the incarnation that wrote it. Rows from
     // before belong to generation 0, the incarnation the object has had all along.
@@ -95,6 +95,13 @@ const MIGRATIONS: [Migration; 9] = [
         column: "rat",
         definition: "rat INTEGER NOT NULL DEFAULT 0",
     },
+    // Cuts: the object's share of the counter's last reset, as the merger told it
+    // (`Row::cut`, JSON; empty: none). Rows from before were never told one.
+    Migration::AddColumn {
+        table: "counters",
+        column: "ct",
+        definition: "ct TEXT NOT NULL DEFAULT ''",
+    },
 ];
 
 /// One step of the schema.
@@ -142,6 +149,7 @@ struct SqlRow {
     rp: String,
     rn: String,
     rat: i64,
+    ct: String,
 }
 
 impl SqlRow {
@@ -184,6 +192,11 @@ impl SqlRow {
                 }),
             },
             rebased_at: Timestamp::from_unix_ms(self.rat),
+            cut: if self.ct.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&self.ct).map_err(|_| damaged("bad cut"))?)
+            },
         };
         Ok((key, row))
     }
@@ -217,7 +230,7 @@ pub mod meta {
     pub const SWEEP_DUE: &str = "sweep_due";
 }
 
-const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn, vk, fe, rp, rn, rat";
+const COLUMNS: &str = "key, p, n, ap, an, changed_at, state, gen, cp, cn, vk, fe, rp, rn, rat, ct";
 
 impl Store {
     /// Opens the tables, creating them on first use and bringing older storage up to date
@@ -369,13 +382,21 @@ impl Store {
                 why: "visits not encodable",
             })?
         };
+        let cut = match &row.cut {
+            None => String::new(),
+            Some(cut) => serde_json::to_string(cut).map_err(|_| StoreError::Damaged {
+                key: key.storage_key(),
+                why: "cut not encodable",
+            })?,
+        };
         self.sql.exec(
             "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn, vk, fe, rp, \
-             rn, rat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             rn, rat, ct) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET p = excluded.p, n = excluded.n, ap = excluded.ap, \
              an = excluded.an, changed_at = excluded.changed_at, state = excluded.state, \
              gen = excluded.gen, cp = excluded.cp, cn = excluded.cn, vk = excluded.vk, \
-             fe = excluded.fe, rp = excluded.rp, rn = excluded.rn, rat = excluded.rat",
+             fe = excluded.fe, rp = excluded.rp, rn = excluded.rn, rat = excluded.rat, \
+             ct = excluded.ct",
             vec![
                 key.storage_key().into(),
                 text(row.own.p),
@@ -392,6 +413,7 @@ impl Store {
                 text(row.frame.map_or(0, |f| f.reclaimed.p)),
                 text(row.frame.map_or(0, |f| f.reclaimed.n)),
                 row.rebased_at.unix_ms().into(),
+                SqlStorageValue::from(cut),
             ],
         )?;
         Ok(())

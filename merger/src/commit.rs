@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tally_crdt::{
-    CounterKey, CounterKind, ErrorBody, PresenceReport, Rejection, ReplicaId, RetireRequest,
+    CounterKey, CounterKind, Cut, ErrorBody, PresenceReport, Rejection, ReplicaId, RetireRequest,
     RetireResponse, SketchSync, SketchTotal, SketchUpdate, SlotTotals, SyncAnswer, SyncRequest,
     SyncResponse, Timestamp, Visit,
 };
@@ -601,6 +601,13 @@ impl CommitTask {
                                         .frame_of(job.request.replica)
                                         .filter(|f| f.epoch > sent);
                                 }
+                                // An object that does not hold its share of the last reset
+                                // is told it, to send back.
+                                if job.request.version >= 6 {
+                                    merged.cut = held
+                                        .counter(&c.key)
+                                        .cut_for(job.request.replica, c.cut.as_ref());
+                                }
                                 SyncAnswer::Merged(merged)
                             }
                         })
@@ -655,6 +662,7 @@ impl CommitTask {
             let loaded = self.store.load(&missing).await?;
             self.db.insert_pinned(&missing, loaded);
         }
+        self.apply_told_cuts(batch).await?;
         let at = now();
         let (replicas, slots) = self.rows_to_write(batch, at);
         let committed = self.store.commit(&replicas, &slots).await?;
@@ -665,6 +673,41 @@ impl CommitTask {
             self.db.post_news(at, &committed.news);
         }
         Ok((slots, committed))
+    }
+
+    /// Applies the cuts of the batch's slots that change what is held (rare: a merger
+    /// restored from a backup older than a reset hears of it from the objects), each in its
+    /// own transaction before the batch's, so that the slots they came with count in the
+    /// epoch they were counted in ([`CounterStore::tell_cut`](crate::store::CounterStore::tell_cut)).
+    async fn apply_told_cuts(&self, batch: &[Job]) -> Result<(), crate::store::StoreError> {
+        let told: Vec<(&CounterKey, ReplicaId, &str, &Cut)> = self.db.with_held(|held| {
+            batch
+                .iter()
+                .flat_map(|job| {
+                    let r = &job.request;
+                    job.accepted().filter_map(move |c| {
+                        let cut = c.cut.as_ref()?;
+                        held.counter(&c.key).cut_grows(r.replica, cut).then_some((
+                            &c.key,
+                            r.replica,
+                            r.region.as_str(),
+                            cut,
+                        ))
+                    })
+                })
+                .collect()
+        });
+        for (key, replica, region, cut) in told {
+            if let Some(stored) = self
+                .store
+                .tell_cut(key, replica.object(), region, cut)
+                .await?
+            {
+                info!(counter = %key, epoch = cut.epoch, object = %replica.object(), "an object told a cut this merger did not hold");
+                self.db.apply_reset(stored);
+            }
+        }
+        Ok(())
     }
 
     /// The rows a batch must write: every replica that synced, and each accepted slot that

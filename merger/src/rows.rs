@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 pub use tally_crdt::Epoch;
 use tally_crdt::{
-    Base, Carry, CounterKey, CounterState, Frame, GlobalTotals, Region, ReplicaId, SlotTotals,
-    Timestamp, Visit,
+    Base, Carry, CounterKey, CounterState, Frame, GlobalTotals, ObjectCut, Region, ReplicaId,
+    SlotTotals, Timestamp, Visit,
 };
 
 /// One replica's metadata to record: its region (kept from the first sync) and when it synced.
@@ -164,6 +164,10 @@ pub struct StoredCounter {
     /// Per region, the sums of its slots and bases at its last reset: the count is the sums
     /// minus these (empty for a counter never reset).
     pub cuts: Vec<(String, GlobalTotals)>,
+    /// Per edge object, its region of record and its share of those cuts: what it had
+    /// counted at that reset ([`tally_crdt::ObjectCut`]; empty for a counter last reset
+    /// before objects were told their share).
+    pub object_cuts: Vec<(ReplicaId, String, GlobalTotals)>,
 }
 
 impl StoredCounter {
@@ -202,6 +206,13 @@ impl StoredCounter {
                 .iter()
                 .map(|(region, cut)| (Region::from(region.as_str()), *cut)),
         )
+        .with_object_cuts(self.object_cuts.iter().map(|(object, region, totals)| {
+            let cut = ObjectCut {
+                region: Region::from(region.as_str()),
+                totals: *totals,
+            };
+            (*object, cut)
+        }))
     }
 
     /// Its totals in the current epoch ([`CounterState::value`]).

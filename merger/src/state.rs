@@ -27,8 +27,8 @@ use axum::body::Bytes;
 use indexmap::IndexMap;
 use prometheus_client::metrics::counter::Counter as Tally;
 use tally_crdt::{
-    Carry, CounterKey, CounterState, Frame, GlobalTotals, MergedCounter, MilestoneNews, ReplicaId,
-    SlotTotals, Timestamp,
+    Carry, CounterKey, CounterState, Cut, Frame, GlobalTotals, MergedCounter, MilestoneNews,
+    ReplicaId, SlotTotals, Timestamp,
 };
 
 use crate::milestone::{Milestone, NewsBoard, NewsView};
@@ -130,6 +130,28 @@ impl Counter {
         })
     }
 
+    /// What a version-6 sync answer tells `object` of the counter's last reset
+    /// ([`tally_crdt::Cut`]): its share of the cut, when the sync sent the cut of an earlier
+    /// epoch or none (`sent`); `None` for a counter never reset.
+    pub fn cut_for(&self, object: ReplicaId, sent: Option<&Cut>) -> Option<Cut> {
+        let epoch = self.state.epoch();
+        let at = epoch.at?;
+        (epoch.number > sent.map_or(0, |c| c.epoch)).then(|| Cut {
+            epoch: epoch.number,
+            deleted: epoch.deleted,
+            at,
+            totals: self.state.object_cut(object),
+        })
+    }
+
+    /// Whether applying `cut`, told by `object`, would change what is held: it is of a later
+    /// epoch, or of this one with a larger share than held ([`CounterState::tell_cut`]).
+    pub fn cut_grows(&self, object: ReplicaId, cut: &Cut) -> bool {
+        let epoch = self.state.epoch().number;
+        cut.epoch > epoch
+            || (cut.epoch == epoch && !self.state.object_cut(object).dominates(cut.totals))
+    }
+
     /// The counter as the store holds it.
     fn from_stored(stored: &StoredCounter) -> Counter {
         let mut counter = Counter::default();
@@ -210,6 +232,7 @@ impl Counter {
             epoch: self.epoch().number,
             milestones: None,
             frame: None,
+            cut: None,
         }
     }
 }
@@ -794,6 +817,7 @@ mod tests {
             folded: Vec::new(),
             epoch: Epoch::default(),
             cuts: Vec::new(),
+            object_cuts: Vec::new(),
         }
     }
 

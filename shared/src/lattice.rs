@@ -20,7 +20,11 @@
 //! - `bases`: per region, the sums of the final slots of replicas retired before carries
 //!   existed, with those replicas (their tombstones); stores keep them as they were, nothing
 //!   writes them any more;
-//! - `epoch` (how many resets, whether the last was a delete, when) and `cuts`.
+//! - `epoch` (how many resets, whether the last was a delete, when) and `cuts`, with each
+//!   object's share of them ([`ObjectCut`]): what it had counted at the reset. The merger
+//!   tells each object its share, the object sends it back, and a store restored from before
+//!   the reset takes the reset up from it ([`adopt`](CounterState::adopt),
+//!   [`tell_cut`](CounterState::tell_cut)).
 //!
 //! Every change is a join with a small state, so any two views of a counter merge in any
 //! order, any number of times, and a change applied twice or late is still right:
@@ -185,6 +189,19 @@ impl Base {
     }
 }
 
+/// One edge object's share of its counter's last cut: what the object — its live slots and
+/// its carry — had counted when the epoch began, and its region of record. The merger tells
+/// it to the object ([`Cut`](crate::Cut)), which sends it back with every sync of the
+/// counter; a merger that holds less (restored from a backup older than the reset) raises it,
+/// and its region's cut with it ([`CounterState::tell_cut`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectCut {
+    /// The object's region of record.
+    pub region: Region,
+    /// What it had counted.
+    pub totals: GlobalTotals,
+}
+
 /// One live replica's slot, as [`Slots`] answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot<'a> {
@@ -333,6 +350,9 @@ pub struct CounterState {
     bases: BTreeMap<Region, Base>,
     epoch: Epoch,
     cuts: BTreeMap<Region, GlobalTotals>,
+    /// Per object ([`ReplicaId::object`]), its share of the cuts (part of each region's cut;
+    /// empty for a counter last reset before objects were told their share).
+    object_cuts: BTreeMap<ReplicaId, ObjectCut>,
     /// Every replica of every base.
     retired: BTreeSet<ReplicaId>,
     /// Per region (in name order): its slots, carries and base minus its cut.
@@ -351,6 +371,7 @@ impl PartialEq for CounterState {
             && self.bases == other.bases
             && self.epoch == other.epoch
             && self.cuts == other.cuts
+            && self.object_cuts == other.object_cuts
     }
 }
 
@@ -369,6 +390,7 @@ impl CounterState {
                 at: None,
             },
             cuts: BTreeMap::new(),
+            object_cuts: BTreeMap::new(),
             retired: BTreeSet::new(),
             shares: SmallVec::new_const(),
             value: GlobalTotals { p: 0, n: 0 },
@@ -436,6 +458,19 @@ impl CounterState {
         state
     }
 
+    /// The same state with these shares of its cuts per object (an object listed twice keeps
+    /// the max of each half); the cuts themselves are [`from_parts`](Self::from_parts)'.
+    #[must_use]
+    pub fn with_object_cuts(
+        mut self,
+        object_cuts: impl IntoIterator<Item = (ReplicaId, ObjectCut)>,
+    ) -> CounterState {
+        for (object, cut) in object_cuts {
+            join_object_cut(&mut self.object_cuts, object.object(), &cut);
+        }
+        self
+    }
+
     /// The count in the current epoch, per half: the sum of [`shares`](Self::shares).
     pub fn value(&self) -> GlobalTotals {
         self.value
@@ -481,6 +516,19 @@ impl CounterState {
     /// Per region, the sums at the last reset (empty if never reset).
     pub fn cuts(&self) -> &BTreeMap<Region, GlobalTotals> {
         &self.cuts
+    }
+
+    /// Per object, its share of the cuts ([`ObjectCut`]).
+    pub fn object_cuts(&self) -> &BTreeMap<ReplicaId, ObjectCut> {
+        &self.object_cuts
+    }
+
+    /// `object`'s share of the cuts: what it had counted when the epoch began (zero for an
+    /// object that had counted nothing then).
+    pub fn object_cut(&self, object: ReplicaId) -> GlobalTotals {
+        self.object_cuts
+            .get(&object.object())
+            .map_or_else(GlobalTotals::default, |c| c.totals)
     }
 
     /// Live replicas with a non-zero slot.
@@ -556,9 +604,24 @@ impl CounterState {
 
     /// Merges another view of this counter into this one (see the module's text).
     pub fn join(&mut self, other: &CounterState) {
-        if other.epoch.number > self.epoch.number {
-            self.epoch = other.epoch;
-            self.cuts.clone_from(&other.cuts);
+        match other.epoch.number.cmp(&self.epoch.number) {
+            Ordering::Greater => {
+                self.epoch = other.epoch;
+                self.cuts.clone_from(&other.cuts);
+                self.object_cuts.clone_from(&other.object_cuts);
+            }
+            // One epoch's cuts only grow (a restored merger raises them as objects tell it
+            // their share, [`tell_cut`](Self::tell_cut)): the max of each.
+            Ordering::Equal => {
+                for (region, cut) in &other.cuts {
+                    let held = self.cuts.entry(Arc::clone(region)).or_default();
+                    *held = held.join(*cut);
+                }
+                for (object, cut) in &other.object_cuts {
+                    join_object_cut(&mut self.object_cuts, *object, cut);
+                }
+            }
+            Ordering::Less => {}
         }
         for (region, base) in &other.bases {
             self.bases.entry(Arc::clone(region)).or_default().join(base);
@@ -724,13 +787,94 @@ impl CounterState {
     /// Starts a new epoch at `at` (a delete if `delete`) in the authoritative state: the sums
     /// of every region now are the cuts, so the count starts again from zero.
     pub fn reset(&mut self, at: Timestamp, delete: bool) {
-        self.cuts = self.region_sums();
-        self.epoch = Epoch {
+        self.start(Epoch {
             number: self.epoch.number + 1,
             deleted: delete,
             at: Some(at),
+        });
+    }
+
+    /// Starts `epoch`, a later one than held, in the authoritative state of a merger that
+    /// missed the reset that began it (restored from a backup older than it) and hears of
+    /// it from an object ([`Cut`](crate::Cut)): as a reset, it cuts everything held — all
+    /// of it was counted before that reset — and each object's share of the cut is raised
+    /// when the object tells it ([`tell_cut`](Self::tell_cut)). Returns whether it started.
+    pub fn adopt(&mut self, epoch: Epoch) -> bool {
+        if epoch.number <= self.epoch.number {
+            return false;
+        }
+        self.start(epoch);
+        true
+    }
+
+    /// Raises `object`'s share of the current epoch's cuts to `totals` (of `region`, its
+    /// region of record, if the object had no share), as the object told it: its region's
+    /// cut grows by what its share grew. A share the state holds already changes nothing.
+    /// Returns whether it grew.
+    pub fn tell_cut(&mut self, object: ReplicaId, region: &Region, totals: GlobalTotals) -> bool {
+        let held = self
+            .object_cuts
+            .entry(object.object())
+            .or_insert_with(|| ObjectCut {
+                region: Arc::clone(region),
+                totals: GlobalTotals::default(),
+            });
+        let raised = held.totals.join(totals);
+        if raised == held.totals {
+            return false;
+        }
+        let grew = GlobalTotals {
+            p: raised.p - held.totals.p,
+            n: raised.n - held.totals.n,
         };
+        held.totals = raised;
+        let cut = self.cuts.entry(Arc::clone(&held.region)).or_default();
+        cut.p = cut.p.saturating_add(grew.p);
+        cut.n = cut.n.saturating_add(grew.n);
         self.recompute();
+        true
+    }
+
+    /// Begins `epoch`: the sums of every region now are its cuts, and each object's sums its
+    /// share of them.
+    fn start(&mut self, epoch: Epoch) {
+        self.cuts = self.region_sums();
+        self.object_cuts = self.object_sums();
+        self.epoch = epoch;
+        self.recompute();
+    }
+
+    /// Per object, the sums of its carry and its live slots (none zero), with its region of
+    /// record (its carry's, else its earliest live slot's): its share of what a reset cuts.
+    pub fn object_sums(&self) -> BTreeMap<ReplicaId, ObjectCut> {
+        let mut sums: BTreeMap<ReplicaId, ObjectCut> = self
+            .carries
+            .iter()
+            .map(|(object, carry)| {
+                let cut = ObjectCut {
+                    region: Arc::clone(&carry.region),
+                    totals: carry.sums(),
+                };
+                (*object, cut)
+            })
+            .collect();
+        let mut slots: Vec<(ReplicaId, &Region, SlotTotals)> = self
+            .slots
+            .0
+            .iter()
+            .flat_map(|g| g.slots.iter().map(move |(r, t)| (*r, &g.region, *t)))
+            .collect();
+        slots.sort_unstable_by_key(|(replica, _, _)| *replica);
+        for (replica, region, totals) in slots {
+            let share = sums.entry(replica.object()).or_insert_with(|| ObjectCut {
+                region: Arc::clone(region),
+                totals: GlobalTotals::default(),
+            });
+            share.totals.p = share.totals.p.saturating_add(u128::from(totals.p));
+            share.totals.n = share.totals.n.saturating_add(u128::from(totals.n));
+        }
+        sums.retain(|_, cut| cut.totals != GlobalTotals::default());
+        sums
     }
 
     /// Merges `totals` into `replica`'s slot of a view ([`GCounter`](crate::GCounter),
@@ -842,6 +986,17 @@ fn share_of<'a>(shares: &'a mut Shares, region: &Region) -> &'a mut GlobalTotals
         }
     };
     &mut shares[i].1
+}
+
+/// Joins `cut` into `object`'s share in `cuts`: the max of each half (the region held first
+/// stays).
+fn join_object_cut(cuts: &mut BTreeMap<ReplicaId, ObjectCut>, object: ReplicaId, cut: &ObjectCut) {
+    match cuts.get_mut(&object) {
+        Some(held) => held.totals = held.totals.join(cut.totals),
+        None => {
+            cuts.insert(object, cut.clone());
+        }
+    }
 }
 
 /// Whether `replica`'s slot is in a base (`retired`) or in its object's carry.
@@ -1108,6 +1263,50 @@ mod tests {
             },
         );
         assert_eq!(restored.value(), g(3, 0));
+    }
+
+    #[test]
+    fn a_store_restored_from_before_a_reset_adopts_it_from_the_objects_cuts() {
+        // Object 1 (eu) counted 7 and object 2 (us) 4 when the backup was taken; object 1
+        // counted 3 more before the counter was reset, then 3 more, and object 3 (eu) 5.
+        let mut store = CounterState::new();
+        store.merge_slot(inc(1, 0), &eu(), t(7, 0));
+        store.merge_slot(inc(2, 0), &us(), t(4, 0));
+        let backup = store.clone();
+        store.merge_slot(inc(1, 0), &eu(), t(10, 0));
+        let at = Timestamp::from_unix_ms(10);
+        store.reset(at, false);
+        assert_eq!(store.object_cut(inc(1, 0)), g(10, 0));
+        assert_eq!(store.object_cut(inc(2, 0)), g(4, 0));
+        assert_eq!(store.object_cut(inc(3, 0)), g(0, 0));
+        store.merge_slot(inc(1, 0), &eu(), t(13, 0));
+        store.merge_slot(inc(3, 0), &eu(), t(5, 0));
+        assert_eq!(store.value(), g(8, 0));
+        // The restored store hears object 1's slot with its cut: it starts epoch 1, cutting
+        // all it holds, raises object 1's share to what it was told, then merges the slot.
+        let mut restored = backup;
+        let epoch = store.epoch();
+        assert!(restored.adopt(epoch));
+        assert!(!restored.adopt(epoch), "an epoch is started once");
+        assert_eq!(restored.value(), g(0, 0));
+        assert!(restored.tell_cut(inc(1, 0), &eu(), g(10, 0)));
+        assert!(
+            !restored.tell_cut(inc(1, 0), &eu(), g(9, 0)),
+            "a lower share changes nothing"
+        );
+        restored.merge_slot(inc(1, 0), &eu(), t(13, 0));
+        assert_eq!(restored.value(), g(3, 0));
+        // Object 3 was told it had counted nothing; object 2 re-sends what the backup holds.
+        assert!(!restored.tell_cut(inc(3, 0), &eu(), g(0, 0)));
+        restored.merge_slot(inc(3, 0), &eu(), t(5, 0));
+        assert!(!restored.tell_cut(inc(2, 0), &us(), g(4, 0)));
+        restored.merge_slot(inc(2, 0), &us(), t(4, 0));
+        assert_eq!(restored.value(), store.value());
+        assert_eq!(restored.epoch(), store.epoch());
+        // A view of the store before the raise joins it as the max: the count stays.
+        let mut view = store.clone();
+        view.join(&restored);
+        assert_eq!(view.value(), store.value());
     }
 
     #[test]

@@ -69,6 +69,7 @@
 //!         visits: Vec::new(),
 //!         carried: SlotTotals::default(),
 //!         frame: None,
+//!         cut: None,
 //!     }],
 //! };
 //! sync.validate()?;
@@ -112,7 +113,7 @@ pub use error::Error;
 pub use gcounter::GCounter;
 pub use hll::HyperLogLog;
 pub use key::CounterKey;
-pub use lattice::{Base, Bound, Carry, CounterState, Epoch, Region, Slot, Slots, minus};
+pub use lattice::{Base, Bound, Carry, CounterState, Epoch, ObjectCut, Region, Slot, Slots, minus};
 pub use pncounter::PNCounter;
 pub use presence::{
     MAX_PRESENCE_TTL_MS, PresenceCount, PresenceRead, PresenceReport, PresenceResponse,
@@ -122,7 +123,7 @@ pub use presence::{
 pub use receipt::{RECEIPT_LEN, Receipt};
 pub use replica::ReplicaId;
 pub use sync::{
-    CounterKind, ErrorBody, Frame, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
+    CounterKind, Cut, ErrorBody, Frame, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
     MIN_PROTOCOL_VERSION, MergedCounter, MilestoneNews, MilestoneWon, PREVIOUS_VERSION,
     PROTOCOL_VERSION, ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse,
     SlotTotals, SlotUpdate, SyncAnswer, SyncRequest, SyncResponse, Visit, check_visitor,

@@ -31,16 +31,17 @@ use crate::{CounterKey, Error, ReplicaId, Timestamp};
 /// adds `carried` to a sync's slots (the sender object's earlier incarnations, see
 /// [`SlotUpdate::carried`]) and retires an incarnation into its object's carry; version 5 adds
 /// `frame` to a sync's slots (a carry rebased into a later frame, [`Frame`]) and to its
-/// answers.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// answers; version 6 adds `cut` to both (an object's share of its counter's last reset,
+/// [`Cut`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The version before [`PROTOCOL_VERSION`]. An edge sends it for every body whose shape did
-/// not change since (reads, presence reports and sketches, retirements of incarnations from
-/// before lineages), and each sync in the oldest version that carries it
-/// ([`SyncRequest::version_for`]), so that a merger one release behind still takes them during
-/// a rolling deploy; the frozen bodies of `shared/tests/protocol/` hold each version to its
-/// shape.
-pub const PREVIOUS_VERSION: u32 = 4;
+/// not change since (reads, presence reports and sketches), so that a merger one release
+/// behind still takes them during a rolling deploy; a sync goes in the newest version (its
+/// answers tell what only that version carries), and again in the oldest version that carries
+/// what is left ([`SyncRequest::downgraded`]) if a merger refuses it. The frozen bodies of
+/// `shared/tests/protocol/` hold each version to its shape.
+pub const PREVIOUS_VERSION: u32 = 5;
 
 /// The oldest version a merger still accepts, so an edge one version behind keeps syncing
 /// during a rolling deploy (mergers are deployed first). A version-1 sync is all or nothing.
@@ -149,6 +150,7 @@ impl SlotTotals {
 ///         visits: Vec::new(),
 ///         carried: SlotTotals::default(),
 ///         frame: None,
+///         cut: None,
 ///     }],
 /// };
 /// sync.validate()?;
@@ -180,10 +182,13 @@ pub(crate) struct RawSync {
 }
 
 impl SyncRequest {
-    /// The oldest version that carries `counters`: 5 when a slot's carry is rebased into a
-    /// frame, 4 when a slot carries a carry, 3 when one carries visits, else 2.
+    /// The oldest version that carries `counters`: 6 when a slot sends its object's cut, 5
+    /// when a slot's carry is rebased into a frame, 4 when a slot carries a carry, 3 when one
+    /// carries visits, else 2.
     pub fn version_for(counters: &[SlotUpdate]) -> u32 {
-        if counters.iter().any(|c| c.frame.is_some()) {
+        if counters.iter().any(|c| c.cut.is_some()) {
+            6
+        } else if counters.iter().any(|c| c.frame.is_some()) {
             5
         } else if counters.iter().any(|c| c.carried != SlotTotals::default()) {
             4
@@ -195,7 +200,8 @@ impl SyncRequest {
     }
 
     /// The same sync one version down, for a merger a release behind (a rolling deploy in the
-    /// wrong order): carries in frame 0 (a rebased carry sends what it reclaimed and what it
+    /// wrong order): without cuts (they only heal a merger restored from before a reset),
+    /// then carries in frame 0 (a rebased carry sends what it reclaimed and what it
     /// carried since as one carry, as before frames: the same sums), then without carries
     /// (they only heal a restored merger), then without visits (a winner's record then names
     /// no visitor). The slots' totals are the same. `None` at version 2.
@@ -203,6 +209,7 @@ impl SyncRequest {
     pub fn downgraded(&self) -> Option<SyncRequest> {
         let mut older = self.clone();
         match self.version {
+            6 => older.counters.iter_mut().for_each(|c| c.cut = None),
             5 => older.counters.iter_mut().for_each(|c| {
                 if let Some(frame) = c.frame.take() {
                     c.carried = SlotTotals {
@@ -267,6 +274,58 @@ pub struct SlotUpdate {
     /// Version 5: the frame `carried` counts in, when the object rebased its carry of this
     /// counter ([`Frame`]); `None`, and left out of the JSON, for frame 0.
     pub frame: Option<Frame>,
+    /// Version 6: the sender object's share of the counter's last reset, as a merger told it
+    /// ([`Cut`]); `None`, and left out of the JSON, until one did.
+    pub cut: Option<Cut>,
+}
+
+/// An object's share of its counter's last reset or delete (protocol version 6): the epoch
+/// it began, whether it was a delete and when, and what the object — every incarnation of it,
+/// its carry — had counted of the counter at that moment. The merger tells it to an object
+/// that syncs the counter in that epoch (zero to one that had counted nothing of it); the
+/// object keeps it and sends it with the counter's slot from then on. A merger restored
+/// from a backup older than the reset learns the reset from the first such slot (it starts
+/// that epoch, cutting everything it holds), and from each object's cut exactly what that
+/// object had counted before it, so the counter comes back with its count in the new epoch,
+/// not with what was reset or deleted.
+///
+/// # Examples
+///
+/// ```
+/// use tally_crdt::{Cut, GlobalTotals, Timestamp};
+///
+/// let cut = Cut {
+///     epoch: 2,
+///     deleted: true,
+///     at: Timestamp::from_unix_ms(1_800_000_000_000),
+///     totals: GlobalTotals { p: 718, n: 0 },
+/// };
+/// assert_eq!(
+///     serde_json::to_string(&cut).unwrap(),
+///     r#"{"epoch":2,"deleted":true,"at":"2027-01-15T08:00:00.000Z","totals":{"p":718}}"#
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cut {
+    /// The epoch the reset began (at least 1).
+    pub epoch: u64,
+    /// The reset was a delete (left out of the JSON when not).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// When it happened.
+    pub at: Timestamp,
+    /// What the object had counted of the counter then (left out of the JSON when zero).
+    #[serde(default, skip_serializing_if = "is_zero_global")]
+    pub totals: GlobalTotals,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero_global(totals: &GlobalTotals) -> bool {
+    *totals == GlobalTotals::default()
 }
 
 /// A carry rebased into a later frame (protocol version 5). An object that holds a counter
@@ -354,6 +413,8 @@ pub(crate) struct SlotWire {
     carried: SlotTotals,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     frame: Option<Frame>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cut: Option<Cut>,
 }
 
 fn is_zero_totals(totals: &SlotTotals) -> bool {
@@ -369,6 +430,7 @@ impl TryFrom<SlotWire> for SlotUpdate {
             visits: w.visits,
             carried: w.carried,
             frame: w.frame,
+            cut: w.cut,
         })
     }
 }
@@ -383,6 +445,7 @@ impl From<SlotUpdate> for SlotWire {
             visits: u.visits,
             carried: u.carried,
             frame: u.frame,
+            cut: u.cut,
         }
     }
 }
@@ -423,6 +486,8 @@ struct AnswerWire {
     milestones: Option<MilestoneNews>,
     #[serde(default)]
     frame: Option<Frame>,
+    #[serde(default)]
+    cut: Option<Cut>,
     error: Option<ErrorBody>,
 }
 
@@ -440,6 +505,7 @@ impl TryFrom<AnswerWire> for SyncAnswer {
                 epoch: w.epoch,
                 milestones: w.milestones,
                 frame: w.frame,
+                cut: w.cut,
             })),
             _ => Err(Error::Malformed(
                 "an answer has either `error`, or `global` and `recorded`".into(),
@@ -531,6 +597,7 @@ impl From<&Error> for ErrorBody {
 ///     epoch: 0,
 ///     milestones: None,
 ///     frame: None,
+///     cut: None,
 /// };
 /// assert_eq!(merged.estimate(SlotTotals { p: 25, n: 0 })?, 705);
 /// # Ok::<(), tally_crdt::Error>(())
@@ -560,6 +627,10 @@ pub struct MergedCounter {
     /// rebased row takes it up again), its epoch alone (`reclaimed` zero: what was reclaimed
     /// stays at the merger); left out of the JSON otherwise.
     pub frame: Option<Frame>,
+    /// Version-6 sync answers only: the sender object's share of the counter's last reset
+    /// ([`Cut`]), when the sync sent none or one of an earlier epoch; left out of the JSON
+    /// otherwise.
+    pub cut: Option<Cut>,
 }
 
 /// A counter's milestones as a sync answer tells them (docs/milestones.md): the next one
@@ -605,6 +676,8 @@ struct MergedWire {
     milestones: Option<MilestoneNews>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     frame: Option<Frame>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cut: Option<Cut>,
 }
 
 impl TryFrom<MergedWire> for MergedCounter {
@@ -618,6 +691,7 @@ impl TryFrom<MergedWire> for MergedCounter {
             epoch: w.epoch,
             milestones: w.milestones,
             frame: w.frame,
+            cut: w.cut,
         })
     }
 }
@@ -633,6 +707,7 @@ impl From<MergedCounter> for MergedWire {
             epoch: m.epoch,
             milestones: m.milestones,
             frame: m.frame,
+            cut: m.cut,
         }
     }
 }
@@ -669,14 +744,14 @@ impl MergedCounter {
 /// read.validate()?;
 /// assert_eq!(
 ///     serde_json::to_string(&read).unwrap(),
-///     r#"{"version":4,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
+///     r#"{"version":5,"replica":"00000000000000000000000000000007","counters":[{"id":"home","kind":"g"}]}"#
 /// );
 /// # Ok::<(), tally_crdt::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawRead")]
 pub struct ReadRequest {
-    /// 2 to 5 (reads exist since version 2, and keep their shape; an edge sends
+    /// 2 to 6 (reads exist since version 2, and keep their shape; an edge sends
     /// [`PREVIOUS_VERSION`]).
     pub version: u32,
     /// The asking replica, whose recorded slot each answer carries; `None` for a plain read.
@@ -743,7 +818,7 @@ pub struct ReadResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetireRequest {
-    /// 2 to 5 (retirement exists since version 2 and keeps its shape). A merger of version 4
+    /// 2 to 6 (retirement exists since version 2 and keeps its shape). A merger of version 4
     /// or later folds the incarnation's slots into its object's [`Carry`](crate::Carry)
     /// whatever the version; an edge sends 4 for an incarnation of a lineage
     /// ([`ReplicaId::lineage`]), so that a merger from before version 4, which would fold it
@@ -897,6 +972,7 @@ mod tests {
             epoch: 0,
             milestones: None,
             frame: None,
+            cut: None,
         }
     }
 
@@ -988,6 +1064,7 @@ mod tests {
             visits: Vec::new(),
             carried: SlotTotals::default(),
             frame: None,
+            cut: None,
         };
         assert_eq!(
             serde_json::to_string(&u).unwrap(),

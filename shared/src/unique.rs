@@ -122,7 +122,7 @@ impl fmt::Display for SketchKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SketchSync {
-    /// Protocol version, 2 to 5 (the same shape).
+    /// Protocol version, 2 to 6 (the same shape).
     pub version: u32,
     /// The sending replica incarnation (for the merger's per-region view and logs).
     pub replica: ReplicaId,
@@ -148,7 +148,7 @@ pub struct SketchUpdate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SketchRead {
-    /// Protocol version, 2 to 5 (the same shape).
+    /// Protocol version, 2 to 6 (the same shape).
     pub version: u32,
     /// At most [`MAX_SKETCHES_PER_SYNC`] keys, each once.
     pub sketches: Vec<SketchKey>,

@@ -16,6 +16,9 @@ pub const MAX_REGION_LEN: usize = 64;
 /// several syncs.
 pub const MAX_COUNTERS_PER_SYNC: usize = 1000;
 
+/// The largest epoch a cut names: what a store's signed 64-bit column holds.
+const MAX_EPOCH: u64 = i64::MAX as u64;
+
 /// Checks a counter id: 1 to [`MAX_ID_LEN`] bytes of ASCII letters, digits and `-_.:`,
 /// starting with a letter or digit.
 ///
@@ -145,6 +148,19 @@ impl SyncRequest {
                 "frames are part of protocol version 5".into(),
             ));
         }
+        if self.version < 6 && self.counters.iter().any(|c| c.cut.is_some()) {
+            return Err(Error::Malformed(
+                "cuts are part of protocol version 6".into(),
+            ));
+        }
+        if self.counters.iter().any(|c| {
+            c.cut
+                .is_some_and(|cut| cut.epoch == 0 || cut.epoch > MAX_EPOCH)
+        }) {
+            return Err(Error::Malformed(
+                "a cut's epoch is 1 to 2^63-1 (a counter never reset has no cut)".into(),
+            ));
+        }
         if self
             .counters
             .iter()
@@ -185,6 +201,15 @@ impl SyncRequest {
             return Some(Error::DecrementOnCounter {
                 id: update.key.id().to_string(),
                 n: frame.reclaimed.n,
+            });
+        }
+        if let Some(cut) = update.cut
+            && update.key.kind() == CounterKind::G
+            && cut.totals.n != 0
+        {
+            return Some(Error::DecrementOnCounter {
+                id: update.key.id().to_string(),
+                n: u64::try_from(cut.totals.n).unwrap_or(u64::MAX),
             });
         }
         if update.visits.is_empty() {

@@ -6,8 +6,9 @@
 //! merger's cache). Over those views `join` is commutative, associative and idempotent; the
 //! latest state dominates every view; the value never goes back within an epoch; a fold
 //! and a rebase keep the value; `merge_slot` is a join with one slot; the value is exactly what was
-//! counted since the last reset; and a store restored to any earlier state comes back to it
-//! once every object re-sends its live slot and its carry (what the edge's anti-entropy does).
+//! counted since the last reset; and a store restored to any earlier state, before resets
+//! too, comes back to it once every object re-sends its live slot, its carry and its share of
+//! the last reset (what the edge's anti-entropy does).
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::sync::Arc;
@@ -100,13 +101,11 @@ struct Fold {
 }
 
 /// A history: every state the store goes through (the first is empty), its carries, what
-/// was counted since the last reset, the index of the state after the last reset, and what
-/// the objects hold at the end.
+/// was counted since the last reset, and what the objects hold at the end.
 struct History {
     states: Vec<CounterState>,
     folds: Vec<Fold>,
     counted: GlobalTotals,
-    last_reset: usize,
     edge: Edge,
 }
 
@@ -115,7 +114,6 @@ fn history(ops: &[Op]) -> History {
     let mut edge = Edge::default();
     let incarnation = |edge: &Edge, replica: u8| edge.incarnation[usize::from(replica)];
     let mut since_reset = GlobalTotals::default();
-    let mut last_reset = 0;
     let mut states = vec![state.clone()];
     let mut folds = Vec::new();
     for (at, op) in ops.iter().enumerate() {
@@ -186,7 +184,6 @@ fn history(ops: &[Op]) -> History {
                 let ms = i64::try_from(at).expect("short histories");
                 state.reset(Timestamp::from_unix_ms(ms), delete);
                 since_reset = GlobalTotals::default();
-                last_reset = states.len();
                 assert_eq!(state.value(), GlobalTotals::default());
             }
         }
@@ -196,7 +193,6 @@ fn history(ops: &[Op]) -> History {
         states,
         folds,
         counted: since_reset,
-        last_reset,
         edge,
     }
 }
@@ -359,18 +355,23 @@ proptest! {
     fn a_store_restored_to_any_earlier_state_heals_from_what_the_objects_resend(
         (h, at) in restores(),
     ) {
-        // A restore takes the store back to an earlier state; resets after it are lost with
-        // it (the edge holds no epochs), so only states since the last reset heal to it.
-        let at = h.last_reset + at % (h.states.len() - h.last_reset);
-        let mut restored = h.states[at].clone();
+        // A restore takes the store back to an earlier state, before resets too: each
+        // object re-sends its share of the last reset (as the store told it), and the
+        // restored store takes that epoch up from the first, then each share.
+        let mut restored = h.states[at % h.states.len()].clone();
         let last = h.states.last().expect("a history has a state");
         for replica in 0..6u8 {
             let (object, carry) = h.edge.carry(replica);
+            if last.epoch().number > 0 {
+                restored.adopt(last.epoch());
+                restored.tell_cut(object, &region(replica), last.object_cut(object));
+            }
             restored.merge_carry(object, &carry);
             if let Some(slot) = last.slots().get(&object) {
                 restored.merge_slot(object, slot.region, slot.totals);
             }
         }
+        prop_assert_eq!(restored.epoch(), last.epoch());
         prop_assert_eq!(restored.value(), last.value());
         prop_assert_eq!(restored.value(), h.counted);
     }

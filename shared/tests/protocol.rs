@@ -12,10 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tally_crdt::{
-    CounterKey, CounterKind, Frame, PROTOCOL_VERSION, PresenceRead, PresenceReport,
-    PresenceResponse, ReadRequest, ReadResponse, ReplicaId, RetireRequest, RetireResponse,
-    SketchRead, SketchResponse, SketchSync, SlotTotals, SlotUpdate, SyncRequest, SyncResponse,
-    Visit,
+    CounterKey, CounterKind, Cut, Frame, GlobalTotals, PROTOCOL_VERSION, PresenceRead,
+    PresenceReport, PresenceResponse, ReadRequest, ReadResponse, ReplicaId, RetireRequest,
+    RetireResponse, SketchRead, SketchResponse, SketchSync, SlotTotals, SlotUpdate, SyncRequest,
+    SyncResponse, Timestamp, Visit,
 };
 
 fn frozen(name: &str) -> Value {
@@ -128,6 +128,7 @@ fn every_frozen_answer_of_version_2_and_later_decodes_and_encodes_back_the_same(
 #[test]
 fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
     let key = |kind, id: &str| CounterKey::new(kind, id).expect("a valid id");
+    let at: Timestamp = "2026-12-06T10:00:00.000Z".parse().expect("a time");
     let sync = SyncRequest {
         version: PROTOCOL_VERSION,
         replica: ReplicaId::lineage(ReplicaId::from_u128(9 << 32), 3),
@@ -146,6 +147,12 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
                     epoch: 1,
                     reclaimed: SlotTotals { p: 718, n: 0 },
                 }),
+                cut: Some(Cut {
+                    epoch: 1,
+                    deleted: false,
+                    at,
+                    totals: GlobalTotals { p: 724, n: 0 },
+                }),
             },
             SlotUpdate {
                 key: key(CounterKind::Pn, "viewers"),
@@ -153,19 +160,25 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
                 visits: Vec::new(),
                 carried: SlotTotals { p: 6, n: 3 },
                 frame: None,
+                cut: Some(Cut {
+                    epoch: 2,
+                    deleted: true,
+                    at,
+                    totals: GlobalTotals { p: 6, n: 3 },
+                }),
             },
         ],
     };
-    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 14);
+    let newest = format!("{:02}-v{PROTOCOL_VERSION}-sync.request.json", 16);
     assert_eq!(serde_json::to_value(&sync).unwrap(), frozen(&newest));
     assert_eq!(
         SyncRequest::version_for(&sync.counters),
         PROTOCOL_VERSION,
-        "frames need the newest version"
+        "cuts need the newest version"
     );
     // One version down at a time, each the oldest version that carries what is left.
     let mut older = sync.clone();
-    for version in [4, 3, 2] {
+    for version in [5, 4, 3, 2] {
         older = older.downgraded().expect("a version to go down to");
         assert_eq!(older.version, version);
         assert_eq!(SyncRequest::version_for(&older.counters), older.version);
@@ -176,12 +189,15 @@ fn a_sync_with_every_field_set_is_the_newest_versions_frozen_body() {
         );
     }
     assert!(older.downgraded().is_none());
-    // In version 4 a rebased carry goes as one carry again: what it reclaimed and carried.
+    // In version 5 without its cut; in version 4 a rebased carry goes as one carry again:
+    // what it reclaimed and carried.
+    let v5 = sync.downgraded().unwrap();
+    assert!(v5.counters.iter().all(|c| c.cut.is_none()));
     assert_eq!(
-        sync.downgraded().unwrap().counters[0].carried,
+        v5.downgraded().unwrap().counters[0].carried,
         SlotTotals { p: 720, n: 0 }
     );
-    for version in [2, 3, 4] {
+    for version in [2, 3, 4, 5] {
         let mut mislabelled = sync.clone();
         mislabelled.version = version;
         assert!(matches!(

@@ -46,6 +46,7 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
                     visits: Vec::new(),
                     carried: SlotTotals::default(),
                     frame: None,
+                    cut: None,
                 },
                 SlotUpdate {
                     key: CounterKey::new(CounterKind::Pn, "viewers").unwrap(),
@@ -53,6 +54,7 @@ fn a_well_formed_body_decodes_to_the_documented_shape() {
                     visits: Vec::new(),
                     carried: SlotTotals::default(),
                     frame: None,
+                    cut: None,
                 },
             ],
         }

@@ -154,9 +154,9 @@ fn the_rust_api_and_sync_decoding_work_on_wasm32() {
         u64::MAX
     );
     assert_eq!(
-        SyncRequest::from_json(br#"{"version":6}"#),
+        SyncRequest::from_json(br#"{"version":7}"#),
         Err(Error::UnsupportedVersion {
-            got: 6,
+            got: 7,
             supported: tally_crdt::PROTOCOL_VERSION
         })
     );

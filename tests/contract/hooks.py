@@ -21,6 +21,8 @@ The rules, each answered with its own error code (docs/protocol.md). The merger:
   version 4), or the whole sync is refused (`malformed_body`).
 - `/v1/sync` below protocol version 5: no counter carries a `frame` (it came with version 5),
   or the whole sync is refused (`malformed_body`).
+- `/v1/sync` below protocol version 6: no counter carries a `cut` (it came with version 6),
+  or the whole sync is refused (`malformed_body`).
 - JSON integers in integer form: JSON Schema's `integer` admits `248.0`, tally's decoder
   (serde) reads integers only in integer form (`malformed_body`).
 - `GET /v1/{namespace}/{id}/history`: `from` not after `to` (`invalid_query`).
@@ -117,6 +119,16 @@ def _frame_before_v5(body):
     counters = body.get("counters")
     return isinstance(counters, list) and any(
         isinstance(c, dict) and c.get("frame") is not None for c in counters
+    )
+
+
+def _cut_before_v6(body):
+    """Whether a sync of a version below 6 carries a cut (it came with version 6)."""
+    if not isinstance(body, dict) or body.get("version") not in (1, 2, 3, 4, 5):
+        return False
+    counters = body.get("counters")
+    return isinstance(counters, list) and any(
+        isinstance(c, dict) and c.get("cut") is not None for c in counters
     )
 
 
@@ -260,6 +272,7 @@ def filter_case(context, case):
         or _visits_before_v3(body)
         or _carried_before_v4(body)
         or _frame_before_v5(body)
+        or _cut_before_v6(body)
     ):
         return False
     if case.path == "/v1/{namespace}/{id}/history" and isinstance(case.query, dict):

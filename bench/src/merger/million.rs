@@ -119,6 +119,7 @@ async fn fill_client(
                         visits: Vec::new(),
                         carried: SlotTotals::default(),
                         frame: None,
+                        cut: None,
                     }
                 })
                 .collect(),

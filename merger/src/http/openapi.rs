@@ -34,11 +34,13 @@ use crate::http::schema;
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     // The scalars parameters name: a parameter's schema is not collected from the handlers
-    // as a body's is; and `Frame`, which a sync's slot names through a schema of its own.
+    // as a body's is; and `Frame` and `Cut`, which a sync's slot names through schemas of
+    // their own.
     components(schemas(
         schema::Count, schema::Timestamp, schema::CounterId, schema::CounterKind,
         schema::Namespace, schema::ReplicaId, schema::Region, schema::Uint64, schema::Uint128,
         schema::SyncVersion, schema::Version2, schema::ErrorResponse, schema::Frame,
+        schema::Cut,
     )),
     modifiers(&SecuritySchemes),
     tags(

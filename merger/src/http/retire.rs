@@ -1,7 +1,7 @@
 //! `POST /v1/retire`: an edge replica incarnation declares its slots final.
 //!
 //! An edge object rotates to a new incarnation only when every slot of the old one is
-//! acknowledged, then retires the old one here (versions 2 to 5 alike). The merger folds the
+//! acknowledged, then retires the old one here (versions 2 to 6 alike). The merger folds the
 //! live slots of the object's incarnations up to this one into the object's carry of each
 //! counter (`tally_crdt::CounterState::retire`) and ignores the incarnation's syncs from then
 //! on, so a counter's slots stay bounded by the incarnations alive now. It goes through the

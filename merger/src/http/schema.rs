@@ -216,16 +216,16 @@ scalar!(
 scalar!(
     /// The protocol versions a sync may speak (`MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`).
     SyncVersion => {
-        "description": "Protocol version: 5 when a counter carries a `frame`, 4 when one carries `carried`, 3 when one carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2, a carry in one below 4, or a frame in one below 5, refuse it whole (`malformed_body`).",
+        "description": "Protocol version: 6 when a counter carries a `cut`, 5 when one carries a `frame`, 4 when one carries `carried`, 3 when one carries `visits`, else 2 (the same shape without them), or 1 from an old edge (all or nothing, see docs/protocol.md). Visits in a sync of version 1 or 2, a carry in one below 4, a frame in one below 5, or a cut in one below 6, refuse it whole (`malformed_body`).",
         "type": "integer",
-        "enum": [1, 2, 3, 4, 5]
+        "enum": [1, 2, 3, 4, 5, 6]
     }
 );
 
 scalar!(
     /// The protocol versions of reads, retirements, presence and sketches, which exist since
-    /// version 2 and have the same shape in versions 3 to 5.
-    Version2 => {"description": "Protocol version 2, 3, 4 or 5 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3, 4, 5]}
+    /// version 2 and have the same shape in versions 3 to 6.
+    Version2 => {"description": "Protocol version 2, 3, 4, 5 or 6 (the same shape); the answer carries the request's.", "type": "integer", "enum": [2, 3, 4, 5, 6]}
 );
 
 scalar!(
@@ -505,6 +505,40 @@ pub struct SlotUpdate {
     #[serde(default)]
     #[schema(schema_with = optional_frame)]
     pub frame: Option<Frame>,
+    /// Protocol version 6: the sender object's share of the counter's last reset, as a
+    /// merger told it; absent until one did.
+    #[serde(default)]
+    #[schema(schema_with = optional_cut)]
+    pub cut: Option<Cut>,
+}
+
+/// [`SlotUpdate::cut`]'s schema: a [`Cut`] or none, with none as its example (a cut is
+/// refused in the versions before 6, and an example sync is of the first version).
+fn optional_cut() -> RefOr<Schema> {
+    from_json(json!({
+        "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Cut"}],
+        "description": "Protocol version 6: the sender object's share of the counter's last reset or delete, as a merger told it in a sync answer: the epoch it began, whether it was a delete and when, and what the object had counted of the counter then. A merger at an earlier epoch (restored from a backup older than the reset) starts that epoch, cutting everything it holds, and raises the object's share of the cut to `totals`; absent until a merger told one.",
+        "examples": [null]
+    }))
+}
+
+/// `tally_crdt::Cut`: an edge object's share of its counter's last reset.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cut {
+    /// The epoch the reset began (at least 1).
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+    pub epoch: u64,
+    /// The reset was a delete; absent for a reset.
+    #[serde(default)]
+    pub deleted: bool,
+    /// When it happened.
+    #[schema(value_type = Timestamp)]
+    pub at: String,
+    /// What the object had counted of the counter then; absent for nothing. `n` must be 0
+    /// for kind `g`.
+    #[serde(default)]
+    pub totals: GlobalTotals,
 }
 
 /// [`SlotUpdate::frame`]'s schema: a [`Frame`] or none, with none as its example (a frame is
@@ -627,6 +661,10 @@ pub struct MergedCounter {
     /// later than the one the sync sent (its `epoch` alone); absent otherwise.
     #[serde(default)]
     pub frame: Option<Frame>,
+    /// Version-6 sync answers: the sender object's share of the counter's last reset, when
+    /// the sync sent none or one of an earlier epoch; absent otherwise.
+    #[serde(default)]
+    pub cut: Option<Cut>,
 }
 
 /// `tally_crdt::Rejection`: a counter of a version-2 sync refused alone, with why.
@@ -644,7 +682,7 @@ pub struct Rejection {
 }
 
 /// `tally_crdt::GlobalTotals`: sums of the halves over all slots.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalTotals {
     /// Sum of the increment totals.

@@ -85,6 +85,8 @@ pub enum Part {
     Base(String, GlobalTotals, Timestamp),
     /// A region's cut.
     Cut(String, GlobalTotals),
+    /// An object's share of the cuts, with its region.
+    ObjectCut(ReplicaId, String, GlobalTotals),
     /// A retired replica folded into its region's base.
     Folded(String, ReplicaId),
 }
@@ -433,6 +435,21 @@ pub trait CounterStore: Send + Sync {
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError>;
 
+    /// Applies what `object` (of `region`) told of `key`'s last reset in a sync
+    /// ([`tally_crdt::Cut`], [`told_cut`]), in one transaction: a counter at an earlier epoch
+    /// (this store was restored from a backup older than that reset) starts the cut's, with
+    /// everything it holds cut and, for a delete, its history deleted; then the object's
+    /// share of the cuts is raised to the cut's totals, and its region's cut with it. A
+    /// counter the store does not know is created. Returns the counter after, or `None` when
+    /// nothing changed.
+    async fn tell_cut(
+        &self,
+        key: &CounterKey,
+        object: ReplicaId,
+        region: &str,
+        cut: &tally_crdt::Cut,
+    ) -> Result<Option<StoredCounter>, StoreError>;
+
     /// Imports a value into `key`, in one transaction: the import's replica (created on its
     /// first use, region [`IMPORT_REGION`]) gets the value as its slot of the counter, unless
     /// it has one: the same value changes nothing, another is a conflict.
@@ -758,6 +775,11 @@ where
         let totals = |table: &'static str| totals_of(table, row, ["p", "n"]);
         let part = match row.try_get::<&str, _>("part")? {
             "c" => Part::Cut(row.try_get("region")?, totals("cuts")?),
+            "h" => Part::ObjectCut(
+                object_of("object_cuts", row.try_get("replica")?)?,
+                row.try_get("region")?,
+                totals("object_cuts")?,
+            ),
             "f" => Part::Folded(
                 row.try_get("region")?,
                 replica_of("folded", row.try_get("replica")?)?,
@@ -925,6 +947,7 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
                     folded: Vec::new(),
                     epoch: meta.epoch,
                     cuts: Vec::new(),
+                    object_cuts: Vec::new(),
                 });
                 counters.last_mut().expect("just pushed")
             }
@@ -934,6 +957,9 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
             Part::Carry(object, carry, at) => counter.carries.push((object, carry, at)),
             Part::Base(region, totals, at) => counter.bases.push((region, totals, at)),
             Part::Cut(region, totals) => counter.cuts.push((region, totals)),
+            Part::ObjectCut(object, region, totals) => {
+                counter.object_cuts.push((object, region, totals));
+            }
             Part::Folded(region, replica) => counter.folded.push((region, replica)),
         }
     }
@@ -949,6 +975,87 @@ pub fn new_cuts(counter: &StoredCounter) -> Vec<(String, GlobalTotals)> {
         .into_iter()
         .map(|(region, t)| (region.to_string(), t))
         .collect()
+}
+
+/// The shares of the cuts a reset of `counter` writes ([`CounterState::reset`]): per
+/// object, the sums of its carry and its live slots, with its region of record.
+pub fn new_object_cuts(counter: &StoredCounter) -> Vec<(ReplicaId, String, GlobalTotals)> {
+    object_cuts_of(&counter.state().object_sums())
+}
+
+/// `cuts` as a [`StoredCounter`] holds them.
+fn object_cuts_of(
+    cuts: &BTreeMap<ReplicaId, tally_crdt::ObjectCut>,
+) -> Vec<(ReplicaId, String, GlobalTotals)> {
+    cuts.iter()
+        .map(|(object, cut)| (*object, cut.region.to_string(), cut.totals))
+        .collect()
+}
+
+/// What `cut`, told by `object` (of `region`) in a sync of `counter`, makes of it
+/// ([`CounterState::adopt`], then [`CounterState::tell_cut`]): the counter with its epoch,
+/// cuts and shares after, and whether it started the cut's epoch; `None` when nothing
+/// changes (the cut is of an earlier epoch, or its share is held already).
+pub fn told_cut(
+    counter: &StoredCounter,
+    object: ReplicaId,
+    region: &str,
+    cut: &tally_crdt::Cut,
+) -> Option<(StoredCounter, bool)> {
+    let mut state = counter.state();
+    let adopted = state.adopt(Epoch {
+        number: cut.epoch,
+        deleted: cut.deleted,
+        at: Some(cut.at),
+    });
+    let raised =
+        state.epoch().number == cut.epoch && state.tell_cut(object, &Arc::from(region), cut.totals);
+    if !adopted && !raised {
+        return None;
+    }
+    let mut after = counter.clone();
+    after.epoch = state.epoch();
+    after.cuts = state
+        .cuts()
+        .iter()
+        .map(|(region, totals)| (region.to_string(), *totals))
+        .collect();
+    after.object_cuts = object_cuts_of(state.object_cuts());
+    Some((after, adopted))
+}
+
+/// The epoch of a `counters` row (columns `epoch`, `deleted`, `reset_at`).
+pub fn epoch_of<R>(row: &R) -> Result<Epoch, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let number: i64 = row.try_get("epoch")?;
+    Ok(Epoch {
+        number: u64::try_from(number)
+            .map_err(|_| corrupt("counters", format!("epoch {number}")))?,
+        deleted: row.try_get("deleted")?,
+        at: row
+            .try_get::<Option<i64>, _>("reset_at")?
+            .map(Timestamp::from_unix_ms),
+    })
+}
+
+/// A counter with no part stored (yet), at `epoch`.
+pub fn no_parts(key: &CounterKey, epoch: Epoch) -> StoredCounter {
+    StoredCounter {
+        key: key.clone(),
+        slots: Vec::new(),
+        carries: Vec::new(),
+        bases: Vec::new(),
+        folded: Vec::new(),
+        epoch,
+        cuts: Vec::new(),
+        object_cuts: Vec::new(),
+    }
 }
 
 /// A fresh replica id for an import's slots: random, like an edge incarnation's, so it never

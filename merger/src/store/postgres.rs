@@ -56,7 +56,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tally_crdt::{
-    CounterKey, CounterKind, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId, SketchKey,
+    CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId, SketchKey,
     SketchTotal, SketchUpdate, SlotTotals, Timestamp,
 };
 use tokio::sync::mpsc::error::TrySendError;
@@ -340,6 +340,10 @@ const PARTS_OF_K: &str = "\
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
         x.p::text, x.n::text, 0, NULL, NULL, NULL, NULL \
     FROM k JOIN cuts x ON x.counter = k.id \
+    UNION ALL \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'h', h.object, h.region, \
+        h.p::text, h.n::text, 0, NULL, NULL, NULL, NULL \
+    FROM k JOIN object_cuts h ON h.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
         NULL, 0, NULL, NULL, NULL, NULL \
@@ -648,23 +652,8 @@ impl CounterStore for PostgresStore {
             .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
         let removed = counter.totals();
         counter.cuts = super::new_cuts(&counter);
-        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
-            .cuts
-            .iter()
-            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
-            .unzip();
-        sqlx::query(
-            "INSERT INTO cuts AS x (counter, region, p, n) \
-             SELECT $1, u.region, u.p::numeric, u.n::numeric \
-             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
-             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-        )
-        .bind(id)
-        .bind(regions)
-        .bind(ps)
-        .bind(ns)
-        .execute(&mut *tx)
-        .await?;
+        counter.object_cuts = super::new_object_cuts(&counter);
+        write_cuts(&mut tx, id, &counter).await?;
         if request.delete {
             sqlx::query("DELETE FROM history WHERE counter = $1")
                 .bind(id)
@@ -679,6 +668,69 @@ impl CounterStore for PostgresStore {
             counter: Box::new(counter),
             removed,
         })
+    }
+
+    async fn tell_cut(
+        &self,
+        key: &CounterKey,
+        object: ReplicaId,
+        region: &str,
+        cut: &Cut,
+    ) -> Result<Option<StoredCounter>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .execute(&mut *tx)
+            .await?;
+        // Locked as a reset locks it: a commit deciding a milestone reads the count it moves.
+        let row = sqlx::query(
+            "SELECT id, epoch, deleted, reset_at FROM counters WHERE kind = $1 AND name = $2 \
+             FOR UPDATE",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_one(&mut *tx)
+        .await?;
+        if key.kind() == CounterKind::G {
+            lock_pending(&mut tx, &[key.id()]).await?;
+        }
+        let id: i64 = row.try_get("id")?;
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let counter = match super::counters_of(&rows)?.pop() {
+            Some(counter) => counter,
+            None => super::no_parts(key, super::epoch_of(&row)?),
+        };
+        let Some((after, adopted)) = super::told_cut(&counter, object, region, cut) else {
+            return Ok(None);
+        };
+        if adopted {
+            sqlx::query(
+                "UPDATE counters SET epoch = $2, deleted = $3, reset_at = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(super::epoch_param(after.epoch.number))
+            .bind(after.epoch.deleted)
+            .bind(after.epoch.at.map(Timestamp::unix_ms))
+            .execute(&mut *tx)
+            .await?;
+            if after.epoch.deleted {
+                sqlx::query("DELETE FROM history WHERE counter = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        write_cuts(&mut tx, id, &after).await?;
+        let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
+        notify(&mut tx, &self.origin, &changed).await?;
+        tx.commit().await?;
+        Ok(Some(after))
     }
 
     /// Two mergers importing the same new id at once each create a replica; the `imports`
@@ -946,6 +998,25 @@ impl CounterStore for PostgresStore {
                 .bind(&object)
                 .execute(&mut *tx)
                 .await?;
+            // The object's share of the cut loses it too; a share left at zero goes.
+            sqlx::query(
+                "UPDATE object_cuts SET p = GREATEST(p - $3::numeric, 0), \
+                     n = GREATEST(n - $4::numeric, 0) \
+                 WHERE counter = $1 AND object = $2",
+            )
+            .bind(counter)
+            .bind(&object)
+            .bind(carry.reclaimed.p.to_string())
+            .bind(carry.reclaimed.n.to_string())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM object_cuts WHERE counter = $1 AND object = $2 AND p = 0 AND n = 0",
+            )
+            .bind(counter)
+            .bind(&object)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             netted += 1;
         }
@@ -1722,6 +1793,58 @@ struct HistoryColumns<'a> {
     p: Vec<String>,
     n: Vec<String>,
     epochs: Vec<i64>,
+}
+
+/// Writes `counter`'s cuts (every region's) and its objects' shares of them (replacing
+/// those of the epoch before), as a reset or a told cut left them.
+async fn write_cuts(
+    conn: &mut sqlx::PgConnection,
+    id: i64,
+    counter: &StoredCounter,
+) -> Result<(), StoreError> {
+    let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
+        .cuts
+        .iter()
+        .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO cuts AS x (counter, region, p, n) \
+         SELECT $1, u.region, u.p::numeric, u.n::numeric \
+         FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
+         ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+    )
+    .bind(id)
+    .bind(regions)
+    .bind(ps)
+    .bind(ns)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM object_cuts WHERE counter = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let mut objects = Vec::with_capacity(counter.object_cuts.len());
+    let mut regions = Vec::with_capacity(counter.object_cuts.len());
+    let (mut ps, mut ns) = (Vec::new(), Vec::new());
+    for (object, region, t) in &counter.object_cuts {
+        objects.push(super::object_column(*object));
+        regions.push(region.as_str());
+        ps.push(t.p.to_string());
+        ns.push(t.n.to_string());
+    }
+    sqlx::query(
+        "INSERT INTO object_cuts (counter, object, region, p, n) \
+         SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
+    )
+    .bind(id)
+    .bind(objects)
+    .bind(regions)
+    .bind(ps)
+    .bind(ns)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Announces the changed counters (if any, and if they fit in a notification) to the other

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tally_crdt::{
-    CounterKey, CounterKind, HyperLogLog, PresenceReport, ReplicaId, SketchKey, SketchTotal,
-    SketchUpdate, SlotTotals, Timestamp,
+    CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId, SketchKey,
+    SketchTotal, SketchUpdate, SlotTotals, Timestamp,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -96,6 +96,10 @@ const PARTS_OF_K: &str = "\
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
         c.n, 0, NULL, NULL, NULL, NULL \
     FROM k JOIN cuts c ON c.counter = k.id \
+    UNION ALL \
+    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'h', h.object, h.region, h.p, \
+        h.n, 0, NULL, NULL, NULL, NULL \
+    FROM k JOIN object_cuts h ON h.counter = k.id \
     UNION ALL \
     SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
         NULL, 0, NULL, NULL, NULL, NULL \
@@ -446,20 +450,8 @@ impl CounterStore for SqliteStore {
             .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
         let removed = counter.totals();
         counter.cuts = super::new_cuts(&counter);
-        let cuts: Vec<_> = counter
-            .cuts
-            .iter()
-            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
-            .collect();
-        sqlx::query(
-            "INSERT INTO cuts (counter, region, p, n) \
-             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
-             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-        )
-        .bind(id)
-        .bind(json_rows(&cuts))
-        .execute(&mut *tx)
-        .await?;
+        counter.object_cuts = super::new_object_cuts(&counter);
+        write_cuts(&mut tx, id, &counter).await?;
         if request.delete {
             sqlx::query("DELETE FROM history WHERE counter = ?1")
                 .bind(id)
@@ -472,6 +464,67 @@ impl CounterStore for SqliteStore {
             counter: Box::new(counter),
             removed,
         })
+    }
+
+    async fn tell_cut(
+        &self,
+        key: &CounterKey,
+        object: ReplicaId,
+        region: &str,
+        cut: &Cut,
+    ) -> Result<Option<StoredCounter>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: the transaction holds the write lock from here on.
+        sqlx::query(
+            "INSERT INTO counters (kind, name) VALUES (?1, ?2) ON CONFLICT (kind, name) DO NOTHING",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.kind = ?1 AND c.name = ?2) \
+             {PARTS_OF_K}"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_all(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, epoch, deleted, reset_at FROM counters WHERE kind = ?1 AND name = ?2",
+        )
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get("id")?;
+        let counter = match super::counters_of(&rows)?.pop() {
+            Some(counter) => counter,
+            None => super::no_parts(key, super::epoch_of(&row)?),
+        };
+        let Some((after, adopted)) = super::told_cut(&counter, object, region, cut) else {
+            return Ok(None);
+        };
+        if adopted {
+            sqlx::query(
+                "UPDATE counters SET epoch = ?2, deleted = ?3, reset_at = ?4 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(super::epoch_param(after.epoch.number))
+            .bind(after.epoch.deleted)
+            .bind(after.epoch.at.map(Timestamp::unix_ms))
+            .execute(&mut *tx)
+            .await?;
+            if after.epoch.deleted {
+                sqlx::query("DELETE FROM history WHERE counter = ?1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        write_cuts(&mut tx, id, &after).await?;
+        tx.commit().await?;
+        Ok(Some(after))
     }
 
     async fn import(
@@ -702,6 +755,29 @@ impl CounterStore for SqliteStore {
                 .bind(&zero)
                 .execute(&mut *tx)
                 .await?;
+            // The object's share of the cut loses it too; a share left at zero goes.
+            let share =
+                sqlx::query("SELECT p, n FROM object_cuts WHERE counter = ?1 AND object = ?2")
+                    .bind(counter)
+                    .bind(&object)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(share) = share {
+                let share = super::totals_of("object_cuts", &share, ["p", "n"])?;
+                let left = super::minus(share, carry.reclaimed);
+                let share_write = if left == GlobalTotals::default() {
+                    "DELETE FROM object_cuts WHERE counter = ?1 AND object = ?2"
+                } else {
+                    "UPDATE object_cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND object = ?2"
+                };
+                sqlx::query(share_write)
+                    .bind(counter)
+                    .bind(&object)
+                    .bind(encode_u128(left.p))
+                    .bind(encode_u128(left.n))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             netted += 1;
         }
@@ -1098,6 +1174,51 @@ impl SqliteStore {
 /// Rows as one JSON array of arrays, for `json_each`.
 fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
+}
+
+/// Writes `counter`'s cuts (every region's) and its objects' shares of them (replacing
+/// those of the epoch before), as a reset or a told cut left them.
+async fn write_cuts(
+    conn: &mut sqlx::SqliteConnection,
+    id: i64,
+    counter: &StoredCounter,
+) -> Result<(), StoreError> {
+    let cuts: Vec<_> = counter
+        .cuts
+        .iter()
+        .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO cuts (counter, region, p, n) \
+         SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
+         WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+    )
+    .bind(id)
+    .bind(json_rows(&cuts))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM object_cuts WHERE counter = ?1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let shares: Vec<_> = counter
+        .object_cuts
+        .iter()
+        .map(|(object, region, t)| {
+            let object = super::object_column(*object);
+            (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO object_cuts (counter, object, region, p, n) \
+         SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
+         FROM json_each(?2) AS j",
+    )
+    .bind(id)
+    .bind(json_rows(&shares))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Merges `carries` into the stored ones (column by column, max) and deletes the slots the

@@ -373,7 +373,7 @@ async fn the_error_table() {
         ("".into(), StatusCode::BAD_REQUEST, "malformed_body"),
         (json!({"version": 1, "replica": replica(1), "region": "eu", "counters": [{"id": "seed", "kind": "g", "p": -1}]}).to_string(), StatusCode::BAD_REQUEST, "malformed_body"),
         (json!({"version": 1, "replica": replica(1), "region": "eu", "counters": [{"id": "seed", "kind": "g", "p": "9"}]}).to_string(), StatusCode::BAD_REQUEST, "malformed_body"),
-        (json!({"version": 6, "replica": replica(1), "region": "eu", "counters": []}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unsupported_version"),
+        (json!({"version": 7, "replica": replica(1), "region": "eu", "counters": []}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unsupported_version"),
         (json!({"version": 0, "replica": replica(1), "region": "eu", "counters": []}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unsupported_version"),
         (sync_body(1, "eu", &[(&"a".repeat(129), "g", 1, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "id_too_long"),
         (sync_body(1, "eu", &[("a b", "g", 1, 0)]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "id_bad_char"),

@@ -356,12 +356,12 @@ async fn bad_read_bodies_get_their_json_error() {
             "unsupported_version",
         ),
         (
-            json!({"version": 6, "counters": [home]}).to_string(),
+            json!({"version": 7, "counters": [home]}).to_string(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported_version",
         ),
         (
-            json!({"version": 6, "shape": "new"}).to_string(),
+            json!({"version": 7, "shape": "new"}).to_string(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported_version",
         ),

@@ -308,3 +308,96 @@ async fn only_the_admin_token_resets_and_bad_requests_change_nothing() {
         .await;
     assert_error(&answer, StatusCode::CONFLICT, "epoch_changed");
 }
+
+/// A sync of `g:a` in version 6 from object `object` (generation 0, `region`): its slot `p`,
+/// and the cut it holds, if any.
+fn v6_sync(object: u128, region: &str, p: u64, cut: Option<&Value>) -> Value {
+    let mut counter = serde_json::json!({"kind": "g", "id": "a", "p": p});
+    if let Some(cut) = cut {
+        counter["cut"] = cut.clone();
+    }
+    serde_json::json!({
+        "version": 6,
+        "replica": incarnation(object, 0).to_string(),
+        "region": region,
+        "counters": [counter],
+    })
+}
+
+/// Syncs; answers the counter's answer.
+async fn synced(t: &TestMerger, body: &Value) -> Value {
+    let (status, answer) = t.sync(body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["counters"][0].clone()
+}
+
+#[tokio::test]
+async fn a_merger_restored_from_before_a_delete_takes_it_up_from_the_objects_cuts() {
+    let t = admin_merger().await;
+    // Object 1 (eu) counts 7 and object 2 (us) 4; the backup is taken.
+    synced(&t, &v6_sync(1, "eu", 7, None)).await;
+    let answer = synced(&t, &v6_sync(2, "us", 4, None)).await;
+    assert!(answer.get("cut").is_none(), "never reset: {answer}");
+    t.merger.close().await;
+    let backup = tempfile::tempdir().expect("a temp dir");
+    for entry in std::fs::read_dir(t.dir.path()).expect("the database dir") {
+        let path = entry.expect("an entry").path();
+        std::fs::copy(&path, backup.path().join(path.file_name().unwrap())).expect("copied");
+    }
+    let t = TestMerger::open_in(t.dir, |c| c.admin_token = Some(ADMIN.into())).await;
+    // Object 1 counts 3 more, then the counter is deleted: each object is told its share
+    // of the cut at its next sync, and sends it back from then on.
+    synced(&t, &v6_sync(1, "eu", 10, None)).await;
+    let (status, body) = t
+        .send(admin_request("DELETE", "/v1/counters/a", Some(ADMIN)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let one = synced(&t, &v6_sync(1, "eu", 10, None)).await;
+    let cut_1 = one["cut"].clone();
+    assert_eq!(
+        (&cut_1["epoch"], &cut_1["deleted"], &cut_1["totals"]["p"]),
+        (&Value::from(1), &Value::Bool(true), &Value::from(10)),
+        "{one}"
+    );
+    let cut_2 = synced(&t, &v6_sync(2, "us", 4, None)).await["cut"].clone();
+    assert_eq!(cut_2["totals"]["p"], 4, "{cut_2}");
+    // Counted again: object 1 3 more, object 3 (new) 5, told it had counted nothing.
+    let answer = synced(&t, &v6_sync(1, "eu", 13, Some(&cut_1))).await;
+    assert!(answer.get("cut").is_none(), "it holds its share: {answer}");
+    let three = synced(&t, &v6_sync(3, "eu", 5, None)).await;
+    let cut_3 = three["cut"].clone();
+    assert!(cut_3.get("totals").is_none(), "a share of zero: {three}");
+    assert_eq!(count(&t, "/v1/counters/a").await, (8, 1));
+    // The merger is restored from the backup: the old epoch, and its old count.
+    t.merger.close().await;
+    let t = TestMerger::open_in(backup, |_| {}).await;
+    assert_eq!(count(&t, "/v1/counters/a").await, (11, 0));
+    // The objects re-send their slots with their cuts: the delete comes back, and the count
+    // is what was counted since, exactly.
+    let answer = synced(&t, &v6_sync(1, "eu", 13, Some(&cut_1))).await;
+    assert_eq!(
+        (&answer["global"]["p"], &answer["epoch"]),
+        (&Value::from(3), &Value::from(1))
+    );
+    assert!(answer.get("cut").is_none(), "{answer}");
+    synced(&t, &v6_sync(3, "eu", 5, Some(&cut_3))).await;
+    let answer = synced(&t, &v6_sync(2, "us", 4, Some(&cut_2))).await;
+    assert_eq!(answer["global"]["p"], 8, "{answer}");
+    assert_eq!(count(&t, "/v1/counters/a").await, (8, 1));
+    // An object that had not heard of the delete is told its share as the merger took it up.
+    let answer = synced(&t, &v6_sync(2, "us", 4, None)).await;
+    assert_eq!(answer["cut"], cut_2, "{answer}");
+    // A version-5 sync gets no cut; one carrying a cut is refused whole.
+    let mut v5 = v6_sync(1, "eu", 13, None);
+    v5["version"] = Value::from(5);
+    assert!(synced(&t, &v5).await.get("cut").is_none());
+    v5["counters"][0]["cut"] = cut_1.clone();
+    assert_error(
+        &t.sync(&v5).await,
+        StatusCode::BAD_REQUEST,
+        "malformed_body",
+    );
+    // The same after a restart, from the store.
+    let t = t.reopen().await;
+    assert_eq!(count(&t, "/v1/counters/a").await, (8, 1));
+}

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use sqlx::Connection;
-use tally_crdt::{CounterKind, Frame, GlobalTotals, ReplicaId, SlotTotals};
+use tally_crdt::{CounterKind, Cut, Frame, GlobalTotals, ReplicaId, SlotTotals};
 use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
@@ -472,6 +472,21 @@ async fn what_rebased_carries_reclaimed_is_netted_against_the_cuts_once_old_enou
     let eu = |n| vec![("eu".to_owned(), GlobalTotals { p: n, n: 0 })];
     assert_eq!(value(&gone).await, (0, 1, eu(5)));
     assert_eq!(value(&back).await, (2, 1, eu(7)));
+    let shares = |key: &tally_crdt::CounterKey| {
+        let key = key.clone();
+        async move {
+            let loaded = store.load(std::slice::from_ref(&key)).await.expect("load");
+            let mut shares = loaded.first().expect("stored").object_cuts.clone();
+            shares.sort_by_key(|(object, _, _)| *object);
+            shares
+        }
+    };
+    let share = |n| vec![(object, "eu".to_owned(), GlobalTotals { p: n, n: 0 })];
+    assert_eq!(
+        shares(&gone).await,
+        share(5),
+        "the object's share of the cut"
+    );
     // Not before they are old enough; then each is netted once, and no count moves.
     assert_eq!(
         store.reclaim_carries(at(10), 100).await.expect("reclaim"),
@@ -486,6 +501,7 @@ async fn what_rebased_carries_reclaimed_is_netted_against_the_cuts_once_old_enou
         0
     );
     assert_eq!(value(&gone).await, (0, 0, eu(0)), "its carry is gone");
+    assert_eq!(shares(&gone).await, vec![], "and its share of the cut");
     assert_eq!(
         value(&back).await,
         (2, 1, eu(0)),
@@ -523,5 +539,105 @@ async fn what_rebased_carries_reclaimed_is_netted_against_the_cuts_once_old_enou
         0
     );
     assert_eq!(value(&never).await.0, 5);
+    store.close().await;
+}
+
+contract!(a_store_restored_from_before_a_reset_takes_it_up_from_the_objects_cuts);
+async fn a_store_restored_from_before_a_reset_takes_it_up_from_the_objects_cuts(b: Backend) {
+    let store = &*b.store;
+    let (one, two) = (ReplicaId::from_u128(1 << 32), ReplicaId::from_u128(2 << 32));
+    let (r1, r2) = (ReplicaId::lineage(one, 0), ReplicaId::lineage(two, 0));
+    let p = |p| GlobalTotals { p, n: 0 };
+    let load = |key: &tally_crdt::CounterKey| {
+        let key = key.clone();
+        async move {
+            let loaded = store.load(std::slice::from_ref(&key)).await.expect("load");
+            loaded.into_iter().next().expect("the counter is stored")
+        }
+    };
+    // The backup: object 1 (eu) had counted 7 of `k`, object 2 (us) 4. Before the reset
+    // the store lost, object 1 had counted 10; the reset told it that.
+    let k = g("k");
+    let rows = [slot(&k, r1, 7, 0, 1), slot(&k, r2, 4, 0, 1)];
+    let replicas = [registered(r1, "eu", 1), registered(r2, "us", 1)];
+    store.commit(&replicas, &rows).await.expect("commit");
+    let cut = Cut {
+        epoch: 1,
+        deleted: true,
+        at: at(5),
+        totals: p(10),
+    };
+    let after = store
+        .tell_cut(&k, one, "eu", &cut)
+        .await
+        .expect("tell")
+        .expect("the epoch starts");
+    assert_eq!(
+        (after.epoch.number, after.epoch.deleted, after.epoch.at),
+        (1, true, Some(at(5)))
+    );
+    assert_eq!(after.totals(), p(0), "everything held is cut");
+    let mut cuts = after.cuts.clone();
+    cuts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(cuts, vec![("eu".into(), p(10)), ("us".into(), p(4))]);
+    assert_eq!(
+        after.object_cuts,
+        vec![(one, "eu".into(), p(10)), (two, "us".into(), p(4))]
+    );
+    assert_eq!(load(&k).await.state(), after.state(), "as stored");
+    // Told again, or less, or of an earlier epoch: nothing changes.
+    for told in [
+        cut,
+        Cut {
+            totals: p(9),
+            ..cut
+        },
+    ] {
+        assert_eq!(
+            store.tell_cut(&k, one, "eu", &told).await.expect("tell"),
+            None
+        );
+    }
+    // Object 1's slot, sent with its cut, counts what came after the reset.
+    store
+        .commit(&replicas, &[slot(&k, r1, 13, 0, 6)])
+        .await
+        .expect("commit");
+    assert_eq!(load(&k).await.totals(), p(3));
+    // A counter the store never saw starts in the epoch told, cut by what was told.
+    let new = g("new");
+    let after = store
+        .tell_cut(
+            &new,
+            one,
+            "eu",
+            &Cut {
+                totals: p(6),
+                ..cut
+            },
+        )
+        .await
+        .expect("tell")
+        .expect("created");
+    assert_eq!(after.epoch.number, 1);
+    store
+        .commit(&replicas, &[slot(&new, r1, 8, 0, 6)])
+        .await
+        .expect("commit");
+    assert_eq!(load(&new).await.totals(), p(2));
+    // A reset records every object's share, from its carry and its live slots.
+    let request = ResetRequest {
+        delete: false,
+        expect_epoch: Some(1),
+        at: at(7),
+    };
+    store.reset(&k, request).await.expect("reset");
+    let mut reset = load(&k).await;
+    reset.object_cuts.sort_by_key(|(object, _, _)| *object);
+    assert_eq!(reset.epoch.number, 2);
+    assert_eq!(
+        reset.object_cuts,
+        vec![(one, "eu".into(), p(13)), (two, "us".into(), p(4))]
+    );
     store.close().await;
 }

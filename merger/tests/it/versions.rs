@@ -291,9 +291,9 @@ async fn v1_and_v2_replicas_merge_into_one_count() {
 }
 
 #[tokio::test]
-async fn versions_outside_1_to_5_are_unsupported() {
+async fn versions_outside_1_to_6_are_unsupported() {
     let t = TestMerger::new().await;
-    for version in [0, 6, 99] {
+    for version in [0, 7, 99] {
         let body =
             json!({"version": version, "replica": replica(1), "region": "eu", "counters": []});
         assert_error(

@@ -209,13 +209,13 @@ fn merger_cases() -> Vec<Case> {
         sync("counters nested 10000 deep", deep(10_000)).expect(400, "malformed_body"),
         // Protocol rules.
         sync(
-            "version 6",
-            good.replacen(r#""version":1"#, r#""version":6"#, 1),
+            "version 7",
+            good.replacen(r#""version":1"#, r#""version":7"#, 1),
         )
         .expect(422, "unsupported_version"),
         sync(
-            "version 6 of another shape",
-            r#"{"version":6,"shape":"new"}"#,
+            "version 7 of another shape",
+            r#"{"version":7,"shape":"new"}"#,
         )
         .expect(422, "unsupported_version"),
         // Versions 2 to 4 are spoken: a body of another shape is malformed, not another
@@ -344,13 +344,13 @@ fn merger_cases() -> Vec<Case> {
         )
         .expect(422, "unsupported_version"),
         read(
-            "read of version 6",
-            good_read.replacen(r#""version":2"#, r#""version":6"#, 1),
+            "read of version 7",
+            good_read.replacen(r#""version":2"#, r#""version":7"#, 1),
         )
         .expect(422, "unsupported_version"),
         read(
-            "read of version 6 of another shape",
-            r#"{"version":6,"shape":"new"}"#,
+            "read of version 7 of another shape",
+            r#"{"version":7,"shape":"new"}"#,
         )
         .expect(422, "unsupported_version"),
         read("read of 1001 counters", read_of(Value::Array(many_keys)))
