@@ -316,8 +316,26 @@ pub struct Cut {
     /// When it happened.
     pub at: Timestamp,
     /// What the object had counted of the counter then (left out of the JSON when zero).
-    #[serde(default, skip_serializing_if = "is_zero_global")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero_global",
+        deserialize_with = "strict_totals"
+    )]
     pub totals: GlobalTotals,
+}
+
+/// [`GlobalTotals`] as a request carries them: `p`, and `n` (absent: 0), nothing else (an
+/// answer's are read leniently, for edges of later releases).
+fn strict_totals<'de, D: de::Deserializer<'de>>(d: D) -> Result<GlobalTotals, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        p: u128,
+        #[serde(default)]
+        n: u128,
+    }
+    let Strict { p, n } = Strict::deserialize(d)?;
+    Ok(GlobalTotals { p, n })
 }
 
 fn is_false(b: &bool) -> bool {
@@ -1070,5 +1088,31 @@ mod tests {
             serde_json::to_string(&u).unwrap(),
             r#"{"id":"a","kind":"g","p":3}"#
         );
+    }
+
+    #[test]
+    fn a_cut_is_read_strictly_and_only_in_version_6() {
+        let sync = |version: u32, cut: &str| {
+            let body = format!(
+                r#"{{"version":{version},"replica":"00000000000000000000000000000007","region":"eu","counters":[{{"id":"a","kind":"pn","p":3,"cut":{cut}}}]}}"#
+            );
+            SyncRequest::from_json(body.as_bytes())
+        };
+        let good = r#"{"epoch":1,"at":"2026-12-06T10:00:00.000Z","totals":{"p":2,"n":1}}"#;
+        let cut = sync(6, good).expect("a version-6 cut").counters[0].cut;
+        assert_eq!(
+            cut.map(|c| (c.epoch, c.deleted, c.totals.n)),
+            Some((1, false, 1))
+        );
+        for bad in [
+            r#"{"epoch":1,"at":"2026-12-06T10:00:00.000Z","totals":{"p":2,"x":1}}"#,
+            r#"{"epoch":1,"at":"2026-12-06T10:00:00.000Z","x":1}"#,
+            r#"{"epoch":0,"at":"2026-12-06T10:00:00.000Z"}"#,
+            r#"{"epoch":9223372036854775808,"at":"2026-12-06T10:00:00.000Z"}"#,
+            r#"{"epoch":1}"#,
+        ] {
+            assert!(matches!(sync(6, bad), Err(Error::Malformed(_))), "{bad}");
+        }
+        assert!(matches!(sync(5, good), Err(Error::Malformed(_))));
     }
 }

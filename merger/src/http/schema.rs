@@ -532,8 +532,9 @@ pub struct Cut {
     /// The reset was a delete; absent for a reset.
     #[serde(default)]
     pub deleted: bool,
-    /// When it happened.
-    #[schema(value_type = Timestamp)]
+    /// When it happened: RFC 3339 (a schema of its own, without the `Timestamp` example,
+    /// which would make the examples phase build a cut into syncs of every version).
+    #[schema(value_type = String, format = DateTime)]
     pub at: String,
     /// What the object had counted of the counter then; absent for nothing. `n` must be 0
     /// for kind `g`.
