@@ -16,3 +16,12 @@ CREATE TABLE object_cuts (
     n       NUMERIC(39, 0) NOT NULL CHECK (n >= 0),
     PRIMARY KEY (counter, object)
 );
+
+-- Into the change log (0013) like the cuts they are part of, so a catch-up reloads a counter
+-- whatever writes its shares.
+CREATE TRIGGER object_cuts_inserted AFTER INSERT ON object_cuts
+    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION log_changed_counters();
+CREATE TRIGGER object_cuts_updated AFTER UPDATE ON object_cuts
+    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION log_changed_counters();
+CREATE TRIGGER object_cuts_deleted AFTER DELETE ON object_cuts
+    REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION log_changed_counters();

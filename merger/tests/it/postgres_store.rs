@@ -80,7 +80,7 @@ async fn a_stale_slot_changes_nothing() {
         .commit(&[registered(r, "eu", 100)], &[slot(&x, r, 10, 5, 100)])
         .await
         .expect("commit");
-    let row = "SELECT p, n, updated_at, changed FROM slots";
+    let row = "SELECT p, n, updated_at, xmin FROM slots";
     let before = pg.psql(&url, row).await;
     // Smaller, equal, and a later time: nothing grows, so nothing is written.
     for (p, n) in [(9, 5), (10, 5), (0, 0), (10, 4)] {
