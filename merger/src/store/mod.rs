@@ -16,6 +16,7 @@
 //! Nothing is loaded whole at start: the merger's memory is a bounded cache over the store
 //! ([`crate::state`]), filled by [`CounterStore::load`] on a miss.
 
+pub mod epochs;
 pub mod postgres;
 pub mod sqlite;
 

@@ -600,74 +600,14 @@ impl CounterStore for PostgresStore {
         })
     }
 
-    /// The counter's row lock serializes resets of one counter; syncs do not take it, and
-    /// need not: a slot that grows after the sums are read is above the cut and counts in
-    /// the new epoch, one that grew before is inside it. The change log brings the new epoch
-    /// to the other mergers' catch-up (and NOTIFY, sooner).
+    /// The change log brings the new epoch to the other mergers' catch-up (and NOTIFY,
+    /// sooner).
     async fn reset(
         &self,
         key: &CounterKey,
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "SELECT id, epoch FROM counters c WHERE kind = $1 AND name = $2 AND {COUNTED} \
-             FOR UPDATE"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(ResetOutcome::Unknown);
-        };
-        // A reset moves the count a commit deciding a milestone reads: one at a time.
-        if key.kind() == CounterKind::G {
-            lock_pending(&mut tx, &[key.id()]).await?;
-        }
-        let (id, current): (i64, i64) = (row.try_get("id")?, row.try_get("epoch")?);
-        if let Some(expected) = request.expect_epoch
-            && super::epoch_param(expected) != current
-        {
-            return Ok(ResetOutcome::EpochMismatch {
-                current: u64::try_from(current).unwrap_or_default(),
-            });
-        }
-        sqlx::query(
-            "UPDATE counters SET epoch = epoch + 1, deleted = $2, reset_at = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(request.delete)
-        .bind(request.at.unix_ms())
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
-        ))
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut counter = super::counters_of(&rows)?
-            .pop()
-            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
-        let removed = counter.totals();
-        counter.cuts = super::new_cuts(&counter);
-        counter.object_cuts = super::new_object_cuts(&counter);
-        write_cuts(&mut tx, id, &counter).await?;
-        if request.delete {
-            sqlx::query("DELETE FROM history WHERE counter = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
-        notify(&mut tx, &self.origin, &changed).await?;
-        tx.commit().await?;
-        // Loaded after the epoch's update: `counter.epoch` is the new one already.
-        Ok(ResetOutcome::Done {
-            counter: Box::new(counter),
-            removed,
-        })
+        super::epochs::reset(self.epochs().await?, key, request).await
     }
 
     async fn tell_cut(
@@ -677,60 +617,7 @@ impl CounterStore for PostgresStore {
         region: &str,
         cut: &Cut,
     ) -> Result<Option<StoredCounter>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *tx)
-            .await?;
-        // Locked as a reset locks it: a commit deciding a milestone reads the count it moves.
-        let row = sqlx::query(
-            "SELECT id, epoch, deleted, reset_at FROM counters WHERE kind = $1 AND name = $2 \
-             FOR UPDATE",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_one(&mut *tx)
-        .await?;
-        if key.kind() == CounterKind::G {
-            lock_pending(&mut tx, &[key.id()]).await?;
-        }
-        let id: i64 = row.try_get("id")?;
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
-        ))
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let counter = match super::counters_of(&rows)?.pop() {
-            Some(counter) => counter,
-            None => super::no_parts(key, super::epoch_of(&row)?),
-        };
-        let Some((after, adopted)) = super::told_cut(&counter, object, region, cut) else {
-            return Ok(None);
-        };
-        if adopted {
-            sqlx::query(
-                "UPDATE counters SET epoch = $2, deleted = $3, reset_at = $4 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(super::epoch_param(after.epoch.number))
-            .bind(after.epoch.deleted)
-            .bind(after.epoch.at.map(Timestamp::unix_ms))
-            .execute(&mut *tx)
-            .await?;
-            if after.epoch.deleted {
-                sqlx::query("DELETE FROM history WHERE counter = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        write_cuts(&mut tx, id, &after).await?;
-        let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
-        notify(&mut tx, &self.origin, &changed).await?;
-        tx.commit().await?;
-        Ok(Some(after))
+        super::epochs::tell_cut(self.epochs().await?, key, object, region, cut).await
     }
 
     /// Two mergers importing the same new id at once each create a replica; the `imports`
@@ -1795,56 +1682,141 @@ struct HistoryColumns<'a> {
     epochs: Vec<i64>,
 }
 
-/// Writes `counter`'s cuts (every region's) and its objects' shares of them (replacing
-/// those of the epoch before), as a reset or a told cut left them.
-async fn write_cuts(
-    conn: &mut sqlx::PgConnection,
-    id: i64,
-    counter: &StoredCounter,
-) -> Result<(), StoreError> {
-    let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
-        .cuts
-        .iter()
-        .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
-        .unzip();
-    sqlx::query(
-        "INSERT INTO cuts AS x (counter, region, p, n) \
-         SELECT $1, u.region, u.p::numeric, u.n::numeric \
-         FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
-         ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-    )
-    .bind(id)
-    .bind(regions)
-    .bind(ps)
-    .bind(ns)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM object_cuts WHERE counter = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    let mut objects = Vec::with_capacity(counter.object_cuts.len());
-    let mut regions = Vec::with_capacity(counter.object_cuts.len());
-    let (mut ps, mut ns) = (Vec::new(), Vec::new());
-    for (object, region, t) in &counter.object_cuts {
-        objects.push(super::object_column(*object));
-        regions.push(region.as_str());
-        ps.push(t.p.to_string());
-        ns.push(t.n.to_string());
+/// A transaction of this store, as [`super::epochs`] drives it.
+struct Epochs<'s> {
+    tx: Transaction<'static, Postgres>,
+    origin: &'s str,
+}
+
+impl PostgresStore {
+    /// A transaction for [`super::epochs`].
+    async fn epochs(&self) -> Result<Epochs<'_>, StoreError> {
+        Ok(Epochs {
+            tx: self.pool.begin().await?,
+            origin: &self.origin,
+        })
     }
-    sqlx::query(
-        "INSERT INTO object_cuts (counter, object, region, p, n) \
-         SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
-    )
-    .bind(id)
-    .bind(objects)
-    .bind(regions)
-    .bind(ps)
-    .bind(ns)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+}
+
+#[async_trait]
+impl super::epochs::EpochTx for Epochs<'_> {
+    /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
+    /// milestone reads the count a reset moves: one at a time).
+    async fn lock_counter(
+        &mut self,
+        key: &CounterKey,
+        create: bool,
+        counted: bool,
+    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
+        if create {
+            sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key.kind().as_str())
+                .bind(key.id())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        let filter = if counted { COUNTED } else { "true" };
+        let row = sqlx::query(&format!(
+            "SELECT id, epoch, deleted, reset_at FROM counters c \
+             WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if key.kind() == CounterKind::G {
+            lock_pending(&mut self.tx, &[key.id()]).await?;
+        }
+        Ok(Some((row.try_get("id")?, super::epoch_of(&row)?)))
+    }
+
+    async fn parts(&mut self, id: i64) -> Result<Option<StoredCounter>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
+        ))
+        .bind(id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(super::counters_of(&rows)?.pop())
+    }
+
+    async fn set_epoch(&mut self, id: i64, epoch: &super::Epoch) -> Result<(), StoreError> {
+        sqlx::query("UPDATE counters SET epoch = $2, deleted = $3, reset_at = $4 WHERE id = $1")
+            .bind(id)
+            .bind(super::epoch_param(epoch.number))
+            .bind(epoch.deleted)
+            .bind(epoch.at.map(Timestamp::unix_ms))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_history(&mut self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM history WHERE counter = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
+        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO cuts AS x (counter, region, p, n) \
+             SELECT $1, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
+             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("DELETE FROM object_cuts WHERE counter = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        let mut objects = Vec::with_capacity(counter.object_cuts.len());
+        let mut regions = Vec::with_capacity(counter.object_cuts.len());
+        let (mut ps, mut ns) = (Vec::new(), Vec::new());
+        for (object, region, t) in &counter.object_cuts {
+            objects.push(super::object_column(*object));
+            regions.push(region.as_str());
+            ps.push(t.p.to_string());
+            ns.push(t.n.to_string());
+        }
+        sqlx::query(
+            "INSERT INTO object_cuts (counter, object, region, p, n) \
+             SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
+        )
+        .bind(id)
+        .bind(objects)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn changed(&mut self, key: &CounterKey) -> Result<(), StoreError> {
+        let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
+        notify(&mut self.tx, self.origin, &changed).await
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Announces the changed counters (if any, and if they fit in a notification) to the other

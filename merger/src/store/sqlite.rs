@@ -402,68 +402,12 @@ impl CounterStore for SqliteStore {
         })
     }
 
-    /// Takes the write lock first (the epoch's update), so nothing commits between the sums
-    /// read and the cuts written.
     async fn reset(
         &self,
         key: &CounterKey,
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE counters SET epoch = epoch + 1, deleted = ?3, reset_at = ?4 \
-             WHERE id = (SELECT c.id FROM counters c WHERE c.kind = ?1 AND c.name = ?2 \
-                 AND (?5 IS NULL OR c.epoch = ?5) AND {COUNTED}) \
-             RETURNING id"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .bind(request.delete)
-        .bind(request.at.unix_ms())
-        .bind(request.expect_epoch.map(super::epoch_param))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            let current: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT epoch FROM counters c WHERE kind = ?1 AND name = ?2 AND {COUNTED}"
-            ))
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Ok(match current {
-                None => ResetOutcome::Unknown,
-                Some(current) => ResetOutcome::EpochMismatch {
-                    current: u64::try_from(current).unwrap_or_default(),
-                },
-            });
-        };
-        let id: i64 = row.get("id");
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = ?1) {PARTS_OF_K}"
-        ))
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut counter = super::counters_of(&rows)?
-            .pop()
-            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
-        let removed = counter.totals();
-        counter.cuts = super::new_cuts(&counter);
-        counter.object_cuts = super::new_object_cuts(&counter);
-        write_cuts(&mut tx, id, &counter).await?;
-        if request.delete {
-            sqlx::query("DELETE FROM history WHERE counter = ?1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        // Loaded after the epoch's update: `counter.epoch` is the new one already.
-        Ok(ResetOutcome::Done {
-            counter: Box::new(counter),
-            removed,
-        })
+        super::epochs::reset(Epochs(self.pool.begin().await?), key, request).await
     }
 
     async fn tell_cut(
@@ -473,58 +417,7 @@ impl CounterStore for SqliteStore {
         region: &str,
         cut: &Cut,
     ) -> Result<Option<StoredCounter>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A write first: the transaction holds the write lock from here on.
-        sqlx::query(
-            "INSERT INTO counters (kind, name) VALUES (?1, ?2) ON CONFLICT (kind, name) DO NOTHING",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.kind = ?1 AND c.name = ?2) \
-             {PARTS_OF_K}"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_all(&mut *tx)
-        .await?;
-        let row = sqlx::query(
-            "SELECT id, epoch, deleted, reset_at FROM counters WHERE kind = ?1 AND name = ?2",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_one(&mut *tx)
-        .await?;
-        let id: i64 = row.try_get("id")?;
-        let counter = match super::counters_of(&rows)?.pop() {
-            Some(counter) => counter,
-            None => super::no_parts(key, super::epoch_of(&row)?),
-        };
-        let Some((after, adopted)) = super::told_cut(&counter, object, region, cut) else {
-            return Ok(None);
-        };
-        if adopted {
-            sqlx::query(
-                "UPDATE counters SET epoch = ?2, deleted = ?3, reset_at = ?4 WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(super::epoch_param(after.epoch.number))
-            .bind(after.epoch.deleted)
-            .bind(after.epoch.at.map(Timestamp::unix_ms))
-            .execute(&mut *tx)
-            .await?;
-            if after.epoch.deleted {
-                sqlx::query("DELETE FROM history WHERE counter = ?1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        write_cuts(&mut tx, id, &after).await?;
-        tx.commit().await?;
-        Ok(Some(after))
+        super::epochs::tell_cut(Epochs(self.pool.begin().await?), key, object, region, cut).await
     }
 
     async fn import(
@@ -1176,49 +1069,118 @@ fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
 }
 
-/// Writes `counter`'s cuts (every region's) and its objects' shares of them (replacing
-/// those of the epoch before), as a reset or a told cut left them.
-async fn write_cuts(
-    conn: &mut sqlx::SqliteConnection,
-    id: i64,
-    counter: &StoredCounter,
-) -> Result<(), StoreError> {
-    let cuts: Vec<_> = counter
-        .cuts
-        .iter()
-        .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
-        .collect();
-    sqlx::query(
-        "INSERT INTO cuts (counter, region, p, n) \
-         SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
-         WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-    )
-    .bind(id)
-    .bind(json_rows(&cuts))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM object_cuts WHERE counter = ?1")
-        .bind(id)
-        .execute(&mut *conn)
+/// A transaction of this store, as [`super::epochs`] drives it.
+struct Epochs(sqlx::Transaction<'static, sqlx::Sqlite>);
+
+#[async_trait]
+impl super::epochs::EpochTx for Epochs {
+    /// A write first (the epoch set to itself): the transaction holds the write lock from
+    /// here on, so nothing commits between the sums read and the cuts written.
+    async fn lock_counter(
+        &mut self,
+        key: &CounterKey,
+        create: bool,
+        counted: bool,
+    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
+        if create {
+            sqlx::query(
+                "INSERT INTO counters (kind, name) VALUES (?1, ?2) \
+                 ON CONFLICT (kind, name) DO NOTHING",
+            )
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .execute(&mut *self.0)
+            .await?;
+        }
+        let filter = if counted { COUNTED } else { "true" };
+        let row = sqlx::query(&format!(
+            "UPDATE counters AS c SET epoch = epoch WHERE kind = ?1 AND name = ?2 AND {filter} \
+             RETURNING id, epoch, deleted, reset_at"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *self.0)
         .await?;
-    let shares: Vec<_> = counter
-        .object_cuts
-        .iter()
-        .map(|(object, region, t)| {
-            let object = super::object_column(*object);
-            (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
-        })
-        .collect();
-    sqlx::query(
-        "INSERT INTO object_cuts (counter, object, region, p, n) \
-         SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
-         FROM json_each(?2) AS j",
-    )
-    .bind(id)
-    .bind(json_rows(&shares))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+        row.map(|row| Ok((row.try_get("id")?, super::epoch_of(&row)?)))
+            .transpose()
+    }
+
+    async fn parts(&mut self, id: i64) -> Result<Option<StoredCounter>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = ?1) {PARTS_OF_K}"
+        ))
+        .bind(id)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(super::counters_of(&rows)?.pop())
+    }
+
+    async fn set_epoch(&mut self, id: i64, epoch: &super::Epoch) -> Result<(), StoreError> {
+        sqlx::query("UPDATE counters SET epoch = ?2, deleted = ?3, reset_at = ?4 WHERE id = ?1")
+            .bind(id)
+            .bind(super::epoch_param(epoch.number))
+            .bind(epoch.deleted)
+            .bind(epoch.at.map(Timestamp::unix_ms))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_history(&mut self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM history WHERE counter = ?1")
+            .bind(id)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
+        let cuts: Vec<_> = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
+            .collect();
+        sqlx::query(
+            "INSERT INTO cuts (counter, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
+             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(json_rows(&cuts))
+        .execute(&mut *self.0)
+        .await?;
+        sqlx::query("DELETE FROM object_cuts WHERE counter = ?1")
+            .bind(id)
+            .execute(&mut *self.0)
+            .await?;
+        let shares: Vec<_> = counter
+            .object_cuts
+            .iter()
+            .map(|(object, region, t)| {
+                let object = super::object_column(*object);
+                (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO object_cuts (counter, object, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
+             FROM json_each(?2) AS j",
+        )
+        .bind(id)
+        .bind(json_rows(&shares))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn changed(&mut self, _key: &CounterKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.0.commit().await?;
+        Ok(())
+    }
 }
 
 /// Merges `carries` into the stored ones (column by column, max) and deletes the slots the
