@@ -18,6 +18,7 @@
 
 pub mod epochs;
 pub mod postgres;
+pub mod reclaim;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet};

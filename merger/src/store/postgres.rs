@@ -56,8 +56,8 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tally_crdt::{
-    CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId, SketchKey,
-    SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId,
+    SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
@@ -607,7 +607,7 @@ impl CounterStore for PostgresStore {
         key: &CounterKey,
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError> {
-        super::epochs::reset(self.epochs().await?, key, request).await
+        super::epochs::reset(self.tx().await?, key, request).await
     }
 
     async fn tell_cut(
@@ -617,7 +617,7 @@ impl CounterStore for PostgresStore {
         region: &str,
         cut: &Cut,
     ) -> Result<Option<StoredCounter>, StoreError> {
-        super::epochs::tell_cut(self.epochs().await?, key, object, region, cut).await
+        super::epochs::tell_cut(self.tx().await?, key, object, region, cut).await
     }
 
     /// Two mergers importing the same new id at once each create a replica; the `imports`
@@ -828,84 +828,9 @@ impl CounterStore for PostgresStore {
         .await?;
         let mut netted = 0;
         for candidate in candidates {
-            let counter: i64 = candidate.try_get("counter")?;
-            let object: String = candidate.try_get("object")?;
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT 1 FROM counters WHERE id = $1 FOR UPDATE")
-                .bind(counter)
-                .execute(&mut *tx)
-                .await?;
-            let Some(row) = sqlx::query(
-                "SELECT region, through, p::text AS p, n::text AS n, frame, rp::text AS rp, \
-                     rn::text AS rn \
-                 FROM carries WHERE counter = $1 AND object = $2 FOR UPDATE",
-            )
-            .bind(counter)
-            .bind(&object)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                continue;
-            };
-            let carry = super::carry_of(&row)?;
-            let Some(cut) = sqlx::query(
-                "SELECT p::text AS p, n::text AS n FROM cuts \
-                 WHERE counter = $1 AND region = $2 FOR UPDATE",
-            )
-            .bind(counter)
-            .bind(&*carry.region)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                continue;
-            };
-            let Some((left, empty)) =
-                super::net_reclaimed(&carry, super::totals_of("cuts", &cut, ["p", "n"])?)
-            else {
-                continue;
-            };
-            sqlx::query(
-                "UPDATE cuts SET p = $3::numeric, n = $4::numeric \
-                 WHERE counter = $1 AND region = $2",
-            )
-            .bind(counter)
-            .bind(&*carry.region)
-            .bind(left.p.to_string())
-            .bind(left.n.to_string())
-            .execute(&mut *tx)
-            .await?;
-            let carry_write = if empty {
-                "DELETE FROM carries WHERE counter = $1 AND object = $2"
-            } else {
-                "UPDATE carries SET rp = 0, rn = 0 \
-                 WHERE counter = $1 AND object = $2"
-            };
-            sqlx::query(carry_write)
-                .bind(counter)
-                .bind(&object)
-                .execute(&mut *tx)
-                .await?;
-            // The object's share of the cut loses it too; a share left at zero goes.
-            sqlx::query(
-                "UPDATE object_cuts SET p = GREATEST(p - $3::numeric, 0), \
-                     n = GREATEST(n - $4::numeric, 0) \
-                 WHERE counter = $1 AND object = $2",
-            )
-            .bind(counter)
-            .bind(&object)
-            .bind(carry.reclaimed.p.to_string())
-            .bind(carry.reclaimed.n.to_string())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "DELETE FROM object_cuts WHERE counter = $1 AND object = $2 AND p = 0 AND n = 0",
-            )
-            .bind(counter)
-            .bind(&object)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            netted += 1;
+            let (counter, object): (i64, String) =
+                (candidate.try_get("counter")?, candidate.try_get("object")?);
+            netted += u64::from(super::reclaim::net(self.tx().await?, counter, &object).await?);
         }
         Ok(netted)
     }
@@ -1682,16 +1607,16 @@ struct HistoryColumns<'a> {
     epochs: Vec<i64>,
 }
 
-/// A transaction of this store, as [`super::epochs`] drives it.
-struct Epochs<'s> {
+/// A transaction of this store, as [`super::epochs`] and [`super::reclaim`] drive it.
+struct Tx<'s> {
     tx: Transaction<'static, Postgres>,
     origin: &'s str,
 }
 
 impl PostgresStore {
-    /// A transaction for [`super::epochs`].
-    async fn epochs(&self) -> Result<Epochs<'_>, StoreError> {
-        Ok(Epochs {
+    /// A transaction for [`super::epochs`] and [`super::reclaim`].
+    async fn tx(&self) -> Result<Tx<'_>, StoreError> {
+        Ok(Tx {
             tx: self.pool.begin().await?,
             origin: &self.origin,
         })
@@ -1699,7 +1624,7 @@ impl PostgresStore {
 }
 
 #[async_trait]
-impl super::epochs::EpochTx for Epochs<'_> {
+impl super::epochs::EpochTx for Tx<'_> {
     /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
     /// milestone reads the count a reset moves: one at a time).
     async fn lock_counter(
@@ -1811,6 +1736,126 @@ impl super::epochs::EpochTx for Epochs<'_> {
     async fn changed(&mut self, key: &CounterKey) -> Result<(), StoreError> {
         let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
         notify(&mut self.tx, self.origin, &changed).await
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl super::reclaim::NetTx for Tx<'_> {
+    /// The counter's row first, as a reset locks it, then the carry's.
+    async fn carry(&mut self, counter: i64, object: &str) -> Result<Option<Carry>, StoreError> {
+        sqlx::query("SELECT 1 FROM counters WHERE id = $1 FOR UPDATE")
+            .bind(counter)
+            .execute(&mut *self.tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT region, through, p::text AS p, n::text AS n, frame, rp::text AS rp, \
+                 rn::text AS rn \
+             FROM carries WHERE counter = $1 AND object = $2 FOR UPDATE",
+        )
+        .bind(counter)
+        .bind(object)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(super::carry_of).transpose()
+    }
+
+    async fn cut(
+        &mut self,
+        counter: i64,
+        region: &str,
+    ) -> Result<Option<GlobalTotals>, StoreError> {
+        let row = sqlx::query(
+            "SELECT p::text AS p, n::text AS n FROM cuts \
+             WHERE counter = $1 AND region = $2 FOR UPDATE",
+        )
+        .bind(counter)
+        .bind(region)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| super::totals_of("cuts", &row, ["p", "n"]))
+            .transpose()
+    }
+
+    async fn set_cut(
+        &mut self,
+        counter: i64,
+        region: &str,
+        cut: GlobalTotals,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE cuts SET p = $3::numeric, n = $4::numeric WHERE counter = $1 AND region = $2",
+        )
+        .bind(counter)
+        .bind(region)
+        .bind(cut.p.to_string())
+        .bind(cut.n.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn drop_reclaimed(
+        &mut self,
+        counter: i64,
+        object: &str,
+        delete: bool,
+    ) -> Result<(), StoreError> {
+        let write = if delete {
+            "DELETE FROM carries WHERE counter = $1 AND object = $2"
+        } else {
+            "UPDATE carries SET rp = 0, rn = 0 WHERE counter = $1 AND object = $2"
+        };
+        sqlx::query(write)
+            .bind(counter)
+            .bind(object)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn share(
+        &mut self,
+        counter: i64,
+        object: &str,
+    ) -> Result<Option<GlobalTotals>, StoreError> {
+        let row = sqlx::query(
+            "SELECT p::text AS p, n::text AS n FROM object_cuts \
+             WHERE counter = $1 AND object = $2 FOR UPDATE",
+        )
+        .bind(counter)
+        .bind(object)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| super::totals_of("object_cuts", &row, ["p", "n"]))
+            .transpose()
+    }
+
+    async fn set_share(
+        &mut self,
+        counter: i64,
+        object: &str,
+        share: Option<GlobalTotals>,
+    ) -> Result<(), StoreError> {
+        let query = match share {
+            Some(share) => sqlx::query(
+                "UPDATE object_cuts SET p = $3::numeric, n = $4::numeric \
+                 WHERE counter = $1 AND object = $2",
+            )
+            .bind(counter)
+            .bind(object)
+            .bind(share.p.to_string())
+            .bind(share.n.to_string()),
+            None => sqlx::query("DELETE FROM object_cuts WHERE counter = $1 AND object = $2")
+                .bind(counter)
+                .bind(object),
+        };
+        query.execute(&mut *self.tx).await?;
+        Ok(())
     }
 
     async fn commit(self) -> Result<(), StoreError> {

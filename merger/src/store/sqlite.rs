@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tally_crdt::{
-    CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId, SketchKey,
-    SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId,
+    SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -407,7 +407,7 @@ impl CounterStore for SqliteStore {
         key: &CounterKey,
         request: ResetRequest,
     ) -> Result<ResetOutcome, StoreError> {
-        super::epochs::reset(Epochs(self.pool.begin().await?), key, request).await
+        super::epochs::reset(Tx(self.pool.begin().await?), key, request).await
     }
 
     async fn tell_cut(
@@ -417,7 +417,7 @@ impl CounterStore for SqliteStore {
         region: &str,
         cut: &Cut,
     ) -> Result<Option<StoredCounter>, StoreError> {
-        super::epochs::tell_cut(Epochs(self.pool.begin().await?), key, object, region, cut).await
+        super::epochs::tell_cut(Tx(self.pool.begin().await?), key, object, region, cut).await
     }
 
     async fn import(
@@ -587,7 +587,6 @@ impl CounterStore for SqliteStore {
     /// One transaction per carry, which takes the write lock with its first statement (a
     /// write that changes nothing) and nets the carry and its cut as they are then.
     async fn reclaim_carries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let zero = encode_u128(0);
         let candidates = sqlx::query(
             "SELECT x.counter, x.object FROM carries x \
              JOIN cuts c ON c.counter = x.counter AND c.region = x.region \
@@ -597,82 +596,15 @@ impl CounterStore for SqliteStore {
         )
         .bind(before.unix_ms())
         .bind(i64::from(limit))
-        .bind(&zero)
+        .bind(encode_u128(0))
         .fetch_all(&self.pool)
         .await?;
         let mut netted = 0;
         for candidate in candidates {
-            let counter: i64 = candidate.try_get("counter")?;
-            let object: String = candidate.try_get("object")?;
-            let mut tx = self.pool.begin().await?;
-            let Some(row) = sqlx::query(
-                "UPDATE carries SET frame = frame WHERE counter = ?1 AND object = ?2 \
-                 RETURNING region, through, p, n, frame, rp, rn",
-            )
-            .bind(counter)
-            .bind(&object)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                continue;
-            };
-            let carry = super::carry_of(&row)?;
-            let Some(cut) = sqlx::query("SELECT p, n FROM cuts WHERE counter = ?1 AND region = ?2")
-                .bind(counter)
-                .bind(&*carry.region)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                continue;
-            };
-            let Some((left, empty)) =
-                super::net_reclaimed(&carry, super::totals_of("cuts", &cut, ["p", "n"])?)
-            else {
-                continue;
-            };
-            sqlx::query("UPDATE cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND region = ?2")
-                .bind(counter)
-                .bind(&*carry.region)
-                .bind(encode_u128(left.p))
-                .bind(encode_u128(left.n))
-                .execute(&mut *tx)
-                .await?;
-            let carry_write = if empty {
-                "DELETE FROM carries WHERE counter = ?1 AND object = ?2"
-            } else {
-                "UPDATE carries SET rp = ?3, rn = ?3 WHERE counter = ?1 AND object = ?2"
-            };
-            sqlx::query(carry_write)
-                .bind(counter)
-                .bind(&object)
-                .bind(&zero)
-                .execute(&mut *tx)
-                .await?;
-            // The object's share of the cut loses it too; a share left at zero goes.
-            let share =
-                sqlx::query("SELECT p, n FROM object_cuts WHERE counter = ?1 AND object = ?2")
-                    .bind(counter)
-                    .bind(&object)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(share) = share {
-                let share = super::totals_of("object_cuts", &share, ["p", "n"])?;
-                let left = super::minus(share, carry.reclaimed);
-                let share_write = if left == GlobalTotals::default() {
-                    "DELETE FROM object_cuts WHERE counter = ?1 AND object = ?2"
-                } else {
-                    "UPDATE object_cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND object = ?2"
-                };
-                sqlx::query(share_write)
-                    .bind(counter)
-                    .bind(&object)
-                    .bind(encode_u128(left.p))
-                    .bind(encode_u128(left.n))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            netted += 1;
+            let (counter, object): (i64, String) =
+                (candidate.try_get("counter")?, candidate.try_get("object")?);
+            let tx = Tx(self.pool.begin().await?);
+            netted += u64::from(super::reclaim::net(tx, counter, &object).await?);
         }
         Ok(netted)
     }
@@ -1069,11 +1001,11 @@ fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
 }
 
-/// A transaction of this store, as [`super::epochs`] drives it.
-struct Epochs(sqlx::Transaction<'static, sqlx::Sqlite>);
+/// A transaction of this store, as [`super::epochs`] and [`super::reclaim`] drive it.
+struct Tx(sqlx::Transaction<'static, sqlx::Sqlite>);
 
 #[async_trait]
-impl super::epochs::EpochTx for Epochs {
+impl super::epochs::EpochTx for Tx {
     /// A write first (the epoch set to itself): the transaction holds the write lock from
     /// here on, so nothing commits between the sums read and the cuts written.
     async fn lock_counter(
@@ -1174,6 +1106,113 @@ impl super::epochs::EpochTx for Epochs {
     }
 
     async fn changed(&mut self, _key: &CounterKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.0.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl super::reclaim::NetTx for Tx {
+    /// A write first (the carry set to itself): the write lock from here on.
+    async fn carry(&mut self, counter: i64, object: &str) -> Result<Option<Carry>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE carries SET frame = frame WHERE counter = ?1 AND object = ?2 \
+             RETURNING region, through, p, n, frame, rp, rn",
+        )
+        .bind(counter)
+        .bind(object)
+        .fetch_optional(&mut *self.0)
+        .await?;
+        row.as_ref().map(super::carry_of).transpose()
+    }
+
+    async fn cut(
+        &mut self,
+        counter: i64,
+        region: &str,
+    ) -> Result<Option<GlobalTotals>, StoreError> {
+        let row = sqlx::query("SELECT p, n FROM cuts WHERE counter = ?1 AND region = ?2")
+            .bind(counter)
+            .bind(region)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        row.map(|row| super::totals_of("cuts", &row, ["p", "n"]))
+            .transpose()
+    }
+
+    async fn set_cut(
+        &mut self,
+        counter: i64,
+        region: &str,
+        cut: GlobalTotals,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND region = ?2")
+            .bind(counter)
+            .bind(region)
+            .bind(encode_u128(cut.p))
+            .bind(encode_u128(cut.n))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn drop_reclaimed(
+        &mut self,
+        counter: i64,
+        object: &str,
+        delete: bool,
+    ) -> Result<(), StoreError> {
+        let write = if delete {
+            "DELETE FROM carries WHERE counter = ?1 AND object = ?2"
+        } else {
+            "UPDATE carries SET rp = ?3, rn = ?3 WHERE counter = ?1 AND object = ?2"
+        };
+        sqlx::query(write)
+            .bind(counter)
+            .bind(object)
+            .bind(encode_u128(0))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn share(
+        &mut self,
+        counter: i64,
+        object: &str,
+    ) -> Result<Option<GlobalTotals>, StoreError> {
+        let row = sqlx::query("SELECT p, n FROM object_cuts WHERE counter = ?1 AND object = ?2")
+            .bind(counter)
+            .bind(object)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        row.map(|row| super::totals_of("object_cuts", &row, ["p", "n"]))
+            .transpose()
+    }
+
+    async fn set_share(
+        &mut self,
+        counter: i64,
+        object: &str,
+        share: Option<GlobalTotals>,
+    ) -> Result<(), StoreError> {
+        let write = if share.is_some() {
+            "UPDATE object_cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND object = ?2"
+        } else {
+            "DELETE FROM object_cuts WHERE counter = ?1 AND object = ?2"
+        };
+        let share = share.unwrap_or_default();
+        sqlx::query(write)
+            .bind(counter)
+            .bind(object)
+            .bind(encode_u128(share.p))
+            .bind(encode_u128(share.n))
+            .execute(&mut *self.0)
+            .await?;
         Ok(())
     }
 
