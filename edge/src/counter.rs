@@ -144,6 +144,18 @@ impl Row {
         }
     }
 
+    /// The object's share of the reset that began `epoch`, if the row holds it and it is not
+    /// zero (a merger before version 6 recorded none and tells zero).
+    fn share_of(&self, epoch: u64) -> Option<SlotTotals> {
+        let cut = self
+            .cut
+            .filter(|c| c.epoch == epoch && c.totals != GlobalTotals::default())?;
+        Some(SlotTotals {
+            p: u64::try_from(cut.totals.p).ok()?,
+            n: u64::try_from(cut.totals.n).ok()?,
+        })
+    }
+
     /// Takes the object's share of the counter's last reset that a merger told ([`Cut`]),
     /// if of a later epoch than the one held and still within `keep_ms` of that reset
     /// (`RECLAIM_AFTER_MS`; 0: kept for ever). Returns whether it changed.
@@ -193,28 +205,33 @@ impl Row {
 
     /// Rebases the carry into frame `epoch` if the counter is one nobody counts any more:
     /// `heard` says its global totals in `epoch` (at least 1, later than the row's frame)
-    /// are zero, and the row counted nothing in this generation and is clean. What it
+    /// are zero, and the row counted nothing in this generation and is clean. What the object
     /// carried is reclaimed into the frame, the carry starts again from zero, and the row is
     /// dirty until the merger has the frame (so the object does not rotate meanwhile). The
     /// merger counts the same sums before and after; returns whether it rebased.
+    ///
+    /// What the object carried is its share of that epoch's reset when the row holds it
+    /// ([`Row::cut`]): with nothing counted since, the object's sums at the merger are still
+    /// that share, whatever frame the row took up. Without it (a reset of a merger before
+    /// version 6), the row must know all it ever carried: what it reclaimed itself and what it
+    /// carries since.
     pub fn rebase(&mut self, epoch: u64, global: GlobalTotals, now: Timestamp) -> bool {
         let later = epoch > self.frame.map_or(0, |f| f.epoch);
-        if !(self.counts_nothing_here()
-            && later
-            && global == GlobalTotals::default()
-            && self.knows_its_carry())
-            || self.carried == SlotTotals::default()
-        {
+        if !(self.counts_nothing_here() && later && global == GlobalTotals::default()) {
             return false;
         }
-        let before = self.frame.map_or_else(SlotTotals::default, |f| f.reclaimed);
-        self.frame = Some(Frame {
-            epoch,
-            reclaimed: SlotTotals {
-                p: before.p.saturating_add(self.carried.p),
-                n: before.n.saturating_add(self.carried.n),
-            },
-        });
+        let reclaimed = match self.share_of(epoch) {
+            Some(share) => share,
+            None if self.knows_its_carry() && self.carried != SlotTotals::default() => {
+                let before = self.frame.map_or_else(SlotTotals::default, |f| f.reclaimed);
+                SlotTotals {
+                    p: before.p.saturating_add(self.carried.p),
+                    n: before.n.saturating_add(self.carried.n),
+                }
+            }
+            None => return false,
+        };
+        self.frame = Some(Frame { epoch, reclaimed });
         self.carried = SlotTotals::default();
         self.rebased_at = now;
         self.state = SyncState::Dirty;
@@ -224,8 +241,8 @@ impl Row {
     /// Takes up the frame `epoch` the merger holds for this object's carry, if it is later
     /// than the row's (a row that was reclaimed here and counted again): what the row carries
     /// since counts in it. What that frame reclaimed stays at the merger: the row does not
-    /// know it, so it never rebases again ([`Row::rebase`] needs all it ever carried). Returns
-    /// whether it changed.
+    /// know it, so it rebases again only from its share of a later reset ([`Row::rebase`]
+    /// needs all its object ever carried). Returns whether it changed.
     pub fn take_frame(&mut self, epoch: u64) -> bool {
         if epoch <= self.frame.map_or(0, |f| f.epoch) {
             return false;
@@ -281,7 +298,8 @@ impl Row {
     }
 
     /// Stops re-sending what the row reclaimed ([`Reclaim::Forget`]): its frame stays, with
-    /// nothing reclaimed, as one taken up from the merger (so it never rebases again).
+    /// nothing reclaimed, as one taken up from the merger (so it rebases again only from its
+    /// share of a later reset).
     pub fn forget_reclaimed(&mut self) {
         if let Some(frame) = self.frame {
             self.take_up(frame.epoch);
@@ -972,7 +990,7 @@ mod tests {
         assert_eq!(e.row.reclaim(after(week), week), Reclaim::Delete);
         assert_eq!(e.row.reclaim(after(week), 0), Reclaim::Keep, "0: never");
         // Counted again before that: it keeps its frame and stops re-sending what it
-        // reclaimed, and never rebases again.
+        // reclaimed, and rebases again only from a share of a later reset.
         let mut again = e.clone();
         again
             .row
@@ -1059,7 +1077,8 @@ mod tests {
         );
         assert_eq!(e.row.carried, SlotTotals { p: 2, n: 0 });
         assert!(!e.row.take_frame(1));
-        // It never rebases again: it does not know all its object carried.
+        // Without its share of the next reset it does not rebase: it does not know all its
+        // object carried.
         e.settle(
             SlotTotals::default(),
             &Outcome::Merged(&in_epoch(4, 0)),
@@ -1067,6 +1086,35 @@ mod tests {
             WEEK,
         );
         assert_eq!(e.row.frame, Some(taken));
+        // Told its share (the 9 the merger reclaimed and the 2 it carries), it rebases all of
+        // it, knows its carry again, and is reclaimed in its turn.
+        let share = Cut {
+            epoch: 5,
+            deleted: true,
+            at: at(30),
+            totals: GlobalTotals { p: 11, n: 0 },
+        };
+        let answer = MergedCounter {
+            cut: Some(share),
+            ..in_epoch(5, 0)
+        };
+        e.settle(
+            SlotTotals::default(),
+            &Outcome::Merged(&answer),
+            at(30),
+            WEEK,
+        );
+        let rebased = Frame {
+            epoch: 5,
+            reclaimed: SlotTotals { p: 11, n: 0 },
+        };
+        assert_eq!(
+            (e.row.frame, e.row.carried),
+            (Some(rebased), SlotTotals::default())
+        );
+        e.row.acknowledge(SlotTotals::default());
+        let week = i64::try_from(WEEK).unwrap();
+        assert_eq!(e.row.reclaim(at(30 + week), WEEK), Reclaim::Delete);
     }
 
     #[test]
