@@ -7,7 +7,9 @@
 //! - join is commutative, associative and idempotent over those views;
 //! - the latest state dominates every view, and its value is exactly what was counted since
 //!   the last reset (totals near `u64::MAX` included: no panic, no wrap);
-//! - a fold, a re-sent carry or a rebased one keeps the value; within an epoch a join never lowers it.
+//! - a fold, a re-sent carry or a rebased one keeps the value; within an epoch a join never lowers it;
+//! - a store restored to an earlier state, before resets too, comes back to the latest value
+//!   once every object re-sends its share of the last reset, its carry and its live slot.
 #![no_main]
 
 use std::sync::Arc;
@@ -198,4 +200,27 @@ fuzz_target!(|input: Input| {
     if ab.epoch().number == a.epoch().number {
         assert!(ab.value().dominates(a.value()), "a join lowered the value");
     }
+
+    // A store restored to the state of the first view's load, before resets too, heals once
+    // every object re-sends its share of the last reset, its carry and its live slot.
+    let mut restored = states[usize::from(input.views[0].0) % states.len()].clone();
+    for object in 0..6u8 {
+        let i = usize::from(object);
+        let replica = id(object, incarnation[i]);
+        if state.epoch().number > 0 {
+            restored.adopt(state.epoch());
+            restored.tell_cut(replica, &region(object), state.object_cut(replica));
+        }
+        let carry = Carry {
+            region: region(object),
+            through: u64::from(incarnation[i]),
+            totals: carried[i],
+            frame: frame[i],
+            reclaimed: reclaimed[i],
+        };
+        restored.merge_carry(replica, &carry);
+        restored.merge_slot(replica, &region(object), state.slot(replica));
+    }
+    assert_eq!(restored.epoch(), state.epoch());
+    assert_eq!(restored.value(), state.value(), "a restore heals from the objects");
 });
