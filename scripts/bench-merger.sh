@@ -14,6 +14,8 @@
 #   P2   merger durable slot-updates/s on SQLite / one autocommitted SQLite UPDATE per hit  >= 30
 #   P3   the same merger figure / Redis INCR, one command per hit, no persistence         >= 2
 #   P4   wrk on the merger's GET /v1/counters/{id} / wrk on a hello-world axum server     >= 0.8
+#   P15  the same merger figure / SQLite's own batched upsert of the same rows, in-process,
+#        in transactions of the merger's mean rows per commit (the store's limit)         >= 0.5
 #   P13  two mergers on one Postgres database, slot-updates/s / one Postgres UPDATE per
 #        hit, both synchronous_commit=on on the same server                               >= 30
 #   and: the share of the two mergers' slot updates that Postgres made in place (HOT), from

@@ -31,6 +31,7 @@
 mod million;
 mod process;
 mod redis;
+mod upsert;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -126,6 +127,8 @@ enum Phase {
     P3,
     /// Merger reads ÷ hello world.
     P4,
+    /// The merger on SQLite ÷ SQLite's own batched upsert of the same rows, in-process.
+    P15,
     /// Two mergers on Postgres ÷ one Postgres UPDATE per hit.
     P13,
     /// A million counters on SQLite: start time and memory.
@@ -204,7 +207,7 @@ struct Bench {
 
 impl Bench {
     async fn phases(&mut self) -> Result<(), Error> {
-        if [Phase::P2, Phase::P3, Phase::P4]
+        if [Phase::P2, Phase::P3, Phase::P4, Phase::P15]
             .iter()
             .any(|p| self.wants(*p))
         {
@@ -302,7 +305,7 @@ impl Bench {
         step("starting the merger on SQLite (release, --durability full)");
         let database = sqlite_url(&self.work.join("sqlite/tally.db"));
         let mut merger = self.start_merger(&database, "merger-sqlite", &[]).await?;
-        let updates = if self.wants(Phase::P2) || self.wants(Phase::P3) {
+        let updates = if self.wants(Phase::P2) || self.wants(Phase::P3) || self.wants(Phase::P15) {
             step(&format!(
                 "sync-load against the merger, {} s",
                 self.args.seconds
@@ -321,11 +324,73 @@ impl Bench {
         if self.wants(Phase::P4) {
             self.p4(&merger).await?;
         }
+        // The merger's mean slot rows per commit in this run: P15's transaction size.
+        let per_commit = if updates.is_some() {
+            let metric = |series| tally_e2e::metric(&self.http, &merger.url, series);
+            let (sum, count) = (
+                metric("tally_commit_batch_slots_sum").await,
+                metric("tally_commit_batch_slots_count").await,
+            );
+            (count > 0.0).then(|| sum / count)
+        } else {
+            None
+        };
         self.report.check(
             merger.running(),
             "the SQLite merger ran through P2-P4".to_owned(),
         );
         self.stop_merger(merger, "the SQLite merger").await;
+        if let (Some(updates), Some(per_commit), true) =
+            (updates, per_commit, self.wants(Phase::P15))
+        {
+            self.p15(updates, per_commit).await?;
+        }
+        Ok(())
+    }
+
+    /// P15: the merger's durable slot-updates/s ÷ SQLite's own batched upsert of the same rows
+    /// in transactions of the merger's mean rows per commit ([`upsert::sqlite`]), on a
+    /// database the merger created (its schema) with its settings.
+    async fn p15(&mut self, updates: f64, per_commit: f64) -> Result<(), Error> {
+        let file = self.work.join("upsert/tally.db");
+        let merger = self
+            .start_merger(&sqlite_url(&file), "merger-upsert-schema", &[])
+            .await?;
+        self.stop_merger(merger, "the merger that made P15's schema")
+            .await;
+        // Whole rows per commit, at least one (a float of a few hundred: exact enough).
+        let rows = format!("{:.0}", per_commit.max(1.0))
+            .parse::<usize>()
+            .unwrap_or(1);
+        step(&format!(
+            "SQLite's own batched upsert: {rows} slot rows per transaction, one writer, {} s",
+            self.args.seconds
+        ));
+        let load = self.load(Vec::new());
+        let shape = upsert::Shape {
+            counters: u32::try_from(load.counters).unwrap_or(u32::MAX),
+            replicas: load.clients.saturating_mul(load.replicas_per_client),
+            per_sync: u32::try_from(load.counters_per_sync).unwrap_or(u32::MAX),
+        };
+        let run = upsert::sqlite(&file, shape, rows, self.args.seconds).await?;
+        self.report.figure(
+            format!(
+                "SQLite's own batched upsert of the merger's slot rows, in-process, slot \
+                 upserts/s ({rows} rows per transaction, WAL, synchronous=FULL)"
+            ),
+            format!(
+                "{:.0} ({} transactions in {:.1} s)",
+                run.rows_per_second(),
+                run.commits,
+                run.seconds
+            ),
+        );
+        self.report.ratio(
+            "p15",
+            "P15 merger / SQLite's own batched upsert of the same rows",
+            ratio(updates, run.rows_per_second()),
+            Target::AtLeast(0.5),
+        );
         Ok(())
     }
 

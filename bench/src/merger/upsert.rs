@@ -1,0 +1,150 @@
+//! P15's baseline: SQLite's own batched upsert of the merger's slot rows, in-process — no HTTP,
+//! no JSON, no merge in memory, no async driver — the limit of the store the merger writes to.
+//!
+//! The database is one the merger created (its migrations: the same schema and indexes), opened
+//! with the merger's settings (WAL, `synchronous=FULL` as `--durability full`, its page cache,
+//! mmap and temp store). One writer, as the merger's commit task, commits transactions of
+//! `rows_per_commit` slot upserts — the merger's mean slot rows per commit in the same run — in
+//! key order, each the merger's growth upsert of one slot (`INSERT … ON CONFLICT … DO UPDATE …
+//! WHERE` grown), prepared once and run through SQLite's C API (`rusqlite`), every one growing
+//! its slot. The slots are those of the load: `counters` counters, `replicas` replicas each
+//! sending windows of `per_sync` of them. (Driven through sqlx instead, one statement per row
+//! costs a round trip to sqlx's worker thread each: about 21,500 rows/s here, a fifth of the
+//! merger, which sends its batch as one statement.)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::{Error, per_second};
+
+/// What the baseline measured.
+#[derive(Debug, Clone, Copy)]
+pub struct UpsertRun {
+    /// Slot rows upserted, every one committed and durable.
+    pub rows: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// The run's duration.
+    pub seconds: f64,
+}
+
+impl UpsertRun {
+    /// Durable slot upserts per second.
+    pub fn rows_per_second(&self) -> f64 {
+        per_second(self.rows, self.seconds)
+    }
+}
+
+/// The load's shape: how many counters and replicas, and how many counters one sync carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub counters: u32,
+    pub replicas: u32,
+    pub per_sync: u32,
+}
+
+/// Runs the baseline for `seconds` on `db`, a database the merger has created and closed.
+pub async fn sqlite(
+    db: &Path,
+    shape: Shape,
+    rows_per_commit: usize,
+    seconds: u64,
+) -> Result<UpsertRun, Error> {
+    let db: PathBuf = db.to_owned();
+    tokio::task::spawn_blocking(move || run(&db, shape, rows_per_commit, seconds))
+        .await
+        .map_err(|e| Error::from(format!("the upsert baseline panicked: {e}")))?
+        .map_err(|e| Error::from(format!("SQLite: {e}")))
+}
+
+fn run(
+    db: &Path,
+    shape: Shape,
+    rows_per_commit: usize,
+    seconds: u64,
+) -> rusqlite::Result<UpsertRun> {
+    let mut conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; \
+         PRAGMA mmap_size = 268435456; PRAGMA temp_store = memory;",
+    )?;
+    let tx = conn.transaction()?;
+    let mut counters = Vec::new();
+    for i in 0..shape.counters {
+        let id: i64 = tx.query_row(
+            "INSERT INTO counters (kind, name) VALUES ('g', ?1) RETURNING id",
+            [format!("c{i}")],
+            |row| row.get(0),
+        )?;
+        counters.push(id);
+    }
+    let mut replicas = Vec::new();
+    for i in 0..shape.replicas {
+        let id: i64 = tx.query_row(
+            "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+             VALUES (?1, 'eu', 0, 0) RETURNING id",
+            [format!("{:032x}", u128::from(i) + 1)],
+            |row| row.get(0),
+        )?;
+        replicas.push(id);
+    }
+    tx.commit()?;
+
+    let upsert = "INSERT INTO slots (counter, replica, p, n, updated_at) \
+                  VALUES (?1, ?2, ?3, ?4, ?5) \
+                  ON CONFLICT (counter, replica) DO UPDATE SET \
+                  p = max(slots.p, excluded.p), n = max(slots.n, excluded.n), \
+                  updated_at = max(slots.updated_at, excluded.updated_at) \
+                  WHERE excluded.p > slots.p OR excluded.n > slots.n";
+    let per_sync = usize::try_from(shape.per_sync.min(shape.counters))
+        .unwrap_or(1)
+        .max(1);
+    let syncs = rows_per_commit.div_ceil(per_sync).max(1);
+    let mut totals = vec![0u64; counters.len() * replicas.len()];
+    let zero = format!("{:020}", 0);
+    let (mut rows, mut commits, mut round) = (0u64, 0u64, 0usize);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        // The commit's rows: `syncs` syncs of consecutive replicas, each a window of
+        // `per_sync` counters, the slots in key order as the merger writes them.
+        let mut batch: Vec<(usize, usize)> = Vec::with_capacity(syncs * per_sync);
+        for s in 0..syncs {
+            let replica = (round * syncs + s) % replicas.len();
+            let offset = (round * 7919 + s * 104_729) % counters.len();
+            for k in 0..per_sync {
+                batch.push(((offset + k) % counters.len(), replica));
+            }
+        }
+        batch.truncate(rows_per_commit.max(1));
+        batch.sort_unstable();
+        batch.dedup();
+        let at = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let tx = conn.transaction()?;
+        {
+            let mut statement = tx.prepare_cached(upsert)?;
+            for &(counter, replica) in &batch {
+                let slot = &mut totals[counter * replicas.len() + replica];
+                *slot += 1;
+                let p = format!("{:020}", *slot);
+                statement.execute(rusqlite::params![
+                    counters[counter],
+                    replicas[replica],
+                    p,
+                    zero,
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        rows += u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        commits += 1;
+        round += 1;
+    }
+    Ok(UpsertRun {
+        rows,
+        commits,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
