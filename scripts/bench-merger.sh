@@ -18,6 +18,9 @@
 #        in transactions of the merger's mean rows per commit (the store's limit)         >= 0.5
 #   P13  two mergers on one Postgres database, slot-updates/s / one Postgres UPDATE per
 #        hit, both synchronous_commit=on on the same server                               >= 30
+#   P16  the same two mergers / Postgres's own batched upsert of the same rows, in-process,
+#        two writers, in transactions of the mergers' mean rows per commit                >= 0.5
+#        (and P13's ceiling: that upsert / the naive UPDATE, shown beside P13)
 #   and: the share of the two mergers' slot updates that Postgres made in place (HOT), from
 #        pg_stat_user_tables (issue 27's goal: >= 0.9)
 #   and: a million counters (SQLite, then Postgres): fill rate, start time, memory.

@@ -628,6 +628,13 @@ impl Bench {
         let two = self
             .sync_load("two mergers on Postgres (clients split)", &load)
             .await?;
+        // The mergers' mean slot rows per commit in this run: P16's transaction size.
+        let (mut sum, mut count) = (0.0, 0.0);
+        for merger in [&a, &b] {
+            sum += tally_e2e::metric(&self.http, &merger.url, "tally_commit_batch_slots_sum").await;
+            count +=
+                tally_e2e::metric(&self.http, &merger.url, "tally_commit_batch_slots_count").await;
+        }
         self.stop_merger(a, "Postgres merger a").await;
         self.stop_merger(b, "Postgres merger b").await;
         // Issue 27's goal for Postgres in place: slot updates that are HOT (no new index
@@ -686,7 +693,61 @@ impl Bench {
             ratio(alone, best.hits_per_second()),
             Target::None,
         );
+        if count > 0.0 {
+            let upserts = self.p16(two, sum / count).await?;
+            self.report.ratio(
+                "p13_ceiling",
+                "P13's ceiling: Postgres's own batched upsert / one Postgres UPDATE per hit",
+                ratio(upserts, best.hits_per_second()),
+                Target::None,
+            );
+        }
         Ok(())
+    }
+
+    /// P16: two mergers' durable slot-updates/s ÷ Postgres's own batched upsert of the same
+    /// rows by two writers, in transactions of the mergers' mean rows per commit
+    /// ([`upsert::postgres`]), on a database a merger created. Answers the baseline's rows/s.
+    async fn p16(&mut self, two: f64, per_commit: f64) -> Result<f64, Error> {
+        let database = self.postgres().await.create_database("p16_upsert").await;
+        let merger = self
+            .start_merger(&database, "merger-p16-schema", &[])
+            .await?;
+        self.stop_merger(merger, "the merger that made P16's schema")
+            .await;
+        let rows = format!("{:.0}", per_commit.max(1.0))
+            .parse::<usize>()
+            .unwrap_or(1);
+        step(&format!(
+            "P16: Postgres's own batched upsert, two writers, {rows} slot rows per transaction, {} s",
+            self.args.seconds
+        ));
+        let load = self.load(Vec::new());
+        let shape = upsert::Shape {
+            counters: u32::try_from(load.counters).unwrap_or(u32::MAX),
+            replicas: load.clients.saturating_mul(load.replicas_per_client),
+            per_sync: u32::try_from(load.counters_per_sync).unwrap_or(u32::MAX),
+        };
+        let run = upsert::postgres(&database, shape, rows, 2, self.args.seconds).await?;
+        self.report.figure(
+            format!(
+                "Postgres's own batched upsert of the mergers' slot rows, in-process, slot \
+                 upserts/s (2 writers, {rows} rows per transaction, synchronous_commit=on)"
+            ),
+            format!(
+                "{:.0} ({} transactions in {:.1} s)",
+                run.rows_per_second(),
+                run.commits,
+                run.seconds
+            ),
+        );
+        self.report.ratio(
+            "p16",
+            "P16 two mergers on Postgres / Postgres's own batched upsert of the same rows",
+            ratio(two, run.rows_per_second()),
+            Target::AtLeast(0.5),
+        );
+        Ok(run.rows_per_second())
     }
 
     /// A million counters: fill through the sync API, then start time and memory against an

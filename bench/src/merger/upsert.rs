@@ -148,3 +148,123 @@ fn run(
         seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+/// P16's baseline: Postgres's own batched upsert of the merger's slot rows, in-process, on
+/// `url` (a database the merger created: its schema and indexes, on the same server and
+/// settings, `synchronous_commit=on`). `writers` connections, as many as the mergers, each
+/// upserting the slots of its share of the replicas in transactions of `rows_per_commit` rows:
+/// one `INSERT … SELECT FROM UNNEST(…) ORDER BY … ON CONFLICT … DO UPDATE … WHERE` grown, as
+/// the merger's, by the rows' ids (no names to join, no carries to consult).
+pub async fn postgres(
+    url: &str,
+    shape: Shape,
+    rows_per_commit: usize,
+    writers: usize,
+    seconds: u64,
+) -> Result<UpsertRun, Error> {
+    use std::str::FromStr;
+
+    let options =
+        sqlx::postgres::PgConnectOptions::from_str(url)?.options([("synchronous_commit", "on")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(writers + 1).unwrap_or(u32::MAX))
+        .connect_with(options)
+        .await?;
+    let counters: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO counters (kind, name) SELECT 'g', 'c' || i FROM generate_series(0, $1 - 1) i \
+         RETURNING id",
+    )
+    .bind(i64::from(shape.counters))
+    .fetch_all(&pool)
+    .await?;
+    let replicas: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+         SELECT lpad(to_hex(i), 32, '0'), 'eu', 0, 0 FROM generate_series(1, $1) i RETURNING id",
+    )
+    .bind(i64::from(shape.replicas))
+    .fetch_all(&pool)
+    .await?;
+    let upsert = "INSERT INTO slots AS s (counter, replica, p, n, updated_at) \
+                  SELECT u.counter, u.replica, u.p::numeric, u.n::numeric, u.at \
+                  FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[]) \
+                      AS u(counter, replica, p, n, at) \
+                  ORDER BY 1, 2 \
+                  ON CONFLICT (counter, replica) DO UPDATE SET \
+                      p = GREATEST(s.p, excluded.p), n = GREATEST(s.n, excluded.n), \
+                      updated_at = GREATEST(s.updated_at, excluded.updated_at) \
+                  WHERE excluded.p > s.p OR excluded.n > s.n";
+    let per_sync = usize::try_from(shape.per_sync.min(shape.counters))
+        .unwrap_or(1)
+        .max(1);
+    let writers = writers.max(1);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mine: Vec<i64> = replicas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % writers == w)
+            .map(|(_, id)| *id)
+            .collect();
+        let (pool, counters) = (pool.clone(), counters.clone());
+        tasks.push(tokio::spawn(async move {
+            let syncs = rows_per_commit.div_ceil(per_sync).max(1);
+            let mut totals = vec![0u64; counters.len() * mine.len()];
+            let (mut rows, mut commits, mut round) = (0u64, 0u64, 0usize);
+            while Instant::now() < deadline && !mine.is_empty() {
+                let mut batch: Vec<(usize, usize)> = Vec::with_capacity(syncs * per_sync);
+                for s in 0..syncs {
+                    let replica = (round * syncs + s) % mine.len();
+                    let offset = (round * 7919 + s * 104_729) % counters.len();
+                    for k in 0..per_sync {
+                        batch.push(((offset + k) % counters.len(), replica));
+                    }
+                }
+                batch.truncate(rows_per_commit.max(1));
+                batch.sort_unstable();
+                batch.dedup();
+                let at = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+                let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for &(counter, replica) in &batch {
+                    let slot = &mut totals[counter * mine.len() + replica];
+                    *slot += 1;
+                    columns.0.push(counters[counter]);
+                    columns.1.push(mine[replica]);
+                    columns.2.push(slot.to_string());
+                    columns.3.push("0".to_owned());
+                    columns.4.push(at);
+                }
+                let mut tx = pool.begin().await?;
+                sqlx::query(upsert)
+                    .bind(columns.0)
+                    .bind(columns.1)
+                    .bind(columns.2)
+                    .bind(columns.3)
+                    .bind(columns.4)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows += u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                commits += 1;
+                round += 1;
+            }
+            Ok::<_, sqlx::Error>((rows, commits))
+        }));
+    }
+    let (mut rows, mut commits) = (0, 0);
+    for task in tasks {
+        let (r, c) = task
+            .await
+            .map_err(|e| Error::from(format!("a writer panicked: {e}")))??;
+        rows += r;
+        commits += c;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(UpsertRun {
+        rows,
+        commits,
+        seconds,
+    })
+}
