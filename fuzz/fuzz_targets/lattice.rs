@@ -54,6 +54,23 @@ struct Fold {
     carry: Carry,
 }
 
+/// Object `object`'s carry as it sends it: the generations below `through`, in `frame`.
+fn carry_of(
+    object: u8,
+    through: u32,
+    totals: GlobalTotals,
+    frame: u64,
+    reclaimed: GlobalTotals,
+) -> Carry {
+    Carry {
+        region: region(object),
+        through: u64::from(through),
+        totals,
+        frame,
+        reclaimed,
+    }
+}
+
 /// Incarnation `generation` of object `object`.
 fn id(object: u8, generation: u32) -> ReplicaId {
     ReplicaId::lineage(
@@ -122,16 +139,14 @@ fuzz_target!(|input: Input| {
                     reclaimed[i].n = reclaimed[i].n.saturating_add(carried[i].n);
                     carried[i] = GlobalTotals::default();
                 }
-                let carry = Carry {
-                    region: region(object),
-                    through: u64::from(incarnation[i]),
-                    totals: carried[i],
-                    frame: frame[i],
-                    reclaimed: reclaimed[i],
-                };
+                let carry = carry_of(object, incarnation[i], carried[i], frame[i], reclaimed[i]);
                 let value = state.value();
                 state.merge_carry(id(object, incarnation[i]), &carry);
-                assert_eq!(state.value(), value, "a re-sent or rebased carry keeps the value");
+                assert_eq!(
+                    state.value(),
+                    value,
+                    "a re-sent or rebased carry keeps the value"
+                );
                 folds.push(Fold {
                     at: states.len(),
                     object: id(object, 0),
@@ -211,16 +226,14 @@ fuzz_target!(|input: Input| {
             restored.adopt(state.epoch());
             restored.tell_cut(replica, &region(object), state.object_cut(replica));
         }
-        let carry = Carry {
-            region: region(object),
-            through: u64::from(incarnation[i]),
-            totals: carried[i],
-            frame: frame[i],
-            reclaimed: reclaimed[i],
-        };
+        let carry = carry_of(object, incarnation[i], carried[i], frame[i], reclaimed[i]);
         restored.merge_carry(replica, &carry);
         restored.merge_slot(replica, &region(object), state.slot(replica));
     }
     assert_eq!(restored.epoch(), state.epoch());
-    assert_eq!(restored.value(), state.value(), "a restore heals from the objects");
+    assert_eq!(
+        restored.value(),
+        state.value(),
+        "a restore heals from the objects"
+    );
 });

@@ -348,6 +348,16 @@ impl Bench {
         Ok(())
     }
 
+    /// The slots the sync load writes, for the upsert baselines.
+    fn upsert_shape(&self) -> upsert::Shape {
+        let load = self.load(Vec::new());
+        upsert::Shape {
+            counters: u32::try_from(load.counters).unwrap_or(u32::MAX),
+            replicas: load.clients.saturating_mul(load.replicas_per_client),
+            per_sync: u32::try_from(load.counters_per_sync).unwrap_or(u32::MAX),
+        }
+    }
+
     /// P15: the merger's durable slot-updates/s ÷ SQLite's own batched upsert of the same rows
     /// in transactions of the merger's mean rows per commit ([`upsert::sqlite`]), on a
     /// database the merger created (its schema) with its settings.
@@ -358,21 +368,12 @@ impl Bench {
             .await?;
         self.stop_merger(merger, "the merger that made P15's schema")
             .await;
-        // Whole rows per commit, at least one (a float of a few hundred: exact enough).
-        let rows = format!("{:.0}", per_commit.max(1.0))
-            .parse::<usize>()
-            .unwrap_or(1);
+        let rows = whole_rows(per_commit);
         step(&format!(
             "SQLite's own batched upsert: {rows} slot rows per transaction, one writer, {} s",
             self.args.seconds
         ));
-        let load = self.load(Vec::new());
-        let shape = upsert::Shape {
-            counters: u32::try_from(load.counters).unwrap_or(u32::MAX),
-            replicas: load.clients.saturating_mul(load.replicas_per_client),
-            per_sync: u32::try_from(load.counters_per_sync).unwrap_or(u32::MAX),
-        };
-        let run = upsert::sqlite(&file, shape, rows, self.args.seconds).await?;
+        let run = upsert::sqlite(&file, self.upsert_shape(), rows, self.args.seconds).await?;
         self.report.figure(
             format!(
                 "SQLite's own batched upsert of the merger's slot rows, in-process, slot \
@@ -715,19 +716,12 @@ impl Bench {
             .await?;
         self.stop_merger(merger, "the merger that made P16's schema")
             .await;
-        let rows = format!("{:.0}", per_commit.max(1.0))
-            .parse::<usize>()
-            .unwrap_or(1);
+        let rows = whole_rows(per_commit);
         step(&format!(
             "P16: Postgres's own batched upsert, two writers, {rows} slot rows per transaction, {} s",
             self.args.seconds
         ));
-        let load = self.load(Vec::new());
-        let shape = upsert::Shape {
-            counters: u32::try_from(load.counters).unwrap_or(u32::MAX),
-            replicas: load.clients.saturating_mul(load.replicas_per_client),
-            per_sync: u32::try_from(load.counters_per_sync).unwrap_or(u32::MAX),
-        };
+        let shape = self.upsert_shape();
         let run = upsert::postgres(&database, shape, rows, 2, self.args.seconds).await?;
         self.report.figure(
             format!(
@@ -997,6 +991,14 @@ fn describe_rss(rss: Rss) -> String {
 }
 
 /// `sqlite://PATH`.
+/// A mean of rows per commit as whole rows, at least one (a float of a few thousand: exact
+/// enough).
+fn whole_rows(per_commit: f64) -> usize {
+    format!("{:.0}", per_commit.max(1.0))
+        .parse::<usize>()
+        .unwrap_or(1)
+}
+
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }

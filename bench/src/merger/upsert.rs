@@ -43,6 +43,31 @@ pub struct Shape {
     pub per_sync: u32,
 }
 
+/// The rows of commit `round`, as `(counter, replica)` indexes: syncs of consecutive replicas
+/// (of `replicas`), each a window of `per_sync` counters (of `counters`), `rows` of them at
+/// most, in key order as the merger writes them.
+fn commit_rows(
+    round: usize,
+    rows: usize,
+    per_sync: usize,
+    counters: usize,
+    replicas: usize,
+) -> Vec<(usize, usize)> {
+    let syncs = rows.div_ceil(per_sync).max(1);
+    let mut batch: Vec<(usize, usize)> = Vec::with_capacity(syncs * per_sync);
+    for s in 0..syncs {
+        let replica = (round * syncs + s) % replicas;
+        let offset = (round * 7919 + s * 104_729) % counters;
+        for k in 0..per_sync {
+            batch.push(((offset + k) % counters, replica));
+        }
+    }
+    batch.truncate(rows.max(1));
+    batch.sort_unstable();
+    batch.dedup();
+    batch
+}
+
 /// Runs the baseline for `seconds` on `db`, a database the merger has created and closed.
 pub async fn sqlite(
     db: &Path,
@@ -100,26 +125,19 @@ fn run(
     let per_sync = usize::try_from(shape.per_sync.min(shape.counters))
         .unwrap_or(1)
         .max(1);
-    let syncs = rows_per_commit.div_ceil(per_sync).max(1);
     let mut totals = vec![0u64; counters.len() * replicas.len()];
     let zero = format!("{:020}", 0);
     let (mut rows, mut commits, mut round) = (0u64, 0u64, 0usize);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     while Instant::now() < deadline {
-        // The commit's rows: `syncs` syncs of consecutive replicas, each a window of
-        // `per_sync` counters, the slots in key order as the merger writes them.
-        let mut batch: Vec<(usize, usize)> = Vec::with_capacity(syncs * per_sync);
-        for s in 0..syncs {
-            let replica = (round * syncs + s) % replicas.len();
-            let offset = (round * 7919 + s * 104_729) % counters.len();
-            for k in 0..per_sync {
-                batch.push(((offset + k) % counters.len(), replica));
-            }
-        }
-        batch.truncate(rows_per_commit.max(1));
-        batch.sort_unstable();
-        batch.dedup();
+        let batch = commit_rows(
+            round,
+            rows_per_commit,
+            per_sync,
+            counters.len(),
+            replicas.len(),
+        );
         let at = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let tx = conn.transaction()?;
         {
@@ -209,21 +227,11 @@ pub async fn postgres(
             .collect();
         let (pool, counters) = (pool.clone(), counters.clone());
         tasks.push(tokio::spawn(async move {
-            let syncs = rows_per_commit.div_ceil(per_sync).max(1);
             let mut totals = vec![0u64; counters.len() * mine.len()];
             let (mut rows, mut commits, mut round) = (0u64, 0u64, 0usize);
             while Instant::now() < deadline && !mine.is_empty() {
-                let mut batch: Vec<(usize, usize)> = Vec::with_capacity(syncs * per_sync);
-                for s in 0..syncs {
-                    let replica = (round * syncs + s) % mine.len();
-                    let offset = (round * 7919 + s * 104_729) % counters.len();
-                    for k in 0..per_sync {
-                        batch.push(((offset + k) % counters.len(), replica));
-                    }
-                }
-                batch.truncate(rows_per_commit.max(1));
-                batch.sort_unstable();
-                batch.dedup();
+                let batch =
+                    commit_rows(round, rows_per_commit, per_sync, counters.len(), mine.len());
                 let at = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
                 let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for &(counter, replica) in &batch {
