@@ -78,6 +78,8 @@ pub struct Stats {
     pub delayed: u64,
     /// Requests cut by a partition.
     pub partitioned: u64,
+    /// Syncs refused as a merger of an older protocol refuses them ([`Proxy::speak_at_most`]).
+    pub refused_version: u64,
 }
 
 #[derive(Default)]
@@ -88,6 +90,7 @@ struct Counters {
     duplicated: AtomicU64,
     delayed: AtomicU64,
     partitioned: AtomicU64,
+    refused_version: AtomicU64,
 }
 
 struct Shared {
@@ -96,6 +99,8 @@ struct Shared {
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
     partitioned: AtomicBool,
+    /// The newest sync version the proxy lets through (`u64::MAX`: any).
+    max_version: AtomicU64,
     /// Every request body received, by path, while recording (for replays).
     recorded: Mutex<Option<Vec<(String, Bytes)>>>,
     counters: Counters,
@@ -144,6 +149,7 @@ impl Proxy {
             faults: Mutex::new(faults),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             partitioned: AtomicBool::new(false),
+            max_version: AtomicU64::new(u64::MAX),
             recorded: Mutex::new(None),
             counters: Counters::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -168,6 +174,15 @@ impl Proxy {
     /// Cuts (true) or restores (false) all traffic.
     pub fn partition(&self, cut: bool) {
         self.shared.partitioned.store(cut, Ordering::SeqCst);
+    }
+
+    /// Answers every `POST /v1/sync` of a later version than `version` as a merger of that
+    /// release does — `422` with `unsupported_version`, nothing forwarded — as in a rolling
+    /// deploy in the wrong order; `None` lets every version through again.
+    pub fn speak_at_most(&self, version: Option<u64>) {
+        self.shared
+            .max_version
+            .store(version.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Keeps a copy of every request from now on, to replay later.
@@ -200,6 +215,7 @@ impl Proxy {
             duplicated: get(&c.duplicated),
             delayed: get(&c.delayed),
             partitioned: get(&c.partitioned),
+            refused_version: get(&c.refused_version),
         }
     }
 }
@@ -288,6 +304,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .as_mut()
     {
         recorded.push((parts.uri.path().to_owned(), body.clone()));
+    }
+    let max_version = shared.max_version.load(Ordering::SeqCst);
+    if parts.uri.path() == "/v1/sync"
+        && serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["version"].as_u64())
+            .is_some_and(|v| v > max_version)
+    {
+        c.refused_version.fetch_add(1, Ordering::SeqCst);
+        let answer = format!(
+            r#"{{"error":{{"code":"unsupported_version","message":"unsupported protocol version: this merger speaks 1 to {max_version}"}}}}"#
+        );
+        return Ok(Response::builder()
+            .status(422)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(answer)))
+            .expect("a fixed answer is valid"));
     }
     if let Some(delay) = delay {
         c.delayed.fetch_add(1, Ordering::SeqCst);

@@ -17,4 +17,5 @@ mod presence;
 mod reliability;
 mod reset;
 mod retire;
+mod rolling;
 mod unique;

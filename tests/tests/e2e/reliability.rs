@@ -120,6 +120,7 @@ async fn each_fault_alone_and_all_together_lose_nothing_and_count_nothing_twice(
             duplicated: after.duplicated - before.duplicated,
             delayed: after.delayed - before.delayed,
             partitioned: after.partitioned - before.partitioned,
+            refused_version: after.refused_version - before.refused_version,
         };
         let report = report.with_proxy(phase_stats);
         eprintln!("\n== faults: {name} (seed {})\n{report}", workload.seed);
