@@ -588,7 +588,8 @@ impl CommitTask {
                                 error: ErrorBody::from(e),
                             }),
                             None => {
-                                let mut merged = held.counter(&c.key).merged(&c.key, replica);
+                                let counter = held.counter(&c.key);
+                                let mut merged = counter.merged(&c.key, replica);
                                 if c.key.kind() == CounterKind::G {
                                     merged.milestones = committed.news.get(c.key.id()).cloned();
                                 }
@@ -596,17 +597,15 @@ impl CommitTask {
                                 // (it forgot a rebased row) takes the later one up again.
                                 if job.request.version >= 5 {
                                     let sent = c.frame.map_or(0, |f| f.epoch);
-                                    merged.frame = held
-                                        .counter(&c.key)
+                                    merged.frame = counter
                                         .frame_of(job.request.replica)
                                         .filter(|f| f.epoch > sent);
                                 }
                                 // An object that does not hold its share of the last reset
                                 // is told it, to send back.
                                 if job.request.version >= 6 {
-                                    merged.cut = held
-                                        .counter(&c.key)
-                                        .cut_for(job.request.replica, c.cut.as_ref());
+                                    merged.cut =
+                                        counter.cut_for(job.request.replica, c.cut.as_ref());
                                 }
                                 SyncAnswer::Merged(merged)
                             }

@@ -70,8 +70,7 @@ pub async fn reset<T: EpochTx>(
         .await?
         .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
     let removed = counter.totals();
-    counter.cuts = super::new_cuts(&counter);
-    counter.object_cuts = super::new_object_cuts(&counter);
+    super::cut_now(&mut counter);
     tx.write_cuts(id, &counter).await?;
     if request.delete {
         tx.delete_history(id).await?;

@@ -761,18 +761,8 @@ where
     let mut parts = Vec::with_capacity(rows.len());
     for row in rows {
         let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
-        let count = |column: &'static str| -> Result<u64, StoreError> {
-            let v: i64 = row.try_get(column)?;
-            u64::try_from(v).map_err(|_| corrupt("counters", format!("{column} {v}")))
-        };
         let meta = Meta {
-            epoch: Epoch {
-                number: count("epoch")?,
-                deleted: row.try_get("deleted")?,
-                at: row
-                    .try_get::<Option<i64>, _>("reset_at")?
-                    .map(Timestamp::from_unix_ms),
-            },
+            epoch: epoch_of(row)?,
         };
         let totals = |table: &'static str| totals_of(table, row, ["p", "n"]);
         let part = match row.try_get::<&str, _>("part")? {
@@ -968,30 +958,28 @@ pub fn group_parts(rows: Vec<(CounterKey, Meta, Part)>) -> Vec<StoredCounter> {
     counters
 }
 
-/// The cuts a reset of `counter` writes ([`CounterState::reset`]): the sums of its slots,
-/// carries and bases per region, and zero for a region cut before that has nothing now.
-pub fn new_cuts(counter: &StoredCounter) -> Vec<(String, GlobalTotals)> {
-    counter
-        .state()
-        .region_sums()
-        .into_iter()
-        .map(|(region, t)| (region.to_string(), t))
-        .collect()
+/// Sets `counter`'s cuts to what a reset of it cuts now ([`CounterState::reset`]): per region
+/// the sums of its slots, carries and bases (zero for a region cut before that has nothing
+/// now), and per object its share, the sums of its carry and its live slots.
+pub fn cut_now(counter: &mut StoredCounter) {
+    let state = counter.state();
+    set_cuts(counter, &state.region_sums(), &state.object_sums());
 }
 
-/// The shares of the cuts a reset of `counter` writes ([`CounterState::reset`]): per
-/// object, the sums of its carry and its live slots, with its region of record.
-pub fn new_object_cuts(counter: &StoredCounter) -> Vec<(ReplicaId, String, GlobalTotals)> {
-    object_cuts_of(&counter.state().object_sums())
-}
-
-/// `cuts` as a [`StoredCounter`] holds them.
-fn object_cuts_of(
-    cuts: &BTreeMap<ReplicaId, tally_crdt::ObjectCut>,
-) -> Vec<(ReplicaId, String, GlobalTotals)> {
-    cuts.iter()
+/// Sets `counter`'s cuts and its objects' shares of them, as a [`StoredCounter`] holds them.
+fn set_cuts(
+    counter: &mut StoredCounter,
+    cuts: &BTreeMap<tally_crdt::Region, GlobalTotals>,
+    shares: &BTreeMap<ReplicaId, tally_crdt::ObjectCut>,
+) {
+    counter.cuts = cuts
+        .iter()
+        .map(|(region, totals)| (region.to_string(), *totals))
+        .collect();
+    counter.object_cuts = shares
+        .iter()
         .map(|(object, cut)| (*object, cut.region.to_string(), cut.totals))
-        .collect()
+        .collect();
 }
 
 /// What `cut`, told by `object` (of `region`) in a sync of `counter`, makes of it
@@ -1017,12 +1005,7 @@ pub fn told_cut(
     }
     let mut after = counter.clone();
     after.epoch = state.epoch();
-    after.cuts = state
-        .cuts()
-        .iter()
-        .map(|(region, totals)| (region.to_string(), *totals))
-        .collect();
-    after.object_cuts = object_cuts_of(state.object_cuts());
+    set_cuts(&mut after, state.cuts(), state.object_cuts());
     Some((after, adopted))
 }
 
