@@ -178,15 +178,23 @@ impl Row {
         expired
     }
 
-    /// The row as a sync sends it at `now`, whether or not the sweep has stored its expiries
-    /// yet (it may be off): what it reclaimed is left out once due ([`Row::reclaim`]), and
-    /// its cut once older than `keep_ms` ([`Row::expire_cut`]).
-    #[must_use]
-    pub fn as_sent(mut self, now: Timestamp, keep_ms: u64) -> Row {
-        if self.reclaim(now, keep_ms) != Reclaim::Keep {
+    /// Applies what is due at `now` (`keep_ms`, `RECLAIM_AFTER_MS`): what the row reclaimed
+    /// is forgotten once due ([`Row::reclaim`]; the sweep deletes a row that holds nothing
+    /// first), and a cut older than `keep_ms` dropped ([`Row::expire_cut`]). Returns whether
+    /// it changed (the sweep then stores it).
+    pub fn expire(&mut self, now: Timestamp, keep_ms: u64) -> bool {
+        let forget = self.reclaim(now, keep_ms) != Reclaim::Keep;
+        if forget {
             self.forget_reclaimed();
         }
-        self.expire_cut(now, keep_ms);
+        self.expire_cut(now, keep_ms) | forget
+    }
+
+    /// The row as a sync sends it at `now`, whether or not the sweep has stored its expiries
+    /// yet (it may be off): [`Row::expire`]d.
+    #[must_use]
+    pub fn as_sent(mut self, now: Timestamp, keep_ms: u64) -> Row {
+        self.expire(now, keep_ms);
         self
     }
 

@@ -881,7 +881,7 @@ impl Replica {
         };
         // Rows rebased more than `RECLAIM_AFTER_MS` ago: deleted if they hold nothing the
         // merger lacks, else they stop re-sending what they reclaimed ([`Row::reclaim`]); a
-        // cut told more than that after its reset is dropped ([`Row::expire_cut`]). Rows of
+        // cut told more than that after its reset is dropped ([`Row::expire`]). Rows of
         // earlier incarnations send their carry alone: their slots are final.
         let page = self.with(|i| -> std::result::Result<_, StoreError> {
             let after = i.config.reclaim_after_ms;
@@ -890,21 +890,13 @@ impl Replica {
             for (key, stored) in page {
                 // A cached row is the one a hit or an answer changes next: it decides.
                 let mut row = i.cache.peek(&key).map_or(stored, |e| e.row.clone());
-                let changed = match row.reclaim(now, after) {
-                    Reclaim::Delete => {
-                        i.store.delete(&key)?;
-                        i.cache.pop(&key);
-                        deleted += 1;
-                        continue;
-                    }
-                    Reclaim::Keep => row.expire_cut(now, after),
-                    Reclaim::Forget => {
-                        row.forget_reclaimed();
-                        row.expire_cut(now, after);
-                        true
-                    }
-                };
-                if changed {
+                if row.reclaim(now, after) == Reclaim::Delete {
+                    i.store.delete(&key)?;
+                    i.cache.pop(&key);
+                    deleted += 1;
+                    continue;
+                }
+                if row.expire(now, after) {
                     i.store.put(&key, &row)?;
                     if let Some(entry) = i.cache.peek_mut(&key) {
                         entry.row = row.clone();

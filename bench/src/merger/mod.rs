@@ -379,12 +379,7 @@ impl Bench {
                 "SQLite's own batched upsert of the merger's slot rows, in-process, slot \
                  upserts/s ({rows} rows per transaction, WAL, synchronous=FULL)"
             ),
-            format!(
-                "{:.0} ({} transactions in {:.1} s)",
-                run.rows_per_second(),
-                run.commits,
-                run.seconds
-            ),
+            run.summary(),
         );
         self.report.ratio(
             "p15",
@@ -728,12 +723,7 @@ impl Bench {
                 "Postgres's own batched upsert of the mergers' slot rows, in-process, slot \
                  upserts/s (2 writers, {rows} rows per transaction, synchronous_commit=on)"
             ),
-            format!(
-                "{:.0} ({} transactions in {:.1} s)",
-                run.rows_per_second(),
-                run.commits,
-                run.seconds
-            ),
+            run.summary(),
         );
         self.report.ratio(
             "p16",

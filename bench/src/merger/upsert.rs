@@ -33,6 +33,16 @@ impl UpsertRun {
     pub fn rows_per_second(&self) -> f64 {
         per_second(self.rows, self.seconds)
     }
+
+    /// The figure as the report shows it: rows/s, and the transactions behind it.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} ({} transactions in {:.1} s)",
+            self.rows_per_second(),
+            self.commits,
+            self.seconds
+        )
+    }
 }
 
 /// The load's shape: how many counters and replicas, and how many counters one sync carries.
@@ -41,6 +51,15 @@ pub struct Shape {
     pub counters: u32,
     pub replicas: u32,
     pub per_sync: u32,
+}
+
+impl Shape {
+    /// The counters one sync's window holds: `per_sync`, at most all, at least one.
+    fn window(self) -> usize {
+        usize::try_from(self.per_sync.min(self.counters))
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 /// The rows of commit `round`, as `(counter, replica)` indexes: syncs of consecutive replicas
@@ -122,9 +141,7 @@ fn run(
                   p = max(slots.p, excluded.p), n = max(slots.n, excluded.n), \
                   updated_at = max(slots.updated_at, excluded.updated_at) \
                   WHERE excluded.p > slots.p OR excluded.n > slots.n";
-    let per_sync = usize::try_from(shape.per_sync.min(shape.counters))
-        .unwrap_or(1)
-        .max(1);
+    let per_sync = shape.window();
     let mut totals = vec![0u64; counters.len() * replicas.len()];
     let zero = format!("{:020}", 0);
     let (mut rows, mut commits, mut round) = (0u64, 0u64, 0usize);
@@ -211,9 +228,7 @@ pub async fn postgres(
                       p = GREATEST(s.p, excluded.p), n = GREATEST(s.n, excluded.n), \
                       updated_at = GREATEST(s.updated_at, excluded.updated_at) \
                   WHERE excluded.p > s.p OR excluded.n > s.n";
-    let per_sync = usize::try_from(shape.per_sync.min(shape.counters))
-        .unwrap_or(1)
-        .max(1);
+    let per_sync = shape.window();
     let writers = writers.max(1);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
