@@ -16,9 +16,12 @@
 //! Nothing is loaded whole at start: the merger's memory is a bounded cache over the store
 //! ([`crate::state`]), filled by [`CounterStore::load`] on a miss.
 
+pub mod backend;
 pub mod epochs;
+pub mod milestones;
 pub mod postgres;
 pub mod reclaim;
+pub mod sql;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -302,36 +305,6 @@ pub fn watched_keys(pending: &BTreeMap<String, Vec<u64>>) -> Result<Vec<CounterK
         .map_err(|e| corrupt("milestones", e.to_string()))
 }
 
-/// A milestone from its row's columns, as both backends read them (`n`, `won_unit` as
-/// decimal text).
-pub fn milestone_from(
-    n: &str,
-    label: Option<String>,
-    created_at: i64,
-    won: (Option<&str>, Option<&str>, Option<i64>, Option<String>),
-    announced_at: Option<i64>,
-) -> Result<Milestone, StoreError> {
-    let winner = match won {
-        (Some(replica), Some(unit), Some(at), visitor) => Some(crate::milestone::Winner {
-            replica: replica_of("milestones", replica)?,
-            unit: decode("milestones", unit)?,
-            at: Timestamp::from_unix_ms(at),
-            visitor,
-        }),
-        _ => None,
-    };
-    Ok(Milestone {
-        n: decode("milestones", n)?,
-        label,
-        created_at: Timestamp::from_unix_ms(created_at),
-        winner,
-        announced_at: announced_at.map(Timestamp::from_unix_ms),
-    })
-}
-
-/// The columns [`milestone_from`] reads, for a `SELECT` (Postgres needs the numerics as text).
-pub const MILESTONE_COLUMNS_SQLITE: &str = "name, n, label, created_at, won_replica, won_unit, \
-    won_at, won_visitor, announced_at, attempts";
 /// See [`MILESTONE_COLUMNS_SQLITE`].
 pub const MILESTONE_COLUMNS_POSTGRES: &str = "name, n::text AS n, label, created_at, won_replica, \
     won_unit::text AS won_unit, won_at, won_visitor, announced_at, attempts";

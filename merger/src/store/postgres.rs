@@ -64,13 +64,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
-
 use super::{
     CarryRow, Changes, Committed, CounterStore, HistoryStore, IMPORT_REGION, ImportOutcome,
-    ImportRequest, MILESTONE_COLUMNS_POSTGRES, MilestoneStore, PresenceStore, ReplicaRow,
-    ResetOutcome, ResetRequest, Retired, SketchStore, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    ImportRequest, PresenceStore, ReplicaRow, ResetOutcome, ResetRequest, Retired, SketchStore,
+    SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
+    encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 
@@ -418,6 +416,47 @@ async fn prune_changes(pool: &PgPool, keep: Duration) -> Result<u64, StoreError>
 }
 
 #[async_trait]
+impl super::backend::Backend for PostgresStore {
+    type Conn = sqlx::PgConnection;
+    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+    type Pooled = sqlx::pool::PoolConnection<sqlx::Postgres>;
+    const NAME: &'static str = "postgres";
+    const NUMERIC: &'static str = "::numeric";
+    const TEXT: &'static str = "::text";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        Ok(tx.commit().await?)
+    }
+
+    async fn acquire(&self) -> Result<Self::Pooled, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Waits for the commits under way (each holds ROW SHARE from locking its counters'
+    /// pending milestones) and holds the next ones until this transaction ends.
+    async fn lock_milestones(&self, conn: &mut Self::Conn, _id: &str) -> Result<(), StoreError> {
+        sqlx::query("LOCK TABLE milestones IN EXCLUSIVE MODE")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn load_in(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[CounterKey],
+    ) -> Result<Vec<StoredCounter>, StoreError> {
+        load_in(conn, keys.iter().collect::<BTreeSet<_>>()).await
+    }
+}
+
+#[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
@@ -520,7 +559,7 @@ impl CounterStore for PostgresStore {
         committed.decided = crate::milestone::decide_batch(&pending, &before, &live, &carries);
         let at = crate::clock::now();
         for (id, decision) in &committed.decided {
-            record_winner(&mut tx, id, decision, at).await?;
+            super::milestones::record_winner::<Self>(&mut tx, id, decision, at).await?;
         }
         committed.news = crate::milestone::news_of(&watch, &committed.decided);
         notify(&mut tx, &self.origin, &changed).await?;
@@ -715,7 +754,8 @@ impl CounterStore for PostgresStore {
                 .map(StoredCounter::state)
                 .unwrap_or_default();
             for decision in crate::milestone::decide_commit(&before, incoming, &pending) {
-                record_winner(&mut tx, key.id(), &decision, request.at).await?;
+                super::milestones::record_winner::<Self>(&mut tx, key.id(), &decision, request.at)
+                    .await?;
             }
         }
         if !inserted {
@@ -849,132 +889,6 @@ impl CounterStore for PostgresStore {
             .fetch_one(&self.pool)
             .await?;
         u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
-    }
-}
-
-#[async_trait]
-impl MilestoneStore for PostgresStore {
-    async fn add_milestone(
-        &self,
-        id: &str,
-        n: u64,
-        label: Option<&str>,
-        at: Timestamp,
-    ) -> Result<AddMilestone, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Waits for the commits under way (each holds ROW SHARE from locking its counters'
-        // pending milestones) and holds the next ones until this one is committed: the count
-        // read below is the last before the milestone exists, and every later commit sees it.
-        sqlx::query("LOCK TABLE milestones IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
-        let existing = milestones_of(&mut tx, id).await?;
-        let key =
-            CounterKey::new(CounterKind::G, id).map_err(|e| corrupt("counters", e.to_string()))?;
-        let count = load_in(&mut tx, &[key])
-            .await?
-            .first()
-            .map_or(0, |c| c.totals().p);
-        if let Some(refused) = crate::milestone::refuse_milestone(&existing, n, count) {
-            return Ok(refused);
-        }
-        sqlx::query(
-            "INSERT INTO milestones (name, n, label, created_at) VALUES ($1, $2::numeric, $3, $4)",
-        )
-        .bind(id)
-        .bind(n.to_string())
-        .bind(label)
-        .bind(at.unix_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(AddMilestone::Added(Milestone {
-            n,
-            label: label.map(str::to_owned),
-            created_at: at,
-            winner: None,
-            announced_at: None,
-        }))
-    }
-
-    async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        milestones_of(&mut conn, id).await
-    }
-
-    async fn claim_announcements(
-        &self,
-        now: Timestamp,
-        lease_ms: u64,
-        limit: u32,
-    ) -> Result<Vec<Announcement>, StoreError> {
-        let lease = now.plus_ms(lease_ms).unix_ms();
-        // SKIP LOCKED: mergers claiming at once take different rows.
-        let rows = sqlx::query(&format!(
-            "UPDATE milestones SET next_attempt_at = $2, attempts = attempts + 1 \
-             WHERE (name, n) IN (SELECT name, n FROM milestones \
-                 WHERE won_at IS NOT NULL AND announced_at IS NULL AND next_attempt_at <= $1 \
-                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING {MILESTONE_COLUMNS_POSTGRES}"
-        ))
-        .bind(now.unix_ms())
-        .bind(lease)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Announcement {
-                    id: row.try_get("name")?,
-                    milestone: milestone_row(row)?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
-    }
-
-    async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE milestones SET announced_at = $3 WHERE name = $1 AND n = $2::numeric")
-            .bind(id)
-            .bind(n.to_string())
-            .bind(at.unix_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE milestones SET next_attempt_at = $3 \
-             WHERE name = $1 AND n = $2::numeric AND announced_at IS NULL",
-        )
-        .bind(id)
-        .bind(n.to_string())
-        .bind(at.unix_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM milestones WHERE name = $1 AND n = $2::numeric AND won_at IS NULL",
-        )
-        .bind(id)
-        .bind(n.to_string())
-        .execute(&mut *tx)
-        .await?;
-        let found = milestones_of(&mut tx, id)
-            .await?
-            .into_iter()
-            .find(|m| m.n == n);
-        tx.commit().await?;
-        Ok(crate::milestone::cancel_outcome(
-            n,
-            deleted.rows_affected(),
-            found,
-        ))
     }
 }
 
@@ -1385,57 +1299,6 @@ async fn lock_watch(
         watch.entry(row.try_get("name")?).or_default().push(watched);
     }
     Ok(watch)
-}
-
-/// Writes the winner of a milestone, once.
-async fn record_winner(
-    conn: &mut sqlx::PgConnection,
-    id: &str,
-    decision: &Decision,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE milestones SET won_replica = $3, won_unit = $4::numeric, won_at = $5, \
-         won_visitor = $6 WHERE name = $1 AND n = $2::numeric AND won_at IS NULL",
-    )
-    .bind(id)
-    .bind(decision.n.to_string())
-    .bind(decision.replica.to_string())
-    .bind(decision.unit.to_string())
-    .bind(at.unix_ms())
-    .bind(decision.visitor.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// The milestones of counter `id`, by N.
-async fn milestones_of(
-    conn: &mut sqlx::PgConnection,
-    id: &str,
-) -> Result<Vec<Milestone>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {MILESTONE_COLUMNS_POSTGRES} FROM milestones WHERE name = $1 ORDER BY n"
-    ))
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(milestone_row).collect()
-}
-
-fn milestone_row(row: &PgRow) -> Result<Milestone, StoreError> {
-    super::milestone_from(
-        row.try_get("n")?,
-        row.try_get("label")?,
-        row.try_get("created_at")?,
-        (
-            row.try_get("won_replica")?,
-            row.try_get("won_unit")?,
-            row.try_get("won_at")?,
-            row.try_get("won_visitor")?,
-        ),
-        row.try_get("announced_at")?,
-    )
 }
 
 /// Registers the counters of a batch.

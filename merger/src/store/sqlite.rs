@@ -21,12 +21,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     CarryRow, Committed, CounterStore, HistoryStore, IMPORT_REGION, ImportOutcome, ImportRequest,
-    MILESTONE_COLUMNS_SQLITE, MilestoneStore, PresenceStore, ReplicaRow, ResetOutcome,
-    ResetRequest, Retired, SketchStore, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
-    corrupt, decode, encode_u64, encode_u128, replica_of,
+    PresenceStore, ReplicaRow, ResetOutcome, ResetRequest, Retired, SketchStore, SlotRow,
+    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
+    replica_of,
 };
 use crate::config::Durability;
-use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
 
 /// The SQLite store: one merger process on one file, in WAL mode.
 #[derive(Debug, Clone)]
@@ -169,6 +168,47 @@ const PRUNE_REPLICAS: &str = "\
             AND NOT EXISTS (SELECT 1 FROM folded f WHERE f.replica = r.id) \
             AND NOT EXISTS (SELECT 1 FROM imports i WHERE i.replica = r.id) \
         LIMIT ?2)";
+
+#[async_trait]
+impl super::backend::Backend for SqliteStore {
+    type Conn = sqlx::SqliteConnection;
+    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+    type Pooled = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+    const NAME: &'static str = "sqlite";
+    const NUMERIC: &'static str = "";
+    const TEXT: &'static str = "";
+    const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        Ok(tx.commit().await?)
+    }
+
+    async fn acquire(&self) -> Result<Self::Pooled, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// A write first: the transaction holds the write lock from here on.
+    async fn lock_milestones(&self, conn: &mut Self::Conn, id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO counters (kind, name) VALUES ('g', ?1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn load_in(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[CounterKey],
+    ) -> Result<Vec<StoredCounter>, StoreError> {
+        load_in(conn, keys).await
+    }
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -334,7 +374,7 @@ impl CounterStore for SqliteStore {
             committed.decided = crate::milestone::decide_batch(&pending, &before, &slots, &carries);
             let at = crate::clock::now();
             for (id, decision) in &committed.decided {
-                record_winner(&mut tx, id, decision, at).await?;
+                super::milestones::record_winner::<Self>(&mut tx, id, decision, at).await?;
             }
             committed.news = crate::milestone::news_of(&watch, &committed.decided);
         }
@@ -516,7 +556,13 @@ impl CounterStore for SqliteStore {
                         .map(StoredCounter::state)
                         .unwrap_or_default();
                     for decision in crate::milestone::decide_commit(&before, incoming, &pending) {
-                        record_winner(&mut tx, key.id(), &decision, request.at).await?;
+                        super::milestones::record_winner::<Self>(
+                            &mut tx,
+                            key.id(),
+                            &decision,
+                            request.at,
+                        )
+                        .await?;
                     }
                 }
                 true
@@ -622,128 +668,6 @@ impl CounterStore for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or_default())
-    }
-}
-
-#[async_trait]
-impl MilestoneStore for SqliteStore {
-    async fn add_milestone(
-        &self,
-        id: &str,
-        n: u64,
-        label: Option<&str>,
-        at: Timestamp,
-    ) -> Result<AddMilestone, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A write first: the transaction holds the write lock from here on, so no commit
-        // comes between the count read below and the registration.
-        sqlx::query("INSERT INTO counters (kind, name) VALUES ('g', ?1) ON CONFLICT DO NOTHING")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let existing = milestones_of(&mut tx, id).await?;
-        let key =
-            CounterKey::new(CounterKind::G, id).map_err(|e| corrupt("counters", e.to_string()))?;
-        let count = load_in(&mut tx, &[key])
-            .await?
-            .first()
-            .map_or(0, |c| c.totals().p);
-        if let Some(refused) = crate::milestone::refuse_milestone(&existing, n, count) {
-            return Ok(refused);
-        }
-        sqlx::query("INSERT INTO milestones (name, n, label, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(id)
-            .bind(encode_u64(n))
-            .bind(label)
-            .bind(at.unix_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(AddMilestone::Added(Milestone {
-            n,
-            label: label.map(str::to_owned),
-            created_at: at,
-            winner: None,
-            announced_at: None,
-        }))
-    }
-
-    async fn milestones(&self, id: &str) -> Result<Vec<Milestone>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        milestones_of(&mut conn, id).await
-    }
-
-    async fn claim_announcements(
-        &self,
-        now: Timestamp,
-        lease_ms: u64,
-        limit: u32,
-    ) -> Result<Vec<Announcement>, StoreError> {
-        let lease = now.plus_ms(lease_ms).unix_ms();
-        let rows = sqlx::query(&format!(
-            "UPDATE milestones SET next_attempt_at = ?2, attempts = attempts + 1 \
-             WHERE (name, n) IN (SELECT name, n FROM milestones \
-                 WHERE won_at IS NOT NULL AND announced_at IS NULL AND next_attempt_at <= ?1 \
-                 ORDER BY next_attempt_at LIMIT ?3) \
-             RETURNING {MILESTONE_COLUMNS_SQLITE}"
-        ))
-        .bind(now.unix_ms())
-        .bind(lease)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Announcement {
-                    id: row.get("name"),
-                    milestone: milestone_row(row)?,
-                    attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
-    }
-
-    async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE milestones SET announced_at = ?3 WHERE name = ?1 AND n = ?2")
-            .bind(id)
-            .bind(encode_u64(n))
-            .bind(at.unix_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE milestones SET next_attempt_at = ?3 \
-             WHERE name = ?1 AND n = ?2 AND announced_at IS NULL",
-        )
-        .bind(id)
-        .bind(encode_u64(n))
-        .bind(at.unix_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let deleted =
-            sqlx::query("DELETE FROM milestones WHERE name = ?1 AND n = ?2 AND won_at IS NULL")
-                .bind(id)
-                .bind(encode_u64(n))
-                .execute(&mut *tx)
-                .await?;
-        let found = milestones_of(&mut tx, id)
-            .await?
-            .into_iter()
-            .find(|m| m.n == n);
-        tx.commit().await?;
-        Ok(crate::milestone::cancel_outcome(
-            n,
-            deleted.rows_affected(),
-            found,
-        ))
     }
 }
 
@@ -1328,57 +1252,6 @@ async fn watch_milestones(
         watch.entry(row.get("name")).or_default().push(watched);
     }
     Ok(watch)
-}
-
-/// Writes the winner of a milestone, once.
-async fn record_winner(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-    decision: &Decision,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE milestones SET won_replica = ?3, won_unit = ?4, won_at = ?5, won_visitor = ?6 \
-         WHERE name = ?1 AND n = ?2 AND won_at IS NULL",
-    )
-    .bind(id)
-    .bind(encode_u64(decision.n))
-    .bind(decision.replica.to_string())
-    .bind(encode_u64(decision.unit))
-    .bind(at.unix_ms())
-    .bind(decision.visitor.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// The milestones of counter `id`, by N.
-async fn milestones_of(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-) -> Result<Vec<Milestone>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {MILESTONE_COLUMNS_SQLITE} FROM milestones WHERE name = ?1 ORDER BY n"
-    ))
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(milestone_row).collect()
-}
-
-fn milestone_row(row: &sqlx::sqlite::SqliteRow) -> Result<Milestone, StoreError> {
-    super::milestone_from(
-        row.get("n"),
-        row.get("label"),
-        row.get("created_at"),
-        (
-            row.get("won_replica"),
-            row.get("won_unit"),
-            row.get("won_at"),
-            row.get("won_visitor"),
-        ),
-        row.get("announced_at"),
-    )
 }
 
 #[cfg(test)]
