@@ -8,10 +8,12 @@ use std::fmt;
 use std::ops::DerefMut;
 
 use async_trait::async_trait;
-use tally_crdt::CounterKey;
+use tally_crdt::{CounterKey, SketchKey, Timestamp};
 
+use super::sketches::SketchColumns;
 use super::sql::Conn;
-use super::{StoreError, StoredCounter};
+use super::{SnapshotRow, StoreError, StoredCounter};
+use crate::presence::PresenceRow;
 
 /// A database the store runs on.
 #[async_trait]
@@ -61,4 +63,48 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         conn: &mut Self::Conn,
         keys: &[CounterKey],
     ) -> Result<Vec<StoredCounter>, StoreError>;
+
+    /// Writes history points ([`HistoryStore::write_history`](super::HistoryStore::write_history)),
+    /// at least one, in one statement.
+    async fn upsert_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError>;
+
+    /// Stores presence rows ([`crate::presence::presence_rows`]), at least one, in one
+    /// statement: each replaces the stored one of its id and reporter if its `seq` is higher.
+    async fn upsert_presence(&self, rows: &[PresenceRow<'_>]) -> Result<(), StoreError>;
+
+    /// The presence reports of `ids` not expired at `now`: columns `name`, `reporter`,
+    /// `count` (decimal text) and `at`.
+    async fn fresh_presence(
+        &self,
+        conn: &mut Self::Conn,
+        ids: &[String],
+        now: Timestamp,
+    ) -> Result<Vec<Row<Self>>, StoreError>;
+
+    /// Creates the sketches of `keys` that are missing, empty, in key order.
+    async fn create_sketches(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[SketchColumns],
+    ) -> Result<(), StoreError>;
+
+    /// The stored sketches of `keys` (columns `name`, `day`, `sketch`, `updated_at`), locked
+    /// in key order for the rest of the transaction if `lock`.
+    async fn sketch_rows(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[SketchColumns],
+        lock: bool,
+    ) -> Result<Vec<Row<Self>>, StoreError>;
+
+    /// Writes merged sketches (their wire form), grown at `at`.
+    async fn write_sketches(
+        &self,
+        conn: &mut Self::Conn,
+        writes: &[(SketchKey, Vec<u8>)],
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
 }
+
+/// A row a backend's connection answers.
+pub type Row<B> = <<B as Backend>::Conn as Conn>::Row;

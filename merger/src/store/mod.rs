@@ -18,9 +18,12 @@
 
 pub mod backend;
 pub mod epochs;
+pub mod history;
 pub mod milestones;
 pub mod postgres;
+pub mod presence;
 pub mod reclaim;
+pub mod sketches;
 pub mod sql;
 pub mod sqlite;
 
@@ -677,87 +680,39 @@ pub fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
 }
 
-/// [`HistoryStore::prune_history`] without a bucket: `$1` from, `$2` to, `$3` the limit. One text
-/// for both backends (sqlx binds `$N` by its number on SQLite too). `(counter, taken_at)` is
-/// the primary key, so the `IN` finds each row by it; the range uses the `taken_at` index.
-const PRUNE_ALL: &str = "DELETE FROM history WHERE (counter, taken_at) IN (\
-    SELECT h.counter, h.taken_at FROM history h \
-    WHERE h.taken_at >= $1 AND h.taken_at < $2 LIMIT $3)";
-
-/// [`HistoryStore::prune_history`] with a bucket of `$4` milliseconds: only points with a later one
-/// of the same counter in their bucket.
-const PRUNE_BUCKETED: &str = "DELETE FROM history WHERE (counter, taken_at) IN (\
-    SELECT h.counter, h.taken_at FROM history h \
-    WHERE h.taken_at >= $1 AND h.taken_at < $2 \
-    AND EXISTS (SELECT 1 FROM history l WHERE l.counter = h.counter \
-        AND l.taken_at > h.taken_at AND l.taken_at < (h.taken_at / $4 + 1) * $4) \
-    LIMIT $3)";
-
-/// [`HistoryStore::prune_history`]'s statement with its arguments bound, for either backend.
-pub fn prune_query<'q, DB: sqlx::Database>(
-    from: Timestamp,
-    to: Timestamp,
-    bucket: Option<NonZeroU64>,
-    limit: u32,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-where
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let query = sqlx::query(if bucket.is_some() {
-        PRUNE_BUCKETED
-    } else {
-        PRUNE_ALL
-    })
-    .bind(from.unix_ms())
-    .bind(to.unix_ms())
-    .bind(i64::from(limit));
-    match bucket {
-        Some(bucket) => query.bind(i64::try_from(bucket.get()).unwrap_or(i64::MAX)),
-        None => query,
-    }
-}
-
 /// Rows of a backend's parts query (columns `kind`, `name`, `epoch`, `deleted`, `reset_at`,
 /// `part` (`s` for a slot, `o` for an object's carry, `b` for a base, `c` for a cut, `f` for
 /// a folded replica), `replica` (a carry's `object` column), `region`, `p`, `n`,
 /// `updated_at`, `through` (a carry's, else null); totals as decimal text), sorted by key,
 /// grouped into counters. One reader for both backends.
-pub fn counters_of<R>(rows: &[R]) -> Result<Vec<StoredCounter>, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub fn counters_of<R: sql::Read>(rows: &[R]) -> Result<Vec<StoredCounter>, StoreError> {
     let mut parts = Vec::with_capacity(rows.len());
     for row in rows {
-        let key = key_of("counters", row.try_get("kind")?, row.try_get("name")?)?;
+        let key = key_of("counters", row.text("kind")?, row.text("name")?)?;
         let meta = Meta {
             epoch: epoch_of(row)?,
         };
         let totals = |table: &'static str| totals_of(table, row, ["p", "n"]);
-        let part = match row.try_get::<&str, _>("part")? {
-            "c" => Part::Cut(row.try_get("region")?, totals("cuts")?),
+        let part = match row.text("part")? {
+            "c" => Part::Cut(row.text("region")?.to_owned(), totals("cuts")?),
             "h" => Part::ObjectCut(
-                object_of("object_cuts", row.try_get("replica")?)?,
-                row.try_get("region")?,
+                object_of("object_cuts", row.text("replica")?)?,
+                row.text("region")?.to_owned(),
                 totals("object_cuts")?,
             ),
             "f" => Part::Folded(
-                row.try_get("region")?,
-                replica_of("folded", row.try_get("replica")?)?,
+                row.text("region")?.to_owned(),
+                replica_of("folded", row.text("replica")?)?,
             ),
             "o" => Part::Carry(
-                object_of("carries", row.try_get("replica")?)?,
+                object_of("carries", row.text("replica")?)?,
                 carry_of(row)?,
-                Timestamp::from_unix_ms(row.try_get("updated_at")?),
+                Timestamp::from_unix_ms(row.int("updated_at")?),
             ),
             "b" => Part::Base(
-                row.try_get("region")?,
+                row.text("region")?.to_owned(),
                 totals("bases")?,
-                Timestamp::from_unix_ms(row.try_get("updated_at")?),
+                Timestamp::from_unix_ms(row.int("updated_at")?),
             ),
             _ => Part::Slot(stored_slot(row)?),
         };
@@ -768,37 +723,25 @@ where
 
 /// A live slot from a row of either backend (columns `replica`, `region`, `p`, `n` as
 /// decimal text, `updated_at`).
-pub fn stored_slot<R>(row: &R) -> Result<StoredSlot, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub fn stored_slot<R: sql::Read>(row: &R) -> Result<StoredSlot, StoreError> {
     Ok(StoredSlot {
-        replica: replica_of("replicas", row.try_get("replica")?)?,
-        region: row.try_get("region")?,
+        replica: replica_of("replicas", row.text("replica")?)?,
+        region: row.text("region")?.to_owned(),
         totals: SlotTotals {
-            p: decode("slots", row.try_get("p")?)?,
-            n: decode("slots", row.try_get("n")?)?,
+            p: decode("slots", row.text("p")?)?,
+            n: decode("slots", row.text("n")?)?,
         },
-        at: Timestamp::from_unix_ms(row.try_get("updated_at")?),
+        at: Timestamp::from_unix_ms(row.int("updated_at")?),
     })
 }
 
 /// An object's carry from a row of either backend (columns `region`, `through`, `p`, `n` as
 /// decimal text, `frame`, and `rp`, `rn` as decimal text).
-pub fn carry_of<R>(row: &R) -> Result<Carry, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let through: i64 = row.try_get("through")?;
-    let frame: i64 = row.try_get("frame")?;
+pub fn carry_of<R: sql::Read>(row: &R) -> Result<Carry, StoreError> {
+    let through = row.int("through")?;
+    let frame = row.int("frame")?;
     Ok(Carry {
-        region: Region::from(row.try_get::<&str, _>("region")?),
+        region: Region::from(row.text("region")?),
         through: u64::try_from(through)
             .map_err(|_| corrupt("carries", format!("through {through}")))?,
         totals: totals_of("carries", row, ["p", "n"])?,
@@ -808,18 +751,14 @@ where
 }
 
 /// Totals from the columns `[p, n]` (decimal text) of a row of `table` of either backend.
-pub fn totals_of<R>(
+pub fn totals_of<R: sql::Read>(
     table: &'static str,
     row: &R,
     [p, n]: [&str; 2],
-) -> Result<GlobalTotals, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+) -> Result<GlobalTotals, StoreError> {
     Ok(GlobalTotals {
-        p: decode(table, row.try_get(p)?)?,
-        n: decode(table, row.try_get(n)?)?,
+        p: decode(table, row.text(p)?)?,
+        n: decode(table, row.text(n)?)?,
     })
 }
 
@@ -841,29 +780,17 @@ pub fn net_reclaimed(carry: &Carry, cut: GlobalTotals) -> Option<(GlobalTotals, 
 }
 
 /// A counter's key from the `kind` and `name` columns of a row of either backend.
-pub fn key_of_row<R>(row: &R) -> Result<CounterKey, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    key_of("counters", row.try_get("kind")?, row.try_get("name")?)
+pub fn key_of_row<R: sql::Read>(row: &R) -> Result<CounterKey, StoreError> {
+    key_of("counters", row.text("kind")?, row.text("name")?)
 }
 
 /// One counter's carry of the object a retirement folds, from a row of either backend (its
 /// key's columns, [`carry_of`]'s, and `updated_at`).
-pub fn keyed_carry<R>(row: &R) -> Result<(CounterKey, Carry, Timestamp), StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub fn keyed_carry<R: sql::Read>(row: &R) -> Result<(CounterKey, Carry, Timestamp), StoreError> {
     Ok((
         key_of_row(row)?,
         carry_of(row)?,
-        Timestamp::from_unix_ms(row.try_get("updated_at")?),
+        Timestamp::from_unix_ms(row.int("updated_at")?),
     ))
 }
 
@@ -872,29 +799,6 @@ where
 pub struct Meta {
     /// Its resets.
     pub epoch: Epoch,
-}
-
-/// Rows of a backend's history query (columns `taken_at`, `epoch`, and `p`, `n` as decimal
-/// text) as the points of `key`. One reader for both backends.
-pub fn points_of<R>(key: &CounterKey, rows: &[R]) -> Result<Vec<SnapshotRow>, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R> + sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    rows.iter()
-        .map(|row| {
-            Ok(SnapshotRow {
-                key: key.clone(),
-                at: Timestamp::from_unix_ms(row.try_get("taken_at")?),
-                totals: GlobalTotals {
-                    p: decode("history", row.try_get("p")?)?,
-                    n: decode("history", row.try_get("n")?)?,
-                },
-                epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or_default(),
-            })
-        })
-        .collect()
 }
 
 /// Groups `(key, meta, part)` rows, sorted by key, into counters.
@@ -983,22 +887,13 @@ pub fn told_cut(
 }
 
 /// The epoch of a `counters` row (columns `epoch`, `deleted`, `reset_at`).
-pub fn epoch_of<R>(row: &R) -> Result<Epoch, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let number: i64 = row.try_get("epoch")?;
+pub fn epoch_of<R: sql::Read>(row: &R) -> Result<Epoch, StoreError> {
+    let number = row.int("epoch")?;
     Ok(Epoch {
         number: u64::try_from(number)
             .map_err(|_| corrupt("counters", format!("epoch {number}")))?,
-        deleted: row.try_get("deleted")?,
-        at: row
-            .try_get::<Option<i64>, _>("reset_at")?
-            .map(Timestamp::from_unix_ms),
+        deleted: row.flag("deleted")?,
+        at: row.opt_int("reset_at")?.map(Timestamp::from_unix_ms),
     })
 }
 

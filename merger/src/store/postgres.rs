@@ -47,7 +47,6 @@
 //! what it committed): a key in it means "another writer may have changed it, reload it".
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,21 +55,22 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tally_crdt::{
-    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId,
-    SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, ReplicaId, SketchKey,
+    SlotTotals, Timestamp,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::sketches::SketchColumns;
 use super::{
-    CarryRow, Changes, Committed, CounterStore, HistoryStore, IMPORT_REGION, ImportOutcome,
-    ImportRequest, PresenceStore, ReplicaRow, ResetOutcome, ResetRequest, Retired, SketchStore,
-    SlotRow, SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64,
-    encode_u128, key_of, replica_of,
+    CarryRow, Changes, Committed, CounterStore, IMPORT_REGION, ImportOutcome, ImportRequest,
+    ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
+use crate::presence::PresenceRow;
 
 /// The NOTIFY channel of slot changes.
 pub const CHANNEL: &str = "tally_changed";
@@ -453,6 +453,161 @@ impl super::backend::Backend for PostgresStore {
         keys: &[CounterKey],
     ) -> Result<Vec<StoredCounter>, StoreError> {
         load_in(conn, keys.iter().collect::<BTreeSet<_>>()).await
+    }
+
+    /// One row per (counter, time), of the latest epoch and the larger of each half, in
+    /// lock order.
+    async fn upsert_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
+        let mut points: BTreeMap<(&CounterKey, Timestamp), (u64, GlobalTotals)> = BTreeMap::new();
+        for row in rows {
+            let point = points.entry((&row.key, row.at)).or_default();
+            if row.epoch > point.0 {
+                *point = (row.epoch, row.totals);
+            } else if row.epoch == point.0 {
+                point.1 = point.1.join(row.totals);
+            }
+        }
+        let mut columns = HistoryColumns::default();
+        for ((key, at), (epoch, totals)) in points {
+            columns.kinds.push(key.kind().as_str());
+            columns.names.push(key.id());
+            columns.taken_at.push(at.unix_ms());
+            columns.p.push(encode_u128(totals.p));
+            columns.n.push(encode_u128(totals.n));
+            columns.epochs.push(super::epoch_param(epoch));
+        }
+        sqlx::query(UPSERT_HISTORY)
+            .bind(columns.kinds)
+            .bind(columns.names)
+            .bind(columns.taken_at)
+            .bind(columns.p)
+            .bind(columns.n)
+            .bind(columns.epochs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rows in (id, reporter) order, each once: two mergers storing reports of the same ids
+    /// lock their rows in the same order.
+    async fn upsert_presence(&self, rows: &[PresenceRow<'_>]) -> Result<(), StoreError> {
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        let reporters: Vec<String> = rows.iter().map(|r| r.reporter.to_string()).collect();
+        let regions: Vec<&str> = rows.iter().map(|r| r.region).collect();
+        let seqs: Vec<String> = rows.iter().map(|r| r.seq.to_string()).collect();
+        let counts: Vec<String> = rows.iter().map(|r| r.count.to_string()).collect();
+        let ats: Vec<i64> = rows.iter().map(|r| r.at.unix_ms()).collect();
+        let expiries: Vec<i64> = rows.iter().map(|r| r.expires_at.unix_ms()).collect();
+        sqlx::query(
+            "INSERT INTO presence AS p (name, reporter, region, seq, count, at, expires_at) \
+             SELECT u.name, u.reporter, u.region, u.seq::numeric, u.count::numeric, u.at, \
+                 u.expires_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::bigint[], $7::bigint[]) \
+                 AS u(name, reporter, region, seq, count, at, expires_at) \
+             ORDER BY u.name COLLATE \"C\", u.reporter COLLATE \"C\" \
+             ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
+                 seq = excluded.seq, count = excluded.count, at = excluded.at, \
+                 expires_at = excluded.expires_at \
+             WHERE excluded.seq > p.seq",
+        )
+        .bind(&names)
+        .bind(&reporters)
+        .bind(&regions)
+        .bind(&seqs)
+        .bind(&counts)
+        .bind(&ats)
+        .bind(&expiries)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fresh_presence(
+        &self,
+        conn: &mut Self::Conn,
+        ids: &[String],
+        now: Timestamp,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, reporter, count::text AS count, at FROM presence \
+             WHERE name = ANY($1::text[]) AND expires_at > $2",
+        )
+        .bind(ids)
+        .bind(now.unix_ms())
+        .fetch_all(conn)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn create_sketches(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[SketchColumns],
+    ) -> Result<(), StoreError> {
+        let (names, days): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO sketches (name, day, sketch, updated_at) \
+             SELECT u.name, u.day, $3, NULL FROM UNNEST($1::text[], $2::text[]) AS u(name, day) \
+             ORDER BY u.name COLLATE \"C\", u.day COLLATE \"C\" \
+             ON CONFLICT (name, day) DO NOTHING",
+        )
+        .bind(&names)
+        .bind(&days)
+        .bind(HyperLogLog::new().to_bytes())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn sketch_rows(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[SketchColumns],
+        lock: bool,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let (names, days): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
+        let lock = if lock {
+            "ORDER BY s.name, s.day FOR UPDATE OF s"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT s.name, s.day, s.sketch, s.updated_at FROM sketches s \
+             JOIN UNNEST($1::text[], $2::text[]) AS u(name, day) \
+                 ON s.name = u.name AND s.day = u.day {lock}"
+        ))
+        .bind(&names)
+        .bind(&days)
+        .fetch_all(conn)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn write_sketches(
+        &self,
+        conn: &mut Self::Conn,
+        writes: &[(SketchKey, Vec<u8>)],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let names: Vec<&str> = writes.iter().map(|(k, _)| k.id()).collect();
+        let days: Vec<String> = writes.iter().map(|(k, _)| super::day_column(k)).collect();
+        let sketches: Vec<&[u8]> = writes.iter().map(|(_, b)| b.as_slice()).collect();
+        sqlx::query(
+            "UPDATE sketches s SET sketch = u.sketch, \
+                 updated_at = GREATEST(coalesce(s.updated_at, $4), $4) \
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(name, day, sketch) \
+             WHERE s.name = u.name AND s.day = u.day",
+        )
+        .bind(&names)
+        .bind(&days)
+        .bind(&sketches)
+        .bind(at.unix_ms())
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 
@@ -890,282 +1045,6 @@ impl CounterStore for PostgresStore {
             .await?;
         u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
     }
-}
-
-#[async_trait]
-impl HistoryStore for PostgresStore {
-    async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
-        // One row per (counter, time), of the latest epoch and the larger of each half, in
-        // lock order.
-        let mut points: BTreeMap<(&CounterKey, Timestamp), (u64, GlobalTotals)> = BTreeMap::new();
-        for row in rows {
-            let point = points.entry((&row.key, row.at)).or_default();
-            if row.epoch > point.0 {
-                *point = (row.epoch, row.totals);
-            } else if row.epoch == point.0 {
-                point.1 = point.1.join(row.totals);
-            }
-        }
-        if points.is_empty() {
-            return Ok(());
-        }
-        let mut columns = HistoryColumns::default();
-        for ((key, at), (epoch, totals)) in points {
-            columns.kinds.push(key.kind().as_str());
-            columns.names.push(key.id());
-            columns.taken_at.push(at.unix_ms());
-            columns.p.push(encode_u128(totals.p));
-            columns.n.push(encode_u128(totals.n));
-            columns.epochs.push(super::epoch_param(epoch));
-        }
-        sqlx::query(UPSERT_HISTORY)
-            .bind(columns.kinds)
-            .bind(columns.names)
-            .bind(columns.taken_at)
-            .bind(columns.p)
-            .bind(columns.n)
-            .bind(columns.epochs)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn prune_history(
-        &self,
-        from: Timestamp,
-        to: Timestamp,
-        bucket: Option<NonZeroU64>,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        let done = super::prune_query(from, to, bucket, limit)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn history(
-        &self,
-        key: &CounterKey,
-        from: Timestamp,
-        to: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<SnapshotRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT h.taken_at, h.epoch, h.p::text AS p, h.n::text AS n \
-             FROM history h JOIN counters c ON c.id = h.counter \
-             WHERE c.kind = $1 AND c.name = $2 AND h.taken_at BETWEEN $3 AND $4 \
-             ORDER BY h.taken_at LIMIT $5",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .bind(from.unix_ms())
-        .bind(to.unix_ms())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        super::points_of(key, &rows)
-    }
-}
-
-#[async_trait]
-impl PresenceStore for PostgresStore {
-    /// Rows in (id, reporter) order, each once ([`crate::presence::presence_rows`]): two mergers
-    /// storing reports of the same ids lock their rows in the same order.
-    async fn report_presence_batch(
-        &self,
-        reports: &[PresenceReport],
-        received: Timestamp,
-    ) -> Result<(), StoreError> {
-        let rows = crate::presence::presence_rows(reports, received);
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
-        let reporters: Vec<String> = rows.iter().map(|r| r.reporter.to_string()).collect();
-        let regions: Vec<&str> = rows.iter().map(|r| r.region).collect();
-        let seqs: Vec<String> = rows.iter().map(|r| r.seq.to_string()).collect();
-        let counts: Vec<String> = rows.iter().map(|r| r.count.to_string()).collect();
-        let ats: Vec<i64> = rows.iter().map(|r| r.at.unix_ms()).collect();
-        let expiries: Vec<i64> = rows.iter().map(|r| r.expires_at.unix_ms()).collect();
-        sqlx::query(
-            "INSERT INTO presence AS p (name, reporter, region, seq, count, at, expires_at) \
-             SELECT u.name, u.reporter, u.region, u.seq::numeric, u.count::numeric, u.at, \
-                 u.expires_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::bigint[], $7::bigint[]) \
-                 AS u(name, reporter, region, seq, count, at, expires_at) \
-             ORDER BY u.name COLLATE \"C\", u.reporter COLLATE \"C\" \
-             ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
-                 seq = excluded.seq, count = excluded.count, at = excluded.at, \
-                 expires_at = excluded.expires_at \
-             WHERE excluded.seq > p.seq",
-        )
-        .bind(&names)
-        .bind(&reporters)
-        .bind(&regions)
-        .bind(&seqs)
-        .bind(&counts)
-        .bind(&ats)
-        .bind(&expiries)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn presence(
-        &self,
-        ids: &[String],
-        reporter: Option<ReplicaId>,
-        now: Timestamp,
-    ) -> Result<Vec<crate::presence::PresenceSum>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(
-            "SELECT name, reporter, count::text AS count, at FROM presence \
-             WHERE name = ANY($1::text[]) AND expires_at > $2",
-        )
-        .bind(ids)
-        .bind(now.unix_ms())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut fresh = Vec::with_capacity(rows.len());
-        for row in rows {
-            fresh.push((
-                row.get::<String, _>("name"),
-                replica_of("presence", row.get("reporter"))?,
-                decode::<u64>("presence", row.get("count"))?,
-                Timestamp::from_unix_ms(row.get("at")),
-            ));
-        }
-        Ok(crate::presence::sum_presence(ids, reporter, fresh))
-    }
-
-    async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM presence WHERE (name, reporter) IN (\
-             SELECT name, reporter FROM presence WHERE expires_at < $1 LIMIT $2)",
-        )
-        .bind(before.unix_ms())
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-}
-
-#[async_trait]
-impl SketchStore for PostgresStore {
-    async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM sketches WHERE (name, day) IN (\
-             SELECT name, day FROM sketches WHERE day <> '' AND day < $1 LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Rows are created if missing and locked `FOR UPDATE` in (name, day) order, so
-    /// concurrent mergers neither deadlock nor lose a register: each merges into what the
-    /// one before it wrote.
-    async fn merge_sketches_batch(
-        &self,
-        syncs: &[&[SketchUpdate]],
-        at: Timestamp,
-    ) -> Result<Vec<Vec<SketchTotal>>, StoreError> {
-        let keys = super::sketch_keys(syncs);
-        if keys.is_empty() {
-            return Ok(syncs.iter().map(|_| Vec::new()).collect());
-        }
-        let names: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-        let days: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO sketches (name, day, sketch, updated_at) \
-             SELECT u.name, u.day, $3, NULL FROM UNNEST($1::text[], $2::text[]) AS u(name, day) \
-             ORDER BY u.name COLLATE \"C\", u.day COLLATE \"C\" \
-             ON CONFLICT (name, day) DO NOTHING",
-        )
-        .bind(&names)
-        .bind(&days)
-        .bind(HyperLogLog::new().to_bytes())
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT s.name, s.day, s.sketch, s.updated_at FROM sketches s \
-             JOIN UNNEST($1::text[], $2::text[]) AS u(name, day) \
-                 ON s.name = u.name AND s.day = u.day \
-             ORDER BY s.name, s.day FOR UPDATE OF s",
-        )
-        .bind(&names)
-        .bind(&days)
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored = sketch_rows(&rows)?;
-        let merge = crate::unique::merge_sketch_rows(syncs, stored, at)
-            .map_err(|e| super::corrupt("sketches", e.to_string()))?;
-        if !merge.writes.is_empty() {
-            let names: Vec<&str> = merge.writes.iter().map(|(k, _)| k.id()).collect();
-            let days: Vec<String> = merge
-                .writes
-                .iter()
-                .map(|(k, _)| super::day_column(k))
-                .collect();
-            let sketches: Vec<&[u8]> = merge.writes.iter().map(|(_, b)| b.as_slice()).collect();
-            sqlx::query(
-                "UPDATE sketches s SET sketch = u.sketch, \
-                     updated_at = GREATEST(coalesce(s.updated_at, $4), $4) \
-                 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(name, day, sketch) \
-                 WHERE s.name = u.name AND s.day = u.day",
-            )
-            .bind(&names)
-            .bind(&days)
-            .bind(&sketches)
-            .bind(at.unix_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(merge.totals)
-    }
-
-    async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let names: Vec<&str> = keys.iter().map(|k| k.id()).collect();
-        let days: Vec<String> = keys.iter().map(super::day_column).collect();
-        let rows = sqlx::query(
-            "SELECT s.name, s.day, s.sketch, s.updated_at FROM sketches s \
-             JOIN UNNEST($1::text[], $2::text[]) AS u(name, day) \
-                 ON s.name = u.name AND s.day = u.day",
-        )
-        .bind(&names)
-        .bind(&days)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(crate::unique::sketch_answers(keys, sketch_rows(&rows)?))
-    }
-}
-
-/// Statement 1 of a commit: records the batch's replicas (one row each: the region of its
-/// earliest sync in the batch, the span of its times) and answers their regions of record.
-/// Sketch rows (`name`, `day`, `sketch`, `updated_at`) by key.
-fn sketch_rows(
-    rows: &[PgRow],
-) -> Result<BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>, StoreError> {
-    let mut found = BTreeMap::new();
-    for row in rows {
-        let (key, sketch) = super::sketch_of(row.get("name"), row.get("day"), row.get("sketch"))?;
-        let updated_at = row
-            .get::<Option<i64>, _>("updated_at")
-            .map(Timestamp::from_unix_ms);
-        found.insert(key, (sketch, updated_at));
-    }
-    Ok(found)
 }
 
 async fn upsert_replicas(

@@ -5,25 +5,27 @@
 //! arrays expanded by `json_each`, one statement per table per commit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU64;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tally_crdt::{
-    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, PresenceReport, ReplicaId,
-    SketchKey, SketchTotal, SketchUpdate, SlotTotals, Timestamp,
+    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, ReplicaId, SketchKey,
+    SlotTotals, Timestamp,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::sketches::SketchColumns;
+use crate::presence::PresenceRow;
+
 use super::{
-    CarryRow, Committed, CounterStore, HistoryStore, IMPORT_REGION, ImportOutcome, ImportRequest,
-    PresenceStore, ReplicaRow, ResetOutcome, ResetRequest, Retired, SketchStore, SlotRow,
-    SnapshotRow, Store, StoreError, StoredCounter, corrupt, decode, encode_u64, encode_u128,
-    replica_of,
+    CarryRow, Committed, CounterStore, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow,
+    ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
+    corrupt, decode, encode_u64, encode_u128, replica_of,
 };
 use crate::config::Durability;
 
@@ -207,6 +209,138 @@ impl super::backend::Backend for SqliteStore {
         keys: &[CounterKey],
     ) -> Result<Vec<StoredCounter>, StoreError> {
         load_in(conn, keys).await
+    }
+
+    async fn upsert_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|s| {
+                (
+                    s.key.kind().as_str(),
+                    s.key.id(),
+                    s.at.unix_ms(),
+                    encode_u128(s.totals.p),
+                    encode_u128(s.totals.n),
+                    super::epoch_param(s.epoch),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO history (counter, taken_at, p, n, epoch) \
+             SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
+             FROM json_each(?1) AS j \
+             JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+             WHERE c.epoch = j.value ->> 5 \
+             ON CONFLICT (counter, taken_at) DO UPDATE SET \
+             p = max(history.p, excluded.p), n = max(history.n, excluded.n)",
+        )
+        .bind(json_rows(&rows))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_presence(&self, rows: &[PresenceRow<'_>]) -> Result<(), StoreError> {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name,
+                    r.reporter.to_string(),
+                    r.region,
+                    encode_u64(r.seq),
+                    encode_u64(r.count),
+                    r.at.unix_ms(),
+                    r.expires_at.unix_ms(),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO presence (name, reporter, region, seq, count, at, expires_at) \
+             SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, \
+                 j.value ->> 5, j.value ->> 6 \
+             FROM json_each(?1) AS j WHERE true \
+             ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
+                 seq = excluded.seq, count = excluded.count, at = excluded.at, \
+                 expires_at = excluded.expires_at \
+             WHERE excluded.seq > presence.seq",
+        )
+        .bind(json_rows(&rows))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fresh_presence(
+        &self,
+        conn: &mut Self::Conn,
+        ids: &[String],
+        now: Timestamp,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.name, p.reporter, p.count, p.at FROM json_each(?1) AS j \
+             JOIN presence p ON p.name = j.value WHERE p.expires_at > ?2",
+        )
+        .bind(json_rows(ids))
+        .bind(now.unix_ms())
+        .fetch_all(conn)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn create_sketches(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[SketchColumns],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sketches (name, day, sketch, updated_at) \
+             SELECT j.value ->> 0, j.value ->> 1, ?2, NULL FROM json_each(?1) AS j WHERE true \
+             ON CONFLICT (name, day) DO NOTHING",
+        )
+        .bind(json_rows(keys))
+        .bind(HyperLogLog::new().to_bytes())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Read in the transaction that created them, the rows are under its write lock.
+    async fn sketch_rows(
+        &self,
+        conn: &mut Self::Conn,
+        keys: &[SketchColumns],
+        _lock: bool,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.name, s.day, s.sketch, s.updated_at FROM json_each(?1) AS j \
+             JOIN sketches s ON s.name = j.value ->> 0 AND s.day = j.value ->> 1",
+        )
+        .bind(json_rows(keys))
+        .fetch_all(conn)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn write_sketches(
+        &self,
+        conn: &mut Self::Conn,
+        writes: &[(SketchKey, Vec<u8>)],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        for (key, bytes) in writes {
+            sqlx::query(
+                "UPDATE sketches SET sketch = ?3, updated_at = max(coalesce(updated_at, ?4), ?4) \
+                 WHERE name = ?1 AND day = ?2",
+            )
+            .bind(key.id())
+            .bind(super::day_column(key))
+            .bind(bytes.as_slice())
+            .bind(at.unix_ms())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -671,255 +805,6 @@ impl CounterStore for SqliteStore {
     }
 }
 
-#[async_trait]
-impl HistoryStore for SqliteStore {
-    async fn write_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|s| {
-                (
-                    s.key.kind().as_str(),
-                    s.key.id(),
-                    s.at.unix_ms(),
-                    encode_u128(s.totals.p),
-                    encode_u128(s.totals.n),
-                    super::epoch_param(s.epoch),
-                )
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO history (counter, taken_at, p, n, epoch) \
-             SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
-             FROM json_each(?1) AS j \
-             JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
-             WHERE c.epoch = j.value ->> 5 \
-             ON CONFLICT (counter, taken_at) DO UPDATE SET \
-             p = max(history.p, excluded.p), n = max(history.n, excluded.n)",
-        )
-        .bind(json_rows(&rows))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn prune_history(
-        &self,
-        from: Timestamp,
-        to: Timestamp,
-        bucket: Option<NonZeroU64>,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        let done = super::prune_query(from, to, bucket, limit)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn history(
-        &self,
-        key: &CounterKey,
-        from: Timestamp,
-        to: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<SnapshotRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT h.taken_at, h.epoch, h.p, h.n FROM history h JOIN counters c ON c.id = h.counter \
-             WHERE c.kind = ? AND c.name = ? AND h.taken_at >= ? AND h.taken_at <= ? \
-             ORDER BY h.taken_at LIMIT ?",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .bind(from.unix_ms())
-        .bind(to.unix_ms())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        super::points_of(key, &rows)
-    }
-}
-
-#[async_trait]
-impl PresenceStore for SqliteStore {
-    async fn report_presence_batch(
-        &self,
-        reports: &[PresenceReport],
-        received: Timestamp,
-    ) -> Result<(), StoreError> {
-        let rows = crate::presence::presence_rows(reports, received);
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.name,
-                    r.reporter.to_string(),
-                    r.region,
-                    encode_u64(r.seq),
-                    encode_u64(r.count),
-                    r.at.unix_ms(),
-                    r.expires_at.unix_ms(),
-                )
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO presence (name, reporter, region, seq, count, at, expires_at) \
-             SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, \
-                 j.value ->> 5, j.value ->> 6 \
-             FROM json_each(?1) AS j WHERE true \
-             ON CONFLICT (name, reporter) DO UPDATE SET region = excluded.region, \
-                 seq = excluded.seq, count = excluded.count, at = excluded.at, \
-                 expires_at = excluded.expires_at \
-             WHERE excluded.seq > presence.seq",
-        )
-        .bind(json_rows(&rows))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn presence(
-        &self,
-        ids: &[String],
-        reporter: Option<ReplicaId>,
-        now: Timestamp,
-    ) -> Result<Vec<crate::presence::PresenceSum>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(
-            "SELECT p.name, p.reporter, p.count, p.at FROM json_each(?1) AS j \
-             JOIN presence p ON p.name = j.value WHERE p.expires_at > ?2",
-        )
-        .bind(json_rows(ids))
-        .bind(now.unix_ms())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut fresh = Vec::with_capacity(rows.len());
-        for row in rows {
-            fresh.push((
-                row.get::<String, _>("name"),
-                replica_of("presence", row.get("reporter"))?,
-                decode::<u64>("presence", row.get("count"))?,
-                Timestamp::from_unix_ms(row.get("at")),
-            ));
-        }
-        Ok(crate::presence::sum_presence(ids, reporter, fresh))
-    }
-
-    async fn prune_presence(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM presence WHERE (name, reporter) IN (\
-             SELECT name, reporter FROM presence WHERE expires_at < ?1 LIMIT ?2)",
-        )
-        .bind(before.unix_ms())
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-}
-
-#[async_trait]
-impl SketchStore for SqliteStore {
-    async fn prune_sketches(&self, before: &str, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM sketches WHERE (name, day) IN (\
-             SELECT name, day FROM sketches WHERE day <> '' AND day < ?1 LIMIT ?2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn merge_sketches_batch(
-        &self,
-        syncs: &[&[SketchUpdate]],
-        at: Timestamp,
-    ) -> Result<Vec<Vec<SketchTotal>>, StoreError> {
-        let keys = super::sketch_keys(syncs);
-        if keys.is_empty() {
-            return Ok(syncs.iter().map(|_| Vec::new()).collect());
-        }
-        let keys = json_rows(&keys);
-        let mut tx = self.pool.begin().await?;
-        // A write first: the transaction holds the write lock from here on, so nobody merges
-        // into these sketches between the read and the write below.
-        sqlx::query(
-            "INSERT INTO sketches (name, day, sketch, updated_at) \
-             SELECT j.value ->> 0, j.value ->> 1, ?2, NULL FROM json_each(?1) AS j WHERE true \
-             ON CONFLICT (name, day) DO NOTHING",
-        )
-        .bind(&keys)
-        .bind(HyperLogLog::new().to_bytes())
-        .execute(&mut *tx)
-        .await?;
-        let stored = self.sketch_rows(&mut tx, &keys).await?;
-        let merge = crate::unique::merge_sketch_rows(syncs, stored, at)
-            .map_err(|e| super::corrupt("sketches", e.to_string()))?;
-        for (key, bytes) in &merge.writes {
-            sqlx::query(
-                "UPDATE sketches SET sketch = ?3, updated_at = max(coalesce(updated_at, ?4), ?4) \
-                 WHERE name = ?1 AND day = ?2",
-            )
-            .bind(key.id())
-            .bind(super::day_column(key))
-            .bind(bytes.as_slice())
-            .bind(at.unix_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(merge.totals)
-    }
-
-    async fn sketches(&self, keys: &[SketchKey]) -> Result<Vec<SketchTotal>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let asked: Vec<(&str, String)> = keys
-            .iter()
-            .map(|k| (k.id(), super::day_column(k)))
-            .collect();
-        let mut conn = self.pool.acquire().await?;
-        let found = self.sketch_rows(&mut conn, &json_rows(&asked)).await?;
-        Ok(crate::unique::sketch_answers(keys, found))
-    }
-}
-
-impl SqliteStore {
-    /// The stored sketches of `keys` (a JSON array of `[name, day]`), on `conn`.
-    async fn sketch_rows(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        keys: &str,
-    ) -> Result<BTreeMap<SketchKey, (HyperLogLog, Option<Timestamp>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.name, s.day, s.sketch, s.updated_at FROM json_each(?1) AS j \
-             JOIN sketches s ON s.name = j.value ->> 0 AND s.day = j.value ->> 1",
-        )
-        .bind(keys)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut found = BTreeMap::new();
-        for row in rows {
-            let (key, sketch) =
-                super::sketch_of(row.get("name"), row.get("day"), row.get("sketch"))?;
-            let updated_at = row
-                .get::<Option<i64>, _>("updated_at")
-                .map(Timestamp::from_unix_ms);
-            found.insert(key, (sketch, updated_at));
-        }
-        Ok(found)
-    }
-}
-
 /// Rows as one JSON array of arrays, for `json_each`.
 fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
@@ -1257,6 +1142,7 @@ async fn watch_milestones(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::HistoryStore;
     use tally_crdt::GlobalTotals;
 
     async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
