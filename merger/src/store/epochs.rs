@@ -1,55 +1,23 @@
-//! Resets, deletes and the cuts objects tell: the transactions that start a counter's epoch or
-//! raise its cuts, written once over [`EpochTx`], the few statements each backend writes its
-//! own way (its SQL text, its locks, Postgres's notification).
+//! Resets, deletes and the cuts objects tell, for any [`Backend`]: the transactions that start
+//! a counter's epoch or raise its cuts (the backend locks the counter and writes the cuts its
+//! own way).
 
-use async_trait::async_trait;
-use tally_crdt::{CounterKey, Cut, ReplicaId};
+use tally_crdt::{CounterKey, Cut, ReplicaId, Timestamp};
 
+use super::backend::Backend;
+use super::sql::query;
 use super::{Epoch, ResetOutcome, ResetRequest, StoreError, StoredCounter, corrupt};
 
-/// One transaction of a backend, as [`reset`] and [`tell_cut`] drive it.
-#[async_trait]
-pub trait EpochTx: Send {
-    /// Locks `key`'s counter for the rest of the transaction (its row; on SQLite the write
-    /// lock) and answers its id and epoch: created first if `create`, `None` when it does not
-    /// exist or, if `counted`, has no slot, carry or base.
-    async fn lock_counter(
-        &mut self,
-        key: &CounterKey,
-        create: bool,
-        counted: bool,
-    ) -> Result<Option<(i64, Epoch)>, StoreError>;
-
-    /// Every part of counter `id`, as a load reads it; `None` when it has none.
-    async fn parts(&mut self, id: i64) -> Result<Option<StoredCounter>, StoreError>;
-
-    /// Sets counter `id`'s epoch.
-    async fn set_epoch(&mut self, id: i64, epoch: &Epoch) -> Result<(), StoreError>;
-
-    /// Deletes counter `id`'s history (a delete).
-    async fn delete_history(&mut self, id: i64) -> Result<(), StoreError>;
-
-    /// Writes `counter`'s cuts (every region's) and its objects' shares of them, replacing
-    /// those held.
-    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError>;
-
-    /// Tells the other mergers that `key` changed, when it commits (Postgres; SQLite has no
-    /// other mergers).
-    async fn changed(&mut self, key: &CounterKey) -> Result<(), StoreError>;
-
-    /// Commits.
-    async fn commit(self) -> Result<(), StoreError>;
-}
-
-/// [`CounterStore::reset`](super::CounterStore::reset) in `tx`: the counter's lock first, so
-/// that two resets of one counter serialize (with `expect_epoch`, exactly one is done); a sync
-/// that commits meanwhile is inside the cut (it grew before the sums were read) or above it.
-pub async fn reset<T: EpochTx>(
-    mut tx: T,
+/// [`CounterStore::reset`](super::CounterStore::reset): the counter's lock first, so that two
+/// resets of one counter serialize (with `expect_epoch`, exactly one is done); a sync that
+/// commits meanwhile is inside the cut (it grew before the sums were read) or above it.
+pub async fn reset<B: Backend>(
+    store: &B,
     key: &CounterKey,
     request: ResetRequest,
 ) -> Result<ResetOutcome, StoreError> {
-    let Some((id, current)) = tx.lock_counter(key, false, true).await? else {
+    let mut tx = store.begin().await?;
+    let Some((id, current)) = store.lock_counter(&mut tx, key, false, true).await? else {
         return Ok(ResetOutcome::Unknown);
     };
     if request.expect_epoch.is_some_and(|e| e != current.number) {
@@ -62,41 +30,41 @@ pub async fn reset<T: EpochTx>(
         deleted: request.delete,
         at: Some(request.at),
     };
-    tx.set_epoch(id, &epoch).await?;
+    set_epoch::<B>(&mut tx, id, &epoch).await?;
     // Loaded after the epoch's update: the counter's epoch is the new one, its cuts still
     // the old ones (its totals are those of the epoch that ends).
-    let mut counter = tx
-        .parts(id)
+    let mut counter = super::counters::parts::<B>(&mut tx, id)
         .await?
         .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
     let removed = counter.totals();
     super::cut_now(&mut counter);
-    tx.write_cuts(id, &counter).await?;
+    store.write_cuts(&mut tx, id, &counter).await?;
     if request.delete {
-        tx.delete_history(id).await?;
+        delete_history::<B>(&mut tx, id).await?;
     }
-    tx.changed(key).await?;
-    tx.commit().await?;
+    store.changed(&mut tx, &[changed(key)]).await?;
+    B::commit(tx).await?;
     Ok(ResetOutcome::Done {
         counter: Box::new(counter),
         removed,
     })
 }
 
-/// [`CounterStore::tell_cut`](super::CounterStore::tell_cut) in `tx`, under the counter's
-/// lock as a reset: what the cut makes of the counter is [`told_cut`](super::told_cut)'s.
-pub async fn tell_cut<T: EpochTx>(
-    mut tx: T,
+/// [`CounterStore::tell_cut`](super::CounterStore::tell_cut), under the counter's lock as a
+/// reset: what the cut makes of the counter is [`told_cut`](super::told_cut)'s.
+pub async fn tell_cut<B: Backend>(
+    store: &B,
     key: &CounterKey,
     object: ReplicaId,
     region: &str,
     cut: &Cut,
 ) -> Result<Option<StoredCounter>, StoreError> {
-    let (id, epoch) = tx
-        .lock_counter(key, true, false)
+    let mut tx = store.begin().await?;
+    let (id, epoch) = store
+        .lock_counter(&mut tx, key, true, false)
         .await?
         .ok_or_else(|| corrupt("counters", format!("counter {key} was not created")))?;
-    let counter = match tx.parts(id).await? {
+    let counter = match super::counters::parts::<B>(&mut tx, id).await? {
         Some(counter) => counter,
         None => super::no_parts(key, epoch),
     };
@@ -104,13 +72,43 @@ pub async fn tell_cut<T: EpochTx>(
         return Ok(None);
     };
     if adopted {
-        tx.set_epoch(id, &after.epoch).await?;
+        set_epoch::<B>(&mut tx, id, &after.epoch).await?;
         if after.epoch.deleted {
-            tx.delete_history(id).await?;
+            delete_history::<B>(&mut tx, id).await?;
         }
     }
-    tx.write_cuts(id, &after).await?;
-    tx.changed(key).await?;
-    tx.commit().await?;
+    store.write_cuts(&mut tx, id, &after).await?;
+    store.changed(&mut tx, &[changed(key)]).await?;
+    B::commit(tx).await?;
     Ok(Some(after))
+}
+
+/// Sets counter `id`'s epoch.
+async fn set_epoch<B: Backend>(
+    conn: &mut B::Conn,
+    id: i64,
+    epoch: &Epoch,
+) -> Result<(), StoreError> {
+    query("UPDATE counters SET epoch = $2, deleted = $3, reset_at = $4 WHERE id = $1")
+        .bind(id)
+        .bind(super::epoch_param(epoch.number))
+        .bind(epoch.deleted)
+        .bind(epoch.at.map(Timestamp::unix_ms))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes counter `id`'s history (a delete).
+async fn delete_history<B: Backend>(conn: &mut B::Conn, id: i64) -> Result<(), StoreError> {
+    query("DELETE FROM history WHERE counter = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `key` as [`Backend::changed`] takes it.
+fn changed(key: &CounterKey) -> (String, String) {
+    (key.kind().as_str().to_owned(), key.id().to_owned())
 }

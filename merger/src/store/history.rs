@@ -63,7 +63,7 @@ impl<B: Backend> HistoryStore for B {
         to: Timestamp,
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StoreError> {
-        let text = B::TEXT;
+        let text = B::DIALECT.text();
         let rows = query(format!(
             "SELECT h.taken_at, h.epoch, h.p{text} AS p, h.n{text} AS n \
              FROM history h JOIN counters c ON c.id = h.counter \

@@ -31,7 +31,7 @@ impl<B: Backend> MilestoneStore for B {
         if let Some(refused) = crate::milestone::refuse_milestone(&existing, n, count) {
             return Ok(refused);
         }
-        let numeric = B::NUMERIC;
+        let numeric = B::DIALECT.numeric();
         query(format!(
             "INSERT INTO milestones (name, n, label, created_at) VALUES ($1, $2{numeric}, $3, $4)"
         ))
@@ -63,7 +63,7 @@ impl<B: Backend> MilestoneStore for B {
         limit: u32,
     ) -> Result<Vec<Announcement>, StoreError> {
         let mut conn = self.acquire().await?;
-        let (columns, skip_locked) = (columns::<B>(), B::SKIP_LOCKED);
+        let (columns, skip_locked) = (columns::<B>(), B::DIALECT.skip_locked());
         let rows = query(format!(
             "UPDATE milestones SET next_attempt_at = $2, attempts = attempts + 1 \
              WHERE (name, n) IN (SELECT name, n FROM milestones \
@@ -89,7 +89,7 @@ impl<B: Backend> MilestoneStore for B {
 
     async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
-        let numeric = B::NUMERIC;
+        let numeric = B::DIALECT.numeric();
         query(format!(
             "UPDATE milestones SET announced_at = $3 WHERE name = $1 AND n = $2{numeric}"
         ))
@@ -103,7 +103,7 @@ impl<B: Backend> MilestoneStore for B {
 
     async fn retry_announcement(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
-        let numeric = B::NUMERIC;
+        let numeric = B::DIALECT.numeric();
         query(format!(
             "UPDATE milestones SET next_attempt_at = $3 \
              WHERE name = $1 AND n = $2{numeric} AND announced_at IS NULL"
@@ -118,7 +118,7 @@ impl<B: Backend> MilestoneStore for B {
 
     async fn cancel_milestone(&self, id: &str, n: u64) -> Result<CancelMilestone, StoreError> {
         let mut tx = self.begin().await?;
-        let numeric = B::NUMERIC;
+        let numeric = B::DIALECT.numeric();
         let deleted = query(format!(
             "DELETE FROM milestones WHERE name = $1 AND n = $2{numeric} AND won_at IS NULL"
         ))
@@ -137,7 +137,7 @@ impl<B: Backend> MilestoneStore for B {
 
 /// The columns [`milestone_of`] reads, for a `SELECT` or a `RETURNING`.
 fn columns<B: Backend>() -> String {
-    let text = B::TEXT;
+    let text = B::DIALECT.text();
     format!(
         "name, n{text} AS n, label, created_at, won_replica, won_unit{text} AS won_unit, \
          won_at, won_visitor, announced_at, attempts"
@@ -166,7 +166,7 @@ pub async fn record_winner<B: Backend>(
     decision: &Decision,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    let numeric = B::NUMERIC;
+    let numeric = B::DIALECT.numeric();
     query(format!(
         "UPDATE milestones SET won_replica = $3, won_unit = $4{numeric}, won_at = $5, \
          won_visitor = $6 WHERE name = $1 AND n = $2{numeric} AND won_at IS NULL"

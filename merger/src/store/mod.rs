@@ -17,6 +17,7 @@
 //! ([`crate::state`]), filled by [`CounterStore::load`] on a miss.
 
 pub mod backend;
+pub mod counters;
 pub mod epochs;
 pub mod history;
 pub mod milestones;
@@ -307,10 +308,6 @@ pub fn watched_keys(pending: &BTreeMap<String, Vec<u64>>) -> Result<Vec<CounterK
         .collect::<Result<_, _>>()
         .map_err(|e| corrupt("milestones", e.to_string()))
 }
-
-/// See [`MILESTONE_COLUMNS_SQLITE`].
-pub const MILESTONE_COLUMNS_POSTGRES: &str = "name, n::text AS n, label, created_at, won_replica, \
-    won_unit::text AS won_unit, won_at, won_visitor, announced_at, attempts";
 
 /// The `day` column of a sketch: `''` for the all-time sketch.
 pub fn day_column(key: &SketchKey) -> String {

@@ -55,19 +55,18 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tally_crdt::{
-    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, ReplicaId, SketchKey,
-    SlotTotals, Timestamp,
+    CounterKey, CounterKind, GlobalTotals, HyperLogLog, ReplicaId, SketchKey, SlotTotals, Timestamp,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::counters::{COUNTED, K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use super::{
-    CarryRow, Changes, Committed, CounterStore, IMPORT_REGION, ImportOutcome, ImportRequest,
-    ReplicaRow, ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, corrupt, decode, encode_u64, encode_u128, key_of, replica_of,
+    CarryRow, Changes, Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter, corrupt, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 use crate::presence::PresenceRow;
@@ -204,18 +203,6 @@ const REGISTER_CARRIED_RETIRED: &str = "\
             WHERE x.object = u.object AND x.through > u.generation) \
     RETURNING r.replica";
 
-/// [`CounterStore::prune_replicas`]: `$1` the time, `$2` the limit. `SKIP LOCKED` leaves a row a
-/// commit or a retirement holds (it waits for the next pass), so pruning never waits on one,
-/// and two mergers pruning at once take different rows.
-const PRUNE_REPLICAS: &str = "\
-    DELETE FROM replicas WHERE id IN ( \
-        SELECT r.id FROM replicas r \
-        WHERE r.retired_at IS NOT NULL AND NOT r.kept AND r.retired_at < $1 \
-            AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.replica = r.id) \
-            AND NOT EXISTS (SELECT 1 FROM folded f WHERE f.replica = r.id) \
-            AND NOT EXISTS (SELECT 1 FROM imports i WHERE i.replica = r.id) \
-        LIMIT $2 FOR UPDATE SKIP LOCKED)";
-
 /// Deletes the slots that carries hold, each row of the arrays an object's incarnations
 /// `first..=last` (a text range of `replicas.replica`) of one counter, locked in (counter,
 /// replica) order.
@@ -315,44 +302,6 @@ const UPSERT_HISTORY: &str = "\
         p = GREATEST(h.p, excluded.p), \
         n = GREATEST(h.n, excluded.n)";
 
-/// The columns of `counters` a parts query carries on every row.
-const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
-
-/// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
-/// region, carries, bases, cuts and folded replicas; sorted by key (and, within a counter,
-/// slots by replica).
-const PARTS_OF_K: &str = "\
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
-        r.region, s.p::text AS p, s.n::text AS n, s.updated_at, NULL::int8 AS through, \
-        NULL::int8 AS frame, NULL::text AS rp, NULL::text AS rn \
-    FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'o', o.object, o.region, \
-        o.p::text, o.n::text, o.updated_at, o.through, o.frame, o.rp::text, o.rn::text \
-    FROM k JOIN carries o ON o.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, \
-        b.p::text, b.n::text, b.updated_at, NULL, NULL, NULL, NULL \
-    FROM k JOIN bases b ON b.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, x.region, \
-        x.p::text, x.n::text, 0, NULL, NULL, NULL, NULL \
-    FROM k JOIN cuts x ON x.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'h', h.object, h.region, \
-        h.p::text, h.n::text, 0, NULL, NULL, NULL, NULL \
-    FROM k JOIN object_cuts h ON h.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
-        NULL, 0, NULL, NULL, NULL, NULL \
-    FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
-    ORDER BY 1, 2, 6 DESC, 7";
-
-/// Whether counter `c` has anything counted: a slot, a carry or a base.
-const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
-    OR EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id) \
-    OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
-
 /// One round of the watcher's catch-up: the counters the change log names for transactions
 /// in `[since, xmin)` of writers other than this store (`$2`, its origin: what it committed
 /// is in its cache already), that `xmin`, and whether the log was pruned at or past `since`
@@ -418,24 +367,11 @@ async fn prune_changes(pool: &PgPool, keep: Duration) -> Result<u64, StoreError>
 #[async_trait]
 impl super::backend::Backend for PostgresStore {
     type Conn = sqlx::PgConnection;
-    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
-    type Pooled = sqlx::pool::PoolConnection<sqlx::Postgres>;
-    const NAME: &'static str = "postgres";
-    const NUMERIC: &'static str = "::numeric";
-    const TEXT: &'static str = "::text";
-    const FOR_UPDATE: &'static str = " FOR UPDATE";
-    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    type Db = sqlx::Postgres;
+    const DIALECT: super::backend::Dialect = super::backend::Dialect::Postgres;
 
-    async fn begin(&self) -> Result<Self::Tx, StoreError> {
-        Ok(self.pool.begin().await?)
-    }
-
-    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
-        Ok(tx.commit().await?)
-    }
-
-    async fn acquire(&self) -> Result<Self::Pooled, StoreError> {
-        Ok(self.pool.acquire().await?)
+    fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Waits for the commits under way (each holds ROW SHARE from locking its counters'
@@ -453,6 +389,252 @@ impl super::backend::Backend for PostgresStore {
         keys: &[CounterKey],
     ) -> Result<Vec<StoredCounter>, StoreError> {
         load_in(conn, keys.iter().collect::<BTreeSet<_>>()).await
+    }
+
+    async fn commit_batch(
+        &self,
+        replicas: &[ReplicaRow],
+        slots: &[SlotRow],
+    ) -> Result<Committed, StoreError> {
+        if replicas.is_empty() && slots.is_empty() {
+            return Ok(Committed::default());
+        }
+        let mut tx = self.pool.begin().await?;
+        let committed = upsert_replicas(&mut tx, replicas).await?;
+        // A retired replica's slots are final and folded: a late sync of it changes nothing.
+        // The upsert above holds its replica row's lock until this transaction ends, so a
+        // retirement cannot slip in between.
+        let live: Vec<SlotRow> = slots
+            .iter()
+            .filter(|s| !committed.retired.contains(&s.replica))
+            .cloned()
+            .collect();
+        // Counters with a milestone pending: locked (every commit of such a counter, by any
+        // merger, waits here for the one before it), then read as they stand.
+        let names: BTreeSet<&str> = live
+            .iter()
+            .filter(|s| s.key.kind() == CounterKind::G)
+            .map(|s| s.key.id())
+            .collect();
+        let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
+        let watch =
+            lock_watch(&mut tx, &names.into_iter().collect::<Vec<_>>(), Some(since)).await?;
+        let pending = crate::milestone::pending_of(&watch);
+        let before = if pending.is_empty() {
+            Vec::new()
+        } else {
+            load_in(&mut tx, &super::watched_keys(&pending)?).await?
+        };
+        insert_counters(&mut tx, &live).await?;
+        let regions: BTreeMap<ReplicaId, &str> = committed
+            .regions
+            .iter()
+            .map(|(replica, region)| (*replica, region.as_str()))
+            .collect();
+        let carries = super::batch_carries(&live, |r| regions.get(&r).map(|&region| region.into()));
+        let mut changed = self.merge_carries(&mut tx, &carries).await?;
+        changed.extend(merge_slots(&mut tx, &live).await?);
+        changed.sort_unstable();
+        changed.dedup();
+        let mut committed = committed;
+        committed.decided = crate::milestone::decide_batch(&pending, &before, &live, &carries);
+        let at = crate::clock::now();
+        for (id, decision) in &committed.decided {
+            super::milestones::record_winner::<Self>(&mut tx, id, decision, at).await?;
+        }
+        committed.news = crate::milestone::news_of(&watch, &committed.decided);
+        notify(&mut tx, &self.origin, &changed).await?;
+        tx.commit().await?;
+        Ok(committed)
+    }
+
+    async fn merge_carries(
+        &self,
+        conn: &mut Self::Conn,
+        carries: &[CarryRow],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if carries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The incarnations each carry holds: its object's generations below `through`.
+        let (mut kinds, mut names, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
+        for c in carries {
+            let Some(last) = c.carry.through.checked_sub(1) else {
+                continue;
+            };
+            kinds.push(c.key.kind().as_str());
+            names.push(c.key.id());
+            firsts.push(ReplicaId::lineage(c.object, 0).to_string());
+            let last = u32::try_from(last).unwrap_or(u32::MAX);
+            lasts.push(ReplicaId::lineage(c.object, last).to_string());
+        }
+        sqlx::query(DELETE_CARRIED_SLOTS)
+            .bind(kinds)
+            .bind(names)
+            .bind(firsts)
+            .bind(lasts)
+            .execute(&mut *conn)
+            .await?;
+        let mut columns = CarryColumns::default();
+        for c in carries {
+            columns.kinds.push(c.key.kind().as_str());
+            columns.names.push(c.key.id());
+            columns.objects.push(super::object_column(c.object));
+            columns.regions.push(&c.carry.region);
+            columns
+                .through
+                .push(i64::try_from(c.carry.through).unwrap_or(i64::MAX));
+            columns.p.push(encode_u128(c.carry.totals.p));
+            columns.n.push(encode_u128(c.carry.totals.n));
+            columns.at.push(c.at.unix_ms());
+            columns
+                .frame
+                .push(i64::try_from(c.carry.frame).unwrap_or(i64::MAX));
+            columns.rp.push(encode_u128(c.carry.reclaimed.p));
+            columns.rn.push(encode_u128(c.carry.reclaimed.n));
+        }
+        let rows = sqlx::query(UPSERT_CARRIES)
+            .bind(columns.kinds)
+            .bind(columns.names)
+            .bind(columns.objects)
+            .bind(columns.regions)
+            .bind(columns.through)
+            .bind(columns.p)
+            .bind(columns.n)
+            .bind(columns.at)
+            .bind(columns.frame)
+            .bind(columns.rp)
+            .bind(columns.rn)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
+            .collect()
+    }
+
+    async fn lock_pending(
+        &self,
+        conn: &mut Self::Conn,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
+        lock_pending(conn, names).await
+    }
+
+    async fn lock_generations(
+        &self,
+        conn: &mut Self::Conn,
+        first: &str,
+        last: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "SELECT id FROM replicas WHERE replica BETWEEN $1 AND $2 ORDER BY replica FOR UPDATE",
+        )
+        .bind(first)
+        .bind(last)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
+    /// milestone reads the count a reset moves: one at a time).
+    async fn lock_counter(
+        &self,
+        conn: &mut Self::Conn,
+        key: &CounterKey,
+        create: bool,
+        counted: bool,
+    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
+        if create {
+            sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key.kind().as_str())
+                .bind(key.id())
+                .execute(&mut *conn)
+                .await?;
+        }
+        let filter = if counted { COUNTED } else { "true" };
+        let row = sqlx::query(&format!(
+            "SELECT id, epoch, deleted, reset_at FROM counters c \
+             WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if key.kind() == CounterKind::G {
+            lock_pending(conn, &[key.id()]).await?;
+        }
+        Ok(Some((row.try_get("id")?, super::epoch_of(&row)?)))
+    }
+
+    async fn lock_counter_id(&self, conn: &mut Self::Conn, id: i64) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1 FROM counters WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn changed(
+        &self,
+        conn: &mut Self::Conn,
+        changed: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        notify(conn, &self.origin, changed).await
+    }
+
+    async fn write_cuts(
+        &self,
+        conn: &mut Self::Conn,
+        id: i64,
+        counter: &StoredCounter,
+    ) -> Result<(), StoreError> {
+        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO cuts AS x (counter, region, p, n) \
+             SELECT $1, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
+             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM object_cuts WHERE counter = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        let mut objects = Vec::with_capacity(counter.object_cuts.len());
+        let mut regions = Vec::with_capacity(counter.object_cuts.len());
+        let (mut ps, mut ns) = (Vec::new(), Vec::new());
+        for (object, region, t) in &counter.object_cuts {
+            objects.push(super::object_column(*object));
+            regions.push(region.as_str());
+            ps.push(t.p.to_string());
+            ns.push(t.n.to_string());
+        }
+        sqlx::query(
+            "INSERT INTO object_cuts (counter, object, region, p, n) \
+             SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
+        )
+        .bind(id)
+        .bind(objects)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 
     /// One row per (counter, time), of the latest epoch and the larger of each half, in
@@ -663,390 +845,6 @@ impl Store for PostgresStore {
     }
 }
 
-#[async_trait]
-impl CounterStore for PostgresStore {
-    async fn commit(
-        &self,
-        replicas: &[ReplicaRow],
-        slots: &[SlotRow],
-    ) -> Result<Committed, StoreError> {
-        if replicas.is_empty() && slots.is_empty() {
-            return Ok(Committed::default());
-        }
-        let mut tx = self.pool.begin().await?;
-        let committed = upsert_replicas(&mut tx, replicas).await?;
-        // A retired replica's slots are final and folded: a late sync of it changes nothing.
-        // The upsert above holds its replica row's lock until this transaction ends, so a
-        // retirement cannot slip in between.
-        let live: Vec<SlotRow> = slots
-            .iter()
-            .filter(|s| !committed.retired.contains(&s.replica))
-            .cloned()
-            .collect();
-        // Counters with a milestone pending: locked (every commit of such a counter, by any
-        // merger, waits here for the one before it), then read as they stand.
-        let names: BTreeSet<&str> = live
-            .iter()
-            .filter(|s| s.key.kind() == CounterKind::G)
-            .map(|s| s.key.id())
-            .collect();
-        let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
-        let watch =
-            lock_watch(&mut tx, &names.into_iter().collect::<Vec<_>>(), Some(since)).await?;
-        let pending = crate::milestone::pending_of(&watch);
-        let before = if pending.is_empty() {
-            Vec::new()
-        } else {
-            load_in(&mut tx, &super::watched_keys(&pending)?).await?
-        };
-        insert_counters(&mut tx, &live).await?;
-        let regions: BTreeMap<ReplicaId, &str> = committed
-            .regions
-            .iter()
-            .map(|(replica, region)| (*replica, region.as_str()))
-            .collect();
-        let carries = super::batch_carries(&live, |r| regions.get(&r).map(|&region| region.into()));
-        let mut changed = merge_carries(&mut tx, &carries).await?;
-        changed.extend(merge_slots(&mut tx, &live).await?);
-        changed.sort_unstable();
-        changed.dedup();
-        let mut committed = committed;
-        committed.decided = crate::milestone::decide_batch(&pending, &before, &live, &carries);
-        let at = crate::clock::now();
-        for (id, decision) in &committed.decided {
-            super::milestones::record_winner::<Self>(&mut tx, id, decision, at).await?;
-        }
-        committed.news = crate::milestone::news_of(&watch, &committed.decided);
-        notify(&mut tx, &self.origin, &changed).await?;
-        tx.commit().await?;
-        Ok(committed)
-    }
-
-    /// Lock order: the rows of the object's incarnations up to this one, by id (a commit of
-    /// one of them holds its row for its whole transaction, so the two serialize), then
-    /// their slots by (counter, replica), then the carries by counter: the phases of a
-    /// commit, so a retirement and commits never wait on each other in a cycle.
-    async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (first, last) = super::generations_through(replica);
-        sqlx::query(
-            "SELECT id FROM replicas WHERE replica BETWEEN $1 AND $2 ORDER BY replica FOR UPDATE",
-        )
-        .bind(&first)
-        .bind(&last)
-        .execute(&mut *tx)
-        .await?;
-        // A replica never seen is remembered as retired too, so that a sync of it arriving
-        // late is ignored.
-        let region: String = sqlx::query_scalar(
-            "INSERT INTO replicas AS r (replica, region, first_sync, last_sync, retired_at) \
-             VALUES ($1, '', $2, $2, $2) \
-             ON CONFLICT (replica) DO UPDATE SET retired_at = COALESCE(r.retired_at, $2) \
-             RETURNING region",
-        )
-        .bind(replica.to_string())
-        .bind(at.unix_ms())
-        .fetch_one(&mut *tx)
-        .await?;
-        // The live slots of the object up to this generation, locked (a commit deleting
-        // slots its carry holds waits for them), and the object's carries of their counters.
-        let rows = sqlx::query(
-            "SELECT c.kind, c.name, r.replica, r.region, s.p::text AS p, s.n::text AS n, \
-                 s.updated_at \
-             FROM replicas r JOIN slots s ON s.replica = r.id JOIN counters c ON c.id = s.counter \
-             WHERE r.replica BETWEEN $1 AND $2 \
-             ORDER BY s.counter, s.replica FOR UPDATE OF s",
-        )
-        .bind(&first)
-        .bind(&last)
-        .fetch_all(&mut *tx)
-        .await?;
-        let slots = rows
-            .iter()
-            .map(|row| Ok((super::key_of_row(row)?, super::stored_slot(row)?)))
-            .collect::<Result<_, StoreError>>()?;
-        let rows = sqlx::query(
-            "SELECT c.kind, c.name, x.region, x.through, x.p::text AS p, x.n::text AS n, \
-                 x.updated_at, x.frame, x.rp::text AS rp, x.rn::text AS rn \
-             FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = $1 \
-             AND x.counter IN (SELECT s.counter FROM replicas r \
-                 JOIN slots s ON s.replica = r.id WHERE r.replica BETWEEN $2 AND $3)",
-        )
-        .bind(super::object_column(replica.object()))
-        .bind(&first)
-        .bind(&last)
-        .fetch_all(&mut *tx)
-        .await?;
-        let carries = rows
-            .iter()
-            .map(super::keyed_carry)
-            .collect::<Result<_, _>>()?;
-        let (carries, folded) = super::fold_object(replica, slots, carries);
-        // Other mergers reload these counters (a missed notice costs nothing: the sum a
-        // stale cache shows is the same before and after a fold).
-        let changed = merge_carries(&mut tx, &carries).await?;
-        notify(&mut tx, &self.origin, &changed).await?;
-        tx.commit().await?;
-        Ok(Retired {
-            region,
-            carries,
-            folded,
-        })
-    }
-
-    /// The change log brings the new epoch to the other mergers' catch-up (and NOTIFY,
-    /// sooner).
-    async fn reset(
-        &self,
-        key: &CounterKey,
-        request: ResetRequest,
-    ) -> Result<ResetOutcome, StoreError> {
-        super::epochs::reset(self.tx().await?, key, request).await
-    }
-
-    async fn tell_cut(
-        &self,
-        key: &CounterKey,
-        object: ReplicaId,
-        region: &str,
-        cut: &Cut,
-    ) -> Result<Option<StoredCounter>, StoreError> {
-        super::epochs::tell_cut(self.tx().await?, key, object, region, cut).await
-    }
-
-    /// Two mergers importing the same new id at once each create a replica; the `imports`
-    /// row decides which one the import keeps (the other is deleted in the same transaction),
-    /// and the slot's primary key decides the value.
-    async fn import(
-        &self,
-        key: &CounterKey,
-        request: &ImportRequest,
-    ) -> Result<ImportOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *tx)
-            .await?;
-        let counter: i64 =
-            sqlx::query_scalar("SELECT id FROM counters WHERE kind = $1 AND name = $2")
-                .bind(key.kind().as_str())
-                .bind(key.id())
-                .fetch_one(&mut *tx)
-                .await?;
-        let found: Option<i64> = sqlx::query_scalar("SELECT replica FROM imports WHERE name = $1")
-            .bind(&request.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let replica = match found {
-            Some(replica) => replica,
-            None => {
-                let at = request.at.unix_ms();
-                let ours: i64 = sqlx::query_scalar(
-                    "INSERT INTO replicas (replica, region, first_sync, last_sync) \
-                     VALUES ($1, $2, $3, $3) RETURNING id",
-                )
-                .bind(super::import_replica().to_string())
-                .bind(IMPORT_REGION)
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO imports (name, replica, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(&request.name)
-                .bind(ours)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                let kept: i64 = sqlx::query_scalar("SELECT replica FROM imports WHERE name = $1")
-                    .bind(&request.name)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if kept != ours {
-                    sqlx::query("DELETE FROM replicas WHERE id = $1")
-                        .bind(ours)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                kept
-            }
-        };
-        // An import is a slot's growth like any sync's: it may cross a milestone.
-        let pending = lock_pending(&mut tx, &[key.id()])
-            .await?
-            .remove(key.id())
-            .filter(|_| key.kind() == CounterKind::G)
-            .unwrap_or_default();
-        let before = if pending.is_empty() {
-            None
-        } else {
-            load_in(&mut tx, std::slice::from_ref(key)).await?.pop()
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO slots (counter, replica, p, n, updated_at) \
-             VALUES ($1, $2, $3::numeric, $4::numeric, $5) \
-             ON CONFLICT (counter, replica) DO NOTHING",
-        )
-        .bind(counter)
-        .bind(replica)
-        .bind(request.totals.p.to_string())
-        .bind(request.totals.n.to_string())
-        .bind(request.at.unix_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted && !pending.is_empty() {
-            let name: String = sqlx::query_scalar("SELECT replica FROM replicas WHERE id = $1")
-                .bind(replica)
-                .fetch_one(&mut *tx)
-                .await?;
-            let incoming = [(replica_of("replicas", &name)?, request.totals)];
-            let before = before
-                .as_ref()
-                .map(StoredCounter::state)
-                .unwrap_or_default();
-            for decision in crate::milestone::decide_commit(&before, incoming, &pending) {
-                super::milestones::record_winner::<Self>(&mut tx, key.id(), &decision, request.at)
-                    .await?;
-            }
-        }
-        if !inserted {
-            let row = sqlx::query(
-                "SELECT p::text AS p, n::text AS n FROM slots WHERE counter = $1 AND replica = $2",
-            )
-            .bind(counter)
-            .bind(replica)
-            .fetch_one(&mut *tx)
-            .await?;
-            let existing = SlotTotals {
-                p: decode("slots", row.try_get("p")?)?,
-                n: decode("slots", row.try_get("n")?)?,
-            };
-            if existing != request.totals {
-                return Ok(ImportOutcome::Conflict { existing });
-            }
-        }
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
-        ))
-        .bind(counter)
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored = super::counters_of(&rows)?
-            .pop()
-            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
-        if inserted {
-            let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
-            notify(&mut tx, &self.origin, &changed).await?;
-        }
-        tx.commit().await?;
-        Ok(if inserted {
-            ImportOutcome::Imported(stored)
-        } else {
-            ImportOutcome::Unchanged(stored)
-        })
-    }
-
-    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
-        let keys: BTreeSet<&CounterKey> = keys.iter().collect();
-        let mut conn = self.pool.acquire().await?;
-        load_in(&mut conn, keys).await
-    }
-
-    async fn list(
-        &self,
-        kind: CounterKind,
-        prefix: &str,
-        after: Option<&CounterKey>,
-        limit: u32,
-    ) -> Result<Vec<StoredCounter>, StoreError> {
-        // No id holds a character outside the id charset (nor can Postgres text hold NUL):
-        // such a prefix matches nothing.
-        let id_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
-        if limit == 0 || !prefix.bytes().all(id_char) {
-            return Ok(Vec::new());
-        }
-        // Keys order by kind, then id: a cursor of another kind bounds nothing or everything.
-        let after = match after {
-            Some(a) if a.kind() == kind => Some(a.id()),
-            Some(a) if a.kind() > kind => return Ok(Vec::new()),
-            _ => None,
-        };
-        // The prefix as a range of the (kind, name) index: every id char sorts below DEL
-        // (0x7f), so the ids starting with `prefix` are exactly [prefix, prefix || DEL) in
-        // the "C" collation; `starts_with` only restates it.
-        let rows = sqlx::query(&format!(
-            "WITH k AS ( \
-                 SELECT {K_COLUMNS} FROM counters c \
-                 WHERE c.kind = $1 AND c.name >= $2 AND c.name < $2 || chr(127) \
-                   AND starts_with(c.name, $2) \
-                   AND ($3::text IS NULL OR c.name > $3) AND {COUNTED} \
-                 ORDER BY c.name LIMIT $4 \
-             ) \
-             {PARTS_OF_K}"
-        ))
-        .bind(kind.as_str())
-        .bind(prefix)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        super::counters_of(&rows)
-    }
-
-    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(PRUNE_REPLICAS)
-            .bind(before.unix_ms())
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// One transaction per carry, which locks its counter's row first (as a reset does, so a
-    /// reset's cuts never miss a netting), then the carry and its cut, and nets them as they
-    /// are then.
-    async fn reclaim_carries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let candidates = sqlx::query(
-            "SELECT x.counter, x.object FROM carries x \
-             JOIN cuts c ON c.counter = x.counter AND c.region = x.region \
-             WHERE x.frame > 0 AND (x.rp > 0 OR x.rn > 0) AND x.updated_at < $1 \
-                 AND x.rp <= c.p AND x.rn <= c.n \
-             ORDER BY x.counter, x.object COLLATE \"C\" LIMIT $2",
-        )
-        .bind(before.unix_ms())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut netted = 0;
-        for candidate in candidates {
-            let (counter, object): (i64, String) =
-                (candidate.try_get("counter")?, candidate.try_get("object")?);
-            netted += u64::from(super::reclaim::net(self.tx().await?, counter, &object).await?);
-        }
-        Ok(netted)
-    }
-
-    async fn replica_count(&self) -> Result<u64, StoreError> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        u64::try_from(count).map_err(|_| corrupt("replicas", format!("count {count}")))
-    }
-
-    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = $1")
-            .bind(kind.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
-    }
-}
-
 async fn upsert_replicas(
     tx: &mut Transaction<'static, Postgres>,
     replicas: &[ReplicaRow],
@@ -1123,11 +921,12 @@ async fn load_in<'k>(
     if kinds.is_empty() {
         return Ok(Vec::new());
     }
+    let parts = parts_of_k(super::backend::Dialect::Postgres);
     let rows = sqlx::query(&format!(
         "WITH k AS (SELECT {K_COLUMNS} \
              FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
              JOIN counters c ON c.kind = u.kind AND c.name = u.name) \
-         {PARTS_OF_K}"
+         {parts}"
     ))
     .bind(kinds)
     .bind(names)
@@ -1197,71 +996,6 @@ async fn insert_counters(
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-/// Deletes the slots `carries` hold, then merges them into the stored ones (column by
-/// column, max); answers the counters whose carries changed. Their counters are registered.
-async fn merge_carries(
-    tx: &mut Transaction<'static, Postgres>,
-    carries: &[CarryRow],
-) -> Result<Vec<(String, String)>, StoreError> {
-    if carries.is_empty() {
-        return Ok(Vec::new());
-    }
-    // The incarnations each carry holds: its object's generations below `through`.
-    let (mut kinds, mut names, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
-    for c in carries {
-        let Some(last) = c.carry.through.checked_sub(1) else {
-            continue;
-        };
-        kinds.push(c.key.kind().as_str());
-        names.push(c.key.id());
-        firsts.push(ReplicaId::lineage(c.object, 0).to_string());
-        let last = u32::try_from(last).unwrap_or(u32::MAX);
-        lasts.push(ReplicaId::lineage(c.object, last).to_string());
-    }
-    sqlx::query(DELETE_CARRIED_SLOTS)
-        .bind(kinds)
-        .bind(names)
-        .bind(firsts)
-        .bind(lasts)
-        .execute(&mut **tx)
-        .await?;
-    let mut columns = CarryColumns::default();
-    for c in carries {
-        columns.kinds.push(c.key.kind().as_str());
-        columns.names.push(c.key.id());
-        columns.objects.push(super::object_column(c.object));
-        columns.regions.push(&c.carry.region);
-        columns
-            .through
-            .push(i64::try_from(c.carry.through).unwrap_or(i64::MAX));
-        columns.p.push(encode_u128(c.carry.totals.p));
-        columns.n.push(encode_u128(c.carry.totals.n));
-        columns.at.push(c.at.unix_ms());
-        columns
-            .frame
-            .push(i64::try_from(c.carry.frame).unwrap_or(i64::MAX));
-        columns.rp.push(encode_u128(c.carry.reclaimed.p));
-        columns.rn.push(encode_u128(c.carry.reclaimed.n));
-    }
-    let rows = sqlx::query(UPSERT_CARRIES)
-        .bind(columns.kinds)
-        .bind(columns.names)
-        .bind(columns.objects)
-        .bind(columns.regions)
-        .bind(columns.through)
-        .bind(columns.p)
-        .bind(columns.n)
-        .bind(columns.at)
-        .bind(columns.frame)
-        .bind(columns.rp)
-        .bind(columns.rn)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
-        .collect()
 }
 
 /// Merges a batch's slots (its counters registered); answers the counters whose stored slots
@@ -1349,267 +1083,10 @@ struct HistoryColumns<'a> {
     epochs: Vec<i64>,
 }
 
-/// A transaction of this store, as [`super::epochs`] and [`super::reclaim`] drive it.
-struct Tx<'s> {
-    tx: Transaction<'static, Postgres>,
-    origin: &'s str,
-}
-
-impl PostgresStore {
-    /// A transaction for [`super::epochs`] and [`super::reclaim`].
-    async fn tx(&self) -> Result<Tx<'_>, StoreError> {
-        Ok(Tx {
-            tx: self.pool.begin().await?,
-            origin: &self.origin,
-        })
-    }
-}
-
-#[async_trait]
-impl super::epochs::EpochTx for Tx<'_> {
-    /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
-    /// milestone reads the count a reset moves: one at a time).
-    async fn lock_counter(
-        &mut self,
-        key: &CounterKey,
-        create: bool,
-        counted: bool,
-    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
-        if create {
-            sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(key.kind().as_str())
-                .bind(key.id())
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        let filter = if counted { COUNTED } else { "true" };
-        let row = sqlx::query(&format!(
-            "SELECT id, epoch, deleted, reset_at FROM counters c \
-             WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        if key.kind() == CounterKind::G {
-            lock_pending(&mut self.tx, &[key.id()]).await?;
-        }
-        Ok(Some((row.try_get("id")?, super::epoch_of(&row)?)))
-    }
-
-    async fn parts(&mut self, id: i64) -> Result<Option<StoredCounter>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = $1) {PARTS_OF_K}"
-        ))
-        .bind(id)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(super::counters_of(&rows)?.pop())
-    }
-
-    async fn set_epoch(&mut self, id: i64, epoch: &super::Epoch) -> Result<(), StoreError> {
-        sqlx::query("UPDATE counters SET epoch = $2, deleted = $3, reset_at = $4 WHERE id = $1")
-            .bind(id)
-            .bind(super::epoch_param(epoch.number))
-            .bind(epoch.deleted)
-            .bind(epoch.at.map(Timestamp::unix_ms))
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_history(&mut self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM history WHERE counter = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
-        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
-            .cuts
-            .iter()
-            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
-            .unzip();
-        sqlx::query(
-            "INSERT INTO cuts AS x (counter, region, p, n) \
-             SELECT $1, u.region, u.p::numeric, u.n::numeric \
-             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
-             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-        )
-        .bind(id)
-        .bind(regions)
-        .bind(ps)
-        .bind(ns)
-        .execute(&mut *self.tx)
-        .await?;
-        sqlx::query("DELETE FROM object_cuts WHERE counter = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        let mut objects = Vec::with_capacity(counter.object_cuts.len());
-        let mut regions = Vec::with_capacity(counter.object_cuts.len());
-        let (mut ps, mut ns) = (Vec::new(), Vec::new());
-        for (object, region, t) in &counter.object_cuts {
-            objects.push(super::object_column(*object));
-            regions.push(region.as_str());
-            ps.push(t.p.to_string());
-            ns.push(t.n.to_string());
-        }
-        sqlx::query(
-            "INSERT INTO object_cuts (counter, object, region, p, n) \
-             SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
-        )
-        .bind(id)
-        .bind(objects)
-        .bind(regions)
-        .bind(ps)
-        .bind(ns)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn changed(&mut self, key: &CounterKey) -> Result<(), StoreError> {
-        let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
-        notify(&mut self.tx, self.origin, &changed).await
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl super::reclaim::NetTx for Tx<'_> {
-    /// The counter's row first, as a reset locks it, then the carry's.
-    async fn carry(&mut self, counter: i64, object: &str) -> Result<Option<Carry>, StoreError> {
-        sqlx::query("SELECT 1 FROM counters WHERE id = $1 FOR UPDATE")
-            .bind(counter)
-            .execute(&mut *self.tx)
-            .await?;
-        let row = sqlx::query(
-            "SELECT region, through, p::text AS p, n::text AS n, frame, rp::text AS rp, \
-                 rn::text AS rn \
-             FROM carries WHERE counter = $1 AND object = $2 FOR UPDATE",
-        )
-        .bind(counter)
-        .bind(object)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.as_ref().map(super::carry_of).transpose()
-    }
-
-    async fn cut(
-        &mut self,
-        counter: i64,
-        region: &str,
-    ) -> Result<Option<GlobalTotals>, StoreError> {
-        let row = sqlx::query(
-            "SELECT p::text AS p, n::text AS n FROM cuts \
-             WHERE counter = $1 AND region = $2 FOR UPDATE",
-        )
-        .bind(counter)
-        .bind(region)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|row| super::totals_of("cuts", &row, ["p", "n"]))
-            .transpose()
-    }
-
-    async fn set_cut(
-        &mut self,
-        counter: i64,
-        region: &str,
-        cut: GlobalTotals,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE cuts SET p = $3::numeric, n = $4::numeric WHERE counter = $1 AND region = $2",
-        )
-        .bind(counter)
-        .bind(region)
-        .bind(cut.p.to_string())
-        .bind(cut.n.to_string())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn drop_reclaimed(
-        &mut self,
-        counter: i64,
-        object: &str,
-        delete: bool,
-    ) -> Result<(), StoreError> {
-        let write = if delete {
-            "DELETE FROM carries WHERE counter = $1 AND object = $2"
-        } else {
-            "UPDATE carries SET rp = 0, rn = 0 WHERE counter = $1 AND object = $2"
-        };
-        sqlx::query(write)
-            .bind(counter)
-            .bind(object)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn share(
-        &mut self,
-        counter: i64,
-        object: &str,
-    ) -> Result<Option<GlobalTotals>, StoreError> {
-        let row = sqlx::query(
-            "SELECT p::text AS p, n::text AS n FROM object_cuts \
-             WHERE counter = $1 AND object = $2 FOR UPDATE",
-        )
-        .bind(counter)
-        .bind(object)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|row| super::totals_of("object_cuts", &row, ["p", "n"]))
-            .transpose()
-    }
-
-    async fn set_share(
-        &mut self,
-        counter: i64,
-        object: &str,
-        share: Option<GlobalTotals>,
-    ) -> Result<(), StoreError> {
-        let query = match share {
-            Some(share) => sqlx::query(
-                "UPDATE object_cuts SET p = $3::numeric, n = $4::numeric \
-                 WHERE counter = $1 AND object = $2",
-            )
-            .bind(counter)
-            .bind(object)
-            .bind(share.p.to_string())
-            .bind(share.n.to_string()),
-            None => sqlx::query("DELETE FROM object_cuts WHERE counter = $1 AND object = $2")
-                .bind(counter)
-                .bind(object),
-        };
-        query.execute(&mut *self.tx).await?;
-        Ok(())
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
-
 /// Announces the changed counters (if any, and if they fit in a notification) to the other
 /// mergers: queued by the server and delivered when, and only if, `tx` commits.
 async fn notify(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut sqlx::PgConnection,
     origin: &str,
     changed: &[(String, String)],
 ) -> Result<(), StoreError> {
@@ -1617,7 +1094,7 @@ async fn notify(
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload)
-            .execute(&mut **tx)
+            .execute(conn)
             .await?;
     }
     Ok(())

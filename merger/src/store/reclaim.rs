@@ -1,80 +1,116 @@
 //! Netting what rebased carries reclaimed against their counters' cuts
-//! ([`CounterStore::reclaim_carries`](super::CounterStore::reclaim_carries)): one carry's
-//! transaction, written once over [`NetTx`], the statements each backend writes its own way.
+//! ([`CounterStore::reclaim_carries`](super::CounterStore::reclaim_carries)), for any
+//! [`Backend`]: one carry's transaction.
 
-use async_trait::async_trait;
-use tally_crdt::{Carry, GlobalTotals};
+use tally_crdt::GlobalTotals;
 
-use super::StoreError;
+use super::backend::Backend;
+use super::sql::query;
+use super::{StoreError, encode_u128};
 
-/// One transaction of a backend, as [`net`] drives it. Counters are named by their store id,
-/// objects as their column holds them.
-#[async_trait]
-pub trait NetTx: Send {
-    /// Locks `object`'s carry of `counter` (on Postgres the counter's row first, as a reset
-    /// locks it) and answers it; `None` when it is gone.
-    async fn carry(&mut self, counter: i64, object: &str) -> Result<Option<Carry>, StoreError>;
-
-    /// `region`'s cut of `counter`, locked; `None` when it has none.
-    async fn cut(&mut self, counter: i64, region: &str)
-    -> Result<Option<GlobalTotals>, StoreError>;
-
-    /// Sets `region`'s cut of `counter`.
-    async fn set_cut(
-        &mut self,
-        counter: i64,
-        region: &str,
-        cut: GlobalTotals,
-    ) -> Result<(), StoreError>;
-
-    /// Zeroes what `object`'s carry of `counter` reclaimed, or deletes the carry (`delete`).
-    async fn drop_reclaimed(
-        &mut self,
-        counter: i64,
-        object: &str,
-        delete: bool,
-    ) -> Result<(), StoreError>;
-
-    /// `object`'s share of `counter`'s cuts; `None` when it has none.
-    async fn share(
-        &mut self,
-        counter: i64,
-        object: &str,
-    ) -> Result<Option<GlobalTotals>, StoreError>;
-
-    /// Sets `object`'s share of `counter`'s cuts, or deletes it (`None`).
-    async fn set_share(
-        &mut self,
-        counter: i64,
-        object: &str,
-        share: Option<GlobalTotals>,
-    ) -> Result<(), StoreError>;
-
-    /// Commits.
-    async fn commit(self) -> Result<(), StoreError>;
-}
-
-/// Nets `object`'s carry of `counter` in `tx`: what it reclaimed leaves it, its region's cut
-/// and the object's share of the cut alike ([`net_reclaimed`](super::net_reclaimed)), so no
-/// count changes; a carry left holding nothing is deleted, and so is a share left at zero.
-/// Returns whether it netted (a carry gone, or not to net any more, is left as it is).
-pub async fn net<T: NetTx>(mut tx: T, counter: i64, object: &str) -> Result<bool, StoreError> {
-    let Some(carry) = tx.carry(counter, object).await? else {
+/// Nets `object`'s carry of `counter` (store ids, the object as its column holds it) in a
+/// transaction of its own: what it reclaimed leaves it, its region's cut and the object's
+/// share of the cut alike ([`net_reclaimed`](super::net_reclaimed)), so no count changes; a
+/// carry left holding nothing is deleted, and so is a share left at zero. The counter is
+/// locked first, as a reset locks it, so a reset's cuts never miss a netting. Returns whether
+/// it netted (a carry gone, or not to net any more, is left as it is).
+pub async fn net<B: Backend>(store: &B, counter: i64, object: &str) -> Result<bool, StoreError> {
+    let mut tx = store.begin().await?;
+    store.lock_counter_id(&mut tx, counter).await?;
+    let (text, numeric, lock) = (
+        B::DIALECT.text(),
+        B::DIALECT.numeric(),
+        B::DIALECT.for_update(),
+    );
+    let carry = query(format!(
+        "SELECT region, through, p{text} AS p, n{text} AS n, frame, rp{text} AS rp, \
+             rn{text} AS rn \
+         FROM carries WHERE counter = $1 AND object = $2{lock}"
+    ))
+    .bind(counter)
+    .bind(object)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(carry) = carry.as_ref().map(super::carry_of).transpose()? else {
         return Ok(false);
     };
-    let Some(cut) = tx.cut(counter, &carry.region).await? else {
+    let Some(cut) = totals::<B>(&mut tx, "cuts", counter, ("region", &carry.region)).await? else {
         return Ok(false);
     };
     let Some((left, empty)) = super::net_reclaimed(&carry, cut) else {
         return Ok(false);
     };
-    tx.set_cut(counter, &carry.region, left).await?;
-    tx.drop_reclaimed(counter, object, empty).await?;
-    if let Some(share) = tx.share(counter, object).await? {
-        let left = super::minus(share, carry.reclaimed);
-        let left = (left != GlobalTotals::default()).then_some(left);
-        tx.set_share(counter, object, left).await?;
+    set_totals::<B>(&mut tx, "cuts", counter, ("region", &carry.region), left).await?;
+    let write = if empty {
+        "DELETE FROM carries WHERE counter = $1 AND object = $2".to_owned()
+    } else {
+        format!(
+            "UPDATE carries SET rp = $3{numeric}, rn = $3{numeric} \
+             WHERE counter = $1 AND object = $2"
+        )
+    };
+    query(write)
+        .bind(counter)
+        .bind(object)
+        .bind(encode_u128(0))
+        .execute(&mut *tx)
+        .await?;
+    let share = ("object", object);
+    if let Some(held) = totals::<B>(&mut tx, "object_cuts", counter, share).await? {
+        let left = super::minus(held, carry.reclaimed);
+        if left == GlobalTotals::default() {
+            query("DELETE FROM object_cuts WHERE counter = $1 AND object = $2")
+                .bind(counter)
+                .bind(object)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            set_totals::<B>(&mut tx, "object_cuts", counter, share, left).await?;
+        }
     }
-    tx.commit().await?;
+    B::commit(tx).await?;
     Ok(true)
+}
+
+/// The totals of `counter`'s row of `table` (`cuts` or `object_cuts`) whose column `by.0`
+/// holds `by.1`, locked; `None` when there is none.
+async fn totals<B: Backend>(
+    conn: &mut B::Conn,
+    table: &'static str,
+    counter: i64,
+    (column, value): (&str, &str),
+) -> Result<Option<GlobalTotals>, StoreError> {
+    let (text, lock) = (B::DIALECT.text(), B::DIALECT.for_update());
+    let row = query(format!(
+        "SELECT p{text} AS p, n{text} AS n FROM {table} \
+         WHERE counter = $1 AND {column} = $2{lock}"
+    ))
+    .bind(counter)
+    .bind(value)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| super::totals_of(table, &row, ["p", "n"]))
+        .transpose()
+}
+
+/// Sets the totals of `counter`'s row of `table` whose column `by.0` holds `by.1`.
+async fn set_totals<B: Backend>(
+    conn: &mut B::Conn,
+    table: &'static str,
+    counter: i64,
+    (column, value): (&str, &str),
+    totals: GlobalTotals,
+) -> Result<(), StoreError> {
+    let numeric = B::DIALECT.numeric();
+    query(format!(
+        "UPDATE {table} SET p = $3{numeric}, n = $4{numeric} \
+         WHERE counter = $1 AND {column} = $2"
+    ))
+    .bind(counter)
+    .bind(value)
+    .bind(encode_u128(totals.p))
+    .bind(encode_u128(totals.n))
+    .execute(conn)
+    .await?;
+    Ok(())
 }

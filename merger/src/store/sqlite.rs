@@ -14,18 +14,17 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tally_crdt::{
-    Carry, CounterKey, CounterKind, Cut, GlobalTotals, HyperLogLog, ReplicaId, SketchKey,
-    SlotTotals, Timestamp,
+    CounterKey, CounterKind, HyperLogLog, ReplicaId, SketchKey, SlotTotals, Timestamp,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::counters::{COUNTED, K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use crate::presence::PresenceRow;
 
 use super::{
-    CarryRow, Committed, CounterStore, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow,
-    ResetOutcome, ResetRequest, Retired, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
-    corrupt, decode, encode_u64, encode_u128, replica_of,
+    CarryRow, Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
+    corrupt, encode_u64, encode_u128, replica_of,
 };
 use crate::config::Durability;
 
@@ -76,42 +75,6 @@ impl SqliteStore {
     }
 }
 
-/// The columns of `counters` a parts query carries on every row.
-const K_COLUMNS: &str = "c.id, c.kind, c.name, c.epoch, c.deleted, c.reset_at";
-
-/// Every part of the counters in a CTE `k` ([`K_COLUMNS`]): live slots with their replica's
-/// region, carries, bases, cuts and folded replicas; sorted by key.
-const PARTS_OF_K: &str = "\
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 's' AS part, r.replica, \
-        r.region, s.p, s.n, s.updated_at, NULL AS through, NULL AS frame, NULL AS rp, NULL AS rn \
-    FROM k JOIN slots s ON s.counter = k.id JOIN replicas r ON r.id = s.replica \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'o', x.object, x.region, x.p, \
-        x.n, x.updated_at, x.through, x.frame, x.rp, x.rn \
-    FROM k JOIN carries x ON x.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'b', NULL, b.region, b.p, \
-        b.n, b.updated_at, NULL, NULL, NULL, NULL \
-    FROM k JOIN bases b ON b.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'c', NULL, c.region, c.p, \
-        c.n, 0, NULL, NULL, NULL, NULL \
-    FROM k JOIN cuts c ON c.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'h', h.object, h.region, h.p, \
-        h.n, 0, NULL, NULL, NULL, NULL \
-    FROM k JOIN object_cuts h ON h.counter = k.id \
-    UNION ALL \
-    SELECT k.kind, k.name, k.epoch, k.deleted, k.reset_at, 'f', r.replica, r.region, NULL, \
-        NULL, 0, NULL, NULL, NULL, NULL \
-    FROM k JOIN folded f ON f.counter = k.id JOIN replicas r ON r.id = f.replica \
-    ORDER BY 1, 2";
-
-/// Whether counter `c` has anything counted: a slot, a carry or a base.
-const COUNTED: &str = "(EXISTS (SELECT 1 FROM slots s WHERE s.counter = c.id) \
-    OR EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id) \
-    OR EXISTS (SELECT 1 FROM bases b WHERE b.counter = c.id))";
-
 /// The carry upsert of [`merge_carries`], [`tally_crdt::Carry`]'s join: a carry of a later
 /// frame replaces the stored one whole, one of an earlier frame changes nothing, and within a
 /// frame each column takes the max, so carries merge in any order (fixed-width text compares
@@ -160,38 +123,14 @@ const REGISTER_CARRIED_RETIRED: &str = "\
         WHERE EXISTS (SELECT 1 FROM carries x \
             WHERE x.object = j.value ->> 1 AND x.through > j.value ->> 2))";
 
-/// [`CounterStore::prune_replicas`]: `?1` the time, `?2` the limit. The first three conditions are
-/// the partial index's (`replicas_by_retirement`), as SQLite wants them to use it.
-const PRUNE_REPLICAS: &str = "\
-    DELETE FROM replicas WHERE id IN ( \
-        SELECT r.id FROM replicas r \
-        WHERE r.retired_at IS NOT NULL AND r.kept = 0 AND r.retired_at < ?1 \
-            AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.replica = r.id) \
-            AND NOT EXISTS (SELECT 1 FROM folded f WHERE f.replica = r.id) \
-            AND NOT EXISTS (SELECT 1 FROM imports i WHERE i.replica = r.id) \
-        LIMIT ?2)";
-
 #[async_trait]
 impl super::backend::Backend for SqliteStore {
     type Conn = sqlx::SqliteConnection;
-    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
-    type Pooled = sqlx::pool::PoolConnection<sqlx::Sqlite>;
-    const NAME: &'static str = "sqlite";
-    const NUMERIC: &'static str = "";
-    const TEXT: &'static str = "";
-    const FOR_UPDATE: &'static str = "";
-    const SKIP_LOCKED: &'static str = "";
+    type Db = sqlx::Sqlite;
+    const DIALECT: super::backend::Dialect = super::backend::Dialect::Sqlite;
 
-    async fn begin(&self) -> Result<Self::Tx, StoreError> {
-        Ok(self.pool.begin().await?)
-    }
-
-    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
-        Ok(tx.commit().await?)
-    }
-
-    async fn acquire(&self) -> Result<Self::Pooled, StoreError> {
-        Ok(self.pool.acquire().await?)
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// A write first: the transaction holds the write lock from here on.
@@ -209,6 +148,311 @@ impl super::backend::Backend for SqliteStore {
         keys: &[CounterKey],
     ) -> Result<Vec<StoredCounter>, StoreError> {
         load_in(conn, keys).await
+    }
+
+    /// Each table gets one statement whatever the batch size: the rows travel as one JSON
+    /// array expanded by SQLite's `json_each`, so the statements are prepared once and
+    /// reused, and no per-row parameters cross the driver.
+    async fn commit_batch(
+        &self,
+        replicas: &[ReplicaRow],
+        slots: &[SlotRow],
+    ) -> Result<Committed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut committed = Committed::default();
+        let mut replica_ids: HashMap<ReplicaId, i64> = HashMap::with_capacity(replicas.len());
+        if !replicas.is_empty() {
+            let rows: Vec<_> = replicas
+                .iter()
+                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at.unix_ms()))
+                .collect();
+            let rows = json_rows(&rows);
+            let inserted: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO replicas (replica, region, first_sync, last_sync) \
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 2 \
+                 FROM json_each(?1) AS j WHERE true ON CONFLICT (replica) DO NOTHING \
+                 RETURNING replica",
+            )
+            .bind(&rows)
+            .fetch_all(&mut *tx)
+            .await?;
+            committed.new_replicas = !inserted.is_empty();
+            if committed.new_replicas {
+                let inserted = inserted
+                    .iter()
+                    .map(|text| {
+                        let replica = replica_of("replicas", text)?;
+                        Ok((
+                            text.as_str(),
+                            super::object_column(replica.object()),
+                            replica.generation(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                sqlx::query(REGISTER_CARRIED_RETIRED)
+                    .bind(json_rows(&inserted))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let recorded = sqlx::query(
+                "UPDATE replicas SET last_sync = max(last_sync, j.value ->> 2) \
+                 FROM json_each(?1) AS j WHERE replicas.replica = j.value ->> 0 \
+                 RETURNING id, replica, region, retired_at IS NOT NULL AS retired",
+            )
+            .bind(&rows)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in recorded {
+                let replica = replica_of("replicas", row.get("replica"))?;
+                if row.get::<bool, _>("retired") {
+                    committed.retired.push(replica);
+                } else {
+                    replica_ids.insert(replica, row.get("id"));
+                }
+                committed.regions.push((replica, row.get("region")));
+            }
+        }
+        if !slots.is_empty() {
+            // A retired replica's slots are final and folded: a late sync of it changes nothing.
+            let slots: Vec<&SlotRow> = slots
+                .iter()
+                .filter(|s| !committed.retired.contains(&s.replica))
+                .collect();
+            let mut keys: Vec<(&str, &str)> = slots
+                .iter()
+                .map(|s| (s.key.kind().as_str(), s.key.id()))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            sqlx::query(
+                "INSERT INTO counters (kind, name) \
+                 SELECT j.value ->> 0, j.value ->> 1 \
+                 FROM json_each(?1) AS j WHERE true ON CONFLICT (kind, name) DO NOTHING",
+            )
+            .bind(json_rows(&keys))
+            .execute(&mut *tx)
+            .await?;
+            // Counters with a milestone pending: how they stood before this commit.
+            let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
+            let watch = watch_milestones(&mut tx, &keys, Some(since)).await?;
+            let pending = crate::milestone::pending_of(&watch);
+            let before = if pending.is_empty() {
+                Vec::new()
+            } else {
+                load_in(&mut tx, &super::watched_keys(&pending)?).await?
+            };
+            let regions: HashMap<ReplicaId, &str> = committed
+                .regions
+                .iter()
+                .map(|(replica, region)| (*replica, region.as_str()))
+                .collect();
+            let carries =
+                super::batch_carries(&slots, |r| regions.get(&r).map(|&region| region.into()));
+            self.merge_carries(&mut tx, &carries).await?;
+            let mut rows = Vec::with_capacity(slots.len());
+            for s in slots.iter().filter(|s| s.totals != SlotTotals::default()) {
+                let replica = replica_ids.get(&s.replica).ok_or_else(|| {
+                    corrupt(
+                        "replicas",
+                        format!("slot of replica {} committed without it", s.replica),
+                    )
+                })?;
+                rows.push((
+                    s.key.kind().as_str(),
+                    s.key.id(),
+                    replica,
+                    encode_u64(s.totals.p),
+                    encode_u64(s.totals.n),
+                    s.at.unix_ms(),
+                    super::object_column(s.replica.object()),
+                    s.replica.generation(),
+                ));
+            }
+            // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds. A
+            // slot its object's carry holds is final already: not written; nor is one that
+            // does not grow (its time is when it last grew).
+            sqlx::query(
+                "INSERT INTO slots (counter, replica, p, n, updated_at) \
+                 SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
+                 FROM json_each(?1) AS j \
+                 JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
+                 WHERE NOT EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id \
+                     AND x.object = j.value ->> 6 AND x.through > j.value ->> 7) \
+                 ON CONFLICT (counter, replica) DO UPDATE SET \
+                 p = max(slots.p, excluded.p), \
+                 n = max(slots.n, excluded.n), \
+                 updated_at = max(slots.updated_at, excluded.updated_at) \
+                 WHERE excluded.p > slots.p OR excluded.n > slots.n",
+            )
+            .bind(json_rows(&rows))
+            .execute(&mut *tx)
+            .await?;
+            committed.decided = crate::milestone::decide_batch(&pending, &before, &slots, &carries);
+            let at = crate::clock::now();
+            for (id, decision) in &committed.decided {
+                super::milestones::record_winner::<Self>(&mut tx, id, decision, at).await?;
+            }
+            committed.news = crate::milestone::news_of(&watch, &committed.decided);
+        }
+        tx.commit().await?;
+        Ok(committed)
+    }
+
+    /// Every counter of `carries` is answered: SQLite has no other merger to tell.
+    async fn merge_carries(
+        &self,
+        conn: &mut Self::Conn,
+        carries: &[CarryRow],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if carries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<_> = carries
+            .iter()
+            .map(|c| {
+                (
+                    c.key.kind().as_str(),
+                    c.key.id(),
+                    super::object_column(c.object),
+                    &*c.carry.region,
+                    c.carry.through,
+                    encode_u128(c.carry.totals.p),
+                    encode_u128(c.carry.totals.n),
+                    c.at.unix_ms(),
+                    c.carry.frame,
+                    encode_u128(c.carry.reclaimed.p),
+                    encode_u128(c.carry.reclaimed.n),
+                )
+            })
+            .collect();
+        let rows = json_rows(&rows);
+        sqlx::query(UPSERT_CARRIES)
+            .bind(&rows)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(DELETE_CARRIED_SLOTS)
+            .bind(&rows)
+            .execute(&mut *conn)
+            .await?;
+        Ok(carries
+            .iter()
+            .map(|c| (c.key.kind().as_str().to_owned(), c.key.id().to_owned()))
+            .collect())
+    }
+
+    /// Under the write lock the transaction holds already.
+    async fn lock_pending(
+        &self,
+        conn: &mut Self::Conn,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
+        let keys: Vec<(&str, &str)> = names.iter().map(|name| ("g", *name)).collect();
+        Ok(crate::milestone::pending_of(
+            &watch_milestones(conn, &keys, None).await?,
+        ))
+    }
+
+    /// The replica's upsert that follows is the write that takes the write lock.
+    async fn lock_generations(
+        &self,
+        _conn: &mut Self::Conn,
+        _first: &str,
+        _last: &str,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A write first (the epoch set to itself): the transaction holds the write lock from
+    /// here on, so nothing commits between the sums read and the cuts written.
+    async fn lock_counter(
+        &self,
+        conn: &mut Self::Conn,
+        key: &CounterKey,
+        create: bool,
+        counted: bool,
+    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
+        if create {
+            sqlx::query(
+                "INSERT INTO counters (kind, name) VALUES (?1, ?2) \
+                 ON CONFLICT (kind, name) DO NOTHING",
+            )
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let filter = if counted { COUNTED } else { "true" };
+        let row = sqlx::query(&format!(
+            "UPDATE counters AS c SET epoch = epoch WHERE kind = ?1 AND name = ?2 AND {filter} \
+             RETURNING id, epoch, deleted, reset_at"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|row| Ok((row.try_get("id")?, super::epoch_of(&row)?)))
+            .transpose()
+    }
+
+    /// A write (the epoch set to itself): the write lock.
+    async fn lock_counter_id(&self, conn: &mut Self::Conn, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE counters SET epoch = epoch WHERE id = ?1")
+            .bind(id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn changed(
+        &self,
+        _conn: &mut Self::Conn,
+        _changed: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn write_cuts(
+        &self,
+        conn: &mut Self::Conn,
+        id: i64,
+        counter: &StoredCounter,
+    ) -> Result<(), StoreError> {
+        let cuts: Vec<_> = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
+            .collect();
+        sqlx::query(
+            "INSERT INTO cuts (counter, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
+             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(json_rows(&cuts))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM object_cuts WHERE counter = ?1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        let shares: Vec<_> = counter
+            .object_cuts
+            .iter()
+            .map(|(object, region, t)| {
+                let object = super::object_column(*object);
+                (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO object_cuts (counter, object, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
+             FROM json_each(?2) AS j",
+        )
+        .bind(id)
+        .bind(json_rows(&shares))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 
     async fn upsert_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
@@ -366,708 +610,9 @@ impl Store for SqliteStore {
     }
 }
 
-#[async_trait]
-impl CounterStore for SqliteStore {
-    /// Each table gets one statement whatever the batch size: the rows travel as one JSON
-    /// array expanded by SQLite's `json_each`, so the statements are prepared once and
-    /// reused, and no per-row parameters cross the driver.
-    async fn commit(
-        &self,
-        replicas: &[ReplicaRow],
-        slots: &[SlotRow],
-    ) -> Result<Committed, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut committed = Committed::default();
-        let mut replica_ids: HashMap<ReplicaId, i64> = HashMap::with_capacity(replicas.len());
-        if !replicas.is_empty() {
-            let rows: Vec<_> = replicas
-                .iter()
-                .map(|r| (r.replica.to_string(), r.region.as_str(), r.at.unix_ms()))
-                .collect();
-            let rows = json_rows(&rows);
-            let inserted: Vec<String> = sqlx::query_scalar(
-                "INSERT INTO replicas (replica, region, first_sync, last_sync) \
-                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 2 \
-                 FROM json_each(?1) AS j WHERE true ON CONFLICT (replica) DO NOTHING \
-                 RETURNING replica",
-            )
-            .bind(&rows)
-            .fetch_all(&mut *tx)
-            .await?;
-            committed.new_replicas = !inserted.is_empty();
-            if committed.new_replicas {
-                let inserted = inserted
-                    .iter()
-                    .map(|text| {
-                        let replica = replica_of("replicas", text)?;
-                        Ok((
-                            text.as_str(),
-                            super::object_column(replica.object()),
-                            replica.generation(),
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                sqlx::query(REGISTER_CARRIED_RETIRED)
-                    .bind(json_rows(&inserted))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let recorded = sqlx::query(
-                "UPDATE replicas SET last_sync = max(last_sync, j.value ->> 2) \
-                 FROM json_each(?1) AS j WHERE replicas.replica = j.value ->> 0 \
-                 RETURNING id, replica, region, retired_at IS NOT NULL AS retired",
-            )
-            .bind(&rows)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in recorded {
-                let replica = replica_of("replicas", row.get("replica"))?;
-                if row.get::<bool, _>("retired") {
-                    committed.retired.push(replica);
-                } else {
-                    replica_ids.insert(replica, row.get("id"));
-                }
-                committed.regions.push((replica, row.get("region")));
-            }
-        }
-        if !slots.is_empty() {
-            // A retired replica's slots are final and folded: a late sync of it changes nothing.
-            let slots: Vec<&SlotRow> = slots
-                .iter()
-                .filter(|s| !committed.retired.contains(&s.replica))
-                .collect();
-            let mut keys: Vec<(&str, &str)> = slots
-                .iter()
-                .map(|s| (s.key.kind().as_str(), s.key.id()))
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            sqlx::query(
-                "INSERT INTO counters (kind, name) \
-                 SELECT j.value ->> 0, j.value ->> 1 \
-                 FROM json_each(?1) AS j WHERE true ON CONFLICT (kind, name) DO NOTHING",
-            )
-            .bind(json_rows(&keys))
-            .execute(&mut *tx)
-            .await?;
-            // Counters with a milestone pending: how they stood before this commit.
-            let since = crate::clock::now().minus_ms(super::NEWS_WINDOW_MS);
-            let watch = watch_milestones(&mut tx, &keys, Some(since)).await?;
-            let pending = crate::milestone::pending_of(&watch);
-            let before = if pending.is_empty() {
-                Vec::new()
-            } else {
-                load_in(&mut tx, &super::watched_keys(&pending)?).await?
-            };
-            let regions: HashMap<ReplicaId, &str> = committed
-                .regions
-                .iter()
-                .map(|(replica, region)| (*replica, region.as_str()))
-                .collect();
-            let carries =
-                super::batch_carries(&slots, |r| regions.get(&r).map(|&region| region.into()));
-            merge_carries(&mut tx, &carries).await?;
-            let mut rows = Vec::with_capacity(slots.len());
-            for s in slots.iter().filter(|s| s.totals != SlotTotals::default()) {
-                let replica = replica_ids.get(&s.replica).ok_or_else(|| {
-                    corrupt(
-                        "replicas",
-                        format!("slot of replica {} committed without it", s.replica),
-                    )
-                })?;
-                rows.push((
-                    s.key.kind().as_str(),
-                    s.key.id(),
-                    replica,
-                    encode_u64(s.totals.p),
-                    encode_u64(s.totals.n),
-                    s.at.unix_ms(),
-                    super::object_column(s.replica.object()),
-                    s.replica.generation(),
-                ));
-            }
-            // The CRDT merge, in SQL: fixed-width text compares like the numbers it holds. A
-            // slot its object's carry holds is final already: not written; nor is one that
-            // does not grow (its time is when it last grew).
-            sqlx::query(
-                "INSERT INTO slots (counter, replica, p, n, updated_at) \
-                 SELECT c.id, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5 \
-                 FROM json_each(?1) AS j \
-                 JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1 \
-                 WHERE NOT EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id \
-                     AND x.object = j.value ->> 6 AND x.through > j.value ->> 7) \
-                 ON CONFLICT (counter, replica) DO UPDATE SET \
-                 p = max(slots.p, excluded.p), \
-                 n = max(slots.n, excluded.n), \
-                 updated_at = max(slots.updated_at, excluded.updated_at) \
-                 WHERE excluded.p > slots.p OR excluded.n > slots.n",
-            )
-            .bind(json_rows(&rows))
-            .execute(&mut *tx)
-            .await?;
-            committed.decided = crate::milestone::decide_batch(&pending, &before, &slots, &carries);
-            let at = crate::clock::now();
-            for (id, decision) in &committed.decided {
-                super::milestones::record_winner::<Self>(&mut tx, id, decision, at).await?;
-            }
-            committed.news = crate::milestone::news_of(&watch, &committed.decided);
-        }
-        tx.commit().await?;
-        Ok(committed)
-    }
-
-    async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let name = replica.to_string();
-        // A write first: the transaction holds the write lock from here on. A replica never
-        // seen is remembered as retired too, so that a sync of it arriving late is ignored.
-        sqlx::query(
-            "INSERT INTO replicas (replica, region, first_sync, last_sync, retired_at) \
-             VALUES (?1, '', ?2, ?2, ?2) \
-             ON CONFLICT (replica) DO UPDATE SET retired_at = coalesce(retired_at, ?2)",
-        )
-        .bind(&name)
-        .bind(at.unix_ms())
-        .execute(&mut *tx)
-        .await?;
-        let region: String = sqlx::query_scalar("SELECT region FROM replicas WHERE replica = ?1")
-            .bind(&name)
-            .fetch_one(&mut *tx)
-            .await?;
-        // The live slots of the object up to this generation, and the object's carries.
-        let (first, last) = super::generations_through(replica);
-        let rows = sqlx::query(
-            "SELECT c.kind, c.name, r.replica, r.region, s.p, s.n, s.updated_at \
-             FROM replicas r JOIN slots s ON s.replica = r.id JOIN counters c ON c.id = s.counter \
-             WHERE r.replica >= ?1 AND r.replica <= ?2",
-        )
-        .bind(&first)
-        .bind(&last)
-        .fetch_all(&mut *tx)
-        .await?;
-        let slots = rows
-            .iter()
-            .map(|row| Ok((super::key_of_row(row)?, super::stored_slot(row)?)))
-            .collect::<Result<_, StoreError>>()?;
-        let object = super::object_column(replica.object());
-        let rows = sqlx::query(
-            "SELECT c.kind, c.name, x.region, x.through, x.p, x.n, x.updated_at, x.frame, x.rp, \
-                 x.rn \
-             FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = ?1 \
-             AND x.counter IN (SELECT s.counter FROM replicas r JOIN slots s ON s.replica = r.id \
-                 WHERE r.replica >= ?2 AND r.replica <= ?3)",
-        )
-        .bind(&object)
-        .bind(&first)
-        .bind(&last)
-        .fetch_all(&mut *tx)
-        .await?;
-        let carries = rows
-            .iter()
-            .map(super::keyed_carry)
-            .collect::<Result<_, _>>()?;
-        let (carries, folded) = super::fold_object(replica, slots, carries);
-        merge_carries(&mut tx, &carries).await?;
-        tx.commit().await?;
-        Ok(Retired {
-            region,
-            carries,
-            folded,
-        })
-    }
-
-    async fn reset(
-        &self,
-        key: &CounterKey,
-        request: ResetRequest,
-    ) -> Result<ResetOutcome, StoreError> {
-        super::epochs::reset(Tx(self.pool.begin().await?), key, request).await
-    }
-
-    async fn tell_cut(
-        &self,
-        key: &CounterKey,
-        object: ReplicaId,
-        region: &str,
-        cut: &Cut,
-    ) -> Result<Option<StoredCounter>, StoreError> {
-        super::epochs::tell_cut(Tx(self.pool.begin().await?), key, object, region, cut).await
-    }
-
-    async fn import(
-        &self,
-        key: &CounterKey,
-        request: &ImportRequest,
-    ) -> Result<ImportOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A write first: the transaction holds the write lock from here on.
-        sqlx::query(
-            "INSERT INTO counters (kind, name) VALUES (?1, ?2) ON CONFLICT (kind, name) DO NOTHING",
-        )
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .execute(&mut *tx)
-        .await?;
-        let counter: i64 =
-            sqlx::query_scalar("SELECT id FROM counters WHERE kind = ?1 AND name = ?2")
-                .bind(key.kind().as_str())
-                .bind(key.id())
-                .fetch_one(&mut *tx)
-                .await?;
-        let found: Option<i64> = sqlx::query_scalar("SELECT replica FROM imports WHERE name = ?1")
-            .bind(&request.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let replica = match found {
-            Some(replica) => replica,
-            None => {
-                let at = request.at.unix_ms();
-                let replica: i64 = sqlx::query_scalar(
-                    "INSERT INTO replicas (replica, region, first_sync, last_sync) \
-                     VALUES (?1, ?2, ?3, ?3) RETURNING id",
-                )
-                .bind(super::import_replica().to_string())
-                .bind(IMPORT_REGION)
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query("INSERT INTO imports (name, replica, created_at) VALUES (?1, ?2, ?3)")
-                    .bind(&request.name)
-                    .bind(replica)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                replica
-            }
-        };
-        let existing = sqlx::query("SELECT p, n FROM slots WHERE counter = ?1 AND replica = ?2")
-            .bind(counter)
-            .bind(replica)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let imported = match existing {
-            Some(row) => {
-                let existing = SlotTotals {
-                    p: decode("slots", row.get("p"))?,
-                    n: decode("slots", row.get("n"))?,
-                };
-                if existing != request.totals {
-                    return Ok(ImportOutcome::Conflict { existing });
-                }
-                false
-            }
-            None => {
-                // An import is a slot's growth like any sync's: it may cross a milestone.
-                let pending = pending_milestones(&mut tx, &[(key.kind().as_str(), key.id())])
-                    .await?
-                    .remove(key.id())
-                    .unwrap_or_default();
-                let before = if pending.is_empty() {
-                    None
-                } else {
-                    load_in(&mut tx, std::slice::from_ref(key)).await?.pop()
-                };
-                sqlx::query(
-                    "INSERT INTO slots (counter, replica, p, n, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .bind(counter)
-                .bind(replica)
-                .bind(encode_u64(request.totals.p))
-                .bind(encode_u64(request.totals.n))
-                .bind(request.at.unix_ms())
-                .execute(&mut *tx)
-                .await?;
-                if !pending.is_empty() {
-                    let name: String =
-                        sqlx::query_scalar("SELECT replica FROM replicas WHERE id = ?1")
-                            .bind(replica)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    let incoming = [(replica_of("replicas", &name)?, request.totals)];
-                    let before = before
-                        .as_ref()
-                        .map(StoredCounter::state)
-                        .unwrap_or_default();
-                    for decision in crate::milestone::decide_commit(&before, incoming, &pending) {
-                        super::milestones::record_winner::<Self>(
-                            &mut tx,
-                            key.id(),
-                            &decision,
-                            request.at,
-                        )
-                        .await?;
-                    }
-                }
-                true
-            }
-        };
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = ?1) {PARTS_OF_K}"
-        ))
-        .bind(counter)
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored = super::counters_of(&rows)?
-            .pop()
-            .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
-        tx.commit().await?;
-        Ok(if imported {
-            ImportOutcome::Imported(stored)
-        } else {
-            ImportOutcome::Unchanged(stored)
-        })
-    }
-
-    async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        load_in(&mut conn, keys).await
-    }
-
-    async fn list(
-        &self,
-        kind: CounterKind,
-        prefix: &str,
-        after: Option<&CounterKey>,
-        limit: u32,
-    ) -> Result<Vec<StoredCounter>, StoreError> {
-        // The cursor in `CounterKey` order: one of a later kind is past every counter of
-        // this one, one of an earlier kind before them all.
-        let after = match after {
-            Some(a) if a.kind() > kind => return Ok(Vec::new()),
-            Some(a) if a.kind() == kind => a.id(),
-            _ => "",
-        };
-        // Ids are ASCII letters, digits and `-_.:`, all below `~`: every id that starts with
-        // `prefix` sorts in [prefix, prefix + "~"), an index range.
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c \
-             WHERE c.kind = ?1 AND c.name >= ?2 AND c.name > ?3 AND c.name < ?4 \
-             ORDER BY c.name LIMIT ?5) {PARTS_OF_K}"
-        ))
-        .bind(kind.as_str())
-        .bind(prefix)
-        .bind(after)
-        .bind(format!("{prefix}~"))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        super::counters_of(&rows)
-    }
-
-    async fn prune_replicas(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(PRUNE_REPLICAS)
-            .bind(before.unix_ms())
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// One transaction per carry, which takes the write lock with its first statement (a
-    /// write that changes nothing) and nets the carry and its cut as they are then.
-    async fn reclaim_carries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        let candidates = sqlx::query(
-            "SELECT x.counter, x.object FROM carries x \
-             JOIN cuts c ON c.counter = x.counter AND c.region = x.region \
-             WHERE x.frame > 0 AND (x.rp > ?3 OR x.rn > ?3) AND x.updated_at < ?1 \
-                 AND x.rp <= c.p AND x.rn <= c.n \
-             ORDER BY x.counter, x.object LIMIT ?2",
-        )
-        .bind(before.unix_ms())
-        .bind(i64::from(limit))
-        .bind(encode_u128(0))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut netted = 0;
-        for candidate in candidates {
-            let (counter, object): (i64, String) =
-                (candidate.try_get("counter")?, candidate.try_get("object")?);
-            let tx = Tx(self.pool.begin().await?);
-            netted += u64::from(super::reclaim::net(tx, counter, &object).await?);
-        }
-        Ok(netted)
-    }
-
-    async fn replica_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas WHERE retired_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or_default())
-    }
-
-    async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM counters WHERE kind = ?")
-            .bind(kind.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or_default())
-    }
-}
-
 /// Rows as one JSON array of arrays, for `json_each`.
 fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows of strings and integers serialize")
-}
-
-/// A transaction of this store, as [`super::epochs`] and [`super::reclaim`] drive it.
-struct Tx(sqlx::Transaction<'static, sqlx::Sqlite>);
-
-#[async_trait]
-impl super::epochs::EpochTx for Tx {
-    /// A write first (the epoch set to itself): the transaction holds the write lock from
-    /// here on, so nothing commits between the sums read and the cuts written.
-    async fn lock_counter(
-        &mut self,
-        key: &CounterKey,
-        create: bool,
-        counted: bool,
-    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
-        if create {
-            sqlx::query(
-                "INSERT INTO counters (kind, name) VALUES (?1, ?2) \
-                 ON CONFLICT (kind, name) DO NOTHING",
-            )
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *self.0)
-            .await?;
-        }
-        let filter = if counted { COUNTED } else { "true" };
-        let row = sqlx::query(&format!(
-            "UPDATE counters AS c SET epoch = epoch WHERE kind = ?1 AND name = ?2 AND {filter} \
-             RETURNING id, epoch, deleted, reset_at"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *self.0)
-        .await?;
-        row.map(|row| Ok((row.try_get("id")?, super::epoch_of(&row)?)))
-            .transpose()
-    }
-
-    async fn parts(&mut self, id: i64) -> Result<Option<StoredCounter>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "WITH k AS (SELECT {K_COLUMNS} FROM counters c WHERE c.id = ?1) {PARTS_OF_K}"
-        ))
-        .bind(id)
-        .fetch_all(&mut *self.0)
-        .await?;
-        Ok(super::counters_of(&rows)?.pop())
-    }
-
-    async fn set_epoch(&mut self, id: i64, epoch: &super::Epoch) -> Result<(), StoreError> {
-        sqlx::query("UPDATE counters SET epoch = ?2, deleted = ?3, reset_at = ?4 WHERE id = ?1")
-            .bind(id)
-            .bind(super::epoch_param(epoch.number))
-            .bind(epoch.deleted)
-            .bind(epoch.at.map(Timestamp::unix_ms))
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_history(&mut self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM history WHERE counter = ?1")
-            .bind(id)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
-        let cuts: Vec<_> = counter
-            .cuts
-            .iter()
-            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
-            .collect();
-        sqlx::query(
-            "INSERT INTO cuts (counter, region, p, n) \
-             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
-             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-        )
-        .bind(id)
-        .bind(json_rows(&cuts))
-        .execute(&mut *self.0)
-        .await?;
-        sqlx::query("DELETE FROM object_cuts WHERE counter = ?1")
-            .bind(id)
-            .execute(&mut *self.0)
-            .await?;
-        let shares: Vec<_> = counter
-            .object_cuts
-            .iter()
-            .map(|(object, region, t)| {
-                let object = super::object_column(*object);
-                (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO object_cuts (counter, object, region, p, n) \
-             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
-             FROM json_each(?2) AS j",
-        )
-        .bind(id)
-        .bind(json_rows(&shares))
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn changed(&mut self, _key: &CounterKey) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.0.commit().await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl super::reclaim::NetTx for Tx {
-    /// A write first (the carry set to itself): the write lock from here on.
-    async fn carry(&mut self, counter: i64, object: &str) -> Result<Option<Carry>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE carries SET frame = frame WHERE counter = ?1 AND object = ?2 \
-             RETURNING region, through, p, n, frame, rp, rn",
-        )
-        .bind(counter)
-        .bind(object)
-        .fetch_optional(&mut *self.0)
-        .await?;
-        row.as_ref().map(super::carry_of).transpose()
-    }
-
-    async fn cut(
-        &mut self,
-        counter: i64,
-        region: &str,
-    ) -> Result<Option<GlobalTotals>, StoreError> {
-        let row = sqlx::query("SELECT p, n FROM cuts WHERE counter = ?1 AND region = ?2")
-            .bind(counter)
-            .bind(region)
-            .fetch_optional(&mut *self.0)
-            .await?;
-        row.map(|row| super::totals_of("cuts", &row, ["p", "n"]))
-            .transpose()
-    }
-
-    async fn set_cut(
-        &mut self,
-        counter: i64,
-        region: &str,
-        cut: GlobalTotals,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND region = ?2")
-            .bind(counter)
-            .bind(region)
-            .bind(encode_u128(cut.p))
-            .bind(encode_u128(cut.n))
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn drop_reclaimed(
-        &mut self,
-        counter: i64,
-        object: &str,
-        delete: bool,
-    ) -> Result<(), StoreError> {
-        let write = if delete {
-            "DELETE FROM carries WHERE counter = ?1 AND object = ?2"
-        } else {
-            "UPDATE carries SET rp = ?3, rn = ?3 WHERE counter = ?1 AND object = ?2"
-        };
-        sqlx::query(write)
-            .bind(counter)
-            .bind(object)
-            .bind(encode_u128(0))
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn share(
-        &mut self,
-        counter: i64,
-        object: &str,
-    ) -> Result<Option<GlobalTotals>, StoreError> {
-        let row = sqlx::query("SELECT p, n FROM object_cuts WHERE counter = ?1 AND object = ?2")
-            .bind(counter)
-            .bind(object)
-            .fetch_optional(&mut *self.0)
-            .await?;
-        row.map(|row| super::totals_of("object_cuts", &row, ["p", "n"]))
-            .transpose()
-    }
-
-    async fn set_share(
-        &mut self,
-        counter: i64,
-        object: &str,
-        share: Option<GlobalTotals>,
-    ) -> Result<(), StoreError> {
-        let write = if share.is_some() {
-            "UPDATE object_cuts SET p = ?3, n = ?4 WHERE counter = ?1 AND object = ?2"
-        } else {
-            "DELETE FROM object_cuts WHERE counter = ?1 AND object = ?2"
-        };
-        let share = share.unwrap_or_default();
-        sqlx::query(write)
-            .bind(counter)
-            .bind(object)
-            .bind(encode_u128(share.p))
-            .bind(encode_u128(share.n))
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.0.commit().await?;
-        Ok(())
-    }
-}
-
-/// Merges `carries` into the stored ones (column by column, max) and deletes the slots the
-/// stored carries then hold.
-async fn merge_carries(
-    conn: &mut sqlx::SqliteConnection,
-    carries: &[CarryRow],
-) -> Result<(), StoreError> {
-    if carries.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<_> = carries
-        .iter()
-        .map(|c| {
-            (
-                c.key.kind().as_str(),
-                c.key.id(),
-                super::object_column(c.object),
-                &*c.carry.region,
-                c.carry.through,
-                encode_u128(c.carry.totals.p),
-                encode_u128(c.carry.totals.n),
-                c.at.unix_ms(),
-                c.carry.frame,
-                encode_u128(c.carry.reclaimed.p),
-                encode_u128(c.carry.reclaimed.n),
-            )
-        })
-        .collect();
-    let rows = json_rows(&rows);
-    sqlx::query(UPSERT_CARRIES)
-        .bind(&rows)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(DELETE_CARRIED_SLOTS)
-        .bind(&rows)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// The counters asked for that have a slot, a carry, a base or a cut, each whole, read on
@@ -1083,24 +628,15 @@ async fn load_in(
     let mut asked: Vec<(&str, &str)> = keys.iter().map(|k| (k.kind().as_str(), k.id())).collect();
     asked.sort_unstable();
     asked.dedup();
+    let parts = parts_of_k(super::backend::Dialect::Sqlite);
     let rows = sqlx::query(&format!(
         "WITH k AS (SELECT {K_COLUMNS} FROM json_each(?1) AS j \
-         JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1) {PARTS_OF_K}"
+         JOIN counters c ON c.kind = j.value ->> 0 AND c.name = j.value ->> 1) {parts}"
     ))
     .bind(json_rows(&asked))
     .fetch_all(&mut *conn)
     .await?;
     super::counters_of(&rows)
-}
-
-/// The pending milestones of the counters (kind `g`) among `keys`.
-async fn pending_milestones(
-    conn: &mut sqlx::SqliteConnection,
-    keys: &[(&str, &str)],
-) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-    Ok(crate::milestone::pending_of(
-        &watch_milestones(conn, keys, None).await?,
-    ))
 }
 
 /// The milestones of the counters (kind `g`) among `keys` that are pending, or (with
@@ -1142,7 +678,7 @@ async fn watch_milestones(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::HistoryStore;
+    use crate::store::{CounterStore, HistoryStore};
     use tally_crdt::GlobalTotals;
 
     async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
