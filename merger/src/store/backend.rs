@@ -1,27 +1,29 @@
 //! What a backend is to the transactions both backends share: its pool, how its SQL differs
-//! (a few fragments), and the statements it writes its own way (batches travel as JSON on
-//! SQLite, as arrays on Postgres; Postgres locks rows and tells the other mergers what
-//! changed, SQLite holds one write lock and has no other merger). Every store trait is
-//! implemented once, for any [`Backend`], in the module of its concern.
+//! ([`Dialect`], a few fragments), and the statements it writes its own way ([`Statements`]:
+//! batches travel as JSON on SQLite and as arrays on Postgres; Postgres locks rows and tells
+//! the other mergers what changed, SQLite holds one write lock and has no other merger).
+//! Every store trait is implemented once, for any [`Backend`], in the module of its concern.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
 use tally_crdt::{CounterKey, SketchKey, Timestamp};
+use tokio::sync::{mpsc, watch};
 
 use super::sketches::SketchColumns;
-use super::sql::Conn;
+use super::sql::{Conn, query};
 use super::{
-    CarryRow, Committed, Epoch, ReplicaRow, SlotRow, SnapshotRow, StoreError, StoredCounter,
+    CarryRow, Changes, Committed, Epoch, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError,
+    StoredCounter,
 };
 use crate::presence::PresenceRow;
 
 /// A database the store runs on.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// Its connection, as the shared transactions run statements on it.
-    type Conn: Conn + sqlx::Connection<Database = Self::Db>;
+    /// Its connection, with the statements it writes its own way.
+    type Conn: Statements + sqlx::Connection<Database = Self::Db>;
     /// sqlx's database.
     type Db: sqlx::Database<Connection = Self::Conn> + Sync;
 
@@ -46,17 +48,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(self.pool().acquire().await?)
     }
 
-    /// Takes the lock that registering a milestone of counter `id` holds against commits:
-    /// no commit of the counter comes between the count read after it and the registration.
-    async fn lock_milestones(&self, conn: &mut Self::Conn, id: &str) -> Result<(), StoreError>;
+    /// Closes every connection ([`Store::close`]).
+    async fn close_all(&self);
 
-    /// The counters asked for that have a slot, a carry, a base or a cut, each whole, each
-    /// once, read on `conn` (a transaction's, to read what it wrote).
-    async fn load_in(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[CounterKey],
-    ) -> Result<Vec<StoredCounter>, StoreError>;
+    /// The counters other processes change ([`Store::watch`]).
+    fn changes(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
 
     /// Writes one batch ([`CounterStore::commit`](super::CounterStore::commit)).
     async fn commit_batch(
@@ -64,62 +60,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         replicas: &[ReplicaRow],
         slots: &[SlotRow],
     ) -> Result<Committed, StoreError>;
-
-    /// Merges `carries` into the stored ones (column by column, max) and deletes the slots
-    /// the stored carries then hold; answers the counters (kind and id) whose carries changed.
-    async fn merge_carries(
-        &self,
-        conn: &mut Self::Conn,
-        carries: &[CarryRow],
-    ) -> Result<Vec<(String, String)>, StoreError>;
-
-    /// Locks the rows of replicas `first..=last` (an object's incarnations), in id order, for
-    /// a retirement.
-    async fn lock_generations(
-        &self,
-        conn: &mut Self::Conn,
-        first: &str,
-        last: &str,
-    ) -> Result<(), StoreError>;
-
-    /// Locks the pending milestones of counters `names` (kind `g`), in key order (so two
-    /// transactions never wait on each other in a cycle), and answers them by counter.
-    async fn lock_pending(
-        &self,
-        conn: &mut Self::Conn,
-        names: &[&str],
-    ) -> Result<BTreeMap<String, Vec<u64>>, StoreError>;
-
-    /// Locks `key`'s counter for the rest of the transaction (its row; on SQLite the write
-    /// lock) and answers its id and epoch: created first if `create`, `None` when it does not
-    /// exist or, if `counted`, has no slot, carry or base.
-    async fn lock_counter(
-        &self,
-        conn: &mut Self::Conn,
-        key: &CounterKey,
-        create: bool,
-        counted: bool,
-    ) -> Result<Option<(i64, Epoch)>, StoreError>;
-
-    /// Locks counter `id` (its store id) as [`Backend::lock_counter`] does.
-    async fn lock_counter_id(&self, conn: &mut Self::Conn, id: i64) -> Result<(), StoreError>;
-
-    /// Writes `counter`'s cuts (every region's) and its objects' shares of them, replacing
-    /// those held; `id` is its store id.
-    async fn write_cuts(
-        &self,
-        conn: &mut Self::Conn,
-        id: i64,
-        counter: &StoredCounter,
-    ) -> Result<(), StoreError>;
-
-    /// Tells the other mergers that counters `changed` (kind and id) changed, when the
-    /// transaction commits (Postgres; SQLite has no other mergers).
-    async fn changed(
-        &self,
-        conn: &mut Self::Conn,
-        changed: &[(String, String)],
-    ) -> Result<(), StoreError>;
 
     /// Writes history points ([`HistoryStore::write_history`](super::HistoryStore::write_history)),
     /// at least one, in one statement.
@@ -129,42 +69,102 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// statement: each replaces the stored one of its id and reporter if its `seq` is higher.
     async fn upsert_presence(&self, rows: &[PresenceRow<'_>]) -> Result<(), StoreError>;
 
+    /// Tells the other mergers that counters `changed` changed, when `conn`'s transaction
+    /// commits (Postgres; SQLite has no other mergers).
+    async fn changed(&self, conn: &mut Self::Conn, changed: &[KindId]) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<B: Backend> Store for B {
+    fn backend(&self) -> &'static str {
+        B::DIALECT.name()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        query("SELECT 1")
+            .execute(&mut *self.acquire().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.close_all().await;
+    }
+
+    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
+        self.changes(stop)
+    }
+}
+
+/// A counter as a change names it: its kind and id.
+pub type KindId = (String, String);
+
+/// The rows a connection answers to a query, or why not.
+pub type Fetched<C> = Result<Vec<<C as Conn>::Row>, StoreError>;
+
+/// What a transaction locks a counter for ([`Statements::lock_counter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// A reset or a delete: a counter with nothing counted is not locked (there is nothing
+    /// to reset).
+    Reset,
+    /// A cut an object tells: the counter is created if missing.
+    Cut,
+}
+
+/// The statements a backend writes its own way, on its connection (a transaction's, to read
+/// what it wrote).
+#[async_trait]
+pub trait Statements: Conn {
+    /// The counters asked for that have a slot, a carry, a base or a cut, each whole, each
+    /// once.
+    async fn load_in(&mut self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError>;
+
+    /// Takes the lock that registering a milestone of counter `id` holds against commits:
+    /// no commit of the counter comes between the count read after it and the registration.
+    async fn lock_milestones(&mut self, id: &str) -> Result<(), StoreError>;
+
+    /// Locks the pending milestones of counters `names` (kind `g`), in key order (so two
+    /// transactions never wait on each other in a cycle), and answers them by counter.
+    async fn lock_pending(&mut self, names: &[&str]) -> Result<Pending, StoreError>;
+
+    /// Locks `key`'s counter for the rest of the transaction (its row; on SQLite the write
+    /// lock) and answers its id and epoch; `None` when it does not exist or, for a reset, has
+    /// no slot, carry or base.
+    async fn lock_counter(&mut self, key: &CounterKey, lock: Lock) -> Result<Locked, StoreError>;
+
+    /// Writes `counter`'s cuts (every region's, replacing those held) and its objects' shares
+    /// of them (none is held: [`super::epochs`] deleted them); `id` is its store id.
+    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError>;
+
+    /// Merges `carries` into the stored ones (column by column, max) and deletes the slots
+    /// the stored carries then hold; answers the counters whose carries changed.
+    async fn merge_carries(&mut self, carries: &[CarryRow]) -> Result<Vec<KindId>, StoreError>;
+
     /// The presence reports of `ids` not expired at `now`: columns `name`, `reporter`,
     /// `count` (decimal text) and `at`.
-    async fn fresh_presence(
-        &self,
-        conn: &mut Self::Conn,
-        ids: &[String],
-        now: Timestamp,
-    ) -> Result<Vec<Row<Self>>, StoreError>;
+    async fn presence_in(&mut self, ids: &[String], now: Timestamp) -> Fetched<Self>;
 
     /// Creates the sketches of `keys` that are missing, empty, in key order.
-    async fn create_sketches(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[SketchColumns],
-    ) -> Result<(), StoreError>;
+    async fn create_sketches(&mut self, keys: &[SketchColumns]) -> Result<(), StoreError>;
 
     /// The stored sketches of `keys` (columns `name`, `day`, `sketch`, `updated_at`), locked
     /// in key order for the rest of the transaction if `lock`.
-    async fn sketch_rows(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[SketchColumns],
-        lock: bool,
-    ) -> Result<Vec<Row<Self>>, StoreError>;
+    async fn sketches_in(&mut self, keys: &[SketchColumns], lock: bool) -> Fetched<Self>;
 
     /// Writes merged sketches (their wire form), grown at `at`.
     async fn write_sketches(
-        &self,
-        conn: &mut Self::Conn,
+        &mut self,
         writes: &[(SketchKey, Vec<u8>)],
         at: Timestamp,
     ) -> Result<(), StoreError>;
 }
 
-/// A row a backend's connection answers.
-pub type Row<B> = <<B as Backend>::Conn as Conn>::Row;
+/// A counter a transaction locked: its store id and its epoch.
+pub type Locked = Option<(i64, Epoch)>;
+
+/// Pending milestones by counter id.
+pub type Pending = BTreeMap<String, Vec<u64>>;
 
 /// How a backend's SQL differs from the other's, in the few fragments the shared statements
 /// take from it.
@@ -227,6 +227,27 @@ impl Dialect {
         match self {
             Dialect::Sqlite => String::new(),
             Dialect::Postgres => format!(" FOR UPDATE OF {alias}"),
+        }
+    }
+
+    /// Locks counter `$1` (its store id) for the rest of the transaction, as
+    /// [`Statements::lock_counter`] does: on SQLite a write (its epoch set to itself) takes
+    /// the write lock.
+    pub const fn lock_counter_id(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "UPDATE counters SET epoch = epoch WHERE id = $1",
+            Dialect::Postgres => "SELECT 1 FROM counters WHERE id = $1 FOR UPDATE",
+        }
+    }
+
+    /// Locks the rows of replicas `$1..=$2` (an object's incarnations) in id order, for a
+    /// retirement; on SQLite the write that follows takes the write lock.
+    pub const fn lock_generations(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(
+                "SELECT id FROM replicas WHERE replica BETWEEN $1 AND $2 ORDER BY replica FOR UPDATE",
+            ),
         }
     }
 

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use tally_crdt::{CounterKey, CounterKind, Cut, ReplicaId, SlotTotals, Timestamp};
 
-use super::backend::{Backend, Dialect};
+use super::backend::{Backend, Dialect, Statements};
 use super::sql::{Read, query};
 use super::{
     Committed, CounterStore, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome,
@@ -32,7 +32,13 @@ impl<B: Backend> CounterStore for B {
     async fn retire(&self, replica: ReplicaId, at: Timestamp) -> Result<Retired, StoreError> {
         let mut tx = self.begin().await?;
         let (first, last) = super::generations_through(replica);
-        self.lock_generations(&mut tx, &first, &last).await?;
+        if let Some(lock) = B::DIALECT.lock_generations() {
+            query(lock)
+                .bind(first.as_str())
+                .bind(last.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         // A replica never seen is remembered as retired too, so that a sync of it arriving
         // late is ignored.
         let region = query(
@@ -84,7 +90,7 @@ impl<B: Backend> CounterStore for B {
         let (carries, folded) = super::fold_object(replica, slots, carries);
         // Other mergers reload these counters (a missed notice costs nothing: the sum a
         // stale cache shows is the same before and after a fold).
-        let changed = self.merge_carries(&mut tx, &carries).await?;
+        let changed = tx.merge_carries(&carries).await?;
         self.changed(&mut tx, &changed).await?;
         B::commit(tx).await?;
         Ok(Retired {
@@ -136,7 +142,7 @@ impl<B: Backend> CounterStore for B {
         let replica = import_replica::<B>(&mut tx, request).await?;
         // An import is a slot's growth like any sync's: it may cross a milestone.
         let pending = if key.kind() == CounterKind::G {
-            self.lock_pending(&mut tx, &[key.id()])
+            tx.lock_pending(&[key.id()])
                 .await?
                 .remove(key.id())
                 .unwrap_or_default()
@@ -146,9 +152,7 @@ impl<B: Backend> CounterStore for B {
         let before = if pending.is_empty() {
             None
         } else {
-            self.load_in(&mut tx, std::slice::from_ref(key))
-                .await?
-                .pop()
+            tx.load_in(std::slice::from_ref(key)).await?.pop()
         };
         let numeric = B::DIALECT.numeric();
         let inserted = query(format!(
@@ -216,7 +220,7 @@ impl<B: Backend> CounterStore for B {
 
     async fn load(&self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
         let mut conn = self.acquire().await?;
-        self.load_in(&mut conn, keys).await
+        conn.load_in(keys).await
     }
 
     async fn list(

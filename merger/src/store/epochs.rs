@@ -4,7 +4,7 @@
 
 use tally_crdt::{CounterKey, Cut, ReplicaId, Timestamp};
 
-use super::backend::Backend;
+use super::backend::{Backend, Lock, Statements};
 use super::sql::query;
 use super::{Epoch, ResetOutcome, ResetRequest, StoreError, StoredCounter, corrupt};
 
@@ -17,7 +17,7 @@ pub async fn reset<B: Backend>(
     request: ResetRequest,
 ) -> Result<ResetOutcome, StoreError> {
     let mut tx = store.begin().await?;
-    let Some((id, current)) = store.lock_counter(&mut tx, key, false, true).await? else {
+    let Some((id, current)) = tx.lock_counter(key, Lock::Reset).await? else {
         return Ok(ResetOutcome::Unknown);
     };
     if request.expect_epoch.is_some_and(|e| e != current.number) {
@@ -38,7 +38,7 @@ pub async fn reset<B: Backend>(
         .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
     let removed = counter.totals();
     super::cut_now(&mut counter);
-    store.write_cuts(&mut tx, id, &counter).await?;
+    write_cuts::<B>(&mut tx, id, &counter).await?;
     if request.delete {
         delete_history::<B>(&mut tx, id).await?;
     }
@@ -60,8 +60,8 @@ pub async fn tell_cut<B: Backend>(
     cut: &Cut,
 ) -> Result<Option<StoredCounter>, StoreError> {
     let mut tx = store.begin().await?;
-    let (id, epoch) = store
-        .lock_counter(&mut tx, key, true, false)
+    let (id, epoch) = tx
+        .lock_counter(key, Lock::Cut)
         .await?
         .ok_or_else(|| corrupt("counters", format!("counter {key} was not created")))?;
     let counter = match super::counters::parts::<B>(&mut tx, id).await? {
@@ -77,7 +77,7 @@ pub async fn tell_cut<B: Backend>(
             delete_history::<B>(&mut tx, id).await?;
         }
     }
-    store.write_cuts(&mut tx, id, &after).await?;
+    write_cuts::<B>(&mut tx, id, &after).await?;
     store.changed(&mut tx, &[changed(key)]).await?;
     B::commit(tx).await?;
     Ok(Some(after))
@@ -97,6 +97,19 @@ async fn set_epoch<B: Backend>(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Writes `counter`'s cuts and its objects' shares of them, replacing those held.
+async fn write_cuts<B: Backend>(
+    conn: &mut B::Conn,
+    id: i64,
+    counter: &StoredCounter,
+) -> Result<(), StoreError> {
+    query("DELETE FROM object_cuts WHERE counter = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    conn.write_cuts(id, counter).await
 }
 
 /// Deletes counter `id`'s history (a delete).

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use tally_crdt::{CounterKey, CounterKind, Timestamp};
 
-use super::backend::Backend;
+use super::backend::{Backend, Statements};
 use super::sql::{Read, query};
 use super::{MilestoneStore, StoreError, corrupt, decode, encode_u64, replica_of};
 use crate::milestone::{AddMilestone, Announcement, CancelMilestone, Decision, Milestone};
@@ -19,12 +19,12 @@ impl<B: Backend> MilestoneStore for B {
         at: Timestamp,
     ) -> Result<AddMilestone, StoreError> {
         let mut tx = self.begin().await?;
-        self.lock_milestones(&mut tx, id).await?;
+        tx.lock_milestones(id).await?;
         let existing = milestones_of::<B>(&mut *tx, id).await?;
         let key =
             CounterKey::new(CounterKind::G, id).map_err(|e| corrupt("counters", e.to_string()))?;
-        let count = self
-            .load_in(&mut tx, &[key])
+        let count = tx
+            .load_in(&[key])
             .await?
             .first()
             .map_or(0, |c| c.totals().p);

@@ -21,7 +21,7 @@
 //!   size: rows travel as arrays expanded by `UNNEST`, and `u64`/`u128` totals as decimal text
 //!   cast to NUMERIC, so no value goes through an `i64` or a float.
 //!
-//! How a merger hears what the others commit ([`Store::watch`]):
+//! How a merger hears what the others commit ([`Store::watch`](super::Store::watch)):
 //! - **NOTIFY as a hint.** A commit that changed slots sends `pg_notify('tally_changed', …)`
 //!   with the changed counters (one `kind:id` per line; ids never hold a newline, and the
 //!   kind never holds the `:` that ids may), delivered when the transaction commits. A
@@ -62,11 +62,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::backend::{Fetched, KindId, Lock, Locked, Pending, Statements};
 use super::counters::{COUNTED, K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use super::{
-    CarryRow, Changes, Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError,
-    StoredCounter, corrupt, encode_u64, encode_u128, key_of, replica_of,
+    CarryRow, Changes, Committed, ReplicaRow, SlotRow, SnapshotRow, StoreError, StoredCounter,
+    corrupt, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
 use crate::presence::PresenceRow;
@@ -113,9 +114,9 @@ pub struct PostgresStore {
     /// The snapshot xmin (xid8, as text) when the store was opened: where a watcher's
     /// catch-up starts, so it reports every change committed since.
     opened_xmin: String,
-    /// Turns true on [`close`](Store::close): watchers stop.
+    /// Turns true on [`close`](super::Store::close): watchers stop.
     closing: watch::Sender<bool>,
-    /// The watchers' tasks, which [`close`](Store::close) waits for: each closes its own
+    /// The watchers' tasks, which [`close`](super::Store::close) waits for: each closes its own
     /// listening connection as it ends. A std `Mutex`: nothing awaits under it.
     watchers: Mutex<Vec<JoinHandle<()>>>,
     /// This store's name in its notifications: its own watcher skips them (this merger's
@@ -374,21 +375,44 @@ impl super::backend::Backend for PostgresStore {
         &self.pool
     }
 
-    /// Waits for the commits under way (each holds ROW SHARE from locking its counters'
-    /// pending milestones) and holds the next ones until this transaction ends.
-    async fn lock_milestones(&self, conn: &mut Self::Conn, _id: &str) -> Result<(), StoreError> {
-        sqlx::query("LOCK TABLE milestones IN EXCLUSIVE MODE")
-            .execute(conn)
-            .await?;
-        Ok(())
+    async fn close_all(&self) {
+        // Watchers first: their catch-up holds pool connections that close() waits for, and
+        // each closes its listening connection before it ends.
+        self.closing.send_replace(true);
+        let watchers = std::mem::take(&mut *self.watcher_tasks());
+        for watcher in watchers {
+            if let Err(e) = watcher.await {
+                warn!(error = %e, "a change watcher failed");
+            }
+        }
+        // A connection goes back to the pool from a task of its own (sqlx 0.8.6 pings it
+        // first); sqlx's close() can return before one on its way back lands in the idle
+        // queue, where it would stay open until the pool is dropped. Wait (a bounded while)
+        // until every connection is idle, so close() finds and closes them all.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        while self.pool.num_idle() < usize::try_from(self.pool.size()).unwrap_or(usize::MAX)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.pool.close().await;
     }
 
-    async fn load_in(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[CounterKey],
-    ) -> Result<Vec<StoredCounter>, StoreError> {
-        load_in(conn, keys.iter().collect::<BTreeSet<_>>()).await
+    fn changes(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let watcher = Watcher {
+            pool: self.pool.clone(),
+            options: self.options.clone(),
+            since: self.opened_xmin.clone(),
+            origin: self.origin.clone(),
+            tx,
+        };
+        let closing = self.closing.subscribe();
+        let task = tokio::spawn(watcher.run(stop, closing));
+        let mut watchers = self.watcher_tasks();
+        watchers.retain(|w| !w.is_finished());
+        watchers.push(task);
+        Some(rx)
     }
 
     async fn commit_batch(
@@ -432,7 +456,7 @@ impl super::backend::Backend for PostgresStore {
             .map(|(replica, region)| (*replica, region.as_str()))
             .collect();
         let carries = super::batch_carries(&live, |r| regions.get(&r).map(|&region| region.into()));
-        let mut changed = self.merge_carries(&mut tx, &carries).await?;
+        let mut changed = tx.merge_carries(&carries).await?;
         changed.extend(merge_slots(&mut tx, &live).await?);
         changed.sort_unstable();
         changed.dedup();
@@ -448,193 +472,12 @@ impl super::backend::Backend for PostgresStore {
         Ok(committed)
     }
 
-    async fn merge_carries(
-        &self,
-        conn: &mut Self::Conn,
-        carries: &[CarryRow],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        if carries.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The incarnations each carry holds: its object's generations below `through`.
-        let (mut kinds, mut names, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
-        for c in carries {
-            let Some(last) = c.carry.through.checked_sub(1) else {
-                continue;
-            };
-            kinds.push(c.key.kind().as_str());
-            names.push(c.key.id());
-            firsts.push(ReplicaId::lineage(c.object, 0).to_string());
-            let last = u32::try_from(last).unwrap_or(u32::MAX);
-            lasts.push(ReplicaId::lineage(c.object, last).to_string());
-        }
-        sqlx::query(DELETE_CARRIED_SLOTS)
-            .bind(kinds)
-            .bind(names)
-            .bind(firsts)
-            .bind(lasts)
-            .execute(&mut *conn)
-            .await?;
-        let mut columns = CarryColumns::default();
-        for c in carries {
-            columns.kinds.push(c.key.kind().as_str());
-            columns.names.push(c.key.id());
-            columns.objects.push(super::object_column(c.object));
-            columns.regions.push(&c.carry.region);
-            columns
-                .through
-                .push(i64::try_from(c.carry.through).unwrap_or(i64::MAX));
-            columns.p.push(encode_u128(c.carry.totals.p));
-            columns.n.push(encode_u128(c.carry.totals.n));
-            columns.at.push(c.at.unix_ms());
-            columns
-                .frame
-                .push(i64::try_from(c.carry.frame).unwrap_or(i64::MAX));
-            columns.rp.push(encode_u128(c.carry.reclaimed.p));
-            columns.rn.push(encode_u128(c.carry.reclaimed.n));
-        }
-        let rows = sqlx::query(UPSERT_CARRIES)
-            .bind(columns.kinds)
-            .bind(columns.names)
-            .bind(columns.objects)
-            .bind(columns.regions)
-            .bind(columns.through)
-            .bind(columns.p)
-            .bind(columns.n)
-            .bind(columns.at)
-            .bind(columns.frame)
-            .bind(columns.rp)
-            .bind(columns.rn)
-            .fetch_all(&mut *conn)
-            .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
-            .collect()
-    }
-
-    async fn lock_pending(
-        &self,
-        conn: &mut Self::Conn,
-        names: &[&str],
-    ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-        lock_pending(conn, names).await
-    }
-
-    async fn lock_generations(
-        &self,
-        conn: &mut Self::Conn,
-        first: &str,
-        last: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "SELECT id FROM replicas WHERE replica BETWEEN $1 AND $2 ORDER BY replica FOR UPDATE",
-        )
-        .bind(first)
-        .bind(last)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
-    /// milestone reads the count a reset moves: one at a time).
-    async fn lock_counter(
-        &self,
-        conn: &mut Self::Conn,
-        key: &CounterKey,
-        create: bool,
-        counted: bool,
-    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
-        if create {
-            sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(key.kind().as_str())
-                .bind(key.id())
-                .execute(&mut *conn)
-                .await?;
-        }
-        let filter = if counted { COUNTED } else { "true" };
-        let row = sqlx::query(&format!(
-            "SELECT id, epoch, deleted, reset_at FROM counters c \
-             WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        if key.kind() == CounterKind::G {
-            lock_pending(conn, &[key.id()]).await?;
-        }
-        Ok(Some((row.try_get("id")?, super::epoch_of(&row)?)))
-    }
-
-    async fn lock_counter_id(&self, conn: &mut Self::Conn, id: i64) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1 FROM counters WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-
     async fn changed(
         &self,
         conn: &mut Self::Conn,
         changed: &[(String, String)],
     ) -> Result<(), StoreError> {
         notify(conn, &self.origin, changed).await
-    }
-
-    async fn write_cuts(
-        &self,
-        conn: &mut Self::Conn,
-        id: i64,
-        counter: &StoredCounter,
-    ) -> Result<(), StoreError> {
-        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
-            .cuts
-            .iter()
-            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
-            .unzip();
-        sqlx::query(
-            "INSERT INTO cuts AS x (counter, region, p, n) \
-             SELECT $1, u.region, u.p::numeric, u.n::numeric \
-             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
-             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-        )
-        .bind(id)
-        .bind(regions)
-        .bind(ps)
-        .bind(ns)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM object_cuts WHERE counter = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        let mut objects = Vec::with_capacity(counter.object_cuts.len());
-        let mut regions = Vec::with_capacity(counter.object_cuts.len());
-        let (mut ps, mut ns) = (Vec::new(), Vec::new());
-        for (object, region, t) in &counter.object_cuts {
-            objects.push(super::object_column(*object));
-            regions.push(region.as_str());
-            ps.push(t.p.to_string());
-            ns.push(t.n.to_string());
-        }
-        sqlx::query(
-            "INSERT INTO object_cuts (counter, object, region, p, n) \
-             SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
-        )
-        .bind(id)
-        .bind(objects)
-        .bind(regions)
-        .bind(ps)
-        .bind(ns)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
     }
 
     /// One row per (counter, time), of the latest epoch and the larger of each half, in
@@ -704,29 +547,171 @@ impl super::backend::Backend for PostgresStore {
         .await?;
         Ok(())
     }
+}
 
-    async fn fresh_presence(
-        &self,
-        conn: &mut Self::Conn,
-        ids: &[String],
-        now: Timestamp,
-    ) -> Result<Vec<PgRow>, StoreError> {
+#[async_trait]
+impl Statements for sqlx::PgConnection {
+    async fn load_in(&mut self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
+        load_in(self, keys.iter().collect::<BTreeSet<_>>()).await
+    }
+
+    /// Waits for the commits under way (each holds ROW SHARE from locking its counters'
+    /// pending milestones) and holds the next ones until this transaction ends.
+    async fn lock_milestones(&mut self, _id: &str) -> Result<(), StoreError> {
+        sqlx::query("LOCK TABLE milestones IN EXCLUSIVE MODE")
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_pending(&mut self, names: &[&str]) -> Result<Pending, StoreError> {
+        lock_pending(self, names).await
+    }
+
+    /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
+    /// milestone reads the count a reset moves: one at a time).
+    async fn lock_counter(&mut self, key: &CounterKey, lock: Lock) -> Result<Locked, StoreError> {
+        let (create, counted) = (lock == Lock::Cut, lock == Lock::Reset);
+        if create {
+            sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key.kind().as_str())
+                .bind(key.id())
+                .execute(&mut *self)
+                .await?;
+        }
+        let filter = if counted { COUNTED } else { "true" };
+        let row = sqlx::query(&format!(
+            "SELECT id, epoch, deleted, reset_at FROM counters c \
+             WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *self)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if key.kind() == CounterKind::G {
+            lock_pending(self, &[key.id()]).await?;
+        }
+        Ok(Some((row.try_get("id")?, super::epoch_of(&row)?)))
+    }
+
+    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
+        let (regions, (ps, ns)): (Vec<&str>, (Vec<String>, Vec<String>)) = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), (t.p.to_string(), t.n.to_string())))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO cuts AS x (counter, region, p, n) \
+             SELECT $1, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(region, p, n) \
+             ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *self)
+        .await?;
+        let mut objects = Vec::with_capacity(counter.object_cuts.len());
+        let mut regions = Vec::with_capacity(counter.object_cuts.len());
+        let (mut ps, mut ns) = (Vec::new(), Vec::new());
+        for (object, region, t) in &counter.object_cuts {
+            objects.push(super::object_column(*object));
+            regions.push(region.as_str());
+            ps.push(t.p.to_string());
+            ns.push(t.n.to_string());
+        }
+        sqlx::query(
+            "INSERT INTO object_cuts (counter, object, region, p, n) \
+             SELECT $1, u.object, u.region, u.p::numeric, u.n::numeric \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) AS u(object, region, p, n)",
+        )
+        .bind(id)
+        .bind(objects)
+        .bind(regions)
+        .bind(ps)
+        .bind(ns)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn merge_carries(&mut self, carries: &[CarryRow]) -> Result<Vec<KindId>, StoreError> {
+        if carries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The incarnations each carry holds: its object's generations below `through`.
+        let (mut kinds, mut names, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
+        for c in carries {
+            let Some(last) = c.carry.through.checked_sub(1) else {
+                continue;
+            };
+            kinds.push(c.key.kind().as_str());
+            names.push(c.key.id());
+            firsts.push(ReplicaId::lineage(c.object, 0).to_string());
+            let last = u32::try_from(last).unwrap_or(u32::MAX);
+            lasts.push(ReplicaId::lineage(c.object, last).to_string());
+        }
+        sqlx::query(DELETE_CARRIED_SLOTS)
+            .bind(kinds)
+            .bind(names)
+            .bind(firsts)
+            .bind(lasts)
+            .execute(&mut *self)
+            .await?;
+        let mut columns = CarryColumns::default();
+        for c in carries {
+            columns.kinds.push(c.key.kind().as_str());
+            columns.names.push(c.key.id());
+            columns.objects.push(super::object_column(c.object));
+            columns.regions.push(&c.carry.region);
+            columns
+                .through
+                .push(i64::try_from(c.carry.through).unwrap_or(i64::MAX));
+            columns.p.push(encode_u128(c.carry.totals.p));
+            columns.n.push(encode_u128(c.carry.totals.n));
+            columns.at.push(c.at.unix_ms());
+            columns
+                .frame
+                .push(i64::try_from(c.carry.frame).unwrap_or(i64::MAX));
+            columns.rp.push(encode_u128(c.carry.reclaimed.p));
+            columns.rn.push(encode_u128(c.carry.reclaimed.n));
+        }
+        let rows = sqlx::query(UPSERT_CARRIES)
+            .bind(columns.kinds)
+            .bind(columns.names)
+            .bind(columns.objects)
+            .bind(columns.regions)
+            .bind(columns.through)
+            .bind(columns.p)
+            .bind(columns.n)
+            .bind(columns.at)
+            .bind(columns.frame)
+            .bind(columns.rp)
+            .bind(columns.rn)
+            .fetch_all(&mut *self)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
+            .collect()
+    }
+
+    async fn presence_in(&mut self, ids: &[String], now: Timestamp) -> Fetched<Self> {
         let rows = sqlx::query(
             "SELECT name, reporter, count::text AS count, at FROM presence \
              WHERE name = ANY($1::text[]) AND expires_at > $2",
         )
         .bind(ids)
         .bind(now.unix_ms())
-        .fetch_all(conn)
+        .fetch_all(&mut *self)
         .await?;
         Ok(rows)
     }
 
-    async fn create_sketches(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[SketchColumns],
-    ) -> Result<(), StoreError> {
+    async fn create_sketches(&mut self, keys: &[SketchColumns]) -> Result<(), StoreError> {
         let (names, days): (Vec<&str>, Vec<&str>) =
             keys.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
         sqlx::query(
@@ -738,17 +723,12 @@ impl super::backend::Backend for PostgresStore {
         .bind(&names)
         .bind(&days)
         .bind(HyperLogLog::new().to_bytes())
-        .execute(conn)
+        .execute(&mut *self)
         .await?;
         Ok(())
     }
 
-    async fn sketch_rows(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[SketchColumns],
-        lock: bool,
-    ) -> Result<Vec<PgRow>, StoreError> {
+    async fn sketches_in(&mut self, keys: &[SketchColumns], lock: bool) -> Fetched<Self> {
         let (names, days): (Vec<&str>, Vec<&str>) =
             keys.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
         let lock = if lock {
@@ -763,14 +743,13 @@ impl super::backend::Backend for PostgresStore {
         ))
         .bind(&names)
         .bind(&days)
-        .fetch_all(conn)
+        .fetch_all(&mut *self)
         .await?;
         Ok(rows)
     }
 
     async fn write_sketches(
-        &self,
-        conn: &mut Self::Conn,
+        &mut self,
         writes: &[(SketchKey, Vec<u8>)],
         at: Timestamp,
     ) -> Result<(), StoreError> {
@@ -787,61 +766,9 @@ impl super::backend::Backend for PostgresStore {
         .bind(&days)
         .bind(&sketches)
         .bind(at.unix_ms())
-        .execute(conn)
+        .execute(&mut *self)
         .await?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for PostgresStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn close(&self) {
-        // Watchers first: their catch-up holds pool connections that close() waits for, and
-        // each closes its listening connection before it ends.
-        self.closing.send_replace(true);
-        let watchers = std::mem::take(&mut *self.watcher_tasks());
-        for watcher in watchers {
-            if let Err(e) = watcher.await {
-                warn!(error = %e, "a change watcher failed");
-            }
-        }
-        // A connection goes back to the pool from a task of its own (sqlx 0.8.6 pings it
-        // first); sqlx's close() can return before one on its way back lands in the idle
-        // queue, where it would stay open until the pool is dropped. Wait (a bounded while)
-        // until every connection is idle, so close() finds and closes them all.
-        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        while self.pool.num_idle() < usize::try_from(self.pool.size()).unwrap_or(usize::MAX)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.pool.close().await;
-    }
-
-    fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let watcher = Watcher {
-            pool: self.pool.clone(),
-            options: self.options.clone(),
-            since: self.opened_xmin.clone(),
-            origin: self.origin.clone(),
-            tx,
-        };
-        let closing = self.closing.subscribe();
-        let task = tokio::spawn(watcher.run(stop, closing));
-        let mut watchers = self.watcher_tasks();
-        watchers.retain(|w| !w.is_finished());
-        watchers.push(task);
-        Some(rx)
     }
 }
 
@@ -1146,7 +1073,7 @@ fn parse_notification(payload: &str) -> (Option<&str>, Vec<CounterKey>) {
     (origin, keys)
 }
 
-/// The task behind [`Store::watch`].
+/// The task behind [`Store::watch`](super::Store::watch).
 struct Watcher {
     pool: PgPool,
     options: PgConnectOptions,

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use tally_crdt::{PresenceReport, ReplicaId, Timestamp};
 
-use super::backend::Backend;
+use super::backend::{Backend, Statements};
 use super::sql::{Read, query};
 use super::{PresenceStore, StoreError, decode, replica_of};
 use crate::presence::PresenceSum;
@@ -33,7 +33,7 @@ impl<B: Backend> PresenceStore for B {
             return Ok(Vec::new());
         }
         let mut conn = self.acquire().await?;
-        let rows = self.fresh_presence(&mut conn, ids, now).await?;
+        let rows = conn.presence_in(ids, now).await?;
         let mut fresh = Vec::with_capacity(rows.len());
         for row in rows {
             fresh.push((

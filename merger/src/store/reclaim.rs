@@ -16,7 +16,10 @@ use super::{StoreError, encode_u128};
 /// it netted (a carry gone, or not to net any more, is left as it is).
 pub async fn net<B: Backend>(store: &B, counter: i64, object: &str) -> Result<bool, StoreError> {
     let mut tx = store.begin().await?;
-    store.lock_counter_id(&mut tx, counter).await?;
+    query(B::DIALECT.lock_counter_id())
+        .bind(counter)
+        .execute(&mut *tx)
+        .await?;
     let (text, numeric, lock) = (
         B::DIALECT.text(),
         B::DIALECT.numeric(),

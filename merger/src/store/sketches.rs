@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use tally_crdt::{HyperLogLog, SketchKey, SketchTotal, SketchUpdate, Timestamp};
 
-use super::backend::Backend;
+use super::backend::{Backend, Statements};
 use super::sql::{Read, query};
 use super::{SketchStore, StoreError, corrupt};
 
@@ -40,12 +40,12 @@ impl<B: Backend> SketchStore for B {
             return Ok(syncs.iter().map(|_| Vec::new()).collect());
         }
         let mut tx = self.begin().await?;
-        self.create_sketches(&mut tx, &keys).await?;
-        let rows = self.sketch_rows(&mut tx, &keys, true).await?;
+        tx.create_sketches(&keys).await?;
+        let rows = tx.sketches_in(&keys, true).await?;
         let merge = crate::unique::merge_sketch_rows(syncs, sketches_of(&rows)?, at)
             .map_err(|e| corrupt("sketches", e.to_string()))?;
         if !merge.writes.is_empty() {
-            self.write_sketches(&mut tx, &merge.writes, at).await?;
+            tx.write_sketches(&merge.writes, at).await?;
         }
         B::commit(tx).await?;
         Ok(merge.totals)
@@ -60,7 +60,7 @@ impl<B: Backend> SketchStore for B {
             .map(|k| (k.id().to_owned(), super::day_column(k)))
             .collect();
         let mut conn = self.acquire().await?;
-        let rows = self.sketch_rows(&mut conn, &asked, false).await?;
+        let rows = conn.sketches_in(&asked, false).await?;
         Ok(crate::unique::sketch_answers(keys, sketches_of(&rows)?))
     }
 }

@@ -4,13 +4,12 @@
 //! from their own task and wait on SQLite's lock for a moment at most). Rows travel as JSON
 //! arrays expanded by `json_each`, one statement per table per commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tally_crdt::{
@@ -18,13 +17,14 @@ use tally_crdt::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::backend::{Fetched, KindId, Lock, Locked, Pending, Statements};
 use super::counters::{COUNTED, K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use crate::presence::PresenceRow;
 
 use super::{
-    CarryRow, Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError, StoredCounter,
-    corrupt, encode_u64, encode_u128, replica_of,
+    CarryRow, Committed, ReplicaRow, SlotRow, SnapshotRow, StoreError, StoredCounter, corrupt,
+    encode_u64, encode_u128, replica_of,
 };
 use crate::config::Durability;
 
@@ -133,21 +133,14 @@ impl super::backend::Backend for SqliteStore {
         &self.pool
     }
 
-    /// A write first: the transaction holds the write lock from here on.
-    async fn lock_milestones(&self, conn: &mut Self::Conn, id: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO counters (kind, name) VALUES ('g', ?1) ON CONFLICT DO NOTHING")
-            .bind(id)
-            .execute(conn)
-            .await?;
-        Ok(())
+    /// Closes every connection, checkpointing the WAL.
+    async fn close_all(&self) {
+        self.pool.close().await;
     }
 
-    async fn load_in(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[CounterKey],
-    ) -> Result<Vec<StoredCounter>, StoreError> {
-        load_in(conn, keys).await
+    /// One process owns a SQLite file: nobody else changes it.
+    fn changes(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<super::Changes>> {
+        None
     }
 
     /// Each table gets one statement whatever the batch size: the rows travel as one JSON
@@ -248,7 +241,7 @@ impl super::backend::Backend for SqliteStore {
                 .collect();
             let carries =
                 super::batch_carries(&slots, |r| regions.get(&r).map(|&region| region.into()));
-            self.merge_carries(&mut tx, &carries).await?;
+            tx.merge_carries(&carries).await?;
             let mut rows = Vec::with_capacity(slots.len());
             for s in slots.iter().filter(|s| s.totals != SlotTotals::default()) {
                 let replica = replica_ids.get(&s.replica).ok_or_else(|| {
@@ -298,160 +291,11 @@ impl super::backend::Backend for SqliteStore {
         Ok(committed)
     }
 
-    /// Every counter of `carries` is answered: SQLite has no other merger to tell.
-    async fn merge_carries(
-        &self,
-        conn: &mut Self::Conn,
-        carries: &[CarryRow],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        if carries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<_> = carries
-            .iter()
-            .map(|c| {
-                (
-                    c.key.kind().as_str(),
-                    c.key.id(),
-                    super::object_column(c.object),
-                    &*c.carry.region,
-                    c.carry.through,
-                    encode_u128(c.carry.totals.p),
-                    encode_u128(c.carry.totals.n),
-                    c.at.unix_ms(),
-                    c.carry.frame,
-                    encode_u128(c.carry.reclaimed.p),
-                    encode_u128(c.carry.reclaimed.n),
-                )
-            })
-            .collect();
-        let rows = json_rows(&rows);
-        sqlx::query(UPSERT_CARRIES)
-            .bind(&rows)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(DELETE_CARRIED_SLOTS)
-            .bind(&rows)
-            .execute(&mut *conn)
-            .await?;
-        Ok(carries
-            .iter()
-            .map(|c| (c.key.kind().as_str().to_owned(), c.key.id().to_owned()))
-            .collect())
-    }
-
-    /// Under the write lock the transaction holds already.
-    async fn lock_pending(
-        &self,
-        conn: &mut Self::Conn,
-        names: &[&str],
-    ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-        let keys: Vec<(&str, &str)> = names.iter().map(|name| ("g", *name)).collect();
-        Ok(crate::milestone::pending_of(
-            &watch_milestones(conn, &keys, None).await?,
-        ))
-    }
-
-    /// The replica's upsert that follows is the write that takes the write lock.
-    async fn lock_generations(
-        &self,
-        _conn: &mut Self::Conn,
-        _first: &str,
-        _last: &str,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// A write first (the epoch set to itself): the transaction holds the write lock from
-    /// here on, so nothing commits between the sums read and the cuts written.
-    async fn lock_counter(
-        &self,
-        conn: &mut Self::Conn,
-        key: &CounterKey,
-        create: bool,
-        counted: bool,
-    ) -> Result<Option<(i64, super::Epoch)>, StoreError> {
-        if create {
-            sqlx::query(
-                "INSERT INTO counters (kind, name) VALUES (?1, ?2) \
-                 ON CONFLICT (kind, name) DO NOTHING",
-            )
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *conn)
-            .await?;
-        }
-        let filter = if counted { COUNTED } else { "true" };
-        let row = sqlx::query(&format!(
-            "UPDATE counters AS c SET epoch = epoch WHERE kind = ?1 AND name = ?2 AND {filter} \
-             RETURNING id, epoch, deleted, reset_at"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *conn)
-        .await?;
-        row.map(|row| Ok((row.try_get("id")?, super::epoch_of(&row)?)))
-            .transpose()
-    }
-
-    /// A write (the epoch set to itself): the write lock.
-    async fn lock_counter_id(&self, conn: &mut Self::Conn, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE counters SET epoch = epoch WHERE id = ?1")
-            .bind(id)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-
     async fn changed(
         &self,
         _conn: &mut Self::Conn,
         _changed: &[(String, String)],
     ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn write_cuts(
-        &self,
-        conn: &mut Self::Conn,
-        id: i64,
-        counter: &StoredCounter,
-    ) -> Result<(), StoreError> {
-        let cuts: Vec<_> = counter
-            .cuts
-            .iter()
-            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
-            .collect();
-        sqlx::query(
-            "INSERT INTO cuts (counter, region, p, n) \
-             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
-             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
-        )
-        .bind(id)
-        .bind(json_rows(&cuts))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM object_cuts WHERE counter = ?1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        let shares: Vec<_> = counter
-            .object_cuts
-            .iter()
-            .map(|(object, region, t)| {
-                let object = super::object_column(*object);
-                (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO object_cuts (counter, object, region, p, n) \
-             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
-             FROM json_each(?2) AS j",
-        )
-        .bind(id)
-        .bind(json_rows(&shares))
-        .execute(&mut *conn)
-        .await?;
         Ok(())
     }
 
@@ -514,29 +358,144 @@ impl super::backend::Backend for SqliteStore {
         .await?;
         Ok(())
     }
+}
 
-    async fn fresh_presence(
-        &self,
-        conn: &mut Self::Conn,
-        ids: &[String],
-        now: Timestamp,
-    ) -> Result<Vec<SqliteRow>, StoreError> {
+#[async_trait]
+impl Statements for sqlx::SqliteConnection {
+    async fn load_in(&mut self, keys: &[CounterKey]) -> Result<Vec<StoredCounter>, StoreError> {
+        load_in(self, keys).await
+    }
+
+    /// A write first: the transaction holds the write lock from here on.
+    async fn lock_milestones(&mut self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO counters (kind, name) VALUES ('g', ?1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    /// Under the write lock the transaction holds already.
+    async fn lock_pending(&mut self, names: &[&str]) -> Result<Pending, StoreError> {
+        let keys: Vec<(&str, &str)> = names.iter().map(|name| ("g", *name)).collect();
+        Ok(crate::milestone::pending_of(
+            &watch_milestones(self, &keys, None).await?,
+        ))
+    }
+
+    /// A write first (the epoch set to itself): the transaction holds the write lock from
+    /// here on, so nothing commits between the sums read and the cuts written.
+    async fn lock_counter(&mut self, key: &CounterKey, lock: Lock) -> Result<Locked, StoreError> {
+        let (create, counted) = (lock == Lock::Cut, lock == Lock::Reset);
+        if create {
+            sqlx::query(
+                "INSERT INTO counters (kind, name) VALUES (?1, ?2) \
+                 ON CONFLICT (kind, name) DO NOTHING",
+            )
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .execute(&mut *self)
+            .await?;
+        }
+        let filter = if counted { COUNTED } else { "true" };
+        let row = sqlx::query(&format!(
+            "UPDATE counters AS c SET epoch = epoch WHERE kind = ?1 AND name = ?2 AND {filter} \
+             RETURNING id, epoch, deleted, reset_at"
+        ))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *self)
+        .await?;
+        row.map(|row| Ok((row.try_get("id")?, super::epoch_of(&row)?)))
+            .transpose()
+    }
+
+    async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
+        let cuts: Vec<_> = counter
+            .cuts
+            .iter()
+            .map(|(region, t)| (region.as_str(), encode_u128(t.p), encode_u128(t.n)))
+            .collect();
+        sqlx::query(
+            "INSERT INTO cuts (counter, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?2) AS j \
+             WHERE true ON CONFLICT (counter, region) DO UPDATE SET p = excluded.p, n = excluded.n",
+        )
+        .bind(id)
+        .bind(json_rows(&cuts))
+        .execute(&mut *self)
+        .await?;
+        let shares: Vec<_> = counter
+            .object_cuts
+            .iter()
+            .map(|(object, region, t)| {
+                let object = super::object_column(*object);
+                (object, region.as_str(), encode_u128(t.p), encode_u128(t.n))
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO object_cuts (counter, object, region, p, n) \
+             SELECT ?1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 \
+             FROM json_each(?2) AS j",
+        )
+        .bind(id)
+        .bind(json_rows(&shares))
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    /// Every counter of `carries` is answered: SQLite has no other merger to tell.
+    async fn merge_carries(&mut self, carries: &[CarryRow]) -> Result<Vec<KindId>, StoreError> {
+        if carries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<_> = carries
+            .iter()
+            .map(|c| {
+                (
+                    c.key.kind().as_str(),
+                    c.key.id(),
+                    super::object_column(c.object),
+                    &*c.carry.region,
+                    c.carry.through,
+                    encode_u128(c.carry.totals.p),
+                    encode_u128(c.carry.totals.n),
+                    c.at.unix_ms(),
+                    c.carry.frame,
+                    encode_u128(c.carry.reclaimed.p),
+                    encode_u128(c.carry.reclaimed.n),
+                )
+            })
+            .collect();
+        let rows = json_rows(&rows);
+        sqlx::query(UPSERT_CARRIES)
+            .bind(&rows)
+            .execute(&mut *self)
+            .await?;
+        sqlx::query(DELETE_CARRIED_SLOTS)
+            .bind(&rows)
+            .execute(&mut *self)
+            .await?;
+        Ok(carries
+            .iter()
+            .map(|c| (c.key.kind().as_str().to_owned(), c.key.id().to_owned()))
+            .collect())
+    }
+
+    async fn presence_in(&mut self, ids: &[String], now: Timestamp) -> Fetched<Self> {
         let rows = sqlx::query(
             "SELECT p.name, p.reporter, p.count, p.at FROM json_each(?1) AS j \
              JOIN presence p ON p.name = j.value WHERE p.expires_at > ?2",
         )
         .bind(json_rows(ids))
         .bind(now.unix_ms())
-        .fetch_all(conn)
+        .fetch_all(&mut *self)
         .await?;
         Ok(rows)
     }
 
-    async fn create_sketches(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[SketchColumns],
-    ) -> Result<(), StoreError> {
+    async fn create_sketches(&mut self, keys: &[SketchColumns]) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sketches (name, day, sketch, updated_at) \
              SELECT j.value ->> 0, j.value ->> 1, ?2, NULL FROM json_each(?1) AS j WHERE true \
@@ -544,31 +503,25 @@ impl super::backend::Backend for SqliteStore {
         )
         .bind(json_rows(keys))
         .bind(HyperLogLog::new().to_bytes())
-        .execute(conn)
+        .execute(&mut *self)
         .await?;
         Ok(())
     }
 
     /// Read in the transaction that created them, the rows are under its write lock.
-    async fn sketch_rows(
-        &self,
-        conn: &mut Self::Conn,
-        keys: &[SketchColumns],
-        _lock: bool,
-    ) -> Result<Vec<SqliteRow>, StoreError> {
+    async fn sketches_in(&mut self, keys: &[SketchColumns], _lock: bool) -> Fetched<Self> {
         let rows = sqlx::query(
             "SELECT s.name, s.day, s.sketch, s.updated_at FROM json_each(?1) AS j \
              JOIN sketches s ON s.name = j.value ->> 0 AND s.day = j.value ->> 1",
         )
         .bind(json_rows(keys))
-        .fetch_all(conn)
+        .fetch_all(&mut *self)
         .await?;
         Ok(rows)
     }
 
     async fn write_sketches(
-        &self,
-        conn: &mut Self::Conn,
+        &mut self,
         writes: &[(SketchKey, Vec<u8>)],
         at: Timestamp,
     ) -> Result<(), StoreError> {
@@ -581,32 +534,10 @@ impl super::backend::Backend for SqliteStore {
             .bind(super::day_column(key))
             .bind(bytes.as_slice())
             .bind(at.unix_ms())
-            .execute(&mut *conn)
+            .execute(&mut *self)
             .await?;
         }
         Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Closes every connection, checkpointing the WAL.
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// One process owns a SQLite file: nobody else changes it.
-    fn watch(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<super::Changes>> {
-        None
     }
 }
 
