@@ -25,9 +25,9 @@
 //!   daily sketches past `--sketch-days`, rows of retired incarnations.
 //! - [`state`]: [`state::Db`], the bounded cache of merged counters, keyed by
 //!   [`tally_crdt::CounterKey`], with times as [`tally_crdt::Timestamp`].
-//! - [`store`]: the [`store::Store`] trait and its backends, every SQL statement; schemas in
-//!   `migrations/sqlite` and `migrations/postgres`. The rows it writes and loads are in
-//!   [`rows`].
+//! - [`store`]: the [`store::Store`] traits, written once over a backend, and the SQLite and
+//!   Postgres backends; every SQL statement; schemas in `migrations/sqlite` and
+//!   `migrations/postgres`. The rows it writes and loads are in [`rows`].
 //! - [`milestone`]: "the N-th hit", decided once in the commit that crosses it (the pure
 //!   decision; the store runs it under a per-counter lock).
 //! - [`metrics`]: the Prometheus registry.

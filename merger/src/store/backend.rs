@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::sketches::SketchColumns;
 use super::sql::{Conn, query};
 use super::{
-    CarryRow, Changes, Committed, Epoch, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError,
+    CarryRow, Changes, Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError,
     StoredCounter,
 };
 use crate::presence::PresenceRow;
@@ -102,16 +102,6 @@ pub type KindId = (String, String);
 /// The rows a connection answers to a query, or why not.
 pub type Fetched<C> = Result<Vec<<C as Conn>::Row>, StoreError>;
 
-/// What a transaction locks a counter for ([`Statements::lock_counter`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lock {
-    /// A reset or a delete: a counter with nothing counted is not locked (there is nothing
-    /// to reset).
-    Reset,
-    /// A cut an object tells: the counter is created if missing.
-    Cut,
-}
-
 /// The statements a backend writes its own way, on its connection (a transaction's, to read
 /// what it wrote).
 #[async_trait]
@@ -127,11 +117,6 @@ pub trait Statements: Conn {
     /// Locks the pending milestones of counters `names` (kind `g`), in key order (so two
     /// transactions never wait on each other in a cycle), and answers them by counter.
     async fn lock_pending(&mut self, names: &[&str]) -> Result<Pending, StoreError>;
-
-    /// Locks `key`'s counter for the rest of the transaction (its row; on SQLite the write
-    /// lock) and answers its id and epoch; `None` when it does not exist or, for a reset, has
-    /// no slot, carry or base.
-    async fn lock_counter(&mut self, key: &CounterKey, lock: Lock) -> Result<Locked, StoreError>;
 
     /// Writes `counter`'s cuts (every region's, replacing those held) and its objects' shares
     /// of them (none is held: [`super::epochs`] deleted them); `id` is its store id.
@@ -159,9 +144,6 @@ pub trait Statements: Conn {
         at: Timestamp,
     ) -> Result<(), StoreError>;
 }
-
-/// A counter a transaction locked: its store id and its epoch.
-pub type Locked = Option<(i64, Epoch)>;
 
 /// Pending milestones by counter id.
 pub type Pending = BTreeMap<String, Vec<u64>>;
@@ -230,9 +212,24 @@ impl Dialect {
         }
     }
 
+    /// Locks the counter of kind `$1` and id `$2` for the rest of the transaction (its row;
+    /// on SQLite a write, its epoch set to itself, takes the write lock) if it meets `filter`,
+    /// and answers its `id`, `epoch`, `deleted` and `reset_at`.
+    pub fn lock_counter(self, filter: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!(
+                "UPDATE counters AS c SET epoch = epoch WHERE kind = $1 AND name = $2 \
+                 AND {filter} RETURNING id, epoch, deleted, reset_at"
+            ),
+            Dialect::Postgres => format!(
+                "SELECT id, epoch, deleted, reset_at FROM counters c \
+                 WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
+            ),
+        }
+    }
+
     /// Locks counter `$1` (its store id) for the rest of the transaction, as
-    /// [`Statements::lock_counter`] does: on SQLite a write (its epoch set to itself) takes
-    /// the write lock.
+    /// [`Dialect::lock_counter`] does.
     pub const fn lock_counter_id(self) -> &'static str {
         match self {
             Dialect::Sqlite => "UPDATE counters SET epoch = epoch WHERE id = $1",

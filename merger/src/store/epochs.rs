@@ -2,10 +2,11 @@
 //! a counter's epoch or raise its cuts (the backend locks the counter and writes the cuts its
 //! own way).
 
-use tally_crdt::{CounterKey, Cut, ReplicaId, Timestamp};
+use tally_crdt::{CounterKey, CounterKind, Cut, ReplicaId, Timestamp};
 
-use super::backend::{Backend, Lock, Statements};
-use super::sql::query;
+use super::backend::{Backend, Statements};
+use super::counters::COUNTED;
+use super::sql::{Read, query};
 use super::{Epoch, ResetOutcome, ResetRequest, StoreError, StoredCounter, corrupt};
 
 /// [`CounterStore::reset`](super::CounterStore::reset): the counter's lock first, so that two
@@ -17,7 +18,7 @@ pub async fn reset<B: Backend>(
     request: ResetRequest,
 ) -> Result<ResetOutcome, StoreError> {
     let mut tx = store.begin().await?;
-    let Some((id, current)) = tx.lock_counter(key, Lock::Reset).await? else {
+    let Some((id, current)) = lock_counter::<B>(&mut tx, key, Lock::Reset).await? else {
         return Ok(ResetOutcome::Unknown);
     };
     if request.expect_epoch.is_some_and(|e| e != current.number) {
@@ -60,8 +61,7 @@ pub async fn tell_cut<B: Backend>(
     cut: &Cut,
 ) -> Result<Option<StoredCounter>, StoreError> {
     let mut tx = store.begin().await?;
-    let (id, epoch) = tx
-        .lock_counter(key, Lock::Cut)
+    let (id, epoch) = lock_counter::<B>(&mut tx, key, Lock::Cut)
         .await?
         .ok_or_else(|| corrupt("counters", format!("counter {key} was not created")))?;
     let counter = match super::counters::parts::<B>(&mut tx, id).await? {
@@ -81,6 +81,46 @@ pub async fn tell_cut<B: Backend>(
     store.changed(&mut tx, &[changed(key)]).await?;
     B::commit(tx).await?;
     Ok(Some(after))
+}
+
+/// What a transaction locks a counter for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// A reset or a delete: a counter with nothing counted is not locked (there is nothing
+    /// to reset).
+    Reset,
+    /// A cut an object tells: the counter is created if missing.
+    Cut,
+}
+
+/// Locks `key`'s counter for the rest of the transaction, and for kind `g` its pending
+/// milestones (a commit deciding a milestone reads the count a reset moves: one at a time);
+/// answers its store id and epoch, `None` when there is none to lock.
+async fn lock_counter<B: Backend>(
+    conn: &mut B::Conn,
+    key: &CounterKey,
+    lock: Lock,
+) -> Result<Option<(i64, Epoch)>, StoreError> {
+    if lock == Lock::Cut {
+        query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(key.kind().as_str())
+            .bind(key.id())
+            .execute(&mut *conn)
+            .await?;
+    }
+    let filter = if lock == Lock::Reset { COUNTED } else { "true" };
+    let row = query(B::DIALECT.lock_counter(filter))
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if key.kind() == CounterKind::G {
+        conn.lock_pending(&[key.id()]).await?;
+    }
+    Ok(Some((row.int("id")?, super::epoch_of(&row)?)))
 }
 
 /// Sets counter `id`'s epoch.

@@ -1,9 +1,19 @@
 //! The durable store: the [`Store`] trait every backend implements, and the rows it moves.
 //!
-//! Two backends, one module each, chosen by the `--database-url` scheme ([`open`]):
+//! Two backends, chosen by the `--database-url` scheme ([`open`]):
 //! - [`sqlite`] (`sqlite://`, the default): one merger process on an embedded file.
 //! - [`postgres`] (`postgres://`): several merger processes on one database, as stateless
 //!   peers. Each one hears what the others commit through [`Store::watch`].
+//!
+//! The store is written once: each concern's trait is implemented a single time, for any
+//! [`backend::Backend`], in a module of its own ([`counters`], [`epochs`], [`reclaim`],
+//! [`milestones`], [`history`], [`presence`], [`sketches`]), with statements run through
+//! [`sql`] on either database. A backend adds only what really differs
+//! ([`backend::Backend`], [`backend::Statements`], [`backend::Dialect`]): a batch's commit
+//! and the statements that take a batch (JSON rows expanded by `json_each` on SQLite, arrays
+//! expanded by `UNNEST` on Postgres), how a transaction locks (SQLite's one write lock, taken
+//! by a first write; Postgres's row locks, in one global order), how totals are typed
+//! (fixed-width text on SQLite, `NUMERIC` on Postgres), and Postgres's change feed.
 //!
 //! Both merge slots with "max per slot" in SQL, so mergers never coordinate: whatever order
 //! their commits land in, each slot ends at the largest total any of them saw. An edge

@@ -62,8 +62,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::backend::{Fetched, KindId, Lock, Locked, Pending, Statements};
-use super::counters::{COUNTED, K_COLUMNS, parts_of_k};
+use super::backend::{Fetched, KindId, Pending, Statements};
+use super::counters::{K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use super::{
     CarryRow, Changes, Committed, ReplicaRow, SlotRow, SnapshotRow, StoreError, StoredCounter,
@@ -472,11 +472,7 @@ impl super::backend::Backend for PostgresStore {
         Ok(committed)
     }
 
-    async fn changed(
-        &self,
-        conn: &mut Self::Conn,
-        changed: &[(String, String)],
-    ) -> Result<(), StoreError> {
+    async fn changed(&self, conn: &mut Self::Conn, changed: &[KindId]) -> Result<(), StoreError> {
         notify(conn, &self.origin, changed).await
     }
 
@@ -566,35 +562,6 @@ impl Statements for sqlx::PgConnection {
 
     async fn lock_pending(&mut self, names: &[&str]) -> Result<Pending, StoreError> {
         lock_pending(self, names).await
-    }
-
-    /// The counter row's lock, and for kind `g` its pending milestones' (a commit deciding a
-    /// milestone reads the count a reset moves: one at a time).
-    async fn lock_counter(&mut self, key: &CounterKey, lock: Lock) -> Result<Locked, StoreError> {
-        let (create, counted) = (lock == Lock::Cut, lock == Lock::Reset);
-        if create {
-            sqlx::query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(key.kind().as_str())
-                .bind(key.id())
-                .execute(&mut *self)
-                .await?;
-        }
-        let filter = if counted { COUNTED } else { "true" };
-        let row = sqlx::query(&format!(
-            "SELECT id, epoch, deleted, reset_at FROM counters c \
-             WHERE kind = $1 AND name = $2 AND {filter} FOR UPDATE"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *self)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        if key.kind() == CounterKind::G {
-            lock_pending(self, &[key.id()]).await?;
-        }
-        Ok(Some((row.try_get("id")?, super::epoch_of(&row)?)))
     }
 
     async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
@@ -700,15 +667,14 @@ impl Statements for sqlx::PgConnection {
     }
 
     async fn presence_in(&mut self, ids: &[String], now: Timestamp) -> Fetched<Self> {
-        let rows = sqlx::query(
+        Ok(sqlx::query(
             "SELECT name, reporter, count::text AS count, at FROM presence \
              WHERE name = ANY($1::text[]) AND expires_at > $2",
         )
         .bind(ids)
         .bind(now.unix_ms())
         .fetch_all(&mut *self)
-        .await?;
-        Ok(rows)
+        .await?)
     }
 
     async fn create_sketches(&mut self, keys: &[SketchColumns]) -> Result<(), StoreError> {
@@ -736,7 +702,7 @@ impl Statements for sqlx::PgConnection {
         } else {
             ""
         };
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query(&format!(
             "SELECT s.name, s.day, s.sketch, s.updated_at FROM sketches s \
              JOIN UNNEST($1::text[], $2::text[]) AS u(name, day) \
                  ON s.name = u.name AND s.day = u.day {lock}"
@@ -744,8 +710,7 @@ impl Statements for sqlx::PgConnection {
         .bind(&names)
         .bind(&days)
         .fetch_all(&mut *self)
-        .await?;
-        Ok(rows)
+        .await?)
     }
 
     async fn write_sketches(

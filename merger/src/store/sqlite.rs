@@ -17,8 +17,8 @@ use tally_crdt::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::backend::{Fetched, KindId, Lock, Locked, Pending, Statements};
-use super::counters::{COUNTED, K_COLUMNS, parts_of_k};
+use super::backend::{Fetched, KindId, Pending, Statements};
+use super::counters::{K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use crate::presence::PresenceRow;
 
@@ -291,11 +291,7 @@ impl super::backend::Backend for SqliteStore {
         Ok(committed)
     }
 
-    async fn changed(
-        &self,
-        _conn: &mut Self::Conn,
-        _changed: &[(String, String)],
-    ) -> Result<(), StoreError> {
+    async fn changed(&self, _: &mut Self::Conn, _: &[KindId]) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -383,33 +379,6 @@ impl Statements for sqlx::SqliteConnection {
         ))
     }
 
-    /// A write first (the epoch set to itself): the transaction holds the write lock from
-    /// here on, so nothing commits between the sums read and the cuts written.
-    async fn lock_counter(&mut self, key: &CounterKey, lock: Lock) -> Result<Locked, StoreError> {
-        let (create, counted) = (lock == Lock::Cut, lock == Lock::Reset);
-        if create {
-            sqlx::query(
-                "INSERT INTO counters (kind, name) VALUES (?1, ?2) \
-                 ON CONFLICT (kind, name) DO NOTHING",
-            )
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *self)
-            .await?;
-        }
-        let filter = if counted { COUNTED } else { "true" };
-        let row = sqlx::query(&format!(
-            "UPDATE counters AS c SET epoch = epoch WHERE kind = ?1 AND name = ?2 AND {filter} \
-             RETURNING id, epoch, deleted, reset_at"
-        ))
-        .bind(key.kind().as_str())
-        .bind(key.id())
-        .fetch_optional(&mut *self)
-        .await?;
-        row.map(|row| Ok((row.try_get("id")?, super::epoch_of(&row)?)))
-            .transpose()
-    }
-
     async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
         let cuts: Vec<_> = counter
             .cuts
@@ -484,15 +453,14 @@ impl Statements for sqlx::SqliteConnection {
     }
 
     async fn presence_in(&mut self, ids: &[String], now: Timestamp) -> Fetched<Self> {
-        let rows = sqlx::query(
+        Ok(sqlx::query(
             "SELECT p.name, p.reporter, p.count, p.at FROM json_each(?1) AS j \
              JOIN presence p ON p.name = j.value WHERE p.expires_at > ?2",
         )
         .bind(json_rows(ids))
         .bind(now.unix_ms())
         .fetch_all(&mut *self)
-        .await?;
-        Ok(rows)
+        .await?)
     }
 
     async fn create_sketches(&mut self, keys: &[SketchColumns]) -> Result<(), StoreError> {
@@ -510,14 +478,13 @@ impl Statements for sqlx::SqliteConnection {
 
     /// Read in the transaction that created them, the rows are under its write lock.
     async fn sketches_in(&mut self, keys: &[SketchColumns], _lock: bool) -> Fetched<Self> {
-        let rows = sqlx::query(
+        Ok(sqlx::query(
             "SELECT s.name, s.day, s.sketch, s.updated_at FROM json_each(?1) AS j \
              JOIN sketches s ON s.name = j.value ->> 0 AND s.day = j.value ->> 1",
         )
         .bind(json_rows(keys))
         .fetch_all(&mut *self)
-        .await?;
-        Ok(rows)
+        .await?)
     }
 
     async fn write_sketches(
