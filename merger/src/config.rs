@@ -103,8 +103,8 @@ pub struct Config {
     pub webhook_secret: Option<String>,
 
     /// Counters the merger keeps in memory at most (a cache over the store: a counter not
-    /// held is loaded on its first read or sync). About 1.6 KiB each as measured with a few
-    /// slots per counter (docs/benchmarks.md, "a million counters").
+    /// held is loaded on its first read or sync). About 1.3 KiB each as measured with one
+    /// slot per counter (docs/benchmarks.md, "a million counters").
     #[arg(long, env = "TALLY_CACHE_COUNTERS", default_value_t = 100_000)]
     pub cache_counters: usize,
 
