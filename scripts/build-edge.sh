@@ -13,4 +13,15 @@ export WASM_OPT_BIN="$root/node_modules/.bin/wasm-opt"
 # Set here, not in Cargo.toml, so the merger's release build keeps opt-level 3.
 export CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 cd "$root/edge"
-exec worker-build --release "$@"
+worker-build --release "$@"
+# worker-build keeps the Wasm `name` section (function names for stack traces: a fifth of the
+# module) and the producers section; a deploy does not need them (TALLY_EDGE_NAMES=1 keeps
+# them, for a build whose panics should name their functions). The same features as
+# worker-build's own wasm-opt pass, so nothing newer than workerd supports is emitted.
+[[ "${TALLY_EDGE_NAMES:-0}" == 1 ]] && exit 0
+module="$root/edge/build/index_bg.wasm"
+"$WASM_OPT_BIN" --strip-debug --strip-producers \
+  --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int \
+  --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling \
+  "$module" -o "$module.stripped"
+mv "$module.stripped" "$module"

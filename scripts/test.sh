@@ -102,6 +102,7 @@ export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 step "edge worker build (worker-build, wasm32; clippy)" bash scripts/build-edge.sh
+step "edge Wasm module within its size budget" bash scripts/check-edge-size.sh
 # The test harnesses of every crate, the benches (run once, in test mode), and the merger binary
 # the end-to-end tests start, all with the workspace's features.
 step "build the tests, the benches and the merger binary (clippy)" \
