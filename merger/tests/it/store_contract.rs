@@ -16,7 +16,9 @@ use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter, sent_carry};
+use tally_merger::store::{
+    MilestoneStore, ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter, sent_carry,
+};
 
 use crate::common::rows::*;
 
@@ -369,6 +371,32 @@ async fn load_list_and_history_behave_as_the_trait_says(b: Backend) {
     store.ping().await.expect("ping");
     store.close().await;
     assert!(store.ping().await.is_err(), "closed");
+}
+
+contract!(a_page_of_a_list_skips_counters_with_nothing_counted);
+async fn a_page_of_a_list_skips_counters_with_nothing_counted(b: Backend) {
+    let store = &*b.store;
+    // A milestone registered before the counter's first hit: on SQLite its registration
+    // writes the counter's row (the write that takes the lock), with nothing counted.
+    store
+        .add_milestone("a", 5, None, at(1))
+        .await
+        .expect("a milestone is registered");
+    let r = replica(7);
+    store
+        .commit(
+            &[registered(r, "eu", 2)],
+            &[slot(&g("b"), r, 1, 0, 2), slot(&g("c"), r, 1, 0, 2)],
+        )
+        .await
+        .expect("commit");
+    let page = store.list(CounterKind::G, "", None, 2).await.expect("list");
+    assert_eq!(
+        ids(&page),
+        ["b", "c"],
+        "a full page: a counter with nothing counted takes no place in it"
+    );
+    store.close().await;
 }
 
 contract!(a_rebased_carry_replaces_the_stored_one_and_an_earlier_frame_changes_nothing);
