@@ -16,9 +16,7 @@ use tally_e2e::postgres::PostgresCluster;
 use tally_merger::config::Durability;
 use tally_merger::store::postgres::PostgresStore;
 use tally_merger::store::sqlite::SqliteStore;
-use tally_merger::store::{
-    MilestoneStore, ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter, sent_carry,
-};
+use tally_merger::store::{ResetRequest, SlotRow, SnapshotRow, Store, StoredCounter, sent_carry};
 
 use crate::common::rows::*;
 
