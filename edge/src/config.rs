@@ -51,7 +51,9 @@ pub struct Config {
     /// to commit it before answering `Tally-Milestone: pending` (`EXACT_WAIT_MS`, default
     /// 2000; 0 turns the exact path off: winners then learn it from their receipts only).
     pub exact_wait_ms: u64,
-    /// Longest backoff between failed merger calls (`MAX_BACKOFF_MS`, default 60000).
+    /// Longest backoff between failed merger calls (`MAX_BACKOFF_MS`, default 60000); also
+    /// how long syncs keep the version a merger a release behind took before the newest is
+    /// tried again.
     pub max_backoff_ms: u64,
     /// Age, counted from its first hit, after which an object's incarnation rotates at its
     /// first clean moment and the old one is retired at the merger (`ROTATE_MS`, default one

@@ -20,7 +20,7 @@
 //! fetches, the alarm call); the in-memory state is changed only between awaits, through a
 //! `RefCell` whose borrows never cross one. SQL calls are synchronous.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -48,6 +48,13 @@ use crate::milestone::Verdict;
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
 use crate::{config_from_env, json_response, now, random_u64};
+
+thread_local! {
+    /// The protocol version a merger a release behind took last, and until when this
+    /// isolate's objects send their syncs in it: such a merger costs one refused sync per
+    /// `MAX_BACKOFF_MS`, not one per sync.
+    static SPOKEN: Cell<Option<(u32, Timestamp)>> = const { Cell::new(None) };
+}
 
 /// How soon after a read asks for it a refresh runs: reads arriving meanwhile join the batch.
 const REFRESH_DELAY_MS: u64 = 10;
@@ -759,10 +766,20 @@ impl Replica {
     ) -> std::result::Result<tally_crdt::SyncResponse, MergerError> {
         self.with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
         let _in_flight = InFlight { replica: self };
-        let mut answer = client::sync_within(config, request, timeout_ms).await;
-        let mut older = request.clone();
         // A merger a release behind (a rolling deploy in the wrong order): the same totals
-        // in the version it speaks, without the carries and visits it cannot take.
+        // in the version it speaks, without the carries and visits it cannot take. The
+        // version it took last goes first while it is remembered.
+        let mut older = request.clone();
+        let now = now();
+        if let Some(spoken) = SPOKEN.get().filter(|(_, until)| now < *until) {
+            while older.version > spoken.0 {
+                match older.downgraded() {
+                    Some(down) => older = down,
+                    None => break,
+                }
+            }
+        }
+        let mut answer = client::sync_within(config, &older, timeout_ms).await;
         while let Err(MergerError::Status { status: 422, body }) = &answer {
             if !body.contains("unsupported_version") {
                 break;
@@ -777,6 +794,14 @@ impl Replica {
             );
             older = down;
             answer = client::sync_within(config, &older, timeout_ms).await;
+        }
+        if answer.is_ok() {
+            // Taken below the newest version: speak it for `MAX_BACKOFF_MS`, then try the
+            // newest again (the merger may have been upgraded meanwhile).
+            SPOKEN.set(
+                (older.version < request.version)
+                    .then(|| (older.version, now.plus_ms(config.max_backoff_ms))),
+            );
         }
         answer
     }
