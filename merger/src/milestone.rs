@@ -262,8 +262,11 @@ impl NewsBoard {
 /// The milestones a commit looks at, by counter id.
 pub type Watch = BTreeMap<String, Vec<Watched>>;
 
+/// The Ns of the pending milestones, by counter id ([`pending_of`]).
+pub type Pending = BTreeMap<String, Vec<u64>>;
+
 /// The pending milestones of `watch`, by counter id (counters with none left out).
-pub fn pending_of(watch: &Watch) -> BTreeMap<String, Vec<u64>> {
+pub fn pending_of(watch: &Watch) -> Pending {
     watch
         .iter()
         .filter_map(|(id, rows)| {
@@ -382,7 +385,7 @@ pub fn decide_commit(
 /// count past was counted before (by an incarnation this store no longer knows the slot of)
 /// and is not decided here.
 pub fn decide_batch<S: Borrow<SlotRow>>(
-    pending: &BTreeMap<String, Vec<u64>>,
+    pending: &Pending,
     before: &[StoredCounter],
     slots: &[S],
     carries: &[CarryRow],

@@ -368,16 +368,22 @@ impl Bench {
         }
     }
 
+    /// Has a merger create its schema in `database` (started, then stopped), for the upsert
+    /// baseline of `phase`: the baselines write through the merger's own tables and indexes.
+    async fn schema_by_merger(&mut self, database: &str, phase: &str) -> Result<(), Error> {
+        let name = format!("merger-{}-schema", phase.to_lowercase());
+        let merger = self.start_merger(database, &name, &[]).await?;
+        self.stop_merger(merger, &format!("the merger that made {phase}'s schema"))
+            .await;
+        Ok(())
+    }
+
     /// P15: the merger's durable slot-updates/s ÷ SQLite's own batched upsert of the same rows
     /// in transactions of the merger's mean rows per commit ([`upsert::sqlite`]), on a
     /// database the merger created (its schema) with its settings.
     async fn p15(&mut self, updates: f64, per_commit: f64) -> Result<(), Error> {
         let file = self.work.join("upsert/tally.db");
-        let merger = self
-            .start_merger(&sqlite_url(&file), "merger-upsert-schema", &[])
-            .await?;
-        self.stop_merger(merger, "the merger that made P15's schema")
-            .await;
+        self.schema_by_merger(&sqlite_url(&file), "P15").await?;
         let rows = whole_rows(per_commit);
         step(&format!(
             "SQLite's own batched upsert: {rows} slot rows per transaction, one writer, {} s",
@@ -744,11 +750,7 @@ impl Bench {
     /// ([`upsert::postgres`]), on a database a merger created. Answers the baseline's rows/s.
     async fn p16(&mut self, two: f64, per_commit: f64) -> Result<f64, Error> {
         let database = self.postgres().await.create_database("p16_upsert").await;
-        let merger = self
-            .start_merger(&database, "merger-p16-schema", &[])
-            .await?;
-        self.stop_merger(merger, "the merger that made P16's schema")
-            .await;
+        self.schema_by_merger(&database, "P16").await?;
         let rows = whole_rows(per_commit);
         step(&format!(
             "P16: Postgres's own batched upsert, two writers, {rows} slot rows per transaction, {} s",

@@ -4,7 +4,6 @@
 //! the other mergers what changed, SQLite holds one write lock and has no other merger).
 //! Every store trait is implemented once, for any [`Backend`], in the module of its concern.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -17,6 +16,7 @@ use super::{
     CarryRow, Changes, Committed, ReplicaRow, SlotRow, SnapshotRow, Store, StoreError,
     StoredCounter,
 };
+use crate::milestone::Pending;
 use crate::presence::PresenceRow;
 
 /// A database the store runs on.
@@ -99,6 +99,11 @@ impl<B: Backend> Store for B {
 /// A counter as a change names it: its kind and id.
 pub type KindId = (String, String);
 
+/// `key` as a change names it.
+pub fn kind_id(key: &CounterKey) -> KindId {
+    (key.kind().as_str().to_owned(), key.id().to_owned())
+}
+
 /// The rows a connection answers to a query, or why not.
 pub type Fetched<C> = Result<Vec<<C as Conn>::Row>, StoreError>;
 
@@ -144,9 +149,6 @@ pub trait Statements: Conn {
         at: Timestamp,
     ) -> Result<(), StoreError>;
 }
-
-/// Pending milestones by counter id.
-pub type Pending = BTreeMap<String, Vec<u64>>;
 
 /// How a backend's SQL differs from the other's, in the few fragments the shared statements
 /// take from it.

@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use tally_crdt::{CounterKey, CounterKind, Cut, ReplicaId, SlotTotals, Timestamp};
 
-use super::backend::{Backend, Dialect, Statements};
-use super::sql::{Read, query};
+use super::backend::{Backend, Dialect, Statements, kind_id};
+use super::sql::{Conn, Query, Read, query};
 use super::{
     Committed, CounterStore, IMPORT_REGION, ImportOutcome, ImportRequest, ReplicaRow, ResetOutcome,
     ResetRequest, Retired, SlotRow, StoreError, StoredCounter, corrupt, decode, encode_u64,
@@ -71,9 +71,9 @@ impl<B: Backend> CounterStore for B {
             .iter()
             .map(|row| Ok((super::key_of_row(row)?, super::stored_slot(row)?)))
             .collect::<Result<_, StoreError>>()?;
+        let carry = carry_columns(B::DIALECT, "x.");
         let rows = query(format!(
-            "SELECT c.kind, c.name, x.region, x.through, x.p{text} AS p, x.n{text} AS n, \
-                 x.updated_at, x.frame, x.rp{text} AS rp, x.rn{text} AS rn \
+            "SELECT c.kind, c.name, {carry}, x.updated_at \
              FROM carries x JOIN counters c ON c.id = x.counter WHERE x.object = $1 \
              AND x.counter IN (SELECT s.counter FROM replicas r \
                  JOIN slots s ON s.replica = r.id WHERE r.replica BETWEEN $2 AND $3)"
@@ -128,18 +128,14 @@ impl<B: Backend> CounterStore for B {
         request: &ImportRequest,
     ) -> Result<ImportOutcome, StoreError> {
         let mut tx = self.begin().await?;
-        query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *tx)
-            .await?;
+        create_counter::<B>(&mut tx, key).await?;
         let counter = query("SELECT id FROM counters WHERE kind = $1 AND name = $2")
             .bind(key.kind().as_str())
             .bind(key.id())
             .fetch_one(&mut *tx)
             .await?
             .int("id")?;
-        let replica = import_replica::<B>(&mut tx, request).await?;
+        let replica = replica_of_import::<B>(&mut tx, request).await?;
         // An import is a slot's growth like any sync's: it may cross a milestone.
         let pending = if key.kind() == CounterKind::G {
             tx.lock_pending(&[key.id()])
@@ -207,8 +203,7 @@ impl<B: Backend> CounterStore for B {
             .await?
             .ok_or_else(|| corrupt("counters", format!("counter {key} has no parts")))?;
         if inserted {
-            let changed = [(key.kind().as_str().to_owned(), key.id().to_owned())];
-            self.changed(&mut tx, &changed).await?;
+            self.changed(&mut tx, &[kind_id(key)]).await?;
         }
         B::commit(tx).await?;
         Ok(if inserted {
@@ -265,11 +260,8 @@ impl<B: Backend> CounterStore for B {
     }
 
     async fn replica_count(&self) -> Result<u64, StoreError> {
-        let count = query("SELECT count(*) AS n FROM replicas WHERE retired_at IS NULL")
-            .fetch_one(&mut *self.acquire().await?)
-            .await?
-            .int("n")?;
-        u64::try_from(count).map_err(|_| corrupt("replicas", format!("count {count}")))
+        let alive = query("SELECT count(*) AS n FROM replicas WHERE retired_at IS NULL");
+        count("replicas", alive, &mut *self.acquire().await?).await
     }
 
     /// `SKIP LOCKED` on Postgres leaves a row a commit or a retirement holds (it waits for
@@ -317,18 +309,39 @@ impl<B: Backend> CounterStore for B {
     }
 
     async fn counter_count(&self, kind: CounterKind) -> Result<u64, StoreError> {
-        let count = query("SELECT count(*) AS n FROM counters WHERE kind = $1")
-            .bind(kind.as_str())
-            .fetch_one(&mut *self.acquire().await?)
-            .await?
-            .int("n")?;
-        u64::try_from(count).map_err(|_| corrupt("counters", format!("count {count}")))
+        let of_kind =
+            query("SELECT count(*) AS n FROM counters WHERE kind = $1").bind(kind.as_str());
+        count("counters", of_kind, &mut *self.acquire().await?).await
     }
+}
+
+/// The `n` a `count(*)` of `table` answers.
+async fn count<C: Conn + ?Sized>(
+    table: &'static str,
+    count: Query<'_>,
+    conn: &mut C,
+) -> Result<u64, StoreError> {
+    let n = count.fetch_one(conn).await?.int("n")?;
+    u64::try_from(n).map_err(|_| corrupt(table, format!("count {n}")))
+}
+
+/// Registers `key`'s counter if the store does not have it, in `conn`'s transaction (on
+/// SQLite a write, which takes the write lock).
+pub async fn create_counter<B: Backend>(
+    conn: &mut B::Conn,
+    key: &CounterKey,
+) -> Result<(), StoreError> {
+    query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(key.kind().as_str())
+        .bind(key.id())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The replica of the import `request` names, created on its first use; in `conn`'s
 /// transaction.
-async fn import_replica<B: Backend>(
+async fn replica_of_import<B: Backend>(
     conn: &mut B::Conn,
     request: &ImportRequest,
 ) -> Result<i64, StoreError> {
@@ -364,6 +377,16 @@ async fn import_replica<B: Backend>(
             .await?;
     }
     Ok(kept)
+}
+
+/// The columns of a `carries` row (qualified by `table`, e.g. `"x."`) that
+/// [`carry_of`](super::carry_of) reads.
+pub fn carry_columns(dialect: Dialect, table: &str) -> String {
+    let text = dialect.text();
+    format!(
+        "{table}region, {table}through, {table}p{text} AS p, {table}n{text} AS n, {table}frame, \
+         {table}rp{text} AS rp, {table}rn{text} AS rn"
+    )
 }
 
 /// The columns of `counters` a parts query carries on every row.

@@ -4,7 +4,7 @@
 
 use tally_crdt::{CounterKey, CounterKind, Cut, ReplicaId, Timestamp};
 
-use super::backend::{Backend, Statements};
+use super::backend::{Backend, Statements, kind_id};
 use super::counters::COUNTED;
 use super::sql::{Read, query};
 use super::{Epoch, ResetOutcome, ResetRequest, StoreError, StoredCounter, corrupt};
@@ -43,7 +43,7 @@ pub async fn reset<B: Backend>(
     if request.delete {
         delete_history::<B>(&mut tx, id).await?;
     }
-    store.changed(&mut tx, &[changed(key)]).await?;
+    store.changed(&mut tx, &[kind_id(key)]).await?;
     B::commit(tx).await?;
     Ok(ResetOutcome::Done {
         counter: Box::new(counter),
@@ -78,7 +78,7 @@ pub async fn tell_cut<B: Backend>(
         }
     }
     write_cuts::<B>(&mut tx, id, &after).await?;
-    store.changed(&mut tx, &[changed(key)]).await?;
+    store.changed(&mut tx, &[kind_id(key)]).await?;
     B::commit(tx).await?;
     Ok(Some(after))
 }
@@ -102,11 +102,7 @@ async fn lock_counter<B: Backend>(
     lock: Lock,
 ) -> Result<Option<(i64, Epoch)>, StoreError> {
     if lock == Lock::Cut {
-        query("INSERT INTO counters (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(key.kind().as_str())
-            .bind(key.id())
-            .execute(&mut *conn)
-            .await?;
+        super::counters::create_counter::<B>(conn, key).await?;
     }
     let filter = if lock == Lock::Reset { COUNTED } else { "true" };
     let row = query(B::DIALECT.lock_counter(filter))
@@ -159,9 +155,4 @@ async fn delete_history<B: Backend>(conn: &mut B::Conn, id: i64) -> Result<(), S
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// `key` as [`Backend::changed`] takes it.
-fn changed(key: &CounterKey) -> (String, String) {
-    (key.kind().as_str().to_owned(), key.id().to_owned())
 }

@@ -311,7 +311,7 @@ pub fn watched_from(
 }
 
 /// The counters (kind `g`) with pending milestones, as keys to load.
-pub fn watched_keys(pending: &BTreeMap<String, Vec<u64>>) -> Result<Vec<CounterKey>, StoreError> {
+pub fn watched_keys(pending: &crate::milestone::Pending) -> Result<Vec<CounterKey>, StoreError> {
     pending
         .keys()
         .map(|id| CounterKey::new(CounterKind::G, id))

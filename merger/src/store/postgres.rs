@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::backend::{Fetched, KindId, Pending, Statements};
+use super::backend::{Fetched, KindId, Statements};
 use super::counters::{K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
 use super::{
@@ -70,6 +70,7 @@ use super::{
     corrupt, encode_u64, encode_u128, key_of, replica_of,
 };
 use crate::config::Durability;
+use crate::milestone::Pending;
 use crate::presence::PresenceRow;
 
 /// The NOTIFY channel of slot changes.
@@ -561,7 +562,9 @@ impl Statements for sqlx::PgConnection {
     }
 
     async fn lock_pending(&mut self, names: &[&str]) -> Result<Pending, StoreError> {
-        lock_pending(self, names).await
+        Ok(crate::milestone::pending_of(
+            &lock_watch(self, names, None).await?,
+        ))
     }
 
     async fn write_cuts(&mut self, id: i64, counter: &StoredCounter) -> Result<(), StoreError> {
@@ -825,17 +828,6 @@ async fn load_in<'k>(
     .fetch_all(&mut *conn)
     .await?;
     super::counters_of(&rows)
-}
-
-/// Locks the pending milestones of counters `names` (kind `g`), in key order (so two commits
-/// never wait on each other in a cycle), and answers them by counter.
-async fn lock_pending(
-    conn: &mut sqlx::PgConnection,
-    names: &[&str],
-) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-    Ok(crate::milestone::pending_of(
-        &lock_watch(conn, names, None).await?,
-    ))
 }
 
 /// Locks the milestones of counters `names` (kind `g`) that are pending or (with

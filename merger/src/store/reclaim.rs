@@ -20,15 +20,12 @@ pub async fn net<B: Backend>(store: &B, counter: i64, object: &str) -> Result<bo
         .bind(counter)
         .execute(&mut *tx)
         .await?;
-    let (text, numeric, lock) = (
-        B::DIALECT.text(),
-        B::DIALECT.numeric(),
+    let (carry, lock) = (
+        super::counters::carry_columns(B::DIALECT, ""),
         B::DIALECT.for_update(),
     );
     let carry = query(format!(
-        "SELECT region, through, p{text} AS p, n{text} AS n, frame, rp{text} AS rp, \
-             rn{text} AS rn \
-         FROM carries WHERE counter = $1 AND object = $2{lock}"
+        "SELECT {carry} FROM carries WHERE counter = $1 AND object = $2{lock}"
     ))
     .bind(counter)
     .bind(object)
@@ -45,19 +42,20 @@ pub async fn net<B: Backend>(store: &B, counter: i64, object: &str) -> Result<bo
     };
     set_totals::<B>(&mut tx, "cuts", counter, ("region", &carry.region), left).await?;
     let write = if empty {
-        "DELETE FROM carries WHERE counter = $1 AND object = $2".to_owned()
+        query("DELETE FROM carries WHERE counter = $1 AND object = $2")
+            .bind(counter)
+            .bind(object)
     } else {
-        format!(
+        let numeric = B::DIALECT.numeric();
+        query(format!(
             "UPDATE carries SET rp = $3{numeric}, rn = $3{numeric} \
              WHERE counter = $1 AND object = $2"
-        )
-    };
-    query(write)
+        ))
         .bind(counter)
         .bind(object)
         .bind(encode_u128(0))
-        .execute(&mut *tx)
-        .await?;
+    };
+    write.execute(&mut *tx).await?;
     let share = ("object", object);
     if let Some(held) = totals::<B>(&mut tx, "object_cuts", counter, share).await? {
         let left = super::minus(held, carry.reclaimed);

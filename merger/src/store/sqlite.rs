@@ -17,9 +17,10 @@ use tally_crdt::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::backend::{Fetched, KindId, Pending, Statements};
+use super::backend::{Fetched, KindId, Statements, kind_id};
 use super::counters::{K_COLUMNS, parts_of_k};
 use super::sketches::SketchColumns;
+use crate::milestone::Pending;
 use crate::presence::PresenceRow;
 
 use super::{
@@ -446,10 +447,7 @@ impl Statements for sqlx::SqliteConnection {
             .bind(&rows)
             .execute(&mut *self)
             .await?;
-        Ok(carries
-            .iter()
-            .map(|c| (c.key.kind().as_str().to_owned(), c.key.id().to_owned()))
-            .collect())
+        Ok(carries.iter().map(|c| kind_id(&c.key)).collect())
     }
 
     async fn presence_in(&mut self, ids: &[String], now: Timestamp) -> Fetched<Self> {
