@@ -123,7 +123,13 @@ pub struct PostgresStore {
     /// This store's name in its notifications: its own watcher skips them (this merger's
     /// cache already holds what it committed).
     origin: String,
+    /// Counters this store saw committed: their `counters` rows exist (none is ever
+    /// deleted), so a batch does not register them again. Bounded: emptied when full.
+    known: Mutex<foldhash::HashSet<CounterKey>>,
 }
+
+/// Counters [`PostgresStore`] remembers as registered before it forgets them all.
+const KNOWN_COUNTERS: usize = 200_000;
 
 impl PostgresStore {
     /// Connects to the database at `url` and applies the migrations. `Durability::Full`
@@ -162,6 +168,7 @@ impl PostgresStore {
             closing: watch::Sender::new(false),
             watchers: Mutex::new(Vec::new()),
             origin,
+            known: Mutex::default(),
         })
     }
 
@@ -169,6 +176,31 @@ impl PostgresStore {
     /// [`CHANGE_LOG_KEEP`]); answers how many.
     pub async fn prune_change_log(&self, keep: Duration) -> Result<u64, StoreError> {
         prune_changes(&self.pool, keep).await
+    }
+
+    /// The counters of `slots` this store has not seen committed.
+    fn unknown<'a>(&self, slots: &'a [SlotRow]) -> BTreeSet<&'a CounterKey> {
+        let known = self
+            .known
+            .lock()
+            .expect("no thread panics while holding the known set");
+        slots
+            .iter()
+            .map(|s| &s.key)
+            .filter(|k| !known.contains(*k))
+            .collect()
+    }
+
+    /// Remembers `counters` as registered (their batch committed).
+    fn registered(&self, counters: BTreeSet<&CounterKey>) {
+        let mut known = self
+            .known
+            .lock()
+            .expect("no thread panics while holding the known set");
+        if known.len() + counters.len() > KNOWN_COUNTERS {
+            known.clear();
+        }
+        known.extend(counters.into_iter().cloned());
     }
 
     /// The watchers' tasks, locked.
@@ -450,7 +482,8 @@ impl super::backend::Backend for PostgresStore {
         } else {
             load_in(&mut tx, &super::watched_keys(&pending)?).await?
         };
-        insert_counters(&mut tx, &live).await?;
+        let unknown = self.unknown(&live);
+        insert_counters(&mut tx, &unknown).await?;
         let regions: BTreeMap<ReplicaId, &str> = committed
             .regions
             .iter()
@@ -470,6 +503,7 @@ impl super::backend::Backend for PostgresStore {
         committed.news = crate::milestone::news_of(&watch, &committed.decided);
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
+        self.registered(unknown);
         Ok(committed)
     }
 
@@ -866,9 +900,8 @@ async fn lock_watch(
 /// Registers the counters of a batch.
 async fn insert_counters(
     tx: &mut Transaction<'static, Postgres>,
-    slots: &[SlotRow],
+    counters: &BTreeSet<&CounterKey>,
 ) -> Result<(), StoreError> {
-    let counters: BTreeSet<&CounterKey> = slots.iter().map(|s| &s.key).collect();
     if counters.is_empty() {
         return Ok(());
     }
