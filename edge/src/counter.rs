@@ -472,7 +472,8 @@ impl Entry {
     /// Takes the merger's answer unless it is older than what was heard (several mergers
     /// may lag each other; within an epoch the merger's totals only grow, so the answer of
     /// the later epoch, or of the same epoch that dominates, is the newer). Returns whether
-    /// it was taken.
+    /// it was taken. An older answer still refreshes the age of what was heard: what is
+    /// held covers what the merger holds now, so it is as fresh as the answer.
     pub fn hear(&mut self, merged: &MergedCounter, now: Timestamp) -> bool {
         let answer = Bound {
             totals: merged.global,
@@ -492,6 +493,8 @@ impl Entry {
                 fetched_at: now,
                 epoch: merged.epoch,
             });
+        } else if let Some(heard) = &mut self.heard {
+            heard.fetched_at = heard.fetched_at.max(now);
         }
         newer
     }
@@ -751,12 +754,13 @@ mod tests {
     }
 
     #[test]
-    fn an_older_answer_never_replaces_a_newer_one() {
+    fn an_older_answer_never_replaces_a_newer_one_but_refreshes_its_age() {
         let mut e = Entry::default();
         assert!(e.hear(&merged((500, 10), (0, 0)), at(10)));
         let before = e.view(at(20)).unwrap().totals;
         assert!(!e.hear(&merged((400, 10), (0, 0)), at(20)));
         assert_eq!(e.view(at(20)).unwrap().totals, before);
+        assert_eq!(e.view(at(25)).unwrap().age_ms, Some(5));
         assert!(
             e.hear(&merged((500, 10), (0, 0)), at(30)),
             "the same totals refresh the age"

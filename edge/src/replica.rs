@@ -7,8 +7,10 @@
 //!   once from the object's own state and cache: it never waits for the merger. A stale or
 //!   missing global value is refreshed on the alarm, in a batch.
 //! - A read writes nothing. Cached and fresh: answered. Cached but stale: answered, and
-//!   refreshed on the alarm. Never heard of: fetched through the merger's read endpoint, in
-//!   one batch shared by every read waiting for it, bounded by the sync timeout.
+//!   refreshed on the alarm. Never heard of, or stale past the bound (`READ_TTL_MS` +
+//!   `SYNC_TIMEOUT_MS`: nobody read it for a while): fetched through the merger's read
+//!   endpoint, in one batch shared by every read waiting for it, bounded by the sync
+//!   timeout.
 //! - The alarm runs one pass of each due job: sync the dirty rows (a snapshot of the dirty
 //!   set, in batches), refresh stale cache entries, a page of the anti-entropy sweep, and
 //!   the retirement of earlier incarnations at the merger.
@@ -58,6 +60,15 @@ thread_local! {
 
 /// How soon after a read asks for it a refresh runs: reads arriving meanwhile join the batch.
 const REFRESH_DELAY_MS: u64 = 10;
+
+/// How old a heard global value may be when a read answers it: `READ_TTL_MS`, then the
+/// background refresh a read of it asked for, which takes at most `SYNC_TIMEOUT_MS`. A read
+/// of an older one (a counter nobody read for a while) waits for the merger's answer, so
+/// that while the merger answers no read is staler than this (plus `EDGE_CACHE_MS` in the
+/// isolate cache); when it does not answer, the old value is answered, with its age.
+fn stale_after_ms(config: &Config) -> u64 {
+    config.read_ttl_ms.saturating_add(config.sync_timeout_ms)
+}
 
 /// Everything the object holds in memory: a bounded cache and some bookkeeping; the counters
 /// themselves stay in storage.
@@ -557,17 +568,18 @@ impl Replica {
     }
 
     /// Reads counters: writes nothing, waits for the merger only for counters it has never
-    /// heard of.
+    /// heard of or not heard of for longer than the staleness bound ([`stale_after_ms`]).
     async fn read(&self, read: Read) -> std::result::Result<Vec<Answer>, ApiError> {
         self.load(&read.region).await.map_err(internal)?;
         let now = now();
         let (missing, next) = self.with(|i| {
             let ttl = i.config.read_ttl_ms;
+            let bound = stale_after_ms(&i.config);
             let mut missing = Vec::new();
             let mut next = None;
             for key in &read.keys {
                 let entry = i.entry(key).map_err(store_failed)?;
-                if entry.heard.is_none() {
+                if !entry.is_fresh(now, bound) {
                     missing.push(key.clone());
                 } else if !entry.is_fresh(now, ttl) && i.refresh.len() < i.config.cache_counters {
                     i.refresh.insert(key.clone());
@@ -603,8 +615,8 @@ impl Replica {
         })
     }
 
-    /// Fetches counters nobody here has heard of, once for all the reads that need them at
-    /// the same time; a read waits at most one merger call for them.
+    /// Fetches counters not heard of (or not for too long), once for all the reads that need
+    /// them at the same time; a read waits at most one merger call for them.
     async fn fetch_now(&self, keys: Vec<CounterKey>) {
         let (mine, waits, timeout_ms) = self.with(|i| {
             let mut mine = Vec::new();

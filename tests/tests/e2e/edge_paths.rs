@@ -490,6 +490,64 @@ async fn read_your_writes_survives_a_page_of_batch_reads() {
     merger.terminate().await;
 }
 
+/// The count one region's edge answers for `id`, with no session token (what any new client
+/// is shown).
+async fn read_in(c: &reqwest::Client, edge: &str, id: &str, region: &str) -> Option<i128> {
+    let response = c
+        .get(format!("{edge}/{id}/counter"))
+        .header("X-Tally-Region", region)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the edge answers");
+    assert_eq!(response.status(), 200);
+    count_of(&response.json::<Value>().await.expect("JSON")["count"])
+}
+
+/// Issue 29: while the merger answers, no read is staler than `READ_TTL_MS` +
+/// `SYNC_TIMEOUT_MS` (+ `EDGE_CACHE_MS`), the first read after a quiet spell included. Before,
+/// an object answered what it had heard however old, and only then refreshed it: here the
+/// read after the quiet spell answered 1 with the merger at 3.
+#[tokio::test]
+async fn a_read_after_a_quiet_spell_is_no_staler_than_the_bound() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    options.sync_timeout_ms = 1000;
+    options.vars.push("READ_TTL_MS:500".into());
+    options.vars.push("EDGE_CACHE_MS:0".into());
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let at_merger = |want: i128| {
+        let (c, url) = (c.clone(), format!("{}/v1/counters/quiet", merger.url));
+        async move {
+            wait_until(
+                Duration::from_secs(20),
+                "the hits reach the merger",
+                || async { count_of(&get(&c, &url).await.1["count"]) == Some(want) },
+            )
+            .await;
+        }
+    };
+    assert_eq!(hit(&c, &edge.url, "/quiet/counter", "eu", 1).await.0, 200);
+    at_merger(1).await;
+    // The other region's object hears 1, and nobody reads it there for a while.
+    assert_eq!(read_in(&c, &edge.url, "quiet", "us").await, Some(1));
+    let heard = Instant::now();
+    for _ in 0..2 {
+        assert_eq!(hit(&c, &edge.url, "/quiet/counter", "eu", 1).await.0, 200);
+    }
+    at_merger(3).await;
+    // Past the bound (1.5 s) since the object heard 1.
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(heard.elapsed())).await;
+    assert_eq!(read_in(&c, &edge.url, "quiet", "us").await, Some(3));
+    edge.stop().await;
+    merger.terminate().await;
+}
+
 #[tokio::test]
 async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
