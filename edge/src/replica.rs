@@ -792,6 +792,7 @@ impl Replica {
             }
         }
         let mut answer = client::sync_within(config, &older, timeout_ms).await;
+        let mut refused = false;
         while let Err(MergerError::Status { status: 422, body }) = &answer {
             if !body.contains("unsupported_version") {
                 break;
@@ -805,15 +806,19 @@ impl Replica {
                 down.version
             );
             older = down;
+            refused = true;
             answer = client::sync_within(config, &older, timeout_ms).await;
         }
         if answer.is_ok() {
-            // Taken below the newest version: speak it for `MAX_BACKOFF_MS`, then try the
-            // newest again (the merger may have been upgraded meanwhile).
-            SPOKEN.set(
-                (older.version < request.version)
-                    .then(|| (older.version, now.plus_ms(config.max_backoff_ms))),
-            );
+            if older.version == request.version {
+                SPOKEN.set(None);
+            } else if refused {
+                // Taken below the newest version after a refusal: speak it for
+                // `MAX_BACKOFF_MS` from now, then try the newest again (the merger may have
+                // been upgraded meanwhile). A sync taken in the remembered version does not
+                // extend the time, or steady syncs would never try the newest again.
+                SPOKEN.set(Some((older.version, now.plus_ms(config.max_backoff_ms))));
+            }
         }
         answer
     }
