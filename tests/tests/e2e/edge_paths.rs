@@ -548,6 +548,108 @@ async fn a_read_after_a_quiet_spell_is_no_staler_than_the_bound() {
     merger.terminate().await;
 }
 
+/// One read of `id` in `region` with its own `timeout`: status, count and `Tally-Cache`; `None`
+/// when the client gave up first.
+async fn read_sourced(
+    c: &reqwest::Client,
+    edge: &str,
+    id: &str,
+    region: &str,
+    timeout: Duration,
+) -> Option<(u16, Option<i128>, String)> {
+    let response = c
+        .get(format!("{edge}/{id}/counter"))
+        .header("X-Tally-Region", region)
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let source = response
+        .headers()
+        .get("Tally-Cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = response.text().await.ok()?;
+    let Ok(body) = serde_json::from_str::<Value>(&text) else {
+        eprintln!("not JSON ({status}): {text}");
+        return None;
+    };
+    Some((status, count_of(&body["count"]), source))
+}
+
+/// Issue 29: single reads of one counter that miss the isolate cache while one of them asks
+/// its object wait for that request (`Tally-Cache: shared`) instead of sending their own, and
+/// a leader whose client goes away leaves every other read answered. The object is made slow
+/// by a merger gone silent: a read of a value past the staleness bound waits for it, the
+/// whole `SYNC_TIMEOUT_MS`. Before, 16 reads made 16 object requests (16 `miss`).
+#[tokio::test]
+async fn reads_in_flight_together_share_one_object_request() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let proxy = stall::StallProxy::start(merger.url.trim_start_matches("http://")).await;
+    let mut options = EdgeOptions::new(&format!("http://{}", proxy.addr), state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    options.sync_timeout_ms = 3000;
+    options.vars.push("READ_TTL_MS:100".into());
+    options.vars.push("EDGE_CACHE_MS:0".into());
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    assert_eq!(hit(&c, &edge.url, "/flight/counter", "eu", 1).await.0, 200);
+    wait_until(
+        Duration::from_secs(20),
+        "the hit reaches the merger",
+        || async {
+            let (_, view) = get(&c, &format!("{}/v1/counters/flight", merger.url)).await;
+            count_of(&view["count"]) == Some(1)
+        },
+    )
+    .await;
+    proxy.stall();
+    // Past the bound (3.1 s) the object's value is stale: each read of it waits for the
+    // silent merger, then answers 1 with its age.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let reads =
+        (0..16).map(|_| read_sourced(&c, &edge.url, "flight", "eu", Duration::from_secs(30)));
+    let answers = futures_util::future::join_all(reads).await;
+    let mut sources = BTreeMap::new();
+    for answer in &answers {
+        let (status, count, source) = answer
+            .clone()
+            .unwrap_or_else(|| panic!("every read is answered: {answers:?}"));
+        assert_eq!((status, count), (200, Some(1)), "{answers:?}");
+        *sources.entry(source).or_insert(0) += 1;
+    }
+    assert_eq!(
+        sources,
+        BTreeMap::from([("miss".to_owned(), 1), ("shared".to_owned(), 15)]),
+        "16 reads at once: one asks the object, the others share its answer"
+    );
+
+    // The leading read's client goes away while its request is in flight: the reads that
+    // joined it are answered all the same (by its answer, or by asking on their own).
+    let leader = read_sourced(&c, &edge.url, "flight", "eu", Duration::from_millis(500));
+    let followers = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reads =
+            (0..8).map(|_| read_sourced(&c, &edge.url, "flight", "eu", Duration::from_secs(30)));
+        futures_util::future::join_all(reads).await
+    };
+    let (gone, followers) = tokio::join!(leader, followers);
+    assert!(gone.is_none(), "the leader's client gave up: {gone:?}");
+    for answer in &followers {
+        let (status, count, _) = answer.clone().expect("every other read is answered");
+        assert_eq!((status, count), (200, Some(1)), "{followers:?}");
+    }
+    eprintln!("after the leader went away: {followers:?}");
+    edge.stop().await;
+    merger.terminate().await;
+}
+
 #[tokio::test]
 async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
