@@ -11,7 +11,9 @@
 //! - [`isolate_cache`]: recent answers in the isolate's memory, so popular counters are read
 //!   without a round trip to their object; [`flight`]: reads that miss it while one of them
 //!   asks the object share that request.
-//! - [`config`]: vars and secrets, parsed once.
+//! - [`config`]: vars and secrets, parsed once; [`runtime`]: what the runtime gives every
+//!   part (clock, randomness, JSON answers, the configuration, the new-id budget, object
+//!   calls), beneath the Worker and the objects alike.
 
 pub mod api;
 pub mod client;
@@ -30,6 +32,7 @@ pub mod presence;
 )]
 pub mod replica;
 pub mod routing;
+pub mod runtime;
 pub mod scheduler;
 pub mod session;
 pub mod store;
@@ -40,7 +43,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{join_all, select};
-use subtle::ConstantTimeEq;
 use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, check_region};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{
@@ -52,23 +54,19 @@ use crate::api::{
     ApiError, BatchBody, BatchItem, CountBody, HitRequest, MAX_BODY_BYTES, Route, Won, parse_hit,
     parse_ids, parse_path,
 };
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::counter::View;
 use crate::flight::{Flights, Role};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
+use crate::routing::spread_index;
+use crate::runtime::{
+    Failure, PRESENCE_BINDING, REPLICA_BINDING, admit, cached_config, client_address, internal,
+    json_response, now, post_to_object, random_u64, read_body, stub, write_key_presented,
+};
 use crate::session::{Session, SessionKeys};
-use tally_crdt::Timestamp;
 
-/// Durable Object binding, as in `wrangler.toml`.
-pub const REPLICA_BINDING: &str = "REPLICA";
-/// Durable Object binding of the presence objects, as in `wrangler.toml`.
-pub const PRESENCE_BINDING: &str = "PRESENCE";
-/// Durable Object binding of the unique-visitor objects, as in `wrangler.toml`.
-pub const UNIQUE_BINDING: &str = "UNIQUE";
-/// Rate-limiting binding of the new-id budget, as in `wrangler.toml`.
-pub const NEW_IDS_BINDING: &str = "NEW_IDS";
 /// Header carrying the region override (when allowed).
 pub const REGION_HEADER: &str = "X-Tally-Region";
 /// The response header of a counter `PUT` that names the hit (a [`tally_crdt::Receipt`]):
@@ -77,25 +75,6 @@ pub const RECEIPT_HEADER: &str = "Tally-Receipt";
 /// The header of a hit's answer from the exact path: `won`, `lost` or `pending`
 /// ([`milestone::Verdict`]).
 pub const MILESTONE_HEADER: &str = "Tally-Milestone";
-
-/// How a request failed: an API error decided here, or an object's error passed through.
-pub enum Failure {
-    /// An error of the edge's own.
-    Api(ApiError),
-    /// An object's error answer, passed through.
-    Object {
-        /// Its status.
-        status: u16,
-        /// Its body.
-        body: String,
-    },
-}
-
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Failure {
-        Failure::Api(e)
-    }
-}
 
 /// The Worker's entry point.
 #[event(fetch)]
@@ -176,7 +155,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             // from an object that has not heard of the counter yet.
             let cached_before = cached(&config, &region, &key);
             let floor = session.floor(&key);
-            let s = spread_index(&config);
+            let s = spread_index(random_u64(), config.spread);
             let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
             let answer = answers
                 .into_iter()
@@ -344,35 +323,6 @@ async fn presence_route(
     Ok(response)
 }
 
-/// The client's address as Cloudflare reports it (`unknown` without one), for the budgets.
-pub(crate) fn client_address(req: &Request) -> String {
-    req.headers()
-        .get("CF-Connecting-IP")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Reads a `PUT` body of at most `limit` bytes (else [`ApiError::BodyTooLarge`], checked again
-/// by the parsers on the bytes read).
-pub(crate) async fn read_body(
-    req: &mut Request,
-    limit: usize,
-) -> std::result::Result<Vec<u8>, ApiError> {
-    let declared = req
-        .headers()
-        .get("Content-Length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::BodyTooLarge);
-    }
-    req.bytes()
-        .await
-        .map_err(|_| ApiError::InvalidBody("unreadable body".into()))
-}
-
 /// Reads many counters: one internal read per object that serves some of them, all at once.
 async fn batch_read(
     env: &Env,
@@ -382,7 +332,7 @@ async fn batch_read(
     session: &mut Session,
     keys: Vec<CounterKey>,
 ) -> std::result::Result<Response, Failure> {
-    let s = spread_index(config);
+    let s = spread_index(random_u64(), config.spread);
     let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
         Default::default();
     let mut groups: std::collections::BTreeMap<u32, Vec<CounterKey>> = Default::default();
@@ -543,7 +493,7 @@ async fn read_one(
         config,
         region,
         key,
-        spread_index(config),
+        spread_index(random_u64(), config.spread),
         READ_PATH,
         &read,
     )
@@ -577,16 +527,6 @@ fn with_cache<T>(config: &Config, f: impl FnOnce(&mut IsolateCache) -> T) -> T {
             IsolateCache::new(config.edge_cache_counters, config.edge_cache_ms)
         }))
     })
-}
-
-/// Now, from the runtime's clock: one `Date.now()` call, not a Date object and its `getTime`.
-pub fn now() -> Timestamp {
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "Date.now() is an integral count of ms below 2^53"
-    )]
-    let ms = worker::js_sys::Date::now() as i64;
-    Timestamp::from_unix_ms(ms)
 }
 
 /// The answer to a single read or hit: the count held to what the client has seen, with
@@ -699,39 +639,6 @@ fn authorize(
     }
 }
 
-/// Whether the request carries the application's write key (`Authorization: Bearer <key>`,
-/// compared in constant time). No `Authorization` header: `false`.
-///
-/// # Errors
-///
-/// [`ApiError::InvalidWriteKey`] for any other `Authorization` (a wrong key, another scheme,
-/// or a key when the worker has none).
-pub(crate) fn write_key_presented(
-    req: &Request,
-    config: &Config,
-) -> std::result::Result<bool, ApiError> {
-    let Some(value) = req.headers().get("Authorization").ok().flatten() else {
-        return Ok(false);
-    };
-    match (bearer(&value), &config.write_key) {
-        (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => Ok(true),
-        _ => Err(ApiError::InvalidWriteKey),
-    }
-}
-
-/// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-/// A spread index for one request: hits and reads of a hot counter go to several objects.
-pub(crate) fn spread_index(config: &Config) -> u32 {
-    u32::try_from(random_u64() % u64::from(config.spread)).expect("spread is a u32")
-}
-
 /// Sends an internal request to the object that serves `key` (spread index `s`) in `region`.
 async fn call<M: serde::Serialize>(
     env: &Env,
@@ -752,46 +659,6 @@ async fn call<M: serde::Serialize>(
     })
 }
 
-/// The stub of object `name` of class `binding`, with the location hint of `region`.
-fn stub(
-    env: &Env,
-    binding: &str,
-    name: &str,
-    region: &str,
-) -> std::result::Result<worker::Stub, ApiError> {
-    let namespace = env.durable_object(binding).map_err(internal)?;
-    let id = namespace.id_from_name(name).map_err(internal)?;
-    match routing::location_hint(region) {
-        Some(hint) => id.get_stub_with_location_hint(hint),
-        None => id.get_stub(),
-    }
-    .map_err(internal)
-}
-
-/// `POST https://object{path}` with `body` to object `name` of class `binding`: the answer's
-/// text, or the object's error passed through.
-pub(crate) async fn post_to_object(
-    env: &Env,
-    binding: &str,
-    name: &str,
-    region: &str,
-    path: &str,
-    body: String,
-) -> std::result::Result<String, Failure> {
-    let stub = stub(env, binding, name, region)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let request =
-        Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
-    let mut response = stub.fetch_with_request(request).await.map_err(internal)?;
-    let status = response.status_code();
-    let text = response.text().await.map_err(internal)?;
-    if status != 200 {
-        return Err(Failure::Object { status, body: text });
-    }
-    Ok(text)
-}
-
 /// The region of a request: the continent Cloudflare reports, or (only when
 /// `ALLOW_REGION_OVERRIDE` is set, for `wrangler dev` and tests) the `X-Tally-Region` header.
 fn region_of(req: &Request, config: &Config) -> std::result::Result<String, ApiError> {
@@ -807,23 +674,6 @@ fn region_of(req: &Request, config: &Config) -> std::result::Result<String, ApiE
     } else {
         "unknown".to_owned()
     })
-}
-
-/// The Worker's configuration, parsed once per isolate: vars and secrets do not change while
-/// an isolate lives (a new deployment or secret starts new isolates).
-fn cached_config(env: &Env) -> std::result::Result<Config, ApiError> {
-    thread_local! {
-        static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
-    }
-    if let Some(config) = CONFIG.with(|c| c.get().cloned()) {
-        return Ok(config);
-    }
-    let config = config_from_env(env).map_err(|e| {
-        console_error!("configuration: {e}");
-        ApiError::Internal
-    })?;
-    CONFIG.with(|c| c.get_or_init(|| config.clone()).clone());
-    Ok(config)
 }
 
 /// The keys of session tokens, made from the configuration on first use in this isolate and
@@ -842,26 +692,6 @@ fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
             ))
         }))
     })
-}
-
-/// The configuration from the Worker's environment (vars and secrets).
-pub fn config_from_env(env: &Env) -> std::result::Result<Config, ConfigError> {
-    Config::from_lookup(|name| {
-        env.secret(name)
-            .ok()
-            .map(|s| s.to_string())
-            .or_else(|| env.var(name).ok().map(|v| v.to_string()))
-    })
-}
-
-/// A JSON response with `Cache-Control: no-store`.
-pub fn json_response(body: &str, status: u16) -> Result<Response> {
-    let headers = Headers::new();
-    headers.set("Content-Type", "application/json")?;
-    headers.set("Cache-Control", "no-store")?;
-    Ok(Response::ok(body)?
-        .with_status(status)
-        .with_headers(headers))
 }
 
 /// The response with CORS headers. A Durable Object's response has immutable headers, so
@@ -887,38 +717,4 @@ fn with_cors(response: Response) -> Result<Response> {
     Ok(Response::from_body(body)?
         .with_status(status)
         .with_headers(headers))
-}
-
-/// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by
-/// client address): one unit per counter a client creates at an object, and per presence
-/// session it opens. Without the binding everything is admitted.
-///
-/// # Errors
-///
-/// [`ApiError::TooManyNewIds`] once the budget is spent.
-pub async fn admit(env: &Env, client: &str) -> std::result::Result<(), ApiError> {
-    let Ok(limiter) = env.rate_limiter(NEW_IDS_BINDING) else {
-        return Ok(());
-    };
-    match limiter.limit(client.to_owned()).await {
-        Ok(outcome) if outcome.success => Ok(()),
-        Ok(_) => Err(ApiError::TooManyNewIds),
-        Err(e) => {
-            // The limiter is down: admit rather than refuse real hits.
-            worker::console_warn!("new-id budget unavailable: {e}");
-            Ok(())
-        }
-    }
-}
-
-/// 64 random bits from the runtime's CSPRNG.
-pub fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("crypto.getRandomValues is available in Workers");
-    u64::from_le_bytes(bytes)
-}
-
-pub(crate) fn internal(e: worker::Error) -> ApiError {
-    console_error!("{e}");
-    ApiError::Internal
 }

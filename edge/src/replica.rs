@@ -47,9 +47,9 @@ use crate::exact::{ExactGate, Turn};
 use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::milestone::Verdict;
+use crate::runtime::{config_from_env, json_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
-use crate::{config_from_env, json_response, now, random_u64};
 
 thread_local! {
     /// The protocol version a merger a release behind took last, and until when this
@@ -382,7 +382,7 @@ impl Replica {
         self.load(&hit.region).await.map_err(internal)?;
         let known = self.with(|i| i.entry(&hit.key).map(|e| e.stored));
         if !known.map_err(store_failed)? && !hit.trusted {
-            crate::admit(&self.env, &hit.client).await?;
+            crate::runtime::admit(&self.env, &hit.client).await?;
         }
         let now = now();
         let (view, slot, next, exact, away) = self.with(|i| {
@@ -456,7 +456,7 @@ impl Replica {
             let fresh = self.with(|i| {
                 i.entry(&hit.key)
                     .ok()
-                    .and_then(|e| e.view(crate::now()).ok())
+                    .and_then(|e| e.view(crate::runtime::now()).ok())
             });
             (fresh.unwrap_or(view), Some(verdict))
         } else {
@@ -592,7 +592,7 @@ impl Replica {
         if !missing.is_empty() {
             self.fetch_now(missing).await;
         }
-        let now = crate::now().max(now);
+        let now = crate::runtime::now().max(now);
         self.with(|i| {
             read.keys
                 .into_iter()

@@ -126,6 +126,12 @@ pub fn location_hint(region: &str) -> Option<&'static str> {
     }
 }
 
+/// The spread index `random` picks for one request among `spread`: hits and reads of a hot
+/// counter go to several objects.
+pub fn spread_index(random: u64, spread: u32) -> u32 {
+    u32::try_from(random % u64::from(spread.max(1))).expect("below a u32")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +153,16 @@ mod tests {
         assert_eq!(golden, GOLDEN);
     }
     const GOLDEN: [u32; 3] = [49, 55, 60];
+
+    #[test]
+    fn a_spread_index_is_one_of_the_spread() {
+        let picked: std::collections::BTreeSet<u32> = (0..64u64)
+            .map(|r| spread_index(r.wrapping_mul(0x9e37_79b9), 4))
+            .collect();
+        assert_eq!(picked, (0..4).collect());
+        assert_eq!(spread_index(u64::MAX, 1), 0);
+        assert_eq!(spread_index(7, 0), 0, "a spread of 0 reads as 1");
+    }
 
     #[test]
     fn counters_spread_evenly_over_partitions() {

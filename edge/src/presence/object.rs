@@ -40,9 +40,9 @@ use super::{CALL_PATH, Call, Op, SOCKET_PATH, ServerMessage, SocketSession, Tall
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
+use crate::runtime::{config_from_env, json_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::StoreError;
-use crate::{config_from_env, json_response, now, random_u64};
 
 /// Most leases one sweep ends (the rest wait for the next, a sync interval later).
 const SWEEP_LIMIT: usize = 10_000;
@@ -342,7 +342,7 @@ impl Presence {
             && !call.trusted
             && !self.with(|i| i.store.is_live(&id, session, now()).map_err(store_failed))?
         {
-            crate::admit(&self.env, &call.client).await?;
+            crate::runtime::admit(&self.env, &call.client).await?;
         }
         let now = now();
         let next = match &call.op {

@@ -33,7 +33,8 @@ use worker::{Env, Method, Request, Response};
 
 use crate::api::{ApiError, Route};
 use crate::config::Config;
-use crate::{Failure, UNIQUE_BINDING, internal, json_response, post_to_object, routing};
+use crate::routing;
+use crate::runtime::{Failure, UNIQUE_BINDING, internal, json_response, post_to_object};
 
 /// Longest visitor key, in bytes.
 pub const MAX_VISITOR_LEN: usize = 256;
@@ -230,11 +231,11 @@ pub async fn route(
     method: Method,
     id: &str,
 ) -> Result<Response, Failure> {
-    let today = crate::now().day();
-    let trusted = crate::write_key_presented(req, config)?;
+    let today = crate::runtime::now().day();
+    let trusted = crate::runtime::write_key_presented(req, config)?;
     let (op, answered) = match method {
         Method::Put => {
-            let bytes = crate::read_body(req, MAX_VISITS_BODY_BYTES).await?;
+            let bytes = crate::runtime::read_body(req, MAX_VISITS_BODY_BYTES).await?;
             let content_type = req.headers().get("Content-Type").ok().flatten();
             let visitors = parse_visit(content_type.as_deref(), &bytes)?;
             let day_key = SketchKey::new(id, Some(today)).map_err(ApiError::InvalidId)?;
@@ -243,7 +244,7 @@ pub async fn route(
                     .unique_salt
                     .as_deref()
                     .ok_or(ApiError::VisitorRequired)?;
-                let address = crate::client_address(req);
+                let address = crate::runtime::client_address(req);
                 let agent = req
                     .headers()
                     .get("User-Agent")
@@ -272,13 +273,13 @@ pub async fn route(
         }
         _ => return Err(ApiError::MethodNotAllowed(Route::Unique(String::new()).allow()).into()),
     };
-    let s = crate::spread_index(config);
+    let s = routing::spread_index(crate::runtime::random_u64(), config.spread);
     let name =
         routing::unique_object_name(region, routing::unique_partition(id, s, config.partitions));
     let call = Call {
         region: region.to_owned(),
         op,
-        client: crate::client_address(req),
+        client: crate::runtime::client_address(req),
         trusted,
     };
     let body = serde_json::to_string(&call).map_err(|_| ApiError::Internal)?;

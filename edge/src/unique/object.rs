@@ -34,9 +34,9 @@ use super::{CALL_PATH, Call, Op, View};
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
+use crate::runtime::{config_from_env, json_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::StoreError;
-use crate::{config_from_env, json_response, now, random_u64};
 
 /// How soon after a visit or read asks for it a refresh runs.
 const REFRESH_DELAY_MS: u64 = 10;
@@ -302,7 +302,7 @@ impl Unique {
                         })
                     });
                     if new.map_err(store_failed)? {
-                        crate::admit(&self.env, &call.client).await?;
+                        crate::runtime::admit(&self.env, &call.client).await?;
                     }
                 }
                 let (view, next) = self.with(|i| {

@@ -1,0 +1,219 @@
+//! What the Workers runtime gives every part of the edge, borrowed by the Worker's routes
+//! and by each Durable Object alike: the clock and randomness, JSON answers, the
+//! configuration, the new-id budget, calls to objects, and what a request tells of its client
+//! (address, body, write key).
+
+use subtle::ConstantTimeEq;
+use tally_crdt::Timestamp;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, console_error};
+
+use crate::api::ApiError;
+use crate::config::{Config, ConfigError};
+use crate::routing;
+
+/// Durable Object binding, as in `wrangler.toml`.
+pub const REPLICA_BINDING: &str = "REPLICA";
+/// Durable Object binding of the presence objects, as in `wrangler.toml`.
+pub const PRESENCE_BINDING: &str = "PRESENCE";
+/// Durable Object binding of the unique-visitor objects, as in `wrangler.toml`.
+pub const UNIQUE_BINDING: &str = "UNIQUE";
+/// Rate-limiting binding of the new-id budget, as in `wrangler.toml`.
+pub const NEW_IDS_BINDING: &str = "NEW_IDS";
+
+/// How a request failed: an API error decided here, or an object's error passed through.
+pub enum Failure {
+    /// An error of the edge's own.
+    Api(ApiError),
+    /// An object's error answer, passed through.
+    Object {
+        /// Its status.
+        status: u16,
+        /// Its body.
+        body: String,
+    },
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Failure {
+        Failure::Api(e)
+    }
+}
+
+/// The client's address as Cloudflare reports it (`unknown` without one), for the budgets.
+pub(crate) fn client_address(req: &Request) -> String {
+    req.headers()
+        .get("CF-Connecting-IP")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Reads a `PUT` body of at most `limit` bytes (else [`ApiError::BodyTooLarge`], checked again
+/// by the parsers on the bytes read).
+pub(crate) async fn read_body(
+    req: &mut Request,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get("Content-Length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    req.bytes()
+        .await
+        .map_err(|_| ApiError::InvalidBody("unreadable body".into()))
+}
+
+/// Now, from the runtime's clock: one `Date.now()` call, not a Date object and its `getTime`.
+pub fn now() -> Timestamp {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "Date.now() is an integral count of ms below 2^53"
+    )]
+    let ms = worker::js_sys::Date::now() as i64;
+    Timestamp::from_unix_ms(ms)
+}
+
+/// Whether the request carries the application's write key (`Authorization: Bearer <key>`,
+/// compared in constant time). No `Authorization` header: `false`.
+///
+/// # Errors
+///
+/// [`ApiError::InvalidWriteKey`] for any other `Authorization` (a wrong key, another scheme,
+/// or a key when the worker has none).
+pub(crate) fn write_key_presented(
+    req: &Request,
+    config: &Config,
+) -> std::result::Result<bool, ApiError> {
+    let Some(value) = req.headers().get("Authorization").ok().flatten() else {
+        return Ok(false);
+    };
+    match (bearer(&value), &config.write_key) {
+        (Some(p), Some(key)) if bool::from(p.as_bytes().ct_eq(key.as_bytes())) => Ok(true),
+        _ => Err(ApiError::InvalidWriteKey),
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The stub of object `name` of class `binding`, with the location hint of `region`.
+pub(crate) fn stub(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    region: &str,
+) -> std::result::Result<worker::Stub, ApiError> {
+    let namespace = env.durable_object(binding).map_err(internal)?;
+    let id = namespace.id_from_name(name).map_err(internal)?;
+    match routing::location_hint(region) {
+        Some(hint) => id.get_stub_with_location_hint(hint),
+        None => id.get_stub(),
+    }
+    .map_err(internal)
+}
+
+/// `POST https://object{path}` with `body` to object `name` of class `binding`: the answer's
+/// text, or the object's error passed through.
+pub(crate) async fn post_to_object(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    region: &str,
+    path: &str,
+    body: String,
+) -> std::result::Result<String, Failure> {
+    let stub = stub(env, binding, name, region)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(body.into()));
+    let request =
+        Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
+    let mut response = stub.fetch_with_request(request).await.map_err(internal)?;
+    let status = response.status_code();
+    let text = response.text().await.map_err(internal)?;
+    if status != 200 {
+        return Err(Failure::Object { status, body: text });
+    }
+    Ok(text)
+}
+
+/// The Worker's configuration, parsed once per isolate: vars and secrets do not change while
+/// an isolate lives (a new deployment or secret starts new isolates).
+pub(crate) fn cached_config(env: &Env) -> std::result::Result<Config, ApiError> {
+    thread_local! {
+        static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+    }
+    if let Some(config) = CONFIG.with(|c| c.get().cloned()) {
+        return Ok(config);
+    }
+    let config = config_from_env(env).map_err(|e| {
+        console_error!("configuration: {e}");
+        ApiError::Internal
+    })?;
+    CONFIG.with(|c| c.get_or_init(|| config.clone()).clone());
+    Ok(config)
+}
+
+/// The configuration from the Worker's environment (vars and secrets).
+pub fn config_from_env(env: &Env) -> std::result::Result<Config, ConfigError> {
+    Config::from_lookup(|name| {
+        env.secret(name)
+            .ok()
+            .map(|s| s.to_string())
+            .or_else(|| env.var(name).ok().map(|v| v.to_string()))
+    })
+}
+
+/// A JSON response with `Cache-Control: no-store`.
+pub fn json_response(body: &str, status: u16) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/json")?;
+    headers.set("Cache-Control", "no-store")?;
+    Ok(Response::ok(body)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by
+/// client address): one unit per counter a client creates at an object, and per presence
+/// session it opens. Without the binding everything is admitted.
+///
+/// # Errors
+///
+/// [`ApiError::TooManyNewIds`] once the budget is spent.
+pub async fn admit(env: &Env, client: &str) -> std::result::Result<(), ApiError> {
+    let Ok(limiter) = env.rate_limiter(NEW_IDS_BINDING) else {
+        return Ok(());
+    };
+    match limiter.limit(client.to_owned()).await {
+        Ok(outcome) if outcome.success => Ok(()),
+        Ok(_) => Err(ApiError::TooManyNewIds),
+        Err(e) => {
+            // The limiter is down: admit rather than refuse real hits.
+            worker::console_warn!("new-id budget unavailable: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// 64 random bits from the runtime's CSPRNG.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("crypto.getRandomValues is available in Workers");
+    u64::from_le_bytes(bytes)
+}
+
+/// Logs a runtime error; the client gets a plain 500.
+pub(crate) fn internal(e: worker::Error) -> ApiError {
+    console_error!("{e}");
+    ApiError::Internal
+}
