@@ -9,8 +9,7 @@
 //! - [`replica`]: the Durable Object glue: storage ([`store`]), its one alarm
 //!   ([`scheduler`]), the merger client ([`client`]), the per-counter logic ([`counter`]).
 //! - [`isolate_cache`]: recent answers in the isolate's memory, so popular counters are read
-//!   without a round trip to their object; [`flight`]: reads that miss it while one of them
-//!   asks the object share that request.
+//!   without a round trip to their object.
 //! - [`config`]: vars and secrets, parsed once; [`runtime`]: what the runtime gives every
 //!   part (clock, randomness, JSON answers, the configuration, the new-id budget, object
 //!   calls), beneath the Worker and the objects alike.
@@ -20,7 +19,6 @@ pub mod client;
 pub mod config;
 pub mod counter;
 pub mod exact;
-pub mod flight;
 pub mod incarnation;
 pub mod internal;
 pub mod isolate_cache;
@@ -38,16 +36,10 @@ pub mod session;
 pub mod store;
 pub mod unique;
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::Duration;
-
-use futures_util::future::{join_all, select};
+use futures_util::future::join_all;
 use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, check_region};
-use worker::wasm_bindgen_futures::JsFuture;
 use worker::{
-    Context, Delay, Env, Headers, Method, Request, RequestInit, Response, Result, console_error,
-    event, js_sys, wasm_bindgen,
+    Context, Env, Headers, Method, Request, RequestInit, Response, Result, console_error, event,
 };
 
 use crate::api::{
@@ -56,7 +48,6 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::counter::View;
-use crate::flight::{Flights, Role};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
@@ -127,14 +118,36 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
     }
     match (method, route) {
         (Method::Get | Method::Head, Route::One(key)) => {
-            let (view, source) = read_one(env, &config, &region, &key).await?;
+            if let Some(view) = cached(&config, &region, &key) {
+                return Ok(count_response(
+                    &config,
+                    &keys,
+                    &mut session,
+                    &key,
+                    view,
+                    Some(true),
+                    None,
+                )?);
+            }
+            let s = spread_index(random_u64(), config.spread);
+            let read = Read {
+                keys: vec![key.clone()],
+                region: region.clone(),
+            };
+            let answers = call(env, &config, &region, &key, s, READ_PATH, &read).await?;
+            let view = answers
+                .into_iter()
+                .find(|a| a.key == key)
+                .and_then(|a| a.view)
+                .ok_or(ApiError::Unavailable)?;
+            remember(&config, &region, &key, view);
             Ok(count_response(
                 &config,
                 &keys,
                 &mut session,
                 &key,
                 view,
-                Some(source),
+                Some(false),
                 None,
             )?)
         }
@@ -405,109 +418,6 @@ async fn batch_read(
 thread_local! {
     /// This isolate's read cache, made with the configuration on first use.
     static CACHE: std::cell::RefCell<Option<IsolateCache>> = const { std::cell::RefCell::new(None) };
-    /// This isolate's single-flight reads.
-    static FLIGHTS: Flights<Woken> = Flights::default();
-}
-
-/// A read waiting for a flight: woken through a promise it made in its own request's
-/// context, so that it resumes there (see [`flight`]); the view goes beside it.
-struct Woken {
-    told: Rc<Cell<Option<View>>>,
-    resolve: js_sys::Function,
-}
-
-impl Woken {
-    /// The promise to await, and the waiter that settles it.
-    fn new(told: Rc<Cell<Option<View>>>) -> (js_sys::Promise, Woken) {
-        let mut resolve = None;
-        let promise = js_sys::Promise::new(&mut |settle, _| resolve = Some(settle));
-        let resolve = resolve.expect("a promise runs its executor at once");
-        (promise, Woken { told, resolve })
-    }
-}
-
-impl flight::Waiter for Woken {
-    fn wake(self, view: Option<View>) {
-        self.told.set(view);
-        let _ = self.resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);
-    }
-}
-
-/// How much longer than one merger call a read may wait for the read it joined: the object's
-/// own wait beside the merger's ([`replica`] waits at most 1 s more for a fetch it joined).
-const FLIGHT_MARGIN_MS: u64 = 2000;
-
-/// Where a single read's answer came from, for `Tally-Cache`.
-#[derive(Clone, Copy)]
-enum Source {
-    /// This isolate's cache.
-    Hit,
-    /// The object, asked by this read.
-    Miss,
-    /// The object, asked by another read of the same counter in flight at the time.
-    Shared,
-}
-
-/// A single read: from this isolate's cache; else from the answer of the read of the same
-/// counter already asking its object; else from an object request of its own, which the reads
-/// arriving meanwhile share. A read whose flight came back empty (its leader failed or went
-/// away) asks on its own, so it waits for at most one other request.
-async fn read_one(
-    env: &Env,
-    config: &Config,
-    region: &str,
-    key: &CounterKey,
-) -> std::result::Result<(View, Source), Failure> {
-    if let Some(view) = cached(config, region, key) {
-        return Ok((view, Source::Hit));
-    }
-    // An object answers a read within one merger call (`SYNC_TIMEOUT_MS`) and its own wait.
-    let limit_ms = config.sync_timeout_ms.saturating_add(FLIGHT_MARGIN_MS);
-    let told = Rc::new(Cell::new(None));
-    let mut woken = None;
-    let role = FLIGHTS.with(|f| {
-        f.join(region, key, now(), limit_ms, || {
-            let (promise, waiter) = Woken::new(Rc::clone(&told));
-            woken = Some(promise);
-            waiter
-        })
-    });
-    let lead = match (role, woken) {
-        (Role::Lead(lead), _) => Some(lead),
-        (Role::Follow, Some(promise)) => {
-            let limit = Box::pin(Delay::from(Duration::from_millis(limit_ms)));
-            let _ = select(JsFuture::from(promise), limit).await;
-            if let Some(view) = told.take() {
-                return Ok((view, Source::Shared));
-            }
-            None
-        }
-        (Role::Follow, None) => None,
-    };
-    let read = Read {
-        keys: vec![key.clone()],
-        region: region.to_owned(),
-    };
-    let answers = call(
-        env,
-        config,
-        region,
-        key,
-        spread_index(random_u64(), config.spread),
-        READ_PATH,
-        &read,
-    )
-    .await?;
-    let view = answers
-        .into_iter()
-        .find(|a| &a.key == key)
-        .and_then(|a| a.view)
-        .ok_or(ApiError::Unavailable)?;
-    remember(config, region, key, view);
-    if let Some(lead) = lead {
-        lead.land(view);
-    }
-    Ok((view, Source::Miss))
 }
 
 /// A fresh view of `key` from this isolate's cache.
@@ -531,9 +441,8 @@ fn with_cache<T>(config: &Config, f: impl FnOnce(&mut IsolateCache) -> T) -> T {
 
 /// The answer to a single read or hit: the count held to what the client has seen, with
 /// `Age` when the global part is older than the read TTL, `Tally-Estimate: partial` when no
-/// global value was heard yet, `Tally-Cache` for a read (`hit`: this isolate's cache answered
-/// it; `miss`: its object; `shared`: its object, asked by another read in flight), and the new
-/// session token.
+/// global value was heard yet, `Tally-Cache: hit` or `miss` for a read (whether this
+/// isolate's cache answered it), and the new session token.
 #[allow(
     clippy::too_many_arguments,
     reason = "one answer's parts, each from a different place of the route"
@@ -544,11 +453,11 @@ fn count_response(
     session: &mut Session,
     key: &CounterKey,
     view: View,
-    read: Option<Source>,
+    cache_hit: Option<bool>,
     milestone: Option<Won>,
 ) -> std::result::Result<Response, ApiError> {
-    // A hit's answer (no read source) is a write of the counter.
-    let shown = session.answer(key, view.bound(), read.is_none());
+    // A hit's answer (no cache flag) is a write of the counter.
+    let shown = session.answer(key, view.bound(), cache_hit.is_none());
     let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
     let body = serde_json::to_string(&CountBody {
         count,
@@ -567,13 +476,10 @@ fn count_response(
         Some(_) => {}
         None => headers.set("Tally-Estimate", "partial").map_err(internal)?,
     }
-    if let Some(source) = read {
-        let name = match source {
-            Source::Hit => "hit",
-            Source::Miss => "miss",
-            Source::Shared => "shared",
-        };
-        headers.set("Tally-Cache", name).map_err(internal)?;
+    if let Some(hit) = cache_hit {
+        headers
+            .set("Tally-Cache", if hit { "hit" } else { "miss" })
+            .map_err(internal)?;
     }
     headers
         .set(session::HEADER, &session.token(session_keys))
