@@ -19,7 +19,17 @@ worker-build --release "$@"
 # them, for a build whose panics should name their functions). The same features as
 # worker-build's own wasm-opt pass, so nothing newer than workerd supports is emitted.
 [[ "${TALLY_EDGE_NAMES:-0}" == 1 ]] && exit 0
-module="$root/edge/build/index_bg.wasm"
+# The module worker-build wrote: build/ by default, or --out-dir's (relative to edge/).
+out=build
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --out-dir) out="${args[i + 1]:-build}" ;;
+    --out-dir=*) out="${args[i]#--out-dir=}" ;;
+  esac
+done
+[[ "$out" == /* ]] || out="$root/edge/$out"
+module="$out/index_bg.wasm"
 "$WASM_OPT_BIN" --strip-debug --strip-producers \
   --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int \
   --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling \
