@@ -600,13 +600,27 @@ fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
     })
 }
 
-/// The response with CORS headers. A Durable Object's response has immutable headers, so
-/// they are copied into a new response around the same body.
+/// The response with CORS headers, set in place on the answers the Worker made. A Durable
+/// Object's response passed through has immutable headers: those are copied into a new
+/// response around the same body.
 fn with_cors(response: Response) -> Result<Response> {
+    if set_cors(response.headers()).is_ok() {
+        return Ok(response);
+    }
     let headers = Headers::new();
     for (name, value) in response.headers().entries() {
         headers.set(&name, &value)?;
     }
+    set_cors(&headers)?;
+    let status = response.status_code();
+    let (_, body) = response.into_parts();
+    Ok(Response::from_body(body)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// Sets the CORS headers of a public answer.
+fn set_cors(headers: &Headers) -> Result<()> {
     headers.set("Access-Control-Allow-Origin", "*")?;
     headers.set("Access-Control-Allow-Methods", "GET, PUT, DELETE, OPTIONS")?;
     headers.set(
@@ -617,10 +631,5 @@ fn with_cors(response: Response) -> Result<Response> {
         "Access-Control-Expose-Headers",
         "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Tally-Milestone, Retry-After",
     )?;
-    headers.set("Access-Control-Max-Age", "86400")?;
-    let status = response.status_code();
-    let (_, body) = response.into_parts();
-    Ok(Response::from_body(body)?
-        .with_status(status)
-        .with_headers(headers))
+    headers.set("Access-Control-Max-Age", "86400")
 }

@@ -548,6 +548,91 @@ async fn a_read_after_a_quiet_spell_is_no_staler_than_the_bound() {
     merger.terminate().await;
 }
 
+/// Every public answer carries the CORS headers a web page needs, set in place on the answers
+/// the Worker makes (issue 29: copying each response to add them was a fifth of a hit's JS
+/// crossings): hits, reads, batch reads, preflights, errors, presence and unique answers.
+#[tokio::test]
+async fn every_public_answer_carries_the_cors_headers() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let edge = Edge::start(&EdgeOptions::new(&merger.url, state.path())).await;
+    let c = http_client();
+    let e = &edge.url;
+    let requests = [
+        (
+            reqwest::Method::PUT,
+            format!("{e}/cors/counter"),
+            Some(r#"{"delta":1}"#),
+            200,
+        ),
+        (reqwest::Method::GET, format!("{e}/cors/counter"), None, 200),
+        (
+            reqwest::Method::GET,
+            format!("{e}/counter?ids=cors,other"),
+            None,
+            200,
+        ),
+        (
+            reqwest::Method::OPTIONS,
+            format!("{e}/cors/counter"),
+            None,
+            204,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{e}/no/such/route"),
+            None,
+            404,
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{e}/cors/counter"),
+            Some("{"),
+            400,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{e}/cors/presence"),
+            None,
+            200,
+        ),
+        (reqwest::Method::GET, format!("{e}/cors/unique"), None, 200),
+    ];
+    for (method, url, body, status) in requests {
+        let mut request = c
+            .request(method.clone(), &url)
+            .header("X-Tally-Region", "eu")
+            .timeout(Duration::from_secs(20));
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.expect("the edge answers");
+        assert_eq!(response.status().as_u16(), status, "{method} {url}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            header("Access-Control-Allow-Origin").as_deref(),
+            Some("*"),
+            "{method} {url}"
+        );
+        let exposed = header("Access-Control-Expose-Headers").unwrap_or_default();
+        assert!(
+            exposed.contains("Tally-Session"),
+            "{method} {url}: {exposed}"
+        );
+    }
+    edge.stop().await;
+    merger.terminate().await;
+}
+
 #[tokio::test]
 async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
