@@ -47,7 +47,7 @@ use crate::exact::{ExactGate, Turn};
 use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::milestone::Verdict;
-use crate::runtime::{config_from_env, json_response, now, random_u64};
+use crate::runtime::{config_from_env, internal_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::{Store, StoreError, meta};
 
@@ -204,9 +204,9 @@ impl DurableObject for Replica {
             Ok(answers) => {
                 let body = serde_json::to_string(&answers)
                     .map_err(|e| worker::Error::RustError(e.to_string()))?;
-                json_response(&body, 200)
+                internal_response(&body, 200)
             }
-            Err(e) => json_response(&e.body(), e.status()),
+            Err(e) => internal_response(&e.body(), e.status()),
         }
     }
 

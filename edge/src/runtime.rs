@@ -5,7 +5,9 @@
 
 use subtle::ConstantTimeEq;
 use tally_crdt::Timestamp;
-use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, console_error};
+use worker::{
+    Env, Headers, Method, Request, RequestInit, Response, ResponseBuilder, Result, console_error,
+};
 
 use crate::api::ApiError;
 use crate::config::{Config, ConfigError};
@@ -171,6 +173,15 @@ pub fn config_from_env(env: &Env) -> std::result::Result<Config, ConfigError> {
             .map(|s| s.to_string())
             .or_else(|| env.var(name).ok().map(|v| v.to_string()))
     })
+}
+
+/// An object's answer to the Worker: status and body, no header (the Worker reads its text
+/// and status, and no client sees it), so no `Headers` object is made and filled for it. Not
+/// for an answer the Worker passes through (a presence socket's upgrade): that one is JSON.
+pub fn internal_response(body: &str, status: u16) -> Result<Response> {
+    Ok(ResponseBuilder::new()
+        .with_status(status)
+        .fixed(body.as_bytes().to_vec()))
 }
 
 /// A JSON response with `Cache-Control: no-store`.

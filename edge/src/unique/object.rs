@@ -34,7 +34,7 @@ use super::{CALL_PATH, Call, Op, View};
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
-use crate::runtime::{config_from_env, json_response, now, random_u64};
+use crate::runtime::{config_from_env, internal_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 use crate::store::StoreError;
 
@@ -166,7 +166,7 @@ impl DurableObject for Unique {
     /// `POST /unique` ([`Call`]).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         if req.path() != CALL_PATH {
-            return json_response(&ApiError::NotFound.body(), 404);
+            return internal_response(&ApiError::NotFound.body(), 404);
         }
         let body = req.text().await?;
         let answer = match serde_json::from_str::<Call>(&body) {
@@ -174,12 +174,12 @@ impl DurableObject for Unique {
             Err(e) => Err(internal(format!("bad internal unique call: {e}"))),
         };
         match answer {
-            Ok(view) => json_response(
+            Ok(view) => internal_response(
                 &serde_json::to_string(&view)
                     .map_err(|e| worker::Error::RustError(e.to_string()))?,
                 200,
             ),
-            Err(e) => json_response(&e.body(), e.status()),
+            Err(e) => internal_response(&e.body(), e.status()),
         }
     }
 
