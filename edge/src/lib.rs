@@ -51,10 +51,9 @@ use crate::counter::View;
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
-use crate::routing::spread_index;
 use crate::runtime::{
-    Failure, PRESENCE_BINDING, REPLICA_BINDING, admit, cached_config, client_address, internal,
-    json_response, now, post_to_object, random_u64, read_body, stub, write_key_presented,
+    Failure, PRESENCE_BINDING, REPLICA_BINDING, admit, cached_config, client_address, draw_spread,
+    internal, json_response, now, post_to_object, random_u64, read_body, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -129,7 +128,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                     None,
                 )?);
             }
-            let s = spread_index(random_u64(), config.spread);
+            let s = draw_spread(&config);
             let read = Read {
                 keys: vec![key.clone()],
                 region: region.clone(),
@@ -168,7 +167,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             // from an object that has not heard of the counter yet.
             let cached_before = cached(&config, &region, &key);
             let floor = session.floor(&key);
-            let s = spread_index(random_u64(), config.spread);
+            let s = draw_spread(&config);
             let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
             let answer = answers
                 .into_iter()
@@ -345,7 +344,7 @@ async fn batch_read(
     session: &mut Session,
     keys: Vec<CounterKey>,
 ) -> std::result::Result<Response, Failure> {
-    let s = spread_index(random_u64(), config.spread);
+    let s = draw_spread(config);
     let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
         Default::default();
     let mut groups: std::collections::BTreeMap<u32, Vec<CounterKey>> = Default::default();

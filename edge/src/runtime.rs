@@ -216,6 +216,11 @@ pub async fn admit(env: &Env, client: &str) -> std::result::Result<(), ApiError>
     }
 }
 
+/// The spread index drawn for one request ([`routing::spread_index`] of fresh randomness).
+pub(crate) fn draw_spread(config: &Config) -> u32 {
+    routing::spread_index(random_u64(), config.spread)
+}
+
 /// 64 random bits from the runtime's CSPRNG.
 pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];

@@ -273,7 +273,7 @@ pub async fn route(
         }
         _ => return Err(ApiError::MethodNotAllowed(Route::Unique(String::new()).allow()).into()),
     };
-    let s = routing::spread_index(crate::runtime::random_u64(), config.spread);
+    let s = crate::runtime::draw_spread(config);
     let name =
         routing::unique_object_name(region, routing::unique_partition(id, s, config.partitions));
     let call = Call {
