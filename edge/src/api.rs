@@ -1,5 +1,5 @@
 //! The public API of the edge, as plain functions: routes, request parsing, response bodies
-//! and errors. The Worker glue (`lib.rs`, `replica.rs`) only moves bytes through these.
+//! and errors. The Worker glue (`lib.rs`, `counter/object.rs`) only moves bytes through these.
 //!
 //! - `PUT /{id}/counter` counts a hit (body empty for +1, or `{"delta": n}`, 1 ≤ n ≤ 1,000,000);
 //!   `GET /{id}/counter` reads. Increment-only (a G-Counter).

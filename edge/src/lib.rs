@@ -6,8 +6,10 @@
 //!   serves the counter ([`routing`]: consistent hashing over the region's partitions, spread
 //!   over several objects for hot counters) and forwards the request to it ([`internal`]);
 //!   then it holds the answer to what the client has already seen ([`session`]) and adds CORS.
-//! - [`replica`]: the Durable Object glue: storage ([`store`]), its one alarm
-//!   ([`scheduler`]), the merger client ([`client`]), the per-counter logic ([`counter`]).
+//! - The Durable Objects, each a wing of its own on the shell they share ([`object`]: the
+//!   loaded state, the one alarm ([`scheduler`]), the `meta` storage): [`counter`] (the
+//!   per-counter logic, its storage, the `Replica` object), [`presence`] and [`unique`]; the
+//!   merger client ([`client`]) beside them.
 //! - [`isolate_cache`]: recent answers in the isolate's memory, so popular counters are read
 //!   without a round trip to their object.
 //! - [`config`]: vars and secrets, parsed once; [`runtime`]: what the runtime gives every
@@ -18,22 +20,15 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod counter;
-pub mod exact;
-pub mod incarnation;
 pub mod internal;
 pub mod isolate_cache;
 pub mod milestone;
+pub mod object;
 pub mod presence;
-#[allow(
-    missing_docs,
-    reason = "#[durable_object] generates undocumented wasm-bindgen exports"
-)]
-pub mod replica;
 pub mod routing;
 pub mod runtime;
 pub mod scheduler;
 pub mod session;
-pub mod store;
 pub mod unique;
 
 use futures_util::future::join_all;

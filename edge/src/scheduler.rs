@@ -7,7 +7,7 @@
 //! snapshot of the dirty set and then waits a full sync interval before the next, however
 //! busy the object is; a failure re-arms that job with capped exponential backoff.
 //!
-//! Pure bookkeeping, no runtime calls, so it is tested natively; `replica.rs` does the
+//! Pure bookkeeping, no runtime calls, so it is tested natively; each object (`object.rs`) does the
 //! alarm calls it asks for.
 
 use tally_crdt::Timestamp;

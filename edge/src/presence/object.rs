@@ -17,10 +17,9 @@
 //!   reads the merger's totals that reads found stale; `Push` sends changed counts to the
 //!   sockets, at most every `PRESENCE_PUSH_MS`.
 //!
-//! As in [`crate::replica`], state changes only between awaits, through a `RefCell` whose
-//! borrows never cross one.
+//! As in every object ([`crate::object`]), state changes only between awaits, through a `RefCell`
+//! whose borrows never cross one.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
@@ -40,9 +39,9 @@ use super::{CALL_PATH, Call, Op, SOCKET_PATH, ServerMessage, SocketSession, Tall
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
+use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed};
 use crate::runtime::{config_from_env, json_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
-use crate::store::StoreError;
 
 /// Most leases one sweep ends (the rest wait for the next, a sync interval later).
 const SWEEP_LIMIT: usize = 10_000;
@@ -68,6 +67,12 @@ struct Inner {
     refresh: BTreeSet<String>,
     /// Ids being read from the merger, with the reads waiting for them.
     fetching: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
+impl Loaded for Inner {
+    fn scheduler(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
 }
 
 impl Inner {
@@ -107,17 +112,13 @@ impl Inner {
 /// The viewers of the sessions routed to it.
 #[durable_object]
 pub struct Presence {
-    state: State,
-    env: Env,
-    inner: RefCell<Option<Inner>>,
+    shell: Shell<Inner>,
 }
 
 impl DurableObject for Presence {
     fn new(state: State, env: Env) -> Self {
         Presence {
-            state,
-            env,
-            inner: RefCell::new(None),
+            shell: Shell::new(state, env),
         }
     }
 
@@ -167,7 +168,7 @@ impl DurableObject for Presence {
             return Response::ok("not loaded");
         }
         let now = now();
-        let jobs = self.with(|i| i.scheduler.take_due(now));
+        let jobs = self.shell.due(now);
         // The push first, before any pass that awaits the merger: a request served during
         // that wait asks for the next push from `last_push`, and while this pass's push had
         // not gone out, that was the one before it, so the next came due at once and two
@@ -186,12 +187,7 @@ impl DurableObject for Presence {
                 console_error!("{job:?} pass failed: {e}");
             }
         }
-        let next = self.with(|i| {
-            i.scheduler.alarm_lost();
-            i.scheduler.rearm(self::now())
-        });
-        self.arm(next).await;
-        Response::ok("pass done")
+        self.shell.rearm().await
     }
 
     /// A client's ping (any message): the socket's session is renewed, and answered.
@@ -232,30 +228,20 @@ impl DurableObject for Presence {
     }
 }
 
-/// The shortest delay an alarm is set with (as in [`crate::replica`]).
-const MIN_ALARM_DELAY_MS: u64 = 25;
-
 impl Presence {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut guard = self.inner.borrow_mut();
-        f(guard
-            .as_mut()
-            .expect("load() runs before any use of the state"))
-    }
-
     /// Loads the state on first use: tables, reporter id (drawn and stored if the storage is
     /// new), region, the live leases and the open sockets, the alarm.
     async fn load(&self, region: &str) -> std::result::Result<(), String> {
-        if self.inner.borrow().is_some() {
+        if self.shell.loaded() {
             return Ok(());
         }
         let text = |e: StoreError| e.to_string();
-        let config = config_from_env(&self.env).map_err(|e| e.to_string())?;
-        let store = LeaseStore::open(self.state.storage().sql()).map_err(text)?;
+        let config = config_from_env(&self.shell.env).map_err(|e| e.to_string())?;
+        let store = LeaseStore::open(self.shell.state.storage().sql()).map_err(text)?;
         let reporter = match store.meta(meta::REPORTER).map_err(text)? {
             Some(hex) => hex.parse::<ReplicaId>().map_err(|e| e.to_string())?,
             None => {
-                let id = new_reporter_id();
+                let id = random_id();
                 store
                     .set_meta(meta::REPORTER, &id.to_string())
                     .map_err(text)?;
@@ -276,13 +262,14 @@ impl Presence {
             None => "unknown".to_owned(),
         };
         let armed = self
+            .shell
             .state
             .storage()
             .get_alarm()
             .await
             .map_err(|e| e.to_string())?
             .map(Timestamp::from_unix_ms);
-        if self.inner.borrow().is_some() {
+        if self.shell.loaded() {
             return Ok(());
         }
         let now = now();
@@ -293,7 +280,7 @@ impl Presence {
         if tally.has_work() {
             let _ = scheduler.want(Job::Report, now, now);
         }
-        *self.inner.borrow_mut() = Some(Inner {
+        let loaded = Inner {
             config,
             store,
             reporter,
@@ -306,25 +293,15 @@ impl Presence {
             closed: HashSet::new(),
             refresh: BTreeSet::new(),
             fetching: HashMap::new(),
-        });
-        let next = self.with(|i| i.scheduler.rearm(now));
-        self.arm(next).await;
+        };
+        self.shell.keep(loaded, now).await;
         Ok(())
-    }
-
-    async fn arm(&self, at: Option<Timestamp>) {
-        let Some(at) = at else { return };
-        let offset = Duration::from_millis(at.millis_since(now()).max(MIN_ALARM_DELAY_MS));
-        if let Err(e) = self.state.storage().set_alarm(offset).await {
-            console_error!("setting the alarm failed: {e}");
-            self.with(|i| i.scheduler.alarm_lost());
-        }
     }
 
     /// Open sockets per id, leaving out the sessions in `closed`.
     fn socket_counts(&self, closed: &HashSet<String>) -> Vec<(String, u64)> {
         let mut counts: HashMap<String, u64> = HashMap::new();
-        for ws in self.state.get_websockets() {
+        for ws in self.shell.state.get_websockets() {
             if let Ok(Some(s)) = ws.deserialize_attachment::<SocketSession>()
                 && !closed.contains(&s.session)
             {
@@ -340,13 +317,15 @@ impl Presence {
         let id = call.id;
         if let Op::Join { session } = &call.op
             && !call.trusted
-            && !self.with(|i| i.store.is_live(&id, session, now()).map_err(store_failed))?
+            && !self
+                .shell
+                .with(|i| i.store.is_live(&id, session, now()).map_err(store_failed))?
         {
-            crate::runtime::admit(&self.env, &call.client).await?;
+            crate::runtime::admit(&self.shell.env, &call.client).await?;
         }
         let now = now();
         let next = match &call.op {
-            Op::Join { session } => self.with(|i| {
+            Op::Join { session } => self.shell.with(|i| {
                 let live = i.store.is_live(&id, session, now).map_err(store_failed)?;
                 if !live
                     && i.tally.sessions()
@@ -363,7 +342,7 @@ impl Presence {
                     Ok(i.changed(now))
                 }
             })?,
-            Op::Leave { session } => self.with(|i| {
+            Op::Leave { session } => self.shell.with(|i| {
                 let live = i.store.leave(&id, session, now).map_err(store_failed)?;
                 if live {
                     i.tally.lease(&id, false, now);
@@ -374,9 +353,9 @@ impl Presence {
             })?,
             Op::Read => None,
         };
-        self.arm(next).await;
+        self.shell.arm(next).await;
         self.known(&id, now, matches!(call.op, Op::Read)).await;
-        Ok(self.with(|i| i.tally.view(&id)))
+        Ok(self.shell.with(|i| i.tally.view(&id)))
     }
 
     /// Makes sure the merger's total of `id` is known (read it now, once for every call that
@@ -390,7 +369,7 @@ impl Presence {
             Fetch,
             Wait(oneshot::Receiver<()>),
         }
-        let (need, next, timeout_ms) = self.with(|i| {
+        let (need, next, timeout_ms) = self.shell.with(|i| {
             let ttl = i.config.read_ttl_ms;
             if !i.tally.is_stale(id, now, ttl) {
                 return (Need::Nothing, None, 0);
@@ -417,7 +396,7 @@ impl Presence {
                 .flatten();
             (Need::Nothing, next, 0)
         });
-        self.arm(next).await;
+        self.shell.arm(next).await;
         match need {
             Need::Nothing => {}
             Need::Fetch => {
@@ -425,7 +404,7 @@ impl Presence {
                 if let Err(e) = result {
                     console_warn!("presence read of {id} failed: {e}");
                 }
-                self.with(|i| i.fetching.remove(id));
+                self.shell.with(|i| i.fetching.remove(id));
             }
             Need::Wait(rx) => {
                 let limit = Box::pin(Delay::from(Duration::from_millis(
@@ -440,7 +419,7 @@ impl Presence {
         &self,
         ids: Vec<String>,
     ) -> std::result::Result<(), client::MergerError> {
-        let (config, read) = self.with(|i| {
+        let (config, read) = self.shell.with(|i| {
             (
                 i.config.clone(),
                 PresenceRead {
@@ -452,11 +431,11 @@ impl Presence {
         });
         let response = client::read_presence(&config, &read).await?;
         let now = now();
-        let next = self.with(|i| {
+        let next = self.shell.with(|i| {
             i.tally.heard_all(response.presence, now);
             i.want_push(now)
         });
-        self.arm(next).await;
+        self.shell.arm(next).await;
         Ok(())
     }
 
@@ -465,7 +444,7 @@ impl Presence {
     async fn open_socket(&self, id: &str, region: &str) -> std::result::Result<Response, ApiError> {
         self.load(region).await.map_err(internal)?;
         let now = now();
-        let full = self.with(|i| {
+        let full = self.shell.with(|i| {
             i.tally.sessions() >= u64::try_from(i.config.presence_max_sessions).unwrap_or(u64::MAX)
         });
         if full {
@@ -473,7 +452,9 @@ impl Presence {
         }
         let pair = WebSocketPair::new().map_err(|e| internal(e.to_string()))?;
         let session = super::session_from_random([random_u64(), random_u64()]);
-        self.state.accept_websocket_with_tags(&pair.server, &[id]);
+        self.shell
+            .state
+            .accept_websocket_with_tags(&pair.server, &[id]);
         pair.server
             .serialize_attachment(&SocketSession {
                 id: id.to_owned(),
@@ -481,14 +462,16 @@ impl Presence {
                 seen_ms: now.unix_ms(),
             })
             .map_err(|e| internal(e.to_string()))?;
-        let next = self.with(|i| {
+        let next = self.shell.with(|i| {
             i.tally.socket(id, true, now);
             i.changed(now)
         });
-        self.arm(next).await;
+        self.shell.arm(next).await;
         // The first message may lack other objects' viewers; the refresh's push brings them.
         self.known(id, now, false).await;
-        let (view, ttl) = self.with(|i| (i.tally.view(id), i.config.presence_ttl_ms));
+        let (view, ttl) = self
+            .shell
+            .with(|i| (i.tally.view(id), i.config.presence_ttl_ms));
         pair.server
             .send(&ServerMessage::Count {
                 id,
@@ -512,7 +495,7 @@ impl Presence {
             return;
         };
         let now = now();
-        let next = self.with(|i| {
+        let next = self.shell.with(|i| {
             if !i.closed.insert(session.session.clone()) {
                 return None; // the sweep closed it and counted it already
             }
@@ -521,21 +504,21 @@ impl Presence {
         });
         // Completes the closing handshake; the socket may be closed already.
         let _ = ws.close(Some(1000), Some("session ended"));
-        self.arm(next).await;
+        self.shell.arm(next).await;
     }
 
     /// The sweep, then one report of the live-session counts.
     async fn report_pass(&self) -> std::result::Result<(), StoreError> {
         let now = now();
         // Sockets whose client stopped pinging are closed; their sessions end.
-        let ttl = self.with(|i| i.config.presence_ttl_ms);
-        for ws in self.state.get_websockets() {
+        let ttl = self.shell.with(|i| i.config.presence_ttl_ms);
+        for ws in self.shell.state.get_websockets() {
             match ws.deserialize_attachment::<SocketSession>() {
                 Ok(Some(s)) => {
                     let silent = now.millis_since(Timestamp::from_unix_ms(s.seen_ms)) >= ttl;
-                    let closed = self.with(|i| i.closed.contains(&s.session));
+                    let closed = self.shell.with(|i| i.closed.contains(&s.session));
                     if silent && !closed {
-                        self.with(|i| i.closed.insert(s.session.clone()));
+                        self.shell.with(|i| i.closed.insert(s.session.clone()));
                         let _ = ws.close(Some(4000), Some("lease expired: no ping"));
                     }
                 }
@@ -544,9 +527,9 @@ impl Presence {
                 }
             }
         }
-        let closed = self.with(|i| i.closed.clone());
+        let closed = self.shell.with(|i| i.closed.clone());
         let sockets = self.socket_counts(&closed);
-        let (report, config) = self.with(|i| {
+        let (report, config) = self.shell.with(|i| {
             while i.store.expire(now, SWEEP_LIMIT)? == SWEEP_LIMIT {}
             let leases = i.store.live_counts(now)?;
             i.tally.set_leases(leases, now);
@@ -573,12 +556,12 @@ impl Presence {
             Ok((Some(report), i.config.clone()))
         })?;
         let Some(report) = report else {
-            let next = self.with(|i| i.want_push(now));
-            self.arm(next).await;
+            let next = self.shell.with(|i| i.want_push(now));
+            self.shell.arm(next).await;
             return Ok(());
         };
         let answer = client::report_presence(&config, &report).await;
-        let next = self.with(|i| {
+        let next = self.shell.with(|i| {
             let at = self::now();
             match answer {
                 Ok(response) => {
@@ -599,13 +582,13 @@ impl Presence {
             i.tally.trim();
             i.want_push(at)
         });
-        self.arm(next).await;
+        self.shell.arm(next).await;
         Ok(())
     }
 
     /// One `POST /v1/read/presence` for the ids reads found stale.
     async fn refresh_pass(&self) -> std::result::Result<(), StoreError> {
-        let ids: Vec<String> = self.with(|i| {
+        let ids: Vec<String> = self.shell.with(|i| {
             let ids: Vec<String> = i
                 .refresh
                 .iter()
@@ -621,7 +604,7 @@ impl Presence {
             return Ok(());
         }
         if let Err(e) = self.read_from_merger(ids.clone()).await {
-            self.with(|i| {
+            self.shell.with(|i| {
                 let at = now();
                 let wait = i
                     .scheduler
@@ -637,10 +620,10 @@ impl Presence {
     /// Sends each id's sockets its count, where it changed since the last push.
     fn push_pass(&self) {
         let now = now();
-        let pushes = self.with(|i| {
+        let pushes = self.shell.with(|i| {
             i.last_push = Some(now);
             i.tally
-                .to_push(|id| !self.state.get_websockets_with_tag(id).is_empty())
+                .to_push(|id| !self.shell.state.get_websockets_with_tag(id).is_empty())
         });
         for (id, view) in &pushes {
             let message = ServerMessage::Count {
@@ -651,26 +634,10 @@ impl Presence {
                 session: None,
                 ttl_ms: None,
             };
-            for ws in self.state.get_websockets_with_tag(id) {
+            for ws in self.shell.state.get_websockets_with_tag(id) {
                 // A socket that is closing refuses; its close event ends its session.
                 let _ = ws.send(&message);
             }
         }
     }
-}
-
-fn new_reporter_id() -> ReplicaId {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("crypto.getRandomValues is available in Workers");
-    ReplicaId::from_bytes(bytes)
-}
-
-fn internal(why: String) -> ApiError {
-    console_error!("{why}");
-    ApiError::Internal
-}
-
-fn store_failed(e: StoreError) -> ApiError {
-    console_error!("{e}");
-    ApiError::Internal
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tally_crdt::Timestamp;
 use worker::SqlStorage;
 
-use crate::store::{META_TABLE, StoreError, get_meta, set_meta};
+use crate::object::{META_TABLE, StoreError, get_meta, set_meta};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS leases (

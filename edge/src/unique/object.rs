@@ -12,7 +12,6 @@
 //!   found stale. A failed call backs off and leaves everything dirty; a register only ever
 //!   takes the max, so a sync sent twice or late changes nothing.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -34,9 +33,9 @@ use super::{CALL_PATH, Call, Op, View};
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
+use crate::object::{Loaded, Shell, StoreError, internal, store_failed};
 use crate::runtime::{config_from_env, internal_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
-use crate::store::StoreError;
 
 /// How soon after a visit or read asks for it a refresh runs.
 const REFRESH_DELAY_MS: u64 = 10;
@@ -94,6 +93,12 @@ struct Inner {
     fetching: HashMap<SketchKey, Vec<oneshot::Sender<()>>>,
 }
 
+impl Loaded for Inner {
+    fn scheduler(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
+}
+
 impl Inner {
     fn entry(&mut self, key: &SketchKey) -> std::result::Result<&mut Entry, StoreError> {
         if !self.cache.contains(key) {
@@ -149,17 +154,13 @@ impl Inner {
 /// The sketches of the visitors routed to it.
 #[durable_object]
 pub struct Unique {
-    state: State,
-    env: Env,
-    inner: RefCell<Option<Inner>>,
+    shell: Shell<Inner>,
 }
 
 impl DurableObject for Unique {
     fn new(state: State, env: Env) -> Self {
         Unique {
-            state,
-            env,
-            inner: RefCell::new(None),
+            shell: Shell::new(state, env),
         }
     }
 
@@ -189,7 +190,7 @@ impl DurableObject for Unique {
             return Response::ok("not loaded");
         }
         let now = now();
-        let jobs = self.with(|i| i.scheduler.take_due(now));
+        let jobs = self.shell.due(now);
         for job in jobs {
             let done = match job {
                 Job::Sync => self.sync_pass(now).await,
@@ -200,35 +201,20 @@ impl DurableObject for Unique {
                 console_error!("{job:?} pass failed: {e}");
             }
         }
-        let next = self.with(|i| {
-            i.scheduler.alarm_lost();
-            i.scheduler.rearm(self::now())
-        });
-        self.arm(next).await;
-        Response::ok("pass done")
+        self.shell.rearm().await
     }
 }
 
-/// The shortest delay an alarm is set with (as in [`crate::replica`]).
-const MIN_ALARM_DELAY_MS: u64 = 25;
-
 impl Unique {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut guard = self.inner.borrow_mut();
-        f(guard
-            .as_mut()
-            .expect("load() runs before any use of the state"))
-    }
-
     /// Loads the state on first use: the tables, the storage's id, the region, the alarm.
     /// Reads no sketch.
     async fn load(&self, region: &str) -> std::result::Result<(), String> {
-        if self.inner.borrow().is_some() {
+        if self.shell.loaded() {
             return Ok(());
         }
         let text = |e: StoreError| e.to_string();
-        let config = config_from_env(&self.env).map_err(|e| e.to_string())?;
-        let store = SketchStore::open(self.state.storage().sql()).map_err(text)?;
+        let config = config_from_env(&self.shell.env).map_err(|e| e.to_string())?;
+        let store = SketchStore::open(self.shell.state.storage().sql()).map_err(text)?;
         let replica = match store.meta("replica").map_err(text)? {
             Some(hex) => hex.parse::<ReplicaId>().map_err(|e| e.to_string())?,
             None => {
@@ -249,13 +235,14 @@ impl Unique {
             None => "unknown".to_owned(),
         };
         let armed = self
+            .shell
             .state
             .storage()
             .get_alarm()
             .await
             .map_err(|e| e.to_string())?
             .map(Timestamp::from_unix_ms);
-        if self.inner.borrow().is_some() {
+        if self.shell.loaded() {
             return Ok(());
         }
         let now = now();
@@ -264,7 +251,7 @@ impl Unique {
             let _ = scheduler.want(Job::Sync, now, now);
         }
         let capacity = NonZeroUsize::new(config.cache_counters).unwrap_or(NonZeroUsize::MIN);
-        *self.inner.borrow_mut() = Some(Inner {
+        let loaded = Inner {
             config,
             store,
             replica,
@@ -273,19 +260,9 @@ impl Unique {
             scheduler,
             refresh: BTreeSet::new(),
             fetching: HashMap::new(),
-        });
-        let next = self.with(|i| i.scheduler.rearm(now));
-        self.arm(next).await;
+        };
+        self.shell.keep(loaded, now).await;
         Ok(())
-    }
-
-    async fn arm(&self, at: Option<Timestamp>) {
-        let Some(at) = at else { return };
-        let offset = Duration::from_millis(at.millis_since(now()).max(MIN_ALARM_DELAY_MS));
-        if let Err(e) = self.state.storage().set_alarm(offset).await {
-            console_error!("setting the alarm failed: {e}");
-            self.with(|i| i.scheduler.alarm_lost());
-        }
     }
 
     async fn call(&self, call: Call) -> std::result::Result<View, ApiError> {
@@ -296,16 +273,16 @@ impl Unique {
                 // A sketch new to this object spends the client's new-id budget, as a new
                 // counter does: no client makes rows without bound.
                 if !call.trusted {
-                    let new = self.with(|i| {
+                    let new = self.shell.with(|i| {
                         keys.iter().try_fold(false, |new, key| {
                             Ok::<_, StoreError>(new || !i.entry(key)?.stored)
                         })
                     });
                     if new.map_err(store_failed)? {
-                        crate::runtime::admit(&self.env, &call.client).await?;
+                        crate::runtime::admit(&self.shell.env, &call.client).await?;
                     }
                 }
-                let (view, next) = self.with(|i| {
+                let (view, next) = self.shell.with(|i| {
                     let mut next = None;
                     for key in &keys {
                         let entry = i.entry(key).map_err(store_failed)?;
@@ -329,12 +306,13 @@ impl Unique {
                     let view = i.entry(first).map_err(store_failed)?.view();
                     Ok::<_, ApiError>((view, next))
                 })?;
-                self.arm(next).await;
+                self.shell.arm(next).await;
                 Ok(view)
             }
             Op::Read { key } => {
                 self.known(&key, now).await?;
-                self.with(|i| Ok(i.entry(&key).map_err(store_failed)?.view()))
+                self.shell
+                    .with(|i| Ok(i.entry(&key).map_err(store_failed)?.view()))
             }
         }
     }
@@ -347,7 +325,7 @@ impl Unique {
             Fetch,
             Wait(oneshot::Receiver<()>),
         }
-        let (need, next, timeout_ms) = self.with(|i| {
+        let (need, next, timeout_ms) = self.shell.with(|i| {
             let timeout = i.config.sync_timeout_ms;
             if i.entry(key).map_err(store_failed)?.heard.is_some() {
                 let next = i.refresh_if_stale(key, now).map_err(store_failed)?;
@@ -366,7 +344,7 @@ impl Unique {
             };
             Ok((need, None, timeout))
         })?;
-        self.arm(next).await;
+        self.shell.arm(next).await;
         match need {
             Need::Nothing => {}
             Need::Fetch => {
@@ -374,7 +352,7 @@ impl Unique {
                     console_warn!("sketch read of {key} failed: {e}");
                 }
                 // Dropping the senders wakes the reads waiting on them.
-                self.with(|i| i.fetching.remove(key));
+                self.shell.with(|i| i.fetching.remove(key));
             }
             Need::Wait(rx) => {
                 let limit = Box::pin(Delay::from(Duration::from_millis(
@@ -390,14 +368,14 @@ impl Unique {
         &self,
         keys: Vec<SketchKey>,
     ) -> std::result::Result<(), client::MergerError> {
-        let config = self.with(|i| i.config.clone());
+        let config = self.shell.with(|i| i.config.clone());
         let read = SketchRead {
             version: PREVIOUS_VERSION,
             sketches: keys,
         };
         let response = client::read_sketches(&config, &read).await?;
         let now = now();
-        self.with(|i| i.heard(response.sketches, now));
+        self.shell.with(|i| i.heard(response.sketches, now));
         Ok(())
     }
 
@@ -406,8 +384,9 @@ impl Unique {
     async fn sync_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
         let mut after: Option<SketchKey> = None;
         loop {
-            let batch =
-                self.with(|i| i.store.dirty_after(after.as_ref(), MAX_SKETCHES_PER_SYNC))?;
+            let batch = self
+                .shell
+                .with(|i| i.store.dirty_after(after.as_ref(), MAX_SKETCHES_PER_SYNC))?;
             let Some((last, _)) = batch.last() else { break };
             after = Some(last.clone());
             let full = batch.len() == MAX_SKETCHES_PER_SYNC;
@@ -428,7 +407,7 @@ impl Unique {
                 });
                 sent.insert(key, row.own);
             }
-            let (config, request) = self.with(|i| {
+            let (config, request) = self.shell.with(|i| {
                 (
                     i.config.clone(),
                     SketchSync {
@@ -440,7 +419,7 @@ impl Unique {
                 )
             });
             match client::sync_sketches(&config, &request).await {
-                Ok(response) => self.with(|i| {
+                Ok(response) => self.shell.with(|i| {
                     i.scheduler.succeeded();
                     let at = self::now();
                     for total in &response.sketches {
@@ -457,7 +436,7 @@ impl Unique {
                     Ok::<_, StoreError>(())
                 })?,
                 Err(e) => {
-                    self.with(|i| {
+                    self.shell.with(|i| {
                         let at = self::now();
                         let wait = i
                             .scheduler
@@ -472,7 +451,7 @@ impl Unique {
                 break;
             }
         }
-        self.with(|i| {
+        self.shell.with(|i| {
             // Yesterday's sketch may still grow from visits of its last moments.
             let yesterday = Timestamp::from_unix_ms(now.unix_ms() - 86_400_000).day();
             i.store.forget_days_before(yesterday)?;
@@ -485,7 +464,7 @@ impl Unique {
 
     /// One `POST /v1/read/unique` for the sketches reads found stale.
     async fn refresh_pass(&self) -> std::result::Result<(), StoreError> {
-        let keys: Vec<SketchKey> = self.with(|i| {
+        let keys: Vec<SketchKey> = self.shell.with(|i| {
             let keys: Vec<SketchKey> = i
                 .refresh
                 .iter()
@@ -501,13 +480,13 @@ impl Unique {
             return Ok(());
         }
         match self.read_from_merger(keys.clone()).await {
-            Ok(()) => self.with(|i| {
+            Ok(()) => self.shell.with(|i| {
                 i.scheduler.succeeded();
                 if !i.refresh.is_empty() {
                     let _ = i.want(Job::Refresh, now());
                 }
             }),
-            Err(e) => self.with(|i| {
+            Err(e) => self.shell.with(|i| {
                 let at = now();
                 let wait = i
                     .scheduler
@@ -519,14 +498,4 @@ impl Unique {
         }
         Ok(())
     }
-}
-
-fn internal(why: String) -> ApiError {
-    console_error!("{why}");
-    ApiError::Internal
-}
-
-fn store_failed(e: StoreError) -> ApiError {
-    console_error!("{e}");
-    ApiError::Internal
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tally_crdt::{Day, HyperLogLog, SketchKey, Timestamp};
 use worker::{SqlStorage, SqlStorageValue};
 
-use crate::store::{META_TABLE, StoreError, get_meta, set_meta};
+use crate::object::{META_TABLE, StoreError, get_meta, set_meta};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sketches (

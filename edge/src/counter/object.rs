@@ -1,7 +1,7 @@
-//! The Durable Object: one CRDT replica of the counters routed to it. Glue between the
-//! runtime and the pure parts: [`crate::store`] (its SQL tables), [`crate::counter`] (rows,
-//! what was heard, the read formula), [`crate::scheduler`] (its one alarm) and
-//! [`crate::client`] (the merger).
+//! The counter's Durable Object (class `Replica`): one CRDT replica of the counters routed to it,
+//! on the shell every object shares ([`crate::object`]). Glue between the runtime and the pure
+//! parts: [`super::store`] (its SQL tables), [`crate::counter`] (rows, what was heard, the read
+//! formula), [`crate::scheduler`] (its one alarm) and [`crate::client`] (the merger).
 //!
 //! - A hit is written to its row (one SQL statement) before it is answered, and answered at
 //!   once from the object's own state and cache: it never waits for the merger. A stale or
@@ -14,7 +14,7 @@
 //! - The alarm runs one pass of each due job: sync the dirty rows (a snapshot of the dirty
 //!   set, in batches), refresh stale cache entries, a page of the anti-entropy sweep, and
 //!   the retirement of earlier incarnations at the merger.
-//! - Between those passes, an incarnation due to rotate ([`crate::incarnation`]) rotates if
+//! - Between those passes, an incarnation due to rotate ([`super::incarnation`]) rotates if
 //!   the object is clean: the check and the rotation are one synchronous stretch of storage
 //!   calls, so no hit and no sync answer lands between them.
 //!
@@ -22,7 +22,7 @@
 //! fetches, the alarm call); the in-memory state is changed only between awaits, through a
 //! `RefCell` whose borrows never cross one. SQL calls are synchronous.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -39,17 +39,18 @@ use worker::{
     console_warn, durable_object, wasm_bindgen,
 };
 
+use super::exact::{ExactGate, Turn};
+use super::incarnation::{Incarnation, RetireFailure};
+use super::store::{Store, meta};
 use crate::api::ApiError;
 use crate::client::{self, MergerError};
 use crate::config::Config;
 use crate::counter::{Entry, Outcome, Reclaim, current_totals, outcomes};
-use crate::exact::{ExactGate, Turn};
-use crate::incarnation::{Incarnation, RetireFailure};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::milestone::Verdict;
+use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed};
 use crate::runtime::{config_from_env, internal_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
-use crate::store::{Store, StoreError, meta};
 
 thread_local! {
     /// The protocol version a merger a release behind took last, and until when this
@@ -90,6 +91,12 @@ struct Inner {
     fetching: HashMap<CounterKey, Vec<oneshot::Sender<()>>>,
     /// Exact syncs in flight, and whether the merger is away.
     exact: ExactGate,
+}
+
+impl Loaded for Inner {
+    fn scheduler(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
 }
 
 impl Inner {
@@ -169,17 +176,13 @@ impl Inner {
 /// One replica of the counters routed to it.
 #[durable_object]
 pub struct Replica {
-    state: State,
-    env: Env,
-    inner: RefCell<Option<Inner>>,
+    shell: Shell<Inner>,
 }
 
 impl DurableObject for Replica {
     fn new(state: State, env: Env) -> Self {
         Replica {
-            state,
-            env,
-            inner: RefCell::new(None),
+            shell: Shell::new(state, env),
         }
     }
 
@@ -217,7 +220,7 @@ impl DurableObject for Replica {
             return Response::ok("not loaded");
         }
         let now = now();
-        let jobs = self.with(|i| i.scheduler.take_due(now));
+        let jobs = self.shell.due(now);
         for job in jobs {
             let done = match job {
                 Job::Sync => self.sync_pass(now).await,
@@ -230,41 +233,25 @@ impl DurableObject for Replica {
                 console_error!("{job:?} pass failed: {e}");
             }
             // Right after a pass is the likeliest clean moment (a sync pass just ended).
-            if let Err(e) = self.with(|i| i.rotate_if_due(self::now())) {
+            if let Err(e) = self.shell.with(|i| i.rotate_if_due(self::now())) {
                 console_error!("rotation failed: {e}");
             }
         }
         // Set the alarm anew for what is left: one set while this handler ran may not survive it.
-        let next = self.with(|i| {
-            i.scheduler.alarm_lost();
-            i.scheduler.rearm(self::now())
-        });
-        self.arm(next).await;
-        Response::ok("pass done")
+        self.shell.rearm().await
     }
 }
 
-/// The shortest delay an alarm is set with (see [`Replica::arm`]).
-const MIN_ALARM_DELAY_MS: u64 = 25;
-
 impl Replica {
-    /// Runs `f` on the loaded state; never across an await.
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut guard = self.inner.borrow_mut();
-        f(guard
-            .as_mut()
-            .expect("load() runs before any use of the state"))
-    }
-
     /// Loads the state on first use: the tables, the incarnation (drawn and stored before
     /// anything is counted, if the storage is new), the region, and the alarm. Reads no
     /// counter: start-up does not grow with the counters held.
     async fn load(&self, region: &str) -> std::result::Result<(), String> {
-        if self.inner.borrow().is_some() {
+        if self.shell.loaded() {
             return Ok(());
         }
-        let config = config_from_env(&self.env).map_err(|e| e.to_string())?;
-        let store = Store::open(self.state.storage().sql()).map_err(|e| e.to_string())?;
+        let config = config_from_env(&self.shell.env).map_err(|e| e.to_string())?;
+        let store = Store::open(self.shell.state.storage().sql()).map_err(|e| e.to_string())?;
         let get = |name| store.meta(name).map_err(|e| e.to_string());
         let mut incarnation = match get(meta::REPLICA)? {
             Some(replica) => {
@@ -274,7 +261,7 @@ impl Replica {
                     get(meta::STARTED)?.as_deref(),
                     get(meta::RETIRING)?.as_deref(),
                     get(meta::LINEAGE)?.as_deref(),
-                    new_replica_id,
+                    random_id,
                 )
                 .map_err(|e| e.to_string())?;
                 if drawn {
@@ -287,7 +274,7 @@ impl Replica {
                 incarnation
             }
             None => {
-                let incarnation = Incarnation::new(new_replica_id());
+                let incarnation = Incarnation::new(random_id());
                 store
                     .set_metas(&incarnation.meta())
                     .map_err(|e| e.to_string())?;
@@ -318,13 +305,14 @@ impl Replica {
             None => "unknown".to_owned(),
         };
         let armed = self
+            .shell
             .state
             .storage()
             .get_alarm()
             .await
             .map_err(|e| e.to_string())?
             .map(Timestamp::from_unix_ms);
-        if self.inner.borrow().is_some() {
+        if self.shell.loaded() {
             return Ok(()); // another event loaded it during the await
         }
         let now = now();
@@ -344,7 +332,7 @@ impl Replica {
             let _ = scheduler.want(job, at, now);
         }
         let capacity = NonZeroUsize::new(config.cache_counters).unwrap_or(NonZeroUsize::MIN);
-        *self.inner.borrow_mut() = Some(Inner {
+        let loaded = Inner {
             config,
             store,
             incarnation,
@@ -356,36 +344,21 @@ impl Replica {
             refresh: BTreeSet::new(),
             fetching: HashMap::new(),
             exact: ExactGate::default(),
-        });
-        let next = self.with(|i| i.scheduler.rearm(now));
-        self.arm(next).await;
+        };
+        self.shell.keep(loaded, now).await;
         Ok(())
-    }
-
-    /// Sets the alarm, if the scheduler asked for it to move.
-    async fn arm(&self, at: Option<Timestamp>) {
-        let Some(at) = at else { return };
-        // Never at or before now: an alarm set in the past while the alarm handler runs can
-        // be dropped by the runtime when the handler ends, and then nothing wakes the object
-        // until its next request (seen under load: an object with dirty rows asleep for a
-        // minute). A few milliseconds later costs nothing.
-        let offset = Duration::from_millis(at.millis_since(now()).max(MIN_ALARM_DELAY_MS));
-        if let Err(e) = self.state.storage().set_alarm(offset).await {
-            console_error!("setting the alarm failed: {e}");
-            self.with(|i| i.scheduler.alarm_lost());
-        }
     }
 
     /// Counts a hit: stored before answered, answered without the merger, unless its counter
     /// is near a milestone: then it takes the exact path ([`Replica::exact`]).
     async fn hit(&self, hit: Hit) -> std::result::Result<Answer, ApiError> {
         self.load(&hit.region).await.map_err(internal)?;
-        let known = self.with(|i| i.entry(&hit.key).map(|e| e.stored));
+        let known = self.shell.with(|i| i.entry(&hit.key).map(|e| e.stored));
         if !known.map_err(store_failed)? && !hit.trusted {
-            crate::runtime::admit(&self.env, &hit.client).await?;
+            crate::runtime::admit(&self.shell.env, &hit.client).await?;
         }
         let now = now();
-        let (view, slot, next, exact, away) = self.with(|i| {
+        let (view, slot, next, exact, away) = self.shell.with(|i| {
             let (replica, ttl) = (i.incarnation.replica, i.config.read_ttl_ms);
             let (interval, exact_on) = (i.config.sync_interval_ms, i.config.exact_wait_ms > 0);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
@@ -446,14 +419,14 @@ impl Replica {
             }
             Ok::<_, ApiError>((view, slot, next, exact, away))
         })?;
-        self.arm(next).await;
+        self.shell.arm(next).await;
         let (view, verdict) = if away {
             (view, Some(Verdict::Pending))
         } else if exact {
             let verdict = self.exact(&hit.key, slot, hit.add.p).await;
             // What the exact sync heard is the newest word: answer from it (never below
             // `view`, as what was heard never goes backwards).
-            let fresh = self.with(|i| {
+            let fresh = self.shell.with(|i| {
                 i.entry(&hit.key)
                     .ok()
                     .and_then(|e| e.view(crate::runtime::now()).ok())
@@ -475,8 +448,8 @@ impl Replica {
     /// milestone those units could win is then decided, and the answer tells it) or
     /// `EXACT_WAIT_MS` has passed. At most two exact syncs of the counter are in flight,
     /// each carrying every hit stored when it left; the counter's other hits wait for one to
-    /// land, and none waits while the merger is away ([`crate::exact`]). The hit is counted whatever
-    /// happens; only its verdict can be `Pending`.
+    /// land, and none waits while the merger is away ([`super::exact`]). The hit is counted
+    /// whatever happens; only its verdict can be `Pending`.
     async fn exact(
         &self,
         key: &CounterKey,
@@ -486,7 +459,7 @@ impl Replica {
         let started = now();
         // A third of the budget per attempt (at least 200 ms): a sync lost on the way costs
         // one attempt, not the whole wait.
-        let (budget, attempt_ms, window_ms) = self.with(|i| {
+        let (budget, attempt_ms, window_ms) = self.shell.with(|i| {
             let budget = i.config.exact_wait_ms;
             let timeout = i.config.sync_timeout_ms;
             (budget, (budget / 3).max(200).min(timeout), timeout)
@@ -496,7 +469,7 @@ impl Replica {
             let left = budget.saturating_sub(now().millis_since(started));
             // One synchronous stretch: the verdict, and if there is none the turn (and the
             // totals a leader sends, every hit stored so far).
-            let step = self.with(|i| {
+            let step = self.shell.with(|i| {
                 if i.incarnation.replica != replica {
                     return Err(()); // rotated: unreachable while the hit is not acknowledged
                 }
@@ -572,7 +545,7 @@ impl Replica {
     async fn read(&self, read: Read) -> std::result::Result<Vec<Answer>, ApiError> {
         self.load(&read.region).await.map_err(internal)?;
         let now = now();
-        let (missing, next) = self.with(|i| {
+        let (missing, next) = self.shell.with(|i| {
             let ttl = i.config.read_ttl_ms;
             let bound = stale_after_ms(&i.config);
             let mut missing = Vec::new();
@@ -588,12 +561,12 @@ impl Replica {
             }
             Ok::<_, ApiError>((missing, next))
         })?;
-        self.arm(next).await;
+        self.shell.arm(next).await;
         if !missing.is_empty() {
             self.fetch_now(missing).await;
         }
         let now = crate::runtime::now().max(now);
-        self.with(|i| {
+        self.shell.with(|i| {
             read.keys
                 .into_iter()
                 .map(|key| {
@@ -618,7 +591,7 @@ impl Replica {
     /// Fetches counters not heard of (or not for too long), once for all the reads that need
     /// them at the same time; a read waits at most one merger call for them.
     async fn fetch_now(&self, keys: Vec<CounterKey>) {
-        let (mine, waits, timeout_ms) = self.with(|i| {
+        let (mine, waits, timeout_ms) = self.shell.with(|i| {
             let mut mine = Vec::new();
             let mut waits = Vec::new();
             for key in keys {
@@ -659,7 +632,7 @@ impl Replica {
         &self,
         keys: Vec<CounterKey>,
     ) -> std::result::Result<(), MergerError> {
-        let (config, request) = self.with(|i| {
+        let (config, request) = self.shell.with(|i| {
             let request = ReadRequest {
                 version: PREVIOUS_VERSION,
                 replica: Some(i.incarnation.replica),
@@ -669,7 +642,7 @@ impl Replica {
         });
         let response = client::read(&config, &request).await?;
         let now = now();
-        self.with(|i| {
+        self.shell.with(|i| {
             if request.replica != Some(i.incarnation.replica) {
                 // The object rotated meanwhile: `recorded` is the old incarnation's slot,
                 // which the new one must not subtract.
@@ -692,12 +665,13 @@ impl Replica {
     async fn sync_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
         let mut after: Option<CounterKey> = None;
         loop {
-            let batch =
-                self.with(|i| i.store.dirty_after(after.as_ref(), MAX_COUNTERS_PER_SYNC))?;
+            let batch = self
+                .shell
+                .with(|i| i.store.dirty_after(after.as_ref(), MAX_COUNTERS_PER_SYNC))?;
             let Some((last, _)) = batch.last() else { break };
             after = Some(last.clone());
             let full = batch.len() == MAX_COUNTERS_PER_SYNC;
-            let (generation, lineage, keep) = self.with(|i| {
+            let (generation, lineage, keep) = self.shell.with(|i| {
                 let n = &i.incarnation;
                 (n.generation, n.lineage, i.config.reclaim_after_ms)
             });
@@ -712,7 +686,7 @@ impl Replica {
                 break;
             }
         }
-        self.with(|i| {
+        self.shell.with(|i| {
             if i.store.any_dirty()? {
                 let _ = i.want(Job::Sync, now.plus_ms(i.config.sync_interval_ms));
             }
@@ -729,7 +703,7 @@ impl Replica {
             .await
         {
             Ok(response) => {
-                self.with(|i| {
+                self.shell.with(|i| {
                     i.scheduler.succeeded();
                     i.exact.reached();
                 });
@@ -737,7 +711,7 @@ impl Replica {
                 Ok(true)
             }
             Err(e) => {
-                self.with(|i| {
+                self.shell.with(|i| {
                     let wait =
                         i.scheduler
                             .failed(self::now(), i.config.max_backoff_ms, random_u64());
@@ -758,7 +732,7 @@ impl Replica {
     /// (a row reclaimed here and counted again takes it up). A merger a release behind
     /// refuses it, and it goes again one version down ([`Replica::post_sync`]).
     fn sync_request(&self, sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
-        self.with(|i| {
+        self.shell.with(|i| {
             let request = SyncRequest {
                 version: PROTOCOL_VERSION,
                 replica: i.incarnation.replica,
@@ -776,7 +750,8 @@ impl Replica {
         request: &SyncRequest,
         timeout_ms: u64,
     ) -> std::result::Result<tally_crdt::SyncResponse, MergerError> {
-        self.with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
+        self.shell
+            .with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
         let _in_flight = InFlight { replica: self };
         // A merger a release behind (a rolling deploy in the wrong order): the same totals
         // in the version it speaks, without the carries and visits it cannot take. The
@@ -830,7 +805,7 @@ impl Replica {
         response: &tally_crdt::SyncResponse,
     ) -> std::result::Result<(), StoreError> {
         let now = now();
-        self.with(|i| {
+        self.shell.with(|i| {
             if request.replica != i.incarnation.replica {
                 // Unreachable (no rotation while a sync is in flight), and harmful if not
                 // ignored: the answers are the old incarnation's slots.
@@ -864,7 +839,7 @@ impl Replica {
 
     /// A refresh pass: one `POST /v1/read` for the stale counters reads asked about.
     async fn refresh_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
-        let keys: Vec<CounterKey> = self.with(|i| {
+        let keys: Vec<CounterKey> = self.shell.with(|i| {
             let keys: Vec<CounterKey> = i
                 .refresh
                 .iter()
@@ -880,14 +855,14 @@ impl Replica {
             return Ok(());
         }
         match self.read_from_merger(keys.clone()).await {
-            Ok(()) => self.with(|i| {
+            Ok(()) => self.shell.with(|i| {
                 i.scheduler.succeeded();
                 i.exact.reached();
                 if !i.refresh.is_empty() {
                     let _ = i.want(Job::Refresh, now);
                 }
             }),
-            Err(e) => self.with(|i| {
+            Err(e) => self.shell.with(|i| {
                 let wait = i
                     .scheduler
                     .failed(self::now(), i.config.max_backoff_ms, random_u64());
@@ -903,17 +878,20 @@ impl Replica {
     /// their state. The sweep goes on every sync interval until it has covered every row,
     /// then waits `ANTI_ENTROPY_MS`.
     async fn sweep_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
-        let (period, interval) =
-            self.with(|i| (i.config.anti_entropy_ms, i.config.sync_interval_ms));
+        let (period, interval) = self
+            .shell
+            .with(|i| (i.config.anti_entropy_ms, i.config.sync_interval_ms));
         if period == 0 {
             return Ok(());
         }
-        let after = self.with(|i| i.store.meta(meta::SWEEP_CURSOR))?;
+        let after = self.shell.with(|i| i.store.meta(meta::SWEEP_CURSOR))?;
         let after = after.and_then(|k| CounterKey::from_storage_key(&k).ok());
-        let page = self.with(|i| i.store.rows_after(after.as_ref(), MAX_COUNTERS_PER_SYNC))?;
+        let page = self
+            .shell
+            .with(|i| i.store.rows_after(after.as_ref(), MAX_COUNTERS_PER_SYNC))?;
         let Some((last, _)) = page.last().cloned() else {
             // The sweep is complete: the next starts a period later.
-            return self.with(|i| {
+            return self.shell.with(|i| {
                 i.store.clear_meta(meta::SWEEP_CURSOR)?;
                 let due = now.plus_ms(period);
                 i.store.set_meta(meta::SWEEP_DUE, &due.to_string())?;
@@ -925,7 +903,7 @@ impl Replica {
         // merger lacks, else they stop re-sending what they reclaimed ([`Row::reclaim`]); a
         // cut told more than that after its reset is dropped ([`Row::expire`]). Rows of
         // earlier incarnations send their carry alone: their slots are final.
-        let page = self.with(|i| -> std::result::Result<_, StoreError> {
+        let page = self.shell.with(|i| -> std::result::Result<_, StoreError> {
             let after = i.config.reclaim_after_ms;
             let mut kept = Vec::with_capacity(page.len());
             let mut deleted = 0;
@@ -951,13 +929,13 @@ impl Replica {
             }
             Ok(kept)
         })?;
-        let (generation, lineage, keep) = self.with(|i| {
+        let (generation, lineage, keep) = self.shell.with(|i| {
             let n = &i.incarnation;
             (n.generation, n.lineage, i.config.reclaim_after_ms)
         });
         let sent = current_totals(page, generation, &lineage, now, keep);
         if sent.is_empty() || self.send(sent, Job::Sweep).await? {
-            self.with(|i| {
+            self.shell.with(|i| {
                 i.store.set_meta(meta::SWEEP_CURSOR, &last.storage_key())?;
                 let due = now.plus_ms(interval);
                 i.store.set_meta(meta::SWEEP_DUE, &due.to_string())?;
@@ -976,7 +954,7 @@ impl Replica {
     /// durable). The first failure ends the pass and backs off.
     async fn retire_pass(&self) -> std::result::Result<(), StoreError> {
         loop {
-            let (config, next) = self.with(|i| {
+            let (config, next) = self.shell.with(|i| {
                 let next = i.incarnation.retiring.first().copied();
                 let next = next.map(|r| (r, i.incarnation.retire_version(r)));
                 (i.config.clone(), next)
@@ -986,7 +964,7 @@ impl Replica {
             };
             let request = RetireRequest { version, replica };
             match client::retire(&config, &request).await {
-                Ok(answer) => self.with(|i| {
+                Ok(answer) => self.shell.with(|i| {
                     i.scheduler.retire_succeeded();
                     let mut next = i.incarnation.clone();
                     next.retired(replica);
@@ -997,7 +975,7 @@ impl Replica {
                 })?,
                 Err(e) => {
                     let failure = RetireFailure::of(&e);
-                    self.with(|i| {
+                    self.shell.with(|i| {
                         let wait = i.scheduler.retire_failed(
                             self::now(),
                             i.config.max_backoff_ms,
@@ -1029,11 +1007,9 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut guard) = self.replica.inner.try_borrow_mut()
-            && let Some(inner) = guard.as_mut()
-        {
+        self.replica.shell.try_with(|inner| {
             inner.syncs_in_flight = inner.syncs_in_flight.saturating_sub(1);
-        }
+        });
     }
 }
 
@@ -1062,21 +1038,17 @@ struct Flight<'a> {
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut guard) = self.replica.inner.try_borrow_mut()
-            && let Some(inner) = guard.as_mut()
-        {
-            match self.ok {
-                Some(ok) => {
-                    inner
-                        .exact
-                        .landed(self.key, self.probe, ok, now(), self.window_ms);
-                    if !ok && inner.exact.is_away(now()) {
-                        console_warn!("the merger is away: hits near a milestone answer pending");
-                    }
+        self.replica.shell.try_with(|inner| match self.ok {
+            Some(ok) => {
+                inner
+                    .exact
+                    .landed(self.key, self.probe, ok, now(), self.window_ms);
+                if !ok && inner.exact.is_away(now()) {
+                    console_warn!("the merger is away: hits near a milestone answer pending");
                 }
-                None => inner.exact.abandoned(self.key, self.probe),
             }
-        }
+            None => inner.exact.abandoned(self.key, self.probe),
+        });
     }
 }
 
@@ -1089,28 +1061,10 @@ struct Release<'a> {
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        if let Ok(mut guard) = self.replica.inner.try_borrow_mut()
-            && let Some(inner) = guard.as_mut()
-        {
+        self.replica.shell.try_with(|inner| {
             for key in self.keys {
                 inner.fetching.remove(key);
             }
-        }
+        });
     }
-}
-
-fn new_replica_id() -> ReplicaId {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("crypto.getRandomValues is available in Workers");
-    ReplicaId::from_bytes(bytes)
-}
-
-fn internal(why: String) -> ApiError {
-    console_error!("{why}");
-    ApiError::Internal
-}
-
-fn store_failed(e: StoreError) -> ApiError {
-    console_error!("{e}");
-    ApiError::Internal
 }

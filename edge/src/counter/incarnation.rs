@@ -29,43 +29,15 @@
 
 use tally_crdt::{ReplicaId, Timestamp};
 
+use super::store::meta;
 use crate::client::MergerError;
+use crate::counter::Lineage;
 use crate::scheduler::Job;
-use crate::store::meta;
 
 /// Retirements that may wait for the merger at once. With this many pending, the object
 /// keeps its incarnation until the merger answers: the stored list stays bounded whatever
 /// the merger does.
 pub const MAX_RETIRING: usize = 16;
-
-/// The object's lineage: its 96 bits, and the first generation named by them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lineage {
-    /// The object's bits ([`ReplicaId::object`]).
-    pub object: ReplicaId,
-    /// Generations from this one on are incarnations of the lineage, and their final slots
-    /// go into the carries (0 for storage drawn with its lineage; for storage from before,
-    /// the generation after the one it had then).
-    pub from: u64,
-}
-
-impl Lineage {
-    /// Whether `generation` is an incarnation of the lineage (its slots are carried).
-    pub fn holds(&self, generation: u64) -> bool {
-        generation >= self.from
-    }
-
-    /// Whether `replica` is an incarnation of the lineage: its retirement must be a
-    /// version-4 one, which folds it into the object's carry.
-    pub fn names(&self, replica: ReplicaId) -> bool {
-        replica.object() == self.object && self.holds(u64::from(replica.generation()))
-    }
-
-    /// The stored form: the object's id and the first generation, `:`-separated.
-    fn text(&self) -> String {
-        format!("{}:{}", self.object, self.from)
-    }
-}
 
 /// The current incarnation and the earlier ones still to retire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +183,7 @@ impl Incarnation {
                 self.started_at.map(|t| t.to_string()).unwrap_or_default(),
             ),
             (meta::RETIRING, self.retiring_text()),
-            (meta::LINEAGE, self.lineage.text()),
+            (meta::LINEAGE, lineage_text(&self.lineage)),
         ]
     }
 
@@ -336,6 +308,11 @@ impl RetireFailure {
             MergerError::Status { .. } | MergerError::BadAnswer(_) => RetireFailure::Bug,
         }
     }
+}
+
+/// A lineage's stored form: the object's id and the first generation, `:`-separated.
+fn lineage_text(lineage: &Lineage) -> String {
+    format!("{}:{}", lineage.object, lineage.from)
 }
 
 #[cfg(test)]

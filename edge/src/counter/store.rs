@@ -23,22 +23,7 @@ use tally_crdt::{CounterKey, Frame, SlotTotals, Timestamp};
 use worker::{SqlStorage, SqlStorageValue};
 
 use crate::counter::{Row, SyncState};
-
-/// A storage failure, or a row that does not read back as written.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The SQL API failed.
-    #[error("storage: {0}")]
-    Sql(#[from] worker::Error),
-    /// A stored row is not what this module writes (damaged storage).
-    #[error("damaged row {key:?}: {why}")]
-    Damaged {
-        /// The row's key.
-        key: String,
-        /// What is wrong.
-        why: &'static str,
-    },
-}
+use crate::object::{StoreError, get_meta, set_meta};
 
 /// The schema as numbered steps: storage at version `v` (`meta.schema`; absent: 1, the
 /// storage of an edge from before versions, whose tables step 1 finds already there) runs
@@ -505,41 +490,6 @@ impl Store {
         let rows: Vec<One> = self.sql.exec(query, None)?.to_array()?;
         Ok(!rows.is_empty())
     }
-}
-
-/// The `meta` table (`name TEXT PRIMARY KEY, value TEXT`), which every object class of the
-/// edge keeps in its own storage.
-pub const META_TABLE: &str =
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;";
-
-/// A meta entry of an object's storage.
-///
-/// # Errors
-///
-/// A storage failure.
-pub fn get_meta(sql: &SqlStorage, name: &str) -> Result<Option<String>, StoreError> {
-    #[derive(Deserialize)]
-    struct Value {
-        value: String,
-    }
-    let rows: Vec<Value> = sql
-        .exec("SELECT value FROM meta WHERE name = ?", vec![name.into()])?
-        .to_array()?;
-    Ok(rows.into_iter().next().map(|v| v.value))
-}
-
-/// Sets a meta entry of an object's storage.
-///
-/// # Errors
-///
-/// A storage failure.
-pub fn set_meta(sql: &SqlStorage, name: &str, value: &str) -> Result<(), StoreError> {
-    sql.exec(
-        "INSERT INTO meta (name, value) VALUES (?, ?) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        vec![name.into(), value.into()],
-    )?;
-    Ok(())
 }
 
 /// A generation as the SQL API takes it (a JavaScript number: one rotation a second would

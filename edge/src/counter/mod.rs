@@ -12,7 +12,7 @@
 //! `global - recorded_own + current_own` per half ([`Entry::view`]).
 //!
 //! A row belongs to the incarnation that wrote it, named by its generation
-//! ([`crate::incarnation`]). A row of an earlier generation reads as zero
+//! ([`incarnation`]). A row of an earlier generation reads as zero
 //! ([`Row::in_generation`]): its totals are the final slot of a retired incarnation, counted in
 //! the merger's global, and the current incarnation starts that counter from nothing. That
 //! final slot goes into the row's *carry* ([`Row::carried`]): the sums of the counter's final
@@ -37,16 +37,52 @@
 //! A row also keeps the visitor keys of its hits on the exact path near a milestone
 //! ([`Row::visit`]), stored with the hit they name, until the merger has committed it: a
 //! restart between a hit's answer and its sync does not lose the key.
+//!
+//! The counter's wing, as presence and unique visitors have theirs: this module (pure), its
+//! storage ([`store`]), its Durable Object ([`object`], the `Replica` class), the object's
+//! incarnations ([`incarnation`]) and the exact path's gate near a milestone ([`exact`]).
+
+pub mod exact;
+pub mod incarnation;
+#[allow(
+    missing_docs,
+    reason = "#[durable_object] generates undocumented wasm-bindgen exports"
+)]
+pub mod object;
+pub mod store;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-use crate::incarnation::Lineage;
 use crate::milestone::Watch;
 use tally_crdt::{
     CounterKey, Cut, Error, Frame, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId,
     SlotTotals, SlotUpdate, SyncAnswer, Timestamp, Visit,
 };
+
+/// The object's lineage: its 96 bits, and the first generation named by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage {
+    /// The object's bits ([`ReplicaId::object`]).
+    pub object: ReplicaId,
+    /// Generations from this one on are incarnations of the lineage, and their final slots
+    /// go into the carries (0 for storage drawn with its lineage; for storage from before,
+    /// the generation after the one it had then).
+    pub from: u64,
+}
+
+impl Lineage {
+    /// Whether `generation` is an incarnation of the lineage (its slots are carried).
+    pub fn holds(&self, generation: u64) -> bool {
+        generation >= self.from
+    }
+
+    /// Whether `replica` is an incarnation of the lineage: its retirement must be a
+    /// version-4 one, which folds it into the object's carry.
+    pub fn names(&self, replica: ReplicaId) -> bool {
+        replica.object() == self.object && self.holds(u64::from(replica.generation()))
+    }
+}
 
 /// Where a row stands with the merger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
