@@ -9,6 +9,7 @@ use tally_crdt::{CounterKey, ReplicaId, SlotTotals};
 
 use crate::counter::View;
 use crate::milestone::Verdict;
+use crate::routing::Region;
 
 /// The internal route of a hit.
 pub const HIT_PATH: &str = "/hit";
@@ -23,7 +24,7 @@ pub struct Hit {
     /// What to add to the object's own slot.
     pub add: SlotTotals,
     /// The region the object serves.
-    pub region: String,
+    pub region: Region,
     /// Who sent it (the client address), for the new-id budget.
     pub client: String,
     /// Whether the application's write key came with it (no new-id budget then).
@@ -39,7 +40,7 @@ pub struct Read {
     /// The counters, each once.
     pub keys: Vec<CounterKey>,
     /// The region the object serves.
-    pub region: String,
+    pub region: Region,
 }
 
 /// What the object answers about one counter.
@@ -88,14 +89,14 @@ mod tests {
         let hit = Hit {
             key: key(),
             add: SlotTotals { p: 1, n: 0 },
-            region: "eu".into(),
+            region: Region::new("eu").unwrap(),
             client: "203.0.113.7".into(),
             trusted: false,
             visitor: Some("user-42".into()),
         };
         let read = Read {
             keys: vec![key()],
-            region: "eu".into(),
+            region: Region::new("eu").unwrap(),
         };
         let answers = vec![
             Answer {

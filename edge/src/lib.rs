@@ -32,7 +32,7 @@ pub mod session;
 pub mod unique;
 
 use futures_util::future::join_all;
-use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals, check_region};
+use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals};
 use worker::{
     Context, Env, Headers, Method, Request, RequestInit, Response, Result, console_error, event,
 };
@@ -46,9 +46,11 @@ use crate::counter::View;
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
+use crate::routing::Region;
 use crate::runtime::{
-    Failure, PRESENCE_BINDING, REPLICA_BINDING, admit, cached_config, client_address, draw_spread,
-    internal, json_response, now, post_to_object, random_u64, read_body, stub, write_key_presented,
+    Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
+    client_address, draw_spread, internal, json_response, now, post_to_object, random_u64,
+    read_body, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -100,8 +102,14 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
     let route = parse_path(&req.path())?;
     let config = cached_config(env)?;
     let region = region_of(&req, &config)?;
+    let cx = RequestContext {
+        env,
+        config,
+        region,
+    };
+    let config = &cx.config;
     let token = req.headers().get(session::HEADER).ok().flatten();
-    let keys = session_keys(&config);
+    let keys = session_keys(config);
     let mut session = Session::from_header(token.as_deref(), &keys);
     let allow = route.allow();
     // workers-rs reads any method it has no name for (QUERY, PROPFIND, ...) as GET: only a
@@ -112,9 +120,9 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
     }
     match (method, route) {
         (Method::Get | Method::Head, Route::One(key)) => {
-            if let Some(view) = cached(&config, &region, &key) {
+            if let Some(view) = cached(&cx, &key) {
                 return Ok(count_response(
-                    &config,
+                    config,
                     &keys,
                     &mut session,
                     &key,
@@ -123,20 +131,20 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                     None,
                 )?);
             }
-            let s = draw_spread(&config);
+            let s = draw_spread(config);
             let read = Read {
                 keys: vec![key.clone()],
-                region: region.clone(),
+                region: cx.region.clone(),
             };
-            let answers = call(env, &config, &region, &key, s, READ_PATH, &read).await?;
+            let answers = call(&cx, &key, s, READ_PATH, &read).await?;
             let view = answers
                 .into_iter()
                 .find(|a| a.key == key)
                 .and_then(|a| a.view)
                 .ok_or(ApiError::Unavailable)?;
-            remember(&config, &region, &key, view);
+            remember(&cx, &key, view);
             Ok(count_response(
-                &config,
+                config,
                 &keys,
                 &mut session,
                 &key,
@@ -147,12 +155,12 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
         }
         (Method::Put, Route::One(key)) => {
             let HitRequest { add, visitor } = read_hit(&mut req, key.kind()).await?;
-            let trusted = authorize(&req, &config, key.kind(), add)?;
+            let trusted = authorize(&req, config, key.kind(), add)?;
             let client = client_address(&req);
             let hit = Hit {
                 key: key.clone(),
                 add,
-                region: region.clone(),
+                region: cx.region.clone(),
                 client,
                 trusted,
                 visitor,
@@ -160,21 +168,21 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             // What this isolate's cache knew before the hit, plus the hit, is a lower bound of
             // the count after it: the view cached and shown to everyone is at least that, even
             // from an object that has not heard of the counter yet.
-            let cached_before = cached(&config, &region, &key);
+            let cached_before = cached(&cx, &key);
             let floor = session.floor(&key);
-            let s = draw_spread(&config);
-            let answers = call(env, &config, &region, &key, s, HIT_PATH, &hit).await?;
+            let s = draw_spread(config);
+            let answers = call(&cx, &key, s, HIT_PATH, &hit).await?;
             let answer = answers
                 .into_iter()
                 .find(|a| a.key == key)
                 .ok_or(ApiError::Internal)?;
             let mut view = answer.view.ok_or(ApiError::Internal)?;
-            let receipt = receipt_of(&config, &key, add, answer.slot);
+            let receipt = receipt_of(config, &key, add, answer.slot);
             view.raise_after_hit(cached_before.map(|v| v.bound()).unwrap_or_default(), add);
             if view.age_ms.is_none() {
                 view.age_ms = cached_before.and_then(|v| v.age_ms);
             }
-            remember(&config, &region, &key, view);
+            remember(&cx, &key, view);
             // What the client's token says it saw, plus its hit, raises its own answer only.
             let mut shown = view;
             shown.raise_after_hit(floor, add);
@@ -187,8 +195,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 }),
                 _ => None,
             };
-            let mut response =
-                count_response(&config, &keys, &mut session, &key, shown, None, won)?;
+            let mut response = count_response(config, &keys, &mut session, &key, shown, None, won)?;
             if let Some(verdict) = &answer.verdict {
                 response
                     .headers_mut()
@@ -203,15 +210,11 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             }
             Ok(response)
         }
-        (method, Route::Presence(id)) => {
-            presence_route(&mut req, env, &config, &region, method, &id).await
-        }
-        (method, Route::Unique(id)) => {
-            unique::route(&mut req, env, &config, &region, method, &id).await
-        }
+        (method, Route::Presence(id)) => presence_route(&mut req, &cx, method, &id).await,
+        (method, Route::Unique(id)) => unique::route(&mut req, &cx, method, &id).await,
         (Method::Get | Method::Head, Route::Batch(kind)) => {
             let ids = parse_ids(kind, req.url().map_err(internal)?.query())?;
-            batch_read(env, &config, &region, &keys, &mut session, ids).await
+            batch_read(&cx, &keys, &mut session, ids).await
         }
         _ => Err(ApiError::MethodNotAllowed(allow).into()),
     }
@@ -221,12 +224,15 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
 /// [?session=]`), or open a socket (`GET` with `Upgrade: websocket`).
 async fn presence_route(
     req: &mut Request,
-    env: &Env,
-    config: &Config,
-    region: &str,
+    cx: &RequestContext<'_>,
     method: Method,
     id: &str,
 ) -> std::result::Result<Response, Failure> {
+    let RequestContext {
+        env,
+        config,
+        region,
+    } = cx;
     let client = client_address(req);
     let trusted = write_key_presented(req, config)?;
     let upgrade = req.headers().get("Upgrade").ok().flatten();
@@ -294,7 +300,7 @@ async fn presence_route(
     let name = routing::presence_object_name(region, partition);
     let call = presence::Call {
         id: id.to_owned(),
-        region: region.to_owned(),
+        region: region.clone(),
         op,
         client,
         trusted,
@@ -332,19 +338,18 @@ async fn presence_route(
 
 /// Reads many counters: one internal read per object that serves some of them, all at once.
 async fn batch_read(
-    env: &Env,
-    config: &Config,
-    region: &str,
+    cx: &RequestContext<'_>,
     session_keys: &SessionKeys,
     session: &mut Session,
     keys: Vec<CounterKey>,
 ) -> std::result::Result<Response, Failure> {
+    let config = &cx.config;
     let s = draw_spread(config);
     let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
         Default::default();
     let mut groups: std::collections::BTreeMap<u32, Vec<CounterKey>> = Default::default();
     for key in &keys {
-        match cached(config, region, key) {
+        match cached(cx, key) {
             Some(view) => {
                 views.insert(key.clone(), Ok(view));
             }
@@ -357,20 +362,17 @@ async fn batch_read(
     let calls = groups.into_values().map(|group| async move {
         let read = Read {
             keys: group.clone(),
-            region: region.to_owned(),
+            region: cx.region.clone(),
         };
         let first = group.first().expect("groups are not empty").clone();
-        (
-            group,
-            call(env, config, region, &first, s, READ_PATH, &read).await,
-        )
+        (group, call(cx, &first, s, READ_PATH, &read).await)
     });
     for (group, result) in join_all(calls).await {
         match result {
             Ok(answers) => {
                 for a in answers {
                     if let Some(view) = a.view {
-                        remember(config, region, &a.key, view);
+                        remember(cx, &a.key, view);
                     }
                     views.insert(a.key, a.view.ok_or(ApiError::Unavailable));
                 }
@@ -415,13 +417,13 @@ thread_local! {
 }
 
 /// A fresh view of `key` from this isolate's cache.
-fn cached(config: &Config, region: &str, key: &CounterKey) -> Option<View> {
-    with_cache(config, |cache| cache.get(region, key, now()))
+fn cached(cx: &RequestContext<'_>, key: &CounterKey) -> Option<View> {
+    with_cache(&cx.config, |cache| cache.get(&cx.region, key, now()))
 }
 
 /// Keeps an object's answer in this isolate's cache.
-fn remember(config: &Config, region: &str, key: &CounterKey, view: View) {
-    with_cache(config, |cache| cache.put(region, key, view, now()));
+fn remember(cx: &RequestContext<'_>, key: &CounterKey, view: View) {
+    with_cache(&cx.config, |cache| cache.put(&cx.region, key, view, now()));
 }
 
 /// Runs `f` on this isolate's cache, made with the configuration on first use.
@@ -541,18 +543,16 @@ fn authorize(
 
 /// Sends an internal request to the object that serves `key` (spread index `s`) in `region`.
 async fn call<M: serde::Serialize>(
-    env: &Env,
-    config: &Config,
-    region: &str,
+    cx: &RequestContext<'_>,
     key: &CounterKey,
     s: u32,
     path: &str,
     message: &M,
 ) -> std::result::Result<Vec<Answer>, Failure> {
-    let partition = routing::partition(key, s, config.partitions);
-    let name = routing::object_name(region, partition);
+    let partition = routing::partition(key, s, cx.config.partitions);
+    let name = routing::object_name(&cx.region, partition);
     let body = serde_json::to_string(message).map_err(|_| ApiError::Internal)?;
-    let text = post_to_object(env, REPLICA_BINDING, &name, region, path, body).await?;
+    let text = post_to_object(cx.env, REPLICA_BINDING, &name, &cx.region, path, body).await?;
     serde_json::from_str(&text).map_err(|e| {
         console_error!("unreadable object answer: {e}");
         Failure::Api(ApiError::Internal)
@@ -561,19 +561,14 @@ async fn call<M: serde::Serialize>(
 
 /// The region of a request: the continent Cloudflare reports, or (only when
 /// `ALLOW_REGION_OVERRIDE` is set, for `wrangler dev` and tests) the `X-Tally-Region` header.
-fn region_of(req: &Request, config: &Config) -> std::result::Result<String, ApiError> {
+fn region_of(req: &Request, config: &Config) -> std::result::Result<Region, ApiError> {
     if config.allow_region_override
         && let Some(region) = req.headers().get(REGION_HEADER).ok().flatten()
     {
-        check_region(&region).map_err(ApiError::InvalidRegion)?;
-        return Ok(region);
+        return Region::try_from(region).map_err(ApiError::InvalidRegion);
     }
     let continent = req.cf().and_then(|cf| cf.continent()).unwrap_or_default();
-    Ok(if check_region(&continent).is_ok() {
-        continent
-    } else {
-        "unknown".to_owned()
-    })
+    Ok(Region::try_from(continent).unwrap_or_else(|_| Region::unknown()))
 }
 
 /// The keys of session tokens, made from the configuration on first use in this isolate and

@@ -13,8 +13,73 @@
 //! version and every platform routes a counter to the same objects. A change of routing (more
 //! partitions, a wider spread) is safe for the counts: each object is its own replica with
 //! its own slots, so a counter that moves simply gains a slot at its new object.
+//!
+//! A region is a [`Region`]: its name checked once, where it enters (the request's continent,
+//! the override header, an internal message), so every object name made from it is sound.
 
-use tally_crdt::CounterKey;
+use serde::{Deserialize, Serialize};
+use tally_crdt::{CounterKey, check_region};
+
+/// A region's name: 1 to [`tally_crdt::MAX_REGION_LEN`] ASCII letters, digits, `-` or `_`
+/// ([`check_region`]), checked when it is made, from a request or an internal message (the
+/// serde form is the name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region(String);
+
+impl Region {
+    /// The region of a request whose continent the runtime does not name.
+    pub const UNKNOWN: &str = "unknown";
+
+    /// A region named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`tally_crdt::Error::InvalidRegion`] for a name that is not a region's.
+    pub fn new(name: &str) -> Result<Region, tally_crdt::Error> {
+        check_region(name)?;
+        Ok(Region(name.to_owned()))
+    }
+
+    /// The region of a request the runtime names no continent for.
+    pub fn unknown() -> Region {
+        Region(Self::UNKNOWN.to_owned())
+    }
+
+    /// Its name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Region {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = tally_crdt::Error;
+
+    fn try_from(name: String) -> Result<Region, tally_crdt::Error> {
+        check_region(&name)?;
+        Ok(Region(name))
+    }
+}
+
+impl From<Region> for String {
+    fn from(region: Region) -> String {
+        region.0
+    }
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A stable 64-bit hash of a counter and a spread index.
 pub fn hash(key: &CounterKey, spread_index: u32) -> u64 {
@@ -135,6 +200,25 @@ pub fn spread_index(random: u64, spread: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_region_is_checked_where_it_is_made_and_read() {
+        assert_eq!(Region::new("eu").unwrap().as_str(), "eu");
+        assert_eq!(Region::unknown().as_str(), "unknown");
+        for bad in [
+            "",
+            "e u",
+            "eu:1",
+            "ü",
+            &"a".repeat(tally_crdt::MAX_REGION_LEN + 1),
+        ] {
+            assert!(Region::new(bad).is_err(), "{bad:?}");
+            let json = serde_json::to_string(bad).unwrap();
+            assert!(serde_json::from_str::<Region>(&json).is_err(), "{bad:?}");
+        }
+        let eu: Region = serde_json::from_str(r#""eu-west_2""#).unwrap();
+        assert_eq!(serde_json::to_string(&eu).unwrap(), r#""eu-west_2""#);
+    }
     use tally_crdt::CounterKind;
 
     fn key(id: &str) -> CounterKey {

@@ -11,7 +11,7 @@ use worker::{
 
 use crate::api::ApiError;
 use crate::config::{Config, ConfigError};
-use crate::routing;
+use crate::routing::{self, Region};
 
 /// Durable Object binding, as in `wrangler.toml`.
 pub const REPLICA_BINDING: &str = "REPLICA";
@@ -21,6 +21,17 @@ pub const PRESENCE_BINDING: &str = "PRESENCE";
 pub const UNIQUE_BINDING: &str = "UNIQUE";
 /// Rate-limiting binding of the new-id budget, as in `wrangler.toml`.
 pub const NEW_IDS_BINDING: &str = "NEW_IDS";
+
+/// What every step of a public request works with: the Worker's environment, its
+/// configuration, and the request's region.
+pub struct RequestContext<'a> {
+    /// The Worker's environment (bindings, vars, secrets).
+    pub env: &'a Env,
+    /// The configuration, parsed once per isolate.
+    pub config: Config,
+    /// The region the request is served in.
+    pub region: Region,
+}
 
 /// How a request failed: an API error decided here, or an object's error passed through.
 pub enum Failure {

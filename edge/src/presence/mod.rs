@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tally_crdt::{PresenceCount, PresenceTotal, Timestamp};
 
 use crate::api::{ApiError, MAX_BODY_BYTES};
+use crate::routing::Region;
 
 /// Longest session id, in bytes.
 pub const MAX_SESSION_LEN: usize = 64;
@@ -146,7 +147,7 @@ pub struct Call {
     /// The presence id.
     pub id: String,
     /// The region the object serves.
-    pub region: String,
+    pub region: Region,
     /// What to do.
     pub op: Op,
     /// Who sent it (the client address), for the new-session budget.

@@ -29,12 +29,13 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tally_crdt::{Day, HyperLogLog, SketchKey, Timestamp};
-use worker::{Env, Method, Request, Response};
+use worker::{Method, Request, Response};
 
 use crate::api::{ApiError, Route};
-use crate::config::Config;
-use crate::routing;
-use crate::runtime::{Failure, UNIQUE_BINDING, internal, json_response, post_to_object};
+use crate::routing::{self, Region};
+use crate::runtime::{
+    Failure, RequestContext, UNIQUE_BINDING, internal, json_response, post_to_object,
+};
 
 /// Longest visitor key, in bytes.
 pub const MAX_VISITOR_LEN: usize = 256;
@@ -186,7 +187,7 @@ pub enum Op {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
     /// The region the object serves.
-    pub region: String,
+    pub region: Region,
     /// What to do.
     pub op: Op,
     /// Who sent it (the client address), for the new-id budget.
@@ -225,12 +226,15 @@ pub struct UniqueBody {
 /// `/{id}/unique`: count a visitor (`PUT`) or read (`GET [?day=]`).
 pub async fn route(
     req: &mut Request,
-    env: &Env,
-    config: &Config,
-    region: &str,
+    cx: &RequestContext<'_>,
     method: Method,
     id: &str,
 ) -> Result<Response, Failure> {
+    let RequestContext {
+        env,
+        config,
+        region,
+    } = cx;
     let today = crate::runtime::now().day();
     let trusted = crate::runtime::write_key_presented(req, config)?;
     let (op, answered) = match method {
@@ -277,7 +281,7 @@ pub async fn route(
     let name =
         routing::unique_object_name(region, routing::unique_partition(id, s, config.partitions));
     let call = Call {
-        region: region.to_owned(),
+        region: region.clone(),
         op,
         client: crate::runtime::client_address(req),
         trusted,
