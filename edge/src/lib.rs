@@ -48,9 +48,9 @@ use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
 use crate::routing::Region;
 use crate::runtime::{
-    Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
-    client_address, draw_spread, internal, json_response, now, post_to_object, random_u64,
-    read_body, stub, write_key_presented,
+    CORS_HEADERS, Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
+    client_address, draw_spread, internal, json_response, json_response_with, now, post_to_object,
+    random_u64, read_body, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -129,6 +129,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                     view,
                     Some(true),
                     None,
+                    &[],
                 )?);
             }
             let s = draw_spread(config);
@@ -151,6 +152,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 view,
                 Some(false),
                 None,
+                &[],
             )?)
         }
         (Method::Put, Route::One(key)) => {
@@ -195,20 +197,23 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 }),
                 _ => None,
             };
-            let mut response = count_response(config, &keys, &mut session, &key, shown, None, won)?;
+            let mut extra: Vec<(&str, &str)> = Vec::with_capacity(2);
             if let Some(verdict) = &answer.verdict {
-                response
-                    .headers_mut()
-                    .set(MILESTONE_HEADER, verdict.header())
-                    .map_err(internal)?;
+                extra.push((MILESTONE_HEADER, verdict.header()));
             }
-            if let Some(receipt) = receipt {
-                response
-                    .headers_mut()
-                    .set(RECEIPT_HEADER, &receipt)
-                    .map_err(internal)?;
+            if let Some(receipt) = &receipt {
+                extra.push((RECEIPT_HEADER, receipt));
             }
-            Ok(response)
+            Ok(count_response(
+                config,
+                &keys,
+                &mut session,
+                &key,
+                shown,
+                None,
+                won,
+                &extra,
+            )?)
         }
         (method, Route::Presence(id)) => presence_route(&mut req, &cx, method, &id).await,
         (method, Route::Unique(id)) => unique::route(&mut req, &cx, method, &id).await,
@@ -451,6 +456,7 @@ fn count_response(
     view: View,
     cache_hit: Option<bool>,
     milestone: Option<Won>,
+    extra: &[(&str, &str)],
 ) -> std::result::Result<Response, ApiError> {
     // A hit's answer (no cache flag) is a write of the counter.
     let shown = session.answer(key, view.bound(), cache_hit.is_none());
@@ -461,26 +467,22 @@ fn count_response(
         milestone,
     })
     .map_err(|_| ApiError::Internal)?;
-    let mut response = json_response(&body, 200).map_err(internal)?;
-    let headers = response.headers_mut();
+    let token = session.token(session_keys);
+    let age;
+    let mut headers: Vec<(&str, &str)> = vec![(session::HEADER, &token)];
     match view.age_ms {
-        Some(age) if age >= config.read_ttl_ms => {
-            headers
-                .set("Age", &(age / 1000).to_string())
-                .map_err(internal)?;
+        Some(ms) if ms >= config.read_ttl_ms => {
+            age = (ms / 1000).to_string();
+            headers.push(("Age", &age));
         }
         Some(_) => {}
-        None => headers.set("Tally-Estimate", "partial").map_err(internal)?,
+        None => headers.push(("Tally-Estimate", "partial")),
     }
     if let Some(hit) = cache_hit {
-        headers
-            .set("Tally-Cache", if hit { "hit" } else { "miss" })
-            .map_err(internal)?;
+        headers.push(("Tally-Cache", if hit { "hit" } else { "miss" }));
     }
-    headers
-        .set(session::HEADER, &session.token(session_keys))
-        .map_err(internal)?;
-    Ok(response)
+    headers.extend_from_slice(extra);
+    json_response_with(&body, 200, &headers).map_err(internal)
 }
 
 /// The receipt of a counter hit (increments only; a gauge has no N-th hit): the units of
@@ -589,11 +591,11 @@ fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
     })
 }
 
-/// The response with CORS headers, set in place on the answers the Worker made. A Durable
-/// Object's response passed through has immutable headers: those are copied into a new
-/// response around the same body.
+/// The response with CORS headers: the Worker's JSON answers have them already
+/// ([`runtime::json_response_with`]); others get them set in place, and a Durable Object's
+/// response passed through (immutable headers) is copied into a new one around the same body.
 fn with_cors(response: Response) -> Result<Response> {
-    if set_cors(response.headers()).is_ok() {
+    if response.headers().has(CORS_HEADERS[0].0)? || set_cors(response.headers()).is_ok() {
         return Ok(response);
     }
     let headers = Headers::new();
@@ -610,15 +612,8 @@ fn with_cors(response: Response) -> Result<Response> {
 
 /// Sets the CORS headers of a public answer.
 fn set_cors(headers: &Headers) -> Result<()> {
-    headers.set("Access-Control-Allow-Origin", "*")?;
-    headers.set("Access-Control-Allow-Methods", "GET, PUT, DELETE, OPTIONS")?;
-    headers.set(
-        "Access-Control-Allow-Headers",
-        "Content-Type, Authorization, Tally-Session",
-    )?;
-    headers.set(
-        "Access-Control-Expose-Headers",
-        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Tally-Milestone, Retry-After",
-    )?;
-    headers.set("Access-Control-Max-Age", "86400")
+    for (name, value) in CORS_HEADERS {
+        headers.set(name, value)?;
+    }
+    Ok(())
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tally_crdt::{ReplicaId, Timestamp};
+use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::{Env, Response, Result, SqlStorage, State, console_error};
 
 use crate::api::ApiError;
@@ -184,4 +186,28 @@ pub fn set_meta(sql: &SqlStorage, name: &str, value: &str) -> Result<(), StoreEr
         vec![name.into(), value.into()],
     )?;
     Ok(())
+}
+
+#[wasm_bindgen(
+    wasm_bindgen = worker::wasm_bindgen,
+    inline_js = "export function exec_bound(sql, query, params) { sql.exec(query, ...JSON.parse(params)); }"
+)]
+extern "C" {
+    #[wasm_bindgen(catch)]
+    fn exec_bound(sql: &JsValue, query: &str, params: &str) -> std::result::Result<(), JsValue>;
+}
+
+/// Runs a statement that answers no rows with its parameters bound in one call: `params` is a
+/// JSON array (strings and numbers), spread into `exec` in JavaScript. `SqlStorage::exec`
+/// makes a JavaScript value and a push across the boundary per parameter; a hit's row has 16.
+///
+/// # Errors
+///
+/// A storage failure.
+pub fn exec_with_json(
+    sql: &SqlStorage,
+    query: &str,
+    params: &str,
+) -> std::result::Result<(), StoreError> {
+    exec_bound(sql.as_ref(), query, params).map_err(|e| StoreError::Sql(e.into()))
 }

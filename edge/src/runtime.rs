@@ -5,9 +5,11 @@
 
 use subtle::ConstantTimeEq;
 use tally_crdt::Timestamp;
-use worker::{
-    Env, Headers, Method, Request, RequestInit, Response, ResponseBuilder, Result, console_error,
-};
+use worker::wasm_bindgen::prelude::wasm_bindgen;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::worker_sys::web_sys;
+use worker::{Env, Headers, Request, Response, ResponseBuilder, Result, console_error};
 
 use crate::api::ApiError;
 use crate::config::{Config, ConfigError};
@@ -136,7 +138,9 @@ pub(crate) fn stub(
 }
 
 /// `POST https://object{path}` with `body` to object `name` of class `binding`: the answer's
-/// text, or the object's error passed through.
+/// text, or the object's error passed through. On the runtime's own request and response
+/// objects: `worker::Request` and `worker::Response` read the method, URL, headers and `cf` of
+/// each one made, across the boundary, and nothing here needs them.
 pub(crate) async fn post_to_object(
     env: &Env,
     binding: &str,
@@ -145,14 +149,25 @@ pub(crate) async fn post_to_object(
     path: &str,
     body: String,
 ) -> std::result::Result<String, Failure> {
+    let failed = |e: JsValue| -> Failure { internal(worker::Error::from(e)).into() };
     let stub = stub(env, binding, name, region)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let request =
-        Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
-    let mut response = stub.fetch_with_request(request).await.map_err(internal)?;
-    let status = response.status_code();
-    let text = response.text().await.map_err(internal)?;
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_body(&JsValue::from(body));
+    let request = web_sys::Request::new_with_str_and_init(&format!("https://object{path}"), &init)
+        .map_err(failed)?;
+    let object: worker::worker_sys::DurableObject = stub.into_rpc();
+    let response: web_sys::Response =
+        JsFuture::from(object.fetch_with_request(&request).map_err(failed)?)
+            .await
+            .map_err(failed)?
+            .unchecked_into();
+    let status = response.status();
+    let text = JsFuture::from(response.text().map_err(failed)?)
+        .await
+        .map_err(failed)?
+        .as_string()
+        .unwrap_or_default();
     if status != 200 {
         return Err(Failure::Object { status, body: text });
     }
@@ -195,14 +210,51 @@ pub fn internal_response(body: &str, status: u16) -> Result<Response> {
         .fixed(body.as_bytes().to_vec()))
 }
 
-/// A JSON response with `Cache-Control: no-store`.
-pub fn json_response(body: &str, status: u16) -> Result<Response> {
-    let headers = Headers::new();
-    headers.set("Content-Type", "application/json")?;
-    headers.set("Cache-Control", "no-store")?;
+/// The CORS headers of every public answer.
+pub const CORS_HEADERS: [(&str, &str); 5] = [
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "GET, PUT, DELETE, OPTIONS"),
+    (
+        "Access-Control-Allow-Headers",
+        "Content-Type, Authorization, Tally-Session",
+    ),
+    (
+        "Access-Control-Expose-Headers",
+        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Tally-Milestone, Retry-After",
+    ),
+    ("Access-Control-Max-Age", "86400"),
+];
+
+#[wasm_bindgen(
+    wasm_bindgen = worker::wasm_bindgen,
+    inline_js = "export function headers_of(json) { return new Headers(JSON.parse(json)); }"
+)]
+extern "C" {
+    #[wasm_bindgen(catch)]
+    fn headers_of(json: &str) -> std::result::Result<web_sys::Headers, JsValue>;
+}
+
+/// A public JSON answer: `Content-Type`, `Cache-Control: no-store`, the CORS headers and
+/// `extra`, made in one call (a header set one at a time is a call across the boundary).
+pub fn json_response_with(body: &str, status: u16, extra: &[(&str, &str)]) -> Result<Response> {
+    let all: Vec<(&str, &str)> = [
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "no-store"),
+    ]
+    .into_iter()
+    .chain(CORS_HEADERS)
+    .chain(extra.iter().copied())
+    .collect();
+    let json = serde_json::to_string(&all).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let headers = Headers(headers_of(&json)?);
     Ok(Response::ok(body)?
         .with_status(status)
         .with_headers(headers))
+}
+
+/// A public JSON answer ([`json_response_with`] nothing more).
+pub fn json_response(body: &str, status: u16) -> Result<Response> {
+    json_response_with(body, status, &[])
 }
 
 /// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by

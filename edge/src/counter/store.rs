@@ -23,7 +23,7 @@ use tally_crdt::{CounterKey, Frame, SlotTotals, Timestamp};
 use worker::{SqlStorage, SqlStorageValue};
 
 use crate::counter::{Row, SyncState};
-use crate::object::{StoreError, get_meta, set_meta};
+use crate::object::{StoreError, exec_with_json, get_meta, set_meta};
 
 /// The schema as numbered steps: storage at version `v` (`meta.schema`; absent: 1, the
 /// storage of an edge from before versions, whose tables step 1 finds already there) runs
@@ -358,7 +358,6 @@ impl Store {
     ///
     /// A storage failure.
     pub fn put(&self, key: &CounterKey, row: &Row) -> Result<(), StoreError> {
-        let text = |v: u64| SqlStorageValue::from(v.to_string());
         let visits = if row.visits.is_empty() {
             String::new()
         } else {
@@ -374,7 +373,32 @@ impl Store {
                 why: "cut not encodable",
             })?,
         };
-        self.sql.exec(
+        // Totals as decimal text (exact past 2^53), times and codes as numbers; bound in one
+        // call ([`exec_with_json`]).
+        let params = serde_json::to_string(&(
+            key.storage_key(),
+            row.own.p.to_string(),
+            row.own.n.to_string(),
+            row.acked.p.to_string(),
+            row.acked.n.to_string(),
+            row.changed_at.unix_ms(),
+            row.state.code(),
+            generation(row.generation),
+            row.carried.p.to_string(),
+            row.carried.n.to_string(),
+            visits,
+            row.frame.map_or(0, |f| f.epoch).to_string(),
+            row.frame.map_or(0, |f| f.reclaimed.p).to_string(),
+            row.frame.map_or(0, |f| f.reclaimed.n).to_string(),
+            row.rebased_at.unix_ms(),
+            cut,
+        ))
+        .map_err(|_| StoreError::Damaged {
+            key: key.storage_key(),
+            why: "row not encodable",
+        })?;
+        exec_with_json(
+            &self.sql,
             "INSERT INTO counters (key, p, n, ap, an, changed_at, state, gen, cp, cn, vk, fe, rp, \
              rn, rat, ct) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET p = excluded.p, n = excluded.n, ap = excluded.ap, \
@@ -382,24 +406,7 @@ impl Store {
              gen = excluded.gen, cp = excluded.cp, cn = excluded.cn, vk = excluded.vk, \
              fe = excluded.fe, rp = excluded.rp, rn = excluded.rn, rat = excluded.rat, \
              ct = excluded.ct",
-            vec![
-                key.storage_key().into(),
-                text(row.own.p),
-                text(row.own.n),
-                text(row.acked.p),
-                text(row.acked.n),
-                row.changed_at.unix_ms().into(),
-                row.state.code().into(),
-                generation(row.generation).into(),
-                text(row.carried.p),
-                text(row.carried.n),
-                SqlStorageValue::from(visits),
-                text(row.frame.map_or(0, |f| f.epoch)),
-                text(row.frame.map_or(0, |f| f.reclaimed.p)),
-                text(row.frame.map_or(0, |f| f.reclaimed.n)),
-                row.rebased_at.unix_ms().into(),
-                SqlStorageValue::from(cut),
-            ],
+            &params,
         )?;
         Ok(())
     }
