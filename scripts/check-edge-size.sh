@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 module="$root/edge/build/index_bg.wasm"
-budget=400000
+budget=328000
 goal=$((200 * 1024))
 [[ -f "$module" ]] || { echo "no $module: run scripts/build-edge.sh first" >&2; exit 1; }
 raw=$(stat -c %s "$module")

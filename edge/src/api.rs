@@ -378,9 +378,30 @@ pub struct BatchBody {
     pub items: Vec<BatchItem>,
 }
 
+/// The query of a serialized URL: after the first `?`, before any `#`; `None` without a `?`
+/// (as `url::Url::query` reads it).
+pub fn url_query(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once('?')?;
+    Some(rest.split_once('#').map_or(rest, |(query, _)| query))
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_is_read_from_the_serialized_url() {
+        assert_eq!(url_query("https://e.test/a/counter"), None);
+        assert_eq!(url_query("https://e.test/a/counter?"), Some(""));
+        assert_eq!(
+            url_query("https://e.test/counters?ids=a%2Cb&x=1"),
+            Some("ids=a%2Cb&x=1")
+        );
+        assert_eq!(
+            url_query("https://e.test/p?session=s#frag"),
+            Some("session=s")
+        );
+        assert_eq!(url_query("https://e.test/p?a=%3F?b"), Some("a=%3F?b"));
+    }
 
     #[test]
     fn paths_name_a_counter_a_gauge_or_a_batch() {

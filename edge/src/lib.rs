@@ -50,7 +50,7 @@ use crate::routing::Region;
 use crate::runtime::{
     CORS_HEADERS, Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
     client_address, draw_spread, internal, json_response, json_response_with, now, post_to_object,
-    random_u64, read_body, stub, write_key_presented,
+    query_of, random_u64, read_body, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -218,7 +218,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
         (method, Route::Presence(id)) => presence_route(&mut req, &cx, method, &id).await,
         (method, Route::Unique(id)) => unique::route(&mut req, &cx, method, &id).await,
         (Method::Get | Method::Head, Route::Batch(kind)) => {
-            let ids = parse_ids(kind, req.url().map_err(internal)?.query())?;
+            let ids = parse_ids(kind, query_of(&req).as_deref())?;
             batch_read(&cx, &keys, &mut session, ids).await
         }
         _ => Err(ApiError::MethodNotAllowed(allow).into()),
@@ -251,22 +251,21 @@ async fn presence_route(
             let partition = routing::presence_partition(id, &session, config.partitions);
             let name = routing::presence_object_name(region, partition);
             let stub = stub(env, PRESENCE_BINDING, &name, region)?;
-            let mut url = worker::Url::parse(&format!("https://object{}", presence::SOCKET_PATH))
-                .map_err(|_| ApiError::Internal)?;
-            url.query_pairs_mut()
+            let query = form_urlencoded::Serializer::new(String::new())
                 .append_pair("id", id)
-                .append_pair("region", region);
+                .append_pair("region", region)
+                .finish();
+            let url = format!("https://object{}?{query}", presence::SOCKET_PATH);
             let headers = Headers::new();
             headers.set("Upgrade", "websocket").map_err(internal)?;
             let mut init = RequestInit::new();
             init.with_headers(headers);
-            let request = Request::new_with_init(url.as_str(), &init).map_err(internal)?;
+            let request = Request::new_with_init(&url, &init).map_err(internal)?;
             let response = stub.fetch_with_request(request).await.map_err(internal)?;
             return Ok(response);
         }
         Method::Get | Method::Head => {
-            let query = req.url().map_err(internal)?;
-            let session = presence::parse_session_query(query.query())?;
+            let session = presence::parse_session_query(query_of(req).as_deref())?;
             (presence::Op::Read, session)
         }
         Method::Put => {
@@ -282,11 +281,12 @@ async fn presence_route(
             )
         }
         Method::Delete => {
-            let query = req.url().map_err(internal)?;
-            let session =
-                presence::parse_session_query(query.query())?.ok_or(ApiError::SessionRequired(
+            let query = query_of(req);
+            let session = presence::parse_session_query(query.as_deref())?.ok_or(
+                ApiError::SessionRequired(
                     "a leave names its session: DELETE /{id}/presence?session=…",
-                ))?;
+                ),
+            )?;
             (
                 presence::Op::Leave {
                     session: session.clone(),

@@ -83,6 +83,19 @@ pub(crate) async fn read_body(
         .map_err(|_| ApiError::InvalidBody("unreadable body".into()))
 }
 
+/// The query of a request's URL (after `?`, before `#`; `None` without a `?`), from the URL
+/// the runtime serialized: no `url::Url` parsed for it (the `url` crate and its IDNA tables
+/// are then left out of the module).
+pub fn query_of(req: &Request) -> Option<String> {
+    let url = req.inner().url();
+    let (_, rest) = url.split_once('?')?;
+    Some(
+        rest.split_once('#')
+            .map_or(rest, |(query, _)| query)
+            .to_owned(),
+    )
+}
+
 /// Now, from the runtime's clock: one `Date.now()` call, not a Date object and its `getTime`.
 pub fn now() -> Timestamp {
     #[allow(

@@ -40,7 +40,7 @@ use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
 use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed};
-use crate::runtime::{config_from_env, json_response, now, random_u64};
+use crate::runtime::{config_from_env, json_response, now, query_of, random_u64};
 use crate::scheduler::{Job, Scheduler};
 
 /// Most leases one sweep ends (the rest wait for the next, a sync interval later).
@@ -126,10 +126,10 @@ impl DurableObject for Presence {
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let path = req.path();
         if path == SOCKET_PATH {
-            let url = req.url()?;
+            let query = query_of(&req).unwrap_or_default();
             let mut id = None;
             let mut region = String::new();
-            for (name, value) in url.query_pairs() {
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
                 match name.as_ref() {
                     "id" => id = Some(value.into_owned()),
                     "region" => region = value.into_owned(),

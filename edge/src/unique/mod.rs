@@ -270,8 +270,8 @@ pub async fn route(
             (Op::Visit { hashes, keys }, answered)
         }
         Method::Get | Method::Head => {
-            let url = req.url().map_err(internal)?;
-            let day = parse_day_query(url.query(), today)?;
+            let query = crate::runtime::query_of(req);
+            let day = parse_day_query(query.as_deref(), today)?;
             let key = SketchKey::new(id, day).map_err(ApiError::InvalidId)?;
             (Op::Read { key }, day)
         }
