@@ -38,6 +38,12 @@
 //! ([`Row::visit`]), stored with the hit they name, until the merger has committed it: a
 //! restart between a hit's answer and its sync does not lose the key.
 //!
+//! The object's decisions about a counter are methods here, tested natively: a hit is planned
+//! ([`Entry::plan_hit`]: the row to store, the view, its slot unit, whether to refresh and
+//! whether it takes the exact path) before anything is stored, a read is told what it needs
+//! ([`Entry::read_need`]) and what it answers ([`Entry::read_view`]), and a sync's outcome
+//! is applied by [`Entry::settle`]; the object only stores, awaits and arms.
+//!
 //! The counter's wing, as presence and unique visitors have theirs: this module (pure), its
 //! storage ([`store`]), its Durable Object ([`object`], the `Replica` class), the object's
 //! incarnations ([`incarnation`]) and the exact path's gate near a milestone ([`exact`]).
@@ -56,8 +62,8 @@ use std::collections::HashMap;
 
 use crate::milestone::Watch;
 use tally_crdt::{
-    CounterKey, Cut, Error, Frame, GlobalTotals, MAX_VISITS_PER_COUNTER, MergedCounter, ReplicaId,
-    SlotTotals, SlotUpdate, SyncAnswer, Timestamp, Visit,
+    CounterKey, CounterKind, Cut, Error, Frame, GlobalTotals, MAX_VISITS_PER_COUNTER,
+    MergedCounter, ReplicaId, SlotTotals, SlotUpdate, SyncAnswer, Timestamp, Visit,
 };
 
 /// The object's lineage: its 96 bits, and the first generation named by them.
@@ -454,6 +460,45 @@ pub struct Entry {
     pub watch: Option<Box<Watch>>,
 }
 
+/// What a hit is decided against, from the object's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HitRules {
+    /// `READ_TTL_MS`: what was heard longer ago is refreshed.
+    pub read_ttl_ms: u64,
+    /// `SYNC_INTERVAL_MS`: the margin of a milestone is reckoned in it.
+    pub sync_interval_ms: u64,
+    /// Whether the exact path is on (`EXACT_WAIT_MS` > 0).
+    pub exact: bool,
+}
+
+/// What a hit does to its counter at this object, decided before anything is stored
+/// ([`Entry::plan_hit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HitPlan {
+    /// The row to store: the hit counted, and its visitor key kept if it takes the exact path.
+    pub row: Row,
+    /// The counter's view with the hit.
+    pub view: View,
+    /// The incarnation and its slot's total after the hit: the last unit the hit holds.
+    pub slot: (ReplicaId, u64),
+    /// Whether what was heard is older than the read TTL: refresh it (off the exact path).
+    pub stale: bool,
+    /// Whether the hit takes the exact path: near a milestone, with its visitor key kept (or
+    /// none given).
+    pub exact: bool,
+}
+
+/// What a read of a counter needs before it is answered ([`Entry::read_need`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadNeed {
+    /// Answered as it is.
+    Fresh,
+    /// Answered as it is, and refreshed on the alarm (older than the read TTL).
+    Refresh,
+    /// Fetched from the merger first (never heard, or older than the staleness bound).
+    Fetch,
+}
+
 /// What an object answers about a counter: the halves of its count and how fresh they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
@@ -533,6 +578,83 @@ impl Entry {
             heard.fetched_at = heard.fetched_at.max(now);
         }
         newer
+    }
+
+    /// A hit of `add` (with its visitor key, if any) by incarnation `replica` at `now`: the
+    /// row to store and what to answer. Pure: nothing changes until the caller stores the
+    /// row and keeps it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SlotOverflow`] if the hit would pass `u64::MAX` in its slot,
+    /// [`Error::ValueOutOfRange`] if the view would pass `u128::MAX`.
+    pub fn plan_hit(
+        &self,
+        kind: CounterKind,
+        add: SlotTotals,
+        visitor: Option<String>,
+        replica: ReplicaId,
+        now: Timestamp,
+        rules: HitRules,
+    ) -> Result<HitPlan, Error> {
+        let mut row = self.row.clone();
+        row.hit(add, replica, now)?;
+        let view = self.view_with(&row, now)?;
+        let slot = (replica, row.own.p);
+        let near = rules.exact
+            && kind == CounterKind::G
+            && self.watch.as_ref().is_some_and(|w| {
+                w.near(
+                    view.totals.p,
+                    view.age_ms.unwrap_or(0),
+                    rules.sync_interval_ms,
+                )
+            });
+        // A hit told anything keeps its visitor key, stored with it, until the merger has it;
+        // with no room left for it (32 waiting), the hit goes off the exact path: no verdict,
+        // its receipt tells.
+        let exact = near
+            && match (visitor, u32::try_from(add.p)) {
+                (Some(visitor), Ok(delta)) => row.visit(Visit {
+                    end: slot.1,
+                    delta,
+                    visitor,
+                }),
+                _ => true,
+            };
+        Ok(HitPlan {
+            row,
+            view,
+            slot,
+            stale: !self.is_fresh(now, rules.read_ttl_ms),
+            exact,
+        })
+    }
+
+    /// What a read needs: heard within `read_ttl_ms`, answered; within `stale_after_ms`,
+    /// answered and refreshed; otherwise (or never heard) fetched first.
+    pub fn read_need(&self, now: Timestamp, read_ttl_ms: u64, stale_after_ms: u64) -> ReadNeed {
+        if !self.is_fresh(now, stale_after_ms) {
+            ReadNeed::Fetch
+        } else if !self.is_fresh(now, read_ttl_ms) {
+            ReadNeed::Refresh
+        } else {
+            ReadNeed::Fresh
+        }
+    }
+
+    /// A read's answer: the view, or `None` for a counter neither counted here nor heard of
+    /// (the Worker answers it unavailable, not zero).
+    ///
+    /// # Errors
+    ///
+    /// As [`Entry::view`].
+    pub fn read_view(&self, now: Timestamp) -> Result<Option<View>, Error> {
+        if self.heard.is_some() || self.stored {
+            self.view(now).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Whether what was heard is younger than `ttl_ms`.
@@ -747,6 +869,126 @@ mod tests {
             frame: None,
             cut: None,
         }
+    }
+
+    const RULES: HitRules = HitRules {
+        read_ttl_ms: 1000,
+        sync_interval_ms: 1000,
+        exact: true,
+    };
+
+    fn one() -> SlotTotals {
+        SlotTotals { p: 1, n: 0 }
+    }
+
+    #[test]
+    fn a_read_is_answered_refreshed_or_fetched_by_the_age_of_what_was_heard() {
+        let mut entry = Entry::default();
+        assert_eq!(
+            entry.read_need(at(0), 1000, 6000),
+            ReadNeed::Fetch,
+            "never heard"
+        );
+        assert_eq!(entry.read_view(at(0)).unwrap(), None, "unknown: no answer");
+        entry.hear(&merged((7, 0), (0, 0)), at(0));
+        assert_eq!(entry.read_need(at(999), 1000, 6000), ReadNeed::Fresh);
+        assert_eq!(entry.read_need(at(1000), 1000, 6000), ReadNeed::Refresh);
+        assert_eq!(entry.read_need(at(5999), 1000, 6000), ReadNeed::Refresh);
+        assert_eq!(entry.read_need(at(6000), 1000, 6000), ReadNeed::Fetch);
+        assert_eq!(
+            entry.read_view(at(10)).unwrap().map(|v| v.totals.p),
+            Some(7)
+        );
+        let counted = Entry {
+            stored: true,
+            ..Entry::default()
+        };
+        assert_eq!(
+            counted.read_view(at(0)).unwrap().map(|v| v.totals.p),
+            Some(0),
+            "a stored counter answers its own slot before anything is heard"
+        );
+    }
+
+    #[test]
+    fn a_planned_hit_changes_nothing_until_it_is_stored() {
+        let entry = Entry::default();
+        let plan = entry
+            .plan_hit(CounterKind::G, one(), None, ME, at(10), RULES)
+            .unwrap();
+        assert_eq!(entry, Entry::default(), "the entry is untouched");
+        assert_eq!(plan.row.own, one());
+        assert_eq!(plan.row.state, SyncState::Dirty);
+        assert_eq!(plan.slot, (ME, 1), "the hit holds unit 1 of the slot");
+        assert_eq!(plan.view.totals.p, 1);
+        assert_eq!(plan.view.age_ms, None, "nothing heard yet");
+        assert!(plan.stale, "nothing heard: refresh");
+        assert!(!plan.exact, "no milestone known");
+    }
+
+    #[test]
+    fn a_planned_hit_reads_with_what_was_heard_and_knows_when_that_is_stale() {
+        let mut entry = Entry::default();
+        entry.hear(&merged((100, 0), (0, 0)), at(0));
+        let plan = entry
+            .plan_hit(CounterKind::Pn, one(), None, ME, at(500), RULES)
+            .unwrap();
+        assert_eq!(plan.view.totals.p, 101, "global plus the hit");
+        assert!(!plan.stale, "heard 500 ms ago, TTL 1 s");
+        let later = entry
+            .plan_hit(CounterKind::Pn, one(), None, ME, at(1500), RULES)
+            .unwrap();
+        assert!(later.stale);
+    }
+
+    #[test]
+    fn a_hit_near_a_milestone_takes_the_exact_path_with_its_visitor_key() {
+        let mut entry = Entry::default();
+        let mut news = merged((95, 0), (0, 0));
+        news.key = CounterKey::new(CounterKind::G, "x").unwrap();
+        news.milestones = Some(tally_crdt::MilestoneNews {
+            next: Some(100),
+            won: vec![],
+        });
+        let newer = entry.hear(&news, at(0));
+        entry.hear_milestones(&news, true, newer, at(0));
+        let plan = entry
+            .plan_hit(CounterKind::G, one(), Some("v1".into()), ME, at(10), RULES)
+            .unwrap();
+        assert!(plan.exact);
+        assert_eq!(plan.row.visits.len(), 1, "the key is stored with the hit");
+        assert_eq!(plan.row.visits[0].end, 1);
+        let no_exact = HitRules {
+            exact: false,
+            ..RULES
+        };
+        let plan = entry
+            .plan_hit(
+                CounterKind::G,
+                one(),
+                Some("v1".into()),
+                ME,
+                at(10),
+                no_exact,
+            )
+            .unwrap();
+        assert!(!plan.exact, "the exact path is off");
+        assert!(plan.row.visits.is_empty(), "no key kept off the exact path");
+        let gauge = entry
+            .plan_hit(CounterKind::Pn, one(), None, ME, at(10), RULES)
+            .unwrap();
+        assert!(!gauge.exact, "a gauge has no N-th hit");
+    }
+
+    #[test]
+    fn a_hit_past_the_slot_is_refused_and_plans_nothing() {
+        let mut entry = Entry::default();
+        entry.row.own.p = u64::MAX;
+        let err = entry
+            .plan_hit(CounterKind::G, one(), None, ME, at(1), RULES)
+            .unwrap_err();
+        assert!(matches!(err, Error::SlotOverflow { .. }), "{err:?}");
+        assert_eq!(entry.row.own.p, u64::MAX);
     }
 
     #[test]

@@ -31,8 +31,8 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use lru::LruCache;
 use tally_crdt::{
-    CounterKey, CounterKind, MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, PROTOCOL_VERSION,
-    ReadRequest, ReplicaId, RetireRequest, SlotUpdate, SyncRequest, Timestamp, Visit,
+    CounterKey, MAX_COUNTERS_PER_SYNC, PREVIOUS_VERSION, PROTOCOL_VERSION, ReadRequest, ReplicaId,
+    RetireRequest, SlotUpdate, SyncRequest, Timestamp,
 };
 use worker::{
     Delay, DurableObject, Env, Request, Response, Result, State, console_error, console_log,
@@ -45,7 +45,9 @@ use super::store::{Store, meta};
 use crate::api::ApiError;
 use crate::client::{self, MergerError};
 use crate::config::Config;
-use crate::counter::{Entry, Outcome, Reclaim, current_totals, outcomes};
+use crate::counter::{
+    Entry, HitPlan, HitRules, Outcome, ReadNeed, Reclaim, current_totals, outcomes,
+};
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::milestone::Verdict;
 use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed};
@@ -359,32 +361,30 @@ impl Replica {
         }
         let now = now();
         let (view, slot, next, exact, away) = self.shell.with(|i| {
-            let (replica, ttl) = (i.incarnation.replica, i.config.read_ttl_ms);
-            let (interval, exact_on) = (i.config.sync_interval_ms, i.config.exact_wait_ms > 0);
-            let entry = i.entry(&hit.key).map_err(store_failed)?;
-            let mut row = entry.row.clone();
-            row.hit(hit.add, replica, now).map_err(ApiError::Overflow)?;
-            let stale = !entry.is_fresh(now, ttl);
-            let view = entry.view_with(&row, now).map_err(ApiError::Overflow)?;
-            let slot = (replica, row.own.p);
-            let near = exact_on
-                && hit.key.kind() == CounterKind::G
-                && entry
-                    .watch
-                    .as_ref()
-                    .is_some_and(|w| w.near(view.totals.p, view.age_ms.unwrap_or(0), interval));
-            // A hit told anything keeps its visitor key, stored with it, until the merger has
-            // it; with no room left for it (32 waiting), the hit goes off the exact path: no
-            // verdict, its receipt tells.
-            let exact = near
-                && match (hit.visitor.clone(), u32::try_from(hit.add.p)) {
-                    (Some(visitor), Ok(delta)) => row.visit(Visit {
-                        end: slot.1,
-                        delta,
-                        visitor,
-                    }),
-                    _ => true,
-                };
+            let rules = HitRules {
+                read_ttl_ms: i.config.read_ttl_ms,
+                sync_interval_ms: i.config.sync_interval_ms,
+                exact: i.config.exact_wait_ms > 0,
+            };
+            let (replica, interval) = (i.incarnation.replica, rules.sync_interval_ms);
+            let HitPlan {
+                row,
+                view,
+                slot,
+                stale,
+                exact,
+            } = i
+                .entry(&hit.key)
+                .map_err(store_failed)?
+                .plan_hit(
+                    hit.key.kind(),
+                    hit.add,
+                    hit.visitor.clone(),
+                    replica,
+                    now,
+                    rules,
+                )
+                .map_err(ApiError::Overflow)?;
             // The incarnation's first hit starts its age (and gives it a slot to retire).
             let mut rotation = None;
             let mut started = i.incarnation.clone();
@@ -551,12 +551,17 @@ impl Replica {
             let mut missing = Vec::new();
             let mut next = None;
             for key in &read.keys {
-                let entry = i.entry(key).map_err(store_failed)?;
-                if !entry.is_fresh(now, bound) {
-                    missing.push(key.clone());
-                } else if !entry.is_fresh(now, ttl) && i.refresh.len() < i.config.cache_counters {
-                    i.refresh.insert(key.clone());
-                    next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
+                match i
+                    .entry(key)
+                    .map_err(store_failed)?
+                    .read_need(now, ttl, bound)
+                {
+                    ReadNeed::Fetch => missing.push(key.clone()),
+                    ReadNeed::Refresh if i.refresh.len() < i.config.cache_counters => {
+                        i.refresh.insert(key.clone());
+                        next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
+                    }
+                    ReadNeed::Refresh | ReadNeed::Fresh => {}
                 }
             }
             Ok::<_, ApiError>((missing, next))
@@ -570,13 +575,11 @@ impl Replica {
             read.keys
                 .into_iter()
                 .map(|key| {
-                    let entry = i.entry(&key).map_err(store_failed)?;
-                    let known = entry.heard.is_some() || entry.stored;
-                    let view = if known {
-                        Some(entry.view(now).map_err(ApiError::Overflow)?)
-                    } else {
-                        None
-                    };
+                    let view = i
+                        .entry(&key)
+                        .map_err(store_failed)?
+                        .read_view(now)
+                        .map_err(ApiError::Overflow)?;
                     Ok(Answer {
                         key,
                         view,
