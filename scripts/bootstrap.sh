@@ -20,6 +20,9 @@
 #   apt       chromium-headless-shell (Debian's package: /usr/bin/chromium-headless-shell), the
 #             browser the dashboard's test drives through playwright-core (tests/browser/).
 #             Needs root; TALLY_NO_BROWSER=1 skips it (and that test)
+#   apt       prometheus (Debian's package, for its promtool): the test command checks and
+#             unit-tests the alert rules and the dashboard's queries in ops/
+#             (scripts/check-ops.py). Needs root
 #
 # Each is installed only when missing or at another version. When one cannot be installed the
 # script stops with a message naming it. Under CI=true nothing may be skipped: TALLY_NO_POSTGRES=1
@@ -124,6 +127,18 @@ if ! have_postgres; then
     have_postgres || die "postgresql is installed, yet no initdb under /usr/lib/postgresql/*/bin"
   else
     die "Postgres is missing (no initdb under /usr/lib/postgresql/*/bin or on PATH) and installing it needs root: run this script as root, or install it yourself (sudo apt-get install postgresql), or set TALLY_NO_POSTGRES=1 to skip the Postgres tests"
+  fi
+fi
+
+# --- promtool (Debian's prometheus package) for the checks of ops/ (scripts/check-ops.py).
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "installing prometheus (Debian package, for promtool)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    command -v promtool >/dev/null || die "prometheus is installed, yet there is no promtool"
+  else
+    die "promtool is missing and installing it needs root: run this script as root, or install it yourself (sudo apt-get install prometheus)"
   fi
 fi
 

@@ -157,6 +157,9 @@ native_lane() {
   step "wasm-bindgen-test (wasm32 in Node)" wasm_tests
   # The npm package as a user gets it: packed, installed from its tarball, tested in Node.
   step "JS package (tally-crdt in Node)" bash scripts/test-js.sh --built
+  # The alert rules (unit-tested), the dashboard's queries, and the metrics they name against
+  # a live merger's /metrics.
+  step "ops: alert rules and dashboards (promtool, a live merger)" python3 scripts/check-ops.py
 }
 fuzz_lane() {
   step "fuzz (bounded, 20 s per target)" env FUZZ_SECONDS=20 bash scripts/fuzz.sh run

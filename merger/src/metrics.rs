@@ -398,6 +398,33 @@ impl Default for Metrics {
             "Times every held counter was reloaded because changes of other mergers were lost",
             m.peer_full_reloads.clone(),
         );
+        // The series alerts compare, at zero from the start: a family with no series is not
+        // exported at all, and a rule such as "every announcement failed, none was ok"
+        // (ops/prometheus/tally-rules.yml) needs the `ok` series to exist before the first
+        // success. The error codes the rules watch likewise.
+        for outcome in ["ok", "failed"] {
+            drop(m.announcements.get_or_create(&Outcome { outcome }));
+        }
+        for endpoint in [
+            &m.syncs,
+            &m.reads,
+            &m.retires,
+            &m.presence_reports,
+            &m.sketch_syncs,
+        ] {
+            drop(endpoint.get_or_create(&Outcome { outcome: "ok" }));
+        }
+        for code in ["overloaded", "database_unavailable"] {
+            drop(m.errors.get_or_create(&Code { code }));
+        }
+        for purpose in [
+            Purpose::SYNC,
+            Purpose::SNAPSHOT,
+            Purpose::PRESENCE,
+            Purpose::UNIQUE,
+        ] {
+            drop(m.commits.get_or_create(&purpose));
+        }
         Metrics { registry, ..m }
     }
 }
