@@ -103,6 +103,10 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 step "edge worker build (worker-build, wasm32; clippy)" bash scripts/build-edge.sh
 step "edge Wasm module within its size budget" bash scripts/check-edge-size.sh
+# Each environment of wrangler.toml built as `wrangler deploy` would upload it (--dry-run, no
+# network), and what it declares checked: bindings, migrations, settings, bundle size.
+step "deploy bundles, checked offline (wrangler deploy --dry-run, per environment)" \
+  python3 scripts/check-deploy.py
 # The test harnesses of every crate, the benches (run once, in test mode), and the merger binary
 # the end-to-end tests start, all with the workspace's features.
 step "build the tests, the benches and the merger binary (clippy)" \
