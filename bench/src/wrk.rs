@@ -22,6 +22,14 @@ pub struct Wrk {
     pub seconds: u64,
 }
 
+impl Wrk {
+    /// The threads wrk runs: at most one per connection (it refuses more threads than
+    /// connections, so a one-connection run would fail).
+    pub fn thread_count(&self) -> u32 {
+        self.threads.min(self.connections).max(1)
+    }
+}
+
 /// One wrk run.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WrkRun {
@@ -65,7 +73,7 @@ impl Wrk {
     ) -> Result<WrkRun, Error> {
         let mut command = tokio::process::Command::new("wrk");
         command
-            .arg(format!("-t{}", self.threads))
+            .arg(format!("-t{}", self.thread_count()))
             .arg(format!("-c{}", self.connections))
             .arg(format!("-d{}s", self.seconds))
             // Long enough that no slow answer is cut off and missing from the percentiles.
@@ -148,6 +156,18 @@ fn duration_ms(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_has_no_more_threads_than_connections() {
+        let wrk = |threads, connections| Wrk {
+            threads,
+            connections,
+            seconds: 1,
+        };
+        assert_eq!(wrk(2, 32).thread_count(), 2);
+        assert_eq!(wrk(2, 1).thread_count(), 1, "wrk refuses -t2 -c1");
+        assert_eq!(wrk(4, 3).thread_count(), 3);
+    }
 
     const REPORT: &str = "Running 10s test @ http://127.0.0.1:8787/bench/counter
   2 threads and 32 connections

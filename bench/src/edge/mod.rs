@@ -107,7 +107,7 @@ pub struct Args {
     /// Connections of wrk, and clients of the load phases.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     connections: u32,
-    /// wrk threads.
+    /// wrk threads (at most one per connection: [`Wrk::thread_count`]).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
     /// P5 rounds: the baseline and both tally configurations alternate this many times.
@@ -208,7 +208,10 @@ pub async fn run(args: Args) -> Result<Verdict, Error> {
     }
     let heading = format!(
         "edge benchmarks: one run, wrk -t{} -c{} -d{}s and {} load clients, wrangler's dev server (inspector off, tests/wrangler-dev.mjs) on loopback",
-        bench.args.threads, bench.args.connections, bench.args.seconds, bench.args.connections
+        bench.wrk.thread_count(),
+        bench.args.connections,
+        bench.args.seconds,
+        bench.args.connections
     );
     Ok(bench.report.finish(
         &heading,
