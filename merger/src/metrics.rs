@@ -270,7 +270,10 @@ impl Default for Metrics {
             m.commits.clone(),
         );
         // Present from the start, at 0, so "no commit happened" reads as a number, not as
-        // a missing line.
+        // a missing line; likewise the series the alert rules compare
+        // (ops/prometheus/tally-rules.yml): a family with no series is not exported at all,
+        // and "every announcement failed, none was ok" needs the `ok` series before the
+        // first success.
         for purpose in [
             Purpose::SYNC,
             Purpose::SNAPSHOT,
@@ -279,7 +282,21 @@ impl Default for Metrics {
         ] {
             let _ = m.commits.get_or_create(&purpose);
         }
-        let _ = m.reads.get_or_create(&Outcome { outcome: "ok" });
+        for endpoint in [
+            &m.syncs,
+            &m.reads,
+            &m.retires,
+            &m.presence_reports,
+            &m.sketch_syncs,
+        ] {
+            let _ = endpoint.get_or_create(&Outcome { outcome: "ok" });
+        }
+        for outcome in ["ok", "failed"] {
+            let _ = m.announcements.get_or_create(&Outcome { outcome });
+        }
+        for code in ["overloaded", "database_unavailable"] {
+            let _ = m.errors.get_or_create(&Code { code });
+        }
         registry.register("errors", "Error responses by code", m.errors.clone());
         registry.register(
             "slots_received",
@@ -398,33 +415,6 @@ impl Default for Metrics {
             "Times every held counter was reloaded because changes of other mergers were lost",
             m.peer_full_reloads.clone(),
         );
-        // The series alerts compare, at zero from the start: a family with no series is not
-        // exported at all, and a rule such as "every announcement failed, none was ok"
-        // (ops/prometheus/tally-rules.yml) needs the `ok` series to exist before the first
-        // success. The error codes the rules watch likewise.
-        for outcome in ["ok", "failed"] {
-            drop(m.announcements.get_or_create(&Outcome { outcome }));
-        }
-        for endpoint in [
-            &m.syncs,
-            &m.reads,
-            &m.retires,
-            &m.presence_reports,
-            &m.sketch_syncs,
-        ] {
-            drop(endpoint.get_or_create(&Outcome { outcome: "ok" }));
-        }
-        for code in ["overloaded", "database_unavailable"] {
-            drop(m.errors.get_or_create(&Code { code }));
-        }
-        for purpose in [
-            Purpose::SYNC,
-            Purpose::SNAPSHOT,
-            Purpose::PRESENCE,
-            Purpose::UNIQUE,
-        ] {
-            drop(m.commits.get_or_create(&purpose));
-        }
         Metrics { registry, ..m }
     }
 }
