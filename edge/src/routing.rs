@@ -37,8 +37,7 @@ impl Region {
     ///
     /// [`tally_crdt::Error::InvalidRegion`] for a name that is not a region's.
     pub fn new(name: &str) -> Result<Region, tally_crdt::Error> {
-        check_region(name)?;
-        Ok(Region(name.to_owned()))
+        Region::try_from(name.to_owned())
     }
 
     /// The region of a request the runtime names no continent for.

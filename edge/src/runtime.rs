@@ -87,13 +87,7 @@ pub(crate) async fn read_body(
 /// the runtime serialized: no `url::Url` parsed for it (the `url` crate and its IDNA tables
 /// are then left out of the module).
 pub fn query_of(req: &Request) -> Option<String> {
-    let url = req.inner().url();
-    let (_, rest) = url.split_once('?')?;
-    Some(
-        rest.split_once('#')
-            .map_or(rest, |(query, _)| query)
-            .to_owned(),
-    )
+    crate::api::url_query(&req.inner().url()).map(str::to_owned)
 }
 
 /// Now, from the runtime's clock: one `Date.now()` call, not a Date object and its `getTime`.
