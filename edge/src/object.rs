@@ -5,6 +5,7 @@
 //! passes.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -118,6 +119,12 @@ impl<I: Loaded> Shell<I> {
     }
 }
 
+/// The `n` first entries of `set`, taken out of it: a refresh pass's batch of what reads
+/// found stale.
+pub fn take_first<T: Ord>(set: &mut BTreeSet<T>, n: usize) -> Vec<T> {
+    std::iter::from_fn(|| set.pop_first()).take(n).collect()
+}
+
 /// A fresh random id: an object's incarnation or reporter.
 pub fn random_id() -> ReplicaId {
     let mut bytes = [0u8; 16];
@@ -210,4 +217,18 @@ pub fn exec_with_json(
     params: &str,
 ) -> std::result::Result<(), StoreError> {
     exec_bound(sql.as_ref(), query, params).map_err(|e| StoreError::Sql(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_the_first_entries_out_and_leaves_the_rest() {
+        let mut set: BTreeSet<u32> = [5, 1, 3, 9].into();
+        assert_eq!(take_first(&mut set, 3), vec![1, 3, 5]);
+        assert_eq!(set, [9].into());
+        assert_eq!(take_first(&mut set, 3), vec![9]);
+        assert!(take_first(&mut set, 3).is_empty());
+    }
 }

@@ -50,7 +50,7 @@ use crate::counter::{
 };
 use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
 use crate::milestone::Verdict;
-use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed};
+use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed, take_first};
 use crate::runtime::{config_from_env, internal_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 
@@ -842,18 +842,9 @@ impl Replica {
 
     /// A refresh pass: one `POST /v1/read` for the stale counters reads asked about.
     async fn refresh_pass(&self, now: Timestamp) -> std::result::Result<(), StoreError> {
-        let keys: Vec<CounterKey> = self.shell.with(|i| {
-            let keys: Vec<CounterKey> = i
-                .refresh
-                .iter()
-                .take(MAX_COUNTERS_PER_SYNC)
-                .cloned()
-                .collect();
-            for k in &keys {
-                i.refresh.remove(k);
-            }
-            keys
-        });
+        let keys = self
+            .shell
+            .with(|i| take_first(&mut i.refresh, MAX_COUNTERS_PER_SYNC));
         if keys.is_empty() {
             return Ok(());
         }

@@ -39,7 +39,7 @@ use super::{CALL_PATH, Call, Op, SOCKET_PATH, ServerMessage, SocketSession, Tall
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
-use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed};
+use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed, take_first};
 use crate::runtime::{config_from_env, json_response, now, query_of, random_u64};
 use crate::scheduler::{Job, Scheduler};
 
@@ -588,18 +588,9 @@ impl Presence {
 
     /// One `POST /v1/read/presence` for the ids reads found stale.
     async fn refresh_pass(&self) -> std::result::Result<(), StoreError> {
-        let ids: Vec<String> = self.shell.with(|i| {
-            let ids: Vec<String> = i
-                .refresh
-                .iter()
-                .take(MAX_COUNTERS_PER_SYNC)
-                .cloned()
-                .collect();
-            for id in &ids {
-                i.refresh.remove(id);
-            }
-            ids
-        });
+        let ids = self
+            .shell
+            .with(|i| take_first(&mut i.refresh, MAX_COUNTERS_PER_SYNC));
         if ids.is_empty() {
             return Ok(());
         }

@@ -33,7 +33,7 @@ use super::{CALL_PATH, Call, Op, View};
 use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
-use crate::object::{Loaded, Shell, StoreError, internal, store_failed};
+use crate::object::{Loaded, Shell, StoreError, internal, store_failed, take_first};
 use crate::runtime::{config_from_env, internal_response, now, random_u64};
 use crate::scheduler::{Job, Scheduler};
 
@@ -464,18 +464,9 @@ impl Unique {
 
     /// One `POST /v1/read/unique` for the sketches reads found stale.
     async fn refresh_pass(&self) -> std::result::Result<(), StoreError> {
-        let keys: Vec<SketchKey> = self.shell.with(|i| {
-            let keys: Vec<SketchKey> = i
-                .refresh
-                .iter()
-                .take(MAX_SKETCHES_PER_SYNC)
-                .cloned()
-                .collect();
-            for k in &keys {
-                i.refresh.remove(k);
-            }
-            keys
-        });
+        let keys = self
+            .shell
+            .with(|i| take_first(&mut i.refresh, MAX_SKETCHES_PER_SYNC));
         if keys.is_empty() {
             return Ok(());
         }
