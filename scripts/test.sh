@@ -118,6 +118,7 @@ step "build the wasm32 tests (clippy)" \
 # rustdoc compiles the doctests as it runs them: they cannot be built ahead, so they run here.
 step "doctests (rustdoc builds and runs them)" cargo test --workspace --all-features --doc --locked
 step "npm package build (tally-crdt for Node and bundlers)" bash scripts/build-js.sh
+step "npm package build (tally-client, the web and Node client)" bash scripts/build-client.sh
 # cargo-fuzz builds with nightly (in fuzz/target), which the stable clippy-driver cannot wrap.
 step "fuzz targets build (nightly, cargo-fuzz)" \
   env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS bash scripts/fuzz.sh build

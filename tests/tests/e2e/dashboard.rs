@@ -39,10 +39,11 @@ fn browser_wanted() -> bool {
     std::env::var_os("TALLY_NO_BROWSER").is_none_or(|value| value != "1")
 }
 
-/// The browser binary; `None` when the test is to be skipped. Panics when it is missing.
-fn chromium() -> Option<PathBuf> {
+/// The browser binary for `what` (a browser test, named in the skip message); `None` when the
+/// test is to be skipped. Panics when it is missing. The client's browser test uses it too.
+pub(crate) fn chromium(what: &str) -> Option<PathBuf> {
     if !browser_wanted() {
-        eprintln!("TALLY_NO_BROWSER=1: the dashboard's browser test is skipped");
+        eprintln!("TALLY_NO_BROWSER=1: {what} is skipped");
         return None;
     }
     let named = std::env::var_os("TALLY_CHROMIUM").map(PathBuf::from);
@@ -188,7 +189,7 @@ fn by_count(seeded: &Seeded, namespace: &str, query: &str) -> Vec<&'static str> 
 
 #[tokio::test]
 async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flags_stale_regions() {
-    let Some(chromium) = chromium() else {
+    let Some(chromium) = chromium("the dashboard's browser test") else {
         return;
     };
     let _serial = serial().await;

@@ -5,6 +5,7 @@
 //! `cargo test -p tally-e2e --test e2e -- milestones::`.
 
 mod backup;
+mod client;
 mod contract;
 mod dashboard;
 mod edge;
