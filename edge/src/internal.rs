@@ -3,6 +3,12 @@
 //! The Worker parses and checks the public request, then sends one of these to the object
 //! that serves the counter, as `POST https://replica/hit` or `POST https://replica/read`
 //! with a JSON body; the object answers [`Answer`]s, or an API error with its status.
+//!
+//! Hits bound for one object while a request to it is in flight go together, when it
+//! returns, as one `POST https://replica/hits` ([`Hits`], built by the Worker's combiner,
+//! `crate::combine`), answered `200` with one [`HitOutcome`] per hit, in order, one JSON text
+//! per line (serde_json writes none with a raw line break). An object of a release before this
+//! path answers it `404`: the combiner then sends each hit alone to `/hit`.
 
 use serde::{Deserialize, Serialize};
 use tally_crdt::{CounterKey, ReplicaId, SlotTotals};
@@ -15,6 +21,8 @@ use crate::routing::Region;
 pub const HIT_PATH: &str = "/hit";
 /// The internal route of a read.
 pub const READ_PATH: &str = "/read";
+/// The internal route of hits combined in the Worker.
+pub const HITS_PATH: &str = "/hits";
 
 /// A hit to count.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +40,31 @@ pub struct Hit {
     /// The client's visitor key, kept only if the counter is near a milestone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visitor: Option<String>,
+}
+
+/// Hits combined in the Worker, counted one after the other, as each would be alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hits {
+    /// The hits, in the order they arrived.
+    pub hits: Vec<Hit>,
+}
+
+/// What became of one hit of [`Hits`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HitOutcome {
+    /// Counted (stored before this answer), with the answer a hit alone gets.
+    Counted(Answer),
+    /// Refused, nothing stored: the API error a hit alone would get.
+    Refused {
+        /// Its status.
+        status: u16,
+        /// Its JSON body.
+        body: String,
+    },
+    /// Not counted, nothing stored: its counter is near a milestone (the exact path, which
+    /// waits for the merger), so it goes alone.
+    Alone,
 }
 
 /// Counters to read.
@@ -120,7 +153,23 @@ mod tests {
                 verdict: Some(Verdict::Pending),
             },
         ];
+        let outcomes = vec![
+            HitOutcome::Counted(answers[0].clone()),
+            HitOutcome::Refused {
+                status: 429,
+                body: r#"{"error":"too_many_new_ids"}"#.into(),
+            },
+            HitOutcome::Alone,
+        ];
+        let hits = Hits {
+            hits: vec![hit.clone()],
+        };
         for (name, value) in [
+            ("hits.json", serde_json::to_value(&hits).unwrap()),
+            (
+                "hit_outcomes.json",
+                serde_json::to_value(&outcomes).unwrap(),
+            ),
             ("hit.json", serde_json::to_value(&hit).unwrap()),
             ("read.json", serde_json::to_value(&read).unwrap()),
             ("answers.json", serde_json::to_value(&answers).unwrap()),
@@ -140,5 +189,25 @@ mod tests {
             serde_json::to_value(&answers).unwrap(),
             frozen("answers.json")
         );
+        let hits: Hits = serde_json::from_value(frozen("hits.json")).expect("hits");
+        assert_eq!(serde_json::to_value(&hits).unwrap(), frozen("hits.json"));
+        let outcomes: Vec<HitOutcome> =
+            serde_json::from_value(frozen("hit_outcomes.json")).expect("outcomes");
+        assert_eq!(
+            serde_json::to_value(&outcomes).unwrap(),
+            frozen("hit_outcomes.json")
+        );
+    }
+
+    /// The answer to `/hits` is one outcome per line: no outcome's JSON holds a line break,
+    /// whatever its strings hold.
+    #[test]
+    fn an_outcome_is_one_line() {
+        let outcome = HitOutcome::Refused {
+            status: 400,
+            body: "{\"error\":\"a\nb\"}".into(),
+        };
+        let line = serde_json::to_string(&outcome).unwrap();
+        assert!(!line.contains('\n'), "{line}");
     }
 }

@@ -4,8 +4,10 @@
 //! - `lib.rs` (this file): the Worker entry point. It parses and checks the public request
 //!   ([`api`]), applies the write policy (public deltas, the write key), picks the object that
 //!   serves the counter ([`routing`]: consistent hashing over the region's partitions, spread
-//!   over several objects for hot counters) and forwards the request to it ([`internal`]);
-//!   then it holds the answer to what the client has already seen ([`session`]) and adds CORS.
+//!   over several objects for hot counters) and forwards the request to it ([`internal`]),
+//!   together with the isolate's other hits for that object, or joined to a read of the same
+//!   counter already out ([`combine`]); then it holds the answer to what the client has already
+//!   seen ([`session`]) and adds CORS.
 //! - The Durable Objects, each a wing of its own on the shell they share ([`object`]: the
 //!   loaded state, the one alarm ([`scheduler`]), the `meta` storage): [`counter`] (the
 //!   per-counter logic, its storage, the `Replica` object), [`presence`] and [`unique`]; the
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod client;
+pub mod combine;
 pub mod config;
 pub mod counter;
 pub mod internal;
@@ -33,9 +36,8 @@ pub mod unique;
 
 use futures_util::future::join_all;
 use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals};
-use worker::{
-    Context, Env, Headers, Method, Request, RequestInit, Response, Result, console_error, event,
-};
+use worker::worker_sys::Context;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, console_error};
 
 use crate::api::{
     ApiError, BatchBody, BatchItem, CountBody, HitRequest, MAX_BODY_BYTES, Route, Won, parse_hit,
@@ -43,7 +45,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::counter::View;
-use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
+use crate::internal::{Answer, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
 use crate::routing::Region;
@@ -54,6 +56,9 @@ use crate::runtime::{
 };
 use crate::session::{Session, SessionKeys};
 
+/// Where the hit combiner's counts in this isolate are read, with the region override allowed
+/// only (`wrangler dev`, tests, benchmarks): `{"hits", "calls", "combined", "alone"}`.
+pub const COMBINE_STATS_PATH: &str = "/_tally/combine";
 /// Header carrying the region override (when allowed).
 pub const REGION_HEADER: &str = "X-Tally-Region";
 /// The response header of a counter `PUT` that names the hit (a [`tally_crdt::Receipt`]):
@@ -63,10 +68,38 @@ pub const RECEIPT_HEADER: &str = "Tally-Receipt";
 /// ([`milestone::Verdict`]).
 pub const MILESTONE_HEADER: &str = "Tally-Milestone";
 
-/// The Worker's entry point.
-#[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    let response = match route(req, &env).await {
+/// The Worker's entry point, exported as `#[event(fetch)]` would export it, but with the
+/// runtime's own context object, which the hit combiner ([`combine`]) registers its calls
+/// with (`waitUntil`).
+mod entry {
+    use worker::worker_sys::{Context, web_sys};
+    use worker::{Env, wasm_bindgen};
+
+    /// The `fetch` handler the Worker's module exports.
+    #[wasm_bindgen::prelude::wasm_bindgen(
+        wasm_bindgen = ::worker::wasm_bindgen,
+        wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
+        js_sys = ::worker::js_sys
+    )]
+    pub async fn fetch(
+        req: web_sys::Request,
+        env: Env,
+        ctx: Context,
+    ) -> Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue> {
+        let response = super::fetch(req.into(), env, ctx)
+            .await
+            .or_else(|e| {
+                ::worker::console_error!("{e}");
+                ::worker::Response::error("INTERNAL SERVER ERROR", 500)
+            })
+            .map_err(|e| wasm_bindgen::JsValue::from(e.to_string()))?;
+        Ok(web_sys::Response::from(response).into())
+    }
+}
+
+/// Answers one public request.
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    let response = match route(req, &env, &ctx).await {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
             let mut r = json_response(&e.body(), e.status())?;
@@ -93,17 +126,28 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     with_cors(response)
 }
 
-async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Failure> {
+async fn route(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+) -> std::result::Result<Response, Failure> {
     if req.method() == Method::Options {
         return Ok(Response::empty()
             .map(|r| r.with_status(204))
             .map_err(internal)?);
     }
-    let route = parse_path(&req.path())?;
     let config = cached_config(env)?;
+    let path = req.path();
+    // The hit combiner's counts in this isolate, for tests and benchmarks: only where the
+    // region override is allowed (`wrangler dev`), never in production.
+    if config.allow_region_override && path == COMBINE_STATS_PATH {
+        return Ok(json_response(&combine::combine_stats(), 200).map_err(internal)?);
+    }
+    let route = parse_path(&path)?;
     let region = region_of(&req, &config)?;
     let cx = RequestContext {
         env,
+        ctx,
         config,
         region,
     };
@@ -137,7 +181,7 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
                 keys: vec![key.clone()],
                 region: cx.region.clone(),
             };
-            let answers = call(&cx, &key, s, READ_PATH, &read).await?;
+            let answers = call_read(&cx, &key, s, &read).await?;
             let view = answers
                 .into_iter()
                 .find(|a| a.key == key)
@@ -173,11 +217,10 @@ async fn route(mut req: Request, env: &Env) -> std::result::Result<Response, Fai
             let cached_before = cached(&cx, &key);
             let floor = session.floor(&key);
             let s = draw_spread(config);
-            let answers = call(&cx, &key, s, HIT_PATH, &hit).await?;
-            let answer = answers
-                .into_iter()
-                .find(|a| a.key == key)
-                .ok_or(ApiError::Internal)?;
+            let answer = call_hit(&cx, s, &hit).await?;
+            if answer.key != key {
+                return Err(ApiError::Internal.into());
+            }
             let mut view = answer.view.ok_or(ApiError::Internal)?;
             let receipt = receipt_of(config, &key, add, answer.slot);
             view.raise_after_hit(cached_before.map(|v| v.bound()).unwrap_or_default(), add);
@@ -237,6 +280,7 @@ async fn presence_route(
         env,
         config,
         region,
+        ..
     } = cx;
     let client = client_address(req);
     let trusted = write_key_presented(req, config)?;
@@ -559,6 +603,44 @@ async fn call<M: serde::Serialize>(
         console_error!("unreadable object answer: {e}");
         Failure::Api(ApiError::Internal)
     })
+}
+
+/// Reads `key` from the object that serves it (spread index `s`), or joins a read of it
+/// already out from this isolate ([`combine::read`]): concurrent reads that miss the isolate
+/// cache share one object request.
+async fn call_read(
+    cx: &RequestContext<'_>,
+    key: &CounterKey,
+    s: u32,
+    read: &Read,
+) -> std::result::Result<Vec<Answer>, Failure> {
+    let partition = routing::partition(key, s, cx.config.partitions);
+    let name = routing::object_name(&cx.region, partition);
+    let body = serde_json::to_string(read).map_err(|_| ApiError::Internal)?;
+    let hint = routing::location_hint(&cx.region);
+    let flight = format!("{}/{key}", &*cx.region);
+    combine::read(
+        cx.env,
+        cx.ctx,
+        (REPLICA_BINDING, &name, hint),
+        &flight,
+        body,
+    )
+    .await
+}
+
+/// Sends `hit` to the object that serves its counter (spread index `s`), combined with the
+/// isolate's other hits for that object ([`combine`]).
+async fn call_hit(
+    cx: &RequestContext<'_>,
+    s: u32,
+    hit: &Hit,
+) -> std::result::Result<Answer, Failure> {
+    let partition = routing::partition(&hit.key, s, cx.config.partitions);
+    let name = routing::object_name(&cx.region, partition);
+    let body = serde_json::to_string(hit).map_err(|_| ApiError::Internal)?;
+    let hint = routing::location_hint(&cx.region);
+    combine::hit(cx.env, cx.ctx, REPLICA_BINDING, &name, hint, body).await
 }
 
 /// The region of a request: the continent Cloudflare reports, or (only when

@@ -29,6 +29,8 @@ pub const NEW_IDS_BINDING: &str = "NEW_IDS";
 pub struct RequestContext<'a> {
     /// The Worker's environment (bindings, vars, secrets).
     pub env: &'a Env,
+    /// The runtime's context of the request (its `waitUntil`).
+    pub ctx: &'a worker::worker_sys::Context,
     /// The configuration, parsed once per isolate.
     pub config: Config,
     /// The region the request is served in.

@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::counter::{
     Entry, HitPlan, HitRules, Outcome, ReadNeed, Reclaim, current_totals, outcomes,
 };
-use crate::internal::{Answer, HIT_PATH, Hit, READ_PATH, Read};
+use crate::internal::{Answer, HIT_PATH, HITS_PATH, Hit, HitOutcome, Hits, READ_PATH, Read};
 use crate::milestone::Verdict;
 use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed, take_first};
 use crate::runtime::{config_from_env, internal_response, now, random_u64};
@@ -188,7 +188,8 @@ impl DurableObject for Replica {
         }
     }
 
-    /// Internal requests from the Worker: `POST /hit` ([`Hit`]) or `POST /read` ([`Read`]).
+    /// Internal requests from the Worker: `POST /hit` ([`Hit`]), `POST /hits` ([`Hits`]) or
+    /// `POST /read` ([`Read`]).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let path = req.path();
         // The body as one string, decoded in Wasm: `Request::json` walks the JS object a
@@ -196,8 +197,12 @@ impl DurableObject for Replica {
         let body = req.text().await?;
         let answer = match path.as_str() {
             HIT_PATH => match serde_json::from_str::<Hit>(&body) {
-                Ok(hit) => self.hit(hit).await.map(|a| vec![a]),
+                Ok(hit) => self.hit(hit, false).await.map(|a| a.into_iter().collect()),
                 Err(e) => Err(internal(format!("bad internal hit: {e}"))),
+            },
+            HITS_PATH => match serde_json::from_str::<Hits>(&body) {
+                Ok(hits) => return internal_response(&self.hits(hits.hits).await, 200),
+                Err(e) => Err(internal(format!("bad internal hits: {e}"))),
             },
             READ_PATH => match serde_json::from_str::<Read>(&body) {
                 Ok(read) => self.read(read).await,
@@ -351,16 +356,41 @@ impl Replica {
         Ok(())
     }
 
+    /// Counts hits the Worker combined, one after the other, each as [`Replica::hit`] would
+    /// alone: one [`HitOutcome`] per hit, in order, one per line. Every hit counted is stored
+    /// before the answer leaves (the output gate holds it until then).
+    async fn hits(&self, hits: Vec<Hit>) -> String {
+        let mut lines = String::with_capacity(hits.len() * 160);
+        for hit in hits {
+            let outcome = match self.hit(hit, true).await {
+                Ok(Some(answer)) => HitOutcome::Counted(answer),
+                Ok(None) => HitOutcome::Alone,
+                Err(e) => HitOutcome::Refused {
+                    status: e.status(),
+                    body: e.body(),
+                },
+            };
+            if !lines.is_empty() {
+                lines.push('\n');
+            }
+            // An outcome of plain data always encodes.
+            lines.push_str(&serde_json::to_string(&outcome).unwrap_or_default());
+        }
+        lines
+    }
+
     /// Counts a hit: stored before answered, answered without the merger, unless its counter
-    /// is near a milestone: then it takes the exact path ([`Replica::exact`]).
-    async fn hit(&self, hit: Hit) -> std::result::Result<Answer, ApiError> {
+    /// is near a milestone: then it takes the exact path ([`Replica::exact`]) — or, for a hit
+    /// that came `combined` with others, is not counted (`None`, nothing stored): the Worker
+    /// sends it again alone.
+    async fn hit(&self, hit: Hit, combined: bool) -> std::result::Result<Option<Answer>, ApiError> {
         self.load(&hit.region).await.map_err(internal)?;
         let known = self.shell.with(|i| i.entry(&hit.key).map(|e| e.stored));
         if !known.map_err(store_failed)? && !hit.trusted {
             crate::runtime::admit(&self.shell.env, &hit.client).await?;
         }
         let now = now();
-        let (view, slot, next, exact, away) = self.shell.with(|i| {
+        let counted = self.shell.with(|i| {
             let rules = HitRules {
                 read_ttl_ms: i.config.read_ttl_ms,
                 sync_interval_ms: i.config.sync_interval_ms,
@@ -385,6 +415,9 @@ impl Replica {
                     rules,
                 )
                 .map_err(ApiError::Overflow)?;
+            if exact && combined {
+                return Ok(None);
+            }
             // The incarnation's first hit starts its age (and gives it a slot to retire).
             let mut rotation = None;
             let mut started = i.incarnation.clone();
@@ -417,8 +450,11 @@ impl Replica {
                     .map_err(store_failed)?;
                 next = i.want(Job::Sweep, due).or(next);
             }
-            Ok::<_, ApiError>((view, slot, next, exact, away))
+            Ok::<_, ApiError>(Some((view, slot, next, exact, away)))
         })?;
+        let Some((view, slot, next, exact, away)) = counted else {
+            return Ok(None);
+        };
         self.shell.arm(next).await;
         let (view, verdict) = if away {
             (view, Some(Verdict::Pending))
@@ -435,12 +471,12 @@ impl Replica {
         } else {
             (view, None)
         };
-        Ok(Answer {
+        Ok(Some(Answer {
             key: hit.key,
             view: Some(view),
             slot: Some(slot),
             verdict,
-        })
+        }))
     }
 
     /// The exact path of a hit (stored already) holding units `end - delta + 1 ..= end` of

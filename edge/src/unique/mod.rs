@@ -234,6 +234,7 @@ pub async fn route(
         env,
         config,
         region,
+        ..
     } = cx;
     let today = crate::runtime::now().day();
     let trusted = crate::runtime::write_key_presented(req, config)?;

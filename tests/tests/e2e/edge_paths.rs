@@ -921,3 +921,271 @@ async fn an_object_with_many_counters_killed_after_acknowledging_them_loses_none
     edge.stop().await;
     merger.terminate().await;
 }
+
+/// The answer to one public hit: status, count, and its receipt header.
+async fn hit_with_receipt(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<(u16, Option<i128>, Option<String>), String> {
+    let response = c
+        .put(url)
+        .header("X-Tally-Region", "eu")
+        .header("Authorization", format!("Bearer {WRITE_KEY}"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"delta":1}"#)
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let status = response.status().as_u16();
+    let receipt = response
+        .headers()
+        .get("Tally-Receipt")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = response.json().await.map_err(|e| error_chain(&e))?;
+    Ok((status, count_of(&body["count"]), receipt))
+}
+
+/// Issue 29: hits bound for one object while a request to it is in flight go together as one
+/// request (`edge/src/combine.rs`), yet each client is answered only after its own hit is
+/// stored, with its own count and its own receipt. 48 hits at once on one counter of one
+/// object: the counts answered are 1 to 48, each once; the receipts name 48 different units of
+/// the one slot; the merger ends at 48, nothing lost or counted twice.
+#[tokio::test]
+async fn hits_sent_together_are_each_answered_with_their_own_count_and_receipt() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let url = format!("{}/together/counter", edge.url);
+    let answers = futures_util::future::join_all((0..48).map(|_| hit_with_receipt(&c, &url))).await;
+    let mut counts = Vec::new();
+    let mut units = std::collections::BTreeSet::new();
+    let mut replicas = std::collections::BTreeSet::new();
+    for answer in &answers {
+        let (status, count, receipt) = answer.as_ref().expect("the edge answers");
+        assert_eq!(*status, 200, "{answers:?}");
+        counts.push(count.expect("a count"));
+        let receipt = tally_crdt::Receipt::decode(
+            receipt.as_deref().expect("a receipt"),
+            TOKEN.as_bytes(),
+            "together",
+        )
+        .expect("a receipt the edge signed");
+        assert_eq!(receipt.delta, 1);
+        replicas.insert(receipt.replica);
+        units.insert(receipt.end);
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=48).collect::<Vec<i128>>(),
+        "each its own count"
+    );
+    // They went together: fewer object requests than hits (the combiner's own counts).
+    let (status, stats) = get(&c, &format!("{}/_tally/combine", edge.url)).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["hits"], 48, "{stats}");
+    eprintln!("the combiner, 48 hits at once: {stats}");
+    let calls = stats["calls"].as_u64().expect("calls");
+    assert!(
+        calls < 48 && stats["combined"].as_u64() > Some(0),
+        "{stats}"
+    );
+    assert_eq!(replicas.len(), 1, "one object, one slot");
+    assert_eq!(
+        units,
+        (1..=48).collect(),
+        "each hit its own unit of the slot"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the 48 hits reach the merger",
+        || async {
+            let (_, view) = get(&c, &format!("{}/v1/counters/together", merger.url)).await;
+            count_of(&view["count"]) == Some(48)
+        },
+    )
+    .await;
+    edge.stop().await;
+    merger.terminate().await;
+}
+
+/// Issue 29: combined hits when their object dies mid-request. 32 clients hit two counters of
+/// one object as fast as they are answered (so hits go together); once 400 are acknowledged
+/// the edge is killed (`kill -9`, combined requests in flight), then started again. Every
+/// request was answered once or failed on the connection; the merger ends holding every
+/// acknowledged hit, each once (the receipts name distinct units), and at most the hits whose
+/// fate the clients could not know besides: lost 0, counted twice 0.
+#[tokio::test]
+async fn combined_hits_of_an_edge_killed_mid_request_are_each_counted_once() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..32)
+        .map(|client| {
+            let (c, acknowledged) = (c.clone(), acknowledged.clone());
+            let url = format!("{}/fate-{}/counter", edge.url, client % 2);
+            tokio::spawn(async move {
+                // Receipts of acknowledged hits, and the hits of unknown fate.
+                let (mut receipts, mut unknown) = (Vec::new(), 0);
+                for _ in 0..200 {
+                    match hit_with_receipt(&c, &url).await {
+                        Ok((200, _, Some(receipt))) => {
+                            receipts.push((client % 2, receipt));
+                            acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // Killed mid-request: an error answer or none; either way the
+                        // client cannot know whether its hit was stored.
+                        Ok((status, _, _)) => {
+                            assert!(status >= 500, "only the kill fails a hit: {status}");
+                            unknown += 1;
+                            break;
+                        }
+                        Err(_) => {
+                            unknown += 1;
+                            break;
+                        }
+                    }
+                }
+                (receipts, unknown)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while acknowledged.load(std::sync::atomic::Ordering::Relaxed) < 400 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "400 hits acknowledged within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    edge.kill_9().await;
+    let (mut acked, mut unknown) = ([0_i128; 2], [0_i128; 2]);
+    let mut units = std::collections::BTreeSet::new();
+    for (client, task) in clients.into_iter().enumerate() {
+        let (receipts, lost) = task.await.expect("a client does not panic");
+        let counter = client % 2;
+        for (_, receipt) in receipts {
+            let id = format!("fate-{counter}");
+            let receipt = tally_crdt::Receipt::decode(&receipt, TOKEN.as_bytes(), &id)
+                .expect("a receipt the edge signed");
+            assert!(
+                units.insert((counter, receipt.replica, receipt.end)),
+                "one unit, one hit"
+            );
+            acked[counter] += 1;
+        }
+        unknown[counter] += lost;
+    }
+    let edge = Edge::start(&options).await;
+    let counts = || async {
+        let mut counts = [0_i128; 2];
+        for (counter, count) in counts.iter_mut().enumerate() {
+            let url = format!("{}/v1/counters/fate-{counter}", merger.url);
+            *count = count_of(&get(&c, &url).await.1["count"]).unwrap_or(0);
+        }
+        counts
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "every acknowledged hit reaches the merger",
+        || async {
+            counts()
+                .await
+                .iter()
+                .zip(&acked)
+                .all(|(count, acked)| count >= acked)
+        },
+    )
+    .await;
+    // Then whatever else the object had stored: settled once two syncs change nothing.
+    let mut last = counts().await;
+    let interval = Duration::from_millis(options.sync_interval_ms);
+    let mut settled = false;
+    for _ in 0..50 {
+        tokio::time::sleep(interval * 2).await;
+        let now = counts().await;
+        settled = now == last;
+        last = now;
+        if settled {
+            break;
+        }
+    }
+    assert!(settled, "the counts settle: {last:?}");
+    eprintln!("acknowledged {acked:?}, unknown {unknown:?}, the merger holds {last:?}");
+    for counter in 0..2 {
+        assert!(
+            (acked[counter]..=acked[counter] + unknown[counter]).contains(&last[counter]),
+            "fate-{counter}: {} acknowledged, {} unknown, the merger holds {}",
+            acked[counter],
+            unknown[counter],
+            last[counter]
+        );
+    }
+    edge.stop().await;
+    merger.terminate().await;
+}
+
+/// Issue 29: reads that miss the isolate cache for the same counter while one of them is out
+/// share its object request (`edge/src/combine.rs`), and each is answered. 16 reads at once of
+/// a counter the merger holds at 5 and the isolate has not cached: each answers 5, and the
+/// isolate asked its objects fewer than 16 times (the combiner's own counts).
+#[tokio::test]
+async fn reads_that_miss_the_cache_at_once_share_one_object_request() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let options = EdgeOptions::new(&merger.url, state.path());
+    let seeder = Edge::start(&options).await;
+    let c = http_client();
+    for _ in 0..5 {
+        let (status, body) = hit(&c, &seeder.url, "/shared/counter", "eu", 1).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until(Duration::from_secs(20), "the merger holds 5", || async {
+        let (_, view) = get(&c, &format!("{}/v1/counters/shared", merger.url)).await;
+        count_of(&view["count"]) == Some(5)
+    })
+    .await;
+    seeder.stop().await;
+    // A new edge, another region: nothing cached in its isolate, no object knows the counter.
+    let reader_state = temp_dir();
+    let edge = Edge::start(&EdgeOptions::new(&merger.url, reader_state.path())).await;
+    let url = format!("{}/shared/counter", edge.url);
+    let reads = (0..16).map(|_| async {
+        let response = c
+            .get(&url)
+            .header("X-Tally-Region", "us")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the edge answers");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("JSON");
+        (status, count_of(&body["count"]))
+    });
+    let answers = futures_util::future::join_all(reads).await;
+    assert!(
+        answers.iter().all(|a| *a == (200, Some(5))),
+        "each read answers 5: {answers:?}"
+    );
+    let (status, stats) = get(&c, &format!("{}/_tally/combine", edge.url)).await;
+    assert_eq!(status, 200, "{stats}");
+    eprintln!("16 reads at once: {stats}");
+    assert_eq!(stats["reads"], 16, "{stats}");
+    assert!(stats["read_calls"].as_u64() < Some(16), "{stats}");
+    edge.stop().await;
+    merger.terminate().await;
+}
