@@ -17,7 +17,9 @@ worker-build --release "$@"
 # worker-build keeps the Wasm `name` section (function names for stack traces: a fifth of the
 # module) and the producers section; a deploy does not need them (TALLY_EDGE_NAMES=1 keeps
 # them, for a build whose panics should name their functions). The same features as
-# worker-build's own wasm-opt pass, so nothing newer than workerd supports is emitted.
+# worker-build's own wasm-opt pass, so nothing newer than workerd supports is emitted; one more
+# -Oz pass over the stripped module finds a little more (329,005 -> 326,883 B gzip on
+# 2026-12-07).
 [[ "${TALLY_EDGE_NAMES:-0}" == 1 ]] && exit 0
 # The module worker-build wrote: build/ by default, or --out-dir's (relative to edge/).
 out=build
@@ -30,7 +32,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 [[ "$out" == /* ]] || out="$root/edge/$out"
 module="$out/index_bg.wasm"
-"$WASM_OPT_BIN" --strip-debug --strip-producers \
+"$WASM_OPT_BIN" -Oz --strip-debug --strip-producers \
   --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int \
   --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling \
   "$module" -o "$module.stripped"

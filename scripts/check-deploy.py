@@ -2,7 +2,8 @@
 """Builds the edge worker for each environment of wrangler.toml exactly as `wrangler deploy`
 would upload it, without uploading (`wrangler deploy --dry-run --outdir`), and checks what each
 one declares: the three Durable Object bindings and their classes (not inherited by
-`[env.*]`, so each environment names them), the new-id rate limit, every setting of the
+`[env.*]`, so each environment names them), the new-id rate limit (and the hit budget in each
+environment, not at the top level, which is `wrangler dev`'s), every setting of the
 top-level `[vars]` (vars are not inherited either), an HTTPS MERGER_URL and no region override
 outside the top level (which is `wrangler dev`'s), migrations that create every bound class,
 and the bundle within the platform's compressed size limit. Prints each bundle's size. Run by
@@ -10,6 +11,7 @@ the test command's build phase (scripts/test.sh); offline."""
 
 import gzip
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,6 +22,7 @@ WRANGLER = ROOT / "node_modules/.bin/wrangler"
 OUT = ROOT / "target/deploy"
 CLASSES = {"REPLICA": "Replica", "PRESENCE": "Presence", "UNIQUE": "Unique"}
 RATE_LIMIT = "NEW_IDS"
+HIT_BUDGET = "HITS"
 # A Worker's compressed size limit on the Workers Free plan (10 MiB on paid plans).
 LIMIT_GZIP = 3 * 1024 * 1024
 DRY_RUN_TIMEOUT_S = 600
@@ -31,6 +34,8 @@ def fail(env, why):
 
 def dry_run(env):
     out = OUT / env
+    # A module of an earlier build left there would be counted with this one.
+    shutil.rmtree(out, ignore_errors=True)
     args = [str(WRANGLER), "deploy", "--dry-run", "--outdir", str(out)]
     if env != "top-level":
         args += ["--env", env]
@@ -68,6 +73,9 @@ def main():
                 fail(env, f"no migration creates the class {cls}")
         if found.get(RATE_LIMIT, ("", ""))[1] != "Rate Limit":
             fail(env, f"no {RATE_LIMIT} rate limit")
+        budget = found.get(HIT_BUDGET, ("", ""))[1] == "Rate Limit"
+        if budget != (env != "top-level"):
+            fail(env, f"the {HIT_BUDGET} rate limit belongs to each environment, not the top level")
         declared = {n for n, (_, kind) in found.items() if kind == "Environment Variable"}
         if declared != settings:
             fail(env, f"settings differ from the top-level [vars]: missing "

@@ -22,7 +22,7 @@ doc = {
    "`/{id}/counter` is increment-only (a G-Counter), `/{id}/gauge` goes up and down (a PN-Counter); the same id in each is a different counter. "
    "Writes answer from the replica's own state and never wait for the merger; reads answer from caches and never write. "
    "Counts are JSON integers below 2^53 in magnitude and decimal strings beyond; times are RFC 3339 UTC with milliseconds. "
-   "Every error is `{\"error\": {\"code\", \"message\"}}`. Every answer carries CORS headers for any origin (`OPTIONS` preflights answer 204). "
+   "Every error is `{\"error\": {\"code\", \"message\"}}`. Every answer carries CORS headers for the origins `ALLOWED_ORIGINS` allows (any, by default; `OPTIONS` preflights answer 204); with a list, a request from another origin is refused with 403 `origin_not_allowed`. "
    "Send back the `Tally-Session` header of each answer on your next request: your reads then never answer less than you have seen (read-your-writes, monotonic reads). "
    "This document is checked in (docs/edge-openapi.json) and tested against the real worker under `wrangler dev` by schemathesis (tests/tests/e2e/contract.rs).",
   "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"},
@@ -130,7 +130,7 @@ for path, tag, kind in [("/{id}/counter", "counters", "counter"), ("/{id}/gauge"
         "413": err("`body_too_large`: a body over 1024 bytes"),
         "415": err("`unsupported_media_type`: a body declared as something other than application/json"),
         "422": err(("`invalid_delta`: a delta below 1 or above 1,000,000" if counter else "`invalid_delta`: a delta of 0 or beyond ±1,000,000") + "; `slot_overflow`: the hit would take this replica's slot past 2^64 - 1 (nothing was counted)"),
-        "429": err("`too_many_new_ids`: this client used up its budget of new counter ids for the minute; ids already counted still count", {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}),
+        "429": err("`too_many_new_ids`: this client used up its budget of new counter ids for the minute; ids already counted still count; `too_many_hits`: this client used up its hit budget (the `HITS` rate limit, where deployed; not with the write key); nothing was counted", {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}),
        }},
      "options": {"tags": [tag], "operationId": f"preflight_{kind}", "summary": "CORS preflight",
        "description": "Answered before the path is read, whatever the id: the request it precedes gets the error, with CORS headers a browser lets the page read.",
@@ -259,4 +259,10 @@ doc["paths"]["/{id}/unique"] = {
    }},
  "options": preflight_op("unique"),
 }
+# With `ALLOWED_ORIGINS` a list, any request from a page of another origin.
+for ops in doc["paths"].values():
+    for method, op in ops.items():
+        if method not in ("parameters", "options"):
+            op["responses"]["403"] = err("`origin_not_allowed`: the request's `Origin` is not in `ALLOWED_ORIGINS` (only when that is a list); nothing was read or counted")
+            op["responses"] = dict(sorted(op["responses"].items()))
 print(json.dumps(doc, indent=2, ensure_ascii=False))

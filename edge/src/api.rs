@@ -74,6 +74,13 @@ pub enum ApiError {
     /// The client used up its budget of new counter ids; existing ones still count.
     #[error("too many new counter ids from this client; retry in a minute or count an existing id")]
     TooManyNewIds,
+    /// The client used up its budget of public hits (the `HITS` rate limit); with the write
+    /// key, hits still count.
+    #[error("too many hits from this client; retry in a minute")]
+    TooManyHits,
+    /// A page of an origin `ALLOWED_ORIGINS` does not list.
+    #[error("this origin may not call the edge (it is not in ALLOWED_ORIGINS)")]
+    OriginNotAllowed,
     /// The hit would take this replica's slot past `u64::MAX`; nothing was counted.
     #[error("{0}")]
     Overflow(tally_crdt::Error),
@@ -118,7 +125,8 @@ impl ApiError {
             | ApiError::InvalidVisitor(_)
             | ApiError::InvalidDay => 400,
             ApiError::WriteKeyRequired(_) | ApiError::InvalidWriteKey => 401,
-            ApiError::TooManyNewIds | ApiError::TooManySessions => 429,
+            ApiError::TooManyNewIds | ApiError::TooManyHits | ApiError::TooManySessions => 429,
+            ApiError::OriginNotAllowed => 403,
             ApiError::VisitorRequired => 422,
             ApiError::InvalidDelta(_) | ApiError::Overflow(_) => 422,
             ApiError::BodyTooLarge => 413,
@@ -140,6 +148,8 @@ impl ApiError {
             ApiError::WriteKeyRequired(_) => "write_key_required",
             ApiError::InvalidWriteKey => "invalid_write_key",
             ApiError::TooManyNewIds => "too_many_new_ids",
+            ApiError::TooManyHits => "too_many_hits",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::InvalidDelta(_) => "invalid_delta",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",

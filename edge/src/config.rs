@@ -75,6 +75,71 @@ pub struct Config {
     /// `UNIQUE_SALT` (secret): the key from which each UTC day's salt for derived visitor keys
     /// is made. Without it, a unique hit must carry its own visitor key.
     pub unique_salt: Option<String>,
+    /// `ALLOWED_ORIGINS`: the web origins whose pages may call the edge (default `*`, any).
+    pub allowed_origins: AllowedOrigins,
+}
+
+/// The web origins whose pages may call the edge (`ALLOWED_ORIGINS`): `*`, or a
+/// comma-separated list such as `https://example.com,https://www.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Any origin: every answer carries `Access-Control-Allow-Origin: *`.
+    Any,
+    /// These origins only (lowercase, as browsers send them): a request whose `Origin` is
+    /// another is refused (`403 origin_not_allowed`, nothing counted), one from a listed origin
+    /// is answered with that origin in `Access-Control-Allow-Origin` (and `Vary: Origin`), and
+    /// one without an `Origin` (a server, not a page) is served without CORS headers.
+    Only(Vec<String>),
+}
+
+/// The most origins `ALLOWED_ORIGINS` lists.
+pub const MAX_ALLOWED_ORIGINS: usize = 64;
+
+impl AllowedOrigins {
+    /// Parses the setting: `*`, or origins `scheme://host[:port]` (http or https; no path,
+    /// query or trailing slash) separated by commas.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with it, for the configuration error.
+    pub fn parse(text: &str) -> Result<AllowedOrigins, &'static str> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(AllowedOrigins::Any);
+        }
+        let mut origins = Vec::new();
+        for origin in text.split(',').map(str::trim) {
+            let origin = origin.to_ascii_lowercase();
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .ok_or("each origin starts with https:// or http://")?;
+            let (name, port) = host.rsplit_once(':').unwrap_or((host, ""));
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
+            if !name_ok || !port_ok || (host.contains(':') && port.is_empty()) {
+                return Err("an origin is scheme://host[:port], no path, query or trailing slash");
+            }
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        if origins.len() > MAX_ALLOWED_ORIGINS {
+            return Err("at most 64 origins");
+        }
+        Ok(AllowedOrigins::Only(origins))
+    }
+
+    /// Whether a page of `origin` (a request's `Origin` header) may call the edge.
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::Only(origins) => origins.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
 }
 
 /// A missing or malformed setting.
@@ -180,6 +245,12 @@ impl Config {
         let presence_max_sessions = number("PRESENCE_MAX_SESSIONS", 10_000, 1..=100_000)?;
         let presence_push_ms = number("PRESENCE_PUSH_MS", 250, 0..=60_000)?;
         let unique_salt = secret("UNIQUE_SALT")?;
+        let allowed_origins = match get("ALLOWED_ORIGINS") {
+            None => AllowedOrigins::Any,
+            Some(text) => {
+                AllowedOrigins::parse(&text).map_err(|why| invalid("ALLOWED_ORIGINS", text, why))?
+            }
+        };
         let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
             None | Some("" | "false" | "0") => Ok(false),
             Some("true" | "1") => Ok(true),
@@ -215,6 +286,7 @@ impl Config {
                 .expect("bounded by its range above"),
             presence_push_ms,
             unique_salt,
+            allowed_origins,
         })
     }
 }
@@ -325,6 +397,57 @@ mod tests {
             assert!(
                 matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
                 "{name}={bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_origins_are_any_by_default_or_a_checked_list() {
+        let base: Vec<(&str, &str)> = BASE.to_vec();
+        assert_eq!(config(&base).unwrap().allowed_origins, AllowedOrigins::Any);
+        let mut listed = base.clone();
+        listed.push((
+            "ALLOWED_ORIGINS",
+            " https://Example.com, http://localhost:8080,https://example.com",
+        ));
+        let origins = config(&listed).unwrap().allowed_origins;
+        assert_eq!(
+            origins,
+            AllowedOrigins::Only(vec![
+                "https://example.com".into(),
+                "http://localhost:8080".into()
+            ])
+        );
+        assert!(origins.allows("https://example.com"));
+        assert!(origins.allows("HTTPS://EXAMPLE.COM"));
+        assert!(origins.allows("http://localhost:8080"));
+        assert!(!origins.allows("https://example.com.evil.test"));
+        assert!(!origins.allows("http://example.com"));
+        assert!(!origins.allows("null"));
+        for bad in [
+            "",
+            "example.com",
+            "https://example.com/",
+            "https://example.com/page",
+            "https://example.com:",
+            "https://example.com:0",
+            "https://example.com:99999",
+            "ftp://example.com",
+            "https://exa mple.com",
+            "https://*.example.com",
+            "*,https://example.com",
+        ] {
+            let mut with = base.clone();
+            with.push(("ALLOWED_ORIGINS", bad));
+            assert!(
+                matches!(
+                    config(&with),
+                    Err(ConfigError::Invalid {
+                        name: "ALLOWED_ORIGINS",
+                        ..
+                    })
+                ),
+                "{bad:?} is refused"
             );
         }
     }

@@ -43,7 +43,7 @@ use crate::api::{
     ApiError, BatchBody, BatchItem, CountBody, HitRequest, MAX_BODY_BYTES, Route, Won, parse_hit,
     parse_ids, parse_path,
 };
-use crate::config::Config;
+use crate::config::{AllowedOrigins, Config};
 use crate::counter::View;
 use crate::internal::{Answer, Hit, READ_PATH, Read};
 use crate::isolate_cache::IsolateCache;
@@ -52,7 +52,7 @@ use crate::routing::Region;
 use crate::runtime::{
     CORS_HEADERS, Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
     client_address, draw_spread, internal, json_response, json_response_with, now, post_to_object,
-    query_of, random_u64, read_body, stub, write_key_presented,
+    query_of, random_u64, read_body, spend_hit, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -97,14 +97,41 @@ mod entry {
     }
 }
 
+/// What an answer says of CORS (`ALLOWED_ORIGINS`).
+enum Cors {
+    /// `Access-Control-Allow-Origin: *` (any origin allowed).
+    Any,
+    /// This allowed origin, the request's own, and `Vary: Origin`.
+    Origin(String),
+    /// No `Access-Control-Allow-Origin`: a request with no `Origin` (a server), or refused.
+    Omit,
+}
+
 /// Answers one public request.
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    // With a list of allowed origins, a page of another origin is refused before anything is
+    // read or counted; the `Origin` header is only read then.
+    let mut cors = Cors::Any;
+    if let Ok(config) = cached_config(&env)
+        && let AllowedOrigins::Only(_) = &config.allowed_origins
+    {
+        cors = match req.headers().get("Origin").ok().flatten() {
+            Some(origin) if config.allowed_origins.allows(&origin) => Cors::Origin(origin),
+            Some(_) => {
+                let e = ApiError::OriginNotAllowed;
+                return with_cors(json_response(&e.body(), e.status())?, &Cors::Omit);
+            }
+            None => Cors::Omit,
+        };
+    }
     let response = match route(req, &env, &ctx).await {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
             let mut r = json_response(&e.body(), e.status())?;
             match e {
-                ApiError::TooManyNewIds => r.headers_mut().set("Retry-After", "60")?,
+                ApiError::TooManyNewIds | ApiError::TooManyHits => {
+                    r.headers_mut().set("Retry-After", "60")?;
+                }
                 // RFC 9110: a 405 lists the methods the resource has.
                 ApiError::MethodNotAllowed(allow) => r.headers_mut().set("Allow", allow)?,
                 _ => {}
@@ -123,7 +150,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     if response.status_code() == 101 {
         return Ok(response);
     }
-    with_cors(response)
+    with_cors(response, &cors)
 }
 
 async fn route(
@@ -203,6 +230,9 @@ async fn route(
             let HitRequest { add, visitor } = read_hit(&mut req, key.kind()).await?;
             let trusted = authorize(&req, config, key.kind(), add)?;
             let client = client_address(&req);
+            if !trusted {
+                spend_hit(env, &client).await?;
+            }
             let hit = Hit {
                 key: key.clone(),
                 add,
@@ -673,18 +703,37 @@ fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
     })
 }
 
-/// The response with CORS headers: the Worker's JSON answers have them already
-/// ([`runtime::json_response_with`]); others get them set in place, and a Durable Object's
-/// response passed through (immutable headers) is copied into a new one around the same body.
-fn with_cors(response: Response) -> Result<Response> {
-    if response.headers().has(CORS_HEADERS[0].0)? || set_cors(response.headers()).is_ok() {
+/// The response with CORS headers as `cors` says: the Worker's JSON answers have them
+/// already, for any origin ([`runtime::json_response_with`]); others get them set in place,
+/// and a Durable Object's response passed through (immutable headers) is copied into a new
+/// one around the same body.
+fn with_cors(response: Response, cors: &Cors) -> Result<Response> {
+    let allow = CORS_HEADERS[0].0;
+    let fix = |headers: &Headers| -> Result<()> {
+        if !headers.has(allow)? {
+            set_cors(headers)?;
+        }
+        match cors {
+            Cors::Any => {}
+            Cors::Origin(origin) => {
+                headers.set(allow, origin)?;
+                headers.append("Vary", "Origin")?;
+            }
+            Cors::Omit => headers.delete(allow)?,
+        }
+        Ok(())
+    };
+    if matches!(cors, Cors::Any) && response.headers().has(allow)? {
+        return Ok(response);
+    }
+    if fix(response.headers()).is_ok() {
         return Ok(response);
     }
     let headers = Headers::new();
     for (name, value) in response.headers().entries() {
         headers.set(&name, &value)?;
     }
-    set_cors(&headers)?;
+    fix(&headers)?;
     let status = response.status_code();
     let (_, body) = response.into_parts();
     Ok(Response::from_body(body)?

@@ -23,6 +23,8 @@ pub const PRESENCE_BINDING: &str = "PRESENCE";
 pub const UNIQUE_BINDING: &str = "UNIQUE";
 /// Rate-limiting binding of the new-id budget, as in `wrangler.toml`.
 pub const NEW_IDS_BINDING: &str = "NEW_IDS";
+/// Rate-limiting binding of the per-client hit budget, as in `wrangler.toml`'s environments.
+pub const HITS_BINDING: &str = "HITS";
 
 /// What every step of a public request works with: the Worker's environment, its
 /// configuration, and the request's region.
@@ -274,15 +276,36 @@ pub fn json_response(body: &str, status: u16) -> Result<Response> {
 ///
 /// [`ApiError::TooManyNewIds`] once the budget is spent.
 pub async fn admit(env: &Env, client: &str) -> std::result::Result<(), ApiError> {
-    let Ok(limiter) = env.rate_limiter(NEW_IDS_BINDING) else {
+    spend(env, NEW_IDS_BINDING, client, ApiError::TooManyNewIds).await
+}
+
+/// The hit budget of a client (the Workers rate-limiting binding `HITS`, keyed by client
+/// address): one unit per public counter or gauge write. Without the binding (the top level of
+/// `wrangler.toml`: `wrangler dev`, tests, benchmarks) there is no budget.
+///
+/// # Errors
+///
+/// [`ApiError::TooManyHits`] once the budget is spent.
+pub async fn spend_hit(env: &Env, client: &str) -> std::result::Result<(), ApiError> {
+    spend(env, HITS_BINDING, client, ApiError::TooManyHits).await
+}
+
+/// One unit of `client`'s budget in rate limit `binding`; `refused` once it is spent.
+async fn spend(
+    env: &Env,
+    binding: &str,
+    client: &str,
+    refused: ApiError,
+) -> std::result::Result<(), ApiError> {
+    let Ok(limiter) = env.rate_limiter(binding) else {
         return Ok(());
     };
     match limiter.limit(client.to_owned()).await {
         Ok(outcome) if outcome.success => Ok(()),
-        Ok(_) => Err(ApiError::TooManyNewIds),
+        Ok(_) => Err(refused),
         Err(e) => {
             // The limiter is down: admit rather than refuse real hits.
-            worker::console_warn!("new-id budget unavailable: {e}");
+            worker::console_warn!("{binding} budget unavailable: {e}");
             Ok(())
         }
     }

@@ -122,7 +122,7 @@ export class TallyClient {
 
   /**
    * Counts one hit on counter `id`. Retried only when nothing was stored (429
-   * `too_many_new_ids`, a connection never made); any other failure after it was sent is a
+   * `too_many_new_ids` or `too_many_hits`, a connection never made); any other failure after it was sent is a
    * `TallyError` with code `outcome_unknown`. `visitor` is kept with the hit if it wins a
    * milestone.
    */

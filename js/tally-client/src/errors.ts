@@ -32,7 +32,9 @@ export type ClientErrorCode =
  */
 export type ApiErrorCode =
   | "too_many_new_ids"
+  | "too_many_hits"
   | "too_many_sessions"
+  | "origin_not_allowed"
   | "write_key_required"
   | "invalid_write_key"
   | "invalid_delta"

@@ -6,8 +6,8 @@
  * - a **read** (it writes nothing) is tried again on 429, 503, a timeout and a failed
  *   connection, with exponential backoff and full jitter, honouring `Retry-After`;
  * - a **write** is tried again only when it is certain nothing was stored: a 429 with the code
- *   `too_many_new_ids` (refused before anything was written), or a connection that could
- *   not be made (the request never left). Any other failure after the request may have
+ *   `too_many_new_ids` or `too_many_hits` (refused before anything was written), or a
+ *   connection that could not be made (the request never left). Any other failure after the request may have
  *   left (no answer, a timeout, a 5xx or a non-API answer) is `outcome_unknown`.
  *
  * @module
@@ -219,7 +219,9 @@ export class Transport {
         reason = String(error.code);
         waitAtLeast = error.retryAfterMs ?? 0;
         if (write) {
-          retryable = result.status === 429 && error.code === "too_many_new_ids";
+          retryable =
+            result.status === 429 &&
+            (error.code === "too_many_new_ids" || error.code === "too_many_hits");
           // A write answered 5xx or 408 (by a proxy or a runtime in front of the edge; the
           // edge's write routes answer neither): whether it was counted is unknown.
           if (!retryable && (result.status >= 500 || result.status === 408)) {

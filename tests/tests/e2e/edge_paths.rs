@@ -633,6 +633,171 @@ async fn every_public_answer_carries_the_cors_headers() {
     merger.terminate().await;
 }
 
+/// One request with an `Origin` (or none): status, `Access-Control-Allow-Origin`, `Vary`, and
+/// the error code of a refusal.
+async fn from_origin(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    origin: Option<&str>,
+) -> (u16, Option<String>, Option<String>, String) {
+    let mut request = c
+        .request(method, url)
+        .header("X-Tally-Region", "eu")
+        .timeout(Duration::from_secs(20));
+    if let Some(origin) = origin {
+        request = request.header("Origin", origin);
+    }
+    let response = request.send().await.expect("the edge answers");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (allow, vary) = (header("Access-Control-Allow-Origin"), header("Vary"));
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, allow, vary, code)
+}
+
+/// Issue 28: `ALLOWED_ORIGINS` as a list. A page of another origin is refused (403
+/// `origin_not_allowed`, no CORS header, nothing counted), its preflight too; a listed origin
+/// is answered with its own origin and `Vary: Origin`; a server (no `Origin`) is served
+/// without `Access-Control-Allow-Origin`. The merger ends holding exactly the hits let in.
+#[tokio::test]
+async fn allowed_origins_refuse_other_pages_and_name_the_allowed_one() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    let listed = "https://likes.example";
+    options.vars = vec![format!("ALLOWED_ORIGINS:{listed},http://localhost:8080")];
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let url = format!("{}/origins/counter", edge.url);
+    use reqwest::Method;
+    for method in [Method::PUT, Method::GET, Method::OPTIONS] {
+        let (status, allow, _, code) =
+            from_origin(&c, method.clone(), &url, Some("https://evil.example")).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "origin_not_allowed"),
+            "{method}"
+        );
+        assert_eq!(
+            allow, None,
+            "{method}: a refused origin gets no CORS header"
+        );
+    }
+    let presence = format!("{}/origins/presence", edge.url);
+    let (status, ..) = from_origin(&c, Method::GET, &presence, Some("https://evil.example")).await;
+    assert_eq!(status, 403, "every route");
+    for method in [Method::PUT, Method::GET, Method::OPTIONS] {
+        let (status, allow, vary, _) = from_origin(&c, method.clone(), &url, Some(listed)).await;
+        assert!(status == 200 || status == 204, "{method}: {status}");
+        assert_eq!(allow.as_deref(), Some(listed), "{method}");
+        assert!(vary.unwrap_or_default().contains("Origin"), "{method}");
+    }
+    let (status, allow, ..) = from_origin(&c, Method::PUT, &url, None).await;
+    assert_eq!(
+        (status, allow),
+        (200, None),
+        "a server: served, no CORS header"
+    );
+    // Two hits let in (the listed page's and the server's); the refused one counted nothing.
+    wait_until(Duration::from_secs(20), "the merger holds 2", || async {
+        let (_, view) = get(&c, &format!("{}/v1/counters/origins", merger.url)).await;
+        count_of(&view["count"]) == Some(2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(options.sync_interval_ms * 3)).await;
+    let (_, view) = get(&c, &format!("{}/v1/counters/origins", merger.url)).await;
+    assert_eq!(count_of(&view["count"]), Some(2), "{view}");
+    edge.stop().await;
+    merger.terminate().await;
+}
+
+/// Issue 28: the per-client hit budget (`HITS`, bound in each environment of wrangler.toml,
+/// here 8 per 10 s). Public hits from one address are refused with 429 `too_many_hits` and
+/// `Retry-After` once it is spent (within two windows, whatever the clock), nothing counted
+/// for them, while the write key's hits still count; the merger holds exactly the hits let in.
+#[tokio::test]
+async fn a_client_past_its_hit_budget_is_refused_and_nothing_is_counted() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let base = worker_config();
+    let text = std::fs::read_to_string(&base).expect("the test config is readable");
+    let new_ids = "simple = { limit = 200, period = 60 }\n";
+    assert!(
+        text.contains(new_ids),
+        "wrangler.toml's NEW_IDS rate limit changed: update this test"
+    );
+    let budget = "[[ratelimits]]\nname = \"HITS\"\nnamespace_id = \"1002\"\n\
+        simple = { limit = 8, period = 10 }\n";
+    let config = base.with_file_name("wrangler-hit-budget.toml");
+    std::fs::write(
+        &config,
+        text.replacen(new_ids, &format!("{new_ids}\n{budget}"), 1),
+    )
+    .expect("the test config can be written");
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.config = Some(config);
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let url = format!("{}/budget/counter", edge.url);
+    let (mut counted, mut refused) = (0_i128, None);
+    // Two windows hold at most 16: the 17th public hit at the latest is refused.
+    for _ in 0..17 {
+        let response = c
+            .put(&url)
+            .header("X-Tally-Region", "eu")
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("the edge answers");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("Retry-After").cloned();
+        let body: Value = response.json().await.expect("JSON");
+        if status == 200 {
+            counted += 1;
+            continue;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_hits", "{body}");
+        assert!(retry_after.is_some(), "a refusal says when to retry");
+        refused = Some(body);
+        break;
+    }
+    assert!(refused.is_some(), "17 public hits in a row: one is refused");
+    // The write key is not limited.
+    for _ in 0..3 {
+        let (status, body) = hit(&c, &edge.url, "/budget/counter", "eu", 1).await;
+        assert_eq!(status, 200, "{body}");
+        counted += 1;
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the merger holds the hits let in",
+        || async {
+            let (_, view) = get(&c, &format!("{}/v1/counters/budget", merger.url)).await;
+            count_of(&view["count"]) == Some(counted)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(options.sync_interval_ms * 3)).await;
+    let (_, view) = get(&c, &format!("{}/v1/counters/budget", merger.url)).await;
+    assert_eq!(count_of(&view["count"]), Some(counted), "{view}");
+    edge.stop().await;
+    merger.terminate().await;
+}
+
 #[tokio::test]
 async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
