@@ -3,8 +3,9 @@
 rules`), every Grafana panel's expression (as a rule, `promtool check rules`), and that every
 metric the rules and panels name is one a live merger exports: it starts the merger binary
 (TALLY_E2E_MERGER_BIN, or target/debug/tally-merger) on loopback with a throwaway SQLite
-database, reads its /metrics (OpenMetrics; the `# TYPE` lines name every family, samples or
-not), and stops it. Run by the test command (scripts/test.sh, native lane)."""
+database, sends it one sync as an edge does (so the families labelled by region have a
+member), reads its /metrics (OpenMetrics; the `# TYPE` lines name every family that has a
+member or no labels), and stops it. Run by the test command (scripts/test.sh, native lane)."""
 
 import json
 import os
@@ -26,6 +27,9 @@ START_LIMIT_S = 60
 REQUEST_TIMEOUT_S = 10
 
 
+SYNC_TOKEN = "check-ops-sync-token-0123456789"
+
+
 def run(*args):
     print("+", " ".join(str(a) for a in args), flush=True)
     subprocess.run(args, check=True, timeout=120)
@@ -44,7 +48,7 @@ def exported_series(binary):
     with tempfile.TemporaryDirectory() as tmp:
         merger = subprocess.Popen(
             [binary, "--listen", "127.0.0.1:0", "--database-url", f"sqlite://{tmp}/tally.db",
-             "--sync-token", "check-ops-sync-token-0123456789", "--log", "warn"],
+             "--sync-token", SYNC_TOKEN, "--log", "warn"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
         try:
             url = None
@@ -57,6 +61,16 @@ def exported_series(binary):
                     sys.exit("the merger exited before listening")
                 if line.startswith("listening on "):
                     url = line.removeprefix("listening on ").strip()
+            # Series with a label per region appear once a sync names one: one sync, as an
+            # edge sends it (with the age of its oldest unsynced hit).
+            sync = json.dumps({"version": 2, "replica": "c" * 32, "region": "eu",
+                               "counters": [{"id": "check-ops", "kind": "g", "p": 1, "n": 0}]})
+            request = urllib.request.Request(
+                f"{url}/v1/sync", data=sync.encode(), method="POST",
+                headers={"Authorization": f"Bearer {SYNC_TOKEN}",
+                         "Content-Type": "application/json", "Tally-Unsynced-Age": "1500"})
+            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+                response.read()
             with urllib.request.urlopen(f"{url}/metrics", timeout=REQUEST_TIMEOUT_S) as response:
                 text = response.read().decode()
         finally:

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tally_crdt::{
     PresenceRead, PresenceReport, PresenceResponse, ReadRequest, ReadResponse, RetireRequest,
     RetireResponse, SketchRead, SketchResponse, SketchSync, SyncRequest, SyncResponse,
+    UNSYNCED_AGE_HEADER,
 };
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
@@ -57,8 +58,10 @@ pub async fn sync_within(
     config: &Config,
     request: &SyncRequest,
     timeout_ms: u64,
+    unsynced_age_ms: u64,
 ) -> Result<SyncResponse, MergerError> {
-    post_within(config, "/v1/sync", request, timeout_ms).await
+    let age = (UNSYNCED_AGE_HEADER, unsynced_age_ms.to_string());
+    post_within(config, "/v1/sync", request, timeout_ms, &[age]).await
 }
 
 /// `POST {MERGER_URL}/v1/read`: global totals of many counters, written nowhere.
@@ -145,7 +148,7 @@ async fn post<Q: Serialize, A: DeserializeOwned>(
     path: &str,
     request: &Q,
 ) -> Result<A, MergerError> {
-    post_within(config, path, request, config.sync_timeout_ms).await
+    post_within(config, path, request, config.sync_timeout_ms, &[]).await
 }
 
 async fn post_within<Q: Serialize, A: DeserializeOwned>(
@@ -153,6 +156,7 @@ async fn post_within<Q: Serialize, A: DeserializeOwned>(
     path: &str,
     request: &Q,
     timeout_ms: u64,
+    extra: &[(&str, String)],
 ) -> Result<A, MergerError> {
     let unreachable = |e: worker::Error| MergerError::Unreachable(e.to_string());
     let body = serde_json::to_string(request)
@@ -164,6 +168,9 @@ async fn post_within<Q: Serialize, A: DeserializeOwned>(
     headers
         .set("Content-Type", "application/json")
         .map_err(unreachable)?;
+    for (name, value) in extra {
+        headers.set(name, value).map_err(unreachable)?;
+    }
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)

@@ -36,6 +36,8 @@ use crate::store::Store;
 const POLL: Duration = Duration::from_millis(500);
 /// Announcements claimed per look.
 const BATCH: u32 = 16;
+/// Every how many looks the backlog is counted (every 5 s).
+const BACKLOG_EVERY: u32 = 10;
 /// How long a claimed announcement is left to its claimant before another may try it.
 const LEASE_MS: u64 = 30_000;
 /// The longest one attempt may take.
@@ -151,15 +153,34 @@ pub fn spawn(
             .expect("an HTTP client builds");
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looks: u32 = 0;
         loop {
             tokio::select! {
-                _ = tick.tick() => pass(&*store, &metrics, &webhook, &client).await,
+                _ = tick.tick() => {
+                    pass(&*store, &metrics, &webhook, &client).await;
+                    if looks.is_multiple_of(BACKLOG_EVERY) {
+                        backlog(&*store, &metrics).await;
+                    }
+                    looks = looks.wrapping_add(1);
+                }
                 changed = stop.changed() => if changed.is_err() || *stop.borrow() {
                     break;
                 },
             }
         }
     })
+}
+
+/// Sets `tally_announcements_pending` to the won milestones not acknowledged yet.
+async fn backlog(store: &dyn Store, metrics: &Metrics) {
+    match store.pending_announcements().await {
+        Ok(n) => {
+            metrics
+                .announcements_pending
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Err(e) => warn!(error = %e, "counting the milestone announcements waiting failed"),
+    }
 }
 
 /// One look: every due announcement, one attempt each.

@@ -40,6 +40,9 @@ pub enum AppError {
         /// The counter's epoch.
         current: u64,
     },
+    /// A header of the request that does not parse (named, with what it must be).
+    #[error("invalid {0} header: {1}")]
+    InvalidHeader(&'static str, &'static str),
     /// An import whose value cannot be one (a negative count for a counter, a half past
     /// `u64::MAX`).
     #[error("invalid import: {0}")]
@@ -154,6 +157,7 @@ impl AppError {
             AppError::InvalidMilestone(_) | AppError::InvalidReceipt => StatusCode::BAD_REQUEST,
             AppError::MilestoneNotFound { .. } => StatusCode::NOT_FOUND,
             AppError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::InvalidHeader(..) => StatusCode::BAD_REQUEST,
             AppError::MissingToken
             | AppError::MissingReadToken
             | AppError::MissingAdminToken
@@ -183,6 +187,7 @@ impl AppError {
             AppError::AdminDisabled => "admin_disabled",
             AppError::EpochChanged { .. } => "epoch_changed",
             AppError::InvalidImport(_) => "invalid_import",
+            AppError::InvalidHeader(..) => "invalid_header",
             AppError::ImportConflict { .. } => "import_conflict",
             AppError::InvalidMilestone(_) => "invalid_milestone",
             AppError::MilestonePassed { .. } => "milestone_passed",

@@ -3,12 +3,19 @@
 //! One registry per merger (no global recorder), so tests can run many mergers in one
 //! process.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use tally_crdt::ReplicaId;
 
 use crate::state::CacheStats;
 
@@ -66,6 +73,65 @@ pub enum Endpoint {
     Unique,
     /// `POST /v1/read/unique`: `tally_sketch_reads_total`.
     UniqueRead,
+}
+
+/// Label of an edge region.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Region {
+    /// The region a sync named.
+    pub region: String,
+}
+
+/// How long an edge object's report of its oldest unsynced hit counts for its region: an
+/// object that stopped syncing (quiet, retired, or gone) drops out after it.
+pub const UNSYNCED_REPORT_TTL: Duration = Duration::from_secs(300);
+
+/// Reports kept per region before the expired ones are dropped (at most one per edge object
+/// incarnation that synced within [`UNSYNCED_REPORT_TTL`]).
+const UNSYNCED_REPORTS_PER_REGION: usize = 100_000;
+
+/// How old each edge object's oldest hit the merger does not have was at its last sync, by
+/// region: the age its sync said (`Tally-Unsynced-Age`) if that sync was not committed, else
+/// 0. The largest recent one per region is the gauge `tally_edge_unsynced_age_seconds`: a
+/// region whose syncs arrive but are refused or fail (a stuck edge) shows a growing age, a
+/// healthy one 0, a quiet one (no syncs) none.
+#[derive(Debug, Default)]
+pub struct UnsyncedAges {
+    reports: Mutex<HashMap<String, RegionReports>>,
+}
+
+/// A region's reports: per replica, the age (ms) its last sync said, and when it came.
+type RegionReports = HashMap<ReplicaId, (u64, Instant)>;
+
+impl UnsyncedAges {
+    /// Records that `replica` of `region` had, at `at`, unsynced hits as old as `age_ms`.
+    pub fn report(&self, region: &str, replica: ReplicaId, age_ms: u64, at: Instant) {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let by_replica = reports.entry(region.to_owned()).or_default();
+        by_replica.insert(replica, (age_ms, at));
+        if by_replica.len() > UNSYNCED_REPORTS_PER_REGION {
+            by_replica.retain(|_, (_, t)| at.saturating_duration_since(*t) < UNSYNCED_REPORT_TTL);
+        }
+    }
+
+    /// Per region, the largest age (ms) reported within [`UNSYNCED_REPORT_TTL`] before `now`;
+    /// older reports, and regions left without any, are forgotten.
+    pub fn by_region(&self, now: Instant) -> Vec<(String, u64)> {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.retain(|_, by_replica| {
+            by_replica.retain(|_, (_, t)| now.saturating_duration_since(*t) < UNSYNCED_REPORT_TTL);
+            !by_replica.is_empty()
+        });
+        let mut ages: Vec<(String, u64)> = reports
+            .iter()
+            .map(|(region, by_replica)| {
+                let oldest = by_replica.values().map(|(age, _)| *age).max().unwrap_or(0);
+                (region.clone(), oldest)
+            })
+            .collect();
+        ages.sort();
+        ages
+    }
 }
 
 /// Label of a counter kind.
@@ -147,6 +213,17 @@ pub struct Metrics {
     pub peer_refreshes: Counter,
     /// Times every held counter was reloaded because changes of other mergers were lost.
     pub peer_full_reloads: Counter,
+    /// Per region, the largest age of an edge object's oldest hit the merger does not have,
+    /// as of its last sync, in seconds (set at scrape time from [`Metrics::unsynced`]).
+    pub edge_unsynced_age: Family<Region, Gauge<f64, AtomicU64>>,
+    /// What edge objects reported of their oldest unsynced hits.
+    pub unsynced: UnsyncedAges,
+    /// Seconds since this merger last took in every change other mergers committed (a
+    /// catch-up round of the shared store's change log); 0 without other mergers (SQLite).
+    pub peer_catchup_age: Gauge<f64, AtomicU64>,
+    /// Won milestones whose announcement the webhook has not acknowledged yet (set at scrape
+    /// time; 0 without `--webhook-url`).
+    pub announcements_pending: Gauge,
     /// History points deleted by retention and downsampling.
     pub history_pruned: Counter,
     /// Replica incarnations retired.
@@ -193,6 +270,10 @@ impl Default for Metrics {
             view_misses: Counter::default(),
             peer_refreshes: Counter::default(),
             peer_full_reloads: Counter::default(),
+            edge_unsynced_age: Family::default(),
+            unsynced: UnsyncedAges::default(),
+            peer_catchup_age: Gauge::default(),
+            announcements_pending: Gauge::default(),
             history_pruned: Counter::default(),
             retirements: Counter::default(),
             slots_folded: Counter::default(),
@@ -346,6 +427,24 @@ impl Default for Metrics {
             m.replicas.clone(),
         );
         registry.register(
+            "edge_unsynced_age_seconds",
+            "Per region, the age of the oldest hit an edge object held that the merger did not \
+             commit, as of its last sync (the largest over the region's objects that synced in \
+             the last 5 minutes; 0 when their syncs were committed)",
+            m.edge_unsynced_age.clone(),
+        );
+        registry.register(
+            "peer_catchup_age_seconds",
+            "Seconds since this merger last took in every change other mergers committed to the \
+             shared store (0 without other mergers)",
+            m.peer_catchup_age.clone(),
+        );
+        registry.register(
+            "announcements_pending",
+            "Won milestones whose announcement the webhook has not acknowledged yet",
+            m.announcements_pending.clone(),
+        );
+        registry.register(
             "commit_queue_depth",
             "Syncs, retirements, presence reports and sketch syncs waiting in the commit queue",
             m.queue_depth.clone(),
@@ -426,6 +525,27 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+
+    /// Sets `tally_edge_unsynced_age_seconds` from the reports recent at `now`.
+    pub fn publish_unsynced(&self, now: Instant) {
+        self.edge_unsynced_age.clear();
+        for (region, age_ms) in self.unsynced.by_region(now) {
+            #[allow(clippy::cast_precision_loss, reason = "an age in ms, far below 2^53")]
+            let seconds = age_ms as f64 / 1000.0;
+            self.edge_unsynced_age
+                .get_or_create(&Region { region })
+                .set(seconds);
+        }
+    }
+
+    /// Sets `tally_peer_catchup_age_seconds` for `now` from when the store's watcher last
+    /// finished a catch-up round (it stays 0 until a first, and without other mergers).
+    pub fn publish_catchup(&self, now: Instant, caught_up_at: Option<Instant>) {
+        if let Some(at) = caught_up_at {
+            self.peer_catchup_age
+                .set(now.saturating_duration_since(at).as_secs_f64());
+        }
     }
 
     /// Counts one committed transaction.

@@ -126,7 +126,8 @@ pub use sync::{
     CounterKind, Cut, ErrorBody, Frame, GlobalTotals, MAX_VISITOR_LEN, MAX_VISITS_PER_COUNTER,
     MIN_PROTOCOL_VERSION, MergedCounter, MilestoneNews, MilestoneWon, PREVIOUS_VERSION,
     PROTOCOL_VERSION, ReadRequest, ReadResponse, Rejection, RetireRequest, RetireResponse,
-    SlotTotals, SlotUpdate, SyncAnswer, SyncRequest, SyncResponse, Visit, check_visitor,
+    SlotTotals, SlotUpdate, SyncAnswer, SyncRequest, SyncResponse, UNSYNCED_AGE_HEADER, Visit,
+    check_visitor,
 };
 pub use time::{Day, Timestamp};
 pub use unique::{

@@ -43,6 +43,14 @@ pub const PROTOCOL_VERSION: u32 = 6;
 /// `shared/tests/protocol/` hold each version to its shape.
 pub const PREVIOUS_VERSION: u32 = 5;
 
+/// The header of a `POST /v1/sync` that tells the age, in milliseconds (a decimal integer),
+/// of the sending object's oldest hit not yet acknowledged by a merger when it sent the sync
+/// (those in the body included). Not part of the body, so it needs no protocol version: a
+/// merger that does not know it ignores it. A merger exports the largest age each region's
+/// objects reported recently, so an edge that keeps hits unsynced (stuck) shows apart from
+/// one that has none (quiet).
+pub const UNSYNCED_AGE_HEADER: &str = "Tally-Unsynced-Age";
+
 /// The oldest version a merger still accepts, so an edge one version behind keeps syncing
 /// during a rolling deploy (mergers are deployed first). A version-1 sync is all or nothing.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

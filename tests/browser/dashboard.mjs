@@ -127,6 +127,11 @@ try {
   check(same(milestoneRows, m.rows), "the milestones are listed by N with their status", JSON.stringify(milestoneRows));
   const winner = await page.textContent(`#detail .milestones tr[data-n="${m.rows[0][0]}"] .winner`);
   check(winner.startsWith(m.winner), `the won milestone names its winner: ${m.winner}`, winner);
+  // The webhook acknowledged the winner: the page says so (it polls the milestones).
+  await page.waitForSelector(`#detail .milestones tr[data-n="${m.rows[0][0]}"] .announced[data-announced=yes]`,
+    { timeout: 15000 });
+  const announced = await page.textContent(`#detail .milestones tr[data-n="${m.rows[0][0]}"] .announced`);
+  check(announced.startsWith("announced "), "the won milestone says the webhook took its announcement", announced);
   const next = await page.textContent(`#detail .milestones .next[data-next="${m.next}"]`);
   check(next.includes(m.toGo), `the next milestone says ${m.toGo}`, next);
 

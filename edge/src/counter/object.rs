@@ -93,6 +93,12 @@ struct Inner {
     fetching: HashMap<CounterKey, Vec<oneshot::Sender<()>>>,
     /// Exact syncs in flight, and whether the merger is away.
     exact: ExactGate,
+    /// Since when the object holds hits the merger has not acknowledged: set by the first hit
+    /// after a sync pass left nothing dirty (or by the first sync after loading), moved to a
+    /// pass's start when the pass succeeds and hits came meanwhile, cleared when it leaves
+    /// nothing dirty; a failed pass leaves it. Each sync tells the merger how old it is
+    /// ([`tally_crdt::UNSYNCED_AGE_HEADER`]).
+    unsynced_since: Option<Timestamp>,
 }
 
 impl Loaded for Inner {
@@ -351,6 +357,7 @@ impl Replica {
             refresh: BTreeSet::new(),
             fetching: HashMap::new(),
             exact: ExactGate::default(),
+            unsynced_since: None,
         };
         self.shell.keep(loaded, now).await;
         Ok(())
@@ -429,6 +436,7 @@ impl Replica {
                 i.incarnation = started;
             }
             i.store.put(&hit.key, &row).map_err(store_failed)?;
+            i.unsynced_since.get_or_insert(now);
             let merger_away = i.exact.is_away(now);
             let entry = i.entry(&hit.key).map_err(store_failed)?;
             entry.row = row;
@@ -544,9 +552,9 @@ impl Replica {
                         window_ms,
                         ok: None,
                     };
-                    let (config, request) = self.sync_request(vec![update]);
+                    let (config, request, age) = self.sync_request(vec![update]);
                     let answer = self
-                        .post_sync(&config, &request, left.min(attempt_ms))
+                        .post_sync(&config, &request, left.min(attempt_ms), age)
                         .await;
                     let ok = match answer {
                         Ok(response) => match self.apply(&request, &response) {
@@ -726,8 +734,12 @@ impl Replica {
             }
         }
         self.shell.with(|i| {
+            // Every dirty row went and was answered: what is dirty now came during the pass.
             if i.store.any_dirty()? {
+                i.unsynced_since = Some(now);
                 let _ = i.want(Job::Sync, now.plus_ms(i.config.sync_interval_ms));
+            } else {
+                i.unsynced_since = None;
             }
             Ok(())
         })
@@ -736,9 +748,9 @@ impl Replica {
     /// Sends one sync; applies the answers by counter. On failure, re-asks for `job` after a
     /// backoff and returns false.
     async fn send(&self, sent: Vec<SlotUpdate>, job: Job) -> std::result::Result<bool, StoreError> {
-        let (config, request) = self.sync_request(sent);
+        let (config, request, age) = self.sync_request(sent);
         match self
-            .post_sync(&config, &request, config.sync_timeout_ms)
+            .post_sync(&config, &request, config.sync_timeout_ms, age)
             .await
         {
             Ok(response) => {
@@ -770,15 +782,19 @@ impl Replica {
     /// reset ([`tally_crdt::Cut`]) and a later frame the merger holds for the object's carry
     /// (a row reclaimed here and counted again takes it up). A merger a release behind
     /// refuses it, and it goes again one version down ([`Replica::post_sync`]).
-    fn sync_request(&self, sent: Vec<SlotUpdate>) -> (Config, SyncRequest) {
+    ///
+    /// Also the age of the object's oldest unsynced hit, in milliseconds, for the merger.
+    fn sync_request(&self, sent: Vec<SlotUpdate>) -> (Config, SyncRequest, u64) {
+        let now = now();
         self.shell.with(|i| {
+            let age = now.millis_since(*i.unsynced_since.get_or_insert(now));
             let request = SyncRequest {
                 version: PROTOCOL_VERSION,
                 replica: i.incarnation.replica,
                 region: i.region.clone(),
                 counters: sent,
             };
-            (i.config.clone(), request)
+            (i.config.clone(), request, age)
         })
     }
 
@@ -788,6 +804,7 @@ impl Replica {
         config: &Config,
         request: &SyncRequest,
         timeout_ms: u64,
+        unsynced_age_ms: u64,
     ) -> std::result::Result<tally_crdt::SyncResponse, MergerError> {
         self.shell
             .with(|i| i.syncs_in_flight = i.syncs_in_flight.saturating_add(1));
@@ -805,7 +822,7 @@ impl Replica {
                 }
             }
         }
-        let mut answer = client::sync_within(config, &older, timeout_ms).await;
+        let mut answer = client::sync_within(config, &older, timeout_ms, unsynced_age_ms).await;
         let mut refused = false;
         while let Err(MergerError::Status { status: 422, body }) = &answer {
             if !body.contains("unsupported_version") {
@@ -821,7 +838,7 @@ impl Replica {
             );
             older = down;
             refused = true;
-            answer = client::sync_within(config, &older, timeout_ms).await;
+            answer = client::sync_within(config, &older, timeout_ms, unsynced_age_ms).await;
         }
         if answer.is_ok() {
             if older.version == request.version {

@@ -70,6 +70,9 @@ pub async fn ready(State(app): State<AppState>) -> Result<Json<Value>, AppError>
     ),
 )]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let now = std::time::Instant::now();
+    app.metrics.publish_unsynced(now);
+    app.metrics.publish_catchup(now, app.store.caught_up_at());
     app.metrics
         .cached_counters
         .set(i64::try_from(app.db.len()).unwrap_or(i64::MAX));

@@ -7,7 +7,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use tally_crdt::{SyncRequest, SyncResponse};
+use axum::http::HeaderMap;
+use tally_crdt::{SyncRequest, SyncResponse, UNSYNCED_AGE_HEADER};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -24,10 +25,14 @@ use crate::metrics::Endpoint;
     path = "/v1/sync",
     tag = "edge",
     security(("sync_token" = [])),
+    params(
+        ("Tally-Unsynced-Age" = Option<u64>, Header,
+            description = "The age in milliseconds of the sending object's oldest hit not yet acknowledged (this sync's included): if the sync is not committed, the merger exports it as that object's unsynced age, else 0 (`tally_edge_unsynced_age_seconds`, the largest recent one per region)"),
+    ),
     request_body(content = SyncRequestSchema, content_type = "application/json"),
     responses(
         (status = 200, description = "Committed (durable): one answer per counter, merged or rejected alone", body = SyncResponseSchema),
-        (status = 400, description = "`malformed_body` (not a well-formed sync) or `unreadable_body`", body = ErrorResponse),
+        (status = 400, description = "`malformed_body` (not a well-formed sync), `unreadable_body`, or `invalid_header` (a `Tally-Unsynced-Age` that is not a whole number of milliseconds)", body = ErrorResponse),
         (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
@@ -41,11 +46,23 @@ use crate::metrics::Endpoint;
 )]
 pub async fn sync(
     State(app): State<AppState>,
+    headers: HeaderMap,
     body: Result<Protocol<SyncRequest>, AppError>,
 ) -> Result<Json<SyncResponse>, AppError> {
-    let result = match body {
-        Ok(Protocol(request)) => app.committer.commit(request).await.map_err(AppError::from),
-        Err(e) => Err(e),
+    let result = match (unsynced_age(&headers), body) {
+        (Ok(age), Ok(Protocol(request))) => {
+            let (region, replica) = (request.region.clone(), request.replica);
+            let result = app.committer.commit(request).await.map_err(AppError::from);
+            // Committed, the object's hits up to its sending are the merger's (0); refused or
+            // failed, they are still only at the edge, as old as it said.
+            if let Some(age) = age {
+                let left = if result.is_ok() { 0 } else { age };
+                let now = std::time::Instant::now();
+                app.metrics.unsynced.report(&region, replica, left, now);
+            }
+            result
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     let outcome = match &result {
         Ok(_) => "ok",
@@ -53,4 +70,21 @@ pub async fn sync(
     };
     app.metrics.request(Endpoint::Sync, outcome);
     result.map(Json)
+}
+
+/// The `Tally-Unsynced-Age` of a sync, if it has one.
+fn unsynced_age(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
+    let Some(value) = headers.get(UNSYNCED_AGE_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or(AppError::InvalidHeader(
+            UNSYNCED_AGE_HEADER,
+            "a whole number of milliseconds",
+        ))
 }

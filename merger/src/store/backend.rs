@@ -54,6 +54,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The counters other processes change ([`Store::watch`]).
     fn changes(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
 
+    /// When a watcher last finished a catch-up round ([`Store::caught_up_at`]).
+    fn caught_up_at(&self) -> Option<std::time::Instant>;
+
     /// Writes one batch ([`CounterStore::commit`](super::CounterStore::commit)).
     async fn commit_batch(
         &self,
@@ -93,6 +96,10 @@ impl<B: Backend> Store for B {
 
     fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
         self.changes(stop)
+    }
+
+    fn caught_up_at(&self) -> Option<std::time::Instant> {
+        Backend::caught_up_at(self)
     }
 }
 

@@ -87,6 +87,18 @@ impl<B: Backend> MilestoneStore for B {
             .collect()
     }
 
+    async fn pending_announcements(&self) -> Result<u64, StoreError> {
+        let mut conn = self.acquire().await?;
+        let row = query(
+            "SELECT COUNT(*) AS waiting FROM milestones \
+             WHERE won_at IS NOT NULL AND announced_at IS NULL"
+                .to_owned(),
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(u64::try_from(row.int("waiting")?).unwrap_or(0))
+    }
+
     async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
         let numeric = B::DIALECT.numeric();

@@ -382,6 +382,11 @@ where
     /// The counters other processes change, for a backend that several mergers share:
     /// batches of keys, until `stop` turns true. `None` for a backend only one process uses.
     fn watch(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
+
+    /// When a watcher of this store last finished a catch-up round (every change other
+    /// processes committed before it started was reported); `None` before the first, and for
+    /// a backend only one process uses.
+    fn caught_up_at(&self) -> Option<std::time::Instant>;
 }
 
 /// Counters: the commit of a batch of syncs, retirements, resets and deletes, imports, and
@@ -513,6 +518,9 @@ pub trait MilestoneStore: Send + Sync {
         lease_ms: u64,
         limit: u32,
     ) -> Result<Vec<Announcement>, StoreError>;
+
+    /// How many won milestones the webhook has not acknowledged yet (the webhook's backlog).
+    async fn pending_announcements(&self) -> Result<u64, StoreError>;
 
     /// The webhook acknowledged milestone `n` of counter `id` at `at`.
     async fn announced(&self, id: &str, n: u64, at: Timestamp) -> Result<(), StoreError>;

@@ -48,7 +48,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -123,6 +123,8 @@ pub struct PostgresStore {
     /// This store's name in its notifications: its own watcher skips them (this merger's
     /// cache already holds what it committed).
     origin: String,
+    /// When a watcher last finished a catch-up round.
+    caught_up: Arc<Mutex<Option<std::time::Instant>>>,
     /// Counters this store saw committed: their `counters` rows exist (none is ever
     /// deleted), so a batch does not register them again. Bounded: emptied when full.
     known: Mutex<foldhash::HashSet<CounterKey>>,
@@ -168,6 +170,7 @@ impl PostgresStore {
             closing: watch::Sender::new(false),
             watchers: Mutex::new(Vec::new()),
             origin,
+            caught_up: Arc::new(Mutex::new(None)),
             known: Mutex::default(),
         })
     }
@@ -431,6 +434,10 @@ impl super::backend::Backend for PostgresStore {
         self.pool.close().await;
     }
 
+    fn caught_up_at(&self) -> Option<std::time::Instant> {
+        *self.caught_up.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn changes(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let watcher = Watcher {
@@ -439,6 +446,7 @@ impl super::backend::Backend for PostgresStore {
             since: self.opened_xmin.clone(),
             origin: self.origin.clone(),
             tx,
+            caught_up: Arc::clone(&self.caught_up),
         };
         let closing = self.closing.subscribe();
         let task = tokio::spawn(watcher.run(stop, closing));
@@ -1072,6 +1080,8 @@ struct Watcher {
     /// Notifications from this origin are this store's own.
     origin: String,
     tx: mpsc::Sender<Changes>,
+    /// Set when a catch-up round was reported whole.
+    caught_up: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl Watcher {
@@ -1084,6 +1094,7 @@ impl Watcher {
             since,
             origin,
             tx,
+            caught_up,
         } = self;
         // A pool of one connection that never expires: PgListener reconnects through it and
         // listens again on the new connection.
@@ -1106,7 +1117,7 @@ impl Watcher {
                     () = listen(&listening, &origin, listener_tx) => {}
                 }
             },
-            catch_up(pool, since, &origin, tx, catch_up_ended),
+            catch_up(pool, since, &origin, tx, &caught_up, catch_up_ended),
         );
         // The listener, dropped with its future, hands its connection back to the pool (after
         // an UNLISTEN, in a task of its own); closing the pool waits for that and closes it, so
@@ -1193,6 +1204,7 @@ async fn catch_up(
     mut since: String,
     origin: &str,
     tx: mpsc::Sender<Changes>,
+    progress: &Mutex<Option<std::time::Instant>>,
     ended: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(ended);
@@ -1264,6 +1276,7 @@ async fn catch_up(
                 sent = tx.send(batch) => if sent.is_err() { return },
             }
         }
+        *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
     }
 }
 

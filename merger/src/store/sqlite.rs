@@ -144,6 +144,10 @@ impl super::backend::Backend for SqliteStore {
         None
     }
 
+    fn caught_up_at(&self) -> Option<std::time::Instant> {
+        None
+    }
+
     /// Each table gets one statement whatever the batch size: the rows travel as one JSON
     /// array expanded by SQLite's `json_each`, so the statements are prepared once and
     /// reused, and no per-row parameters cross the driver.

@@ -122,3 +122,74 @@ async fn regions_need_the_read_token_when_one_is_set() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(item(&body, "eu")["replicas"], 1);
 }
+
+/// Issue 28: each sync's `Tally-Unsynced-Age` (its object's oldest unacknowledged hit, in ms)
+/// becomes, when the merger cannot commit that sync, the object's unsynced age, and 0 once one
+/// is committed; per region the largest recent one is `tally_edge_unsynced_age_seconds`, so a
+/// stuck region (syncs that arrive and fail) shows apart from a healthy or quiet one. A value
+/// that is not a whole number of milliseconds is refused with 400 `invalid_header`, and
+/// nothing of that sync is committed.
+#[tokio::test]
+async fn each_regions_oldest_uncommitted_hit_is_exported_and_a_bad_age_is_refused() {
+    let t = TestMerger::new().await;
+    let with_age = |body: &Value, age: &str| {
+        let mut request = sync_request(body.to_string());
+        request
+            .headers_mut()
+            .insert("Tally-Unsynced-Age", age.parse().unwrap());
+        request
+    };
+    let eu = r#"tally_edge_unsynced_age_seconds{region="eu"}"#;
+    let us = r#"tally_edge_unsynced_age_seconds{region="us"}"#;
+    let (status, body) = t
+        .send(with_age(&sync_body(1, "eu", &[("a", "g", 5, 0)]), "2100"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A region whose syncs say nothing of it (an edge of the release before) is not listed.
+    t.sync(&sync_body(4, "ap", &[("c", "g", 1, 0)])).await;
+    let text = t.metrics().await;
+    assert!(text.contains(&format!("{eu} 0")), "committed: 0\n{text}");
+    assert!(!text.contains(r#"{region="ap"}"#), "{text}");
+    // The store refuses what two objects send: their hits stay at the edge.
+    refuse_poison(&t, "counters", true).await;
+    for (replica, age) in [(2, "180500"), (3, "90000")] {
+        let (status, body) = t
+            .send(with_age(
+                &sync_body(replica, "eu", &[("poison", "g", 1, 0)]),
+                age,
+            ))
+            .await;
+        assert!(status.is_server_error(), "{status} {body}");
+    }
+    t.send(with_age(
+        &sync_body(5, "us", &[("poison", "g", 1, 0)]),
+        "300",
+    ))
+    .await;
+    let text = t.metrics().await;
+    assert_eq!(
+        metric_value(&text, eu),
+        180.5,
+        "the largest of the region's objects"
+    );
+    assert_eq!(metric_value(&text, us), 0.3);
+    // One object's sync goes through: its age is 0, the other's stays.
+    refuse_poison(&t, "counters", false).await;
+    let (status, body) = t
+        .send(with_age(
+            &sync_body(2, "eu", &[("poison", "g", 1, 0)]),
+            "181000",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(t.metric(eu).await, 90.0);
+    for bad in ["-1", "1.5", "soon", "", "99999999999999999999999"] {
+        let answer = t
+            .send(with_age(&sync_body(6, "eu", &[("bad", "g", 7, 0)]), bad))
+            .await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_header");
+    }
+    let (status, body) = t.get("/v1/counters/bad").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 0, "nothing of a refused sync is committed");
+}

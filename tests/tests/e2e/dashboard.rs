@@ -1,6 +1,8 @@
-//! The merger's dashboard (`GET /`) in a real browser: the merger binary with a read token and
-//! a short snapshot interval, seeded through `POST /v1/sync`, and Debian's headless Chromium
-//! driven by `tests/browser/dashboard.mjs` (playwright-core from the root `package.json`).
+//! The merger's dashboard (`GET /`) in a real browser: the merger binary with a read token, a
+//! short snapshot interval and a milestone webhook (a loopback receiver that answers 200, so
+//! the won milestone shows as announced), seeded through `POST /v1/sync`, and Debian's
+//! headless Chromium driven by `tests/browser/dashboard.mjs` (playwright-core from the root
+//! `package.json`).
 //! This test seeds, computes what the page must show and hands it to the script; the script
 //! drives the page, compares, and saves a screenshot to `<target>/dashboard.png`.
 //!
@@ -58,6 +60,57 @@ pub(crate) fn chromium(what: &str) -> Option<PathBuf> {
         playwright.display()
     );
     Some(found.unwrap_or_else(|| panic!("{MISSING}")))
+}
+
+/// A webhook receiver on loopback that answers every request `200` (so the merger marks its
+/// announcements acknowledged): its URL, and how many requests it took.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!(
+        "http://{}/announce",
+        listener.local_addr().expect("an address")
+    );
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                // The head, then as many body bytes as it declares, within 10 s.
+                let read = async {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0_u8; 4096];
+                    loop {
+                        let n = socket.read(&mut chunk).await.ok()?;
+                        if n == 0 {
+                            return None;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                return Some(());
+                            }
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(10), read).await == Ok(Some(())) {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let _ = socket.write_all(ok.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (url, taken)
 }
 
 /// One counter of the seed: namespace, id, and its final count.
@@ -195,6 +248,7 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
     let _serial = serial().await;
     let started = Instant::now();
     let db = temp_dir();
+    let (webhook, announcements) = webhook_receiver().await;
     let merger = MergerProcess::start(
         db.path(),
         &[
@@ -204,6 +258,10 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
             ADMIN_TOKEN,
             "--snapshot-interval",
             "200ms",
+            "--webhook-url",
+            &webhook,
+            "--webhook-secret",
+            "e2e-webhook-secret-0123456789",
         ],
     )
     .await;
@@ -292,6 +350,30 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
         "{milestones}"
     );
     let unit = won["winner"]["unit"].as_u64().expect("a unit below 2^53");
+    // The webhook took the winner's announcement: the page must say so.
+    wait_until(
+        Duration::from_secs(30),
+        "the webhook acknowledges the winner",
+        || async {
+            let answer: Value = client
+                .http
+                .get(format!("{}/v1/counters/home/milestones", client.url))
+                .bearer_auth(READ_TOKEN)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .expect("the merger answers")
+                .json()
+                .await
+                .expect("a JSON answer");
+            answer["milestones"][0]["announced_at"].is_string()
+        },
+    )
+    .await;
+    assert!(
+        announcements.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the receiver got the announcement"
+    );
     assert_eq!(
         milestones["milestones"][1]["status"], "pending",
         "{milestones}"

@@ -798,6 +798,98 @@ async fn a_client_past_its_hit_budget_is_refused_and_nothing_is_counted() {
     merger.terminate().await;
 }
 
+/// The age of region `region`'s oldest unsynced hit the merger exports, if it has one.
+async fn unsynced_age(c: &reqwest::Client, merger: &str, region: &str) -> Option<f64> {
+    let text = c
+        .get(format!("{merger}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let series = format!("tally_edge_unsynced_age_seconds{{region=\"{region}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+}
+
+/// Makes the merger's SQLite store in `db_dir` refuse (`on`) or take again a counter named
+/// `poison`, as a failing store would refuse a commit.
+async fn refuse_poison(db_dir: &std::path::Path, on: bool) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", db_dir.join("tally.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("the merger's database opens");
+    let sql = if on {
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON counters WHEN NEW.name = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"
+    } else {
+        "DROP TRIGGER refuse_poison"
+    };
+    sqlx::query(sql)
+        .execute(&mut db)
+        .await
+        .expect("the trigger is made");
+}
+
+/// Issue 28: each sync tells the merger how old its object's oldest unsynced hit is
+/// (`Tally-Unsynced-Age`); the merger exports, per region, the largest such age among the
+/// syncs it could not commit (0 once committed). Healthy, eu shows 0; while the store refuses
+/// a counter, the edge keeps that counter's hits and retries, each retry older, and eu's age
+/// grows (a stuck region, not a quiet one); once the store takes it, eu is back to 0 and the
+/// merger holds every hit.
+#[tokio::test]
+async fn the_merger_sees_how_old_the_hits_it_could_not_take_are() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let (status, body) = hit(&c, &edge.url, "/healthy/counter", "eu", 1).await;
+    assert_eq!(status, 200, "{body}");
+    wait_until(Duration::from_secs(20), "eu reports 0: synced", || async {
+        unsynced_age(&c, &merger.url, "eu").await == Some(0.0)
+    })
+    .await;
+    refuse_poison(db.path(), true).await;
+    let (status, body) = hit(&c, &edge.url, "/poison/counter", "eu", 1).await;
+    assert_eq!(status, 200, "the edge counts it: {body}");
+    let stuck = Instant::now();
+    wait_until(
+        Duration::from_secs(40),
+        "eu's age grows past 3 s",
+        || async {
+            unsynced_age(&c, &merger.url, "eu")
+                .await
+                .is_some_and(|age| age > 3.0)
+        },
+    )
+    .await;
+    record_timing(
+        "the merger sees an edge's refused hits age",
+        stuck.elapsed(),
+        Duration::from_secs(40),
+    );
+    refuse_poison(db.path(), false).await;
+    wait_until(
+        Duration::from_secs(30),
+        "eu is back to 0, poison counted",
+        || async {
+            let (_, view) = get(&c, &format!("{}/v1/counters/poison", merger.url)).await;
+            unsynced_age(&c, &merger.url, "eu").await == Some(0.0)
+                && count_of(&view["count"]) == Some(1)
+        },
+    )
+    .await;
+    edge.stop().await;
+    merger.terminate().await;
+}
+
 #[tokio::test]
 async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
