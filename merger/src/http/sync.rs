@@ -26,13 +26,14 @@ use crate::metrics::Endpoint;
     tag = "edge",
     security(("sync_token" = [])),
     params(
-        ("Tally-Unsynced-Age" = Option<u64>, Header,
+        // `maximum` is MAX_UNSYNCED_AGE_MS.
+        ("Tally-Unsynced-Age" = Option<u64>, Header, nullable = false, minimum = 0, maximum = 315_360_000_000.0,
             description = "The age in milliseconds of the sending object's oldest hit not yet acknowledged (this sync's included): if the sync is not committed, the merger exports it as that object's unsynced age, else 0 (`tally_edge_unsynced_age_seconds`, the largest recent one per region)"),
     ),
     request_body(content = SyncRequestSchema, content_type = "application/json"),
     responses(
         (status = 200, description = "Committed (durable): one answer per counter, merged or rejected alone", body = SyncResponseSchema),
-        (status = 400, description = "`malformed_body` (not a well-formed sync), `unreadable_body`, or `invalid_header` (a `Tally-Unsynced-Age` that is not a whole number of milliseconds)", body = ErrorResponse),
+        (status = 400, description = "`malformed_body` (not a well-formed sync), `unreadable_body`, or `invalid_header` (a `Tally-Unsynced-Age` that is not a whole number of milliseconds up to ten years)", body = ErrorResponse),
         (status = 401, description = "`missing_token` (no `Authorization: Bearer`) or `invalid_token`", body = ErrorResponse,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 408, description = "`request_timeout`: longer than `--request-timeout`", body = ErrorResponse),
@@ -72,6 +73,9 @@ pub async fn sync(
     result.map(Json)
 }
 
+/// The largest `Tally-Unsynced-Age` taken: ten years, in milliseconds.
+const MAX_UNSYNCED_AGE_MS: u64 = 315_360_000_000;
+
 /// The `Tally-Unsynced-Age` of a sync, if it has one.
 fn unsynced_age(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
     let Some(value) = headers.get(UNSYNCED_AGE_HEADER) else {
@@ -82,9 +86,10 @@ fn unsynced_age(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
         .ok()
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
+        .filter(|age| *age <= MAX_UNSYNCED_AGE_MS)
         .map(Some)
         .ok_or(AppError::InvalidHeader(
             UNSYNCED_AGE_HEADER,
-            "a whole number of milliseconds",
+            "a whole number of milliseconds, at most ten years",
         ))
 }

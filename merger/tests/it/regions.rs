@@ -183,7 +183,14 @@ async fn each_regions_oldest_uncommitted_hit_is_exported_and_a_bad_age_is_refuse
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(t.metric(eu).await, 90.0);
-    for bad in ["-1", "1.5", "soon", "", "99999999999999999999999"] {
+    for bad in [
+        "-1",
+        "1.5",
+        "soon",
+        "",
+        "315360000001",
+        "99999999999999999999999",
+    ] {
         let answer = t
             .send(with_age(&sync_body(6, "eu", &[("bad", "g", 7, 0)]), bad))
             .await;
