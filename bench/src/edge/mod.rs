@@ -18,6 +18,8 @@
 //!   reads against its session token and counts `Tally-Cache` (the isolate cache's hit
 //!   rate); afterwards the merger must hold exactly the acknowledged hits and the edge's
 //!   reads must converge to the merger's counts.
+//! - **P9** ([`p9`]), during P6's mixed phase: a hit every 0.5 s on a counter of its own,
+//!   then how long until the merger holds it and until an edge read in another region shows it.
 //! - **P12**: merger commits during reads of known and never-hit counters (none expected).
 //! - **P11** (`wrk`, `bench/wrk/fresh.lua`): p99 of hits on new counters with the merger
 //!   stopped (SIGSTOP) ÷ with it up, alternating for `--rounds`; medians compared.
@@ -41,6 +43,7 @@
 mod crossings;
 mod exact;
 mod load;
+mod p9;
 mod setup;
 
 use std::collections::BTreeMap;
@@ -691,14 +694,22 @@ impl Bench {
             self.metric(read_series).await,
             self.metric("tally_reads_total{outcome=\"ok\"}").await,
         );
+        // P9 alongside: probes of how long a hit takes to be seen ([`p9`]).
+        let until = Instant::now() + seconds;
+        let probes = {
+            let (http, edge_url, merger) =
+                (self.http.clone(), edge.url.clone(), self.merger.url.clone());
+            tokio::spawn(async move { p9::run(&http, &edge_url, &merger, until).await })
+        };
         let mixed = load::run(
             &target,
             &zipf_load(self.args.write_percent),
             clients,
-            Instant::now() + seconds,
+            until,
             WRITE_KEY,
         )
         .await;
+        let seen = probes.await.map_err(|e| format!("the P9 probes: {e}"))?;
         let after = (
             self.metric(read_series).await,
             self.metric("tally_reads_total{outcome=\"ok\"}").await,
@@ -765,6 +776,7 @@ impl Bench {
             ratio(mixed.reads_per_second(), hits.writes_per_second()),
             Target::AtLeast(3.0),
         );
+        self.p9(&seen);
 
         // The merger holds every acknowledged hit exactly; then the edge's reads converge.
         let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -813,6 +825,62 @@ impl Bench {
         );
 
         self.p12(&target, &zipf_load(0)).await
+    }
+
+    /// P9's figures: p50 and p99 of a hit until the merger holds it (goal: p99 within
+    /// `SYNC_INTERVAL_MS` + 1 s) and until a reader in another region sees it.
+    fn p9(&mut self, seen: &p9::Seen) {
+        let interval = self.sync_interval().as_secs_f64();
+        let probes = seen.to_merger.len() + seen.merger_missed;
+        self.report.figure(
+            "P9 probes during the mixed phase (one hit each, every 0.5 s)",
+            format!(
+                "{probes} answered ({} failed); not seen within {} s: {} by the merger, {} by \
+                 another region",
+                seen.failed,
+                p9::LIMIT.as_secs(),
+                seen.merger_missed,
+                seen.region_missed
+            ),
+        );
+        for (what, values) in [
+            ("the merger holds it", &seen.to_merger),
+            (
+                "an edge read in another region shows it",
+                &seen.to_other_region,
+            ),
+        ] {
+            self.report.figure(
+                format!("P9 hit answered -> {what}"),
+                format!(
+                    "p50 {:.2} s, p99 {:.2} s (polled every {} ms)",
+                    percentile(values, 50),
+                    percentile(values, 99),
+                    p9::POLL.as_millis()
+                ),
+            );
+        }
+        // A hit the merger never held counts as not within the goal.
+        let p99 = if seen.merger_missed > 0 {
+            f64::INFINITY
+        } else {
+            percentile(&seen.to_merger, 99)
+        };
+        self.report.ratio(
+            "p9_merger_p99",
+            format!(
+                "P9 p99 hit -> merger, s (goal SYNC_INTERVAL_MS + 1 s = {:.1})",
+                interval + 1.0
+            ),
+            p99,
+            Target::AtMost(interval + 1.0),
+        );
+        self.report.ratio(
+            "p9_region_p99",
+            "P9 p99 hit -> a reader in another region, s",
+            percentile(&seen.to_other_region, 99),
+            Target::None,
+        );
     }
 
     /// Batch reads of every id at the edge until each equals the merger's count.
