@@ -183,27 +183,33 @@ impl Route {
     }
 }
 
-/// Parses a public path: `/{id}/counter`, `/{id}/gauge`, or `/counter` and `/gauge` for a
-/// batch read.
+/// Parses a public path: `/{id}/counter`, `/{id}/gauge`, `/{id}/presence`, `/{id}/unique`, or
+/// `/counter` and `/gauge` for a batch read. The id is percent-decoded first, as the merger's
+/// paths are (`/post%3Alikes/counter`, as `encodeURIComponent` writes `post:likes`, names the
+/// counter `post:likes`); what decodes to a character the id rules refuse (`%2F`, `%20`, bytes
+/// that are not UTF-8) is refused as that character.
 pub fn parse_path(path: &str) -> Result<Route, ApiError> {
     if let Some(kind) = path.strip_prefix('/').and_then(CounterKind::from_resource) {
         return Ok(Route::Batch(kind));
     }
-    let named = |suffix: &str| {
-        path.strip_prefix('/')
-            .and_then(|p| p.strip_suffix(suffix))
-            .map(|id| tally_crdt::check_counter_id(id).map(|()| id.to_owned()))
+    let Some((raw, resource)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return Err(ApiError::NotFound);
     };
-    if let Some(id) = named("/presence") {
-        return id.map(Route::Presence).map_err(ApiError::InvalidId);
-    }
-    if let Some(id) = named("/unique") {
-        return id.map(Route::Unique).map_err(ApiError::InvalidId);
-    }
-    match CounterKey::from_edge_path(path) {
-        Some(Ok(key)) => Ok(Route::One(key)),
-        Some(Err(e)) => Err(ApiError::InvalidId(e)),
-        None => Err(ApiError::NotFound),
+    let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let checked = || {
+        tally_crdt::check_counter_id(&id)
+            .map(|()| id.clone().into_owned())
+            .map_err(ApiError::InvalidId)
+    };
+    match resource {
+        "presence" => checked().map(Route::Presence),
+        "unique" => checked().map(Route::Unique),
+        _ => match CounterKind::from_resource(resource) {
+            Some(kind) => CounterKey::new(kind, id.into_owned())
+                .map(Route::One)
+                .map_err(ApiError::InvalidId),
+            None => Err(ApiError::NotFound),
+        },
     }
 }
 
@@ -453,7 +459,28 @@ mod tests {
         ] {
             assert_eq!(parse_path(bad), Err(ApiError::NotFound), "{bad:?}");
         }
-        for bad in ["//counter", "/a%20b/counter", "/../counter"] {
+        // Percent-encoded as encodeURIComponent writes ids; decoded before the id rules.
+        assert_eq!(
+            parse_path("/post%3Alikes/counter"),
+            Ok(Route::One(
+                CounterKey::new(CounterKind::G, "post:likes").unwrap()
+            ))
+        );
+        assert_eq!(
+            parse_path("/page%3a1/presence"),
+            Ok(Route::Presence("page:1".into()))
+        );
+        for bad in [
+            "//counter",
+            "/a%20b/counter",
+            "/../counter",
+            "/a%2Fb/counter",
+            "/%2e%2e/counter",
+            "/a%00/gauge",
+            "/caf%C3%A9/counter",
+            "/%FF/counter",
+            "/a%2Fb/unique",
+        ] {
             assert!(
                 matches!(parse_path(bad), Err(ApiError::InvalidId(_))),
                 "{bad:?}"

@@ -890,6 +890,41 @@ async fn the_merger_sees_how_old_the_hits_it_could_not_take_are() {
     merger.terminate().await;
 }
 
+/// An id percent-encoded in the path, as `encodeURIComponent` writes it (`post%3Alikes`), names
+/// the same counter as the id itself, for hits, reads and viewers: the edge decodes it as the
+/// merger's paths are decoded.
+#[tokio::test]
+async fn a_percent_encoded_id_names_the_same_counter() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let edge = Edge::start(&EdgeOptions::new(&merger.url, state.path())).await;
+    let c = http_client();
+    for path in [
+        "/post%3Alikes/counter",
+        "/post:likes/counter",
+        "/post%3alikes/counter",
+    ] {
+        let (status, body) = hit(&c, &edge.url, path, "eu", 1).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "post:likes is 3 at the merger",
+        || async {
+            let (_, view) = get(&c, &format!("{}/v1/counters/post:likes", merger.url)).await;
+            count_of(&view["count"]) == Some(3)
+        },
+    )
+    .await;
+    let (status, body) = get(&c, &format!("{}/post%3Alikes/counter", edge.url)).await;
+    assert_eq!((status, count_of(&body["count"])), (200, Some(3)), "{body}");
+    let (status, body) = get(&c, &format!("{}/post%3Aviewers/presence", edge.url)).await;
+    assert_eq!(status, 200, "viewers of an encoded id: {body}");
+    edge.stop().await;
+    merger.terminate().await;
+}
+
 #[tokio::test]
 async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
