@@ -822,3 +822,56 @@ async fn imports_of_one_id_from_two_mergers_at_once_keep_one_slot() {
     a.close().await;
     b.close().await;
 }
+
+/// Issue 28: a watcher notes each catch-up round it completes (`Store::caught_up_at`, which
+/// `tally_peer_catchup_age_seconds` reads): none before the watch starts, one within a round
+/// after, and later ones move it forward; a store that is not watched never has one.
+#[tokio::test]
+async fn a_watcher_notes_each_catch_up_round_it_completes() {
+    let Some(pg) = cluster("a_watcher_notes_each_catch_up_round").await else {
+        return;
+    };
+    let url = pg.create_database("caught_up").await;
+    let (watched, other) = (open(&url).await, open(&url).await);
+    assert_eq!(watched.caught_up_at(), None, "no round before the watch");
+    let (_stop_tx, stop) = watch::channel(false);
+    let mut rx = watched.watch(stop).expect("postgres watches");
+    let started = tokio::time::Instant::now();
+    let mut first = None;
+    while first.is_none() {
+        assert!(
+            started.elapsed() < WATCH_LIMIT,
+            "a round completes within {WATCH_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first = watched.caught_up_at();
+    }
+    tally_e2e::record_timing(
+        "merger: a Postgres watcher completes its first catch-up round",
+        started.elapsed(),
+        WATCH_LIMIT,
+    );
+    let first = first.expect("set above");
+    let r = replica(7);
+    other
+        .commit(&[registered(r, "eu", 1)], &[slot(&g("later"), r, 1, 0, 1)])
+        .await
+        .expect("commit");
+    assert!(receive_all(&mut rx, &[g("later")], WATCH_LIMIT).await);
+    let later = tokio::time::Instant::now();
+    while watched.caught_up_at() == Some(first) {
+        assert!(
+            later.elapsed() < WATCH_LIMIT,
+            "later rounds move it forward"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        other.caught_up_at(),
+        None,
+        "a store nobody watches has no round"
+    );
+    for store in [watched, other] {
+        store.close().await;
+    }
+}
