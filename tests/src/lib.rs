@@ -193,6 +193,21 @@ fn built_artifact(artifact: &Path, sources: &[&str], build: &str) {
     }
 }
 
+/// A copy of the test worker's config ([`worker_config`]) named `name`, beside it (so its
+/// relative paths still hold), with the first `from` replaced by `to`; panics, naming
+/// `what` the test changes, when the repository's `wrangler.toml` no longer has `from`.
+pub fn worker_config_with(name: &str, from: &str, to: &str, what: &str) -> PathBuf {
+    let base = worker_config();
+    let text = std::fs::read_to_string(&base).expect("the test config is readable");
+    assert!(
+        text.contains(from),
+        "wrangler.toml's {what} is no longer `{from}`: update this test"
+    );
+    let config = base.with_file_name(name);
+    std::fs::write(&config, text.replacen(from, to, 1)).expect("the test config can be written");
+    config
+}
+
 /// `config` (a `wrangler.toml`) with its `[build]` section dropped and `main` set to `main`;
 /// bindings, migrations, rate limits and vars stay as deployed.
 pub fn without_build(config: &str, main: &str) -> String {

@@ -28,7 +28,7 @@ use tally_e2e::proxy::{Faults, Proxy};
 use tally_e2e::stall::StallProxy;
 use tally_e2e::{
     Edge, EdgeOptions, MergerProcess, WRITE_KEY, copy_dir, root, serial, target_dir, temp_dir,
-    worker_config,
+    worker_config_with,
 };
 
 /// The new ids one client may add per window in the first test (wrangler.toml: 200).
@@ -101,18 +101,12 @@ fn test_project(package: &Path) -> tempfile::TempDir {
 /// The test worker's config with the new-id budget set to `limit` ids per `period_s`
 /// seconds (beside it, so its relative paths still hold).
 fn config_with_budget(limit: u32, period_s: u32) -> PathBuf {
-    let base = worker_config();
-    let text = std::fs::read_to_string(&base).expect("the test config is readable");
-    let deployed = "simple = { limit = 200, period = 60 }";
-    assert!(
-        text.contains(deployed),
-        "wrangler.toml's NEW_IDS rate limit is no longer `{deployed}`: update this test"
-    );
-    let config = base.with_file_name("wrangler-client-test.toml");
-    let budget = format!("simple = {{ limit = {limit}, period = {period_s} }}");
-    std::fs::write(&config, text.replacen(deployed, &budget, 1))
-        .expect("the test config can be written");
-    config
+    worker_config_with(
+        "wrangler-client-test.toml",
+        "simple = { limit = 200, period = 60 }",
+        &format!("simple = {{ limit = {limit}, period = {period_s} }}"),
+        "NEW_IDS rate limit",
+    )
 }
 
 /// Runs `node` with `args` in `dir` and `env`, within [`NODE_LIMIT`]; panics with its output
