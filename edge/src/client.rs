@@ -12,7 +12,8 @@ use tally_crdt::{
     RetireResponse, SketchRead, SketchResponse, SketchSync, SyncRequest, SyncResponse,
     UNSYNCED_AGE_HEADER,
 };
-use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::worker_sys::web_sys;
+use worker::{AbortController, Delay, Fetch, Headers, Request};
 
 use crate::config::Config;
 
@@ -171,12 +172,16 @@ async fn post_within<Q: Serialize, A: DeserializeOwned>(
     for (name, value) in extra {
         headers.set(name, value).map_err(unreachable)?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(body.into()));
-    let req = Request::new_with_init(&format!("{}{path}", config.merger_url), &init)
-        .map_err(unreachable)?;
+    // The runtime's own RequestInit: worker::RequestInit's conversion carries the whole `cf`
+    // options encoder (image resizing and all), never used here.
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_headers(headers.as_ref());
+    init.set_body(&body.into());
+    let req: Request =
+        web_sys::Request::new_with_str_and_init(&format!("{}{path}", config.merger_url), &init)
+            .map_err(|e| unreachable(e.into()))?
+            .into();
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(req);

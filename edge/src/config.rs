@@ -1,6 +1,8 @@
 //! [`Config`]: the worker's vars and secrets (`wrangler.toml` `[vars]`, `.dev.vars`,
 //! `wrangler secret put`), parsed and checked once.
 
+use crate::internal::Form;
+
 /// Every setting of the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -77,6 +79,10 @@ pub struct Config {
     pub unique_salt: Option<String>,
     /// `ALLOWED_ORIGINS`: the web origins whose pages may call the edge (default `*`, any).
     pub allowed_origins: AllowedOrigins,
+    /// `OBJECT_MESSAGES`: the form of the Worker's messages to its counter objects, `v1` (the
+    /// default, compact) or `json` (for the first deploy over a release whose objects know only
+    /// JSON: see [`crate::internal`]).
+    pub object_messages: Form,
 }
 
 /// The web origins whose pages may call the edge (`ALLOWED_ORIGINS`): `*`, or a
@@ -256,6 +262,11 @@ impl Config {
             Some("true" | "1") => Ok(true),
             Some(other) => Err(invalid(name, other.into(), "true or false")),
         };
+        let object_messages = match get("OBJECT_MESSAGES").as_deref().map(str::trim) {
+            None | Some("v1") => Form::V1,
+            Some("json") => Form::Json,
+            Some(other) => return Err(invalid("OBJECT_MESSAGES", other.into(), "v1 or json")),
+        };
         let write_key = secret("WRITE_KEY")?;
         let narrow = |v: u64| u32::try_from(v).expect("bounded by its range above");
         Ok(Config {
@@ -287,6 +298,7 @@ impl Config {
             presence_push_ms,
             unique_salt,
             allowed_origins,
+            object_messages,
         })
     }
 }
@@ -392,12 +404,22 @@ mod tests {
             ("SYNC_INTERVAL_MS", "-1"),
             ("ALLOW_REGION_OVERRIDE", "yes"),
             ("ROTATE_MS", "500"),
+            ("OBJECT_MESSAGES", "v2"),
         ] {
             let err = config(&[BASE[0], BASE[1], BASE[2], (name, bad)]).unwrap_err();
             assert!(
                 matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
                 "{name}={bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn object_messages_are_compact_unless_json_is_asked_for() {
+        assert_eq!(config(&BASE).unwrap().object_messages, Form::V1);
+        for (text, form) in [("v1", Form::V1), (" json ", Form::Json)] {
+            let c = config(&[BASE[0], BASE[1], BASE[2], ("OBJECT_MESSAGES", text)]).unwrap();
+            assert_eq!(c.object_messages, form, "{text}");
         }
     }
 

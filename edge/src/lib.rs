@@ -37,7 +37,7 @@ pub mod unique;
 use futures_util::future::join_all;
 use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals};
 use worker::worker_sys::Context;
-use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, console_error};
+use worker::{Env, Headers, Method, Request, Response, Result, console_error};
 
 use crate::api::{
     ApiError, BatchBody, BatchItem, CountBody, HitRequest, MAX_BODY_BYTES, Route, Won, parse_hit,
@@ -45,7 +45,7 @@ use crate::api::{
 };
 use crate::config::{AllowedOrigins, Config};
 use crate::counter::View;
-use crate::internal::{Answer, Hit, READ_PATH, Read};
+use crate::internal::{Answer, Hit, Read};
 use crate::isolate_cache::IsolateCache;
 use crate::milestone::Verdict;
 use crate::routing::Region;
@@ -208,7 +208,7 @@ async fn route(
                 keys: vec![key.clone()],
                 region: cx.region.clone(),
             };
-            let answers = call_read(&cx, &key, s, &read).await?;
+            let answers = call_read(&cx, &key, s, &read, true).await?;
             let view = answers
                 .into_iter()
                 .find(|a| a.key == key)
@@ -247,7 +247,9 @@ async fn route(
             let cached_before = cached(&cx, &key);
             let floor = session.floor(&key);
             let s = draw_spread(config);
-            let answer = call_hit(&cx, s, &hit).await?;
+            let drop = config.allow_region_override
+                && req.headers().has(combine::DROP_HEADER).unwrap_or(false);
+            let answer = call_hit(&cx, s, &hit, drop).await?;
             if answer.key != key {
                 return Err(ApiError::Internal.into());
             }
@@ -332,9 +334,12 @@ async fn presence_route(
             let url = format!("https://object{}?{query}", presence::SOCKET_PATH);
             let headers = Headers::new();
             headers.set("Upgrade", "websocket").map_err(internal)?;
-            let mut init = RequestInit::new();
-            init.with_headers(headers);
-            let request = Request::new_with_init(&url, &init).map_err(internal)?;
+            let init = worker::worker_sys::web_sys::RequestInit::new();
+            init.set_headers(headers.as_ref());
+            let request: Request =
+                worker::worker_sys::web_sys::Request::new_with_str_and_init(&url, &init)
+                    .map_err(|e| internal(worker::Error::from(e)))?
+                    .into();
             let response = stub.fetch_with_request(request).await.map_err(internal)?;
             return Ok(response);
         }
@@ -444,7 +449,7 @@ async fn batch_read(
             region: cx.region.clone(),
         };
         let first = group.first().expect("groups are not empty").clone();
-        (group, call(cx, &first, s, READ_PATH, &read).await)
+        (group, call_read(cx, &first, s, &read, false).await)
     });
     for (group, result) in join_all(calls).await {
         match result {
@@ -617,60 +622,49 @@ fn authorize(
     }
 }
 
-/// Sends an internal request to the object that serves `key` (spread index `s`) in `region`.
-async fn call<M: serde::Serialize>(
-    cx: &RequestContext<'_>,
-    key: &CounterKey,
-    s: u32,
-    path: &str,
-    message: &M,
-) -> std::result::Result<Vec<Answer>, Failure> {
-    let partition = routing::partition(key, s, cx.config.partitions);
-    let name = routing::object_name(&cx.region, partition);
-    let body = serde_json::to_string(message).map_err(|_| ApiError::Internal)?;
-    let text = post_to_object(cx.env, REPLICA_BINDING, &name, &cx.region, path, body).await?;
-    serde_json::from_str(&text).map_err(|e| {
-        console_error!("unreadable object answer: {e}");
-        Failure::Api(ApiError::Internal)
-    })
-}
-
-/// Reads `key` from the object that serves it (spread index `s`), or joins a read of it
-/// already out from this isolate ([`combine::read`]): concurrent reads that miss the isolate
-/// cache share one object request.
+/// Reads `read` from the object that serves `key` (spread index `s`), or joins a read of it
+/// already out from this isolate ([`combine::read`]) when it is `shared`: concurrent reads of
+/// one counter that miss the isolate cache share one object request.
 async fn call_read(
     cx: &RequestContext<'_>,
     key: &CounterKey,
     s: u32,
     read: &Read,
+    shared: bool,
 ) -> std::result::Result<Vec<Answer>, Failure> {
     let partition = routing::partition(key, s, cx.config.partitions);
     let name = routing::object_name(&cx.region, partition);
-    let body = serde_json::to_string(read).map_err(|_| ApiError::Internal)?;
     let hint = routing::location_hint(&cx.region);
-    let flight = format!("{}/{key}", &*cx.region);
-    combine::read(
-        cx.env,
-        cx.ctx,
-        (REPLICA_BINDING, &name, hint),
-        &flight,
-        body,
-    )
-    .await
+    let flight = if shared {
+        format!("{}/{key}", &*cx.region)
+    } else {
+        String::new()
+    };
+    let target = (REPLICA_BINDING, name.as_str(), hint);
+    let form = cx.config.object_messages;
+    combine::read(cx.env, cx.ctx, target, form, &flight, read).await
 }
 
 /// Sends `hit` to the object that serves its counter (spread index `s`), combined with the
-/// isolate's other hits for that object ([`combine`]).
+/// isolate's other hits for that object ([`combine`]); `drop`: see [`combine::DROP_HEADER`].
 async fn call_hit(
     cx: &RequestContext<'_>,
     s: u32,
     hit: &Hit,
+    drop: bool,
 ) -> std::result::Result<Answer, Failure> {
     let partition = routing::partition(&hit.key, s, cx.config.partitions);
     let name = routing::object_name(&cx.region, partition);
-    let body = serde_json::to_string(hit).map_err(|_| ApiError::Internal)?;
     let hint = routing::location_hint(&cx.region);
-    combine::hit(cx.env, cx.ctx, REPLICA_BINDING, &name, hint, body).await
+    let target = (REPLICA_BINDING, name.as_str(), hint);
+    combine::hit(
+        cx.env,
+        cx.ctx,
+        target,
+        cx.config.object_messages,
+        (hit, drop),
+    )
+    .await
 }
 
 /// The region of a request: the continent Cloudflare reports, or (only when

@@ -215,10 +215,10 @@ pub fn config_from_env(env: &Env) -> std::result::Result<Config, ConfigError> {
 /// An object's answer to the Worker: status and body, no header (the Worker reads its text
 /// and status, and no client sees it), so no `Headers` object is made and filled for it. Not
 /// for an answer the Worker passes through (a presence socket's upgrade): that one is JSON.
-pub fn internal_response(body: &str, status: u16) -> Result<Response> {
+pub fn internal_response(body: impl Into<Vec<u8>>, status: u16) -> Result<Response> {
     Ok(ResponseBuilder::new()
         .with_status(status)
-        .fixed(body.as_bytes().to_vec()))
+        .fixed(body.into()))
 }
 
 /// The CORS headers of every public answer.

@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::counter::{
     Entry, HitPlan, HitRules, Outcome, ReadNeed, Reclaim, current_totals, outcomes,
 };
-use crate::internal::{Answer, HIT_PATH, HITS_PATH, Hit, HitOutcome, Hits, READ_PATH, Read};
+use crate::internal::{Answer, HIT_PATH, HITS_PATH, Hit, HitOutcome, Hits, READ_PATH, Read, v1};
 use crate::milestone::Verdict;
 use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed, take_first};
 use crate::runtime::{config_from_env, internal_response, now, random_u64};
@@ -194,10 +194,36 @@ impl DurableObject for Replica {
         }
     }
 
-    /// Internal requests from the Worker: `POST /hit` ([`Hit`]), `POST /hits` ([`Hits`]) or
-    /// `POST /read` ([`Read`]).
+    /// Internal requests from the Worker: `POST /v1/hits` and `POST /v1/read` in the compact
+    /// form ([`v1`]), or, from a Worker of the release before it (or with `OBJECT_MESSAGES =
+    /// "json"`), `POST /hit` ([`Hit`]), `POST /hits` ([`Hits`]) or `POST /read` ([`Read`]) in
+    /// JSON. Each is answered in the form it came in.
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let path = req.path();
+        if path.starts_with("/v1/") {
+            let body = req.bytes().await?;
+            let answer = match path.as_str() {
+                v1::HITS_PATH => match v1::decode_hits(&body) {
+                    Ok(hits) => {
+                        let mut out = Vec::with_capacity(hits.len() * 64);
+                        for outcome in self.hits(hits).await {
+                            v1::push_outcome(&outcome, &mut out);
+                        }
+                        Ok(out)
+                    }
+                    Err(e) => Err(internal(e.to_string())),
+                },
+                v1::READ_PATH => match v1::decode_read(&body) {
+                    Ok(read) => self.read(read).await.map(|a| v1::encode_answers(&a)),
+                    Err(e) => Err(internal(e.to_string())),
+                },
+                _ => Err(ApiError::NotFound),
+            };
+            return match answer {
+                Ok(bytes) => internal_response(bytes, 200),
+                Err(e) => internal_response(e.body().into_bytes(), e.status()),
+            };
+        }
         // The body as one string, decoded in Wasm: `Request::json` walks the JS object a
         // property at a time across the boundary (about 30 crossings per request).
         let body = req.text().await?;
@@ -207,7 +233,17 @@ impl DurableObject for Replica {
                 Err(e) => Err(internal(format!("bad internal hit: {e}"))),
             },
             HITS_PATH => match serde_json::from_str::<Hits>(&body) {
-                Ok(hits) => return internal_response(&self.hits(hits.hits).await, 200),
+                Ok(hits) => {
+                    let hits = hits.hits.into_iter().map(|hit| (hit, false)).collect();
+                    let lines: Vec<String> = self
+                        .hits(hits)
+                        .await
+                        .iter()
+                        // An outcome of plain data always encodes.
+                        .map(|o| serde_json::to_string(o).unwrap_or_default())
+                        .collect();
+                    return internal_response(lines.join("\n").into_bytes(), 200);
+                }
                 Err(e) => Err(internal(format!("bad internal hits: {e}"))),
             },
             READ_PATH => match serde_json::from_str::<Read>(&body) {
@@ -220,9 +256,9 @@ impl DurableObject for Replica {
             Ok(answers) => {
                 let body = serde_json::to_string(&answers)
                     .map_err(|e| worker::Error::RustError(e.to_string()))?;
-                internal_response(&body, 200)
+                internal_response(body.into_bytes(), 200)
             }
-            Err(e) => internal_response(&e.body(), e.status()),
+            Err(e) => internal_response(e.body().into_bytes(), e.status()),
         }
     }
 
@@ -364,26 +400,23 @@ impl Replica {
     }
 
     /// Counts hits the Worker combined, one after the other, each as [`Replica::hit`] would
-    /// alone: one [`HitOutcome`] per hit, in order, one per line. Every hit counted is stored
-    /// before the answer leaves (the output gate holds it until then).
-    async fn hits(&self, hits: Vec<Hit>) -> String {
-        let mut lines = String::with_capacity(hits.len() * 160);
-        for hit in hits {
-            let outcome = match self.hit(hit, true).await {
+    /// alone: one [`HitOutcome`] per hit, in order. A hit marked *alone* (sent by itself
+    /// after an outcome `alone`) may take the exact path; the others answer `alone` instead.
+    /// Every hit counted is stored before the answer leaves (the output gate holds it until
+    /// then).
+    async fn hits(&self, hits: Vec<(Hit, bool)>) -> Vec<HitOutcome> {
+        let mut outcomes = Vec::with_capacity(hits.len());
+        for (hit, alone) in hits {
+            outcomes.push(match self.hit(hit, !alone).await {
                 Ok(Some(answer)) => HitOutcome::Counted(answer),
                 Ok(None) => HitOutcome::Alone,
                 Err(e) => HitOutcome::Refused {
                     status: e.status(),
                     body: e.body(),
                 },
-            };
-            if !lines.is_empty() {
-                lines.push('\n');
-            }
-            // An outcome of plain data always encodes.
-            lines.push_str(&serde_json::to_string(&outcome).unwrap_or_default());
+            });
         }
-        lines
+        outcomes
     }
 
     /// Counts a hit: stored before answered, answered without the merger, unless its counter

@@ -167,7 +167,7 @@ impl DurableObject for Unique {
     /// `POST /unique` ([`Call`]).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         if req.path() != CALL_PATH {
-            return internal_response(&ApiError::NotFound.body(), 404);
+            return internal_response(ApiError::NotFound.body(), 404);
         }
         let body = req.text().await?;
         let answer = match serde_json::from_str::<Call>(&body) {
@@ -176,11 +176,11 @@ impl DurableObject for Unique {
         };
         match answer {
             Ok(view) => internal_response(
-                &serde_json::to_string(&view)
+                serde_json::to_string(&view)
                     .map_err(|e| worker::Error::RustError(e.to_string()))?,
                 200,
             ),
-            Err(e) => internal_response(&e.body(), e.status()),
+            Err(e) => internal_response(e.body(), e.status()),
         }
     }
 

@@ -1475,3 +1475,177 @@ async fn reads_that_miss_the_cache_at_once_share_one_object_request() {
     edge.stop().await;
     merger.terminate().await;
 }
+
+/// Issue 29: the Worker ↔ object messages carry a version (`edge/src/internal/v1.rs`), and
+/// objects of this release still serve the JSON form a Worker of the release before sends
+/// during a gradual deploy. On one object's storage: 24 hits at once from a Worker sending
+/// JSON (`OBJECT_MESSAGES=json`, what the release before sends), a read and a batch read, then
+/// the same from one sending the compact form: the counts answered are 1 to 48, each once, the
+/// receipts name 48 units, and the merger ends at 48.
+#[tokio::test]
+async fn objects_serve_the_json_form_of_the_release_before_and_a_switch_loses_nothing() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let c = http_client();
+    let (mut counts, mut units) = (Vec::new(), std::collections::BTreeSet::new());
+    for (round, form) in ["json", "v1"].into_iter().enumerate() {
+        let mut options = EdgeOptions::new(&merger.url, state.path());
+        options.partitions = 1;
+        options.spread = 1;
+        options.vars.push(format!("OBJECT_MESSAGES:{form}"));
+        let edge = Edge::start(&options).await;
+        let url = format!("{}/forms/counter", edge.url);
+        let answers =
+            futures_util::future::join_all((0..24).map(|_| hit_with_receipt(&c, &url))).await;
+        for answer in answers {
+            let (status, count, receipt) = answer.expect("the edge answers");
+            assert_eq!(status, 200, "{form}");
+            counts.push(count.expect("a count"));
+            let receipt = tally_crdt::Receipt::decode(
+                receipt.as_deref().expect("a receipt"),
+                TOKEN.as_bytes(),
+                "forms",
+            )
+            .expect("a receipt the edge signed");
+            assert!(
+                units.insert((receipt.replica, receipt.end)),
+                "one unit, one hit"
+            );
+        }
+        let so_far = 24 * (round as i128 + 1);
+        let read = read_in(&c, &edge.url, "forms", "eu").await;
+        assert!(
+            read >= Some(so_far),
+            "{form}: a read answered {read:?} after {so_far} hits"
+        );
+        // The objects sync what they counted (before this edge stops), and a batch read of
+        // the counter, asked of its object, answers all of it.
+        wait_until(
+            Duration::from_secs(20),
+            "this round's hits reach the merger",
+            || async {
+                let (_, view) = get(&c, &format!("{}/v1/counters/forms", merger.url)).await;
+                count_of(&view["count"]) == Some(so_far)
+            },
+        )
+        .await;
+        let page: Value = c
+            .get(format!("{}/counter?ids=other,forms", edge.url))
+            .header("X-Tally-Region", "eu")
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("the edge answers")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(
+            count_of(&page["items"][1]["count"]),
+            Some(so_far),
+            "{form}: {page}"
+        );
+        edge.stop().await;
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=48).collect::<Vec<i128>>(),
+        "each its own count"
+    );
+    assert_eq!(units.len(), 48);
+    merger.terminate().await;
+}
+
+/// Issue 29: a combined call whose answer is lost on the way back from the object (the
+/// Worker's test fault, `X-Tally-Test-Drop-Answer`, on one hit in eight). 16 clients hit one
+/// counter of one object as fast as they are answered: every request is answered once, the
+/// ones of a lost answer `500` (their outcome unknown to them); the queue goes on after each
+/// loss; the object counted every hit it was sent, so the merger ends at exactly the hits sent
+/// (lost 0, counted twice 0), every acknowledged one with its own unit.
+#[tokio::test]
+async fn a_combined_call_whose_answer_is_lost_leaves_nothing_lost_or_counted_twice() {
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::new(&merger.url, state.path());
+    options.partitions = 1;
+    options.spread = 1;
+    let edge = Edge::start(&options).await;
+    let c = http_client();
+    let url = format!("{}/dropped/counter", edge.url);
+    let clients: Vec<_> = (0..16)
+        .map(|client| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move {
+                let (mut receipts, mut unknown) = (Vec::new(), 0);
+                for i in 0..40 {
+                    let mut request = c
+                        .put(&url)
+                        .header("X-Tally-Region", "eu")
+                        .header("Authorization", format!("Bearer {WRITE_KEY}"))
+                        .header("Content-Type", "application/json")
+                        .body(r#"{"delta":1}"#)
+                        .timeout(Duration::from_secs(40));
+                    if (client + i) % 8 == 0 {
+                        request = request.header("X-Tally-Test-Drop-Answer", "1");
+                    }
+                    let response = request.send().await.expect("every request is answered");
+                    match response.status().as_u16() {
+                        200 => receipts.push(
+                            response.headers()["Tally-Receipt"]
+                                .to_str()
+                                .expect("a receipt")
+                                .to_owned(),
+                        ),
+                        500 => unknown += 1,
+                        other => panic!("a hit answered {other}"),
+                    }
+                }
+                (receipts, unknown)
+            })
+        })
+        .collect();
+    let (mut units, mut unknown) = (std::collections::BTreeSet::new(), 0);
+    for task in clients {
+        let (receipts, lost) = task.await.expect("a client does not panic");
+        for receipt in receipts {
+            let receipt = tally_crdt::Receipt::decode(&receipt, TOKEN.as_bytes(), "dropped")
+                .expect("a receipt the edge signed");
+            assert!(
+                units.insert((receipt.replica, receipt.end)),
+                "one unit, one hit"
+            );
+        }
+        unknown += lost;
+    }
+    let (_, stats) = get(&c, &format!("{}/_tally/combine", edge.url)).await;
+    eprintln!(
+        "{} acknowledged, {unknown} answered 500 (answer lost); the combiner: {stats}",
+        units.len()
+    );
+    assert_eq!(units.len() + unknown, 640, "every request answered once");
+    assert!(
+        unknown >= 80,
+        "each flagged hit's call lost its answer: {unknown}"
+    );
+    assert!(
+        !units.is_empty(),
+        "hits of calls whose answer came are acknowledged"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "all 640 hits reach the merger",
+        || async {
+            let (_, view) = get(&c, &format!("{}/v1/counters/dropped", merger.url)).await;
+            count_of(&view["count"]) == Some(640)
+        },
+    )
+    .await;
+    // And no more: two further sync intervals change nothing.
+    tokio::time::sleep(Duration::from_millis(options.sync_interval_ms * 2)).await;
+    let (_, view) = get(&c, &format!("{}/v1/counters/dropped", merger.url)).await;
+    assert_eq!(count_of(&view["count"]), Some(640), "{view}");
+    edge.stop().await;
+    merger.terminate().await;
+}

@@ -1,14 +1,19 @@
-//! The messages between the Worker and its Durable Objects (never seen by clients).
+//! The messages between the Worker and its counter objects (never seen by clients).
 //!
 //! The Worker parses and checks the public request, then sends one of these to the object
-//! that serves the counter, as `POST https://replica/hit` or `POST https://replica/read`
-//! with a JSON body; the object answers [`Answer`]s, or an API error with its status.
+//! that serves the counter; the object answers [`Answer`]s, or an API error with its status.
+//! They come in two forms ([`Form`]): version 1, compact ([`v1`]: `POST /v1/hits`, `POST
+//! /v1/read`), which the Worker sends; and the JSON form of the release before it, which
+//! objects still accept for a release (a Worker of that release talks to objects of this one
+//! during a gradual deploy), and which a Worker sends with `OBJECT_MESSAGES = "json"` (the
+//! first deploy of this release over an older one, whose objects know no `/v1/` path):
 //!
-//! Hits bound for one object while a request to it is in flight go together, when it
-//! returns, as one `POST https://replica/hits` ([`Hits`], built by the Worker's combiner,
-//! `crate::combine`), answered `200` with one [`HitOutcome`] per hit, in order, one JSON text
-//! per line (serde_json writes none with a raw line break). An object of a release before this
-//! path answers it `404`: the combiner then sends each hit alone to `/hit`.
+//! - `POST /hit` ([`Hit`]) and `POST /read` ([`Read`]) with a JSON body, answered with the
+//!   JSON of the [`Answer`]s.
+//! - Hits bound for one object while a request to it is in flight go together, when it
+//!   returns, as one `POST /hits` ([`Hits`], built by the Worker's combiner, `crate::combine`),
+//!   answered `200` with one [`HitOutcome`] per hit, in order, one JSON text per line
+//!   (serde_json writes none with a raw line break).
 
 use serde::{Deserialize, Serialize};
 use tally_crdt::{CounterKey, ReplicaId, SlotTotals};
@@ -17,11 +22,24 @@ use crate::counter::View;
 use crate::milestone::Verdict;
 use crate::routing::Region;
 
-/// The internal route of a hit.
+pub mod v1;
+
+/// The form of the messages a Worker sends its counter objects (`OBJECT_MESSAGES`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Form {
+    /// The JSON form (`/hit`, `/hits`, `/read`): what objects of the release before [`v1`]
+    /// accept too.
+    Json,
+    /// Version 1, compact ([`v1`]): objects of this release and later.
+    #[default]
+    V1,
+}
+
+/// The internal route of a hit (JSON form).
 pub const HIT_PATH: &str = "/hit";
-/// The internal route of a read.
+/// The internal route of a read (JSON form).
 pub const READ_PATH: &str = "/read";
-/// The internal route of hits combined in the Worker.
+/// The internal route of hits combined in the Worker (JSON form).
 pub const HITS_PATH: &str = "/hits";
 
 /// A hit to count.
@@ -94,9 +112,9 @@ pub struct Answer {
 
 #[cfg(test)]
 mod tests {
-    //! The messages' JSON, frozen (`edge/tests/messages/`): during a gradual deploy a Worker
-    //! of one release talks to objects of the other, so a change of these fails here — give
-    //! the messages a version first (the edge hot-path work) and freeze each form.
+    //! The messages' JSON form, frozen (`edge/tests/messages/`): during a gradual deploy a
+    //! Worker of the release before the compact form ([`v1`]) talks to objects of this one,
+    //! which must still read what it sends; a change of these fails here.
     use super::*;
     use crate::counter::View;
     use serde_json::Value;
