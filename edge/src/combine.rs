@@ -36,9 +36,10 @@ use crate::api::ApiError;
 use crate::internal::{Answer, Form, Hit, HitOutcome, Read, v1};
 use crate::runtime::Failure;
 
-/// How long a hit or a shared read waits for its answer before it is answered `500
-/// internal` (a hit's outcome is then unknown), in milliseconds: far beyond any object call's
-/// time (the exact path goes alone, and bounds its wait by `EXACT_WAIT_MS`).
+/// How long a hit or a shared read waits for the answer to another request's object call
+/// before it is answered `500 internal` (a hit's outcome is then unknown), in milliseconds:
+/// far beyond any object call's time (the exact path goes alone, and bounds its wait by
+/// `EXACT_WAIT_MS`). A hit that sends its own call waits on its own I/O, with no timer.
 pub const WAIT_LIMIT_MS: u32 = 30_000;
 
 /// How long a lead waits for its turn before it sends anyway, in milliseconds.
@@ -190,17 +191,21 @@ export function combine_hit(env, ctx, binding, name, hint, hit, limit, wait, dro
   let q = queues.get(key);
   if (!q) { q = { out: false, pending: [], leads: [], compact }; queues.set(key, q); }
   const settled = Promise.withResolvers();
+  if (!q.out) {
+    // Sent at once, under this request's own `waitUntil`: it waits on its own I/O.
+    q.pending.push({ hit, resolve: settled.resolve, drop });
+    q.out = true;
+    ctx.waitUntil(send(q, env, binding, name, hint));
+    return settled.promise;
+  }
   // A request that waits on another's I/O alone is taken as hung by workerd: the timer is
   // I/O of its own (and bounds the wait: the outcome is then unknown).
   const timer = setTimeout(() => settled.resolve([2, 0, ""]), wait);
   const resolve = (answer) => { clearTimeout(timer); settled.resolve(answer); };
   const promise = settled.promise;
-  const lead = q.out && q.pending.length % MOST === 0;
+  const lead = q.pending.length % MOST === 0;
   q.pending.push({ hit, resolve, drop });
-  if (!q.out) {
-    q.out = true;
-    ctx.waitUntil(send(q, env, binding, name, hint));
-  } else if (lead) {
+  if (lead) {
     const turn = Promise.withResolvers();
     const timer = setTimeout(turn.resolve, limit);
     q.leads.push(turn.resolve);

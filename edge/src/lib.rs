@@ -36,8 +36,8 @@ pub mod unique;
 
 use futures_util::future::join_all;
 use tally_crdt::{Count, CounterKey, CounterKind, SlotTotals};
-use worker::worker_sys::Context;
-use worker::{Env, Headers, Method, Request, Response, Result, console_error};
+use worker::worker_sys::{Context, web_sys};
+use worker::{Env, Headers, Method, Request, Result, console_error};
 
 use crate::api::{
     ApiError, BatchBody, BatchItem, CountBody, HitRequest, MAX_BODY_BYTES, Route, Won, parse_hit,
@@ -51,8 +51,8 @@ use crate::milestone::Verdict;
 use crate::routing::Region;
 use crate::runtime::{
     CORS_HEADERS, Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
-    client_address, draw_spread, internal, json_response, json_response_with, now, post_to_object,
-    query_of, random_u64, read_body, spend_hit, stub, write_key_presented,
+    client_address, draw_spread, empty_response, internal, json_response, json_response_with, now,
+    post_to_object, query_of, random_u64, read_body, spend_hit, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -86,14 +86,16 @@ mod entry {
         env: Env,
         ctx: Context,
     ) -> Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue> {
-        let response = super::fetch(req.into(), env, ctx)
-            .await
-            .or_else(|e| {
+        let response = match super::fetch(req.into(), env, ctx).await {
+            Ok(response) => response,
+            Err(e) => {
                 ::worker::console_error!("{e}");
                 ::worker::Response::error("INTERNAL SERVER ERROR", 500)
-            })
-            .map_err(|e| wasm_bindgen::JsValue::from(e.to_string()))?;
-        Ok(web_sys::Response::from(response).into())
+                    .map_err(|e| wasm_bindgen::JsValue::from(e.to_string()))?
+                    .into()
+            }
+        };
+        Ok(response.into())
     }
 }
 
@@ -108,7 +110,7 @@ enum Cors {
 }
 
 /// Answers one public request.
-async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
     // With a list of allowed origins, a page of another origin is refused before anything is
     // read or counted; the `Origin` header is only read then.
     let mut cors = Cors::Any;
@@ -127,27 +129,29 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let response = match route(req, &env, &ctx).await {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
-            let mut r = json_response(&e.body(), e.status())?;
+            let body = e.body();
             match e {
                 ApiError::TooManyNewIds | ApiError::TooManyHits => {
-                    r.headers_mut().set("Retry-After", "60")?;
+                    json_response_with(&body, e.status(), &[("Retry-After", "60")])?
                 }
                 // RFC 9110: a 405 lists the methods the resource has.
-                ApiError::MethodNotAllowed(allow) => r.headers_mut().set("Allow", allow)?,
-                _ => {}
+                ApiError::MethodNotAllowed(allow) => {
+                    json_response_with(&body, e.status(), &[("Allow", allow)])?
+                }
+                _ => json_response(&body, e.status())?,
             }
-            r
         }
         Err(Failure::Object { status, body }) => {
-            let mut r = json_response(&body, status)?;
-            if status == 429 {
-                r.headers_mut().set("Retry-After", "60")?;
-            }
-            r
+            let extra: &[(&str, &str)] = if status == 429 {
+                &[("Retry-After", "60")]
+            } else {
+                &[]
+            };
+            json_response_with(&body, status, extra)?
         }
     };
     // A WebSocket upgrade's answer carries the socket: passed as it is.
-    if response.status_code() == 101 {
+    if response.status() == 101 {
         return Ok(response);
     }
     with_cors(response, &cors)
@@ -157,11 +161,9 @@ async fn route(
     mut req: Request,
     env: &Env,
     ctx: &Context,
-) -> std::result::Result<Response, Failure> {
+) -> std::result::Result<web_sys::Response, Failure> {
     if req.method() == Method::Options {
-        return Ok(Response::empty()
-            .map(|r| r.with_status(204))
-            .map_err(internal)?);
+        return Ok(empty_response(204).map_err(internal)?);
     }
     let config = cached_config(env)?;
     let path = req.path();
@@ -307,7 +309,7 @@ async fn presence_route(
     cx: &RequestContext<'_>,
     method: Method,
     id: &str,
-) -> std::result::Result<Response, Failure> {
+) -> std::result::Result<web_sys::Response, Failure> {
     let RequestContext {
         env,
         config,
@@ -340,8 +342,14 @@ async fn presence_route(
                 worker::worker_sys::web_sys::Request::new_with_str_and_init(&url, &init)
                     .map_err(|e| internal(worker::Error::from(e)))?
                     .into();
-            let response = stub.fetch_with_request(request).await.map_err(internal)?;
-            return Ok(response);
+            let mut response = stub.fetch_with_request(request).await.map_err(internal)?;
+            if response.status_code() == 101 {
+                return Ok(response.into());
+            }
+            // The object's refusal (JSON without headers), answered as the Worker's own.
+            let status = response.status_code();
+            let body = response.text().await.map_err(internal)?;
+            return Err(Failure::Object { status, body });
         }
         Method::Get | Method::Head => {
             let session = presence::parse_session_query(query_of(req).as_deref())?;
@@ -410,14 +418,12 @@ async fn presence_route(
         ttl_ms: joined.then_some(config.presence_ttl_ms),
     };
     let text = serde_json::to_string(&body).map_err(|_| ApiError::Internal)?;
-    let mut response = json_response(&text, 200).map_err(internal)?;
-    if view.partial {
-        response
-            .headers_mut()
-            .set("Tally-Estimate", "partial")
-            .map_err(internal)?;
-    }
-    Ok(response)
+    let extra: &[(&str, &str)] = if view.partial {
+        &[("Tally-Estimate", "partial")]
+    } else {
+        &[]
+    };
+    Ok(json_response_with(&text, 200, extra).map_err(internal)?)
 }
 
 /// Reads many counters: one internal read per object that serves some of them, all at once.
@@ -426,7 +432,7 @@ async fn batch_read(
     session_keys: &SessionKeys,
     session: &mut Session,
     keys: Vec<CounterKey>,
-) -> std::result::Result<Response, Failure> {
+) -> std::result::Result<web_sys::Response, Failure> {
     let config = &cx.config;
     let s = draw_spread(config);
     let mut views: std::collections::HashMap<CounterKey, std::result::Result<View, ApiError>> =
@@ -487,12 +493,8 @@ async fn batch_read(
         })
         .collect();
     let body = serde_json::to_string(&BatchBody { items }).map_err(|_| ApiError::Internal)?;
-    let mut response = json_response(&body, 200).map_err(internal)?;
-    response
-        .headers_mut()
-        .set(session::HEADER, &session.token(session_keys))
-        .map_err(internal)?;
-    Ok(response)
+    let token = session.token(session_keys);
+    Ok(json_response_with(&body, 200, &[(session::HEADER, &token)]).map_err(internal)?)
 }
 
 thread_local! {
@@ -536,7 +538,7 @@ fn count_response(
     cache_hit: Option<bool>,
     milestone: Option<Won>,
     extra: &[(&str, &str)],
-) -> std::result::Result<Response, ApiError> {
+) -> std::result::Result<web_sys::Response, ApiError> {
     // A hit's answer (no cache flag) is a write of the counter.
     let shown = session.answer(key, view.bound(), cache_hit.is_none());
     let count = shown.value().map(Count).map_err(ApiError::Overflow)?;
@@ -697,48 +699,19 @@ fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
     })
 }
 
-/// The response with CORS headers as `cors` says: the Worker's JSON answers have them
-/// already, for any origin ([`runtime::json_response_with`]); others get them set in place,
-/// and a Durable Object's response passed through (immutable headers) is copied into a new
-/// one around the same body.
-fn with_cors(response: Response, cors: &Cors) -> Result<Response> {
+/// The response with CORS headers as `cors` says: every answer of the Worker's own has them
+/// for any origin ([`runtime::json_response_with`], [`runtime::empty_response`]); for one
+/// allowed origin, or none, they are changed in place.
+fn with_cors(response: web_sys::Response, cors: &Cors) -> Result<web_sys::Response> {
     let allow = CORS_HEADERS[0].0;
-    let fix = |headers: &Headers| -> Result<()> {
-        if !headers.has(allow)? {
-            set_cors(headers)?;
+    let headers = response.headers();
+    match cors {
+        Cors::Any => {}
+        Cors::Origin(origin) => {
+            headers.set(allow, origin)?;
+            headers.append("Vary", "Origin")?;
         }
-        match cors {
-            Cors::Any => {}
-            Cors::Origin(origin) => {
-                headers.set(allow, origin)?;
-                headers.append("Vary", "Origin")?;
-            }
-            Cors::Omit => headers.delete(allow)?,
-        }
-        Ok(())
-    };
-    if matches!(cors, Cors::Any) && response.headers().has(allow)? {
-        return Ok(response);
+        Cors::Omit => headers.delete(allow)?,
     }
-    if fix(response.headers()).is_ok() {
-        return Ok(response);
-    }
-    let headers = Headers::new();
-    for (name, value) in response.headers().entries() {
-        headers.set(&name, &value)?;
-    }
-    fix(&headers)?;
-    let status = response.status_code();
-    let (_, body) = response.into_parts();
-    Ok(Response::from_body(body)?
-        .with_status(status)
-        .with_headers(headers))
-}
-
-/// Sets the CORS headers of a public answer.
-fn set_cors(headers: &Headers) -> Result<()> {
-    for (name, value) in CORS_HEADERS {
-        headers.set(name, value)?;
-    }
-    Ok(())
+    Ok(response)
 }

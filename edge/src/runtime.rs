@@ -9,7 +9,7 @@ use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::worker_sys::web_sys;
-use worker::{Env, Headers, Request, Response, ResponseBuilder, Result, console_error};
+use worker::{Env, Request, Response, ResponseBuilder, Result, console_error};
 
 use crate::api::ApiError;
 use crate::config::{Config, ConfigError};
@@ -238,34 +238,86 @@ pub const CORS_HEADERS: [(&str, &str); 5] = [
 
 #[wasm_bindgen(
     wasm_bindgen = worker::wasm_bindgen,
-    inline_js = "export function headers_of(json) { return new Headers(JSON.parse(json)); }"
+    inline_js = r#"
+let JSON_HEADERS = null;
+let CORS = null;
+export function reply_headers(json, cors) {
+  JSON_HEADERS = JSON.parse(json);
+  CORS = JSON.parse(cors);
+}
+export function json_reply(body, status, extra) {
+  const headers = JSON_HEADERS.slice();
+  if (extra) {
+    const parts = extra.split("\n");
+    for (let i = 0; i + 1 < parts.length; i += 2) headers.push([parts[i], parts[i + 1]]);
+  }
+  return new Response(body, { status, headers });
+}
+export function empty_reply(status) {
+  return new Response(null, { status, headers: CORS });
+}
+"#
 )]
 extern "C" {
+    fn reply_headers(json: &str, cors: &str);
     #[wasm_bindgen(catch)]
-    fn headers_of(json: &str) -> std::result::Result<web_sys::Headers, JsValue>;
+    fn json_reply(
+        body: &str,
+        status: u16,
+        extra: &str,
+    ) -> std::result::Result<web_sys::Response, JsValue>;
+    #[wasm_bindgen(catch)]
+    fn empty_reply(status: u16) -> std::result::Result<web_sys::Response, JsValue>;
+}
+
+/// Hands the snippet above the headers every answer carries, once per isolate.
+fn reply_headers_once() {
+    thread_local! {
+        static SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !SET.with(std::cell::Cell::get) {
+        let json: Vec<(&str, &str)> = [
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+        ]
+        .into_iter()
+        .chain(CORS_HEADERS)
+        .collect();
+        let text = |pairs: &[(&str, &str)]| serde_json::to_string(pairs).unwrap_or_default();
+        reply_headers(&text(&json), &text(&CORS_HEADERS));
+        SET.with(|s| s.set(true));
+    }
 }
 
 /// A public JSON answer: `Content-Type`, `Cache-Control: no-store`, the CORS headers and
-/// `extra`, made in one call (a header set one at a time is a call across the boundary).
-pub fn json_response_with(body: &str, status: u16, extra: &[(&str, &str)]) -> Result<Response> {
-    let all: Vec<(&str, &str)> = [
-        ("Content-Type", "application/json"),
-        ("Cache-Control", "no-store"),
-    ]
-    .into_iter()
-    .chain(CORS_HEADERS)
-    .chain(extra.iter().copied())
-    .collect();
-    let json = serde_json::to_string(&all).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    let headers = Headers(headers_of(&json)?);
-    Ok(Response::ok(body)?
-        .with_status(status)
-        .with_headers(headers))
+/// `extra`, made as the runtime's own `Response` in one call and handed to it as it is (a
+/// `worker::Response` is read back and made again on its way out, a header set one at a time
+/// is a call across the boundary). Header values never hold a line break (HTTP forbids it).
+pub fn json_response_with(
+    body: &str,
+    status: u16,
+    extra: &[(&str, &str)],
+) -> Result<web_sys::Response> {
+    reply_headers_once();
+    let mut lines = String::new();
+    for (name, value) in extra {
+        lines.push_str(name);
+        lines.push('\n');
+        lines.push_str(value);
+        lines.push('\n');
+    }
+    Ok(json_reply(body, status, &lines)?)
 }
 
 /// A public JSON answer ([`json_response_with`] nothing more).
-pub fn json_response(body: &str, status: u16) -> Result<Response> {
+pub fn json_response(body: &str, status: u16) -> Result<web_sys::Response> {
     json_response_with(body, status, &[])
+}
+
+/// A public answer without a body (a preflight's `204`): the CORS headers only.
+pub fn empty_response(status: u16) -> Result<web_sys::Response> {
+    reply_headers_once();
+    Ok(empty_reply(status)?)
 }
 
 /// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by

@@ -40,7 +40,7 @@ use crate::api::ApiError;
 use crate::client;
 use crate::config::Config;
 use crate::object::{Loaded, Shell, StoreError, internal, random_id, store_failed, take_first};
-use crate::runtime::{config_from_env, json_response, now, query_of, random_u64};
+use crate::runtime::{config_from_env, internal_response, now, query_of, random_u64};
 use crate::scheduler::{Job, Scheduler};
 
 /// Most leases one sweep ends (the rest wait for the next, a sync interval later).
@@ -137,15 +137,16 @@ impl DurableObject for Presence {
                 }
             }
             let Some(id) = id else {
-                return json_response(&ApiError::NotFound.body(), 404);
+                return internal_response(ApiError::NotFound.body(), 404);
             };
+            // The Worker answers a socket's error to its client in JSON of its own.
             return match self.open_socket(&id, &region).await {
                 Ok(response) => Ok(response),
-                Err(e) => json_response(&e.body(), e.status()),
+                Err(e) => internal_response(e.body(), e.status()),
             };
         }
         if path != CALL_PATH {
-            return json_response(&ApiError::NotFound.body(), 404);
+            return internal_response(ApiError::NotFound.body(), 404);
         }
         let body = req.text().await?;
         let answer = match serde_json::from_str::<Call>(&body) {
@@ -153,12 +154,12 @@ impl DurableObject for Presence {
             Err(e) => Err(internal(format!("bad internal presence call: {e}"))),
         };
         match answer {
-            Ok(view) => json_response(
-                &serde_json::to_string(&view)
+            Ok(view) => internal_response(
+                serde_json::to_string(&view)
                     .map_err(|e| worker::Error::RustError(e.to_string()))?,
                 200,
             ),
-            Err(e) => json_response(&e.body(), e.status()),
+            Err(e) => internal_response(e.body(), e.status()),
         }
     }
 

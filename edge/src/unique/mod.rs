@@ -29,12 +29,13 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tally_crdt::{Day, HyperLogLog, SketchKey, Timestamp};
-use worker::{Method, Request, Response};
+use worker::worker_sys::web_sys;
+use worker::{Method, Request};
 
 use crate::api::{ApiError, Route};
 use crate::routing::{self, Region};
 use crate::runtime::{
-    Failure, RequestContext, UNIQUE_BINDING, internal, json_response, post_to_object,
+    Failure, RequestContext, UNIQUE_BINDING, internal, json_response_with, post_to_object,
 };
 
 /// Longest visitor key, in bytes.
@@ -229,7 +230,7 @@ pub async fn route(
     cx: &RequestContext<'_>,
     method: Method,
     id: &str,
-) -> Result<Response, Failure> {
+) -> Result<web_sys::Response, Failure> {
     let RequestContext {
         env,
         config,
@@ -297,14 +298,12 @@ pub async fn route(
         day: answered,
     };
     let text = serde_json::to_string(&body).map_err(|_| ApiError::Internal)?;
-    let mut response = json_response(&text, 200).map_err(internal)?;
-    if view.partial {
-        response
-            .headers_mut()
-            .set("Tally-Estimate", "partial")
-            .map_err(internal)?;
-    }
-    Ok(response)
+    let extra: &[(&str, &str)] = if view.partial {
+        &[("Tally-Estimate", "partial")]
+    } else {
+        &[]
+    };
+    Ok(json_response_with(&text, 200, extra).map_err(internal)?)
 }
 
 #[cfg(test)]
