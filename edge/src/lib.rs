@@ -51,8 +51,8 @@ use crate::milestone::Verdict;
 use crate::routing::Region;
 use crate::runtime::{
     CORS_HEADERS, Failure, PRESENCE_BINDING, REPLICA_BINDING, RequestContext, admit, cached_config,
-    client_address, draw_spread, empty_response, internal, json_response, json_response_with, now,
-    post_to_object, query_of, random_u64, read_body, spend_hit, stub, write_key_presented,
+    client_address, draw_spread, internal, json_response, json_response_with, now, post_to_object,
+    preflight_response, query_of, random_u64, read_body, spend_hit, stub, write_key_presented,
 };
 use crate::session::{Session, SessionKeys};
 
@@ -163,7 +163,7 @@ async fn route(
     ctx: &Context,
 ) -> std::result::Result<web_sys::Response, Failure> {
     if req.method() == Method::Options {
-        return Ok(empty_response(204).map_err(internal)?);
+        return Ok(preflight_response(204).map_err(internal)?);
     }
     let config = cached_config(env)?;
     let path = req.path();
@@ -700,7 +700,7 @@ fn session_keys(config: &Config) -> std::rc::Rc<SessionKeys> {
 }
 
 /// The response with CORS headers as `cors` says: every answer of the Worker's own has them
-/// for any origin ([`runtime::json_response_with`], [`runtime::empty_response`]); for one
+/// for any origin ([`runtime::json_response_with`], [`runtime::preflight_response`]); for one
 /// allowed origin, or none, they are changed in place.
 fn with_cors(response: web_sys::Response, cors: &Cors) -> Result<web_sys::Response> {
     let allow = CORS_HEADERS[0].0;

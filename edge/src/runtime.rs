@@ -221,17 +221,23 @@ pub fn internal_response(body: impl Into<Vec<u8>>, status: u16) -> Result<Respon
         .fixed(body.into()))
 }
 
-/// The CORS headers of every public answer.
-pub const CORS_HEADERS: [(&str, &str); 5] = [
+/// The CORS headers of every public answer: which origins may read it, and which of its
+/// headers a page may read.
+pub const CORS_HEADERS: [(&str, &str); 2] = [
     ("Access-Control-Allow-Origin", "*"),
+    (
+        "Access-Control-Expose-Headers",
+        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Tally-Milestone, Retry-After",
+    ),
+];
+
+/// The CORS headers a preflight's answer adds (browsers read them there only): the methods and
+/// request headers a page may use, and how long the browser may keep that.
+pub const PREFLIGHT_HEADERS: [(&str, &str); 3] = [
     ("Access-Control-Allow-Methods", "GET, PUT, DELETE, OPTIONS"),
     (
         "Access-Control-Allow-Headers",
         "Content-Type, Authorization, Tally-Session",
-    ),
-    (
-        "Access-Control-Expose-Headers",
-        "Age, Tally-Estimate, Tally-Session, Tally-Cache, Tally-Receipt, Tally-Milestone, Retry-After",
     ),
     ("Access-Control-Max-Age", "86400"),
 ];
@@ -240,10 +246,10 @@ pub const CORS_HEADERS: [(&str, &str); 5] = [
     wasm_bindgen = worker::wasm_bindgen,
     inline_js = r#"
 let JSON_HEADERS = null;
-let CORS = null;
-export function reply_headers(json, cors) {
+let PREFLIGHT = null;
+export function reply_headers(json, preflight) {
   JSON_HEADERS = JSON.parse(json);
-  CORS = JSON.parse(cors);
+  PREFLIGHT = JSON.parse(preflight);
 }
 export function json_reply(body, status, extra) {
   const headers = JSON_HEADERS.slice();
@@ -253,13 +259,13 @@ export function json_reply(body, status, extra) {
   }
   return new Response(body, { status, headers });
 }
-export function empty_reply(status) {
-  return new Response(null, { status, headers: CORS });
+export function preflight_reply(status) {
+  return new Response(null, { status, headers: PREFLIGHT });
 }
 "#
 )]
 extern "C" {
-    fn reply_headers(json: &str, cors: &str);
+    fn reply_headers(json: &str, preflight: &str);
     #[wasm_bindgen(catch)]
     fn json_reply(
         body: &str,
@@ -267,7 +273,7 @@ extern "C" {
         extra: &str,
     ) -> std::result::Result<web_sys::Response, JsValue>;
     #[wasm_bindgen(catch)]
-    fn empty_reply(status: u16) -> std::result::Result<web_sys::Response, JsValue>;
+    fn preflight_reply(status: u16) -> std::result::Result<web_sys::Response, JsValue>;
 }
 
 /// Hands the snippet above the headers every answer carries, once per isolate.
@@ -283,8 +289,10 @@ fn reply_headers_once() {
         .into_iter()
         .chain(CORS_HEADERS)
         .collect();
+        let preflight: Vec<(&str, &str)> =
+            CORS_HEADERS.into_iter().chain(PREFLIGHT_HEADERS).collect();
         let text = |pairs: &[(&str, &str)]| serde_json::to_string(pairs).unwrap_or_default();
-        reply_headers(&text(&json), &text(&CORS_HEADERS));
+        reply_headers(&text(&json), &text(&preflight));
         SET.with(|s| s.set(true));
     }
 }
@@ -314,10 +322,10 @@ pub fn json_response(body: &str, status: u16) -> Result<web_sys::Response> {
     json_response_with(body, status, &[])
 }
 
-/// A public answer without a body (a preflight's `204`): the CORS headers only.
-pub fn empty_response(status: u16) -> Result<web_sys::Response> {
+/// A preflight's answer, without a body: the CORS headers and [`PREFLIGHT_HEADERS`].
+pub fn preflight_response(status: u16) -> Result<web_sys::Response> {
     reply_headers_once();
-    Ok(empty_reply(status)?)
+    Ok(preflight_reply(status)?)
 }
 
 /// The new-id budget of a client (the Workers rate-limiting binding `NEW_IDS`, keyed by

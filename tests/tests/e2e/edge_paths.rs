@@ -548,9 +548,10 @@ async fn a_read_after_a_quiet_spell_is_no_staler_than_the_bound() {
     merger.terminate().await;
 }
 
-/// Every public answer carries the CORS headers a web page needs, set in place on the answers
-/// the Worker makes (issue 29: copying each response to add them was a fifth of a hit's JS
-/// crossings): hits, reads, batch reads, preflights, errors, presence and unique answers.
+/// Every public answer carries the CORS headers a web page needs, made with the answer (issue
+/// 29: copying each response to add them was a fifth of a hit's JS crossings): hits, reads,
+/// batch reads, preflights, errors, presence and unique answers; the methods and request
+/// headers a page may use in the preflight's answer, the one browsers read them from.
 #[tokio::test]
 async fn every_public_answer_carries_the_cors_headers() {
     let _serial = serial().await;
@@ -628,6 +629,16 @@ async fn every_public_answer_carries_the_cors_headers() {
             exposed.contains("Tally-Session"),
             "{method} {url}: {exposed}"
         );
+        // What a page may send is said where browsers read it: in the preflight's answer.
+        if method == reqwest::Method::OPTIONS {
+            let methods = header("Access-Control-Allow-Methods").unwrap_or_default();
+            let allowed = header("Access-Control-Allow-Headers").unwrap_or_default();
+            assert!(
+                methods.contains("PUT") && methods.contains("DELETE"),
+                "{methods}"
+            );
+            assert!(allowed.contains("Tally-Session") && allowed.contains("Authorization"));
+        }
     }
     edge.stop().await;
     merger.terminate().await;
