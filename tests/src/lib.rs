@@ -669,6 +669,16 @@ impl EdgeOptions {
             log: None,
         }
     }
+
+    /// [`EdgeOptions::new`] with one object per region holding every counter (`PARTITIONS=1`,
+    /// `SPREAD=1`): every hit and read of a region meets at that object.
+    pub fn one_object(merger_url: &str, persist_dir: &Path) -> EdgeOptions {
+        EdgeOptions {
+            partitions: 1,
+            spread: 1,
+            ..EdgeOptions::new(merger_url, persist_dir)
+        }
+    }
 }
 
 /// The edge worker under `wrangler dev` (the real workerd runtime, offline).

@@ -110,15 +110,80 @@ pub struct Answer {
     pub verdict: Option<Verdict>,
 }
 
+/// One message of each kind with every field set, for the tests of both forms (the struct
+/// literals name every field: a new one must be set here, and changes each form).
+#[cfg(test)]
+pub(crate) mod examples {
+    use super::*;
+    use crate::counter::View;
+    use tally_crdt::{CounterKind, GlobalTotals, Timestamp};
+
+    /// The counter `g` `home`.
+    pub fn key() -> CounterKey {
+        CounterKey::new(CounterKind::G, "home").expect("a valid id")
+    }
+
+    /// A hit with a visitor key.
+    pub fn hit() -> Hit {
+        Hit {
+            key: key(),
+            add: SlotTotals { p: 1, n: 0 },
+            region: Region::new("eu").expect("a region"),
+            client: "203.0.113.7".into(),
+            trusted: false,
+            visitor: Some("user-42".into()),
+        }
+    }
+
+    /// An answer with a view, a slot and a won milestone.
+    pub fn won() -> Answer {
+        Answer {
+            key: key(),
+            view: Some(View {
+                totals: GlobalTotals { p: 999, n: 0 },
+                updated_at: Some(Timestamp::from_unix_ms(1_796_550_000_000)),
+                age_ms: Some(250),
+                epoch: 1,
+            }),
+            slot: Some((ReplicaId::from_u128(7), 12)),
+            verdict: Some(Verdict::Won {
+                n: 1000,
+                label: Some("the 1000th like".into()),
+            }),
+        }
+    }
+
+    /// An answer with nothing known but a pending verdict, of counter `key`.
+    pub fn pending(key: CounterKey) -> Answer {
+        Answer {
+            key,
+            view: None,
+            slot: None,
+            verdict: Some(Verdict::Pending),
+        }
+    }
+
+    /// One outcome of each kind.
+    pub fn outcomes() -> Vec<HitOutcome> {
+        vec![
+            HitOutcome::Counted(won()),
+            HitOutcome::Refused {
+                status: 429,
+                body: r#"{"error":"too_many_new_ids"}"#.into(),
+            },
+            HitOutcome::Alone,
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The messages' JSON form, frozen (`edge/tests/messages/`): during a gradual deploy a
     //! Worker of the release before the compact form ([`v1`]) talks to objects of this one,
     //! which must still read what it sends; a change of these fails here.
+    use super::examples::{hit, key, outcomes, pending, won};
     use super::*;
-    use crate::counter::View;
     use serde_json::Value;
-    use tally_crdt::{CounterKind, GlobalTotals, Timestamp};
 
     fn frozen(name: &str) -> Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -129,56 +194,16 @@ mod tests {
         serde_json::from_str(&text).expect("frozen JSON")
     }
 
-    fn key() -> CounterKey {
-        CounterKey::new(CounterKind::G, "home").expect("a valid id")
-    }
-
-    /// Every field set (the struct literals name every field: a new one must be set here,
-    /// and changes the encoding).
+    /// Every field set ([`super::examples`]).
     #[test]
     fn the_messages_with_every_field_set_are_the_frozen_ones() {
-        let hit = Hit {
-            key: key(),
-            add: SlotTotals { p: 1, n: 0 },
-            region: Region::new("eu").unwrap(),
-            client: "203.0.113.7".into(),
-            trusted: false,
-            visitor: Some("user-42".into()),
-        };
+        let hit = hit();
         let read = Read {
             keys: vec![key()],
             region: Region::new("eu").unwrap(),
         };
-        let answers = vec![
-            Answer {
-                key: key(),
-                view: Some(View {
-                    totals: GlobalTotals { p: 999, n: 0 },
-                    updated_at: Some(Timestamp::from_unix_ms(1_796_550_000_000)),
-                    age_ms: Some(250),
-                    epoch: 1,
-                }),
-                slot: Some((ReplicaId::from_u128(7), 12)),
-                verdict: Some(Verdict::Won {
-                    n: 1000,
-                    label: Some("the 1000th like".into()),
-                }),
-            },
-            Answer {
-                key: key(),
-                view: None,
-                slot: None,
-                verdict: Some(Verdict::Pending),
-            },
-        ];
-        let outcomes = vec![
-            HitOutcome::Counted(answers[0].clone()),
-            HitOutcome::Refused {
-                status: 429,
-                body: r#"{"error":"too_many_new_ids"}"#.into(),
-            },
-            HitOutcome::Alone,
-        ];
+        let answers = vec![won(), pending(key())];
+        let outcomes = outcomes();
         let hits = Hits {
             hits: vec![hit.clone()],
         };

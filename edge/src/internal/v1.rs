@@ -456,6 +456,7 @@ fn read_answer(r: &mut Reader<'_>) -> Result<Answer, Malformed> {
 mod tests {
     //! The compact form: frozen bodies (`edge/tests/messages/v1/`, hex), round trips, and a
     //! decoder that refuses, never panics, whatever the bytes.
+    use super::super::examples::{hit, outcomes, pending, won};
     use super::*;
     use proptest::prelude::*;
 
@@ -485,51 +486,8 @@ mod tests {
             .collect()
     }
 
-    fn hit() -> Hit {
-        Hit {
-            key: key(CounterKind::G, "home"),
-            add: SlotTotals { p: 1, n: 0 },
-            region: region("eu"),
-            client: "203.0.113.7".into(),
-            trusted: false,
-            visitor: Some("user-42".into()),
-        }
-    }
-
     fn answers() -> Vec<Answer> {
-        vec![
-            Answer {
-                key: key(CounterKind::G, "home"),
-                view: Some(View {
-                    totals: GlobalTotals { p: 999, n: 0 },
-                    updated_at: Some(Timestamp::from_unix_ms(1_796_550_000_000)),
-                    age_ms: Some(250),
-                    epoch: 1,
-                }),
-                slot: Some((ReplicaId::from_u128(7), 12)),
-                verdict: Some(Verdict::Won {
-                    n: 1000,
-                    label: Some("the 1000th like".into()),
-                }),
-            },
-            Answer {
-                key: key(CounterKind::Pn, "live"),
-                view: None,
-                slot: None,
-                verdict: Some(Verdict::Pending),
-            },
-        ]
-    }
-
-    fn outcomes() -> Vec<HitOutcome> {
-        vec![
-            HitOutcome::Counted(answers().remove(0)),
-            HitOutcome::Refused {
-                status: 429,
-                body: r#"{"error":"too_many_new_ids"}"#.into(),
-            },
-            HitOutcome::Alone,
-        ]
+        vec![won(), pending(key(CounterKind::Pn, "live"))]
     }
 
     /// A message's JSON form, to compare two (a `u128` total does not fit a

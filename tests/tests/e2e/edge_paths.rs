@@ -359,11 +359,9 @@ async fn a_forged_session_token_changes_nothing_anybody_is_shown() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
+    let options = EdgeOptions::one_object(&merger.url, state.path());
     // One object and the isolate cache on (the default 1 s): what a forged token reached
     // before, every client's read.
-    options.partitions = 1;
-    options.spread = 1;
     let edge = Edge::start(&options).await;
     let c = http_client();
     let url = format!("{}/forged/counter", edge.url);
@@ -513,9 +511,7 @@ async fn a_read_after_a_quiet_spell_is_no_staler_than_the_bound() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let mut options = EdgeOptions::one_object(&merger.url, state.path());
     options.sync_timeout_ms = 1000;
     options.vars.push("READ_TTL_MS:500".into());
     options.vars.push("EDGE_CACHE_MS:0".into());
@@ -850,9 +846,7 @@ async fn the_merger_sees_how_old_the_hits_it_could_not_take_are() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let options = EdgeOptions::one_object(&merger.url, state.path());
     let edge = Edge::start(&options).await;
     let c = http_client();
     let (status, body) = hit(&c, &edge.url, "/healthy/counter", "eu", 1).await;
@@ -935,9 +929,7 @@ async fn steady_traffic_syncs_once_per_interval() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let mut options = EdgeOptions::one_object(&merger.url, state.path());
     options.sync_interval_ms = 1000;
     let edge = Edge::start(&options).await;
     let c = http_client();
@@ -1158,10 +1150,8 @@ async fn an_object_with_many_counters_killed_after_acknowledging_them_loses_none
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
+    let mut options = EdgeOptions::one_object(&merger.url, state.path());
     // One object holds every counter; syncs are slow, so most hits are unsynced at the kill.
-    options.partitions = 1;
-    options.spread = 1;
     options.sync_interval_ms = 5000;
     let edge = Edge::start(&options).await;
     let c = http_client();
@@ -1244,6 +1234,42 @@ async fn hit_with_receipt(
     Ok((status, count_of(&body["count"]), receipt))
 }
 
+/// `n` public hits at once on counter `id` (`url`), each answered 200: the counts answered and
+/// the receipts, decoded (each signed by the edge, for one unit).
+async fn hits_at_once(
+    c: &reqwest::Client,
+    url: &str,
+    id: &str,
+    n: usize,
+) -> (Vec<i128>, Vec<tally_crdt::Receipt>) {
+    let answers = futures_util::future::join_all((0..n).map(|_| hit_with_receipt(c, url))).await;
+    let (mut counts, mut receipts) = (Vec::new(), Vec::new());
+    for answer in &answers {
+        let (status, count, receipt) = answer.as_ref().expect("the edge answers");
+        assert_eq!(*status, 200, "{answers:?}");
+        counts.push(count.expect("a count"));
+        let receipt = tally_crdt::Receipt::decode(
+            receipt.as_deref().expect("a receipt"),
+            TOKEN.as_bytes(),
+            id,
+        )
+        .expect("a receipt the edge signed");
+        assert_eq!(receipt.delta, 1);
+        receipts.push(receipt);
+    }
+    (counts, receipts)
+}
+
+/// Waits until the merger counts `n` on counter `id`.
+async fn merger_counts(c: &reqwest::Client, merger: &str, id: &str, n: i128) {
+    let what = format!("the merger counts {n} on {id}");
+    wait_until(Duration::from_secs(20), &what, || async {
+        let (_, view) = get(c, &format!("{merger}/v1/counters/{id}")).await;
+        count_of(&view["count"]) == Some(n)
+    })
+    .await;
+}
+
 /// Issue 29: hits bound for one object while a request to it is in flight go together as one
 /// request (`edge/src/combine.rs`), yet each client is answered only after its own hit is
 /// stored, with its own count and its own receipt. 48 hits at once on one counter of one
@@ -1254,30 +1280,13 @@ async fn hits_sent_together_are_each_answered_with_their_own_count_and_receipt()
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let options = EdgeOptions::one_object(&merger.url, state.path());
     let edge = Edge::start(&options).await;
     let c = http_client();
     let url = format!("{}/together/counter", edge.url);
-    let answers = futures_util::future::join_all((0..48).map(|_| hit_with_receipt(&c, &url))).await;
-    let mut counts = Vec::new();
-    let mut units = std::collections::BTreeSet::new();
-    let mut replicas = std::collections::BTreeSet::new();
-    for answer in &answers {
-        let (status, count, receipt) = answer.as_ref().expect("the edge answers");
-        assert_eq!(*status, 200, "{answers:?}");
-        counts.push(count.expect("a count"));
-        let receipt = tally_crdt::Receipt::decode(
-            receipt.as_deref().expect("a receipt"),
-            TOKEN.as_bytes(),
-            "together",
-        )
-        .expect("a receipt the edge signed");
-        assert_eq!(receipt.delta, 1);
-        replicas.insert(receipt.replica);
-        units.insert(receipt.end);
-    }
+    let (mut counts, receipts) = hits_at_once(&c, &url, "together", 48).await;
+    let replicas: std::collections::BTreeSet<_> = receipts.iter().map(|r| r.replica).collect();
+    let units: std::collections::BTreeSet<u64> = receipts.iter().map(|r| r.end).collect();
     counts.sort_unstable();
     assert_eq!(
         counts,
@@ -1300,15 +1309,7 @@ async fn hits_sent_together_are_each_answered_with_their_own_count_and_receipt()
         (1..=48).collect(),
         "each hit its own unit of the slot"
     );
-    wait_until(
-        Duration::from_secs(20),
-        "the 48 hits reach the merger",
-        || async {
-            let (_, view) = get(&c, &format!("{}/v1/counters/together", merger.url)).await;
-            count_of(&view["count"]) == Some(48)
-        },
-    )
-    .await;
+    merger_counts(&c, &merger.url, "together", 48).await;
     edge.stop().await;
     merger.terminate().await;
 }
@@ -1324,9 +1325,7 @@ async fn combined_hits_of_an_edge_killed_mid_request_are_each_counted_once() {
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let options = EdgeOptions::one_object(&merger.url, state.path());
     let edge = Edge::start(&options).await;
     let c = http_client();
     let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1501,24 +1500,13 @@ async fn objects_serve_the_json_form_of_the_release_before_and_a_switch_loses_no
     let c = http_client();
     let (mut counts, mut units) = (Vec::new(), std::collections::BTreeSet::new());
     for (round, form) in ["json", "v1"].into_iter().enumerate() {
-        let mut options = EdgeOptions::new(&merger.url, state.path());
-        options.partitions = 1;
-        options.spread = 1;
+        let mut options = EdgeOptions::one_object(&merger.url, state.path());
         options.vars.push(format!("OBJECT_MESSAGES:{form}"));
         let edge = Edge::start(&options).await;
         let url = format!("{}/forms/counter", edge.url);
-        let answers =
-            futures_util::future::join_all((0..24).map(|_| hit_with_receipt(&c, &url))).await;
-        for answer in answers {
-            let (status, count, receipt) = answer.expect("the edge answers");
-            assert_eq!(status, 200, "{form}");
-            counts.push(count.expect("a count"));
-            let receipt = tally_crdt::Receipt::decode(
-                receipt.as_deref().expect("a receipt"),
-                TOKEN.as_bytes(),
-                "forms",
-            )
-            .expect("a receipt the edge signed");
+        let (answered, receipts) = hits_at_once(&c, &url, "forms", 24).await;
+        counts.extend(answered);
+        for receipt in receipts {
             assert!(
                 units.insert((receipt.replica, receipt.end)),
                 "one unit, one hit"
@@ -1532,15 +1520,7 @@ async fn objects_serve_the_json_form_of_the_release_before_and_a_switch_loses_no
         );
         // The objects sync what they counted (before this edge stops), and a batch read of
         // the counter, asked of its object, answers all of it.
-        wait_until(
-            Duration::from_secs(20),
-            "this round's hits reach the merger",
-            || async {
-                let (_, view) = get(&c, &format!("{}/v1/counters/forms", merger.url)).await;
-                count_of(&view["count"]) == Some(so_far)
-            },
-        )
-        .await;
+        merger_counts(&c, &merger.url, "forms", so_far).await;
         let page: Value = c
             .get(format!("{}/counter?ids=other,forms", edge.url))
             .header("X-Tally-Region", "eu")
@@ -1579,9 +1559,7 @@ async fn a_combined_call_whose_answer_is_lost_leaves_nothing_lost_or_counted_twi
     let _serial = serial().await;
     let (db, state) = (temp_dir(), temp_dir());
     let merger = MergerProcess::start(db.path(), &[]).await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let options = EdgeOptions::one_object(&merger.url, state.path());
     let edge = Edge::start(&options).await;
     let c = http_client();
     let url = format!("{}/dropped/counter", edge.url);
@@ -1644,15 +1622,7 @@ async fn a_combined_call_whose_answer_is_lost_leaves_nothing_lost_or_counted_twi
         !units.is_empty(),
         "hits of calls whose answer came are acknowledged"
     );
-    wait_until(
-        Duration::from_secs(20),
-        "all 640 hits reach the merger",
-        || async {
-            let (_, view) = get(&c, &format!("{}/v1/counters/dropped", merger.url)).await;
-            count_of(&view["count"]) == Some(640)
-        },
-    )
-    .await;
+    merger_counts(&c, &merger.url, "dropped", 640).await;
     // And no more: two further sync intervals change nothing.
     tokio::time::sleep(Duration::from_millis(options.sync_interval_ms * 2)).await;
     let (_, view) = get(&c, &format!("{}/v1/counters/dropped", merger.url)).await;

@@ -496,9 +496,7 @@ async fn with_the_merger_stopped_near_hits_answer_pending_at_once_and_keep_their
     let merger =
         MergerProcess::start_binary(&merger_binary(), db.path(), port, &["--admin-token", ADMIN])
             .await;
-    let mut options = EdgeOptions::new(&merger.url, state.path());
-    options.partitions = 1;
-    options.spread = 1;
+    let mut options = EdgeOptions::one_object(&merger.url, state.path());
     options.sync_timeout_ms = SYNC_TIMEOUT_MS;
     options.vars.push(format!("EXACT_WAIT_MS:{EXACT_WAIT_MS}"));
     let edge = Edge::start(&options).await;
