@@ -125,9 +125,10 @@ pub struct PostgresStore {
     origin: String,
     /// When a watcher last finished a catch-up round.
     caught_up: Arc<Mutex<Option<std::time::Instant>>>,
-    /// Counters this store saw committed: their `counters` rows exist (none is ever
-    /// deleted), so a batch does not register them again. Bounded: emptied when full.
-    known: Mutex<foldhash::HashSet<CounterKey>>,
+    /// Counters this store saw committed, with their rows' ids: the rows exist and keep their
+    /// ids (none is ever deleted or renumbered; a restore runs with every merger stopped), so a
+    /// batch neither registers them again nor looks their ids up. Bounded: emptied when full.
+    known: Mutex<foldhash::HashMap<CounterKey, i64>>,
 }
 
 /// Counters [`PostgresStore`] remembers as registered before it forgets them all.
@@ -181,29 +182,36 @@ impl PostgresStore {
         prune_changes(&self.pool, keep).await
     }
 
-    /// The counters of `slots` this store has not seen committed.
-    fn unknown<'a>(&self, slots: &'a [SlotRow]) -> BTreeSet<&'a CounterKey> {
+    /// The ids of the counters of `slots` this store has seen committed, and the others.
+    fn known_ids<'a>(&self, slots: &'a [SlotRow]) -> (CounterIds<'a>, BTreeSet<&'a CounterKey>) {
         let known = self
             .known
             .lock()
             .expect("no thread panics while holding the known set");
-        slots
-            .iter()
-            .map(|s| &s.key)
-            .filter(|k| !known.contains(*k))
-            .collect()
+        let (mut ids, mut unknown) = (CounterIds::default(), BTreeSet::new());
+        for key in slots.iter().map(|s| &s.key) {
+            match known.get(key) {
+                Some(&id) => {
+                    ids.insert(key, id);
+                }
+                None => {
+                    unknown.insert(key);
+                }
+            }
+        }
+        (ids, unknown)
     }
 
-    /// Remembers `counters` as registered (their batch committed).
-    fn registered(&self, counters: BTreeSet<&CounterKey>) {
+    /// Remembers the counters of `ids` as registered (their batch committed).
+    fn registered(&self, ids: &CounterIds<'_>) {
         let mut known = self
             .known
             .lock()
             .expect("no thread panics while holding the known set");
-        if known.len() + counters.len() > KNOWN_COUNTERS {
+        if known.len() + ids.len() > KNOWN_COUNTERS {
             known.clear();
         }
-        known.extend(counters.into_iter().cloned());
+        known.extend(ids.iter().map(|(key, id)| ((*key).clone(), *id)));
     }
 
     /// The watchers' tasks, locked.
@@ -225,7 +233,7 @@ const UPSERT_REPLICAS: &str = "\
     ORDER BY u.replica COLLATE \"C\" \
     ON CONFLICT (replica) DO UPDATE SET \
         last_sync = GREATEST(replicas.last_sync, excluded.last_sync) \
-    RETURNING replica, region, (xmax = 0) AS inserted, retired_at IS NOT NULL AS retired";
+    RETURNING id, replica, region, (xmax = 0) AS inserted, retired_at IS NOT NULL AS retired";
 
 /// Marks retired the replicas of the arrays (`replica`, its object column, its generation;
 /// each just registered by this transaction, so their rows are locked already) that a carry of
@@ -292,30 +300,38 @@ const UPSERT_CARRIES: &str = "\
 
 /// The counters of a batch, in lock order; a counter already there is left alone.
 const INSERT_COUNTERS: &str = "\
-    INSERT INTO counters (kind, name) \
-    SELECT u.kind, u.name FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
-    ORDER BY u.kind COLLATE \"C\", u.name COLLATE \"C\" \
-    ON CONFLICT DO NOTHING";
+    WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[]) AS u(kind, name)), \
+    made AS ( \
+        INSERT INTO counters (kind, name) \
+        SELECT u.kind, u.name FROM u ORDER BY u.kind COLLATE \"C\", u.name COLLATE \"C\" \
+        ON CONFLICT DO NOTHING \
+        RETURNING id, kind, name) \
+    SELECT id, kind, name FROM made \
+    UNION ALL \
+    SELECT c.id, c.kind, c.name FROM u JOIN counters c ON c.kind = u.kind AND c.name = u.name";
 
-/// The CRDT merge: max per half, in (counter, replica) lock order. A row that grows in
-/// neither half is not written (so the change log names only counters that grew), nor is a
-/// slot its object's carry holds (it is final); no indexed column changes, so Postgres can
-/// make the update in place (HOT, migration 0016). The joins are LEFT joins so
-/// that a slot naming a replica that was never registered fails on `NOT NULL` and rolls the
-/// batch back, instead of vanishing from an inner join. Answers the counters whose slots
-/// changed, for the notification.
+/// The ids of the counters of the arrays (kinds, names) that have a row.
+const COUNTER_IDS: &str = "\
+    SELECT c.id, c.kind, c.name \
+    FROM UNNEST($1::text[], $2::text[]) AS u(kind, name) \
+    JOIN counters c ON c.kind = u.kind AND c.name = u.name";
+
+/// The CRDT merge: max per half, in (counter, replica) lock order, by the rows' ids (the
+/// batch's counters registered, its replicas upserted, both in this transaction: no join by
+/// text). A row that grows in neither half is not written (so the change log names only
+/// counters that grew), nor is a slot its object's carry holds (it is final); no indexed
+/// column changes, so Postgres can make the update in place (HOT, migration 0016). Answers
+/// the ids of the counters whose slots changed, for the notification.
 const MERGE_SLOTS: &str = "\
     WITH changed AS ( \
         INSERT INTO slots AS s (counter, replica, p, n, updated_at) \
-        SELECT c.id, r.id, u.p::numeric, u.n::numeric, u.at \
-        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
-                $7::text[], $8::int8[]) \
-            AS u(kind, name, replica, p, n, at, object, generation) \
-        LEFT JOIN counters c ON c.kind = u.kind AND c.name = u.name \
-        LEFT JOIN replicas r ON r.replica = u.replica \
-        WHERE NOT EXISTS (SELECT 1 FROM carries x WHERE x.counter = c.id \
+        SELECT u.counter, u.replica, u.p::numeric, u.n::numeric, u.at \
+        FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
+                $6::text[], $7::int8[]) \
+            AS u(counter, replica, p, n, at, object, generation) \
+        WHERE NOT EXISTS (SELECT 1 FROM carries x WHERE x.counter = u.counter \
             AND x.object = u.object AND x.through > u.generation) \
-        ORDER BY c.id, r.id \
+        ORDER BY u.counter, u.replica \
         ON CONFLICT (counter, replica) DO UPDATE SET \
             p = GREATEST(s.p, excluded.p), \
             n = GREATEST(s.n, excluded.n), \
@@ -323,7 +339,7 @@ const MERGE_SLOTS: &str = "\
         WHERE excluded.p > s.p OR excluded.n > s.n \
         RETURNING s.counter \
     ) \
-    SELECT DISTINCT c.kind, c.name FROM changed JOIN counters c ON c.id = changed.counter";
+    SELECT DISTINCT counter FROM changed";
 
 /// History points, in (counter, time) lock order; counters unknown to the store are dropped
 /// by the inner join (they have no slot, so nothing to show a history of).
@@ -465,7 +481,7 @@ impl super::backend::Backend for PostgresStore {
             return Ok(Committed::default());
         }
         let mut tx = self.pool.begin().await?;
-        let committed = upsert_replicas(&mut tx, replicas).await?;
+        let (committed, mut replica_ids) = upsert_replicas(&mut tx, replicas).await?;
         // A retired replica's slots are final and folded: a late sync of it changes nothing.
         // The upsert above holds its replica row's lock until this transaction ends, so a
         // retirement cannot slip in between.
@@ -490,8 +506,8 @@ impl super::backend::Backend for PostgresStore {
         } else {
             load_in(&mut tx, &super::watched_keys(&pending)?).await?
         };
-        let unknown = self.unknown(&live);
-        insert_counters(&mut tx, &unknown).await?;
+        let (mut ids, unknown) = self.known_ids(&live);
+        insert_counters(&mut tx, &unknown, &mut ids).await?;
         let regions: BTreeMap<ReplicaId, &str> = committed
             .regions
             .iter()
@@ -499,7 +515,8 @@ impl super::backend::Backend for PostgresStore {
             .collect();
         let carries = super::batch_carries(&live, |r| regions.get(&r).map(|&region| region.into()));
         let mut changed = tx.merge_carries(&carries).await?;
-        changed.extend(merge_slots(&mut tx, &live).await?);
+        replica_ids_of(&mut tx, &live, &mut replica_ids).await?;
+        changed.extend(merge_slots(&mut tx, &live, &ids, &replica_ids).await?);
         changed.sort_unstable();
         changed.dedup();
         let mut committed = committed;
@@ -511,7 +528,7 @@ impl super::backend::Backend for PostgresStore {
         committed.news = crate::milestone::news_of(&watch, &committed.decided);
         notify(&mut tx, &self.origin, &changed).await?;
         tx.commit().await?;
-        self.registered(unknown);
+        self.registered(&ids);
         Ok(committed)
     }
 
@@ -785,7 +802,7 @@ impl Statements for sqlx::PgConnection {
 async fn upsert_replicas(
     tx: &mut Transaction<'static, Postgres>,
     replicas: &[ReplicaRow],
-) -> Result<Committed, StoreError> {
+) -> Result<(Committed, BTreeMap<ReplicaId, i64>), StoreError> {
     let mut distinct: BTreeMap<ReplicaId, (&str, Timestamp, Timestamp)> = BTreeMap::new();
     for row in replicas {
         let entry = distinct
@@ -797,21 +814,22 @@ async fn upsert_replicas(
         entry.2 = entry.2.max(row.at);
     }
     let mut committed = Committed::default();
+    let mut ids = BTreeMap::new();
     if distinct.is_empty() {
-        return Ok(committed);
+        return Ok((committed, ids));
     }
-    let mut ids = Vec::with_capacity(distinct.len());
+    let mut texts = Vec::with_capacity(distinct.len());
     let mut regions = Vec::with_capacity(distinct.len());
     let mut first = Vec::with_capacity(distinct.len());
     let mut last = Vec::with_capacity(distinct.len());
     for (replica, (region, first_at, last_at)) in distinct {
-        ids.push(replica.to_string());
+        texts.push(replica.to_string());
         regions.push(region);
         first.push(first_at.unix_ms());
         last.push(last_at.unix_ms());
     }
     let rows = sqlx::query(UPSERT_REPLICAS)
-        .bind(ids)
+        .bind(texts)
         .bind(regions)
         .bind(first)
         .bind(last)
@@ -820,6 +838,7 @@ async fn upsert_replicas(
     let mut inserted: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
     for row in &rows {
         let replica = replica_of("replicas", row.try_get("replica")?)?;
+        ids.insert(replica, row.try_get("id")?);
         committed.regions.push((replica, row.try_get("region")?));
         if row.try_get::<bool, _>("inserted")? {
             inserted.0.push(replica.to_string());
@@ -842,7 +861,7 @@ async fn upsert_replicas(
             committed.retired.push(replica_of("replicas", text)?);
         }
     }
-    Ok(committed)
+    Ok((committed, ids))
 }
 
 /// The counters asked for that have a slot, a base or a cut, each whole, read in `conn` (a
@@ -905,29 +924,96 @@ async fn lock_watch(
     Ok(watch)
 }
 
-/// Registers the counters of a batch.
-async fn insert_counters(
+/// Registers the counters of a batch the store did not know to have, and adds their ids to
+/// `ids`: the rows this statement made, and the ones that existed before it. A row another
+/// merger committed while the statement waited is in neither (its snapshot predates it): those
+/// are read again, by a statement of their own.
+async fn insert_counters<'a>(
     tx: &mut Transaction<'static, Postgres>,
-    counters: &BTreeSet<&CounterKey>,
+    counters: &BTreeSet<&'a CounterKey>,
+    ids: &mut CounterIds<'a>,
 ) -> Result<(), StoreError> {
     if counters.is_empty() {
         return Ok(());
     }
-    let (kinds, names): (Vec<&str>, Vec<&str>) =
-        counters.iter().map(|k| (k.kind().as_str(), k.id())).unzip();
-    sqlx::query(INSERT_COUNTERS)
-        .bind(kinds)
-        .bind(names)
-        .execute(&mut **tx)
+    let by_text: BTreeMap<(&str, &str), &CounterKey> = counters
+        .iter()
+        .map(|k| ((k.kind().as_str(), k.id()), *k))
+        .collect();
+    let (kinds, names): (Vec<&str>, Vec<&str>) = by_text.keys().copied().unzip();
+    // The second statement only for rows another merger committed meanwhile.
+    for statement in [INSERT_COUNTERS, COUNTER_IDS] {
+        if counters.iter().all(|k| ids.contains_key(k)) {
+            break;
+        }
+        let rows = sqlx::query(statement)
+            .bind(&kinds)
+            .bind(&names)
+            .fetch_all(&mut **tx)
+            .await?;
+        add_ids(&rows, &by_text, ids)?;
+    }
+    match counters.iter().find(|k| !ids.contains_key(*k)) {
+        Some(key) => Err(super::corrupt(
+            "counters",
+            format!("counter {key} has no row after its registration"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Adds to `ids` the ids of the replicas of `slots` that the batch did not register itself
+/// (they were, by an earlier one).
+async fn replica_ids_of(
+    tx: &mut Transaction<'static, Postgres>,
+    slots: &[SlotRow],
+    ids: &mut BTreeMap<ReplicaId, i64>,
+) -> Result<(), StoreError> {
+    let missing: BTreeSet<ReplicaId> = slots
+        .iter()
+        .map(|s| s.replica)
+        .filter(|r| !ids.contains_key(r))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let texts: Vec<String> = missing.iter().map(ReplicaId::to_string).collect();
+    let rows = sqlx::query("SELECT id, replica FROM replicas WHERE replica = ANY($1::text[])")
+        .bind(texts)
+        .fetch_all(&mut **tx)
         .await?;
+    for row in rows {
+        ids.insert(
+            replica_of("replicas", row.try_get("replica")?)?,
+            row.try_get("id")?,
+        );
+    }
     Ok(())
 }
 
-/// Merges a batch's slots (its counters registered); answers the counters whose stored slots
-/// grew. A slot of zero is not written.
+/// Adds to `ids` the counters of `rows` (columns `id`, `kind`, `name`) that `by_text` names.
+fn add_ids<'a>(
+    rows: &[sqlx::postgres::PgRow],
+    by_text: &BTreeMap<(&str, &str), &'a CounterKey>,
+    ids: &mut CounterIds<'a>,
+) -> Result<(), StoreError> {
+    for row in rows {
+        let (kind, name): (&str, &str) = (row.try_get("kind")?, row.try_get("name")?);
+        if let Some(key) = by_text.get(&(kind, name)) {
+            ids.insert(key, row.try_get("id")?);
+        }
+    }
+    Ok(())
+}
+
+/// Merges a batch's slots (its counters registered: their ids in `counters`; its replicas'
+/// in `replicas`); answers the counters whose stored slots grew. A slot of zero is not
+/// written.
 async fn merge_slots(
     tx: &mut Transaction<'static, Postgres>,
     slots: &[SlotRow],
+    counters: &CounterIds<'_>,
+    replicas: &BTreeMap<ReplicaId, i64>,
 ) -> Result<Vec<(String, String)>, StoreError> {
     // One row per (counter, replica), the larger of each half: `ON CONFLICT` may not touch
     // one row twice in a statement.
@@ -942,10 +1028,17 @@ async fn merge_slots(
         return Ok(Vec::new());
     }
     let mut columns = SlotColumns::default();
+    let mut keys: BTreeMap<i64, &CounterKey> = BTreeMap::new();
     for ((key, replica), (totals, at)) in distinct {
-        columns.kinds.push(key.kind().as_str());
-        columns.names.push(key.id());
-        columns.replicas.push(replica.to_string());
+        let counter = *counters.get(key).ok_or_else(|| {
+            super::corrupt("counters", format!("counter {key} is not registered"))
+        })?;
+        let replica_id = *replicas.get(&replica).ok_or_else(|| {
+            super::corrupt("replicas", format!("replica {replica} is not registered"))
+        })?;
+        keys.insert(counter, key);
+        columns.counters.push(counter);
+        columns.replicas.push(replica_id);
         columns.p.push(encode_u64(totals.p));
         columns.n.push(encode_u64(totals.n));
         columns.at.push(at.unix_ms());
@@ -953,8 +1046,7 @@ async fn merge_slots(
         columns.generations.push(i64::from(replica.generation()));
     }
     let rows = sqlx::query(MERGE_SLOTS)
-        .bind(columns.kinds)
-        .bind(columns.names)
+        .bind(columns.counters)
         .bind(columns.replicas)
         .bind(columns.p)
         .bind(columns.n)
@@ -964,7 +1056,13 @@ async fn merge_slots(
         .fetch_all(&mut **tx)
         .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("kind")?, row.try_get("name")?)))
+        .map(|row| {
+            let id: i64 = row.try_get("counter")?;
+            let key = keys.get(&id).ok_or_else(|| {
+                super::corrupt("slots", format!("counter id {id} not of the batch"))
+            })?;
+            Ok((key.kind().as_str().to_owned(), key.id().to_owned()))
+        })
         .collect()
 }
 
@@ -984,12 +1082,14 @@ struct CarryColumns<'a> {
     rn: Vec<String>,
 }
 
+/// The ids of a batch's counters (their `counters` rows).
+type CounterIds<'a> = foldhash::HashMap<&'a CounterKey, i64>;
+
 /// The slot rows of a commit, column by column, for `UNNEST`.
 #[derive(Default)]
-struct SlotColumns<'a> {
-    kinds: Vec<&'a str>,
-    names: Vec<&'a str>,
-    replicas: Vec<String>,
+struct SlotColumns {
+    counters: Vec<i64>,
+    replicas: Vec<i64>,
     p: Vec<String>,
     n: Vec<String>,
     at: Vec<i64>,
