@@ -101,7 +101,7 @@ function alone(s, w, compact) {
   return post(s, "/v1/hits", hit, true).then(([status, body]) => {
     if (status !== 200) return w.resolve(older(status) ? [3, 0, ""] : [0, status, body]);
     const parts = split(body);
-    w.resolve(parts && parts.length === 1 ? [1, 200, parts[0]] : failed("not one outcome"));
+    w.resolve(parts && parts.length === 1 ? parts[0] : failed("not one outcome"));
   }, (e) => w.resolve(failed(e)));
 }
 function body_of(batch, compact) {
@@ -139,7 +139,8 @@ function send(q, env, binding, name, hint) {
           batch.forEach((w, i) => {
             const part = parts[i];
             const isAlone = compact ? part.length === 1 && part[0] === 2 : part === '"alone"';
-            isAlone ? single.push(w) : w.resolve([1, 200, part]);
+            // A compact outcome settles as its bytes alone (fewer calls to read it).
+            isAlone ? single.push(w) : w.resolve(compact ? part : [1, 200, part]);
           });
         }
       } else if (status === 404 && !compact) {
@@ -222,8 +223,8 @@ export function combine_hit(env, ctx, binding, name, hint, hit, limit, wait, dro
 )]
 extern "C" {
     /// Queues `hit` (a [`Hit`]'s JSON text, or its compact form's bytes) for object `name` of
-    /// `binding`; the promise settles with `[kind, status, answer]`: kind 1, one [`HitOutcome`]
-    /// of a combined answer (its JSON line, or its compact bytes); kind 0, the object's answer
+    /// `binding`; the promise settles with one compact [`HitOutcome`]'s bytes alone, or with
+    /// `[kind, status, answer]`: kind 1, one JSON [`HitOutcome`] line; kind 0, the object's answer
     /// itself (an error, or the JSON answer to a hit sent alone to `/hit`); kind 2, no answer
     /// (the call failed, or none came within `wait`: the outcome is unknown); kind 3, an object
     /// of a release before the compact form (nothing stored). With `lose` (a test's fault, see
@@ -365,13 +366,16 @@ enum Payload {
     Bytes(Vec<u8>),
 }
 
-/// The `[kind, status, answer]` a promise of the snippet settles with; an error when no
-/// answer came (kind 2).
+/// The `[kind, status, answer]` a promise of the snippet settles with, or the bytes alone of
+/// a compact outcome; an error when no answer came (kind 2).
 async fn settled(promise: js_sys::Promise) -> Result<(Kind, u16, Payload), Failure> {
-    let settled: Array = JsFuture::from(promise)
+    let value = JsFuture::from(promise)
         .await
-        .map_err(|_| Failure::Api(ApiError::Internal))?
-        .unchecked_into();
+        .map_err(|_| Failure::Api(ApiError::Internal))?;
+    let settled: Array = match value.dyn_into::<Uint8Array>() {
+        Ok(bytes) => return Ok((Kind::Outcome, 200, Payload::Bytes(bytes.to_vec()))),
+        Err(value) => value.unchecked_into(),
+    };
     let kind = match settled.get(0).as_f64() {
         Some(0.0) => Kind::Whole,
         Some(1.0) => Kind::Outcome,

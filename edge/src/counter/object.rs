@@ -476,20 +476,23 @@ impl Replica {
             entry.stored = true;
             // With the merger away, the hit answers `pending` at once.
             let away = exact && merger_away;
-            let mut next = i.want(Job::Sync, now.plus_ms(interval));
+            let mut next = i.scheduler.want(Job::Sync, now.plus_ms(interval), now);
             if let Some(due) = rotation {
-                next = i.want(Job::Rotate, due).or(next);
+                next = i.scheduler.want(Job::Rotate, due, now).or(next);
             }
             if stale && !exact && i.refresh.len() < i.config.cache_counters {
                 i.refresh.insert(hit.key.clone());
-                next = i.want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS)).or(next);
+                next = i
+                    .scheduler
+                    .want(Job::Refresh, now.plus_ms(REFRESH_DELAY_MS), now)
+                    .or(next);
             }
             if i.config.anti_entropy_ms > 0 && !i.scheduler.is_wanted(Job::Sweep) {
                 let due = now.plus_ms(i.config.anti_entropy_ms);
                 i.store
                     .set_meta(meta::SWEEP_DUE, &due.to_string())
                     .map_err(store_failed)?;
-                next = i.want(Job::Sweep, due).or(next);
+                next = i.scheduler.want(Job::Sweep, due, now).or(next);
             }
             Ok::<_, ApiError>(Some((view, slot, next, exact, away)))
         })?;
