@@ -200,9 +200,9 @@ impl DurableObject for Replica {
     /// JSON. Each is answered in the form it came in.
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let path = req.path();
-        if path.starts_with("/v1/") {
+        let answer = if path.starts_with("/v1/") {
             let body = req.bytes().await?;
-            let answer = match path.as_str() {
+            match path.as_str() {
                 v1::HITS_PATH => match v1::decode_hits(&body) {
                     Ok(hits) => {
                         let mut out = Vec::with_capacity(hits.len() * 64);
@@ -218,47 +218,43 @@ impl DurableObject for Replica {
                     Err(e) => Err(internal(e.to_string())),
                 },
                 _ => Err(ApiError::NotFound),
+            }
+        } else {
+            // The body as one string, decoded in Wasm: `Request::json` walks the JS object a
+            // property at a time across the boundary (about 30 crossings per request).
+            let body = req.text().await?;
+            let answers = match path.as_str() {
+                HIT_PATH => match serde_json::from_str::<Hit>(&body) {
+                    Ok(hit) => self.hit(hit, false).await.map(|a| a.into_iter().collect()),
+                    Err(e) => Err(internal(format!("bad internal hit: {e}"))),
+                },
+                HITS_PATH => match serde_json::from_str::<Hits>(&body) {
+                    Ok(hits) => {
+                        let hits = hits.hits.into_iter().map(|hit| (hit, false)).collect();
+                        let lines: Vec<String> = self
+                            .hits(hits)
+                            .await
+                            .iter()
+                            // An outcome of plain data always encodes.
+                            .map(|o| serde_json::to_string(o).unwrap_or_default())
+                            .collect();
+                        return internal_response(lines.join("\n"), 200);
+                    }
+                    Err(e) => Err(internal(format!("bad internal hits: {e}"))),
+                },
+                READ_PATH => match serde_json::from_str::<Read>(&body) {
+                    Ok(read) => self.read(read).await,
+                    Err(e) => Err(internal(format!("bad internal read: {e}"))),
+                },
+                _ => Err(ApiError::NotFound),
             };
-            return match answer {
-                Ok(bytes) => internal_response(bytes, 200),
-                Err(e) => internal_response(e.body().into_bytes(), e.status()),
-            };
-        }
-        // The body as one string, decoded in Wasm: `Request::json` walks the JS object a
-        // property at a time across the boundary (about 30 crossings per request).
-        let body = req.text().await?;
-        let answer = match path.as_str() {
-            HIT_PATH => match serde_json::from_str::<Hit>(&body) {
-                Ok(hit) => self.hit(hit, false).await.map(|a| a.into_iter().collect()),
-                Err(e) => Err(internal(format!("bad internal hit: {e}"))),
-            },
-            HITS_PATH => match serde_json::from_str::<Hits>(&body) {
-                Ok(hits) => {
-                    let hits = hits.hits.into_iter().map(|hit| (hit, false)).collect();
-                    let lines: Vec<String> = self
-                        .hits(hits)
-                        .await
-                        .iter()
-                        // An outcome of plain data always encodes.
-                        .map(|o| serde_json::to_string(o).unwrap_or_default())
-                        .collect();
-                    return internal_response(lines.join("\n").into_bytes(), 200);
-                }
-                Err(e) => Err(internal(format!("bad internal hits: {e}"))),
-            },
-            READ_PATH => match serde_json::from_str::<Read>(&body) {
-                Ok(read) => self.read(read).await,
-                Err(e) => Err(internal(format!("bad internal read: {e}"))),
-            },
-            _ => Err(ApiError::NotFound),
+            answers.and_then(|a: Vec<Answer>| {
+                serde_json::to_vec(&a).map_err(|e| internal(e.to_string()))
+            })
         };
         match answer {
-            Ok(answers) => {
-                let body = serde_json::to_string(&answers)
-                    .map_err(|e| worker::Error::RustError(e.to_string()))?;
-                internal_response(body.into_bytes(), 200)
-            }
-            Err(e) => internal_response(e.body().into_bytes(), e.status()),
+            Ok(bytes) => internal_response(bytes, 200),
+            Err(e) => internal_response(e.body(), e.status()),
         }
     }
 
