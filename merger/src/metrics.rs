@@ -221,8 +221,8 @@ pub struct Metrics {
     /// Seconds since this merger last took in every change other mergers committed (a
     /// catch-up round of the shared store's change log); 0 without other mergers (SQLite).
     pub peer_catchup_age: Gauge<f64, AtomicU64>,
-    /// Won milestones whose announcement the webhook has not acknowledged yet (set at scrape
-    /// time; 0 without `--webhook-url`).
+    /// Won milestones whose announcement the webhook has not acknowledged yet (counted by the
+    /// announcement task every 5 s; 0 without `--webhook-url`).
     pub announcements_pending: Gauge,
     /// History points deleted by retention and downsampling.
     pub history_pruned: Counter,

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tally_crdt::{HyperLogLog, Timestamp};
-use tally_e2e::{MergerProcess, TOKEN, root, serial, target_dir, temp_dir, wait_until};
+use tally_e2e::{
+    MergerProcess, REQUEST_TIMEOUT, TOKEN, root, serial, target_dir, temp_dir, wait_until,
+};
 
 const READ_TOKEN: &str = "e2e-read-token-0123456789";
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
@@ -190,18 +192,25 @@ impl Client {
         assert!(answer.status().is_success(), "sync: {}", answer.status());
     }
 
-    /// The number of history points of `/v1/{namespace}/{id}`.
-    async fn points(&self, namespace: &str, id: &str) -> usize {
-        let answer: Value = self
-            .http
-            .get(format!("{}/v1/{namespace}/{id}/history", self.url))
+    /// Reads `path` with the read token, within `timeout`: its JSON.
+    async fn read(&self, path: &str, timeout: Duration) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
             .bearer_auth(READ_TOKEN)
+            .timeout(timeout)
             .send()
             .await
-            .expect("the merger answers a history read")
+            .unwrap_or_else(|e| panic!("the merger answers GET {path}: {e}"))
             .json()
             .await
-            .expect("a history is JSON");
+            .unwrap_or_else(|e| panic!("GET {path} answers JSON: {e}"))
+    }
+
+    /// The number of history points of `/v1/{namespace}/{id}`.
+    async fn points(&self, namespace: &str, id: &str) -> usize {
+        let answer = self
+            .read(&format!("/v1/{namespace}/{id}/history"), REQUEST_TIMEOUT)
+            .await;
         answer["points"].as_array().map_or(0, Vec::len)
     }
 
@@ -333,16 +342,8 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
 
     // What the milestone view must show: the first won by eu's replica (its unit as the
     // merger decided it), the second pending, 7,654,322 hits to go.
-    let milestones: Value = client
-        .http
-        .get(format!("{}/v1/counters/home/milestones", client.url))
-        .bearer_auth(READ_TOKEN)
-        .send()
-        .await
-        .expect("the merger answers")
-        .json()
-        .await
-        .expect("a JSON answer");
+    let list = "/v1/counters/home/milestones";
+    let milestones = client.read(list, REQUEST_TIMEOUT).await;
     let won = &milestones["milestones"][0];
     assert_eq!(
         (won["status"].as_str(), won["winner"]["replica"].as_str()),
@@ -355,17 +356,7 @@ async fn the_dashboard_shows_exact_counts_sorts_searches_charts_history_and_flag
         Duration::from_secs(30),
         "the webhook acknowledges the winner",
         || async {
-            let answer: Value = client
-                .http
-                .get(format!("{}/v1/counters/home/milestones", client.url))
-                .bearer_auth(READ_TOKEN)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .expect("the merger answers")
-                .json()
-                .await
-                .expect("a JSON answer");
+            let answer = client.read(list, Duration::from_secs(10)).await;
             answer["milestones"][0]["announced_at"].is_string()
         },
     )
