@@ -77,6 +77,8 @@ const pageId = `post-${Date.now().toString(36)}`;
 const url = `${site}/?edge=${encodeURIComponent(edge)}&page=${pageId}`;
 const browser = await chromium.launch({ executablePath: need("TALLY_CHROMIUM"), headless: true });
 const problems = [];
+// The pages opened, by visitor, for what they show when a check fails.
+const pages = {};
 try {
   const open = async () => {
     const context = await browser.newContext({ viewport: { width: 800, height: 520 } });
@@ -87,15 +89,23 @@ try {
         problems.push(`request to ${r.url()}`);
       }
     });
+    const answers = [];
+    page.on("response", async (r) => {
+      if (!r.url().startsWith(edge)) return;
+      const at = ((Date.now() - started) / 1000).toFixed(2);
+      const body = await r.text().catch(() => "(no body)");
+      answers.push(`[${at} s] ${r.request().method()} ${r.url().slice(edge.length)} ${r.status()}`
+        + ` cache=${r.headers()["tally-cache"] ?? "-"} ${body.slice(0, 160)}`);
+    });
     page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
     page.on("console", (m) => m.type() === "error" && problems.push(`console: ${m.text()}`));
     await page.goto(url);
-    return { context, page };
+    return { context, page, answers };
   };
   const text = (page, selector) => page.textContent(selector);
 
   // 1. A visitor: the likes read 0, the badge counts this viewer.
-  const first = await open();
+  const first = (pages.first = await open());
   await first.page.waitForFunction(() => document.getElementById("likes").textContent === "0");
   check(true, "the like count reads 0 for a new page");
   await first.page.waitForFunction(() => document.getElementById("viewers").textContent === "1");
@@ -115,7 +125,7 @@ try {
   check(/^1\./.test(token ?? ""), "the session token is kept in localStorage");
 
   // 3. A second visitor: both badges show 2; the likes read 3.
-  const second = await open();
+  const second = (pages.second = await open());
   await second.page.waitForFunction(() => document.getElementById("likes").textContent === "3", null, { timeout: 15000 });
   check(true, "a second visitor reads 3 likes");
   await first.page.waitForFunction(() => document.getElementById("viewers").textContent === "2");
@@ -137,6 +147,19 @@ try {
 } catch (e) {
   // What the pages said before the failure, to tell a page error from a slow edge.
   console.error(`problems so far:\n  ${problems.join("\n  ") || "(none)"}`);
+  for (const [name, opened] of Object.entries(pages)) {
+    const shows = await opened.page.evaluate(() => ["likes", "viewers", "status"]
+      .map((id) => `#${id} "${document.getElementById(id)?.textContent ?? ""}"`).join(", "))
+      .catch((err) => `(not readable: ${err.message})`);
+    console.error(`the ${name} visitor's page shows ${shows}; the edge answered it:`);
+    for (const line of opened.answers) console.error(`  ${line}`);
+  }
+  const likes = `${pageId}:likes`;
+  const now = await fetch(`${edge}/${likes}/counter`, { signal: AbortSignal.timeout(5000) })
+    .then(async (r) => `${r.status} ${JSON.stringify(Object.fromEntries(r.headers))} ${await r.text()}`)
+    .catch((err) => `(no answer: ${err.message})`);
+  console.error(`the edge answers ${likes} now: ${now}`);
+  console.error(`the merger counts ${await mergerCount(likes).catch((err) => `(no answer: ${err.message})`)}`);
   throw e;
 } finally {
   await browser.close();

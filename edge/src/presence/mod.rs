@@ -389,6 +389,20 @@ impl Tally {
         out
     }
 
+    /// A new socket of `id` was shown `count` in its first message. If the id's other
+    /// sockets were last pushed another count, they disagree now: the next push goes to all of
+    /// them, whatever the count is then. A socket alone is taken as shown `count`.
+    pub fn shown(&mut self, id: &str, count: u64) {
+        if self.pushed.get(id) == Some(&count) {
+            return;
+        }
+        if self.sockets.get(id) == Some(&1) {
+            self.pushed.insert(id.to_owned(), count);
+        } else {
+            self.pushed.remove(id);
+        }
+    }
+
     /// Whether some id's sockets have not been shown its current count.
     pub fn push_due(&mut self) -> bool {
         let ids: Vec<String> = self.sockets.keys().cloned().collect();
@@ -544,5 +558,35 @@ mod tests {
         tally.heard_all(vec![total("a", 7, 1)], t(1));
         assert!(tally.push_due());
         assert_eq!(tally.to_push(|_| true)[0].1.count, 7);
+    }
+
+    #[test]
+    fn a_socket_alone_is_not_pushed_the_count_its_first_message_showed() {
+        let mut tally = Tally::new(16);
+        tally.socket("a", true, t(0));
+        let count = tally.view("a").count;
+        tally.shown("a", count);
+        assert!(!tally.push_due());
+        assert!(tally.to_push(|_| true).is_empty());
+    }
+
+    /// Seen in the example page's browser test under load: the first viewer's old socket
+    /// closed (1 pushed), its reloaded page opened (shown 2 in its first message), the second
+    /// viewer left within `PRESENCE_PUSH_MS` (1 again): with 1 taken as pushed, the reloaded
+    /// page was never pushed 1 and showed 2 until the next change.
+    #[test]
+    fn a_socket_shown_another_count_than_the_last_push_gets_the_next_change_back() {
+        let mut tally = Tally::new(16);
+        tally.socket("a", true, t(0)); // the second viewer's socket
+        assert_eq!(tally.to_push(|_| true)[0].1.count, 1);
+        tally.socket("a", true, t(1)); // a new socket, shown 2
+        let count = tally.view("a").count;
+        tally.shown("a", count);
+        tally.socket("a", false, t(2)); // the other one leaves: 1, as last pushed
+        assert!(tally.push_due());
+        let pushed = tally.to_push(|_| true);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].1.count, 1);
+        assert!(tally.to_push(|_| true).is_empty());
     }
 }

@@ -470,9 +470,15 @@ impl Presence {
         self.shell.arm(next).await;
         // The first message may lack other objects' viewers; the refresh's push brings them.
         self.known(id, now, false).await;
-        let (view, ttl) = self
-            .shell
-            .with(|i| (i.tally.view(id), i.config.presence_ttl_ms));
+        // The socket is shown the count now; where the id's other sockets were last pushed
+        // another, the next push goes to them all (else a change back to what they were
+        // shown would leave this one at the count of its first message).
+        let (view, ttl, next) = self.shell.with(|i| {
+            let view = i.tally.view(id);
+            i.tally.shown(id, view.count);
+            (view, i.config.presence_ttl_ms, i.want_push(now))
+        });
+        self.shell.arm(next).await;
         pair.server
             .send(&ServerMessage::Count {
                 id,

@@ -505,3 +505,95 @@ async fn vanished_viewers_drop_out_after_their_lease_and_sockets_see_it_live() {
     }
     drop(proxy);
 }
+
+/// The next count message on `socket` (the first one names the session), within 20 s.
+async fn next_count(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    within: Duration,
+) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, socket.next()).await.ok()??;
+        let Ok(Message::Text(text)) = message else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&text).expect("a JSON message");
+        if value["type"] == json!("count") {
+            return Some(value);
+        }
+    }
+}
+
+/// A socket shown a count in its first message that differs from the count last pushed to
+/// the id's other sockets must be pushed the next change even when that change goes back to
+/// the count last pushed. Seen in the example page's browser test under load: the first
+/// viewer's old socket closed (1 pushed), its reloaded page opened (its first message: 2), the
+/// second viewer left within `PRESENCE_PUSH_MS` (1 again, as last pushed): the reloaded page
+/// was never pushed 1, and showed 2 viewers until the next change. A long `PRESENCE_PUSH_MS`
+/// holds the window open here; the wait for the push is a multiple of it.
+#[tokio::test]
+async fn a_socket_whose_first_count_differs_from_the_last_push_is_pushed_the_next_change() {
+    const PUSH_MS: u64 = 4000;
+    let _serial = serial().await;
+    let (db, state) = (temp_dir(), temp_dir());
+    let merger = MergerProcess::start(db.path(), &[]).await;
+    let mut options = EdgeOptions::one_object(&merger.url, state.path());
+    options.vars = vec![format!("PRESENCE_PUSH_MS:{PUSH_MS}")];
+    let edge = Edge::start(&options).await;
+    let id = "reloaded-page";
+    let open = || async {
+        let url = format!("{}/{id}/presence", edge.url.replace("http://", "ws://"));
+        let (socket, response) = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("the WebSocket opens within 20 s")
+        .expect("the edge accepts the WebSocket");
+        assert_eq!(response.status().as_u16(), 101);
+        socket
+    };
+    let within = Duration::from_secs(20);
+
+    // One viewer; whatever push its open brings has gone out a second later.
+    let mut first = open().await;
+    let shown = next_count(&mut first, within).await.expect("a first count");
+    assert_eq!(count_of(&shown["count"]), Some(1), "{shown}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A second socket is shown 2 as it opens; the first leaves at once: 1, as last pushed.
+    let mut second = open().await;
+    let shown = next_count(&mut second, within)
+        .await
+        .expect("a first count");
+    assert_eq!(count_of(&shown["count"]), Some(2), "{shown}");
+    first
+        .send(Message::Close(None))
+        .await
+        .expect("the close goes out");
+    drop(first);
+
+    // The second socket is pushed 1 within a few push intervals.
+    let deadline = Instant::now() + Duration::from_millis(5 * PUSH_MS);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(pushed) = next_count(&mut second, left).await else {
+            panic!(
+                "the second socket was not pushed 1 within {} ms (pushes: {seen:?})",
+                5 * PUSH_MS
+            );
+        };
+        let count = count_of(&pushed["count"]);
+        seen.push(count);
+        if count == Some(1) {
+            break;
+        }
+    }
+    let _ = second.send(Message::Close(None)).await;
+    edge.stop().await;
+    merger.terminate().await;
+}
