@@ -48,14 +48,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(self.pool().acquire().await?)
     }
 
-    /// Closes every connection ([`Store::close`]).
-    async fn close_all(&self);
+    /// Closes every connection ([`Store::close`]); by default closes the pool (on SQLite,
+    /// which checkpoints the WAL).
+    async fn close_all(&self) {
+        self.pool().close().await;
+    }
 
-    /// The counters other processes change ([`Store::watch`]).
-    fn changes(&self, stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>>;
+    /// The counters other processes change ([`Store::watch`]). By default none: one process
+    /// owns the database (SQLite's file).
+    fn changes(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<Changes>> {
+        None
+    }
 
-    /// When a watcher last finished a catch-up round ([`Store::caught_up_at`]).
-    fn caught_up_at(&self) -> Option<std::time::Instant>;
+    /// When a watcher last finished a catch-up round ([`Store::caught_up_at`]); by default
+    /// never, as there is no watcher.
+    fn caught_up_at(&self) -> Option<std::time::Instant> {
+        None
+    }
 
     /// Writes one batch ([`CounterStore::commit`](super::CounterStore::commit)).
     async fn commit_batch(
@@ -73,8 +82,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn upsert_presence(&self, rows: &[PresenceRow<'_>]) -> Result<(), StoreError>;
 
     /// Tells the other mergers that counters `changed` changed, when `conn`'s transaction
-    /// commits (Postgres; SQLite has no other mergers).
-    async fn changed(&self, conn: &mut Self::Conn, changed: &[KindId]) -> Result<(), StoreError>;
+    /// commits. By default nothing: no other merger shares the database.
+    async fn changed(&self, _conn: &mut Self::Conn, _changed: &[KindId]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[async_trait]

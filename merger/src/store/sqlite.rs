@@ -15,7 +15,6 @@ use sqlx::{Row, SqlitePool};
 use tally_crdt::{
     CounterKey, CounterKind, HyperLogLog, ReplicaId, SketchKey, SlotTotals, Timestamp,
 };
-use tokio::sync::{mpsc, watch};
 
 use super::backend::{Fetched, KindId, Statements, kind_id};
 use super::counters::{K_COLUMNS, parts_of_k};
@@ -132,20 +131,6 @@ impl super::backend::Backend for SqliteStore {
 
     fn pool(&self) -> &SqlitePool {
         &self.pool
-    }
-
-    /// Closes every connection, checkpointing the WAL.
-    async fn close_all(&self) {
-        self.pool.close().await;
-    }
-
-    /// One process owns a SQLite file: nobody else changes it.
-    fn changes(&self, _stop: watch::Receiver<bool>) -> Option<mpsc::Receiver<super::Changes>> {
-        None
-    }
-
-    fn caught_up_at(&self) -> Option<std::time::Instant> {
-        None
     }
 
     /// Each table gets one statement whatever the batch size: the rows travel as one JSON
@@ -294,10 +279,6 @@ impl super::backend::Backend for SqliteStore {
         }
         tx.commit().await?;
         Ok(committed)
-    }
-
-    async fn changed(&self, _: &mut Self::Conn, _: &[KindId]) -> Result<(), StoreError> {
-        Ok(())
     }
 
     async fn upsert_history(&self, rows: &[SnapshotRow]) -> Result<(), StoreError> {
