@@ -86,6 +86,10 @@ async fn serve(mut config: Config) -> ExitCode {
         EnvFilter::new("info")
     });
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Listening for the signals starts here, before the store opens and the port is bound:
+    // a SIGTERM that lands while the store opens, or right after the first ready answer,
+    // ends the merger through its graceful close, never through the signal's default action.
+    let shutdown = shutdown_signal();
 
     if config.sync_token.is_none() && config.dev {
         let token = dev_token();
@@ -111,7 +115,7 @@ async fn serve(mut config: Config) -> ExitCode {
         Ok(addr) => println!("listening on http://{addr}"),
         Err(e) => eprintln!("warning: cannot read the bound address: {e}"),
     }
-    merger.serve(listener, shutdown_signal()).await;
+    merger.serve(listener, shutdown).await;
     ExitCode::SUCCESS
 }
 
@@ -122,31 +126,48 @@ fn dev_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Starts listening for SIGINT (Ctrl-C) and SIGTERM now, and answers a future that
+/// completes on the first of them (at once if one came before it is polled).
+#[cfg(unix)]
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("cannot listen for {name}: {e}");
+            None
+        }
+    };
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async move {
+        tokio::select! {
+            () = received(interrupt.as_mut()) => {}
+            () = received(terminate.as_mut()) => {}
+        }
+        tracing::info!("shutdown signal received");
+    }
+}
+
+/// Completes when `signal` delivers; never if there is none (listening for it failed).
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             eprintln!("cannot listen for Ctrl-C: {e}");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                eprintln!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

@@ -164,3 +164,62 @@ async fn every_acknowledged_sync_survives_kill_9() {
     m.terminate().await;
     eprintln!("kill -9 rounds: {ROUNDS}, syncs acknowledged: {acked_syncs}");
 }
+
+/// SIGTERM is the merger's to handle from its start, not only once it serves: a SIGTERM that
+/// lands while the store opens (or right after the first ready answer — the merger bench's
+/// restart on a million Postgres counters saw "exited with signal: 15") ends the merger
+/// through its graceful close, with status 0, never through the signal's default action.
+/// Here the store's open is held back by a test connection that holds SQLite's write lock
+/// (the merger's migrations wait on its 5 s busy timeout), and SIGTERM comes meanwhile.
+#[tokio::test]
+async fn sigterm_while_the_store_opens_ends_the_merger_cleanly() {
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let guard = tally_e2e::temp_dir();
+    let url = database_url(guard.path());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .expect("a SQLite URL")
+        .create_if_missing(true);
+    let mut lock = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("the test database opens");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .expect("the test takes the write lock");
+    let mut merger = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally-merger"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &url])
+        .args(["--sync-token", TOKEN, "--log", "warn"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the merger starts");
+    let pid = merger.id().expect("the merger runs").to_string();
+    // Its start takes milliseconds; then it waits for the lock, up to its busy timeout (5 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        merger.try_wait().expect("the merger's status").is_none(),
+        "the merger ended before the lock was released"
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -TERM {pid}: {sent}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("the test releases the lock");
+    lock.close().await.expect("the test connection closes");
+    let status = tokio::time::timeout(Duration::from_secs(30), merger.wait())
+        .await
+        .expect("the merger exits within 30 s of SIGTERM")
+        .expect("the merger's exit status");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the merger ended with {status} after a SIGTERM while its store opened"
+    );
+}
