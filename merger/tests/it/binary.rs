@@ -173,20 +173,9 @@ async fn every_acknowledged_sync_survives_kill_9() {
 /// (the merger's migrations wait on its 5 s busy timeout), and SIGTERM comes meanwhile.
 #[tokio::test]
 async fn sigterm_while_the_store_opens_ends_the_merger_cleanly() {
-    use sqlx::Connection;
-    use std::str::FromStr;
     let guard = tally_e2e::temp_dir();
     let url = database_url(guard.path());
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-        .expect("a SQLite URL")
-        .create_if_missing(true);
-    let mut lock = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .expect("the test database opens");
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut lock)
-        .await
-        .expect("the test takes the write lock");
+    let lock = hold_write_lock(guard.path()).await;
     let mut merger = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally-merger"))
         .args(["--listen", "127.0.0.1:0", "--database-url", &url])
         .args(["--sync-token", TOKEN, "--log", "warn"])
@@ -208,11 +197,7 @@ async fn sigterm_while_the_store_opens_ends_the_merger_cleanly() {
         .expect("kill runs");
     assert!(sent.success(), "kill -TERM {pid}: {sent}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query("ROLLBACK")
-        .execute(&mut lock)
-        .await
-        .expect("the test releases the lock");
-    lock.close().await.expect("the test connection closes");
+    release_write_lock(lock).await;
     let status = tokio::time::timeout(Duration::from_secs(30), merger.wait())
         .await
         .expect("the merger exits within 30 s of SIGTERM")

@@ -3,8 +3,8 @@
 //! batches before, never a later one; a failed batch fails only its own syncs, and a batch
 //! queued behind it commits.
 //!
-//! The seam: the test holds SQLite's write lock from a connection of its own (`BEGIN
-//! IMMEDIATE`), so the merger's commit waits on it (its busy timeout is 5 s, the test holds it
+//! The seam: the test holds SQLite's write lock from a connection of its own
+//! ([`hold_write_lock`]), so the merger's commit waits on it (its busy timeout is 5 s, the test holds it
 //! well under one) while the test sends the next sync and looks at what is answered and shown;
 //! a trigger that refuses one counter makes a batch fail. (`kill -9` cannot show this: the page
 //! cache survives it.)
@@ -15,29 +15,7 @@ use std::time::Duration;
 use crate::common::*;
 use axum::http::StatusCode;
 use serde_json::Value;
-use sqlx::{Connection, SqliteConnection};
 use tokio::task::JoinHandle;
-
-/// Takes the database's write lock from a connection of the test's: every commit of the
-/// merger waits until [`release`].
-async fn hold_write_lock(t: &TestMerger) -> SqliteConnection {
-    let mut db = SqliteConnection::connect(&database_url(t.dir.path()))
-        .await
-        .expect("the test database opens");
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut db)
-        .await
-        .expect("the test takes the write lock");
-    db
-}
-
-async fn release(mut db: SqliteConnection) {
-    sqlx::query("ROLLBACK")
-        .execute(&mut db)
-        .await
-        .expect("the test lets the write lock go");
-    db.close().await.expect("the test connection closes");
-}
 
 /// Sends a sync in a task of its own.
 fn sync_in_background(t: &Arc<TestMerger>, body: Value) -> JoinHandle<(StatusCode, Value)> {
@@ -63,7 +41,7 @@ async fn no_sync_is_answered_or_shown_before_its_own_batch_commits() {
         t.sync(&sync_body(1, "eu", &[("x", "g", 1, 0)])).await.0,
         StatusCode::OK
     );
-    let lock = hold_write_lock(&t).await;
+    let lock = hold_write_lock(t.dir.path()).await;
     // Batch N waits on the lock; the next sync (x again, and y, which must be loaded) comes
     // while it is written.
     let first = sync_in_background(&t, sync_body(1, "eu", &[("x", "g", 5, 0)]));
@@ -79,7 +57,7 @@ async fn no_sync_is_answered_or_shown_before_its_own_batch_commits() {
     );
     assert_eq!(t.get("/v1/counters/x").await.1["count"], 1, "nothing shown");
     assert_eq!(t.get("/v1/counters/y").await.1["count"], 0, "nothing shown");
-    release(lock).await;
+    release_write_lock(lock).await;
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     assert_eq!((first.0, second.0), (StatusCode::OK, StatusCode::OK));
     // N was answered from memory holding N only; the next batch from memory holding both.
@@ -99,7 +77,7 @@ async fn no_sync_is_answered_or_shown_before_its_own_batch_commits() {
 async fn a_failed_batch_fails_only_its_own_syncs_and_the_next_batch_commits() {
     let t = Arc::new(TestMerger::new().await);
     refuse_poison(&t, "counters", true).await;
-    let lock = hold_write_lock(&t).await;
+    let lock = hold_write_lock(t.dir.path()).await;
     // Batch N holds a counter the database refuses: it fails whole, x included.
     let poisoned = sync_body(1, "eu", &[("poison", "g", 4, 0), ("x", "g", 2, 0)]);
     let first = sync_in_background(&t, poisoned.clone());
@@ -107,7 +85,7 @@ async fn a_failed_batch_fails_only_its_own_syncs_and_the_next_batch_commits() {
     // The next sync comes while N is written, and does not depend on it.
     let second = sync_in_background(&t, sync_body(2, "us", &[("x", "g", 3, 0)]));
     tokio::time::sleep(SETTLE).await;
-    release(lock).await;
+    release_write_lock(lock).await;
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     assert_error(
         &first,

@@ -113,14 +113,7 @@ async fn socket_viewer(
             .expect("a header value"),
     );
     let opened_at = Instant::now();
-    let (socket, response) = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    .expect("the WebSocket opens within 20 s")
-    .expect("the edge accepts the WebSocket");
-    assert_eq!(response.status().as_u16(), 101);
+    let socket = open_socket(request).await;
     renewed_at(&renewed, opened_at);
     let pushes: Pushes = Arc::default();
     let seen = Arc::clone(&pushes);
@@ -181,6 +174,23 @@ async fn socket_viewer(
         }
     });
     (task, pushes)
+}
+
+/// A client's WebSocket to the edge.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A presence WebSocket opened by `request`, within 20 s, answered `101`.
+async fn open_socket(request: impl IntoClientRequest + Unpin) -> Socket {
+    let (socket, response) = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("the WebSocket opens within 20 s")
+    .expect("the edge accepts the WebSocket");
+    assert_eq!(response.status().as_u16(), 101);
+    socket
 }
 
 /// The viewers of [`ID`] in `region`, as that region's edge answers them.
@@ -506,13 +516,9 @@ async fn vanished_viewers_drop_out_after_their_lease_and_sockets_see_it_live() {
     drop(proxy);
 }
 
-/// The next count message on `socket` (the first one names the session), within 20 s.
-async fn next_count(
-    socket: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    within: Duration,
-) -> Option<Value> {
+/// The next count message on `socket` (the first one names the session), within `within`;
+/// `None` if none came or the socket ended.
+async fn next_count(socket: &mut Socket, within: Duration) -> Option<Value> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -544,18 +550,8 @@ async fn a_socket_whose_first_count_differs_from_the_last_push_is_pushed_the_nex
     options.vars = vec![format!("PRESENCE_PUSH_MS:{PUSH_MS}")];
     let edge = Edge::start(&options).await;
     let id = "reloaded-page";
-    let open = || async {
-        let url = format!("{}/{id}/presence", edge.url.replace("http://", "ws://"));
-        let (socket, response) = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .expect("the WebSocket opens within 20 s")
-        .expect("the edge accepts the WebSocket");
-        assert_eq!(response.status().as_u16(), 101);
-        socket
-    };
+    let url = format!("{}/{id}/presence", edge.url.replace("http://", "ws://"));
+    let open = || open_socket(url.as_str());
     let within = Duration::from_secs(20);
 
     // One viewer; whatever push its open brings has gone out a second later.

@@ -286,6 +286,37 @@ pub async fn start_binary(db_dir: &Path) -> MergerProcess {
     .await
 }
 
+/// Takes the write lock of the SQLite database in `dir` (made if missing) from a connection of
+/// the test's (`BEGIN EXCLUSIVE`): every write of a merger on it waits, up to its busy timeout
+/// (5 s), until [`release_write_lock`]. On a database in WAL mode this is the same lock as
+/// `BEGIN IMMEDIATE` (reads go on); on a new file it also holds back a merger's open, whose
+/// switch to WAL would otherwise fail at once under `IMMEDIATE`.
+pub async fn hold_write_lock(dir: &Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let mut db = sqlx::sqlite::SqliteConnectOptions::from_str(&database_url(dir))
+        .expect("a SQLite URL")
+        .create_if_missing(true)
+        .connect()
+        .await
+        .expect("the test database opens");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut db)
+        .await
+        .expect("the test takes the write lock");
+    db
+}
+
+/// Lets go of the lock [`hold_write_lock`] took.
+pub async fn release_write_lock(mut db: sqlx::SqliteConnection) {
+    use sqlx::Connection;
+    sqlx::query("ROLLBACK")
+        .execute(&mut db)
+        .await
+        .expect("the test lets the write lock go");
+    db.close().await.expect("the test connection closes");
+}
+
 /// Makes the merger's SQLite database refuse any row named `poison` in `table` (a trigger),
 /// so that a batch holding one fails whole; `false` drops the trigger.
 pub async fn refuse_poison(t: &TestMerger, table: &str, on: bool) {
