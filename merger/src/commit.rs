@@ -7,6 +7,17 @@
 //! the batch with an error and leaves memory untouched, so nothing unacknowledged is shown and
 //! nothing acknowledged is missing.
 //!
+//! The commit is pipelined, one batch deep: while batch N's transaction runs (in a task of its
+//! own), the syncs that arrive are taken into batch N+1 and its counters loaded; when N's
+//! transaction returns, N+1's rows are chosen and its transaction starts, and only then is N
+//! applied to memory and answered. So the store is kept busy while the merger does its own
+//! part, and still has one writer: N+1's transaction begins after N's has ended. Nothing of
+//! N+1 is shown or answered before N has landed: batches land in order, each after its own
+//! transaction returned. N+1's rows are chosen from memory that does not hold N yet (and with
+//! N's milestone news posted): that can only add a row N made redundant, which the store's
+//! merge leaves as it is; and if N failed, N+1's rows never counted on it. Work of another
+//! kind, and a sync that tells a cut, waits until the batch in flight has landed.
+//!
 //! Memory is a bounded cache ([`Db`]): before merging, the task pins the batch's counters and
 //! loads those not held from the store (one query), so every answer is computed from complete
 //! counters. History points are written by their own task ([`crate::history`]), never here.
@@ -37,7 +48,7 @@
 //! lock, or ask the store, and write nothing. A presence report's answer (the sums of its ids)
 //! is such a read, made by its handler after its batch is durable.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -318,35 +329,58 @@ struct CommitTask {
 
 impl CommitTask {
     async fn run(self, mut queue: mpsc::Receiver<Work>, mut stop: watch::Receiver<bool>) {
+        // The batch of syncs whose transaction runs now, if one does.
+        let mut flight: Option<Flight> = None;
+        let mut stopping = false;
         loop {
-            tokio::select! {
+            let work = tokio::select! {
                 biased;
-                work = queue.recv() => match work {
-                    Some(work) => self.work(work, &mut queue).await,
-                    None => break,
-                },
+                written = Flight::written(&mut flight) => {
+                    let done = flight.take().expect("a batch was in flight");
+                    self.land(done, written).await;
+                    continue;
+                }
+                work = queue.recv() => work,
                 // Sent once, at shutdown (an error means the sender is gone: stop as well).
-                _ = stop.changed() => {
+                _ = stop.changed(), if !stopping => {
                     // Take no new work, but commit all that is already queued.
                     queue.close();
-                    while let Some(work) = queue.recv().await {
-                        self.work(work, &mut queue).await;
-                    }
-                    break;
+                    stopping = true;
+                    continue;
                 }
+            };
+            match work {
+                Some(work) => self.work(work, &mut queue, &mut flight).await,
+                None => break,
             }
+        }
+        if let Some(mut done) = flight.take() {
+            let written = done.wait().await;
+            self.land(done, written).await;
         }
         info!("commit task stopped");
     }
 
     /// Does `work`; a sync, report or sketch sync takes the work of its kind queued behind it
     /// into its batch, up to work of another kind, which runs right after the batch (and a
-    /// batch of its own kind starts there).
-    async fn work(&self, work: Work, queue: &mut mpsc::Receiver<Work>) {
+    /// batch of its own kind starts there). Work other than syncs waits until the batch of
+    /// syncs in flight has landed, and runs alone.
+    async fn work(
+        &self,
+        work: Work,
+        queue: &mut mpsc::Receiver<Work>,
+        flight: &mut Option<Flight>,
+    ) {
         let mut next = Some(work);
         while let Some(work) = next.take() {
+            if !matches!(work, Work::Sync(_))
+                && let Some(mut done) = flight.take()
+            {
+                let written = done.wait().await;
+                self.land(done, written).await;
+            }
             next = match work {
-                Work::Sync(job) => self.commit_batch(job, queue).await,
+                Work::Sync(job) => self.commit_batch(job, queue, flight).await,
                 Work::Retire(job) => {
                     self.retire(job).await;
                     None
@@ -496,34 +530,178 @@ impl CommitTask {
         let _ = job.reply.send(answer);
     }
 
-    /// Commits `first` with the syncs queued behind it; returns the work of another kind
-    /// that ended the batch, if some did.
-    async fn commit_batch(&self, first: Job, queue: &mut mpsc::Receiver<Work>) -> Option<Work> {
-        let (batch, after) = self.gather(
+    /// Commits `first` with the syncs queued behind it, pipelined with the batch in flight:
+    /// while that one's transaction runs, this batch takes in the syncs that arrive and
+    /// loads its counters; once that one is durable (or failed), this one's rows are chosen
+    /// and its transaction starts, and only then is that one applied to memory and answered.
+    /// Returns the work of another kind that ended the batch, if some did.
+    async fn commit_batch(
+        &self,
+        first: Job,
+        queue: &mut mpsc::Receiver<Work>,
+        flight: &mut Option<Flight>,
+    ) -> Option<Work> {
+        let mut batch = Batch::default();
+        let (jobs, mut after) = self.gather(
             first,
             queue,
             MAX_BATCH_SLOTS,
             |job| job.request.counters.len(),
             Work::into_sync,
         );
-
-        let started = Instant::now();
-        let written = self.write(&batch).await;
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let (slots, committed) = match written {
-            Ok(done) => done,
-            Err(e) => {
-                error!(error = %e, syncs = batch.len(), "commit failed; the syncs are refused and will be retried by the edge");
+        self.take_in(&mut batch, jobs).await;
+        let mut landing = match flight.take() {
+            None => None,
+            Some(mut before) => {
+                let written = loop {
+                    if after.is_some() || batch.slots >= MAX_BATCH_SLOTS {
+                        break before.wait().await;
+                    }
+                    tokio::select! {
+                        biased;
+                        written = before.wait() => break written,
+                        work = queue.recv() => match work.map(Work::into_sync) {
+                            Some(Ok(job)) => {
+                                let (jobs, next) = self.gather(
+                                    job,
+                                    queue,
+                                    MAX_BATCH_SLOTS - batch.slots,
+                                    |job| job.request.counters.len(),
+                                    Work::into_sync,
+                                );
+                                after = next;
+                                self.take_in(&mut batch, jobs).await;
+                            }
+                            Some(Err(other)) => after = Some(other),
+                            // Closed and empty: nothing more will come.
+                            None => break before.wait().await,
+                        },
+                    }
+                };
+                Some((before, written))
+            }
+        };
+        // The batch before is durable: its milestone news counts in choosing this one's rows
+        // (a counter with news is written, so that its answer carries it).
+        if let Some((before, written)) = &mut landing
+            && let Ok(committed) = &written.result
+            && !committed.news.is_empty()
+        {
+            self.db.post_news(before.at, &committed.news);
+            written.news_posted = true;
+        }
+        // Told cuts change memory and the store outside a batch: the batch before lands first.
+        let landing = if self.tells_cuts(&batch.jobs) {
+            if let Some((before, written)) = landing {
+                self.land(before, written).await;
+            }
+            if let Err(e) = self.apply_told_cuts(&batch.jobs).await {
+                error!(error = %e, syncs = batch.jobs.len(), "commit failed; the syncs are refused and will be retried by the edge");
                 self.metrics.commit_failures.inc();
-                self.db.unpin();
-                for job in batch {
+                self.db.unpin(&batch.keys);
+                for job in batch.jobs {
                     let _ = job.reply.send(Err(CommitError::Database));
                 }
                 return after;
             }
+            None
+        } else {
+            landing
         };
+        if !batch.jobs.is_empty() {
+            *flight = Some(self.launch(batch));
+        }
+        if let Some((before, written)) = landing {
+            self.land(before, written).await;
+        }
+        after
+    }
+
+    /// Pins the counters of `jobs`, loads those not held, and adds them to `batch`; if the
+    /// load fails, answers them with an error instead.
+    async fn take_in(&self, batch: &mut Batch, jobs: Vec<Job>) {
+        let mut keys: Vec<CounterKey> = jobs
+            .iter()
+            .flat_map(|job| job.accepted().map(|c| c.key.clone()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let missing = self.db.pin(&keys);
+        if !missing.is_empty() {
+            match self.store.load(&missing).await {
+                Ok(loaded) => self.db.insert_pinned(&missing, loaded),
+                Err(e) => {
+                    error!(error = %e, syncs = jobs.len(), "counters not loaded; the syncs are refused and will be retried by the edge");
+                    self.metrics.commit_failures.inc();
+                    self.db.unpin(&keys);
+                    for job in jobs {
+                        let _ = job.reply.send(Err(CommitError::Database));
+                    }
+                    return;
+                }
+            }
+        }
+        batch.slots += jobs
+            .iter()
+            .map(|job| job.request.counters.len())
+            .sum::<usize>();
+        batch.keys.extend(keys);
+        batch.jobs.extend(jobs);
+    }
+
+    /// Chooses the batch's rows and starts its transaction in a task of its own.
+    fn launch(&self, batch: Batch) -> Flight {
+        let at = now();
+        let (replicas, slots) = self.rows_to_write(&batch.jobs, at);
+        let store = Arc::clone(&self.store);
+        let handle = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = store.commit(&replicas, &slots).await;
+            Written {
+                slots,
+                result: result.map_err(|e| e.to_string()),
+                seconds: started.elapsed().as_secs_f64(),
+                news_posted: false,
+            }
+        });
+        Flight {
+            jobs: batch.jobs,
+            keys: batch.keys,
+            at,
+            handle,
+        }
+    }
+
+    /// Lands a batch whose transaction ended: if it committed, applies it to memory and
+    /// answers each caller from it; if not, answers each with an error. Either way its
+    /// counters are unpinned.
+    async fn land(&self, done: Flight, written: Written) {
+        self.metrics.commit_seconds.observe(written.seconds);
+        let Written {
+            slots,
+            result,
+            news_posted,
+            ..
+        } = written;
+        let batch = done.jobs;
+        let committed = match result {
+            Ok(committed) => committed,
+            Err(e) => {
+                error!(error = %e, syncs = batch.len(), "commit failed; the syncs are refused and will be retried by the edge");
+                self.metrics.commit_failures.inc();
+                self.db.unpin(&done.keys);
+                for job in batch {
+                    let _ = job.reply.send(Err(CommitError::Database));
+                }
+                return;
+            }
+        };
+        for (id, _) in &committed.decided {
+            self.views.milestones.changed(id);
+        }
+        if !news_posted && !committed.news.is_empty() {
+            self.db.post_news(done.at, &committed.news);
+        }
         self.metrics.committed(Purpose::SYNC);
         self.metrics.batch_syncs.observe(count_f64(batch.len()));
         self.metrics.batch_slots.observe(count_f64(slots.len()));
@@ -573,7 +751,7 @@ impl CommitTask {
                 .filter(|s| !committed.retired.contains(&s.replica))
                 .collect()
         };
-        let answers: Vec<_> = self.db.apply_commit(&slots, region_of, |held| {
+        let answers: Vec<_> = self.db.apply_commit(&done.keys, &slots, region_of, |held| {
             batch
                 .iter()
                 .map(|job| {
@@ -631,7 +809,6 @@ impl CommitTask {
             }));
         }
         self.metrics.cached_counters.set(gauge(self.db.len()));
-        after
     }
 
     /// Sets the live-replica gauge from the store.
@@ -644,34 +821,17 @@ impl CommitTask {
         }
     }
 
-    /// Pins the batch's counters, loads those not held, and commits the rows that raise a
-    /// slot. Returns those rows and what the store answered.
-    async fn write(
-        &self,
-        batch: &[Job],
-    ) -> Result<(Vec<SlotRow>, crate::store::Committed), crate::store::StoreError> {
-        let mut keys: Vec<CounterKey> = batch
-            .iter()
-            .flat_map(|job| job.accepted().map(|c| c.key.clone()))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let missing = self.db.pin(&keys);
-        if !missing.is_empty() {
-            let loaded = self.store.load(&missing).await?;
-            self.db.insert_pinned(&missing, loaded);
-        }
-        self.apply_told_cuts(batch).await?;
-        let at = now();
-        let (replicas, slots) = self.rows_to_write(batch, at);
-        let committed = self.store.commit(&replicas, &slots).await?;
-        for (id, _) in &committed.decided {
-            self.views.milestones.changed(id);
-        }
-        if !committed.news.is_empty() {
-            self.db.post_news(at, &committed.news);
-        }
-        Ok((slots, committed))
+    /// Whether a sync of `batch` tells a cut that changes what is held.
+    fn tells_cuts(&self, batch: &[Job]) -> bool {
+        self.db.with_held(|held| {
+            batch.iter().any(|job| {
+                job.accepted().any(|c| {
+                    c.cut
+                        .as_ref()
+                        .is_some_and(|cut| held.counter(&c.key).cut_grows(job.request.replica, cut))
+                })
+            })
+        })
     }
 
     /// Applies the cuts of the batch's slots that change what is held (rare: a merger
@@ -714,76 +874,85 @@ impl CommitTask {
     /// for a slot sent more than once). Every counter of the batch is held and complete
     /// (pinned), and what is held is never above what the store has, so a total (or a carry)
     /// the cache already dominates is safe to skip, and so is the total of a slot the held
-    /// counter's carries hold (it is final).
+    /// counter's carries hold (it is final). What is held may still lack the batch in flight
+    /// (its rows are chosen before it lands): that only writes a row it made redundant, which
+    /// the store's merge leaves as it is.
     fn rows_to_write(&self, batch: &[Job], at: Timestamp) -> (Vec<ReplicaRow>, Vec<SlotRow>) {
-        let mut replicas: HashMap<ReplicaId, ReplicaRow> = HashMap::new();
-        let mut best: HashMap<(&CounterKey, ReplicaId), Best> = HashMap::new();
-        for job in batch {
-            let r = &job.request;
-            replicas.entry(r.replica).or_insert_with(|| ReplicaRow {
-                replica: r.replica,
-                region: r.region.to_string(),
+        // The region each sync claims, made once per sync rather than once per slot.
+        let regions: Vec<Arc<str>> = batch
+            .iter()
+            .map(|job| Arc::from(job.request.region.as_str()))
+            .collect();
+        // Every replica that synced, with the region of its first sync in the batch.
+        let mut replicas: Vec<ReplicaRow> = batch
+            .iter()
+            .map(|job| ReplicaRow {
+                replica: job.request.replica,
+                region: job.request.region.to_string(),
                 at,
-            });
-            for c in job.accepted() {
-                let best = best.entry((&c.key, r.replica)).or_insert_with(|| Best {
-                    region: Arc::from(r.region.as_str()),
-                    ..Best::default()
-                });
-                best.totals = best.totals.join(c.totals);
-                match (&mut best.carry, sent_carry(r.replica, c.carried, c.frame)) {
-                    (Some(carry), Some(sent)) => {
-                        carry.join(&sent);
-                    }
-                    (None, sent) => best.carry = sent,
-                    (Some(_), None) => {}
-                }
-                for v in &c.visits {
-                    if !best.visits.iter().any(|have| have.end == v.end) {
-                        best.visits.push(v.clone());
-                    }
-                }
-            }
-        }
-        let mut slots: Vec<SlotRow> = self.db.with_held(|held| {
+            })
+            .collect();
+        replicas.sort_by_key(|r| r.replica);
+        replicas.dedup_by_key(|r| r.replica);
+        // Every accepted slot in key order (SQLite walks its B-tree forward instead of jumping
+        // around it, and Postgres mergers lock rows in one order, so no deadlocks between
+        // them), a slot sent more than once in the order of its syncs.
+        let mut sent: Vec<(&CounterKey, ReplicaId, usize, &tally_crdt::SlotUpdate)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, job)| {
+                job.accepted()
+                    .map(move |c| (&c.key, job.request.replica, i, c))
+            })
+            .collect();
+        sent.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        let slots = self.db.with_held(|held| {
             // A counter with milestone news has every sync committed, a repeated one too, so
             // that its answer carries the news (an edge object waiting to tell a winner may
             // hear of it only there).
             let news = held.news(at);
-            let watched = |key: &CounterKey| key.kind() == CounterKind::G && news.has(key.id());
-            best.into_iter()
-                .filter_map(|((key, replica), best)| {
-                    let counter = held.counter(key);
-                    let mut row = SlotRow {
-                        key: key.clone(),
-                        replica,
-                        totals: best.totals,
-                        at,
-                        visits: best.visits,
-                        carry: best.carry,
-                    };
-                    // The region the sync claims: its replica's of record, unless it moved.
-                    // A carry held already is not written again (an object re-sends its
-                    // carry with every sync), nor is a slot the held carries hold.
-                    let carry_grows = row
-                        .carry(&best.region)
-                        .is_some_and(|(object, carry)| counter.carry_grows(object, &carry));
-                    if !carry_grows {
-                        row.carry = None;
+            let mut rows = Vec::with_capacity(sent.len());
+            let mut counter: Option<(&CounterKey, &crate::state::Counter, bool)> = None;
+            for run in sent.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                let (key, replica, first, _) = run[0];
+                // The slots of one counter are together: it is looked up once.
+                let (held_counter, watched) = match counter {
+                    Some((k, c, w)) if k == key => (c, w),
+                    _ => {
+                        let watched = key.kind() == CounterKind::G && news.has(key.id());
+                        let c = held.counter(key);
+                        counter = Some((key, c, watched));
+                        (c, watched)
                     }
-                    if counter.is_retired(replica) {
-                        row.totals = SlotTotals::default();
-                    }
-                    let slot_grows = !counter.slot(replica).dominates(row.totals);
-                    (slot_grows || carry_grows || watched(key)).then_some(row)
-                })
-                .collect()
+                };
+                let best = Best::of(replica, run.iter().map(|(_, _, _, c)| *c));
+                let mut row = SlotRow {
+                    key: key.clone(),
+                    replica,
+                    totals: best.totals,
+                    at,
+                    visits: best.visits,
+                    carry: best.carry,
+                };
+                // The region the sync claims: its replica's of record, unless it moved.
+                // A carry held already is not written again (an object re-sends its carry
+                // with every sync), nor is a slot the held carries hold.
+                let carry_grows = row
+                    .carry(&regions[first])
+                    .is_some_and(|(object, carry)| held_counter.carry_grows(object, &carry));
+                if !carry_grows {
+                    row.carry = None;
+                }
+                if held_counter.is_retired(replica) {
+                    row.totals = SlotTotals::default();
+                }
+                let slot_grows = !held_counter.slot(replica).dominates(row.totals);
+                if slot_grows || carry_grows || watched {
+                    rows.push(row);
+                }
+            }
+            rows
         });
-        // In key order: SQLite walks its B-tree forward instead of jumping around it, and
-        // Postgres mergers lock rows in one order (no deadlocks between them).
-        slots.sort_unstable_by(|a, b| (&a.key, a.replica).cmp(&(&b.key, b.replica)));
-        let mut replicas: Vec<ReplicaRow> = replicas.into_values().collect();
-        replicas.sort_unstable_by_key(|r| r.replica);
         (replicas, slots)
     }
 }
@@ -791,12 +960,84 @@ impl CommitTask {
 /// One slot of a batch, the max over the syncs that sent it.
 #[derive(Debug, Default)]
 struct Best {
-    /// The region the first sync of it claimed.
-    region: Arc<str>,
     totals: SlotTotals,
     /// The carries the syncs brought, joined.
     carry: Option<tally_crdt::Carry>,
     visits: Vec<Visit>,
+}
+
+impl Best {
+    /// The join of what the syncs of `replica` sent for one slot.
+    fn of<'a>(replica: ReplicaId, sent: impl Iterator<Item = &'a tally_crdt::SlotUpdate>) -> Best {
+        let mut best = Best::default();
+        for c in sent {
+            best.totals = best.totals.join(c.totals);
+            match (&mut best.carry, sent_carry(replica, c.carried, c.frame)) {
+                (Some(carry), Some(sent)) => {
+                    carry.join(&sent);
+                }
+                (None, sent) => best.carry = sent,
+                (Some(_), None) => {}
+            }
+            for v in &c.visits {
+                if !best.visits.iter().any(|have| have.end == v.end) {
+                    best.visits.push(v.clone());
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Syncs gathered for one transaction, their counters pinned and held.
+#[derive(Debug, Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    /// The counters the batch pinned (each once).
+    keys: Vec<CounterKey>,
+    /// Slot totals the syncs hold (the batch's size, bounded by [`MAX_BATCH_SLOTS`]).
+    slots: usize,
+}
+
+/// A batch whose transaction runs in a task of its own: nobody is answered and memory shows
+/// nothing of it until it has landed ([`CommitTask::land`]).
+struct Flight {
+    jobs: Vec<Job>,
+    keys: Vec<CounterKey>,
+    /// The time its rows carry.
+    at: Timestamp,
+    handle: JoinHandle<Written>,
+}
+
+/// How a batch's transaction ended.
+struct Written {
+    /// The rows it wrote.
+    slots: Vec<SlotRow>,
+    result: Result<crate::store::Committed, String>,
+    /// Seconds from its transaction's begin to durable (or failed).
+    seconds: f64,
+    /// Whether its milestone news is posted already (before the next batch's rows).
+    news_posted: bool,
+}
+
+impl Flight {
+    /// Waits for the transaction to end (cancel-safe: the transaction goes on).
+    async fn wait(&mut self) -> Written {
+        (&mut self.handle).await.unwrap_or_else(|e| Written {
+            slots: Vec::new(),
+            result: Err(format!("the commit's task ended: {e}")),
+            seconds: 0.0,
+            news_posted: false,
+        })
+    }
+
+    /// Waits for the transaction of the batch in flight to end; never, if none is.
+    async fn written(flight: &mut Option<Flight>) -> Written {
+        match flight {
+            Some(flight) => flight.wait().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 fn count_f64(n: usize) -> f64 {

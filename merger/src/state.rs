@@ -275,8 +275,9 @@ struct Merged {
     absent: Absent,
     /// The clock hand: an index into `counters`.
     hand: usize,
-    /// Counters the commit task is working on: never evicted.
-    pinned: HashSet<CounterKey>,
+    /// Counters the commit task is working on, with the number of its batches that hold
+    /// each (two while one batch is written and the next prepared): never evicted.
+    pinned: HashMap<CounterKey, u32>,
     /// Held counters this merger changed since their last history point.
     snapshot_due: HashSet<CounterKey>,
     /// Counters evicted while due for a history point, with their totals then; at most the
@@ -471,10 +472,13 @@ impl Db {
         answer.ok_or(missing)
     }
 
-    /// Pins `keys` for the commit task, and answers those not held.
+    /// Pins `keys` for a batch of the commit task (until [`apply_commit`](Db::apply_commit) or
+    /// [`unpin`](Db::unpin) with the same keys), and answers those not held.
     pub fn pin(&self, keys: &[CounterKey]) -> Vec<CounterKey> {
         let mut merged = self.write_lock();
-        merged.pinned.extend(keys.iter().cloned());
+        for key in keys {
+            *merged.pinned.entry(key.clone()).or_default() += 1;
+        }
         keys.iter()
             .filter(|k| !merged.counters.contains_key(*k))
             .cloned()
@@ -494,10 +498,11 @@ impl Db {
     }
 
     /// Applies a committed batch: each slot, and the carry it brought, with its replica's
-    /// region of record; then runs `f` (the answers), unpins everything and evicts beyond
-    /// capacity.
+    /// region of record; then runs `f` (the answers), unpins the batch's `pinned` keys and
+    /// evicts beyond capacity.
     pub fn apply_commit<R>(
         &self,
+        pinned: &[CounterKey],
         slots: &[SlotRow],
         region_of: impl Fn(ReplicaId) -> Arc<str>,
         f: impl FnOnce(Held<'_>) -> R,
@@ -529,7 +534,7 @@ impl Db {
             }
         }
         let answer = f(Held(&merged));
-        merged.pinned.clear();
+        Self::release(&mut merged, pinned);
         self.evict(&mut merged, &[]);
         answer
     }
@@ -586,11 +591,23 @@ impl Db {
         }
     }
 
-    /// Unpins after a failed commit.
-    pub fn unpin(&self) {
+    /// Unpins a batch's keys after its commit failed.
+    pub fn unpin(&self, pinned: &[CounterKey]) {
         let mut merged = self.write_lock();
-        merged.pinned.clear();
+        Self::release(&mut merged, pinned);
         self.evict(&mut merged, &[]);
+    }
+
+    /// Takes one batch's pin off each of `keys`.
+    fn release(merged: &mut Merged, keys: &[CounterKey]) {
+        for key in keys {
+            if let Some(count) = merged.pinned.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    merged.pinned.remove(key);
+                }
+            }
+        }
     }
 
     /// The held counters among `keys`, which other mergers changed (to refresh them); none
@@ -670,7 +687,7 @@ impl Db {
         let mut merged = self.write_lock();
         for key in keys {
             merged.absent.remove(key);
-            if !merged.pinned.contains(key)
+            if !merged.pinned.contains_key(key)
                 && let Some(counter) = merged.counters.swap_remove(key)
             {
                 self.leaving(&mut merged, key, &counter);
@@ -756,7 +773,7 @@ impl Db {
                 .get_index(merged.hand)
                 .expect("the hand is below the length");
             // Spared, or read since the hand last passed (the bit is cleared: a second chance).
-            let keep = merged.pinned.contains(key)
+            let keep = merged.pinned.contains_key(key)
                 || spare.contains(key)
                 || counter.referenced.swap(false, Ordering::Relaxed);
             if keep {
@@ -857,6 +874,7 @@ mod tests {
             })
         };
         db.apply_commit(
+            &x,
             &[
                 slot("x", 2, 7, 0, 11),
                 slot("x", 1, 3, 1, 12),
@@ -898,7 +916,7 @@ mod tests {
         // Kept: the same bytes, not made again.
         let kept = db.read(&x, |h| h.counter(&key("x")).rendered(|_| unreachable!()));
         assert_eq!(&kept.unwrap()[..], b"5");
-        db.apply_commit(&[slot("x", 2, 3, 0, 20)], |_| Arc::from("us"), |_| ());
+        db.apply_commit(&x, &[slot("x", 2, 3, 0, 20)], |_| Arc::from("us"), |_| ());
         assert_eq!(&body(&db)[..], b"8", "a change drops the kept body");
         // Keys not held read as the one shared empty counter, which keeps no body.
         db.with_held(|h| {
@@ -945,6 +963,7 @@ mod tests {
         assert_eq!(db.pin(&[key("random-99")]), [key("random-99")]);
         db.insert_pinned(&[key("random-99")], vec![]);
         db.apply_commit(
+            &[key("random-99")],
             &[slot("random-99", 1, 3, 0, 20)],
             |_| Arc::from("eu"),
             |_| (),
@@ -952,6 +971,7 @@ mod tests {
         assert_eq!(count(&db, "random-99"), Some(GlobalTotals { p: 3, n: 0 }));
         // A commit of an absent id this cache does not hold takes it out too.
         db.apply_commit(
+            &[],
             &[slot("random-98", 1, 2, 0, 20)],
             |_| Arc::from("eu"),
             |_| (),
@@ -986,6 +1006,7 @@ mod tests {
         load(&db, stored("c", &[(1, "eu", 1, 0)]));
         assert_eq!(db.len(), 3, "the pinned batch and the counter being read");
         let answered = db.apply_commit(
+            &batch,
             &[slot("b", 1, 2, 0, 5)],
             |_| Arc::from("eu"),
             |h| {
@@ -1000,12 +1021,45 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_prepared_while_another_is_written_keeps_its_pins_when_that_one_lands() {
+        // Fails with one set of pins: the first batch's commit unpinned the second's
+        // counters, and a read evicted one before the second batch was applied.
+        let db = Db::new(1, CacheStats::default());
+        let first = [key("a"), key("b")];
+        let second = [key("b"), key("c")];
+        db.pin(&first);
+        db.insert_pinned(&first, vec![]);
+        assert_eq!(db.pin(&second), vec![key("c")]);
+        db.insert_pinned(&[key("c")], vec![]);
+        db.apply_commit(
+            &first,
+            &[slot("a", 1, 1, 0, 5)],
+            |_| Arc::from("eu"),
+            |_| (),
+        );
+        load(&db, stored("d", &[(1, "eu", 1, 0)]));
+        let answered = db.apply_commit(
+            &second,
+            &[slot("b", 1, 2, 0, 6), slot("c", 1, 3, 0, 6)],
+            |_| Arc::from("eu"),
+            |h| {
+                (
+                    h.counter(&key("b")).totals().p,
+                    h.counter(&key("c")).totals().p,
+                )
+            },
+        );
+        assert_eq!(answered, (2, 3), "both held and patched, not dropped");
+        assert_eq!(db.len(), 1, "unpinned and evicted down to capacity");
+    }
+
+    #[test]
     fn a_fill_merges_with_what_a_commit_added_meanwhile() {
         let db = Db::new(10, CacheStats::default());
         let x = [key("x")];
         db.pin(&x);
         db.insert_pinned(&x, vec![stored("x", &[(1, "eu", 5, 0)])]);
-        db.apply_commit(&[slot("x", 1, 9, 0, 20)], |_| Arc::from("eu"), |_| ());
+        db.apply_commit(&x, &[slot("x", 1, 9, 0, 20)], |_| Arc::from("eu"), |_| ());
         // A read that loaded before that commit landed fills an older total: max keeps 9.
         load(&db, stored("x", &[(1, "eu", 5, 0)]));
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 9, n: 0 }));
@@ -1038,6 +1092,7 @@ mod tests {
         db.pin(&batch);
         db.insert_pinned(&batch, vec![stored("y", &[(1, "eu", 3, 0)])]);
         db.apply_commit(
+            &batch,
             &[slot("x", 1, 1, 0, 1), slot("y", 1, 2, 0, 1)],
             |_| Arc::from("eu"),
             |_| (),
@@ -1057,6 +1112,7 @@ mod tests {
             db.pin(&k);
             db.insert_pinned(&k, vec![]);
             db.apply_commit(
+                &k,
                 &[slot(id, 1, i as u64 + 1, 0, 1)],
                 |_| Arc::from("eu"),
                 |_| (),
@@ -1182,7 +1238,7 @@ mod tests {
         load(&db, before_fold());
         // Another merger folded A0; this one missed it and committed object 1's next one.
         let load = after_fold(5, 7);
-        db.apply_commit(&[slot("x", A1, 4, 0, 20)], |_| Arc::from("eu"), |_| ());
+        db.apply_commit(&[], &[slot("x", A1, 4, 0, 20)], |_| Arc::from("eu"), |_| ());
         db.refresh(vec![load]);
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 16, n: 0 }));
     }
@@ -1208,6 +1264,7 @@ mod tests {
         let x = [key("x")];
         // Generation 1 syncs with the carry of generation 0 (5): not 5 + 5.
         let answer = db.apply_commit(
+            &[],
             &[carrying(A1, 1, 5)],
             |_| Arc::from("eu"),
             |h| h.counter(&key("x")).totals(),
@@ -1224,7 +1281,7 @@ mod tests {
         .unwrap();
         assert_eq!(db.stats.carries_merged.get(), 0, "the count did not move");
         // A late sync of generation 0, even higher: final, nothing changes.
-        db.apply_commit(&[slot("x", A0, 9, 0, 40)], |_| Arc::from("eu"), |_| ());
+        db.apply_commit(&[], &[slot("x", A0, 9, 0, 40)], |_| Arc::from("eu"), |_| ());
         assert_eq!(count(&db, "x"), Some(GlobalTotals { p: 6, n: 0 }));
     }
 
@@ -1236,6 +1293,7 @@ mod tests {
         // Object 1 is at generation 3: its own carry of generations 0 to 2 is 15.
         let a3 = inc(1, 3).as_u128();
         let answer = db.apply_commit(
+            &[],
             &[carrying(a3, 2, 15)],
             |_| Arc::from("eu"),
             |h| h.counter(&key("x")).merged(&key("x"), Some(inc(1, 3))),
@@ -1245,7 +1303,7 @@ mod tests {
         assert_eq!(db.stats.carries_merged.get(), 1);
         // The same sync again, and a retirement of generation 2 folding what the store held
         // (less than the carry): nothing moves.
-        db.apply_commit(&[carrying(a3, 2, 15)], |_| Arc::from("eu"), |_| ());
+        db.apply_commit(&[], &[carrying(a3, 2, 15)], |_| Arc::from("eu"), |_| ());
         db.apply_retire(
             inc(1, 2),
             &Retired {

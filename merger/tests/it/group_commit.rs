@@ -108,3 +108,45 @@ async fn a_failed_batch_fails_only_its_own_syncs_and_the_next_batch_commits() {
     assert_eq!(t.get("/v1/counters/x").await.1["count"], 5);
     assert_eq!(t.get("/v1/counters/poison").await.1["count"], 4);
 }
+
+#[tokio::test]
+async fn a_sync_taken_in_while_a_batch_decides_a_milestone_carries_its_news() {
+    // A batch's rows are chosen once the batch before it is durable, with that one's
+    // milestone news posted: a repeated sync of the counter (no slot grows) is still
+    // committed, so that its answer tells the winner. Fails if the rows are chosen before.
+    let t = Arc::new(TestMerger::new().await);
+    assert_eq!(
+        t.sync(&sync_body(2, "eu", &[("x", "g", 3, 0)])).await.0,
+        StatusCode::OK
+    );
+    // Registered through another merger on the same database: this one's board has none.
+    let other = tally_merger::store::open(
+        &database_url(t.dir.path()),
+        tally_merger::config::Durability::Full,
+    )
+    .await
+    .unwrap();
+    other
+        .add_milestone("x", 5, None, tally_merger::clock::now())
+        .await
+        .unwrap();
+    let lock = hold_write_lock(t.dir.path()).await;
+    // Batch N: replica 1 brings the 4th and 5th hits; its commit decides the milestone.
+    let first = sync_in_background(&t, sync_body(1, "eu", &[("x", "g", 2, 0)]));
+    tokio::time::sleep(SETTLE).await;
+    // Taken in while N is written: replica 2 again, unchanged (its answer was lost, say).
+    let second = sync_in_background(&t, sync_body(2, "eu", &[("x", "g", 3, 0)]));
+    tokio::time::sleep(SETTLE).await;
+    release_write_lock(lock).await;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((first.0, second.0), (StatusCode::OK, StatusCode::OK));
+    for answer in [&first.1, &second.1] {
+        let won = &answer["counters"][0]["milestones"]["won"][0];
+        assert_eq!(
+            (won["n"].as_u64(), won["unit"].as_u64()),
+            (Some(5), Some(2)),
+            "{answer}"
+        );
+    }
+    assert_eq!(global_p(&second.1, 0), 5, "{}", second.1);
+}
