@@ -211,6 +211,11 @@ struct Job {
 }
 
 impl Job {
+    /// Its size in a batch: the slot totals it holds.
+    fn size(&self) -> usize {
+        self.request.counters.len()
+    }
+
     /// The counters to merge: those not rejected.
     fn accepted(&self) -> impl Iterator<Item = &tally_crdt::SlotUpdate> {
         self.request
@@ -354,10 +359,7 @@ impl CommitTask {
                 None => break,
             }
         }
-        if let Some(mut done) = flight.take() {
-            let written = done.wait().await;
-            self.land(done, written).await;
-        }
+        self.land_flight(&mut flight).await;
         info!("commit task stopped");
     }
 
@@ -373,11 +375,8 @@ impl CommitTask {
     ) {
         let mut next = Some(work);
         while let Some(work) = next.take() {
-            if !matches!(work, Work::Sync(_))
-                && let Some(mut done) = flight.take()
-            {
-                let written = done.wait().await;
-                self.land(done, written).await;
+            if !matches!(work, Work::Sync(_)) {
+                self.land_flight(flight).await;
             }
             next = match work {
                 Work::Sync(job) => self.commit_batch(job, queue, flight).await,
@@ -542,13 +541,7 @@ impl CommitTask {
         flight: &mut Option<Flight>,
     ) -> Option<Work> {
         let mut batch = Batch::default();
-        let (jobs, mut after) = self.gather(
-            first,
-            queue,
-            MAX_BATCH_SLOTS,
-            |job| job.request.counters.len(),
-            Work::into_sync,
-        );
+        let (jobs, mut after) = self.gather_syncs(first, queue, MAX_BATCH_SLOTS);
         self.take_in(&mut batch, jobs).await;
         let mut landing = match flight.take() {
             None => None,
@@ -562,13 +555,8 @@ impl CommitTask {
                         written = before.wait() => break written,
                         work = queue.recv() => match work.map(Work::into_sync) {
                             Some(Ok(job)) => {
-                                let (jobs, next) = self.gather(
-                                    job,
-                                    queue,
-                                    MAX_BATCH_SLOTS - batch.slots,
-                                    |job| job.request.counters.len(),
-                                    Work::into_sync,
-                                );
+                                let (jobs, next) =
+                                    self.gather_syncs(job, queue, MAX_BATCH_SLOTS - batch.slots);
                                 after = next;
                                 self.take_in(&mut batch, jobs).await;
                             }
@@ -591,22 +579,18 @@ impl CommitTask {
             written.news_posted = true;
         }
         // Told cuts change memory and the store outside a batch: the batch before lands first.
-        let landing = if self.tells_cuts(&batch.jobs) {
+        let told = self.told_cuts(&batch.jobs);
+        let landing = if told.is_empty() {
+            landing
+        } else {
             if let Some((before, written)) = landing {
                 self.land(before, written).await;
             }
-            if let Err(e) = self.apply_told_cuts(&batch.jobs).await {
-                error!(error = %e, syncs = batch.jobs.len(), "commit failed; the syncs are refused and will be retried by the edge");
-                self.metrics.commit_failures.inc();
-                self.db.unpin(&batch.keys);
-                for job in batch.jobs {
-                    let _ = job.reply.send(Err(CommitError::Database));
-                }
+            if let Err(e) = self.apply_told_cuts(told).await {
+                self.refuse(batch.jobs, &batch.keys, &e, "commit failed");
                 return after;
             }
             None
-        } else {
-            landing
         };
         if !batch.jobs.is_empty() {
             *flight = Some(self.launch(batch));
@@ -615,6 +599,16 @@ impl CommitTask {
             self.land(before, written).await;
         }
         after
+    }
+
+    /// Takes the syncs queued behind `first` while their slot totals stay under `bound`.
+    fn gather_syncs(
+        &self,
+        first: Job,
+        queue: &mut mpsc::Receiver<Work>,
+        bound: usize,
+    ) -> (Vec<Job>, Option<Work>) {
+        self.gather(first, queue, bound, Job::size, Work::into_sync)
     }
 
     /// Pins the counters of `jobs`, loads those not held, and adds them to `batch`; if the
@@ -631,20 +625,12 @@ impl CommitTask {
             match self.store.load(&missing).await {
                 Ok(loaded) => self.db.insert_pinned(&missing, loaded),
                 Err(e) => {
-                    error!(error = %e, syncs = jobs.len(), "counters not loaded; the syncs are refused and will be retried by the edge");
-                    self.metrics.commit_failures.inc();
-                    self.db.unpin(&keys);
-                    for job in jobs {
-                        let _ = job.reply.send(Err(CommitError::Database));
-                    }
+                    self.refuse(jobs, &keys, &e, "counters not loaded");
                     return;
                 }
             }
         }
-        batch.slots += jobs
-            .iter()
-            .map(|job| job.request.counters.len())
-            .sum::<usize>();
+        batch.slots += jobs.iter().map(Job::size).sum::<usize>();
         batch.keys.extend(keys);
         batch.jobs.extend(jobs);
     }
@@ -672,6 +658,31 @@ impl CommitTask {
         }
     }
 
+    /// Lands the batch in flight, if one is, once its transaction has ended.
+    async fn land_flight(&self, flight: &mut Option<Flight>) {
+        if let Some(mut done) = flight.take() {
+            let written = done.wait().await;
+            self.land(done, written).await;
+        }
+    }
+
+    /// Answers every sync of `jobs` with an error, stores nothing of them and unpins `keys`,
+    /// their counters: `what` failed, with `error`.
+    fn refuse(
+        &self,
+        jobs: Vec<Job>,
+        keys: &[CounterKey],
+        error: &dyn std::fmt::Display,
+        what: &str,
+    ) {
+        error!(%error, syncs = jobs.len(), "{what}; the syncs are refused and will be retried by the edge");
+        self.metrics.commit_failures.inc();
+        self.db.unpin(keys);
+        for job in jobs {
+            let _ = job.reply.send(Err(CommitError::Database));
+        }
+    }
+
     /// Lands a batch whose transaction ended: if it committed, applies it to memory and
     /// answers each caller from it; if not, answers each with an error. Either way its
     /// counters are unpinned.
@@ -687,12 +698,7 @@ impl CommitTask {
         let committed = match result {
             Ok(committed) => committed,
             Err(e) => {
-                error!(error = %e, syncs = batch.len(), "commit failed; the syncs are refused and will be retried by the edge");
-                self.metrics.commit_failures.inc();
-                self.db.unpin(&done.keys);
-                for job in batch {
-                    let _ = job.reply.send(Err(CommitError::Database));
-                }
+                self.refuse(batch, &done.keys, &e, "commit failed");
                 return;
             }
         };
@@ -821,42 +827,44 @@ impl CommitTask {
         }
     }
 
-    /// Whether a sync of `batch` tells a cut that changes what is held.
-    fn tells_cuts(&self, batch: &[Job]) -> bool {
+    /// The cuts the syncs of `batch` tell that change what is held (rare: a merger restored
+    /// from a backup older than a reset hears of it from the objects).
+    fn told_cuts<'a>(&self, batch: &'a [Job]) -> Vec<ToldCut<'a>> {
         self.db.with_held(|held| {
-            batch.iter().any(|job| {
-                job.accepted().any(|c| {
-                    c.cut
-                        .as_ref()
-                        .is_some_and(|cut| held.counter(&c.key).cut_grows(job.request.replica, cut))
-                })
-            })
-        })
-    }
-
-    /// Applies the cuts of the batch's slots that change what is held (rare: a merger
-    /// restored from a backup older than a reset hears of it from the objects), each in its
-    /// own transaction before the batch's, so that the slots they came with count in the
-    /// epoch they were counted in ([`CounterStore::tell_cut`](crate::store::CounterStore::tell_cut)).
-    async fn apply_told_cuts(&self, batch: &[Job]) -> Result<(), crate::store::StoreError> {
-        let told: Vec<(&CounterKey, ReplicaId, &str, &Cut)> = self.db.with_held(|held| {
             batch
                 .iter()
                 .flat_map(|job| {
                     let r = &job.request;
                     job.accepted().filter_map(move |c| {
                         let cut = c.cut.as_ref()?;
-                        held.counter(&c.key).cut_grows(r.replica, cut).then_some((
-                            &c.key,
-                            r.replica,
-                            r.region.as_str(),
-                            cut,
-                        ))
+                        held.counter(&c.key)
+                            .cut_grows(r.replica, cut)
+                            .then_some(ToldCut {
+                                key: &c.key,
+                                replica: r.replica,
+                                region: r.region.as_str(),
+                                cut,
+                            })
                     })
                 })
                 .collect()
-        });
-        for (key, replica, region, cut) in told {
+        })
+    }
+
+    /// Applies told cuts, each in its own transaction before the batch's, so that the slots
+    /// they came with count in the epoch they were counted in
+    /// ([`CounterStore::tell_cut`](crate::store::CounterStore::tell_cut)).
+    async fn apply_told_cuts(
+        &self,
+        told: Vec<ToldCut<'_>>,
+    ) -> Result<(), crate::store::StoreError> {
+        for ToldCut {
+            key,
+            replica,
+            region,
+            cut,
+        } in told
+        {
             if let Some(stored) = self
                 .store
                 .tell_cut(key, replica.object(), region, cut)
@@ -987,6 +995,14 @@ impl Best {
         }
         best
     }
+}
+
+/// A cut a sync tells that changes what is held.
+struct ToldCut<'a> {
+    key: &'a CounterKey,
+    replica: ReplicaId,
+    region: &'a str,
+    cut: &'a Cut,
 }
 
 /// Syncs gathered for one transaction, their counters pinned and held.
