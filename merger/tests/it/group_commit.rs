@@ -23,6 +23,26 @@ fn sync_in_background(t: &Arc<TestMerger>, body: Value) -> JoinHandle<(StatusCod
     tokio::spawn(async move { t.sync(&body).await })
 }
 
+/// Holds the write lock and sends `first`, then, once it waits in its commit, `second`: the
+/// next batch comes while batch N is written. Answers the lock (for the test to release) and
+/// the two syncs under way.
+async fn two_syncs_under_the_lock(
+    t: &Arc<TestMerger>,
+    first: Value,
+    second: Value,
+) -> (
+    sqlx::SqliteConnection,
+    JoinHandle<(StatusCode, Value)>,
+    JoinHandle<(StatusCode, Value)>,
+) {
+    let lock = hold_write_lock(t.dir.path()).await;
+    let first = sync_in_background(t, first);
+    tokio::time::sleep(SETTLE).await;
+    let second = sync_in_background(t, second);
+    tokio::time::sleep(SETTLE).await;
+    (lock, first, second)
+}
+
 /// The global count a sync answer gives for its `n`-th counter.
 fn global_p(answer: &Value, n: usize) -> u64 {
     answer["counters"][n]["global"]["p"]
@@ -41,16 +61,14 @@ async fn no_sync_is_answered_or_shown_before_its_own_batch_commits() {
         t.sync(&sync_body(1, "eu", &[("x", "g", 1, 0)])).await.0,
         StatusCode::OK
     );
-    let lock = hold_write_lock(t.dir.path()).await;
     // Batch N waits on the lock; the next sync (x again, and y, which must be loaded) comes
     // while it is written.
-    let first = sync_in_background(&t, sync_body(1, "eu", &[("x", "g", 5, 0)]));
-    tokio::time::sleep(SETTLE).await;
-    let second = sync_in_background(
+    let (lock, first, second) = two_syncs_under_the_lock(
         &t,
+        sync_body(1, "eu", &[("x", "g", 5, 0)]),
         sync_body(2, "us", &[("x", "g", 7, 0), ("y", "g", 3, 0)]),
-    );
-    tokio::time::sleep(SETTLE).await;
+    )
+    .await;
     assert!(
         !first.is_finished() && !second.is_finished(),
         "nothing is answered while its batch is not durable"
@@ -77,14 +95,15 @@ async fn no_sync_is_answered_or_shown_before_its_own_batch_commits() {
 async fn a_failed_batch_fails_only_its_own_syncs_and_the_next_batch_commits() {
     let t = Arc::new(TestMerger::new().await);
     refuse_poison(&t, "counters", true).await;
-    let lock = hold_write_lock(t.dir.path()).await;
-    // Batch N holds a counter the database refuses: it fails whole, x included.
+    // Batch N holds a counter the database refuses: it fails whole, x included. The next
+    // sync comes while N is written, and does not depend on it.
     let poisoned = sync_body(1, "eu", &[("poison", "g", 4, 0), ("x", "g", 2, 0)]);
-    let first = sync_in_background(&t, poisoned.clone());
-    tokio::time::sleep(SETTLE).await;
-    // The next sync comes while N is written, and does not depend on it.
-    let second = sync_in_background(&t, sync_body(2, "us", &[("x", "g", 3, 0)]));
-    tokio::time::sleep(SETTLE).await;
+    let (lock, first, second) = two_syncs_under_the_lock(
+        &t,
+        poisoned.clone(),
+        sync_body(2, "us", &[("x", "g", 3, 0)]),
+    )
+    .await;
     release_write_lock(lock).await;
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     assert_error(
@@ -130,13 +149,14 @@ async fn a_sync_taken_in_while_a_batch_decides_a_milestone_carries_its_news() {
         .add_milestone("x", 5, None, tally_merger::clock::now())
         .await
         .unwrap();
-    let lock = hold_write_lock(t.dir.path()).await;
     // Batch N: replica 1 brings the 4th and 5th hits; its commit decides the milestone.
-    let first = sync_in_background(&t, sync_body(1, "eu", &[("x", "g", 2, 0)]));
-    tokio::time::sleep(SETTLE).await;
     // Taken in while N is written: replica 2 again, unchanged (its answer was lost, say).
-    let second = sync_in_background(&t, sync_body(2, "eu", &[("x", "g", 3, 0)]));
-    tokio::time::sleep(SETTLE).await;
+    let (lock, first, second) = two_syncs_under_the_lock(
+        &t,
+        sync_body(1, "eu", &[("x", "g", 2, 0)]),
+        sync_body(2, "eu", &[("x", "g", 3, 0)]),
+    )
+    .await;
     release_write_lock(lock).await;
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     assert_eq!((first.0, second.0), (StatusCode::OK, StatusCode::OK));
